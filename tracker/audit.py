@@ -1,0 +1,84 @@
+"""Append-only, hash-chained audit trail (GMP 2010 Art. 163; 计算机化系统附录; 21 CFR 11.10(e)).
+
+Every event stores the hash of the one before it, so an edited or deleted row breaks the
+chain at that point. Events are written in the same transaction as the change they record.
+No code path updates or deletes an audit row.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Column, Text
+from sqlmodel import Field, Session, SQLModel, select
+
+from tracker.db import UTCDateTime
+from tracker.timeutil import iso_utc, utcnow
+
+GENESIS = "0" * 64
+
+
+class AuditEvent(SQLModel, table=True):
+    __tablename__ = "audit_event"
+
+    id: int | None = Field(default=None, primary_key=True)
+    at: datetime = Field(sa_type=UTCDateTime, nullable=False)
+    actor: str = Field(max_length=120)
+    action: str = Field(max_length=80, index=True)
+    entity: str = Field(max_length=80)
+    entity_key: str = Field(max_length=200)
+    before: str | None = Field(default=None, sa_column=Column(Text))
+    after: str | None = Field(default=None, sa_column=Column(Text))
+    reason: str | None = Field(default=None, sa_column=Column(Text))
+    prev_hash: str = Field(max_length=64)
+    hash: str = Field(max_length=64, unique=True)
+
+
+def _canonical(value: Any) -> str | None:
+    return None if value is None else json.dumps(value, sort_keys=True, ensure_ascii=False,
+                                                 default=str, separators=(",", ":"))
+
+
+def _digest(prev_hash: str, at: datetime, actor: str, action: str, entity: str,
+            entity_key: str, before: str | None, after: str | None, reason: str | None) -> str:
+    body = json.dumps([prev_hash, iso_utc(at), actor, action, entity, entity_key, before, after,
+                       reason], ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(body.encode("utf-8")).hexdigest()
+
+
+def head_hash(session: Session) -> str:
+    """Hash of the newest event: the digest to publish outside the database."""
+    last = session.exec(select(AuditEvent.hash).order_by(AuditEvent.id.desc()).limit(1)).first()
+    return last or GENESIS
+
+
+def record(session: Session, *, actor: str, action: str, entity: str, entity_key: str,
+           before: Any = None, after: Any = None, reason: str | None = None,
+           at: datetime | None = None) -> AuditEvent:
+    """Append one event in the caller's transaction (the caller's unit of work commits)."""
+    session.flush()
+    at = at or utcnow()
+    before_s, after_s = _canonical(before), _canonical(after)
+    prev = head_hash(session)
+    event = AuditEvent(at=at, actor=actor, action=action, entity=entity, entity_key=entity_key,
+                       before=before_s, after=after_s, reason=reason, prev_hash=prev,
+                       hash=_digest(prev, at, actor, action, entity, entity_key, before_s,
+                                    after_s, reason))
+    session.add(event)
+    session.flush()
+    return event
+
+
+def verify_chain(session: Session) -> tuple[bool, int, int | None]:
+    """Walk the chain; return (intact, events checked, id of the first broken event)."""
+    prev, count = GENESIS, 0
+    for event in session.exec(select(AuditEvent).order_by(AuditEvent.id)):
+        expected = _digest(prev, event.at, event.actor, event.action, event.entity,
+                           event.entity_key, event.before, event.after, event.reason)
+        if event.prev_hash != prev or event.hash != expected:
+            return False, count, event.id
+        prev, count = event.hash, count + 1
+    return True, count, None

@@ -1,0 +1,272 @@
+"""``tracker`` command line: thin commands over plain functions that take a session.
+
+Broker and database come from TRACKER_MQTT_URL / TRACKER_DATABASE_URL or --mqtt / --db.
+Read-outs take --json and print one JSON document with ISO 8601 UTC times (DESIGN §9).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sys
+import threading
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from tracker import audit
+from tracker.db import get_engine, unit_of_work
+from tracker.errors import TrackerError
+from tracker.i18n import t
+from tracker.settings import get_settings
+from tracker.timeutil import local_display, parse_duration, parse_instant, utcnow
+
+app = typer.Typer(help="GMP cleanroom monitoring and batch-record compliance tracker.",
+                  no_args_is_help=True, pretty_exceptions_enable=False)
+db_app = typer.Typer(help="Database schema (Alembic migrations).", no_args_is_help=True)
+facility_app = typer.Typer(help="Facility registry: sites, rooms, monitors, limits.",
+                           no_args_is_help=True)
+room_app = typer.Typer(help="Room operational state (静态/动态).", no_args_is_help=True)
+audit_app = typer.Typer(help="Audit trail (审计追踪).", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+app.add_typer(facility_app, name="facility")
+app.add_typer(room_app, name="room")
+app.add_typer(audit_app, name="audit")
+
+console = Console()
+DbOpt = Annotated[str | None, typer.Option("--db", help="database URL (TRACKER_DATABASE_URL)")]
+MqttOpt = Annotated[str | None, typer.Option("--mqtt", help="broker URL (TRACKER_MQTT_URL)")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="print one JSON document")]
+ActorOpt = Annotated[str, typer.Option("--by", help="who does this (recorded in the audit trail)")]
+
+
+def _db(url: str | None) -> str:
+    return url or get_settings().database_url
+
+
+def _engine(url: str | None):
+    return get_engine(_db(url))
+
+
+def _print_json(value) -> None:
+    sys.stdout.write(json.dumps(value, ensure_ascii=False, indent=2) + "\n")
+
+
+@db_app.command("upgrade")
+def db_upgrade(db: DbOpt = None) -> None:
+    """Create or migrate the schema to the newest revision."""
+    from tracker.migrate import upgrade
+
+    upgrade(_db(db))
+    console.print(f"{t('db_upgraded')}: {_db(db)}")
+
+
+@facility_app.command("load")
+def facility_load(file: Path, db: DbOpt = None, by: ActorOpt = "cli") -> None:
+    """Load a facility file (idempotent; every change is audited)."""
+    from tracker.facility import load_facility, read_facility_file
+
+    facility = read_facility_file(file)
+    with unit_of_work(_engine(db)) as session:
+        result = load_facility(session, facility, actor=by)
+    key = "facility_loaded" if result.changed else "facility_unchanged"
+    console.print(f"{t(key)}: {result.site} {t('revision')} {result.revision} — "
+                  f"{result.rooms} rooms, {result.monitors} monitors, {result.limits} limits")
+    for item in result.deactivated:
+        console.print(f"  deactivated {item}")
+
+
+@room_app.command("state")
+def room_state(room: str, state: str,
+               at: Annotated[str | None, typer.Option(help="ISO 8601 with offset; default now")] = None,
+               reason: Annotated[str | None, typer.Option()] = None,
+               site: Annotated[str | None, typer.Option()] = None,
+               db: DbOpt = None, by: ActorOpt = "cli") -> None:
+    """Record a room's operational state from a moment on: in_operation or at_rest."""
+    from tracker.roomstate import set_room_state
+
+    effective = parse_instant(at) if at else utcnow()
+    with unit_of_work(_engine(db)) as session:
+        set_room_state(session, room_code=room, state=state, effective_at=effective, actor=by,
+                       reason=reason, site_code=site)
+    console.print(f"{t('room_state_set')}: {room} → {t(state)} @ "
+                  f"{local_display(effective, get_settings().timezone)}")
+
+
+@app.command()
+def ingest(db: DbOpt = None, mqtt: MqttOpt = None,
+           subscription: Annotated[str | None, typer.Option(help="filter or $share/GROUP/filter")] = None,
+           client_id: Annotated[str | None, typer.Option("--client-id")] = None) -> None:
+    """Ingest readings from the broker until SIGTERM/SIGINT (finishes its batch first)."""
+    from sensors.client import Ingester
+    from sensors.mqtt import parse_broker_url
+
+    settings = get_settings()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    ingester = Ingester(_engine(db), parse_broker_url(mqtt or settings.mqtt_url),
+                        _ingest_options(settings, subscription, client_id))
+    stats = ingester.run(stop)
+    console.print(f"stored {stats.stored}, duplicates {stats.duplicates}, "
+                  f"quarantined {stats.quarantined} in {stats.batches} batches")
+
+
+def _ingest_options(settings, subscription: str | None = None, client_id: str | None = None):
+    from sensors.client import IngestOptions
+
+    return IngestOptions(client_id=client_id or settings.mqtt_client_id,
+                         subscription=subscription or settings.mqtt_subscription,
+                         protocol=settings.mqtt_protocol, batch_size=settings.ingest_batch_size,
+                         linger_s=settings.ingest_linger_ms / 1000,
+                         max_payload_bytes=settings.max_payload_bytes,
+                         future_tolerance=timedelta(seconds=settings.future_tolerance_s),
+                         close_after=settings.excursion_close_after,
+                         ca_file=settings.mqtt_ca_file)
+
+
+@app.command()
+def simulate(facility: Annotated[Path, typer.Option(help="facility TOML")],
+             scenario: Annotated[Path | None, typer.Option(help="scenario TOML")] = None,
+             speed: Annotated[float, typer.Option(help="× real time; 0 = as fast as possible")] = 60.0,
+             seed: Annotated[int, typer.Option()] = 1,
+             duration: Annotated[str | None, typer.Option(help="e.g. 2h, 1h30m")] = None,
+             start: Annotated[str | None, typer.Option(help="simulated start, ISO 8601")] = None,
+             mqtt: MqttOpt = None) -> None:
+    """Publish a simulated facility's readings over MQTT (stand-in for hardware)."""
+    from simulators.publisher import run_simulation
+
+    from sensors.mqtt import parse_broker_url
+
+    settings = get_settings()
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    result = run_simulation(facility_path=facility, scenario_path=scenario,
+                            broker=parse_broker_url(mqtt or settings.mqtt_url), speed=speed,
+                            seed=seed, duration=parse_duration(duration) if duration else None,
+                            start=parse_instant(start) if start else None, stop=stop,
+                            protocol=settings.mqtt_protocol)
+    console.print(result)
+
+
+@app.command()
+def excursions(json_out: JsonOpt = False, open_only: Annotated[bool, typer.Option("--open")] = False,
+               room: Annotated[str | None, typer.Option()] = None, db: DbOpt = None) -> None:
+    """List excursions (超标/偏离)."""
+    from tracker.excursions import list_excursions
+
+    with unit_of_work(_engine(db)) as session:
+        rows = list_excursions(session, open_only=open_only, room=room)
+    if json_out:
+        _print_json(rows)
+        return
+    tz = get_settings().timezone
+    table = Table(title=t("excursions"))
+    for key in ("room", "monitor", "channel", "level", "state", "started", "ended", "peak",
+                "limit", "readings"):
+        table.add_column(t(key))
+    for r in rows:
+        table.add_row(r["room"], r["monitor"], r["channel"] or "", t(r["level"]), t(r["state"]),
+                      local_display(parse_instant(r["started_at"]), tz),
+                      local_display(parse_instant(r["ended_at"]), tz) if r["ended_at"]
+                      else t("open"), f"{r['peak']:g}",
+                      "" if r["limit"] is None else f"{r['limit']:g}", str(r["readings"]))
+    console.print(table)
+
+
+@app.command()
+def quarantine(json_out: JsonOpt = False, reason: Annotated[str | None, typer.Option()] = None,
+               limit: Annotated[int | None, typer.Option()] = None, db: DbOpt = None) -> None:
+    """List quarantined messages with their reasons."""
+    from tracker.quarantine import list_quarantine
+    from tracker.timeutil import iso_utc
+
+    with unit_of_work(_engine(db)) as session:
+        rows = list_quarantine(session, limit=limit, reason=reason)
+    docs = [{"id": q.id, "received_at": iso_utc(q.received_at), "topic": q.topic,
+             "reason": q.reason, "detail": q.detail,
+             "payload": q.payload.decode("utf-8", errors="replace")} for q in rows]
+    if json_out:
+        _print_json(docs)
+        return
+    table = Table(title=t("quarantine"))
+    for key in ("received", "reason", "topic", "detail"):
+        table.add_column(t(key))
+    tz = get_settings().timezone
+    for q in rows:
+        table.add_row(local_display(q.received_at, tz), t(q.reason), q.topic, q.detail[:100])
+    console.print(table)
+
+
+@app.command()
+def stats(json_out: JsonOpt = False, db: DbOpt = None) -> None:
+    """Counts of readings, duplicates, quarantine and excursions."""
+    from tracker.stats import ingest_stats
+
+    with unit_of_work(_engine(db)) as session:
+        doc = ingest_stats(session)
+    if json_out:
+        _print_json(doc)
+        return
+    table = Table(title=t("stats"))
+    table.add_column("")
+    table.add_column(t("count"), justify="right")
+    table.add_row(t("stored_readings"), str(doc["readings"]))
+    table.add_row(t("duplicates"), str(doc["duplicates"]))
+    table.add_row(t("quarantined"), str(doc["quarantined"]))
+    for reason, n in sorted(doc["quarantine_by_reason"].items()):
+        table.add_row(f"  {t(reason)} ({reason})", str(n))
+    for level, n in doc["excursions"].items():
+        table.add_row(f"{t('excursions')}: {t(level)}", str(n))
+    console.print(table)
+
+
+@audit_app.command("verify")
+def audit_verify(db: DbOpt = None) -> None:
+    """Check the whole hash chain; name the first broken event."""
+    with unit_of_work(_engine(db)) as session:
+        intact, count, broken = audit.verify_chain(session)
+    if intact:
+        console.print(f"audit chain intact: {count} events")
+        return
+    console.print(f"[red]audit chain BROKEN at event {broken}[/red] ({count} events verified before it)")
+    raise typer.Exit(1)
+
+
+@audit_app.command("digest")
+def audit_digest(db: DbOpt = None) -> None:
+    """Print the head hash of the audit chain, for publishing outside the database."""
+    with unit_of_work(_engine(db)) as session:
+        console.print(audit.head_hash(session))
+
+
+@app.command()
+def demo(speed: Annotated[float, typer.Option(help="simulated seconds per real second")] = 120.0,
+         seed: Annotated[int, typer.Option()] = 1,
+         data_dir: Annotated[Path | None, typer.Option(help="default TRACKER_DATA_DIR/.tracker")] = None,
+         duration: Annotated[str | None,
+                             typer.Option(help="stop after this long (wall clock)")] = None) -> None:
+    """Everything on one machine: broker, database, sample facility, simulator, ingester, live view."""
+    from tracker.demo import run_demo
+
+    run_demo(data_dir=data_dir or get_settings().data_dir, speed=speed, seed=seed,
+             wall_limit=parse_duration(duration) if duration else None)
+
+
+def main() -> None:
+    try:
+        app()
+    except TrackerError as exc:
+        Console(stderr=True).print(f"[red]error:[/red] {exc}")
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

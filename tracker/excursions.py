@@ -1,0 +1,206 @@
+"""Excursions: out-of-limit episodes, persisted around the pure machine of ``tracker.episodes``.
+
+Readings in event-time order take the fast path (the series' machine is fed directly).
+A late (backfilled) reading, or the first batch after a restart, replays the series from
+the last quiet point before it, then reconciles the replayed episodes with the stored
+ones: matching rows are updated in place (their ids and QA history stay), new episodes
+are inserted, and stored episodes the full data no longer supports are marked
+``superseded`` with a reason — never deleted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime
+
+from sqlalchemy import Column, Index, Text, func, or_
+from sqlmodel import Field, Session, SQLModel, select
+
+from tracker.db import UTCDateTime
+from tracker.episodes import Episode, Judged, SeriesMachine, replay
+from tracker.facility import Monitor, Room
+from tracker.limits import Level
+from tracker.readings import Reading
+from tracker.registry import MonitorEntry, Registry
+from tracker.timeutil import iso_utc, utcnow
+
+EXCURSION_TYPES = ("limit", "data_gap", "recurrence", "adverse_trend", "recovery")
+
+
+class Excursion(SQLModel, table=True):
+    __table_args__ = (Index("ix_excursion_series", "monitor_id", "channel", "started_at"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    type: str = Field(default="limit", max_length=20)
+    site_id: int = Field(foreign_key="site.id", index=True)
+    monitor_id: int = Field(foreign_key="monitor.id")
+    room_id: int = Field(foreign_key="room.id", index=True)
+    kind: str = Field(max_length=20)
+    channel: str = Field(default="", max_length=8)
+    level: str = Field(max_length=16)
+    state: str = Field(max_length=16)           # operational state when it began
+    status: str = Field(default="open", max_length=16, index=True)  # open|closed|superseded
+    direction: str = Field(max_length=4)
+    started_at: datetime = Field(sa_type=UTCDateTime, nullable=False)
+    ended_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    closed_by_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    last_out_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    peak: float
+    limit_value: float | None = None
+    readings: int = 0
+    basis_id: int = Field(foreign_key="evaluation_basis.id")
+    created_at: datetime = Field(sa_type=UTCDateTime, nullable=False)
+    updated_at: datetime = Field(sa_type=UTCDateTime, nullable=False)
+    note: str | None = Field(default=None, sa_column=Column(Text))
+
+
+SeriesKey = tuple[int, str]
+
+
+class EpisodeBook:
+    """The live machines of every series this process has seen, and their persistence."""
+
+    def __init__(self, *, close_after: int) -> None:
+        self.close_after = close_after
+        self.machines: dict[SeriesKey, SeriesMachine] = {}
+
+    def forget(self) -> None:
+        """Drop in-memory state (after a rollback): the next batch rebuilds from the database."""
+        self.machines.clear()
+
+    def process(self, session: Session, registry: Registry,
+                batch: dict[SeriesKey, list[Judged]], *, now: datetime | None = None) -> None:
+        """Advance every series touched by a batch; rows are written in the caller's transaction."""
+        now = now or utcnow()
+        for key, judged in batch.items():
+            judged.sort(key=lambda j: j.at)
+            entry = registry.by_id[key[0]]
+            machine = self.machines.get(key)
+            if machine is None or (machine.last_at is not None and judged[0].at < machine.last_at):
+                self.machines[key] = self._rebuild(session, entry, key[1], judged[0].at, now)
+                continue
+            touched: dict[int, Episode] = {}
+            for j in judged:
+                episode = machine.feed(j)
+                if episode is not None:
+                    touched[id(episode)] = episode
+            for episode in touched.values():
+                _save(session, entry, key[1], episode, now)
+            machine.closed.clear()
+
+    def _rebuild(self, session: Session, entry: MonitorEntry, channel: str, first: datetime,
+                 now: datetime) -> SeriesMachine:
+        """Replay the series from the last quiet point before ``first`` and reconcile."""
+        session.flush()
+        affected = session.exec(
+            select(Excursion).where(Excursion.monitor_id == entry.id, Excursion.channel == channel,
+                                    Excursion.type == "limit", Excursion.status != "superseded",
+                                    or_(Excursion.closed_by_at.is_(None),
+                                        Excursion.closed_by_at >= first))
+        ).all()
+        anchor_time = min([first, *(e.started_at for e in affected)])
+        quiet = session.exec(
+            select(Reading.event_time).where(Reading.monitor_id == entry.id,
+                                             Reading.channel == channel,
+                                             Reading.event_time < anchor_time,
+                                             Reading.level == Level.OK.value)
+            .order_by(Reading.event_time.desc()).limit(1)).first()
+        query = select(Reading.event_time, Reading.value, Reading.level, Reading.direction,
+                       Reading.state).where(Reading.monitor_id == entry.id,
+                                            Reading.channel == channel)
+        if quiet is not None:
+            query = query.where(Reading.event_time > quiet)
+        rows = session.exec(query.order_by(Reading.event_time, Reading.seq)).all()
+        judged = [Judged(at=t, value=v, level=Level(lv), direction=d, state=st,
+                         bounds=entry.limits.for_reading(channel, st)) for t, v, lv, d, st in rows]
+        machine = replay(judged, close_after=self.close_after)
+        replayed = [*machine.closed, *([machine.episode] if machine.episode else [])]
+        machine.closed.clear()
+        stored_query = select(Excursion).where(
+            Excursion.monitor_id == entry.id, Excursion.channel == channel,
+            Excursion.type == "limit", Excursion.status != "superseded")
+        if quiet is not None:
+            stored_query = stored_query.where(Excursion.started_at > quiet)
+        stored = list(session.exec(stored_query.order_by(Excursion.started_at)))
+        _reconcile(session, entry, channel, replayed, stored, now)
+        return machine
+
+
+def _overlaps(episode: Episode, row: Excursion) -> bool:
+    ep_end = episode.ended_at or datetime.max.replace(tzinfo=episode.started_at.tzinfo)
+    row_end = row.ended_at or datetime.max.replace(tzinfo=row.started_at.tzinfo)
+    return episode.started_at <= row_end and row.started_at <= ep_end
+
+
+def _reconcile(session: Session, entry: MonitorEntry, channel: str, replayed: list[Episode],
+               stored: list[Excursion], now: datetime) -> None:
+    unmatched = list(stored)
+    for episode in replayed:
+        match = next((row for row in unmatched if _overlaps(episode, row)), None)
+        if match is not None:
+            unmatched.remove(match)
+            episode.key = match.id
+        _save(session, entry, channel, episode, now)
+    for row in unmatched:
+        row.status = "superseded"
+        row.updated_at = now
+        row.note = "superseded: re-evaluation with late (backfilled) readings no longer supports it"
+        session.add(row)
+
+
+def _save(session: Session, entry: MonitorEntry, channel: str, episode: Episode,
+          now: datetime) -> Excursion:
+    row = session.get(Excursion, episode.key) if episode.key is not None else None
+    if row is None:
+        row = Excursion(site_id=entry.site_id, monitor_id=entry.id, room_id=entry.room_id,
+                        kind=entry.kind, channel=channel, basis_id=entry.basis_id,
+                        created_at=now, updated_at=now, level=episode.level.value,
+                        state=episode.state, direction=episode.direction,
+                        started_at=episode.started_at, peak=episode.peak)
+    row.level, row.state, row.direction = episode.level.value, episode.state, episode.direction
+    row.started_at, row.ended_at = episode.started_at, episode.ended_at
+    row.closed_by_at, row.last_out_at = episode.closed_by_at, episode.last_out_at
+    row.peak, row.limit_value, row.readings = episode.peak, episode.limit, episode.readings
+    row.status = "open" if episode.ended_at is None else "closed"
+    row.updated_at = now
+    session.add(row)
+    session.flush()
+    episode.key = row.id
+    return row
+
+
+# --------------------------------------------------------------------------- read-outs
+
+
+def list_excursions(session: Session, *, open_only: bool = False, room: str | None = None,
+                    include_superseded: bool = False) -> list[dict]:
+    """Excursions in the JSON shape of DESIGN §9 (times ISO 8601 UTC)."""
+    query = (select(Excursion, Monitor.code, Room.code)
+             .join(Monitor, Monitor.id == Excursion.monitor_id)
+             .join(Room, Room.id == Excursion.room_id)
+             .order_by(Excursion.started_at, Excursion.id))
+    if not include_superseded:
+        query = query.where(Excursion.status != "superseded")
+    if open_only:
+        query = query.where(Excursion.status == "open")
+    if room:
+        query = query.where(Room.code == room)
+    return [to_json(ex, monitor, room_code) for ex, monitor, room_code in session.exec(query)]
+
+
+def to_json(ex: Excursion, monitor: str, room: str) -> dict:
+    return {"id": ex.id, "type": ex.type, "monitor": monitor, "room": room, "kind": ex.kind,
+            "channel": ex.channel or None, "level": ex.level, "state": ex.state,
+            "started_at": iso_utc(ex.started_at), "ended_at": iso_utc(ex.ended_at),
+            "peak": ex.peak, "limit": ex.limit_value, "readings": ex.readings,
+            "status": ex.status, "direction": ex.direction}
+
+
+def count_by_level(session: Session) -> dict[str, int]:
+    rows = session.exec(select(Excursion.level, func.count()).where(
+        Excursion.status != "superseded").group_by(Excursion.level)).all()
+    return {"alert": 0, "action": 0, **{level: int(n) for level, n in rows}}
+
+
+def iter_open(session: Session) -> Iterable[Excursion]:
+    return session.exec(select(Excursion).where(Excursion.status == "open"))

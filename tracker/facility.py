@@ -1,0 +1,462 @@
+"""Facility registry: sites, rooms/zones and monitoring points, loaded from a TOML file.
+
+``tracker facility load FILE`` is idempotent: the same file twice changes nothing; a
+changed file makes a new revision, every change is audited, and rooms or monitors
+missing from the new file are deactivated, never deleted (GMP records stay).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tomllib
+from dataclasses import asdict, dataclass, field
+from datetime import date, datetime
+from pathlib import Path
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from sqlalchemy import Column, Text, UniqueConstraint
+from sqlmodel import Field, Session, SQLModel, select
+
+from tracker import audit
+from tracker.db import UTCDateTime
+from tracker.errors import FacilityFileError, InvalidInputError, NotFoundError
+from tracker.limits import (
+    GRADES,
+    KINDS,
+    PARTICLE_CHANNELS,
+    FacilityLevel,
+    MonitorSpec,
+    load_limit_set,
+    resolve_monitor_limits,
+)
+from tracker.timeutil import utcnow
+
+# --------------------------------------------------------------------------- tables
+
+
+class Site(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    code: str = Field(max_length=40, unique=True)
+    name: str = Field(max_length=200)
+    name_en: str = Field(default="", max_length=200)
+    timezone: str = Field(default="Asia/Shanghai", max_length=64)
+    limit_set: str = Field(default="CN-GMP-2010", max_length=40)
+    revision: int = 0
+    file_sha256: str = Field(default="", max_length=64)
+    updated_at: datetime = Field(sa_type=UTCDateTime, nullable=False)
+
+
+class Room(SQLModel, table=True):
+    __table_args__ = (UniqueConstraint("site_id", "code"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    site_id: int = Field(foreign_key="site.id", index=True)
+    code: str = Field(max_length=40)
+    name: str = Field(max_length=200)
+    name_en: str = Field(default="", max_length=200)
+    grade: str = Field(max_length=3)
+    background_id: int | None = Field(default=None, foreign_key="room.id")
+    area_m2: float | None = None
+    active: bool = True
+
+
+class Monitor(SQLModel, table=True):
+    __table_args__ = (UniqueConstraint("site_id", "code"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    site_id: int = Field(foreign_key="site.id", index=True)
+    room_id: int = Field(foreign_key="room.id", index=True)
+    code: str = Field(max_length=60)
+    kind: str = Field(max_length=20)
+    interval_s: float
+    reference_room_id: int | None = Field(default=None, foreign_key="room.id")
+    channels: str = Field(default="", max_length=40)  # "0.5,5.0" for particles
+    sample_volume_l: float | None = None
+    setpoint: float | None = None
+    calibration_due: date | None = None
+    range_low: float | None = None
+    range_high: float | None = None
+    active: bool = True
+
+
+class FacilityLimit(SQLModel, table=True):
+    """One ``[[limits]]`` row of a facility revision; older revisions stay for the record."""
+
+    __tablename__ = "facility_limit"
+
+    id: int | None = Field(default=None, primary_key=True)
+    site_id: int = Field(foreign_key="site.id", index=True)
+    revision: int
+    position: int
+    kind: str = Field(max_length=20)
+    state: str = Field(default="any", max_length=20)
+    monitor_code: str | None = Field(default=None, max_length=60)
+    room_code: str | None = Field(default=None, max_length=40)
+    grade: str | None = Field(default=None, max_length=3)
+    channel: str | None = Field(default=None, max_length=8)
+    alert_low: float | None = None
+    alert_high: float | None = None
+    action_low: float | None = None
+    action_high: float | None = None
+    delay_s: float | None = None
+    note: str | None = Field(default=None, sa_column=Column(Text))
+
+    def to_level(self) -> FacilityLevel:
+        return FacilityLevel(kind=self.kind, state=self.state, monitor=self.monitor_code,
+                             room=self.room_code, grade=self.grade, channel=self.channel,
+                             alert_low=self.alert_low, alert_high=self.alert_high,
+                             action_low=self.action_low, action_high=self.action_high,
+                             delay_s=self.delay_s, note=self.note or "", index=self.position)
+
+
+# --------------------------------------------------------------------------- the file
+
+
+@dataclass(frozen=True)
+class RoomDef:
+    code: str
+    name: str
+    grade: str
+    name_en: str = ""
+    background: str | None = None
+    area_m2: float | None = None
+
+
+@dataclass(frozen=True)
+class MonitorDef:
+    code: str
+    room: str
+    kind: str
+    interval_s: float
+    reference: str | None = None
+    channels: tuple[str, ...] = ()
+    sample_volume_l: float | None = None
+    setpoint: float | None = None
+    calibration_due: date | None = None
+    range_low: float | None = None
+    range_high: float | None = None
+
+
+@dataclass(frozen=True)
+class FacilityDef:
+    code: str
+    name: str
+    name_en: str
+    timezone: str
+    limit_set: str
+    rooms: tuple[RoomDef, ...]
+    monitors: tuple[MonitorDef, ...]
+    levels: tuple[FacilityLevel, ...] = field(default=())
+
+    def digest(self) -> str:
+        body = json.dumps(asdict(self), sort_keys=True, default=str, ensure_ascii=False)
+        return hashlib.sha256(body.encode()).hexdigest()
+
+
+def _need(entry: dict, key: str, where: str):
+    if key not in entry or entry[key] in (None, ""):
+        raise FacilityFileError(f"{where}: missing '{key}'")
+    return entry[key]
+
+
+def _num(entry: dict, key: str, where: str) -> float | None:
+    value = entry.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise FacilityFileError(f"{where}: '{key}' must be a number, got {value!r}")
+    return float(value)
+
+
+def parse_facility(text: str, *, source: str = "facility file") -> FacilityDef:
+    """Parse and validate a facility file; every refusal names the entry and the rule."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise FacilityFileError(f"{source}: not valid TOML: {exc}") from None
+    site = data.get("site") or {}
+    code = _need(site, "code", "[site]")
+    tz = site.get("timezone", "Asia/Shanghai")
+    try:
+        ZoneInfo(tz)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise FacilityFileError(f"[site]: unknown time zone {tz!r}") from None
+    limit_set_code = site.get("limit_set", "CN-GMP-2010")
+    try:
+        limit_set = load_limit_set(limit_set_code)
+    except InvalidInputError as exc:
+        raise FacilityFileError(f"[site]: {exc}") from None
+
+    rooms: list[RoomDef] = []
+    for i, entry in enumerate(data.get("rooms", [])):
+        where = f"rooms[{i}]"
+        grade = _need(entry, "grade", where)
+        if grade not in GRADES:
+            raise FacilityFileError(f"{where} ({entry.get('code')}): unknown grade {grade!r}; "
+                                    f"use one of {', '.join(GRADES)}")
+        rooms.append(RoomDef(code=_need(entry, "code", where), name=_need(entry, "name", where),
+                             grade=grade, name_en=entry.get("name_en", ""),
+                             background=entry.get("background"),
+                             area_m2=_num(entry, "area_m2", where)))
+    room_by_code: dict[str, RoomDef] = {}
+    for i, room in enumerate(rooms):
+        if room.code in room_by_code:
+            raise FacilityFileError(f"rooms[{i}]: duplicate room code {room.code!r}")
+        room_by_code[room.code] = room
+    for i, room in enumerate(rooms):
+        if room.background is not None and room.background not in room_by_code:
+            raise FacilityFileError(f"rooms[{i}] ({room.code}): unknown background room "
+                                    f"{room.background!r}")
+        seen, cur = {room.code}, room
+        while cur.background is not None:
+            cur = room_by_code[cur.background]
+            if cur.code in seen:
+                raise FacilityFileError(f"rooms[{i}] ({room.code}): background rooms form a loop")
+            seen.add(cur.code)
+
+    monitors: list[MonitorDef] = []
+    seen_monitors: set[str] = set()
+    for i, entry in enumerate(data.get("monitors", [])):
+        where = f"monitors[{i}] ({entry.get('code')})"
+        mcode = _need(entry, "code", f"monitors[{i}]")
+        if mcode in seen_monitors:
+            raise FacilityFileError(f"{where}: duplicate monitor code {mcode!r}")
+        seen_monitors.add(mcode)
+        if "/" in mcode or "+" in mcode or "#" in mcode:
+            raise FacilityFileError(f"{where}: codes may not contain MQTT topic characters / + #")
+        room = _need(entry, "room", where)
+        if room not in room_by_code:
+            raise FacilityFileError(f"{where}: unknown room {room!r}")
+        kind = _need(entry, "kind", where)
+        if kind not in KINDS:
+            raise FacilityFileError(f"{where}: unknown kind {kind!r}; use one of {', '.join(KINDS)}")
+        interval = _num(entry, "interval_s", where)
+        if interval is None or interval <= 0:
+            raise FacilityFileError(f"{where}: 'interval_s' must be a positive number of seconds")
+        reference = entry.get("reference")
+        if kind == "pressure":
+            if not reference:
+                raise FacilityFileError(f"{where}: a pressure monitor needs 'reference' "
+                                        "(the low-side room it is measured against)")
+            if reference not in room_by_code:
+                raise FacilityFileError(f"{where}: unknown reference room {reference!r}")
+            if reference == room:
+                raise FacilityFileError(f"{where}: reference room is the monitor's own room")
+        elif reference:
+            raise FacilityFileError(f"{where}: only pressure monitors have a reference room")
+        channels: tuple[str, ...] = ()
+        volume = None
+        if kind == "particles":
+            channels = tuple(str(c) for c in entry.get("channels", PARTICLE_CHANNELS))
+            bad = [c for c in channels if c not in PARTICLE_CHANNELS]
+            if bad or not channels:
+                raise FacilityFileError(f"{where}: channels must be among {PARTICLE_CHANNELS}")
+            volume = _num(entry, "sample_volume_l", where) or 28.3
+        due = entry.get("calibration_due")
+        if due is not None and not isinstance(due, date):
+            raise FacilityFileError(f"{where}: calibration_due must be a TOML date (2027-03-01)")
+        monitors.append(MonitorDef(
+            code=mcode, room=room, kind=kind, interval_s=interval, reference=reference,
+            channels=channels, sample_volume_l=volume, setpoint=_num(entry, "setpoint", where),
+            calibration_due=due, range_low=_num(entry, "range_low", where),
+            range_high=_num(entry, "range_high", where)))
+
+    levels: list[FacilityLevel] = []
+    for i, entry in enumerate(data.get("limits", [])):
+        where = f"limits[{i}]"
+        selectors = [k for k in ("monitor", "room", "grade") if entry.get(k)]
+        if len(selectors) != 1:
+            raise FacilityFileError(f"{where}: give exactly one of monitor, room or grade")
+        if entry.get("room") and entry["room"] not in room_by_code:
+            raise FacilityFileError(f"{where}: unknown room {entry['room']!r}")
+        if entry.get("monitor") and entry["monitor"] not in seen_monitors:
+            raise FacilityFileError(f"{where}: unknown monitor {entry['monitor']!r}")
+        if entry.get("grade") and entry["grade"] not in GRADES:
+            raise FacilityFileError(f"{where}: unknown grade {entry['grade']!r}")
+        kind = _need(entry, "kind", where)
+        if kind not in KINDS:
+            raise FacilityFileError(f"{where}: unknown kind {kind!r}")
+        state = entry.get("state", "any")
+        if state not in ("any", "at_rest", "in_operation"):
+            raise FacilityFileError(f"{where}: state must be at_rest, in_operation or any")
+        channel = entry.get("channel")
+        channel = None if channel is None else str(channel)
+        values = {k: _num(entry, k, where) for k in
+                  ("alert_low", "alert_high", "action_low", "action_high", "delay_s")}
+        if kind == "particles":
+            if channel is not None and channel not in PARTICLE_CHANNELS:
+                raise FacilityFileError(f"{where}: unknown particle channel {channel!r}")
+            if channel is None and any(values[k] is not None for k in values if k != "delay_s"):
+                raise FacilityFileError(f"{where}: particle levels need a 'channel' (0.5 or 5.0)")
+        elif channel is not None:
+            raise FacilityFileError(f"{where}: only particle limits have a channel")
+        if values["delay_s"] is not None and values["delay_s"] < 0:
+            raise FacilityFileError(f"{where}: delay_s cannot be negative")
+        levels.append(FacilityLevel(kind=kind, state=state, monitor=entry.get("monitor"),
+                                    room=entry.get("room"), grade=entry.get("grade"),
+                                    channel=channel, note=entry.get("note", ""), index=i,
+                                    **values))
+
+    facility = FacilityDef(code=code, name=_need(site, "name", "[site]"),
+                           name_en=site.get("name_en", ""), timezone=tz,
+                           limit_set=limit_set_code, rooms=tuple(rooms),
+                           monitors=tuple(monitors), levels=tuple(levels))
+    # Resolve every monitor's limits now, so a looser-than-regulation level is refused at load.
+    for spec in monitor_specs(facility):
+        try:
+            resolve_monitor_limits(limit_set, spec, facility.levels)
+        except InvalidInputError as exc:
+            raise FacilityFileError(str(exc)) from None
+    return facility
+
+
+def monitor_specs(facility: FacilityDef) -> list[MonitorSpec]:
+    grade = {r.code: r.grade for r in facility.rooms}
+    return [MonitorSpec(code=m.code, room=m.room, grade=grade[m.room], kind=m.kind,
+                        reference_grade=grade[m.reference] if m.reference else None,
+                        channels=m.channels) for m in facility.monitors]
+
+
+def read_facility_file(path: Path) -> FacilityDef:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise FacilityFileError(f"cannot read {path}: {exc.strerror}") from None
+    return parse_facility(text, source=str(path))
+
+
+# --------------------------------------------------------------------------- persistence
+
+
+@dataclass(frozen=True)
+class LoadResult:
+    site: str
+    revision: int
+    changed: bool
+    rooms: int
+    monitors: int
+    limits: int
+    deactivated: tuple[str, ...] = ()
+
+
+def _room_row(r: RoomDef) -> dict:
+    return {"name": r.name, "name_en": r.name_en, "grade": r.grade, "area_m2": r.area_m2}
+
+
+def load_facility(session: Session, facility: FacilityDef, *, actor: str,
+                  now: datetime | None = None) -> LoadResult:
+    """Apply a parsed facility file; unchanged files are a no-op (idempotent)."""
+    now = now or utcnow()
+    digest = facility.digest()
+    site = session.exec(select(Site).where(Site.code == facility.code)).first()
+    if site is not None and site.file_sha256 == digest:
+        return LoadResult(site.code, site.revision, False, len(facility.rooms),
+                          len(facility.monitors), len(facility.levels))
+    before_site = site.model_dump(exclude={"updated_at"}) if site else None
+    if site is None:
+        site = Site(code=facility.code, name=facility.name, updated_at=now)
+    site.name, site.name_en, site.timezone = facility.name, facility.name_en, facility.timezone
+    site.limit_set, site.revision, site.file_sha256 = (facility.limit_set, site.revision + 1,
+                                                       digest)
+    site.updated_at = now
+    session.add(site)
+    session.flush()
+    audit.record(session, actor=actor, action="facility.load", entity="site",
+                 entity_key=site.code, before=before_site,
+                 after=site.model_dump(exclude={"updated_at"}), at=now,
+                 reason=f"facility file revision {site.revision}")
+
+    existing_rooms = {r.code: r for r in session.exec(select(Room).where(Room.site_id == site.id))}
+    code_by_id = {r.id: code for code, r in existing_rooms.items()}
+    before_rooms = {code: {**_room_row(RoomDef(code, r.name, r.grade, r.name_en, None, r.area_m2)),
+                           "background": code_by_id.get(r.background_id), "active": r.active}
+                    for code, r in existing_rooms.items()}
+    for rdef in facility.rooms:
+        row = existing_rooms.get(rdef.code) or Room(site_id=site.id, code=rdef.code,
+                                                    **_room_row(rdef))
+        for key, value in _room_row(rdef).items():
+            setattr(row, key, value)
+        row.active = True
+        session.add(row)
+        existing_rooms[rdef.code] = row
+    session.flush()
+    room_ids = {code: r.id for code, r in existing_rooms.items()}
+    for rdef in facility.rooms:
+        existing_rooms[rdef.code].background_id = (room_ids[rdef.background]
+                                                   if rdef.background else None)
+        after = {**_room_row(rdef), "background": rdef.background, "active": True}
+        if before_rooms.get(rdef.code) != after:
+            audit.record(session, actor=actor, action="room.upsert", entity="room",
+                         entity_key=f"{site.code}/{rdef.code}", before=before_rooms.get(rdef.code),
+                         after=after, at=now)
+    deactivated: list[str] = []
+    wanted_rooms = {r.code for r in facility.rooms}
+    for code, row in existing_rooms.items():
+        if code not in wanted_rooms and row.active:
+            row.active = False
+            deactivated.append(f"room {code}")
+            audit.record(session, actor=actor, action="room.deactivate", entity="room",
+                         entity_key=f"{site.code}/{code}", before={"active": True},
+                         after={"active": False}, at=now, reason="absent from facility file")
+
+    existing_mon = {m.code: m for m in session.exec(select(Monitor).where(Monitor.site_id == site.id))}
+    for mdef in facility.monitors:
+        values = {"room_id": room_ids[mdef.room], "kind": mdef.kind, "interval_s": mdef.interval_s,
+                  "reference_room_id": room_ids[mdef.reference] if mdef.reference else None,
+                  "channels": ",".join(mdef.channels), "sample_volume_l": mdef.sample_volume_l,
+                  "setpoint": mdef.setpoint, "calibration_due": mdef.calibration_due,
+                  "range_low": mdef.range_low, "range_high": mdef.range_high, "active": True}
+        row = existing_mon.get(mdef.code)
+        before = ({k: getattr(row, k) for k in values} if row else None)
+        if row is None:
+            row = Monitor(site_id=site.id, code=mdef.code, **values)
+        else:
+            for key, value in values.items():
+                setattr(row, key, value)
+        session.add(row)
+        if before != values:
+            audit.record(session, actor=actor, action="monitor.upsert", entity="monitor",
+                         entity_key=f"{site.code}/{mdef.code}", before=before, after=values, at=now)
+    wanted_mon = {m.code for m in facility.monitors}
+    for code, row in existing_mon.items():
+        if code not in wanted_mon and row.active:
+            row.active = False
+            deactivated.append(f"monitor {code}")
+            audit.record(session, actor=actor, action="monitor.deactivate", entity="monitor",
+                         entity_key=f"{site.code}/{code}", before={"active": True},
+                         after={"active": False}, at=now, reason="absent from facility file")
+
+    for level in facility.levels:
+        session.add(FacilityLimit(
+            site_id=site.id, revision=site.revision, position=level.index, kind=level.kind,
+            state=level.state, monitor_code=level.monitor, room_code=level.room,
+            grade=level.grade, channel=level.channel, alert_low=level.alert_low,
+            alert_high=level.alert_high, action_low=level.action_low,
+            action_high=level.action_high, delay_s=level.delay_s, note=level.note or None))
+    audit.record(session, actor=actor, action="limits.revise", entity="site", entity_key=site.code,
+                 after=[asdict(lv) for lv in facility.levels], at=now,
+                 reason=f"facility levels of revision {site.revision}")
+    session.flush()
+    return LoadResult(site.code, site.revision, True, len(facility.rooms),
+                      len(facility.monitors), len(facility.levels), tuple(deactivated))
+
+
+def get_site(session: Session, code: str | None = None) -> Site:
+    """The named site, or the only one when there is just one."""
+    query = select(Site) if code is None else select(Site).where(Site.code == code)
+    sites = session.exec(query).all()
+    if not sites:
+        raise NotFoundError(f"no site {code!r}" if code else
+                            "no facility loaded yet: run `tracker facility load FILE`")
+    if len(sites) > 1:
+        raise InvalidInputError("several sites: name one with --site")
+    return sites[0]
+
+
+def find_room(session: Session, code: str, *, site_code: str | None = None) -> Room:
+    site = get_site(session, site_code)
+    room = session.exec(select(Room).where(Room.site_id == site.id, Room.code == code)).first()
+    if room is None:
+        raise NotFoundError(f"no room {code!r} at site {site.code}")
+    return room

@@ -1,0 +1,149 @@
+"""Store a batch of incoming readings: dedupe, evaluate, insert, advance excursions.
+
+The transport (``sensors``) hands over already-parsed readings and rejections; this
+module decides what is new, judges it against the limits for the room's state at the
+reading's event time, and writes everything in the caller's transaction. The caller
+commits, then acknowledges the messages to the broker.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from sqlalchemy import insert, tuple_
+from sqlmodel import Session, select
+
+from tracker.counters import bump
+from tracker.episodes import Judged
+from tracker.excursions import EpisodeBook
+from tracker.limits import NOT_EVALUATED, evaluate
+from tracker.quarantine import Rejection, quarantine_many
+from tracker.readings import MonitorStatusEvent, RawMessage, Reading
+from tracker.registry import Registry, build_registry, registry_marker
+from tracker.roomstate import RoomStates
+from tracker.timeutil import utcnow
+
+SEQ_CONFLICT = "seq_conflict"
+
+
+@dataclass(frozen=True, slots=True)
+class IncomingReading:
+    monitor_id: int
+    seq: int
+    event_time: datetime
+    status: str
+    values: Mapping[str, float]
+    digest: str
+    topic: str
+    payload: bytes
+    received_at: datetime
+    redelivered: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class IncomingStatus:
+    monitor_id: int
+    online: bool
+    received_at: datetime
+
+
+@dataclass
+class BatchOutcome:
+    stored: int = 0
+    duplicates: int = 0
+    quarantined: int = 0
+    by_reason: dict[str, int] = field(default_factory=dict)
+
+
+class Intake:
+    """Long-lived ingest state: facility snapshot, room timelines, excursion machines."""
+
+    def __init__(self, *, close_after: int = 3) -> None:
+        self.registry: Registry | None = None
+        self.room_states = RoomStates()
+        self.book = EpisodeBook(close_after=close_after)
+
+    def refresh(self, session: Session) -> Registry:
+        """Reload the facility snapshot if a facility file was loaded since; room states too."""
+        if self.registry is None or self.registry.marker != registry_marker(session):
+            self.registry = build_registry(session)
+            self.book.forget()
+        self.room_states.refresh(session)
+        return self.registry
+
+    def forget(self) -> None:
+        """After a rolled-back batch: in-memory episode state may be ahead of the database."""
+        self.book.forget()
+
+    def store(self, session: Session, readings: list[IncomingReading],
+              rejections: list[Rejection], statuses: list[IncomingStatus] = (),
+              *, now: datetime | None = None) -> BatchOutcome:
+        registry = self.registry or self.refresh(session)
+        now = now or utcnow()
+        outcome = BatchOutcome()
+        rejections = list(rejections)
+
+        fresh: dict[tuple[int, int], IncomingReading] = {}
+        for r in readings:
+            seen = fresh.get((r.monitor_id, r.seq))
+            if seen is None:
+                fresh[(r.monitor_id, r.seq)] = r
+            elif seen.digest == r.digest:
+                outcome.duplicates += 1
+            else:
+                rejections.append(_conflict(r, registry, "earlier in the same batch"))
+        if fresh:
+            existing = dict(((m, s), d) for m, s, d in session.exec(
+                select(RawMessage.monitor_id, RawMessage.seq, RawMessage.digest).where(
+                    tuple_(RawMessage.monitor_id, RawMessage.seq).in_(list(fresh)))))
+            for key, digest in existing.items():
+                r = fresh.pop(key)
+                if digest == r.digest:
+                    outcome.duplicates += 1
+                else:
+                    rejections.append(_conflict(r, registry, "already stored"))
+
+        raw_rows, reading_rows = [], []
+        series: dict[tuple[int, str], list[Judged]] = {}
+        for r in fresh.values():
+            entry = registry.by_id[r.monitor_id]
+            state = self.room_states.state(entry.room_id, r.event_time)
+            raw_rows.append({"monitor_id": r.monitor_id, "seq": r.seq, "received_at": r.received_at,
+                             "topic": r.topic, "payload": r.payload, "digest": r.digest})
+            for channel, value in r.values.items():
+                bounds = entry.limits.for_reading(channel, state)
+                verdict = evaluate(value, bounds) if r.status == "ok" else NOT_EVALUATED
+                reading_rows.append({
+                    "monitor_id": r.monitor_id, "seq": r.seq, "channel": channel,
+                    "event_time": r.event_time, "value": value, "status": r.status,
+                    "level": verdict.level.value, "direction": verdict.direction,
+                    "state": state, "basis_id": entry.basis_id})
+                series.setdefault((r.monitor_id, channel), []).append(
+                    Judged(at=r.event_time, value=value, level=verdict.level,
+                           direction=verdict.direction, bounds=bounds, state=state))
+        connection = session.connection()
+        if raw_rows:
+            connection.execute(insert(RawMessage.__table__), raw_rows)
+            connection.execute(insert(Reading.__table__), reading_rows)
+        if statuses:
+            connection.execute(insert(MonitorStatusEvent.__table__), [
+                {"monitor_id": s.monitor_id, "online": s.online, "received_at": s.received_at}
+                for s in statuses])
+        self.book.process(session, registry, series, now=now)
+
+        outcome.stored = len(raw_rows)
+        outcome.quarantined = quarantine_many(session, rejections)
+        for rej in rejections:
+            outcome.by_reason[rej.reason] = outcome.by_reason.get(rej.reason, 0) + 1
+        bump(session, "duplicates", outcome.duplicates)
+        return outcome
+
+
+def _conflict(r: IncomingReading, registry: Registry, where: str) -> Rejection:
+    code = registry.by_id[r.monitor_id].code
+    return Rejection(received_at=r.received_at, topic=r.topic, payload=r.payload,
+                     reason=SEQ_CONFLICT, monitor_code=code, redelivered=r.redelivered,
+                     detail=f"monitor {code} seq {r.seq} {where} with different content "
+                            "(counter reset or gateway fault?)")

@@ -1,0 +1,19 @@
+"""Every table of the tracker, imported in one place for Alembic's metadata."""
+
+from sqlmodel import SQLModel
+
+from tracker.audit import AuditEvent
+from tracker.counters import IngestCounter
+from tracker.excursions import Excursion
+from tracker.facility import FacilityLimit, Monitor, Room, Site
+from tracker.quarantine import QuarantinedMessage
+from tracker.readings import EvaluationBasis, MonitorStatusEvent, RawMessage, Reading
+from tracker.roomstate import RoomStateChange
+
+metadata = SQLModel.metadata
+
+__all__ = [
+    "AuditEvent", "EvaluationBasis", "Excursion", "FacilityLimit", "IngestCounter", "Monitor",
+    "MonitorStatusEvent", "QuarantinedMessage", "RawMessage", "Reading", "Room",
+    "RoomStateChange", "Site", "metadata",
+]

@@ -1,0 +1,75 @@
+"""An in-memory snapshot of the facility for the ingest hot path.
+
+Built once and rebuilt only when a site's revision changes: monitor lookup by
+(site, code), resolved limits per monitor, and the evaluation basis id per site.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date
+
+from sqlmodel import Session, select
+
+from tracker.facility import FacilityLimit, Monitor, Room, Site
+from tracker.limits import MonitorLimits, MonitorSpec, load_limit_set, resolve_monitor_limits
+from tracker.readings import basis_id
+
+
+@dataclass(frozen=True, slots=True)
+class MonitorEntry:
+    id: int
+    code: str
+    site_id: int
+    site_code: str
+    room_id: int
+    room_code: str
+    grade: str
+    kind: str
+    channels: tuple[str, ...]
+    interval_s: float
+    calibration_due: date | None
+    limits: MonitorLimits
+    basis_id: int
+
+
+@dataclass(frozen=True)
+class Registry:
+    marker: tuple[tuple[str, int], ...]
+    by_code: dict[tuple[str, str], MonitorEntry]
+    by_id: dict[int, MonitorEntry]
+
+    def lookup(self, site: str, code: str) -> MonitorEntry | None:
+        return self.by_code.get((site, code))
+
+
+def registry_marker(session: Session) -> tuple[tuple[str, int], ...]:
+    return tuple(session.exec(select(Site.code, Site.revision).order_by(Site.code)).all())
+
+
+def build_registry(session: Session) -> Registry:
+    """Resolve every active monitor's limits; creates evaluation-basis rows as needed."""
+    by_code: dict[tuple[str, str], MonitorEntry] = {}
+    for site in session.exec(select(Site)).all():
+        limit_set = load_limit_set(site.limit_set)
+        basis = basis_id(session, site_id=site.id, code=limit_set.code, version=limit_set.version,
+                         sha256=limit_set.sha256, revision=site.revision)
+        rooms = {r.id: r for r in session.exec(select(Room).where(Room.site_id == site.id))}
+        levels = [row.to_level() for row in session.exec(
+            select(FacilityLimit).where(FacilityLimit.site_id == site.id,
+                                        FacilityLimit.revision == site.revision))]
+        for mon in session.exec(select(Monitor).where(Monitor.site_id == site.id,
+                                                      Monitor.active)):
+            room = rooms[mon.room_id]
+            ref = rooms.get(mon.reference_room_id) if mon.reference_room_id else None
+            channels = tuple(c for c in mon.channels.split(",") if c)
+            spec = MonitorSpec(code=mon.code, room=room.code, grade=room.grade, kind=mon.kind,
+                               reference_grade=ref.grade if ref else None, channels=channels)
+            by_code[(site.code, mon.code)] = MonitorEntry(
+                id=mon.id, code=mon.code, site_id=site.id, site_code=site.code,
+                room_id=room.id, room_code=room.code, grade=room.grade, kind=mon.kind,
+                channels=channels, interval_s=mon.interval_s,
+                calibration_due=mon.calibration_due,
+                limits=resolve_monitor_limits(limit_set, spec, levels), basis_id=basis)
+    return Registry(marker=registry_marker(session), by_code=by_code,
+                    by_id={e.id: e for e in by_code.values()})

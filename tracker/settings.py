@@ -1,0 +1,61 @@
+"""Runtime configuration from ``TRACKER_*`` environment variables (DESIGN §6)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Everything an operator may set; defaults give the embedded single-site setup."""
+
+    model_config = SettingsConfigDict(env_prefix="TRACKER_", extra="ignore")
+
+    database_url: str = Field(default="sqlite:///tracker.db",
+                              description="SQLAlchemy URL; PostgreSQL in production")
+    mqtt_url: str = Field(default="mqtt://127.0.0.1:1883", description="mqtt[s]://[user:pass@]host:port")
+    mqtt_protocol: int = Field(default=5, description="5 (default) or 3 for MQTT 3.1.1 brokers")
+    mqtt_ca_file: str | None = None
+    mqtt_client_id: str = "gmp-tracker-ingest"
+    mqtt_subscription: str = Field(default="gmp/#",
+                                   description="plain filter or $share/GROUP/filter for scale-out")
+    ingest_batch_size: int = Field(default=1000, ge=1)
+    ingest_linger_ms: int = Field(default=50, ge=0,
+                                  description="wait this long for more messages before committing")
+    max_payload_bytes: int = Field(default=16 * 1024, ge=256)
+    future_tolerance_s: int = Field(default=300, ge=0,
+                                    description="readings stamped further ahead of receipt are refused")
+    excursion_close_after: int = Field(default=3, ge=1,
+                                       description="consecutive in-limit readings that end an episode")
+    timezone: str = "Asia/Shanghai"
+    lang: str = Field(default="zh-CN", description="zh-CN or en")
+    data_dir: Path = Path(".tracker")
+
+    @field_validator("lang")
+    @classmethod
+    def _known_lang(cls, value: str) -> str:
+        if value not in ("zh-CN", "en"):
+            raise ValueError("TRACKER_LANG must be zh-CN or en")
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        ZoneInfo(value)  # raises for an unknown zone
+        return value
+
+    @field_validator("mqtt_protocol")
+    @classmethod
+    def _known_protocol(cls, value: int) -> int:
+        if value not in (3, 5):
+            raise ValueError("TRACKER_MQTT_PROTOCOL must be 3 or 5")
+        return value
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()
