@@ -293,6 +293,12 @@ def _value_fields(where: str, entry: Mapping[str, Any], monitor: Monitor | None)
     value = entry.get("value")
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ValueError(f"{where}: value must be a number (canonical unit)")
+    kind = monitor.kind if monitor else None
+    if kind == "humidity" and not 0 <= value <= 100:
+        raise ValueError(f"{where}: a humidity hold must lie within 0..100 %RH "
+                         "(impossible values belong to a malformed out_of_range event)")
+    if kind == "temperature" and value <= -273.15:
+        raise ValueError(f"{where}: a temperature hold must be above absolute zero")
     return {"value": float(value)}
 
 

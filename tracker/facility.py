@@ -304,10 +304,7 @@ def parse_facility(text: str, *, source: str = "facility file") -> FacilityDef:
                            monitors=tuple(monitors), levels=tuple(levels))
     # Resolve every monitor's limits now, so a looser-than-regulation level is refused at load.
     for spec in monitor_specs(facility):
-        try:
-            resolve_monitor_limits(limit_set, spec, facility.levels)
-        except InvalidInputError as exc:
-            raise FacilityFileError(str(exc)) from None
+        resolve_monitor_limits(limit_set, spec, facility.levels)
     return facility
 
 

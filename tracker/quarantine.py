@@ -45,14 +45,15 @@ def quarantine_many(session: Session, rejections: list[Rejection]) -> int:
     """Store rejections in the caller's transaction; return how many rows were written."""
     if not rejections:
         return 0
-    rows, redelivered = [], 0
+    rows, redelivered, in_batch = [], 0, set()
     for r in rejections:
         sha = hashlib.sha256(r.topic.encode() + b"\0" + r.payload).hexdigest()
-        if r.redelivered and session.exec(
+        if r.redelivered and (sha in in_batch or session.exec(
                 select(QuarantinedMessage.id).where(QuarantinedMessage.payload_sha256 == sha)
-                .limit(1)).first() is not None:
+                .limit(1)).first() is not None):
             redelivered += 1
             continue
+        in_batch.add(sha)
         rows.append({"received_at": r.received_at, "topic": r.topic, "payload": r.payload,
                      "payload_sha256": sha, "reason": r.reason, "detail": r.detail[:2000],
                      "monitor_code": r.monitor_code})

@@ -1,0 +1,80 @@
+"""Real services for the tests: a SQLite file built by the migrations, Debian's mosquitto."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine
+from sqlmodel import Session
+
+from sensors.broker import LocalBroker, find_mosquitto
+from tracker.db import get_engine, unit_of_work
+from tracker.facility import load_facility, read_facility_file
+from tracker.migrate import upgrade
+
+DATA = Path(__file__).parent / "data"
+MIN_FACILITY = DATA / "facility-min.toml"
+
+
+@pytest.fixture(scope="session")
+def migrated_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Run the Alembic history once; each test gets a copy of the result."""
+    path = tmp_path_factory.mktemp("template") / "template.db"
+    url = f"sqlite:///{path}"
+    upgrade(url)
+    engine = get_engine(url)
+    with engine.connect() as conn:  # fold the WAL into the file so a plain copy is complete
+        conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+    engine.dispose()
+    return path
+
+
+@pytest.fixture
+def db_url(migrated_template: Path, tmp_path: Path) -> str:
+    path = tmp_path / "tracker.db"
+    shutil.copy(migrated_template, path)
+    return f"sqlite:///{path}"
+
+
+@pytest.fixture
+def engine(db_url: str) -> Engine:
+    return get_engine(db_url)
+
+
+@pytest.fixture
+def session(engine: Engine) -> Iterator[Session]:
+    with unit_of_work(engine) as s:
+        yield s
+
+
+@pytest.fixture
+def facility_engine(engine: Engine) -> Engine:
+    """A database with the minimal test facility loaded."""
+    with unit_of_work(engine) as s:
+        load_facility(s, read_facility_file(MIN_FACILITY), actor="test")
+    return engine
+
+
+@pytest.fixture(scope="session")
+def broker() -> Iterator[LocalBroker]:
+    """Debian's mosquitto on a free loopback port for the whole session."""
+    if find_mosquitto() is None:
+        pytest.fail("mosquitto is not installed: run the README's test command (it installs it)")
+    with LocalBroker(persistence=False) as b:
+        assert b.kind == "mosquitto"
+        yield b
+
+
+@pytest.fixture(autouse=True)
+def _fail_on_logged_errors(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
+    """A swallowed exception that was logged as an error fails the test (Home Assistant style)."""
+    caplog.set_level(logging.WARNING)
+    yield
+    errors = [r for r in caplog.get_records("call")
+              if r.levelno >= logging.ERROR and r.name.split(".")[0] in ("tracker", "sensors")]
+    if errors:
+        pytest.fail("errors were logged: " + "; ".join(r.getMessage() for r in errors))

@@ -1,0 +1,91 @@
+"""The pure excursion state machine: delay, escalation, peak, closing run."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from tests.factories import T0
+from tracker.episodes import Judged, SeriesMachine, replay
+from tracker.limits import Bounds, Level, evaluate
+
+PRESSURE = Bounds(alert_low=12.0, action_low=10.0, delay_s=60)
+PARTICLES = Bounds(alert_high=1760.0, action_high=3520.0)
+
+
+def series(values: list[float], bounds: Bounds, *, step_s: int = 10) -> list[Judged]:
+    out = []
+    for i, v in enumerate(values):
+        verdict = evaluate(v, bounds)
+        out.append(Judged(at=T0 + timedelta(seconds=i * step_s), value=v, level=verdict.level,
+                          direction=verdict.direction, bounds=bounds, state="at_rest"))
+    return out
+
+
+def episodes(values: list[float], bounds: Bounds, *, step_s: int = 10, close_after: int = 3):
+    m = replay(series(values, bounds, step_s=step_s), close_after=close_after)
+    return [*m.closed, *([m.episode] if m.episode else [])]
+
+
+def test_door_opening_shorter_than_delay_is_no_excursion() -> None:
+    # 50 s below 10 Pa (readings at 0..50 s): the run lasts 50 s < 60 s delay.
+    assert episodes([15, 5, 5, 5, 5, 5, 5, 15, 15, 15], PRESSURE) == []
+
+
+def test_sustained_drop_opens_at_run_start_and_closes_after_in_limit_run() -> None:
+    eps = episodes([15, 5, 5, 5, 5, 5, 5, 5, 5, 15, 15, 15, 15], PRESSURE)
+    assert len(eps) == 1
+    ep = eps[0]
+    assert ep.level is Level.ACTION and ep.direction == "low"
+    assert ep.started_at == T0 + timedelta(seconds=10)       # first out-of-limit reading
+    assert ep.ended_at == T0 + timedelta(seconds=90)         # first reading back in limit
+    assert ep.closed_by_at == T0 + timedelta(seconds=110)    # third in-limit reading closes it
+    assert ep.peak == 5 and ep.limit == 10.0 and ep.readings == 8
+
+
+def test_alert_run_with_brief_action_dip_stays_alert() -> None:
+    # 11 Pa (alert) for minutes, a 20 s dip to 5 Pa inside it: action never lasts the delay.
+    values = [15] + [11] * 8 + [5, 5] + [11] * 4 + [15] * 3
+    eps = episodes(values, PRESSURE)
+    assert [e.level for e in eps] == [Level.ALERT]
+    assert eps[0].peak == 5 and eps[0].limit == 12.0
+
+
+def test_escalates_to_action_and_keeps_highest_level() -> None:
+    values = [100] * 2 + [2000] * 2 + [5000] * 2 + [2000] + [100] * 3
+    eps = episodes(values, PARTICLES, step_s=60)
+    assert len(eps) == 1
+    assert eps[0].level is Level.ACTION and eps[0].peak == 5000 and eps[0].limit == 3520
+
+
+def test_short_recovery_does_not_split_the_episode() -> None:
+    values = [5000, 100, 100, 5000, 100, 100, 100]
+    eps = episodes(values, PARTICLES, step_s=60)
+    assert len(eps) == 1 and eps[0].readings == 2
+
+
+@pytest.mark.parametrize("close_after", [1, 2, 5])
+def test_close_after_is_configurable(close_after: int) -> None:
+    values = [5000] + [100] * close_after
+    eps = episodes(values, PARTICLES, step_s=60, close_after=close_after)
+    assert not eps[0].open
+    eps = episodes(values[:-1], PARTICLES, step_s=60, close_after=close_after)
+    assert eps[0].open
+
+
+def test_not_evaluated_readings_neither_open_nor_close() -> None:
+    m = SeriesMachine(close_after=2)
+    m.feed(series([5000], PARTICLES)[0])
+    for i in range(5):
+        m.feed(Judged(at=T0 + timedelta(minutes=5 + i), value=0, level=Level.NOT_EVALUATED,
+                      direction=None, bounds=PARTICLES, state="at_rest"))
+    assert m.episode is not None and m.episode.open
+
+
+def test_out_of_order_feed_is_refused() -> None:
+    m = SeriesMachine()
+    a, b = series([100, 100], PARTICLES)
+    m.feed(b)
+    with pytest.raises(ValueError, match="out-of-order"):
+        m.feed(a)

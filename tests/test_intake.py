@@ -1,0 +1,146 @@
+"""Storing batches without the network: dedup, evaluation by state at event time, late data."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from sqlalchemy import Engine, func
+from sqlmodel import select
+
+from sensors.ingest import BatchProcessor, InboundMessage
+from tests.factories import T0, particles, scalar, topic
+from tracker.db import unit_of_work
+from tracker.excursions import list_excursions
+from tracker.intake import Intake
+from tracker.readings import EvaluationBasis, RawMessage, Reading
+from tracker.roomstate import set_room_state
+from tracker.stats import ingest_stats
+
+RECEIVED = T0 + timedelta(days=1)
+
+
+def msg(t: str, payload: bytes, *, dup: bool = False, at: datetime = RECEIVED) -> InboundMessage:
+    return InboundMessage(topic=t, payload=payload, received_at=at, dup=dup)
+
+
+def pc(seq: int, minute: float, c05: int, monitor: str = "T-B1-PC", room: str = "T-B1"):
+    return msg(topic(room, monitor), particles(monitor=monitor, seq=seq,
+                                               ts=T0 + timedelta(minutes=minute), c05=c05))
+
+
+def dp(seq: int, second: float, pa: float) -> InboundMessage:
+    return msg(topic("T-B1", "T-B1-DP"), scalar(monitor="T-B1-DP", kind="pressure", seq=seq,
+                                                ts=T0 + timedelta(seconds=second), value=pa,
+                                                unit="Pa"))
+
+
+def run(engine: Engine, batches: list[list[InboundMessage]], processor: BatchProcessor | None = None):
+    processor = processor or BatchProcessor(Intake(close_after=3))
+    for batch in batches:
+        with unit_of_work(engine) as s:
+            processor.process(s, batch)
+    return processor
+
+
+def test_duplicates_are_absorbed_and_counted(facility_engine: Engine) -> None:
+    first = [pc(1, 0, 10), pc(2, 1, 10), pc(2, 1, 10)]          # in-batch duplicate
+    run(facility_engine, [first, [pc(1, 0, 10), pc(3, 2, 10)]])  # redelivered + new
+    with unit_of_work(facility_engine) as s:
+        st = ingest_stats(s)
+        assert st["readings"] == 3 and st["duplicates"] == 2 and st["channel_values"] == 6
+        assert st["quarantined"] == 0
+
+
+def test_reused_seq_with_other_content_is_quarantined_not_merged(facility_engine: Engine) -> None:
+    run(facility_engine, [[pc(1, 0, 10)], [pc(1, 5, 99)]])
+    with unit_of_work(facility_engine) as s:
+        st = ingest_stats(s)
+        assert st["readings"] == 1 and st["quarantine_by_reason"] == {"seq_conflict": 1}
+        assert s.exec(select(Reading.value).where(Reading.channel == "0.5")).one() < 400
+
+
+def test_state_at_event_time_selects_the_limit(facility_engine: Engine) -> None:
+    # 100,000/m³ at ≥0.5 µm in a grade B room: action at rest (3,520), in limit in operation
+    # (352,000, alert 176,000). 2830 counts in 28.3 L = 100,000/m³.
+    with unit_of_work(facility_engine) as s:
+        set_room_state(s, room_code="T-B1", state="in_operation",
+                       effective_at=T0 + timedelta(minutes=10), actor="test")
+        set_room_state(s, room_code="T-B1", state="at_rest",
+                       effective_at=T0 + timedelta(minutes=20), actor="test")
+    run(facility_engine, [[pc(i + 1, m, 2830) for i, m in enumerate([5, 12, 15, 25])]])
+    with unit_of_work(facility_engine) as s:
+        rows = s.exec(select(Reading.seq, Reading.level, Reading.state)
+                      .where(Reading.channel == "0.5").order_by(Reading.seq)).all()
+        assert rows == [(1, "action", "at_rest"), (2, "ok", "in_operation"),
+                        (3, "ok", "in_operation"), (4, "action", "at_rest")]
+        basis = s.exec(select(EvaluationBasis)).one()
+        assert (basis.limit_set_code, basis.limit_set_version, basis.facility_revision) == (
+            "CN-GMP-2010", "1", 1)
+
+
+def test_backfill_lands_in_the_right_episode(facility_engine: Engine) -> None:
+    # Live: minutes 0-9 in limit, then monitor offline minutes 10-39, live again 40-49.
+    live = [pc(m + 1, m, 10) for m in range(10)] + [pc(m + 1, m, 10) for m in range(40, 50)]
+    # Backfilled buffer: an excursion at minutes 20-24 (200/28.3 L ≈ 7,067/m³ > 3,520).
+    buffered = [pc(m + 1, m, 200 if 20 <= m < 25 else 10) for m in range(10, 40)]
+    processor = run(facility_engine, [live[:10], live[10:]])
+    with unit_of_work(facility_engine) as s:
+        assert list_excursions(s) == []
+    run(facility_engine, [buffered], processor)
+    with unit_of_work(facility_engine) as s:
+        (ex,) = list_excursions(s)
+        assert (ex["monitor"], ex["channel"], ex["level"], ex["state"]) == (
+            "T-B1-PC", "0.5", "action", "at_rest")
+        assert ex["started_at"] == "2026-11-20T00:20:00Z"
+        assert ex["ended_at"] == "2026-11-20T00:25:00Z"
+        assert ex["readings"] == 5 and ex["limit"] == 3520
+        assert s.exec(select(func.count()).select_from(RawMessage)).one() == 50
+
+
+def test_late_reading_inside_an_open_episode_extends_it(facility_engine: Engine) -> None:
+    processor = run(facility_engine, [[dp(1, 0, 15), dp(2, 10, 4), dp(4, 30, 4), dp(5, 40, 4),
+                                       dp(6, 50, 4), dp(7, 60, 4), dp(8, 70, 4)]])
+    with unit_of_work(facility_engine) as s:
+        (ex,) = list_excursions(s)
+        first_id = ex["id"]
+        assert ex["started_at"] == "2026-11-20T00:00:10Z" and ex["readings"] == 6
+    run(facility_engine, [[dp(3, 20, 3.5)]], processor)   # the missing seq arrives late
+    with unit_of_work(facility_engine) as s:
+        (ex,) = list_excursions(s)
+        assert ex["id"] == first_id                         # same excursion, updated in place
+        assert ex["readings"] == 7 and ex["peak"] == 3.5 and ex["level"] == "action"
+
+
+def test_late_in_limit_readings_can_split_an_episode(facility_engine: Engine) -> None:
+    # minutes 0..9 all out of limit except gaps 3,4,5 that arrive late and are in limit
+    processor = run(facility_engine, [[pc(m + 1, m, 200) for m in range(10) if m not in (3, 4, 5)]])
+    with unit_of_work(facility_engine) as s:
+        assert len(list_excursions(s)) == 1
+    run(facility_engine, [[pc(m + 1, m, 10) for m in (3, 4, 5)]], processor)
+    with unit_of_work(facility_engine) as s:
+        exs = list_excursions(s)
+        assert [(e["started_at"], e["ended_at"]) for e in exs] == [
+            ("2026-11-20T00:00:00Z", "2026-11-20T00:03:00Z"),
+            ("2026-11-20T00:06:00Z", None)]
+        everything = list_excursions(s, include_superseded=True)
+        assert len(everything) == 2  # the first row was re-shaped in place, the second is new
+
+
+def test_restart_resumes_an_open_episode_from_the_database(facility_engine: Engine) -> None:
+    run(facility_engine, [[pc(m + 1, m, 200) for m in range(3)]])
+    # a new process: fresh Intake, the open episode must continue, not duplicate
+    run(facility_engine, [[pc(4, 3, 200), pc(5, 4, 10), pc(6, 5, 10), pc(7, 6, 10)]])
+    with unit_of_work(facility_engine) as s:
+        (ex,) = list_excursions(s)
+        assert ex["readings"] == 4 and ex["ended_at"] == "2026-11-20T00:04:00Z"
+
+
+def test_bad_messages_are_quarantined_and_the_batch_still_stores(facility_engine: Engine) -> None:
+    batch = [pc(1, 0, 10), msg(topic("T-B1", "T-B1-PC"), b"{nope"),
+             msg(topic("T-B1", "T-B1-PC"), b"{nope", dup=True), pc(2, 1, 10)]
+    run(facility_engine, [batch])
+    with unit_of_work(facility_engine) as s:
+        st = ingest_stats(s)
+        assert st["readings"] == 2
+        # the DUP copy of an identical quarantined message is counted, not stored twice
+        assert st["quarantine_by_reason"] == {"bad_json": 1}
