@@ -73,6 +73,8 @@ class Ingester:
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         self.client.on_message = self._on_message
+        self.client.on_subscribe = self._on_subscribe
+        #: set once the broker has confirmed the subscription (tests and the demo wait on it)
         self.subscribed = threading.Event()
 
     # paho callbacks run on the network thread: keep them tiny, never raise.
@@ -87,6 +89,12 @@ class Ingester:
             client.subscribe(self.options.subscription, options=SubscribeOptions(qos=1))
         else:
             client.subscribe(self.options.subscription, qos=1)
+
+    def _on_subscribe(self, _client, _userdata, _mid, reason_codes, _properties) -> None:
+        if any(rc.is_failure for rc in reason_codes):
+            log.error("broker refused subscription %s: %s", self.options.subscription, reason_codes)
+            return
+        log.info("subscription to %s confirmed", self.options.subscription)
         self.subscribed.set()
 
     def _on_disconnect(self, _client, _userdata, _flags, reason_code, _properties) -> None:

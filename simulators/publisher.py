@@ -433,10 +433,7 @@ def resolve_duration(duration: timedelta | None, scenario: Scenario | None) -> t
 
 def default_start(now: datetime, duration: timedelta, speed: float) -> datetime:
     """Start so that, paced at ``speed``, simulated time ends at the wall clock, never ahead."""
-    if _unpaced(speed):
-        begin = now - duration
-    else:
-        begin = now - duration * (1 - 1 / speed)
+    begin = now - (duration if _unpaced(speed) else duration * (1 - 1 / speed))
     return begin.astimezone(UTC).replace(microsecond=0)
 
 

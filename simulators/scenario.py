@@ -7,6 +7,7 @@ a healthy day.
 
 from __future__ import annotations
 
+import itertools
 import re
 import tomllib
 from collections.abc import Mapping
@@ -364,7 +365,7 @@ def _check_no_overlap(what: str, spans: list[tuple[str, timedelta, timedelta, in
         by_target.setdefault(target, []).append((start, end, index))
     for target, items in by_target.items():
         items.sort()
-        for (_, end_a, i_a), (start_b, _, i_b) in zip(items, items[1:], strict=False):
+        for (_, end_a, i_a), (start_b, _, i_b) in itertools.pairwise(items):
             if start_b < end_a:
                 raise ValueError(f"{what}[{i_b}]: overlaps {what}[{i_a}] on {target}")
 
