@@ -37,11 +37,14 @@ def test_sustained_drop_opens_at_run_start_and_closes_after_in_limit_run() -> No
     eps = episodes([15, 5, 5, 5, 5, 5, 5, 5, 5, 15, 15, 15, 15], PRESSURE)
     assert len(eps) == 1
     ep = eps[0]
-    assert ep.level is Level.ACTION and ep.direction == "low"
+    assert ep.level is Level.ACTION
+    assert ep.direction == "low"
     assert ep.started_at == T0 + timedelta(seconds=10)       # first out-of-limit reading
     assert ep.ended_at == T0 + timedelta(seconds=90)         # first reading back in limit
     assert ep.closed_by_at == T0 + timedelta(seconds=110)    # third in-limit reading closes it
-    assert ep.peak == 5 and ep.limit == 10.0 and ep.readings == 8
+    assert ep.peak == 5
+    assert ep.limit == 10.0
+    assert ep.readings == 8
 
 
 def test_alert_run_with_brief_action_dip_stays_alert() -> None:
@@ -49,20 +52,24 @@ def test_alert_run_with_brief_action_dip_stays_alert() -> None:
     values = [15] + [11] * 8 + [5, 5] + [11] * 4 + [15] * 3
     eps = episodes(values, PRESSURE)
     assert [e.level for e in eps] == [Level.ALERT]
-    assert eps[0].peak == 5 and eps[0].limit == 12.0
+    assert eps[0].peak == 5
+    assert eps[0].limit == 12.0
 
 
 def test_escalates_to_action_and_keeps_highest_level() -> None:
     values = [100] * 2 + [2000] * 2 + [5000] * 2 + [2000] + [100] * 3
     eps = episodes(values, PARTICLES, step_s=60)
     assert len(eps) == 1
-    assert eps[0].level is Level.ACTION and eps[0].peak == 5000 and eps[0].limit == 3520
+    assert eps[0].level is Level.ACTION
+    assert eps[0].peak == 5000
+    assert eps[0].limit == 3520
 
 
 def test_short_recovery_does_not_split_the_episode() -> None:
     values = [5000, 100, 100, 5000, 100, 100, 100]
     eps = episodes(values, PARTICLES, step_s=60)
-    assert len(eps) == 1 and eps[0].readings == 2
+    assert len(eps) == 1
+    assert eps[0].readings == 2
 
 
 @pytest.mark.parametrize("close_after", [1, 2, 5])
@@ -80,7 +87,8 @@ def test_not_evaluated_readings_neither_open_nor_close() -> None:
     for i in range(5):
         m.feed(Judged(at=T0 + timedelta(minutes=5 + i), value=0, level=Level.NOT_EVALUATED,
                       direction=None, bounds=PARTICLES, state="at_rest"))
-    assert m.episode is not None and m.episode.open
+    assert m.episode is not None
+    assert m.episode.open
 
 
 def test_out_of_order_feed_is_refused() -> None:

@@ -45,29 +45,37 @@ def test_load_is_idempotent_and_audited(engine: Engine) -> None:
         events_after_first = len(s.exec(select(audit.AuditEvent)).all())
         second = load_facility(s, facility, actor="qa.li")
         assert len(s.exec(select(audit.AuditEvent)).all()) == events_after_first
-    assert first.changed and not second.changed and second.revision == first.revision == 1
+    assert first.changed
+    assert not second.changed
+    assert second.revision == first.revision == 1
     with unit_of_work(engine) as s:
         rooms = s.exec(select(Room)).all()
         bsc = next(r for r in rooms if r.code == "T-B1-BSC")
-        assert bsc.grade == "A" and bsc.background_id == next(r.id for r in rooms if r.code == "T-B1")
+        assert bsc.grade == "A"
+        assert bsc.background_id == next(r.id for r in rooms if r.code == "T-B1")
         assert audit.verify_chain(s)[0]
 
 
 def test_changed_file_makes_a_revision_and_deactivates_missing(engine: Engine) -> None:
     with unit_of_work(engine) as s:
         load_facility(s, parse_facility(BASE), actor="qa.li")
-    trimmed = BASE.replace('[[monitors]]\ncode = "T-B1-H"\nroom = "T-B1"\nkind = "humidity"\ninterval_s = 60\n', '')
+    humidity = '[[monitors]]\ncode = "T-B1-H"\nroom = "T-B1"\nkind = "humidity"\ninterval_s = 60\n'
+    trimmed = BASE.replace(humidity, "")
     assert trimmed != BASE
     with unit_of_work(engine) as s:
         result = load_facility(s, parse_facility(trimmed), actor="qa.wang")
-    assert result.changed and result.revision == 2 and result.deactivated == ("monitor T-B1-H",)
+    assert result.changed
+    assert result.revision == 2
+    assert result.deactivated == ("monitor T-B1-H",)
     with unit_of_work(engine) as s:
         humidity = s.exec(select(Monitor).where(Monitor.code == "T-B1-H")).one()
         assert humidity.active is False  # kept, never deleted
         actions = [e.action for e in s.exec(select(audit.AuditEvent))]
         assert "monitor.deactivate" in actions
         intact, count, broken = audit.verify_chain(s)
-        assert intact and broken is None and count == len(actions)
+        assert intact
+        assert broken is None
+        assert count == len(actions)
 
 
 def test_tampered_audit_row_breaks_the_chain(engine: Engine) -> None:

@@ -47,7 +47,9 @@ def test_duplicates_are_absorbed_and_counted(facility_engine: Engine) -> None:
     run(facility_engine, [first, [pc(1, 0, 10), pc(3, 2, 10)]])  # redelivered + new
     with unit_of_work(facility_engine) as s:
         st = ingest_stats(s)
-        assert st["readings"] == 3 and st["duplicates"] == 2 and st["channel_values"] == 6
+        assert st["readings"] == 3
+        assert st["duplicates"] == 2
+        assert st["channel_values"] == 6
         assert st["quarantined"] == 0
 
 
@@ -55,7 +57,8 @@ def test_reused_seq_with_other_content_is_quarantined_not_merged(facility_engine
     run(facility_engine, [[pc(1, 0, 10)], [pc(1, 5, 99)]])
     with unit_of_work(facility_engine) as s:
         st = ingest_stats(s)
-        assert st["readings"] == 1 and st["quarantine_by_reason"] == {"seq_conflict": 1}
+        assert st["readings"] == 1
+        assert st["quarantine_by_reason"] == {"seq_conflict": 1}
         assert s.exec(select(Reading.value).where(Reading.channel == "0.5")).one() < 400
 
 
@@ -93,7 +96,8 @@ def test_backfill_lands_in_the_right_episode(facility_engine: Engine) -> None:
             "T-B1-PC", "0.5", "action", "at_rest")
         assert ex["started_at"] == "2026-11-20T00:20:00Z"
         assert ex["ended_at"] == "2026-11-20T00:25:00Z"
-        assert ex["readings"] == 5 and ex["limit"] == 3520
+        assert ex["readings"] == 5
+        assert ex["limit"] == 3520
         assert s.exec(select(func.count()).select_from(RawMessage)).one() == 50
 
 
@@ -103,12 +107,15 @@ def test_late_reading_inside_an_open_episode_extends_it(facility_engine: Engine)
     with unit_of_work(facility_engine) as s:
         (ex,) = list_excursions(s)
         first_id = ex["id"]
-        assert ex["started_at"] == "2026-11-20T00:00:10Z" and ex["readings"] == 6
+        assert ex["started_at"] == "2026-11-20T00:00:10Z"
+        assert ex["readings"] == 6
     run(facility_engine, [[dp(3, 20, 3.5)]], processor)   # the missing seq arrives late
     with unit_of_work(facility_engine) as s:
         (ex,) = list_excursions(s)
         assert ex["id"] == first_id                         # same excursion, updated in place
-        assert ex["readings"] == 7 and ex["peak"] == 3.5 and ex["level"] == "action"
+        assert ex["readings"] == 7
+        assert ex["peak"] == 3.5
+        assert ex["level"] == "action"
 
 
 def test_late_in_limit_readings_can_split_an_episode(facility_engine: Engine) -> None:
@@ -132,7 +139,8 @@ def test_restart_resumes_an_open_episode_from_the_database(facility_engine: Engi
     run(facility_engine, [[pc(4, 3, 200), pc(5, 4, 10), pc(6, 5, 10), pc(7, 6, 10)]])
     with unit_of_work(facility_engine) as s:
         (ex,) = list_excursions(s)
-        assert ex["readings"] == 4 and ex["ended_at"] == "2026-11-20T00:04:00Z"
+        assert ex["readings"] == 4
+        assert ex["ended_at"] == "2026-11-20T00:04:00Z"
 
 
 def test_bad_messages_are_quarantined_and_the_batch_still_stores(facility_engine: Engine) -> None:

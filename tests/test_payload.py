@@ -37,7 +37,9 @@ def rejected(payload: bytes, **kw) -> PayloadRejected:
 def test_particles_normalised_to_per_cubic_metre() -> None:
     r = parse(particles(seq=7, ts=T0, c05=17, c50=2, volume=28.3, unit="L"))
     assert r.values == {"0.5": pytest.approx(600.707, abs=1e-3), "5.0": pytest.approx(70.671, abs=1e-3)}
-    assert r.seq == 7 and r.event_time == T0 and r.status == "ok"
+    assert r.seq == 7
+    assert r.event_time == T0
+    assert r.status == "ok"
 
 
 @pytest.mark.parametrize(("volume", "unit", "per_m3_for_100"), [
@@ -106,13 +108,15 @@ def test_rejections_carry_stable_reason(payload: bytes, reason: Reason, fragment
 
 def test_unknown_monitor() -> None:
     err = rejected(particles(monitor="ZZ-GHOST", seq=1, ts=T0, c05=1), t=topic("T-B1", "ZZ-GHOST"))
-    assert err.reason is Reason.UNKNOWN_MONITOR and "ZZ-GHOST" in err.detail
+    assert err.reason is Reason.UNKNOWN_MONITOR
+    assert "ZZ-GHOST" in err.detail
 
 
 def test_room_mismatch_registry_decides() -> None:
     err = rejected(particles(seq=1, ts=T0, c05=1), t=topic("T-C1", "T-B1-PC"))
     assert err.reason is Reason.ROOM_MISMATCH
-    assert "registered in room T-B1" in err.detail and "T-C1" in err.detail
+    assert "registered in room T-B1" in err.detail
+    assert "T-C1" in err.detail
 
 
 def test_kind_and_monitor_disagreements_are_schema_errors() -> None:
@@ -143,7 +147,8 @@ def test_digest_tells_duplicates_from_reused_seq() -> None:
 
 def test_status_messages() -> None:
     s = parse_status(topic("T-B1", "T-B1-PC") + "/status", b"offline", Directory())
-    assert s.online is False and s.monitor.code == "T-B1-PC"
+    assert s.online is False
+    assert s.monitor.code == "T-B1-PC"
     with pytest.raises(PayloadRejected) as info:
         parse_status(topic("T-B1", "T-B1-PC") + "/status", b"sleepy", Directory())
     assert info.value.reason is Reason.SCHEMA

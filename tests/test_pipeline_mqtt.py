@@ -118,6 +118,7 @@ def test_raw_payload_is_kept_verbatim(facility_engine: Engine, broker: LocalBrok
         wait_until(lambda: ingester.stats.received >= 1)
     with unit_of_work(facility_engine) as s:
         raw = s.exec(select(RawMessage)).one()
-        assert raw.payload == payload and raw.topic == "gmp/T-SITE/T-B1/T-B1-PC"
+        assert raw.payload == payload
+        assert raw.topic == "gmp/T-SITE/T-B1/T-B1-PC"
         value = s.exec(select(Reading.value).where(Reading.channel == "0.5")).one()
         assert value == pytest.approx(42 * 35.3147, rel=1e-5)
