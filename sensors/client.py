@@ -25,6 +25,7 @@ from sensors.ingest import BatchProcessor, InboundMessage
 from sensors.mqtt import BrokerAddress, connect, make_client
 from tracker.db import unit_of_work
 from tracker.intake import BatchOutcome, Intake
+from tracker.settings import Settings
 from tracker.timeutil import utcnow
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,18 @@ class IngestOptions:
     future_tolerance: timedelta = timedelta(minutes=5)
     close_after: int = 3
     ca_file: str | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Settings, *, subscription: str | None = None,
+                      client_id: str | None = None) -> IngestOptions:
+        """Options from TRACKER_* settings; explicit arguments win."""
+        return cls(client_id=client_id or settings.mqtt_client_id,
+                   subscription=subscription or settings.mqtt_subscription,
+                   protocol=settings.mqtt_protocol, batch_size=settings.ingest_batch_size,
+                   linger_s=settings.ingest_linger_ms / 1000,
+                   max_payload_bytes=settings.max_payload_bytes,
+                   future_tolerance=timedelta(seconds=settings.future_tolerance_s),
+                   close_after=settings.excursion_close_after, ca_file=settings.mqtt_ca_file)
 
 
 class Ingester:

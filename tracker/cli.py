@@ -11,7 +11,6 @@ import logging
 import signal
 import sys
 import threading
-from datetime import timedelta
 from pathlib import Path
 from typing import Annotated
 
@@ -103,7 +102,7 @@ def ingest(db: DbOpt = None, mqtt: MqttOpt = None,
            subscription: Annotated[str | None, typer.Option(help="filter or $share/GROUP/filter")] = None,
            client_id: Annotated[str | None, typer.Option("--client-id")] = None) -> None:
     """Ingest readings from the broker until SIGTERM/SIGINT (finishes its batch first)."""
-    from sensors.client import Ingester
+    from sensors.client import Ingester, IngestOptions
     from sensors.mqtt import parse_broker_url
 
     settings = get_settings()
@@ -112,23 +111,11 @@ def ingest(db: DbOpt = None, mqtt: MqttOpt = None,
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     ingester = Ingester(_engine(db), parse_broker_url(mqtt or settings.mqtt_url),
-                        _ingest_options(settings, subscription, client_id))
+                        IngestOptions.from_settings(settings, subscription=subscription,
+                                                    client_id=client_id))
     stats = ingester.run(stop)
     console.print(f"stored {stats.stored}, duplicates {stats.duplicates}, "
                   f"quarantined {stats.quarantined} in {stats.batches} batches")
-
-
-def _ingest_options(settings, subscription: str | None = None, client_id: str | None = None):
-    from sensors.client import IngestOptions
-
-    return IngestOptions(client_id=client_id or settings.mqtt_client_id,
-                         subscription=subscription or settings.mqtt_subscription,
-                         protocol=settings.mqtt_protocol, batch_size=settings.ingest_batch_size,
-                         linger_s=settings.ingest_linger_ms / 1000,
-                         max_payload_bytes=settings.max_payload_bytes,
-                         future_tolerance=timedelta(seconds=settings.future_tolerance_s),
-                         close_after=settings.excursion_close_after,
-                         ca_file=settings.mqtt_ca_file)
 
 
 @app.command()
@@ -140,9 +127,8 @@ def simulate(facility: Annotated[Path, typer.Option(help="facility TOML")],
              start: Annotated[str | None, typer.Option(help="simulated start, ISO 8601")] = None,
              mqtt: MqttOpt = None) -> None:
     """Publish a simulated facility's readings over MQTT (stand-in for hardware)."""
-    from simulators.publisher import run_simulation
-
     from sensors.mqtt import parse_broker_url
+    from simulators.publisher import run_simulation
 
     settings = get_settings()
     stop = threading.Event()
