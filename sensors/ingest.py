@@ -20,12 +20,13 @@ from sensors.payload import (
     parse_reading,
     parse_status,
 )
-from sensors.topics import parse_topic
+from sensors.topics import STATUS_SUFFIX
 from tracker.intake import BatchOutcome, IncomingReading, IncomingStatus, Intake
 from tracker.quarantine import Rejection
 from tracker.registry import Registry
 
 log = logging.getLogger(__name__)
+STATUS_TAIL = "/" + STATUS_SUFFIX
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,9 +92,8 @@ class BatchProcessor:
 
     def _one(self, msg: InboundMessage, registry: Registry, readings: list[IncomingReading],
              statuses: list[IncomingStatus]) -> None:
-        address = parse_topic(msg.topic)
         assert self._directory is not None
-        if address is not None and address.is_status:
+        if msg.topic.endswith(STATUS_TAIL):
             status = parse_status(msg.topic, msg.payload, self._directory)
             entry = registry.lookup(status.monitor.site, status.monitor.code)
             statuses.append(IncomingStatus(entry.id, status.online, msg.received_at))

@@ -6,13 +6,14 @@ The schema is created and changed only by Alembic migrations (``tracker db upgra
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
-from sqlalchemy import DateTime, Engine, event
+from sqlalchemy import Connection, DateTime, Engine, Table, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.types import TypeDecorator
 from sqlmodel import Session, SQLModel, create_engine
@@ -84,3 +85,35 @@ def unit_of_work(engine: Engine) -> Iterator[Session]:
         except BaseException:
             session.rollback()
             raise
+
+
+def _sqlite_time(value: datetime) -> str:
+    """The text form SQLAlchemy's SQLite DateTime stores (naive UTC), so both paths agree."""
+    return value.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
+
+
+def bulk_insert(connection: Connection, table: Table, columns: Sequence[str],
+                rows: Sequence[Sequence[Any]], *, time_columns: Sequence[str] = ()) -> None:
+    """Insert many rows through the DBAPI's ``executemany`` with positional parameters.
+
+    The ingest hot path: SQLAlchemy Core's per-row parameter processing costs more than the
+    insert itself on SQLite (platform.md). Aware datetimes in ``time_columns`` are converted
+    the way :class:`UTCDateTime` would convert them.
+    """
+    if not rows:
+        return
+    dialect = connection.dialect
+    if dialect.name == "sqlite" and time_columns:
+        idx = [columns.index(c) for c in time_columns]
+        converted = []
+        for row in rows:
+            row = list(row)
+            for i in idx:
+                if row[i] is not None:
+                    row[i] = _sqlite_time(row[i])
+            converted.append(row)
+        rows = converted
+    marker = "?" if dialect.paramstyle == "qmark" else "%s"
+    sql = (f"INSERT INTO {table.name} ({', '.join(columns)}) "
+           f"VALUES ({', '.join([marker] * len(columns))})")
+    connection.exec_driver_sql(sql, [tuple(r) for r in rows])

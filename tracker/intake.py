@@ -12,10 +12,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from sqlalchemy import insert, tuple_
+from sqlalchemy import func, insert, tuple_
 from sqlmodel import Session, select
 
 from tracker.counters import bump
+from tracker.db import bulk_insert
 from tracker.episodes import Judged
 from tracker.excursions import EpisodeBook
 from tracker.limits import NOT_EVALUATED, evaluate
@@ -26,6 +27,9 @@ from tracker.roomstate import RoomStates
 from tracker.timeutil import utcnow
 
 SEQ_CONFLICT = "seq_conflict"
+RAW_COLUMNS = ("monitor_id", "seq", "received_at", "topic", "payload", "digest")
+READING_COLUMNS = ("monitor_id", "seq", "channel", "event_time", "value", "status", "level",
+                   "direction", "state", "basis_id")
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +81,29 @@ class Intake:
         """After a rolled-back batch: in-memory episode state may be ahead of the database."""
         self.book.forget()
 
+    @staticmethod
+    def _stored_digests(session: Session, fresh: dict[tuple[int, int], IncomingReading]
+                        ) -> dict[tuple[int, int], str]:
+        """Digests of the batch's (monitor, seq) keys that are already stored.
+
+        One cheap index lookup per monitor finds its highest stored seq; only keys at or
+        below it (backfill, redelivery, duplicates: the rare case) are looked up one by one.
+        """
+        if not fresh:
+            return {}
+        monitors = sorted({m for m, _ in fresh})
+        highest = dict(session.exec(select(RawMessage.monitor_id, func.max(RawMessage.seq))
+                                    .where(RawMessage.monitor_id.in_(monitors))
+                                    .group_by(RawMessage.monitor_id)).all())
+        candidates = [k for k in fresh if k[0] in highest and k[1] <= highest[k[0]]]
+        found: dict[tuple[int, int], str] = {}
+        for chunk in range(0, len(candidates), 400):
+            keys = candidates[chunk:chunk + 400]
+            found.update(((m, s), d) for m, s, d in session.exec(
+                select(RawMessage.monitor_id, RawMessage.seq, RawMessage.digest)
+                .where(tuple_(RawMessage.monitor_id, RawMessage.seq).in_(keys))))
+        return found
+
     def store(self, session: Session, readings: list[IncomingReading],
               rejections: list[Rejection], statuses: list[IncomingStatus] = (),
               *, now: datetime | None = None) -> BatchOutcome:
@@ -94,39 +121,33 @@ class Intake:
                 outcome.duplicates += 1
             else:
                 rejections.append(_conflict(r, registry, "earlier in the same batch"))
-        if fresh:
-            existing = dict(((m, s), d) for m, s, d in session.exec(
-                select(RawMessage.monitor_id, RawMessage.seq, RawMessage.digest).where(
-                    tuple_(RawMessage.monitor_id, RawMessage.seq).in_(list(fresh)))))
-            for key, digest in existing.items():
-                r = fresh.pop(key)
-                if digest == r.digest:
-                    outcome.duplicates += 1
-                else:
-                    rejections.append(_conflict(r, registry, "already stored"))
+        for key, digest in self._stored_digests(session, fresh).items():
+            r = fresh.pop(key)
+            if digest == r.digest:
+                outcome.duplicates += 1
+            else:
+                rejections.append(_conflict(r, registry, "already stored"))
 
         raw_rows, reading_rows = [], []
         series: dict[tuple[int, str], list[Judged]] = {}
         for r in fresh.values():
             entry = registry.by_id[r.monitor_id]
             state = self.room_states.state(entry.room_id, r.event_time)
-            raw_rows.append({"monitor_id": r.monitor_id, "seq": r.seq, "received_at": r.received_at,
-                             "topic": r.topic, "payload": r.payload, "digest": r.digest})
+            raw_rows.append((r.monitor_id, r.seq, r.received_at, r.topic, r.payload, r.digest))
             for channel, value in r.values.items():
                 bounds = entry.limits.for_reading(channel, state)
                 verdict = evaluate(value, bounds) if r.status == "ok" else NOT_EVALUATED
-                reading_rows.append({
-                    "monitor_id": r.monitor_id, "seq": r.seq, "channel": channel,
-                    "event_time": r.event_time, "value": value, "status": r.status,
-                    "level": verdict.level.value, "direction": verdict.direction,
-                    "state": state, "basis_id": entry.basis_id})
+                reading_rows.append((r.monitor_id, r.seq, channel, r.event_time, value, r.status,
+                                     verdict.level.value, verdict.direction, state,
+                                     entry.basis_id))
                 series.setdefault((r.monitor_id, channel), []).append(
                     Judged(at=r.event_time, value=value, level=verdict.level,
                            direction=verdict.direction, bounds=bounds, state=state))
         connection = session.connection()
-        if raw_rows:
-            connection.execute(insert(RawMessage.__table__), raw_rows)
-            connection.execute(insert(Reading.__table__), reading_rows)
+        bulk_insert(connection, RawMessage.__table__, RAW_COLUMNS, raw_rows,
+                    time_columns=("received_at",))
+        bulk_insert(connection, Reading.__table__, READING_COLUMNS, reading_rows,
+                    time_columns=("event_time",))
         if statuses:
             connection.execute(insert(MonitorStatusEvent.__table__), [
                 {"monitor_id": s.monitor_id, "online": s.online, "received_at": s.received_at}

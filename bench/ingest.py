@@ -1,0 +1,209 @@
+"""Ingest throughput against the raw broker ceiling, measured on the same broker in one run.
+
+    uv run python bench/ingest.py [--readings 100000]
+
+Two phases on one Debian mosquitto (loopback), each with the same pre-generated messages of
+the sample facility published by a separate process at QoS 1:
+
+* ceiling  — a paho subscriber that only counts (QoS 1, persistent session, auto-ack);
+* ingester — ``sensors.client.Ingester``: parse, pint-normalise (cached factors), evaluate,
+  dedupe, Core bulk insert into SQLite (WAL), excursion machine, commit, then manual ack.
+
+Each phase runs "live" (subscriber connected while the publisher floods) and "backlog"
+(messages queued for an offline persistent session, then drained). Prints messages/s of
+each and the ratio ingester / ceiling. A benchmark, not a test: nothing is asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import sys
+import tempfile
+import threading
+import time
+from collections import deque
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import paho.mqtt.client as mqtt  # noqa: E402
+from sqlalchemy import func  # noqa: E402
+from sqlmodel import select  # noqa: E402
+
+from sensors.broker import LocalBroker  # noqa: E402
+from sensors.client import Ingester, IngestOptions  # noqa: E402
+from sensors.mqtt import connect, make_client, parse_broker_url  # noqa: E402
+from simulators.facility import load_facility as load_sim_facility  # noqa: E402
+from simulators.publisher import generate  # noqa: E402
+from tracker.db import get_engine, unit_of_work  # noqa: E402
+from tracker.facility import load_facility, read_facility_file  # noqa: E402
+from tracker.migrate import upgrade  # noqa: E402
+from tracker.readings import RawMessage  # noqa: E402
+
+FACILITY = ROOT / "simulators" / "data" / "nn-cpc.toml"
+
+
+def make_messages(n: int) -> list[tuple[str, bytes]]:
+    """The first ``n`` reading messages of the sample facility, in simulated-time order."""
+    facility = load_sim_facility(FACILITY)
+    start = (datetime.now(UTC) - timedelta(days=30)).replace(microsecond=0)
+    out: list[tuple[str, bytes]] = []
+    for msg in generate(facility, None, seed=7, start=start, duration=timedelta(days=29)):
+        if msg.kind == "reading":
+            out.append((msg.topic, msg.payload))
+            if len(out) == n:
+                break
+    return out
+
+
+def publisher(url: str, messages: list[tuple[str, bytes]], tag: str) -> None:
+    """Separate process: publish everything at QoS 1 with a bounded window."""
+    address = parse_broker_url(url)
+    client = make_client(address, client_id=f"bench-pub-{tag}")
+    connect(client, address)
+    client.loop_start()
+    window: deque[mqtt.MQTTMessageInfo] = deque()
+    for topic, payload in messages:
+        info = client.publish(topic, payload, qos=1)
+        if info.rc != mqtt.MQTT_ERR_SUCCESS:
+            raise SystemExit(f"publish failed: {info.rc}")
+        window.append(info)
+        while len(window) >= 2000:
+            window.popleft().wait_for_publish(30)
+    for info in window:
+        info.wait_for_publish(30)
+    client.disconnect()
+    client.loop_stop()
+
+
+def publish_in_process(url: str, messages: list[tuple[str, bytes]], tag: str) -> mp.Process:
+    proc = mp.get_context("fork").Process(target=publisher, args=(url, messages, tag))
+    proc.start()
+    return proc
+
+
+class Counter:
+    """The ceiling: a paho subscriber that only counts messages."""
+
+    def __init__(self, url: str, client_id: str, total: int) -> None:
+        self.total, self.count = total, 0
+        self.first = self.last = 0.0
+        self.done = threading.Event()
+        self.subscribed = threading.Event()
+        address = parse_broker_url(url)
+        self.client = make_client(address, client_id=client_id)
+        self.client.on_message = self._on_message
+        self.client.on_subscribe = lambda *a: self.subscribed.set()
+        self.client.on_connect = lambda c, *a: c.subscribe("gmp/#", qos=1)
+        self.address = address
+
+    def _on_message(self, *_args) -> None:
+        now = time.perf_counter()
+        if self.count == 0:
+            self.first = now
+        self.count += 1
+        self.last = now
+        if self.count >= self.total:
+            self.done.set()
+
+    def start(self) -> None:
+        connect(self.client, self.address, persistent=True)
+        self.client.loop_start()
+        self.subscribed.wait(10)
+
+    def stop(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def ceiling(url: str, messages: list, mode: str) -> float:
+    counter = Counter(url, f"bench-ceiling-{mode}", len(messages))
+    counter.start()
+    if mode == "backlog":
+        counter.stop()
+        publish_in_process(url, messages, f"c-{mode}").join()
+        counter = Counter(url, f"bench-ceiling-{mode}", len(messages))
+        t0 = time.perf_counter()
+        counter.start()
+        counter.done.wait(600)
+        elapsed = counter.last - t0
+    else:
+        proc = publish_in_process(url, messages, f"c-{mode}")
+        counter.done.wait(600)
+        proc.join()
+        elapsed = counter.last - counter.first
+    counter.stop()
+    return counter.count / elapsed
+
+
+def stored(engine) -> int:
+    with unit_of_work(engine) as s:
+        return s.exec(select(func.count()).select_from(RawMessage)).one()
+
+
+def ingest(url: str, messages: list, mode: str, workdir: Path) -> tuple[float, int]:
+    db_url = f"sqlite:///{workdir / f'bench-{mode}.db'}"
+    upgrade(db_url)
+    engine = get_engine(db_url)
+    with unit_of_work(engine) as s:
+        load_facility(s, read_facility_file(FACILITY), actor="bench")
+    options = IngestOptions(client_id=f"bench-ingest-{mode}")
+
+    def start_ingester() -> tuple[Ingester, threading.Event, threading.Thread]:
+        ing = Ingester(engine, parse_broker_url(url), options)
+        stop = threading.Event()
+        thread = threading.Thread(target=ing.run, args=(stop,), daemon=True)
+        thread.start()
+        ing.subscribed.wait(10)
+        return ing, stop, thread
+
+    ing, stop, thread = start_ingester()
+    if mode == "backlog":
+        stop.set()
+        thread.join()
+        publish_in_process(url, messages, f"i-{mode}").join()
+        t0 = time.perf_counter()
+        ing, stop, thread = start_ingester()
+        proc = None
+    else:
+        t0 = None
+        proc = publish_in_process(url, messages, f"i-{mode}")
+        while ing.stats.received == 0 and ing.inbox.empty():
+            time.sleep(0.001)
+        t0 = time.perf_counter()
+    while ing.stats.received < len(messages):
+        time.sleep(0.01)
+    elapsed = time.perf_counter() - t0
+    stop.set()
+    thread.join()
+    if proc:
+        proc.join()
+    return ing.stats.received / elapsed, stored(engine)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--readings", type=int, default=100_000)
+    args = parser.parse_args()
+    t = time.perf_counter()
+    messages = make_messages(args.readings)
+    print(f"generated {len(messages):,} reading messages of {FACILITY.name} "
+          f"in {time.perf_counter() - t:.1f}s")
+    with tempfile.TemporaryDirectory(prefix="gmp-bench-") as tmp, \
+            LocalBroker(data_dir=Path(tmp) / "broker", persistence=False) as broker:
+        print(f"broker: {broker.kind} {broker.url}")
+        rows = []
+        for mode in ("live", "backlog"):
+            ceil = ceiling(broker.url, messages, mode)
+            rate, n_stored = ingest(broker.url, messages, mode, Path(tmp))
+            rows.append((mode, ceil, rate, n_stored))
+        print(f"\n{'mode':8} {'ceiling msg/s':>14} {'ingester readings/s':>20} {'ratio':>6} {'stored':>8}")
+        for mode, ceil, rate, n_stored in rows:
+            print(f"{mode:8} {ceil:14,.0f} {rate:20,.0f} {rate / ceil:6.2f} {n_stored:8,}")
+
+
+if __name__ == "__main__":
+    main()
