@@ -523,9 +523,6 @@ class _Gateway:
             self.refused = str(reason)
             log.error("broker %s refused the simulator: %s", self.broker.display(), reason)
             return
-        receive_max = getattr(properties, "ReceiveMaximum", None)
-        if receive_max:  # never exceed what the broker will accept in flight
-            client.max_inflight_messages_set(min(int(receive_max), 100))
         self.connected.set()
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any,

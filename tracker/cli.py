@@ -139,7 +139,7 @@ def simulate(facility: Annotated[Path, typer.Option(help="facility TOML")],
                             seed=seed, duration=parse_duration(duration) if duration else None,
                             start=parse_instant(start) if start else None, stop=stop,
                             protocol=settings.mqtt_protocol)
-    console.print(result)
+    console.print(result.summary())
 
 
 @app.command()

@@ -53,8 +53,11 @@ def _schedule_operations(engine, start: datetime) -> int:
     with unit_of_work(engine) as session:
         rooms = {r.code: r for r in session.exec(select(Room)).all()}
         for op in scenario.operations:
+            # as the simulator does: a room's operation covers its zones, a zone's its background
+            op_room = rooms[op.room]
             affected = {op.room} | {code for code, r in rooms.items()
-                                    if r.background_id == rooms[op.room].id}
+                                    if r.background_id == op_room.id
+                                    or r.id == op_room.background_id}
             for code in sorted(affected):
                 for state, offset in (("in_operation", op.start), ("at_rest", op.end)):
                     set_room_state(session, room_code=code, state=state,
