@@ -15,6 +15,7 @@ SCHEMA = "gmp.reading/1"
 GHOST_MONITOR = "ZZ-GHOST"
 #: Malformed messages naming a real monitor use seq numbers from here up: never a real seq.
 MALFORMED_SEQ_BASE = 900_000_000
+FUTURE_SKEW = timedelta(days=3650)
 TOO_LARGE_BYTES = 70 * 1024
 MALFORMED_VARIANTS = (
     "bad_json", "schema", "unknown_monitor", "room_mismatch", "bad_unit",
@@ -112,7 +113,8 @@ def malformed(variant: str, *, monitor: str, kind: str, seq: int, ts: datetime) 
     elif variant == "bad_unit":
         _set_unit(message, "furlong")
     elif variant == "future_timestamp":
-        message["ts"] = iso_z(ts + timedelta(days=1))
+        # ten years ahead: in the future of the wall clock too, even when replaying a past day
+        message["ts"] = iso_z(ts + FUTURE_SKEW)
     elif variant == "out_of_range":
         _make_impossible(message)
     elif variant == "too_large":

@@ -45,7 +45,7 @@ STYLE = {"ok": "green", "alert": "yellow", "action": "bold red", "not_evaluated"
 UNIT = {"particles": "/m³", "pressure": "Pa", "temperature": "°C", "humidity": "%RH"}
 
 
-def _schedule_operations(engine, start: datetime) -> int:
+def schedule_operations(engine, start: datetime) -> int:
     """Put the scenario's processing sessions on the rooms' state timelines (audited)."""
     sim_facility = load_sim_facility(FACILITY)
     scenario = load_scenario(SCENARIO, sim_facility)
@@ -130,7 +130,7 @@ def run_demo(*, data_dir: Path, speed: float = 120.0, seed: int = 1,
     now = datetime.now(UTC).replace(microsecond=0)
     start = now - scenario.duration * (1 - 1 / speed) if speed > 0 else now - scenario.duration
     start = start.replace(microsecond=0)
-    _schedule_operations(engine, start)
+    schedule_operations(engine, start)
 
     stop = threading.Event()
     signal.signal(signal.SIGINT, lambda *_: stop.set())

@@ -1,0 +1,99 @@
+"""The command line: JSON read-outs in DESIGN §9 shapes, clear errors, the demo end to end."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine
+
+from sensors.ingest import BatchProcessor, InboundMessage
+from tests.conftest import MIN_FACILITY
+from tests.factories import T0, particles, topic
+from tracker.db import get_engine, unit_of_work
+from tracker.intake import Intake
+from tracker.stats import ingest_stats
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def tracker(*args: str, db_url: str, lang: str = "en") -> subprocess.CompletedProcess:
+    env = {**os.environ, "TRACKER_DATABASE_URL": db_url, "TRACKER_LANG": lang, "COLUMNS": "200"}
+    return subprocess.run([sys.executable, "-m", "tracker.cli", *args], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture
+def populated(facility_engine: Engine, db_url: str) -> str:
+    received = T0 + timedelta(days=1)
+    batch = [InboundMessage(topic("T-B1", "T-B1-PC"),
+                            particles(seq=m + 1, ts=T0 + timedelta(minutes=m),
+                                      c05=200 if 3 <= m < 6 else 10), received)
+             for m in range(10)]
+    batch += [InboundMessage(topic("T-B1", "T-B1-PC"), b"{broken", received),
+              InboundMessage(topic("T-B1", "T-B1-PC"), batch[0].payload, received)]
+    with unit_of_work(facility_engine) as s:
+        BatchProcessor(Intake()).process(s, batch)
+    return db_url
+
+
+def test_json_readouts_have_the_documented_shapes(populated: str) -> None:
+    ex = json.loads(tracker("excursions", "--json", db_url=populated).stdout)
+    assert len(ex) == 1
+    assert {"id", "type", "monitor", "room", "kind", "channel", "level", "state", "started_at",
+            "ended_at", "peak", "limit", "readings"} <= set(ex[0])
+    assert (ex[0]["type"], ex[0]["kind"], ex[0]["channel"], ex[0]["level"]) == (
+        "limit", "particles", "0.5", "action")
+    assert ex[0]["started_at"] == "2026-11-20T00:03:00Z"
+    q = json.loads(tracker("quarantine", "--json", db_url=populated).stdout)
+    assert [(r["reason"], r["payload"], r["topic"]) for r in q] == [
+        ("bad_json", "{broken", "gmp/T-SITE/T-B1/T-B1-PC")]
+    assert {"id", "received_at", "topic", "reason", "detail", "payload"} == set(q[0])
+    stats = json.loads(tracker("stats", "--json", db_url=populated).stdout)
+    assert stats["readings"] == 10 and stats["duplicates"] == 1
+    assert stats["quarantined"] == 1 and stats["quarantine_by_reason"] == {"bad_json": 1}
+    assert stats["excursions"] == {"alert": 0, "action": 1}
+
+
+def test_human_tables_in_both_languages(populated: str) -> None:
+    zh = tracker("excursions", db_url=populated, lang="zh-CN").stdout
+    en = tracker("excursions", db_url=populated, lang="en").stdout
+    assert "纠偏" in zh and "静态" in zh and "2026-11-20 08:03:00 +0800" in zh
+    assert "action" in en and "at rest" in en
+
+
+def test_facility_errors_are_clear_and_exit_nonzero(tmp_path: Path, db_url: str) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text(MIN_FACILITY.read_text().replace('reference = "T-C1"\n', ""))
+    result = tracker("facility", "load", str(bad), db_url=db_url)
+    assert result.returncode == 2
+    assert "T-B1-DP" in result.stderr and "needs 'reference'" in result.stderr
+
+
+def test_room_state_and_audit_verify(facility_engine: Engine, db_url: str) -> None:
+    ok = tracker("room", "state", "T-B1", "in_operation", "--at", "2026-11-20T10:00:00+08:00",
+                 "--reason", "batch B-001", db_url=db_url)
+    assert ok.returncode == 0, ok.stderr
+    bad = tracker("room", "state", "T-B1", "busy", db_url=db_url)
+    assert bad.returncode == 2 and "in_operation" in bad.stderr
+    verify = tracker("audit", "verify", db_url=db_url)
+    assert verify.returncode == 0 and "intact" in verify.stdout
+
+
+def test_demo_runs_end_to_end(tmp_path: Path) -> None:
+    """The README's demo, bounded: readings flow and the scenario's first excursions appear."""
+    env = {**os.environ, "TRACKER_LANG": "en", "COLUMNS": "160"}
+    result = subprocess.run([sys.executable, "-m", "tracker.cli", "demo", "--speed", "1800",
+                             "--duration", "20s", "--data-dir", str(tmp_path)], env=env, cwd=ROOT,
+                            capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "GMP cleanroom monitoring" in result.stdout
+    with unit_of_work(get_engine(f"sqlite:///{tmp_path / 'demo' / 'demo.db'}")) as s:
+        stats = ingest_stats(s)
+    assert stats["readings"] > 10_000
+    assert stats["excursions"]["action"] >= 1   # 20 s at ×1800 covers the 2 h burst in B01
