@@ -55,16 +55,21 @@ def test_json_readouts_have_the_documented_shapes(populated: str) -> None:
         ("bad_json", "{broken", "gmp/T-SITE/T-B1/T-B1-PC")]
     assert {"id", "received_at", "topic", "reason", "detail", "payload"} == set(q[0])
     stats = json.loads(tracker("stats", "--json", db_url=populated).stdout)
-    assert stats["readings"] == 10 and stats["duplicates"] == 1
-    assert stats["quarantined"] == 1 and stats["quarantine_by_reason"] == {"bad_json": 1}
+    assert stats["readings"] == 10
+    assert stats["duplicates"] == 1
+    assert stats["quarantined"] == 1
+    assert stats["quarantine_by_reason"] == {"bad_json": 1}
     assert stats["excursions"] == {"alert": 0, "action": 1}
 
 
 def test_human_tables_in_both_languages(populated: str) -> None:
     zh = tracker("excursions", db_url=populated, lang="zh-CN").stdout
     en = tracker("excursions", db_url=populated, lang="en").stdout
-    assert "纠偏" in zh and "静态" in zh and "2026-11-20 08:03:00 +0800" in zh
-    assert "action" in en and "at rest" in en
+    assert "纠偏" in zh
+    assert "静态" in zh
+    assert "2026-11-20 08:03:00 +0800" in zh
+    assert "action" in en
+    assert "at rest" in en
 
 
 def test_facility_errors_are_clear_and_exit_nonzero(tmp_path: Path, db_url: str) -> None:
@@ -72,7 +77,8 @@ def test_facility_errors_are_clear_and_exit_nonzero(tmp_path: Path, db_url: str)
     bad.write_text(MIN_FACILITY.read_text().replace('reference = "T-C1"\n', ""))
     result = tracker("facility", "load", str(bad), db_url=db_url)
     assert result.returncode == 2
-    assert "T-B1-DP" in result.stderr and "needs 'reference'" in result.stderr
+    assert "T-B1-DP" in result.stderr
+    assert "needs 'reference'" in result.stderr
 
 
 def test_room_state_and_audit_verify(facility_engine: Engine, db_url: str) -> None:
@@ -80,9 +86,11 @@ def test_room_state_and_audit_verify(facility_engine: Engine, db_url: str) -> No
                  "--reason", "batch B-001", db_url=db_url)
     assert ok.returncode == 0, ok.stderr
     bad = tracker("room", "state", "T-B1", "busy", db_url=db_url)
-    assert bad.returncode == 2 and "in_operation" in bad.stderr
+    assert bad.returncode == 2
+    assert "in_operation" in bad.stderr
     verify = tracker("audit", "verify", db_url=db_url)
-    assert verify.returncode == 0 and "intact" in verify.stdout
+    assert verify.returncode == 0
+    assert "intact" in verify.stdout
 
 
 def test_demo_runs_end_to_end(tmp_path: Path) -> None:
