@@ -59,9 +59,10 @@ def facility_engine(engine: Engine) -> Engine:
     return engine
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def broker() -> Iterator[LocalBroker]:
-    """Debian's mosquitto on a free loopback port for the whole session."""
+    """Debian's mosquitto on a free loopback port, one per test: retained messages and
+    persistent sessions of one test must not leak into the next (it starts in ~50 ms)."""
     if find_mosquitto() is None:
         pytest.fail("mosquitto is not installed: run the README's test command (it installs it)")
     with LocalBroker(persistence=False) as b:
