@@ -96,8 +96,7 @@ class LocalBroker:
 
         config = {"listeners": {"default": {"type": "tcp", "bind": f"127.0.0.1:{self.port}"}},
                   "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin":
-                              {"allow_anonymous": True},
-                              "amqtt.plugins.sys.broker.BrokerSysPlugin": {"sys_interval": 0}}}
+                              {"allow_anonymous": True}}}
         ready = threading.Event()
 
         def serve() -> None:

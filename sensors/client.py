@@ -170,11 +170,29 @@ class Ingester:
             self.on_batch(outcome)
         return True
 
+    def _connect_with_backoff(self, stop: threading.Event) -> bool:
+        """First connection: a broker that is not up yet is waited for, not a crash.
+
+        Later disconnects are paho's job (``reconnect_delay_set`` in ``make_client``).
+        """
+        delay = 1.0
+        while not stop.is_set():
+            try:
+                connect(self.client, self.broker, persistent=True)
+                return True
+            except OSError as exc:
+                log.warning("broker %s not reachable (%s); retrying in %.0fs",
+                            self.broker.display(), exc, delay)
+                stop.wait(delay)
+                delay = min(delay * 2, 30.0)
+        return False
+
     def run(self, stop: threading.Event) -> IngestStats:
         """Connect, then store batches until ``stop``; the last batch is committed first."""
         with unit_of_work(self.engine) as session:
             self.intake.refresh(session)
-        connect(self.client, self.broker, persistent=True)
+        if not self._connect_with_backoff(stop):
+            return self.stats
         self.client.loop_start()
         try:
             while not stop.is_set():

@@ -22,7 +22,6 @@ from sensors.topics import parse_topic
 from sensors.units import UnitProblem, converter
 
 SCHEMA_V1 = "gmp.reading/1"
-STATUSES = ("ok", "fault", "calibration", "maintenance")
 
 
 class Reason(StrEnum):

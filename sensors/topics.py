@@ -6,8 +6,6 @@ from dataclasses import dataclass
 
 ROOT = "gmp"
 STATUS_SUFFIX = "status"
-#: Default subscription of an ingester: every reading and status topic of every site.
-READINGS_FILTER = f"{ROOT}/#"
 
 
 @dataclass(frozen=True, slots=True)

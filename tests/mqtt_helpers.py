@@ -51,7 +51,7 @@ def wait_until(predicate: Callable[[], bool], *, timeout: float = 30.0, what: st
 
 @contextmanager
 def running_ingester(engine: Engine, broker: LocalBroker, *, client_id: str = "test-ingest",
-                     close_after: int = 3) -> Iterator[Ingester]:
+                     close_after: int = 3, wait_subscribed: bool = True) -> Iterator[Ingester]:
     """An ingest worker on a thread, subscribed before the test publishes."""
     ingester = Ingester(engine, parse_broker_url(broker.url),
                         IngestOptions(client_id=client_id, protocol=broker.protocol,
@@ -60,7 +60,8 @@ def running_ingester(engine: Engine, broker: LocalBroker, *, client_id: str = "t
     thread = threading.Thread(target=ingester.run, args=(stop,), name="ingester", daemon=True)
     thread.start()
     try:
-        assert ingester.subscribed.wait(10), "ingester did not subscribe"
+        if wait_subscribed:
+            assert ingester.subscribed.wait(10), "ingester did not subscribe"
         yield ingester
     finally:
         stop.set()

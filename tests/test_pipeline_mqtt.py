@@ -4,6 +4,7 @@ excursions, every valid reading is stored once, bad messages are quarantined by 
 from __future__ import annotations
 
 import json
+import time
 from datetime import timedelta
 
 import pytest
@@ -122,3 +123,29 @@ def test_raw_payload_is_kept_verbatim(facility_engine: Engine, broker: LocalBrok
         assert raw.topic == "gmp/T-SITE/T-B1/T-B1-PC"
         value = s.exec(select(Reading.value).where(Reading.channel == "0.5")).one()
         assert value == pytest.approx(42 * 35.3147, rel=1e-5)
+
+
+def test_ingester_waits_for_a_broker_that_is_not_up_yet(facility_engine: Engine) -> None:
+    late_broker = LocalBroker(persistence=False)
+    with running_ingester(facility_engine, late_broker, client_id="early-bird",
+                          wait_subscribed=False) as ingester:
+        time.sleep(1.5)                       # the ingester has tried and is backing off
+        assert not ingester.subscribed.is_set()
+        with late_broker:
+            assert ingester.subscribed.wait(20), "ingester never connected"
+            publish_all(late_broker, [(topic("T-B1", "T-B1-PC"), particles(seq=1, ts=T0, c05=1))])
+            wait_until(lambda: ingester.stats.stored >= 1)
+
+
+def test_embedded_amqtt_fallback_broker(facility_engine: Engine) -> None:
+    """Where mosquitto is absent the demo uses amqtt (MQTT 3.1.1): the pipeline still works."""
+    with LocalBroker(persistence=False, prefer="amqtt") as fallback:
+        assert fallback.kind == "amqtt"
+        assert fallback.protocol == 3
+        with running_ingester(facility_engine, fallback, client_id="amqtt-ingest") as ingester:
+            sent = publish_all(fallback, [(topic("T-B1", "T-B1-PC"),
+                                           particles(seq=m + 1, ts=T0 + timedelta(minutes=m),
+                                                     c05=10)) for m in range(50)])
+            wait_until(lambda: ingester.stats.stored >= sent, what="50 readings via amqtt")
+    with unit_of_work(facility_engine) as s:
+        assert ingest_stats(s)["readings"] == 50

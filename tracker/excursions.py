@@ -10,7 +10,6 @@ are inserted, and stored episodes the full data no longer supports are marked
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from datetime import datetime
 
 from sqlalchemy import Column, Index, Text, func, or_
@@ -24,6 +23,7 @@ from tracker.readings import Reading
 from tracker.registry import MonitorEntry, Registry
 from tracker.timeutil import iso_utc, utcnow
 
+#: excursion types of DESIGN §9; this issue produces "limit", the rules issue the others
 EXCURSION_TYPES = ("limit", "data_gap", "recurrence", "adverse_trend", "recovery")
 
 
@@ -200,7 +200,3 @@ def count_by_level(session: Session) -> dict[str, int]:
     rows = session.exec(select(Excursion.level, func.count()).where(
         Excursion.status != "superseded").group_by(Excursion.level)).all()
     return {"alert": 0, "action": 0, **{level: int(n) for level, n in rows}}
-
-
-def iter_open(session: Session) -> Iterable[Excursion]:
-    return session.exec(select(Excursion).where(Excursion.status == "open"))

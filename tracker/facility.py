@@ -366,8 +366,9 @@ def load_facility(session: Session, facility: FacilityDef, *, actor: str,
 
     existing_rooms = {r.code: r for r in session.exec(select(Room).where(Room.site_id == site.id))}
     code_by_id = {r.id: code for code, r in existing_rooms.items()}
-    before_rooms = {code: {**_room_row(RoomDef(code, r.name, r.grade, r.name_en, None, r.area_m2)),
-                           "background": code_by_id.get(r.background_id), "active": r.active}
+    before_rooms = {code: {"name": r.name, "name_en": r.name_en, "grade": r.grade,
+                           "area_m2": r.area_m2, "background": code_by_id.get(r.background_id),
+                           "active": r.active}
                     for code, r in existing_rooms.items()}
     for rdef in facility.rooms:
         row = existing_rooms.get(rdef.code) or Room(site_id=site.id, code=rdef.code,

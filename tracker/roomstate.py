@@ -18,7 +18,7 @@ from sqlmodel import Field, Session, SQLModel, select
 from tracker import audit
 from tracker.db import UTCDateTime
 from tracker.errors import InvalidInputError
-from tracker.facility import Room, Site, find_room
+from tracker.facility import Site, find_room
 from tracker.limits import STATES
 from tracker.timeutil import utcnow
 
@@ -110,8 +110,3 @@ class RoomStates:
     def state(self, room_id: int, at: datetime) -> str:
         tl = self._timelines.get(room_id)
         return tl.at(at) if tl else DEFAULT_STATE
-
-
-def rooms_in_operation(session: Session, *, site_id: int, at: datetime) -> list[Room]:
-    rooms = session.exec(select(Room).where(Room.site_id == site_id, Room.active)).all()
-    return [r for r in rooms if state_at(session, room_id=r.id, at=at) == "in_operation"]
