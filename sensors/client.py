@@ -9,7 +9,6 @@ identity absorbs what was already stored. The paho network thread only queues by
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
 from collections.abc import Callable
@@ -68,7 +67,11 @@ class IngestOptions:
 
 
 class Ingester:
-    """One ingest worker; :meth:`run` blocks until ``stop`` is set."""
+    """One ingest worker; :meth:`run` blocks until ``stop`` is set.
+
+    Single-threaded on purpose: the same thread reads the socket (``client.loop``), stores
+    batches and sends the acknowledgements, so parsing and paho never fight over the GIL.
+    """
 
     def __init__(self, engine: Engine, broker: BrokerAddress, options: IngestOptions,
                  *, on_batch: Callable[[BatchOutcome], None] | None = None) -> None:
@@ -77,7 +80,10 @@ class Ingester:
         self.options = options
         self.on_batch = on_batch
         self.stats = IngestStats()
-        self.inbox: queue.Queue[InboundMessage] = queue.Queue()
+        self.pending: list[InboundMessage] = []
+        self._pending_since = 0.0
+        #: connection epoch: a message is acknowledged only on the connection it came in on
+        self._epoch = 0
         self.intake = Intake(close_after=options.close_after)
         self.processor = BatchProcessor(self.intake, max_payload_bytes=options.max_payload_bytes,
                                         future_tolerance=options.future_tolerance)
@@ -90,11 +96,12 @@ class Ingester:
         #: set once the broker has confirmed the subscription (tests and the demo wait on it)
         self.subscribed = threading.Event()
 
-    # paho callbacks run on the network thread: keep them tiny, never raise.
+    # paho callbacks: keep them tiny, never raise.
     def _on_connect(self, client, _userdata, _flags, reason_code, _properties) -> None:
         if reason_code.is_failure:
             log.error("broker %s refused connection: %s", self.broker.display(), reason_code)
             return
+        self._epoch += 1
         self.stats.connected = True
         log.info("connected to %s, subscribing to %s", self.broker.display(),
                  self.options.subscription)
@@ -113,37 +120,47 @@ class Ingester:
     def _on_disconnect(self, _client, _userdata, _flags, reason_code, _properties) -> None:
         self.stats.connected = False
         if reason_code != 0:
-            log.warning("disconnected from broker (%s); paho reconnects with backoff", reason_code)
+            log.warning("disconnected from broker (%s); reconnecting with backoff", reason_code)
 
     def _on_message(self, _client, _userdata, msg: mqtt.MQTTMessage) -> None:
-        self.inbox.put(InboundMessage(topic=msg.topic, payload=bytes(msg.payload),
-                                      received_at=utcnow(), mid=msg.mid, qos=msg.qos,
-                                      dup=bool(msg.dup)))
+        if not self.pending:
+            self._pending_since = time.monotonic()
+        self.pending.append(InboundMessage(topic=msg.topic, payload=msg.payload,
+                                           received_at=utcnow(), mid=msg.mid, qos=msg.qos,
+                                           dup=bool(msg.dup), epoch=self._epoch))
 
-    def _next_batch(self, stop: threading.Event) -> list[InboundMessage]:
-        try:
-            first = self.inbox.get(timeout=0.2)
-        except queue.Empty:
-            return []
-        batch = [first]
-        deadline = time.monotonic() + self.options.linger_s
-        while len(batch) < self.options.batch_size:
-            try:
-                batch.append(self.inbox.get_nowait())
-                continue
-            except queue.Empty:
-                pass
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or stop.is_set():
-                break
-            try:
-                batch.append(self.inbox.get(timeout=remaining))
-            except queue.Empty:
-                break
-        return batch
+    # network I/O
+    def _pump(self, timeout: float, stop: threading.Event) -> None:
+        """One round of socket I/O; a lost connection is re-established with backoff."""
+        if self.client.loop(timeout=timeout) != mqtt.MQTT_ERR_SUCCESS:
+            self._connect_with_backoff(stop, reconnect=True)
 
-    def _commit(self, batch: list[InboundMessage], stop: threading.Event) -> bool:
-        """Store one batch, retrying on database errors; ack only after commit."""
+    def _connect_with_backoff(self, stop: threading.Event, *, reconnect: bool = False) -> bool:
+        """Connect (or reconnect); a broker that is down is waited for, not a crash."""
+        delay = 1.0
+        while not stop.is_set():
+            try:
+                if reconnect:
+                    self.client.reconnect()
+                else:
+                    connect(self.client, self.broker, persistent=True)
+                return True
+            except OSError as exc:
+                log.warning("broker %s not reachable (%s); retrying in %.0fs",
+                            self.broker.display(), exc, delay)
+                stop.wait(delay)
+                delay = min(delay * 2, 30.0)
+        return False
+
+    def _due(self) -> bool:
+        return bool(self.pending) and (
+            len(self.pending) >= self.options.batch_size
+            or time.monotonic() - self._pending_since >= self.options.linger_s)
+
+    # storage
+    def _commit(self, stop: threading.Event) -> bool:
+        """Store the pending batch, retrying on database errors; ack only after commit."""
+        batch = self.pending[:self.options.batch_size]
         delay = 0.5
         while True:
             try:
@@ -155,11 +172,17 @@ class Ingester:
                 self.intake.forget()
                 log.exception("database error; batch of %d kept unacknowledged, retrying in %.1fs",
                               len(batch), delay)
-                if stop.wait(delay):
-                    return False  # leave the batch unacknowledged: the broker redelivers it
+                if stop.is_set():
+                    return False  # leave it unacknowledged: the broker redelivers it
+                deadline = time.monotonic() + delay
+                while time.monotonic() < deadline:  # keep the connection alive meanwhile
+                    self._pump(min(0.1, delay), stop)
                 delay = min(delay * 2, 30.0)
+        del self.pending[:len(batch)]
+        if self.pending:
+            self._pending_since = time.monotonic()
         for msg in batch:
-            if msg.qos:
+            if msg.qos and msg.epoch == self._epoch:
                 self.client.ack(msg.mid, msg.qos)
         self.stats.batches += 1
         self.stats.received += len(batch)
@@ -170,36 +193,20 @@ class Ingester:
             self.on_batch(outcome)
         return True
 
-    def _connect_with_backoff(self, stop: threading.Event) -> bool:
-        """First connection: a broker that is not up yet is waited for, not a crash.
-
-        Later disconnects are paho's job (``reconnect_delay_set`` in ``make_client``).
-        """
-        delay = 1.0
-        while not stop.is_set():
-            try:
-                connect(self.client, self.broker, persistent=True)
-                return True
-            except OSError as exc:
-                log.warning("broker %s not reachable (%s); retrying in %.0fs",
-                            self.broker.display(), exc, delay)
-                stop.wait(delay)
-                delay = min(delay * 2, 30.0)
-        return False
-
     def run(self, stop: threading.Event) -> IngestStats:
         """Connect, then store batches until ``stop``; the last batch is committed first."""
         with unit_of_work(self.engine) as session:
             self.intake.refresh(session)
         if not self._connect_with_backoff(stop):
             return self.stats
-        self.client.loop_start()
         try:
             while not stop.is_set():
-                batch = self._next_batch(stop)
-                if batch and not self._commit(batch, stop):
+                self._pump(0.05, stop)
+                if self._due() and not self._commit(stop):
                     break
+            while self.pending and self._commit(stop):
+                pass
         finally:
             self.client.disconnect()
-            self.client.loop_stop()
+            self.client.loop(timeout=0.1)  # flush the last acknowledgements and DISCONNECT
         return self.stats

@@ -39,6 +39,7 @@ class InboundMessage:
     mid: int = 0
     qos: int = 0
     dup: bool = False
+    epoch: int = 0
 
 
 class RegistryDirectory:

@@ -6,7 +6,7 @@ The schema is created and changed only by Alembic migrations (``tracker db upgra
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -87,33 +87,33 @@ def unit_of_work(engine: Engine) -> Iterator[Session]:
             raise
 
 
-def _sqlite_time(value: datetime) -> str:
-    """The text form SQLAlchemy's SQLite DateTime stores (naive UTC), so both paths agree."""
-    return value.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
+def time_param(dialect_name: str) -> Callable[[datetime], Any]:
+    """How an aware datetime is passed to the DBAPI, as :class:`UTCDateTime` would pass it.
+
+    SQLite stores naive UTC text (SQLAlchemy's format); other drivers take aware datetimes.
+    """
+    if dialect_name != "sqlite":
+        return lambda value: value
+
+    def sqlite_text(value: datetime) -> str:
+        if value.tzinfo is not UTC:
+            value = value.astimezone(UTC)
+        return value.replace(tzinfo=None).isoformat(" ", "microseconds")
+
+    return sqlite_text
 
 
 def bulk_insert(connection: Connection, table: Table, columns: Sequence[str],
-                rows: Sequence[Sequence[Any]], *, time_columns: Sequence[str] = ()) -> None:
+                rows: list[tuple[Any, ...]]) -> None:
     """Insert many rows through the DBAPI's ``executemany`` with positional parameters.
 
     The ingest hot path: SQLAlchemy Core's per-row parameter processing costs more than the
-    insert itself on SQLite (platform.md). Aware datetimes in ``time_columns`` are converted
-    the way :class:`UTCDateTime` would convert them.
+    insert itself on SQLite (platform.md). Rows must be DBAPI-ready: datetimes converted
+    with :func:`time_param`.
     """
     if not rows:
         return
-    dialect = connection.dialect
-    if dialect.name == "sqlite" and time_columns:
-        idx = [columns.index(c) for c in time_columns]
-        converted = []
-        for row in rows:
-            row = list(row)
-            for i in idx:
-                if row[i] is not None:
-                    row[i] = _sqlite_time(row[i])
-            converted.append(row)
-        rows = converted
-    marker = "?" if dialect.paramstyle == "qmark" else "%s"
+    marker = "?" if connection.dialect.paramstyle == "qmark" else "%s"
     sql = (f"INSERT INTO {table.name} ({', '.join(columns)}) "
            f"VALUES ({', '.join([marker] * len(columns))})")
-    connection.exec_driver_sql(sql, [tuple(r) for r in rows])
+    connection.exec_driver_sql(sql, rows)

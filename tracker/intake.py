@@ -16,7 +16,7 @@ from sqlalchemy import func, insert, tuple_
 from sqlmodel import Session, select
 
 from tracker.counters import bump
-from tracker.db import bulk_insert
+from tracker.db import bulk_insert, time_param
 from tracker.episodes import Judged
 from tracker.excursions import EpisodeBook
 from tracker.limits import NOT_EVALUATED, evaluate
@@ -130,24 +130,25 @@ class Intake:
 
         raw_rows, reading_rows = [], []
         series: dict[tuple[int, str], list[Judged]] = {}
+        connection = session.connection()
+        db_time = time_param(connection.dialect.name)
         for r in fresh.values():
             entry = registry.by_id[r.monitor_id]
             state = self.room_states.state(entry.room_id, r.event_time)
-            raw_rows.append((r.monitor_id, r.seq, r.received_at, r.topic, r.payload, r.digest))
+            event_time = db_time(r.event_time)
+            raw_rows.append((r.monitor_id, r.seq, db_time(r.received_at), r.topic, r.payload,
+                             r.digest))
             for channel, value in r.values.items():
                 bounds = entry.limits.for_reading(channel, state)
                 verdict = evaluate(value, bounds) if r.status == "ok" else NOT_EVALUATED
-                reading_rows.append((r.monitor_id, r.seq, channel, r.event_time, value, r.status,
+                reading_rows.append((r.monitor_id, r.seq, channel, event_time, value, r.status,
                                      verdict.level.value, verdict.direction, state,
                                      entry.basis_id))
                 series.setdefault((r.monitor_id, channel), []).append(
                     Judged(at=r.event_time, value=value, level=verdict.level,
                            direction=verdict.direction, bounds=bounds, state=state))
-        connection = session.connection()
-        bulk_insert(connection, RawMessage.__table__, RAW_COLUMNS, raw_rows,
-                    time_columns=("received_at",))
-        bulk_insert(connection, Reading.__table__, READING_COLUMNS, reading_rows,
-                    time_columns=("event_time",))
+        bulk_insert(connection, RawMessage.__table__, RAW_COLUMNS, raw_rows)
+        bulk_insert(connection, Reading.__table__, READING_COLUMNS, reading_rows)
         if statuses:
             connection.execute(insert(MonitorStatusEvent.__table__), [
                 {"monitor_id": s.monitor_id, "online": s.online, "received_at": s.received_at}
