@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import shutil
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ from sensors.broker import LocalBroker, find_mosquitto
 from tracker.db import get_engine, unit_of_work
 from tracker.facility import load_facility, read_facility_file
 from tracker.migrate import upgrade
+from tracker.roomstate import set_room_state
 
 DATA = Path(__file__).parent / "data"
 MIN_FACILITY = DATA / "facility-min.toml"
@@ -79,3 +81,10 @@ def _fail_on_logged_errors(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
               if r.levelno >= logging.ERROR and r.name.split(".")[0] in ("tracker", "sensors")]
     if errors:
         pytest.fail("errors were logged: " + "; ".join(r.getMessage() for r in errors))
+
+
+def operate(engine: Engine, room: str, start: datetime, end: datetime) -> None:
+    """Record a processing session: ``room`` in operation from ``start``, at rest from ``end``."""
+    with unit_of_work(engine) as s:
+        set_room_state(s, room_code=room, state="in_operation", effective_at=start, actor="test")
+        set_room_state(s, room_code=room, state="at_rest", effective_at=end, actor="test")

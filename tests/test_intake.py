@@ -8,12 +8,12 @@ from sqlalchemy import Engine, func
 from sqlmodel import select
 
 from sensors.ingest import BatchProcessor, InboundMessage
+from tests.conftest import operate
 from tests.factories import T0, particles, scalar, topic
 from tracker.db import unit_of_work
 from tracker.excursions import list_excursions
 from tracker.intake import Intake
 from tracker.readings import EvaluationBasis, RawMessage, Reading
-from tracker.roomstate import set_room_state
 from tracker.stats import ingest_stats
 
 RECEIVED = T0 + timedelta(days=1)
@@ -65,11 +65,7 @@ def test_reused_seq_with_other_content_is_quarantined_not_merged(facility_engine
 def test_state_at_event_time_selects_the_limit(facility_engine: Engine) -> None:
     # 100,000/m³ at ≥0.5 µm in a grade B room: action at rest (3,520), in limit in operation
     # (352,000, alert 176,000). 2830 counts in 28.3 L = 100,000/m³.
-    with unit_of_work(facility_engine) as s:
-        set_room_state(s, room_code="T-B1", state="in_operation",
-                       effective_at=T0 + timedelta(minutes=10), actor="test")
-        set_room_state(s, room_code="T-B1", state="at_rest",
-                       effective_at=T0 + timedelta(minutes=20), actor="test")
+    operate(facility_engine, "T-B1", T0 + timedelta(minutes=10), T0 + timedelta(minutes=20))
     run(facility_engine, [[pc(i + 1, m, 2830) for i, m in enumerate([5, 12, 15, 25])]])
     with unit_of_work(facility_engine) as s:
         rows = s.exec(select(Reading.seq, Reading.level, Reading.state)

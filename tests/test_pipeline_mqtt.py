@@ -12,12 +12,12 @@ from sqlalchemy import Engine, func
 from sqlmodel import select
 
 from sensors.broker import LocalBroker
+from tests.conftest import operate
 from tests.factories import T0, iso, particles, scalar, topic
 from tests.mqtt_helpers import publish_all, running_ingester, wait_until
 from tracker.db import unit_of_work
 from tracker.excursions import list_excursions
 from tracker.readings import RawMessage, Reading
-from tracker.roomstate import set_room_state
 from tracker.stats import ingest_stats
 
 
@@ -74,11 +74,7 @@ def _scripted() -> tuple[list[tuple[str, bytes]], list[tuple[str, bytes]], list[
 
 @pytest.fixture
 def operating_facility(facility_engine: Engine) -> Engine:
-    with unit_of_work(facility_engine) as s:
-        set_room_state(s, room_code="T-B1", state="in_operation",
-                       effective_at=T0 + timedelta(minutes=30), actor="test")
-        set_room_state(s, room_code="T-B1", state="at_rest",
-                       effective_at=T0 + timedelta(minutes=90), actor="test")
+    operate(facility_engine, "T-B1", T0 + timedelta(minutes=30), T0 + timedelta(minutes=90))
     return facility_engine
 
 
