@@ -18,16 +18,20 @@ from datetime import timedelta
 import paho.mqtt.client as mqtt
 from paho.mqtt.subscribeoptions import SubscribeOptions
 from sqlalchemy import Engine
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError, SQLAlchemyError
 
 from sensors.ingest import BatchProcessor, InboundMessage
 from sensors.mqtt import BrokerAddress, connect, make_client
+from sensors.payload import Reason
 from tracker.db import unit_of_work
 from tracker.intake import BatchOutcome, Intake
+from tracker.quarantine import Rejection
 from tracker.settings import Settings
 from tracker.timeutil import utcnow
 
 log = logging.getLogger(__name__)
+#: errors that mean "the database is not there right now": wait and retry the same batch
+TRANSIENT = (OperationalError, InterfaceError, DisconnectionError)
 
 
 @dataclass
@@ -158,20 +162,45 @@ class Ingester:
             or time.monotonic() - self._pending_since >= self.options.linger_s)
 
     # storage
+    def _store(self, batch: list[InboundMessage]) -> BatchOutcome:
+        """One transaction; a message the database itself refuses (a value no check foresaw)
+        must not block every later one, so such a batch is retried message by message and
+        the offender is quarantined with the database's reason."""
+        try:
+            with unit_of_work(self.engine) as session:
+                return self.processor.process(session, batch)
+        except TRANSIENT:
+            raise
+        except SQLAlchemyError as exc:
+            self.intake.forget()
+            if len(batch) == 1:
+                log.warning("database refused message on %s: %s", batch[0].topic, exc)
+                with unit_of_work(self.engine) as session:
+                    return self.intake.store(session, [], [Rejection(
+                        batch[0].received_at, batch[0].topic, batch[0].payload,
+                        Reason.SCHEMA.value, f"database refused it: {type(exc).__name__}: "
+                        f"{getattr(exc, 'orig', exc)}", None, batch[0].dup)])
+        total = BatchOutcome()
+        for msg in batch:
+            one = self._store([msg])
+            total.stored += one.stored
+            total.duplicates += one.duplicates
+            total.quarantined += one.quarantined
+        return total
+
     def _commit(self, stop: threading.Event) -> bool:
-        """Store the pending batch, retrying on database errors; ack only after commit."""
+        """Store the pending batch, retrying while the database is unavailable; ack after commit."""
         batch = self.pending[:self.options.batch_size]
         delay = 0.5
         while True:
             try:
-                with unit_of_work(self.engine) as session:
-                    outcome = self.processor.process(session, batch)
+                outcome = self._store(batch)
                 break
-            except SQLAlchemyError:
+            except TRANSIENT:
                 self.stats.db_errors += 1
                 self.intake.forget()
-                log.exception("database error; batch of %d kept unacknowledged, retrying in %.1fs",
-                              len(batch), delay)
+                log.warning("database unavailable; batch of %d kept unacknowledged, retrying in "
+                            "%.1fs", len(batch), delay, exc_info=True)
                 if stop.is_set():
                     return False  # leave it unacknowledged: the broker redelivers it
                 deadline = time.monotonic() + delay

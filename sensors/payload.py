@@ -20,8 +20,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from sensors.topics import parse_topic
 from sensors.units import UnitProblem, converter
+from tracker.quarantine import printable
 
 SCHEMA_V1 = "gmp.reading/1"
+#: readings stamped earlier come from a monitor whose clock was reset (1970 and the like)
+EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
 
 
 class Reason(StrEnum):
@@ -44,10 +47,11 @@ class PayloadRejected(ValueError):
     """Why a message cannot become a reading; ``detail`` is meant for a person."""
 
     def __init__(self, reason: Reason, detail: str, monitor: str | None = None) -> None:
+        detail = printable(detail)
         super().__init__(f"{reason.value}: {detail}")
         self.reason = reason
         self.detail = detail
-        self.monitor = monitor
+        self.monitor = None if monitor is None else printable(monitor, 60)
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,13 +104,13 @@ class _Payload(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     schema_: Literal["gmp.reading/1"] = Field(alias="schema")
-    monitor: str = Field(min_length=1, max_length=60)
+    monitor: str = Field(min_length=1, max_length=60, pattern=r"^[^\x00-\x1f\x7f/+#]+$")
     seq: int = Field(ge=0, le=2**63 - 1)
     ts: datetime
     kind: Literal["particles", "pressure", "temperature", "humidity"]
     status: Literal["ok", "fault", "calibration", "maintenance"] = "ok"
     sample: _Sample | None = None
-    counts: dict[str, int] | None = None
+    counts: dict[str, int] | None = Field(default=None, max_length=16)
     value: Number | None = None
     unit: str | None = None
 
@@ -115,7 +119,10 @@ class _Payload(BaseModel):
     def _aware(cls, ts: datetime) -> datetime:
         if ts.tzinfo is None:
             raise ValueError("timestamp needs a UTC offset (e.g. Z or +08:00)")
-        return ts.astimezone(UTC)
+        ts = ts.astimezone(UTC)
+        if ts < EARLIEST:
+            raise ValueError(f"timestamp before {EARLIEST.date()}: the monitor's clock is not set")
+        return ts
 
     @field_validator("seq", mode="before")
     @classmethod
@@ -199,12 +206,15 @@ def _particles(msg: _Payload, known: KnownMonitor) -> dict[str, float]:
     except UnitProblem as exc:
         raise PayloadRejected(Reason.BAD_UNIT, str(exc), known.code) from None
     volume_m3 = to_m3(msg.sample.volume)
-    if volume_m3 <= 0:
+    if not volume_m3 > 1e-9:  # also catches denormals that would make the concentration inf
         raise PayloadRejected(Reason.OUT_OF_RANGE, f"sampled volume {msg.sample.volume} "
                               f"{msg.sample.unit} is not positive", known.code)
     counts: dict[str, int] = {}
     for size, count in msg.counts.items():
         key = _size_key(size)
+        if key in counts:
+            raise PayloadRejected(Reason.SCHEMA, f"counts name the ≥{key} µm channel twice",
+                                  known.code)
         if count < 0:
             raise PayloadRejected(Reason.OUT_OF_RANGE, f"negative count {count} at ≥{key} µm",
                                   known.code)
@@ -218,7 +228,8 @@ def _particles(msg: _Payload, known: KnownMonitor) -> dict[str, float]:
         if n_big > n_small:
             raise PayloadRejected(Reason.OUT_OF_RANGE, f"cumulative counts must not grow with "
                                   f"size: ≥{big} µm {n_big} > ≥{small} µm {n_small}", known.code)
-    return {size: round(n / volume_m3, 3) for size, n in counts.items()}
+    # only the monitor's registered channels become readings; others stay in the raw payload
+    return {size: round(counts[size] / volume_m3, 3) for size in known.channels}
 
 
 def _scalar(msg: _Payload, known: KnownMonitor) -> dict[str, float]:

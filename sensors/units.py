@@ -63,6 +63,12 @@ def converter(quantity: str, unit: str) -> Converter:
     if not parsed.dimensionality == ureg.get_dimensionality(_DIMENSION[quantity]):
         raise UnitProblem(f"unit {unit!r} is not a {quantity} unit "
                           f"(dimension {parsed.dimensionality}, expected {_DIMENSION[quantity]})")
-    zero = Q_(0.0, parsed).to(target).magnitude
-    one = Q_(1.0, parsed).to(target).magnitude
+    if quantity == "humidity" and text != "percent":
+        # dimensionless covers angles and counts too: only percent means %RH
+        raise UnitProblem(f"unit {unit!r} is not a relative-humidity unit (use percent)")
+    try:
+        zero = Q_(0.0, parsed).to(target).magnitude
+        one = Q_(1.0, parsed).to(target).magnitude
+    except pint.PintError as exc:  # e.g. delta_degC: a temperature *difference*
+        raise UnitProblem(f"unit {unit!r} cannot be converted to {target}: {exc}") from None
     return Converter(scale=float(one - zero), offset=float(zero))

@@ -10,10 +10,12 @@ from sqlmodel import select
 from sensors.ingest import BatchProcessor, InboundMessage
 from tests.conftest import operate
 from tests.factories import T0, particles, scalar, topic
+from tracker.audit import AuditEvent
 from tracker.db import unit_of_work
 from tracker.excursions import list_excursions
 from tracker.intake import Intake
 from tracker.readings import EvaluationBasis, RawMessage, Reading
+from tracker.reevaluate import record_room_state, reevaluate
 from tracker.stats import ingest_stats
 
 RECEIVED = T0 + timedelta(days=1)
@@ -148,3 +150,37 @@ def test_bad_messages_are_quarantined_and_the_batch_still_stores(facility_engine
         assert st["readings"] == 2
         # the DUP copy of an identical quarantined message is counted, not stored twice
         assert st["quarantine_by_reason"] == {"bad_json": 1}
+
+
+def test_backdated_room_state_reevaluates_exactly_the_affected_episodes(
+        facility_engine: Engine) -> None:
+    # 100,000/m³ for minutes 10-14 in T-B1: an action at rest. The processing session that
+    # explains it (in operation 5-20) is recorded only afterwards.
+    readings = [pc(m + 1, m, 2830 if 10 <= m < 15 else 10) for m in range(30)]
+    readings += [pc(m + 100, m, 12000, monitor="T-C1-PC", room="T-C1") for m in range(3, 8)]
+    run(facility_engine, [readings])
+    with unit_of_work(facility_engine) as s:
+        before = list_excursions(s)
+    assert [(e["monitor"], e["state"]) for e in before] == [("T-C1-PC", "at_rest"),
+                                                             ("T-B1-PC", "at_rest")]
+    with unit_of_work(facility_engine) as s:
+        result = record_room_state(s, room_code="T-B1", state="in_operation",
+                                   effective_at=T0 + timedelta(minutes=5), actor="qa.li")
+        record_room_state(s, room_code="T-B1", state="at_rest",
+                          effective_at=T0 + timedelta(minutes=20), actor="qa.li")
+    assert result.readings_changed > 0
+    with unit_of_work(facility_engine) as s:
+        after = list_excursions(s, include_superseded=True)
+        # the B room's excursion no longer holds (in limit in operation); the C room's is untouched
+        assert [(e["monitor"], e["status"]) for e in after] == [("T-C1-PC", "open"),
+                                                                 ("T-B1-PC", "superseded")]
+        assert after[0] == before[0]
+        states = s.exec(select(Reading.state).where(Reading.monitor_id == 1, Reading.seq == 12)
+                        ).all()
+        assert set(states) == {"in_operation"}
+        again = reevaluate(s, room_code="T-B1", start=T0, actor="qa.li")
+        assert again.readings_changed == 0
+        assert again.series_rebuilt == 0
+        actions = [e.action for e in s.exec(select(AuditEvent))]
+        assert "excursion.supersede" in actions
+        assert "readings.reevaluate" in actions

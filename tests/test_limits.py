@@ -183,3 +183,25 @@ def test_evaluate_table(value: float, level: Level, direction: str | None) -> No
 def test_facility_level_describe_names_target() -> None:
     level = FacilityLevel(kind="pressure", room="B1", index=3)
     assert level.describe() == "limits[3] (room B1, pressure, any)"
+
+
+def test_particle_limits_take_no_delay() -> None:
+    block = '[[limits]]\ngrade = "B"\nkind = "particles"\ndelay_s = 600'
+    with pytest.raises(LimitTooLooseError, match="particle limits take no delay"):
+        parse_facility(_facility(block))
+
+
+def test_temperature_design_code_range_is_a_default_not_a_binding_limit() -> None:
+    """GB 50457's 20–24 °C applies where the process sets nothing (GMP Art. 170 lets it)."""
+    block = '[[limits]]\nroom = "B1"\nkind = "temperature"\naction_low = 18.0\naction_high = 22.0'
+    probe = '[[monitors]]\ncode = "B1-T"\nroom = "B1"\nkind = "temperature"\ninterval_s = 60\n'
+    text = _facility(probe + block)
+    facility = parse_facility(text)
+    cn = load_limit_set("CN-GMP-2010")
+    spec = MonitorSpec(code="B1-T", room="B1", grade="B", kind="temperature")
+    bounds = resolve_monitor_limits(cn, spec, facility.levels).for_reading("", "at_rest")
+    assert (bounds.action_low, bounds.action_high) == (18.0, 22.0)
+    assert evaluate(18.2, bounds).level is Level.ALERT   # derived alert band 18.4–21.6
+    assert evaluate(21.0, bounds).level is Level.OK
+    default = resolve_monitor_limits(cn, spec, []).for_reading("", "at_rest")
+    assert (default.action_low, default.action_high) == (20.0, 24.0)

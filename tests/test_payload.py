@@ -152,3 +152,29 @@ def test_status_messages() -> None:
     with pytest.raises(PayloadRejected) as info:
         parse_status(topic("T-B1", "T-B1-PC") + "/status", b"sleepy", Directory())
     assert info.value.reason is Reason.SCHEMA
+
+
+@pytest.mark.parametrize(("payload", "topic_monitor", "reason", "fragment"), [
+    (scalar(monitor="T-B1-T", kind="temperature", seq=1, ts=T0, value=2, unit="delta_degC"),
+     "T-B1-T", Reason.BAD_UNIT, "cannot be converted"),
+    (scalar(monitor="T-B1-H", kind="humidity", seq=1, ts=T0, value=38, unit="degree"),
+     "T-B1-H", Reason.BAD_UNIT, "relative-humidity"),
+    (particles(seq=1, ts=T0, c05=1).replace(b'"5.0": 0', b'"0.50": 0'), "T-B1-PC",
+     Reason.SCHEMA, "twice"),
+    (particles(seq=1, ts=T0, c05=1, volume=1e-320), "T-B1-PC", Reason.OUT_OF_RANGE, "not positive"),
+    (particles(seq=1, ts=T0.replace(year=1970), c05=1), "T-B1-PC", Reason.SCHEMA, "clock"),
+    (particles(monitor="T-B1-PC\u0000", seq=1, ts=T0, c05=1), "T-B1-PC", Reason.SCHEMA, "monitor"),
+])
+def test_review_findings_are_refused(payload: bytes, topic_monitor: str, reason: Reason,
+                                     fragment: str) -> None:
+    err = rejected(payload, t=topic("T-B1", topic_monitor))
+    assert err.reason is reason
+    assert fragment in err.detail
+    assert "\x00" not in err.detail
+
+
+def test_extra_particle_channels_stay_in_the_raw_payload_only() -> None:
+    payload = json.loads(particles(seq=1, ts=T0, c05=10, c50=1))
+    payload["counts"]["1.0"] = 4
+    r = parse(json.dumps(payload).encode())
+    assert set(r.values) == {"0.5", "5.0"}

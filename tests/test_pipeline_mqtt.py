@@ -9,6 +9,7 @@ from datetime import timedelta
 
 import pytest
 from sqlalchemy import Engine, func
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import select
 
 from sensors.broker import LocalBroker
@@ -17,6 +18,7 @@ from tests.factories import T0, iso, particles, scalar, topic
 from tests.mqtt_helpers import publish_all, running_ingester, wait_until
 from tracker.db import unit_of_work
 from tracker.excursions import list_excursions
+from tracker.quarantine import list_quarantine
 from tracker.readings import RawMessage, Reading
 from tracker.stats import ingest_stats
 
@@ -145,3 +147,29 @@ def test_embedded_amqtt_fallback_broker(facility_engine: Engine) -> None:
             wait_until(lambda: ingester.stats.stored >= sent, what="50 readings via amqtt")
     with unit_of_work(facility_engine) as s:
         assert ingest_stats(s)["readings"] == 50
+
+
+def test_a_message_the_database_refuses_is_isolated_not_blocking(facility_engine: Engine,
+                                                                   broker: LocalBroker) -> None:
+    """Fault injection: the database refuses one reading (a value no check foresaw). The batch
+    is retried message by message; the offender is quarantined, everything else stored."""
+    with running_ingester(facility_engine, broker, client_id="poison") as ingester:
+        real_store = ingester.intake.store
+
+        def refusing_store(session, readings, rejections, statuses=(), **kw):
+            if any(r.seq == 13 for r in readings):
+                raise IntegrityError("INSERT INTO reading", {}, Exception("value refused"))
+            return real_store(session, readings, rejections, statuses, **kw)
+
+        ingester.intake.store = refusing_store
+        sent = publish_all(broker, [(topic("T-B1", "T-B1-PC"),
+                                     particles(seq=m, ts=T0 + timedelta(minutes=m), c05=10))
+                                    for m in range(1, 21)])
+        wait_until(lambda: ingester.stats.received >= sent)
+    with unit_of_work(facility_engine) as s:
+        stats = ingest_stats(s)
+        (q,) = list_quarantine(s)
+    assert stats["readings"] == 19
+    assert q.reason == "schema"
+    assert "database refused it" in q.detail
+    assert json.loads(q.payload)["seq"] == 13

@@ -12,13 +12,14 @@ import json
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Column, Text
+from sqlalchemy import Column, Text, text
 from sqlmodel import Field, Session, SQLModel, select
 
 from tracker.db import UTCDateTime
 from tracker.timeutil import iso_utc, utcnow
 
 GENESIS = "0" * 64
+CHAIN_LOCK = 0x6D70_6175_6469  # advisory lock key of the audit chain ("gmp audi")
 
 
 class AuditEvent(SQLModel, table=True):
@@ -60,6 +61,9 @@ def record(session: Session, *, actor: str, action: str, entity: str, entity_key
            at: datetime | None = None) -> AuditEvent:
     """Append one event in the caller's transaction (the caller's unit of work commits)."""
     session.flush()
+    if session.get_bind().dialect.name == "postgresql":
+        # serialise writers on the chain head, or two transactions would share a prev_hash
+        session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": CHAIN_LOCK})
     at = at or utcnow()
     before_s, after_s = _canonical(before), _canonical(after)
     prev = head_hash(session)

@@ -86,15 +86,42 @@ def room_state(room: str, state: str,
                reason: Annotated[str | None, typer.Option()] = None,
                site: Annotated[str | None, typer.Option()] = None,
                db: DbOpt = None, by: ActorOpt = "cli") -> None:
-    """Record a room's operational state from a moment on: in_operation or at_rest."""
-    from tracker.roomstate import set_room_state
+    """Record a room's operational state from a moment on: in_operation or at_rest.
 
+    Readings already stored after that moment are judged again (re-evaluation).
+    """
+    from tracker.reevaluate import record_room_state
+
+    settings = get_settings()
     effective = parse_instant(at) if at else utcnow()
     with unit_of_work(_engine(db)) as session:
-        set_room_state(session, room_code=room, state=state, effective_at=effective, actor=by,
-                       reason=reason, site_code=site)
+        result = record_room_state(session, room_code=room, state=state, effective_at=effective,
+                                   actor=by, reason=reason, site_code=site,
+                                   close_after=settings.excursion_close_after)
     console.print(f"{t('room_state_set')}: {room} → {t(state)} @ "
-                  f"{local_display(effective, get_settings().timezone)}")
+                  f"{local_display(effective, settings.timezone)}")
+    if result.readings_changed:
+        console.print(f"  {t('reevaluated')}: {result.readings_changed} / "
+                      f"{result.readings_checked} {t('readings')}, {result.series_rebuilt} series")
+
+
+@app.command()
+def reevaluate(room: Annotated[str, typer.Option(help="room code (its zones are included)")],
+               start: Annotated[str, typer.Option("--from", help="ISO 8601 with offset")],
+               end: Annotated[str | None, typer.Option("--to", help="ISO 8601; default open")] = None,
+               reason: Annotated[str | None, typer.Option()] = None,
+               site: Annotated[str | None, typer.Option()] = None,
+               db: DbOpt = None, by: ActorOpt = "cli") -> None:
+    """Judge a room's stored readings again (after a retroactive state or limit change)."""
+    from tracker.reevaluate import reevaluate as run_reevaluation
+
+    with unit_of_work(_engine(db)) as session:
+        result = run_reevaluation(session, room_code=room, start=parse_instant(start),
+                                  end=parse_instant(end) if end else None, actor=by,
+                                  reason=reason, site_code=site,
+                                  close_after=get_settings().excursion_close_after)
+    console.print(f"{t('reevaluated')}: {result.readings_changed} / {result.readings_checked} "
+                  f"{t('readings')}, {result.series_rebuilt} series")
 
 
 @app.command()

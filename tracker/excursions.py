@@ -15,6 +15,7 @@ from datetime import datetime
 from sqlalchemy import Column, Index, Text, func, or_
 from sqlmodel import Field, Session, SQLModel, select
 
+from tracker import audit
 from tracker.db import UTCDateTime
 from tracker.episodes import Episode, Judged, SeriesMachine, replay
 from tracker.facility import Monitor, Room
@@ -25,6 +26,9 @@ from tracker.timeutil import iso_utc, utcnow
 
 #: excursion types of DESIGN §9; this issue produces "limit", the rules issue the others
 EXCURSION_TYPES = ("limit", "data_gap", "recurrence", "adverse_trend", "recovery")
+SYSTEM_ACTOR = "system:ingest"
+REPLAY_REASON = ("re-evaluated by event time after late (backfilled) readings or a restart; "
+                 "the stored readings no longer support the previous shape")
 
 
 class Excursion(SQLModel, table=True):
@@ -73,11 +77,13 @@ class EpisodeBook:
         """Advance every series touched by a batch; rows are written in the caller's transaction."""
         now = now or utcnow()
         for key, judged in batch.items():
-            judged.sort(key=lambda j: j.at)
             entry = registry.by_id[key[0]]
+            if not entry.limits.evaluable(key[1]):
+                continue  # nothing to judge against (e.g. a CNC room's humidity): no episodes
+            judged.sort(key=lambda j: j.at)
             machine = self.machines.get(key)
             if machine is None or (machine.last_at is not None and judged[0].at < machine.last_at):
-                self.machines[key] = self._rebuild(session, entry, key[1], judged[0].at, now)
+                self.machines[key] = self.rebuild(session, entry, key[1], judged[0].at, now)
                 continue
             touched: dict[int, Episode] = {}
             for j in judged:
@@ -88,7 +94,31 @@ class EpisodeBook:
                 _save(session, entry, key[1], episode, now)
             machine.closed.clear()
 
-    def _rebuild(self, session: Session, entry: MonitorEntry, channel: str, first: datetime,
+    @staticmethod
+    def _quiet_point(session: Session, monitor_id: int, channel: str, before: datetime
+                     ) -> tuple[datetime, bool] | None:
+        """Where a replay may start with an idle machine: ``(time, exclusive)``, or ``None``
+        for the whole history.
+
+        Normally the last in-limit reading before ``before``. A series with no out-of-limit
+        reading before ``before`` (e.g. one that is never evaluated) has nothing pending, so
+        the replay starts at ``before`` itself instead of re-reading its whole history.
+        """
+        series = (Reading.monitor_id == monitor_id, Reading.channel == channel,
+                  Reading.event_time < before)
+        last_ok = session.exec(select(Reading.event_time).where(
+            *series, Reading.level == Level.OK.value)
+            .order_by(Reading.event_time.desc()).limit(1)).first()
+        last_out = session.exec(select(Reading.event_time).where(
+            *series, Reading.level.in_((Level.ALERT.value, Level.ACTION.value)))
+            .order_by(Reading.event_time.desc()).limit(1)).first()
+        if last_out is None:
+            return before, False
+        if last_ok is not None and last_ok > last_out:
+            return last_ok, True
+        return (last_ok, True) if last_ok is not None else None
+
+    def rebuild(self, session: Session, entry: MonitorEntry, channel: str, first: datetime,
                  now: datetime) -> SeriesMachine:
         """Replay the series from the last quiet point before ``first`` and reconcile."""
         session.flush()
@@ -99,17 +129,13 @@ class EpisodeBook:
                                         Excursion.closed_by_at >= first))
         ).all()
         anchor_time = min([first, *(e.started_at for e in affected)])
-        quiet = session.exec(
-            select(Reading.event_time).where(Reading.monitor_id == entry.id,
-                                             Reading.channel == channel,
-                                             Reading.event_time < anchor_time,
-                                             Reading.level == Level.OK.value)
-            .order_by(Reading.event_time.desc()).limit(1)).first()
+        quiet = self._quiet_point(session, entry.id, channel, anchor_time)
         query = select(Reading.event_time, Reading.value, Reading.level, Reading.direction,
                        Reading.state).where(Reading.monitor_id == entry.id,
                                             Reading.channel == channel)
         if quiet is not None:
-            query = query.where(Reading.event_time > quiet)
+            query = query.where(Reading.event_time > quiet[0] if quiet[1]
+                                else Reading.event_time >= quiet[0])
         rows = session.exec(query.order_by(Reading.event_time, Reading.seq)).all()
         judged = [Judged(at=t, value=v, level=Level(lv), direction=d, state=st,
                          bounds=entry.limits.for_reading(channel, st)) for t, v, lv, d, st in rows]
@@ -120,7 +146,7 @@ class EpisodeBook:
             Excursion.monitor_id == entry.id, Excursion.channel == channel,
             Excursion.type == "limit", Excursion.status != "superseded")
         if quiet is not None:
-            stored_query = stored_query.where(Excursion.started_at > quiet)
+            stored_query = stored_query.where(Excursion.started_at >= quiet[0])
         stored = list(session.exec(stored_query.order_by(Excursion.started_at)))
         _reconcile(session, entry, channel, replayed, stored, now)
         return machine
@@ -132,20 +158,39 @@ def _overlaps(episode: Episode, row: Excursion) -> bool:
     return episode.started_at <= row_end and row.started_at <= ep_end
 
 
+def _shape(row: Excursion) -> dict:
+    return {"started_at": row.started_at, "ended_at": row.ended_at, "level": row.level,
+            "peak": row.peak, "readings": row.readings, "status": row.status}
+
+
 def _reconcile(session: Session, entry: MonitorEntry, channel: str, replayed: list[Episode],
                stored: list[Excursion], now: datetime) -> None:
+    """Match replayed episodes to stored rows; changes to existing rows are audited."""
     unmatched = list(stored)
     for episode in replayed:
         match = next((row for row in unmatched if _overlaps(episode, row)), None)
+        before = None
         if match is not None:
             unmatched.remove(match)
             episode.key = match.id
-        _save(session, entry, channel, episode, now)
+            before = _shape(match)
+        row = _save(session, entry, channel, episode, now)
+        if before is not None and (before["started_at"] != row.started_at
+                                   or before["level"] != row.level
+                                   or (before["ended_at"] is not None
+                                       and before["ended_at"] != row.ended_at)):
+            audit.record(session, actor=SYSTEM_ACTOR, action="excursion.reshape",
+                         entity="excursion", entity_key=str(row.id), before=before,
+                         after=_shape(row), at=now, reason=REPLAY_REASON)
     for row in unmatched:
+        before = _shape(row)
         row.status = "superseded"
         row.updated_at = now
-        row.note = "superseded: re-evaluation with late (backfilled) readings no longer supports it"
+        row.note = (f"{row.note}\n" if row.note else "") + "superseded: " + REPLAY_REASON
         session.add(row)
+        audit.record(session, actor=SYSTEM_ACTOR, action="excursion.supersede",
+                     entity="excursion", entity_key=str(row.id), before=before,
+                     after=_shape(row), at=now, reason=REPLAY_REASON)
 
 
 def _save(session: Session, entry: MonitorEntry, channel: str, episode: Episode,

@@ -67,6 +67,7 @@ MESSAGES: dict[str, tuple[str, str]] = {
     "revision": ("版本", "revision"),
     "room_state_set": ("房间状态已记录", "Room state recorded"),
     "db_upgraded": ("数据库已升级", "Database upgraded"),
+    "reevaluated": ("已重新评价", "Re-evaluated"),
     "none": ("无", "none"),
 }
 

@@ -74,12 +74,17 @@ class Intake:
         if self.registry is None or self.registry.marker != registry_marker(session):
             self.registry = build_registry(session)
             self.book.forget()
-        self.room_states.refresh(session)
+        if self.room_states.refresh(session):
+            # a state change (possibly backdated, with re-evaluated episodes): rebuild the
+            # episode machines from the database rather than trust the in-memory ones
+            self.book.forget()
         return self.registry
 
     def forget(self) -> None:
-        """After a rolled-back batch: in-memory episode state may be ahead of the database."""
+        """After a rolled-back batch: in-memory state may be ahead of the database (episode
+        machines, evaluation-basis rows created in the rolled-back transaction)."""
         self.book.forget()
+        self.registry = None
 
     @staticmethod
     def _stored_digests(session: Session, fresh: dict[tuple[int, int], IncomingReading]

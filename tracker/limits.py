@@ -88,6 +88,9 @@ class RegulatoryLimit:
     low: float | None
     high: float | None
     citation: str
+    #: False for design-code defaults (T/RH): a facility may replace them with its process
+    #: requirement (GMP Art. 170); True for regulatory limits it may only tighten
+    binding: bool = True
 
 
 @dataclass(frozen=True)
@@ -158,7 +161,8 @@ def parse_limit_set(raw: bytes) -> LimitSet:
                 raise InvalidInputError(f"{kind}[{i}]: min must be below max")
             for grade in row["grades"]:
                 ranges[(kind, grade)] = RegulatoryLimit(float(row["min"]), float(row["max"]),
-                                                        _need_cite(row, f"{kind}[{i}]"))
+                                                        _need_cite(row, f"{kind}[{i}]"),
+                                                        binding=bool(row.get("binding", True)))
     alert = data.get("alert_defaults", {})
     return LimitSet(
         code=head["code"], version=str(head["version"]), name=head["name"],
@@ -241,6 +245,10 @@ class MonitorLimits:
     def for_reading(self, channel: str, state: str) -> Bounds | None:
         return self.bounds.get((channel, state))
 
+    def evaluable(self, channel: str) -> bool:
+        """Whether any state has a bound for ``channel`` (else no episode can ever open)."""
+        return any(not b.empty for (ch, _), b in self.bounds.items() if ch == channel)
+
 
 def _applies(level: FacilityLevel, spec: MonitorSpec, channel: str, state: str) -> bool:
     if level.kind != spec.kind or (level.state not in ("any", state)):
@@ -274,7 +282,12 @@ def _check_tighter(level: FacilityLevel, spec: MonitorSpec, reg: RegulatoryLimit
                    b: Bounds, limit_set: LimitSet) -> None:
     """Refuse a facility level looser than the regulation or an alert outside its action."""
     unit = UNITS[spec.kind]
-    if reg is not None:
+    if spec.kind == "particles" and level.delay_s:
+        raise LimitTooLooseError(
+            f"{level.describe()}: delay_s {level.delay_s:g} s for {spec.code}: a single particle "
+            "sample above the limit is an excursion (regulatory.md §5.3), so particle limits "
+            "take no delay")
+    if reg is not None and reg.binding:
         for name in LEVEL_FIELDS:
             value = getattr(level, name)
             if value is None:

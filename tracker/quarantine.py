@@ -30,6 +30,12 @@ class QuarantinedMessage(SQLModel, table=True):
     monitor_code: str | None = Field(default=None, max_length=60)
 
 
+def printable(text: str, limit: int = 2000) -> str:
+    """Text fit for a database column and a person: control characters escaped, length capped."""
+    return "".join(c if c.isprintable() or c in "\n\t" else f"\\x{ord(c):02x}"
+                   for c in text[:limit])
+
+
 @dataclass(frozen=True, slots=True)
 class Rejection:
     received_at: datetime
@@ -55,8 +61,9 @@ def quarantine_many(session: Session, rejections: list[Rejection]) -> int:
             continue
         in_batch.add(sha)
         rows.append({"received_at": r.received_at, "topic": r.topic, "payload": r.payload,
-                     "payload_sha256": sha, "reason": r.reason, "detail": r.detail[:2000],
-                     "monitor_code": r.monitor_code})
+                     "payload_sha256": sha, "reason": r.reason, "detail": printable(r.detail),
+                     "monitor_code": None if r.monitor_code is None
+                     else printable(r.monitor_code, 60)})
     if rows:
         session.connection().execute(insert(QuarantinedMessage.__table__), rows)
     if redelivered:

@@ -1,0 +1,108 @@
+"""Re-evaluation: judge stored readings again after a retroactive change.
+
+When a room's state timeline changes for a time already measured (an operation recorded
+late, a wrong state corrected) or a limit changes, the stored verdicts of that window are
+recomputed with today's registry and timeline, and the episodes of the affected series are
+rebuilt from the database. Idempotent: a second run finds nothing to change. Every run is
+audited with what it changed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import bindparam, update
+from sqlmodel import Session, select
+
+from tracker import audit
+from tracker.excursions import EpisodeBook
+from tracker.facility import Monitor, Room, find_room
+from tracker.limits import NOT_EVALUATED, evaluate
+from tracker.readings import Reading
+from tracker.registry import build_registry
+from tracker.roomstate import RoomStates, set_room_state
+from tracker.timeutil import utcnow
+
+
+@dataclass(frozen=True)
+class ReevaluationResult:
+    room: str
+    readings_checked: int
+    readings_changed: int
+    series_rebuilt: int
+
+
+def rooms_within(session: Session, room: Room) -> list[Room]:
+    """The room and every zone inside it (its containment subtree)."""
+    rooms = session.exec(select(Room).where(Room.site_id == room.site_id)).all()
+    found, frontier = [room], [room.id]
+    while frontier:
+        children = [r for r in rooms if r.background_id in frontier]
+        found += children
+        frontier = [r.id for r in children]
+    return found
+
+
+def reevaluate(session: Session, *, room_code: str, start: datetime, end: datetime | None = None,
+               actor: str, close_after: int = 3, site_code: str | None = None,
+               reason: str | None = None) -> ReevaluationResult:
+    """Recompute verdicts of ``room_code`` (and its zones) in ``[start, end)`` and rebuild
+    the episodes of every series that changed."""
+    room = find_room(session, room_code, site_code=site_code)
+    registry = build_registry(session)
+    states = RoomStates()
+    states.refresh(session)
+    monitor_ids = [m.id for m in session.exec(select(Monitor).where(
+        Monitor.room_id.in_([r.id for r in rooms_within(session, room)]), Monitor.active))]
+    query = select(Reading).where(Reading.monitor_id.in_(monitor_ids), Reading.event_time >= start)
+    if end is not None:
+        query = query.where(Reading.event_time < end)
+    changes: list[dict] = []
+    first_change: dict[tuple[int, str], datetime] = {}
+    checked = 0
+    for r in session.exec(query):
+        checked += 1
+        entry = registry.by_id[r.monitor_id]
+        state = states.state(entry.room_id, r.event_time)
+        bounds = entry.limits.for_reading(r.channel, state)
+        verdict = evaluate(r.value, bounds) if r.status == "ok" else NOT_EVALUATED
+        if (r.level, r.direction, r.state, r.basis_id) == (
+                verdict.level.value, verdict.direction, state, entry.basis_id):
+            continue
+        changes.append({"m": r.monitor_id, "s": r.seq, "c": r.channel, "level": verdict.level.value,
+                        "direction": verdict.direction, "state": state, "basis": entry.basis_id})
+        key = (r.monitor_id, r.channel)
+        first_change[key] = min(first_change.get(key, r.event_time), r.event_time)
+    if changes:
+        table = Reading.__table__
+        session.connection().execute(
+            update(table).where(table.c.monitor_id == bindparam("m"), table.c.seq == bindparam("s"),
+                                table.c.channel == bindparam("c"))
+            .values(level=bindparam("level"), direction=bindparam("direction"),
+                    state=bindparam("state"), basis_id=bindparam("basis")),
+            changes)
+    book = EpisodeBook(close_after=close_after)
+    now = utcnow()
+    for (monitor_id, channel), since in first_change.items():
+        book.rebuild(session, registry.by_id[monitor_id], channel, since, now)
+    audit.record(session, actor=actor, action="readings.reevaluate", entity="room",
+                 entity_key=room.code, after={"from": start.isoformat(),
+                                              "to": end.isoformat() if end else None,
+                                              "checked": checked, "changed": len(changes),
+                                              "series": len(first_change)},
+                 reason=reason, at=now)
+    return ReevaluationResult(room.code, checked, len(changes), len(first_change))
+
+
+def record_room_state(session: Session, *, room_code: str, state: str, effective_at: datetime,
+                      actor: str, reason: str | None = None, site_code: str | None = None,
+                      close_after: int = 3) -> ReevaluationResult:
+    """Record a state change and, in the same transaction, re-judge what was already measured
+    after it (a backdated change must not leave readings judged by the wrong state)."""
+    set_room_state(session, room_code=room_code, state=state, effective_at=effective_at,
+                   actor=actor, reason=reason, site_code=site_code)
+    session.flush()
+    return reevaluate(session, room_code=room_code, start=effective_at, actor=actor,
+                      close_after=close_after, site_code=site_code,
+                      reason=f"room state {state} from {effective_at.isoformat()}")
