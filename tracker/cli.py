@@ -241,6 +241,33 @@ def stats(json_out: JsonOpt = False, db: DbOpt = None) -> None:
     console.print(table)
 
 
+@app.command()
+def monitors(json_out: JsonOpt = False, site: Annotated[str | None, typer.Option()] = None,
+             db: DbOpt = None) -> None:
+    """List monitoring points with calibration status (due within 30 days / overdue)."""
+    from zoneinfo import ZoneInfo
+
+    from tracker.facility import list_monitors
+
+    settings = get_settings()
+    today = utcnow().astimezone(ZoneInfo(settings.timezone)).date()
+    with unit_of_work(_engine(db)) as session:
+        rows = list_monitors(session, today=today, site_code=site)
+    if json_out:
+        _print_json(rows)
+        return
+    table = Table(title=t("monitor"))
+    for key in ("monitor", "room", "grade", "kind", "calibration"):
+        table.add_column(t(key))
+    style = {"overdue": "bold red", "due_soon": "yellow"}
+    for r in rows:
+        due = r["calibration_due"] or ""
+        table.add_row(r["monitor"], r["room"], r["grade"], t(r["kind"]),
+                      f"[{style.get(r['calibration'], '')}]{t(r['calibration'])} {due}[/]"
+                      if r["calibration"] in style else f"{t(r['calibration'])} {due}")
+    console.print(table)
+
+
 @audit_app.command("verify")
 def audit_verify(db: DbOpt = None) -> None:
     """Check the whole hash chain; name the first broken event."""

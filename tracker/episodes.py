@@ -81,7 +81,7 @@ class SeriesMachine:
         if self.last_at is not None and j.at < self.last_at:
             raise ValueError(f"out-of-order reading {j.at} after {self.last_at}; replay instead")
         self.last_at = j.at
-        if j.level is Level.NOT_EVALUATED:
+        if j.level in (Level.NOT_EVALUATED, Level.INVALID):
             return None  # stored, but proves nothing either way: never opens or closes
         if j.level is Level.OK:
             return self._in_limit(j)
@@ -114,7 +114,7 @@ class SeriesMachine:
                 self.action_run_start = j.at
         else:
             self.action_run_start = None
-        delay = j.bounds.delay_s if j.bounds else 0.0
+        delay = j.bounds.delay_for(j.value) if j.bounds else 0.0
         if self.action_run_start and (j.at - self.action_run_start).total_seconds() >= delay:
             reached = Level.ACTION
         elif (j.at - self.alert_run_start).total_seconds() >= delay:

@@ -458,3 +458,35 @@ def find_room(session: Session, code: str, *, site_code: str | None = None) -> R
     if room is None:
         raise NotFoundError(f"no room {code!r} at site {site.code}")
     return room
+
+
+#: calibration due within this many days is reported as due soon (viewLinc-style warning)
+CALIBRATION_WARNING_DAYS = 30
+
+
+def calibration_status(due: date | None, today: date,
+                       warn_days: int = CALIBRATION_WARNING_DAYS) -> str:
+    """``overdue`` after the due date (its readings are invalid), ``due_soon`` within
+    ``warn_days`` of it, ``ok`` otherwise, ``unknown`` when no date is on file."""
+    if due is None:
+        return "unknown"
+    if today > due:
+        return "overdue"
+    return "due_soon" if (due - today).days <= warn_days else "ok"
+
+
+def list_monitors(session: Session, *, today: date, site_code: str | None = None) -> list[dict]:
+    """Every active monitor with its room, grade and calibration status, for read-outs."""
+    site = get_site(session, site_code)
+    rooms = {r.id: r for r in session.exec(select(Room).where(Room.site_id == site.id))}
+    out = []
+    for m in session.exec(select(Monitor).where(Monitor.site_id == site.id, Monitor.active)
+                          .order_by(Monitor.code)):
+        room = rooms[m.room_id]
+        out.append({"monitor": m.code, "room": room.code, "grade": room.grade, "kind": m.kind,
+                    "interval_s": m.interval_s,
+                    "reference": rooms[m.reference_room_id].code if m.reference_room_id else None,
+                    "calibration_due": m.calibration_due.isoformat() if m.calibration_due else None,
+                    "calibration": calibration_status(m.calibration_due, today),
+                    "range": [m.range_low, m.range_high]})
+    return out

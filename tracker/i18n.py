@@ -69,6 +69,11 @@ MESSAGES: dict[str, tuple[str, str]] = {
     "db_upgraded": ("数据库已升级", "Database upgraded"),
     "reevaluated": ("已重新评价", "Re-evaluated"),
     "none": ("无", "none"),
+    "calibration": ("校准", "Calibration"),
+    "overdue": ("已过期", "overdue"),
+    "due_soon": ("即将到期", "due soon"),
+    "unknown": ("未登记", "not recorded"),
+    "invalid": ("无效", "invalid"),
 }
 
 

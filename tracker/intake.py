@@ -19,7 +19,6 @@ from tracker.counters import bump
 from tracker.db import bulk_insert, time_param
 from tracker.episodes import Judged
 from tracker.excursions import EpisodeBook
-from tracker.limits import NOT_EVALUATED, evaluate
 from tracker.quarantine import Rejection, quarantine_many
 from tracker.readings import MonitorStatusEvent, RawMessage, Reading
 from tracker.registry import Registry, build_registry, registry_marker
@@ -29,7 +28,7 @@ from tracker.timeutil import utcnow
 SEQ_CONFLICT = "seq_conflict"
 RAW_COLUMNS = ("monitor_id", "seq", "received_at", "topic", "payload", "digest")
 READING_COLUMNS = ("monitor_id", "seq", "channel", "event_time", "value", "status", "level",
-                   "direction", "state", "basis_id")
+                   "direction", "state", "basis_id", "invalid_reason")
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,11 +143,11 @@ class Intake:
             raw_rows.append((r.monitor_id, r.seq, db_time(r.received_at), r.topic, r.payload,
                              r.digest))
             for channel, value in r.values.items():
-                bounds = entry.limits.for_reading(channel, state)
-                verdict = evaluate(value, bounds) if r.status == "ok" else NOT_EVALUATED
+                verdict, invalid, bounds = entry.judge(channel, value, r.status, r.event_time,
+                                                       state)
                 reading_rows.append((r.monitor_id, r.seq, channel, event_time, value, r.status,
                                      verdict.level.value, verdict.direction, state,
-                                     entry.basis_id))
+                                     entry.basis_id, invalid))
                 series.setdefault((r.monitor_id, channel), []).append(
                     Judged(at=r.event_time, value=value, level=verdict.level,
                            direction=verdict.direction, bounds=bounds, state=state))

@@ -28,11 +28,15 @@ class Level(StrEnum):
     OK = "ok"
     ALERT = "alert"
     ACTION = "action"
-    #: status fault/calibration/maintenance, or no limit applies: stored, never a breach.
+    #: no limit applies (e.g. grade D in operation without facility levels): stored only
     NOT_EVALUATED = "not_evaluated"
+    #: the reading proves nothing (sensor status not ok, calibration overdue, outside the
+    #: instrument's range): stored with its reason, never a breach, never closes an episode
+    INVALID = "invalid"
 
 
-LEVEL_RANK = {Level.NOT_EVALUATED: -1, Level.OK: 0, Level.ALERT: 1, Level.ACTION: 2}
+LEVEL_RANK = {Level.INVALID: -2, Level.NOT_EVALUATED: -1, Level.OK: 0, Level.ALERT: 1,
+              Level.ACTION: 2}
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,11 +51,18 @@ class Bounds:
     regulatory_low: float | None = None
     regulatory_high: float | None = None
     citation: str = ""
+    #: pressure cascades: a negative differential (airflow reversal) is an action at once,
+    #: whatever the delay (which is for door openings that dip but stay positive)
+    inversion_action: bool = False
 
     @property
     def empty(self) -> bool:
-        return all(v is None for v in (self.alert_low, self.alert_high,
-                                       self.action_low, self.action_high))
+        return not self.inversion_action and all(
+            v is None for v in (self.alert_low, self.alert_high, self.action_low, self.action_high))
+
+    def delay_for(self, value: float) -> float:
+        """Seconds a value must persist before it counts; none for an inversion."""
+        return 0.0 if self.inversion_action and value < 0 else self.delay_s
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +74,7 @@ class Verdict:
 
 OK = Verdict(Level.OK)
 NOT_EVALUATED = Verdict(Level.NOT_EVALUATED)
+INVALID = Verdict(Level.INVALID)
 
 
 def evaluate(value: float, bounds: Bounds | None) -> Verdict:
@@ -75,6 +87,8 @@ def evaluate(value: float, bounds: Bounds | None) -> Verdict:
         return Verdict(Level.ACTION, "low", bounds.action_low)
     if bounds.alert_high is not None and value > bounds.alert_high:
         return Verdict(Level.ALERT, "high", bounds.alert_high)
+    if bounds.inversion_action and value < 0:
+        return Verdict(Level.ACTION, "low", 0.0)
     if bounds.alert_low is not None and value < bounds.alert_low:
         return Verdict(Level.ALERT, "low", bounds.alert_low)
     return OK
@@ -326,6 +340,8 @@ def resolve_monitor_limits(limit_set: LimitSet, spec: MonitorSpec,
                                        channel=channel, reference_grade=spec.reference_grade)
             bounds = (Bounds(regulatory_low=reg.low, regulatory_high=reg.high,
                              citation=reg.citation) if reg else Bounds())
+            if spec.kind == "pressure":
+                bounds = replace(bounds, inversion_action=True)
             bounds = replace(bounds, action_low=reg.low if reg else None,
                              action_high=reg.high if reg else None)
             explicit: dict[str, float] = {}

@@ -52,10 +52,13 @@ class Reading(SQLModel, table=True):
     event_time: datetime = Field(sa_type=UTCDateTime, nullable=False)
     value: float
     status: str = Field(default="ok", max_length=20)
-    level: str = Field(max_length=16)          # ok | alert | action | not_evaluated
+    level: str = Field(max_length=16)          # ok | alert | action | not_evaluated | invalid
     direction: str | None = Field(default=None, max_length=4)
     state: str = Field(max_length=16)          # at_rest | in_operation at event_time
     basis_id: int = Field(foreign_key="evaluation_basis.id")
+    #: why an ``invalid`` reading proves nothing: status_fault|status_calibration|
+    #: status_maintenance|calibration_overdue|outside_instrument_range
+    invalid_reason: str | None = Field(default=None, max_length=40)
 
 
 class MonitorStatusEvent(SQLModel, table=True):

@@ -18,7 +18,6 @@ from sqlmodel import Session, select
 from tracker import audit
 from tracker.excursions import EpisodeBook
 from tracker.facility import Monitor, Room, find_room
-from tracker.limits import NOT_EVALUATED, evaluate
 from tracker.readings import Reading
 from tracker.registry import build_registry
 from tracker.roomstate import RoomStates, set_room_state
@@ -65,13 +64,13 @@ def reevaluate(session: Session, *, room_code: str, start: datetime, end: dateti
         checked += 1
         entry = registry.by_id[r.monitor_id]
         state = states.state(entry.room_id, r.event_time)
-        bounds = entry.limits.for_reading(r.channel, state)
-        verdict = evaluate(r.value, bounds) if r.status == "ok" else NOT_EVALUATED
-        if (r.level, r.direction, r.state, r.basis_id) == (
-                verdict.level.value, verdict.direction, state, entry.basis_id):
+        verdict, invalid, _ = entry.judge(r.channel, r.value, r.status, r.event_time, state)
+        if (r.level, r.direction, r.state, r.basis_id, r.invalid_reason) == (
+                verdict.level.value, verdict.direction, state, entry.basis_id, invalid):
             continue
         changes.append({"m": r.monitor_id, "s": r.seq, "c": r.channel, "level": verdict.level.value,
-                        "direction": verdict.direction, "state": state, "basis": entry.basis_id})
+                        "direction": verdict.direction, "state": state, "basis": entry.basis_id,
+                        "invalid": invalid})
         key = (r.monitor_id, r.channel)
         first_change[key] = min(first_change.get(key, r.event_time), r.event_time)
     if changes:
@@ -80,7 +79,8 @@ def reevaluate(session: Session, *, room_code: str, start: datetime, end: dateti
             update(table).where(table.c.monitor_id == bindparam("m"), table.c.seq == bindparam("s"),
                                 table.c.channel == bindparam("c"))
             .values(level=bindparam("level"), direction=bindparam("direction"),
-                    state=bindparam("state"), basis_id=bindparam("basis")),
+                    state=bindparam("state"), basis_id=bindparam("basis"),
+                    invalid_reason=bindparam("invalid")),
             changes)
     book = EpisodeBook(close_after=close_after)
     now = utcnow()

@@ -7,12 +7,21 @@ Built once and rebuilt only when a site's revision changes: monitor lookup by
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, datetime
 
 from sqlmodel import Session, select
 
 from tracker.facility import FacilityLimit, Monitor, Room, Site
-from tracker.limits import MonitorLimits, MonitorSpec, load_limit_set, resolve_monitor_limits
+from tracker.limits import (
+    INVALID,
+    Bounds,
+    MonitorLimits,
+    MonitorSpec,
+    Verdict,
+    evaluate,
+    load_limit_set,
+    resolve_monitor_limits,
+)
 from tracker.readings import basis_id
 
 
@@ -31,6 +40,29 @@ class MonitorEntry:
     calibration_due: date | None
     limits: MonitorLimits
     basis_id: int
+    range_low: float | None = None
+    range_high: float | None = None
+
+    def invalid_reason(self, value: float, status: str, at: datetime) -> str | None:
+        """Why a reading proves nothing, or ``None``: sensor status, overdue calibration
+        (the due date is the last valid day, UTC), or a value outside the instrument's range."""
+        if status != "ok":
+            return f"status_{status}"
+        if self.calibration_due is not None and at.date() > self.calibration_due:
+            return "calibration_overdue"
+        if ((self.range_low is not None and value < self.range_low)
+                or (self.range_high is not None and value > self.range_high)):
+            return "outside_instrument_range"
+        return None
+
+    def judge(self, channel: str, value: float, status: str, at: datetime, state: str
+              ) -> tuple[Verdict, str | None, Bounds | None]:
+        """Verdict of one reading for the room state at its time; invalid ones are not judged."""
+        bounds = self.limits.for_reading(channel, state)
+        reason = self.invalid_reason(value, status, at)
+        if reason is not None:
+            return INVALID, reason, bounds
+        return evaluate(value, bounds), None, bounds
 
 
 @dataclass(frozen=True)
@@ -70,6 +102,7 @@ def build_registry(session: Session) -> Registry:
                 room_id=room.id, room_code=room.code, grade=room.grade, kind=mon.kind,
                 channels=channels, interval_s=mon.interval_s,
                 calibration_due=mon.calibration_due,
-                limits=resolve_monitor_limits(limit_set, spec, levels), basis_id=basis)
+                limits=resolve_monitor_limits(limit_set, spec, levels), basis_id=basis,
+                range_low=mon.range_low, range_high=mon.range_high)
     return Registry(marker=registry_marker(session), by_code=by_code,
                     by_id={e.id: e for e in by_code.values()})

@@ -1,0 +1,96 @@
+"""Rules beyond "value above limit", through a real broker: pressure inversion, sensor validity."""
+
+from __future__ import annotations
+
+from datetime import date, timedelta
+
+from sqlalchemy import Engine
+from sqlmodel import select
+
+from sensors.broker import LocalBroker
+from tests.conftest import MIN_FACILITY
+from tests.factories import T0, particles, scalar, topic
+from tests.mqtt_helpers import publish_all, running_ingester, wait_until
+from tracker.db import unit_of_work
+from tracker.excursions import list_excursions
+from tracker.facility import Monitor, list_monitors, load_facility, parse_facility
+from tracker.readings import Reading
+
+VALIDITY_FACILITY = MIN_FACILITY.read_text(encoding="utf-8").replace(
+    'code = "T-B1-DP"\nroom = "T-B1"\nkind = "pressure"\nreference = "T-C1"\ninterval_s = 10\n',
+    'code = "T-B1-DP"\nroom = "T-B1"\nkind = "pressure"\nreference = "T-C1"\ninterval_s = 10\n'
+    "range_low = -50.0\nrange_high = 50.0\n",
+) + '''
+[[monitors]]
+code = "T-C1-PC2"
+room = "T-C1"
+kind = "particles"
+interval_s = 60
+calibration_due = 2026-11-19
+'''
+
+
+def dp(seq: int, second: int, pa: float) -> tuple[str, bytes]:
+    return topic("T-B1", "T-B1-DP"), scalar(monitor="T-B1-DP", kind="pressure", seq=seq,
+                                            ts=T0 + timedelta(seconds=second), value=pa, unit="Pa")
+
+
+def ingest(engine: Engine, broker: LocalBroker, messages: list[tuple[str, bytes]]) -> None:
+    with running_ingester(engine, broker) as ingester:
+        sent = publish_all(broker, messages)
+        wait_until(lambda: ingester.stats.received >= sent, what=f"{sent} messages")
+
+
+def test_pressure_inversion_is_an_action_at_once_while_a_door_dip_is_ignored(
+        facility_engine: Engine, broker: LocalBroker) -> None:
+    values = {s: 15.0 for s in range(0, 600, 10)}
+    values.update({s: 5.0 for s in range(100, 140, 10)})   # door open 30 s: under the 60 s delay
+    values[300] = -2.0                                      # airflow reversal, one reading
+    ingest(facility_engine, broker, [dp(i + 1, s, v) for i, s in enumerate(sorted(values))
+                                     for v in [values[s]]])
+    with unit_of_work(facility_engine) as s:
+        (ex,) = list_excursions(s)
+    assert (ex["monitor"], ex["level"], ex["direction"]) == ("T-B1-DP", "action", "low")
+    assert ex["started_at"] == "2026-11-20T00:05:00Z"
+    assert ex["ended_at"] == "2026-11-20T00:05:10Z"
+    assert ex["peak"] == -2.0
+
+
+def test_invalid_readings_are_stored_with_reason_and_never_close_an_excursion(
+        engine: Engine, broker: LocalBroker) -> None:
+    with unit_of_work(engine) as s:
+        load_facility(s, parse_facility(VALIDITY_FACILITY), actor="test")
+    pc = [(topic("T-B1", "T-B1-PC"), particles(seq=m + 1, ts=T0 + timedelta(minutes=m),
+                                                c05=200 if m in (3, 4, 10) else 10,
+                                                status="calibration" if 5 <= m < 10 else "ok"))
+          for m in range(15)]
+    overdue = [(topic("T-C1", "T-C1-PC2"), particles(monitor="T-C1-PC2", seq=m + 1,
+                                                      ts=T0 + timedelta(minutes=m), c05=99999))
+               for m in range(5)]
+    ingest(engine, broker, [*pc, *overdue, dp(1, 0, 80.0), dp(2, 10, 15.0)])
+    with unit_of_work(engine) as s:
+        ids = dict(s.exec(select(Monitor.code, Monitor.id)).all())
+        reasons = dict(s.exec(select(Reading.seq, Reading.invalid_reason)
+                              .where(Reading.monitor_id == ids["T-B1-PC"],
+                                     Reading.channel == "0.5")).all())
+        assert {seq for seq, r in reasons.items() if r} == {6, 7, 8, 9, 10}
+        assert reasons[6] == "status_calibration"
+        levels = set(s.exec(select(Reading.level, Reading.invalid_reason).where(
+            Reading.monitor_id.in_([ids["T-B1-DP"], ids["T-C1-PC2"]]))).all())
+        assert levels == {("invalid", "outside_instrument_range"), ("ok", None),
+                          ("invalid", "calibration_overdue")}
+        excursions = list_excursions(s)
+    # minutes 3-4 out of limit, 5-9 invalid (they prove nothing), 10 out again, 11-13 in limit:
+    # one episode from 00:03 to 00:11, not two
+    assert [(e["monitor"], e["started_at"], e["ended_at"], e["readings"]) for e in excursions] == [
+        ("T-B1-PC", "2026-11-20T00:03:00Z", "2026-11-20T00:11:00Z", 3)]
+
+
+def test_calibration_status_read_out(engine: Engine) -> None:
+    with unit_of_work(engine) as s:
+        load_facility(s, parse_facility(VALIDITY_FACILITY), actor="test")
+        rows = {r["monitor"]: r for r in list_monitors(s, today=date(2026, 10, 25))}
+        assert rows["T-C1-PC2"]["calibration"] == "due_soon"
+        assert rows["T-B1-PC"]["calibration"] == "unknown"
+        later = {r["monitor"]: r for r in list_monitors(s, today=date(2026, 11, 20))}
+        assert later["T-C1-PC2"]["calibration"] == "overdue"
