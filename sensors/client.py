@@ -56,6 +56,8 @@ class IngestOptions:
     future_tolerance: timedelta = timedelta(minutes=5)
     close_after: int = 3
     ca_file: str | None = None
+    gap_factor: float = 3.0
+    gap_check_s: float = 5.0
 
     @classmethod
     def from_settings(cls, settings: Settings, *, subscription: str | None = None,
@@ -67,7 +69,8 @@ class IngestOptions:
                    linger_s=settings.ingest_linger_ms / 1000,
                    max_payload_bytes=settings.max_payload_bytes,
                    future_tolerance=timedelta(seconds=settings.future_tolerance_s),
-                   close_after=settings.excursion_close_after, ca_file=settings.mqtt_ca_file)
+                   close_after=settings.excursion_close_after, ca_file=settings.mqtt_ca_file,
+                   gap_factor=settings.gap_factor, gap_check_s=settings.gap_check_s)
 
 
 class Ingester:
@@ -88,7 +91,8 @@ class Ingester:
         self._pending_since = 0.0
         #: connection epoch: a message is acknowledged only on the connection it came in on
         self._epoch = 0
-        self.intake = Intake(close_after=options.close_after)
+        self.intake = Intake(close_after=options.close_after, gap_factor=options.gap_factor)
+        self._next_silence_check = 0.0
         self.processor = BatchProcessor(self.intake, max_payload_bytes=options.max_payload_bytes,
                                         future_tolerance=options.future_tolerance)
         self.client = make_client(broker, client_id=options.client_id, protocol=options.protocol,
@@ -222,6 +226,18 @@ class Ingester:
             self.on_batch(outcome)
         return True
 
+    def _check_silence(self) -> None:
+        """Every ``gap_check_s``: live monitors that went quiet get a data-gap excursion."""
+        if time.monotonic() < self._next_silence_check:
+            return
+        self._next_silence_check = time.monotonic() + self.options.gap_check_s
+        try:
+            with unit_of_work(self.engine) as session:
+                self.intake.check_silence(session)
+        except TRANSIENT:
+            self.intake.forget()
+            log.warning("database unavailable for the silence check; trying again later")
+
     def run(self, stop: threading.Event) -> IngestStats:
         """Connect, then store batches until ``stop``; the last batch is committed first."""
         with unit_of_work(self.engine) as session:
@@ -233,6 +249,7 @@ class Ingester:
                 self._pump(0.05, stop)
                 if self._due() and not self._commit(stop):
                     break
+                self._check_silence()
             while self.pending and self._commit(stop):
                 pass
         finally:

@@ -51,11 +51,12 @@ def wait_until(predicate: Callable[[], bool], *, timeout: float = 30.0, what: st
 
 @contextmanager
 def running_ingester(engine: Engine, broker: LocalBroker, *, client_id: str = "test-ingest",
-                     close_after: int = 3, wait_subscribed: bool = True) -> Iterator[Ingester]:
+                     close_after: int = 3, wait_subscribed: bool = True,
+                     gap_check_s: float = 5.0) -> Iterator[Ingester]:
     """An ingest worker on a thread, subscribed before the test publishes."""
     ingester = Ingester(engine, parse_broker_url(broker.url),
                         IngestOptions(client_id=client_id, protocol=broker.protocol,
-                                      close_after=close_after))
+                                      close_after=close_after, gap_check_s=gap_check_s))
     stop = threading.Event()
     thread = threading.Thread(target=ingester.run, args=(stop,), name="ingester", daemon=True)
     thread.start()

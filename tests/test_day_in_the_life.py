@@ -44,7 +44,8 @@ def test_day_in_the_life(engine: Engine, broker: LocalBroker) -> None:
 
     with unit_of_work(engine) as s:
         stats = ingest_stats(s)
-        excursions = list_excursions(s)
+        excursions = list_excursions(s, type_="limit")
+        gaps = list_excursions(s, type_="data_gap", include_superseded=True)
     assert stats["readings"] == result.total_readings
     assert stats["duplicates"] == result.duplicates
     assert stats["quarantine_by_reason"] == dict(result.malformed)
@@ -61,3 +62,11 @@ def test_day_in_the_life(engine: Engine, broker: LocalBroker) -> None:
         unmatched.remove(match)
         assert match["ended_at"] is not None
     assert unmatched == [], f"unexpected excursions: {unmatched}"
+
+    # data gaps: the 30-minute outage was backfilled completely (its gap superseded); at the
+    # end of the run every monitor publishes a retained `offline`, so each has an open gap
+    # starting at its last reading
+    open_gaps = {g["monitor"] for g in gaps if g["status"] == "open"}
+    assert open_gaps == {m.code for m in sim_facility.monitors}
+    assert [g for g in gaps if g["status"] == "closed"] == []
+    assert any(g["status"] == "superseded" for g in gaps)

@@ -86,10 +86,13 @@ def test_backfill_lands_in_the_right_episode(facility_engine: Engine) -> None:
     buffered = [pc(m + 1, m, 200 if 20 <= m < 25 else 10) for m in range(10, 40)]
     processor = run(facility_engine, [live[:10], live[10:]])
     with unit_of_work(facility_engine) as s:
-        assert list_excursions(s) == []
+        assert list_excursions(s, type_="limit") == []
+        (gap,) = list_excursions(s, type_="data_gap")   # silence by event time: 00:09 → 00:40
+        assert (gap["started_at"], gap["ended_at"], gap["level"]) == (
+            "2026-11-20T00:09:00Z", "2026-11-20T00:40:00Z", "alert")
     run(facility_engine, [buffered], processor)
     with unit_of_work(facility_engine) as s:
-        (ex,) = list_excursions(s)
+        (ex,) = list_excursions(s, type_="limit")
         assert (ex["monitor"], ex["channel"], ex["level"], ex["state"]) == (
             "T-B1-PC", "0.5", "action", "at_rest")
         assert ex["started_at"] == "2026-11-20T00:20:00Z"
@@ -103,13 +106,13 @@ def test_late_reading_inside_an_open_episode_extends_it(facility_engine: Engine)
     processor = run(facility_engine, [[dp(1, 0, 15), dp(2, 10, 4), dp(4, 30, 4), dp(5, 40, 4),
                                        dp(6, 50, 4), dp(7, 60, 4), dp(8, 70, 4)]])
     with unit_of_work(facility_engine) as s:
-        (ex,) = list_excursions(s)
+        (ex,) = list_excursions(s, type_="limit")
         first_id = ex["id"]
         assert ex["started_at"] == "2026-11-20T00:00:10Z"
         assert ex["readings"] == 6
     run(facility_engine, [[dp(3, 20, 3.5)]], processor)   # the missing seq arrives late
     with unit_of_work(facility_engine) as s:
-        (ex,) = list_excursions(s)
+        (ex,) = list_excursions(s, type_="limit")
         assert ex["id"] == first_id                         # same excursion, updated in place
         assert ex["readings"] == 7
         assert ex["peak"] == 3.5
@@ -120,14 +123,14 @@ def test_late_in_limit_readings_can_split_an_episode(facility_engine: Engine) ->
     # minutes 0..9 all out of limit except gaps 3,4,5 that arrive late and are in limit
     processor = run(facility_engine, [[pc(m + 1, m, 200) for m in range(10) if m not in (3, 4, 5)]])
     with unit_of_work(facility_engine) as s:
-        assert len(list_excursions(s)) == 1
+        assert len(list_excursions(s, type_="limit")) == 1
     run(facility_engine, [[pc(m + 1, m, 10) for m in (3, 4, 5)]], processor)
     with unit_of_work(facility_engine) as s:
-        exs = list_excursions(s)
+        exs = list_excursions(s, type_="limit")
         assert [(e["started_at"], e["ended_at"]) for e in exs] == [
             ("2026-11-20T00:00:00Z", "2026-11-20T00:03:00Z"),
             ("2026-11-20T00:06:00Z", None)]
-        everything = list_excursions(s, include_superseded=True)
+        everything = list_excursions(s, include_superseded=True, type_="limit")
         assert len(everything) == 2  # the first row was re-shaped in place, the second is new
 
 
@@ -136,7 +139,7 @@ def test_restart_resumes_an_open_episode_from_the_database(facility_engine: Engi
     # a new process: fresh Intake, the open episode must continue, not duplicate
     run(facility_engine, [[pc(4, 3, 200), pc(5, 4, 10), pc(6, 5, 10), pc(7, 6, 10)]])
     with unit_of_work(facility_engine) as s:
-        (ex,) = list_excursions(s)
+        (ex,) = list_excursions(s, type_="limit")
         assert ex["readings"] == 4
         assert ex["ended_at"] == "2026-11-20T00:04:00Z"
 
@@ -160,7 +163,7 @@ def test_backdated_room_state_reevaluates_exactly_the_affected_episodes(
     readings += [pc(m + 100, m, 12000, monitor="T-C1-PC", room="T-C1") for m in range(3, 8)]
     run(facility_engine, [readings])
     with unit_of_work(facility_engine) as s:
-        before = list_excursions(s)
+        before = list_excursions(s, type_="limit")
     assert [(e["monitor"], e["state"]) for e in before] == [("T-C1-PC", "at_rest"),
                                                              ("T-B1-PC", "at_rest")]
     with unit_of_work(facility_engine) as s:
@@ -170,7 +173,7 @@ def test_backdated_room_state_reevaluates_exactly_the_affected_episodes(
                           effective_at=T0 + timedelta(minutes=20), actor="qa.li")
     assert result.readings_changed > 0
     with unit_of_work(facility_engine) as s:
-        after = list_excursions(s, include_superseded=True)
+        after = list_excursions(s, include_superseded=True, type_="limit")
         # the B room's excursion no longer holds (in limit in operation); the C room's is untouched
         assert [(e["monitor"], e["status"]) for e in after] == [("T-C1-PC", "open"),
                                                                  ("T-B1-PC", "superseded")]

@@ -101,7 +101,10 @@ def test_scripted_scenario_end_to_end(operating_facility: Engine, broker: LocalB
         assert s.exec(select(func.count()).select_from(Reading)).one() == (
             2 * 120 + 2 * 120 + 120 + 720)
         got = [(e["monitor"], e["channel"], e["level"], e["state"], e["started_at"], e["ended_at"])
-               for e in list_excursions(s)]
+               for e in list_excursions(s, type_="limit")]
+        # the BSC counter's 30-minute outage was backfilled completely: no gap remains
+        assert list_excursions(s, type_="data_gap") == []
+        assert len(list_excursions(s, type_="data_gap", include_superseded=True)) == 1
     assert got == [
         ("T-B1-PC", "0.5", "action", "in_operation", "2026-11-20T00:40:00Z", "2026-11-20T00:45:00Z"),
         ("T-B1-DP", None, "action", "in_operation", "2026-11-20T00:50:00Z", "2026-11-20T00:55:00Z"),

@@ -49,7 +49,7 @@ def test_pressure_inversion_is_an_action_at_once_while_a_door_dip_is_ignored(
     ingest(facility_engine, broker, [dp(i + 1, s, v) for i, s in enumerate(sorted(values))
                                      for v in [values[s]]])
     with unit_of_work(facility_engine) as s:
-        (ex,) = list_excursions(s)
+        (ex,) = list_excursions(s, type_="limit")
     assert (ex["monitor"], ex["level"], ex["direction"]) == ("T-B1-DP", "action", "low")
     assert ex["started_at"] == "2026-11-20T00:05:00Z"
     assert ex["ended_at"] == "2026-11-20T00:05:10Z"
@@ -79,7 +79,7 @@ def test_invalid_readings_are_stored_with_reason_and_never_close_an_excursion(
             Reading.monitor_id.in_([ids["T-B1-DP"], ids["T-C1-PC2"]]))).all())
         assert levels == {("invalid", "outside_instrument_range"), ("ok", None),
                           ("invalid", "calibration_overdue")}
-        excursions = list_excursions(s)
+        excursions = list_excursions(s, type_="limit")
     # minutes 3-4 out of limit, 5-9 invalid (they prove nothing), 10 out again, 11-13 in limit:
     # one episode from 00:03 to 00:11, not two
     assert [(e["monitor"], e["started_at"], e["ended_at"], e["readings"]) for e in excursions] == [

@@ -171,22 +171,25 @@ def simulate(facility: Annotated[Path, typer.Option(help="facility TOML")],
 
 @app.command()
 def excursions(json_out: JsonOpt = False, open_only: Annotated[bool, typer.Option("--open")] = False,
-               room: Annotated[str | None, typer.Option()] = None, db: DbOpt = None) -> None:
+               room: Annotated[str | None, typer.Option()] = None,
+               type_: Annotated[str | None, typer.Option("--type", help="limit, data_gap, …")] = None,
+               db: DbOpt = None) -> None:
     """List excursions (超标/偏离)."""
     from tracker.excursions import list_excursions
 
     with unit_of_work(_engine(db)) as session:
-        rows = list_excursions(session, open_only=open_only, room=room)
+        rows = list_excursions(session, open_only=open_only, room=room, type_=type_)
     if json_out:
         _print_json(rows)
         return
     tz = get_settings().timezone
     table = Table(title=t("excursions"))
-    for key in ("room", "monitor", "channel", "level", "state", "started", "ended", "peak",
+    for key in ("type", "room", "monitor", "channel", "level", "state", "started", "ended", "peak",
                 "limit", "readings"):
         table.add_column(t(key))
     for r in rows:
-        table.add_row(r["room"], r["monitor"], r["channel"] or "", t(r["level"]), t(r["state"]),
+        table.add_row(t(f"type_{r['type']}"), r["room"], r["monitor"], r["channel"] or "", t(r["level"]),
+                      t(r["state"]),
                       local_display(parse_instant(r["started_at"]), tz),
                       local_display(parse_instant(r["ended_at"]), tz) if r["ended_at"]
                       else t("open"), f"{r['peak']:g}",

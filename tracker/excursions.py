@@ -218,7 +218,7 @@ def _save(session: Session, entry: MonitorEntry, channel: str, episode: Episode,
 
 
 def list_excursions(session: Session, *, open_only: bool = False, room: str | None = None,
-                    include_superseded: bool = False) -> list[dict]:
+                    include_superseded: bool = False, type_: str | None = None) -> list[dict]:
     """Excursions in the JSON shape of DESIGN §9 (times ISO 8601 UTC)."""
     query = (select(Excursion, Monitor.code, Room.code)
              .join(Monitor, Monitor.id == Excursion.monitor_id)
@@ -230,6 +230,8 @@ def list_excursions(session: Session, *, open_only: bool = False, room: str | No
         query = query.where(Excursion.status == "open")
     if room:
         query = query.where(Room.code == room)
+    if type_:
+        query = query.where(Excursion.type == type_)
     return [to_json(ex, monitor, room_code) for ex, monitor, room_code in session.exec(query)]
 
 

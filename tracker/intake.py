@@ -19,6 +19,7 @@ from tracker.counters import bump
 from tracker.db import bulk_insert, time_param
 from tracker.episodes import Judged
 from tracker.excursions import EpisodeBook
+from tracker.gaps import GapBook
 from tracker.quarantine import Rejection, quarantine_many
 from tracker.readings import MonitorStatusEvent, RawMessage, Reading
 from tracker.registry import Registry, build_registry, registry_marker
@@ -63,10 +64,11 @@ class BatchOutcome:
 class Intake:
     """Long-lived ingest state: facility snapshot, room timelines, excursion machines."""
 
-    def __init__(self, *, close_after: int = 3) -> None:
+    def __init__(self, *, close_after: int = 3, gap_factor: float = 3.0) -> None:
         self.registry: Registry | None = None
         self.room_states = RoomStates()
         self.book = EpisodeBook(close_after=close_after)
+        self.gaps = GapBook(gap_factor=gap_factor)
 
     def refresh(self, session: Session) -> Registry:
         """Reload the facility snapshot if a facility file was loaded since; room states too."""
@@ -79,10 +81,16 @@ class Intake:
             self.book.forget()
         return self.registry
 
+    def check_silence(self, session: Session, *, now: datetime | None = None) -> int:
+        """Open wall-clock gaps for live monitors that have gone quiet."""
+        registry = self.refresh(session)
+        return self.gaps.check_silence(session, registry, self.room_states, now or utcnow())
+
     def forget(self) -> None:
         """After a rolled-back batch: in-memory state may be ahead of the database (episode
         machines, evaluation-basis rows created in the rolled-back transaction)."""
         self.book.forget()
+        self.gaps.forget()
         self.registry = None
 
     @staticmethod
@@ -134,6 +142,7 @@ class Intake:
 
         raw_rows, reading_rows = [], []
         series: dict[tuple[int, str], list[Judged]] = {}
+        stamps: dict[int, list[tuple[datetime, datetime]]] = {}
         connection = session.connection()
         db_time = time_param(connection.dialect.name)
         for r in fresh.values():
@@ -142,6 +151,7 @@ class Intake:
             event_time = db_time(r.event_time)
             raw_rows.append((r.monitor_id, r.seq, db_time(r.received_at), r.topic, r.payload,
                              r.digest))
+            stamps.setdefault(r.monitor_id, []).append((r.event_time, r.received_at))
             for channel, value in r.values.items():
                 verdict, invalid, bounds = entry.judge(channel, value, r.status, r.event_time,
                                                        state)
@@ -158,6 +168,11 @@ class Intake:
                 {"monitor_id": s.monitor_id, "online": s.online, "received_at": s.received_at}
                 for s in statuses])
         self.book.process(session, registry, series, now=now)
+        self.gaps.after_readings(session, registry, self.room_states, stamps, now)
+        for st in statuses:
+            if not st.online:
+                self.gaps.offline(session, registry, self.room_states, st.monitor_id,
+                                  st.received_at, now)
 
         outcome.stored = len(raw_rows)
         outcome.quarantined = quarantine_many(session, rejections)

@@ -31,6 +31,9 @@ class Settings(BaseSettings):
                                     description="readings stamped further ahead of receipt are refused")
     excursion_close_after: int = Field(default=3, ge=1,
                                        description="consecutive in-limit readings that end an episode")
+    gap_factor: float = Field(default=3.0, gt=1.0,
+                              description="silence longer than this × a monitor's interval is a gap")
+    gap_check_s: float = Field(default=5.0, gt=0, description="how often live silence is checked")
     timezone: str = "Asia/Shanghai"
     lang: str = Field(default="zh-CN", description="zh-CN or en")
     data_dir: Path = Path(".tracker")

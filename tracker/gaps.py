@@ -1,0 +1,200 @@
+"""Data gaps (``type=data_gap``): silence from a monitor is an excursion.
+
+Grade A must be monitored continuously through processing (China Annex 1 第十条 🧠 / EU
+Annex 1 §9), so a monitor silent for longer than ``gap_factor`` × its interval (default 3)
+opens a gap. Gaps are found three ways:
+
+* **by event time**, from the stored readings: two consecutive readings further apart than
+  the threshold bound a gap — this is how replayed and backfilled data are judged, and a
+  backfill that fills part of a gap shrinks it to what is really missing;
+* **by wall clock**, for live monitors only (readings received close to their event time):
+  no reading received for longer than the threshold opens a gap that is still open;
+* **at once**, when the monitor's retained status / MQTT last will says ``offline``.
+
+An open gap is closed by the next reading. Stored gaps are reconciled like limit episodes:
+updated in place, inserted, or superseded (audited) — never deleted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from itertools import pairwise
+
+from sqlmodel import Session, select
+
+from tracker import audit
+from tracker.excursions import SYSTEM_ACTOR, Excursion
+from tracker.readings import Reading
+from tracker.registry import MonitorEntry, Registry
+from tracker.roomstate import RoomStates
+
+GAP_REASON = "readings received later (backfill) fill this period"
+
+
+@dataclass(frozen=True, slots=True)
+class Gap:
+    start: datetime
+    end: datetime | None  # None while the silence lasts
+
+
+def find_gaps(times: Sequence[datetime], threshold: timedelta) -> list[Gap]:
+    """Gaps between consecutive (sorted) reading times further apart than ``threshold``."""
+    return [Gap(a, b) for a, b in pairwise(times) if b - a > threshold]
+
+
+def threshold_for(entry: MonitorEntry, gap_factor: float) -> timedelta:
+    return timedelta(seconds=entry.interval_s * gap_factor)
+
+
+def _level(entry: MonitorEntry) -> str:
+    """Grade A needs continuous monitoring: a gap there is an action, elsewhere an alert."""
+    return "action" if entry.grade == "A" else "alert"
+
+
+class GapBook:
+    """Gap detection for one ingest worker."""
+
+    def __init__(self, *, gap_factor: float = 3.0) -> None:
+        self.gap_factor = gap_factor
+        #: per monitor: (last event time, its receipt time) of the newest reading seen
+        self.latest: dict[int, tuple[datetime, datetime]] = {}
+        #: monitors with a gap opened by this worker that readings have not closed yet
+        self.open_gaps: set[int] = set()
+
+    def forget(self) -> None:
+        self.latest.clear()
+        self.open_gaps.clear()
+
+    def after_readings(self, session: Session, registry: Registry, rooms: RoomStates,
+                       new: dict[int, list[tuple[datetime, datetime]]], now: datetime) -> None:
+        """Re-derive the gaps around a batch's new readings (event time, receipt time)."""
+        for monitor_id, stamps in new.items():
+            entry = registry.by_id[monitor_id]
+            stamps.sort()
+            known = self.latest.get(monitor_id)
+            in_order = (known is not None and monitor_id not in self.open_gaps
+                        and stamps[0][0] >= known[0])
+            threshold = threshold_for(entry, self.gap_factor)
+            if in_order and not find_gaps([known[0], *(t for t, _ in stamps)], threshold):
+                self.latest[monitor_id] = stamps[-1]  # the common case: no query at all
+                continue
+            self._rederive(session, entry, rooms, stamps[0][0], stamps[-1][0], now)
+            if known is None or stamps[-1][0] >= known[0]:
+                self.latest[monitor_id] = stamps[-1]
+
+    def _rederive(self, session: Session, entry: MonitorEntry, rooms: RoomStates,
+                  first: datetime, last: datetime, now: datetime) -> None:
+        """Gaps between the reading before ``first`` and the one after ``last``, from the
+        stored readings, reconciled with the stored gap excursions there."""
+        series = (Reading.monitor_id == entry.id,)
+        before = session.exec(select(Reading.event_time).where(*series, Reading.event_time < first)
+                              .order_by(Reading.event_time.desc()).limit(1)).first()
+        after = session.exec(select(Reading.event_time).where(*series, Reading.event_time > last)
+                             .order_by(Reading.event_time).limit(1)).first()
+        a, c = before or first, after or last
+        times = sorted(set(session.exec(select(Reading.event_time).where(
+            *series, Reading.event_time >= a, Reading.event_time <= c)).all()))
+        computed = find_gaps(times, threshold_for(entry, self.gap_factor))
+        stored = list(session.exec(select(Excursion).where(
+            Excursion.monitor_id == entry.id, Excursion.type == "data_gap",
+            Excursion.status != "superseded", Excursion.started_at < c,
+            (Excursion.ended_at.is_(None)) | (Excursion.ended_at > a))
+            .order_by(Excursion.started_at)))
+        self._reconcile(session, entry, rooms, computed, stored, now)
+        self.open_gaps.discard(entry.id)
+
+    def offline(self, session: Session, registry: Registry, rooms: RoomStates,
+                monitor_id: int, received_at: datetime, now: datetime) -> None:
+        """The monitor (or its last will) says offline: a gap opens at once."""
+        entry = registry.by_id[monitor_id]
+        last = self._last_reading(session, monitor_id)
+        self._open(session, entry, rooms, last or received_at, now,
+                   note="monitor reported offline (status / last will)")
+
+    def check_silence(self, session: Session, registry: Registry, rooms: RoomStates,
+                      now: datetime) -> int:
+        """Wall-clock rule for live monitors; returns how many gaps were opened."""
+        opened = 0
+        for monitor_id, (event_time, received_at) in list(self.latest.items()):
+            entry = registry.by_id.get(monitor_id)
+            if entry is None:
+                continue
+            threshold = threshold_for(entry, self.gap_factor)
+            live = received_at - event_time <= threshold
+            # silence counts from the later of the reading's own time and its receipt
+            if live and now - max(event_time, received_at) > threshold and self._open(
+                    session, entry, rooms, event_time, now,
+                    note=f"no reading received for more than {threshold.total_seconds():g} s"):
+                opened += 1
+        return opened
+
+    # ------------------------------------------------------------------ storage
+
+    @staticmethod
+    def _last_reading(session: Session, monitor_id: int) -> datetime | None:
+        return session.exec(select(Reading.event_time).where(Reading.monitor_id == monitor_id)
+                            .order_by(Reading.event_time.desc()).limit(1)).first()
+
+    def _open(self, session: Session, entry: MonitorEntry, rooms: RoomStates, start: datetime,
+              now: datetime, *, note: str) -> bool:
+        already = session.exec(select(Excursion.id).where(
+            Excursion.monitor_id == entry.id, Excursion.type == "data_gap",
+            Excursion.status == "open")).first()
+        if already is not None:
+            return False
+        session.add(self._row(entry, rooms, Gap(start, None), now, note=note))
+        session.flush()
+        self.open_gaps.add(entry.id)
+        return True
+
+    def _row(self, entry: MonitorEntry, rooms: RoomStates, gap: Gap, now: datetime,
+             note: str | None = None) -> Excursion:
+        threshold = threshold_for(entry, self.gap_factor).total_seconds()
+        row = Excursion(type="data_gap", site_id=entry.site_id, monitor_id=entry.id,
+                        room_id=entry.room_id, kind=entry.kind, channel="", level=_level(entry),
+                        state=rooms.state(entry.room_id, gap.start), direction="none",
+                        started_at=gap.start, peak=0.0, limit_value=threshold, readings=0,
+                        basis_id=entry.basis_id, created_at=now, updated_at=now, note=note)
+        return self._shape(row, gap, now)
+
+    @staticmethod
+    def _shape(row: Excursion, gap: Gap, now: datetime) -> Excursion:
+        row.started_at, row.ended_at = gap.start, gap.end
+        row.closed_by_at = gap.end
+        row.status = "open" if gap.end is None else "closed"
+        #: for a gap, the peak is its length in seconds (so far, while open)
+        row.peak = ((gap.end or now) - gap.start).total_seconds()
+        row.updated_at = now
+        return row
+
+    def _reconcile(self, session: Session, entry: MonitorEntry, rooms: RoomStates,
+                   computed: Iterable[Gap], stored: list[Excursion], now: datetime) -> None:
+        unmatched = list(stored)
+        for gap in computed:
+            match = next((r for r in unmatched if r.started_at <= gap.end
+                          and (r.ended_at is None or gap.start <= r.ended_at)), None)
+            if match is None:
+                session.add(self._row(entry, rooms, gap, now))
+                continue
+            unmatched.remove(match)
+            before = (match.started_at, match.ended_at)
+            self._shape(match, gap, now)
+            if match.ended_at is not None and before[1] is not None and before != (
+                    match.started_at, match.ended_at):
+                audit.record(session, actor=SYSTEM_ACTOR, action="excursion.reshape",
+                             entity="excursion", entity_key=str(match.id),
+                             before={"started_at": before[0], "ended_at": before[1]},
+                             after={"started_at": match.started_at, "ended_at": match.ended_at},
+                             reason=GAP_REASON, at=now)
+            session.add(match)
+        for row in unmatched:
+            before = {"started_at": row.started_at, "ended_at": row.ended_at,
+                      "status": row.status}
+            row.status, row.updated_at = "superseded", now
+            row.note = (f"{row.note}\n" if row.note else "") + "superseded: " + GAP_REASON
+            session.add(row)
+            audit.record(session, actor=SYSTEM_ACTOR, action="excursion.supersede",
+                         entity="excursion", entity_key=str(row.id), before=before,
+                         after={"status": "superseded"}, reason=GAP_REASON, at=now)
