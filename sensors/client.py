@@ -28,6 +28,7 @@ from tracker.intake import BatchOutcome, Intake
 from tracker.quarantine import Rejection
 from tracker.settings import Settings
 from tracker.timeutil import utcnow
+from tracker.trends import TrendRule
 
 log = logging.getLogger(__name__)
 #: errors that mean "the database is not there right now": wait and retry the same batch
@@ -58,6 +59,8 @@ class IngestOptions:
     ca_file: str | None = None
     gap_factor: float = 3.0
     gap_check_s: float = 5.0
+    trend_alerts: int = 3
+    trend_window_h: float = 24.0
 
     @classmethod
     def from_settings(cls, settings: Settings, *, subscription: str | None = None,
@@ -70,7 +73,8 @@ class IngestOptions:
                    max_payload_bytes=settings.max_payload_bytes,
                    future_tolerance=timedelta(seconds=settings.future_tolerance_s),
                    close_after=settings.excursion_close_after, ca_file=settings.mqtt_ca_file,
-                   gap_factor=settings.gap_factor, gap_check_s=settings.gap_check_s)
+                   gap_factor=settings.gap_factor, gap_check_s=settings.gap_check_s,
+                   trend_alerts=settings.trend_alerts, trend_window_h=settings.trend_window_h)
 
 
 class Ingester:
@@ -91,7 +95,9 @@ class Ingester:
         self._pending_since = 0.0
         #: connection epoch: a message is acknowledged only on the connection it came in on
         self._epoch = 0
-        self.intake = Intake(close_after=options.close_after, gap_factor=options.gap_factor)
+        self.intake = Intake(close_after=options.close_after, gap_factor=options.gap_factor,
+                             trend=TrendRule(alerts=options.trend_alerts,
+                                             window=timedelta(hours=options.trend_window_h)))
         self._next_silence_check = 0.0
         self.processor = BatchProcessor(self.intake, max_payload_bytes=options.max_payload_bytes,
                                         future_tolerance=options.future_tolerance)

@@ -105,3 +105,20 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
         stats = ingest_stats(s)
     assert stats["readings"] > 10_000
     assert stats["excursions"]["action"] >= 1   # 20 s at ×1800 covers the 2 h burst in B01
+
+
+def test_retroactive_inhibit_reevaluates_and_lists(populated: str) -> None:
+    added = tracker("inhibit", "add", "--monitor", "T-B1-PC", "--from", "2026-11-20T00:02:00Z",
+                    "--to", "2026-11-20T00:07:00Z", "--reason", "WO-7 probe swap",
+                    "--by", "eng.zhao", db_url=populated)
+    assert added.returncode == 0, added.stderr
+    assert "Re-evaluated" in added.stdout
+    assert json.loads(tracker("excursions", "--json", "--type", "limit", db_url=populated).stdout) == []
+    listed = json.loads(tracker("inhibit", "list", "--all", "--json", db_url=populated).stdout)
+    assert [(i["monitor"], i["reason"], i["created_by"]) for i in listed] == [
+        ("T-B1-PC", "WO-7 probe swap", "eng.zhao")]
+    assert json.loads(tracker("inhibit", "list", "--json", db_url=populated).stdout) == []
+    refused = tracker("inhibit", "add", "--room", "T-B1", "--from", "2026-11-20T00:00:00Z",
+                      "--to", "2026-11-19T00:00:00Z", "--reason", "x", db_url=populated)
+    assert refused.returncode == 2
+    assert "end after it starts" in refused.stderr

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import date, timedelta
 
+import pytest
 from sqlalchemy import Engine
 from sqlmodel import select
 
@@ -11,9 +12,12 @@ from sensors.broker import LocalBroker
 from tests.conftest import MIN_FACILITY
 from tests.factories import T0, particles, scalar, topic
 from tests.mqtt_helpers import publish_all, running_ingester, wait_until
+from tracker.audit import AuditEvent
 from tracker.db import unit_of_work
+from tracker.errors import InvalidInputError
 from tracker.excursions import list_excursions
 from tracker.facility import Monitor, list_monitors, load_facility, parse_facility
+from tracker.inhibits import add_inhibit, list_inhibits
 from tracker.readings import Reading
 
 VALIDITY_FACILITY = MIN_FACILITY.read_text(encoding="utf-8").replace(
@@ -94,3 +98,47 @@ def test_calibration_status_read_out(engine: Engine) -> None:
         assert rows["T-B1-PC"]["calibration"] == "unknown"
         later = {r["monitor"]: r for r in list_monitors(s, today=date(2026, 11, 20))}
         assert later["T-C1-PC2"]["calibration"] == "overdue"
+
+
+def test_an_inhibit_flags_readings_and_expires_by_itself(facility_engine: Engine,
+                                                         broker: LocalBroker) -> None:
+    with unit_of_work(facility_engine) as s:
+        row = add_inhibit(s, monitor_code="T-B1-PC", starts_at=T0 + timedelta(minutes=10),
+                          ends_at=T0 + timedelta(minutes=20), reason="WO-1187 counter service",
+                          actor="eng.zhao")
+    burst = {12, 13, 14, 25, 26}   # inside the window, then after it has expired
+    ingest(facility_engine, broker, [
+        (topic("T-B1", "T-B1-PC"), particles(seq=m + 1, ts=T0 + timedelta(minutes=m),
+                                            c05=200 if m in burst else 10)) for m in range(30)])
+    with unit_of_work(facility_engine) as s:
+        flagged = s.exec(select(Reading.seq).where(Reading.invalid_reason == "inhibited",
+                                                   Reading.channel == "0.5")).all()
+        assert sorted(flagged) == list(range(11, 21))   # minutes 10-19: stored, flagged
+        (ex,) = list_excursions(s, type_="limit")        # only the burst after the window
+        assert ex["started_at"] == "2026-11-20T00:25:00Z"
+        assert [i["id"] for i in list_inhibits(s, active_at=T0 + timedelta(minutes=15))] == [
+            row.id]
+        assert list_inhibits(s, active_at=T0 + timedelta(minutes=20)) == []   # expired
+        with pytest.raises(InvalidInputError, match="at most 14 days"):
+            add_inhibit(s, room_code="T-B1", starts_at=T0, ends_at=T0 + timedelta(days=30),
+                        reason="forever", actor="eng.zhao")
+        actions = [e.action for e in s.exec(select(AuditEvent))]
+        assert "inhibit.add" in actions
+
+
+def test_three_alert_excursions_make_an_adverse_trend(facility_engine: Engine,
+                                                      broker: LocalBroker) -> None:
+    # 60 counts in 28.3 L = 2,120/m³: above the 1,760 alert, below the 3,520 action (B, at rest)
+    alerts = {60, 61, 180, 181, 300, 301, 420}          # four alert episodes, 2 h apart
+    ingest(facility_engine, broker, [
+        (topic("T-B1", "T-B1-PC"), particles(seq=m + 1, ts=T0 + timedelta(minutes=m),
+                                            c05=60 if m in alerts else 10)) for m in range(480)])
+    with unit_of_work(facility_engine) as s:
+        limits = list_excursions(s, type_="limit")
+        (trend,) = list_excursions(s, type_="adverse_trend")
+    assert [e["level"] for e in limits] == ["alert"] * 4
+    assert trend["monitor"] == "T-B1-PC"
+    assert trend["level"] == "action"
+    assert trend["started_at"] == "2026-11-20T01:00:00Z"    # the first of the alerts
+    assert trend["ended_at"] == "2026-11-20T07:00:00Z"      # extended by the fourth
+    assert trend["readings"] == 4

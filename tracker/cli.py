@@ -32,10 +32,13 @@ facility_app = typer.Typer(help="Facility registry: sites, rooms, monitors, limi
                            no_args_is_help=True)
 room_app = typer.Typer(help="Room operational state (静态/动态).", no_args_is_help=True)
 audit_app = typer.Typer(help="Audit trail (审计追踪).", no_args_is_help=True)
+inhibit_app = typer.Typer(help="Maintenance inhibits that expire by themselves.",
+                          no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(facility_app, name="facility")
 app.add_typer(room_app, name="room")
 app.add_typer(audit_app, name="audit")
+app.add_typer(inhibit_app, name="inhibit")
 
 console = Console()
 DbOpt = Annotated[str | None, typer.Option("--db", help="database URL (TRACKER_DATABASE_URL)")]
@@ -269,6 +272,68 @@ def monitors(json_out: JsonOpt = False, site: Annotated[str | None, typer.Option
                       f"[{style.get(r['calibration'], '')}]{t(r['calibration'])} {due}[/]"
                       if r["calibration"] in style else f"{t(r['calibration'])} {due}")
     console.print(table)
+
+
+@inhibit_app.command("add")
+def inhibit_add(start: Annotated[str, typer.Option("--from", help="ISO 8601 with offset")],
+                end: Annotated[str, typer.Option("--to", help="ISO 8601 with offset")],
+                reason: Annotated[str, typer.Option(help="why (work order, SOP)")],
+                monitor: Annotated[str | None, typer.Option()] = None,
+                room: Annotated[str | None, typer.Option(help="the room and its zones")] = None,
+                site: Annotated[str | None, typer.Option()] = None,
+                db: DbOpt = None, by: ActorOpt = "cli") -> None:
+    """Flag, not alarm, a monitor's or room's readings in a window; it ends by itself."""
+    from tracker.facility import Monitor, Room
+    from tracker.inhibits import add_inhibit
+    from tracker.reevaluate import reevaluate as run_reevaluation
+
+    with unit_of_work(_engine(db)) as session:
+        row = add_inhibit(session, starts_at=parse_instant(start), ends_at=parse_instant(end),
+                          reason=reason, actor=by, monitor_code=monitor, room_code=room,
+                          site_code=site)
+        room_id = row.room_id or session.get(Monitor, row.monitor_id).room_id
+        result = run_reevaluation(session, room_code=session.get(Room, room_id).code,
+                                  start=row.starts_at, end=row.ends_at, actor=by,
+                                  site_code=site, reason=f"inhibit {row.id}",
+                                  close_after=get_settings().excursion_close_after)
+    console.print(f"inhibit {row.id}: {monitor or room} "
+                  f"{local_display(row.starts_at, get_settings().timezone)} → "
+                  f"{local_display(row.ends_at, get_settings().timezone)}"
+                  + (f" ({t('reevaluated')}: {result.readings_changed} {t('readings')})"
+                     if result.readings_changed else ""))
+
+
+@inhibit_app.command("list")
+def inhibit_list(json_out: JsonOpt = False,
+                 all_: Annotated[bool, typer.Option("--all", help="not only those in force")] = False,
+                 db: DbOpt = None) -> None:
+    """Inhibits in force now (or all of them)."""
+    from tracker.inhibits import list_inhibits
+
+    with unit_of_work(_engine(db)) as session:
+        rows = list_inhibits(session, active_at=None if all_ else utcnow())
+    if json_out:
+        _print_json(rows)
+        return
+    table = Table(title="inhibits")
+    for key in ("id", "monitor", "room", "starts_at", "ends_at", "cancelled_at", "reason",
+                "created_by"):
+        table.add_column(key)
+    for r in rows:
+        table.add_row(*(str(r[k] or "") for k in ("id", "monitor", "room", "starts_at", "ends_at",
+                                                  "cancelled_at", "reason", "created_by")))
+    console.print(table)
+
+
+@inhibit_app.command("cancel")
+def inhibit_cancel(inhibit_id: int, reason: Annotated[str, typer.Option()],
+                   db: DbOpt = None, by: ActorOpt = "cli") -> None:
+    """End an inhibit early (recorded with who, when and why)."""
+    from tracker.inhibits import cancel_inhibit
+
+    with unit_of_work(_engine(db)) as session:
+        cancel_inhibit(session, inhibit_id, actor=by, reason=reason)
+    console.print(f"inhibit {inhibit_id} ended")
 
 
 @audit_app.command("verify")

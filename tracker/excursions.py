@@ -10,6 +10,7 @@ are inserted, and stored episodes the full data no longer supports are marked
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 
 from sqlalchemy import Column, Index, Text, func, or_
@@ -64,9 +65,13 @@ SeriesKey = tuple[int, str]
 class EpisodeBook:
     """The live machines of every series this process has seen, and their persistence."""
 
-    def __init__(self, *, close_after: int) -> None:
+    def __init__(self, *, close_after: int,
+                 on_alert_closed: Callable[[Session, MonitorEntry, Episode, datetime], None]
+                 | None = None) -> None:
         self.close_after = close_after
         self.machines: dict[SeriesKey, SeriesMachine] = {}
+        #: called for each alert episode closed by live data (adverse-trend rule)
+        self.on_alert_closed = on_alert_closed
 
     def forget(self) -> None:
         """Drop in-memory state (after a rollback): the next batch rebuilds from the database."""
@@ -92,6 +97,9 @@ class EpisodeBook:
                     touched[id(episode)] = episode
             for episode in touched.values():
                 _save(session, entry, key[1], episode, now)
+                if (self.on_alert_closed and not episode.open
+                        and episode.level is Level.ALERT):
+                    self.on_alert_closed(session, entry, episode, now)
             machine.closed.clear()
 
     @staticmethod

@@ -25,6 +25,7 @@ from tracker.readings import MonitorStatusEvent, RawMessage, Reading
 from tracker.registry import Registry, build_registry, registry_marker
 from tracker.roomstate import RoomStates
 from tracker.timeutil import utcnow
+from tracker.trends import TrendRule
 
 SEQ_CONFLICT = "seq_conflict"
 RAW_COLUMNS = ("monitor_id", "seq", "received_at", "topic", "payload", "digest")
@@ -64,10 +65,15 @@ class BatchOutcome:
 class Intake:
     """Long-lived ingest state: facility snapshot, room timelines, excursion machines."""
 
-    def __init__(self, *, close_after: int = 3, gap_factor: float = 3.0) -> None:
+    def __init__(self, *, close_after: int = 3, gap_factor: float = 3.0,
+                 trend: TrendRule | None = None) -> None:
         self.registry: Registry | None = None
         self.room_states = RoomStates()
-        self.book = EpisodeBook(close_after=close_after)
+        self.trend = trend or TrendRule()
+        self.book = EpisodeBook(
+            close_after=close_after,
+            on_alert_closed=lambda session, entry, ep, now: self.trend.on_alert_closed(
+                session, entry, ep.started_at, ep.state, now))
         self.gaps = GapBook(gap_factor=gap_factor)
 
     def refresh(self, session: Session) -> Registry:

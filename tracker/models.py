@@ -6,6 +6,7 @@ from tracker.audit import AuditEvent
 from tracker.counters import IngestCounter
 from tracker.excursions import Excursion
 from tracker.facility import FacilityLimit, Monitor, Room, Site
+from tracker.inhibits import Inhibit
 from tracker.quarantine import QuarantinedMessage
 from tracker.readings import EvaluationBasis, MonitorStatusEvent, RawMessage, Reading
 from tracker.roomstate import RoomStateChange
@@ -13,7 +14,8 @@ from tracker.roomstate import RoomStateChange
 metadata = SQLModel.metadata
 
 __all__ = [
-    "AuditEvent", "EvaluationBasis", "Excursion", "FacilityLimit", "IngestCounter", "Monitor",
+    "AuditEvent", "EvaluationBasis", "Excursion", "FacilityLimit", "IngestCounter", "Inhibit",
+    "Monitor",
     "MonitorStatusEvent", "QuarantinedMessage", "RawMessage", "Reading", "Room",
     "RoomStateChange", "Site", "metadata",
 ]

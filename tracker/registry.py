@@ -9,9 +9,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import date, datetime
 
+from sqlalchemy import func
 from sqlmodel import Session, select
 
 from tracker.facility import FacilityLimit, Monitor, Room, Site
+from tracker.inhibits import Inhibit, windows_by_monitor
 from tracker.limits import (
     INVALID,
     Bounds,
@@ -42,12 +44,16 @@ class MonitorEntry:
     basis_id: int
     range_low: float | None = None
     range_high: float | None = None
+    #: maintenance windows [start, end) during which readings are flagged, not alarmed
+    inhibits: tuple[tuple[datetime, datetime], ...] = ()
 
     def invalid_reason(self, value: float, status: str, at: datetime) -> str | None:
         """Why a reading proves nothing, or ``None``: sensor status, overdue calibration
         (the due date is the last valid day, UTC), or a value outside the instrument's range."""
         if status != "ok":
             return f"status_{status}"
+        if any(start <= at < end for start, end in self.inhibits):
+            return "inhibited"
         if self.calibration_due is not None and at.date() > self.calibration_due:
             return "calibration_overdue"
         if ((self.range_low is not None and value < self.range_low)
@@ -67,7 +73,7 @@ class MonitorEntry:
 
 @dataclass(frozen=True)
 class Registry:
-    marker: tuple[tuple[str, int], ...]
+    marker: tuple
     by_code: dict[tuple[str, str], MonitorEntry]
     by_id: dict[int, MonitorEntry]
 
@@ -75,13 +81,18 @@ class Registry:
         return self.by_code.get((site, code))
 
 
-def registry_marker(session: Session) -> tuple[tuple[str, int], ...]:
-    return tuple(session.exec(select(Site.code, Site.revision).order_by(Site.code)).all())
+def registry_marker(session: Session) -> tuple:
+    """Changes when a facility file is loaded or an inhibit is added or cancelled."""
+    sites = tuple(session.exec(select(Site.code, Site.revision).order_by(Site.code)).all())
+    inhibits = session.exec(select(func.count(Inhibit.id), func.max(Inhibit.id),
+                                   func.count(Inhibit.cancelled_at))).one()
+    return sites, tuple(inhibits)
 
 
 def build_registry(session: Session) -> Registry:
     """Resolve every active monitor's limits; creates evaluation-basis rows as needed."""
     by_code: dict[tuple[str, str], MonitorEntry] = {}
+    inhibits = windows_by_monitor(session)
     for site in session.exec(select(Site)).all():
         limit_set = load_limit_set(site.limit_set)
         basis = basis_id(session, site_id=site.id, code=limit_set.code, version=limit_set.version,
@@ -103,6 +114,7 @@ def build_registry(session: Session) -> Registry:
                 channels=channels, interval_s=mon.interval_s,
                 calibration_due=mon.calibration_due,
                 limits=resolve_monitor_limits(limit_set, spec, levels), basis_id=basis,
-                range_low=mon.range_low, range_high=mon.range_high)
+                range_low=mon.range_low, range_high=mon.range_high,
+                inhibits=tuple(inhibits.get(mon.id, ())))
     return Registry(marker=registry_marker(session), by_code=by_code,
                     by_id={e.id: e for e in by_code.values()})

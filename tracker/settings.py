@@ -34,6 +34,9 @@ class Settings(BaseSettings):
     gap_factor: float = Field(default=3.0, gt=1.0,
                               description="silence longer than this × a monitor's interval is a gap")
     gap_check_s: float = Field(default=5.0, gt=0, description="how often live silence is checked")
+    trend_alerts: int = Field(default=3, ge=2,
+                              description="alert excursions of one monitor that make an adverse trend")
+    trend_window_h: float = Field(default=24.0, gt=0, description="…within this many hours")
     timezone: str = "Asia/Shanghai"
     lang: str = Field(default="zh-CN", description="zh-CN or en")
     data_dir: Path = Path(".tracker")
