@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
 from datetime import datetime, timedelta
+from pathlib import Path
 
 from sqlalchemy import Engine, func
 from sqlmodel import select
@@ -11,7 +13,7 @@ from sensors.ingest import BatchProcessor, InboundMessage
 from tests.conftest import operate
 from tests.factories import T0, particles, scalar, topic
 from tracker.audit import AuditEvent
-from tracker.db import unit_of_work
+from tracker.db import get_engine, unit_of_work
 from tracker.excursions import list_excursions
 from tracker.intake import Intake
 from tracker.readings import EvaluationBasis, RawMessage, Reading
@@ -187,3 +189,26 @@ def test_backdated_room_state_reevaluates_exactly_the_affected_episodes(
         actions = [e.action for e in s.exec(select(AuditEvent))]
         assert "excursion.supersede" in actions
         assert "readings.reevaluate" in actions
+
+
+def test_rules_do_not_depend_on_batch_boundaries(facility_engine: Engine, db_url: str,
+                                                 tmp_path: Path) -> None:
+    """One batch or one message per batch: the same excursions of every type."""
+    alerts = {60, 61, 180, 181, 300, 301, 420}
+    msgs = [pc(m + 1, m, 60 if m in alerts else 10) for m in range(480) if not 200 <= m < 215]
+    other = tmp_path / "other.db"
+    with unit_of_work(facility_engine) as s:
+        s.connection().exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+    shutil.copy(db_url.removeprefix("sqlite:///"), other)
+    run(facility_engine, [msgs])
+    run(get_engine(f"sqlite:///{other}"), [[m] for m in msgs])
+
+    def shapes(engine: Engine) -> list[tuple]:
+        with unit_of_work(engine) as s:
+            return [(e["type"], e["started_at"], e["ended_at"], e["level"], e["readings"])
+                    for e in list_excursions(s)]
+
+    one_batch = shapes(facility_engine)
+    assert one_batch == shapes(get_engine(f"sqlite:///{other}"))
+    assert [t for t, *_ in one_batch].count("adverse_trend") == 1
+    assert [t for t, *_ in one_batch].count("data_gap") == 1

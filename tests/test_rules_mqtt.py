@@ -19,6 +19,7 @@ from tracker.excursions import list_excursions
 from tracker.facility import Monitor, list_monitors, load_facility, parse_facility
 from tracker.inhibits import add_inhibit, list_inhibits
 from tracker.readings import Reading
+from tracker.recurrence import Span, recurrence_spans
 
 VALIDITY_FACILITY = MIN_FACILITY.read_text(encoding="utf-8").replace(
     'code = "T-B1-DP"\nroom = "T-B1"\nkind = "pressure"\nreference = "T-C1"\ninterval_s = 10\n',
@@ -142,3 +143,30 @@ def test_three_alert_excursions_make_an_adverse_trend(facility_engine: Engine,
     assert trend["started_at"] == "2026-11-20T01:00:00Z"    # the first of the alerts
     assert trend["ended_at"] == "2026-11-20T07:00:00Z"      # extended by the fourth
     assert trend["readings"] == 4
+
+
+def test_recurrent_low_five_micron_counts_in_an_a_zone(facility_engine: Engine,
+                                                       broker: LocalBroker) -> None:
+    # 100 L samples: one ≥5.0 µm particle is 10/m³, within the grade A limit of 20
+    counts = {5: 1, 6: 1, 20: 1, 24: 1, 28: 1, 50: 1}
+    ingest(facility_engine, broker, [
+        (topic("T-B1-BSC", "T-BSC-PC"), particles(monitor="T-BSC-PC", seq=m + 1,
+                                                  ts=T0 + timedelta(minutes=m), c05=3,
+                                                  c50=counts.get(m, 0), volume=100))
+        for m in range(60)])
+    with unit_of_work(facility_engine) as s:
+        assert list_excursions(s, type_="limit") == []
+        spans = [(e["started_at"], e["ended_at"], e["readings"], e["level"])
+                 for e in list_excursions(s, type_="recurrence")]
+    assert spans == [
+        ("2026-11-20T00:05:00Z", "2026-11-20T00:06:00Z", 2, "action"),   # two consecutive
+        ("2026-11-20T00:20:00Z", "2026-11-20T00:29:00Z", 3, "action"),   # three of ten
+    ]                                                                     # minute 50 alone: none
+
+
+def test_recurrence_spans_pure() -> None:
+    t = [T0 + timedelta(minutes=m) for m in range(12)]
+    counted = {0, 4, 8}
+    spans = recurrence_spans([(x, i in counted) for i, x in enumerate(t)])
+    assert spans == [Span(t[0], t[9], 3)]
+    assert recurrence_spans([(x, i == 3) for i, x in enumerate(t)]) == []

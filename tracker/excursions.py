@@ -156,7 +156,9 @@ class EpisodeBook:
         if quiet is not None:
             stored_query = stored_query.where(Excursion.started_at >= quiet[0])
         stored = list(session.exec(stored_query.order_by(Excursion.started_at)))
-        _reconcile(session, entry, channel, replayed, stored, now)
+        for episode in _reconcile(session, entry, channel, replayed, stored, now):
+            if self.on_alert_closed and episode.level is Level.ALERT:
+                self.on_alert_closed(session, entry, episode, now)
         return machine
 
 
@@ -172,9 +174,13 @@ def _shape(row: Excursion) -> dict:
 
 
 def _reconcile(session: Session, entry: MonitorEntry, channel: str, replayed: list[Episode],
-               stored: list[Excursion], now: datetime) -> None:
-    """Match replayed episodes to stored rows; changes to existing rows are audited."""
+               stored: list[Excursion], now: datetime) -> list[Episode]:
+    """Match replayed episodes to stored rows; changes to existing rows are audited.
+
+    Returns the episodes that are closed now and were not stored as closed before.
+    """
     unmatched = list(stored)
+    newly_closed: list[Episode] = []
     for episode in replayed:
         match = next((row for row in unmatched if _overlaps(episode, row)), None)
         before = None
@@ -183,6 +189,8 @@ def _reconcile(session: Session, entry: MonitorEntry, channel: str, replayed: li
             episode.key = match.id
             before = _shape(match)
         row = _save(session, entry, channel, episode, now)
+        if not episode.open and (before is None or before["status"] != "closed"):
+            newly_closed.append(episode)
         if before is not None and (before["started_at"] != row.started_at
                                    or before["level"] != row.level
                                    or (before["ended_at"] is not None
@@ -199,6 +207,7 @@ def _reconcile(session: Session, entry: MonitorEntry, channel: str, replayed: li
         audit.record(session, actor=SYSTEM_ACTOR, action="excursion.supersede",
                      entity="excursion", entity_key=str(row.id), before=before,
                      after=_shape(row), at=now, reason=REPLAY_REASON)
+    return newly_closed
 
 
 def _save(session: Session, entry: MonitorEntry, channel: str, episode: Episode,

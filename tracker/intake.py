@@ -22,6 +22,7 @@ from tracker.excursions import EpisodeBook
 from tracker.gaps import GapBook
 from tracker.quarantine import Rejection, quarantine_many
 from tracker.readings import MonitorStatusEvent, RawMessage, Reading
+from tracker.recurrence import RecurrenceRule
 from tracker.registry import Registry, build_registry, registry_marker
 from tracker.roomstate import RoomStates
 from tracker.timeutil import utcnow
@@ -70,6 +71,7 @@ class Intake:
         self.registry: Registry | None = None
         self.room_states = RoomStates()
         self.trend = trend or TrendRule()
+        self.recurrence = RecurrenceRule()
         self.book = EpisodeBook(
             close_after=close_after,
             on_alert_closed=lambda session, entry, ep, now: self.trend.on_alert_closed(
@@ -97,6 +99,7 @@ class Intake:
         machines, evaluation-basis rows created in the rolled-back transaction)."""
         self.book.forget()
         self.gaps.forget()
+        self.recurrence.forget()
         self.registry = None
 
     @staticmethod
@@ -149,6 +152,7 @@ class Intake:
         raw_rows, reading_rows = [], []
         series: dict[tuple[int, str], list[Judged]] = {}
         stamps: dict[int, list[tuple[datetime, datetime]]] = {}
+        counted: dict[int, bool] = {}  # a ≥5.0 µm count in this batch, per monitor
         connection = session.connection()
         db_time = time_param(connection.dialect.name)
         for r in fresh.values():
@@ -158,6 +162,8 @@ class Intake:
             raw_rows.append((r.monitor_id, r.seq, db_time(r.received_at), r.topic, r.payload,
                              r.digest))
             stamps.setdefault(r.monitor_id, []).append((r.event_time, r.received_at))
+            if r.values.get("5.0", 0) > 0:
+                counted[r.monitor_id] = True
             for channel, value in r.values.items():
                 verdict, invalid, bounds = entry.judge(channel, value, r.status, r.event_time,
                                                        state)
@@ -175,6 +181,13 @@ class Intake:
                 for s in statuses])
         self.book.process(session, registry, series, now=now)
         self.gaps.after_readings(session, registry, self.room_states, stamps, now)
+        for monitor_id, times in stamps.items():
+            entry = registry.by_id[monitor_id]
+            if self.recurrence.applies(entry) and self.recurrence.needs_look(
+                    monitor_id, counted.get(monitor_id, False)):
+                self.recurrence.after_readings(session, entry, self.room_states,
+                                               min(t for t, _ in times),
+                                               max(t for t, _ in times), now)
         for st in statuses:
             if not st.online:
                 self.gaps.offline(session, registry, self.room_states, st.monitor_id,

@@ -3,8 +3,9 @@
 EU GMP Annex 1 (2022) §9 expects alert levels to reveal adverse trends, at least
 consecutive alert excursions (regulatory.md §5.2, §5.3: 2–3 consecutive alerts → trend
 deviation); GMP 2010 Art. 252 makes quality-monitoring trends a CAPA input. Default: the
-third alert excursion of a monitor within 24 h raises a trend; further alerts within the
-window extend it. Judged when an alert episode closes (its final level is then known).
+third alert excursion of a monitor within 24 h raises a trend spanning every alert of that
+window; further alerts within the window extend it. Judged when an alert episode closes
+(its final level is then known).
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ class TrendRule:
             trend = Excursion(type="adverse_trend", site_id=entry.site_id, monitor_id=entry.id,
                               room_id=entry.room_id, kind=entry.kind, channel="",
                               level="action", state=state, direction="none", status="closed",
-                              started_at=recent[-self.alerts], peak=0, readings=0,
+                              started_at=recent[0], peak=0, readings=0,
                               limit_value=float(self.alerts), basis_id=entry.basis_id,
                               created_at=now, updated_at=now,
                               note=f"{self.alerts} alert excursions within "
