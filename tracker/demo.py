@@ -99,11 +99,11 @@ def _render(view: FloorView, stats: dict, open_ex: list[dict], lang: str, header
                   f"{t('excursions', lang)} {t('alert', lang)} {stats['excursions']['alert']} / "
                   f"{t('action', lang)} {stats['excursions']['action']}")
     ex = Table(title=t("open_excursions", lang), expand=True)
-    for key in ("monitor", "channel", "level", "state", "started", "peak", "limit"):
+    for key in ("type", "monitor", "channel", "level", "state", "started", "peak", "limit"):
         ex.add_column(t(key, lang))
     for e in open_ex[-8:]:
-        ex.add_row(e["monitor"], e["channel"] or "", Text(t(e["level"], lang),
-                                                          style=STYLE[e["level"]]),
+        ex.add_row(t(f"type_{e['type']}", lang), e["monitor"], e["channel"] or "",
+                   Text(t(e["level"], lang), style=STYLE[e["level"]]),
                    t(e["state"], lang),
                    local_display(datetime.fromisoformat(e["started_at"]), tz),
                    f"{e['peak']:,.1f}", "" if e["limit"] is None else f"{e['limit']:,.1f}")
