@@ -9,7 +9,7 @@ from sqlalchemy import Engine
 from sqlmodel import select
 
 from sensors.broker import LocalBroker
-from tests.conftest import MIN_FACILITY
+from tests.conftest import MIN_FACILITY, operate
 from tests.factories import T0, particles, scalar, topic
 from tests.mqtt_helpers import publish_all, running_ingester, wait_until
 from tracker.audit import AuditEvent
@@ -170,3 +170,14 @@ def test_recurrence_spans_pure() -> None:
     spans = recurrence_spans([(x, i in counted) for i, x in enumerate(t)])
     assert spans == [Span(t[0], t[9], 3)]
     assert recurrence_spans([(x, i == 3) for i, x in enumerate(t)]) == []
+
+
+def test_recurrence_ignores_grade_b_in_operation(facility_engine: Engine,
+                                                  broker: LocalBroker) -> None:
+    """In operation a grade B room sees 5 µm particles routinely (limit 2,900 /m³)."""
+    operate(facility_engine, "T-B1", T0, T0 + timedelta(minutes=30))
+    ingest(facility_engine, broker, [
+        (topic("T-B1", "T-B1-PC"), particles(seq=m + 1, ts=T0 + timedelta(minutes=m),
+                                            c05=1500, c50=5)) for m in range(20)])
+    with unit_of_work(facility_engine) as s:
+        assert list_excursions(s, type_="recurrence") == []

@@ -3,7 +3,8 @@
 Isolated ≥ 5.0 µm counts may be noise, but consecutive or regular low counts may mean
 contamination and must be investigated, even when each sample is below the limit (China
 Annex 1 第十条(六) 🧠; EU GMP Annex 1 (2022) Table 5 note; regulatory.md §5.1–5.3).
-Default: two consecutive samples with a count, or three of the last ten. A recurrence spans
+Default: two consecutive samples with a count, or three of the last ten, among the samples
+judged against an ISO 5-level limit (grade A; grade B at rest — see ``SCOPE_LIMIT``). A recurrence spans
 from the first counted sample of its window to the last sample that kept triggering it;
 ``readings`` is how many counted samples it spans. Level: action in grade A, alert in B.
 """
@@ -24,6 +25,10 @@ from tracker.roomstate import RoomStates
 
 CHANNEL = "5.0"
 GRADES = ("A", "B")
+#: the rule watches samples judged against an ISO 5-level ≥5.0 µm limit (20 or 29 /m³:
+#: grade A, grade B at rest), where any count is "low" and unexpected; grade B in operation
+#: (2,900 /m³) sees 5 µm particles routinely and is left to its limit
+SCOPE_LIMIT = 29.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,20 +76,31 @@ class RecurrenceRule:
     def applies(self, entry: MonitorEntry) -> bool:
         return entry.kind == "particles" and entry.grade in GRADES and CHANNEL in entry.channels
 
+    @staticmethod
+    def _states_in_scope(entry: MonitorEntry) -> list[str]:
+        out = []
+        for state in ("at_rest", "in_operation"):
+            bounds = entry.limits.for_reading(CHANNEL, state)
+            if bounds is not None and bounds.action_high is not None and (
+                    bounds.action_high <= SCOPE_LIMIT):
+                out.append(state)
+        return out
+
     def after_readings(self, session: Session, entry: MonitorEntry, rooms: RoomStates,
                        first: datetime, last: datetime, now: datetime) -> None:
         """Re-derive recurrence around new ≥5.0 µm samples of one monitor."""
-        series = (Reading.monitor_id == entry.id, Reading.channel == CHANNEL)
-        valid = Reading.level.notin_((Level.INVALID.value, Level.NOT_EVALUATED.value))
-        before = session.exec(select(Reading.event_time, Reading.value).where(
-            *series, valid, Reading.event_time < first).order_by(Reading.event_time.desc())
-            .limit(2 * self.last)).all()[::-1]
-        during = session.exec(select(Reading.event_time, Reading.value).where(
-            *series, valid, Reading.event_time >= first, Reading.event_time <= last)
-            .order_by(Reading.event_time)).all()
-        after = session.exec(select(Reading.event_time, Reading.value).where(
-            *series, valid, Reading.event_time > last).order_by(Reading.event_time)
-            .limit(self.last)).all()
+        series = (Reading.monitor_id == entry.id, Reading.channel == CHANNEL,
+                  Reading.level.notin_((Level.INVALID.value, Level.NOT_EVALUATED.value)),
+                  Reading.state.in_(self._states_in_scope(entry)))
+        cols = (Reading.event_time, Reading.value)
+        before = session.exec(select(*cols).where(*series, Reading.event_time < first)
+                              .order_by(Reading.event_time.desc()).limit(2 * self.last)
+                              ).all()[::-1]
+        during = session.exec(select(*cols).where(*series, Reading.event_time >= first,
+                                                  Reading.event_time <= last)
+                              .order_by(Reading.event_time)).all()
+        after = session.exec(select(*cols).where(*series, Reading.event_time > last)
+                             .order_by(Reading.event_time).limit(self.last)).all()
         samples = [(t, v > 0) for t, v in [*before, *during, *after]]
         if not any(c for _, c in samples[-self.last:]):
             self.quiet.add(entry.id)  # nothing counted in the last window: skip until a count
