@@ -24,6 +24,7 @@ from tracker.quarantine import Rejection, quarantine_many
 from tracker.readings import MonitorStatusEvent, RawMessage, Reading
 from tracker.recurrence import RecurrenceRule
 from tracker.registry import Registry, build_registry, registry_marker
+from tracker.rollups import Acc, add_to_rollups, hour_of
 from tracker.roomstate import RoomStates
 from tracker.timeutil import utcnow
 from tracker.trends import TrendRule
@@ -153,12 +154,14 @@ class Intake:
         series: dict[tuple[int, str], list[Judged]] = {}
         stamps: dict[int, list[tuple[datetime, datetime]]] = {}
         counted: dict[int, bool] = {}  # a ≥5.0 µm count in this batch, per monitor
+        hourly: dict[tuple[int, str, datetime], Acc] = {}
         connection = session.connection()
         db_time = time_param(connection.dialect.name)
         for r in fresh.values():
             entry = registry.by_id[r.monitor_id]
             state = self.room_states.state(entry.room_id, r.event_time)
             event_time = db_time(r.event_time)
+            hour = hour_of(r.event_time)
             raw_rows.append((r.monitor_id, r.seq, db_time(r.received_at), r.topic, r.payload,
                              r.digest))
             stamps.setdefault(r.monitor_id, []).append((r.event_time, r.received_at))
@@ -170,11 +173,16 @@ class Intake:
                 reading_rows.append((r.monitor_id, r.seq, channel, event_time, value, r.status,
                                      verdict.level.value, verdict.direction, state,
                                      entry.basis_id, invalid))
+                acc = hourly.get((r.monitor_id, channel, hour))
+                if acc is None:
+                    acc = hourly[(r.monitor_id, channel, hour)] = Acc()
+                acc.add(entry.kind, value, verdict.level.value)
                 series.setdefault((r.monitor_id, channel), []).append(
                     Judged(at=r.event_time, value=value, level=verdict.level,
                            direction=verdict.direction, bounds=bounds, state=state))
         bulk_insert(connection, RawMessage.__table__, RAW_COLUMNS, raw_rows)
         bulk_insert(connection, Reading.__table__, READING_COLUMNS, reading_rows)
+        add_to_rollups(session, hourly)
         if statuses:
             connection.execute(insert(MonitorStatusEvent.__table__), [
                 {"monitor_id": s.monitor_id, "online": s.online, "received_at": s.received_at}

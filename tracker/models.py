@@ -9,13 +9,26 @@ from tracker.facility import FacilityLimit, Monitor, Room, Site
 from tracker.inhibits import Inhibit
 from tracker.quarantine import QuarantinedMessage
 from tracker.readings import EvaluationBasis, MonitorStatusEvent, RawMessage, Reading
+from tracker.rollups import RollupHourly
 from tracker.roomstate import RoomStateChange
 
 metadata = SQLModel.metadata
 
 __all__ = [
-    "AuditEvent", "EvaluationBasis", "Excursion", "FacilityLimit", "IngestCounter", "Inhibit",
+    "AuditEvent",
+    "EvaluationBasis",
+    "Excursion",
+    "FacilityLimit",
+    "IngestCounter",
+    "Inhibit",
     "Monitor",
-    "MonitorStatusEvent", "QuarantinedMessage", "RawMessage", "Reading", "Room",
-    "RoomStateChange", "Site", "metadata",
+    "MonitorStatusEvent",
+    "QuarantinedMessage",
+    "RawMessage",
+    "Reading",
+    "RollupHourly",
+    "Room",
+    "RoomStateChange",
+    "Site",
+    "metadata",
 ]

@@ -20,6 +20,7 @@ from tracker.excursions import EpisodeBook
 from tracker.facility import Monitor, Room, find_room
 from tracker.readings import Reading
 from tracker.registry import build_registry
+from tracker.rollups import rebuild_rollups
 from tracker.roomstate import RoomStates, set_room_state
 from tracker.timeutil import utcnow
 
@@ -59,6 +60,7 @@ def reevaluate(session: Session, *, room_code: str, start: datetime, end: dateti
         query = query.where(Reading.event_time < end)
     changes: list[dict] = []
     first_change: dict[tuple[int, str], datetime] = {}
+    max_changed: datetime | None = None
     checked = 0
     for r in session.exec(query):
         checked += 1
@@ -73,6 +75,7 @@ def reevaluate(session: Session, *, room_code: str, start: datetime, end: dateti
                         "invalid": invalid})
         key = (r.monitor_id, r.channel)
         first_change[key] = min(first_change.get(key, r.event_time), r.event_time)
+        max_changed = r.event_time if max_changed is None else max(max_changed, r.event_time)
     if changes:
         table = Reading.__table__
         session.connection().execute(
@@ -82,6 +85,10 @@ def reevaluate(session: Session, *, room_code: str, start: datetime, end: dateti
                     state=bindparam("state"), basis_id=bindparam("basis"),
                     invalid_reason=bindparam("invalid")),
             changes)
+    if changes:
+        changed_ids = sorted({c["m"] for c in changes})
+        rebuild_rollups(session, {i: registry.by_id[i].kind for i in changed_ids}, changed_ids,
+                        min(first_change.values()), max_changed)
     book = EpisodeBook(close_after=close_after)
     now = utcnow()
     for (monitor_id, channel), since in first_change.items():
