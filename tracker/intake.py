@@ -73,6 +73,8 @@ class Intake:
         self.room_states = RoomStates()
         self.trend = trend or TrendRule()
         self.recurrence = RecurrenceRule()
+        #: highest stored seq per monitor (dedupe fast path); cleared with ``forget``
+        self.highest_seq: dict[int, int] = {}
         self.book = EpisodeBook(
             close_after=close_after,
             on_alert_closed=lambda session, entry, ep, now: self.trend.on_alert_closed(
@@ -101,23 +103,22 @@ class Intake:
         self.book.forget()
         self.gaps.forget()
         self.recurrence.forget()
+        self.highest_seq.clear()
         self.registry = None
 
-    @staticmethod
-    def _stored_digests(session: Session, fresh: dict[tuple[int, int], IncomingReading]
+    def _stored_digests(self, session: Session, fresh: dict[tuple[int, int], IncomingReading]
                         ) -> dict[tuple[int, int], str]:
         """Digests of the batch's (monitor, seq) keys that are already stored.
 
-        One cheap index lookup per monitor finds its highest stored seq; only keys at or
-        below it (backfill, redelivery, duplicates: the rare case) are looked up one by one.
+        Each monitor's highest stored seq is kept in memory (one indexed lookup the first
+        time); only keys at or below it (backfill, redelivery, duplicates: the rare case)
+        are looked up one by one. The primary key stays the final guard.
         """
-        if not fresh:
-            return {}
-        monitors = sorted({m for m, _ in fresh})
-        highest = dict(session.exec(select(RawMessage.monitor_id, func.max(RawMessage.seq))
-                                    .where(RawMessage.monitor_id.in_(monitors))
-                                    .group_by(RawMessage.monitor_id)).all())
-        candidates = [k for k in fresh if k[0] in highest and k[1] <= highest[k[0]]]
+        for monitor_id in {m for m, _ in fresh} - self.highest_seq.keys():
+            self.highest_seq[monitor_id] = session.exec(
+                select(func.max(RawMessage.seq)).where(RawMessage.monitor_id == monitor_id)
+            ).one() or -1
+        candidates = [k for k in fresh if k[1] <= self.highest_seq[k[0]]]
         found: dict[tuple[int, int], str] = {}
         for chunk in range(0, len(candidates), 400):
             keys = candidates[chunk:chunk + 400]
@@ -201,6 +202,9 @@ class Intake:
                 self.gaps.offline(session, registry, self.room_states, st.monitor_id,
                                   st.received_at, now)
 
+        for monitor_id, seq in fresh:
+            if seq > self.highest_seq.get(monitor_id, -1):
+                self.highest_seq[monitor_id] = seq
         outcome.stored = len(raw_rows)
         outcome.quarantined = quarantine_many(session, rejections)
         for rej in rejections:

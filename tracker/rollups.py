@@ -15,10 +15,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import Column, Text, delete, tuple_
+from sqlalchemy import Column, Text, delete
 from sqlmodel import Field, Session, SQLModel, select
 
-from tracker.db import UTCDateTime, bulk_insert, time_param
+from tracker.db import UTCDateTime, time_param
 from tracker.readings import Reading
 
 COUNTED_LEVELS = ("ok", "alert", "action", "not_evaluated")
@@ -100,7 +100,8 @@ class Acc:
         b = bin_of(kind, value)
         self.hist[b] = self.hist.get(b, 0) + 1
 
-    def merge(self, row: RollupHourly) -> None:
+    def merge(self, row) -> None:
+        """Add a stored row (ORM object or Core row with the same column names)."""
         self.count += row.count
         self.invalid += row.invalid
         self.n_alert += row.n_alert
@@ -137,21 +138,31 @@ def aggregate(rows: Iterable[tuple[int, str, datetime, float, str]],
 
 
 def add_to_rollups(session: Session, increments: dict[Key, Acc]) -> None:
-    """Merge a batch's increments into the stored hours (read, merge, replace)."""
+    """Merge a batch's increments into the stored hours: read the touched rows, merge in
+    Python, write back with one upsert (same SQL on SQLite and PostgreSQL)."""
     if not increments:
         return
     keys = list(increments)
-    for i in range(0, len(keys), 300):
-        chunk = keys[i:i + 300]
-        for row in session.exec(select(RollupHourly).where(tuple_(
-                RollupHourly.monitor_id, RollupHourly.channel, RollupHourly.hour).in_(chunk))):
-            increments[(row.monitor_id, row.channel, row.hour)].merge(row)
-        session.exec(delete(RollupHourly).where(tuple_(
-            RollupHourly.monitor_id, RollupHourly.channel, RollupHourly.hour).in_(chunk)))
+    table = RollupHourly.__table__
+    cols = [table.c[name] for name in COLUMNS]
     connection = session.connection()
+    monitors = sorted({m for m, _, _ in keys})
+    hours = sorted({h for _, _, h in keys})   # one or two per batch, more for backfill
+    for i in range(0, len(monitors), 400):
+        # monitor and hour as separate IN lists: SQLite walks the primary key with them
+        for row in connection.execute(select(*cols).where(
+                table.c.monitor_id.in_(monitors[i:i + 400]), table.c.hour.in_(hours))):
+            acc = increments.get((row.monitor_id, row.channel, row.hour))
+            if acc is not None:
+                acc.merge(row)
     db_time = time_param(connection.dialect.name)
-    bulk_insert(connection, RollupHourly.__table__, COLUMNS,
-                [(m, c, db_time(h), *acc.as_tuple()) for (m, c, h), acc in increments.items()])
+    marker = "?" if connection.dialect.paramstyle == "qmark" else "%s"
+    updates = ", ".join(f"{c} = excluded.{c}" for c in COLUMNS[3:])
+    connection.exec_driver_sql(
+        f"INSERT INTO {table.name} ({', '.join(COLUMNS)}) "
+        f"VALUES ({', '.join([marker] * len(COLUMNS))}) "
+        f"ON CONFLICT (monitor_id, channel, hour) DO UPDATE SET {updates}",
+        [(m, c, db_time(h), *acc.as_tuple()) for (m, c, h), acc in increments.items()])
 
 
 def recompute(session: Session, kinds: dict[int, str], monitor_ids: list[int],
@@ -172,7 +183,7 @@ def rebuild_rollups(session: Session, kinds: dict[int, str], monitor_ids: list[i
                                             RollupHourly.hour >= hour_of(start),
                                             RollupHourly.hour < end))
     fresh = recompute(session, kinds, monitor_ids, start, end)
-    add_to_rollups(session, fresh)
+    add_to_rollups(session, fresh)   # the window's rows are gone: nothing is merged twice
     return len(fresh)
 
 
