@@ -8,9 +8,10 @@ commits, then acknowledges the messages to the broker.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import func, insert, tuple_
 from sqlmodel import Session, select
@@ -130,11 +131,36 @@ class Intake:
     def store(self, session: Session, readings: list[IncomingReading],
               rejections: list[Rejection], statuses: list[IncomingStatus] = (),
               *, now: datetime | None = None) -> BatchOutcome:
+        """Dedupe, judge, insert and run the rules for one batch, in the caller's transaction."""
         registry = self.registry or self.refresh(session)
         now = now or utcnow()
         outcome = BatchOutcome()
         rejections = list(rejections)
+        fresh = self._dedupe(session, registry, readings, outcome, rejections)
+        connection = session.connection()
+        batch = self._judge(registry, fresh, time_param(connection.dialect.name))
+        bulk_insert(connection, RawMessage.__table__, RAW_COLUMNS, batch.raw_rows)
+        bulk_insert(connection, Reading.__table__, READING_COLUMNS, batch.reading_rows)
+        add_to_rollups(session, batch.hourly)
+        if statuses:
+            connection.execute(insert(MonitorStatusEvent.__table__), [
+                {"monitor_id": s.monitor_id, "online": s.online, "received_at": s.received_at}
+                for s in statuses])
+        self._apply_rules(session, registry, batch, statuses, now)
+        for monitor_id, seq in fresh:
+            if seq > self.highest_seq.get(monitor_id, -1):
+                self.highest_seq[monitor_id] = seq
+        outcome.stored = len(batch.raw_rows)
+        outcome.quarantined = quarantine_many(session, rejections)
+        for rej in rejections:
+            outcome.by_reason[rej.reason] = outcome.by_reason.get(rej.reason, 0) + 1
+        bump(session, "duplicates", outcome.duplicates)
+        return outcome
 
+    def _dedupe(self, session: Session, registry: Registry, readings: list[IncomingReading],
+                outcome: BatchOutcome, rejections: list[Rejection]
+                ) -> dict[tuple[int, int], IncomingReading]:
+        """New readings by (monitor, seq); repeats are counted, reused seqs quarantined."""
         fresh: dict[tuple[int, int], IncomingReading] = {}
         for r in readings:
             seen = fresh.get((r.monitor_id, r.seq))
@@ -150,50 +176,46 @@ class Intake:
                 outcome.duplicates += 1
             else:
                 rejections.append(_conflict(r, registry, "already stored"))
+        return fresh
 
-        raw_rows, reading_rows = [], []
-        series: dict[tuple[int, str], list[Judged]] = {}
-        stamps: dict[int, list[tuple[datetime, datetime]]] = {}
-        counted: dict[int, bool] = {}  # a ≥5.0 µm count in this batch, per monitor
-        hourly: dict[tuple[int, str, datetime], Acc] = {}
-        connection = session.connection()
-        db_time = time_param(connection.dialect.name)
+    def _judge(self, registry: Registry, fresh: dict[tuple[int, int], IncomingReading],
+               db_time: Callable[[datetime], Any]) -> JudgedBatch:
+        """Verdict of every channel value for its room's state at its time, as insert rows."""
+        batch = JudgedBatch()
         for r in fresh.values():
             entry = registry.by_id[r.monitor_id]
             state = self.room_states.state(entry.room_id, r.event_time)
             event_time = db_time(r.event_time)
             hour = hour_of(r.event_time)
-            raw_rows.append((r.monitor_id, r.seq, db_time(r.received_at), r.topic, r.payload,
-                             r.digest))
-            stamps.setdefault(r.monitor_id, []).append((r.event_time, r.received_at))
+            batch.raw_rows.append((r.monitor_id, r.seq, db_time(r.received_at), r.topic,
+                                   r.payload, r.digest))
+            batch.stamps.setdefault(r.monitor_id, []).append((r.event_time, r.received_at))
             if r.values.get("5.0", 0) > 0:
-                counted[r.monitor_id] = True
+                batch.counted.add(r.monitor_id)
             for channel, value in r.values.items():
                 verdict, invalid, bounds = entry.judge(channel, value, r.status, r.event_time,
                                                        state)
-                reading_rows.append((r.monitor_id, r.seq, channel, event_time, value, r.status,
-                                     verdict.level.value, verdict.direction, state,
-                                     entry.basis_id, invalid))
-                acc = hourly.get((r.monitor_id, channel, hour))
+                batch.reading_rows.append((r.monitor_id, r.seq, channel, event_time, value,
+                                           r.status, verdict.level.value, verdict.direction,
+                                           state, entry.basis_id, invalid))
+                acc = batch.hourly.get((r.monitor_id, channel, hour))
                 if acc is None:
-                    acc = hourly[(r.monitor_id, channel, hour)] = Acc()
+                    acc = batch.hourly[(r.monitor_id, channel, hour)] = Acc()
                 acc.add(entry.kind, value, verdict.level.value)
-                series.setdefault((r.monitor_id, channel), []).append(
+                batch.series.setdefault((r.monitor_id, channel), []).append(
                     Judged(at=r.event_time, value=value, level=verdict.level,
                            direction=verdict.direction, bounds=bounds, state=state))
-        bulk_insert(connection, RawMessage.__table__, RAW_COLUMNS, raw_rows)
-        bulk_insert(connection, Reading.__table__, READING_COLUMNS, reading_rows)
-        add_to_rollups(session, hourly)
-        if statuses:
-            connection.execute(insert(MonitorStatusEvent.__table__), [
-                {"monitor_id": s.monitor_id, "online": s.online, "received_at": s.received_at}
-                for s in statuses])
-        self.book.process(session, registry, series, now=now)
-        self.gaps.after_readings(session, registry, self.room_states, stamps, now)
-        for monitor_id, times in stamps.items():
+        return batch
+
+    def _apply_rules(self, session: Session, registry: Registry, batch: JudgedBatch,
+                     statuses: list[IncomingStatus], now: datetime) -> None:
+        """Limit episodes, data gaps, ≥5.0 µm recurrence and offline statuses."""
+        self.book.process(session, registry, batch.series, now=now)
+        self.gaps.after_readings(session, registry, self.room_states, batch.stamps, now)
+        for monitor_id, times in batch.stamps.items():
             entry = registry.by_id[monitor_id]
             if self.recurrence.applies(entry) and self.recurrence.needs_look(
-                    monitor_id, counted.get(monitor_id, False)):
+                    monitor_id, monitor_id in batch.counted):
                 self.recurrence.after_readings(session, entry, self.room_states,
                                                min(t for t, _ in times),
                                                max(t for t, _ in times), now)
@@ -202,15 +224,17 @@ class Intake:
                 self.gaps.offline(session, registry, self.room_states, st.monitor_id,
                                   st.received_at, now)
 
-        for monitor_id, seq in fresh:
-            if seq > self.highest_seq.get(monitor_id, -1):
-                self.highest_seq[monitor_id] = seq
-        outcome.stored = len(raw_rows)
-        outcome.quarantined = quarantine_many(session, rejections)
-        for rej in rejections:
-            outcome.by_reason[rej.reason] = outcome.by_reason.get(rej.reason, 0) + 1
-        bump(session, "duplicates", outcome.duplicates)
-        return outcome
+
+@dataclass
+class JudgedBatch:
+    """A batch's new readings, judged and ready to insert, grouped for the rules."""
+
+    raw_rows: list[tuple] = field(default_factory=list)
+    reading_rows: list[tuple] = field(default_factory=list)
+    series: dict[tuple[int, str], list[Judged]] = field(default_factory=dict)
+    stamps: dict[int, list[tuple[datetime, datetime]]] = field(default_factory=dict)
+    counted: set[int] = field(default_factory=set)   # a ≥5.0 µm count in this batch
+    hourly: dict[tuple[int, str, datetime], Acc] = field(default_factory=dict)
 
 
 def _conflict(r: IncomingReading, registry: Registry, where: str) -> Rejection:
