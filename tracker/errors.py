@@ -23,7 +23,3 @@ class FacilityFileError(InvalidInputError):
 
 class LimitTooLooseError(InvalidInputError):
     """A facility level is looser than the regulation it must sit inside."""
-
-
-class ConflictError(TrackerError):
-    status_code = 409

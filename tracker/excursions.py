@@ -25,8 +25,6 @@ from tracker.readings import Reading
 from tracker.registry import MonitorEntry, Registry
 from tracker.timeutil import iso_utc, utcnow
 
-#: excursion types of DESIGN §9; this issue produces "limit", the rules issue the others
-EXCURSION_TYPES = ("limit", "data_gap", "recurrence", "adverse_trend", "recovery")
 SYSTEM_ACTOR = "system:ingest"
 REPLAY_REASON = ("re-evaluated by event time after late (backfilled) readings or a restart; "
                  "the stored readings no longer support the previous shape")
@@ -36,6 +34,7 @@ class Excursion(SQLModel, table=True):
     __table_args__ = (Index("ix_excursion_series", "monitor_id", "channel", "started_at"),)
 
     id: int | None = Field(default=None, primary_key=True)
+    #: limit | data_gap | recurrence | adverse_trend | recovery (DESIGN §9)
     type: str = Field(default="limit", max_length=20)
     site_id: int = Field(foreign_key="site.id", index=True)
     monitor_id: int = Field(foreign_key="monitor.id")

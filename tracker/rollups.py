@@ -40,6 +40,11 @@ class RollupHourly(SQLModel, table=True):
     hist: str = Field(default="{}", sa_column=Column(Text, nullable=False))
 
 
+#: linear bins per kind: (width, lower end, number of bins)
+LINEAR_BINS = {"pressure": (0.5, -100.0, 500), "temperature": (0.1, -20.0, 900),
+               "humidity": (0.5, 0.0, 200)}
+
+
 def hour_of(t: datetime) -> datetime:
     return t.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
 
@@ -49,8 +54,7 @@ def bin_of(kind: str, value: float) -> int:
     0.1 °C, humidity 0.5 %RH; values beyond the ends fall in the end bins."""
     if kind == "particles":
         return 0 if value <= 0 else max(1, min(48, 1 + math.floor(4 * math.log10(value))))
-    width, low, n = {"pressure": (0.5, -100.0, 500), "temperature": (0.1, -20.0, 900),
-                     "humidity": (0.5, 0.0, 200)}[kind]
+    width, low, n = LINEAR_BINS[kind]
     return max(0, min(n, math.floor((value - low) / width)))
 
 
@@ -58,8 +62,7 @@ def bin_upper(kind: str, b: int) -> float:
     """Upper edge of bin ``b`` (what a percentile read from the histogram reports)."""
     if kind == "particles":
         return 0.0 if b == 0 else 10 ** (b / 4)
-    width, low, _ = {"pressure": (0.5, -100.0, 500), "temperature": (0.1, -20.0, 900),
-                     "humidity": (0.5, 0.0, 200)}[kind]
+    width, low, _ = LINEAR_BINS[kind]
     return low + (b + 1) * width
 
 
@@ -193,10 +196,12 @@ def verify_rollups(session: Session, kinds: dict[int, str], start: datetime,
     end = hour_of(end) + timedelta(hours=1)
     expected = {k: a.as_tuple() for k, a in
                 recompute(session, kinds, list(kinds), start, end).items()}
-    stored = {(r.monitor_id, r.channel, r.hour): (r.count, r.invalid, r.n_alert, r.n_action,
-                                                 r.vmin, r.vmax, r.vsum, r.hist)
-              for r in session.exec(select(RollupHourly).where(
-                  RollupHourly.hour >= hour_of(start), RollupHourly.hour < end))}
+    stored = {}
+    for r in session.exec(select(RollupHourly).where(RollupHourly.hour >= hour_of(start),
+                                                     RollupHourly.hour < end)):
+        acc = Acc()
+        acc.merge(r)   # the same tuple form as the recomputation
+        stored[(r.monitor_id, r.channel, r.hour)] = acc.as_tuple()
     diffs = []
     for key in sorted(set(expected) | set(stored)):
         e, s = expected.get(key), stored.get(key)
