@@ -88,3 +88,12 @@ def operate(engine: Engine, room: str, start: datetime, end: datetime) -> None:
     with unit_of_work(engine) as s:
         set_room_state(s, room_code=room, state="in_operation", effective_at=start, actor="test")
         set_room_state(s, room_code=room, state="at_rest", effective_at=end, actor="test")
+
+
+@pytest.fixture
+def people_engine(facility_engine: Engine) -> Engine:
+    """The minimal facility plus one account per role (tests.factories.PEOPLE)."""
+    from tests.factories import make_people
+
+    make_people(facility_engine)
+    return facility_engine

@@ -36,3 +36,38 @@ def minutes(n: float) -> timedelta:
 
 def seconds(n: float) -> timedelta:
     return timedelta(seconds=n)
+
+
+#: one account per role for the quality tests; passwords are test-only values
+PASSWORD = "correct horse battery staple"
+PEOPLE = {
+    "admin": ("系统管理员 Admin", ["admin"]),
+    "op1": ("操作员 王芳 Wang Fang", ["operator"]),
+    "op2": ("操作员 李雷 Li Lei", ["operator"]),
+    "prod": ("生产负责人 张伟 Zhang Wei", ["production_head"]),
+    "qa1": ("QA 刘洋 Liu Yang", ["qa"]),
+    "qp1": ("质量受权人 陈静 Chen Jing", ["qp"]),
+}
+
+
+def make_people(engine) -> None:
+    """Create the first admin explicitly, then the others as that admin."""
+    from tracker.db import unit_of_work
+    from tracker.users import create_user, login
+
+    with unit_of_work(engine) as s:
+        name, roles = PEOPLE["admin"]
+        create_user(s, username="admin", full_name=name, roles=roles, password=PASSWORD, actor=None)
+    admin = login(engine, username="admin", password=PASSWORD)
+    with unit_of_work(engine) as s:
+        for username, (name, roles) in PEOPLE.items():
+            if username != "admin":
+                create_user(s, username=username, full_name=name, roles=roles, password=PASSWORD,
+                            actor=admin)
+
+
+def as_(engine, username: str):
+    """A fresh authentication of ``username`` (what a signature needs)."""
+    from tracker.users import login
+
+    return login(engine, username=username, password=PASSWORD)

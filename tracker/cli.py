@@ -6,7 +6,6 @@ Read-outs take --json and print one JSON document with ISO 8601 UTC times (DESIG
 
 from __future__ import annotations
 
-import json
 import logging
 import signal
 import sys
@@ -19,8 +18,10 @@ from rich.console import Console
 from rich.table import Table
 
 from tracker import audit
-from tracker.db import get_engine, unit_of_work
-from tracker.errors import TrackerError
+from tracker.cli_common import ActorOpt, DbOpt, JsonOpt, MqttOpt, console, db_url, engine_for, print_json
+from tracker.cli_quality import register as register_quality_commands
+from tracker.db import unit_of_work
+from tracker.errors import ConflictError, TrackerError
 from tracker.i18n import t
 from tracker.settings import get_settings
 from tracker.timeutil import local_display, parse_duration, parse_instant, utcnow
@@ -41,33 +42,15 @@ app.add_typer(room_app, name="room")
 app.add_typer(audit_app, name="audit")
 app.add_typer(inhibit_app, name="inhibit")
 app.add_typer(rollups_app, name="rollups")
-
-console = Console()
-DbOpt = Annotated[str | None, typer.Option("--db", help="database URL (TRACKER_DATABASE_URL)")]
-MqttOpt = Annotated[str | None, typer.Option("--mqtt", help="broker URL (TRACKER_MQTT_URL)")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="print one JSON document")]
-ActorOpt = Annotated[str, typer.Option("--by", help="who does this (recorded in the audit trail)")]
-
-
-def _db(url: str | None) -> str:
-    return url or get_settings().database_url
-
-
-def _engine(url: str | None):
-    return get_engine(_db(url))
-
-
-def _print_json(value) -> None:
-    sys.stdout.write(json.dumps(value, ensure_ascii=False, indent=2) + "\n")
-
+register_quality_commands(app)
 
 @db_app.command("upgrade")
 def db_upgrade(db: DbOpt = None) -> None:
     """Create or migrate the schema to the newest revision."""
     from tracker.migrate import upgrade
 
-    upgrade(_db(db))
-    console.print(f"{t('db_upgraded')}: {_db(db)}")
+    upgrade(db_url(db))
+    console.print(f"{t('db_upgraded')}: {db_url(db)}")
 
 
 @facility_app.command("load")
@@ -76,7 +59,7 @@ def facility_load(file: Path, db: DbOpt = None, by: ActorOpt = "cli") -> None:
     from tracker.facility import load_facility, read_facility_file
 
     facility = read_facility_file(file)
-    with unit_of_work(_engine(db)) as session:
+    with unit_of_work(engine_for(db)) as session:
         result = load_facility(session, facility, actor=by)
     key = "facility_loaded" if result.changed else "facility_unchanged"
     console.print(f"{t(key)}: {result.site} {t('revision')} {result.revision} — "
@@ -99,7 +82,7 @@ def room_state(room: str, state: str,
 
     settings = get_settings()
     effective = parse_instant(at) if at else utcnow()
-    with unit_of_work(_engine(db)) as session:
+    with unit_of_work(engine_for(db)) as session:
         result = record_room_state(session, room_code=room, state=state, effective_at=effective,
                                    actor=by, reason=reason, site_code=site,
                                    close_after=settings.excursion_close_after)
@@ -120,7 +103,7 @@ def reevaluate(room: Annotated[str, typer.Option(help="room code (its zones are 
     """Judge a room's stored readings again (after a retroactive state or limit change)."""
     from tracker.reevaluate import reevaluate as run_reevaluation
 
-    with unit_of_work(_engine(db)) as session:
+    with unit_of_work(engine_for(db)) as session:
         result = run_reevaluation(session, room_code=room, start=parse_instant(start),
                                   end=parse_instant(end) if end else None, actor=by,
                                   reason=reason, site_code=site,
@@ -142,7 +125,7 @@ def ingest(db: DbOpt = None, mqtt: MqttOpt = None,
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    ingester = Ingester(_engine(db), parse_broker_url(mqtt or settings.mqtt_url),
+    ingester = Ingester(engine_for(db), parse_broker_url(mqtt or settings.mqtt_url),
                         IngestOptions.from_settings(settings, subscription=subscription,
                                                     client_id=client_id))
     stats = ingester.run(stop)
@@ -182,19 +165,19 @@ def excursions(json_out: JsonOpt = False, open_only: Annotated[bool, typer.Optio
     """List excursions (超标/偏离)."""
     from tracker.excursions import list_excursions
 
-    with unit_of_work(_engine(db)) as session:
+    with unit_of_work(engine_for(db)) as session:
         rows = list_excursions(session, open_only=open_only, room=room, type_=type_)
     if json_out:
-        _print_json(rows)
+        print_json(rows)
         return
     tz = get_settings().timezone
     table = Table(title=t("excursions"))
-    for key in ("type", "room", "monitor", "channel", "level", "state", "started", "ended", "peak",
+    for key in ("id", "type", "room", "monitor", "channel", "level", "state", "started", "ended", "peak",
                 "limit", "readings"):
         table.add_column(t(key))
     for r in rows:
-        table.add_row(t(f"type_{r['type']}"), r["room"], r["monitor"], r["channel"] or "", t(r["level"]),
-                      t(r["state"]),
+        table.add_row(str(r["id"]), t(f"type_{r['type']}"), r["room"], r["monitor"], r["channel"] or "",
+                      t(r["level"]), t(r["state"]),
                       local_display(parse_instant(r["started_at"]), tz),
                       local_display(parse_instant(r["ended_at"]), tz) if r["ended_at"]
                       else t("open"), f"{r['peak']:g}",
@@ -209,13 +192,13 @@ def quarantine(json_out: JsonOpt = False, reason: Annotated[str | None, typer.Op
     from tracker.quarantine import list_quarantine
     from tracker.timeutil import iso_utc
 
-    with unit_of_work(_engine(db)) as session:
+    with unit_of_work(engine_for(db)) as session:
         rows = list_quarantine(session, limit=limit, reason=reason)
     docs = [{"id": q.id, "received_at": iso_utc(q.received_at), "topic": q.topic,
              "reason": q.reason, "detail": q.detail,
              "payload": q.payload.decode("utf-8", errors="replace")} for q in rows]
     if json_out:
-        _print_json(docs)
+        print_json(docs)
         return
     table = Table(title=t("quarantine"))
     for key in ("received", "reason", "topic", "detail"):
@@ -231,10 +214,10 @@ def stats(json_out: JsonOpt = False, db: DbOpt = None) -> None:
     """Counts of readings, duplicates, quarantine and excursions."""
     from tracker.stats import ingest_stats
 
-    with unit_of_work(_engine(db)) as session:
+    with unit_of_work(engine_for(db)) as session:
         doc = ingest_stats(session)
     if json_out:
-        _print_json(doc)
+        print_json(doc)
         return
     table = Table(title=t("stats"))
     table.add_column("")
@@ -259,10 +242,10 @@ def monitors(json_out: JsonOpt = False, site: Annotated[str | None, typer.Option
 
     settings = get_settings()
     today = utcnow().astimezone(ZoneInfo(settings.timezone)).date()
-    with unit_of_work(_engine(db)) as session:
+    with unit_of_work(engine_for(db)) as session:
         rows = list_monitors(session, today=today, site_code=site)
     if json_out:
-        _print_json(rows)
+        print_json(rows)
         return
     table = Table(title=t("monitor"))
     for key in ("monitor", "room", "grade", "kind", "calibration"):
@@ -289,7 +272,7 @@ def inhibit_add(start: Annotated[str, typer.Option("--from", help="ISO 8601 with
     from tracker.inhibits import add_inhibit
     from tracker.reevaluate import reevaluate as run_reevaluation
 
-    with unit_of_work(_engine(db)) as session:
+    with unit_of_work(engine_for(db)) as session:
         row = add_inhibit(session, starts_at=parse_instant(start), ends_at=parse_instant(end),
                           reason=reason, actor=by, monitor_code=monitor, room_code=room,
                           site_code=site)
@@ -312,10 +295,10 @@ def inhibit_list(json_out: JsonOpt = False,
     """Inhibits in force now (or all of them)."""
     from tracker.inhibits import list_inhibits
 
-    with unit_of_work(_engine(db)) as session:
+    with unit_of_work(engine_for(db)) as session:
         rows = list_inhibits(session, active_at=None if all_ else utcnow())
     if json_out:
-        _print_json(rows)
+        print_json(rows)
         return
     table = Table(title="inhibits")
     for key in ("id", "monitor", "room", "starts_at", "ends_at", "cancelled_at", "reason",
@@ -333,7 +316,7 @@ def inhibit_cancel(inhibit_id: int, reason: Annotated[str, typer.Option()],
     """End an inhibit early (recorded with who, when and why)."""
     from tracker.inhibits import cancel_inhibit
 
-    with unit_of_work(_engine(db)) as session:
+    with unit_of_work(engine_for(db)) as session:
         cancel_inhibit(session, inhibit_id, actor=by, reason=reason)
     console.print(f"inhibit {inhibit_id} ended")
 
@@ -353,7 +336,7 @@ def rollups_verify(start: Annotated[str, typer.Option("--from", help="ISO 8601 w
     """Recompute the window's hourly rollups from raw readings; exit 1 on any difference."""
     from tracker.rollups import verify_rollups
 
-    with unit_of_work(_engine(db)) as session:
+    with unit_of_work(engine_for(db)) as session:
         diffs = verify_rollups(session, _kinds(session), parse_instant(start), parse_instant(end))
     if not diffs:
         console.print("rollups match the raw readings")
@@ -372,7 +355,7 @@ def rollups_rebuild(start: Annotated[str, typer.Option("--from", help="ISO 8601 
     """Replace the window's hourly rollups with a recomputation from raw readings (audited)."""
     from tracker.rollups import rebuild_rollups
 
-    with unit_of_work(_engine(db)) as session:
+    with unit_of_work(engine_for(db)) as session:
         kinds = _kinds(session)
         n = rebuild_rollups(session, kinds, list(kinds), parse_instant(start), parse_instant(end))
         audit.record(session, actor=by, action="rollups.rebuild", entity="rollup_hourly",
@@ -382,20 +365,30 @@ def rollups_rebuild(start: Annotated[str, typer.Option("--from", help="ISO 8601 
 
 @audit_app.command("verify")
 def audit_verify(db: DbOpt = None) -> None:
-    """Check the whole hash chain; name the first broken event."""
-    with unit_of_work(_engine(db)) as session:
+    """Check the whole hash chain (naming the first broken event) and every e-signature."""
+    from batch_records.release import all_signature_checks
+
+    with unit_of_work(engine_for(db)) as session:
         intact, count, broken = audit.verify_chain(session)
+        checks = all_signature_checks(session)
+    bad = [c for c in checks if not c.intact]
     if intact:
         console.print(f"audit chain intact: {count} events")
-        return
-    console.print(f"[red]audit chain BROKEN at event {broken}[/red] ({count} events verified before it)")
-    raise typer.Exit(1)
+    else:
+        console.print(f"[red]audit chain BROKEN at event {broken}[/red] ({count} events verified before it)")
+    for c in bad:
+        sig = c.signature
+        console.print(f"[red]signature {sig.id} BROKEN[/red] ({sig.entity} {sig.entity_key}, "
+                      f"{sig.meaning} by {sig.username}): {c.problem}")
+    console.print(f"signatures: {len(checks) - len(bad)} intact, {len(bad)} broken")
+    if not intact or bad:
+        raise typer.Exit(1)
 
 
 @audit_app.command("digest")
 def audit_digest(db: DbOpt = None) -> None:
     """Print the head hash of the audit chain, for publishing outside the database."""
-    with unit_of_work(_engine(db)) as session:
+    with unit_of_work(engine_for(db)) as session:
         console.print(audit.head_hash(session))
 
 
@@ -415,6 +408,12 @@ def demo(speed: Annotated[float, typer.Option(help="simulated seconds per real s
 def main() -> None:
     try:
         app()
+    except ConflictError as exc:  # say every reason on its own line
+        err = Console(stderr=True)
+        err.print(f"[red]error:[/red] {str(exc).split(': ')[0]}")
+        for reason in exc.reasons:
+            err.print(f"  • {reason}")
+        sys.exit(2)
     except TrackerError as exc:
         Console(stderr=True).print(f"[red]error:[/red] {exc}")
         sys.exit(2)

@@ -16,7 +16,7 @@ from tracker.excursions import Excursion
 from tracker.facility import Monitor, Room, Site
 from tracker.limits import LEVEL_RANK, Level
 from tracker.readings import Reading
-from tracker.roomstate import state_at
+from tracker.roomstate import RoomStates
 
 
 @dataclass(frozen=True)
@@ -73,9 +73,11 @@ def floor_view(session: Session, *, site: Site, as_of: datetime | None = None) -
     as_of = as_of or latest_event_time(session)
     rooms = session.exec(select(Room).where(Room.site_id == site.id, Room.active)).all()
     by_id = {r.id: r for r in rooms}
+    states = RoomStates()
+    states.refresh(session)
     tiles = {r.id: RoomTile(code=r.code, name=r.name, name_en=r.name_en, grade=r.grade,
                             background=by_id[r.background_id].code if r.background_id else None,
-                            state=state_at(session, room_id=r.id, at=as_of) if as_of else "at_rest")
+                            state=states.state(r.id, as_of) if as_of else "at_rest")
              for r in rooms}
     newest = (select(Reading.monitor_id, Reading.channel, func.max(Reading.seq).label("seq"))
               .group_by(Reading.monitor_id, Reading.channel).subquery())

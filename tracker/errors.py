@@ -23,3 +23,25 @@ class FacilityFileError(InvalidInputError):
 
 class LimitTooLooseError(InvalidInputError):
     """A facility level is looser than the regulation it must sit inside."""
+
+
+class AuthenticationError(TrackerError, PermissionError):
+    """Wrong user name or password, or the account is locked or deactivated."""
+
+    status_code = 401
+
+
+class PermissionDeniedError(TrackerError, PermissionError):
+    """The user is authenticated but their role, or the separation of duties, forbids this."""
+
+    status_code = 403
+
+
+class ConflictError(TrackerError, ValueError):
+    """The record is not in a state that allows this; the message says what is missing."""
+
+    status_code = 409
+
+    def __init__(self, message: str, reasons: list[str] | None = None) -> None:
+        super().__init__(message if not reasons else f"{message}: " + "; ".join(reasons))
+        self.reasons = reasons or [message]

@@ -460,6 +460,16 @@ def find_room(session: Session, code: str, *, site_code: str | None = None) -> R
     return room
 
 
+def containing_rooms(session: Session, room: Room) -> list[Room]:
+    """The room and the rooms it sits in, innermost first (a zone, its room, …)."""
+    chain, seen = [room], {room.id}
+    while chain[-1].background_id is not None and chain[-1].background_id not in seen:
+        parent = session.get(Room, chain[-1].background_id)
+        chain.append(parent)
+        seen.add(parent.id)
+    return chain
+
+
 #: calibration due within this many days is reported as due soon (viewLinc-style warning)
 CALIBRATION_WARNING_DAYS = 30
 

@@ -1,8 +1,13 @@
 """Operational state timeline of rooms (静态 at rest / 动态 in operation).
 
 Readings are judged by the state of their room *at the reading's event time*, so the
-timeline is a list of dated changes, not a current flag. For now it is set by hand
-(``tracker room state``); batch process steps will drive it later.
+timeline is a list of dated changes, not a current flag. Two sources feed it:
+
+* manual changes (``tracker room state``), a step function of time;
+* operation periods: an active batch process step puts its room and every room containing
+  it in operation for the step's window (``batch_records``). Periods overlay the manual
+  timeline — while any period of a room's containment subtree is open the room is
+  ``in_operation`` whatever the manual timeline says.
 """
 
 from __future__ import annotations
@@ -12,13 +17,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Column, Text, func
+from sqlalchemy import Column, Text, UniqueConstraint, func
 from sqlmodel import Field, Session, SQLModel, select
 
 from tracker import audit
 from tracker.db import UTCDateTime
 from tracker.errors import InvalidInputError
-from tracker.facility import Site, find_room
+from tracker.facility import Room, Site, find_room
 from tracker.limits import STATES
 from tracker.timeutil import utcnow
 
@@ -46,7 +51,7 @@ def set_room_state(session: Session, *, room_code: str, state: str, effective_at
         raise InvalidInputError(f"state must be one of {', '.join(STATES)}, not {state!r}")
     room = find_room(session, room_code, site_code=site_code)
     now = now or utcnow()
-    before = state_at(session, room_id=room.id, at=effective_at)
+    before = manual_state_at(session, room_id=room.id, at=effective_at)
     change = RoomStateChange(room_id=room.id, state=state, effective_at=effective_at,
                              recorded_at=now, recorded_by=actor, source=source, reason=reason)
     session.add(change)
@@ -58,14 +63,37 @@ def set_room_state(session: Session, *, room_code: str, state: str, effective_at
     return change
 
 
-def state_at(session: Session, *, room_id: int, at: datetime) -> str:
-    """State of one room at one instant (latest change effective at or before it)."""
+class OperationPeriod(SQLModel, table=True):
+    """A window in which a room is in operation because something ran in it (a process step)."""
+
+    __tablename__ = "operation_period"
+    __table_args__ = (UniqueConstraint("source", "source_key"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    room_id: int = Field(foreign_key="room.id", index=True)
+    start: datetime = Field(sa_type=UTCDateTime, nullable=False)
+    end: datetime | None = Field(default=None, sa_type=UTCDateTime)   # open while running
+    source: str = Field(max_length=40)          # e.g. batch_step
+    source_key: str = Field(max_length=120)     # e.g. the step id
+    #: bumped on every change, so caches notice an edited period (see RoomStates.refresh)
+    version: int = 1
+
+
+def manual_state_at(session: Session, *, room_id: int, at: datetime) -> str:
+    """State of one room at one instant by the manual timeline alone."""
     row = session.exec(select(RoomStateChange.state)
                        .where(RoomStateChange.room_id == room_id,
                               RoomStateChange.effective_at <= at)
                        .order_by(RoomStateChange.effective_at.desc(), RoomStateChange.id.desc())
                        .limit(1)).first()
     return row or DEFAULT_STATE
+
+
+def state_at(session: Session, *, room_id: int, at: datetime) -> str:
+    """State of one room at one instant, operation periods included."""
+    states = RoomStates()
+    states.refresh(session)
+    return states.state(room_id, at)
 
 
 @dataclass
@@ -80,17 +108,35 @@ class Timeline:
         return self.states[i - 1] if i else DEFAULT_STATE
 
 
+def _merge(spans: list[tuple[datetime, datetime | None]]) -> tuple[list[datetime], list[datetime | None]]:
+    """Union of half-open spans ``[start, end)``; ``None`` as end means still running."""
+    starts: list[datetime] = []
+    ends: list[datetime | None] = []
+    for start, end in sorted(spans, key=lambda s: s[0]):
+        if starts and (ends[-1] is None or start <= ends[-1]):
+            if ends[-1] is not None and (end is None or end > ends[-1]):
+                ends[-1] = end
+            continue
+        starts.append(start)
+        ends.append(end)
+    return starts, ends
+
+
 class RoomStates:
     """All rooms' timelines, reloaded only when a change has been recorded since."""
 
     def __init__(self) -> None:
-        self._marker: tuple[int, int] | None = None
+        self._marker: tuple[int, ...] | None = None
         self._timelines: dict[int, Timeline] = {}
+        self._operating: dict[int, tuple[list[datetime], list[datetime | None]]] = {}
 
     def refresh(self, session: Session) -> bool:
-        marker = session.exec(select(func.coalesce(func.max(RoomStateChange.id), 0),
-                                     func.count(RoomStateChange.id))).one()
-        marker = (int(marker[0]), int(marker[1]))
+        changes = session.exec(select(func.coalesce(func.max(RoomStateChange.id), 0),
+                                      func.count(RoomStateChange.id))).one()
+        periods = session.exec(select(func.coalesce(func.max(OperationPeriod.id), 0),
+                                      func.count(OperationPeriod.id),
+                                      func.coalesce(func.sum(OperationPeriod.version), 0))).one()
+        marker = tuple(int(v) for v in (*changes, *periods))
         if marker == self._marker:
             return False
         rows: Iterable[RoomStateChange] = session.exec(
@@ -104,9 +150,33 @@ class RoomStates:
             else:
                 tl.times.append(row.effective_at)
                 tl.states.append(row.state)
-        self._timelines, self._marker = timelines, marker
+        self._timelines, self._operating = timelines, self._load_periods(session)
+        self._marker = marker
         return True
 
+    @staticmethod
+    def _load_periods(session: Session) -> dict[int, tuple[list[datetime], list[datetime | None]]]:
+        """Each room's merged operation spans: its own periods and those of rooms inside it."""
+        parent = dict(session.exec(select(Room.id, Room.background_id)).all())
+        spans: dict[int, list[tuple[datetime, datetime | None]]] = {}
+        for period in session.exec(select(OperationPeriod)):
+            room_id, seen = period.room_id, set()
+            while room_id is not None and room_id not in seen:  # the room and its containers
+                seen.add(room_id)
+                spans.setdefault(room_id, []).append((period.start, period.end))
+                room_id = parent.get(room_id)
+        return {room_id: _merge(s) for room_id, s in spans.items()}
+
+    def operating(self, room_id: int, at: datetime) -> bool:
+        merged = self._operating.get(room_id)
+        if not merged:
+            return False
+        starts, ends = merged
+        i = bisect.bisect_right(starts, at) - 1
+        return i >= 0 and (ends[i] is None or at < ends[i])
+
     def state(self, room_id: int, at: datetime) -> str:
+        if self._operating and self.operating(room_id, at):
+            return "in_operation"
         tl = self._timelines.get(room_id)
         return tl.at(at) if tl else DEFAULT_STATE

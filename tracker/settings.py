@@ -37,6 +37,16 @@ class Settings(BaseSettings):
     trend_alerts: int = Field(default=3, ge=2,
                               description="alert excursions of one monitor that make an adverse trend")
     trend_window_h: float = Field(default=24.0, gt=0, description="…within this many hours")
+    password_min_length: int = Field(default=12, ge=8, description="shortest password accepted")
+    lockout_attempts: int = Field(default=5, ge=1,
+                                  description="consecutive failed logins or signings that lock an account")
+    lockout_minutes: int = Field(default=30, ge=1, description="how long a locked account stays locked")
+    signature_window_s: int = Field(default=120, ge=10,
+                                    description="a signature needs a re-authentication this recent")
+    deviation_classes: str = Field(default="critical,major,minor",
+                                   description="deviation classification scheme, most severe first")
+    deviation_capa_required: str = Field(default="critical,major",
+                                         description="classes that cannot close without a CAPA action")
     timezone: str = "Asia/Shanghai"
     lang: str = Field(default="zh-CN", description="zh-CN or en")
     data_dir: Path = Path(".tracker")

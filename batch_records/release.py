@@ -1,0 +1,216 @@
+"""The sign-off chain and the release gate (GMP 2010 Art. 20, 22, 23, 25, 175, 230).
+
+production head signs the record (``approved``) → QA reviews it (``reviewed``) → the QP
+releases it (``released``); QA or the QP may reject it instead (``rejected``). Every step is
+an e-signature over the batch record's content, so a later change to a signed field shows
+the signatures as broken.
+
+Separation of duties: the production head's and QA's signatures come from different people
+(Art. 20); nobody reviews a record they performed a step of; release needs the QP role
+(Art. 25) and is not signed by the production head who approved the record.
+
+The gate (Art. 230: all deviations explained or investigated and handled before release)
+refuses QA review and release — listing every reason — while a linked deviation is not
+closed, a proposed exposure link is undecided, a review-by-exception item is unassessed, a
+confirmed exposure to an action excursion has no deviation, or a signature is broken.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlmodel import Session, select
+
+from batch_records.flags import batch_flags
+from batch_records.linking import links_of, uncovered_action_exposures
+from batch_records.models import Batch, ProcessStep
+from batch_records.review import review_items
+from batch_records.steps import step_content, steps_of
+from tracker import audit, signatures
+from tracker.deviations import Deviation, DeviationBatch
+from tracker.errors import ConflictError, InvalidInputError, PermissionDeniedError
+from tracker.facility import Room, Site
+from tracker.timeutil import iso_utc, utcnow
+from tracker.users import Authenticated, require_role
+
+
+def batch_content(session: Session, batch: Batch) -> dict:
+    """The batch record as signed: identity, chain of identity and every step."""
+    return {"number": batch.number, "product": batch.product, "donor_id": batch.donor_id,
+            "patient_id": batch.patient_id,
+            "steps": [{"id": s.id, "name": s.name, "room": session.get(Room, s.room_id).code,
+                       "start": iso_utc(s.start), "end": iso_utc(s.end),
+                       "open_processing": s.open_processing, "operator": s.operator}
+                      for s in steps_of(session, batch)]}
+
+
+def signature_checks(session: Session, batch: Batch) -> list[signatures.SignatureCheck]:
+    """The batch's own signatures and its steps' ``performed`` signatures, each checked."""
+    checks = [signatures.check(sig, batch_content(session, batch))
+              for sig in signatures.signatures_of(session, "batch", batch.number)]
+    for step in steps_of(session, batch):
+        checks += [signatures.check(sig, step_content(session, step))
+                   for sig in signatures.signatures_of(session, "process_step", str(step.id))]
+    return checks
+
+
+def all_signature_checks(session: Session) -> list[signatures.SignatureCheck]:
+    """Every signature in the database checked against its record (for ``tracker audit verify``)."""
+    from tracker.deviations import list_deviations
+    from tracker.deviations import signature_checks as deviation_checks
+
+    checks = []
+    for batch in session.exec(select(Batch).order_by(Batch.id)):
+        checks += signature_checks(session, batch)
+    for dev in list_deviations(session):
+        checks += deviation_checks(session, dev)
+    return checks
+
+
+def _signer_of(session: Session, batch: Batch, scope: str) -> str | None:
+    sigs = [s for s in signatures.signatures_of(session, "batch", batch.number) if s.scope == scope]
+    return sigs[-1].username if sigs else None
+
+
+def _operators(session: Session, batch: Batch) -> set[str]:
+    return {s.operator for s in session.exec(select(ProcessStep).where(ProcessStep.batch_id == batch.id))}
+
+
+def open_deviations(session: Session, batch: Batch) -> list[Deviation]:
+    return list(session.exec(select(Deviation)
+                             .join(DeviationBatch, DeviationBatch.deviation_id == Deviation.id)
+                             .where(DeviationBatch.batch_id == batch.id, Deviation.status != "closed")
+                             .order_by(Deviation.number)))
+
+
+def gate_reasons(session: Session, batch: Batch, *, now: datetime | None = None) -> list[str]:
+    """Why the batch cannot be QA-reviewed or released now (empty when the gate is open)."""
+    reasons = [f"deviation {d.number} is {d.status}, not closed" for d in open_deviations(session, batch)]
+    items = review_items(session, batch, now=now)  # syncs the links first
+    for link in links_of(session, batch):
+        if link.status == "proposed":
+            reasons.append(f"exposure link {link.id} (excursion {link.excursion_id}, step {link.step_id}) "
+                           "is undecided")
+    for item in items:
+        if item.kind != "excursion" and item.exposed == "unassessed":
+            reasons.append(f"review item {item.key} ({item.detail.get('invalid_reasons')}) is unassessed")
+    for link in uncovered_action_exposures(session, batch):
+        reasons.append(f"confirmed exposure to action excursion {link.excursion_id} has no deviation "
+                       "linked to this batch")
+    for check in signature_checks(session, batch):
+        if not check.intact:
+            reasons.append(f"signature {check.signature.id} ({check.signature.meaning} by "
+                           f"{check.signature.username}) is broken: {check.problem}")
+    return reasons
+
+
+def _refuse_if_gate_closed(session: Session, batch: Batch, action: str, now: datetime) -> None:
+    reasons = gate_reasons(session, batch, now=now)
+    if reasons:
+        raise ConflictError(f"{action} of batch {batch.number} refused", reasons)
+
+
+def _transition(session: Session, *, signer: Authenticated, batch: Batch, to: str, meaning: str,
+                scope: str, statement: str, comment: str | None, now: datetime) -> Batch:
+    sig = signatures.sign(session, signer=signer, meaning=meaning, entity="batch", entity_key=batch.number,
+                          scope=scope, statement=statement, content=batch_content(session, batch),
+                          comment=comment, now=now)
+    before = batch.status
+    batch.status, batch.updated_at = to, now
+    session.add(batch)
+    audit.record(session, actor=signer.username, action=f"batch.{to}", entity="batch",
+                 entity_key=batch.number, before={"status": before},
+                 after={"status": to, "signature": sig.seal}, reason=comment, at=now)
+    return batch
+
+
+def sign_production(session: Session, *, signer: Authenticated, batch: Batch, comment: str | None = None,
+                    now: datetime | None = None) -> Batch:
+    """The production head approves the completed record (Art. 22)."""
+    require_role(signer, "production_head", action="the production sign-off")
+    if batch.status != "completed":
+        raise ConflictError(f"batch {batch.number} is {batch.status}; production signs a completed record")
+    if signer.username in _operators(session, batch):
+        raise PermissionDeniedError(f"{signer.username} performed steps of {batch.number}; nobody reviews "
+                                    "their own entry")
+    now = now or utcnow()
+    broken = [c for c in signature_checks(session, batch) if not c.intact]
+    if broken:
+        raise ConflictError(f"batch {batch.number} cannot be signed",
+                            [f"signature {c.signature.id} is broken: {c.problem}" for c in broken])
+    return _transition(session, signer=signer, batch=batch, to="production_signed", meaning="approved",
+                       scope="production", statement="production head approves the batch record "
+                       "(GMP 2010 Art. 22)", comment=comment, now=now)
+
+
+def qa_review(session: Session, *, signer: Authenticated, batch: Batch, comment: str | None = None,
+              now: datetime | None = None) -> Batch:
+    """QA reviews the record, environment and deviations included (Art. 23), behind the gate."""
+    require_role(signer, "qa", action="QA batch-record review")
+    if batch.status != "production_signed":
+        raise ConflictError(f"batch {batch.number} is {batch.status}; QA reviews a record the production "
+                            "head has signed")
+    if signer.username == _signer_of(session, batch, "production"):
+        raise PermissionDeniedError("the production head's and QA's signatures must come from different "
+                                    "people (GMP 2010 Art. 20)")
+    if signer.username in _operators(session, batch):
+        raise PermissionDeniedError(f"{signer.username} performed steps of {batch.number}; nobody reviews "
+                                    "their own entry")
+    now = now or utcnow()
+    _refuse_if_gate_closed(session, batch, "QA review", now)
+    return _transition(session, signer=signer, batch=batch, to="qa_reviewed", meaning="reviewed",
+                       scope="qa_review", statement="QA batch-record review incl. environmental monitoring "
+                       "and deviations (GMP 2010 Art. 23, 230)", comment=comment, now=now)
+
+
+def release(session: Session, *, signer: Authenticated, batch: Batch, comment: str | None = None,
+            now: datetime | None = None) -> Batch:
+    """The qualified person releases the batch (Art. 25, 230), behind the gate."""
+    require_role(signer, "qp", action="release")
+    if batch.status != "qa_reviewed":
+        raise ConflictError(f"batch {batch.number} is {batch.status}; the QP releases a QA-reviewed batch")
+    if signer.username == _signer_of(session, batch, "production") or signer.username in _operators(
+            session, batch):
+        raise PermissionDeniedError("the QP who releases must be independent of the batch's production "
+                                    "(GMP 2010 Art. 20, 25)")
+    now = now or utcnow()
+    _refuse_if_gate_closed(session, batch, "release", now)
+    return _transition(session, signer=signer, batch=batch, to="released", meaning="released",
+                       scope="release", statement="qualified person releases the batch (GMP 2010 Art. 25, "
+                       "230; 产品放行审核记录)", comment=comment, now=now)
+
+
+def reject(session: Session, *, signer: Authenticated, batch: Batch, reason: str,
+           now: datetime | None = None) -> Batch:
+    """QA or the QP rejects the batch: a signed decision with its reason."""
+    require_role(signer, "qa", "qp", action="rejecting a batch")
+    if batch.status in ("released", "rejected"):
+        raise ConflictError(f"batch {batch.number} is {batch.status} already")
+    if not reason or not reason.strip():
+        raise InvalidInputError("a rejection needs its reason")
+    return _transition(session, signer=signer, batch=batch, to="rejected", meaning="rejected",
+                       scope="rejection", statement="batch rejected", comment=reason.strip(),
+                       now=now or utcnow())
+
+
+def batch_report(session: Session, batch: Batch, *, tz: str, now: datetime | None = None) -> dict:
+    """Everything QA and the QP look at for one batch, as one JSON-ready document."""
+    now = now or utcnow()
+    items = review_items(session, batch, now=now)
+    site = session.get(Site, batch.site_id)
+    return {
+        "number": batch.number, "product": batch.product, "donor_id": batch.donor_id,
+        "patient_id": batch.patient_id, "status": batch.status, "site": site.code,
+        "created_at": iso_utc(batch.created_at), "created_by": batch.created_by,
+        "steps": batch_content(session, batch)["steps"],
+        "flags": [f.to_json() for f in batch_flags(session, batch)],
+        "review": [i.to_json() for i in items],
+        "deviations": [{"number": d.number, "status": d.status, "classification": d.classification,
+                        "impact": link.impact}
+                       for d, link in session.exec(
+                           select(Deviation, DeviationBatch)
+                           .join(DeviationBatch, DeviationBatch.deviation_id == Deviation.id)
+                           .where(DeviationBatch.batch_id == batch.id).order_by(Deviation.number)).all()],
+        "signatures": [c.manifest(tz) for c in signature_checks(session, batch)],
+        "gate": gate_reasons(session, batch, now=now) if batch.status not in ("released", "rejected") else [],
+    }

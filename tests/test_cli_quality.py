@@ -1,0 +1,91 @@
+"""The quality commands as a QA team would script them: accounts, a batch, signatures, audit."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+
+from sqlalchemy import Engine
+
+from tests.factories import PASSWORD, T0, iso, minutes
+from tests.test_cli import tracker
+
+
+def run(*args: str, db_url: str, stdin: str = "", lang: str = "en"):
+    """``tracker ARGS`` with passwords on stdin (one per line)."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.test_cli import ROOT
+
+    env = {**os.environ, "TRACKER_DATABASE_URL": db_url, "TRACKER_LANG": lang, "COLUMNS": "200"}
+    env.pop("TRACKER_PASSWORD", None)
+    return subprocess.run([sys.executable, "-m", "tracker.cli", *args], env=env, cwd=ROOT, input=stdin,
+                          capture_output=True, text=True, timeout=120)
+
+
+def ok(*args: str, db_url: str, stdin: str = "") -> str:
+    result = run(*args, db_url=db_url, stdin=stdin)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+def test_accounts_batch_and_signatures_from_the_command_line(facility_engine: Engine, db_url: str) -> None:
+    pw = PASSWORD + "\n"
+    # the first admin: explicit, password typed twice (confirmation) — here through stdin
+    ok("user", "create", "admin", "--name", "Admin", "--role", "admin", "--password-stdin", db_url=db_url,
+       stdin=pw)
+    refused = run("user", "create", "x", "--name", "X", "--role", "qa", "--password-stdin", db_url=db_url,
+                  stdin=pw)
+    assert refused.returncode == 2
+    assert "log in as an admin" in refused.stderr
+    for name, roles in (("op1", ["operator"]), ("prod", ["production_head"]), ("qa1", ["qa"])):
+        role_args = [a for r in roles for a in ("--role", r)]
+        ok("user", "create", name, "--name", f"Person {name}", *role_args, "--as", "admin",
+           "--password-stdin", db_url=db_url, stdin=pw + pw)
+    users = json.loads(ok("user", "list", "--json", db_url=db_url))
+    assert [(u["username"], u["roles"]) for u in users] == [
+        ("admin", "admin"), ("op1", "operator"), ("prod", "production_head"), ("qa1", "qa")]
+
+    ok("batch", "create", "CT-9", "--product", "CAR-T", "--donor", "D-9", "--as", "op1", "--password-stdin",
+       db_url=db_url, stdin=pw)
+    out = ok("step", "start", "CT-9", "--name", "seeding", "--room", "T-B1-BSC", "--open", "--at", iso(T0),
+             "--as", "op1", "--password-stdin", db_url=db_url, stdin=pw)
+    step_id = out.split()[1].rstrip(":")
+    wrong = run("step", "end", step_id, "--at", iso(T0 + minutes(40)), "--as", "op1", "--password-stdin",
+                db_url=db_url, stdin="wrong password!!\n")
+    assert wrong.returncode == 2
+    assert "attempt(s) left" in wrong.stderr
+    ok("step", "end", step_id, "--at", iso(T0 + minutes(40)), "--as", "op1", "--password-stdin",
+       db_url=db_url, stdin=pw)
+    ok("batch", "complete", "CT-9", "--as", "op1", "--password-stdin", db_url=db_url, stdin=pw)
+    ok("batch", "sign", "CT-9", "--as", "prod", "--password-stdin", db_url=db_url, stdin=pw)
+    shown = json.loads(ok("batch", "show", "CT-9", "--json", db_url=db_url))
+    assert shown["status"] == "production_signed"
+    assert shown["flags"] == []
+    assert [s["meaning"] for s in shown["signatures"]] == ["approved", "performed"]
+    assert shown["gate"] == []
+    human = run("batch", "show", "CT-9", db_url=db_url, lang="zh-CN").stdout
+    assert "生产负责人已签" in human
+    assert "签名有效" in human
+
+    assert "signatures: 2 intact, 0 broken" in ok("audit", "verify", db_url=db_url)
+    path = db_url.removeprefix("sqlite:///")
+    with sqlite3.connect(path) as conn:
+        conn.execute("UPDATE process_step SET open_processing = 0")
+    tampered = run("audit", "verify", db_url=db_url)
+    assert tampered.returncode == 1
+    assert "audit chain intact" in tampered.stdout
+    assert "signature 2 BROKEN (batch CT-9, approved by prod)" in tampered.stdout.replace("\n", " ")
+    assert "signature 1 BROKEN (process_step" in tampered.stdout
+    review = run("batch", "review", "CT-9", "--as", "qa1", "--password-stdin", db_url=db_url, stdin=pw)
+    assert review.returncode == 2
+    assert "QA review of batch CT-9 refused" in review.stderr
+    assert "is broken: the record changed after it was signed" in review.stderr
+
+
+def test_help_lists_the_quality_commands(db_url: str) -> None:
+    out = tracker("--help", db_url=db_url).stdout
+    for command in ("user", "batch", "step", "link", "deviation", "capa"):
+        assert command in out

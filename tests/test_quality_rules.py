@@ -1,0 +1,241 @@
+"""Issue 3 rules without a broker: accounts and lockout, separation of duties, signatures and
+tamper evidence, flags on scripted batches."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+import pytest
+from sqlalchemy import Engine, text
+from sqlmodel import Session
+
+from batch_records.flags import batch_flags
+from batch_records.release import gate_reasons, qa_review, reject, release, sign_production, signature_checks
+from batch_records.steps import complete_batch, create_batch, end_step, get_batch, start_step
+from tests.conftest import MIN_FACILITY
+from tests.factories import PASSWORD, T0, as_, make_people, minutes
+from tracker import audit
+from tracker.db import unit_of_work
+from tracker.errors import AuthenticationError, ConflictError, InvalidInputError, PermissionDeniedError
+from tracker.facility import get_site, load_facility, parse_facility
+from tracker.settings import get_settings
+from tracker.signatures import sign
+from tracker.users import create_user, login, unlock
+
+
+def finished_batch(engine: Engine, number: str = "CT-1", *, operator: str = "op1", room: str = "T-B1-BSC",
+                   donor: str = "D-1", start: datetime = T0, open_processing: bool = True,
+                   end: datetime | None = None) -> None:
+    with unit_of_work(engine) as s:
+        batch = create_batch(s, actor=as_(engine, operator), site=get_site(s), number=number,
+                             product="CAR-T", donor_id=donor)
+        step = start_step(s, actor=as_(engine, operator), batch=batch, name="seeding", room_code=room,
+                          start=start, open_processing=open_processing)
+    if end is not None:
+        with unit_of_work(engine) as s:
+            end_step(s, signer=as_(engine, operator), step_id=step.id, end=end)
+            complete_batch(s, actor=as_(engine, operator), batch=get_batch(s, number))
+
+
+# -- accounts -------------------------------------------------------------------------------------
+
+def test_first_admin_is_explicit_and_roles_keep_duties_apart(facility_engine: Engine) -> None:
+    engine = facility_engine
+    with unit_of_work(engine) as s:
+        with pytest.raises(InvalidInputError, match="first account must be an admin"):
+            create_user(s, username="qa1", full_name="QA", roles=["qa"], password=PASSWORD, actor=None)
+        with pytest.raises(InvalidInputError, match="at least 12 characters"):
+            create_user(s, username="admin", full_name="Admin", roles=["admin"], password="short",
+                        actor=None)
+        create_user(s, username="admin", full_name="Admin", roles=["admin"], password=PASSWORD, actor=None)
+    with unit_of_work(engine) as s, pytest.raises(PermissionDeniedError, match="log in as an admin"):
+        create_user(s, username="qa1", full_name="QA", roles=["qa"], password=PASSWORD, actor=None)
+    admin = login(engine, username="admin", password=PASSWORD)
+    with unit_of_work(engine) as s:
+        with pytest.raises(PermissionDeniedError, match=r"Art\. 20"):
+            create_user(s, username="boss", full_name="Boss", roles=["production_head", "qa"],
+                        password=PASSWORD, actor=admin)
+        with pytest.raises(PermissionDeniedError, match="no GMP signing role"):
+            create_user(s, username="root2", full_name="Root", roles=["admin", "qp"], password=PASSWORD,
+                        actor=admin)
+        create_user(s, username="qaqp", full_name="QA and QP", roles=["qa", "qp"], password=PASSWORD,
+                    actor=admin)  # Art. 20: QA head and QP may be combined
+        qa = create_user(s, username="qa1", full_name="QA", roles=["qa"], password=PASSWORD, actor=admin)
+        assert qa.password_hash.startswith("$argon2id$")
+        assert PASSWORD not in qa.password_hash
+
+
+def test_wrong_password_at_signing_is_refused_and_counts_toward_lockout(people_engine: Engine) -> None:
+    engine = people_engine
+    finished_batch(engine, end=T0 + minutes(30))
+    attempts = get_settings().lockout_attempts
+    for i in range(attempts):
+        with pytest.raises(AuthenticationError) as failed:
+            login(engine, username="prod", password="not my password!")
+        assert ("locked" in str(failed.value)) == (i == attempts - 1)
+    with pytest.raises(AuthenticationError, match="locked until"):
+        login(engine, username="prod", password=PASSWORD)   # even the right password, while locked
+    with unit_of_work(engine) as s:
+        assert get_batch(s, "CT-1").status == "completed"
+        events = [e.action for e in s.exec(audit.AuditEvent.__table__.select())]
+        assert events.count("auth.failure") == attempts
+        assert events.count("auth.lockout") == 1
+        unlock(s, actor=as_(engine, "admin"), username="prod", reason="identity confirmed by phone")
+    with unit_of_work(engine) as s:
+        assert sign_production(s, signer=as_(engine, "prod"), batch=get_batch(s, "CT-1")).status == \
+            "production_signed"
+
+
+def test_a_stale_authentication_cannot_sign(people_engine: Engine) -> None:
+    engine = people_engine
+    finished_batch(engine, end=T0 + minutes(30))
+    prod = as_(engine, "prod")
+    later = prod.at + timedelta(seconds=get_settings().signature_window_s + 1)
+    with unit_of_work(engine) as s, pytest.raises(AuthenticationError, match="password again"):
+        sign_production(s, signer=prod, batch=get_batch(s, "CT-1"), now=later)
+
+
+def test_separation_of_duties(people_engine: Engine) -> None:
+    engine = people_engine
+    finished_batch(engine, end=T0 + minutes(30))
+    with unit_of_work(engine) as s, pytest.raises(PermissionDeniedError, match="production_head"):
+        sign_production(s, signer=as_(engine, "qa1"), batch=get_batch(s, "CT-1"))
+    with unit_of_work(engine) as s:
+        sign_production(s, signer=as_(engine, "prod"), batch=get_batch(s, "CT-1"))
+    # an account holding both heads' roles (e.g. from before the rule) still cannot sign twice
+    with unit_of_work(engine) as s:
+        s.exec(text("UPDATE app_user SET roles = 'production_head,qa' WHERE username = 'prod'"))
+    with unit_of_work(engine) as s, pytest.raises(PermissionDeniedError, match="different people"):
+        qa_review(s, signer=as_(engine, "prod"), batch=get_batch(s, "CT-1"))
+    with unit_of_work(engine) as s:
+        qa_review(s, signer=as_(engine, "qa1"), batch=get_batch(s, "CT-1"))
+    with unit_of_work(engine) as s, pytest.raises(PermissionDeniedError, match="release needs the role qp"):
+        release(s, signer=as_(engine, "qa1"), batch=get_batch(s, "CT-1"))
+    with unit_of_work(engine) as s:
+        assert release(s, signer=as_(engine, "qp1"), batch=get_batch(s, "CT-1")).status == "released"
+
+
+def test_nobody_reviews_their_own_entry(people_engine: Engine) -> None:
+    engine = people_engine
+    with unit_of_work(engine) as s:
+        create_user(s, username="prod2", full_name="Prod Two", roles=["production_head", "operator"],
+                    password=PASSWORD, actor=as_(engine, "admin"))
+    finished_batch(engine, operator="prod2", end=T0 + minutes(30))
+    with unit_of_work(engine) as s, pytest.raises(PermissionDeniedError, match="their own entry"):
+        sign_production(s, signer=as_(engine, "prod2"), batch=get_batch(s, "CT-1"))
+
+
+def test_only_the_operator_signs_a_step_performed(people_engine: Engine) -> None:
+    engine = people_engine
+    finished_batch(engine)
+    with unit_of_work(engine) as s, pytest.raises(PermissionDeniedError, match="only its operator"):
+        end_step(s, signer=as_(engine, "op2"), step_id=1, end=T0 + minutes(5))
+    with unit_of_work(engine) as s, pytest.raises(ConflictError, match="step 1 has not ended"):
+        complete_batch(s, actor=as_(engine, "op1"), batch=get_batch(s, "CT-1"))
+
+
+def test_rejection_is_a_signed_decision(people_engine: Engine) -> None:
+    engine = people_engine
+    finished_batch(engine, end=T0 + minutes(30))
+    with unit_of_work(engine) as s, pytest.raises(InvalidInputError, match="reason"):
+        reject(s, signer=as_(engine, "qp1"), batch=get_batch(s, "CT-1"), reason=" ")
+    with unit_of_work(engine) as s:
+        batch = reject(s, signer=as_(engine, "qp1"), batch=get_batch(s, "CT-1"), reason="sterility failed")
+        assert batch.status == "rejected"
+        (check,) = [c for c in signature_checks(s, batch) if c.signature.meaning == "rejected"]
+        assert check.intact
+        assert check.signature.comment == "sterility failed"
+
+
+# -- tamper evidence --------------------------------------------------------------------------------
+
+def audit_rows(s: Session) -> list[tuple[int, str]]:
+    return [(r.id, r.action) for r in s.exec(audit.AuditEvent.__table__.select().order_by(text("id")))]
+
+
+def test_an_edited_audit_row_is_named_by_verify(people_engine: Engine) -> None:
+    engine = people_engine
+    finished_batch(engine, end=T0 + minutes(30))
+    with unit_of_work(engine) as s:
+        target = next(i for i, a in audit_rows(s) if a == "batch.create")
+        assert audit.verify_chain(s)[0]
+        s.exec(text("UPDATE audit_event SET after = replace(after, 'D-1', 'D-9') WHERE id = :i")
+               .bindparams(i=target))
+    with unit_of_work(engine) as s:
+        intact, checked, broken = audit.verify_chain(s)
+    assert (intact, broken, checked) == (False, target, target - 1)
+
+
+def test_a_deleted_audit_row_is_named_by_verify(people_engine: Engine) -> None:
+    engine = people_engine
+    finished_batch(engine, end=T0 + minutes(30))
+    with unit_of_work(engine) as s:
+        rows = audit_rows(s)
+        target = next(i for i, a in rows if a == "batch.step_start")
+        s.exec(text("DELETE FROM audit_event WHERE id = :i").bindparams(i=target))
+    with unit_of_work(engine) as s:
+        intact, _, broken = audit.verify_chain(s)
+    assert (intact, broken) == (False, target + 1)   # the next event no longer links to its predecessor
+
+
+def test_a_raw_sql_change_to_a_signed_batch_breaks_its_signatures(people_engine: Engine) -> None:
+    engine = people_engine
+    finished_batch(engine, end=T0 + minutes(30))
+    with unit_of_work(engine) as s:
+        sign_production(s, signer=as_(engine, "prod"), batch=get_batch(s, "CT-1"))
+        assert all(c.intact for c in signature_checks(s, get_batch(s, "CT-1")))
+        s.exec(text("UPDATE batch SET donor_id = 'D-2' WHERE number = 'CT-1'"))
+    with unit_of_work(engine) as s:
+        batch = get_batch(s, "CT-1")
+        broken = [c for c in signature_checks(s, batch) if not c.intact]
+        assert [(c.signature.meaning, c.problem) for c in broken] == [
+            ("approved", "the record changed after it was signed")]
+        assert any("is broken" in r for r in gate_reasons(s, batch))
+    with unit_of_work(engine) as s, pytest.raises(ConflictError, match="broken"):
+        qa_review(s, signer=as_(engine, "qa1"), batch=get_batch(s, "CT-1"))
+
+
+def test_an_edited_signature_row_is_detected(people_engine: Engine) -> None:
+    engine = people_engine
+    finished_batch(engine, end=T0 + minutes(30))
+    with unit_of_work(engine) as s:
+        sig = sign(s, signer=as_(engine, "qa1"), meaning="reviewed", entity="batch", entity_key="CT-1",
+                   scope="qa_review", statement="test", content={"x": 1})
+        s.exec(text("UPDATE signature SET printed_name = 'Somebody Else' WHERE id = :i").bindparams(i=sig.id))
+    with unit_of_work(engine) as s:
+        (check,) = [c for c in signature_checks(s, get_batch(s, "CT-1")) if c.signature.id == sig.id]
+        assert (check.intact, check.problem) == (False, "the signature record itself was altered")
+
+
+# -- flags ------------------------------------------------------------------------------------------
+
+A_IN_C = MIN_FACILITY.read_text(encoding="utf-8") + '''
+[[rooms]]
+code = "T-C1-BSC"
+name = "QC 生物安全柜"
+name_en = "QC biosafety cabinet"
+grade = "A"
+background = "T-C1"
+'''
+
+
+def test_segregation_and_a_in_c_flags(facility_engine: Engine) -> None:
+    engine = facility_engine
+    with unit_of_work(engine) as s:
+        load_facility(s, parse_facility(A_IN_C), actor="test")
+    make_people(engine)
+    finished_batch(engine, "CT-A", donor="D-1", room="T-B1-BSC", start=T0)
+    finished_batch(engine, "CT-B", operator="op2", donor="D-2", room="T-B1-BSC", start=T0 + minutes(10))
+    finished_batch(engine, "CT-C", donor="D-3", room="T-C1-BSC", start=T0)
+    finished_batch(engine, "CT-D", operator="op2", donor="D-4", room="T-C1", start=T0)
+    finished_batch(engine, "CT-E", donor="D-5", room="T-C1", start=T0, open_processing=False)
+    with unit_of_work(engine) as s:
+        codes = {n: sorted((f.code, f.other_batch or "") for f in batch_flags(s, get_batch(s, n)))
+                 for n in ("CT-A", "CT-B", "CT-C", "CT-D", "CT-E")}
+    assert codes == {
+        "CT-A": [("segregation", "CT-B")],
+        "CT-B": [("segregation", "CT-A")],
+        "CT-C": [("a_in_c", "")],
+        "CT-D": [("open_not_grade_a", "")],
+        "CT-E": [],                     # closed processing in C: no flag
+    }

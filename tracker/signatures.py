@@ -1,0 +1,116 @@
+"""Electronic signatures bound to the exact content signed (21 CFR 11.50, 11.70, 11.200;
+China GMP 2010 Art. 163 and the 计算机化系统附录).
+
+A signature stores the printed name, the UTC time, the meaning and the SHA-256 of the
+canonical JSON of the record as signed. Checking a signature recomputes the record's
+content from the database: any later change to a signed field — through the application or
+behind its back with raw SQL — shows the signature as broken. The signature row carries a
+seal over its own fields too, so editing the row itself is detected as well.
+
+Every signing needs a fresh re-authentication (:func:`tracker.users.require_fresh`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Column, Text
+from sqlmodel import Field, Session, SQLModel, select
+
+from tracker import audit
+from tracker.db import UTCDateTime
+from tracker.errors import InvalidInputError
+from tracker.timeutil import iso_utc, local_display, utcnow
+from tracker.users import Authenticated, require_fresh
+
+#: what a signature means (21 CFR 11.50(a)(3)); ``rejected`` records a signed refusal
+MEANINGS = ("performed", "reviewed", "approved", "released", "rejected")
+
+
+class Signature(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    entity: str = Field(max_length=40, index=True)
+    entity_key: str = Field(max_length=200, index=True)
+    meaning: str = Field(max_length=20)
+    #: which content view of the entity was signed (e.g. ``batch_record``, ``investigation``)
+    scope: str = Field(max_length=40)
+    #: what was signed, in words (e.g. "production review of the batch record")
+    statement: str = Field(max_length=200)
+    user_id: int = Field(foreign_key="app_user.id")
+    username: str = Field(max_length=60)
+    printed_name: str = Field(max_length=200)
+    signed_at: datetime = Field(sa_type=UTCDateTime, nullable=False)
+    comment: str | None = Field(default=None, sa_column=Column(Text))
+    content_hash: str = Field(max_length=64)
+    seal: str = Field(max_length=64)
+
+
+def canonical(content: Any) -> str:
+    return json.dumps(content, sort_keys=True, ensure_ascii=False, default=str, separators=(",", ":"))
+
+
+def content_hash(content: Any) -> str:
+    return hashlib.sha256(canonical(content).encode("utf-8")).hexdigest()
+
+
+def _seal(sig: Signature) -> str:
+    body = json.dumps([sig.entity, sig.entity_key, sig.meaning, sig.scope, sig.statement, sig.user_id,
+                       sig.username, sig.printed_name, iso_utc(sig.signed_at), sig.comment,
+                       sig.content_hash], ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(body.encode("utf-8")).hexdigest()
+
+
+def sign(session: Session, *, signer: Authenticated, meaning: str, entity: str, entity_key: str,
+         scope: str, statement: str, content: Any, comment: str | None = None,
+         now: datetime | None = None) -> Signature:
+    """Sign ``content`` (the record as it stands) with a fresh re-authentication; audited."""
+    if meaning not in MEANINGS:
+        raise InvalidInputError(f"meaning must be one of {', '.join(MEANINGS)}")
+    now = now or utcnow()
+    user = require_fresh(session, signer, now=now)
+    sig = Signature(entity=entity, entity_key=entity_key, meaning=meaning, scope=scope,
+                    statement=statement,
+                    user_id=user.id, username=user.username, printed_name=user.full_name,
+                    signed_at=now, comment=comment, content_hash=content_hash(content), seal="")
+    sig.seal = _seal(sig)
+    session.add(sig)
+    audit.record(session, actor=user.username, action=f"signature.{meaning}", entity=entity,
+                 entity_key=entity_key,
+                 after={"scope": scope, "statement": statement, "printed_name": user.full_name,
+                        "content_hash": sig.content_hash, "seal": sig.seal},
+                 reason=comment, at=now)
+    return sig
+
+
+@dataclass(frozen=True)
+class SignatureCheck:
+    signature: Signature
+    intact: bool
+    problem: str | None
+
+    def manifest(self, tz: str) -> dict:
+        """What every human-readable form shows (21 CFR 11.50): name, time, meaning, status."""
+        s = self.signature
+        return {"printed_name": s.printed_name, "username": s.username, "meaning": s.meaning,
+                "scope": s.scope, "statement": s.statement, "signed_at": iso_utc(s.signed_at),
+                "signed_at_local": local_display(s.signed_at, tz), "comment": s.comment,
+                "intact": self.intact, "problem": self.problem}
+
+
+def check(sig: Signature, content: Any) -> SignatureCheck:
+    """Is ``sig`` still valid for the record as it stands now?"""
+    if sig.seal != _seal(sig):
+        return SignatureCheck(sig, False, "the signature record itself was altered")
+    if sig.content_hash != content_hash(content):
+        return SignatureCheck(sig, False, "the record changed after it was signed")
+    return SignatureCheck(sig, True, None)
+
+
+def signatures_of(session: Session, entity: str, entity_key: str) -> list[Signature]:
+    return list(session.exec(select(Signature).where(Signature.entity == entity,
+                                                     Signature.entity_key == entity_key)
+                             .order_by(Signature.signed_at, Signature.id)))

@@ -1,0 +1,309 @@
+"""Users, roles and authentication (GMP 2010 Art. 20, 163; 21 CFR 11.10(d), 11.300).
+
+Passwords are stored as argon2id hashes. Repeated failures — at login or at a signature's
+re-authentication — lock the account for a while; every failure and lock is audited.
+Accounts are deactivated, never deleted, so every past signature keeps its printed name.
+
+Separation of duties enforced on the role set itself: the production head and the QA head
+are never the same person (Art. 20: 不得互相兼任; QA and QP may be combined), and system
+administrators hold no GMP signing role (administering the system that keeps the records
+must not also mean signing them).
+
+Authentication happens in its own unit of work (so a failure is counted even though the
+operation it guarded is refused) and yields an :class:`Authenticated` proof that signing
+functions accept only while it is fresh.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+from sqlalchemy import UniqueConstraint
+from sqlmodel import Field, Session, SQLModel, select
+
+from tracker import audit
+from tracker.db import UTCDateTime
+from tracker.errors import AuthenticationError, InvalidInputError, NotFoundError, PermissionDeniedError
+from tracker.settings import get_settings
+from tracker.timeutil import utcnow
+
+ROLES = ("operator", "production_head", "qa", "qp", "admin", "viewer")
+SIGNING_ROLES = frozenset({"operator", "production_head", "qa", "qp"})
+#: pairs no single account may hold (GMP 2010 Art. 20; admin separation, see module doc)
+EXCLUSIVE_ROLES = (("production_head", "qa"), *tuple(("admin", r) for r in sorted(SIGNING_ROLES)))
+
+_hasher = PasswordHasher()  # argon2id with the library's current recommended parameters
+#: a real hash to verify against when the user does not exist, so timing does not reveal names
+_DUMMY_HASH = _hasher.hash("not a password of anyone")
+
+
+class User(SQLModel, table=True):
+    __tablename__ = "app_user"  # "user" is reserved in PostgreSQL
+    __table_args__ = (UniqueConstraint("username"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    username: str = Field(max_length=60)
+    full_name: str = Field(max_length=200)
+    roles: str = Field(max_length=200)          # comma-separated, sorted
+    password_hash: str = Field(max_length=300)
+    active: bool = True
+    failed_attempts: int = 0
+    locked_until: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    password_changed_at: datetime = Field(sa_type=UTCDateTime, nullable=False)
+    created_at: datetime = Field(sa_type=UTCDateTime, nullable=False)
+    created_by: str = Field(max_length=60)
+
+    @property
+    def role_set(self) -> frozenset[str]:
+        return frozenset(r for r in self.roles.split(",") if r)
+
+
+@dataclass(frozen=True)
+class Authenticated:
+    """Proof that a user has just given their password (a login or a signature re-auth)."""
+
+    user_id: int
+    username: str
+    full_name: str
+    roles: frozenset[str]
+    at: datetime
+
+    def has(self, *roles: str) -> bool:
+        return bool(self.roles & set(roles))
+
+
+def _check_roles(roles: list[str] | tuple[str, ...]) -> str:
+    unknown = sorted(set(roles) - set(ROLES))
+    if unknown:
+        raise InvalidInputError(f"unknown role(s) {', '.join(unknown)}; roles are {', '.join(ROLES)}")
+    if not roles:
+        raise InvalidInputError("a user needs at least one role")
+    for a, b in EXCLUSIVE_ROLES:
+        if a in roles and b in roles:
+            why = ("GMP 2010 Art. 20: the production head and the QA head must not be the same person"
+                   if {a, b} == {"production_head", "qa"}
+                   else "system administrators hold no GMP signing role (separation of duties)")
+            raise PermissionDeniedError(f"roles {a} and {b} cannot be held together ({why})")
+    return ",".join(sorted(set(roles)))
+
+
+def _check_password(password: str, username: str) -> None:
+    minimum = get_settings().password_min_length
+    if len(password) < minimum:
+        raise InvalidInputError(f"the password must have at least {minimum} characters")
+    if username.lower() in password.lower():
+        raise InvalidInputError("the password must not contain the user name")
+
+
+def _public(user: User) -> dict:
+    return {"username": user.username, "full_name": user.full_name, "roles": user.roles,
+            "active": user.active}
+
+
+def get_user(session: Session, username: str) -> User:
+    user = session.exec(select(User).where(User.username == username)).first()
+    if user is None:
+        raise NotFoundError(f"no user {username!r}")
+    return user
+
+
+def count_users(session: Session) -> int:
+    return len(session.exec(select(User.id)).all())
+
+
+def require_role(actor: Authenticated, *roles: str, action: str) -> None:
+    """Refuse unless the actor holds one of ``roles`` (named in the message)."""
+    if not actor.has(*roles):
+        raise PermissionDeniedError(f"{action} needs the role {' or '.join(roles)}; "
+                                    f"{actor.username} has {', '.join(sorted(actor.roles))}")
+
+
+def create_user(session: Session, *, username: str, full_name: str, roles: list[str], password: str,
+                actor: Authenticated | None, now: datetime | None = None) -> User:
+    """Create an account. Only an admin may, except the very first account, which must be an
+    admin created explicitly (there is no default password anywhere)."""
+    if actor is None:
+        if count_users(session):
+            raise PermissionDeniedError("users exist already: log in as an admin to create more")
+        if "admin" not in roles:
+            raise InvalidInputError("the first account must be an admin")
+    else:
+        require_role(actor, "admin", action="creating users")
+    if not username or not username.replace("_", "").replace(".", "").replace("-", "").isalnum():
+        raise InvalidInputError("a user name uses letters, digits, '.', '_' and '-' only")
+    if session.exec(select(User).where(User.username == username)).first():
+        raise InvalidInputError(f"user {username!r} exists already (accounts are never reused)")
+    if not full_name.strip():
+        raise InvalidInputError("the full name is required: it is printed with every signature")
+    role_text = _check_roles(roles)
+    _check_password(password, username)
+    now = now or utcnow()
+    by = actor.username if actor else "bootstrap"
+    user = User(username=username, full_name=full_name.strip(), roles=role_text,
+                password_hash=_hasher.hash(password), password_changed_at=now, created_at=now,
+                created_by=by)
+    session.add(user)
+    audit.record(session, actor=by, action="user.create", entity="user", entity_key=username,
+                 after=_public(user), at=now)
+    return user
+
+
+def authenticate(session: Session, *, username: str, password: str,
+                 now: datetime | None = None) -> Authenticated:
+    """Check a password. A failure is counted (and may lock the account) in this session, so
+    run this in its own unit of work and commit whether or not it raised."""
+    now = now or utcnow()
+    settings = get_settings()
+    user = session.exec(select(User).where(User.username == username)).first()
+    if user is None:
+        with contextlib.suppress(VerificationError):
+            _hasher.verify(_DUMMY_HASH, password)
+        audit.record(session, actor=username[:60] or "?", action="auth.failure", entity="user",
+                     entity_key=username[:200], reason="unknown user", at=now)
+        raise AuthenticationError("wrong user name or password")
+    if not user.active:
+        audit.record(session, actor=username, action="auth.failure", entity="user",
+                     entity_key=username, reason="account deactivated", at=now)
+        raise AuthenticationError(f"account {username!r} is deactivated")
+    if user.locked_until is not None and user.locked_until > now:
+        audit.record(session, actor=username, action="auth.failure", entity="user",
+                     entity_key=username, reason="account locked", at=now)
+        raise AuthenticationError(f"account {username!r} is locked until "
+                                  f"{user.locked_until.isoformat()} after repeated failures")
+    try:
+        _hasher.verify(user.password_hash, password)
+    except (VerificationError, InvalidHashError):
+        user.failed_attempts += 1
+        locked = user.failed_attempts >= settings.lockout_attempts
+        if locked:
+            user.locked_until = now + timedelta(minutes=settings.lockout_minutes)
+        session.add(user)
+        audit.record(session, actor=username, action="auth.lockout" if locked else "auth.failure",
+                     entity="user", entity_key=username,
+                     after={"failed_attempts": user.failed_attempts,
+                            "locked_until": user.locked_until.isoformat() if locked else None},
+                     reason="wrong password", at=now)
+        if locked:
+            raise AuthenticationError(f"wrong password; account {username!r} is now locked for "
+                                      f"{settings.lockout_minutes} minutes") from None
+        left = settings.lockout_attempts - user.failed_attempts
+        raise AuthenticationError(f"wrong user name or password ({left} attempt(s) left before "
+                                  "the account locks)") from None
+    if user.failed_attempts or user.locked_until:
+        user.failed_attempts, user.locked_until = 0, None
+        session.add(user)
+    if _hasher.check_needs_rehash(user.password_hash):
+        user.password_hash = _hasher.hash(password)
+        session.add(user)
+    return Authenticated(user.id, user.username, user.full_name, user.role_set, now)
+
+
+def require_fresh(session: Session, signer: Authenticated, *, now: datetime | None = None) -> User:
+    """A signature needs a re-authentication made moments ago by an account still in good standing
+    (21 CFR 11.200(a): outside a continuous session every signing uses all components)."""
+    now = now or utcnow()
+    window = get_settings().signature_window_s
+    if not timedelta(0) <= now - signer.at <= timedelta(seconds=window):
+        raise AuthenticationError(f"a signature needs the password again (re-authentication older "
+                                  f"than {window} s)")
+    user = session.get(User, signer.user_id)
+    if user is None or not user.active:
+        raise AuthenticationError(f"account {signer.username!r} is not active")
+    if user.locked_until is not None and user.locked_until > now:
+        raise AuthenticationError(f"account {signer.username!r} is locked")
+    return user
+
+
+def change_password(session: Session, *, actor: Authenticated, new_password: str,
+                    now: datetime | None = None) -> None:
+    """Change one's own password (the actor has just authenticated with the old one)."""
+    now = now or utcnow()
+    user = require_fresh(session, actor, now=now)
+    _check_password(new_password, user.username)
+    try:
+        _hasher.verify(user.password_hash, new_password)
+    except VerificationError:
+        pass
+    else:
+        raise InvalidInputError("the new password must differ from the current one")
+    user.password_hash, user.password_changed_at = _hasher.hash(new_password), now
+    session.add(user)
+    audit.record(session, actor=user.username, action="user.password", entity="user",
+                 entity_key=user.username, at=now)
+
+
+def set_password(session: Session, *, actor: Authenticated, username: str, new_password: str,
+                 reason: str, now: datetime | None = None) -> None:
+    """An admin resets someone's password (a forgotten one); audited with the reason."""
+    require_role(actor, "admin", action="resetting passwords")
+    user = get_user(session, username)
+    _check_password(new_password, username)
+    now = now or utcnow()
+    user.password_hash, user.password_changed_at = _hasher.hash(new_password), now
+    user.failed_attempts, user.locked_until = 0, None
+    session.add(user)
+    audit.record(session, actor=actor.username, action="user.password_reset", entity="user",
+                 entity_key=username, reason=reason, at=now)
+
+
+def set_roles(session: Session, *, actor: Authenticated, username: str, roles: list[str], reason: str,
+              now: datetime | None = None) -> User:
+    require_role(actor, "admin", action="changing roles")
+    user = get_user(session, username)
+    before = _public(user)
+    user.roles = _check_roles(roles)
+    session.add(user)
+    audit.record(session, actor=actor.username, action="user.roles", entity="user", entity_key=username,
+                 before=before, after=_public(user), reason=reason, at=now or utcnow())
+    return user
+
+
+def deactivate(session: Session, *, actor: Authenticated, username: str, reason: str,
+               now: datetime | None = None) -> User:
+    """Deactivate an account (never delete: its signatures must keep their printed name)."""
+    require_role(actor, "admin", action="deactivating users")
+    if username == actor.username:
+        raise PermissionDeniedError("an admin cannot deactivate their own account")
+    user = get_user(session, username)
+    before = _public(user)
+    user.active = False
+    session.add(user)
+    audit.record(session, actor=actor.username, action="user.deactivate", entity="user",
+                 entity_key=username, before=before, after=_public(user), reason=reason,
+                 at=now or utcnow())
+    return user
+
+
+def unlock(session: Session, *, actor: Authenticated, username: str, reason: str,
+           now: datetime | None = None) -> User:
+    require_role(actor, "admin", action="unlocking accounts")
+    user = get_user(session, username)
+    user.failed_attempts, user.locked_until = 0, None
+    session.add(user)
+    audit.record(session, actor=actor.username, action="user.unlock", entity="user",
+                 entity_key=username, reason=reason, at=now or utcnow())
+    return user
+
+
+def list_users(session: Session) -> list[dict]:
+    now = utcnow()
+    return [{**_public(u), "locked": bool(u.locked_until and u.locked_until > now),
+             "failed_attempts": u.failed_attempts, "created_at": u.created_at.isoformat()}
+            for u in session.exec(select(User).order_by(User.username))]
+
+
+def login(engine, *, username: str, password: str, now: datetime | None = None) -> Authenticated:
+    """Authenticate in a unit of work of its own that commits even when the password is wrong,
+    so the failure counts toward lockout although the guarded operation is refused."""
+    with Session(engine, expire_on_commit=False) as session:
+        try:
+            result = authenticate(session, username=username, password=password, now=now)
+        except AuthenticationError:
+            session.commit()
+            raise
+        session.commit()
+        return result
