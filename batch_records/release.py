@@ -29,7 +29,7 @@ from batch_records.steps import step_content, steps_of
 from tracker import audit, signatures
 from tracker.deviations import Deviation, DeviationBatch
 from tracker.errors import ConflictError, InvalidInputError, PermissionDeniedError
-from tracker.facility import Room, Site
+from tracker.facility import Room, Site, limits_content
 from tracker.timeutil import iso_utc, utcnow
 from tracker.users import Authenticated, require_role
 
@@ -64,6 +64,10 @@ def all_signature_checks(session: Session) -> list[signatures.SignatureCheck]:
         checks += signature_checks(session, batch)
     for dev in list_deviations(session):
         checks += deviation_checks(session, dev)
+    for site in session.exec(select(Site).order_by(Site.id)):
+        for sig in signatures.signatures_of(session, "site", site.code):
+            revision = int(sig.scope.split(":")[1])
+            checks.append(signatures.check(sig, limits_content(session, site, revision)))
     return checks
 
 

@@ -14,7 +14,7 @@ from sqlalchemy import Engine
 
 from sensors.ingest import BatchProcessor, InboundMessage
 from tests.conftest import MIN_FACILITY
-from tests.factories import T0, particles, topic
+from tests.factories import PASSWORD, T0, make_people, particles, topic
 from tracker.db import get_engine, unit_of_work
 from tracker.intake import Intake
 from tracker.stats import ingest_stats
@@ -22,9 +22,14 @@ from tracker.stats import ingest_stats
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def tracker(*args: str, db_url: str, lang: str = "en") -> subprocess.CompletedProcess:
+def tracker(*args: str, db_url: str, lang: str = "en", stdin: str = "",
+            password: str | None = None) -> subprocess.CompletedProcess:
+    """``tracker ARGS``; ``password`` goes in TRACKER_PASSWORD, ``stdin`` feeds --password-stdin."""
     env = {**os.environ, "TRACKER_DATABASE_URL": db_url, "TRACKER_LANG": lang, "COLUMNS": "200"}
-    return subprocess.run([sys.executable, "-m", "tracker.cli", *args], env=env, cwd=ROOT,
+    env.pop("TRACKER_PASSWORD", None)
+    if password is not None:
+        env["TRACKER_PASSWORD"] = password
+    return subprocess.run([sys.executable, "-m", "tracker.cli", *args], env=env, cwd=ROOT, input=stdin,
                           capture_output=True, text=True, timeout=120)
 
 
@@ -82,10 +87,15 @@ def test_facility_errors_are_clear_and_exit_nonzero(tmp_path: Path, db_url: str)
 
 
 def test_room_state_and_audit_verify(facility_engine: Engine, db_url: str) -> None:
+    make_people(facility_engine)
+    anonymous = tracker("room", "state", "T-B1", "in_operation", db_url=db_url)
+    assert anonymous.returncode == 2
+    assert "--as USER" in anonymous.stderr
     ok = tracker("room", "state", "T-B1", "in_operation", "--at", "2026-11-20T10:00:00+08:00",
-                 "--reason", "batch B-001", db_url=db_url)
+                 "--reason", "batch B-001", "--as", "op1", "--password-stdin", db_url=db_url,
+                 stdin=PASSWORD + "\n")
     assert ok.returncode == 0, ok.stderr
-    bad = tracker("room", "state", "T-B1", "busy", db_url=db_url)
+    bad = tracker("room", "state", "T-B1", "busy", "--as", "op1", db_url=db_url, password=PASSWORD)
     assert bad.returncode == 2
     assert "in_operation" in bad.stderr
     verify = tracker("audit", "verify", db_url=db_url)
@@ -107,18 +117,25 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     assert stats["excursions"]["action"] >= 1   # 20 s at ×1800 covers the 2 h burst in B01
 
 
-def test_retroactive_inhibit_reevaluates_and_lists(populated: str) -> None:
+def test_retroactive_inhibit_reevaluates_and_lists(populated: str, facility_engine: Engine) -> None:
+    make_people(facility_engine)
+    op = tracker("inhibit", "add", "--monitor", "T-B1-PC", "--from", "2026-11-20T00:02:00Z",
+                 "--to", "2026-11-20T00:07:00Z", "--reason", "x", "--as", "op1", db_url=populated,
+                 password=PASSWORD)
+    assert op.returncode == 2
+    assert "adding an inhibit needs the role qa" in op.stderr
     added = tracker("inhibit", "add", "--monitor", "T-B1-PC", "--from", "2026-11-20T00:02:00Z",
                     "--to", "2026-11-20T00:07:00Z", "--reason", "WO-7 probe swap",
-                    "--by", "eng.zhao", db_url=populated)
+                    "--as", "qa1", db_url=populated, password=PASSWORD)
     assert added.returncode == 0, added.stderr
     assert "Re-evaluated" in added.stdout
     assert json.loads(tracker("excursions", "--json", "--type", "limit", db_url=populated).stdout) == []
     listed = json.loads(tracker("inhibit", "list", "--all", "--json", db_url=populated).stdout)
     assert [(i["monitor"], i["reason"], i["created_by"]) for i in listed] == [
-        ("T-B1-PC", "WO-7 probe swap", "eng.zhao")]
+        ("T-B1-PC", "WO-7 probe swap", "qa1")]
     assert json.loads(tracker("inhibit", "list", "--json", db_url=populated).stdout) == []
     refused = tracker("inhibit", "add", "--room", "T-B1", "--from", "2026-11-20T00:00:00Z",
-                      "--to", "2026-11-19T00:00:00Z", "--reason", "x", db_url=populated)
+                      "--to", "2026-11-19T00:00:00Z", "--reason", "x", "--as", "qa1", db_url=populated,
+                      password=PASSWORD)
     assert refused.returncode == 2
     assert "end after it starts" in refused.stderr

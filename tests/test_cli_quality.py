@@ -12,17 +12,7 @@ from tests.test_cli import tracker
 
 
 def run(*args: str, db_url: str, stdin: str = "", lang: str = "en"):
-    """``tracker ARGS`` with passwords on stdin (one per line)."""
-    import os
-    import subprocess
-    import sys
-
-    from tests.test_cli import ROOT
-
-    env = {**os.environ, "TRACKER_DATABASE_URL": db_url, "TRACKER_LANG": lang, "COLUMNS": "200"}
-    env.pop("TRACKER_PASSWORD", None)
-    return subprocess.run([sys.executable, "-m", "tracker.cli", *args], env=env, cwd=ROOT, input=stdin,
-                          capture_output=True, text=True, timeout=120)
+    return tracker(*args, db_url=db_url, stdin=stdin, lang=lang)
 
 
 def ok(*args: str, db_url: str, stdin: str = "") -> str:

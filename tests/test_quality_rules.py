@@ -239,3 +239,31 @@ def test_segregation_and_a_in_c_flags(facility_engine: Engine) -> None:
         "CT-D": [("open_not_grade_a", "")],
         "CT-E": [],                     # closed processing in C: no flag
     }
+
+
+# -- approvals that other issues left pending ---------------------------------------------------
+
+TIGHTER = MIN_FACILITY.read_text(encoding="utf-8").replace("alert_low = 12.0", "alert_low = 13.0")
+
+
+def test_a_change_of_facility_limits_needs_qa_approval_by_signature(people_engine: Engine) -> None:
+    from batch_records.release import all_signature_checks
+
+    engine = people_engine
+    with unit_of_work(engine) as s, pytest.raises(PermissionDeniedError, match="QA must approve"):
+        load_facility(s, parse_facility(TIGHTER), actor="admin")
+    with unit_of_work(engine) as s, pytest.raises(PermissionDeniedError, match="needs the role qa"):
+        load_facility(s, parse_facility(TIGHTER), actor="admin", approver=as_(engine, "prod"))
+    with unit_of_work(engine) as s:
+        result = load_facility(s, parse_facility(TIGHTER), actor="admin", approver=as_(engine, "qa1"))
+        assert result.revision == 2
+        (check,) = all_signature_checks(s)
+        assert (check.intact, check.signature.scope, check.signature.username) == (
+            True, "facility_limits:2", "qa1")
+    # a file that only renames a room changes no limit and needs no approval
+    with unit_of_work(engine) as s:
+        load_facility(s, parse_facility(TIGHTER.replace("准备间", "准备间二")), actor="admin")
+        s.exec(text("UPDATE facility_limit SET alert_low = 12.5 WHERE revision = 2 AND alert_low = 13.0"))
+    with unit_of_work(engine) as s:
+        (check,) = all_signature_checks(s)
+        assert (check.intact, check.problem) == (False, "the record changed after it was signed")

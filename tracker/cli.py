@@ -18,7 +18,18 @@ from rich.console import Console
 from rich.table import Table
 
 from tracker import audit
-from tracker.cli_common import ActorOpt, DbOpt, JsonOpt, MqttOpt, console, db_url, engine_for, print_json
+from tracker.cli_common import (
+    AsOpt,
+    DbOpt,
+    JsonOpt,
+    MqttOpt,
+    PwStdin,
+    console,
+    db_url,
+    engine_for,
+    login_cli,
+    print_json,
+)
 from tracker.cli_quality import register as register_quality_commands
 from tracker.db import unit_of_work
 from tracker.errors import ConflictError, TrackerError
@@ -54,13 +65,27 @@ def db_upgrade(db: DbOpt = None) -> None:
 
 
 @facility_app.command("load")
-def facility_load(file: Path, db: DbOpt = None, by: ActorOpt = "cli") -> None:
-    """Load a facility file (idempotent; every change is audited)."""
+def facility_load(file: Path, db: DbOpt = None,
+                  as_: Annotated[str | None, typer.Option("--as", help="admin loading the file (may be "
+                                                          "omitted only while no user exists)")] = None,
+                  approve_as: Annotated[str | None, typer.Option(
+                      "--approve-as", help="QA user approving a change of limits (e-signature)")] = None,
+                  password_stdin: PwStdin = False) -> None:
+    """Load a facility file (idempotent; every change is audited; limit changes need QA's signature)."""
     from tracker.facility import load_facility, read_facility_file
+    from tracker.users import count_users
 
     facility = read_facility_file(file)
     with unit_of_work(engine_for(db)) as session:
-        result = load_facility(session, facility, actor=by)
+        users_exist = count_users(session) > 0
+    if as_ is None and users_exist:
+        raise typer.BadParameter("name the admin loading the file with --as")
+    actor = login_cli(db, as_, password_stdin, "admin", action="loading a facility file").username \
+        if as_ else "bootstrap"
+    approver = login_cli(db, approve_as, password_stdin, "qa", action="approving limits") \
+        if approve_as else None
+    with unit_of_work(engine_for(db)) as session:
+        result = load_facility(session, facility, actor=actor, approver=approver)
     key = "facility_loaded" if result.changed else "facility_unchanged"
     console.print(f"{t(key)}: {result.site} {t('revision')} {result.revision} — "
                   f"{result.rooms} rooms, {result.monitors} monitors, {result.limits} limits")
@@ -73,7 +98,7 @@ def room_state(room: str, state: str,
                at: Annotated[str | None, typer.Option(help="ISO 8601 with offset; default now")] = None,
                reason: Annotated[str | None, typer.Option()] = None,
                site: Annotated[str | None, typer.Option()] = None,
-               db: DbOpt = None, by: ActorOpt = "cli") -> None:
+               db: DbOpt = None, as_: AsOpt = "", password_stdin: PwStdin = False) -> None:
     """Record a room's operational state from a moment on: in_operation or at_rest.
 
     Readings already stored after that moment are judged again (re-evaluation).
@@ -82,6 +107,8 @@ def room_state(room: str, state: str,
 
     settings = get_settings()
     effective = parse_instant(at) if at else utcnow()
+    by = login_cli(db, as_, password_stdin, "operator", "production_head", "qa",
+                   action="recording a room state").username
     with unit_of_work(engine_for(db)) as session:
         result = record_room_state(session, room_code=room, state=state, effective_at=effective,
                                    actor=by, reason=reason, site_code=site,
@@ -99,10 +126,11 @@ def reevaluate(room: Annotated[str, typer.Option(help="room code (its zones are 
                end: Annotated[str | None, typer.Option("--to", help="ISO 8601; default open")] = None,
                reason: Annotated[str | None, typer.Option()] = None,
                site: Annotated[str | None, typer.Option()] = None,
-               db: DbOpt = None, by: ActorOpt = "cli") -> None:
+               db: DbOpt = None, as_: AsOpt = "", password_stdin: PwStdin = False) -> None:
     """Judge a room's stored readings again (after a retroactive state or limit change)."""
     from tracker.reevaluate import reevaluate as run_reevaluation
 
+    by = login_cli(db, as_, password_stdin, "qa", action="re-evaluation").username
     with unit_of_work(engine_for(db)) as session:
         result = run_reevaluation(session, room_code=room, start=parse_instant(start),
                                   end=parse_instant(end) if end else None, actor=by,
@@ -266,12 +294,13 @@ def inhibit_add(start: Annotated[str, typer.Option("--from", help="ISO 8601 with
                 monitor: Annotated[str | None, typer.Option()] = None,
                 room: Annotated[str | None, typer.Option(help="the room and its zones")] = None,
                 site: Annotated[str | None, typer.Option()] = None,
-                db: DbOpt = None, by: ActorOpt = "cli") -> None:
+                db: DbOpt = None, as_: AsOpt = "", password_stdin: PwStdin = False) -> None:
     """Flag, not alarm, a monitor's or room's readings in a window; it ends by itself."""
     from tracker.facility import Monitor, Room
     from tracker.inhibits import add_inhibit
     from tracker.reevaluate import reevaluate as run_reevaluation
 
+    by = login_cli(db, as_, password_stdin, "qa", action="adding an inhibit").username
     with unit_of_work(engine_for(db)) as session:
         row = add_inhibit(session, starts_at=parse_instant(start), ends_at=parse_instant(end),
                           reason=reason, actor=by, monitor_code=monitor, room_code=room,
@@ -312,10 +341,11 @@ def inhibit_list(json_out: JsonOpt = False,
 
 @inhibit_app.command("cancel")
 def inhibit_cancel(inhibit_id: int, reason: Annotated[str, typer.Option()],
-                   db: DbOpt = None, by: ActorOpt = "cli") -> None:
+                   db: DbOpt = None, as_: AsOpt = "", password_stdin: PwStdin = False) -> None:
     """End an inhibit early (recorded with who, when and why)."""
     from tracker.inhibits import cancel_inhibit
 
+    by = login_cli(db, as_, password_stdin, "qa", action="cancelling an inhibit").username
     with unit_of_work(engine_for(db)) as session:
         cancel_inhibit(session, inhibit_id, actor=by, reason=reason)
     console.print(f"inhibit {inhibit_id} ended")
@@ -351,10 +381,11 @@ def rollups_verify(start: Annotated[str, typer.Option("--from", help="ISO 8601 w
 @rollups_app.command("rebuild")
 def rollups_rebuild(start: Annotated[str, typer.Option("--from", help="ISO 8601 with offset")],
                     end: Annotated[str, typer.Option("--to", help="ISO 8601 with offset")],
-                    db: DbOpt = None, by: ActorOpt = "cli") -> None:
+                    db: DbOpt = None, as_: AsOpt = "", password_stdin: PwStdin = False) -> None:
     """Replace the window's hourly rollups with a recomputation from raw readings (audited)."""
     from tracker.rollups import rebuild_rollups
 
+    by = login_cli(db, as_, password_stdin, "admin", "qa", action="rebuilding rollups").username
     with unit_of_work(engine_for(db)) as session:
         kinds = _kinds(session)
         n = rebuild_rollups(session, kinds, list(kinds), parse_instant(start), parse_instant(end))

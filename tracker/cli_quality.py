@@ -8,8 +8,6 @@ each signing command re-authenticates with both components (21 CFR 11.200(a)(1)(
 
 from __future__ import annotations
 
-import os
-import sys
 from datetime import date
 from typing import Annotated
 
@@ -17,12 +15,25 @@ import typer
 from rich.table import Table
 from sqlmodel import Session
 
-from tracker.cli_common import DbOpt, JsonOpt, console, engine_for, print_json
+from tracker.cli_common import (
+    AsOpt,
+    DbOpt,
+    JsonOpt,
+    PwStdin,
+    console,
+    engine_for,
+    print_json,
+)
+from tracker.cli_common import (
+    login_cli as _login,
+)
+from tracker.cli_common import (
+    password_from as _password,
+)
 from tracker.db import unit_of_work
 from tracker.i18n import t
 from tracker.settings import get_settings
 from tracker.timeutil import local_display, parse_instant, utcnow
-from tracker.users import Authenticated, login
 
 user_app = typer.Typer(help="Users and roles (用户与角色).", no_args_is_help=True)
 batch_app = typer.Typer(help="Batch records (批生产记录): sign-off chain and release.", no_args_is_help=True)
@@ -31,36 +42,8 @@ link_app = typer.Typer(help="Excursion ↔ batch-step exposure links for QA to d
 deviation_app = typer.Typer(help="Deviations (偏差) from excursions or by hand.", no_args_is_help=True)
 capa_app = typer.Typer(help="CAPA actions (纠正预防措施) of a deviation.", no_args_is_help=True)
 
-AsOpt = Annotated[str, typer.Option("--as", help="your user name (you will be asked for your password)")]
-PwStdin = Annotated[bool, typer.Option("--password-stdin", help="read the password from stdin's first line")]
 SiteOpt = Annotated[str | None, typer.Option("--site", help="site code (when several)")]
 CommentOpt = Annotated[str | None, typer.Option(help="comment recorded with the signature")]
-
-_stdin_lines: list[str] | None = None
-
-
-def _stdin_line() -> str:
-    """Next line of stdin (the password, then a new password for ``user passwd``)."""
-    global _stdin_lines
-    if _stdin_lines is None:
-        _stdin_lines = sys.stdin.read().splitlines()
-    if not _stdin_lines:
-        raise typer.BadParameter("stdin has no (more) password lines")
-    return _stdin_lines.pop(0)
-
-
-def _password(prompt: str, from_stdin: bool, *, env: bool = True, confirm: bool = False) -> str:
-    if from_stdin:
-        return _stdin_line()
-    if env and os.environ.get("TRACKER_PASSWORD"):
-        return os.environ["TRACKER_PASSWORD"]
-    return typer.prompt(prompt, hide_input=True, confirmation_prompt=confirm)
-
-
-def _login(db: str | None, username: str, from_stdin: bool) -> Authenticated:
-    return login(engine_for(db), username=username, password=_password(f"{t('password')} ({username})",
-                                                                       from_stdin))
-
 
 def _site(session: Session, code: str | None):
     from tracker.facility import get_site

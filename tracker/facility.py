@@ -18,9 +18,9 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from sqlalchemy import Column, Text, UniqueConstraint
 from sqlmodel import Field, Session, SQLModel, select
 
-from tracker import audit
+from tracker import audit, signatures
 from tracker.db import UTCDateTime
-from tracker.errors import FacilityFileError, InvalidInputError, NotFoundError
+from tracker.errors import FacilityFileError, InvalidInputError, NotFoundError, PermissionDeniedError
 from tracker.limits import (
     GRADES,
     KINDS,
@@ -31,6 +31,7 @@ from tracker.limits import (
     resolve_monitor_limits,
 )
 from tracker.timeutil import utcnow
+from tracker.users import Authenticated, require_role
 
 # --------------------------------------------------------------------------- tables
 
@@ -341,15 +342,50 @@ def _room_row(r: RoomDef) -> dict:
     return {"name": r.name, "name_en": r.name_en, "grade": r.grade, "area_m2": r.area_m2}
 
 
+_LIMIT_FIELDS = ("kind", "state", "monitor_code", "room_code", "grade", "channel", "alert_low",
+                 "alert_high", "action_low", "action_high", "delay_s", "note")
+
+
+def _limit_rows(facility: FacilityDef) -> list[dict]:
+    return [{"kind": lv.kind, "state": lv.state, "monitor_code": lv.monitor, "room_code": lv.room,
+             "grade": lv.grade, "channel": lv.channel, "alert_low": lv.alert_low,
+             "alert_high": lv.alert_high, "action_low": lv.action_low, "action_high": lv.action_high,
+             "delay_s": lv.delay_s, "note": lv.note or None} for lv in facility.levels]
+
+
+def limits_content(session: Session, site: Site, revision: int) -> dict:
+    """The facility limits of one revision as signed when a change is approved."""
+    rows = session.exec(select(FacilityLimit).where(FacilityLimit.site_id == site.id,
+                                                    FacilityLimit.revision == revision)
+                        .order_by(FacilityLimit.position)).all()
+    return {"site": site.code, "revision": revision, "limit_set": site.limit_set,
+            "levels": [{k: getattr(r, k) for k in _LIMIT_FIELDS} for r in rows]}
+
+
 def load_facility(session: Session, facility: FacilityDef, *, actor: str,
-                  now: datetime | None = None) -> LoadResult:
-    """Apply a parsed facility file; unchanged files are a no-op (idempotent)."""
+                  approver: Authenticated | None = None, now: datetime | None = None) -> LoadResult:
+    """Apply a parsed facility file; unchanged files are a no-op (idempotent).
+
+    A file that changes the facility's alert/action levels or its regulatory limit set needs
+    QA's approval by e-signature (``approver``; a change of quality-relevant settings is
+    approved by QA — GMP 2010 Art. 23, 计算机化系统附录 on changes to critical data). The first
+    load of a site sets its validated starting point and needs none.
+    """
     now = now or utcnow()
     digest = facility.digest()
     site = session.exec(select(Site).where(Site.code == facility.code)).first()
     if site is not None and site.file_sha256 == digest:
         return LoadResult(site.code, site.revision, False, len(facility.rooms),
                           len(facility.monitors), len(facility.levels))
+    limits_change = site is not None and (
+        limits_content(session, site, site.revision)["levels"] != _limit_rows(facility)
+        or site.limit_set != facility.limit_set)
+    if limits_change:
+        if approver is None:
+            raise PermissionDeniedError(
+                f"the file changes the limits of {site.code}: QA must approve the change with an "
+                "e-signature (tracker facility load … --approve-as QA_USER)")
+        require_role(approver, "qa", action="approving a change of facility limits")
     before_site = site.model_dump(exclude={"updated_at"}) if site else None
     if site is None:
         site = Site(code=facility.code, name=facility.name, updated_at=now)
@@ -436,6 +472,11 @@ def load_facility(session: Session, facility: FacilityDef, *, actor: str,
                  after=[asdict(lv) for lv in facility.levels], at=now,
                  reason=f"facility levels of revision {site.revision}")
     session.flush()
+    if limits_change:
+        signatures.sign(session, signer=approver, meaning="approved", entity="site", entity_key=site.code,
+                        scope=f"facility_limits:{site.revision}", statement="QA approves the change of "
+                        f"facility limits (revision {site.revision})",
+                        content=limits_content(session, site, site.revision), now=now)
     return LoadResult(site.code, site.revision, True, len(facility.rooms),
                       len(facility.monitors), len(facility.levels), tuple(deactivated))
 
