@@ -4,8 +4,10 @@
   (cell-therapy guideline 2022 / GMP Annex 1 第十三条: open operations in grade A).
 * ``a_in_c``: open processing in a grade A zone whose background is grade C — the municipal
   pilots' entry floor (C级背景下的A级, regulatory.md §6.3, §10.2), below the guideline's A in B.
+* ``a_background_below_c``: the same in a grade A zone with a D, unclassified or no background.
 * ``segregation``: open steps of two different donors overlapping in time in the same room or
-  zone (guideline §6.4: do not process different donors' material together).
+  anywhere in the same containment tree — a zone and the room around it share the air
+  (guideline §6.4: do not process different donors' material together).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from datetime import datetime
 from sqlmodel import Session, select
 
 from batch_records.models import Batch, ProcessStep
-from tracker.facility import Room
+from tracker.facility import Room, containing_rooms
 
 
 @dataclass(frozen=True)
@@ -35,6 +37,13 @@ class Flag:
 
 def _overlap(a_start: datetime, a_end: datetime | None, b_start: datetime, b_end: datetime | None) -> bool:
     return (b_end is None or a_start < b_end) and (a_end is None or b_start < a_end)
+
+
+def _tree_of(session: Session, room: Room) -> list[int]:
+    """Every room sharing ``room``'s outermost containing room (the air it shares)."""
+    from tracker.reevaluate import rooms_within
+
+    return [r.id for r in rooms_within(session, containing_rooms(session, room)[-1])]
 
 
 def batch_flags(session: Session, batch: Batch) -> list[Flag]:
@@ -56,14 +65,23 @@ def batch_flags(session: Session, batch: Batch) -> list[Flag]:
                               "低于指南要求的B级背景",
                               f"open processing in grade A with a grade C background ({room.code} in "
                               f"{background.code}), below the guideline's grade B background"))
+        elif background is None or background.grade not in ("A", "B"):
+            where = background.code if background else "—"
+            grade = background.grade if background else "—"
+            flags.append(Flag("a_background_below_c", step.id, room.code,
+                              f"开放操作在背景为{grade}（{where}）的A级（{room.code}），低于C级背景",
+                              f"open processing in grade A ({room.code}) with a background of grade "
+                              f"{grade} ({where}), below even grade C"))
+        tree = _tree_of(session, room)
         others = session.exec(
             select(ProcessStep, Batch).join(Batch, Batch.id == ProcessStep.batch_id)
-            .where(ProcessStep.room_id == step.room_id, ProcessStep.open_processing,
+            .where(ProcessStep.room_id.in_(tree), ProcessStep.open_processing,
                    ProcessStep.batch_id != batch.id, Batch.donor_id != batch.donor_id)).all()
         for other, other_batch in others:
             if _overlap(step.start, step.end, other.start, other.end):
+                other_room = session.get(Room, other.room_id).code
                 flags.append(Flag("segregation", step.id, room.code,
-                                  f"与批次 {other_batch.number}（另一供者）在 {room.code} 同时进行开放操作",
-                                  f"open processing overlaps batch {other_batch.number} (another donor) "
-                                  f"in {room.code}", other_batch=other_batch.number))
+                                  f"与批次 {other_batch.number}（另一供者，{other_room}）同时进行开放操作",
+                                  f"open processing overlaps batch {other_batch.number} (another donor, "
+                                  f"in {other_room})", other_batch=other_batch.number))
     return flags

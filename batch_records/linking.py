@@ -9,7 +9,9 @@ each proposal with a reason.
 Proposals are a function of the stored excursions and steps, materialised idempotently by
 :func:`sync_links` before anything reads them. When re-evaluation supersedes an excursion or
 a step's window stops overlapping, an undecided proposal is withdrawn (decided ones stay as
-history; the replacing excursion gets its own proposal).
+history; the replacing excursion gets its own proposal). A decision is about the excursion as
+it stood: when the same excursion later grows (a higher level, a longer window — it was still
+open, or late data reshaped it), the decision reopens and QA decides again.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from tracker.deviations import (
 from tracker.errors import ConflictError, InvalidInputError, NotFoundError
 from tracker.excursions import Excursion
 from tracker.facility import Monitor, Room, Site, containing_rooms
-from tracker.timeutil import utcnow
+from tracker.timeutil import iso_utc, utcnow
 from tracker.users import Authenticated, require_role
 
 SYSTEM = "system:linking"
@@ -74,6 +76,10 @@ def sync_links(session: Session, *, batch: Batch | None = None, now: datetime | 
                                 "level": ex.level}, at=now)
             changed += 1
         for excursion_id, link in existing.items():
+            ex = wanted.get(excursion_id)
+            if ex is not None and link.status in ("confirmed", "rejected") and _changed(link, ex):
+                _reopen(session, link, ex, number, now)
+                changed += 1
             if link.status == "proposed" and excursion_id not in wanted:
                 link.status, link.decided_by, link.decided_at = "withdrawn", SYSTEM, now
                 link.reason = "the excursion was superseded or no longer overlaps the step"
@@ -84,6 +90,25 @@ def sync_links(session: Session, *, batch: Batch | None = None, now: datetime | 
                 changed += 1
     session.flush()
     return changed
+
+
+def _changed(link: ExcursionLink, ex: Excursion) -> bool:
+    """Has the excursion changed since QA decided on it?"""
+    return (link.decided_level, link.decided_started_at, link.decided_ended_at) != (
+        ex.level, ex.started_at, ex.ended_at)
+
+
+def _reopen(session: Session, link: ExcursionLink, ex: Excursion, number: str, now: datetime) -> None:
+    before = {"status": link.status, "level": link.decided_level,
+              "started_at": iso_utc(link.decided_started_at), "ended_at": iso_utc(link.decided_ended_at)}
+    link.status, link.decided_by, link.decided_at, link.reason = "proposed", None, None, None
+    link.decided_level = link.decided_started_at = link.decided_ended_at = None
+    session.add(link)
+    audit.record(session, actor=SYSTEM, action="link.reopen", entity="batch", entity_key=number,
+                 before=before, after={"link": link.id, "status": "proposed", "level": ex.level,
+                                       "started_at": iso_utc(ex.started_at),
+                                       "ended_at": iso_utc(ex.ended_at)},
+                 reason="the excursion changed after QA decided", at=now)
 
 
 def links_of(session: Session, batch: Batch) -> list[ExcursionLink]:
@@ -105,8 +130,10 @@ def decide_link(session: Session, *, actor: Authenticated, link_id: int, exposed
         raise InvalidInputError("a link decision needs its reason")
     now = now or utcnow()
     batch = session.get(Batch, link.batch_id)
+    ex = session.get(Excursion, link.excursion_id)
     link.status = "confirmed" if exposed else "rejected"
     link.decided_by, link.decided_at, link.reason = actor.username, now, reason.strip()
+    link.decided_level, link.decided_started_at, link.decided_ended_at = ex.level, ex.started_at, ex.ended_at
     session.add(link)
     audit.record(session, actor=actor.username, action=f"link.{link.status}", entity="batch",
                  entity_key=batch.number, before={"status": "proposed"},

@@ -64,6 +64,10 @@ class ExcursionLink(SQLModel, table=True):
     decided_by: str | None = Field(default=None, max_length=60)
     decided_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     reason: str | None = Field(default=None, sa_column=Column(Text))
+    #: the excursion as it stood when QA decided; if it changes later the decision reopens
+    decided_level: str | None = Field(default=None, max_length=16)
+    decided_started_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    decided_ended_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
 
 
 class ReviewAssessment(SQLModel, table=True):

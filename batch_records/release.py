@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from sqlalchemy import update
 from sqlmodel import Session, select
 
 from batch_records.flags import batch_flags
@@ -29,7 +30,7 @@ from batch_records.steps import step_content, steps_of
 from tracker import audit, signatures
 from tracker.deviations import Deviation, DeviationBatch
 from tracker.errors import ConflictError, InvalidInputError, PermissionDeniedError
-from tracker.facility import Room, Site, limits_content
+from tracker.facility import Room, Site
 from tracker.timeutil import iso_utc, utcnow
 from tracker.users import Authenticated, require_role
 
@@ -46,29 +47,30 @@ def batch_content(session: Session, batch: Batch) -> dict:
 
 def signature_checks(session: Session, batch: Batch) -> list[signatures.SignatureCheck]:
     """The batch's own signatures and its steps' ``performed`` signatures, each checked."""
-    checks = [signatures.check(sig, batch_content(session, batch))
-              for sig in signatures.signatures_of(session, "batch", batch.number)]
+    content = batch_content(session, batch)
+    checks = signatures.check_all(signatures.signatures_of(session, "batch", batch.number),
+                                  lambda _sig: content)
     for step in steps_of(session, batch):
-        checks += [signatures.check(sig, step_content(session, step))
-                   for sig in signatures.signatures_of(session, "process_step", str(step.id))]
+        checks += signatures.check_all(signatures.signatures_of(session, "process_step", str(step.id)),
+                                       lambda _sig, step=step: step_content(session, step))
     return checks
 
 
-def all_signature_checks(session: Session) -> list[signatures.SignatureCheck]:
-    """Every signature in the database checked against its record (for ``tracker audit verify``)."""
-    from tracker.deviations import list_deviations
-    from tracker.deviations import signature_checks as deviation_checks
+#: the signatures a batch status stands on (a status without them was not reached by signing)
+REQUIRED_SCOPES = {"production_signed": ("production",), "qa_reviewed": ("production", "qa_review"),
+                   "released": ("production", "qa_review", "release"), "rejected": ("rejection",)}
 
-    checks = []
-    for batch in session.exec(select(Batch).order_by(Batch.id)):
-        checks += signature_checks(session, batch)
-    for dev in list_deviations(session):
-        checks += deviation_checks(session, dev)
-    for site in session.exec(select(Site).order_by(Site.id)):
-        for sig in signatures.signatures_of(session, "site", site.code):
-            revision = int(sig.scope.split(":")[1])
-            checks.append(signatures.check(sig, limits_content(session, site, revision)))
-    return checks
+
+def status_problems(session: Session, batch: Batch) -> list[str]:
+    """A status or an ended step without the signature it needs (e.g. a raw SQL status change)."""
+    scopes = {c.signature.scope for c in signature_checks(session, batch)
+              if c.signature.entity == "batch" and c.intact}
+    problems = [f"batch {batch.number} is {batch.status} without its {scope} signature"
+                for scope in REQUIRED_SCOPES.get(batch.status, ()) if scope not in scopes]
+    for step in steps_of(session, batch):
+        if step.end is not None and not signatures.signatures_of(session, "process_step", str(step.id)):
+            problems.append(f"step {step.id} of batch {batch.number} ended without its performed signature")
+    return problems
 
 
 def _signer_of(session: Session, batch: Batch, scope: str) -> str | None:
@@ -105,7 +107,7 @@ def gate_reasons(session: Session, batch: Batch, *, now: datetime | None = None)
         if not check.intact:
             reasons.append(f"signature {check.signature.id} ({check.signature.meaning} by "
                            f"{check.signature.username}) is broken: {check.problem}")
-    return reasons
+    return reasons + status_problems(session, batch)
 
 
 def _refuse_if_gate_closed(session: Session, batch: Batch, action: str, now: datetime) -> None:
@@ -120,8 +122,12 @@ def _transition(session: Session, *, signer: Authenticated, batch: Batch, to: st
                           scope=scope, statement=statement, content=batch_content(session, batch),
                           comment=comment, now=now)
     before = batch.status
-    batch.status, batch.updated_at = to, now
-    session.add(batch)
+    # only from the status checked above: a concurrent transition makes this one fail, not both pass
+    moved = session.execute(update(Batch).where(Batch.id == batch.id, Batch.status == before)
+                            .values(status=to, updated_at=now)).rowcount
+    if moved != 1:
+        raise ConflictError(f"batch {batch.number} changed while this was being signed; look again")
+    session.refresh(batch)
     audit.record(session, actor=signer.username, action=f"batch.{to}", entity="batch",
                  entity_key=batch.number, before={"status": before},
                  after={"status": to, "signature": sig.seal}, reason=comment, at=now)
@@ -192,19 +198,25 @@ def reject(session: Session, *, signer: Authenticated, batch: Batch, reason: str
         raise ConflictError(f"batch {batch.number} is {batch.status} already")
     if not reason or not reason.strip():
         raise InvalidInputError("a rejection needs its reason")
+    running = [s.id for s in steps_of(session, batch) if s.end is None]
+    if running:
+        raise ConflictError(f"batch {batch.number} still has running steps; end them first "
+                            "(their rooms stay in operation until then)", [f"step {i}" for i in running])
     return _transition(session, signer=signer, batch=batch, to="rejected", meaning="rejected",
                        scope="rejection", statement="batch rejected", comment=reason.strip(),
                        now=now or utcnow())
 
 
-def batch_report(session: Session, batch: Batch, *, tz: str, now: datetime | None = None) -> dict:
-    """Everything QA and the QP look at for one batch, as one JSON-ready document."""
+def batch_report(session: Session, batch: Batch, *, now: datetime | None = None) -> dict:
+    """Everything QA and the QP look at for one batch, as one JSON-ready document (local times
+    in the site's time zone)."""
     now = now or utcnow()
     items = review_items(session, batch, now=now)
     site = session.get(Site, batch.site_id)
+    tz = site.timezone
     return {
         "number": batch.number, "product": batch.product, "donor_id": batch.donor_id,
-        "patient_id": batch.patient_id, "status": batch.status, "site": site.code,
+        "patient_id": batch.patient_id, "status": batch.status, "site": site.code, "timezone": tz,
         "created_at": iso_utc(batch.created_at), "created_by": batch.created_by,
         "steps": batch_content(session, batch)["steps"],
         "flags": [f.to_json() for f in batch_flags(session, batch)],

@@ -95,8 +95,15 @@ def _check_times(start: datetime, end: datetime | None, now: datetime) -> None:
 
 
 def start_step(session: Session, *, actor: Authenticated, batch: Batch, name: str, room_code: str,
-               start: datetime, open_processing: bool, now: datetime | None = None) -> ProcessStep:
-    """Record a step that has started; its operator is the authenticated actor (attributable)."""
+               start: datetime, open_processing: bool, late_reason: str | None = None,
+               now: datetime | None = None) -> ProcessStep:
+    """Record a step that has started; its operator is the authenticated actor (attributable).
+
+    Records are contemporaneous (同步记录): a step entered more than ``TRACKER_STEP_LATE_AFTER_MIN``
+    after it started needs the reason it is late, and one older than
+    ``TRACKER_STEP_BACKDATE_MAX_H`` is refused — a backdated step re-judges the readings of its
+    window by in-operation limits, so it must not become a quiet way of moving limits.
+    """
     require_role(actor, "operator", "production_head", action="recording a process step")
     if batch.status != "in_progress":
         raise ConflictError(f"batch {batch.number} is {batch.status}; steps are added while in progress")
@@ -104,6 +111,14 @@ def start_step(session: Session, *, actor: Authenticated, batch: Batch, name: st
         raise InvalidInputError("a step needs a name")
     now = now or utcnow()
     _check_times(start, None, now)
+    settings = get_settings()
+    if now - start > timedelta(hours=settings.step_backdate_max_h):
+        raise InvalidInputError(f"a step cannot be recorded more than {settings.step_backdate_max_h:g} h "
+                                "after it started; record it as a deviation instead")
+    late = now - start > timedelta(minutes=settings.step_late_after_min)
+    if late and not (late_reason and late_reason.strip()):
+        raise InvalidInputError(f"the step started {int((now - start).total_seconds() // 60)} min ago: "
+                                "say why it is recorded late")
     site = session.get(Site, batch.site_id)
     room = find_room(session, room_code, site_code=site.code)
     if not room.active:
@@ -114,7 +129,8 @@ def start_step(session: Session, *, actor: Authenticated, batch: Batch, name: st
     session.flush()
     session.add(OperationPeriod(room_id=room.id, start=start, source=STEP_SOURCE, source_key=str(step.id)))
     audit.record(session, actor=actor.username, action="batch.step_start", entity="batch",
-                 entity_key=batch.number, after=_step_json(step, room), at=now)
+                 entity_key=batch.number, after=_step_json(step, room), at=now,
+                 reason=f"recorded late: {late_reason.strip()}" if late else None)
     session.flush()
     _rejudge(session, room=room, site=site, start=start, end=None, actor=actor.username,
              why=f"step {step.id} of batch {batch.number} put {room.code} in operation")
@@ -123,15 +139,19 @@ def start_step(session: Session, *, actor: Authenticated, batch: Batch, name: st
 
 def end_step(session: Session, *, signer: Authenticated, step_id: int, end: datetime,
              comment: str | None = None, now: datetime | None = None) -> ProcessStep:
-    """The operator ends their step and signs it ``performed`` (Art. 174: confirms, signs, dates)."""
+    """The operator ends their step and signs it ``performed`` (Art. 174: confirms, signs, dates).
+    If the operator cannot (absent, deactivated), the production head ends it with the reason."""
     step = session.get(ProcessStep, step_id)
     if step is None:
         raise NotFoundError(f"no process step {step_id}")
     if step.end is not None:
         raise ConflictError(f"step {step_id} ended already")
-    if signer.username != step.operator:
+    on_behalf = signer.username != step.operator
+    if on_behalf and not signer.has("production_head"):
         raise PermissionDeniedError(f"step {step_id} is {step.operator}'s; only its operator signs it "
-                                    "as performed")
+                                    "as performed (or the production head ends it, with the reason)")
+    if on_behalf and not (comment and comment.strip()):
+        raise InvalidInputError(f"ending {step.operator}'s step for them needs the reason")
     now = now or utcnow()
     _check_times(step.start, end, now)
     batch = session.get(Batch, step.batch_id)
@@ -142,9 +162,13 @@ def end_step(session: Session, *, signer: Authenticated, step_id: int, end: date
                                                         OperationPeriod.source_key == str(step.id))).one()
     period.end, period.version = end, period.version + 1
     session.add(period)
-    signatures.sign(session, signer=signer, meaning="performed", entity="process_step",
-                    entity_key=str(step.id), scope="step", statement="operator confirms the step as "
-                    "performed (GMP 2010 Art. 174)", content=step_content(session, step),
+    if on_behalf:
+        meaning, statement = "approved", (f"production head ends the step of {step.operator}, who could "
+                                          "not (their own performed signature is missing)")
+    else:
+        meaning, statement = "performed", "operator confirms the step as performed (GMP 2010 Art. 174)"
+    signatures.sign(session, signer=signer, meaning=meaning, entity="process_step", entity_key=str(step.id),
+                    scope="step", statement=statement, content=step_content(session, step),
                     comment=comment, now=now)
     audit.record(session, actor=signer.username, action="batch.step_end", entity="batch",
                  entity_key=batch.number, after=_step_json(step, room), at=now)

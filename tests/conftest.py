@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 from collections.abc import Iterator
 from datetime import datetime
@@ -17,6 +18,13 @@ from tracker.db import get_engine, unit_of_work
 from tracker.facility import load_facility, read_facility_file
 from tracker.migrate import upgrade
 from tracker.roomstate import set_room_state
+
+# argon2's cheapest profile for the suite only (hundreds of logins); production keeps RFC 9106
+os.environ.setdefault("TRACKER_PASSWORD_HASH_PROFILE", "CHEAPEST")
+# the suite records steps against data stamped 2026-11-20 whatever today's date: by the wall
+# clock they are late; tests/test_quality_rules.py checks the lateness rules themselves
+os.environ.setdefault("TRACKER_STEP_BACKDATE_MAX_H", "1000000")
+os.environ.setdefault("TRACKER_STEP_LATE_AFTER_MIN", "1000000")
 
 DATA = Path(__file__).parent / "data"
 MIN_FACILITY = DATA / "facility-min.toml"

@@ -40,20 +40,36 @@ def seconds(n: float) -> timedelta:
 
 #: one account per role for the quality tests; passwords are test-only values
 PASSWORD = "correct horse battery staple"
+TEMPORARY_PASSWORD = "temporary password set by the admin"
 PEOPLE = {
     "admin": ("系统管理员 Admin", ["admin"]),
     "op1": ("操作员 王芳 Wang Fang", ["operator"]),
     "op2": ("操作员 李雷 Li Lei", ["operator"]),
     "prod": ("生产负责人 张伟 Zhang Wei", ["production_head"]),
     "qa1": ("QA 刘洋 Liu Yang", ["qa"]),
+    "qa2": ("QA 赵敏 Zhao Min", ["qa"]),
     "qp1": ("质量受权人 陈静 Chen Jing", ["qp"]),
 }
 
 
-def make_people(engine) -> None:
-    """Create the first admin explicitly, then the others as that admin."""
+def add_person(engine, username: str, full_name: str, roles: list[str]) -> None:
+    """One more account, created by the admin and taken over by its owner (new password)."""
     from tracker.db import unit_of_work
-    from tracker.users import create_user, login
+    from tracker.users import change_password, create_user, login
+
+    with unit_of_work(engine) as s:
+        create_user(s, username=username, full_name=full_name, roles=roles, password=TEMPORARY_PASSWORD,
+                    actor=as_(engine, "admin"))
+    me = login(engine, username=username, password=TEMPORARY_PASSWORD)
+    with unit_of_work(engine) as s:
+        change_password(s, actor=me, new_password=PASSWORD)
+
+
+def make_people(engine) -> None:
+    """Create the first admin explicitly, then the others as that admin; each then replaces the
+    password the admin chose (a must before signing anything)."""
+    from tracker.db import unit_of_work
+    from tracker.users import change_password, create_user, login
 
     with unit_of_work(engine) as s:
         name, roles = PEOPLE["admin"]
@@ -62,8 +78,13 @@ def make_people(engine) -> None:
     with unit_of_work(engine) as s:
         for username, (name, roles) in PEOPLE.items():
             if username != "admin":
-                create_user(s, username=username, full_name=name, roles=roles, password=PASSWORD,
-                            actor=admin)
+                create_user(s, username=username, full_name=name, roles=roles,
+                            password=TEMPORARY_PASSWORD, actor=admin)
+    for username in PEOPLE:
+        if username != "admin":
+            me = login(engine, username=username, password=TEMPORARY_PASSWORD)
+            with unit_of_work(engine) as s:
+                change_password(s, actor=me, new_password=PASSWORD)
 
 
 def as_(engine, username: str):

@@ -9,6 +9,7 @@ import pytest
 from sqlalchemy import Engine
 from sqlmodel import select
 
+from batch_records.integrity import all_signature_checks, integrity_problems
 from batch_records.linking import decide_link, links_of, raise_deviation, sync_links
 from batch_records.release import batch_report, gate_reasons, qa_review, release, sign_production
 from batch_records.steps import complete_batch, create_batch, end_step, get_batch, start_step
@@ -18,7 +19,7 @@ from tests.mqtt_helpers import publish_all, running_ingester, wait_until
 from tracker import deviations as dv
 from tracker.audit import AuditEvent, verify_chain
 from tracker.db import unit_of_work
-from tracker.errors import ConflictError
+from tracker.errors import ConflictError, PermissionDeniedError
 from tracker.excursions import list_excursions
 from tracker.facility import Monitor, get_site
 from tracker.readings import Reading
@@ -100,7 +101,9 @@ def test_batch_from_excursion_to_release_with_gate_and_audit(people_engine: Engi
         batch = get_batch(s, "CT-2026-001")
         dv.assess_impact(s, actor=as_(engine, "qa1"), dev=dev, batch_id=batch.id, batch_number=batch.number,
                          impact="minor", assessment="closed vessels except 2 min; sterility test passed")
-        dv.approve_investigation(s, signer=as_(engine, "qa1"), dev=dev)
+        with pytest.raises(PermissionDeniedError, match="nobody checks their own entry"):
+            dv.approve_investigation(s, signer=as_(engine, "qa1"), dev=dev)
+        dv.approve_investigation(s, signer=as_(engine, "qa2"), dev=dev)
         with pytest.raises(ConflictError, match="at least one CAPA"):
             dv.close_deviation(s, signer=as_(engine, "qa1"), dev=dev)
         capa = dv.add_capa(s, actor=as_(engine, "qa1"), dev=dev, kind="corrective",
@@ -108,16 +111,25 @@ def test_batch_from_excursion_to_release_with_gate_and_audit(people_engine: Engi
                            due=(T0 + timedelta(days=14)).date())
         with pytest.raises(ConflictError, match="not done"):
             dv.close_deviation(s, signer=as_(engine, "qa1"), dev=dev)
+        prevent = dv.add_capa(s, actor=as_(engine, "qa1"), dev=dev, kind="preventive",
+                              description="sash interlock alarm", owner="prod",
+                              due=(T0 + timedelta(days=60)).date())
         dv.complete_capa(s, actor=as_(engine, "op1"), capa_id=capa.id, outcome="marked; 6 operators trained")
         dv.close_deviation(s, signer=as_(engine, "qa1"), dev=dev)
-        assert [c.intact for c in dv.signature_checks(s, dev)] == [True, True]
+    with unit_of_work(engine) as s:   # the preventive action and its check come after closure
+        dv.complete_capa(s, actor=as_(engine, "prod"), capa_id=prevent.id, outcome="alarm installed")
+        dv.check_effectiveness(s, actor=as_(engine, "qa2"), capa_id=prevent.id, effective=True,
+                               note="no sash excursion in 30 days")
+        dev = dv.get_deviation(s, number)
+        assert [(c.signature.scope, c.status) for c in dv.signature_checks(s, dev)] == [
+            ("investigation", "intact"), ("closure", "intact")]
 
     with unit_of_work(engine) as s:
         qa_review(s, signer=as_(engine, "qa1"), batch=get_batch(s, "CT-2026-001"))
     with unit_of_work(engine) as s:
         batch = release(s, signer=as_(engine, "qp1"), batch=get_batch(s, "CT-2026-001"))
         assert batch.status == "released"
-        report = batch_report(s, batch, tz="Asia/Shanghai")
+        report = batch_report(s, batch)
         assert [(g["meaning"], g["username"], g["intact"]) for g in report["signatures"]] == [
             ("approved", "prod", True), ("reviewed", "qa1", True), ("released", "qp1", True),
             ("performed", "op1", True)]
@@ -125,6 +137,8 @@ def test_batch_from_excursion_to_release_with_gate_and_audit(people_engine: Engi
         assert [i["exposed"] for i in report["review"]] == ["yes"]
         actions = [e.action for e in s.exec(select(AuditEvent).order_by(AuditEvent.id))]
         intact, count, broken = verify_chain(s)
+        assert [c.status for c in all_signature_checks(s)] == ["intact"] * 6
+        assert integrity_problems(s) == []
     assert (intact, broken) == (True, None)
     assert count == len(actions)
     expected = ["batch.create", "batch.step_start", "signature.performed", "batch.step_end", "batch.complete",

@@ -7,7 +7,7 @@ import sqlite3
 
 from sqlalchemy import Engine
 
-from tests.factories import PASSWORD, T0, iso, minutes
+from tests.factories import PASSWORD, T0, TEMPORARY_PASSWORD, iso, minutes
 from tests.test_cli import tracker
 
 
@@ -33,7 +33,10 @@ def test_accounts_batch_and_signatures_from_the_command_line(facility_engine: En
     for name, roles in (("op1", ["operator"]), ("prod", ["production_head"]), ("qa1", ["qa"])):
         role_args = [a for r in roles for a in ("--role", r)]
         ok("user", "create", name, "--name", f"Person {name}", *role_args, "--as", "admin",
-           "--password-stdin", db_url=db_url, stdin=pw + pw)
+           "--password-stdin", db_url=db_url, stdin=pw + TEMPORARY_PASSWORD + "\n")
+        # the owner replaces the password the admin chose before it can sign anything
+        ok("user", "passwd", "--as", name, "--password-stdin", db_url=db_url,
+           stdin=TEMPORARY_PASSWORD + "\n" + pw)
     users = json.loads(ok("user", "list", "--json", db_url=db_url))
     assert [(u["username"], u["roles"]) for u in users] == [
         ("admin", "admin"), ("op1", "operator"), ("prod", "production_head"), ("qa1", "qa")]
@@ -43,6 +46,8 @@ def test_accounts_batch_and_signatures_from_the_command_line(facility_engine: En
     out = ok("step", "start", "CT-9", "--name", "seeding", "--room", "T-B1-BSC", "--open", "--at", iso(T0),
              "--as", "op1", "--password-stdin", db_url=db_url, stdin=pw)
     step_id = out.split()[1].rstrip(":")
+    env_password = tracker("step", "end", step_id, "--as", "op1", db_url=db_url, password=PASSWORD)
+    assert env_password.returncode != 0       # TRACKER_PASSWORD never signs: it asked for the password
     wrong = run("step", "end", step_id, "--at", iso(T0 + minutes(40)), "--as", "op1", "--password-stdin",
                 db_url=db_url, stdin="wrong password!!\n")
     assert wrong.returncode == 2

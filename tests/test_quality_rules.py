@@ -13,7 +13,7 @@ from batch_records.flags import batch_flags
 from batch_records.release import gate_reasons, qa_review, reject, release, sign_production, signature_checks
 from batch_records.steps import complete_batch, create_batch, end_step, get_batch, start_step
 from tests.conftest import MIN_FACILITY
-from tests.factories import PASSWORD, T0, as_, make_people, minutes
+from tests.factories import PASSWORD, T0, add_person, as_, make_people, minutes
 from tracker import audit
 from tracker.db import unit_of_work
 from tracker.errors import AuthenticationError, ConflictError, InvalidInputError, PermissionDeniedError
@@ -117,9 +117,7 @@ def test_separation_of_duties(people_engine: Engine) -> None:
 
 def test_nobody_reviews_their_own_entry(people_engine: Engine) -> None:
     engine = people_engine
-    with unit_of_work(engine) as s:
-        create_user(s, username="prod2", full_name="Prod Two", roles=["production_head", "operator"],
-                    password=PASSWORD, actor=as_(engine, "admin"))
+    add_person(engine, "prod2", "Prod Two", ["production_head", "operator"])
     finished_batch(engine, operator="prod2", end=T0 + minutes(30))
     with unit_of_work(engine) as s, pytest.raises(PermissionDeniedError, match="their own entry"):
         sign_production(s, signer=as_(engine, "prod2"), batch=get_batch(s, "CT-1"))
@@ -235,9 +233,9 @@ def test_segregation_and_a_in_c_flags(facility_engine: Engine) -> None:
     assert codes == {
         "CT-A": [("segregation", "CT-B")],
         "CT-B": [("segregation", "CT-A")],
-        "CT-C": [("a_in_c", "")],
-        "CT-D": [("open_not_grade_a", "")],
-        "CT-E": [],                     # closed processing in C: no flag
+        "CT-C": [("a_in_c", ""), ("segregation", "CT-D")],          # the zone shares T-C1's air
+        "CT-D": [("open_not_grade_a", ""), ("segregation", "CT-C")],
+        "CT-E": [],                     # closed processing: neither flagged nor flagging others
     }
 
 
@@ -247,7 +245,7 @@ TIGHTER = MIN_FACILITY.read_text(encoding="utf-8").replace("alert_low = 12.0", "
 
 
 def test_a_change_of_facility_limits_needs_qa_approval_by_signature(people_engine: Engine) -> None:
-    from batch_records.release import all_signature_checks
+    from batch_records.integrity import all_signature_checks
 
     engine = people_engine
     with unit_of_work(engine) as s, pytest.raises(PermissionDeniedError, match="QA must approve"):
@@ -267,3 +265,83 @@ def test_a_change_of_facility_limits_needs_qa_approval_by_signature(people_engin
     with unit_of_work(engine) as s:
         (check,) = all_signature_checks(s)
         assert (check.intact, check.problem) == (False, "the record changed after it was signed")
+
+
+def test_a_password_an_admin_set_cannot_sign_until_its_owner_replaces_it(people_engine: Engine) -> None:
+    from tracker.users import change_password, set_password
+
+    engine = people_engine
+    finished_batch(engine, end=T0 + minutes(30))
+    with unit_of_work(engine) as s:
+        set_password(s, actor=as_(engine, "admin"), username="prod", new_password="chosen by the admin",
+                     reason="forgotten password, ticket 42")
+    prod = login(engine, username="prod", password="chosen by the admin")
+    with unit_of_work(engine) as s, pytest.raises(AuthenticationError, match="must first replace"):
+        sign_production(s, signer=prod, batch=get_batch(s, "CT-1"))
+    with unit_of_work(engine) as s:
+        change_password(s, actor=prod, new_password="a secret nobody else knows")
+    prod = login(engine, username="prod", password="a secret nobody else knows")
+    with unit_of_work(engine) as s:
+        assert sign_production(s, signer=prod, batch=get_batch(s, "CT-1")).status == "production_signed"
+
+
+def test_steps_are_recorded_contemporaneously(people_engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    engine = people_engine
+    monkeypatch.setenv("TRACKER_STEP_LATE_AFTER_MIN", "15")
+    monkeypatch.setenv("TRACKER_STEP_BACKDATE_MAX_H", "24")
+    get_settings.cache_clear()
+    try:
+        now = datetime.now(tz=T0.tzinfo)
+        with unit_of_work(engine) as s:
+            batch = create_batch(s, actor=as_(engine, "op1"), site=get_site(s), number="CT-1",
+                                 product="CAR-T", donor_id="D-1")
+            start_step(s, actor=as_(engine, "op1"), batch=batch, name="now", room_code="T-B1",
+                       start=now - minutes(5), open_processing=False)
+            with pytest.raises(InvalidInputError, match="say why it is recorded late"):
+                start_step(s, actor=as_(engine, "op1"), batch=batch, name="late", room_code="T-C1",
+                           start=now - minutes(40), open_processing=False)
+            start_step(s, actor=as_(engine, "op1"), batch=batch, name="late", room_code="T-C1",
+                       start=now - minutes(40), open_processing=False,
+                       late_reason="network outage at the terminal; paper record PR-7")
+            with pytest.raises(InvalidInputError, match="more than 24 h"):
+                start_step(s, actor=as_(engine, "op1"), batch=batch, name="old", room_code="T-D1",
+                           start=now - timedelta(hours=25), open_processing=False, late_reason="forgot")
+    finally:
+        monkeypatch.undo()
+        get_settings.cache_clear()
+
+
+def test_the_production_head_ends_an_orphaned_step_with_the_reason(people_engine: Engine) -> None:
+    engine = people_engine
+    finished_batch(engine)
+    with unit_of_work(engine) as s, pytest.raises(ConflictError, match="running steps"):
+        reject(s, signer=as_(engine, "qp1"), batch=get_batch(s, "CT-1"), reason="donor withdrew consent")
+    with unit_of_work(engine) as s, pytest.raises(InvalidInputError, match="needs the reason"):
+        end_step(s, signer=as_(engine, "prod"), step_id=1, end=T0 + minutes(30))
+    with unit_of_work(engine) as s:
+        end_step(s, signer=as_(engine, "prod"), step_id=1, end=T0 + minutes(30),
+                 comment="op1 left the site ill; step ended per SOP-PR-12")
+        (check,) = signature_checks(s, get_batch(s, "CT-1"))
+        assert (check.signature.meaning, check.signature.username, check.intact) == ("approved", "prod", True)
+        reject(s, signer=as_(engine, "qp1"), batch=get_batch(s, "CT-1"), reason="donor withdrew consent")
+
+
+def test_statuses_and_signature_rows_are_cross_checked(people_engine: Engine) -> None:
+    from batch_records.integrity import integrity_problems
+
+    engine = people_engine
+    finished_batch(engine, end=T0 + minutes(30))
+    finished_batch(engine, "CT-2", end=T0 + minutes(30))
+    with unit_of_work(engine) as s:
+        sign_production(s, signer=as_(engine, "prod"), batch=get_batch(s, "CT-1"))
+        assert integrity_problems(s) == []
+        s.exec(text("UPDATE batch SET status = 'released' WHERE number = 'CT-2'"))
+        s.exec(text("DELETE FROM signature WHERE entity = 'batch' AND entity_key = 'CT-1'"))
+    with unit_of_work(engine) as s:
+        problems = integrity_problems(s)
+        assert any(p.startswith("audit event") and "signature.approved by prod on batch CT-1" in p
+                   for p in problems)
+        assert "batch CT-1 is production_signed without its production signature" in problems
+        assert "batch CT-2 is released without its production signature" in problems
+        assert gate_reasons(s, get_batch(s, "CT-1"))[-1] == (
+            "batch CT-1 is production_signed without its production signature")

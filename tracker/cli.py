@@ -82,7 +82,7 @@ def facility_load(file: Path, db: DbOpt = None,
         raise typer.BadParameter("name the admin loading the file with --as")
     actor = login_cli(db, as_, password_stdin, "admin", action="loading a facility file").username \
         if as_ else "bootstrap"
-    approver = login_cli(db, approve_as, password_stdin, "qa", action="approving limits") \
+    approver = login_cli(db, approve_as, password_stdin, "qa", action="approving limits", signing=True) \
         if approve_as else None
     with unit_of_work(engine_for(db)) as session:
         result = load_facility(session, facility, actor=actor, approver=approver)
@@ -396,12 +396,14 @@ def rollups_rebuild(start: Annotated[str, typer.Option("--from", help="ISO 8601 
 
 @audit_app.command("verify")
 def audit_verify(db: DbOpt = None) -> None:
-    """Check the whole hash chain (naming the first broken event) and every e-signature."""
-    from batch_records.release import all_signature_checks
+    """Check the whole hash chain (naming the first broken event), every e-signature against its
+    record, signatures against the audit trail, and that batch statuses rest on signatures."""
+    from batch_records.integrity import all_signature_checks, integrity_problems
 
     with unit_of_work(engine_for(db)) as session:
         intact, count, broken = audit.verify_chain(session)
         checks = all_signature_checks(session)
+        problems = integrity_problems(session)
     bad = [c for c in checks if not c.intact]
     if intact:
         console.print(f"audit chain intact: {count} events")
@@ -411,8 +413,10 @@ def audit_verify(db: DbOpt = None) -> None:
         sig = c.signature
         console.print(f"[red]signature {sig.id} BROKEN[/red] ({sig.entity} {sig.entity_key}, "
                       f"{sig.meaning} by {sig.username}): {c.problem}")
+    for problem in problems:
+        console.print(f"[red]{problem}[/red]")
     console.print(f"signatures: {len(checks) - len(bad)} intact, {len(bad)} broken")
-    if not intact or bad:
+    if not intact or bad or problems:
         raise typer.Exit(1)
 
 

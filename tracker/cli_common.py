@@ -56,12 +56,16 @@ def password_from(prompt: str, from_stdin: bool, *, env: bool = True, confirm: b
     return typer.prompt(prompt, hide_input=True, confirmation_prompt=confirm)
 
 
-def login_cli(db: str | None, username: str, from_stdin: bool, *roles: str,
-              action: str = "this") -> Authenticated:
-    """Authenticate ``username`` (and, when ``roles`` are given, require one of them)."""
+def login_cli(db: str | None, username: str, from_stdin: bool, *roles: str, action: str = "this",
+              signing: bool = False) -> Authenticated:
+    """Authenticate ``username`` (and, when ``roles`` are given, require one of them).
+
+    For a signature the password is typed (or piped) each time, never taken from
+    TRACKER_PASSWORD: a password left in the environment must not sign for its owner.
+    """
     if not username:
         raise typer.BadParameter("name yourself with --as USER: the change is attributed to you")
-    password = password_from(f"{t('password')} ({username})", from_stdin)
+    password = password_from(f"{t('password')} ({username})", from_stdin, env=not signing)
     who = login(engine_for(db), username=username, password=password)
     if roles:
         require_role(who, *roles, action=action)

@@ -32,7 +32,6 @@ from tracker.cli_common import (
 )
 from tracker.db import unit_of_work
 from tracker.i18n import t
-from tracker.settings import get_settings
 from tracker.timeutil import local_display, parse_instant, utcnow
 
 user_app = typer.Typer(help="Users and roles (用户与角色).", no_args_is_help=True)
@@ -175,6 +174,7 @@ def step_start(batch: str, name: Annotated[str, typer.Option()],
                open_processing: Annotated[bool, typer.Option("--open/--closed",
                                                              help="open (aseptic) or closed processing")],
                as_: AsOpt, at: Annotated[str | None, typer.Option(help="ISO 8601; default now")] = None,
+               late_reason: Annotated[str | None, typer.Option(help="why it is recorded late")] = None,
                password_stdin: PwStdin = False, db: DbOpt = None) -> None:
     """Record that you started a step; the room (and the rooms around it) go in operation."""
     from batch_records.steps import get_batch, start_step
@@ -182,7 +182,7 @@ def step_start(batch: str, name: Annotated[str, typer.Option()],
     actor = _login(db, as_, password_stdin)
     with unit_of_work(engine_for(db)) as session:
         step = start_step(session, actor=actor, batch=get_batch(session, batch), name=name, room_code=room,
-                          start=_at(at), open_processing=open_processing)
+                          start=_at(at), open_processing=open_processing, late_reason=late_reason)
     console.print(f"{t('step')} {step.id}: {name} @ {room}")
 
 
@@ -192,7 +192,7 @@ def step_end(step_id: int, as_: AsOpt, at: Annotated[str | None, typer.Option(he
     """End your step and sign it as performed (e-signature)."""
     from batch_records.steps import end_step
 
-    signer = _login(db, as_, password_stdin)
+    signer = _login(db, as_, password_stdin, signing=True)
     with unit_of_work(engine_for(db)) as session:
         end_step(session, signer=signer, step_id=step_id, end=_at(at), comment=comment)
     console.print(f"{t('step')} {step_id}: {t('performed')} ({as_})")
@@ -211,7 +211,7 @@ def batch_complete(number: str, as_: AsOpt, password_stdin: PwStdin = False, db:
 def _signed_transition(fn, number: str, as_: str, password_stdin: bool, db: str | None, **kwargs) -> None:
     from batch_records.steps import get_batch
 
-    signer = _login(db, as_, password_stdin)
+    signer = _login(db, as_, password_stdin, signing=True)
     with unit_of_work(engine_for(db)) as session:
         batch = fn(session, signer=signer, batch=get_batch(session, number), **kwargs)
     console.print(f"{t('batch')} {number}: {t(batch.status)} ({as_})")
@@ -294,12 +294,12 @@ def batch_show(number: str, json_out: JsonOpt = False, db: DbOpt = None) -> None
     from batch_records.release import batch_report
     from batch_records.steps import get_batch
 
-    tz = get_settings().timezone
     with unit_of_work(engine_for(db)) as session:
-        report = batch_report(session, get_batch(session, number), tz=tz)
+        report = batch_report(session, get_batch(session, number))
     if json_out:
         print_json(report)
         return
+    tz = report["timezone"]
     con = console
     con.print(f"[bold]{t('batch')} {report['number']}[/bold] · {report['product']} · {t('donor')} "
               f"{report['donor_id']} · {t(report['status'])}")
@@ -413,9 +413,10 @@ def _deviation_json(session: Session, dev) -> dict:
 
     from batch_records.models import Batch
     from tracker.deviations import signature_checks, to_json
+    from tracker.facility import Site
 
     numbers = dict(session.exec(select(Batch.id, Batch.number)).all())
-    tz = get_settings().timezone
+    tz = session.get(Site, dev.site_id).timezone
     return {**to_json(session, dev, batch_numbers=numbers),
             "signatures": [c.manifest(tz) for c in signature_checks(session, dev)]}
 
@@ -476,7 +477,7 @@ def _deviation_action(fn, number: str, as_: str, password_stdin: bool, db: str |
                       signer: bool = False, **kwargs) -> None:
     from tracker.deviations import get_deviation
 
-    who = _login(db, as_, password_stdin)
+    who = _login(db, as_, password_stdin, signing=signer)
     with unit_of_work(engine_for(db)) as session:
         dev = get_deviation(session, number)
         fn(session, **{"signer" if signer else "actor": who}, dev=dev, **kwargs)

@@ -50,6 +50,7 @@ class Deviation(SQLModel, table=True):
     category: str = Field(max_length=60)
     description: str = Field(sa_column=Column(Text, nullable=False))
     root_cause: str | None = Field(default=None, sa_column=Column(Text))
+    root_cause_by: str | None = Field(default=None, max_length=60)
     no_capa_justification: str | None = Field(default=None, sa_column=Column(Text))
     status: str = Field(default="open", max_length=20, index=True)
     opened_at: datetime = Field(sa_type=UTCDateTime, nullable=False)
@@ -224,6 +225,8 @@ def update_deviation(session: Session, *, actor: Authenticated, dev: Deviation, 
     before = _snapshot(dev)
     for name, value in fields.items():
         setattr(dev, name, value.strip() if isinstance(value, str) else value)
+    if "root_cause" in fields:
+        dev.root_cause_by = actor.username
     dev.updated_at = now
     session.add(dev)
     audit.record(session, actor=actor.username, action="deviation.update", entity="deviation",
@@ -278,10 +281,11 @@ def investigation_content(session: Session, dev: Deviation) -> dict:
 
 
 def closure_content(session: Session, dev: Deviation) -> dict:
-    """What QA signs when closing: the investigation plus the CAPA as it stands."""
+    """What QA signs when closing: the investigation, the CAPA plan and the corrections done.
+    Preventive actions' progress and effectiveness checks come later and are not part of it."""
     return {**investigation_content(session, dev), "no_capa_justification": dev.no_capa_justification,
             "capa": [{"id": c.id, "kind": c.kind, "description": c.description, "owner": c.owner,
-                      "due": c.due.isoformat(), "status": c.status, "outcome": c.outcome}
+                      "due": c.due.isoformat(), **({"outcome": c.outcome} if c.kind == "corrective" else {})}
                      for c in capa_actions(session, dev)]}
 
 
@@ -304,6 +308,10 @@ def approve_investigation(session: Session, *, signer: Authenticated, dev: Devia
     missing = investigation_gaps(session, dev)
     if missing:
         raise ConflictError(f"{dev.number}: the investigation cannot be approved", missing)
+    authors = {dev.root_cause_by} | {b.assessed_by for b in batch_links(session, dev)}
+    if signer.username in authors:
+        raise PermissionDeniedError(f"{signer.username} wrote part of the investigation of {dev.number}; "
+                                    "another QA person approves it (nobody checks their own entry)")
     now = now or utcnow()
     signatures.sign(session, signer=signer, meaning="approved", entity="deviation", entity_key=dev.number,
                     scope="investigation", statement="QA approval of the investigation report "
@@ -443,8 +451,8 @@ def close_deviation(session: Session, *, signer: Authenticated, dev: Deviation,
 def signature_checks(session: Session, dev: Deviation) -> list[signatures.SignatureCheck]:
     """Each signature of the deviation checked against the content it signed."""
     views = {"investigation": investigation_content, "closure": closure_content}
-    return [signatures.check(sig, views[sig.scope](session, dev))
-            for sig in signatures.signatures_of(session, "deviation", dev.number)]
+    return signatures.check_all(signatures.signatures_of(session, "deviation", dev.number),
+                                lambda sig: views[sig.scope](session, dev))
 
 
 def to_json(session: Session, dev: Deviation, *, batch_numbers: dict[int, str] | None = None) -> dict:

@@ -37,6 +37,13 @@ class Settings(BaseSettings):
     trend_alerts: int = Field(default=3, ge=2,
                               description="alert excursions of one monitor that make an adverse trend")
     trend_window_h: float = Field(default=24.0, gt=0, description="…within this many hours")
+    password_hash_profile: str = Field(
+        default="RFC_9106_LOW_MEMORY",
+        description="argon2 parameter profile; CHEAPEST only for the test suite")
+    step_backdate_max_h: float = Field(default=24.0, gt=0,
+                                       description="a step may be recorded at most this late")
+    step_late_after_min: float = Field(default=15.0, ge=0,
+                                       description="a step recorded later than this needs a reason")
     password_min_length: int = Field(default=12, ge=8, description="shortest password accepted")
     lockout_attempts: int = Field(default=5, ge=1,
                                   description="consecutive failed logins or signings that lock an account")
@@ -62,6 +69,15 @@ class Settings(BaseSettings):
     @classmethod
     def _known_zone(cls, value: str) -> str:
         ZoneInfo(value)  # raises for an unknown zone
+        return value
+
+    @field_validator("password_hash_profile")
+    @classmethod
+    def _known_profile(cls, value: str) -> str:
+        import argon2.profiles
+
+        if not hasattr(argon2.profiles, value) or not value.isupper():
+            raise ValueError("TRACKER_PASSWORD_HASH_PROFILE must name an argon2.profiles constant")
         return value
 
     @field_validator("mqtt_protocol")

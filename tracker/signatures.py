@@ -1,11 +1,16 @@
 """Electronic signatures bound to the exact content signed (21 CFR 11.50, 11.70, 11.200;
 China GMP 2010 Art. 163 and the 计算机化系统附录).
 
-A signature stores the printed name, the UTC time, the meaning and the SHA-256 of the
-canonical JSON of the record as signed. Checking a signature recomputes the record's
-content from the database: any later change to a signed field — through the application or
-behind its back with raw SQL — shows the signature as broken. The signature row carries a
-seal over its own fields too, so editing the row itself is detected as well.
+A signature stores the printed name, the UTC time, the meaning, and the canonical JSON of the
+record as signed with its SHA-256. Checking a signature recomputes the record's content
+from the database: any later change to a signed field — through the application or behind
+its back with raw SQL — shows the signature as broken. The signature row carries a seal over
+its own fields too, so editing the row itself is detected as well, and every signing is an
+audit event carrying the seal, so a deleted signature row is found by ``tracker audit verify``.
+
+When a record is legitimately signed again for the same purpose (an investigation report
+re-approved after a new batch was linked), the earlier signature is *superseded*: it still
+proves what was signed then, and only the newest is compared with the record as it stands.
 
 Every signing needs a fresh re-authentication (:func:`tracker.users.require_fresh`).
 """
@@ -14,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -45,6 +51,8 @@ class Signature(SQLModel, table=True):
     printed_name: str = Field(max_length=200)
     signed_at: datetime = Field(sa_type=UTCDateTime, nullable=False)
     comment: str | None = Field(default=None, sa_column=Column(Text))
+    #: the canonical JSON of exactly what was signed, kept so the signed record can be shown
+    content: str = Field(sa_column=Column(Text, nullable=False))
     content_hash: str = Field(max_length=64)
     seal: str = Field(max_length=64)
 
@@ -72,8 +80,9 @@ def sign(session: Session, *, signer: Authenticated, meaning: str, entity: str, 
         raise InvalidInputError(f"meaning must be one of {', '.join(MEANINGS)}")
     now = now or utcnow()
     user = require_fresh(session, signer, now=now)
+    text = canonical(content)
     sig = Signature(entity=entity, entity_key=entity_key, meaning=meaning, scope=scope,
-                    statement=statement,
+                    statement=statement, content=text,
                     user_id=user.id, username=user.username, printed_name=user.full_name,
                     signed_at=now, comment=comment, content_hash=content_hash(content), seal="")
     sig.seal = _seal(sig)
@@ -91,23 +100,47 @@ class SignatureCheck:
     signature: Signature
     intact: bool
     problem: str | None
+    superseded: bool = False
+
+    @property
+    def status(self) -> str:
+        return "broken" if not self.intact else ("superseded" if self.superseded else "intact")
 
     def manifest(self, tz: str) -> dict:
         """What every human-readable form shows (21 CFR 11.50): name, time, meaning, status."""
         s = self.signature
-        return {"printed_name": s.printed_name, "username": s.username, "meaning": s.meaning,
+        return {"id": s.id, "printed_name": s.printed_name, "username": s.username, "meaning": s.meaning,
                 "scope": s.scope, "statement": s.statement, "signed_at": iso_utc(s.signed_at),
                 "signed_at_local": local_display(s.signed_at, tz), "comment": s.comment,
-                "intact": self.intact, "problem": self.problem}
+                "intact": self.intact, "status": self.status, "problem": self.problem}
+
+
+def _sealed(sig: Signature) -> str | None:
+    if sig.seal != _seal(sig) or sig.content_hash != hashlib.sha256(sig.content.encode("utf-8")).hexdigest():
+        return "the signature record itself was altered"
+    return None
 
 
 def check(sig: Signature, content: Any) -> SignatureCheck:
     """Is ``sig`` still valid for the record as it stands now?"""
-    if sig.seal != _seal(sig):
-        return SignatureCheck(sig, False, "the signature record itself was altered")
-    if sig.content_hash != content_hash(content):
-        return SignatureCheck(sig, False, "the record changed after it was signed")
-    return SignatureCheck(sig, True, None)
+    problem = _sealed(sig)
+    if problem is None and sig.content_hash != content_hash(content):
+        problem = "the record changed after it was signed"
+    return SignatureCheck(sig, problem is None, problem)
+
+
+def check_all(sigs: list[Signature], content_of: Callable[[Signature], Any]) -> list[SignatureCheck]:
+    """Check a record's signatures: the newest of each scope against the record as it stands,
+    older ones of the same scope only for their own integrity (superseded)."""
+    newest = {sig.scope: sig.id for sig in sigs}  # sigs come in signing order
+    checks = []
+    for sig in sigs:
+        if newest[sig.scope] == sig.id:
+            checks.append(check(sig, content_of(sig)))
+        else:
+            problem = _sealed(sig)
+            checks.append(SignatureCheck(sig, problem is None, problem, superseded=True))
+    return checks
 
 
 def signatures_of(session: Session, entity: str, entity_key: str) -> list[Signature]:

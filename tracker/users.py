@@ -19,10 +19,12 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import lru_cache
 
+import argon2.profiles
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from sqlalchemy import UniqueConstraint
+from sqlalchemy import UniqueConstraint, update
 from sqlmodel import Field, Session, SQLModel, select
 
 from tracker import audit
@@ -34,11 +36,20 @@ from tracker.timeutil import utcnow
 ROLES = ("operator", "production_head", "qa", "qp", "admin", "viewer")
 SIGNING_ROLES = frozenset({"operator", "production_head", "qa", "qp"})
 #: pairs no single account may hold (GMP 2010 Art. 20; admin separation, see module doc)
-EXCLUSIVE_ROLES = (("production_head", "qa"), *tuple(("admin", r) for r in sorted(SIGNING_ROLES)))
+EXCLUSIVE_ROLES = (("production_head", "qa"), ("production_head", "qp"),
+                   *tuple(("admin", r) for r in sorted(SIGNING_ROLES)))
 
-_hasher = PasswordHasher()  # argon2id with the library's current recommended parameters
-#: a real hash to verify against when the user does not exist, so timing does not reveal names
-_DUMMY_HASH = _hasher.hash("not a password of anyone")
+
+@lru_cache(maxsize=4)
+def _hasher_for(profile: str) -> tuple[PasswordHasher, str]:
+    """argon2id with the RFC 9106 parameters (a cheap profile only for the test suite), and a real
+    hash to verify against when the user does not exist, so timing does not reveal names."""
+    hasher = PasswordHasher.from_parameters(getattr(argon2.profiles, profile))
+    return hasher, hasher.hash("not a password of anyone")
+
+
+def _hasher() -> PasswordHasher:
+    return _hasher_for(get_settings().password_hash_profile)[0]
 
 
 class User(SQLModel, table=True):
@@ -52,6 +63,9 @@ class User(SQLModel, table=True):
     password_hash: str = Field(max_length=300)
     active: bool = True
     failed_attempts: int = 0
+    #: set when an admin chose the password: its owner must change it before signing anything
+    #: (21 CFR 11.200(a)(2): only the genuine owner can use a signature)
+    must_change_password: bool = False
     locked_until: datetime | None = Field(default=None, sa_type=UTCDateTime)
     password_changed_at: datetime = Field(sa_type=UTCDateTime, nullable=False)
     created_at: datetime = Field(sa_type=UTCDateTime, nullable=False)
@@ -144,8 +158,8 @@ def create_user(session: Session, *, username: str, full_name: str, roles: list[
     now = now or utcnow()
     by = actor.username if actor else "bootstrap"
     user = User(username=username, full_name=full_name.strip(), roles=role_text,
-                password_hash=_hasher.hash(password), password_changed_at=now, created_at=now,
-                created_by=by)
+                password_hash=_hasher().hash(password), password_changed_at=now, created_at=now,
+                created_by=by, must_change_password=actor is not None)
     session.add(user)
     audit.record(session, actor=by, action="user.create", entity="user", entity_key=username,
                  after=_public(user), at=now)
@@ -161,7 +175,7 @@ def authenticate(session: Session, *, username: str, password: str,
     user = session.exec(select(User).where(User.username == username)).first()
     if user is None:
         with contextlib.suppress(VerificationError):
-            _hasher.verify(_DUMMY_HASH, password)
+            _hasher().verify(_hasher_for(get_settings().password_hash_profile)[1], password)
         audit.record(session, actor=username[:60] or "?", action="auth.failure", entity="user",
                      entity_key=username[:200], reason="unknown user", at=now)
         raise AuthenticationError("wrong user name or password")
@@ -175,13 +189,16 @@ def authenticate(session: Session, *, username: str, password: str,
         raise AuthenticationError(f"account {username!r} is locked until "
                                   f"{user.locked_until.isoformat()} after repeated failures")
     try:
-        _hasher.verify(user.password_hash, password)
+        _hasher().verify(user.password_hash, password)
     except (VerificationError, InvalidHashError):
-        user.failed_attempts += 1
+        # count in the database, not in Python: concurrent failures must not overwrite each other
+        session.execute(update(User).where(User.id == user.id)
+                        .values(failed_attempts=User.failed_attempts + 1))
+        session.refresh(user)
         locked = user.failed_attempts >= settings.lockout_attempts
         if locked:
             user.locked_until = now + timedelta(minutes=settings.lockout_minutes)
-        session.add(user)
+            session.add(user)
         audit.record(session, actor=username, action="auth.lockout" if locked else "auth.failure",
                      entity="user", entity_key=username,
                      after={"failed_attempts": user.failed_attempts,
@@ -196,8 +213,8 @@ def authenticate(session: Session, *, username: str, password: str,
     if user.failed_attempts or user.locked_until:
         user.failed_attempts, user.locked_until = 0, None
         session.add(user)
-    if _hasher.check_needs_rehash(user.password_hash):
-        user.password_hash = _hasher.hash(password)
+    if _hasher().check_needs_rehash(user.password_hash):
+        user.password_hash = _hasher().hash(password)
         session.add(user)
     return Authenticated(user.id, user.username, user.full_name, user.role_set, now)
 
@@ -215,6 +232,9 @@ def require_fresh(session: Session, signer: Authenticated, *, now: datetime | No
         raise AuthenticationError(f"account {signer.username!r} is not active")
     if user.locked_until is not None and user.locked_until > now:
         raise AuthenticationError(f"account {signer.username!r} is locked")
+    if user.must_change_password:
+        raise AuthenticationError(f"{signer.username} must first replace the password an administrator "
+                                  "set (tracker user passwd): only the owner may know a signing password")
     return user
 
 
@@ -222,15 +242,19 @@ def change_password(session: Session, *, actor: Authenticated, new_password: str
                     now: datetime | None = None) -> None:
     """Change one's own password (the actor has just authenticated with the old one)."""
     now = now or utcnow()
-    user = require_fresh(session, actor, now=now)
+    user = session.get(User, actor.user_id)
+    window = timedelta(seconds=get_settings().signature_window_s)
+    if user is None or not user.active or now - actor.at > window:
+        raise AuthenticationError("give your current password again to change it")
     _check_password(new_password, user.username)
     try:
-        _hasher.verify(user.password_hash, new_password)
+        _hasher().verify(user.password_hash, new_password)
     except VerificationError:
         pass
     else:
         raise InvalidInputError("the new password must differ from the current one")
-    user.password_hash, user.password_changed_at = _hasher.hash(new_password), now
+    user.password_hash, user.password_changed_at = _hasher().hash(new_password), now
+    user.must_change_password = False
     session.add(user)
     audit.record(session, actor=user.username, action="user.password", entity="user",
                  entity_key=user.username, at=now)
@@ -243,8 +267,9 @@ def set_password(session: Session, *, actor: Authenticated, username: str, new_p
     user = get_user(session, username)
     _check_password(new_password, username)
     now = now or utcnow()
-    user.password_hash, user.password_changed_at = _hasher.hash(new_password), now
+    user.password_hash, user.password_changed_at = _hasher().hash(new_password), now
     user.failed_attempts, user.locked_until = 0, None
+    user.must_change_password = True
     session.add(user)
     audit.record(session, actor=actor.username, action="user.password_reset", entity="user",
                  entity_key=username, reason=reason, at=now)
@@ -292,6 +317,7 @@ def unlock(session: Session, *, actor: Authenticated, username: str, reason: str
 def list_users(session: Session) -> list[dict]:
     now = utcnow()
     return [{**_public(u), "locked": bool(u.locked_until and u.locked_until > now),
+             "must_change_password": u.must_change_password,
              "failed_attempts": u.failed_attempts, "created_at": u.created_at.isoformat()}
             for u in session.exec(select(User).order_by(User.username))]
 

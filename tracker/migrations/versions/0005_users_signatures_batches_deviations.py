@@ -2,7 +2,7 @@
 
 Revision ID: 0005
 Revises: 0004
-Create Date: 2026-11-23 00:20:08.880310
+Create Date: 2026-11-23 00:37:47.573818
 """
 from collections.abc import Sequence
 
@@ -28,6 +28,7 @@ def upgrade() -> None:
     sa.Column('password_hash', sqlmodel.sql.sqltypes.AutoString(length=300), nullable=False),
     sa.Column('active', sa.Boolean(), nullable=False),
     sa.Column('failed_attempts', sa.Integer(), nullable=False),
+    sa.Column('must_change_password', sa.Boolean(), nullable=False),
     sa.Column('locked_until', tracker.db.UTCDateTime(timezone=True), nullable=True),
     sa.Column('password_changed_at', tracker.db.UTCDateTime(timezone=True), nullable=False),
     sa.Column('created_at', tracker.db.UTCDateTime(timezone=True), nullable=False),
@@ -65,6 +66,7 @@ def upgrade() -> None:
     sa.Column('category', sqlmodel.sql.sqltypes.AutoString(length=60), nullable=False),
     sa.Column('description', sa.Text(), nullable=False),
     sa.Column('root_cause', sa.Text(), nullable=True),
+    sa.Column('root_cause_by', sqlmodel.sql.sqltypes.AutoString(length=60), nullable=True),
     sa.Column('no_capa_justification', sa.Text(), nullable=True),
     sa.Column('status', sqlmodel.sql.sqltypes.AutoString(length=20), nullable=False),
     sa.Column('opened_at', tracker.db.UTCDateTime(timezone=True), nullable=False),
@@ -91,6 +93,7 @@ def upgrade() -> None:
     sa.Column('printed_name', sqlmodel.sql.sqltypes.AutoString(length=200), nullable=False),
     sa.Column('signed_at', tracker.db.UTCDateTime(timezone=True), nullable=False),
     sa.Column('comment', sa.Text(), nullable=True),
+    sa.Column('content', sa.Text(), nullable=False),
     sa.Column('content_hash', sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
     sa.Column('seal', sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
     sa.ForeignKeyConstraint(['user_id'], ['app_user.id'], name=op.f('fk_signature_user_id_app_user')),
@@ -211,6 +214,9 @@ def upgrade() -> None:
     sa.Column('decided_by', sqlmodel.sql.sqltypes.AutoString(length=60), nullable=True),
     sa.Column('decided_at', tracker.db.UTCDateTime(timezone=True), nullable=True),
     sa.Column('reason', sa.Text(), nullable=True),
+    sa.Column('decided_level', sqlmodel.sql.sqltypes.AutoString(length=16), nullable=True),
+    sa.Column('decided_started_at', tracker.db.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('decided_ended_at', tracker.db.UTCDateTime(timezone=True), nullable=True),
     sa.ForeignKeyConstraint(['batch_id'], ['batch.id'], name=op.f('fk_excursion_link_batch_id_batch')),
     sa.ForeignKeyConstraint(['excursion_id'], ['excursion.id'], name=op.f('fk_excursion_link_excursion_id_excursion')),
     sa.ForeignKeyConstraint(['step_id'], ['process_step.id'], name=op.f('fk_excursion_link_step_id_process_step')),
