@@ -79,6 +79,28 @@ class Timeline:
         i = bisect.bisect_right(self.times, when)
         return self.states[i - 1] if i else DEFAULT_STATE
 
+    def left_operation(self, when: datetime) -> tuple[datetime, datetime | None] | None:
+        """When the room is at rest at ``when`` after an operation: ``(the end of that
+        operation, the start of the next one or None)``; otherwise ``None``."""
+        i = bisect.bisect_right(self.times, when)
+        if i < 2 or self.states[i - 1] != "at_rest" or self.states[i - 2] != "in_operation":
+            return None
+        return self.times[i - 1], self.times[i] if i < len(self.times) else None
+
+    def operation_ends(self) -> list[datetime]:
+        return [t for i, t in enumerate(self.times)
+                if i and self.states[i] == "at_rest" and self.states[i - 1] == "in_operation"]
+
+    def judging(self, when: datetime, recovery_s: float) -> str:
+        """The state whose limits judge a reading: in-operation limits still apply inside
+        the recovery window after the room leaves operation (``tracker.recovery``)."""
+        state = self.at(when)
+        if recovery_s and state == "at_rest":
+            left = self.left_operation(when)
+            if left is not None and (when - left[0]).total_seconds() < recovery_s:
+                return "in_operation"
+        return state
+
 
 class RoomStates:
     """All rooms' timelines, reloaded only when a change has been recorded since."""
@@ -101,8 +123,11 @@ class RoomStates:
             tl = timelines.setdefault(row.room_id, Timeline([], []))
             if tl.times and tl.times[-1] == row.effective_at:
                 tl.states[-1] = row.state  # the later record of the same instant wins
-            else:
-                tl.times.append(row.effective_at)
+                if len(tl.states) > 1 and tl.states[-2] == row.state:
+                    tl.times.pop()
+                    tl.states.pop()
+            elif (tl.states[-1] if tl.states else DEFAULT_STATE) != row.state:
+                tl.times.append(row.effective_at)   # a repeat of the same state is no change
                 tl.states.append(row.state)
         self._timelines, self._marker = timelines, marker
         return True
@@ -110,3 +135,11 @@ class RoomStates:
     def state(self, room_id: int, at: datetime) -> str:
         tl = self._timelines.get(room_id)
         return tl.at(at) if tl else DEFAULT_STATE
+
+    def judging_state(self, room_id: int, at: datetime, recovery_s: float) -> str:
+        """``state``, but in-operation inside the recovery window after an operation."""
+        tl = self._timelines.get(room_id)
+        return tl.judging(at, recovery_s) if tl else DEFAULT_STATE
+
+    def timeline(self, room_id: int) -> Timeline | None:
+        return self._timelines.get(room_id)
