@@ -106,4 +106,5 @@ class BatchProcessor:
         readings.append(IncomingReading(
             monitor_id=entry.id, seq=parsed.seq, event_time=parsed.event_time,
             status=parsed.status, values=parsed.values, digest=parsed.digest, topic=msg.topic,
-            payload=msg.payload, received_at=msg.received_at, redelivered=msg.dup))
+            payload=msg.payload, received_at=msg.received_at, redelivered=msg.dup,
+            volume_l=parsed.volume_l))

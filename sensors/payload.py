@@ -79,6 +79,8 @@ class ParsedReading:
     status: str
     values: Mapping[str, float]
     digest: str  # content identity, to tell a true duplicate from a reused seq
+    #: particles: the sampled volume in litres (volume-aware evaluation needs the counts)
+    volume_l: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,14 +192,18 @@ def parse_reading(topic: str, payload: bytes, received_at: datetime,
         raise PayloadRejected(Reason.FUTURE_TIMESTAMP,
                               f"ts {msg.ts.isoformat()} is {(msg.ts - received_at)} ahead of "
                               f"receipt (tolerance {future_tolerance})", msg.monitor)
-    values = (_particles(msg, known) if msg.kind == "particles" else _scalar(msg, known))
+    volume_l = None
+    if msg.kind == "particles":
+        values, volume_l = _particles(msg, known)
+    else:
+        values = _scalar(msg, known)
     digest = hashlib.blake2b(repr((msg.ts.isoformat(), msg.status, sorted(values.items())))
                              .encode(), digest_size=16).hexdigest()
     return ParsedReading(monitor=known, seq=msg.seq, event_time=msg.ts, status=msg.status,
-                         values=values, digest=digest)
+                         values=values, digest=digest, volume_l=volume_l)
 
 
-def _particles(msg: _Payload, known: KnownMonitor) -> dict[str, float]:
+def _particles(msg: _Payload, known: KnownMonitor) -> tuple[dict[str, float], float]:
     if msg.sample is None or msg.counts is None or msg.value is not None:
         raise PayloadRejected(Reason.SCHEMA, "a particles reading carries 'sample' and 'counts' "
                               "(and no 'value')", known.code)
@@ -229,7 +235,8 @@ def _particles(msg: _Payload, known: KnownMonitor) -> dict[str, float]:
             raise PayloadRejected(Reason.OUT_OF_RANGE, f"cumulative counts must not grow with "
                                   f"size: ≥{big} µm {n_big} > ≥{small} µm {n_small}", known.code)
     # only the monitor's registered channels become readings; others stay in the raw payload
-    return {size: round(counts[size] / volume_m3, 3) for size in known.channels}
+    return ({size: round(counts[size] / volume_m3, 3) for size in known.channels},
+            round(volume_m3 * 1000.0, 6))
 
 
 def _scalar(msg: _Payload, known: KnownMonitor) -> dict[str, float]:

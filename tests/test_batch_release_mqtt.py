@@ -56,13 +56,14 @@ def test_batch_from_excursion_to_release_with_gate_and_audit(people_engine: Engi
                           room_code="T-B1-BSC", start=T0, open_processing=True)
         step_id = step.id
 
-    ingest_bsc(engine, broker, range(30))
+    ingest_bsc(engine, broker, range(50))
     with unit_of_work(engine) as s:
         end_step(s, signer=as_(engine, "op1"), step_id=step_id, end=T0 + minutes(20))
-    # the step drove the state timeline: in operation while it ran, at rest after it ended
+    # the step drove the state timeline: in operation while it ran; in-operation limits through
+    # the 20 min recovery window after it (docs/limits.md), at rest after that
     states = states_of(engine, "T-BSC-PC")
-    assert {states[m] for m in range(20)} == {"in_operation"}
-    assert {states[m] for m in range(20, 30)} == {"at_rest"}
+    assert {states[m] for m in range(40)} == {"in_operation"}
+    assert {states[m] for m in range(40, 50)} == {"at_rest"}
 
     with unit_of_work(engine) as s:
         (ex,) = list_excursions(s, type_="limit")
@@ -154,7 +155,7 @@ def test_batch_from_excursion_to_release_with_gate_and_audit(people_engine: Engi
 
 def test_a_step_recorded_after_its_readings_rejudges_them(people_engine: Engine, broker: LocalBroker) -> None:
     engine = people_engine
-    ingest_bsc(engine, broker, range(30))
+    ingest_bsc(engine, broker, range(50))
     assert set(states_of(engine, "T-BSC-PC").values()) == {"at_rest"}
     with unit_of_work(engine) as s:
         batch = create_batch(s, actor=as_(engine, "op2"), site=get_site(s), number="CT-2026-002",
@@ -164,7 +165,7 @@ def test_a_step_recorded_after_its_readings_rejudges_them(people_engine: Engine,
     with unit_of_work(engine) as s:
         end_step(s, signer=as_(engine, "op2"), step_id=step.id, end=T0 + minutes(15))
     states = states_of(engine, "T-BSC-PC")
-    assert [m for m in range(30) if states[m] == "in_operation"] == list(range(5, 15))
+    assert [m for m in range(50) if states[m] == "in_operation"] == list(range(5, 35))  # + recovery
     with unit_of_work(engine) as s:
         (ex,) = list_excursions(s, type_="limit")
         assert ex["state"] == "in_operation"

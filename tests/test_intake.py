@@ -68,14 +68,16 @@ def test_reused_seq_with_other_content_is_quarantined_not_merged(facility_engine
 
 def test_state_at_event_time_selects_the_limit(facility_engine: Engine) -> None:
     # 100,000/m³ at ≥0.5 µm in a grade B room: action at rest (3,520), in limit in operation
-    # (352,000, alert 176,000). 2830 counts in 28.3 L = 100,000/m³.
+    # (352,000, alert 176,000). 2830 counts in 28.3 L = 100,000/m³. Minute 25 lies in the
+    # 20-minute recovery window after the operation: still judged by in-operation limits.
     operate(facility_engine, "T-B1", T0 + timedelta(minutes=10), T0 + timedelta(minutes=20))
-    run(facility_engine, [[pc(i + 1, m, 2830) for i, m in enumerate([5, 12, 15, 25])]])
+    run(facility_engine, [[pc(i + 1, m, 2830) for i, m in enumerate([5, 12, 15, 25, 45])]])
     with unit_of_work(facility_engine) as s:
         rows = s.exec(select(Reading.seq, Reading.level, Reading.state)
                       .where(Reading.channel == "0.5").order_by(Reading.seq)).all()
         assert rows == [(1, "action", "at_rest"), (2, "ok", "in_operation"),
-                        (3, "ok", "in_operation"), (4, "action", "at_rest")]
+                        (3, "ok", "in_operation"), (4, "ok", "in_operation"),
+                        (5, "action", "at_rest")]
         basis = s.exec(select(EvaluationBasis)).one()
         assert (basis.limit_set_code, basis.limit_set_version, basis.facility_revision) == (
             "CN-GMP-2010", "1", 1)
@@ -212,3 +214,45 @@ def test_rules_do_not_depend_on_batch_boundaries(facility_engine: Engine, db_url
     assert one_batch == shapes(get_engine(f"sqlite:///{other}"))
     assert [t for t, *_ in one_batch].count("adverse_trend") == 1
     assert [t for t, *_ in one_batch].count("data_gap") == 1
+
+
+def test_reevaluating_a_window_re_judges_the_rolling_volume_after_it(
+        facility_engine: Engine, db_url: str, tmp_path: Path) -> None:
+    """Grade B at rest, ≥5.0 µm, 28.3 L: one count (35 /m³) exceeds 29 /m³, so action is
+    judged over the rolling cubic metre. An operation recorded late for 00:05-00:10 (recovery
+    to 00:30) takes those samples out of the at-rest window: re-evaluating only [00:05, 00:30)
+    must leave every later verdict exactly as ingesting with the right timeline does."""
+    msgs = [msg(topic("T-B1", "T-B1-PC"), particles(seq=m + 1, ts=T0 + timedelta(minutes=m),
+                                                    c05=10, c50=1 if 8 <= m < 45 else 0))
+            for m in range(90)]
+    other = tmp_path / "other.db"
+    with unit_of_work(facility_engine) as s:
+        s.connection().exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+    shutil.copy(db_url.removeprefix("sqlite:///"), other)
+    right = get_engine(f"sqlite:///{other}")
+    operate(right, "T-B1", T0 + timedelta(minutes=5), T0 + timedelta(minutes=10))
+    run(right, [msgs])
+    run(facility_engine, [msgs])
+
+    def levels(engine: Engine) -> list[tuple]:
+        with unit_of_work(engine) as s:
+            return s.exec(select(Reading.seq, Reading.level, Reading.state).where(
+                Reading.channel == "5.0").order_by(Reading.seq)).all()
+
+    before = levels(facility_engine)
+    operate(facility_engine, "T-B1", T0 + timedelta(minutes=5), T0 + timedelta(minutes=10))
+    with unit_of_work(facility_engine) as s:
+        reevaluate(s, room_code="T-B1", start=T0 + timedelta(minutes=5),
+                   end=T0 + timedelta(minutes=30), actor="qa.li")
+    after = levels(facility_engine)
+    assert after == levels(right)
+    changed_later = [a for a, b in zip(after, before, strict=True) if a != b and a[0] > 30]
+    assert changed_later, "the samples after the window must have been judged again"
+    # limit and recovery episodes alike (re-evaluation does not re-derive recurrences yet)
+    with unit_of_work(facility_engine) as s:
+        shapes = [(e["type"], e["started_at"], e["ended_at"], e["level"]) for e in
+                  list_excursions(s) if e["type"] in ("limit", "recovery")]
+    with unit_of_work(right) as s:
+        assert shapes == [(e["type"], e["started_at"], e["ended_at"], e["level"]) for e in
+                          list_excursions(s) if e["type"] in ("limit", "recovery")]
+    assert ("limit", "2026-11-20T00:30:00Z", "2026-11-20T00:45:00Z", "alert") in shapes

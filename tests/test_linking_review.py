@@ -149,3 +149,21 @@ def test_a_decision_reopens_when_its_excursion_grows(people_engine: Engine) -> N
         assert link.status == "proposed"
         assert reasons == [f"exposure link {link.id} (excursion {link.excursion_id}, step {link.step_id}) "
                            "is undecided"]
+
+
+def test_a_room_that_does_not_clean_up_after_a_step_opens_a_recovery_excursion(
+        people_engine: Engine) -> None:
+    engine = people_engine
+    # the B room counter: busy while the step runs, still dirty when the recovery window ends
+    feed(engine, [(topic("T-B1", "T-B1-PC"), particles(seq=m + 1, ts=T0 + minutes(m),
+                                                       c05=200_000 if m < 45 else 10))
+                  for m in range(60)])
+    step = batch_with_step(engine, "CT-1", "T-B1", 0, 20)   # recorded after the readings
+    with unit_of_work(engine) as s:
+        (rec,) = list_excursions(s, type_="recovery")
+        assert (rec["monitor"], rec["started_at"], rec["ended_at"]) == (
+            "T-B1-PC", "2026-11-20T00:40:00Z", "2026-11-20T00:45:00Z")
+        sync_links(s)
+        linked = {lk.excursion_id for lk in links_of(s, get_batch(s, "CT-1"))}
+    assert rec["id"] not in linked      # after the step: an excursion of the room, not of the batch
+    assert step

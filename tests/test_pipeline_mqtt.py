@@ -33,8 +33,9 @@ def _scripted() -> tuple[list[tuple[str, bytes]], list[tuple[str, bytes]], list[
             c05 = 12000      # 424,028/m³ > 352,000: action even in operation
         elif 60 <= m < 65:
             c05 = 2830       # 100,000/m³: in limit in operation, an action at rest
-        elif 100 <= m < 104:
-            c05 = 60         # 2,120/m³: above the 1,760 alert, below the 3,520 action (at rest)
+        elif 112 <= m < 116:
+            c05 = 60         # 2,120/m³: above the 1,760 alert, below the 3,520 action (at rest,
+            #                  after the 20-minute recovery window that follows the operation)
         live.append((topic("T-B1", "T-B1-PC"), particles(seq=m + 1, ts=ts, c05=c05)))
         if not 50 <= m < 80:  # the BSC counter is offline for 30 minutes
             live.append((topic("T-B1-BSC", "T-BSC-PC"),
@@ -109,7 +110,7 @@ def test_scripted_scenario_end_to_end(operating_facility: Engine, broker: LocalB
         ("T-B1-PC", "0.5", "action", "in_operation", "2026-11-20T00:40:00Z", "2026-11-20T00:45:00Z"),
         ("T-B1-DP", None, "action", "in_operation", "2026-11-20T00:50:00Z", "2026-11-20T00:55:00Z"),
         ("T-BSC-PC", "0.5", "action", "at_rest", "2026-11-20T01:00:00Z", "2026-11-20T01:03:00Z"),
-        ("T-B1-PC", "0.5", "alert", "at_rest", "2026-11-20T01:40:00Z", "2026-11-20T01:44:00Z"),
+        ("T-B1-PC", "0.5", "alert", "at_rest", "2026-11-20T01:52:00Z", "2026-11-20T01:56:00Z"),
     ]
 
 

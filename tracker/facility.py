@@ -32,6 +32,11 @@ from tracker.limits import (
 )
 from tracker.timeutil import utcnow
 from tracker.users import Authenticated, require_role
+from tracker.volume import DEFAULT_ROLLING_VOLUME_M3
+
+#: EU GMP Annex 1 (2022) Table 5 note / China Annex 1 第十条(七): at-rest limits are met
+#: after a short clean-up of 15–20 min (guidance; regulatory.md §5.1–5.3)
+DEFAULT_RECOVERY_S = 20 * 60.0
 
 # --------------------------------------------------------------------------- tables
 
@@ -45,6 +50,10 @@ class Site(SQLModel, table=True):
     limit_set: str = Field(default="CN-GMP-2010", max_length=40)
     revision: int = 0
     file_sha256: str = Field(default="", max_length=64)
+    #: ``[rules]`` of the facility file: rolling volume of the volume-aware particle rule
+    #: (m³) and the recovery (clean-up) window after an operation (seconds)
+    rolling_volume_m3: float = DEFAULT_ROLLING_VOLUME_M3
+    recovery_s: float = DEFAULT_RECOVERY_S
     updated_at: datetime = Field(sa_type=UTCDateTime, nullable=False)
 
 
@@ -140,6 +149,14 @@ class MonitorDef:
 
 
 @dataclass(frozen=True)
+class RulesDef:
+    """``[rules]``: per-facility settings of the rules that are not limits."""
+
+    rolling_volume_m3: float = DEFAULT_ROLLING_VOLUME_M3
+    recovery_s: float = DEFAULT_RECOVERY_S
+
+
+@dataclass(frozen=True)
 class FacilityDef:
     code: str
     name: str
@@ -149,6 +166,7 @@ class FacilityDef:
     rooms: tuple[RoomDef, ...]
     monitors: tuple[MonitorDef, ...]
     levels: tuple[FacilityLevel, ...] = field(default=())
+    rules: RulesDef = field(default_factory=RulesDef)
 
     def digest(self) -> str:
         body = json.dumps(asdict(self), sort_keys=True, default=str, ensure_ascii=False)
@@ -302,11 +320,39 @@ def parse_facility(text: str, *, source: str = "facility file") -> FacilityDef:
     facility = FacilityDef(code=code, name=_need(site, "name", "[site]"),
                            name_en=site.get("name_en", ""), timezone=tz,
                            limit_set=limit_set_code, rooms=tuple(rooms),
-                           monitors=tuple(monitors), levels=tuple(levels))
+                           monitors=tuple(monitors), levels=tuple(levels),
+                           rules=_parse_rules(data.get("rules") or {}, limit_set))
     # Resolve every monitor's limits now, so a looser-than-regulation level is refused at load.
     for spec in monitor_specs(facility):
         resolve_monitor_limits(limit_set, spec, facility.levels)
     return facility
+
+
+RULE_KEYS = ("particle_rolling_volume_m3", "recovery_min")
+
+
+def _parse_rules(entry: dict, limit_set) -> RulesDef:
+    """``[rules]``: ``particle_rolling_volume_m3`` (default 1) and ``recovery_min`` (default 20)."""
+    unknown = sorted(set(entry) - set(RULE_KEYS))
+    if unknown:
+        raise FacilityFileError(f"[rules]: unknown key(s) {', '.join(unknown)}; "
+                                f"known: {', '.join(RULE_KEYS)}")
+    volume = _num(entry, "particle_rolling_volume_m3", "[rules]")
+    if volume is None:
+        volume = DEFAULT_ROLLING_VOLUME_M3
+    lowest = min((lim.high for lim in limit_set.particles.values() if lim.high), default=None)
+    if volume <= 0 or (lowest is not None and 1.0 / volume > lowest):
+        raise FacilityFileError(
+            f"[rules]: particle_rolling_volume_m3 {volume:g} is too small: one particle in it "
+            f"would already exceed {limit_set.code}'s lowest particle limit {lowest:g} /m³ "
+            "(ISO 14644-1 minimum sample volume Vs = 20 / limit m³; regulatory.md §11)")
+    recovery = _num(entry, "recovery_min", "[rules]")
+    if recovery is None:
+        recovery = DEFAULT_RECOVERY_S / 60
+    if not 0 <= recovery <= 240:
+        raise FacilityFileError(f"[rules]: recovery_min {recovery:g} must be 0…240 minutes "
+                                "(0 switches the recovery rule off)")
+    return RulesDef(rolling_volume_m3=volume, recovery_s=recovery * 60.0)
 
 
 def monitor_specs(facility: FacilityDef) -> list[MonitorSpec]:
@@ -392,6 +438,8 @@ def load_facility(session: Session, facility: FacilityDef, *, actor: str,
     site.name, site.name_en, site.timezone = facility.name, facility.name_en, facility.timezone
     site.limit_set, site.revision, site.file_sha256 = (facility.limit_set, site.revision + 1,
                                                        digest)
+    site.rolling_volume_m3 = facility.rules.rolling_volume_m3
+    site.recovery_s = facility.rules.recovery_s
     site.updated_at = now
     session.add(site)
     session.flush()

@@ -21,19 +21,29 @@ from tracker.db import bulk_insert, time_param
 from tracker.episodes import Judged
 from tracker.excursions import EpisodeBook
 from tracker.gaps import GapBook
+from tracker.limits import Level
 from tracker.quarantine import Rejection, quarantine_many
 from tracker.readings import MonitorStatusEvent, RawMessage, Reading
+from tracker.recovery import RecoveryRule
 from tracker.recurrence import RecurrenceRule
 from tracker.registry import Registry, build_registry, registry_marker
 from tracker.rollups import Acc, add_to_rollups, hour_of
 from tracker.roomstate import RoomStates
 from tracker.timeutil import utcnow
 from tracker.trends import TrendRule
+from tracker.volume import (
+    Sample,
+    VolumeBook,
+    count_of,
+    single_count_exceeds,
+    store_changes,
+    volume_ul,
+)
 
 SEQ_CONFLICT = "seq_conflict"
 RAW_COLUMNS = ("monitor_id", "seq", "received_at", "topic", "payload", "digest")
 READING_COLUMNS = ("monitor_id", "seq", "channel", "event_time", "value", "status", "level",
-                   "direction", "state", "basis_id", "invalid_reason")
+                   "direction", "state", "basis_id", "invalid_reason", "sample_volume_l")
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +58,8 @@ class IncomingReading:
     payload: bytes
     received_at: datetime
     redelivered: bool = False
+    #: particles: the sampled volume in litres
+    volume_l: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +86,8 @@ class Intake:
         self.room_states = RoomStates()
         self.trend = trend or TrendRule()
         self.recurrence = RecurrenceRule()
+        self.volume = VolumeBook()
+        self.recovery = RecoveryRule()
         #: highest stored seq per monitor (dedupe fast path); cleared with ``forget``
         self.highest_seq: dict[int, int] = {}
         self.book = EpisodeBook(
@@ -87,10 +101,14 @@ class Intake:
         if self.registry is None or self.registry.marker != registry_marker(session):
             self.registry = build_registry(session)
             self.book.forget()
+            self.volume.forget()
+            self.recovery.forget()
         if self.room_states.refresh(session):
             # a state change (possibly backdated, with re-evaluated episodes): rebuild the
             # episode machines from the database rather than trust the in-memory ones
             self.book.forget()
+            self.volume.forget()
+            self.recovery.forget()
         return self.registry
 
     def check_silence(self, session: Session, *, now: datetime | None = None) -> int:
@@ -104,6 +122,8 @@ class Intake:
         self.book.forget()
         self.gaps.forget()
         self.recurrence.forget()
+        self.volume.forget()
+        self.recovery.forget()
         self.highest_seq.clear()
         self.registry = None
 
@@ -138,10 +158,13 @@ class Intake:
         rejections = list(rejections)
         fresh = self._dedupe(session, registry, readings, outcome, rejections)
         connection = session.connection()
-        batch = self._judge(registry, fresh, time_param(connection.dialect.name))
+        batch = self._judge(session, registry, fresh, time_param(connection.dialect.name))
         bulk_insert(connection, RawMessage.__table__, RAW_COLUMNS, batch.raw_rows)
         bulk_insert(connection, Reading.__table__, READING_COLUMNS, batch.reading_rows)
         add_to_rollups(session, batch.hourly)
+        if batch.rejudged:
+            store_changes(session, {c["m"]: registry.by_id[c["m"]].kind for c in batch.rejudged},
+                          batch.rejudged)
         if statuses:
             connection.execute(insert(MonitorStatusEvent.__table__), [
                 {"monitor_id": s.monitor_id, "online": s.online, "received_at": s.received_at}
@@ -178,15 +201,21 @@ class Intake:
                 rejections.append(_conflict(r, registry, "already stored"))
         return fresh
 
-    def _judge(self, registry: Registry, fresh: dict[tuple[int, int], IncomingReading],
-               db_time: Callable[[datetime], Any]) -> JudgedBatch:
-        """Verdict of every channel value for its room's state at its time, as insert rows."""
+    def _judge(self, session: Session, registry: Registry,
+               fresh: dict[tuple[int, int], IncomingReading], db_time: Callable[[datetime], Any]
+               ) -> JudgedBatch:
+        """Verdict of every channel value for its room's state at its time, as insert rows.
+
+        Particle samples too small to resolve their action limit get their final verdict
+        from the rolling-volume windows (``tracker.volume``) before the rows are built.
+        """
         batch = JudgedBatch()
+        pending: list[list] = []
+        rolling: dict[tuple[int, str], list[Sample]] = {}
         for r in fresh.values():
             entry = registry.by_id[r.monitor_id]
-            state = self.room_states.state(entry.room_id, r.event_time)
-            event_time = db_time(r.event_time)
-            hour = hour_of(r.event_time)
+            state = (self.room_states.judging_state(entry.room_id, r.event_time, entry.recovery_s)
+                     if entry.recovery_s else self.room_states.state(entry.room_id, r.event_time))
             batch.raw_rows.append((r.monitor_id, r.seq, db_time(r.received_at), r.topic,
                                    r.payload, r.digest))
             batch.stamps.setdefault(r.monitor_id, []).append((r.event_time, r.received_at))
@@ -194,22 +223,39 @@ class Intake:
                 batch.counted.add(r.monitor_id)
             for channel, value in r.values.items():
                 verdict, invalid, bounds = entry.judge(channel, value, r.status, r.event_time,
-                                                       state)
-                batch.reading_rows.append((r.monitor_id, r.seq, channel, event_time, value,
-                                           r.status, verdict.level.value, verdict.direction,
-                                           state, entry.basis_id, invalid))
-                acc = batch.hourly.get((r.monitor_id, channel, hour))
-                if acc is None:
-                    acc = batch.hourly[(r.monitor_id, channel, hour)] = Acc()
-                acc.add(entry.kind, value, verdict.level.value)
-                batch.series.setdefault((r.monitor_id, channel), []).append(
-                    Judged(at=r.event_time, value=value, level=verdict.level,
-                           direction=verdict.direction, bounds=bounds, state=state))
+                                                       state, r.volume_l)
+                item = [r, entry, channel, value, state, verdict, invalid, bounds]
+                pending.append(item)
+                if invalid is None and single_count_exceeds(bounds, r.volume_l) and (
+                        verdict.level is not Level.NOT_EVALUATED):
+                    rolling.setdefault((r.monitor_id, channel), []).append(Sample(
+                        at=r.event_time, seq=r.seq, count=count_of(value, r.volume_l),
+                        volume_ul=volume_ul(r.volume_l), limit=bounds.action_high,
+                        verdict=verdict, rolling=True))
+                    item.append(rolling[(r.monitor_id, channel)][-1])
+        for (monitor_id, channel), samples in rolling.items():
+            batch.rejudged += self.volume.settle(session, registry.by_id[monitor_id], channel,
+                                                 samples)
+        for item in pending:
+            r, entry, channel, value, state, verdict, invalid, bounds = item[:8]
+            if len(item) > 8:
+                verdict = item[8].verdict
+            batch.reading_rows.append((r.monitor_id, r.seq, channel, db_time(r.event_time),
+                                       value, r.status, verdict.level.value, verdict.direction,
+                                       state, entry.basis_id, invalid, r.volume_l))
+            hour = hour_of(r.event_time)
+            acc = batch.hourly.get((r.monitor_id, channel, hour))
+            if acc is None:
+                acc = batch.hourly[(r.monitor_id, channel, hour)] = Acc()
+            acc.add(entry.kind, value, verdict.level.value)
+            batch.series.setdefault((r.monitor_id, channel), []).append(
+                Judged(at=r.event_time, value=value, level=verdict.level,
+                       direction=verdict.direction, bounds=bounds, state=state))
         return batch
 
     def _apply_rules(self, session: Session, registry: Registry, batch: JudgedBatch,
                      statuses: list[IncomingStatus], now: datetime) -> None:
-        """Limit episodes, data gaps, ≥5.0 µm recurrence and offline statuses."""
+        """Limit episodes, data gaps, ≥5.0 µm recurrence, recovery and offline statuses."""
         self.book.process(session, registry, batch.series, now=now)
         self.gaps.after_readings(session, registry, self.room_states, batch.stamps, now)
         for monitor_id, times in batch.stamps.items():
@@ -219,6 +265,9 @@ class Intake:
                 self.recurrence.after_readings(session, entry, self.room_states,
                                                min(t for t, _ in times),
                                                max(t for t, _ in times), now)
+            if entry.recovery_s:
+                self.recovery.after_readings(session, entry, self.room_states,
+                                             (t for t, _ in times), now)
         for st in statuses:
             if not st.online:
                 self.gaps.offline(session, registry, self.room_states, st.monitor_id,
@@ -234,6 +283,8 @@ class JudgedBatch:
     series: dict[tuple[int, str], list[Judged]] = field(default_factory=dict)
     stamps: dict[int, list[tuple[datetime, datetime]]] = field(default_factory=dict)
     counted: set[int] = field(default_factory=set)   # a ≥5.0 µm count in this batch
+    #: stored samples whose rolling-volume verdict this batch's late samples changed
+    rejudged: list[dict] = field(default_factory=list)
     hourly: dict[tuple[int, str, datetime], Acc] = field(default_factory=dict)
 
 

@@ -59,6 +59,9 @@ class Reading(SQLModel, table=True):
     #: why an ``invalid`` reading proves nothing: status_fault|status_calibration|
     #: status_maintenance|calibration_overdue|outside_instrument_range
     invalid_reason: str | None = Field(default=None, max_length=40)
+    #: particles: the sampled volume in litres, as sent (``sample.volume``), so a channel can
+    #: be judged over a rolling sampled volume (``tracker.volume``); ``None`` for other kinds
+    sample_volume_l: float | None = None
 
 
 class MonitorStatusEvent(SQLModel, table=True):

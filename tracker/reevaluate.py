@@ -10,7 +10,7 @@ audited with what it changed.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 from sqlalchemy import bindparam, update
 from sqlmodel import Session, select
@@ -18,11 +18,21 @@ from sqlmodel import Session, select
 from tracker import audit
 from tracker.excursions import EpisodeBook
 from tracker.facility import Monitor, Room, find_room
+from tracker.limits import STATES, Level
 from tracker.readings import Reading
+from tracker.recovery import RecoveryRule
 from tracker.registry import build_registry
 from tracker.rollups import rebuild_rollups
 from tracker.roomstate import RoomStates, set_room_state
 from tracker.timeutil import utcnow
+from tracker.volume import (
+    Sample,
+    VolumeBook,
+    count_of,
+    single_count_exceeds,
+    store_changes,
+    volume_ul,
+)
 
 
 @dataclass(frozen=True)
@@ -48,7 +58,8 @@ def reevaluate(session: Session, *, room_code: str, start: datetime, end: dateti
                actor: str, close_after: int = 3, site_code: str | None = None,
                reason: str | None = None) -> ReevaluationResult:
     """Recompute verdicts of ``room_code`` (and its zones) in ``[start, end)`` and rebuild
-    the episodes of every series that changed."""
+    the episodes of every series that changed; rolling-volume verdicts after the window and
+    the recoveries of the rooms' operations are re-derived too."""
     room = find_room(session, room_code, site_code=site_code)
     registry = build_registry(session)
     states = RoomStates()
@@ -62,11 +73,45 @@ def reevaluate(session: Session, *, room_code: str, start: datetime, end: dateti
     first_change: dict[tuple[int, str], datetime] = {}
     max_changed: datetime | None = None
     checked = 0
+    judged: list[tuple] = []
+    rolling: dict[tuple[int, str], list[Sample]] = {}
+    volumes: dict[tuple[int, str], set[float]] = {}
     for r in session.exec(query):
         checked += 1
         entry = registry.by_id[r.monitor_id]
-        state = states.state(entry.room_id, r.event_time)
-        verdict, invalid, _ = entry.judge(r.channel, r.value, r.status, r.event_time, state)
+        state = states.judging_state(entry.room_id, r.event_time, entry.recovery_s)
+        volume_l = (r.sample_volume_l or entry.sample_volume_l) if entry.kind == "particles" else None
+        verdict, invalid, bounds = entry.judge(r.channel, r.value, r.status, r.event_time, state,
+                                               volume_l)
+        sample = None
+        if volume_l:
+            volumes.setdefault((r.monitor_id, r.channel), set()).add(volume_l)
+            if invalid is None and single_count_exceeds(bounds, volume_l) and (
+                    verdict.level is not Level.NOT_EVALUATED):
+                sample = Sample(at=r.event_time, seq=r.seq, count=count_of(r.value, volume_l),
+                                volume_ul=volume_ul(volume_l), limit=bounds.action_high,
+                                verdict=verdict, rolling=True)
+                rolling.setdefault((r.monitor_id, r.channel), []).append(sample)
+        judged.append((r, entry, state, verdict, invalid, sample))
+    # the rolling-volume verdicts, and those of later stored samples whose window holds a
+    # sample of this window (tracker.volume)
+    later: list[dict] = []
+    windows = VolumeBook()
+    for (monitor_id, channel), seen in volumes.items():
+        entry = registry.by_id[monitor_id]
+        limits = {b.action_high for st in STATES
+                  if (b := entry.limits.for_reading(channel, st)) is not None
+                  and any(single_count_exceeds(b, v) for v in seen)}
+        if not limits:
+            continue
+        samples = sorted(rolling.get((monitor_id, channel), []), key=lambda x: (x.at, x.seq))
+        stop = end or datetime.max.replace(tzinfo=UTC)
+        found, _, _ = windows.replay(session, entry, channel, samples, since=start,
+                                  boundary=(stop, -1), limits=limits, skip_until=stop)
+        later += found
+    for r, entry, state, verdict, invalid, sample in judged:
+        if sample is not None:
+            verdict = sample.verdict
         if (r.level, r.direction, r.state, r.basis_id, r.invalid_reason) == (
                 verdict.level.value, verdict.direction, state, entry.basis_id, invalid):
             continue
@@ -89,10 +134,18 @@ def reevaluate(session: Session, *, room_code: str, start: datetime, end: dateti
         changed_ids = sorted({c["m"] for c in changes})
         rebuild_rollups(session, {i: registry.by_id[i].kind for i in changed_ids}, changed_ids,
                         min(first_change.values()), max_changed)
+    if later:
+        store_changes(session, {c["m"]: registry.by_id[c["m"]].kind for c in later}, later)
+        for c in later:
+            key = (c["m"], c["c"])
+            first_change[key] = min(first_change.get(key, c["at"]), c["at"])
     book = EpisodeBook(close_after=close_after)
     now = utcnow()
     for (monitor_id, channel), since in first_change.items():
         book.rebuild(session, registry.by_id[monitor_id], channel, since, now)
+    recovery = RecoveryRule()
+    for monitor_id in monitor_ids:
+        recovery.rederive_range(session, registry.by_id[monitor_id], states, start, end, now)
     audit.record(session, actor=actor, action="readings.reevaluate", entity="room",
                  entity_key=room.code, after={"from": start.isoformat(),
                                               "to": end.isoformat() if end else None,

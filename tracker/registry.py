@@ -25,6 +25,7 @@ from tracker.limits import (
     resolve_monitor_limits,
 )
 from tracker.readings import basis_id
+from tracker.volume import UL_PER_M3, cap_single
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +47,13 @@ class MonitorEntry:
     range_high: float | None = None
     #: maintenance windows [start, end) during which readings are flagged, not alarmed
     inhibits: tuple[tuple[datetime, datetime], ...] = ()
+    #: particles: registered sample volume (L), the fallback for readings stored without one
+    sample_volume_l: float | None = None
+    #: the site's rolling volume for volume-aware particle evaluation, in µL
+    rolling_ul: int = UL_PER_M3
+    #: recovery window after an operation (s): particle readings in it are judged by
+    #: in-operation limits (``tracker.recovery``); 0 for other kinds
+    recovery_s: float = 0.0
 
     def invalid_reason(self, value: float, status: str, at: datetime) -> str | None:
         """Why a reading proves nothing, or ``None``: sensor status, overdue calibration
@@ -61,14 +69,21 @@ class MonitorEntry:
             return "outside_instrument_range"
         return None
 
-    def judge(self, channel: str, value: float, status: str, at: datetime, state: str
-              ) -> tuple[Verdict, str | None, Bounds | None]:
-        """Verdict of one reading for the room state at its time; invalid ones are not judged."""
+    def judge(self, channel: str, value: float, status: str, at: datetime, state: str,
+              volume_l: float | None = None) -> tuple[Verdict, str | None, Bounds | None]:
+        """Verdict of one reading for the room state at its time; invalid ones are not judged.
+
+        A particle sample in which one count already exceeds the action limit is at most an
+        alert here: the rolling-volume test of ``tracker.volume`` decides action.
+        """
         bounds = self.limits.for_reading(channel, state)
         reason = self.invalid_reason(value, status, at)
         if reason is not None:
             return INVALID, reason, bounds
-        return evaluate(value, bounds), None, bounds
+        verdict = evaluate(value, bounds)
+        if volume_l is not None:
+            verdict = cap_single(verdict, bounds, volume_l)
+        return verdict, None, bounds
 
 
 @dataclass(frozen=True)
@@ -115,6 +130,8 @@ def build_registry(session: Session) -> Registry:
                 calibration_due=mon.calibration_due,
                 limits=resolve_monitor_limits(limit_set, spec, levels), basis_id=basis,
                 range_low=mon.range_low, range_high=mon.range_high,
-                inhibits=tuple(inhibits.get(mon.id, ())))
+                inhibits=tuple(inhibits.get(mon.id, ())), sample_volume_l=mon.sample_volume_l,
+                rolling_ul=round(site.rolling_volume_m3 * UL_PER_M3),
+                recovery_s=site.recovery_s if mon.kind == "particles" else 0.0)
     return Registry(marker=registry_marker(session), by_code=by_code,
                     by_id={e.id: e for e in by_code.values()})

@@ -107,6 +107,28 @@ class Timeline:
         i = bisect.bisect_right(self.times, when)
         return self.states[i - 1] if i else DEFAULT_STATE
 
+    def left_operation(self, when: datetime) -> tuple[datetime, datetime | None] | None:
+        """When the room is at rest at ``when`` after an operation: ``(the end of that
+        operation, the start of the next one or None)``; otherwise ``None``."""
+        i = bisect.bisect_right(self.times, when)
+        if i < 2 or self.states[i - 1] != "at_rest" or self.states[i - 2] != "in_operation":
+            return None
+        return self.times[i - 1], self.times[i] if i < len(self.times) else None
+
+    def operation_ends(self) -> list[datetime]:
+        return [t for i, t in enumerate(self.times)
+                if i and self.states[i] == "at_rest" and self.states[i - 1] == "in_operation"]
+
+    def judging(self, when: datetime, recovery_s: float) -> str:
+        """The state whose limits judge a reading: in-operation limits still apply inside
+        the recovery window after the room leaves operation (``tracker.recovery``)."""
+        state = self.at(when)
+        if recovery_s and state == "at_rest":
+            left = self.left_operation(when)
+            if left is not None and (when - left[0]).total_seconds() < recovery_s:
+                return "in_operation"
+        return state
+
 
 def _merge(spans: list[tuple[datetime, datetime | None]]) -> tuple[list[datetime], list[datetime | None]]:
     """Union of half-open spans ``[start, end)``; ``None`` as end means still running."""
@@ -122,13 +144,34 @@ def _merge(spans: list[tuple[datetime, datetime | None]]) -> tuple[list[datetime
     return starts, ends
 
 
+def _overlay(manual: Timeline, spans: tuple[list[datetime], list[datetime | None]]) -> Timeline:
+    """One step-function timeline: in operation inside any span, the manual timeline elsewhere."""
+    starts, ends = spans
+
+    def operating(at: datetime) -> bool:
+        i = bisect.bisect_right(starts, at) - 1
+        return i >= 0 and (ends[i] is None or at < ends[i])
+
+    combined = Timeline([], [])
+    for point in sorted({*manual.times, *starts, *(e for e in ends if e is not None)}):
+        state = "in_operation" if operating(point) else manual.at(point)
+        if (combined.states[-1] if combined.states else DEFAULT_STATE) != state:
+            combined.times.append(point)
+            combined.states.append(state)
+    return combined
+
+
 class RoomStates:
-    """All rooms' timelines, reloaded only when a change has been recorded since."""
+    """All rooms' timelines, reloaded only when a change has been recorded since.
+
+    Each room's timeline combines its manual changes with the operation periods of the room
+    and the zones inside it, so every rule (evaluation, recovery after an operation, re-
+    evaluation) sees one timeline whatever fed it.
+    """
 
     def __init__(self) -> None:
         self._marker: tuple[int, ...] | None = None
         self._timelines: dict[int, Timeline] = {}
-        self._operating: dict[int, tuple[list[datetime], list[datetime | None]]] = {}
 
     def refresh(self, session: Session) -> bool:
         changes = session.exec(select(func.coalesce(func.max(RoomStateChange.id), 0),
@@ -147,11 +190,15 @@ class RoomStates:
             tl = timelines.setdefault(row.room_id, Timeline([], []))
             if tl.times and tl.times[-1] == row.effective_at:
                 tl.states[-1] = row.state  # the later record of the same instant wins
-            else:
-                tl.times.append(row.effective_at)
+                if len(tl.states) > 1 and tl.states[-2] == row.state:
+                    tl.times.pop()
+                    tl.states.pop()
+            elif (tl.states[-1] if tl.states else DEFAULT_STATE) != row.state:
+                tl.times.append(row.effective_at)   # a repeat of the same state is no change
                 tl.states.append(row.state)
-        self._timelines, self._operating = timelines, self._load_periods(session)
-        self._marker = marker
+        for room_id, spans in self._load_periods(session).items():
+            timelines[room_id] = _overlay(timelines.get(room_id, Timeline([], [])), spans)
+        self._timelines, self._marker = timelines, marker
         return True
 
     @staticmethod
@@ -167,16 +214,14 @@ class RoomStates:
                 room_id = parent.get(room_id)
         return {room_id: _merge(s) for room_id, s in spans.items()}
 
-    def operating(self, room_id: int, at: datetime) -> bool:
-        merged = self._operating.get(room_id)
-        if not merged:
-            return False
-        starts, ends = merged
-        i = bisect.bisect_right(starts, at) - 1
-        return i >= 0 and (ends[i] is None or at < ends[i])
-
     def state(self, room_id: int, at: datetime) -> str:
-        if self._operating and self.operating(room_id, at):
-            return "in_operation"
         tl = self._timelines.get(room_id)
         return tl.at(at) if tl else DEFAULT_STATE
+
+    def judging_state(self, room_id: int, at: datetime, recovery_s: float) -> str:
+        """``state``, but in-operation inside the recovery window after an operation."""
+        tl = self._timelines.get(room_id)
+        return tl.judging(at, recovery_s) if tl else DEFAULT_STATE
+
+    def timeline(self, room_id: int) -> Timeline | None:
+        return self._timelines.get(room_id)
