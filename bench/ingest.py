@@ -12,6 +12,13 @@ the sample facility published by a separate process at QoS 1:
 Each phase runs "live" (subscriber connected while the publisher floods) and "backlog"
 (messages queued for an offline persistent session, then drained). Prints messages/s of
 each and the ratio ingester / ceiling. A benchmark, not a test: nothing is asserted.
+
+    uv run python bench/ingest.py --rules-cost
+
+prices the rules beyond limit episodes (data gaps, ≥5 µm recurrence, adverse trends,
+recovery) and the hourly rollups: the live phase runs alternately with everything on and
+with a bench-only intake that skips them (limit evaluation, rolling-volume verdicts and
+limit episodes stay), and prints both rates and their ratio (issue 6 target: ≥ 0.85).
 """
 
 from __future__ import annotations
@@ -41,6 +48,7 @@ from simulators.facility import load_facility as load_sim_facility  # noqa: E402
 from simulators.publisher import generate  # noqa: E402
 from tracker.db import get_engine, unit_of_work  # noqa: E402
 from tracker.facility import load_facility, read_facility_file  # noqa: E402
+from tracker.intake import Intake  # noqa: E402
 from tracker.migrate import upgrade  # noqa: E402
 from tracker.readings import RawMessage  # noqa: E402
 
@@ -140,12 +148,23 @@ def ceiling(url: str, messages: list, mode: str) -> float:
     return counter.count / elapsed
 
 
+class CoreOnlyIntake(Intake):
+    """Bench-only: limit evaluation and limit episodes, without the other rules and rollups."""
+
+    def _roll_up(self, session, batch) -> None:
+        pass
+
+    def _apply_rules(self, session, registry, batch, statuses, now) -> None:
+        self.book.process(session, registry, batch.series, now=now)
+
+
 def stored(engine) -> int:
     with unit_of_work(engine) as s:
         return s.exec(select(func.count()).select_from(RawMessage)).one()
 
 
-def ingest(url: str, messages: list, mode: str, workdir: Path, batch_size: int) -> tuple[float, int]:
+def ingest(url: str, messages: list, mode: str, workdir: Path, batch_size: int,
+           core_only: bool = False) -> tuple[float, int]:
     db_url = f"sqlite:///{workdir / f'bench-{mode}.db'}"
     upgrade(db_url)
     engine = get_engine(db_url)
@@ -155,6 +174,8 @@ def ingest(url: str, messages: list, mode: str, workdir: Path, batch_size: int) 
 
     def start_ingester() -> tuple[Ingester, threading.Event, threading.Thread]:
         ing = Ingester(engine, parse_broker_url(url), options)
+        if core_only:
+            ing.intake = CoreOnlyIntake(close_after=options.close_after, gap_factor=options.gap_factor)
         stop = threading.Event()
         thread = threading.Thread(target=ing.run, args=(stop,), daemon=True)
         thread.start()
@@ -192,6 +213,8 @@ def main() -> None:
                         help="messages per transaction (TRACKER_INGEST_BATCH_SIZE)")
     parser.add_argument("--repeat", type=int, default=3,
                         help="runs per phase; the median is reported (figures vary ±15 %%)")
+    parser.add_argument("--rules-cost", action="store_true",
+                        help="live ingest with rules and rollups on vs off, same run")
     args = parser.parse_args()
     t = time.perf_counter()
     messages = make_messages(args.readings)
@@ -200,6 +223,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="gmp-bench-") as tmp, \
             LocalBroker(data_dir=Path(tmp) / "broker", persistence=False) as broker:
         print(f"broker: {broker.kind} {broker.url}")
+        if args.rules_cost:
+            rules_cost(broker.url, messages, Path(tmp), args)
+            return
         rows = []
         for mode in ("live", "backlog"):
             ceilings, rates = [], []
@@ -219,6 +245,19 @@ def main() -> None:
         for mode, ceil, rate, low, high in rows:
             print(f"{mode:8} {ceil:14,.0f} {rate:20,.0f} {rate / ceil:6.2f} "
                   f"{low:5.2f}–{high:4.2f}")
+
+
+def rules_cost(url: str, messages: list, workdir: Path, args: argparse.Namespace) -> None:
+    on, off = [], []
+    for run in range(args.repeat):   # alternate, so drift hits both alike
+        off.append(ingest(url, messages, f"live-off-{run}", workdir, args.batch_size, core_only=True)[0])
+        on.append(ingest(url, messages, f"live-on-{run}", workdir, args.batch_size)[0])
+    m_on, m_off = statistics.median(on), statistics.median(off)
+    print(f"\nmedian of {args.repeat} live runs, {len(messages):,} readings each")
+    print(f"rules + rollups off {m_off:12,.0f} readings/s")
+    print(f"rules + rollups on  {m_on:12,.0f} readings/s")
+    print(f"on / off            {m_on / m_off:12.2f}  (runs: "
+          + ", ".join(f"{a / b:.2f}" for a, b in zip(on, off, strict=True)) + ")")
 
 
 if __name__ == "__main__":

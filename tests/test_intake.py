@@ -248,11 +248,49 @@ def test_reevaluating_a_window_re_judges_the_rolling_volume_after_it(
     assert after == levels(right)
     changed_later = [a for a, b in zip(after, before, strict=True) if a != b and a[0] > 30]
     assert changed_later, "the samples after the window must have been judged again"
-    # limit and recovery episodes alike (re-evaluation does not re-derive recurrences yet)
+    # limit, recovery and recurrence episodes alike
     with unit_of_work(facility_engine) as s:
         shapes = [(e["type"], e["started_at"], e["ended_at"], e["level"]) for e in
-                  list_excursions(s) if e["type"] in ("limit", "recovery")]
+                  list_excursions(s) if e["type"] in ("limit", "recovery", "recurrence")]
     with unit_of_work(right) as s:
         assert shapes == [(e["type"], e["started_at"], e["ended_at"], e["level"]) for e in
-                          list_excursions(s) if e["type"] in ("limit", "recovery")]
+                          list_excursions(s) if e["type"] in ("limit", "recovery", "recurrence")]
     assert ("limit", "2026-11-20T00:30:00Z", "2026-11-20T00:45:00Z", "alert") in shapes
+
+
+def bsc(seq: int, minute: float, c50: int) -> InboundMessage:
+    """The grade A zone's counter (100 L samples): ≥5.0 µm counts feed the recurrence rule."""
+    return msg(topic("T-B1-BSC", "T-BSC-PC"), particles(monitor="T-BSC-PC", seq=seq, volume=100,
+                                                        ts=T0 + timedelta(minutes=minute), c05=c50,
+                                                        c50=c50))
+
+
+def test_late_data_that_breaks_a_recurrence_supersedes_it(facility_engine: Engine) -> None:
+    quiet = [bsc(s, s, 0) for s in range(1, 30) if s not in (10, 11, 12)]
+    # minutes 10 and 12 counted, minute 11 missing: two consecutive samples as received
+    processor = run(facility_engine, [[*quiet, bsc(10, 10, 1), bsc(12, 12, 1)]])
+    with unit_of_work(facility_engine) as s:
+        (rec,) = list_excursions(s, type_="recurrence")
+        assert (rec["started_at"], rec["ended_at"]) == ("2026-11-20T00:10:00Z", "2026-11-20T00:12:00Z")
+    run(facility_engine, [[bsc(11, 11, 0)]], processor)     # the missing sample arrives: no count
+    with unit_of_work(facility_engine) as s:
+        assert list_excursions(s, type_="recurrence") == []
+        (gone,) = list_excursions(s, type_="recurrence", include_superseded=True)
+        assert gone["status"] == "superseded"
+        events = s.exec(select(AuditEvent.action).where(AuditEvent.entity_key == str(gone["id"]))).all()
+    assert "excursion.supersede" in events
+
+
+def test_late_counts_reshape_a_recurrence_exactly(facility_engine: Engine) -> None:
+    counted = {3, 4, 20, 21}
+    processor = run(facility_engine, [[bsc(s, s, 1 if s in counted else 0) for s in range(1, 40)
+                                       if s not in (9, 10, 11)]])
+    with unit_of_work(facility_engine) as s:
+        assert [(e["started_at"][11:16], e["ended_at"][11:16]) for e in
+                list_excursions(s, type_="recurrence")] == [("00:03", "00:04"), ("00:20", "00:21")]
+    # backfilled minutes 9 and 10 had counts: with 3 and 4 that is ≥ 3 of the last 10 samples,
+    # which stays true up to minute 13 (the window then still holds 4, 9 and 10)
+    run(facility_engine, [[bsc(9, 9, 1), bsc(10, 10, 1), bsc(11, 11, 0)]], processor)
+    with unit_of_work(facility_engine) as s:
+        assert [(e["started_at"][11:16], e["ended_at"][11:16], e["readings"]) for e in
+                list_excursions(s, type_="recurrence")] == [("00:03", "00:13", 4), ("00:20", "00:21", 2)]

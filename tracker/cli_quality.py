@@ -40,6 +40,8 @@ step_app = typer.Typer(help="Process steps of a batch (工序).", no_args_is_hel
 link_app = typer.Typer(help="Excursion ↔ batch-step exposure links for QA to decide.", no_args_is_help=True)
 deviation_app = typer.Typer(help="Deviations (偏差) from excursions or by hand.", no_args_is_help=True)
 capa_app = typer.Typer(help="CAPA actions (纠正预防措施) of a deviation.", no_args_is_help=True)
+limits_app = typer.Typer(help="Data-driven alert/action levels: propose, approve (e-signature), reject.",
+                         no_args_is_help=True)
 
 SiteOpt = Annotated[str | None, typer.Option("--site", help="site code (when several)")]
 CommentOpt = Annotated[str | None, typer.Option(help="comment recorded with the signature")]
@@ -590,7 +592,81 @@ def capa_check(capa_id: int, effective: Annotated[bool, typer.Option("--effectiv
     console.print(f"CAPA {capa_id}: {t(action.status)}")
 
 
+# -- data-driven levels -----------------------------------------------------------------------------
+
+@limits_app.command("propose")
+def limits_propose(room: Annotated[str, typer.Option()],
+                   kind: Annotated[str, typer.Option(help="particles or pressure")],
+                   state: Annotated[str, typer.Option(help="at_rest or in_operation")],
+                   start: Annotated[str, typer.Option("--from", help="ISO 8601 with offset")],
+                   end: Annotated[str, typer.Option("--to", help="ISO 8601 with offset")], as_: AsOpt,
+                   channel: Annotated[str | None, typer.Option(help="0.5 or 5.0 for particles")] = None,
+                   site: SiteOpt = None, json_out: JsonOpt = False, password_stdin: PwStdin = False,
+                   db: DbOpt = None) -> None:
+    """Propose alert/action levels from the period's valid readings (percentiles; never beyond
+    the regulation). Nothing changes until another QA person approves it."""
+    from tracker.proposals import propose, to_json
+
+    actor = _login(db, as_, password_stdin)
+    with unit_of_work(engine_for(db)) as session:
+        doc = to_json(session, propose(session, actor=actor, room_code=room, kind=kind, channel=channel,
+                                       state=state, start=parse_instant(start), end=parse_instant(end),
+                                       site_code=site))
+    if json_out:
+        print_json(doc)
+        return
+    console.print(f"proposal {doc['id']}: {doc['room']} {t(doc['kind'])} {doc['channel'] or ''} "
+                  f"{t(doc['state'])} — {t('alert')} {doc['alert']:g} · {t('action')} {doc['action']:g} "
+                  f"({doc['readings']} {t('readings')}, {doc['days']} d; regulatory {doc['regulatory']})")
+    for note in doc["notes"]:
+        console.print(f"  • {note}")
+
+
+@limits_app.command("proposals")
+def limits_proposals(status: Annotated[str | None, typer.Option(help="proposed, approved, …")] = None,
+                     json_out: JsonOpt = False, db: DbOpt = None) -> None:
+    from tracker.proposals import list_proposals
+
+    with unit_of_work(engine_for(db)) as session:
+        rows = list_proposals(session, status=status)
+    if json_out:
+        print_json(rows)
+        return
+    table = Table(title="limit proposals")
+    for key in ("id", "room", "kind", "channel", "state", "alert", "action", "readings"):
+        table.add_column(t(key))
+    table.add_column("status")
+    for r in rows:
+        table.add_row(str(r["id"]), r["room"], t(r["kind"]), r["channel"] or "", t(r["state"]),
+                      f"{r['alert']:g}", f"{r['action']:g}", str(r["readings"]), r["status"])
+    console.print(table)
+
+
+@limits_app.command("approve")
+def limits_approve(proposal_id: int, as_: AsOpt, comment: CommentOpt = None, password_stdin: PwStdin = False,
+                   db: DbOpt = None) -> None:
+    """Approve a proposal with an e-signature: its levels apply from now on (new facility revision)."""
+    from tracker.proposals import approve
+
+    signer = _login(db, as_, password_stdin, signing=True)
+    with unit_of_work(engine_for(db)) as session:
+        approve(session, signer=signer, proposal_id=proposal_id, comment=comment)
+    console.print(f"proposal {proposal_id}: {t('approved')} ({as_})")
+
+
+@limits_app.command("reject")
+def limits_reject(proposal_id: int, reason: Annotated[str, typer.Option()], as_: AsOpt,
+                  password_stdin: PwStdin = False, db: DbOpt = None) -> None:
+    from tracker.proposals import reject
+
+    actor = _login(db, as_, password_stdin)
+    with unit_of_work(engine_for(db)) as session:
+        reject(session, actor=actor, proposal_id=proposal_id, reason=reason)
+    console.print(f"proposal {proposal_id}: {t('rejected')}")
+
+
 def register(app: typer.Typer) -> None:
+    app.add_typer(limits_app, name="limits")
     app.add_typer(user_app, name="user")
     app.add_typer(batch_app, name="batch")
     app.add_typer(step_app, name="step")

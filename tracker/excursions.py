@@ -167,7 +167,8 @@ def _overlaps(episode: Episode, row: Excursion) -> bool:
     return episode.started_at <= row_end and row.started_at <= ep_end
 
 
-def _shape(row: Excursion) -> dict:
+def excursion_shape(row: Excursion) -> dict:
+    """What an audit event of a reshaped or superseded excursion records as before/after."""
     return {"started_at": row.started_at, "ended_at": row.ended_at, "level": row.level,
             "peak": row.peak, "readings": row.readings, "status": row.status}
 
@@ -186,7 +187,7 @@ def _reconcile(session: Session, entry: MonitorEntry, channel: str, replayed: li
         if match is not None:
             unmatched.remove(match)
             episode.key = match.id
-            before = _shape(match)
+            before = excursion_shape(match)
         row = _save(session, entry, channel, episode, now)
         if not episode.open and (before is None or before["status"] != "closed"):
             newly_closed.append(episode)
@@ -196,16 +197,16 @@ def _reconcile(session: Session, entry: MonitorEntry, channel: str, replayed: li
                                        and before["ended_at"] != row.ended_at)):
             audit.record(session, actor=SYSTEM_ACTOR, action="excursion.reshape",
                          entity="excursion", entity_key=str(row.id), before=before,
-                         after=_shape(row), at=now, reason=REPLAY_REASON)
+                         after=excursion_shape(row), at=now, reason=REPLAY_REASON)
     for row in unmatched:
-        before = _shape(row)
+        before = excursion_shape(row)
         row.status = "superseded"
         row.updated_at = now
         row.note = (f"{row.note}\n" if row.note else "") + "superseded: " + REPLAY_REASON
         session.add(row)
         audit.record(session, actor=SYSTEM_ACTOR, action="excursion.supersede",
                      entity="excursion", entity_key=str(row.id), before=before,
-                     after=_shape(row), at=now, reason=REPLAY_REASON)
+                     after=excursion_shape(row), at=now, reason=REPLAY_REASON)
     return newly_closed
 
 

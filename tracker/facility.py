@@ -111,6 +111,8 @@ class FacilityLimit(SQLModel, table=True):
     action_high: float | None = None
     delay_s: float | None = None
     note: str | None = Field(default=None, sa_column=Column(Text))
+    #: None: from the facility file; ``proposal:<id>``: an approved data-driven level
+    source: str | None = Field(default=None, max_length=40)
 
     def to_level(self) -> FacilityLevel:
         return FacilityLevel(kind=self.kind, state=self.state, monitor=self.monitor_code,
@@ -389,14 +391,24 @@ def _room_row(r: RoomDef) -> dict:
 
 
 _LIMIT_FIELDS = ("kind", "state", "monitor_code", "room_code", "grade", "channel", "alert_low",
-                 "alert_high", "action_low", "action_high", "delay_s", "note")
+                 "alert_high", "action_low", "action_high", "delay_s", "note", "source")
 
 
 def _limit_rows(facility: FacilityDef) -> list[dict]:
     return [{"kind": lv.kind, "state": lv.state, "monitor_code": lv.monitor, "room_code": lv.room,
              "grade": lv.grade, "channel": lv.channel, "alert_low": lv.alert_low,
              "alert_high": lv.alert_high, "action_low": lv.action_low, "action_high": lv.action_high,
-             "delay_s": lv.delay_s, "note": lv.note or None} for lv in facility.levels]
+             "delay_s": lv.delay_s, "note": lv.note or None, "source": None} for lv in facility.levels]
+
+
+def _carried_levels(session: Session, site: Site | None, facility: FacilityDef) -> list[dict]:
+    """Approved data-driven levels of the current revision that the new file does not override
+    (same room, parameter, channel and state); they stay in force across file loads."""
+    if site is None:
+        return []
+    scopes = {(lv.room, lv.kind, lv.channel, lv.state) for lv in facility.levels if lv.room}
+    return [row for row in limits_content(session, site, site.revision)["levels"]
+            if row["source"] and (row["room_code"], row["kind"], row["channel"], row["state"]) not in scopes]
 
 
 def limits_content(session: Session, site: Site, revision: int) -> dict:
@@ -423,8 +435,9 @@ def load_facility(session: Session, facility: FacilityDef, *, actor: str,
     if site is not None and site.file_sha256 == digest:
         return LoadResult(site.code, site.revision, False, len(facility.rooms),
                           len(facility.monitors), len(facility.levels))
+    carried = _carried_levels(session, site, facility)
     limits_change = site is not None and (
-        limits_content(session, site, site.revision)["levels"] != _limit_rows(facility)
+        limits_content(session, site, site.revision)["levels"] != _limit_rows(facility) + carried
         or site.limit_set != facility.limit_set)
     if limits_change:
         if approver is None:
@@ -516,6 +529,8 @@ def load_facility(session: Session, facility: FacilityDef, *, actor: str,
             grade=level.grade, channel=level.channel, alert_low=level.alert_low,
             alert_high=level.alert_high, action_low=level.action_low,
             action_high=level.action_high, delay_s=level.delay_s, note=level.note or None))
+    for position, row in enumerate(carried, start=len(facility.levels)):
+        session.add(FacilityLimit(site_id=site.id, revision=site.revision, position=position, **row))
     audit.record(session, actor=actor, action="limits.revise", entity="site", entity_key=site.code,
                  after=[asdict(lv) for lv in facility.levels], at=now,
                  reason=f"facility levels of revision {site.revision}")

@@ -161,7 +161,7 @@ class Intake:
         batch = self._judge(session, registry, fresh, time_param(connection.dialect.name))
         bulk_insert(connection, RawMessage.__table__, RAW_COLUMNS, batch.raw_rows)
         bulk_insert(connection, Reading.__table__, READING_COLUMNS, batch.reading_rows)
-        add_to_rollups(session, batch.hourly)
+        self._roll_up(session, batch)
         if batch.rejudged:
             store_changes(session, {c["m"]: registry.by_id[c["m"]].kind for c in batch.rejudged},
                           batch.rejudged)
@@ -221,6 +221,8 @@ class Intake:
             batch.stamps.setdefault(r.monitor_id, []).append((r.event_time, r.received_at))
             if r.values.get("5.0", 0) > 0:
                 batch.counted.add(r.monitor_id)
+            if r.seq < self.highest_seq.get(r.monitor_id, -1):
+                batch.late.add(r.monitor_id)
             for channel, value in r.values.items():
                 verdict, invalid, bounds = entry.judge(channel, value, r.status, r.event_time,
                                                        state, r.volume_l)
@@ -253,6 +255,10 @@ class Intake:
                        direction=verdict.direction, bounds=bounds, state=state))
         return batch
 
+    def _roll_up(self, session: Session, batch: JudgedBatch) -> None:
+        """Hourly rollups of the batch (a separate step so the bench can price it)."""
+        add_to_rollups(session, batch.hourly)
+
     def _apply_rules(self, session: Session, registry: Registry, batch: JudgedBatch,
                      statuses: list[IncomingStatus], now: datetime) -> None:
         """Limit episodes, data gaps, ≥5.0 µm recurrence, recovery and offline statuses."""
@@ -261,7 +267,7 @@ class Intake:
         for monitor_id, times in batch.stamps.items():
             entry = registry.by_id[monitor_id]
             if self.recurrence.applies(entry) and self.recurrence.needs_look(
-                    monitor_id, monitor_id in batch.counted):
+                    monitor_id, monitor_id in batch.counted or monitor_id in batch.late):
                 self.recurrence.after_readings(session, entry, self.room_states,
                                                min(t for t, _ in times),
                                                max(t for t, _ in times), now)
@@ -283,6 +289,7 @@ class JudgedBatch:
     series: dict[tuple[int, str], list[Judged]] = field(default_factory=dict)
     stamps: dict[int, list[tuple[datetime, datetime]]] = field(default_factory=dict)
     counted: set[int] = field(default_factory=set)   # a ≥5.0 µm count in this batch
+    late: set[int] = field(default_factory=set)      # a sample older than one already stored
     #: stored samples whose rolling-volume verdict this batch's late samples changed
     rejudged: list[dict] = field(default_factory=list)
     hourly: dict[tuple[int, str, datetime], Acc] = field(default_factory=dict)

@@ -13,6 +13,7 @@ from tracker.deviations import CapaAction, Deviation, DeviationBatch, DeviationE
 from tracker.excursions import Excursion
 from tracker.facility import FacilityLimit, Monitor, Room, Site
 from tracker.inhibits import Inhibit
+from tracker.proposals import LimitProposal
 from tracker.quarantine import QuarantinedMessage
 from tracker.readings import EvaluationBasis, MonitorStatusEvent, RawMessage, Reading
 from tracker.rollups import RollupHourly
@@ -35,6 +36,7 @@ __all__ = [
     "FacilityLimit",
     "IngestCounter",
     "Inhibit",
+    "LimitProposal",
     "Monitor",
     "MonitorStatusEvent",
     "OperationPeriod",

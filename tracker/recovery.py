@@ -32,7 +32,7 @@ from sqlmodel import Session
 from sqlmodel import select as sm_select
 
 from tracker import audit
-from tracker.excursions import SYSTEM_ACTOR, Excursion
+from tracker.excursions import SYSTEM_ACTOR, Excursion, excursion_shape
 from tracker.limits import LEVEL_RANK, Level
 from tracker.readings import Reading
 from tracker.registry import MonitorEntry
@@ -218,11 +218,6 @@ def _bound(bounds, level: Level) -> float | None:
     return bounds.action_high if level is Level.ACTION else bounds.alert_high
 
 
-def _shape(row: Excursion) -> dict:
-    return {"started_at": row.started_at, "ended_at": row.ended_at, "level": row.level,
-            "peak": row.peak, "readings": row.readings, "status": row.status}
-
-
 def _save(session: Session, entry: MonitorEntry, rooms: RoomStates, row: Excursion | None,
           failure: Failure, op_end: datetime, now: datetime) -> Excursion:
     """Insert or update the recovery excursion; an unchanged one is not touched."""
@@ -236,7 +231,7 @@ def _save(session: Session, entry: MonitorEntry, rooms: RoomStates, row: Excursi
                        f"operation ended at {op_end.isoformat()}")}
     if row is not None and all(getattr(row, k) == v for k, v in values.items()):
         return row
-    before = _shape(row) if row is not None else None
+    before = excursion_shape(row) if row is not None else None
     if row is None:
         row = Excursion(type="recovery", site_id=entry.site_id, monitor_id=entry.id,
                         room_id=entry.room_id, kind="particles", direction="high",
@@ -251,16 +246,16 @@ def _save(session: Session, entry: MonitorEntry, rooms: RoomStates, row: Excursi
             row.started_at, row.ended_at, row.level):
         audit.record(session, actor=SYSTEM_ACTOR, action="excursion.reshape",
                      entity="excursion", entity_key=str(row.id), before=before,
-                     after=_shape(row), at=now, reason=RESHAPE_REASON)
+                     after=excursion_shape(row), at=now, reason=RESHAPE_REASON)
     return row
 
 
 def _supersede(session: Session, row: Excursion, now: datetime) -> None:
-    before = _shape(row)
+    before = excursion_shape(row)
     row.status, row.updated_at = "superseded", now
     row.note = (f"{row.note}\n" if row.note else "") + "superseded: " + RESHAPE_REASON
     session.add(row)
     audit.record(session, actor=SYSTEM_ACTOR, action="excursion.supersede", entity="excursion",
-                 entity_key=str(row.id), before=before, after=_shape(row), at=now,
+                 entity_key=str(row.id), before=before, after=excursion_shape(row), at=now,
                  reason=RESHAPE_REASON)
 

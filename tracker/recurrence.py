@@ -17,7 +17,8 @@ from datetime import datetime
 
 from sqlmodel import Session, select
 
-from tracker.excursions import Excursion
+from tracker import audit
+from tracker.excursions import REPLAY_REASON, SYSTEM_ACTOR, Excursion, excursion_shape
 from tracker.limits import Level
 from tracker.readings import Reading
 from tracker.registry import MonitorEntry
@@ -89,6 +90,14 @@ class RecurrenceRule:
     def after_readings(self, session: Session, entry: MonitorEntry, rooms: RoomStates,
                        first: datetime, last: datetime, now: datetime) -> None:
         """Re-derive recurrence around new ≥5.0 µm samples of one monitor."""
+        # read every stored recurrence touching the range whole, so it can be re-derived exactly
+        touching = session.exec(select(Excursion.started_at, Excursion.ended_at).where(
+            Excursion.monitor_id == entry.id, Excursion.type == "recurrence",
+            Excursion.status != "superseded", Excursion.started_at <= last,
+            Excursion.ended_at >= first)).all()
+        if touching:
+            first = min(first, *(t[0] for t in touching))
+            last = max(last, *(t[1] for t in touching))
         series = (Reading.monitor_id == entry.id, Reading.channel == CHANNEL,
                   Reading.level.notin_((Level.INVALID.value, Level.NOT_EVALUATED.value)),
                   Reading.state.in_(self._states_in_scope(entry)))
@@ -113,9 +122,19 @@ class RecurrenceRule:
             Excursion.monitor_id == entry.id, Excursion.type == "recurrence",
             Excursion.status != "superseded", Excursion.started_at <= hi,
             Excursion.ended_at >= lo).order_by(Excursion.started_at)))
+        # spans whose whole derivation lies in the samples read here are known exactly: a stored
+        # recurrence there is reshaped to its span, or superseded when late data dissolved it
+        exact_from = before[-self.last][0] if len(before) >= self.last else None
+        exact_to = after[-1][0] if len(after) >= self.last else None
+
+        def exact(start: datetime, end: datetime | None) -> bool:
+            return ((exact_from is None or start >= exact_from)
+                    and (exact_to is None or (end is not None and end < exact_to)))
+
         for span in spans:
             match = next((r for r in stored if r.started_at <= span.end
                           and span.start <= r.ended_at), None)
+            shape = excursion_shape(match) if match is not None and match.id else None
             if match is None:
                 match = Excursion(type="recurrence", site_id=entry.site_id, monitor_id=entry.id,
                                   room_id=entry.room_id, kind="particles", channel=CHANNEL,
@@ -128,11 +147,28 @@ class RecurrenceRule:
                                        f"samples or {self.of} of the last {self.last}")
             else:
                 stored.remove(match)
-            # a stored span reaching past the samples read here keeps its outer ends
-            match.started_at = min(match.started_at, span.start) if match.id else span.start
-            match.ended_at = max(match.ended_at or span.end, span.end)
+            if match.id and not exact(match.started_at, match.ended_at):
+                # a stored span reaching past the samples read here keeps its outer ends
+                match.started_at = min(match.started_at, span.start)
+                match.ended_at = max(match.ended_at or span.end, span.end)
+                match.readings = max(match.readings or 0, span.counted)
+            else:
+                match.started_at, match.ended_at, match.readings = span.start, span.end, span.counted
             match.closed_by_at = match.last_out_at = match.ended_at
-            match.readings = max(match.readings or 0, span.counted)
             match.peak = float(match.readings)
             match.status, match.updated_at = "closed", now
             session.add(match)
+            if shape is not None and shape != excursion_shape(match):
+                session.flush()
+                audit.record(session, actor=SYSTEM_ACTOR, action="excursion.reshape", entity="excursion",
+                             entity_key=str(match.id), before=shape, after=excursion_shape(match), at=now,
+                             reason=REPLAY_REASON)
+        for row in stored:
+            if exact(row.started_at, row.ended_at) and row.started_at <= last and first <= row.ended_at:
+                shape = excursion_shape(row)
+                row.status, row.updated_at = "superseded", now
+                row.note = (f"{row.note}\n" if row.note else "") + "superseded: " + REPLAY_REASON
+                session.add(row)
+                audit.record(session, actor=SYSTEM_ACTOR, action="excursion.supersede", entity="excursion",
+                             entity_key=str(row.id), before=shape, after=excursion_shape(row), at=now,
+                             reason=REPLAY_REASON)

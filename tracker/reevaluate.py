@@ -21,6 +21,8 @@ from tracker.facility import Monitor, Room, find_room
 from tracker.limits import STATES, Level
 from tracker.readings import Reading
 from tracker.recovery import RecoveryRule
+from tracker.recurrence import CHANNEL as RECURRENCE_CHANNEL
+from tracker.recurrence import RecurrenceRule
 from tracker.registry import build_registry
 from tracker.rollups import rebuild_rollups
 from tracker.roomstate import RoomStates, set_room_state
@@ -146,6 +148,11 @@ def reevaluate(session: Session, *, room_code: str, start: datetime, end: dateti
     recovery = RecoveryRule()
     for monitor_id in monitor_ids:
         recovery.rederive_range(session, registry.by_id[monitor_id], states, start, end, now)
+    recurrence = RecurrenceRule()
+    for (monitor_id, channel), since in first_change.items():
+        entry = registry.by_id[monitor_id]
+        if channel == RECURRENCE_CHANNEL and recurrence.applies(entry):
+            recurrence.after_readings(session, entry, states, since, max(max_changed or since, since), now)
     audit.record(session, actor=actor, action="readings.reevaluate", entity="room",
                  entity_key=room.code, after={"from": start.isoformat(),
                                               "to": end.isoformat() if end else None,

@@ -44,6 +44,9 @@ class Settings(BaseSettings):
                                        description="a step may be recorded at most this late")
     step_late_after_min: float = Field(default=15.0, ge=0,
                                        description="a step recorded later than this needs a reason")
+    proposal_min_readings: int = Field(default=1000, ge=30,
+                                       description="valid readings a level proposal needs at least…")
+    proposal_min_days: int = Field(default=7, ge=1, description="…spread over at least this many days")
     password_min_length: int = Field(default=12, ge=8, description="shortest password accepted")
     lockout_attempts: int = Field(default=5, ge=1,
                                   description="consecutive failed logins or signings that lock an account")
