@@ -167,3 +167,29 @@ def test_a_room_that_does_not_clean_up_after_a_step_opens_a_recovery_excursion(
         linked = {lk.excursion_id for lk in links_of(s, get_batch(s, "CT-1"))}
     assert rec["id"] not in linked      # after the step: an excursion of the room, not of the batch
     assert step
+
+
+def test_qa_acknowledges_an_excursion_again_when_it_escalates(people_engine: Engine) -> None:
+    from tracker.errors import InvalidInputError, PermissionDeniedError
+    from tracker.excursions import acknowledge
+
+    engine = people_engine
+    feed(engine, [(topic("T-B1", "T-B1-PC"), particles(seq=m + 1, ts=T0 + minutes(m),
+                                                       c05=57 if m == 10 else 10)) for m in range(11)])
+    with unit_of_work(engine) as s:
+        (ex,) = list_excursions(s, unacknowledged=True)
+        assert (ex["level"], ex["acknowledged_by"]) == ("alert", None)
+        with pytest.raises(PermissionDeniedError, match="needs the role qa"):
+            acknowledge(s, actor=as_(engine, "op1"), excursion_id=ex["id"], comment="seen")
+        with pytest.raises(InvalidInputError, match="needs a comment"):
+            acknowledge(s, actor=as_(engine, "qa1"), excursion_id=ex["id"], comment=" ")
+        acknowledge(s, actor=as_(engine, "qa1"), excursion_id=ex["id"], comment="door left open; closed")
+        assert list_excursions(s, unacknowledged=True) == []
+        with pytest.raises(ConflictError, match="acknowledged already"):
+            acknowledge(s, actor=as_(engine, "qa1"), excursion_id=ex["id"], comment="again")
+    feed(engine, [(topic("T-B1", "T-B1-PC"), particles(seq=12, ts=T0 + minutes(11), c05=200))])
+    with unit_of_work(engine) as s:
+        (ex,) = list_excursions(s, unacknowledged=True)      # escalated to action: to be seen again
+        assert (ex["level"], ex["acknowledged_by"]) == ("action", "qa1")
+        acknowledge(s, actor=as_(engine, "qa2"), excursion_id=ex["id"], comment="action: DEV raised")
+        assert list_excursions(s, unacknowledged=True) == []

@@ -189,12 +189,15 @@ def simulate(facility: Annotated[Path, typer.Option(help="facility TOML")],
 def excursions(json_out: JsonOpt = False, open_only: Annotated[bool, typer.Option("--open")] = False,
                room: Annotated[str | None, typer.Option()] = None,
                type_: Annotated[str | None, typer.Option("--type", help="limit, data_gap, …")] = None,
-               db: DbOpt = None) -> None:
+               unacknowledged: Annotated[bool, typer.Option("--unacknowledged",
+                                                            help="only those QA has not acknowledged")]
+               = False, db: DbOpt = None) -> None:
     """List excursions (超标/偏离)."""
     from tracker.excursions import list_excursions
 
     with unit_of_work(engine_for(db)) as session:
-        rows = list_excursions(session, open_only=open_only, room=room, type_=type_)
+        rows = list_excursions(session, open_only=open_only, room=room, type_=type_,
+                               unacknowledged=unacknowledged)
     if json_out:
         print_json(rows)
         return
@@ -211,6 +214,18 @@ def excursions(json_out: JsonOpt = False, open_only: Annotated[bool, typer.Optio
                       else t("open"), f"{r['peak']:g}",
                       "" if r["limit"] is None else f"{r['limit']:g}", str(r["readings"]))
     console.print(table)
+
+
+@app.command()
+def acknowledge(excursion_id: int, comment: Annotated[str, typer.Option(help="what QA saw and decided")],
+                as_: AsOpt = "", password_stdin: PwStdin = False, db: DbOpt = None) -> None:
+    """QA acknowledges an excursion with a comment (or raises a deviation: tracker deviation open)."""
+    from tracker.excursions import acknowledge as ack
+
+    actor = login_cli(db, as_, password_stdin, "qa", action="acknowledging an excursion")
+    with unit_of_work(engine_for(db)) as session:
+        ex = ack(session, actor=actor, excursion_id=excursion_id, comment=comment)
+    console.print(f"excursion {excursion_id}: {t(ex.level)} — acknowledged by {actor.username}")
 
 
 @app.command()

@@ -19,11 +19,13 @@ from sqlmodel import Field, Session, SQLModel, select
 from tracker import audit
 from tracker.db import UTCDateTime
 from tracker.episodes import Episode, Judged, SeriesMachine, replay
+from tracker.errors import ConflictError, InvalidInputError, NotFoundError
 from tracker.facility import Monitor, Room
 from tracker.limits import Level
 from tracker.readings import Reading
 from tracker.registry import MonitorEntry, Registry
 from tracker.timeutil import iso_utc, utcnow
+from tracker.users import Authenticated, require_role
 
 SYSTEM_ACTOR = "system:ingest"
 REPLAY_REASON = ("re-evaluated by event time after late (backfilled) readings or a restart; "
@@ -56,6 +58,16 @@ class Excursion(SQLModel, table=True):
     created_at: datetime = Field(sa_type=UTCDateTime, nullable=False)
     updated_at: datetime = Field(sa_type=UTCDateTime, nullable=False)
     note: str | None = Field(default=None, sa_column=Column(Text))
+    #: QA's acknowledgement (comment required); ``ack_level`` is the level it acknowledged —
+    #: an excursion that escalates afterwards needs acknowledging again
+    acknowledged_by: str | None = Field(default=None, max_length=60)
+    acknowledged_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    ack_level: str | None = Field(default=None, max_length=16)
+    ack_comment: str | None = Field(default=None, sa_column=Column(Text))
+
+    @property
+    def needs_acknowledgement(self) -> bool:
+        return self.status != "superseded" and self.ack_level != self.level
 
 
 SeriesKey = tuple[int, str]
@@ -234,8 +246,35 @@ def _save(session: Session, entry: MonitorEntry, channel: str, episode: Episode,
 # --------------------------------------------------------------------------- read-outs
 
 
+def acknowledge(session: Session, *, actor: Authenticated, excursion_id: int, comment: str,
+                now: datetime | None = None) -> Excursion:
+    """QA acknowledges an excursion with a comment (it has been seen and assessed); one that
+    escalated since its acknowledgement is acknowledged again at its new level."""
+    require_role(actor, "qa", action="acknowledging an excursion")
+    if not comment or not comment.strip():
+        raise InvalidInputError("an acknowledgement needs a comment")
+    ex = session.get(Excursion, excursion_id)
+    if ex is None:
+        raise NotFoundError(f"no excursion {excursion_id}")
+    if ex.status == "superseded":
+        raise ConflictError(f"excursion {excursion_id} was superseded by re-evaluation")
+    if not ex.needs_acknowledgement:
+        raise ConflictError(f"excursion {excursion_id} is acknowledged already at level {ex.level}")
+    now = now or utcnow()
+    before = {"acknowledged_by": ex.acknowledged_by, "ack_level": ex.ack_level}
+    ex.acknowledged_by, ex.acknowledged_at = actor.username, now
+    ex.ack_level, ex.ack_comment = ex.level, comment.strip()
+    session.add(ex)
+    audit.record(session, actor=actor.username, action="excursion.acknowledge", entity="excursion",
+                 entity_key=str(ex.id), before=before,
+                 after={"acknowledged_by": actor.username, "ack_level": ex.level}, reason=ex.ack_comment,
+                 at=now)
+    return ex
+
+
 def list_excursions(session: Session, *, open_only: bool = False, room: str | None = None,
-                    include_superseded: bool = False, type_: str | None = None) -> list[dict]:
+                    include_superseded: bool = False, type_: str | None = None,
+                    unacknowledged: bool = False) -> list[dict]:
     """Excursions in the JSON shape of DESIGN §9 (times ISO 8601 UTC)."""
     query = (select(Excursion, Monitor.code, Room.code)
              .join(Monitor, Monitor.id == Excursion.monitor_id)
@@ -249,6 +288,8 @@ def list_excursions(session: Session, *, open_only: bool = False, room: str | No
         query = query.where(Room.code == room)
     if type_:
         query = query.where(Excursion.type == type_)
+    if unacknowledged:
+        query = query.where(or_(Excursion.ack_level.is_(None), Excursion.ack_level != Excursion.level))
     return [to_json(ex, monitor, room_code) for ex, monitor, room_code in session.exec(query)]
 
 
@@ -257,7 +298,9 @@ def to_json(ex: Excursion, monitor: str, room: str) -> dict:
             "channel": ex.channel or None, "level": ex.level, "state": ex.state,
             "started_at": iso_utc(ex.started_at), "ended_at": iso_utc(ex.ended_at),
             "peak": ex.peak, "limit": ex.limit_value, "readings": ex.readings,
-            "status": ex.status, "direction": ex.direction}
+            "status": ex.status, "direction": ex.direction,
+            "acknowledged_by": ex.acknowledged_by, "acknowledged_at": iso_utc(ex.acknowledged_at),
+            "ack_comment": ex.ack_comment}
 
 
 def count_by_level(session: Session) -> dict[str, int]:
