@@ -211,15 +211,18 @@ def _reconcile(session: Session, entry: MonitorEntry, channel: str, replayed: li
                          entity="excursion", entity_key=str(row.id), before=before,
                          after=excursion_shape(row), at=now, reason=REPLAY_REASON)
     for row in unmatched:
-        before = excursion_shape(row)
-        row.status = "superseded"
-        row.updated_at = now
-        row.note = (f"{row.note}\n" if row.note else "") + "superseded: " + REPLAY_REASON
-        session.add(row)
-        audit.record(session, actor=SYSTEM_ACTOR, action="excursion.supersede",
-                     entity="excursion", entity_key=str(row.id), before=before,
-                     after=excursion_shape(row), at=now, reason=REPLAY_REASON)
+        supersede_excursion(session, row, now, REPLAY_REASON)
     return newly_closed
+
+
+def supersede_excursion(session: Session, row: Excursion, now: datetime, reason: str) -> None:
+    """Mark an excursion the stored data no longer support as superseded (never deleted), audited."""
+    before = excursion_shape(row)
+    row.status, row.updated_at = "superseded", now
+    row.note = (f"{row.note}\n" if row.note else "") + "superseded: " + reason
+    session.add(row)
+    audit.record(session, actor=SYSTEM_ACTOR, action="excursion.supersede", entity="excursion",
+                 entity_key=str(row.id), before=before, after=excursion_shape(row), at=now, reason=reason)
 
 
 def _save(session: Session, entry: MonitorEntry, channel: str, episode: Episode,

@@ -32,7 +32,7 @@ from sqlmodel import Session
 from sqlmodel import select as sm_select
 
 from tracker import audit
-from tracker.excursions import SYSTEM_ACTOR, Excursion, excursion_shape
+from tracker.excursions import SYSTEM_ACTOR, Excursion, excursion_shape, supersede_excursion
 from tracker.limits import LEVEL_RANK, Level
 from tracker.readings import Reading
 from tracker.registry import MonitorEntry
@@ -251,11 +251,5 @@ def _save(session: Session, entry: MonitorEntry, rooms: RoomStates, row: Excursi
 
 
 def _supersede(session: Session, row: Excursion, now: datetime) -> None:
-    before = excursion_shape(row)
-    row.status, row.updated_at = "superseded", now
-    row.note = (f"{row.note}\n" if row.note else "") + "superseded: " + RESHAPE_REASON
-    session.add(row)
-    audit.record(session, actor=SYSTEM_ACTOR, action="excursion.supersede", entity="excursion",
-                 entity_key=str(row.id), before=before, after=excursion_shape(row), at=now,
-                 reason=RESHAPE_REASON)
+    supersede_excursion(session, row, now, RESHAPE_REASON)
 

@@ -18,7 +18,13 @@ from datetime import datetime
 from sqlmodel import Session, select
 
 from tracker import audit
-from tracker.excursions import REPLAY_REASON, SYSTEM_ACTOR, Excursion, excursion_shape
+from tracker.excursions import (
+    REPLAY_REASON,
+    SYSTEM_ACTOR,
+    Excursion,
+    excursion_shape,
+    supersede_excursion,
+)
 from tracker.limits import Level
 from tracker.readings import Reading
 from tracker.registry import MonitorEntry
@@ -165,10 +171,4 @@ class RecurrenceRule:
                              reason=REPLAY_REASON)
         for row in stored:
             if exact(row.started_at, row.ended_at) and row.started_at <= last and first <= row.ended_at:
-                shape = excursion_shape(row)
-                row.status, row.updated_at = "superseded", now
-                row.note = (f"{row.note}\n" if row.note else "") + "superseded: " + REPLAY_REASON
-                session.add(row)
-                audit.record(session, actor=SYSTEM_ACTOR, action="excursion.supersede", entity="excursion",
-                             entity_key=str(row.id), before=shape, after=excursion_shape(row), at=now,
-                             reason=REPLAY_REASON)
+                supersede_excursion(session, row, now, REPLAY_REASON)
