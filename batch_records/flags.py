@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
+from sqlalchemy import or_
 from sqlmodel import Session, select
 
 from batch_records.models import Batch, ProcessStep
@@ -76,7 +77,10 @@ def batch_flags(session: Session, batch: Batch) -> list[Flag]:
         others = session.exec(
             select(ProcessStep, Batch).join(Batch, Batch.id == ProcessStep.batch_id)
             .where(ProcessStep.room_id.in_(tree), ProcessStep.open_processing,
-                   ProcessStep.batch_id != batch.id, Batch.donor_id != batch.donor_id)).all()
+                   ProcessStep.batch_id != batch.id, Batch.donor_id != batch.donor_id,
+                   # only steps that can overlap in time (the check below stays the rule)
+                   or_(ProcessStep.end.is_(None), ProcessStep.end > step.start),
+                   *(() if step.end is None else (ProcessStep.start < step.end,)))).all()
         for other, other_batch in others:
             if _overlap(step.start, step.end, other.start, other.end):
                 other_room = session.get(Room, other.room_id).code

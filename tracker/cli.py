@@ -34,6 +34,7 @@ from tracker.cli_quality import register as register_quality_commands
 from tracker.db import unit_of_work
 from tracker.errors import ConflictError, TrackerError
 from tracker.i18n import t
+from tracker.reports.cli import report_app
 from tracker.settings import get_settings
 from tracker.timeutil import local_display, parse_duration, parse_instant, utcnow
 
@@ -53,6 +54,7 @@ app.add_typer(room_app, name="room")
 app.add_typer(audit_app, name="audit")
 app.add_typer(inhibit_app, name="inhibit")
 app.add_typer(rollups_app, name="rollups")
+app.add_typer(report_app, name="report")
 register_quality_commands(app)
 
 @db_app.command("upgrade")

@@ -1,0 +1,270 @@
+"""How long the annual report takes for one site-year at realistic scale.
+
+    uv run python bench/report.py [--year 2025] [--keep DIR] [--pdf]
+
+Builds the sample centre (``simulators/data/nn-cpc.toml``: 57 monitors, 38 of them every 10 s,
+19 particle counters every 60 s with two channels) and writes **the hourly rollups of a whole
+year** as ingest would have left them — one row per monitor × channel × hour, with counts,
+readings at alert/action, min/max/sum and the fixed-bin histogram of ``tracker.rollups`` — for
+≈ 140 million readings. The rollups are synthesised with numpy, not aggregated from 140 million
+raw readings (that would take hours to generate and is what ingest does incrementally); the
+report never reads raw readings anyway. On top: a few hundred excursions, deviations with CAPA
+and batches with steps. Then it times the report's data assembly (JSON), HTML and, with
+``--pdf``, the PDF. A benchmark, not a test: nothing is asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+from sqlmodel import select  # noqa: E402
+
+from batch_records.models import Batch, ProcessStep  # noqa: E402
+from tracker.db import get_engine, time_param, unit_of_work  # noqa: E402
+from tracker.deviations import CapaAction, Deviation  # noqa: E402
+from tracker.excursions import Excursion  # noqa: E402
+from tracker.facility import Monitor, Room, get_site, load_facility, read_facility_file  # noqa: E402
+from tracker.limits import load_limit_set  # noqa: E402
+from tracker.migrate import upgrade  # noqa: E402
+from tracker.readings import basis_id  # noqa: E402
+from tracker.reports.annual import build_annual_report, year_period  # noqa: E402
+from tracker.rollups import COLUMNS, bin_of  # noqa: E402
+
+FACILITY = ROOT / "simulators" / "data" / "nn-cpc.toml"
+NORMAL = {"pressure": 15.0, "temperature": 21.0, "humidity": 50.0}
+
+
+def synthesise(url: str, year: int, seed: int = 1) -> dict:
+    rng = np.random.default_rng(seed)
+    engine = get_engine(url)
+    with unit_of_work(engine) as s:
+        load_facility(
+            s, read_facility_file(FACILITY), actor="bench", now=datetime(year - 1, 11, 1, tzinfo=UTC)
+        )
+    with unit_of_work(engine) as s:
+        site = get_site(s)
+        period = year_period(site.timezone, year)
+        monitors = list(s.exec(select(Monitor).where(Monitor.site_id == site.id).order_by(Monitor.id)))
+        rooms = list(s.exec(select(Room).where(Room.site_id == site.id)))
+        hours = int((period.end - period.start).total_seconds() // 3600)
+        to_db = time_param(s.connection().dialect.name)
+        hour_text = [to_db(period.start + timedelta(hours=h)) for h in range(hours)]
+        readings = rows_written = 0
+        connection = s.connection()
+        sql = f"INSERT INTO rollup_hourly ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
+        for mon in monitors:
+            per_hour = int(3600 // mon.interval_s)
+            missing = rng.random(hours) < 0.002  # ≈ 0.2 % of hours lost
+            for channel in mon.channels.split(",") if mon.channels else [""]:
+                n_alert = (rng.random(hours) < 0.003) * rng.integers(1, 6, hours)
+                n_action = (rng.random(hours) < 0.0005) * rng.integers(1, 3, hours)
+                rows = []
+                if mon.kind == "particles":
+                    scale = 2000.0 if channel == "0.5" else 20.0
+                    lo = rng.gamma(2.0, scale / 4, hours)
+                    hi = lo * rng.uniform(2, 6, hours)
+                else:
+                    lo = NORMAL[mon.kind] - rng.uniform(0.2, 1.5, hours)
+                    hi = NORMAL[mon.kind] + rng.uniform(0.2, 1.5, hours)
+                for h in range(hours):
+                    if missing[h]:
+                        continue
+                    a, b = float(lo[h]), float(hi[h])
+                    bins: dict[int, int] = {}
+                    for v, n in ((a, per_hour // 2), ((a + b) / 2, per_hour - per_hour // 2 - 1), (b, 1)):
+                        k = bin_of(mon.kind, v)
+                        bins[k] = bins.get(k, 0) + n
+                    rows.append(
+                        (
+                            mon.id,
+                            channel,
+                            hour_text[h],
+                            per_hour,
+                            0,
+                            int(n_alert[h]),
+                            int(n_action[h]),
+                            a,
+                            b,
+                            a * (per_hour // 2) + (a + b) / 2 * (per_hour - per_hour // 2 - 1) + b,
+                            json.dumps(dict(sorted(bins.items())), separators=(",", ":")),
+                        )
+                    )
+                connection.exec_driver_sql(sql, rows)
+                readings += per_hour * len(rows)
+                rows_written += len(rows)
+
+        ls = load_limit_set(site.limit_set)
+        basis = basis_id(
+            s, site_id=site.id, code=ls.code, version=ls.version, sha256=ls.sha256, revision=site.revision
+        )
+        span = (period.end - period.start).total_seconds()
+        for i in range(400):
+            mon = monitors[int(rng.integers(len(monitors)))]
+            start = period.start + timedelta(seconds=float(rng.uniform(0, span - 7200)))
+            s.add(
+                Excursion(
+                    type="limit" if i % 10 else "data_gap",
+                    site_id=site.id,
+                    monitor_id=mon.id,
+                    room_id=mon.room_id,
+                    kind=mon.kind,
+                    channel=(mon.channels.split(",")[0] if mon.channels else ""),
+                    level="action" if i % 4 == 0 else "alert",
+                    state="in_operation",
+                    status="closed",
+                    direction="high",
+                    started_at=start,
+                    ended_at=start + timedelta(minutes=float(rng.uniform(1, 120))),
+                    peak=1.0,
+                    limit_value=0.5,
+                    readings=5,
+                    basis_id=basis,
+                    created_at=start,
+                    updated_at=start,
+                )
+            )
+        categories = ("environment", "equipment", "process", "documentation", "data integrity")
+        for i in range(40):
+            opened = period.start + timedelta(days=float(rng.uniform(0, 360)))
+            closed = opened + timedelta(days=float(rng.uniform(3, 60))) if i % 5 else None
+            dev = Deviation(
+                site_id=site.id,
+                number=f"DEV-{year}-{i + 1:04d}",
+                title=f"deviation {i}",
+                classification=("critical", "major", "minor", "minor")[i % 4] if i else "major",
+                category=categories[i % 5],
+                description="bench",
+                root_cause=f"cause {i % 7}",
+                status="closed" if closed else "investigating",
+                opened_at=opened,
+                opened_by="bench",
+                closed_at=closed,
+                updated_at=opened,
+            )
+            s.add(dev)
+            s.flush()
+            s.add(
+                CapaAction(
+                    deviation_id=dev.id,
+                    kind="corrective",
+                    description="fix",
+                    owner="bench",
+                    due=(opened + timedelta(days=30)).date(),
+                    status="done" if closed else "open",
+                    created_by="bench",
+                    created_at=opened,
+                    done_at=closed,
+                )
+            )
+        zones = [r for r in rooms if r.grade == "A"] or rooms
+        for i in range(300):
+            created = period.start + timedelta(days=float(rng.uniform(0, 364)))
+            batch = Batch(
+                site_id=site.id,
+                number=f"CT-{year}-{i + 1:04d}",
+                product=("CAR-T", "MSC", "TIL")[i % 3],
+                donor_id=f"D-{i:04d}",
+                status="completed",
+                created_at=created,
+                created_by="bench",
+                completed_at=created + timedelta(hours=8),
+                updated_at=created,
+            )
+            s.add(batch)
+            s.flush()
+            zone = zones[i % len(zones)]
+            for k in range(3):
+                s.add(
+                    ProcessStep(
+                        batch_id=batch.id,
+                        name=f"step {k}",
+                        room_id=zone.id,
+                        start=created + timedelta(hours=2 * k),
+                        end=created + timedelta(hours=2 * k + 1),
+                        open_processing=True,
+                        operator="bench",
+                        recorded_at=created,
+                    )
+                )
+    return {
+        "monitors": len(monitors),
+        "rollup_rows": rows_written,
+        "readings": readings,
+        "period": period,
+        "site": site.code,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--year", type=int, default=2025)
+    parser.add_argument("--keep", type=Path, help="directory to keep the database and outputs in")
+    parser.add_argument("--pdf", action="store_true", help="also time the PDF (WeasyPrint)")
+    args = parser.parse_args()
+    workdir = args.keep or Path(tempfile.mkdtemp(prefix="bench-report-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    db = workdir / "report.db"
+    db.unlink(missing_ok=True)
+    url = f"sqlite:///{db}"
+    upgrade(url)
+    t0 = time.perf_counter()
+    info = synthesise(url, args.year)
+    t_build = time.perf_counter() - t0
+    print(
+        f"site-year: {info['monitors']} monitors, {info['rollup_rows']:,} rollup rows standing for "
+        f"{info['readings']:,} readings (synthesised in {t_build:.1f} s)"
+    )
+    now = datetime.combine(date(args.year + 1, 2, 1), datetime.min.time(), tzinfo=UTC)
+    engine = get_engine(url)
+    steps: list[tuple[str, float]] = []
+    t0 = time.perf_counter()
+    with unit_of_work(engine) as s:
+        site = get_site(s)
+        report = build_annual_report(
+            s,
+            site=site,
+            period=info["period"],
+            now=now,
+            progress=lambda name: steps.append((name, time.perf_counter())),
+        )
+    t_json = time.perf_counter() - t0
+    (workdir / "report.json").write_text(json.dumps(report, ensure_ascii=False, indent=1))
+    marks = [t0] + [t for _, t in steps] + [t0 + t_json]
+    print(
+        "report data (JSON): {:.2f} s  [{}]".format(
+            t_json,
+            ", ".join(f"{name} {marks[i + 2] - marks[i + 1]:.2f} s" for i, (name, _) in enumerate(steps)),
+        )
+    )
+    from tracker.reports.render import html_to_pdf, render_html
+
+    t0 = time.perf_counter()
+    html = render_html(report, lang="zh-CN")
+    t_html = time.perf_counter() - t0
+    (workdir / "report.html").write_text(html)
+    print(f"HTML with charts: {t_html:.2f} s")
+    total = t_json + t_html
+    if args.pdf:
+        t0 = time.perf_counter()
+        pdf = html_to_pdf(html)
+        t_pdf = time.perf_counter() - t0
+        (workdir / "report.pdf").write_bytes(pdf)
+        total += t_pdf
+        print(f"PDF: {t_pdf:.2f} s ({len(pdf):,} bytes)")
+    print(f"total: {total:.2f} s (goal < 60 s); outputs in {workdir}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,914 @@
+"""Issue 4: the annual evaluation report.
+
+A synthetic year (2025, Asia/Shanghai) whose figures are known by construction: hourly rollups
+written for every monitor and hour, a handful of excursions, deviations, CAPA and batches made
+through the services at dated moments. The JSON numbers are checked exactly, the JSON against its
+schema, the PDF's Chinese headings with ``pdftotext`` and its first pages with ``pdftoppm``. A
+second test ingests real readings and checks the report's figures against them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import replace
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+import jsonschema
+import numpy as np
+import pytest
+from sqlalchemy import Engine
+from sqlmodel import select
+
+from batch_records.linking import decide_link, links_of, sync_links
+from batch_records.release import qa_review, reject, release, sign_production
+from batch_records.steps import complete_batch, create_batch, end_step, get_batch, start_step
+from sensors.ingest import BatchProcessor, InboundMessage
+from tests.conftest import MIN_FACILITY
+from tests.factories import PASSWORD, T0, make_people, particles, scalar, topic
+from tracker import deviations as dv
+from tracker.db import get_engine, time_param, unit_of_work
+from tracker.errors import ConflictError, PermissionDeniedError
+from tracker.excursions import Excursion
+from tracker.facility import Monitor, Room, get_site, load_facility, parse_facility
+from tracker.intake import Intake
+from tracker.limits import load_limit_set
+from tracker.readings import basis_id
+from tracker.reports import signoff
+from tracker.reports.annual import (
+    Period,
+    build_annual_report,
+    pct,
+    report_schema,
+    signed_content,
+    validate_report,
+    year_period,
+)
+from tracker.reports.render import render_html, render_pdf
+from tracker.rollups import COLUMNS, bin_of, verify_rollups
+from tracker.users import login
+
+ROOT = Path(__file__).resolve().parent.parent
+TZ = "Asia/Shanghai"
+YEAR = 2025
+PERIOD = year_period(TZ, YEAR)  # 2024-12-31T16:00Z … 2025-12-31T16:00Z
+HOURS = 8760
+NOW = datetime(2026, 2, 1, tzinfo=UTC)  # the report is built after the year ended
+
+
+def utc(*args: int) -> datetime:
+    return datetime(*args, tzinfo=UTC)
+
+
+def local(*args: int) -> datetime:
+    from zoneinfo import ZoneInfo
+
+    return datetime(*args, tzinfo=ZoneInfo(TZ)).astimezone(UTC)
+
+
+def at(engine: Engine, username: str, when: datetime):
+    """A fresh authentication of ``username`` at ``when`` (signatures dated inside 2025)."""
+    return login(engine, username=username, password=PASSWORD, now=when)
+
+
+def validate(report: dict) -> None:
+    jsonschema.Draft202012Validator.check_schema(report_schema())
+    validate_report(report)
+
+
+# --------------------------------------------------------------------------- the synthetic year
+
+C1_SILENT = (local(2025, 3, 10), local(2025, 3, 11))  # T-C1-PC silent for one local day (24 h)
+T_BAD_HOUR = utc(2025, 8, 1, 4)  # T-B1-T: 10 valid + 50 invalid readings
+DP_ALERT_HOURS = (utc(2025, 6, 1, 0), utc(2025, 6, 1, 1))  # T-B1-DP: 36 readings at alert in each
+DP_ACTION_HOUR = utc(2025, 6, 2, 0)  # T-B1-DP: all 360 readings at action
+B1PC_HIGH_MONTH = 5  # T-B1-PC ≥0.5: 4 of 60 readings high in May
+BSC_HIGH_MONTH = 9  # T-BSC-PC ≥0.5: 4 of 60 readings at 5,000 in Sep
+
+
+def month_local(hour: datetime) -> int:
+    from zoneinfo import ZoneInfo
+
+    return hour.astimezone(ZoneInfo(TZ)).month
+
+
+def rollup_rows(monitors: dict[str, Monitor], dialect: str) -> list[tuple]:
+    """One row per monitor, channel and hour of the year, as ingest would have written them."""
+    to_db = time_param(dialect)
+    rows = []
+    for h in range(HOURS):
+        hour = PERIOD.start + timedelta(hours=h)
+        month = month_local(hour)
+        for code, mon in monitors.items():
+            if code == "T-C1-PC" and C1_SILENT[0] <= hour < C1_SILENT[1]:
+                continue
+            per_hour = int(3600 // mon.interval_s)
+            for channel in mon.channels.split(",") if mon.channels else [""]:
+                count, invalid, n_alert, n_action = per_hour, 0, 0, 0
+                values: dict[float, int] = {}
+                if mon.kind == "particles":
+                    base = 1000.0 if code == "T-B1-PC" and channel == "0.5" else 0.0
+                    values = {base: per_hour}
+                    if code == "T-B1-PC" and channel == "0.5" and month == B1PC_HIGH_MONTH:
+                        values = {1000.0: 56, 100000.0: 4}
+                    if code == "T-BSC-PC" and channel == "0.5" and month == BSC_HIGH_MONTH:
+                        values = {0.0: 56, 5000.0: 4}
+                elif mon.kind == "pressure":
+                    values = {15.0: per_hour}
+                    if code == "T-B1-DP" and hour in DP_ALERT_HOURS:
+                        values, n_alert = {15.0: 324, 11.0: 36}, 36
+                    if code == "T-B1-DP" and hour == DP_ACTION_HOUR:
+                        values, n_action = {-1.0: 360}, 360
+                elif mon.kind == "temperature":
+                    values = {21.0: per_hour}
+                    if code == "T-B1-T" and hour == T_BAD_HOUR:
+                        count, invalid, values = 10, 50, {21.0: 10}
+                else:
+                    values = {50.0: per_hour}
+                hist: dict[int, int] = {}
+                for v, n in values.items():
+                    b = bin_of(mon.kind, v)
+                    hist[b] = hist.get(b, 0) + n
+                rows.append(
+                    (
+                        mon.id,
+                        channel,
+                        to_db(hour),
+                        count,
+                        invalid,
+                        n_alert,
+                        n_action,
+                        min(values),
+                        max(values),
+                        sum(v * n for v, n in values.items()),
+                        json.dumps(dict(sorted(hist.items())), separators=(",", ":")),
+                    )
+                )
+    return rows
+
+
+def add_excursion(
+    session,
+    monitors,
+    rooms,
+    basis: int,
+    *,
+    monitor: str,
+    type_: str = "limit",
+    level: str,
+    start: datetime,
+    end: datetime | None,
+    channel: str = "",
+    status: str | None = None,
+) -> int:
+    mon = monitors[monitor]
+    row = Excursion(
+        type=type_,
+        site_id=mon.site_id,
+        monitor_id=mon.id,
+        room_id=mon.room_id,
+        kind=mon.kind,
+        channel=channel,
+        level=level,
+        state="in_operation",
+        status=status or ("open" if end is None else "closed"),
+        direction="high",
+        started_at=start,
+        ended_at=end,
+        peak=1.0,
+        limit_value=0.5,
+        readings=3,
+        basis_id=basis,
+        created_at=start,
+        updated_at=end or start,
+    )
+    session.add(row)
+    session.flush()
+    return row.id
+
+
+def build_year(engine: Engine) -> dict:
+    """Facility, people, batches, excursions, deviations, CAPA and the rollups of 2025."""
+    text = MIN_FACILITY.read_text()
+    with unit_of_work(engine) as s:
+        load_facility(s, parse_facility(text), actor="test", now=utc(2024, 10, 1))
+    make_people(engine)
+    ids: dict = {}
+
+    # -- batches (before the rollups: recording a step re-judges the room's readings) ------------
+    def batch(number, product, donor, room, start, end, when):
+        with unit_of_work(engine) as s:
+            b = create_batch(
+                s,
+                actor=at(engine, "op1", when),
+                site=get_site(s),
+                number=number,
+                product=product,
+                donor_id=donor,
+                now=when,
+            )
+            step = start_step(
+                s,
+                actor=at(engine, "op1", when),
+                batch=b,
+                name="seeding",
+                room_code=room,
+                start=start,
+                open_processing=True,
+                now=when,
+            )
+        with unit_of_work(engine) as s:
+            end_step(s, signer=at(engine, "op1", end), step_id=step.id, end=end, now=end)
+            complete_batch(s, actor=at(engine, "op1", end), batch=get_batch(s, number), now=end)
+
+    batch("CT-1", "CAR-T", "D-1", "T-B1-BSC", utc(2025, 4, 1, 2), utc(2025, 4, 1, 4), utc(2025, 4, 1, 2))
+    batch("CT-2", "CAR-T", "D-2", "T-B1-BSC", utc(2025, 9, 5, 1), utc(2025, 9, 5, 3), utc(2025, 9, 5, 1))
+    batch("MSC-1", "MSC", "D-3", "T-B1-BSC", utc(2025, 12, 20, 1), utc(2025, 12, 20, 2), utc(2025, 12, 20, 1))
+    batch(
+        "MSC-2",
+        "MSC",
+        "D-4",
+        "T-B1",
+        utc(2025, 12, 20, 1, 30),
+        utc(2025, 12, 20, 2, 30),
+        utc(2025, 12, 20, 1, 30),
+    )
+    with unit_of_work(engine) as s:
+        when = utc(2025, 4, 10)
+        sign_production(s, signer=at(engine, "prod", when), batch=get_batch(s, "CT-1"), now=when)
+        qa_review(s, signer=at(engine, "qa1", when), batch=get_batch(s, "CT-1"), now=when)
+        release(s, signer=at(engine, "qp1", when), batch=get_batch(s, "CT-1"), now=when)
+
+    # -- excursions (written as the engine writes them) -------------------------------------------
+    with unit_of_work(engine) as s:
+        site = get_site(s)
+        ls = load_limit_set(site.limit_set)
+        basis = basis_id(
+            s, site_id=site.id, code=ls.code, version=ls.version, sha256=ls.sha256, revision=site.revision
+        )
+        monitors = {m.code: m for m in s.exec(select(Monitor))}
+        rooms = {r.code: r for r in s.exec(select(Room))}
+        add = lambda **kw: add_excursion(s, monitors, rooms, basis, **kw)  # noqa: E731
+        ids["bsc"] = add(
+            monitor="T-BSC-PC",
+            channel="0.5",
+            level="action",
+            start=utc(2025, 9, 5, 2),
+            end=utc(2025, 9, 5, 2, 30),
+        )
+        add(
+            monitor="T-B1-PC",
+            channel="0.5",
+            level="alert",
+            start=utc(2025, 5, 10, 0),
+            end=utc(2025, 5, 10, 1),
+        )
+        add(monitor="T-B1-DP", level="alert", start=utc(2025, 6, 1, 0), end=utc(2025, 6, 1, 2))
+        add(monitor="T-B1-DP", level="action", start=utc(2025, 6, 2, 0), end=utc(2025, 6, 2, 1))
+        add(monitor="T-C1-PC", type_="data_gap", level="action", start=C1_SILENT[0], end=C1_SILENT[1])
+        add(
+            monitor="T-B1-PC",
+            channel="0.5",
+            level="alert",
+            start=utc(2025, 7, 1),
+            end=utc(2025, 7, 1, 1),
+            status="superseded",
+        )  # excluded: superseded
+        add(
+            monitor="T-B1-PC",
+            channel="0.5",
+            level="action",
+            start=utc(2024, 12, 31, 15),
+            end=utc(2024, 12, 31, 17),
+        )  # excluded: began in 2024
+        add(monitor="T-B1-T", level="alert", start=utc(2025, 12, 31, 15), end=None)  # open at year end
+        sync_links(s, batch=get_batch(s, "CT-2"), now=utc(2025, 9, 5, 4))
+        (link,) = links_of(s, get_batch(s, "CT-2"))
+        decide_link(
+            s,
+            actor=at(engine, "qa1", utc(2025, 9, 5, 4)),
+            link_id=link.id,
+            exposed=True,
+            reason="open seeding during the action excursion",
+            now=utc(2025, 9, 5, 4),
+        )
+
+    # -- deviations and CAPA, in the order they were opened ---------------------------------------
+    def qa(user, when):
+        return at(engine, user, when)
+
+    with unit_of_work(engine) as s:  # DEV-2024-0001: opened last year, still open
+        dv.open_deviation(
+            s,
+            actor=qa("qa1", utc(2024, 11, 1)),
+            site=get_site(s),
+            title="SOP overdue",
+            classification="minor",
+            category="documentation",
+            description="x",
+            now=utc(2024, 11, 1),
+        )
+    with unit_of_work(engine) as s:  # DEV-2025-0001: minor, closed without CAPA after 70 days
+        d = dv.open_deviation(
+            s,
+            actor=qa("qa1", utc(2025, 2, 1)),
+            site=get_site(s),
+            title="form version",
+            classification="minor",
+            category="documentation",
+            description="x",
+            now=utc(2025, 2, 1),
+        )
+        dv.start_investigation(s, actor=qa("qa1", utc(2025, 2, 2)), dev=d, now=utc(2025, 2, 2))
+        dv.update_deviation(
+            s,
+            actor=qa("qa1", utc(2025, 2, 2)),
+            dev=d,
+            reason="finding",
+            root_cause="form version not controlled",
+            now=utc(2025, 2, 2),
+        )
+        dv.approve_investigation(s, signer=qa("qa2", utc(2025, 2, 3)), dev=d, now=utc(2025, 2, 3))
+        dv.justify_no_capa(
+            s, actor=qa("qa1", utc(2025, 4, 12)), dev=d, justification="one-off", now=utc(2025, 4, 12)
+        )
+        dv.close_deviation(s, signer=qa("qa1", utc(2025, 4, 12)), dev=d, now=utc(2025, 4, 12))
+    with unit_of_work(engine) as s:  # DEV-2025-0002: critical, from the BSC excursion, closed in 10 days
+        when = utc(2025, 9, 5, 5)  # 3 h after the excursion began (the link decision came first)
+        d = dv.open_deviation(
+            s,
+            actor=qa("qa1", when),
+            site=get_site(s),
+            title="BSC particles",
+            classification="critical",
+            category="environment",
+            description="x",
+            excursion_ids=[ids["bsc"]],
+            now=when,
+        )
+        b = get_batch(s, "CT-2")
+        dv.attach_batch(s, dev=d, batch_id=b.id, actor="qa1", batch_number=b.number, now=when)
+        dv.start_investigation(s, actor=qa("qa1", when), dev=d, now=when)
+        dv.update_deviation(
+            s, actor=qa("qa1", when), dev=d, reason="finding", root_cause="HEPA filter leak", now=when
+        )
+        dv.assess_impact(
+            s,
+            actor=qa("qa1", when),
+            dev=d,
+            batch_id=b.id,
+            batch_number=b.number,
+            impact="significant",
+            assessment="open seeding exposed",
+            now=when,
+        )
+        dv.approve_investigation(s, signer=qa("qa2", utc(2025, 9, 6)), dev=d, now=utc(2025, 9, 6))
+        c1 = dv.add_capa(
+            s,
+            actor=qa("qa1", utc(2025, 9, 6)),
+            dev=d,
+            kind="corrective",
+            description="replace HEPA",
+            owner="prod",
+            due=date(2025, 9, 12),
+            now=utc(2025, 9, 6),
+        )
+        c2 = dv.add_capa(
+            s,
+            actor=qa("qa1", utc(2025, 9, 6)),
+            dev=d,
+            kind="preventive",
+            description="leak test",
+            owner="prod",
+            due=date(2025, 10, 1),
+            now=utc(2025, 9, 6),
+        )
+        dv.complete_capa(
+            s,
+            actor=at(engine, "prod", utc(2025, 9, 10)),
+            capa_id=c1.id,
+            outcome="replaced",
+            now=utc(2025, 9, 10),
+        )
+        dv.close_deviation(s, signer=qa("qa1", utc(2025, 9, 15, 5)), dev=d, now=utc(2025, 9, 15, 5))
+        dv.complete_capa(
+            s, actor=at(engine, "prod", utc(2025, 11, 1)), capa_id=c2.id, outcome="done", now=utc(2025, 11, 1)
+        )
+        dv.check_effectiveness(
+            s,
+            actor=qa("qa2", utc(2025, 12, 1)),
+            capa_id=c2.id,
+            effective=True,
+            note="no recurrence",
+            now=utc(2025, 12, 1),
+        )
+    with unit_of_work(engine) as s:  # CT-2 rejected by the QP
+        reject(
+            s,
+            signer=at(engine, "qp1", utc(2025, 9, 20)),
+            batch=get_batch(s, "CT-2"),
+            reason="exposed to a grade A action excursion",
+            now=utc(2025, 9, 20),
+        )
+    with unit_of_work(engine) as s:  # DEV-2025-0003: major, same cause as 0002 → recurrent; open at end
+        when = utc(2025, 11, 1)
+        d = dv.open_deviation(
+            s,
+            actor=qa("qa1", when),
+            site=get_site(s),
+            title="BSC again",
+            classification="major",
+            category="environment",
+            description="x",
+            now=when,
+        )
+        dv.start_investigation(s, actor=qa("qa1", when), dev=d, now=when)
+        dv.update_deviation(
+            s, actor=qa("qa1", when), dev=d, reason="finding", root_cause=" hepa  FILTER leak", now=when
+        )
+        dv.approve_investigation(s, signer=qa("qa2", utc(2025, 11, 2)), dev=d, now=utc(2025, 11, 2))
+        dv.add_capa(
+            s,
+            actor=qa("qa1", utc(2025, 11, 5)),
+            dev=d,
+            kind="corrective",
+            description="re-test",
+            owner="prod",
+            due=date(2025, 11, 20),
+            now=utc(2025, 11, 5),
+        )
+
+    # -- a limit change approved by QA in June ----------------------------------------------------
+    when = utc(2025, 6, 15)
+    with unit_of_work(engine) as s:
+        load_facility(
+            s,
+            parse_facility(text.replace("alert_low = 12.0", "alert_low = 13.0")),
+            actor="admin",
+            approver=at(engine, "qa1", when),
+            now=when,
+        )
+
+    # -- the rollups of the year (last: nothing above re-judges them away) ------------------------
+    with unit_of_work(engine) as s:
+        monitors = {m.code: m for m in s.exec(select(Monitor).order_by(Monitor.code))}
+        connection = s.connection()
+        rows = rollup_rows(monitors, connection.dialect.name)
+        connection.exec_driver_sql(
+            f"INSERT INTO rollup_hourly ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})", rows
+        )
+    return ids
+
+
+@pytest.fixture(scope="module")
+def year_db(migrated_template: Path, tmp_path_factory: pytest.TempPathFactory) -> str:
+    path = tmp_path_factory.mktemp("year") / "tracker.db"
+    shutil.copy(migrated_template, path)
+    url = f"sqlite:///{path}"
+    build_year(get_engine(url))
+    return url
+
+
+@pytest.fixture(scope="module")
+def year_report(year_db: str) -> dict:
+    with unit_of_work(get_engine(year_db)) as s:
+        return build_annual_report(s, site=get_site(s), period=PERIOD, now=NOW)
+
+
+# --------------------------------------------------------------------------- exact figures
+
+
+def test_synthetic_year_figures_are_exact(year_report: dict) -> None:
+    r = year_report
+    validate(r)
+    assert (r["period"]["start"], r["period"]["end"]) == ("2024-12-31T16:00:00Z", "2025-12-31T16:00:00Z")
+    assert r["period"]["months"][0] == "2025-01"
+    assert len(r["period"]["months"]) == 12
+
+    # completeness and readings, monitor by monitor
+    mon = {m["monitor"]: m for m in r["environment"]["monitors"]}
+    year_min = HOURS * 60
+    assert (mon["T-B1-PC"]["expected"], mon["T-B1-PC"]["valid"]) == (2 * year_min, 2 * year_min)
+    assert mon["T-C1-PC"]["expected"] == 2 * year_min
+    assert mon["T-C1-PC"]["valid"] == 2 * (HOURS - 24) * 60 == 1_048_320
+    assert mon["T-C1-PC"]["completeness_pct"] == pct(1_048_320, 1_051_200) == 99.726
+    assert mon["T-C1-PC"]["monitored_hours"] == HOURS - 24
+    assert (mon["T-B1-T"]["readings"], mon["T-B1-T"]["valid"], mon["T-B1-T"]["invalid"]) == (
+        year_min,
+        year_min - 50,
+        50,
+    )
+    assert mon["T-B1-DP"]["expected"] == HOURS * 360 == 3_153_600
+    assert (mon["T-B1-DP"]["at_alert"], mon["T-B1-DP"]["at_action"]) == (72, 360)
+    total = r["environment"]["total"]
+    assert total["readings"] == 10_509_120
+    assert total["valid"] == 10_509_070
+    assert total["expected"] == 10_512_000
+    assert total["completeness_pct"] == 99.972
+    assert total["monitored_hours"] == 7 * HOURS - 24
+
+    # excursions: started in 2025, not superseded; limit ones at their level
+    ex = total["excursions"]
+    assert (ex["alert"], ex["action"]) == (3, 2)
+    assert ex["by_type"] == {"limit": 5, "data_gap": 1, "recurrence": 0, "adverse_trend": 0, "recovery": 0}
+    assert ex["per_1000_h"] == round(1000 * 5 / (7 * HOURS - 24), 3) == 0.082
+    assert ex["longest"]["hours"] == 2.0
+    assert ex["longest"]["monitor"] == "T-B1-DP"
+    # QA's first response to the BSC excursion: the link decision 2 h after it began
+    assert ex["time_to_response_h"] == {"responded": 1, "without_response": 4, "median": 2.0, "max": 2.0}
+    grades = {g["grade"]: g for g in r["environment"]["by_grade"]}
+    assert set(grades) == {"A", "B", "C", "D"}
+    assert (grades["A"]["excursions"]["action"], grades["A"]["excursions"]["per_1000_h"]) == (1, 0.114)
+    assert (grades["B"]["excursions"]["alert"], grades["B"]["excursions"]["action"]) == (3, 1)
+    assert grades["B"]["monitored_hours"] == 4 * HOURS
+    assert grades["B"]["excursions"]["per_1000_h"] == round(4000 / (4 * HOURS), 3)
+    assert grades["C"]["excursions"]["by_type"]["data_gap"] == 1
+    assert grades["C"]["completeness_pct"] == 99.726
+    # the open T-B1-T excursion runs to the period end: 1 h
+    cond = {c["monitor"]: c for c in r["conditions"]["monitors"]}
+    assert cond["T-B1-T"]["excursions"] == {"alert": 1, "action": 0, "hours": 1.0, "longest_h": 1.0}
+    heat = r["environment"]["heatmap"]
+    row = heat["counts"][heat["rooms"].index("T-B1")]
+    assert row == [0, 0, 0, 0, 1, 2, 0, 0, 0, 0, 0, 1]
+    assert heat["counts"][heat["rooms"].index("T-B1-BSC")] == [0] * 8 + [1, 0, 0, 0]
+
+    # pressure: share of readings within limits; the alert limit changed in June (revision 2)
+    dp = cond["T-B1-DP"]
+    assert dp["within_limits_pct"] == pct(3_153_600 - 72 - 360, 3_153_600) == 99.986
+    assert dp["within_action_pct"] == pct(3_153_600 - 360, 3_153_600) == 99.989
+    assert dp["reference"] == "T-C1"
+    assert dp["limits"]["in_operation"]["alert_low"] == 13.0
+    assert dp["monthly"][5] == {
+        "min": -1.0,
+        "mean": round((15 * 360 * 717 + 324 * 15 * 2 + 36 * 11 * 2 - 360) / (720 * 360), 3),
+        "max": 15.0,
+    }
+
+    # particles: monthly P95 from the histograms (upper bin edges)
+    p95 = {(p["monitor"], p["channel"]): p for p in r["environment"]["particles"]}
+    b1 = p95[("T-B1-PC", "0.5")]["monthly_p95"]
+    assert b1[B1PC_HIGH_MONTH - 1] == round(10 ** (21 / 4), 1) == 177827.9
+    assert [v for i, v in enumerate(b1) if i != B1PC_HIGH_MONTH - 1] == [round(10 ** (13 / 4), 1)] * 11
+    bsc = p95[("T-BSC-PC", "0.5")]
+    assert bsc["monthly_p95"][BSC_HIGH_MONTH - 1] == round(10 ** (15 / 4), 1) == 5623.4
+    assert bsc["limits"]["in_operation"]["action_high"] == 3520.0
+    assert bsc["months_p95_above_action"] == 1
+    assert p95[("T-C1-PC", "5.0")]["monthly_p95"] == [0.0] * 12
+
+    # deviations
+    d = r["deviations"]
+    assert d["total"] == 3
+    assert d["by_classification"] == {"critical": 1, "major": 1, "minor": 1}
+    assert d["by_category"] == [
+        {"category": "environment", "count": 2, "cumulative_pct": 66.667},
+        {"category": "documentation", "count": 1, "cumulative_pct": 100.0},
+    ]
+    assert (d["closed_in_period"], d["closed_within_target"]) == (2, 1)
+    assert d["days_to_close"] == {"median": 40.0, "max": 70.0}
+    assert d["open_at_end"] == ["DEV-2024-0001", "DEV-2025-0003"]
+    assert d["recurrent"] == [{"number": "DEV-2025-0003", "repeats": ["DEV-2025-0002"]}]
+    assert (d["batches_affected"], d["impact"]) == (1, {"significant": 1})
+    assert [c["number"] for c in d["critical"]] == ["DEV-2025-0002"]
+    mi = r["summary"]["major_incidents"]
+    assert (mi["count"], mi["deviations"]) == (1, ["DEV-2025-0002"])
+    assert "DEV-2025-0002" in mi["statement_zh"]
+    assert "关键偏差 1 起" in mi["statement_zh"]
+
+    # CAPA, as at the end of the year
+    c = r["capa"]
+    assert (c["total"], c["by_kind"]) == (3, {"corrective": 2, "preventive": 1})
+    assert c["status_at_end"] == {"open": 1, "done": 1, "effective": 1, "not_effective": 0}
+    assert (c["overdue"], c["effective_pct"]) == (1, 100.0)
+
+    # batches, exposure, flags
+    p = r["production"]
+    assert (p["started"], p["released"], p["rejected"], p["open_at_end"]) == (4, 1, 1, 2)
+    assert p["by_product"] == [
+        {"product": "CAR-T", "started": 2, "released": 1, "rejected": 1, "open_at_end": 0},
+        {"product": "MSC", "started": 2, "released": 0, "rejected": 0, "open_at_end": 2},
+    ]
+    assert p["by_month"] == [0, 0, 0, 1, 0, 0, 0, 0, 1, 0, 0, 2]
+    assert (p["donors"], p["process_steps"]) == (4, 4)
+    tr = r["traceability"]
+    assert tr["exposed"] == [
+        {"batch": "CT-2", "product": "CAR-T", "excursions": [1], "action": True, "disposition": "rejected"}
+    ]
+    assert tr["flag_counts"] == {
+        "segregation": 2,
+        "a_in_c": 0,
+        "a_background_below_c": 0,
+        "open_not_grade_a": 1,
+    }
+    assert tr["flagged_batches"] == 2
+
+    # limit changes, integrity, comparison
+    (change,) = r["limit_changes"]["changes"]
+    assert (change["revision"], change["at"], change["approved_by"]) == (
+        2,
+        "2025-06-15T00:00:00Z",
+        "QA 刘洋 Liu Yang",
+    )
+    assert r["limit_changes"]["in_force_at_end"]["revision"] == 2
+    integ = r["data_integrity"]
+    assert integ["audit_chain"]["intact"] is True
+    assert integ["signatures"]["broken"] == 0
+    assert integ["signatures"]["in_period"] > 0
+    assert integ["records"]["rollup_rows"] == (3 * 2 + 4) * HOURS - 2 * 24
+    assert integ["records"]["excursions"] == 6
+    assert integ["records"]["excursions_superseded"] == 1
+    assert r["comparison"]["period"] == "2024"
+    assert r["comparison"]["key_figures"]["deviations"] == 1
+    assert r["comparison"]["key_figures"]["completeness_pct"] is None
+    assert {s["section"] for s in r["inputs_required"]} == {2, 5, 10, 11, 13, 14, 16, 17}
+
+
+def test_report_is_reproducible_and_as_at_the_period_end(year_db: str, year_report: dict) -> None:
+    """Built again later, the document is the same (what the signatures are checked against)."""
+    engine = get_engine(year_db)
+    with unit_of_work(engine) as s:
+        again = build_annual_report(s, site=get_site(s), period=PERIOD, now=NOW + timedelta(days=30))
+    assert signed_content(again) == signed_content(year_report)
+
+
+def test_signoff_by_qa_and_head_of_quality_and_tamper_evidence(year_db: str, tmp_path: Path) -> None:
+    copy = tmp_path / "signed.db"
+    with get_engine(year_db).connect() as conn:
+        conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+    shutil.copy(year_db.removeprefix("sqlite:///"), copy)
+    engine = get_engine(f"sqlite:///{copy}")
+    when = utc(2026, 1, 20)
+    with unit_of_work(engine) as s:
+        site = get_site(s)
+        report = build_annual_report(s, site=site, period=PERIOD, now=when)
+        with pytest.raises(PermissionDeniedError, match="role qa"):
+            signoff.prepare(
+                s, signer=at(engine, "prod", when), site=site, period=PERIOD, report=report, now=when
+            )
+        signoff.prepare(s, signer=at(engine, "qa1", when), site=site, period=PERIOD, report=report, now=when)
+    with unit_of_work(engine) as s, pytest.raises(PermissionDeniedError, match="someone other"):
+        signoff.approve(
+            s, signer=at(engine, "qa1", when), site=get_site(s), period=PERIOD, report=report, now=when
+        )
+    with unit_of_work(engine) as s:
+        site = get_site(s)
+        signoff.approve(s, signer=at(engine, "qa2", when), site=site, period=PERIOD, report=report, now=when)
+        block = signoff.signoff_block(
+            s, site, PERIOD, build_annual_report(s, site=site, period=PERIOD, now=NOW)
+        )
+        assert [(b["role"], b["meaning"], b["status"]) for b in block] == [
+            ("prepared", "performed", "intact"),
+            ("approved", "approved", "intact"),
+        ]
+        # the signed report is kept: the stored content is the report as signed
+        assert signed_content(signoff.signed_report(s, site, PERIOD)) == signed_content(report)
+        validate({**report, "signoff": block})
+    # a record behind a figure changes after signing, behind the application's back: both break
+    with unit_of_work(engine) as s:
+        site = get_site(s)
+        s.connection().exec_driver_sql(
+            "UPDATE deviation SET category = 'equipment' WHERE number = 'DEV-2025-0003'"
+        )
+        fresh = build_annual_report(s, site=site, period=PERIOD, now=NOW)
+        assert [b["status"] for b in signoff.signoff_block(s, site, PERIOD, fresh)] == ["broken", "broken"]
+        with pytest.raises(ConflictError, match="changed since it was prepared"):
+            signoff.approve(s, signer=at(engine, "qa2", NOW), site=site, period=PERIOD, report=fresh, now=NOW)
+
+
+# --------------------------------------------------------------------------- HTML, PDF, CLI
+
+
+def test_pdf_has_the_chinese_headings_and_its_pages_render(year_report: dict, tmp_path: Path) -> None:
+    pdf = tmp_path / "report.pdf"
+    pdf.write_bytes(render_pdf(year_report, lang="zh-CN"))
+    text = subprocess.run(
+        ["pdftotext", "-layout", str(pdf), "-"], capture_output=True, text=True, check=True
+    ).stdout
+    for heading in (
+        "年度评估报告",
+        "1. 摘要与声明",
+        "重大质量、安全事故声明",
+        "3. 厂房设施与校准状态",
+        "4. 生产活动",
+        "6. 环境监测",
+        "7. 压差、温度与相对湿度",
+        "8. 偏差",
+        "9. 纠正预防措施及有效性",
+        "12. 追溯性与隔离",
+        "15. 数据完整性",
+        "审核与批准",
+        "待填写",
+    ):
+        assert heading in text, heading
+    assert "DEV-2025-0002" in text
+    assert "2025-01-01 00:00:00 +0800" in text  # facility time zone in the PDF
+    assert "/ " in text  # page numbers "n / N"
+    subprocess.run(
+        ["pdftoppm", "-r", "40", "-png", "-f", "1", "-l", "3", str(pdf), str(tmp_path / "page")], check=True
+    )
+    pages = sorted(tmp_path.glob("page-*.png"))
+    assert len(pages) == 3
+    assert all(p.stat().st_size > 2000 for p in pages)
+
+
+def test_english_html_shows_local_times_and_charts(year_report: dict) -> None:
+    html = render_html(year_report, lang="en")
+    for heading in (
+        "Annual evaluation report",
+        "Summary and declaration",
+        "Environmental monitoring",
+        "Deviations",
+        "CAPA and effectiveness",
+        "Data integrity",
+        "To be completed",
+    ):
+        assert heading in html
+    assert html.count("data:image/svg+xml;base64,") >= 4  # batches, heat map, P95 trends, Pareto
+    assert "1 critical deviation(s)" in html
+
+
+def tracker_cli(*args: str, db_url: str, stdin: str = "") -> subprocess.CompletedProcess:
+    env = {**os.environ, "TRACKER_DATABASE_URL": db_url, "TRACKER_LANG": "en", "COLUMNS": "200"}
+    env.pop("TRACKER_PASSWORD", None)
+    return subprocess.run(
+        [sys.executable, "-m", "tracker.cli", *args],
+        env=env,
+        cwd=ROOT,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+
+
+def test_cli_writes_json_html_and_pdf(year_db: str, tmp_path: Path) -> None:
+    out = tmp_path / "r.json"
+    done = tracker_cli(
+        "report",
+        "annual",
+        "--site",
+        "T-SITE",
+        "--year",
+        "2025",
+        "--format",
+        "json",
+        "--out",
+        str(out),
+        db_url=year_db,
+    )
+    assert done.returncode == 0, done.stderr
+    report = json.loads(out.read_text())
+    validate(report)
+    assert report["environment"]["total"]["readings"] == 10_509_120
+    for fmt, lang in (("html", "en"), ("pdf", "zh")):
+        path = tmp_path / f"r.{fmt}"
+        done = tracker_cli(
+            "report",
+            "annual",
+            "--year",
+            "2025",
+            "--format",
+            fmt,
+            "--lang",
+            lang,
+            "--out",
+            str(path),
+            db_url=year_db,
+        )
+        assert done.returncode == 0, done.stderr
+        assert path.stat().st_size > 10_000
+    assert (tmp_path / "r.pdf").read_bytes().startswith(b"%PDF")
+
+
+def test_cli_sign_approve_and_render_the_signed_report(year_db: str, tmp_path: Path) -> None:
+    with get_engine(year_db).connect() as conn:
+        conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+    shutil.copy(year_db.removeprefix("sqlite:///"), tmp_path / "signed.db")
+    url = f"sqlite:///{tmp_path / 'signed.db'}"
+    refused = tracker_cli(
+        "report",
+        "approve",
+        "--year",
+        "2025",
+        "--as",
+        "qa2",
+        "--password-stdin",
+        db_url=url,
+        stdin=PASSWORD + "\n",
+    )
+    assert refused.returncode == 2
+    assert "not been prepared" in refused.stderr
+    for command, user in (("sign", "qa1"), ("approve", "qa2")):
+        done = tracker_cli(
+            "report",
+            command,
+            "--year",
+            "2025",
+            "--as",
+            user,
+            "--password-stdin",
+            db_url=url,
+            stdin=PASSWORD + "\n",
+        )
+        assert done.returncode == 0, done.stderr
+    out = tmp_path / "signed.json"
+    done = tracker_cli(
+        "report", "annual", "--year", "2025", "--signed", "--format", "json", "--out", str(out), db_url=url
+    )
+    assert done.returncode == 0, done.stderr
+    signed = json.loads(out.read_text())
+    assert [(s["role"], s["status"]) for s in signed["signoff"]] == [
+        ("prepared", "intact"),
+        ("approved", "intact"),
+    ]
+    assert signed["signoff"][0]["printed_name"] == "QA 刘洋 Liu Yang"
+    verify = tracker_cli("audit", "verify", db_url=url)
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+
+
+# --------------------------------------------------------------------------- from real ingestion
+
+
+def test_figures_from_real_ingestion_match_the_readings(people_engine: Engine) -> None:
+    """Two hours of readings through the ingest path: the report's figures from the rollups equal
+    what the readings themselves give."""
+    engine = people_engine
+    rng = np.random.default_rng(4)
+    values = {m: int(c) for m, c in enumerate(rng.integers(0, 40, 120))}
+    values.update({30: 200, 31: 220, 32: 210, 70: 90})  # 200 per 28.3 L = 7,067 /m³: action in B at rest
+    skipped = {50, 51, 52, 53, 54}  # five silent minutes
+    msgs = [
+        InboundMessage(
+            topic("T-B1", "T-B1-PC"),
+            particles(seq=m + 1, ts=T0 + timedelta(minutes=m), c05=values[m], c50=0),
+            T0 + timedelta(hours=3),
+        )
+        for m in range(120)
+        if m not in skipped
+    ]
+    msgs += [
+        InboundMessage(
+            topic("T-B1", "T-B1-DP"),
+            scalar(
+                monitor="T-B1-DP",
+                kind="pressure",
+                seq=i + 1,
+                ts=T0 + timedelta(seconds=10 * i),
+                value=8.0 if 100 <= i < 112 else 15.0,
+                unit="Pa",
+            ),
+            T0 + timedelta(hours=3),
+        )
+        for i in range(720)
+    ]
+    with unit_of_work(engine) as s:
+        BatchProcessor(Intake()).process(s, msgs)
+    period = Period(T0, T0 + timedelta(hours=2), TZ)
+    with unit_of_work(engine) as s:
+        assert (
+            verify_rollups(s, {m.id: m.kind for m in s.exec(select(Monitor))}, period.start, period.end) == []
+        )
+        report = build_annual_report(s, site=get_site(s), period=period, now=T0 + timedelta(days=1))
+        from tracker.readings import Reading
+
+        mon_id = s.exec(select(Monitor.id).where(Monitor.code == "T-B1-PC")).one()
+        raw = s.exec(
+            select(Reading.channel, Reading.value, Reading.level).where(Reading.monitor_id == mon_id)
+        ).all()
+        excursions = s.exec(select(Excursion).where(Excursion.status != "superseded")).all()
+    validate(report)
+    mon = {m["monitor"]: m for m in report["environment"]["monitors"]}
+    pc = mon["T-B1-PC"]
+    assert pc["readings"] == len(raw) == 2 * 115
+    assert pc["expected"] == 2 * 120  # first reading at T0: the whole two hours
+    assert pc["completeness_pct"] == pct(230, 240)
+    assert pc["at_action"] == sum(1 for _, _, lvl in raw if lvl == "action")
+    assert pc["at_alert"] == sum(1 for _, _, lvl in raw if lvl == "alert")
+    assert pc["at_action"] >= 3
+    dp = next(c for c in report["conditions"]["monitors"] if c["monitor"] == "T-B1-DP")
+    assert dp["valid"] == 720
+    assert dp["within_action_pct"] == pct(720 - 12, 720)
+    total = report["environment"]["total"]["excursions"]
+    limit = [e for e in excursions if e.type == "limit"]
+    assert total["alert"] + total["action"] == len(limit) >= 2
+    assert total["action"] == sum(1 for e in limit if e.level == "action")
+    # the P95 from the histogram is the upper edge of the bin holding the true 95th percentile
+    conc = sorted(v for ch, v, _ in raw if ch == "0.5")
+    true_p95 = conc[math.ceil(0.95 * len(conc)) - 1]
+    (p,) = [
+        p for p in report["environment"]["particles"] if (p["monitor"], p["channel"]) == ("T-B1-PC", "0.5")
+    ]
+    upper = 10 ** (bin_of("particles", true_p95) / 4)
+    assert p["monthly_p95"] == [round(upper, 1)]
+    assert p["max"] == round(max(conc), 1)
+    assert report["data_integrity"]["records"]["readings"] == sum(m["readings"] for m in mon.values())
+
+
+def test_year_period_follows_the_site_time_zone() -> None:
+    p = year_period("Asia/Shanghai", 2026)
+    assert (p.start, p.end) == (utc(2025, 12, 31, 16), utc(2026, 12, 31, 16))
+    assert replace(p, year=None).label == "2025-12-31T16:00:00Z/2026-12-31T16:00:00Z"
