@@ -62,6 +62,8 @@ class Excursion(SQLModel, table=True):
     #: an excursion that escalates afterwards needs acknowledging again
     acknowledged_by: str | None = Field(default=None, max_length=60)
     acknowledged_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    #: the first acknowledgement (time to acknowledge); later ones after an escalation update the rest
+    first_acknowledged_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     ack_level: str | None = Field(default=None, max_length=16)
     ack_comment: str | None = Field(default=None, sa_column=Column(Text))
 
@@ -266,6 +268,7 @@ def acknowledge(session: Session, *, actor: Authenticated, excursion_id: int, co
     now = now or utcnow()
     before = {"acknowledged_by": ex.acknowledged_by, "ack_level": ex.ack_level}
     ex.acknowledged_by, ex.acknowledged_at = actor.username, now
+    ex.first_acknowledged_at = ex.first_acknowledged_at or now
     ex.ack_level, ex.ack_comment = ex.level, comment.strip()
     session.add(ex)
     audit.record(session, actor=actor.username, action="excursion.acknowledge", entity="excursion",

@@ -69,9 +69,9 @@ DEFINITIONS = {
     "excursions_per_1000_h": "Limit excursions (alert + action) × 1000 ÷ monitored hours.",
     "excursion_duration": "ended_at − started_at, counted up to the end of the period (or the report "
     "time if earlier): an episode still open then, or ending after it, counts to there.",
-    "time_to_response": "From an excursion's start to QA's first recorded response to it: a decision "
-    "on an exposure link or a deviation raised from it. The tracker has no separate "
-    "acknowledgement; excursions without a response are counted apart.",
+    "time_to_response": "From an excursion's start to QA's first recorded response to it: its "
+    "acknowledgement, a decision on an exposure link, or a deviation raised from it; excursions "
+    "without a response are counted apart.",
     "p95": "95th percentile of the valid readings of a month, read from the rollups' fixed-bin histogram "
     "(particles: quarter-decade bins): the upper edge of the bin holding the percentile, so it "
     "never understates the true value by more than one bin.",
@@ -792,18 +792,24 @@ def excursion_duration(e: Excursion, ctx: Context) -> timedelta:
 
 
 def first_responses(session: Session, excursion_ids: list[int]) -> dict[int, datetime]:
-    """QA's first response to each excursion: a link decision or a deviation raised from it."""
+    """QA's first response to each excursion: its acknowledgement, a link decision or a deviation
+    raised from it."""
     out: dict[int, datetime] = {}
     if not excursion_ids:
         return out
     wanted = set(excursion_ids)
+    for ex_id, at in session.exec(select(Excursion.id, Excursion.first_acknowledged_at)
+                                  .where(Excursion.first_acknowledged_at.is_not(None))):
+        if ex_id in wanted:
+            out[ex_id] = _aware(at)
     for ex_id, at in session.exec(
         select(ExcursionLink.excursion_id, func.min(ExcursionLink.decided_at))
         .where(ExcursionLink.decided_at.is_not(None), ExcursionLink.status.in_(("confirmed", "rejected")))
         .group_by(ExcursionLink.excursion_id)
     ):
         if ex_id in wanted:
-            out[ex_id] = _aware(at)
+            at = _aware(at)
+            out[ex_id] = min(out.get(ex_id, at), at)
     for ex_id, at in session.exec(
         select(DeviationExcursion.excursion_id, func.min(Deviation.opened_at))
         .join(Deviation, Deviation.id == DeviationExcursion.deviation_id)

@@ -2,7 +2,7 @@
 
 Revision ID: 0006
 Revises: 0005
-Create Date: 2026-11-23 01:08:36.059382
+Create Date: 2026-11-23 01:19:31.640779
 """
 from collections.abc import Sequence
 
@@ -261,6 +261,7 @@ def upgrade() -> None:
     with op.batch_alter_table('excursion', schema=None) as batch_op:
         batch_op.add_column(sa.Column('acknowledged_by', sqlmodel.sql.sqltypes.AutoString(length=60), nullable=True))
         batch_op.add_column(sa.Column('acknowledged_at', tracker.db.UTCDateTime(timezone=True), nullable=True))
+        batch_op.add_column(sa.Column('first_acknowledged_at', tracker.db.UTCDateTime(timezone=True), nullable=True))
         batch_op.add_column(sa.Column('ack_level', sqlmodel.sql.sqltypes.AutoString(length=16), nullable=True))
         batch_op.add_column(sa.Column('ack_comment', sa.Text(), nullable=True))
 
@@ -278,6 +279,7 @@ def downgrade() -> None:
     with op.batch_alter_table('excursion', schema=None) as batch_op:
         batch_op.drop_column('ack_comment')
         batch_op.drop_column('ack_level')
+        batch_op.drop_column('first_acknowledged_at')
         batch_op.drop_column('acknowledged_at')
         batch_op.drop_column('acknowledged_by')
 
