@@ -294,3 +294,51 @@ def test_late_counts_reshape_a_recurrence_exactly(facility_engine: Engine) -> No
     with unit_of_work(facility_engine) as s:
         assert [(e["started_at"][11:16], e["ended_at"][11:16], e["readings"]) for e in
                 list_excursions(s, type_="recurrence")] == [("00:03", "00:13", 4), ("00:20", "00:21", 2)]
+
+
+def test_recurrences_under_random_late_delivery_equal_a_derivation_from_scratch(
+        facility_engine: Engine) -> None:
+    import random
+
+    from tracker.recurrence import recurrence_spans
+
+    rng = random.Random(20261123)
+    for trial in range(4):
+        # the last ten samples of a trial have no count, so trials cannot join (same monitor)
+        counts = {m: int(m < 140 and rng.random() < 0.15) for m in range(150)}
+        late = set(rng.sample(range(150), 18))                  # 12 % arrive after the others
+
+        def sample(m: int, trial: int = trial, counts: dict = counts) -> InboundMessage:
+            return bsc(m + 1 + 1000 * trial, m + 200 * trial, counts[m])
+
+        batches = [[sample(m) for m in range(150) if m not in late]]
+        batches += [[sample(m)] for m in sorted(late, reverse=True)]
+        processor = run(facility_engine, batches[:1])
+        run(facility_engine, batches[1:], processor)
+        samples = [(T0 + timedelta(minutes=m + 200 * trial), bool(counts[m])) for m in range(150)]
+        expected = [(s.start, s.end, s.counted) for s in recurrence_spans(samples)]
+        with unit_of_work(facility_engine) as s:
+            got = [(datetime.fromisoformat(e["started_at"]), datetime.fromisoformat(e["ended_at"]),
+                    e["readings"]) for e in list_excursions(s, type_="recurrence")
+                   if T0 + timedelta(minutes=200 * trial) <= datetime.fromisoformat(e["started_at"])
+                   < T0 + timedelta(minutes=200 * trial + 150)]
+        assert got == expected, f"trial {trial}"
+
+
+def test_a_backdated_operation_takes_a_grade_b_recurrence_out_of_scope(facility_engine: Engine) -> None:
+    msgs = [pc(m + 1, m, 0) for m in range(60)]
+    msgs[10] = msg(topic("T-B1", "T-B1-PC"), particles(seq=11, ts=T0 + timedelta(minutes=10), c05=1, c50=1))
+    msgs[11] = msg(topic("T-B1", "T-B1-PC"), particles(seq=12, ts=T0 + timedelta(minutes=11), c05=1, c50=1))
+    run(facility_engine, [msgs])
+    with unit_of_work(facility_engine) as s:
+        (rec,) = list_excursions(s, type_="recurrence")
+        assert (rec["level"], rec["state"]) == ("alert", "at_rest")
+        # grade B in operation sees 5 µm particles routinely: outside the rule's scope
+        record_room_state(s, room_code="T-B1", state="in_operation", effective_at=T0 + timedelta(minutes=5),
+                          actor="qa.li")
+        record_room_state(s, room_code="T-B1", state="at_rest", effective_at=T0 + timedelta(minutes=15),
+                          actor="qa.li")
+    with unit_of_work(facility_engine) as s:
+        assert list_excursions(s, type_="recurrence") == []
+        (gone,) = list_excursions(s, type_="recurrence", include_superseded=True)
+        assert gone["id"] == rec["id"]

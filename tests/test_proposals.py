@@ -4,6 +4,7 @@ person approves them with an e-signature, and kept across facility-file loads.""
 
 from __future__ import annotations
 
+import json
 import math
 from datetime import timedelta
 
@@ -115,6 +116,46 @@ def test_pressure_levels_are_lower_percentiles_floored_at_the_regulation(people_
         assert (p.bound, p.alert_value, p.action_value, p.regulatory_value) == ("low", 10.4, 10.0, 10.0)
         pid = p.id
     with unit_of_work(engine) as s:
-        approve(s, signer=as_(engine, "qa2"), proposal_id=pid)
+        with pytest.raises(InvalidInputError, match="say why"):
+            approve(s, signer=as_(engine, "qa2"), proposal_id=pid)   # 10.4 Pa alert is looser than 12
+        approve(s, signer=as_(engine, "qa2"), proposal_id=pid, comment="cascade stable all year")
         bounds = build_registry(s).lookup("T-SITE", "T-B1-DP").limits.for_reading("", "at_rest")
     assert (bounds.alert_low, bounds.action_low, bounds.delay_s) == (10.4, 10.0, 60.0)
+
+
+def test_a_stale_proposal_or_a_grade_change_is_not_applied_silently(people_engine: Engine) -> None:
+    from tracker.errors import ConflictError
+
+    engine = people_engine
+    feed_counts(engine, [i % 100 for i in range(1200)])
+    with unit_of_work(engine) as s:
+        stale = propose(s, actor=as_(engine, "qa1"), room_code="T-B1", kind="particles", channel="0.5",
+                        state="at_rest", start=T0, end=END).id
+    tighter = MIN_FACILITY.read_text(encoding="utf-8").replace("alert_low = 12.0", "alert_low = 13.0")
+    with unit_of_work(engine) as s:
+        load_facility(s, parse_facility(tighter), actor="admin", approver=as_(engine, "qa2"))
+    with unit_of_work(engine) as s, pytest.raises(ConflictError, match="facility changed since"):
+        approve(s, signer=as_(engine, "qa2"), proposal_id=stale, comment="review")
+    with unit_of_work(engine) as s:
+        fresh = propose(s, actor=as_(engine, "qa1"), room_code="T-B1", kind="particles", channel="0.5",
+                        state="at_rest", start=T0, end=END).id
+    with unit_of_work(engine) as s:
+        approve(s, signer=as_(engine, "qa2"), proposal_id=fresh, comment="review")
+    # the room becomes grade C: its approved grade B level no longer applies, and dropping it is a
+    # limit change QA must approve
+    regraded = tighter.replace('code = "T-B1"\nname = "细胞制备间"\nname_en = "Cell processing room"\n'
+                               'grade = "B"', 'code = "T-B1"\nname = "细胞制备间"\nname_en = '
+                               '"Cell processing room"\ngrade = "C"')
+    assert regraded != tighter
+    with unit_of_work(engine) as s, pytest.raises(PermissionDeniedError, match="QA must approve"):
+        load_facility(s, parse_facility(regraded), actor="admin")
+
+
+def test_mostly_empty_samples_do_not_give_a_zero_level(people_engine: Engine) -> None:
+    engine = people_engine
+    feed_counts(engine, [1 if i % 200 == 0 else 0 for i in range(1200)])
+    with unit_of_work(engine) as s:
+        p = propose(s, actor=as_(engine, "qa1"), room_code="T-B1", kind="particles", channel="0.5",
+                    state="at_rest", start=T0, end=END)
+        assert (p.alert_value, p.action_value) == (36.0, 36.0)     # one count in 28.3 L: 35.3 /m³
+        assert any("below one particle per sample" in n for n in json.loads(p.notes))

@@ -69,7 +69,9 @@ class Excursion(SQLModel, table=True):
 
     @property
     def needs_acknowledgement(self) -> bool:
-        return self.status != "superseded" and self.ack_level != self.level
+        """Never acknowledged, or escalated (alert → action) since; a level going down is no news."""
+        return self.status != "superseded" and (
+            self.ack_level is None or (self.ack_level == "alert" and self.level == "action"))
 
 
 SeriesKey = tuple[int, str]
@@ -295,7 +297,8 @@ def list_excursions(session: Session, *, open_only: bool = False, room: str | No
     if type_:
         query = query.where(Excursion.type == type_)
     if unacknowledged:
-        query = query.where(or_(Excursion.ack_level.is_(None), Excursion.ack_level != Excursion.level))
+        query = query.where(Excursion.status != "superseded", or_(
+            Excursion.ack_level.is_(None), (Excursion.ack_level == "alert") & (Excursion.level == "action")))
     return [to_json(ex, monitor, room_code) for ex, monitor, room_code in session.exec(query)]
 
 

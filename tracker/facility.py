@@ -402,13 +402,23 @@ def _limit_rows(facility: FacilityDef) -> list[dict]:
 
 
 def _carried_levels(session: Session, site: Site | None, facility: FacilityDef) -> list[dict]:
-    """Approved data-driven levels of the current revision that the new file does not override
-    (same room, parameter, channel and state); they stay in force across file loads."""
-    if site is None:
+    """Approved data-driven levels of the current revision that stay in force under the new
+    file: not when the file sets that scope itself (any row of the room covering the parameter,
+    channel and state), nor when the room is gone, changed grade, or the limit set changed —
+    dropping one is a limit change QA approves like any other."""
+    if site is None or site.limit_set != facility.limit_set:
         return []
-    scopes = {(lv.room, lv.kind, lv.channel, lv.state) for lv in facility.levels if lv.room}
+    grades_now = dict(session.exec(select(Room.code, Room.grade).where(Room.site_id == site.id)).all())
+    grades_new = {r.code: r.grade for r in facility.rooms}
+
+    def overridden(row: dict) -> bool:
+        return any(lv.room == row["room_code"] and lv.kind == row["kind"]
+                   and lv.channel in (None, row["channel"]) and lv.state in ("any", row["state"])
+                   for lv in facility.levels)
+
     return [row for row in limits_content(session, site, site.revision)["levels"]
-            if row["source"] and (row["room_code"], row["kind"], row["channel"], row["state"]) not in scopes]
+            if row["source"] and not overridden(row)
+            and grades_new.get(row["room_code"]) == grades_now.get(row["room_code"])]
 
 
 def limits_content(session: Session, site: Site, revision: int) -> dict:
@@ -531,6 +541,10 @@ def load_facility(session: Session, facility: FacilityDef, *, actor: str,
             action_high=level.action_high, delay_s=level.delay_s, note=level.note or None))
     for position, row in enumerate(carried, start=len(facility.levels)):
         session.add(FacilityLimit(site_id=site.id, revision=site.revision, position=position, **row))
+    session.flush()
+    from tracker.registry import build_registry  # (registry builds on this module)
+
+    build_registry(session)  # every monitor's resolved limits, carried levels included: refuses a looser one
     audit.record(session, actor=actor, action="limits.revise", entity="site", entity_key=site.code,
                  after=[asdict(lv) for lv in facility.levels], at=now,
                  reason=f"facility levels of revision {site.revision}")

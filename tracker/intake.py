@@ -100,6 +100,7 @@ class Intake:
         """Reload the facility snapshot if a facility file was loaded since; room states too."""
         if self.registry is None or self.registry.marker != registry_marker(session):
             self.registry = build_registry(session)
+            self.room_states = RoomStates()   # a new facility revision may change what contains what
             self.book.forget()
             self.volume.forget()
             self.recovery.forget()

@@ -58,6 +58,8 @@ class LimitProposal(SQLModel, table=True):
     kind: str = Field(max_length=20)
     channel: str = Field(default="", max_length=8)
     state: str = Field(max_length=20)
+    #: the facility revision the proposal was computed against; approval needs it still in force
+    facility_revision: int
     period_start: datetime = Field(sa_type=UTCDateTime, nullable=False)
     period_end: datetime = Field(sa_type=UTCDateTime, nullable=False)
     readings: int
@@ -101,10 +103,15 @@ def describe(values: np.ndarray) -> dict:
 
 
 def _levels(kind: str, bound: str, stats: dict, regulatory: float | None,
-            current: tuple[float | None, float | None]) -> tuple[float, float, list[str]]:
+            current: tuple[float | None, float | None], resolution: float) -> tuple[float, float, list[str]]:
     notes: list[str] = []
     if bound == "high":
         alert, action = math.ceil(stats["p95"]), math.ceil(stats["p99"])
+        floor = math.ceil(resolution)
+        if alert < floor or action < floor:
+            notes.append(f"the percentiles fall below one particle per sample ({floor} /m³): the levels "
+                         "are raised to it — a level below what one count reads would alarm on any count")
+            alert, action = max(alert, floor), max(action, floor)
         if regulatory is not None and action > regulatory:
             notes.append(f"the 99th percentile {stats['p99']:g} is above the regulatory limit "
                          f"{regulatory:g}: the action level stays at the limit — investigate the room")
@@ -175,9 +182,12 @@ def propose(session: Session, *, actor: Authenticated, room_code: str, kind: str
     stats = describe(values)
     cur_alert, cur_action, regulatory = _current(session, site, room, kind, channel, state, monitors)
     bound = SUPPORTED[kind]
-    alert, action, notes = _levels(kind, bound, stats, regulatory, (cur_alert, cur_action))
+    # one count in the largest sample of the room's counters: the finest level that means anything
+    resolution = 1000.0 / max(m.sample_volume_l or 28.3 for m in monitors) if kind == "particles" else 0.0
+    alert, action, notes = _levels(kind, bound, stats, regulatory, (cur_alert, cur_action), resolution)
     now = now or utcnow()
     row = LimitProposal(site_id=site.id, room_id=room.id, kind=kind, channel=channel, state=state,
+                        facility_revision=site.revision,
                         period_start=start, period_end=end, readings=len(values), days=len(days), bound=bound,
                         alert_value=alert, action_value=action, regulatory_value=regulatory,
                         stats=json.dumps(stats), notes=json.dumps(notes, ensure_ascii=False),
@@ -228,8 +238,13 @@ def approve(session: Session, *, signer: Authenticated, proposal_id: int, commen
     if signer.username == p.proposed_by:
         raise PermissionDeniedError("another QA person approves a proposal than the one who made it "
                                     "(nobody checks their own entry)")
-    now = now or utcnow()
     site = session.get(Site, p.site_id)
+    if site.revision != p.facility_revision:
+        raise ConflictError(f"the facility changed since proposal {p.id} was made (revision "
+                            f"{p.facility_revision} → {site.revision}): propose again from the same data")
+    if any("looser" in note for note in json.loads(p.notes)) and not (comment and comment.strip()):
+        raise InvalidInputError(f"proposal {p.id} loosens a level in force: say why in the comment")
+    now = now or utcnow()
     room_code = session.get(Room, p.room_id).code
     scope = (room_code, p.kind, p.channel or None, p.state)
     old = session.exec(select(FacilityLimit).where(FacilityLimit.site_id == site.id,

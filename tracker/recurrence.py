@@ -93,54 +93,61 @@ class RecurrenceRule:
                 out.append(state)
         return out
 
+    def _quiet_bounded(self, session: Session, series: tuple, start: datetime, *,
+                       backwards: bool) -> list[tuple[datetime, float]]:
+        """Samples from ``start`` outwards until ``last`` in a row without a count (no span can
+        cross such a run) or the end of the series; in time order."""
+        out: list[tuple[datetime, float]] = []
+        cursor = start
+        while True:
+            when = Reading.event_time < cursor if backwards else Reading.event_time > cursor
+            order = Reading.event_time.desc() if backwards else Reading.event_time
+            rows = session.exec(select(Reading.event_time, Reading.value).where(*series, when)
+                                .order_by(order).limit(4 * self.last)).all()
+            out += rows
+            if not rows or (len(out) >= self.last and not any(v > 0 for _, v in out[-self.last:])):
+                return out[::-1] if backwards else out
+            cursor = rows[-1][0]
+
     def after_readings(self, session: Session, entry: MonitorEntry, rooms: RoomStates,
                        first: datetime, last: datetime, now: datetime) -> None:
-        """Re-derive recurrence around new ≥5.0 µm samples of one monitor."""
-        # read every stored recurrence touching the range whole, so it can be re-derived exactly
-        touching = session.exec(select(Excursion.started_at, Excursion.ended_at).where(
-            Excursion.monitor_id == entry.id, Excursion.type == "recurrence",
-            Excursion.status != "superseded", Excursion.started_at <= last,
-            Excursion.ended_at >= first)).all()
-        if touching:
-            first = min(first, *(t[0] for t in touching))
-            last = max(last, *(t[1] for t in touching))
+        """Re-derive, exactly, the recurrences around new (or re-judged) ≥5.0 µm samples.
+
+        The samples read reach from ``first``/``last`` outwards to a run of ``last`` samples
+        without a count (or the series' ends), and cover every stored recurrence they touch, so
+        every span in them is derived from all the samples that decide it: stored recurrences
+        there are reshaped to their span or superseded when no span supports them any more.
+        """
         series = (Reading.monitor_id == entry.id, Reading.channel == CHANNEL,
                   Reading.level.notin_((Level.INVALID.value, Level.NOT_EVALUATED.value)),
                   Reading.state.in_(self._states_in_scope(entry)))
-        cols = (Reading.event_time, Reading.value)
-        before = session.exec(select(*cols).where(*series, Reading.event_time < first)
-                              .order_by(Reading.event_time.desc()).limit(2 * self.last)
-                              ).all()[::-1]
-        during = session.exec(select(*cols).where(*series, Reading.event_time >= first,
-                                                  Reading.event_time <= last)
-                              .order_by(Reading.event_time)).all()
-        after = session.exec(select(*cols).where(*series, Reading.event_time > last)
-                             .order_by(Reading.event_time).limit(self.last)).all()
+        live = (Excursion.monitor_id == entry.id, Excursion.type == "recurrence",
+                Excursion.status != "superseded")
+        while True:
+            before = self._quiet_bounded(session, series, first, backwards=True)
+            after = self._quiet_bounded(session, series, last, backwards=False)
+            lo = before[0][0] if before else first
+            hi = after[-1][0] if after else last
+            stored = list(session.exec(select(Excursion).where(*live, Excursion.started_at <= hi,
+                                                               Excursion.ended_at >= lo)
+                                       .order_by(Excursion.started_at)))
+            wider = [r for r in stored if r.started_at < lo or r.ended_at > hi]
+            if not wider:
+                break
+            first = min(first, *(r.started_at for r in wider))
+            last = max(last, *(r.ended_at for r in wider))
+        during = session.exec(select(Reading.event_time, Reading.value).where(
+            *series, Reading.event_time >= first, Reading.event_time <= last)
+            .order_by(Reading.event_time)).all()
         samples = [(t, v > 0) for t, v in [*before, *during, *after]]
         if not any(c for _, c in samples[-self.last:]):
             self.quiet.add(entry.id)  # nothing counted in the last window: skip until a count
-        if not any(c for _, c in samples):
-            return
         spans = recurrence_spans(samples, consecutive=self.consecutive, of=self.of,
-                                 last=self.last)
-        lo, hi = samples[0][0], samples[-1][0]
-        stored = list(session.exec(select(Excursion).where(
-            Excursion.monitor_id == entry.id, Excursion.type == "recurrence",
-            Excursion.status != "superseded", Excursion.started_at <= hi,
-            Excursion.ended_at >= lo).order_by(Excursion.started_at)))
-        # spans whose whole derivation lies in the samples read here are known exactly: a stored
-        # recurrence there is reshaped to its span, or superseded when late data dissolved it
-        exact_from = before[-self.last][0] if len(before) >= self.last else None
-        exact_to = after[-1][0] if len(after) >= self.last else None
-
-        def exact(start: datetime, end: datetime | None) -> bool:
-            return ((exact_from is None or start >= exact_from)
-                    and (exact_to is None or (end is not None and end < exact_to)))
-
+                                 last=self.last) if any(c for _, c in samples) else []
         for span in spans:
             match = next((r for r in stored if r.started_at <= span.end
                           and span.start <= r.ended_at), None)
-            shape = excursion_shape(match) if match is not None and match.id else None
+            shape = excursion_shape(match) if match is not None else None
             if match is None:
                 match = Excursion(type="recurrence", site_id=entry.site_id, monitor_id=entry.id,
                                   room_id=entry.room_id, kind="particles", channel=CHANNEL,
@@ -153,13 +160,7 @@ class RecurrenceRule:
                                        f"samples or {self.of} of the last {self.last}")
             else:
                 stored.remove(match)
-            if match.id and not exact(match.started_at, match.ended_at):
-                # a stored span reaching past the samples read here keeps its outer ends
-                match.started_at = min(match.started_at, span.start)
-                match.ended_at = max(match.ended_at or span.end, span.end)
-                match.readings = max(match.readings or 0, span.counted)
-            else:
-                match.started_at, match.ended_at, match.readings = span.start, span.end, span.counted
+            match.started_at, match.ended_at, match.readings = span.start, span.end, span.counted
             match.closed_by_at = match.last_out_at = match.ended_at
             match.peak = float(match.readings)
             match.status, match.updated_at = "closed", now
@@ -169,6 +170,5 @@ class RecurrenceRule:
                 audit.record(session, actor=SYSTEM_ACTOR, action="excursion.reshape", entity="excursion",
                              entity_key=str(match.id), before=shape, after=excursion_shape(match), at=now,
                              reason=REPLAY_REASON)
-        for row in stored:
-            if exact(row.started_at, row.ended_at) and row.started_at <= last and first <= row.ended_at:
-                supersede_excursion(session, row, now, REPLAY_REASON)
+        for row in stored:   # no span supports it any more (late data, a re-judged state, an inhibit)
+            supersede_excursion(session, row, now, REPLAY_REASON)

@@ -2,7 +2,7 @@
 
 Revision ID: 0006
 Revises: 0005
-Create Date: 2026-11-23 01:19:31.640779
+Create Date: 2026-11-23 01:29:07.061925
 """
 from collections.abc import Sequence
 
@@ -150,6 +150,7 @@ def upgrade() -> None:
     sa.Column('kind', sqlmodel.sql.sqltypes.AutoString(length=20), nullable=False),
     sa.Column('channel', sqlmodel.sql.sqltypes.AutoString(length=8), nullable=False),
     sa.Column('state', sqlmodel.sql.sqltypes.AutoString(length=20), nullable=False),
+    sa.Column('facility_revision', sa.Integer(), nullable=False),
     sa.Column('period_start', tracker.db.UTCDateTime(timezone=True), nullable=False),
     sa.Column('period_end', tracker.db.UTCDateTime(timezone=True), nullable=False),
     sa.Column('readings', sa.Integer(), nullable=False),
