@@ -18,6 +18,7 @@ matplotlib.use("svg")
 import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib import font_manager
+from matplotlib.ticker import MaxNLocator
 
 CJK_FONTS = (
     "/usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc",
@@ -115,6 +116,7 @@ def pareto(categories: list[str], counts: list[int], *, title: str, count_label:
     fig, ax = plt.subplots(figsize=(7.0, 2.4))
     x = np.arange(len(categories))
     ax.bar(x, counts, color="#2c6e9b")
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))   # counts: no half deviations
     ax.set_xticks(x, categories, rotation=20, ha="right")
     ax.set_ylabel(count_label)
     ax.set_title(title, fontsize=9)
@@ -132,6 +134,7 @@ def monthly_bars(months: list[str], values: list[int], *, title: str, label: str
     fig, ax = plt.subplots(figsize=(7.0, 2.0))
     x = np.arange(len(months))
     ax.bar(x, values, color="#2c6e9b")
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xticks(x, [m[5:] for m in months])
     ax.set_ylabel(label)
     ax.set_title(title, fontsize=9)
