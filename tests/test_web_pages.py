@@ -143,3 +143,33 @@ def test_every_page_renders_in_both_languages_without_the_other_language(web_app
             assert f'<html lang="{lang}">' in r.text
     assert problems == []
     assert en["production_signed"] == "signed by production"
+
+
+def test_a_day_of_one_minute_data_charts_in_well_under_a_second(web_app, web_engine: Engine) -> None:
+    import time
+    from datetime import timedelta
+
+    from sensors.ingest import BatchProcessor, InboundMessage
+    from tests.factories import particles, topic
+    from tracker.intake import Intake
+
+    received = T0 + timedelta(days=2)
+    messages = [InboundMessage(topic=topic("T-B1", "T-B1-PC"), received_at=received, dup=False,
+                               payload=particles(monitor="T-B1-PC", seq=m + 1, ts=T0 + timedelta(minutes=m),
+                                                 c05=50_000 if m % 300 < 5 else 1000))
+                for m in range(24 * 60) if not 600 <= m < 660]          # an hour's gap
+    processor = BatchProcessor(Intake(close_after=3))
+    with unit_of_work(web_engine) as s:
+        processor.process(s, messages)
+    client, _ = browser(web_app, "qa1")
+    client.get("/monitors/T-B1-PC/chart.svg?hours=1")                  # warm up matplotlib and fonts
+    started = time.perf_counter()
+    r = client.get("/monitors/T-B1-PC/chart.svg",
+                   params={"hours": 24, "end": (T0 + timedelta(days=1)).isoformat(), "channel": "0.5"})
+    elapsed = time.perf_counter() - started
+    assert r.status_code == 200
+    assert r.headers["content-type"].startswith("image/svg+xml")
+    assert r.text.count("<path") > 10
+    assert elapsed < 1.0, f"{elapsed:.2f} s"
+    bad = client.get("/monitors/T-B1-PC/chart.svg", params={"end": "yesterday"})
+    assert bad.status_code == 422

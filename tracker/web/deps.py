@@ -102,7 +102,8 @@ def resolve_principal(request: Request) -> Principal | None:
         except AuthenticationError:
             user_id, fp = None, None
         principal = _user_principal(request, user_id, "token", fp) if user_id else None
-        request.state.via_token = True
+        # only a valid token replaces the cookie (and with it the CSRF check)
+        request.state.via_token = principal is not None
     else:
         web = web_session(request)
         if web is not None and web.user_id is not None:

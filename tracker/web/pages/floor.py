@@ -10,7 +10,7 @@ from sqlmodel import select
 
 from batch_records.linking import raise_deviation
 from tracker.dashboard import floor_view
-from tracker.errors import NotFoundError
+from tracker.errors import InvalidInputError, NotFoundError
 from tracker.excursions import acknowledge, list_excursions
 from tracker.facility import Monitor, Room
 from tracker.limits import UNITS
@@ -50,7 +50,13 @@ def dashboard_live(request: Request, me: CurrentUser, session: SessionDep) -> HT
 
 
 def _when(text: str | None) -> datetime | None:
-    return parse_instant(text) if text else None
+    if not text:
+        return None
+    try:
+        return parse_instant(text)
+    except ValueError as exc:
+        raise InvalidInputError(f"{text!r}: a time is ISO 8601 with its offset, e.g. "
+                                "2026-11-20T08:00:00+08:00") from exc
 
 
 @router.get("/excursions", response_class=HTMLResponse)
@@ -105,7 +111,7 @@ def _monitor(session, code: str) -> Monitor:
 
 def _window(session, mon: Monitor, hours: float, end: str | None) -> tuple[datetime, datetime]:
     if end:
-        stop = parse_instant(end)
+        stop = _when(end)
     else:
         stop = session.exec(select(func.max(Reading.event_time)).where(Reading.monitor_id == mon.id)).one()
         stop = stop or utcnow()
