@@ -43,8 +43,12 @@ class SessionStore:
         self._lock = threading.Lock()
 
     def new(self) -> WebSession:
-        s = WebSession(sid=secrets.token_urlsafe(32), csrf=secrets.token_urlsafe(32), last_seen=self.clock())
+        now = self.clock()
+        s = WebSession(sid=secrets.token_urlsafe(32), csrf=secrets.token_urlsafe(32), last_seen=now)
         with self._lock:
+            # forget idle sessions as new ones come (anonymous visitors must not pile up)
+            for sid in [k for k, v in self._sessions.items() if now - v.last_seen > self.idle_seconds]:
+                del self._sessions[sid]
             self._sessions[s.sid] = s
         return s
 

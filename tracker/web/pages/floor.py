@@ -13,6 +13,7 @@ from tracker.dashboard import floor_view
 from tracker.errors import InvalidInputError, NotFoundError
 from tracker.excursions import acknowledge, list_excursions
 from tracker.facility import Monitor, Room
+from tracker.inhibits import windows_by_monitor
 from tracker.limits import UNITS
 from tracker.readings import Reading
 from tracker.timeutil import parse_instant, utcnow
@@ -29,13 +30,26 @@ def _live_context(session) -> dict:
     site = site_or_none(session)
     view = floor_view(session, site=site) if site else None
     groups: dict[str, list] = {}
+    colour: dict[str, str] = {}
     if view:
+        inhibited = _inhibited_monitors(session, view.as_of)
         for tile in view.rooms:
             groups.setdefault(tile.grade, []).append(tile)
+            # a maintenance inhibit shows unless the room is in alert or action anyway
+            held = any(v.monitor in inhibited for v in tile.values)
+            colour[tile.code] = "inhibited" if held and tile.worst not in ("alert", "action") else tile.worst
     waiting = list_excursions(session, unacknowledged=True)
     waiting.reverse()
-    return {"view": view, "groups": groups, "waiting": waiting[:30], "waiting_total": len(waiting),
-            "units": UNITS}
+    return {"view": view, "groups": groups, "colour": colour, "waiting": waiting[:30],
+            "waiting_total": len(waiting), "units": UNITS}
+
+
+def _inhibited_monitors(session, at: datetime | None) -> set[str]:
+    if at is None:
+        return set()
+    codes = dict(session.exec(select(Monitor.id, Monitor.code)).all())
+    return {codes[mid] for mid, windows in windows_by_monitor(session).items()
+            if mid in codes and any(start <= at < end for start, end in windows)}
 
 
 @router.get("/", response_class=HTMLResponse)
