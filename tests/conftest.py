@@ -105,3 +105,23 @@ def people_engine(facility_engine: Engine) -> Engine:
 
     make_people(facility_engine)
     return facility_engine
+
+
+# --- web app (issue 7) ---------------------------------------------------------------------------
+
+@pytest.fixture
+def web_engine(people_engine: Engine) -> Engine:
+    """``people_engine`` plus a viewer account: one account per role for the web tests."""
+    from tests.factories import add_person
+
+    add_person(people_engine, "viewer1", "只读 孙丽 Sun Li", ["viewer"])
+    return people_engine
+
+
+@pytest.fixture
+def web_app(web_engine: Engine):
+    from tracker.web.app import create_app
+    from tracker.web.config import WebSettings
+
+    return create_app(engine=web_engine, settings=WebSettings(secret_key="t" * 40,
+                                                                  login_attempts_per_minute=10_000))

@@ -107,8 +107,8 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     """The README's demo, bounded: readings flow and the scenario's first excursions appear."""
     env = {**os.environ, "TRACKER_LANG": "en", "COLUMNS": "160"}
     result = subprocess.run([sys.executable, "-m", "tracker.cli", "demo", "--speed", "1800",
-                             "--duration", "20s", "--data-dir", str(tmp_path)], env=env, cwd=ROOT,
-                            capture_output=True, text=True, timeout=180)
+                             "--duration", "20s", "--data-dir", str(tmp_path), "--web-port", "0"], env=env,
+                            cwd=ROOT, capture_output=True, text=True, timeout=180)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "GMP cleanroom monitoring" in result.stdout
     with unit_of_work(get_engine(f"sqlite:///{tmp_path / 'demo' / 'demo.db'}")) as s:

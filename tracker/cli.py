@@ -445,16 +445,34 @@ def audit_digest(db: DbOpt = None) -> None:
 
 
 @app.command()
+def serve(host: Annotated[str | None, typer.Option(help="default TRACKER_WEB_HOST (127.0.0.1)")] = None,
+          port: Annotated[int | None, typer.Option(help="default TRACKER_WEB_PORT (8000)")] = None,
+          forwarded_allow_ips: Annotated[str | None, typer.Option(
+              help="proxies whose X-Forwarded-* headers are trusted (default 127.0.0.1)")] = None,
+          db: DbOpt = None) -> None:
+    """The web app: pages for QA, production and the QP, and the JSON API under /api/v1 (docs/web.md)."""
+    from tracker.web.config import WebSettings
+    from tracker.web.serve import serve as run_server
+
+    web = WebSettings()
+    run_server(engine_for(db), host=host or web.host, port=port or web.port,
+               forwarded_allow_ips=forwarded_allow_ips)
+
+
+@app.command()
 def demo(speed: Annotated[float, typer.Option(help="simulated seconds per real second")] = 120.0,
          seed: Annotated[int, typer.Option()] = 1,
          data_dir: Annotated[Path | None, typer.Option(help="default TRACKER_DATA_DIR/.tracker")] = None,
          duration: Annotated[str | None,
-                             typer.Option(help="stop after this long (wall clock)")] = None) -> None:
-    """Everything on one machine: broker, database, sample facility, simulator, ingester, live view."""
+                             typer.Option(help="stop after this long (wall clock)")] = None,
+         web_port: Annotated[int, typer.Option(help="port of the demo's web app on 127.0.0.1; 0: none")]
+         = 8000) -> None:
+    """Everything on one machine: broker, database, sample facility, simulator, ingester, live view,
+    and the web app with one demo login per role (passwords generated at start and printed)."""
     from tracker.demo import run_demo
 
     run_demo(data_dir=data_dir or get_settings().data_dir, speed=speed, seed=seed,
-             wall_limit=parse_duration(duration) if duration else None)
+             wall_limit=parse_duration(duration) if duration else None, web_port=web_port or None)
 
 
 def main() -> None:

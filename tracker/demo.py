@@ -111,8 +111,10 @@ def _render(view: FloorView, stats: dict, open_ex: list[dict], lang: str, header
 
 
 def run_demo(*, data_dir: Path, speed: float = 120.0, seed: int = 1,
-             wall_limit: timedelta | None = None, console: Console | None = None) -> str:
-    """Run everything until Ctrl-C (or ``wall_limit``); returns the database URL used."""
+             wall_limit: timedelta | None = None, console: Console | None = None,
+             web_port: int | None = None) -> str:
+    """Run everything until Ctrl-C (or ``wall_limit``); returns the database URL used. With
+    ``web_port`` the web app runs too, on 127.0.0.1, with one demo login per role."""
     console = console or Console()
     lang = current_lang()
     demo_dir = (data_dir / "demo").resolve()
@@ -135,6 +137,15 @@ def run_demo(*, data_dir: Path, speed: float = 120.0, seed: int = 1,
     stop = threading.Event()
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    web_server = None
+    if web_port:
+        from tracker.web.serve import create_demo_users, start_background
+
+        logins = create_demo_users(engine)
+        web_server, _ = start_background(engine, host="127.0.0.1", port=web_port)
+        console.print(f"web: http://127.0.0.1:{web_port}/  (API: /docs) · demo logins, this database only:")
+        for role, username, password in logins:
+            console.print(f"  {role:<16} {username:<18} {password}", markup=False, highlight=False)
     with LocalBroker(data_dir=demo_dir / "broker", persistence=False) as broker:
         console.print(f"broker: {broker.kind} {broker.url} · database: {db_url}")
         settings = get_settings().model_copy(update={"mqtt_protocol": broker.protocol,
@@ -164,5 +175,7 @@ def run_demo(*, data_dir: Path, speed: float = 120.0, seed: int = 1,
                 stop.wait(1.0)
         sim_thread.join(10)
         ing_thread.join(15)
+    if web_server is not None:
+        web_server.should_exit = True
     console.print(f"\nTRACKER_DATABASE_URL={db_url} tracker excursions   # inspect what happened")
     return db_url

@@ -1,0 +1,104 @@
+"""Who may call what: one declarative table, ``"METHOD /path"`` → allowed roles.
+
+Every route of the app must appear here (``create_app`` refuses to start otherwise) and the
+authorisation-matrix test walks this table: each route × each role and anonymous gets exactly
+the answer the table implies. ``anonymous`` marks routes open without login. Separation of
+duties beyond the role (nobody approves their own entry, production head ≠ QA signer) stays
+in the service layer, which refuses with its own reasons.
+"""
+
+from __future__ import annotations
+
+from tracker.users import ROLES
+
+ANONYMOUS = "anonymous"
+PUBLIC = frozenset({ANONYMOUS, *ROLES})
+ANY = frozenset(ROLES)                                   # any logged-in user
+QA = frozenset({"qa"})
+QP = frozenset({"qp"})
+PRODUCTION = frozenset({"production_head"})
+SHOP_FLOOR = frozenset({"operator", "production_head"})
+DECIDERS = frozenset({"qa", "qp"})
+CAPA_OWNERS = frozenset({"operator", "production_head", "qa", "qp"})
+AUDITORS = frozenset({"qa", "qp", "admin", "viewer"})
+ADMIN = frozenset({"admin"})
+
+ACCESS: dict[str, frozenset[str]] = {
+    # --- pages -------------------------------------------------------------------------------
+    "GET /healthz": PUBLIC,
+    "GET /login": PUBLIC,
+    "POST /login": PUBLIC,
+    "GET /lang/{code}": PUBLIC,
+    "POST /logout": ANY,
+    "GET /account/password": ANY,
+    "POST /account/password": ANY,
+    "GET /": ANY,
+    "GET /dashboard/live": ANY,
+    "GET /excursions": ANY,
+    "POST /excursions/{excursion_id}/acknowledge": QA,
+    "POST /excursions/{excursion_id}/deviation": QA,
+    "GET /monitors/{code}": ANY,
+    "GET /monitors/{code}/chart.svg": ANY,
+    "GET /deviations": ANY,
+    "GET /deviations/{number}": ANY,
+    "POST /deviations/{number}/investigate": QA,
+    "POST /deviations/{number}/update": QA,
+    "POST /deviations/{number}/assess": QA,
+    "POST /deviations/{number}/approve": QA,
+    "POST /deviations/{number}/no-capa": QA,
+    "POST /deviations/{number}/close": QA,
+    "POST /deviations/{number}/capa": QA,
+    "POST /capa/{capa_id}/done": CAPA_OWNERS,
+    "POST /capa/{capa_id}/check": QA,
+    "POST /links/{link_id}/decide": QA,
+    "GET /batches": ANY,
+    "POST /batches": SHOP_FLOOR,
+    "GET /batches/{number}": ANY,
+    "POST /batches/{number}/steps": SHOP_FLOOR,
+    "POST /steps/{step_id}/end": SHOP_FLOOR,
+    "POST /batches/{number}/complete": SHOP_FLOOR,
+    "POST /batches/{number}/sign": PRODUCTION,
+    "POST /batches/{number}/review": QA,
+    "POST /batches/{number}/release": QP,
+    "POST /batches/{number}/reject": DECIDERS,
+    "POST /batches/{number}/assess": QA,
+    "GET /quarantine": ANY,
+    "GET /audit": AUDITORS,
+    "GET /limits": ANY,
+    "POST /limits/proposals": QA,
+    "POST /limits/proposals/{proposal_id}/approve": QA,
+    "POST /limits/proposals/{proposal_id}/reject": QA,
+    "GET /users": ADMIN,
+    "POST /users": ADMIN,
+    "POST /users/{username}/unlock": ADMIN,
+    "POST /users/{username}/deactivate": ADMIN,
+    "POST /users/{username}/roles": ADMIN,
+    "POST /users/{username}/reset-password": ADMIN,
+    # --- OpenAPI ------------------------------------------------------------------------------
+    "GET /openapi.json": PUBLIC,
+    "GET /docs": PUBLIC,
+    # --- JSON API -----------------------------------------------------------------------------
+    "POST /api/v1/tokens": PUBLIC,
+    "GET /api/v1/me": ANY,
+    "GET /api/v1/dashboard": ANY,
+    "GET /api/v1/excursions": ANY,
+    "POST /api/v1/excursions/{excursion_id}/acknowledge": QA,
+    "GET /api/v1/monitors/{code}/readings": ANY,
+    "GET /api/v1/deviations": ANY,
+    "POST /api/v1/deviations": QA,
+    "GET /api/v1/deviations/{number}": ANY,
+    "POST /api/v1/links/{link_id}/decide": QA,
+    "GET /api/v1/batches": ANY,
+    "GET /api/v1/batches/{number}": ANY,
+    "POST /api/v1/batches/{number}/sign": PRODUCTION,
+    "POST /api/v1/batches/{number}/review": QA,
+    "POST /api/v1/batches/{number}/release": QP,
+    "GET /api/v1/quarantine": ANY,
+    "GET /api/v1/audit": AUDITORS,
+    "GET /api/v1/limits/proposals": ANY,
+    "GET /api/v1/users": ADMIN,
+}
+
+
+def allowed(method: str, path: str) -> frozenset[str] | None:
+    return ACCESS.get(f"{method} {path}")

@@ -1,0 +1,188 @@
+"""The app factory: ``create_app(engine=..., settings=...)`` (``tracker serve`` runs it)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from urllib.parse import quote
+
+import swagger_ui_bundle
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
+from sqlalchemy import Engine
+from starlette.routing import BaseRoute, Mount
+
+from tracker.db import get_engine
+from tracker.errors import ConflictError, TrackerError
+from tracker.settings import get_settings
+from tracker.web import access
+from tracker.web.config import WebSettings
+from tracker.web.csrf import CsrfError, verify_csrf
+from tracker.web.deps import Forbidden, LoginRequired, PasswordChangeRequired, authorize, ensure_web_session
+from tracker.web.i18n import pick_lang
+from tracker.web.render import back_path, gettext, make_env, render
+from tracker.web.sessions import COOKIE, RateLimiter, SessionStore
+
+log = logging.getLogger(__name__)
+STATIC = Path(__file__).parent / "static"
+CSP = ("default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
+       "frame-ancestors 'none'; form-action 'self'; base-uri 'none'")
+
+
+def _is_api(request: Request) -> bool:
+    return request.url.path.startswith("/api/")
+
+
+def _secure(request: Request, settings: WebSettings) -> bool:
+    if settings.secure_cookies == "always":
+        return True
+    if settings.secure_cookies == "never":
+        return False
+    return request.url.scheme == "https"
+
+
+def check_access_table(app: FastAPI) -> None:
+    """Every route is in the access table and every table entry is a route (deny by default)."""
+    routes = {f"{method} {route.path}" for route in flat_routes(app) for method in route.methods
+              if method != "HEAD"}
+    missing, stale = routes - set(access.ACCESS), set(access.ACCESS) - routes
+    if missing or stale:
+        raise RuntimeError(f"access table out of step: missing {sorted(missing)}, stale {sorted(stale)}")
+
+
+def _add_handlers(app: FastAPI) -> None:
+    @app.exception_handler(LoginRequired)
+    async def _login_required(request: Request, exc: LoginRequired) -> Response:
+        if _is_api(request):
+            return JSONResponse({"detail": "authentication required"}, status_code=401,
+                                headers={"WWW-Authenticate": "Bearer"})
+        target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        return RedirectResponse(f"/login?next={quote(target)}", status_code=303)
+
+    @app.exception_handler(PasswordChangeRequired)
+    async def _password_change(request: Request, exc: PasswordChangeRequired) -> Response:
+        if _is_api(request):
+            return JSONResponse({"detail": "change the password an administrator set first"}, status_code=403)
+        return RedirectResponse("/account/password", status_code=303)
+
+    @app.exception_handler(Forbidden)
+    async def _forbidden(request: Request, exc: Forbidden) -> Response:
+        if _is_api(request):
+            return JSONResponse({"detail": str(exc)}, status_code=403)
+        _ = gettext(request)
+        return render(request, "error.html", status_code=403, title=_("Not allowed"), message=str(exc),
+                      reasons=[])
+
+    @app.exception_handler(CsrfError)
+    async def _csrf(request: Request, exc: CsrfError) -> Response:
+        if _is_api(request):
+            return JSONResponse({"detail": str(exc)}, status_code=403)
+        _ = gettext(request)
+        return render(request, "error.html", status_code=403, title=_("Form expired"),
+                      message=_("The form is missing its security token. Reload the page and try again."),
+                      reasons=[])
+
+    @app.exception_handler(TrackerError)
+    async def _tracker_error(request: Request, exc: TrackerError) -> Response:
+        reasons = exc.reasons if isinstance(exc, ConflictError) else []
+        if _is_api(request):
+            body = {"detail": str(exc)}
+            if reasons:
+                body["reasons"] = reasons
+            return JSONResponse(body, status_code=exc.status_code)
+        message = str(exc).split(": ")[0] if reasons else str(exc)
+        if request.method == "POST":
+            ensure_web_session(request).flash("error", message, reasons)
+            return RedirectResponse(back_path(request), status_code=303)
+        _ = gettext(request)
+        return render(request, "error.html", status_code=exc.status_code, title=_("Refused"),
+                      message=message, reasons=reasons)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> Response:
+        errors = [{k: v for k, v in e.items() if k in ("loc", "msg", "type")} for e in exc.errors()]
+        if _is_api(request):
+            return JSONResponse({"detail": errors}, status_code=422)
+        _ = gettext(request)
+        fields = sorted({str(e["loc"][-1]) for e in errors if e.get("loc")})
+        message = _("Please fill in every required field.")
+        if request.method == "POST":
+            ensure_web_session(request).flash("error", message, fields)
+            return RedirectResponse(back_path(request), status_code=303)
+        return render(request, "error.html", status_code=422, title=_("Refused"), message=message,
+                      reasons=fields)
+
+
+def create_app(*, engine: Engine | None = None, settings: WebSettings | None = None) -> FastAPI:
+    settings = settings or WebSettings()
+    engine = engine or get_engine(get_settings().database_url)
+    app = FastAPI(title="GMP cleanroom tracker API", version="1", docs_url=None, redoc_url=None,
+                  openapi_url="/openapi.json",
+                  description="Environmental monitoring, deviations and batch records. Authenticate with "
+                              "`POST /api/v1/tokens`, then `Authorization: Bearer <token>`.",
+                  dependencies=[Depends(authorize), Depends(verify_csrf)])
+    app.state.engine = engine
+    app.state.web_settings = settings
+    app.state.sessions = SessionStore(settings.session_idle_minutes * 60)
+    app.state.login_limiter = RateLimiter(settings.login_attempts_per_minute)
+    app.state.jinja = make_env()
+    if settings.secret_key is None:
+        log.warning("TRACKER_WEB_SECRET_KEY is not set: API tokens are valid only until this process ends")
+
+    @app.middleware("http")
+    async def _sessions_and_headers(request: Request, call_next):
+        store: SessionStore = app.state.sessions
+        sent = request.cookies.get(COOKIE)
+        # the dashboard's background polling does not keep an unattended session alive
+        request.state.web = store.get(sent, touch=request.url.path != "/dashboard/live")
+        request.state.lang = pick_lang(request.cookies.get("lang"))
+        response = await call_next(request)
+        web = getattr(request.state, "web", None)
+        if web is not None and (getattr(request.state, "set_cookie", False) or sent != web.sid):
+            response.set_cookie(COOKIE, web.sid, httponly=True, samesite="lax", path="/",
+                                secure=_secure(request, settings))
+        elif sent and web is None:
+            response.delete_cookie(COOKIE, path="/")
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        response.headers.setdefault("Referrer-Policy", "same-origin")
+        response.headers.setdefault("X-Frame-Options", "DENY")
+        if not request.url.path.startswith(("/docs", "/static")):
+            response.headers.setdefault("Content-Security-Policy", CSP)
+            response.headers.setdefault("Cache-Control", "no-store")
+        return response
+
+    _add_handlers(app)
+
+    @app.get("/docs", include_in_schema=False)
+    def docs() -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url="/openapi.json", title="GMP tracker API",
+                                   swagger_js_url="/static/swagger/swagger-ui-bundle.js",
+                                   swagger_css_url="/static/swagger/swagger-ui.css",
+                                   swagger_favicon_url="/static/swagger/favicon-32x32.png")
+
+    from tracker.web.api import router as api_router
+    from tracker.web.pages import routers as page_routers
+
+    app.include_router(api_router)
+    for router in page_routers:
+        app.include_router(router)
+    app.mount("/static/swagger", StaticFiles(directory=swagger_ui_bundle.swagger_ui_path), name="swagger")
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    check_access_table(app)
+    return app
+
+
+def flat_routes(app_or_router) -> list[BaseRoute]:
+    """Every HTTP route, also those of included routers (which carry their full path: the
+    routers set their own prefix, so ``scope["route"].path`` is the path of the access table)."""
+    found: list[BaseRoute] = []
+    for route in app_or_router.routes:
+        original = getattr(route, "original_router", None)
+        if original is not None:
+            found.extend(flat_routes(original))
+        elif not isinstance(route, Mount) and getattr(route, "methods", None):
+            found.append(route)
+    return found

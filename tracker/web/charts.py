@@ -1,0 +1,115 @@
+"""Trend charts as SVG, drawn on the server with matplotlib (no fonts needed by the browser).
+
+Readings of one monitor channel over a window, the alert and action bounds of each operational
+state, excursion spans shaded by level, and data gaps left as gaps (the line breaks where the
+monitor was silent for more than the gap factor × its interval).
+"""
+
+from __future__ import annotations
+
+import io
+import threading
+from datetime import datetime, timedelta
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.dates as mdates
+import numpy as np
+from matplotlib import font_manager
+from matplotlib.figure import Figure
+from sqlmodel import Session, select
+
+from tracker.excursions import Excursion
+from tracker.facility import Monitor, Site
+from tracker.limits import UNITS
+from tracker.readings import Reading
+from tracker.registry import build_registry
+from tracker.settings import get_settings
+
+CJK_FONTS = ("/usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc",)
+_lock = threading.Lock()    # matplotlib's state is not thread-safe
+_fonts_ready = False
+LEVEL_COLOURS = {"alert": "#e0a800", "action": "#c62828"}
+
+
+def _fonts() -> None:
+    global _fonts_ready
+    if _fonts_ready:
+        return
+    families = ["DejaVu Sans"]
+    for path in CJK_FONTS:
+        if Path(path).exists():
+            font_manager.fontManager.addfont(path)
+            families.insert(0, "Noto Sans CJK JP")
+    matplotlib.rcParams.update({"font.family": families, "axes.unicode_minus": False,
+                                "svg.fonttype": "path"})
+    _fonts_ready = True
+
+
+def series(session: Session, monitor: Monitor, channel: str, start: datetime, end: datetime
+           ) -> tuple[list[datetime], list[float]]:
+    rows = session.exec(select(Reading.event_time, Reading.value)
+                        .where(Reading.monitor_id == monitor.id, Reading.channel == channel,
+                               Reading.event_time >= start, Reading.event_time <= end)
+                        .order_by(Reading.event_time)).all()
+    return [r[0] for r in rows], [r[1] for r in rows]
+
+
+def trend_svg(session: Session, monitor: Monitor, channel: str, start: datetime, end: datetime, *,
+              labels: dict[str, str]) -> str:
+    site = session.get(Site, monitor.site_id)
+    tz = ZoneInfo(site.timezone)
+    times, values = series(session, monitor, channel, start, end)
+    gap = timedelta(seconds=monitor.interval_s * get_settings().gap_factor) if monitor.interval_s else None
+    xs: list[datetime] = []
+    ys: list[float] = []
+    for i, (t, v) in enumerate(zip(times, values, strict=True)):
+        if gap and i and t - times[i - 1] > gap:
+            xs.append(times[i - 1] + (t - times[i - 1]) / 2)
+            ys.append(np.nan)               # break the line: the monitor was silent
+        xs.append(t)
+        ys.append(v)
+    entry = build_registry(session).lookup(site.code, monitor.code)
+    excursions = session.exec(select(Excursion).where(
+        Excursion.monitor_id == monitor.id, Excursion.status != "superseded",
+        Excursion.started_at <= end,
+        (Excursion.ended_at.is_(None)) | (Excursion.ended_at >= start))).all()
+    with _lock:
+        _fonts()
+        fig = Figure(figsize=(10, 3.6), dpi=96)
+        ax = fig.add_subplot()
+        if xs:
+            ax.plot([x.astimezone(tz) for x in xs], ys, color="#1f4e79", linewidth=1.1,
+                    label=labels["readings"])
+        for ex in excursions:
+            if channel and ex.channel and ex.channel != channel:
+                continue
+            ax.axvspan(max(ex.started_at, start).astimezone(tz), min(ex.ended_at or end, end).astimezone(tz),
+                       color=LEVEL_COLOURS.get(ex.level, "#888888"), alpha=0.18, linewidth=0)
+        if entry is not None:
+            for state, style in (("at_rest", "-"), ("in_operation", "--")):
+                bounds = entry.limits.for_reading(channel, state)
+                if bounds is None:
+                    continue
+                for level in ("alert", "action"):
+                    for side in ("low", "high"):
+                        value = getattr(bounds, f"{level}_{side}")
+                        if value is not None:
+                            ax.axhline(value, color=LEVEL_COLOURS[level], linestyle=style, linewidth=0.9,
+                                       label=f"{labels[level]} ({labels[state]})")
+        ax.set_xlim(start.astimezone(tz), end.astimezone(tz))
+        ax.xaxis.set_major_formatter(mdates.DateFormatter("%m-%d %H:%M", tz=tz))
+        ax.set_ylabel(f"{labels[monitor.kind]} {channel + ' µm ' if channel else ''}({UNITS[monitor.kind]})")
+        ax.grid(alpha=0.25)
+        handles, names = ax.get_legend_handles_labels()
+        unique = dict(zip(names, handles, strict=True))
+        if unique:
+            ax.legend(unique.values(), unique.keys(), loc="upper left", fontsize=8, ncols=3)
+        fig.autofmt_xdate()
+        fig.tight_layout()
+        buf = io.StringIO()
+        fig.savefig(buf, format="svg")
+    return buf.getvalue()

@@ -1,0 +1,153 @@
+"""Quarantine viewer, audit trail with chain status, limits and proposals, users admin."""
+
+from typing import Annotated
+
+from fastapi import APIRouter, Form, Query, Request
+from fastapi.responses import HTMLResponse, RedirectResponse
+from sqlalchemy import func
+from sqlmodel import select
+
+from tracker import signatures, users
+from tracker.audit import AuditEvent, verify_chain
+from tracker.errors import InvalidInputError
+from tracker.facility import FacilityLimit, limits_content
+from tracker.proposals import approve, list_proposals, propose, reject
+from tracker.quarantine import counts_by_reason, printable
+from tracker.quarantine import list_quarantine as quarantined
+from tracker.timeutil import parse_instant
+from tracker.web.deps import CurrentUser, SessionDep, sign_in
+from tracker.web.pages._common import site_or_none
+from tracker.web.render import done, render, tr
+
+router = APIRouter(include_in_schema=False)
+Text = Annotated[str, Form(max_length=5000)]
+PAGE = 200
+
+
+@router.get("/quarantine", response_class=HTMLResponse)
+def quarantine_page(request: Request, me: CurrentUser, session: SessionDep,
+                    reason: Annotated[str | None, Query(max_length=40)] = None) -> HTMLResponse:
+    rows = quarantined(session, reason=reason or None)[-PAGE:]
+    rows.reverse()
+    shown = [{"id": q.id, "received_at": q.received_at, "topic": q.topic, "reason": q.reason,
+              "detail": q.detail, "monitor": q.monitor_code,
+              "payload": printable(q.payload.decode("utf-8", "replace"), 300)} for q in rows]
+    return render(request, "quarantine.html", rows=shown, counts=counts_by_reason(session),
+                  reason=reason or "")
+
+
+@router.get("/audit", response_class=HTMLResponse)
+def audit_page(request: Request, me: CurrentUser, session: SessionDep,
+               actor: Annotated[str | None, Query(max_length=120)] = None,
+               action: Annotated[str | None, Query(max_length=80)] = None,
+               entity: Annotated[str | None, Query(max_length=80)] = None,
+               key: Annotated[str | None, Query(max_length=200)] = None) -> HTMLResponse:
+    intact, count, broken = verify_chain(session)
+    query = select(AuditEvent).order_by(AuditEvent.id.desc()).limit(PAGE)
+    if actor:
+        query = query.where(AuditEvent.actor == actor)
+    if action:
+        query = query.where(AuditEvent.action.startswith(action))
+    if entity:
+        query = query.where(AuditEvent.entity == entity)
+    if key:
+        query = query.where(AuditEvent.entity_key == key)
+    total = session.exec(select(func.count()).select_from(AuditEvent)).one()
+    return render(request, "audit.html", events=session.exec(query).all(), intact=intact, count=count,
+                  broken=broken, total=total,
+                  filters={"actor": actor or "", "action": action or "", "entity": entity or "",
+                           "key": key or ""})
+
+
+@router.get("/limits", response_class=HTMLResponse)
+def limits_page(request: Request, me: CurrentUser, session: SessionDep) -> HTMLResponse:
+    site = site_or_none(session)
+    current, manifest = [], []
+    if site:
+        current = session.exec(select(FacilityLimit).where(FacilityLimit.site_id == site.id,
+                                                           FacilityLimit.revision == site.revision)
+                               .order_by(FacilityLimit.position)).all()
+        sigs = signatures.signatures_of(session, "site", site.code)
+
+        def content_of(sig):
+            return limits_content(session, site, int(sig.scope.rsplit(":", 1)[1]))
+
+        manifest = [c.manifest(site.timezone) for c in signatures.check_all(sigs, content_of)]
+    return render(request, "limits.html", site=site, current=current, proposals=list_proposals(session),
+                  signatures=manifest)
+
+
+@router.post("/limits/proposals")
+def limits_propose(request: Request, me: CurrentUser, session: SessionDep,
+                   room: Annotated[str, Form(max_length=40)], kind: Annotated[str, Form(max_length=20)],
+                   state: Annotated[str, Form(max_length=20)], start: Annotated[str, Form(max_length=40)],
+                   end: Annotated[str, Form(max_length=40)],
+                   channel: Annotated[str | None, Form(max_length=8)] = None) -> RedirectResponse:
+    try:
+        start_at, end_at = parse_instant(start), parse_instant(end)
+    except ValueError as exc:
+        raise InvalidInputError(str(exc)) from exc
+    propose(session, actor=me.actor(), room_code=room, kind=kind, channel=channel or None, state=state,
+            start=start_at, end=end_at)
+    return done(request, "/limits", tr(request, "Proposal computed."))
+
+
+@router.post("/limits/proposals/{proposal_id}/approve")
+def limits_approve(request: Request, me: CurrentUser, session: SessionDep, proposal_id: int,
+                   password: Annotated[str, Form(max_length=1000)],
+                   comment: Annotated[str | None, Form(max_length=2000)] = None) -> RedirectResponse:
+    signer = sign_in(request, me, password)
+    approve(session, signer=signer, proposal_id=proposal_id, comment=comment or None)
+    return done(request, "/limits", tr(request, "Proposal approved (signed)."))
+
+
+@router.post("/limits/proposals/{proposal_id}/reject")
+def limits_reject(request: Request, me: CurrentUser, session: SessionDep, proposal_id: int,
+                  reason: Text) -> RedirectResponse:
+    reject(session, actor=me.actor(), proposal_id=proposal_id, reason=reason)
+    return done(request, "/limits", tr(request, "Proposal rejected."))
+
+
+@router.get("/users", response_class=HTMLResponse)
+def users_page(request: Request, me: CurrentUser, session: SessionDep) -> HTMLResponse:
+    return render(request, "users.html", rows=users.list_users(session), roles=users.ROLES)
+
+
+@router.post("/users")
+def user_create(request: Request, me: CurrentUser, session: SessionDep,
+                username: Annotated[str, Form(max_length=60)],
+                full_name: Annotated[str, Form(max_length=200)],
+                roles: Annotated[list[str], Form()], password: Annotated[str, Form(max_length=1000)]
+                ) -> RedirectResponse:
+    users.create_user(session, username=username, full_name=full_name, roles=roles, password=password,
+                      actor=me.actor())
+    return done(request, "/users", tr(request, "User created; the owner must change the password."))
+
+
+@router.post("/users/{username}/unlock")
+def user_unlock(request: Request, me: CurrentUser, session: SessionDep, username: str,
+                reason: Text) -> RedirectResponse:
+    users.unlock(session, actor=me.actor(), username=username, reason=reason)
+    return done(request, "/users", tr(request, "Account unlocked."))
+
+
+@router.post("/users/{username}/deactivate")
+def user_deactivate(request: Request, me: CurrentUser, session: SessionDep, username: str,
+                    reason: Text) -> RedirectResponse:
+    user = users.deactivate(session, actor=me.actor(), username=username, reason=reason)
+    request.app.state.sessions.drop_user(user.id)
+    return done(request, "/users", tr(request, "Account deactivated."))
+
+
+@router.post("/users/{username}/roles")
+def user_roles(request: Request, me: CurrentUser, session: SessionDep, username: str,
+               roles: Annotated[list[str], Form()], reason: Text) -> RedirectResponse:
+    users.set_roles(session, actor=me.actor(), username=username, roles=roles, reason=reason)
+    return done(request, "/users", tr(request, "Roles changed."))
+
+
+@router.post("/users/{username}/reset-password")
+def user_reset(request: Request, me: CurrentUser, session: SessionDep, username: str,
+               password: Annotated[str, Form(max_length=1000)], reason: Text) -> RedirectResponse:
+    users.set_password(session, actor=me.actor(), username=username, new_password=password, reason=reason)
+    return done(request, "/users", tr(request, "Password reset; the owner must change it."))

@@ -1,0 +1,148 @@
+"""Batch records: list, the record page (timeline, review by exception, flags, deviations,
+signatures, gate) and the shop-floor and sign-off actions."""
+
+from datetime import datetime, timedelta
+from typing import Annotated
+
+from fastapi import APIRouter, Form, Query, Request
+from fastapi.responses import HTMLResponse, RedirectResponse
+from sqlmodel import select
+
+from batch_records.linking import links_of
+from batch_records.release import batch_report, qa_review, reject, release, sign_production
+from batch_records.review import assess_item
+from batch_records.steps import complete_batch, create_batch, end_step, get_batch, list_batches, start_step
+from tracker.facility import Room
+from tracker.timeutil import iso_utc, parse_instant, utcnow
+from tracker.web.deps import CurrentUser, SessionDep, sign_in
+from tracker.web.pages._common import the_site
+from tracker.web.render import back_path, done, render, tr
+
+router = APIRouter(include_in_schema=False)
+Password = Annotated[str, Form(max_length=1000)]
+Comment = Annotated[str | None, Form(max_length=2000)]
+Text = Annotated[str, Form(max_length=5000)]
+
+
+@router.get("/batches", response_class=HTMLResponse)
+def batch_list(request: Request, me: CurrentUser, session: SessionDep,
+               status: Annotated[str | None, Query(max_length=20)] = None) -> HTMLResponse:
+    rows = list_batches(session, status=status or None)
+    return render(request, "batches.html", rows=rows, status=status or "")
+
+
+@router.post("/batches")
+def batch_create(request: Request, me: CurrentUser, session: SessionDep,
+                 number: Annotated[str, Form(max_length=60)], product: Annotated[str, Form(max_length=200)],
+                 donor: Annotated[str, Form(max_length=100)],
+                 patient: Annotated[str | None, Form(max_length=100)] = None) -> RedirectResponse:
+    batch = create_batch(session, actor=me.actor(), site=the_site(session), number=number, product=product,
+                         donor_id=donor, patient_id=patient or None)
+    return done(request, f"/batches/{batch.number}", tr(request, "Batch record opened."))
+
+
+def _timeline(report: dict) -> dict:
+    """Bars per room on a shared time axis (percent offsets), for the step timeline."""
+    steps = report["steps"]
+    if not steps:
+        return {"rooms": {}, "start": None, "end": None}
+    now = iso_utc(utcnow())
+    start = min(parse_instant(s["start"]) for s in steps)
+    end = max(parse_instant(s["end"] or now) for s in steps)
+    span = max((end - start).total_seconds(), 60.0)
+    rooms: dict[str, list] = {}
+    for s in steps:
+        a = (parse_instant(s["start"]) - start).total_seconds() / span * 100
+        b = (parse_instant(s["end"] or now) - start).total_seconds() / span * 100
+        rooms.setdefault(s["room"], []).append({**s, "left": round(a, 2), "width": round(max(b - a, 0.8), 2)})
+    return {"rooms": rooms, "start": start, "end": end}
+
+
+def _chart_window(item: dict) -> dict:
+    start = parse_instant(item["start"])
+    end = parse_instant(item["end"]) if item["end"] else start + timedelta(minutes=30)
+    margin = max((end - start) / 2, timedelta(minutes=15))
+    hours = ((end - start) + 2 * margin).total_seconds() / 3600
+    return {"end": iso_utc(end + margin), "hours": round(hours, 3)}
+
+
+@router.get("/batches/{number}", response_class=HTMLResponse)
+def batch_page(request: Request, me: CurrentUser, session: SessionDep, number: str) -> HTMLResponse:
+    batch = get_batch(session, number)
+    report = batch_report(session, batch)
+    for item in report["review"]:
+        item["chart"] = _chart_window(item)
+    pending = [{"id": link.id, "excursion": link.excursion_id, "step": link.step_id}
+               for link in links_of(session, batch) if link.status == "proposed"]
+    rooms = session.exec(select(Room.code).where(Room.site_id == batch.site_id, Room.active)
+                         .order_by(Room.code)).all()
+    return render(request, "batch.html", b=report, timeline=_timeline(report), pending=pending, rooms=rooms)
+
+
+@router.post("/batches/{number}/steps")
+def step_begin(request: Request, me: CurrentUser, session: SessionDep, number: str,
+               name: Annotated[str, Form(max_length=200)], room: Annotated[str, Form(max_length=40)],
+               open_processing: Annotated[bool, Form()] = False,
+               late_reason: Annotated[str | None, Form(max_length=2000)] = None) -> RedirectResponse:
+    start_step(session, actor=me.actor(), batch=get_batch(session, number), name=name, room_code=room,
+               start=utcnow(), open_processing=open_processing, late_reason=late_reason or None)
+    return done(request, f"/batches/{number}", tr(request, "Step started."))
+
+
+@router.post("/steps/{step_id}/end")
+def step_finish(request: Request, me: CurrentUser, session: SessionDep, step_id: int,
+                password: Password, comment: Comment = None,
+                at: Annotated[datetime | None, Form()] = None) -> RedirectResponse:
+    signer = sign_in(request, me, password)
+    end_step(session, signer=signer, step_id=step_id, end=at or utcnow(), comment=comment or None)
+    return done(request, back_path(request), tr(request, "Step ended and signed."))
+
+
+@router.post("/batches/{number}/complete")
+def batch_complete(request: Request, me: CurrentUser, session: SessionDep, number: str) -> RedirectResponse:
+    complete_batch(session, actor=me.actor(), batch=get_batch(session, number))
+    return done(request, f"/batches/{number}", tr(request, "Batch record completed."))
+
+
+def _signed(request: Request, me, session, number: str, password: str, fn, message: str,
+            **kwargs) -> RedirectResponse:
+    signer = sign_in(request, me, password)
+    fn(session, signer=signer, batch=get_batch(session, number), **kwargs)
+    return done(request, f"/batches/{number}", message)
+
+
+@router.post("/batches/{number}/sign")
+def batch_sign(request: Request, me: CurrentUser, session: SessionDep, number: str, password: Password,
+               comment: Comment = None) -> RedirectResponse:
+    return _signed(request, me, session, number, password, sign_production,
+                   tr(request, "Batch record signed by production."), comment=comment or None)
+
+
+@router.post("/batches/{number}/review")
+def batch_review(request: Request, me: CurrentUser, session: SessionDep, number: str, password: Password,
+                 comment: Comment = None) -> RedirectResponse:
+    return _signed(request, me, session, number, password, qa_review,
+                   tr(request, "QA review signed."), comment=comment or None)
+
+
+@router.post("/batches/{number}/release")
+def batch_release(request: Request, me: CurrentUser, session: SessionDep, number: str, password: Password,
+                  comment: Comment = None) -> RedirectResponse:
+    return _signed(request, me, session, number, password, release,
+                   tr(request, "Batch released."), comment=comment or None)
+
+
+@router.post("/batches/{number}/reject")
+def batch_reject(request: Request, me: CurrentUser, session: SessionDep, number: str, password: Password,
+                 reason: Text) -> RedirectResponse:
+    return _signed(request, me, session, number, password, reject, tr(request, "Batch rejected."),
+                   reason=reason)
+
+
+@router.post("/batches/{number}/assess")
+def batch_assess(request: Request, me: CurrentUser, session: SessionDep, number: str,
+                 item: Annotated[str, Form(max_length=200)], exposed: Annotated[bool, Form()],
+                 reason: Text) -> RedirectResponse:
+    assess_item(session, actor=me.actor(), batch=get_batch(session, number), item_key=item, exposed=exposed,
+                reason=reason)
+    return done(request, f"/batches/{number}", tr(request, "Assessment recorded."))

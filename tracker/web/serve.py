@@ -1,0 +1,72 @@
+"""Running the web app: ``tracker serve`` (foreground) and the demo's background server."""
+
+from __future__ import annotations
+
+import secrets
+import threading
+import time
+
+import uvicorn
+from sqlalchemy import Engine
+
+from tracker.db import unit_of_work
+from tracker.users import ROLES, change_password, create_user, login
+from tracker.web.app import create_app
+from tracker.web.config import WebSettings
+
+#: the demo's accounts, one per role (created in the throwaway demo database only)
+DEMO_PEOPLE = {
+    "admin": ("demo.admin", "演示 管理员 Demo Admin"),
+    "operator": ("demo.operator", "演示 操作员 Demo Operator"),
+    "production_head": ("demo.production", "演示 生产负责人 Demo Production Head"),
+    "qa": ("demo.qa", "演示 QA Demo QA"),
+    "qp": ("demo.qp", "演示 质量受权人 Demo QP"),
+    "viewer": ("demo.viewer", "演示 只读 Demo Viewer"),
+}
+
+
+def create_demo_users(engine: Engine) -> list[tuple[str, str, str]]:
+    """One account per role with a password generated now (printed once, stored only as a hash).
+    Each account then sets its own password, as a real owner would, so it can sign."""
+    assert set(DEMO_PEOPLE) == set(ROLES)
+    logins: list[tuple[str, str, str]] = []
+    admin_name, admin_full = DEMO_PEOPLE["admin"]
+    admin_password = secrets.token_urlsafe(12)
+    with unit_of_work(engine) as s:
+        create_user(s, username=admin_name, full_name=admin_full, roles=["admin"], password=admin_password,
+                    actor=None)
+    logins.append(("admin", admin_name, admin_password))
+    admin = login(engine, username=admin_name, password=admin_password)
+    for role, (username, full_name) in DEMO_PEOPLE.items():
+        if role == "admin":
+            continue
+        temporary, final = secrets.token_urlsafe(12), secrets.token_urlsafe(12)
+        with unit_of_work(engine) as s:
+            create_user(s, username=username, full_name=full_name, roles=[role], password=temporary,
+                        actor=admin)
+        me = login(engine, username=username, password=temporary)
+        with unit_of_work(engine) as s:
+            change_password(s, actor=me, new_password=final)
+        logins.append((role, username, final))
+    return logins
+
+
+def start_background(engine: Engine, *, host: str, port: int,
+                     settings: WebSettings | None = None) -> tuple[uvicorn.Server, threading.Thread]:
+    """The app on a thread (for the demo and tests); stop with ``server.should_exit = True``."""
+    app = create_app(engine=engine, settings=settings)
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off"))
+    thread = threading.Thread(target=server.run, name="web", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 15
+    while not server.started and thread.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if not server.started:
+        raise RuntimeError(f"the web app did not start on {host}:{port}")
+    return server, thread
+
+
+def serve(engine: Engine, *, host: str, port: int, forwarded_allow_ips: str | None = None) -> None:
+    """Foreground server. Behind a TLS proxy on this host, X-Forwarded-Proto makes cookies Secure."""
+    uvicorn.run(create_app(engine=engine), host=host, port=port, proxy_headers=True,
+                forwarded_allow_ips=forwarded_allow_ips or "127.0.0.1", log_level="info")
