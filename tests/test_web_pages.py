@@ -113,8 +113,8 @@ def pages(engine: Engine) -> list[tuple[str, str]]:
         method, path = key.split(" ", 1)
         if method != "GET" or path.startswith(("/api/", "/docs", "/openapi", "/lang", "/healthz")):
             continue
-        if path.endswith(".svg") or path == "/dashboard/live":
-            continue
+        if path.endswith(".svg") or path == "/dashboard/live" or path.startswith("/reports/"):
+            continue   # images, fragments and file downloads, not pages
         concrete = path.replace("{code}", fill["code"])
         concrete = concrete.replace("/batches/{number}", "/batches/CT-2026-009")
         concrete = concrete.replace("/deviations/{number}", f"/deviations/{number}")
@@ -173,3 +173,16 @@ def test_a_day_of_one_minute_data_charts_in_well_under_a_second(web_app, web_eng
     assert elapsed < 1.0, f"{elapsed:.2f} s"
     bad = client.get("/monitors/T-B1-PC/chart.svg", params={"end": "yesterday"})
     assert bad.status_code == 422
+
+
+def test_the_annual_report_downloads_from_the_audit_page(web_app) -> None:
+    client, _ = browser(web_app, "qa1", lang="en")
+    page = client.get("/audit")
+    assert 'action="/reports/annual"' in page.text
+    r = client.get("/reports/annual", params={"year": 2026, "format": "json"})
+    assert r.status_code == 200
+    assert r.headers["content-disposition"] == 'attachment; filename="annual-report-T-SITE-2026-en.json"'
+    assert r.json()["site"]["code"] == "T-SITE"
+    pdf = client.get("/reports/annual", params={"year": 2026})
+    assert pdf.headers["content-type"] == "application/pdf"
+    assert pdf.content.startswith(b"%PDF")

@@ -64,6 +64,7 @@ ACCESS: dict[str, frozenset[str]] = {
     "POST /batches/{number}/assess": QA,
     "GET /quarantine": ANY,
     "GET /audit": AUDITORS,
+    "GET /reports/annual": AUDITORS,
     "GET /limits": ANY,
     "POST /limits/proposals": QA,
     "POST /limits/proposals/{proposal_id}/approve": QA,

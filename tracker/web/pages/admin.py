@@ -1,9 +1,10 @@
 """Quarantine viewer, audit trail with chain status, limits and proposals, users admin."""
 
-from typing import Annotated
+import json
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Form, Query, Request
-from fastapi.responses import HTMLResponse, RedirectResponse
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlalchemy import func
 from sqlmodel import select
 
@@ -14,9 +15,9 @@ from tracker.facility import FacilityLimit, limits_content
 from tracker.proposals import approve, list_proposals, propose, reject
 from tracker.quarantine import counts_by_reason, printable
 from tracker.quarantine import list_quarantine as quarantined
-from tracker.timeutil import parse_instant
+from tracker.timeutil import parse_instant, utcnow
 from tracker.web.deps import CurrentUser, SessionDep, sign_in
-from tracker.web.pages._common import site_or_none
+from tracker.web.pages._common import site_or_none, the_site
 from tracker.web.render import done, render, tr
 
 router = APIRouter(include_in_schema=False)
@@ -34,6 +35,34 @@ def quarantine_page(request: Request, me: CurrentUser, session: SessionDep,
               "payload": printable(q.payload.decode("utf-8", "replace"), 300)} for q in rows]
     return render(request, "quarantine.html", rows=shown, counts=counts_by_reason(session),
                   reason=reason or "")
+
+
+@router.get("/reports/annual")
+def annual_report_download(request: Request, me: CurrentUser, session: SessionDep,
+                           year: Annotated[int, Query(ge=2000, le=2100)],
+                           fmt: Annotated[Literal["pdf", "html", "json"], Query(alias="format")] = "pdf",
+                           ) -> Response:
+    """The site's annual evaluation report for ``year`` in the page's language (issue 4)."""
+    from tracker.reports.annual import build_annual_report, validate_report, year_period
+    from tracker.reports.render import render_html, render_pdf
+    from tracker.reports.signoff import signoff_block
+
+    site = the_site(session)
+    period = year_period(site.timezone, year)
+    report = build_annual_report(session, site=site, period=period)
+    signoff = signoff_block(session, site, period, report)
+    lang = "en" if request.state.lang == "en" else "zh-CN"
+    name = f"annual-report-{site.code}-{year}-{lang}.{fmt}"
+    if fmt == "json":
+        document = {**report, "signoff": signoff}
+        validate_report(document)
+        body, media = json.dumps(document, ensure_ascii=False, indent=2).encode("utf-8"), "application/json"
+    elif fmt == "html":
+        body = render_html(report, lang=lang, signoff=signoff).encode("utf-8")
+        media = "text/html; charset=utf-8"
+    else:
+        body, media = render_pdf(report, lang=lang, signoff=signoff), "application/pdf"
+    return Response(body, media_type=media, headers={"Content-Disposition": f'attachment; filename="{name}"'})
 
 
 @router.get("/audit", response_class=HTMLResponse)
@@ -54,6 +83,7 @@ def audit_page(request: Request, me: CurrentUser, session: SessionDep,
         query = query.where(AuditEvent.entity_key == key)
     total = session.exec(select(func.count()).select_from(AuditEvent)).one()
     return render(request, "audit.html", events=session.exec(query).all(), intact=intact, count=count,
+                  report_year=utcnow().year - 1,
                   broken=broken, total=total,
                   filters={"actor": actor or "", "action": action or "", "entity": entity or "",
                            "key": key or ""})
