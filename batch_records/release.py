@@ -29,7 +29,7 @@ from batch_records.review import review_items
 from batch_records.steps import step_content, steps_of
 from tracker import audit, signatures
 from tracker.deviations import Deviation, DeviationBatch
-from tracker.errors import ConflictError, InvalidInputError, PermissionDeniedError
+from tracker.errors import ConflictError, InvalidInputError, PermissionDeniedError, Reason
 from tracker.facility import Room, Site
 from tracker.timeutil import iso_utc, utcnow
 from tracker.users import Authenticated, require_role
@@ -57,6 +57,10 @@ def signature_checks(session: Session, batch: Batch) -> list[signatures.Signatur
 
 
 #: the signatures a batch status stands on (a status without them was not reached by signing)
+DEVIATION_STATUS_ZH = {"open": "已开启", "investigating": "调查中", "capa": "纠正预防措施阶段"}
+SIGNATURE_PROBLEM_ZH = {"the record changed after it was signed": "签名后记录被修改",
+                        "the signature record itself was altered": "签名记录本身被篡改"}
+
 REQUIRED_SCOPES = {"production_signed": ("production",), "qa_reviewed": ("production", "qa_review"),
                    "released": ("production", "qa_review", "release"), "rejected": ("rejection",)}
 
@@ -65,11 +69,14 @@ def status_problems(session: Session, batch: Batch) -> list[str]:
     """A status or an ended step without the signature it needs (e.g. a raw SQL status change)."""
     scopes = {c.signature.scope for c in signature_checks(session, batch)
               if c.signature.entity == "batch" and c.intact}
-    problems = [f"batch {batch.number} is {batch.status} without its {scope} signature"
+    problems = [Reason(f"batch {batch.number} is {batch.status} without its {scope} signature",
+                       f"批次 {batch.number} 状态为 {batch.status}，却缺少 {scope} 签名")
                 for scope in REQUIRED_SCOPES.get(batch.status, ()) if scope not in scopes]
     for step in steps_of(session, batch):
         if step.end is not None and not signatures.signatures_of(session, "process_step", str(step.id)):
-            problems.append(f"step {step.id} of batch {batch.number} ended without its performed signature")
+            problems.append(Reason(
+                f"step {step.id} of batch {batch.number} ended without its performed signature",
+                f"批次 {batch.number} 的工序 {step.id} 已结束，却没有操作人的执行签名"))
     return problems
 
 
@@ -91,22 +98,32 @@ def open_deviations(session: Session, batch: Batch) -> list[Deviation]:
 
 def gate_reasons(session: Session, batch: Batch, *, now: datetime | None = None) -> list[str]:
     """Why the batch cannot be QA-reviewed or released now (empty when the gate is open)."""
-    reasons = [f"deviation {d.number} is {d.status}, not closed" for d in open_deviations(session, batch)]
+    reasons = [Reason(f"deviation {d.number} is {d.status}, not closed",
+                      f"偏差 {d.number} 处于“{DEVIATION_STATUS_ZH.get(d.status, d.status)}”，尚未关闭")
+               for d in open_deviations(session, batch)]
     items = review_items(session, batch, now=now)  # syncs the links first
     for link in links_of(session, batch):
         if link.status == "proposed":
-            reasons.append(f"exposure link {link.id} (excursion {link.excursion_id}, step {link.step_id}) "
-                           "is undecided")
+            reasons.append(Reason(
+                f"exposure link {link.id} (excursion {link.excursion_id}, step {link.step_id}) is undecided",
+                f"关联建议 {link.id}（超标 {link.excursion_id}，工序 {link.step_id}）尚未确认或否定"))
     for item in items:
         if item.kind != "excursion" and item.exposed == "unassessed":
-            reasons.append(f"review item {item.key} ({item.detail.get('invalid_reasons')}) is unassessed")
+            reasons.append(Reason(
+                f"review item {item.key} ({item.detail.get('invalid_reasons')}) is unassessed",
+                f"例外审核项 {item.key}（{item.detail.get('invalid_reasons')}）尚未评估"))
     for link in uncovered_action_exposures(session, batch):
-        reasons.append(f"confirmed exposure to action excursion {link.excursion_id} has no deviation "
-                       "linked to this batch")
+        reasons.append(Reason(
+            f"confirmed exposure to action excursion {link.excursion_id} has no deviation "
+            "linked to this batch",
+            f"已确认受纠偏超标 {link.excursion_id} 影响，但没有与本批关联的偏差"))
     for check in signature_checks(session, batch):
         if not check.intact:
-            reasons.append(f"signature {check.signature.id} ({check.signature.meaning} by "
-                           f"{check.signature.username}) is broken: {check.problem}")
+            sig = check.signature
+            reasons.append(Reason(
+                f"signature {sig.id} ({sig.meaning} by {sig.username}) is broken: {check.problem}",
+                f"电子签名 {sig.id}（{sig.username}）已失效："
+                f"{SIGNATURE_PROBLEM_ZH.get(check.problem, check.problem)}"))
     return reasons + status_problems(session, batch)
 
 

@@ -16,7 +16,13 @@ from tests.conftest import MIN_FACILITY
 from tests.factories import PASSWORD, T0, add_person, as_, make_people, minutes
 from tracker import audit
 from tracker.db import unit_of_work
-from tracker.errors import AuthenticationError, ConflictError, InvalidInputError, PermissionDeniedError
+from tracker.errors import (
+    AuthenticationError,
+    ConflictError,
+    InvalidInputError,
+    PermissionDeniedError,
+    in_language,
+)
 from tracker.facility import get_site, load_facility, parse_facility
 from tracker.settings import get_settings
 from tracker.signatures import sign
@@ -343,5 +349,7 @@ def test_statuses_and_signature_rows_are_cross_checked(people_engine: Engine) ->
                    for p in problems)
         assert "batch CT-1 is production_signed without its production signature" in problems
         assert "batch CT-2 is released without its production signature" in problems
-        assert gate_reasons(s, get_batch(s, "CT-1"))[-1] == (
-            "batch CT-1 is production_signed without its production signature")
+        reason = gate_reasons(s, get_batch(s, "CT-1"))[-1]
+        assert reason == "batch CT-1 is production_signed without its production signature"
+        assert in_language(reason, "zh-CN") == "批次 CT-1 状态为 production_signed，却缺少 production 签名"
+        assert in_language(reason, "en") == reason

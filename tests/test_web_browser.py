@@ -170,11 +170,11 @@ def test_qa_production_and_qp_work_a_batch_through_the_browser(web_engine: Engin
     # QA's review is refused with the gate's reason
     qa.page.goto(f"/batches/{BATCH}")
     gate = qa.page.locator("[data-testid=gate]").inner_text()
-    assert f"deviation {number} is open, not closed" in gate
+    assert f"偏差 {number} 处于“已开启”，尚未关闭" in gate        # the gate's reason, in Chinese
     qa.shot("04-batch-gate-closed")
     qa.sign("sign-review")
     error = qa.flash("error")
-    assert f"deviation {number} is open, not closed" in error
+    assert f"偏差 {number} 处于“已开启”，尚未关闭" in error
     assert qa.page.locator("[data-testid=batch-status]").inner_text() == "生产已签名"
 
     # investigate and close the deviation (a second QA person approves the report)

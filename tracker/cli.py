@@ -32,8 +32,8 @@ from tracker.cli_common import (
 )
 from tracker.cli_quality import register as register_quality_commands
 from tracker.db import unit_of_work
-from tracker.errors import ConflictError, TrackerError
-from tracker.i18n import t
+from tracker.errors import ConflictError, TrackerError, in_language
+from tracker.i18n import current_lang, t
 from tracker.reports.cli import report_app
 from tracker.settings import get_settings
 from tracker.timeutil import local_display, parse_duration, parse_instant, utcnow
@@ -482,7 +482,7 @@ def main() -> None:
         err = Console(stderr=True)
         err.print(f"[red]error:[/red] {str(exc).split(': ')[0]}")
         for reason in exc.reasons:
-            err.print(f"  • {reason}")
+            err.print(f"  • {in_language(reason, current_lang())}")
         sys.exit(2)
     except TrackerError as exc:
         Console(stderr=True).print(f"[red]error:[/red] {exc}")

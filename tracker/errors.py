@@ -45,3 +45,20 @@ class ConflictError(TrackerError, ValueError):
     def __init__(self, message: str, reasons: list[str] | None = None) -> None:
         super().__init__(message if not reasons else f"{message}: " + "; ".join(reasons))
         self.reasons = reasons or [message]
+
+
+class Reason(str):
+    """A reason shown to people: the English sentence (what ``str`` gives, for logs, JSON and
+    tests) that also carries its Chinese wording for zh-CN pages and terminals."""
+
+    zh: str
+
+    def __new__(cls, en: str, zh: str) -> Reason:
+        obj = super().__new__(cls, en)
+        obj.zh = zh
+        return obj
+
+
+def in_language(text: str, lang: str) -> str:
+    """``text`` in ``lang`` when it is a :class:`Reason` that knows it; otherwise as it is."""
+    return text.zh if lang == "zh-CN" and isinstance(text, Reason) else text

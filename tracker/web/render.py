@@ -10,6 +10,7 @@ from fastapi import Request
 from fastapi.responses import HTMLResponse, RedirectResponse
 from sqlmodel import Session, select
 
+from tracker.errors import in_language
 from tracker.facility import Site
 from tracker.settings import get_settings
 from tracker.timeutil import local_display, parse_instant
@@ -58,7 +59,7 @@ def render(request: Request, name: str, *, status_code: int = 200, **ctx) -> HTM
         label=lambda v: cat.gettext(v) if v else "",
         lang=lang, me=getattr(request.state, "principal", None), csrf=web.csrf,
         flashes=[] if name.startswith("_") else web.pop_flashes(),   # fragments leave messages alone
-        local=local, tz=tz, path=request.url.path,
+        local=local, tz=tz, path=request.url.path, said=lambda text: in_language(text, lang),
         poll_ms=int(request.app.state.web_settings.poll_seconds * 1000), **ctx)
     return HTMLResponse(html, status_code=status_code)
 
