@@ -15,11 +15,12 @@ import subprocess
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 MOSQUITTO_CONF = """\
 listener {port} 127.0.0.1
-allow_anonymous true
+{security}
 persistence {persistence}
 persistence_location {data_dir}/
 max_queued_messages 1000000
@@ -30,6 +31,23 @@ log_type error
 log_type warning
 log_dest file {data_dir}/mosquitto.log
 """
+
+
+@dataclass(frozen=True)
+class BrokerSecurity:
+    """TLS and access control for a local mosquitto: the production setup of docs/broker.md in
+    miniature (server certificate from the facility's CA, password file, ACL)."""
+
+    certfile: Path
+    keyfile: Path
+    cafile: Path
+    password_file: Path
+    acl_file: Path
+
+    def conf(self) -> str:
+        return (f"cafile {self.cafile}\ncertfile {self.certfile}\nkeyfile {self.keyfile}\n"
+                f"tls_version tlsv1.2\nallow_anonymous false\npassword_file {self.password_file}\n"
+                f"acl_file {self.acl_file}")
 
 
 def free_port() -> int:
@@ -57,8 +75,12 @@ class LocalBroker:
     """A broker on 127.0.0.1; ``kind`` is ``mosquitto`` or ``amqtt``. Use as a context manager."""
 
     def __init__(self, *, port: int | None = None, data_dir: Path | None = None,
-                 persistence: bool = True, prefer: str = "mosquitto") -> None:
+                 persistence: bool = True, prefer: str = "mosquitto",
+                 security: BrokerSecurity | None = None) -> None:
         self.port = port or free_port()
+        self.security = security
+        if security is not None and (prefer != "mosquitto" or not find_mosquitto()):
+            raise RuntimeError("TLS and access control need Debian's mosquitto")
         self._tmp = None if data_dir else tempfile.TemporaryDirectory(prefix="gmp-broker-")
         self.data_dir = Path(data_dir or self._tmp.name)
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -71,6 +93,8 @@ class LocalBroker:
 
     @property
     def url(self) -> str:
+        if self.security is not None:   # the certificate names localhost
+            return f"mqtts://localhost:{self.port}"
         return f"mqtt://127.0.0.1:{self.port}"
 
     @property
@@ -81,9 +105,10 @@ class LocalBroker:
     def start(self) -> LocalBroker:
         if self.kind == "mosquitto":
             conf = self.data_dir / "mosquitto.conf"
-            conf.write_text(MOSQUITTO_CONF.format(port=self.port, data_dir=self.data_dir,
-                                                  persistence="true" if self.persistence
-                                                  else "false"))
+            conf.write_text(MOSQUITTO_CONF.format(
+                port=self.port, data_dir=self.data_dir,
+                persistence="true" if self.persistence else "false",
+                security=self.security.conf() if self.security else "allow_anonymous true"))
             self._proc = subprocess.Popen([find_mosquitto(), "-c", str(conf)],
                                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         else:
