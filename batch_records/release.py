@@ -25,7 +25,7 @@ from sqlmodel import Session, select
 from batch_records.flags import batch_flags
 from batch_records.linking import links_of, uncovered_action_exposures
 from batch_records.models import Batch, ProcessStep
-from batch_records.review import review_items
+from batch_records.review import ReviewItem, review_items
 from batch_records.steps import step_content, steps_of
 from tracker import audit, signatures
 from tracker.deviations import Deviation, DeviationBatch
@@ -65,10 +65,12 @@ REQUIRED_SCOPES = {"production_signed": ("production",), "qa_reviewed": ("produc
                    "released": ("production", "qa_review", "release"), "rejected": ("rejection",)}
 
 
-def status_problems(session: Session, batch: Batch) -> list[str]:
-    """A status or an ended step without the signature it needs (e.g. a raw SQL status change)."""
-    scopes = {c.signature.scope for c in signature_checks(session, batch)
-              if c.signature.entity == "batch" and c.intact}
+def status_problems(session: Session, batch: Batch,
+                    checks: list[signatures.SignatureCheck] | None = None) -> list[str]:
+    """A status or an ended step without the signature it needs (e.g. a raw SQL status change);
+    ``checks`` are the batch's signature checks when the caller has them already."""
+    checks = signature_checks(session, batch) if checks is None else checks
+    scopes = {c.signature.scope for c in checks if c.signature.entity == "batch" and c.intact}
     problems = [Reason(f"batch {batch.number} is {batch.status} without its {scope} signature",
                        f"批次 {batch.number} 状态为 {batch.status}，却缺少 {scope} 签名")
                 for scope in REQUIRED_SCOPES.get(batch.status, ()) if scope not in scopes]
@@ -96,12 +98,16 @@ def open_deviations(session: Session, batch: Batch) -> list[Deviation]:
                              .order_by(Deviation.number)))
 
 
-def gate_reasons(session: Session, batch: Batch, *, now: datetime | None = None) -> list[str]:
-    """Why the batch cannot be QA-reviewed or released now (empty when the gate is open)."""
+def gate_reasons(session: Session, batch: Batch, *, now: datetime | None = None,
+                 items: list[ReviewItem] | None = None,
+                 checks: list[signatures.SignatureCheck] | None = None) -> list[str]:
+    """Why the batch cannot be QA-reviewed or released now (empty when the gate is open).
+    ``items`` and ``checks`` are the review items and signature checks when the caller has
+    them already (:func:`batch_report`)."""
     reasons = [Reason(f"deviation {d.number} is {d.status}, not closed",
                       f"偏差 {d.number} 处于“{DEVIATION_STATUS_ZH.get(d.status, d.status)}”，尚未关闭")
                for d in open_deviations(session, batch)]
-    items = review_items(session, batch, now=now)  # syncs the links first
+    items = review_items(session, batch, now=now) if items is None else items  # syncs the links first
     for link in links_of(session, batch):
         if link.status == "proposed":
             reasons.append(Reason(
@@ -117,14 +123,15 @@ def gate_reasons(session: Session, batch: Batch, *, now: datetime | None = None)
             f"confirmed exposure to action excursion {link.excursion_id} has no deviation "
             "linked to this batch",
             f"已确认受纠偏超标 {link.excursion_id} 影响，但没有与本批关联的偏差"))
-    for check in signature_checks(session, batch):
+    checks = signature_checks(session, batch) if checks is None else checks
+    for check in checks:
         if not check.intact:
             sig = check.signature
             reasons.append(Reason(
                 f"signature {sig.id} ({sig.meaning} by {sig.username}) is broken: {check.problem}",
                 f"电子签名 {sig.id}（{sig.username}）已失效："
                 f"{SIGNATURE_PROBLEM_ZH.get(check.problem, check.problem)}"))
-    return reasons + status_problems(session, batch)
+    return reasons + status_problems(session, batch, checks)
 
 
 def _refuse_if_gate_closed(session: Session, batch: Batch, action: str, now: datetime) -> None:
@@ -229,6 +236,7 @@ def batch_report(session: Session, batch: Batch, *, now: datetime | None = None)
     in the site's time zone)."""
     now = now or utcnow()
     items = review_items(session, batch, now=now)
+    checks = signature_checks(session, batch)
     site = session.get(Site, batch.site_id)
     tz = site.timezone
     return {
@@ -244,6 +252,7 @@ def batch_report(session: Session, batch: Batch, *, now: datetime | None = None)
                            select(Deviation, DeviationBatch)
                            .join(DeviationBatch, DeviationBatch.deviation_id == Deviation.id)
                            .where(DeviationBatch.batch_id == batch.id).order_by(Deviation.number)).all()],
-        "signatures": [c.manifest(tz) for c in signature_checks(session, batch)],
-        "gate": gate_reasons(session, batch, now=now) if batch.status not in ("released", "rejected") else [],
+        "signatures": [c.manifest(tz) for c in checks],
+        "gate": (gate_reasons(session, batch, now=now, items=items, checks=checks)
+                 if batch.status not in ("released", "rejected") else []),
     }

@@ -89,13 +89,6 @@ def manual_state_at(session: Session, *, room_id: int, at: datetime) -> str:
     return row or DEFAULT_STATE
 
 
-def state_at(session: Session, *, room_id: int, at: datetime) -> str:
-    """State of one room at one instant, operation periods included."""
-    states = RoomStates()
-    states.refresh(session)
-    return states.state(room_id, at)
-
-
 @dataclass
 class Timeline:
     """In-memory timeline of one room, for the ingest hot path."""

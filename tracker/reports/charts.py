@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 from functools import lru_cache
-from pathlib import Path
 
 import matplotlib
 
@@ -17,23 +16,14 @@ matplotlib.use("svg")
 
 import matplotlib.pyplot as plt
 import numpy as np
-from matplotlib import font_manager
 from matplotlib.ticker import MaxNLocator
 
-CJK_FONTS = (
-    "/usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc",
-    "/usr/share/fonts/opentype/noto-cjk/NotoSansCJK-Regular.ttc",
-)
+from tracker.fonts import chart_font_family
 
 
 @lru_cache(maxsize=1)
 def _setup() -> None:
-    family = ["DejaVu Sans"]
-    for path in CJK_FONTS:
-        if Path(path).exists():
-            font_manager.fontManager.addfont(path)
-            family = [font_manager.FontProperties(fname=path).get_name(), "DejaVu Sans"]
-            break
+    family = list(chart_font_family())
     plt.rcParams.update(
         {
             "font.family": "sans-serif",

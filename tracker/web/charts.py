@@ -10,7 +10,6 @@ from __future__ import annotations
 import io
 import threading
 from datetime import datetime, timedelta
-from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import matplotlib
@@ -18,18 +17,17 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.dates as mdates
 import numpy as np
-from matplotlib import font_manager
 from matplotlib.figure import Figure
 from sqlmodel import Session, select
 
 from tracker.excursions import Excursion
 from tracker.facility import Monitor, Site
+from tracker.fonts import chart_font_family
 from tracker.limits import UNITS
 from tracker.readings import Reading
 from tracker.registry import build_registry
 from tracker.settings import get_settings
 
-CJK_FONTS = ("/usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc",)
 _lock = threading.Lock()    # matplotlib's state is not thread-safe
 _fonts_ready = False
 LEVEL_COLOURS = {"alert": "#e0a800", "action": "#c62828"}
@@ -39,12 +37,7 @@ def _fonts() -> None:
     global _fonts_ready
     if _fonts_ready:
         return
-    families = ["DejaVu Sans"]
-    for path in CJK_FONTS:
-        if Path(path).exists():
-            font_manager.fontManager.addfont(path)
-            families.insert(0, "Noto Sans CJK JP")
-    matplotlib.rcParams.update({"font.family": families, "axes.unicode_minus": False,
+    matplotlib.rcParams.update({"font.family": list(chart_font_family()), "axes.unicode_minus": False,
                                 "svg.fonttype": "path"})
     _fonts_ready = True
 
