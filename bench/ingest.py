@@ -31,6 +31,7 @@ import tempfile
 import threading
 import time
 from collections import deque
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -41,18 +42,15 @@ import paho.mqtt.client as mqtt  # noqa: E402
 from sqlalchemy import func  # noqa: E402
 from sqlmodel import select  # noqa: E402
 
+from bench.common import FACILITY, fresh_database  # noqa: E402
 from sensors.broker import LocalBroker  # noqa: E402
 from sensors.client import Ingester, IngestOptions  # noqa: E402
 from sensors.mqtt import connect, make_client, parse_broker_url  # noqa: E402
 from simulators.facility import load_facility as load_sim_facility  # noqa: E402
 from simulators.publisher import generate  # noqa: E402
-from tracker.db import get_engine, unit_of_work  # noqa: E402
-from tracker.facility import load_facility, read_facility_file  # noqa: E402
+from tracker.db import unit_of_work  # noqa: E402
 from tracker.intake import Intake  # noqa: E402
-from tracker.migrate import upgrade  # noqa: E402
 from tracker.readings import RawMessage  # noqa: E402
-
-FACILITY = ROOT / "simulators" / "data" / "nn-cpc.toml"
 
 
 def make_messages(n: int) -> list[tuple[str, bytes]]:
@@ -165,11 +163,8 @@ def stored(engine) -> int:
 
 def ingest(url: str, messages: list, mode: str, workdir: Path, batch_size: int,
            core_only: bool = False) -> tuple[float, int]:
-    db_url = f"sqlite:///{workdir / f'bench-{mode}.db'}"
-    upgrade(db_url)
-    engine = get_engine(db_url)
-    with unit_of_work(engine) as s:
-        load_facility(s, read_facility_file(FACILITY), actor="bench")
+    """Rate of one in-process ingester into a fresh SQLite file."""
+    engine = fresh_database(f"sqlite:///{workdir / f'bench-{mode}.db'}")
     options = IngestOptions(client_id=f"bench-ingest-{mode}", batch_size=batch_size)
 
     def start_ingester() -> tuple[Ingester, threading.Event, threading.Thread]:
@@ -206,6 +201,39 @@ def ingest(url: str, messages: list, mode: str, workdir: Path, batch_size: int,
     return ing.stats.received / elapsed, stored(engine)
 
 
+@dataclass(frozen=True)
+class Throughput:
+    mode: str
+    ceiling: float
+    rate: float
+    low: float
+    high: float
+    stored_ok: bool
+
+    @property
+    def ratio(self) -> float:
+        return self.rate / self.ceiling
+
+
+def throughput(url: str, messages: list, workdir: Path, *, repeat: int = 3,
+               batch_size: int = IngestOptions.batch_size) -> list[Throughput]:
+    """Live and backlog phases, each the median of ``repeat`` alternating runs."""
+    rows = []
+    for mode in ("live", "backlog"):
+        ceilings, rates, complete = [], [], True
+        for run in range(repeat):   # alternate, so drift hits both phases alike
+            ceilings.append(ceiling(url, messages, f"{mode}-{run}"))
+            rate, n_stored = ingest(url, messages, f"{mode}-{run}", workdir, batch_size)
+            rates.append(rate)
+            if n_stored != len(messages):
+                complete = False
+                print(f"WARNING: {mode} run {run} stored {n_stored} of {len(messages)}")
+        ratios = [r / c for r, c in zip(rates, ceilings, strict=True)]
+        rows.append(Throughput(mode, statistics.median(ceilings), statistics.median(rates),
+                               min(ratios), max(ratios), complete))
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--readings", type=int, default=100_000)
@@ -226,25 +254,14 @@ def main() -> None:
         if args.rules_cost:
             rules_cost(broker.url, messages, Path(tmp), args)
             return
-        rows = []
-        for mode in ("live", "backlog"):
-            ceilings, rates = [], []
-            for run in range(args.repeat):   # alternate, so drift hits both phases alike
-                ceilings.append(ceiling(broker.url, messages, f"{mode}-{run}"))
-                rate, n_stored = ingest(broker.url, messages, f"{mode}-{run}", Path(tmp),
-                                        args.batch_size)
-                rates.append(rate)
-                if n_stored != len(messages):
-                    print(f"WARNING: {mode} run {run} stored {n_stored} of {len(messages)}")
-            rows.append((mode, statistics.median(ceilings), statistics.median(rates),
-                         min(r / c for r, c in zip(rates, ceilings, strict=True)),
-                         max(r / c for r, c in zip(rates, ceilings, strict=True))))
+        rows = throughput(broker.url, messages, Path(tmp), repeat=args.repeat,
+                          batch_size=args.batch_size)
         print(f"\nmedian of {args.repeat} runs, {len(messages):,} readings each")
         print(f"{'mode':8} {'ceiling msg/s':>14} {'ingester readings/s':>20} {'ratio':>6} "
               f"{'range':>11}")
-        for mode, ceil, rate, low, high in rows:
-            print(f"{mode:8} {ceil:14,.0f} {rate:20,.0f} {rate / ceil:6.2f} "
-                  f"{low:5.2f}–{high:4.2f}")
+        for r in rows:
+            print(f"{r.mode:8} {r.ceiling:14,.0f} {r.rate:20,.0f} {r.ratio:6.2f} "
+                  f"{r.low:5.2f}–{r.high:4.2f}")
 
 
 def rules_cost(url: str, messages: list, workdir: Path, args: argparse.Namespace) -> None:

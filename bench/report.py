@@ -20,6 +20,7 @@ import json
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
@@ -205,6 +206,59 @@ def synthesise(url: str, year: int, seed: int = 1) -> dict:
     }
 
 
+@dataclass
+class ReportTiming:
+    rollup_rows: int
+    readings: int
+    monitors: int
+    json_s: float
+    html_s: float
+    pdf_s: float | None
+    steps: list[tuple[str, float]]
+
+    @property
+    def total_s(self) -> float:
+        return self.json_s + self.html_s + (self.pdf_s or 0.0)
+
+
+def measure(*, year: int = 2025, pdf: bool = True, workdir: Path | None = None,
+            db_url: str | None = None) -> ReportTiming:
+    """Synthesise a site-year into an empty database, then time JSON, HTML and the PDF."""
+    workdir = workdir or Path(tempfile.mkdtemp(prefix="bench-report-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    if db_url is None:
+        db = workdir / "report.db"
+        db.unlink(missing_ok=True)
+        db_url = f"sqlite:///{db}"
+    upgrade(db_url)
+    info = synthesise(db_url, year)
+    now = datetime.combine(date(year + 1, 2, 1), datetime.min.time(), tzinfo=UTC)
+    engine = get_engine(db_url)
+    marks: list[tuple[str, float]] = []
+    t0 = time.perf_counter()
+    with unit_of_work(engine) as s:
+        report = build_annual_report(s, site=get_site(s), period=info["period"], now=now,
+                                     progress=lambda name: marks.append((name, time.perf_counter())))
+    t_json = time.perf_counter() - t0
+    (workdir / "report.json").write_text(json.dumps(report, ensure_ascii=False, indent=1))
+    ends = [t for _, t in marks[1:]] + [t0 + t_json]
+    steps = [(name, end - t) for (name, t), end in zip(marks, ends, strict=True)]
+    from tracker.reports.render import html_to_pdf, render_html
+
+    t0 = time.perf_counter()
+    html = render_html(report, lang="zh-CN")
+    t_html = time.perf_counter() - t0
+    (workdir / "report.html").write_text(html)
+    t_pdf = None
+    if pdf:
+        t0 = time.perf_counter()
+        (workdir / "report.pdf").write_bytes(html_to_pdf(html))
+        t_pdf = time.perf_counter() - t0
+    return ReportTiming(rollup_rows=info["rollup_rows"], readings=info["readings"],
+                        monitors=info["monitors"], json_s=t_json, html_s=t_html, pdf_s=t_pdf,
+                        steps=steps)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -212,58 +266,17 @@ def main() -> None:
     parser.add_argument("--year", type=int, default=2025)
     parser.add_argument("--keep", type=Path, help="directory to keep the database and outputs in")
     parser.add_argument("--pdf", action="store_true", help="also time the PDF (WeasyPrint)")
+    parser.add_argument("--db-url", help="an empty database (default: SQLite in the work dir)")
     args = parser.parse_args()
-    workdir = args.keep or Path(tempfile.mkdtemp(prefix="bench-report-"))
-    workdir.mkdir(parents=True, exist_ok=True)
-    db = workdir / "report.db"
-    db.unlink(missing_ok=True)
-    url = f"sqlite:///{db}"
-    upgrade(url)
-    t0 = time.perf_counter()
-    info = synthesise(url, args.year)
-    t_build = time.perf_counter() - t0
-    print(
-        f"site-year: {info['monitors']} monitors, {info['rollup_rows']:,} rollup rows standing for "
-        f"{info['readings']:,} readings (synthesised in {t_build:.1f} s)"
-    )
-    now = datetime.combine(date(args.year + 1, 2, 1), datetime.min.time(), tzinfo=UTC)
-    engine = get_engine(url)
-    steps: list[tuple[str, float]] = []
-    t0 = time.perf_counter()
-    with unit_of_work(engine) as s:
-        site = get_site(s)
-        report = build_annual_report(
-            s,
-            site=site,
-            period=info["period"],
-            now=now,
-            progress=lambda name: steps.append((name, time.perf_counter())),
-        )
-    t_json = time.perf_counter() - t0
-    (workdir / "report.json").write_text(json.dumps(report, ensure_ascii=False, indent=1))
-    marks = [t0] + [t for _, t in steps] + [t0 + t_json]
-    print(
-        "report data (JSON): {:.2f} s  [{}]".format(
-            t_json,
-            ", ".join(f"{name} {marks[i + 2] - marks[i + 1]:.2f} s" for i, (name, _) in enumerate(steps)),
-        )
-    )
-    from tracker.reports.render import html_to_pdf, render_html
-
-    t0 = time.perf_counter()
-    html = render_html(report, lang="zh-CN")
-    t_html = time.perf_counter() - t0
-    (workdir / "report.html").write_text(html)
-    print(f"HTML with charts: {t_html:.2f} s")
-    total = t_json + t_html
-    if args.pdf:
-        t0 = time.perf_counter()
-        pdf = html_to_pdf(html)
-        t_pdf = time.perf_counter() - t0
-        (workdir / "report.pdf").write_bytes(pdf)
-        total += t_pdf
-        print(f"PDF: {t_pdf:.2f} s ({len(pdf):,} bytes)")
-    print(f"total: {total:.2f} s (goal < 60 s); outputs in {workdir}")
+    r = measure(year=args.year, pdf=args.pdf, workdir=args.keep, db_url=args.db_url)
+    print(f"site-year: {r.monitors} monitors, {r.rollup_rows:,} rollup rows standing for "
+          f"{r.readings:,} readings")
+    print(f"report data (JSON): {r.json_s:.2f} s  ["
+          + ", ".join(f"{name} {t:.2f} s" for name, t in r.steps) + "]")
+    print(f"HTML with charts: {r.html_s:.2f} s")
+    if r.pdf_s is not None:
+        print(f"PDF: {r.pdf_s:.2f} s")
+    print(f"total: {r.total_s:.2f} s (goal < 60 s)")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,151 @@
+"""Scale-out: 1, 2 and 4 ingester processes on one shared subscription, on PostgreSQL.
+
+    uv run python bench/scale.py --pg-url postgresql+psycopg://postgres@127.0.0.1:5432/postgres \
+        [--readings 100000] [--workers 1 2 4]
+
+For each worker count: a fresh PostgreSQL database (created through ``--pg-url``, an admin
+URL), the sample centre loaded, that many ``tracker ingest`` processes on
+``$share/tracker/gmp/#`` (each its own client id), then a separate process floods the same
+pre-generated readings at QoS 1. Rate = readings / (publisher start → last reading
+committed), from a poll of the database every 0.1 s. Also reports each worker's peak
+resident memory (``VmHWM``) and the raw broker ceiling (a paho subscriber that only counts)
+measured on the same broker in the same run. Scaling factor = rate(k) / rate(1). Every run
+reports how many of the published readings were stored (none can be stored twice). A
+benchmark, not a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from sqlalchemy import create_engine, func, text  # noqa: E402
+from sqlalchemy.engine import make_url  # noqa: E402
+from sqlmodel import select  # noqa: E402
+
+from bench.common import fresh_database  # noqa: E402
+from bench.ingest import ceiling, make_messages, publish_in_process  # noqa: E402
+from sensors.broker import LocalBroker  # noqa: E402
+from tracker.db import unit_of_work  # noqa: E402
+from tracker.readings import RawMessage  # noqa: E402
+
+SHARE_GROUP = "tracker"
+
+
+@dataclass
+class ScaleRun:
+    workers: int
+    rate: float
+    stored: int
+    published: int
+    peak_rss_mib: list[float] = field(default_factory=list)
+
+
+def recreate_database(admin_url: str, name: str) -> str:
+    """Drop and create ``name`` on the cluster of ``admin_url``; returns the new URL."""
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    admin.dispose()
+    return make_url(admin_url).set(database=name).render_as_string(hide_password=False)
+
+
+def start_worker(db_url: str, broker_url: str, client_id: str) -> subprocess.Popen:
+    """One ``tracker ingest`` process on the shared subscription; returns once subscribed."""
+    env = {**os.environ, "TRACKER_DATABASE_URL": db_url, "TRACKER_MQTT_URL": broker_url,
+           "TRACKER_MQTT_CLIENT_ID": client_id, "TRACKER_MQTT_SHARE_GROUP": SHARE_GROUP}
+    proc = subprocess.Popen([sys.executable, "-m", "tracker.cli", "ingest"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    subscribed = threading.Event()
+
+    def watch() -> None:
+        for line in proc.stderr:
+            if "subscription to" in line and "confirmed" in line:
+                subscribed.set()
+
+    threading.Thread(target=watch, daemon=True).start()
+    if not subscribed.wait(30):
+        proc.kill()
+        raise SystemExit(f"ingester {client_id} did not subscribe")
+    return proc
+
+
+def peak_rss_mib(pid: int) -> float:
+    """The process's high-water resident set (``VmHWM``), in MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def stored_count(engine) -> int:
+    """Readings stored; (monitor, seq) is raw_message's primary key, so none twice."""
+    with unit_of_work(engine) as s:
+        return s.exec(select(func.count()).select_from(RawMessage)).one()
+
+
+def run(admin_url: str, broker_url: str, messages: list, workers: int) -> ScaleRun:
+    db_url = recreate_database(admin_url, f"bench_scale_{workers}")
+    engine = fresh_database(db_url)
+    procs = [start_worker(db_url, broker_url, f"bench-scale-{workers}-{i}")
+             for i in range(workers)]
+    t0 = time.perf_counter()
+    publisher = publish_in_process(broker_url, messages, f"scale-{workers}")
+    stored = 0
+    deadline = time.monotonic() + 900
+    while stored < len(messages) and time.monotonic() < deadline:
+        time.sleep(0.1)
+        stored = stored_count(engine)
+    elapsed = time.perf_counter() - t0
+    publisher.join()
+    rss = [peak_rss_mib(p.pid) for p in procs]
+    for p in procs:
+        p.send_signal(signal.SIGTERM)
+    for p in procs:
+        p.wait(60)
+    stored = stored_count(engine)
+    engine.dispose()
+    return ScaleRun(workers=workers, rate=stored / elapsed, stored=stored,
+                    published=len(messages), peak_rss_mib=rss)
+
+
+def measure(admin_url: str, *, readings: int = 100_000, workers: tuple[int, ...] = (1, 2, 4)
+            ) -> tuple[float, list[ScaleRun]]:
+    """The ceiling and one run per worker count, on one broker."""
+    messages = make_messages(readings)
+    with tempfile.TemporaryDirectory(prefix="gmp-scale-") as tmp, \
+            LocalBroker(data_dir=Path(tmp) / "broker", persistence=False) as broker:
+        ceil = ceiling(broker.url, messages, "scale-live")
+        return ceil, [run(admin_url, broker.url, messages, k) for k in workers]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pg-url", required=True,
+                        help="admin URL of a PostgreSQL cluster (databases are created in it)")
+    parser.add_argument("--readings", type=int, default=100_000)
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4])
+    args = parser.parse_args()
+    ceil, runs = measure(args.pg_url, readings=args.readings, workers=tuple(args.workers))
+    print(f"raw broker ceiling (live, counting subscriber): {ceil:,.0f} msg/s")
+    base = runs[0].rate
+    for r in runs:
+        print(f"{r.workers} worker(s): {r.rate:8,.0f} readings/s · scaling ×{r.rate / base:.2f} · "
+              f"{r.rate / ceil:.2f} of ceiling · stored {r.stored:,} of {r.published:,} · "
+              f"peak RSS " + ", ".join(f"{m:.0f}" for m in r.peak_rss_mib) + " MiB")
+
+
+if __name__ == "__main__":
+    main()
