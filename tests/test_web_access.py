@@ -4,6 +4,7 @@ answer of the access table), CSRF on every unsafe request, sessions, tokens, log
 from __future__ import annotations
 
 import re
+from datetime import timedelta
 
 import pytest
 from fastapi.testclient import TestClient
@@ -13,6 +14,7 @@ from tests.factories import PASSWORD
 from tests.web_helpers import ROLE_USER, browser
 from tracker.db import unit_of_work
 from tracker.excursions import list_excursions
+from tracker.timeutil import utcnow
 from tracker.web.access import ACCESS, ANONYMOUS
 from tracker.web.app import create_app, flat_routes
 from tracker.web.config import WebSettings
@@ -29,6 +31,20 @@ API_BODIES = {
     "/api/v1/batches/{number}/sign": {"password": PASSWORD},
     "/api/v1/batches/{number}/review": {"password": PASSWORD},
     "/api/v1/batches/{number}/release": {"password": PASSWORD},
+    "/api/v1/batches/{number}/reject": {"password": PASSWORD, "reason": "r"},
+    "/api/v1/deviations/{number}/update": {"reason": "r", "title": "t"},
+    "/api/v1/deviations/{number}/assess": {"batch": "NO-SUCH", "impact": "none", "assessment": "a"},
+    "/api/v1/deviations/{number}/approve": {"password": PASSWORD},
+    "/api/v1/deviations/{number}/no-capa": {"justification": "j"},
+    "/api/v1/deviations/{number}/close": {"password": PASSWORD},
+    "/api/v1/deviations/{number}/capa": {"kind": "corrective", "description": "d", "owner": "op1",
+                                         "due": "2026-12-31"},
+    "/api/v1/capa/{capa_id}/done": {"outcome": "o"},
+    "/api/v1/capa/{capa_id}/check": {"effective": True, "note": "n"},
+    "/api/v1/limits/proposals": {"room": "NO-SUCH", "kind": "pressure", "state": "at_rest",
+                                 "from": "2026-01-01T00:00:00+08:00", "to": "2026-02-01T00:00:00+08:00"},
+    "/api/v1/limits/proposals/{proposal_id}/approve": {"password": PASSWORD},
+    "/api/v1/limits/proposals/{proposal_id}/reject": {"reason": "r"},
 }
 
 
@@ -118,13 +134,13 @@ def test_session_cookie_flags_rotation_and_logout(web_app) -> None:
 
 
 def test_sessions_expire_after_inactivity_and_polling_does_not_keep_them_alive(web_app) -> None:
-    now = [1000.0]
+    now = [utcnow()]
     store = web_app.state.sessions
     store.clock = lambda: now[0]
     client, _ = browser(web_app, "qa1")
-    now[0] += store.idle_seconds - 5
+    now[0] += timedelta(seconds=store.idle_seconds - 5)
     assert client.get("/dashboard/live").status_code == 200      # a poll: does not count as activity
-    now[0] += 10
+    now[0] += timedelta(seconds=10)
     r = client.get("/")
     assert r.status_code == 303
     assert r.headers["location"].startswith("/login")
@@ -158,7 +174,7 @@ def test_login_failures_lock_the_account_and_addresses_are_throttled(web_engine:
         assert r.status_code == 401
     r = client.post("/login", data={"username": "qa2", "password": PASSWORD, "csrf_token": token})
     assert r.status_code == 401
-    assert "locked" in r.text
+    assert "已锁定" in r.text
     r = client.post("/login", data={"username": "qa1", "password": PASSWORD, "csrf_token": token})
     assert r.status_code == 429          # the seventh attempt from this address within the minute
 
@@ -170,7 +186,7 @@ def test_a_wrong_signature_password_refuses_the_action_and_counts(web_app, web_e
     assert r.status_code == 303
     assert r.headers["location"] == "/batches"
     page = client.get("/batches").text
-    assert "wrong user name or password" in page
+    assert "用户名或密码错误" in page
     with unit_of_work(web_engine) as s:
         from tracker.users import get_user
 

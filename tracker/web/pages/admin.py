@@ -165,7 +165,7 @@ def user_unlock(request: Request, me: CurrentUser, session: SessionDep, username
 def user_deactivate(request: Request, me: CurrentUser, session: SessionDep, username: str,
                     reason: Text) -> RedirectResponse:
     user = users.deactivate(session, actor=me.actor(), username=username, reason=reason)
-    request.app.state.sessions.drop_user(user.id)
+    request.app.state.sessions.drop_user(user.id, db=session)
     return done(request, "/users", tr(request, "Account deactivated."))
 
 
@@ -179,5 +179,7 @@ def user_roles(request: Request, me: CurrentUser, session: SessionDep, username:
 @router.post("/users/{username}/reset-password")
 def user_reset(request: Request, me: CurrentUser, session: SessionDep, username: str,
                password: Annotated[str, Form(max_length=1000)], reason: Text) -> RedirectResponse:
-    users.set_password(session, actor=me.actor(), username=username, new_password=password, reason=reason)
+    user = users.set_password(session, actor=me.actor(), username=username, new_password=password,
+                              reason=reason)
+    request.app.state.sessions.drop_user(user.id, db=session)
     return done(request, "/users", tr(request, "Password reset; the owner must change it."))
