@@ -12,7 +12,7 @@ from batch_records.models import Batch, ExcursionLink, ProcessStep
 from batch_records.release import batch_report, qa_review, reject, release, sign_production
 from batch_records.steps import get_batch, list_batches
 from tracker import deviations as dv
-from tracker.audit import AuditEvent, verify_chain
+from tracker.audit import page_events, verify_chain
 from tracker.dashboard import floor_view
 from tracker.deviations import get_deviation, list_deviations
 from tracker.errors import InvalidInputError, NotFoundError, Reason, TrackerError, in_language
@@ -404,17 +404,21 @@ def quarantine(me: CurrentUser, session: SessionDep,
 @router.get("/audit")
 def audit(me: CurrentUser, session: SessionDep, entity: Annotated[str | None, Query(max_length=80)] = None,
           key: Annotated[str | None, Query(max_length=200)] = None,
-          limit: Annotated[int, Query(ge=1, le=10_000)] = 500) -> Doc:
+          actor: Annotated[str | None, Query(max_length=120)] = None,
+          action: Annotated[str | None, Query(max_length=80, description="a prefix, e.g. signature.")] = None,
+          before: Annotated[int | None, Query(ge=0, le=2**62, description="older than this id")] = None,
+          after: Annotated[int | None, Query(ge=0, le=2**62, description="newer than this id")] = None,
+          limit: Annotated[int, Query(ge=1, le=1000)] = 500) -> Doc:
+    """The audit trail newest first, ``limit`` at a time; follow ``page.older`` (as ``before``)
+    or ``page.newer`` (as ``after``) for the neighbouring pages. ``chain`` covers every event."""
     intact, count, broken = verify_chain(session)
-    query = select(AuditEvent).order_by(AuditEvent.id.desc()).limit(limit)
-    if entity:
-        query = query.where(AuditEvent.entity == entity)
-    if key:
-        query = query.where(AuditEvent.entity_key == key)
+    page = page_events(session, actor=actor, action=action, entity=entity, key=key, before=before,
+                       after=after, size=limit)
     return {"chain": {"intact": intact, "events": count, "first_broken": broken},
+            "page": {"total": page.total, "older": page.older, "newer": page.newer},
             "events": [{"id": e.id, "at": iso_utc(e.at), "actor": e.actor, "action": e.action,
                         "entity": e.entity, "key": e.entity_key, "before": e.before, "after": e.after,
-                        "reason": e.reason, "hash": e.hash} for e in session.exec(query)]}
+                        "reason": e.reason, "hash": e.hash} for e in page.events]}
 
 
 @router.get("/limits/proposals")
