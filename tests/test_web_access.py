@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import Engine
 
 from tests.factories import PASSWORD
-from tests.web_helpers import ROLE_USER, browser
+from tests.web_helpers import ROLE_USER, browser, csrf_of
 from tracker.db import unit_of_work
 from tracker.excursions import list_excursions
 from tracker.timeutil import utcnow
@@ -192,3 +192,60 @@ def test_a_wrong_signature_password_refuses_the_action_and_counts(web_app, web_e
 
         assert get_user(s, "qa1").failed_attempts == 1
         assert list_excursions(s) == []
+
+
+def test_two_app_instances_over_one_database_share_logins_and_logouts(web_engine: Engine) -> None:
+    """``tracker serve`` is stateless: a session made by one worker is valid on another, and a
+    logout, a deactivation or a password change on one ends it everywhere."""
+    from sqlmodel import Session, select
+
+    from tracker.web.sessions import WebSessionRow, token_hash
+
+    settings = WebSettings(secret_key="s" * 40, login_attempts_per_minute=10_000)
+    one = create_app(engine=web_engine, settings=settings)
+    two = create_app(engine=web_engine, settings=settings)
+    client, _ = browser(one, "qa1")
+    other = TestClient(two, follow_redirects=False)
+    other.cookies.set("tracker_session", client.cookies["tracker_session"])
+    assert other.get("/").status_code == 200                         # logged in on the second worker
+    assert "刘洋" in other.get("/").text
+    # only the hash of the token is stored
+    with Session(web_engine) as s:
+        rows = s.exec(select(WebSessionRow)).all()
+        sent = client.cookies["tracker_session"]
+        assert token_hash(sent) in {r.token_hash for r in rows}
+        assert all(sent not in (r.token_hash, r.csrf, r.flashes) for r in rows)
+    # logout on the second worker ends the session on the first
+    page = other.get("/").text
+    assert other.post("/logout", data={"csrf_token": csrf_of(page)}).status_code == 303
+    assert client.get("/").headers["location"].startswith("/login")
+    # a password change on one worker ends the user's other sessions everywhere, not its own
+    a, a_token = browser(one, "qa2")
+    b, _ = browser(two, "qa2")
+    assert b.get("/").status_code == 200
+    r = a.post("/account/password", data={"csrf_token": a_token, "current": PASSWORD,
+                                           "new": "a different long passphrase 7", "confirm":
+                                           "a different long passphrase 7"})
+    assert r.status_code == 303
+    assert a.get("/").status_code == 200                             # the changing session goes on
+    assert b.get("/").headers["location"].startswith("/login")        # the other one is over
+    # a change made outside the web app (the CLI) ends the web sessions that predate it
+    c, _ = browser(two, "qp1")
+    from tracker.users import change_password, login
+
+    with unit_of_work(web_engine) as s:
+        change_password(s, actor=login(web_engine, username="qp1", password=PASSWORD),
+                        new_password="the qp's new passphrase 99")
+    assert c.get("/").headers["location"].startswith("/login")
+    # deactivation by the admin on one worker ends the account's session on the other
+    op, _ = browser(two, "op2")
+    assert op.get("/").status_code == 200
+    admin, admin_token = browser(one, "admin")
+    assert admin.post("/users/op2/deactivate", data={"csrf_token": admin_token, "reason": "left"}
+                      ).status_code == 303
+    assert op.get("/").headers["location"].startswith("/login")
+    with Session(web_engine) as s:
+        from tracker.users import get_user
+
+        op2 = get_user(s, "op2").id
+        assert s.exec(select(WebSessionRow).where(WebSessionRow.user_id == op2)).all() == []
