@@ -179,8 +179,8 @@ def sign_production(session: Session, *, signer: Authenticated, batch: Batch, co
     now = now or utcnow()
     broken = [c for c in signature_checks(session, batch) if not c.intact]
     if broken:
-        raise ConflictError(Reason(f"batch {batch.number} cannot be "
-                                   "signed", f"批次 {batch.number} 尚不能签名"),
+        raise ConflictError(Reason(f"batch {batch.number} cannot be signed",
+                                   f"批次 {batch.number} 尚不能签名"),
                             [Reason(f"signature {c.signature.id} is broken: {c.problem}",
                                     f"电子签名 {c.signature.id} 已失效："
                                     f"{SIGNATURE_PROBLEM_ZH.get(c.problem, c.problem)}") for c in broken])

@@ -456,8 +456,8 @@ def load_facility(session: Session, facility: FacilityDef, *, actor: str,
                 "e-signature (tracker facility load … --approve-as QA_USER)",
                 f"该文件更改了 {site.code} 的限度：须由 QA 以电子签名批准此更改"
                 "（tracker facility load … --approve-as QA_USER）"))
-        require_role(approver, "qa", action=Reason("approving a change of facility "
-                                                   "limits", "批准设施限度变更"))
+        require_role(approver, "qa", action=Reason("approving a change of facility limits",
+                                                   "批准设施限度变更"))
     before_site = site.model_dump(exclude={"updated_at"}) if site else None
     if site is None:
         site = Site(code=facility.code, name=facility.name, updated_at=now)
@@ -578,8 +578,8 @@ def find_room(session: Session, code: str, *, site_code: str | None = None) -> R
     site = get_site(session, site_code)
     room = session.exec(select(Room).where(Room.site_id == site.id, Room.code == code)).first()
     if room is None:
-        raise NotFoundError(Reason(f"no room {code!r} at site "
-                                   f"{site.code}", f"场地 {site.code} 没有房间 {code!r}"))
+        raise NotFoundError(Reason(f"no room {code!r} at site {site.code}",
+                                   f"场地 {site.code} 没有房间 {code!r}"))
     return room
 
 

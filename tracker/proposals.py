@@ -174,8 +174,8 @@ def propose(session: Session, *, actor: Authenticated, room_code: str, kind: str
         raise InvalidInputError(Reason("the period must end after it starts", "期间的结束须晚于开始"))
     channel = channel or ""
     if kind == "particles" and channel not in ("0.5", "5.0"):
-        raise InvalidInputError(Reason("particles need --channel 0.5 or "
-                                       "5.0", "悬浮粒子须指定粒径 0.5 或 5.0"))
+        raise InvalidInputError(Reason("particles need --channel 0.5 or 5.0",
+                                       "悬浮粒子须指定粒径 0.5 或 5.0"))
     room = find_room(session, room_code, site_code=site_code)
     site = session.get(Site, room.site_id)
     monitors = [m for m in session.exec(select(Monitor).where(Monitor.room_id == room.id,
@@ -258,8 +258,8 @@ def approve(session: Session, *, signer: Authenticated, proposal_id: int, commen
     site = session.get(Site, p.site_id)
     if site.revision != p.facility_revision:
         raise ConflictError(Reason(f"the facility changed since proposal {p.id} was made (revision "
-                                   f"{p.facility_revision} → {site.revision}): propose again from the same "
-                                   "data",
+                                   f"{p.facility_revision} → {site.revision}): "
+                                   "propose again from the same data",
                                    f"提出建议 {p.id} 后设施已变更（版本 {p.facility_revision} "
                                    f"→ {site.revision}）："
                                    "请用同样的数据重新提出建议"))
