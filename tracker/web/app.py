@@ -16,7 +16,7 @@ from sqlalchemy import Engine
 from starlette.routing import BaseRoute, Mount
 
 from tracker.db import get_engine
-from tracker.errors import ConflictError, TrackerError, in_language
+from tracker.errors import ConflictError, Reason, TrackerError, in_language
 from tracker.settings import get_settings
 from tracker.web import access
 from tracker.web.config import WebSettings
@@ -57,7 +57,7 @@ def _add_handlers(app: FastAPI) -> None:
     @app.exception_handler(LoginRequired)
     async def _login_required(request: Request, exc: LoginRequired) -> Response:
         if _is_api(request):
-            return JSONResponse({"detail": "authentication required"}, status_code=401,
+            return JSONResponse(_bilingual(Reason("authentication required", "需要登录")), status_code=401,
                                 headers={"WWW-Authenticate": "Bearer"})
         target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
         return RedirectResponse(f"/login?next={quote(target)}", status_code=303)
@@ -65,7 +65,8 @@ def _add_handlers(app: FastAPI) -> None:
     @app.exception_handler(PasswordChangeRequired)
     async def _password_change(request: Request, exc: PasswordChangeRequired) -> Response:
         if _is_api(request):
-            return JSONResponse({"detail": "change the password an administrator set first"}, status_code=403)
+            return JSONResponse(_bilingual(Reason("change the password an administrator set first",
+                                                  "请先修改管理员设置的密码")), status_code=403)
         return RedirectResponse("/account/password", status_code=303)
 
     @app.exception_handler(Forbidden)
@@ -80,7 +81,8 @@ def _add_handlers(app: FastAPI) -> None:
     @app.exception_handler(CsrfError)
     async def _csrf(request: Request, exc: CsrfError) -> Response:
         if _is_api(request):
-            return JSONResponse({"detail": str(exc)}, status_code=403)
+            return JSONResponse(_bilingual(Reason(str(exc), "CSRF 令牌缺失或错误：请刷新页面后重试")),
+                                status_code=403)
         _ = gettext(request)
         return render(request, "error.html", status_code=403, title=_("Form expired"),
                       message=_("The form is missing its security token. Reload the page and try again."),
