@@ -30,7 +30,7 @@ from tracker.deviations import (
     attach_batch,
     open_deviation,
 )
-from tracker.errors import ConflictError, InvalidInputError, NotFoundError
+from tracker.errors import ConflictError, InvalidInputError, NotFoundError, Reason, zh_word
 from tracker.excursions import Excursion
 from tracker.facility import Monitor, Room, Site, containing_rooms
 from tracker.timeutil import iso_utc, utcnow
@@ -120,14 +120,15 @@ def decide_link(session: Session, *, actor: Authenticated, link_id: int, exposed
                 now: datetime | None = None) -> ExcursionLink:
     """QA confirms (the step was exposed) or rejects (it was not) a proposed link, with a reason.
     A confirmed exposure joins the batch to the open deviations raised from that excursion."""
-    require_role(actor, "qa", action="deciding an exposure link")
+    require_role(actor, "qa", action=Reason("deciding an exposure link", "确认或否定关联建议"))
     link = session.get(ExcursionLink, link_id)
     if link is None:
-        raise NotFoundError(f"no link {link_id}")
+        raise NotFoundError(Reason(f"no link {link_id}", f"没有关联建议 {link_id}"))
     if link.status != "proposed":
-        raise ConflictError(f"link {link_id} is {link.status} already")
+        raise ConflictError(Reason(f"link {link_id} is {link.status} already",
+                                   f"关联建议 {link_id} 已是“{zh_word(link.status)}”"))
     if not reason or not reason.strip():
-        raise InvalidInputError("a link decision needs its reason")
+        raise InvalidInputError(Reason("a link decision needs its reason", "关联决定须说明理由"))
     now = now or utcnow()
     batch = session.get(Batch, link.batch_id)
     ex = session.get(Excursion, link.excursion_id)
@@ -166,7 +167,7 @@ def raise_deviation(session: Session, *, actor: Authenticated, site: Site, excur
     for number in batch_numbers:
         found = session.exec(select(Batch).where(Batch.number == number)).first()
         if found is None:
-            raise NotFoundError(f"no batch {number!r}")
+            raise NotFoundError(Reason(f"no batch {number!r}", f"没有批次 {number!r}"))
         batch_ids[found.id] = found.number
     for batch_id, number in sorted(batch_ids.items()):
         attach_batch(session, dev=dev, batch_id=batch_id, batch_number=number, actor=actor.username, now=now)

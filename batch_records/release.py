@@ -29,7 +29,7 @@ from batch_records.review import ReviewItem, review_items
 from batch_records.steps import step_content, steps_of
 from tracker import audit, signatures
 from tracker.deviations import Deviation, DeviationBatch
-from tracker.errors import ConflictError, InvalidInputError, PermissionDeniedError, Reason
+from tracker.errors import ConflictError, InvalidInputError, PermissionDeniedError, Reason, zh_word
 from tracker.facility import Room, Site
 from tracker.timeutil import iso_utc, utcnow
 from tracker.users import Authenticated, require_role
@@ -61,6 +61,9 @@ DEVIATION_STATUS_ZH = {"open": "已开启", "investigating": "调查中", "capa"
 SIGNATURE_PROBLEM_ZH = {"the record changed after it was signed": "签名后记录被修改",
                         "the signature record itself was altered": "签名记录本身被篡改"}
 
+SCOPE_ZH = {"production": "生产负责人批准", "qa_review": "QA 审核", "release": "放行",
+            "rejection": "拒绝"}
+
 REQUIRED_SCOPES = {"production_signed": ("production",), "qa_reviewed": ("production", "qa_review"),
                    "released": ("production", "qa_review", "release"), "rejected": ("rejection",)}
 
@@ -72,7 +75,8 @@ def status_problems(session: Session, batch: Batch,
     checks = signature_checks(session, batch) if checks is None else checks
     scopes = {c.signature.scope for c in checks if c.signature.entity == "batch" and c.intact}
     problems = [Reason(f"batch {batch.number} is {batch.status} without its {scope} signature",
-                       f"批次 {batch.number} 状态为 {batch.status}，却缺少 {scope} 签名")
+                       f"批次 {batch.number} 状态为“{zh_word(batch.status)}”，"
+                       f"却缺少{SCOPE_ZH.get(scope, scope)}签名")
                 for scope in REQUIRED_SCOPES.get(batch.status, ()) if scope not in scopes]
     for step in steps_of(session, batch):
         if step.end is not None and not signatures.signatures_of(session, "process_step", str(step.id)):
@@ -134,10 +138,11 @@ def gate_reasons(session: Session, batch: Batch, *, now: datetime | None = None,
     return reasons + status_problems(session, batch, checks)
 
 
-def _refuse_if_gate_closed(session: Session, batch: Batch, action: str, now: datetime) -> None:
+def _refuse_if_gate_closed(session: Session, batch: Batch, action: Reason, now: datetime) -> None:
     reasons = gate_reasons(session, batch, now=now)
     if reasons:
-        raise ConflictError(f"{action} of batch {batch.number} refused", reasons)
+        raise ConflictError(Reason(f"{action} of batch {batch.number} refused",
+                                   f"批次 {batch.number} 的{action.zh}被拒绝"), reasons)
 
 
 def _transition(session: Session, *, signer: Authenticated, batch: Batch, to: str, meaning: str,
@@ -150,7 +155,8 @@ def _transition(session: Session, *, signer: Authenticated, batch: Batch, to: st
     moved = session.execute(update(Batch).where(Batch.id == batch.id, Batch.status == before)
                             .values(status=to, updated_at=now)).rowcount
     if moved != 1:
-        raise ConflictError(f"batch {batch.number} changed while this was being signed; look again")
+        raise ConflictError(Reason(f"batch {batch.number} changed while this was being signed; look again",
+                                   f"签名期间批次 {batch.number} 已被他人更改；请重新查看"))
     session.refresh(batch)
     audit.record(session, actor=signer.username, action=f"batch.{to}", entity="batch",
                  entity_key=batch.number, before={"status": before},
@@ -161,17 +167,23 @@ def _transition(session: Session, *, signer: Authenticated, batch: Batch, to: st
 def sign_production(session: Session, *, signer: Authenticated, batch: Batch, comment: str | None = None,
                     now: datetime | None = None) -> Batch:
     """The production head approves the completed record (Art. 22)."""
-    require_role(signer, "production_head", action="the production sign-off")
+    require_role(signer, "production_head", action=Reason("the production sign-off", "生产负责人签名批准"))
     if batch.status != "completed":
-        raise ConflictError(f"batch {batch.number} is {batch.status}; production signs a completed record")
+        raise ConflictError(Reason(
+            f"batch {batch.number} is {batch.status}; production signs a completed record",
+            f"批次 {batch.number} 处于“{zh_word(batch.status)}”；生产负责人只签名批准已完成的批记录"))
     if signer.username in _operators(session, batch):
-        raise PermissionDeniedError(f"{signer.username} performed steps of {batch.number}; nobody reviews "
-                                    "their own entry")
+        raise PermissionDeniedError(Reason(
+            f"{signer.username} performed steps of {batch.number}; nobody reviews their own entry",
+            f"{signer.username} 执行过批次 {batch.number} 的工序；任何人不得审核自己的记录"))
     now = now or utcnow()
     broken = [c for c in signature_checks(session, batch) if not c.intact]
     if broken:
-        raise ConflictError(f"batch {batch.number} cannot be signed",
-                            [f"signature {c.signature.id} is broken: {c.problem}" for c in broken])
+        raise ConflictError(Reason(f"batch {batch.number} cannot be signed",
+                                   f"批次 {batch.number} 尚不能签名"),
+                            [Reason(f"signature {c.signature.id} is broken: {c.problem}",
+                                    f"电子签名 {c.signature.id} 已失效："
+                                    f"{SIGNATURE_PROBLEM_ZH.get(c.problem, c.problem)}") for c in broken])
     return _transition(session, signer=signer, batch=batch, to="production_signed", meaning="approved",
                        scope="production", statement="production head approves the batch record "
                        "(GMP 2010 Art. 22)", comment=comment, now=now)
@@ -180,18 +192,21 @@ def sign_production(session: Session, *, signer: Authenticated, batch: Batch, co
 def qa_review(session: Session, *, signer: Authenticated, batch: Batch, comment: str | None = None,
               now: datetime | None = None) -> Batch:
     """QA reviews the record, environment and deviations included (Art. 23), behind the gate."""
-    require_role(signer, "qa", action="QA batch-record review")
+    require_role(signer, "qa", action=Reason("QA batch-record review", "QA 审核批记录"))
     if batch.status != "production_signed":
-        raise ConflictError(f"batch {batch.number} is {batch.status}; QA reviews a record the production "
-                            "head has signed")
+        raise ConflictError(Reason(
+            f"batch {batch.number} is {batch.status}; QA reviews a record the production head has signed",
+            f"批次 {batch.number} 处于“{zh_word(batch.status)}”；QA 只审核生产负责人已签名的批记录"))
     if signer.username == _signer_of(session, batch, "production"):
-        raise PermissionDeniedError("the production head's and QA's signatures must come from different "
-                                    "people (GMP 2010 Art. 20)")
+        raise PermissionDeniedError(Reason(
+            "the production head's and QA's signatures must come from different people (GMP 2010 Art. 20)",
+            "生产负责人和 QA 的签名必须来自不同的人（GMP（2010）第二十条）"))
     if signer.username in _operators(session, batch):
-        raise PermissionDeniedError(f"{signer.username} performed steps of {batch.number}; nobody reviews "
-                                    "their own entry")
+        raise PermissionDeniedError(Reason(
+            f"{signer.username} performed steps of {batch.number}; nobody reviews their own entry",
+            f"{signer.username} 执行过批次 {batch.number} 的工序；任何人不得审核自己的记录"))
     now = now or utcnow()
-    _refuse_if_gate_closed(session, batch, "QA review", now)
+    _refuse_if_gate_closed(session, batch, Reason("QA review", "QA 审核"), now)
     return _transition(session, signer=signer, batch=batch, to="qa_reviewed", meaning="reviewed",
                        scope="qa_review", statement="QA batch-record review incl. environmental monitoring "
                        "and deviations (GMP 2010 Art. 23, 230)", comment=comment, now=now)
@@ -200,15 +215,18 @@ def qa_review(session: Session, *, signer: Authenticated, batch: Batch, comment:
 def release(session: Session, *, signer: Authenticated, batch: Batch, comment: str | None = None,
             now: datetime | None = None) -> Batch:
     """The qualified person releases the batch (Art. 25, 230), behind the gate."""
-    require_role(signer, "qp", action="release")
+    require_role(signer, "qp", action=Reason("release", "放行"))
     if batch.status != "qa_reviewed":
-        raise ConflictError(f"batch {batch.number} is {batch.status}; the QP releases a QA-reviewed batch")
+        raise ConflictError(Reason(
+            f"batch {batch.number} is {batch.status}; the QP releases a QA-reviewed batch",
+            f"批次 {batch.number} 处于“{zh_word(batch.status)}”；质量受权人只放行 QA 已审核的批次"))
     if signer.username == _signer_of(session, batch, "production") or signer.username in _operators(
             session, batch):
-        raise PermissionDeniedError("the QP who releases must be independent of the batch's production "
-                                    "(GMP 2010 Art. 20, 25)")
+        raise PermissionDeniedError(Reason(
+            "the QP who releases must be independent of the batch's production (GMP 2010 Art. 20, 25)",
+            "放行的质量受权人必须独立于该批次的生产（GMP（2010）第二十条、第二十五条）"))
     now = now or utcnow()
-    _refuse_if_gate_closed(session, batch, "release", now)
+    _refuse_if_gate_closed(session, batch, Reason("release", "放行"), now)
     return _transition(session, signer=signer, batch=batch, to="released", meaning="released",
                        scope="release", statement="qualified person releases the batch (GMP 2010 Art. 25, "
                        "230; 产品放行审核记录)", comment=comment, now=now)
@@ -217,15 +235,18 @@ def release(session: Session, *, signer: Authenticated, batch: Batch, comment: s
 def reject(session: Session, *, signer: Authenticated, batch: Batch, reason: str,
            now: datetime | None = None) -> Batch:
     """QA or the QP rejects the batch: a signed decision with its reason."""
-    require_role(signer, "qa", "qp", action="rejecting a batch")
+    require_role(signer, "qa", "qp", action=Reason("rejecting a batch", "拒绝批次"))
     if batch.status in ("released", "rejected"):
-        raise ConflictError(f"batch {batch.number} is {batch.status} already")
+        raise ConflictError(Reason(f"batch {batch.number} is {batch.status} already",
+                                   f"批次 {batch.number} 已是“{zh_word(batch.status)}”"))
     if not reason or not reason.strip():
-        raise InvalidInputError("a rejection needs its reason")
+        raise InvalidInputError(Reason("a rejection needs its reason", "拒绝须说明理由"))
     running = [s.id for s in steps_of(session, batch) if s.end is None]
     if running:
-        raise ConflictError(f"batch {batch.number} still has running steps; end them first "
-                            "(their rooms stay in operation until then)", [f"step {i}" for i in running])
+        raise ConflictError(Reason(f"batch {batch.number} still has running steps; end them first "
+                                   "(their rooms stay in operation until then)",
+                                   f"批次 {batch.number} 仍有进行中的工序；请先结束（结束前其房间保持动态）"),
+                            [Reason(f"step {i}", f"工序 {i}") for i in running])
     return _transition(session, signer=signer, batch=batch, to="rejected", meaning="rejected",
                        scope="rejection", statement="batch rejected", comment=reason.strip(),
                        now=now or utcnow())

@@ -20,7 +20,7 @@ from batch_records.linking import sync_links
 from batch_records.models import Batch, ExcursionLink, ProcessStep, ReviewAssessment
 from batch_records.steps import steps_of
 from tracker import audit
-from tracker.errors import ConflictError, InvalidInputError
+from tracker.errors import ConflictError, InvalidInputError, Reason
 from tracker.excursions import Excursion
 from tracker.facility import Monitor, Room, containing_rooms
 from tracker.readings import Reading
@@ -117,17 +117,20 @@ def review_items(session: Session, batch: Batch, *, now: datetime | None = None)
 def assess_item(session: Session, *, actor: Authenticated, batch: Batch, item_key: str, exposed: bool,
                 reason: str, now: datetime | None = None) -> ReviewAssessment:
     """QA's verdict on an invalid period (excursions are decided through their link)."""
-    require_role(actor, "qa", action="assessing a review item")
+    require_role(actor, "qa", action=Reason("assessing a review item", "评估例外审核项"))
     if not reason or not reason.strip():
-        raise InvalidInputError("an assessment needs its reason")
+        raise InvalidInputError(Reason("an assessment needs its reason", "评估须说明理由"))
     if item_key.startswith("link:"):
-        raise InvalidInputError("excursions are assessed by deciding their link (tracker link decide)")
+        raise InvalidInputError(Reason("excursions are assessed by deciding their link (tracker link decide)",
+                                       "超标通过确认或否定其关联建议来评估（tracker link decide）"))
     now = now or utcnow()
     if item_key not in {i.key for i in review_items(session, batch, now=now)}:
-        raise InvalidInputError(f"{item_key!r} is not a review item of batch {batch.number}")
+        raise InvalidInputError(Reason(f"{item_key!r} is not a review item of batch {batch.number}",
+                                       f"{item_key!r} 不是批次 {batch.number} 的例外审核项"))
     if session.exec(select(ReviewAssessment).where(ReviewAssessment.batch_id == batch.id,
                                                    ReviewAssessment.item_key == item_key)).first():
-        raise ConflictError(f"{item_key} of batch {batch.number} is assessed already")
+        raise ConflictError(Reason(f"{item_key} of batch {batch.number} is assessed already",
+                                   f"批次 {batch.number} 的 {item_key} 已评估"))
     row = ReviewAssessment(batch_id=batch.id, item_key=item_key, exposed=exposed, reason=reason.strip(),
                            assessed_by=actor.username, assessed_at=now)
     session.add(row)

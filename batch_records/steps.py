@@ -15,7 +15,14 @@ from sqlmodel import Session, select
 
 from batch_records.models import Batch, ProcessStep
 from tracker import audit, signatures
-from tracker.errors import ConflictError, InvalidInputError, NotFoundError, PermissionDeniedError
+from tracker.errors import (
+    ConflictError,
+    InvalidInputError,
+    NotFoundError,
+    PermissionDeniedError,
+    Reason,
+    zh_word,
+)
 from tracker.facility import Room, Site, containing_rooms, find_room
 from tracker.reevaluate import reevaluate
 from tracker.roomstate import OperationPeriod
@@ -31,7 +38,7 @@ FUTURE_TOLERANCE = timedelta(minutes=5)
 def get_batch(session: Session, number: str) -> Batch:
     batch = session.exec(select(Batch).where(Batch.number == number)).first()
     if batch is None:
-        raise NotFoundError(f"no batch {number!r}")
+        raise NotFoundError(Reason(f"no batch {number!r}", f"没有批次 {number!r}"))
     return batch
 
 
@@ -48,13 +55,16 @@ def _batch_json(batch: Batch) -> dict:
 def create_batch(session: Session, *, actor: Authenticated, site: Site, number: str, product: str,
                  donor_id: str, patient_id: str | None = None, now: datetime | None = None) -> Batch:
     """Open a batch record; the donor identifier is mandatory (chain of identity, guideline §6.4)."""
-    require_role(actor, "operator", "production_head", action="opening a batch record")
-    for name, value in (("batch number", number), ("product", product), ("donor identifier", donor_id)):
+    require_role(actor, "operator", "production_head", action=Reason("opening a batch record",
+                                                                                "开启批生产记录"))
+    for name, zh, value in (("batch number", "批号", number), ("product", "产品", product),
+                            ("donor identifier", "供者编号", donor_id)):
         if not value or not value.strip():
-            raise InvalidInputError(f"a batch record needs a {name}")
+            raise InvalidInputError(Reason(f"a batch record needs a {name}", f"批生产记录须填写{zh}"))
     if session.exec(select(Batch).where(Batch.number == number.strip())).first():
-        raise InvalidInputError(f"batch number {number!r} exists already (GMP 2010 Art. 186: "
-                                "a batch number is unique)")
+        raise InvalidInputError(Reason(f"batch number {number!r} exists already (GMP 2010 Art. 186: "
+                                       "a batch number is unique)",
+                                       f"批号 {number!r} 已存在（GMP（2010）第一百八十六条：批号唯一）"))
     now = now or utcnow()
     batch = Batch(site_id=site.id, number=number.strip(), product=product.strip(),
                   donor_id=donor_id.strip(), patient_id=(patient_id or "").strip() or None,
@@ -86,12 +96,12 @@ def _rejudge(session: Session, *, room: Room, site: Site, start: datetime, end: 
 
 def _check_times(start: datetime, end: datetime | None, now: datetime) -> None:
     if start > now + FUTURE_TOLERANCE:
-        raise InvalidInputError("a step cannot start in the future")
+        raise InvalidInputError(Reason("a step cannot start in the future", "工序开始时间不能在未来"))
     if end is not None:
         if end <= start:
-            raise InvalidInputError("a step must end after it starts")
+            raise InvalidInputError(Reason("a step must end after it starts", "工序结束时间须晚于开始时间"))
         if end > now + FUTURE_TOLERANCE:
-            raise InvalidInputError("a step cannot end in the future")
+            raise InvalidInputError(Reason("a step cannot end in the future", "工序结束时间不能在未来"))
 
 
 def start_step(session: Session, *, actor: Authenticated, batch: Batch, name: str, room_code: str,
@@ -104,25 +114,31 @@ def start_step(session: Session, *, actor: Authenticated, batch: Batch, name: st
     ``TRACKER_STEP_BACKDATE_MAX_H`` is refused — a backdated step re-judges the readings of its
     window by in-operation limits, so it must not become a quiet way of moving limits.
     """
-    require_role(actor, "operator", "production_head", action="recording a process step")
+    require_role(actor, "operator", "production_head", action=Reason("recording a process step", "记录工序"))
     if batch.status != "in_progress":
-        raise ConflictError(f"batch {batch.number} is {batch.status}; steps are added while in progress")
+        raise ConflictError(Reason(f"batch {batch.number} is {batch.status}; "
+                                   "steps are added while in progress",
+                                   f"批次 {batch.number} 处于“{zh_word(batch.status)}”；"
+                                   "只有生产中的批次可以添加工序"))
     if not name or not name.strip():
-        raise InvalidInputError("a step needs a name")
+        raise InvalidInputError(Reason("a step needs a name", "工序须填写名称"))
     now = now or utcnow()
     _check_times(start, None, now)
     settings = get_settings()
     if now - start > timedelta(hours=settings.step_backdate_max_h):
-        raise InvalidInputError(f"a step cannot be recorded more than {settings.step_backdate_max_h:g} h "
-                                "after it started; record it as a deviation instead")
+        raise InvalidInputError(Reason(
+            f"a step cannot be recorded more than {settings.step_backdate_max_h:g} h after it started; "
+            "record it as a deviation instead",
+            f"工序开始超过 {settings.step_backdate_max_h:g} 小时后不能再补记；请作为偏差记录"))
     late = now - start > timedelta(minutes=settings.step_late_after_min)
     if late and not (late_reason and late_reason.strip()):
-        raise InvalidInputError(f"the step started {int((now - start).total_seconds() // 60)} min ago: "
-                                "say why it is recorded late")
+        minutes = int((now - start).total_seconds() // 60)
+        raise InvalidInputError(Reason(f"the step started {minutes} min ago: say why it is recorded late",
+                                       f"工序已开始 {minutes} 分钟：请说明补记原因"))
     site = session.get(Site, batch.site_id)
     room = find_room(session, room_code, site_code=site.code)
     if not room.active:
-        raise InvalidInputError(f"room {room_code} is deactivated")
+        raise InvalidInputError(Reason(f"room {room_code} is deactivated", f"房间 {room_code} 已停用"))
     step = ProcessStep(batch_id=batch.id, name=name.strip(), room_id=room.id, start=start,
                        open_processing=open_processing, operator=actor.username, recorded_at=now)
     session.add(step)
@@ -143,15 +159,19 @@ def end_step(session: Session, *, signer: Authenticated, step_id: int, end: date
     If the operator cannot (absent, deactivated), the production head ends it with the reason."""
     step = session.get(ProcessStep, step_id)
     if step is None:
-        raise NotFoundError(f"no process step {step_id}")
+        raise NotFoundError(Reason(f"no process step {step_id}", f"没有工序 {step_id}"))
     if step.end is not None:
-        raise ConflictError(f"step {step_id} ended already")
+        raise ConflictError(Reason(f"step {step_id} ended already", f"工序 {step_id} 已结束"))
     on_behalf = signer.username != step.operator
     if on_behalf and not signer.has("production_head"):
-        raise PermissionDeniedError(f"step {step_id} is {step.operator}'s; only its operator signs it "
-                                    "as performed (or the production head ends it, with the reason)")
+        raise PermissionDeniedError(Reason(
+            f"step {step_id} is {step.operator}'s; only its operator signs it "
+            "as performed (or the production head ends it, with the reason)",
+            f"工序 {step_id} 由 {step.operator} 操作；只有其操作人可以签名确认执行（或由生产负责人说明原因后"
+            "结束）"))
     if on_behalf and not (comment and comment.strip()):
-        raise InvalidInputError(f"ending {step.operator}'s step for them needs the reason")
+        raise InvalidInputError(Reason(f"ending {step.operator}'s step for them needs the reason",
+                                       f"代 {step.operator} 结束工序须说明原因"))
     now = now or utcnow()
     _check_times(step.start, end, now)
     batch = session.get(Batch, step.batch_id)
@@ -181,16 +201,19 @@ def end_step(session: Session, *, signer: Authenticated, step_id: int, end: date
 def complete_batch(session: Session, *, actor: Authenticated, batch: Batch,
                    now: datetime | None = None) -> Batch:
     """Production is over: every step has ended and been signed by its operator."""
-    require_role(actor, "operator", "production_head", action="completing a batch")
+    require_role(actor, "operator", "production_head", action=Reason("completing a batch", "完成批生产"))
     if batch.status != "in_progress":
-        raise ConflictError(f"batch {batch.number} is {batch.status}, not in progress")
+        raise ConflictError(Reason(f"batch {batch.number} is {batch.status}, not in progress",
+                                   f"批次 {batch.number} 处于“{zh_word(batch.status)}”，不在生产中"))
     steps = steps_of(session, batch)
     if not steps:
-        raise ConflictError(f"batch {batch.number} has no process steps")
+        raise ConflictError(Reason(f"batch {batch.number} has no process steps",
+                                   f"批次 {batch.number} 没有工序"))
     running = [s.id for s in steps if s.end is None]
     if running:
-        raise ConflictError(f"batch {batch.number} cannot complete",
-                            [f"step {i} has not ended" for i in running])
+        raise ConflictError(Reason(f"batch {batch.number} cannot complete",
+                                   f"批次 {batch.number} 尚不能完成"),
+                            [Reason(f"step {i} has not ended", f"工序 {i} 尚未结束") for i in running])
     now = now or utcnow()
     batch.status, batch.completed_at, batch.updated_at = "completed", now, now
     session.add(batch)

@@ -351,5 +351,5 @@ def test_statuses_and_signature_rows_are_cross_checked(people_engine: Engine) ->
         assert "batch CT-2 is released without its production signature" in problems
         reason = gate_reasons(s, get_batch(s, "CT-1"))[-1]
         assert reason == "batch CT-1 is production_signed without its production signature"
-        assert in_language(reason, "zh-CN") == "批次 CT-1 状态为 production_signed，却缺少 production 签名"
+        assert in_language(reason, "zh-CN") == "批次 CT-1 状态为“生产已签名”，却缺少生产负责人批准签名"
         assert in_language(reason, "en") == reason

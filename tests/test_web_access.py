@@ -4,15 +4,17 @@ answer of the access table), CSRF on every unsafe request, sessions, tokens, log
 from __future__ import annotations
 
 import re
+from datetime import timedelta
 
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine
 
 from tests.factories import PASSWORD
-from tests.web_helpers import ROLE_USER, browser
+from tests.web_helpers import ROLE_USER, browser, csrf_of
 from tracker.db import unit_of_work
 from tracker.excursions import list_excursions
+from tracker.timeutil import utcnow
 from tracker.web.access import ACCESS, ANONYMOUS
 from tracker.web.app import create_app, flat_routes
 from tracker.web.config import WebSettings
@@ -29,6 +31,20 @@ API_BODIES = {
     "/api/v1/batches/{number}/sign": {"password": PASSWORD},
     "/api/v1/batches/{number}/review": {"password": PASSWORD},
     "/api/v1/batches/{number}/release": {"password": PASSWORD},
+    "/api/v1/batches/{number}/reject": {"password": PASSWORD, "reason": "r"},
+    "/api/v1/deviations/{number}/update": {"reason": "r", "title": "t"},
+    "/api/v1/deviations/{number}/assess": {"batch": "NO-SUCH", "impact": "none", "assessment": "a"},
+    "/api/v1/deviations/{number}/approve": {"password": PASSWORD},
+    "/api/v1/deviations/{number}/no-capa": {"justification": "j"},
+    "/api/v1/deviations/{number}/close": {"password": PASSWORD},
+    "/api/v1/deviations/{number}/capa": {"kind": "corrective", "description": "d", "owner": "op1",
+                                         "due": "2026-12-31"},
+    "/api/v1/capa/{capa_id}/done": {"outcome": "o"},
+    "/api/v1/capa/{capa_id}/check": {"effective": True, "note": "n"},
+    "/api/v1/limits/proposals": {"room": "NO-SUCH", "kind": "pressure", "state": "at_rest",
+                                 "from": "2026-01-01T00:00:00+08:00", "to": "2026-02-01T00:00:00+08:00"},
+    "/api/v1/limits/proposals/{proposal_id}/approve": {"password": PASSWORD},
+    "/api/v1/limits/proposals/{proposal_id}/reject": {"reason": "r"},
 }
 
 
@@ -118,13 +134,13 @@ def test_session_cookie_flags_rotation_and_logout(web_app) -> None:
 
 
 def test_sessions_expire_after_inactivity_and_polling_does_not_keep_them_alive(web_app) -> None:
-    now = [1000.0]
+    now = [utcnow()]
     store = web_app.state.sessions
     store.clock = lambda: now[0]
     client, _ = browser(web_app, "qa1")
-    now[0] += store.idle_seconds - 5
+    now[0] += timedelta(seconds=store.idle_seconds - 5)
     assert client.get("/dashboard/live").status_code == 200      # a poll: does not count as activity
-    now[0] += 10
+    now[0] += timedelta(seconds=10)
     r = client.get("/")
     assert r.status_code == 303
     assert r.headers["location"].startswith("/login")
@@ -158,7 +174,7 @@ def test_login_failures_lock_the_account_and_addresses_are_throttled(web_engine:
         assert r.status_code == 401
     r = client.post("/login", data={"username": "qa2", "password": PASSWORD, "csrf_token": token})
     assert r.status_code == 401
-    assert "locked" in r.text
+    assert "已锁定" in r.text
     r = client.post("/login", data={"username": "qa1", "password": PASSWORD, "csrf_token": token})
     assert r.status_code == 429          # the seventh attempt from this address within the minute
 
@@ -170,9 +186,66 @@ def test_a_wrong_signature_password_refuses_the_action_and_counts(web_app, web_e
     assert r.status_code == 303
     assert r.headers["location"] == "/batches"
     page = client.get("/batches").text
-    assert "wrong user name or password" in page
+    assert "用户名或密码错误" in page
     with unit_of_work(web_engine) as s:
         from tracker.users import get_user
 
         assert get_user(s, "qa1").failed_attempts == 1
         assert list_excursions(s) == []
+
+
+def test_two_app_instances_over_one_database_share_logins_and_logouts(web_engine: Engine) -> None:
+    """``tracker serve`` is stateless: a session made by one worker is valid on another, and a
+    logout, a deactivation or a password change on one ends it everywhere."""
+    from sqlmodel import Session, select
+
+    from tracker.web.sessions import WebSessionRow, token_hash
+
+    settings = WebSettings(secret_key="s" * 40, login_attempts_per_minute=10_000)
+    one = create_app(engine=web_engine, settings=settings)
+    two = create_app(engine=web_engine, settings=settings)
+    client, _ = browser(one, "qa1")
+    other = TestClient(two, follow_redirects=False)
+    other.cookies.set("tracker_session", client.cookies["tracker_session"])
+    assert other.get("/").status_code == 200                         # logged in on the second worker
+    assert "刘洋" in other.get("/").text
+    # only the hash of the token is stored
+    with Session(web_engine) as s:
+        rows = s.exec(select(WebSessionRow)).all()
+        sent = client.cookies["tracker_session"]
+        assert token_hash(sent) in {r.token_hash for r in rows}
+        assert all(sent not in (r.token_hash, r.csrf, r.flashes) for r in rows)
+    # logout on the second worker ends the session on the first
+    page = other.get("/").text
+    assert other.post("/logout", data={"csrf_token": csrf_of(page)}).status_code == 303
+    assert client.get("/").headers["location"].startswith("/login")
+    # a password change on one worker ends the user's other sessions everywhere, not its own
+    a, a_token = browser(one, "qa2")
+    b, _ = browser(two, "qa2")
+    assert b.get("/").status_code == 200
+    r = a.post("/account/password", data={"csrf_token": a_token, "current": PASSWORD,
+                                           "new": "a different long passphrase 7", "confirm":
+                                           "a different long passphrase 7"})
+    assert r.status_code == 303
+    assert a.get("/").status_code == 200                             # the changing session goes on
+    assert b.get("/").headers["location"].startswith("/login")        # the other one is over
+    # a change made outside the web app (the CLI) ends the web sessions that predate it
+    c, _ = browser(two, "qp1")
+    from tracker.users import change_password, login
+
+    with unit_of_work(web_engine) as s:
+        change_password(s, actor=login(web_engine, username="qp1", password=PASSWORD),
+                        new_password="the qp's new passphrase 99")
+    assert c.get("/").headers["location"].startswith("/login")
+    # deactivation by the admin on one worker ends the account's session on the other
+    op, _ = browser(two, "op2")
+    assert op.get("/").status_code == 200
+    admin, admin_token = browser(one, "admin")
+    assert admin.post("/users/op2/deactivate", data={"csrf_token": admin_token, "reason": "left"}
+                      ).status_code == 303
+    assert op.get("/").headers["location"].startswith("/login")
+    with Session(web_engine) as s:
+        from tracker.users import get_user
+
+        op2 = get_user(s, "op2").id
+        assert s.exec(select(WebSessionRow).where(WebSessionRow.user_id == op2)).all() == []

@@ -33,7 +33,7 @@ def test_operator_records_a_batch_and_signs_the_step(web_app, web_engine: Engine
     # a wrong password signs nothing
     r = op.post(f"/steps/{step_id}/end", data={"csrf_token": token, "password": "not the password"},
                 headers={"referer": "http://testserver/batches/CT-2026-050"})
-    assert "wrong user name or password" in op.get(r.headers["location"]).text
+    assert "用户名或密码错误" in op.get(r.headers["location"]).text
     r = op.post(f"/steps/{step_id}/end", data={"csrf_token": token, "password": PASSWORD,
                                                "comment": "按 SOP 完成"},
                 headers={"referer": "http://testserver/batches/CT-2026-050"})
@@ -63,7 +63,7 @@ def test_admin_creates_an_account_whose_owner_must_choose_the_password(web_app) 
     admin.post("/users", data={"csrf_token": token, "username": "both", "full_name": "Both",
                                "roles": ["qa", "production_head"], "password": "temporary password 123"},
                headers={"referer": "http://testserver/users"})
-    assert "cannot be held together" in admin.get("/users").text
+    assert "不能由同一人兼任" in admin.get("/users").text
 
     new, _ = browser(web_app)
     token = csrf_of(new.get("/login").text)

@@ -480,12 +480,13 @@ def main() -> None:
         app()
     except ConflictError as exc:  # say every reason on its own line
         err = Console(stderr=True)
-        err.print(f"[red]error:[/red] {str(exc).split(': ')[0]}")
-        for reason in exc.reasons:
-            err.print(f"  • {in_language(reason, current_lang())}")
+        err.print(f"[red]error:[/red] {exc.said(current_lang())}")
+        if exc.reasons != [exc.message]:
+            for reason in exc.reasons:
+                err.print(f"  • {in_language(reason, current_lang())}")
         sys.exit(2)
     except TrackerError as exc:
-        Console(stderr=True).print(f"[red]error:[/red] {exc}")
+        Console(stderr=True).print(f"[red]error:[/red] {exc.said(current_lang())}")
         sys.exit(2)
 
 

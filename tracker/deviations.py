@@ -26,7 +26,16 @@ from sqlmodel import Field, Session, SQLModel, select
 
 from tracker import audit, signatures
 from tracker.db import UTCDateTime
-from tracker.errors import ConflictError, InvalidInputError, NotFoundError, PermissionDeniedError
+from tracker.errors import (
+    ConflictError,
+    InvalidInputError,
+    NotFoundError,
+    PermissionDeniedError,
+    Reason,
+    in_language,
+    zh_word,
+    zh_words,
+)
 from tracker.excursions import Excursion
 from tracker.facility import Site
 from tracker.settings import get_settings
@@ -112,13 +121,14 @@ def classes() -> tuple[str, ...]:
 
 def _check_class(classification: str) -> None:
     if classification not in classes():
-        raise InvalidInputError(f"classification must be one of {', '.join(classes())}")
+        raise InvalidInputError(Reason(f"classification must be one of {', '.join(classes())}",
+                                       f"分类须为以下之一：{zh_words(classes())}"))
 
 
 def get_deviation(session: Session, number: str) -> Deviation:
     dev = session.exec(select(Deviation).where(Deviation.number == number)).first()
     if dev is None:
-        raise NotFoundError(f"no deviation {number!r}")
+        raise NotFoundError(Reason(f"no deviation {number!r}", f"没有偏差 {number!r}"))
     return dev
 
 
@@ -140,11 +150,13 @@ def open_deviation(session: Session, *, actor: Authenticated, site: Site, title:
                    category: str, description: str, excursion_ids: list[int] | tuple[int, ...] = (),
                    now: datetime | None = None) -> Deviation:
     """Raise a deviation (from excursions, or by hand when the list is empty). QA only (Art. 251)."""
-    require_role(actor, "qa", action="raising a deviation")
+    require_role(actor, "qa", action=Reason("raising a deviation", "开启偏差"))
     _check_class(classification)
-    for name, value in (("title", title), ("category", category), ("description", description)):
+    for name, zh, value in (("title", "标题", title), ("category", "类别", category),
+                            ("description", "描述", description)):
         if not value or not value.strip():
-            raise InvalidInputError(f"a deviation needs a {name} (Art. 250: a clear description)")
+            raise InvalidInputError(Reason(f"a deviation needs a {name} (Art. 250: a clear description)",
+                                           f"偏差须填写{zh}（第二百五十条：清楚说明偏差）"))
     now = now or utcnow()
     dev = Deviation(site_id=site.id, number=_next_number(session, site, now), title=title.strip(),
                     classification=classification, category=category.strip(),
@@ -155,10 +167,12 @@ def open_deviation(session: Session, *, actor: Authenticated, site: Site, title:
     for excursion_id in excursion_ids:
         ex = session.get(Excursion, excursion_id)
         if ex is None:
-            raise NotFoundError(f"no excursion {excursion_id}")
+            raise NotFoundError(Reason(f"no excursion {excursion_id}", f"没有超标记录 {excursion_id}"))
         if ex.status == "superseded":
-            raise ConflictError(f"excursion {excursion_id} was superseded by re-evaluation; "
-                                "raise the deviation from the excursion that replaced it")
+            raise ConflictError(Reason(f"excursion {excursion_id} was superseded by re-evaluation; "
+                                       "raise the deviation from the excursion that replaced it",
+                                       f"超标 {excursion_id} 已因重新评价被取代；"
+                                       "请从取代它的超标记录开启偏差"))
         session.add(DeviationExcursion(deviation_id=dev.id, excursion_id=excursion_id))
     audit.record(session, actor=actor.username, action="deviation.open", entity="deviation",
                  entity_key=dev.number, after={**_snapshot(dev), "excursions": list(excursion_ids)},
@@ -184,7 +198,10 @@ def capa_actions(session: Session, dev: Deviation) -> list[CapaAction]:
 
 def _require_status(dev: Deviation, *allowed: str, action: str) -> None:
     if dev.status not in allowed:
-        raise ConflictError(f"{dev.number} is {dev.status}; {action} needs it {' or '.join(allowed)}")
+        raise ConflictError(Reason(
+            f"{dev.number} is {dev.status}; {action} needs it {' or '.join(allowed)}",
+            f"偏差 {dev.number} 处于“{zh_word(dev.status)}”；{in_language(action, 'zh-CN')}"
+            f"要求其处于“{zh_words(allowed, '”或“')}”"))
 
 
 def attach_batch(session: Session, *, dev: Deviation, batch_id: int, actor: str, batch_number: str,
@@ -195,7 +212,8 @@ def attach_batch(session: Session, *, dev: Deviation, batch_id: int, actor: str,
     if existing:
         return None
     if dev.status == "closed":
-        raise ConflictError(f"{dev.number} is closed; open a new deviation for batch {batch_number}")
+        raise ConflictError(Reason(f"{dev.number} is closed; open a new deviation for batch {batch_number}",
+                                   f"偏差 {dev.number} 已关闭；请为批次 {batch_number} 开启新的偏差"))
     now = now or utcnow()
     link = DeviationBatch(deviation_id=dev.id, batch_id=batch_id, linked_at=now, linked_by=actor)
     session.add(link)
@@ -211,14 +229,16 @@ def update_deviation(session: Session, *, actor: Authenticated, dev: Deviation, 
                      now: datetime | None = None, **fields: str) -> Deviation:
     """Change title, classification, category, description or root cause before approval;
     every change is audited with before, after and the reason (Art. 161)."""
-    require_role(actor, "qa", action="editing a deviation")
-    _require_status(dev, "open", "investigating", action="editing")
+    require_role(actor, "qa", action=Reason("editing a deviation", "修改偏差"))
+    _require_status(dev, "open", "investigating", action=Reason("editing", "修改"))
     allowed = {"title", "classification", "category", "description", "root_cause"}
     unknown = set(fields) - allowed
     if unknown:
-        raise InvalidInputError(f"cannot edit {', '.join(sorted(unknown))}")
+        raise InvalidInputError(Reason(f"cannot edit {', '.join(sorted(unknown))}",
+                                       f"不能修改 {', '.join(sorted(unknown))}"))
     if not reason or not reason.strip():
-        raise InvalidInputError("a change to a deviation needs a reason (GMP 2010 Art. 161)")
+        raise InvalidInputError(Reason("a change to a deviation needs a reason (GMP 2010 Art. 161)",
+                                       "修改偏差须说明理由（GMP（2010）第一百六十一条）"))
     if "classification" in fields:
         _check_class(fields["classification"])
     now = now or utcnow()
@@ -236,8 +256,8 @@ def update_deviation(session: Session, *, actor: Authenticated, dev: Deviation, 
 
 def start_investigation(session: Session, *, actor: Authenticated, dev: Deviation,
                         now: datetime | None = None) -> Deviation:
-    require_role(actor, "qa", action="starting an investigation")
-    _require_status(dev, "open", action="starting the investigation")
+    require_role(actor, "qa", action=Reason("starting an investigation", "开始调查"))
+    _require_status(dev, "open", action=Reason("starting the investigation", "开始调查"))
     now = now or utcnow()
     dev.status, dev.updated_at = "investigating", now
     session.add(dev)
@@ -250,16 +270,19 @@ def assess_impact(session: Session, *, actor: Authenticated, dev: Deviation, bat
                   batch_number: str, impact: str, assessment: str,
                   now: datetime | None = None) -> DeviationBatch:
     """QA's assessment of what the deviation means for one linked batch (Art. 249)."""
-    require_role(actor, "qa", action="assessing batch impact")
-    _require_status(dev, "open", "investigating", action="assessing impact")
+    require_role(actor, "qa", action=Reason("assessing batch impact", "评估对批次的影响"))
+    _require_status(dev, "open", "investigating", action=Reason("assessing impact", "影响评估"))
     if impact not in IMPACTS:
-        raise InvalidInputError(f"impact must be one of {', '.join(IMPACTS)}")
+        raise InvalidInputError(Reason(f"impact must be one of {', '.join(IMPACTS)}",
+                                       f"影响须为以下之一：{zh_words(IMPACTS)}"))
     if not assessment or not assessment.strip():
-        raise InvalidInputError("an impact assessment needs its reasoning in words")
+        raise InvalidInputError(Reason("an impact assessment needs its reasoning in words",
+                                       "影响评估须以文字说明理由"))
     link = session.exec(select(DeviationBatch).where(DeviationBatch.deviation_id == dev.id,
                                                      DeviationBatch.batch_id == batch_id)).first()
     if link is None:
-        raise NotFoundError(f"batch {batch_number} is not linked to {dev.number}")
+        raise NotFoundError(Reason(f"batch {batch_number} is not linked to {dev.number}",
+                                   f"批次 {batch_number} 未与偏差 {dev.number} 关联"))
     now = now or utcnow()
     before = {"impact": link.impact, "assessment": link.assessment}
     link.impact, link.assessment = impact, assessment.strip()
@@ -290,28 +313,33 @@ def closure_content(session: Session, dev: Deviation) -> dict:
 
 
 def investigation_gaps(session: Session, dev: Deviation) -> list[str]:
-    """What still stops the investigation report from being approved."""
+    """What still stops the investigation report from being approved (each a :class:`Reason`)."""
     missing = []
     if not dev.root_cause:
-        missing.append("root cause not recorded")
+        missing.append(Reason("root cause not recorded", "尚未记录根本原因"))
     for link in batch_links(session, dev):
         if link.impact is None:
-            missing.append(f"impact on batch id {link.batch_id} not assessed")
+            missing.append(Reason(f"impact on batch id {link.batch_id} not assessed",
+                                  f"尚未评估对批次（内部编号 {link.batch_id}）的影响"))
     return missing
 
 
 def approve_investigation(session: Session, *, signer: Authenticated, dev: Deviation,
                           comment: str | None = None, now: datetime | None = None) -> Deviation:
     """QA approves the investigation report with an e-signature (Art. 250) → ``capa``."""
-    require_role(signer, "qa", action="approving an investigation report")
-    _require_status(dev, "investigating", action="approving the investigation")
+    require_role(signer, "qa", action=Reason("approving an investigation report", "批准调查报告"))
+    _require_status(dev, "investigating", action=Reason("approving the investigation", "批准调查"))
     missing = investigation_gaps(session, dev)
     if missing:
-        raise ConflictError(f"{dev.number}: the investigation cannot be approved", missing)
+        raise ConflictError(Reason(f"{dev.number}: the investigation cannot be approved",
+                                   f"偏差 {dev.number} 的调查报告尚不能批准"), missing)
     authors = {dev.root_cause_by} | {b.assessed_by for b in batch_links(session, dev)}
     if signer.username in authors:
-        raise PermissionDeniedError(f"{signer.username} wrote part of the investigation of {dev.number}; "
-                                    "another QA person approves it (nobody checks their own entry)")
+        raise PermissionDeniedError(Reason(
+            f"{signer.username} wrote part of the investigation of {dev.number}; "
+            "another QA person approves it (nobody checks their own entry)",
+            f"{signer.username} 撰写了偏差 {dev.number} 的部分调查内容；"
+            "须由另一位 QA 人员批准（任何人不得审核自己的记录）"))
     now = now or utcnow()
     signatures.sign(session, signer=signer, meaning="approved", entity="deviation", entity_key=dev.number,
                     scope="investigation", statement="QA approval of the investigation report "
@@ -327,15 +355,16 @@ def approve_investigation(session: Session, *, signer: Authenticated, dev: Devia
 
 def add_capa(session: Session, *, actor: Authenticated, dev: Deviation, kind: str, description: str,
              owner: str, due: date, now: datetime | None = None) -> CapaAction:
-    require_role(actor, "qa", action="adding a CAPA action")
-    _require_status(dev, "investigating", "capa", action="adding CAPA")
+    require_role(actor, "qa", action=Reason("adding a CAPA action", "添加纠正预防措施"))
+    _require_status(dev, "investigating", "capa", action=Reason("adding CAPA", "添加纠正预防措施"))
     if kind not in CAPA_KINDS:
-        raise InvalidInputError(f"kind must be one of {', '.join(CAPA_KINDS)}")
+        raise InvalidInputError(Reason(f"kind must be one of {', '.join(CAPA_KINDS)}",
+                                       f"措施类型须为以下之一：{zh_words(CAPA_KINDS)}"))
     if not description or not description.strip():
-        raise InvalidInputError("a CAPA action needs a description")
+        raise InvalidInputError(Reason("a CAPA action needs a description", "纠正预防措施须填写描述"))
     owner_user = get_user(session, owner)
     if not owner_user.active:
-        raise InvalidInputError(f"owner {owner!r} is deactivated")
+        raise InvalidInputError(Reason(f"owner {owner!r} is deactivated", f"负责人 {owner!r} 的账户已停用"))
     now = now or utcnow()
     action = CapaAction(deviation_id=dev.id, kind=kind, description=description.strip(), owner=owner,
                         due=due, created_by=actor.username, created_at=now)
@@ -351,7 +380,7 @@ def add_capa(session: Session, *, actor: Authenticated, dev: Deviation, kind: st
 def _capa(session: Session, capa_id: int) -> tuple[CapaAction, Deviation]:
     action = session.get(CapaAction, capa_id)
     if action is None:
-        raise NotFoundError(f"no CAPA action {capa_id}")
+        raise NotFoundError(Reason(f"no CAPA action {capa_id}", f"没有纠正预防措施 {capa_id}"))
     return action, session.get(Deviation, action.deviation_id)
 
 
@@ -360,12 +389,14 @@ def complete_capa(session: Session, *, actor: Authenticated, capa_id: int, outco
     """The owner (or QA) records that the action was carried out, and what was done."""
     action, dev = _capa(session, capa_id)
     if actor.username != action.owner and not actor.has("qa"):
-        raise PermissionDeniedError(f"CAPA {capa_id} belongs to {action.owner}; only they or QA "
-                                    "may record it done")
+        raise PermissionDeniedError(Reason(
+            f"CAPA {capa_id} belongs to {action.owner}; only they or QA may record it done",
+            f"纠正预防措施 {capa_id} 的负责人是 {action.owner}；只有负责人或 QA 可以记录其完成"))
     if action.status != "open":
-        raise ConflictError(f"CAPA {capa_id} is {action.status}, not open")
+        raise ConflictError(Reason(f"CAPA {capa_id} is {action.status}, not open",
+                                   f"纠正预防措施 {capa_id} 处于“{zh_word(action.status)}”，不是未关闭状态"))
     if not outcome or not outcome.strip():
-        raise InvalidInputError("say what was done")
+        raise InvalidInputError(Reason("say what was done", "请说明完成了什么"))
     now = now or utcnow()
     action.status, action.done_at, action.outcome = "done", now, outcome.strip()
     session.add(action)
@@ -378,14 +409,18 @@ def check_effectiveness(session: Session, *, actor: Authenticated, capa_id: int,
                         note: str, now: datetime | None = None) -> CapaAction:
     """QA's effectiveness check (Art. 253), never by the action's owner (nobody checks their own
     work). An ineffective action stays on record; a new action follows it."""
-    require_role(actor, "qa", action="checking CAPA effectiveness")
+    require_role(actor, "qa", action=Reason("checking CAPA effectiveness", "检查纠正预防措施的有效性"))
     action, dev = _capa(session, capa_id)
     if actor.username == action.owner:
-        raise PermissionDeniedError("the owner of a CAPA action cannot check its effectiveness")
+        raise PermissionDeniedError(Reason("the owner of a CAPA action cannot check its effectiveness",
+                                           "纠正预防措施的负责人不能检查其有效性"))
     if action.status != "done":
-        raise ConflictError(f"CAPA {capa_id} is {action.status}; only a done action can be checked")
+        raise ConflictError(Reason(f"CAPA {capa_id} is {action.status}; only a done action can be checked",
+                                   f"纠正预防措施 {capa_id} 处于“{zh_word(action.status)}”；"
+                                   "只能检查已完成的措施"))
     if not note or not note.strip():
-        raise InvalidInputError("an effectiveness check needs its evidence in words")
+        raise InvalidInputError(Reason("an effectiveness check needs its evidence in words",
+                                       "有效性检查须以文字说明依据"))
     now = now or utcnow()
     action.status = "effective" if effective else "not_effective"
     action.checked_by, action.checked_at, action.effectiveness_note = actor.username, now, note.strip()
@@ -403,22 +438,26 @@ def closure_gaps(session: Session, dev: Deviation) -> list[str]:
     severe = {c.strip() for c in get_settings().deviation_capa_required.split(",")}
     if not actions:
         if dev.classification in severe:
-            missing.append(f"a {dev.classification} deviation needs at least one CAPA action "
-                           "(GMP 2010 Art. 250)")
+            missing.append(Reason(f"a {dev.classification} deviation needs at least one CAPA action "
+                                  "(GMP 2010 Art. 250)",
+                                  f"{zh_word(dev.classification)}偏差至少需要一项纠正预防措施（GMP（2010）第二百五十条）"))
         elif not dev.no_capa_justification:
-            missing.append("no CAPA action and no written justification for none")
+            missing.append(Reason("no CAPA action and no written justification for none",
+                                  "既无纠正预防措施，也无不采取措施的书面理由"))
     for action in actions:
         if action.kind == "corrective" and action.status == "open":
-            missing.append(f"corrective action {action.id} not done")
+            missing.append(Reason(f"corrective action {action.id} not done",
+                                  f"纠正措施 {action.id} 尚未完成"))
     return missing
 
 
 def justify_no_capa(session: Session, *, actor: Authenticated, dev: Deviation, justification: str,
                     now: datetime | None = None) -> Deviation:
-    require_role(actor, "qa", action="justifying a deviation without CAPA")
-    _require_status(dev, "investigating", "capa", action="justifying no CAPA")
+    require_role(actor, "qa", action=Reason("justifying a deviation without CAPA",
+                                            "说明不采取纠正预防措施的理由"))
+    _require_status(dev, "investigating", "capa", action=Reason("justifying no CAPA", "说明不采取措施的理由"))
     if not justification or not justification.strip():
-        raise InvalidInputError("the justification cannot be empty")
+        raise InvalidInputError(Reason("the justification cannot be empty", "理由不能为空"))
     now = now or utcnow()
     before = dev.no_capa_justification
     dev.no_capa_justification, dev.updated_at = justification.strip(), now
@@ -432,11 +471,12 @@ def justify_no_capa(session: Session, *, actor: Authenticated, dev: Deviation, j
 def close_deviation(session: Session, *, signer: Authenticated, dev: Deviation,
                     comment: str | None = None, now: datetime | None = None) -> Deviation:
     """QA closes the deviation with an e-signature over the investigation and CAPA."""
-    require_role(signer, "qa", action="closing a deviation")
-    _require_status(dev, "capa", action="closing")
+    require_role(signer, "qa", action=Reason("closing a deviation", "关闭偏差"))
+    _require_status(dev, "capa", action=Reason("closing", "关闭"))
     missing = closure_gaps(session, dev)
     if missing:
-        raise ConflictError(f"{dev.number} cannot be closed", missing)
+        raise ConflictError(Reason(f"{dev.number} cannot be closed", f"偏差 {dev.number} 尚不能关闭"),
+                            missing)
     now = now or utcnow()
     signatures.sign(session, signer=signer, meaning="approved", entity="deviation", entity_key=dev.number,
                     scope="closure", statement="QA closure of the deviation", comment=comment,

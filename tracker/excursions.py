@@ -19,7 +19,7 @@ from sqlmodel import Field, Session, SQLModel, select
 from tracker import audit
 from tracker.db import UTCDateTime
 from tracker.episodes import Episode, Judged, SeriesMachine, replay
-from tracker.errors import ConflictError, InvalidInputError, NotFoundError
+from tracker.errors import ConflictError, InvalidInputError, NotFoundError, Reason
 from tracker.facility import Monitor, Room
 from tracker.limits import Level
 from tracker.readings import Reading
@@ -27,6 +27,7 @@ from tracker.registry import MonitorEntry, Registry
 from tracker.timeutil import iso_utc, utcnow
 from tracker.users import Authenticated, require_role
 
+LEVEL_ZH = {"alert": "警戒", "action": "纠偏"}
 SYSTEM_ACTOR = "system:ingest"
 REPLAY_REASON = ("re-evaluated by event time after late (backfilled) readings or a restart; "
                  "the stored readings no longer support the previous shape")
@@ -257,16 +258,18 @@ def acknowledge(session: Session, *, actor: Authenticated, excursion_id: int, co
                 now: datetime | None = None) -> Excursion:
     """QA acknowledges an excursion with a comment (it has been seen and assessed); one that
     escalated since its acknowledgement is acknowledged again at its new level."""
-    require_role(actor, "qa", action="acknowledging an excursion")
+    require_role(actor, "qa", action=Reason("acknowledging an excursion", "确认超标"))
     if not comment or not comment.strip():
-        raise InvalidInputError("an acknowledgement needs a comment")
+        raise InvalidInputError(Reason("an acknowledgement needs a comment", "确认超标须填写说明"))
     ex = session.get(Excursion, excursion_id)
     if ex is None:
-        raise NotFoundError(f"no excursion {excursion_id}")
+        raise NotFoundError(Reason(f"no excursion {excursion_id}", f"没有超标记录 {excursion_id}"))
     if ex.status == "superseded":
-        raise ConflictError(f"excursion {excursion_id} was superseded by re-evaluation")
+        raise ConflictError(Reason(f"excursion {excursion_id} was superseded by re-evaluation",
+                                   f"超标 {excursion_id} 已因重新评价被取代"))
     if not ex.needs_acknowledgement:
-        raise ConflictError(f"excursion {excursion_id} is acknowledged already at level {ex.level}")
+        raise ConflictError(Reason(f"excursion {excursion_id} is acknowledged already at level {ex.level}",
+                                   f"超标 {excursion_id} 已在“{LEVEL_ZH.get(ex.level, ex.level)}”级别确认"))
     now = now or utcnow()
     before = {"acknowledged_by": ex.acknowledged_by, "ack_level": ex.ack_level}
     ex.acknowledged_by, ex.acknowledged_at = actor.username, now

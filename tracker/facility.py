@@ -20,7 +20,7 @@ from sqlmodel import Field, Session, SQLModel, select
 
 from tracker import audit, signatures
 from tracker.db import UTCDateTime
-from tracker.errors import FacilityFileError, InvalidInputError, NotFoundError, PermissionDeniedError
+from tracker.errors import FacilityFileError, InvalidInputError, NotFoundError, PermissionDeniedError, Reason
 from tracker.limits import (
     GRADES,
     KINDS,
@@ -451,10 +451,13 @@ def load_facility(session: Session, facility: FacilityDef, *, actor: str,
         or site.limit_set != facility.limit_set)
     if limits_change:
         if approver is None:
-            raise PermissionDeniedError(
+            raise PermissionDeniedError(Reason(
                 f"the file changes the limits of {site.code}: QA must approve the change with an "
-                "e-signature (tracker facility load … --approve-as QA_USER)")
-        require_role(approver, "qa", action="approving a change of facility limits")
+                "e-signature (tracker facility load … --approve-as QA_USER)",
+                f"该文件更改了 {site.code} 的限度：须由 QA 以电子签名批准此更改"
+                "（tracker facility load … --approve-as QA_USER）"))
+        require_role(approver, "qa", action=Reason("approving a change of facility limits",
+                                                   "批准设施限度变更"))
     before_site = site.model_dump(exclude={"updated_at"}) if site else None
     if site is None:
         site = Site(code=facility.code, name=facility.name, updated_at=now)
@@ -563,10 +566,11 @@ def get_site(session: Session, code: str | None = None) -> Site:
     query = select(Site) if code is None else select(Site).where(Site.code == code)
     sites = session.exec(query).all()
     if not sites:
-        raise NotFoundError(f"no site {code!r}" if code else
-                            "no facility loaded yet: run `tracker facility load FILE`")
+        raise NotFoundError(Reason(f"no site {code!r}", f"没有场地 {code!r}") if code else
+                            Reason("no facility loaded yet: run `tracker facility load FILE`",
+                                   "尚未载入设施文件：请运行 `tracker facility load FILE`"))
     if len(sites) > 1:
-        raise InvalidInputError("several sites: name one with --site")
+        raise InvalidInputError(Reason("several sites: name one with --site", "有多个场地：请用 --site 指定"))
     return sites[0]
 
 
@@ -574,7 +578,8 @@ def find_room(session: Session, code: str, *, site_code: str | None = None) -> R
     site = get_site(session, site_code)
     room = session.exec(select(Room).where(Room.site_id == site.id, Room.code == code)).first()
     if room is None:
-        raise NotFoundError(f"no room {code!r} at site {site.code}")
+        raise NotFoundError(Reason(f"no room {code!r} at site {site.code}",
+                                   f"场地 {site.code} 没有房间 {code!r}"))
     return room
 
 

@@ -20,6 +20,7 @@ from tracker.rollups import RollupHourly
 from tracker.roomstate import OperationPeriod, RoomStateChange
 from tracker.signatures import Signature
 from tracker.users import User
+from tracker.web.sessions import WebSessionRow
 
 metadata = SQLModel.metadata
 
@@ -51,5 +52,6 @@ __all__ = [
     "Signature",
     "Site",
     "User",
+    "WebSessionRow",
     "metadata",
 ]

@@ -37,7 +37,15 @@ from sqlmodel import Field, Session, SQLModel, select
 
 from tracker import audit, signatures
 from tracker.db import UTCDateTime
-from tracker.errors import ConflictError, InvalidInputError, NotFoundError, PermissionDeniedError
+from tracker.errors import (
+    ConflictError,
+    InvalidInputError,
+    NotFoundError,
+    PermissionDeniedError,
+    Reason,
+    zh_word,
+    zh_words,
+)
 from tracker.facility import FacilityLimit, Monitor, Room, Site, find_room, limits_content
 from tracker.limits import STATES
 from tracker.readings import Reading
@@ -155,30 +163,36 @@ def propose(session: Session, *, actor: Authenticated, room_code: str, kind: str
             state: str, start: datetime, end: datetime, site_code: str | None = None,
             now: datetime | None = None) -> LimitProposal:
     """Compute and store a proposal (status ``proposed``); it changes nothing until approved."""
-    require_role(actor, "qa", action="proposing alert and action levels")
+    require_role(actor, "qa", action=Reason("proposing alert and action levels", "建议警戒和纠偏限度"))
     if kind not in SUPPORTED:
-        raise InvalidInputError(f"levels are proposed for {' and '.join(SUPPORTED)} only")
+        raise InvalidInputError(Reason(f"levels are proposed for {' and '.join(SUPPORTED)} only",
+                                       f"只为{zh_words(SUPPORTED, '和')}建议限度"))
     if state not in STATES:
-        raise InvalidInputError(f"state must be one of {', '.join(STATES)}")
+        raise InvalidInputError(Reason(f"state must be one of {', '.join(STATES)}",
+                                       f"状态须为以下之一：{zh_words(STATES)}"))
     if end <= start:
-        raise InvalidInputError("the period must end after it starts")
+        raise InvalidInputError(Reason("the period must end after it starts", "期间的结束须晚于开始"))
     channel = channel or ""
     if kind == "particles" and channel not in ("0.5", "5.0"):
-        raise InvalidInputError("particles need --channel 0.5 or 5.0")
+        raise InvalidInputError(Reason("particles need --channel 0.5 or 5.0",
+                                       "悬浮粒子须指定粒径 0.5 或 5.0"))
     room = find_room(session, room_code, site_code=site_code)
     site = session.get(Site, room.site_id)
     monitors = [m for m in session.exec(select(Monitor).where(Monitor.room_id == room.id,
                                                               Monitor.kind == kind, Monitor.active))
                 if kind != "particles" or channel in m.channels.split(",")]
     if not monitors:
-        raise NotFoundError(f"room {room_code} has no active {kind} monitor")
+        raise NotFoundError(Reason(f"room {room_code} has no active {kind} monitor",
+                                   f"房间 {room_code} 没有在用的{zh_word(kind)}监测点"))
     settings = get_settings()
     values, days = _values(session, [m.id for m in monitors], channel, state, start, end)
     if len(values) < settings.proposal_min_readings or len(days) < settings.proposal_min_days:
-        raise InvalidInputError(
+        raise InvalidInputError(Reason(
             f"too few data for a proposal: {len(values)} valid {state} readings on {len(days)} day(s) "
             f"in the period; at least {settings.proposal_min_readings} readings over "
-            f"{settings.proposal_min_days} days are needed")
+            f"{settings.proposal_min_days} days are needed",
+            f"数据不足以提出建议：期间内只有 {len(days)} 天共 {len(values)} 个有效的{zh_word(state)}读数；"
+            f"至少需要 {settings.proposal_min_days} 天共 {settings.proposal_min_readings} 个读数"))
     stats = describe(values)
     cur_alert, cur_action, regulatory = _current(session, site, room, kind, channel, state, monitors)
     bound = SUPPORTED[kind]
@@ -212,9 +226,10 @@ def to_json(session: Session, p: LimitProposal) -> dict:
 def _proposal(session: Session, proposal_id: int) -> LimitProposal:
     row = session.get(LimitProposal, proposal_id)
     if row is None:
-        raise NotFoundError(f"no limit proposal {proposal_id}")
+        raise NotFoundError(Reason(f"no limit proposal {proposal_id}", f"没有限度建议 {proposal_id}"))
     if row.status != "proposed":
-        raise ConflictError(f"limit proposal {proposal_id} is {row.status} already")
+        raise ConflictError(Reason(f"limit proposal {proposal_id} is {row.status} already",
+                                   f"限度建议 {proposal_id} 已是“{zh_word(row.status)}”"))
     return row
 
 
@@ -233,17 +248,24 @@ def approve(session: Session, *, signer: Authenticated, proposal_id: int, commen
     """QA approves with an e-signature; the levels take effect in a new facility revision."""
     from tracker.registry import build_registry
 
-    require_role(signer, "qa", action="approving alert and action levels")
+    require_role(signer, "qa", action=Reason("approving alert and action levels", "批准警戒和纠偏限度"))
     p = _proposal(session, proposal_id)
     if signer.username == p.proposed_by:
-        raise PermissionDeniedError("another QA person approves a proposal than the one who made it "
-                                    "(nobody checks their own entry)")
+        raise PermissionDeniedError(Reason("another QA person approves a proposal than the one who made it "
+                                           "(nobody checks their own entry)",
+                                           "限度建议须由提出人以外的另一位 QA 人员批准（任何人不得审核自己的"
+                                           "记录）"))
     site = session.get(Site, p.site_id)
     if site.revision != p.facility_revision:
-        raise ConflictError(f"the facility changed since proposal {p.id} was made (revision "
-                            f"{p.facility_revision} → {site.revision}): propose again from the same data")
+        raise ConflictError(Reason(f"the facility changed since proposal {p.id} was made (revision "
+                                   f"{p.facility_revision} → {site.revision}): "
+                                   "propose again from the same data",
+                                   f"提出建议 {p.id} 后设施已变更（版本 {p.facility_revision} "
+                                   f"→ {site.revision}）："
+                                   "请用同样的数据重新提出建议"))
     if any("looser" in note for note in json.loads(p.notes)) and not (comment and comment.strip()):
-        raise InvalidInputError(f"proposal {p.id} loosens a level in force: say why in the comment")
+        raise InvalidInputError(Reason(f"proposal {p.id} loosens a level in force: say why in the comment",
+                                       f"建议 {p.id} 放宽了现行限度：请在备注中说明理由"))
     now = now or utcnow()
     room_code = session.get(Room, p.room_id).code
     scope = (room_code, p.kind, p.channel or None, p.state)
@@ -281,9 +303,9 @@ def approve(session: Session, *, signer: Authenticated, proposal_id: int, commen
 
 def reject(session: Session, *, actor: Authenticated, proposal_id: int, reason: str,
            now: datetime | None = None) -> LimitProposal:
-    require_role(actor, "qa", action="rejecting a limit proposal")
+    require_role(actor, "qa", action=Reason("rejecting a limit proposal", "拒绝限度建议"))
     if not reason or not reason.strip():
-        raise InvalidInputError("a rejection needs its reason")
+        raise InvalidInputError(Reason("a rejection needs its reason", "拒绝须说明理由"))
     p = _proposal(session, proposal_id)
     now = now or utcnow()
     p.status, p.decided_by, p.decided_at, p.decision_reason = "rejected", actor.username, now, reason.strip()

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -29,12 +30,46 @@ from sqlmodel import Field, Session, SQLModel, select
 
 from tracker import audit
 from tracker.db import UTCDateTime
-from tracker.errors import InvalidInputError
+from tracker.errors import InvalidInputError, Reason, zh_words
 from tracker.timeutil import iso_utc, local_display, utcnow
 from tracker.users import Authenticated, require_fresh
 
 #: what a signature means (21 CFR 11.50(a)(3)); ``rejected`` records a signed refusal
 MEANINGS = ("performed", "reviewed", "approved", "released", "rejected")
+
+#: the statements the services sign with (stored in English, part of the seal) as zh-CN pages
+#: show them: (pattern over the stored text, Chinese with the pattern's groups)
+STATEMENTS_ZH: tuple[tuple[re.Pattern, str], ...] = tuple((re.compile(p), zh) for p, zh in (
+    (r"production head approves the batch record \(GMP 2010 Art\. 22\)",
+     "生产负责人批准批生产记录（GMP（2010）第二十二条）"),
+    (r"QA batch-record review incl\. environmental monitoring and deviations \(GMP 2010 Art\. 23, 230\)",
+     "QA 审核批生产记录，包括环境监测和偏差（GMP（2010）第二十三条、第二百三十条）"),
+    (r"qualified person releases the batch \(GMP 2010 Art\. 25, 230; 产品放行审核记录\)",
+     "质量受权人放行该批次（GMP（2010）第二十五条、第二百三十条；产品放行审核记录）"),
+    (r"batch rejected", "拒绝该批次"),
+    (r"operator confirms the step as performed \(GMP 2010 Art\. 174\)",
+     "操作人确认工序已按记录执行（GMP（2010）第一百七十四条）"),
+    (r"production head ends the step of (\S+), who could not \(their own performed signature is missing\)",
+     r"生产负责人代 \1 结束工序（其本人无法签署执行签名）"),
+    (r"QA approval of the investigation report \(GMP 2010 Art\. 250\)",
+     "QA 批准偏差调查报告（GMP（2010）第二百五十条）"),
+    (r"QA closure of the deviation", "QA 关闭偏差"),
+    (r"QA approves the change of facility limits \(revision (\d+)\)", r"QA 批准设施限度变更（版本 \1）"),
+    (r"QA approves data-driven levels of proposal (\d+) \(facility revision (\d+)\)",
+     r"QA 批准基于数据的限度建议 \1（设施版本 \2）"),
+    (r"QA prepared the annual evaluation report (\S+)", r"QA 编制年度评估报告 \1"),
+    (r"head of quality approves the annual evaluation report (\S+)", r"质量管理负责人批准年度评估报告 \1"),
+))
+PROBLEMS_ZH = {"the record changed after it was signed": "签名后记录被修改",
+               "the signature record itself was altered": "签名记录本身被篡改"}
+
+
+def statement_said(statement: str) -> Reason:
+    """A stored statement with its Chinese wording (the statement itself stays as signed)."""
+    for pattern, zh in STATEMENTS_ZH:
+        if pattern.fullmatch(statement):
+            return Reason(statement, pattern.sub(zh, statement))
+    return Reason(statement, statement)
 
 
 class Signature(SQLModel, table=True):
@@ -77,7 +112,8 @@ def sign(session: Session, *, signer: Authenticated, meaning: str, entity: str, 
          now: datetime | None = None) -> Signature:
     """Sign ``content`` (the record as it stands) with a fresh re-authentication; audited."""
     if meaning not in MEANINGS:
-        raise InvalidInputError(f"meaning must be one of {', '.join(MEANINGS)}")
+        raise InvalidInputError(Reason(f"meaning must be one of {', '.join(MEANINGS)}",
+                                       f"签名含义须为以下之一：{zh_words(MEANINGS)}"))
     now = now or utcnow()
     user = require_fresh(session, signer, now=now)
     text = canonical(content)
@@ -109,10 +145,11 @@ class SignatureCheck:
     def manifest(self, tz: str) -> dict:
         """What every human-readable form shows (21 CFR 11.50): name, time, meaning, status."""
         s = self.signature
+        problem = Reason(self.problem, PROBLEMS_ZH.get(self.problem, self.problem)) if self.problem else None
         return {"id": s.id, "printed_name": s.printed_name, "username": s.username, "meaning": s.meaning,
-                "scope": s.scope, "statement": s.statement, "signed_at": iso_utc(s.signed_at),
+                "scope": s.scope, "statement": statement_said(s.statement), "signed_at": iso_utc(s.signed_at),
                 "signed_at_local": local_display(s.signed_at, tz), "comment": s.comment,
-                "intact": self.intact, "status": self.status, "problem": self.problem}
+                "intact": self.intact, "status": self.status, "problem": problem}
 
 
 def _sealed(sig: Signature) -> str | None:

@@ -29,7 +29,16 @@ from sqlmodel import Field, Session, SQLModel, select
 
 from tracker import audit
 from tracker.db import UTCDateTime
-from tracker.errors import AuthenticationError, InvalidInputError, NotFoundError, PermissionDeniedError
+from tracker.errors import (
+    AuthenticationError,
+    InvalidInputError,
+    NotFoundError,
+    PermissionDeniedError,
+    Reason,
+    in_language,
+    zh_word,
+    zh_words,
+)
 from tracker.settings import get_settings
 from tracker.timeutil import utcnow
 
@@ -93,24 +102,29 @@ class Authenticated:
 def _check_roles(roles: list[str] | tuple[str, ...]) -> str:
     unknown = sorted(set(roles) - set(ROLES))
     if unknown:
-        raise InvalidInputError(f"unknown role(s) {', '.join(unknown)}; roles are {', '.join(ROLES)}")
+        raise InvalidInputError(Reason(f"unknown role(s) {', '.join(unknown)}; roles are {', '.join(ROLES)}",
+                                       f"未知角色 {', '.join(unknown)}；可用角色：{zh_words(ROLES)}"))
     if not roles:
-        raise InvalidInputError("a user needs at least one role")
+        raise InvalidInputError(Reason("a user needs at least one role", "用户至少需要一个角色"))
     for a, b in EXCLUSIVE_ROLES:
         if a in roles and b in roles:
-            why = ("GMP 2010 Art. 20: the production head and the QA head must not be the same person"
+            why = (Reason("GMP 2010 Art. 20: the production head and the QA head must not be the same person",
+                          "GMP（2010）第二十条：生产管理负责人和质量管理负责人不得互相兼任")
                    if {a, b} == {"production_head", "qa"}
-                   else "system administrators hold no GMP signing role (separation of duties)")
-            raise PermissionDeniedError(f"roles {a} and {b} cannot be held together ({why})")
+                   else Reason("system administrators hold no GMP signing role (separation of duties)",
+                               "系统管理员不担任任何 GMP 签名角色（职责分离）"))
+            raise PermissionDeniedError(Reason(f"roles {a} and {b} cannot be held together ({why})",
+                                               f"{zh_word(a)}与{zh_word(b)}角色不能由同一人兼任（{why.zh}）"))
     return ",".join(sorted(set(roles)))
 
 
 def _check_password(password: str, username: str) -> None:
     minimum = get_settings().password_min_length
     if len(password) < minimum:
-        raise InvalidInputError(f"the password must have at least {minimum} characters")
+        raise InvalidInputError(Reason(f"the password must have at least {minimum} characters",
+                                       f"密码至少需要 {minimum} 个字符"))
     if username.lower() in password.lower():
-        raise InvalidInputError("the password must not contain the user name")
+        raise InvalidInputError(Reason("the password must not contain the user name", "密码不得包含用户名"))
 
 
 def _public(user: User) -> dict:
@@ -121,7 +135,7 @@ def _public(user: User) -> dict:
 def get_user(session: Session, username: str) -> User:
     user = session.exec(select(User).where(User.username == username)).first()
     if user is None:
-        raise NotFoundError(f"no user {username!r}")
+        raise NotFoundError(Reason(f"no user {username!r}", f"没有用户 {username!r}"))
     return user
 
 
@@ -130,10 +144,14 @@ def count_users(session: Session) -> int:
 
 
 def require_role(actor: Authenticated, *roles: str, action: str) -> None:
-    """Refuse unless the actor holds one of ``roles`` (named in the message)."""
+    """Refuse unless the actor holds one of ``roles`` (named in the message; ``action`` is a
+    :class:`Reason` so that the refusal reads in Chinese too)."""
     if not actor.has(*roles):
-        raise PermissionDeniedError(f"{action} needs the role {' or '.join(roles)}; "
-                                    f"{actor.username} has {', '.join(sorted(actor.roles))}")
+        mine = sorted(actor.roles)
+        raise PermissionDeniedError(Reason(
+            f"{action} needs the role {' or '.join(roles)}; {actor.username} has {', '.join(mine)}",
+            f"{in_language(action, 'zh-CN')}需要{zh_words(roles, '或')}角色；{actor.username} 的角色是"
+            f"{zh_words(mine) or '无'}"))
 
 
 def create_user(session: Session, *, username: str, full_name: str, roles: list[str], password: str,
@@ -142,17 +160,22 @@ def create_user(session: Session, *, username: str, full_name: str, roles: list[
     admin created explicitly (there is no default password anywhere)."""
     if actor is None:
         if count_users(session):
-            raise PermissionDeniedError("users exist already: log in as an admin to create more")
+            raise PermissionDeniedError(Reason("users exist already: log in as an admin to create more",
+                                               "已有用户：请以系统管理员身份登录后再创建"))
         if "admin" not in roles:
-            raise InvalidInputError("the first account must be an admin")
+            raise InvalidInputError(Reason("the first account must be an admin",
+                                           "第一个账户必须是系统管理员"))
     else:
-        require_role(actor, "admin", action="creating users")
+        require_role(actor, "admin", action=Reason("creating users", "创建用户"))
     if not username or not username.replace("_", "").replace(".", "").replace("-", "").isalnum():
-        raise InvalidInputError("a user name uses letters, digits, '.', '_' and '-' only")
+        raise InvalidInputError(Reason("a user name uses letters, digits, '.', '_' and '-' only",
+                                       "用户名只能使用字母、数字以及“.”“_”“-”"))
     if session.exec(select(User).where(User.username == username)).first():
-        raise InvalidInputError(f"user {username!r} exists already (accounts are never reused)")
+        raise InvalidInputError(Reason(f"user {username!r} exists already (accounts are never reused)",
+                                       f"用户 {username!r} 已存在（账户不重复使用）"))
     if not full_name.strip():
-        raise InvalidInputError("the full name is required: it is printed with every signature")
+        raise InvalidInputError(Reason("the full name is required: it is printed with every signature",
+                                       "必须填写姓名：每个电子签名都会显示签名人姓名"))
     role_text = _check_roles(roles)
     _check_password(password, username)
     now = now or utcnow()
@@ -178,16 +201,17 @@ def authenticate(session: Session, *, username: str, password: str,
             _hasher().verify(_hasher_for(get_settings().password_hash_profile)[1], password)
         audit.record(session, actor=username[:60] or "?", action="auth.failure", entity="user",
                      entity_key=username[:200], reason="unknown user", at=now)
-        raise AuthenticationError("wrong user name or password")
+        raise AuthenticationError(Reason("wrong user name or password", "用户名或密码错误"))
     if not user.active:
         audit.record(session, actor=username, action="auth.failure", entity="user",
                      entity_key=username, reason="account deactivated", at=now)
-        raise AuthenticationError(f"account {username!r} is deactivated")
+        raise AuthenticationError(Reason(f"account {username!r} is deactivated", f"账户 {username!r} 已停用"))
     if user.locked_until is not None and user.locked_until > now:
         audit.record(session, actor=username, action="auth.failure", entity="user",
                      entity_key=username, reason="account locked", at=now)
-        raise AuthenticationError(f"account {username!r} is locked until "
-                                  f"{user.locked_until.isoformat()} after repeated failures")
+        raise AuthenticationError(Reason(
+            f"account {username!r} is locked until {user.locked_until.isoformat()} after repeated failures",
+            f"账户 {username!r} 因多次登录失败已锁定，至 {user.locked_until.isoformat()} 解锁"))
     try:
         _hasher().verify(user.password_hash, password)
     except (VerificationError, InvalidHashError):
@@ -205,11 +229,13 @@ def authenticate(session: Session, *, username: str, password: str,
                             "locked_until": user.locked_until.isoformat() if locked else None},
                      reason="wrong password", at=now)
         if locked:
-            raise AuthenticationError(f"wrong password; account {username!r} is now locked for "
-                                      f"{settings.lockout_minutes} minutes") from None
+            raise AuthenticationError(Reason(
+                f"wrong password; account {username!r} is now locked for {settings.lockout_minutes} minutes",
+                f"密码错误；账户 {username!r} 现已锁定 {settings.lockout_minutes} 分钟")) from None
         left = settings.lockout_attempts - user.failed_attempts
-        raise AuthenticationError(f"wrong user name or password ({left} attempt(s) left before "
-                                  "the account locks)") from None
+        raise AuthenticationError(Reason(
+            f"wrong user name or password ({left} attempt(s) left before the account locks)",
+            f"用户名或密码错误（再失败 {left} 次账户将被锁定）")) from None
     if user.failed_attempts or user.locked_until:
         user.failed_attempts, user.locked_until = 0, None
         session.add(user)
@@ -225,16 +251,21 @@ def require_fresh(session: Session, signer: Authenticated, *, now: datetime | No
     now = now or utcnow()
     window = get_settings().signature_window_s
     if not timedelta(0) <= now - signer.at <= timedelta(seconds=window):
-        raise AuthenticationError(f"a signature needs the password again (re-authentication older "
-                                  f"than {window} s)")
+        raise AuthenticationError(Reason(
+            f"a signature needs the password again (re-authentication older than {window} s)",
+            f"电子签名需要再次输入密码（上次验证已超过 {window} 秒）"))
     user = session.get(User, signer.user_id)
     if user is None or not user.active:
-        raise AuthenticationError(f"account {signer.username!r} is not active")
+        raise AuthenticationError(Reason(f"account {signer.username!r} is not active",
+                                         f"账户 {signer.username!r} 未启用"))
     if user.locked_until is not None and user.locked_until > now:
-        raise AuthenticationError(f"account {signer.username!r} is locked")
+        raise AuthenticationError(Reason(f"account {signer.username!r} is locked",
+                                         f"账户 {signer.username!r} 已锁定"))
     if user.must_change_password:
-        raise AuthenticationError(f"{signer.username} must first replace the password an administrator "
-                                  "set (tracker user passwd): only the owner may know a signing password")
+        raise AuthenticationError(Reason(
+            f"{signer.username} must first replace the password an administrator set (tracker user passwd): "
+            "only the owner may know a signing password",
+            f"{signer.username} 须先修改管理员设置的密码（tracker user passwd）：签名密码只能由本人知晓"))
     return user
 
 
@@ -245,14 +276,16 @@ def change_password(session: Session, *, actor: Authenticated, new_password: str
     user = session.get(User, actor.user_id)
     window = timedelta(seconds=get_settings().signature_window_s)
     if user is None or not user.active or now - actor.at > window:
-        raise AuthenticationError("give your current password again to change it")
+        raise AuthenticationError(Reason("give your current password again to change it",
+                                         "修改密码需要再次输入当前密码"))
     _check_password(new_password, user.username)
     try:
         _hasher().verify(user.password_hash, new_password)
     except VerificationError:
         pass
     else:
-        raise InvalidInputError("the new password must differ from the current one")
+        raise InvalidInputError(Reason("the new password must differ from the current one",
+                                       "新密码不得与当前密码相同"))
     user.password_hash, user.password_changed_at = _hasher().hash(new_password), now
     user.must_change_password = False
     session.add(user)
@@ -261,9 +294,9 @@ def change_password(session: Session, *, actor: Authenticated, new_password: str
 
 
 def set_password(session: Session, *, actor: Authenticated, username: str, new_password: str,
-                 reason: str, now: datetime | None = None) -> None:
+                 reason: str, now: datetime | None = None) -> User:
     """An admin resets someone's password (a forgotten one); audited with the reason."""
-    require_role(actor, "admin", action="resetting passwords")
+    require_role(actor, "admin", action=Reason("resetting passwords", "重置密码"))
     user = get_user(session, username)
     _check_password(new_password, username)
     now = now or utcnow()
@@ -273,11 +306,12 @@ def set_password(session: Session, *, actor: Authenticated, username: str, new_p
     session.add(user)
     audit.record(session, actor=actor.username, action="user.password_reset", entity="user",
                  entity_key=username, reason=reason, at=now)
+    return user
 
 
 def set_roles(session: Session, *, actor: Authenticated, username: str, roles: list[str], reason: str,
               now: datetime | None = None) -> User:
-    require_role(actor, "admin", action="changing roles")
+    require_role(actor, "admin", action=Reason("changing roles", "更改角色"))
     user = get_user(session, username)
     before = _public(user)
     user.roles = _check_roles(roles)
@@ -290,9 +324,10 @@ def set_roles(session: Session, *, actor: Authenticated, username: str, roles: l
 def deactivate(session: Session, *, actor: Authenticated, username: str, reason: str,
                now: datetime | None = None) -> User:
     """Deactivate an account (never delete: its signatures must keep their printed name)."""
-    require_role(actor, "admin", action="deactivating users")
+    require_role(actor, "admin", action=Reason("deactivating users", "停用用户"))
     if username == actor.username:
-        raise PermissionDeniedError("an admin cannot deactivate their own account")
+        raise PermissionDeniedError(Reason("an admin cannot deactivate their own account",
+                                          "系统管理员不能停用自己的账户"))
     user = get_user(session, username)
     before = _public(user)
     user.active = False
@@ -305,7 +340,7 @@ def deactivate(session: Session, *, actor: Authenticated, username: str, reason:
 
 def unlock(session: Session, *, actor: Authenticated, username: str, reason: str,
            now: datetime | None = None) -> User:
-    require_role(actor, "admin", action="unlocking accounts")
+    require_role(actor, "admin", action=Reason("unlocking accounts", "解锁账户"))
     user = get_user(session, username)
     user.failed_attempts, user.locked_until = 0, None
     session.add(user)

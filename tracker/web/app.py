@@ -16,7 +16,7 @@ from sqlalchemy import Engine
 from starlette.routing import BaseRoute, Mount
 
 from tracker.db import get_engine
-from tracker.errors import ConflictError, TrackerError
+from tracker.errors import ConflictError, Reason, TrackerError, in_language
 from tracker.settings import get_settings
 from tracker.web import access
 from tracker.web.config import WebSettings
@@ -57,7 +57,7 @@ def _add_handlers(app: FastAPI) -> None:
     @app.exception_handler(LoginRequired)
     async def _login_required(request: Request, exc: LoginRequired) -> Response:
         if _is_api(request):
-            return JSONResponse({"detail": "authentication required"}, status_code=401,
+            return JSONResponse(_bilingual(Reason("authentication required", "需要登录")), status_code=401,
                                 headers={"WWW-Authenticate": "Bearer"})
         target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
         return RedirectResponse(f"/login?next={quote(target)}", status_code=303)
@@ -65,21 +65,24 @@ def _add_handlers(app: FastAPI) -> None:
     @app.exception_handler(PasswordChangeRequired)
     async def _password_change(request: Request, exc: PasswordChangeRequired) -> Response:
         if _is_api(request):
-            return JSONResponse({"detail": "change the password an administrator set first"}, status_code=403)
+            return JSONResponse(_bilingual(Reason("change the password an administrator set first",
+                                                  "请先修改管理员设置的密码")), status_code=403)
         return RedirectResponse("/account/password", status_code=303)
 
     @app.exception_handler(Forbidden)
     async def _forbidden(request: Request, exc: Forbidden) -> Response:
+        message = exc.args[0] if exc.args else ""
         if _is_api(request):
-            return JSONResponse({"detail": str(exc)}, status_code=403)
+            return JSONResponse(_bilingual(message), status_code=403)
         _ = gettext(request)
-        return render(request, "error.html", status_code=403, title=_("Not allowed"), message=str(exc),
-                      reasons=[])
+        return render(request, "error.html", status_code=403, title=_("Not allowed"),
+                      message=in_language(message, request.state.lang), reasons=[])
 
     @app.exception_handler(CsrfError)
     async def _csrf(request: Request, exc: CsrfError) -> Response:
         if _is_api(request):
-            return JSONResponse({"detail": str(exc)}, status_code=403)
+            return JSONResponse(_bilingual(Reason(str(exc), "CSRF 令牌缺失或错误：请刷新页面后重试")),
+                                status_code=403)
         _ = gettext(request)
         return render(request, "error.html", status_code=403, title=_("Form expired"),
                       message=_("The form is missing its security token. Reload the page and try again."),
@@ -87,13 +90,18 @@ def _add_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(TrackerError)
     async def _tracker_error(request: Request, exc: TrackerError) -> Response:
-        reasons = exc.reasons if isinstance(exc, ConflictError) else []
+        reasons = exc.reasons if isinstance(exc, ConflictError) and exc.reasons != [exc.message] else []
         if _is_api(request):
-            body = {"detail": str(exc)}
-            if reasons:
-                body["reasons"] = reasons
+            body = _bilingual(str(exc))
+            body["detail_zh"] = (in_language(exc.message, "zh-CN") + "：" + "；".join(
+                in_language(r, "zh-CN") for r in reasons)) if reasons else in_language(exc.message, "zh-CN")
+            if isinstance(exc, ConflictError):
+                body["reasons"] = list(reasons or exc.reasons)
+                body["reasons_zh"] = [in_language(r, "zh-CN") for r in body["reasons"]]
             return JSONResponse(body, status_code=exc.status_code)
-        message = str(exc).split(": ")[0] if reasons else str(exc)
+        # pages show the words of the page's language; flashes keep plain text (they are stored)
+        lang = request.state.lang
+        message, reasons = exc.said(lang), [in_language(r, lang) for r in reasons]
         if request.method == "POST":
             ensure_web_session(request).flash("error", message, reasons)
             return RedirectResponse(back_path(request), status_code=303)
@@ -116,6 +124,11 @@ def _add_handlers(app: FastAPI) -> None:
                       reasons=fields)
 
 
+def _bilingual(message: str) -> dict:
+    """JSON error bodies: ``detail`` in English (stable for machines and logs) and ``detail_zh``."""
+    return {"detail": str(message), "detail_zh": in_language(message, "zh-CN")}
+
+
 def create_app(*, engine: Engine | None = None, settings: WebSettings | None = None) -> FastAPI:
     settings = settings or WebSettings()
     engine = engine or get_engine(get_settings().database_url)
@@ -126,7 +139,7 @@ def create_app(*, engine: Engine | None = None, settings: WebSettings | None = N
                   dependencies=[Depends(authorize), Depends(verify_csrf)])
     app.state.engine = engine
     app.state.web_settings = settings
-    app.state.sessions = SessionStore(settings.session_idle_minutes * 60)
+    app.state.sessions = SessionStore(engine, settings.session_idle_minutes * 60)
     app.state.login_limiter = RateLimiter(settings.login_attempts_per_minute)
     app.state.jinja = make_env()
     if settings.secret_key is None:
@@ -141,6 +154,8 @@ def create_app(*, engine: Engine | None = None, settings: WebSettings | None = N
         request.state.lang = pick_lang(request.cookies.get("lang"))
         response = await call_next(request)
         web = getattr(request.state, "web", None)
+        if web is not None:
+            store.save(web)                   # flashes added or shown during the request
         if web is not None and (getattr(request.state, "set_cookie", False) or sent != web.sid):
             response.set_cookie(COOKIE, web.sid, httponly=True, samesite="lax", path="/",
                                 secure=_secure(request, settings))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -18,7 +18,7 @@ from sqlalchemy import Engine
 from sqlmodel import Session
 
 from tracker.db import unit_of_work
-from tracker.errors import AuthenticationError
+from tracker.errors import AuthenticationError, Reason, zh_words
 from tracker.timeutil import utcnow
 from tracker.users import Authenticated, User, login
 from tracker.web import tokens
@@ -78,7 +78,8 @@ def ensure_web_session(request: Request) -> WebSession:
     return web
 
 
-def _user_principal(request: Request, user_id: int, via: str, fp: str | None = None) -> Principal | None:
+def _user_principal(request: Request, user_id: int, via: str, fp: str | None = None,
+                    logged_in_at: datetime | None = None) -> Principal | None:
     with Session(engine_of(request)) as s:
         user = s.get(User, user_id)
         if user is None or not user.active:
@@ -87,6 +88,8 @@ def _user_principal(request: Request, user_id: int, via: str, fp: str | None = N
             return None
         if fp is not None and tokens.fingerprint(user.password_hash) != fp:
             return None
+        if logged_in_at is not None and user.password_changed_at > logged_in_at:
+            return None               # the password changed since this session logged in
         return Principal(user.id, user.username, user.full_name, user.role_set, via,
                          user.must_change_password)
 
@@ -107,8 +110,9 @@ def resolve_principal(request: Request) -> Principal | None:
     else:
         web = web_session(request)
         if web is not None and web.user_id is not None:
-            principal = _user_principal(request, web.user_id, "session")
-            if principal is None:             # deactivated or locked meanwhile: log out
+            principal = _user_principal(request, web.user_id, "session",
+                                        logged_in_at=web.authenticated_at or datetime.min.replace(tzinfo=UTC))
+            if principal is None:             # deactivated, locked or password changed: log out
                 request.app.state.sessions.drop(web.sid)
                 request.state.web = None
                 request.state.clear_cookie = True
@@ -121,7 +125,8 @@ def authorize(request: Request) -> None:
     route = request.scope.get("route")
     roles = allowed(request.method, route.path) if route is not None else None
     if roles is None:
-        raise Forbidden(f"{request.method} {request.url.path} is not in the access table")
+        raise Forbidden(Reason(f"{request.method} {request.url.path} is not in the access table",
+                               f"{request.method} {request.url.path} 不在访问控制表中"))
     principal = resolve_principal(request)
     if ANONYMOUS in roles:
         return
@@ -130,8 +135,11 @@ def authorize(request: Request) -> None:
     if principal.must_change_password and route.path not in ("/account/password", "/logout"):
         raise PasswordChangeRequired()
     if not principal.roles & roles:
-        raise Forbidden(f"{request.method} {route.path} needs the role {' or '.join(sorted(roles))}; "
-                        f"{principal.username} has {', '.join(sorted(principal.roles))}")
+        raise Forbidden(Reason(
+            f"{request.method} {route.path} needs the role {' or '.join(sorted(roles))}; "
+            f"{principal.username} has {', '.join(sorted(principal.roles))}",
+            f"此操作需要{zh_words(sorted(roles), '或')}角色；{principal.username} 的角色是"
+            f"{zh_words(sorted(principal.roles))}"))
 
 
 def current_user(request: Request) -> Principal:

@@ -1,91 +1,166 @@
-"""Server-side sessions: the cookie holds only a random id; what it stands for stays here.
+"""Server-side sessions in the database: the cookie holds a random token, the table only its hash.
 
-Sessions live in the process (a restart logs everybody out, which fails safe). They end after
-``session_idle_minutes`` without a user request; the dashboard's background polling does not
-count as activity, so an unattended screen still times out.
+``tracker serve`` is stateless (DESIGN §6): any number of web workers over one database share
+the logins, and a restart logs nobody out. A session ends after ``session_idle_minutes``
+without a user request (the dashboard's background polling does not count as activity, so an
+unattended screen still times out), at logout, when its user is deactivated, and when the
+user's password changes after the session logged in (also a change made through the CLI or
+by another worker). A stolen copy of the table opens no session: it holds SHA-256 hashes.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import secrets
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from sqlalchemy import Column, Engine, Text, delete, update
+from sqlmodel import Field, Session, SQLModel, select
+
+from tracker.db import UTCDateTime
+from tracker.timeutil import utcnow
 
 COOKIE = "tracker_session"
 
 
+class WebSessionRow(SQLModel, table=True):
+    """One browser session; ``token_hash`` is the SHA-256 of the cookie's token."""
+
+    __tablename__ = "web_session"
+
+    id: int | None = Field(default=None, primary_key=True)
+    token_hash: str = Field(max_length=64, unique=True, index=True)
+    csrf: str = Field(max_length=64)
+    user_id: int | None = Field(default=None, foreign_key="app_user.id", index=True)
+    #: when the user logged in (a password change after it ends the session)
+    authenticated_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    created_at: datetime = Field(sa_type=UTCDateTime, nullable=False)
+    last_seen: datetime = Field(sa_type=UTCDateTime, nullable=False, index=True)
+    #: messages for the next page, already in the language of the page that made them
+    flashes: str = Field(default="[]", sa_column=Column(Text, nullable=False))
+
+
+def token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
 @dataclass
 class WebSession:
+    """The request's view of its session row; :meth:`SessionStore.save` writes changes back."""
+
     sid: str
     csrf: str
-    last_seen: float
+    last_seen: datetime
     user_id: int | None = None
-    username: str | None = None
-    must_change_password: bool = False
+    authenticated_at: datetime | None = None
     flashes: list[dict] = field(default_factory=list)
+    dirty: bool = False
 
     def flash(self, kind: str, message: str, reasons: list[str] | None = None) -> None:
-        self.flashes.append({"kind": kind, "message": message, "reasons": reasons or []})
+        self.flashes.append({"kind": kind, "message": str(message),
+                             "reasons": [str(r) for r in reasons or []]})
+        self.dirty = True
 
     def pop_flashes(self) -> list[dict]:
         out, self.flashes = self.flashes, []
+        self.dirty = self.dirty or bool(out)
         return out
 
 
 class SessionStore:
-    def __init__(self, idle_seconds: float, clock: Callable[[], float] = time.monotonic) -> None:
+    """Sessions in the ``web_session`` table; ``clock`` gives aware UTC times (tests move it)."""
+
+    def __init__(self, engine: Engine, idle_seconds: float, clock: Callable[[], datetime] = utcnow) -> None:
+        self.engine = engine
         self.idle_seconds = idle_seconds
         self.clock = clock
-        self._sessions: dict[str, WebSession] = {}
-        self._lock = threading.Lock()
 
-    def new(self) -> WebSession:
+    def _idle_before(self, now: datetime) -> datetime:
+        return now - timedelta(seconds=self.idle_seconds)
+
+    @contextmanager
+    def _tx(self, db: Session | None) -> Iterator[Session]:
+        """The request's unit of work when given (the change commits with it), else a short one."""
+        if db is not None:
+            yield db
+            return
+        with Session(self.engine) as s:
+            yield s
+            s.commit()
+
+    def new(self, *, user_id: int | None = None, flashes: list[dict] | None = None,
+            db: Session | None = None) -> WebSession:
         now = self.clock()
-        s = WebSession(sid=secrets.token_urlsafe(32), csrf=secrets.token_urlsafe(32), last_seen=now)
-        with self._lock:
+        web = WebSession(sid=secrets.token_urlsafe(32), csrf=secrets.token_urlsafe(32), last_seen=now,
+                         user_id=user_id, authenticated_at=now if user_id is not None else None,
+                         flashes=list(flashes or []))
+        with self._tx(db) as s:
             # forget idle sessions as new ones come (anonymous visitors must not pile up)
-            for sid in [k for k, v in self._sessions.items() if now - v.last_seen > self.idle_seconds]:
-                del self._sessions[sid]
-            self._sessions[s.sid] = s
-        return s
+            s.exec(delete(WebSessionRow).where(WebSessionRow.last_seen < self._idle_before(now)))
+            s.add(WebSessionRow(token_hash=token_hash(web.sid), csrf=web.csrf, user_id=user_id,
+                                authenticated_at=web.authenticated_at, created_at=now, last_seen=now,
+                                flashes=json.dumps(web.flashes, ensure_ascii=False)))
+        return web
 
     def get(self, sid: str | None, *, touch: bool = True) -> WebSession | None:
         if not sid:
             return None
         now = self.clock()
-        with self._lock:
-            s = self._sessions.get(sid)
-            if s is None:
+        with Session(self.engine) as s:
+            row = s.exec(select(WebSessionRow).where(WebSessionRow.token_hash == token_hash(sid))).first()
+            if row is None:
                 return None
-            if now - s.last_seen > self.idle_seconds:
-                del self._sessions[sid]
+            if row.last_seen < self._idle_before(now):
+                s.delete(row)
+                s.commit()
                 return None
             if touch:
-                s.last_seen = now
-            return s
+                row.last_seen = now
+                s.add(row)
+                s.commit()
+            return WebSession(sid=sid, csrf=row.csrf, last_seen=row.last_seen, user_id=row.user_id,
+                              authenticated_at=row.authenticated_at, flashes=json.loads(row.flashes))
 
-    def rotate(self, s: WebSession) -> WebSession:
-        """A new id and CSRF token at login (no session fixation); flashes carry over."""
-        fresh = self.new()
-        fresh.flashes = s.flashes
-        self.drop(s.sid)
+    def save(self, web: WebSession) -> None:
+        """Write the flashes back (the rest of a session does not change within a request)."""
+        if not web.dirty:
+            return
+        with Session(self.engine) as s:
+            s.exec(update(WebSessionRow).where(WebSessionRow.token_hash == token_hash(web.sid))
+                   .values(flashes=json.dumps(web.flashes, ensure_ascii=False)))
+            s.commit()
+        web.dirty = False
+
+    def login(self, web: WebSession, user_id: int) -> WebSession:
+        """A new token and CSRF token at login (no session fixation); flashes carry over."""
+        fresh = self.new(user_id=user_id, flashes=web.flashes)
+        self.drop(web.sid)
         return fresh
 
     def drop(self, sid: str) -> None:
-        with self._lock:
-            self._sessions.pop(sid, None)
+        with Session(self.engine) as s:
+            s.exec(delete(WebSessionRow).where(WebSessionRow.token_hash == token_hash(sid)))
+            s.commit()
 
-    def drop_user(self, user_id: int) -> None:
-        with self._lock:
-            for sid in [k for k, v in self._sessions.items() if v.user_id == user_id]:
-                del self._sessions[sid]
+    def drop_user(self, user_id: int, *, db: Session | None = None) -> None:
+        """End every session of the user (``db``: in the request's unit of work, with the change
+        that ends them)."""
+        with self._tx(db) as s:
+            s.exec(delete(WebSessionRow).where(WebSessionRow.user_id == user_id))
 
 
 class RateLimiter:
-    """At most ``limit`` events per key in a sliding minute (login attempts per address)."""
+    """At most ``limit`` events per key in a sliding minute (login attempts per address).
+
+    Kept per process: several workers each allow ``limit``, which still bounds guessing; the
+    account lockout (in the database) is the real limit on a password."""
 
     def __init__(self, limit: int, clock: Callable[[], float] = time.monotonic) -> None:
         self.limit, self.clock = limit, clock

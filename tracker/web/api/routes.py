@@ -1,21 +1,27 @@
 """``/api/v1`` routes."""
 
+from datetime import date, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Request
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 from sqlmodel import Session, select
 
-from batch_records.linking import decide_link, raise_deviation
-from batch_records.release import batch_report, qa_review, release, sign_production
+from batch_records.linking import decide_link, raise_deviation, sync_links
+from batch_records.models import Batch, ExcursionLink, ProcessStep
+from batch_records.release import batch_report, qa_review, reject, release, sign_production
 from batch_records.steps import get_batch, list_batches
-from tracker.audit import AuditEvent, verify_chain
+from tracker import deviations as dv
+from tracker.audit import page_events, verify_chain
 from tracker.dashboard import floor_view
 from tracker.deviations import get_deviation, list_deviations
-from tracker.errors import InvalidInputError, NotFoundError, TrackerError
+from tracker.errors import InvalidInputError, NotFoundError, Reason, TrackerError, in_language
 from tracker.excursions import acknowledge, list_excursions
 from tracker.facility import Monitor
-from tracker.proposals import list_proposals
+from tracker.proposals import LimitProposal, list_proposals, propose
+from tracker.proposals import approve as approve_proposal
+from tracker.proposals import reject as reject_proposal
+from tracker.proposals import to_json as proposal_json
 from tracker.quarantine import list_quarantine
 from tracker.readings import Reading
 from tracker.timeutil import iso_utc, parse_instant, utcnow
@@ -66,13 +72,74 @@ class SignRequest(BaseModel):
     comment: str | None = Field(default=None, max_length=2000)
 
 
+class RejectRequest(BaseModel):
+    password: str = Field(min_length=1, max_length=1000, description="re-authentication for the signature")
+    reason: str = Field(min_length=1, max_length=5000)
+
+
+class DeviationUpdate(BaseModel):
+    reason: str = Field(min_length=1, max_length=5000, description="why the record changes (Art. 161)")
+    title: str | None = Field(default=None, min_length=1, max_length=200)
+    classification: str | None = Field(default=None, max_length=20)
+    category: str | None = Field(default=None, min_length=1, max_length=60)
+    description: str | None = Field(default=None, min_length=1, max_length=5000)
+    root_cause: str | None = Field(default=None, min_length=1, max_length=5000)
+
+
+class ImpactRequest(BaseModel):
+    batch: str = Field(min_length=1, max_length=60)
+    impact: str = Field(max_length=20, description="none | minor | significant")
+    assessment: str = Field(min_length=1, max_length=5000)
+
+
+class JustificationRequest(BaseModel):
+    justification: str = Field(min_length=1, max_length=5000)
+
+
+class CapaRequest(BaseModel):
+    kind: str = Field(max_length=20, description="corrective | preventive")
+    description: str = Field(min_length=1, max_length=5000)
+    owner: str = Field(min_length=1, max_length=60)
+    due: date
+
+
+class CapaDone(BaseModel):
+    outcome: str = Field(min_length=1, max_length=5000)
+
+
+class CapaCheck(BaseModel):
+    effective: bool
+    note: str = Field(min_length=1, max_length=5000)
+
+
+class ProposalRequest(BaseModel):
+    room: str = Field(min_length=1, max_length=40)
+    kind: str = Field(max_length=20)
+    channel: str | None = Field(default=None, max_length=8)
+    state: str = Field(max_length=20)
+    start: datetime = Field(alias="from")
+    end: datetime = Field(alias="to")
+
+    @field_validator("start", "end")
+    @classmethod
+    def _aware(cls, value: datetime) -> datetime:
+        if value.tzinfo is None:
+            raise ValueError("give the time with its offset (ISO 8601)")
+        return value
+
+
+class ReasonRequest(BaseModel):
+    reason: str = Field(min_length=1, max_length=5000)
+
+
 @router.post("/tokens", response_model=TokenResponse)
 def create_token(request: Request, body: TokenRequest) -> TokenResponse:
     """Exchange a user name and password for a bearer token (the password is never stored)."""
     settings = request.app.state.web_settings
     client = request.client.host if request.client else "?"
     if not request.app.state.login_limiter.allow(client):
-        err = TrackerError("too many login attempts from this address; wait a minute")
+        err = TrackerError(Reason("too many login attempts from this address; wait a minute",
+                                  "该地址登录尝试过多；请稍候一分钟"))
         err.status_code = 429
         raise err
     who = login(engine_of(request), username=body.username, password=body.password)
@@ -126,7 +193,7 @@ def readings(me: CurrentUser, session: SessionDep, code: Key,
              limit: Annotated[int, Query(ge=1, le=100_000)] = 1440) -> list[Doc]:
     mon = session.exec(select(Monitor).where(Monitor.code == code)).first()
     if mon is None:
-        raise NotFoundError(f"no monitor {code!r}")
+        raise NotFoundError(Reason(f"no monitor {code!r}", f"没有监测点 {code!r}"))
     query = (select(Reading).where(Reading.monitor_id == mon.id)
              .order_by(Reading.event_time.desc()).limit(limit))
     try:
@@ -135,7 +202,8 @@ def readings(me: CurrentUser, session: SessionDep, code: Key,
         if end:
             query = query.where(Reading.event_time <= parse_instant(end))
     except ValueError as exc:
-        raise InvalidInputError(f"times are ISO 8601 with an offset: {exc}") from exc
+        raise InvalidInputError(Reason(f"times are ISO 8601 with an offset: {exc}",
+                                       f"时间须为带时区偏移的 ISO 8601 格式：{exc}")) from exc
     return [{"seq": r.seq, "channel": r.channel or None, "at": iso_utc(r.event_time), "value": r.value,
              "level": r.level, "state": r.state, "status": r.status}
             for r in reversed(session.exec(query).all())]
@@ -158,7 +226,115 @@ def create_deviation(me: CurrentUser, session: SessionDep, body: DeviationReques
 
 @router.get("/deviations/{number}")
 def deviation(me: CurrentUser, session: SessionDep, number: Key) -> Doc:
-    return deviation_doc(session, get_deviation(session, number))
+    """The deviation, its signatures, and ``missing``: what its current state still lacks."""
+    return _deviation_out(session, get_deviation(session, number))
+
+
+def _deviation_out(session: Session, dev) -> Doc:
+    session.flush()
+    missing = (dv.investigation_gaps(session, dev) if dev.status == "investigating"
+               else dv.closure_gaps(session, dev) if dev.status == "capa" else [])
+    return {**deviation_doc(session, dev), "missing": list(missing),
+            "missing_zh": [in_language(m, "zh-CN") for m in missing]}
+
+
+@router.post("/deviations/{number}/investigate")
+def deviation_investigate(me: CurrentUser, session: SessionDep, number: Key) -> Doc:
+    """open → investigating."""
+    dev = dv.start_investigation(session, actor=me.actor(), dev=get_deviation(session, number))
+    return _deviation_out(session, dev)
+
+
+@router.post("/deviations/{number}/update")
+def deviation_update(me: CurrentUser, session: SessionDep, number: Key, body: DeviationUpdate) -> Doc:
+    """Change fields before approval (title, classification, category, description, root cause)."""
+    fields = body.model_dump(exclude={"reason"}, exclude_none=True)
+    dev = dv.update_deviation(session, actor=me.actor(), dev=get_deviation(session, number),
+                              reason=body.reason, **fields)
+    return _deviation_out(session, dev)
+
+
+@router.post("/deviations/{number}/assess")
+def deviation_assess(me: CurrentUser, session: SessionDep, number: Key, body: ImpactRequest) -> Doc:
+    """The impact on one linked batch (Art. 249)."""
+    b = get_batch(session, body.batch)
+    dev = get_deviation(session, number)
+    dv.assess_impact(session, actor=me.actor(), dev=dev, batch_id=b.id, batch_number=b.number,
+                     impact=body.impact, assessment=body.assessment)
+    return _deviation_out(session, dev)
+
+
+@router.post("/deviations/{number}/approve")
+def deviation_approve(request: Request, me: CurrentUser, session: SessionDep, number: Key,
+                      body: SignRequest) -> Doc:
+    """QA approves the investigation report (e-signature: the password again) → ``capa``."""
+    signer = sign_in(request, me, body.password)
+    dev = dv.approve_investigation(session, signer=signer, dev=get_deviation(session, number),
+                                   comment=body.comment)
+    return _deviation_out(session, dev)
+
+
+@router.post("/deviations/{number}/no-capa")
+def deviation_no_capa(me: CurrentUser, session: SessionDep, number: Key, body: JustificationRequest) -> Doc:
+    """A minor deviation without CAPA: the written justification."""
+    dev = dv.justify_no_capa(session, actor=me.actor(), dev=get_deviation(session, number),
+                             justification=body.justification)
+    return _deviation_out(session, dev)
+
+
+@router.post("/deviations/{number}/close")
+def deviation_close(request: Request, me: CurrentUser, session: SessionDep, number: Key,
+                    body: SignRequest) -> Doc:
+    """QA closes the deviation (e-signature); 409 with ``reasons`` while something is missing."""
+    signer = sign_in(request, me, body.password)
+    dev = dv.close_deviation(session, signer=signer, dev=get_deviation(session, number), comment=body.comment)
+    return _deviation_out(session, dev)
+
+
+@router.post("/deviations/{number}/capa", status_code=201)
+def capa_add(me: CurrentUser, session: SessionDep, number: Key, body: CapaRequest) -> Doc:
+    action = dv.add_capa(session, actor=me.actor(), dev=get_deviation(session, number), kind=body.kind,
+                         description=body.description, owner=body.owner, due=body.due)
+    return _capa_doc(session, action)
+
+
+def _capa_doc(session: Session, action) -> Doc:
+    session.flush()
+    dev = session.get(dv.Deviation, action.deviation_id)
+    return {"id": action.id, "deviation": dev.number, "kind": action.kind, "description": action.description,
+            "owner": action.owner, "due": action.due.isoformat(), "status": action.status,
+            "outcome": action.outcome, "checked_by": action.checked_by,
+            "effectiveness_note": action.effectiveness_note}
+
+
+@router.post("/capa/{capa_id}/done")
+def capa_done(me: CurrentUser, session: SessionDep, capa_id: Id, body: CapaDone) -> Doc:
+    """The owner (or QA) records the action done."""
+    action = dv.complete_capa(session, actor=me.actor(), capa_id=capa_id, outcome=body.outcome)
+    return _capa_doc(session, action)
+
+
+@router.post("/capa/{capa_id}/check")
+def capa_check(me: CurrentUser, session: SessionDep, capa_id: Id, body: CapaCheck) -> Doc:
+    """QA's effectiveness check (Art. 253), never by the owner."""
+    return _capa_doc(session, dv.check_effectiveness(session, actor=me.actor(), capa_id=capa_id,
+                                                     effective=body.effective, note=body.note))
+
+
+@router.get("/links")
+def links(me: CurrentUser, session: SessionDep,
+          status: Annotated[str | None, Query(max_length=20)] = None) -> list[Doc]:
+    """Exposure links (excursion ↔ process step) for QA to confirm or reject; ``status=proposed``
+    for the pending ones."""
+    sync_links(session)
+    query = (select(ExcursionLink, Batch.number, ProcessStep.name)
+             .join(Batch, Batch.id == ExcursionLink.batch_id)
+             .join(ProcessStep, ProcessStep.id == ExcursionLink.step_id).order_by(ExcursionLink.id))
+    if status:
+        query = query.where(ExcursionLink.status == status)
+    return [{"id": link.id, "excursion": link.excursion_id, "batch": number, "step": link.step_id,
+             "step_name": name, "status": link.status, "reason": link.reason, "decided_by": link.decided_by}
+            for link, number, name in session.exec(query).all()]
 
 
 @router.post("/links/{link_id}/decide")
@@ -199,6 +375,16 @@ def batch_review(request: Request, me: CurrentUser, session: SessionDep, number:
     return _signed(request, me, session, number, body, qa_review)
 
 
+@router.post("/batches/{number}/reject")
+def batch_reject(request: Request, me: CurrentUser, session: SessionDep, number: Key,
+                 body: RejectRequest) -> Doc:
+    """QA or the QP rejects the batch (e-signature with the reason)."""
+    signer = sign_in(request, me, body.password)
+    b = reject(session, signer=signer, batch=get_batch(session, number), reason=body.reason)
+    session.flush()
+    return batch_report(session, b)
+
+
 @router.post("/batches/{number}/release")
 def batch_release(request: Request, me: CurrentUser, session: SessionDep, number: Key,
                   body: SignRequest) -> Doc:
@@ -218,23 +404,52 @@ def quarantine(me: CurrentUser, session: SessionDep,
 @router.get("/audit")
 def audit(me: CurrentUser, session: SessionDep, entity: Annotated[str | None, Query(max_length=80)] = None,
           key: Annotated[str | None, Query(max_length=200)] = None,
-          limit: Annotated[int, Query(ge=1, le=10_000)] = 500) -> Doc:
+          actor: Annotated[str | None, Query(max_length=120)] = None,
+          action: Annotated[str | None, Query(max_length=80, description="a prefix, e.g. signature.")] = None,
+          before: Annotated[int | None, Query(ge=0, le=2**62, description="older than this id")] = None,
+          after: Annotated[int | None, Query(ge=0, le=2**62, description="newer than this id")] = None,
+          limit: Annotated[int, Query(ge=1, le=1000)] = 500) -> Doc:
+    """The audit trail newest first, ``limit`` at a time; follow ``page.older`` (as ``before``)
+    or ``page.newer`` (as ``after``) for the neighbouring pages. ``chain`` covers every event."""
     intact, count, broken = verify_chain(session)
-    query = select(AuditEvent).order_by(AuditEvent.id.desc()).limit(limit)
-    if entity:
-        query = query.where(AuditEvent.entity == entity)
-    if key:
-        query = query.where(AuditEvent.entity_key == key)
+    page = page_events(session, actor=actor, action=action, entity=entity, key=key, before=before,
+                       after=after, size=limit)
     return {"chain": {"intact": intact, "events": count, "first_broken": broken},
+            "page": {"total": page.total, "older": page.older, "newer": page.newer},
             "events": [{"id": e.id, "at": iso_utc(e.at), "actor": e.actor, "action": e.action,
                         "entity": e.entity, "key": e.entity_key, "before": e.before, "after": e.after,
-                        "reason": e.reason, "hash": e.hash} for e in session.exec(query)]}
+                        "reason": e.reason, "hash": e.hash} for e in page.events]}
 
 
 @router.get("/limits/proposals")
 def proposals(me: CurrentUser, session: SessionDep,
               status: Annotated[str | None, Query(max_length=20)] = None) -> list[Doc]:
     return list_proposals(session, status=status)
+
+
+@router.post("/limits/proposals", status_code=201)
+def proposal_create(me: CurrentUser, session: SessionDep, body: ProposalRequest) -> Doc:
+    """Alert and action levels computed from a period of valid readings (percentiles)."""
+    row = propose(session, actor=me.actor(), room_code=body.room, kind=body.kind, channel=body.channel,
+                  state=body.state, start=body.start, end=body.end)
+    return proposal_json(session, row)
+
+
+@router.post("/limits/proposals/{proposal_id}/approve")
+def proposal_approve(request: Request, me: CurrentUser, session: SessionDep, proposal_id: Id,
+                     body: SignRequest) -> Doc:
+    """QA (not the proposer) approves with an e-signature: a new facility revision."""
+    signer = sign_in(request, me, body.password)
+    approve_proposal(session, signer=signer, proposal_id=proposal_id, comment=body.comment)
+    session.flush()
+    return proposal_json(session, session.get(LimitProposal, proposal_id))
+
+
+@router.post("/limits/proposals/{proposal_id}/reject")
+def proposal_reject(me: CurrentUser, session: SessionDep, proposal_id: Id, body: ReasonRequest) -> Doc:
+    reject_proposal(session, actor=me.actor(), proposal_id=proposal_id, reason=body.reason)
+    session.flush()
+    return proposal_json(session, session.get(LimitProposal, proposal_id))
 
 
 @router.get("/users")

@@ -2,14 +2,14 @@
 
 import json
 from typing import Annotated, Literal
+from urllib.parse import urlencode
 
 from fastapi import APIRouter, Form, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
-from sqlalchemy import func
 from sqlmodel import select
 
 from tracker import signatures, users
-from tracker.audit import AuditEvent, verify_chain
+from tracker.audit import page_events, verify_chain
 from tracker.errors import InvalidInputError
 from tracker.facility import FacilityLimit, limits_content
 from tracker.proposals import approve, list_proposals, propose, reject
@@ -70,23 +70,24 @@ def audit_page(request: Request, me: CurrentUser, session: SessionDep,
                actor: Annotated[str | None, Query(max_length=120)] = None,
                action: Annotated[str | None, Query(max_length=80)] = None,
                entity: Annotated[str | None, Query(max_length=80)] = None,
-               key: Annotated[str | None, Query(max_length=200)] = None) -> HTMLResponse:
+               key: Annotated[str | None, Query(max_length=200)] = None,
+               before: Annotated[int | None, Query(ge=0, le=2**62)] = None,
+               after: Annotated[int | None, Query(ge=0, le=2**62)] = None) -> HTMLResponse:
+    """The trail, newest first, a page at a time (``before``/``after``: keyset cursors), with the
+    filter kept across pages and the whole chain's status."""
     intact, count, broken = verify_chain(session)
-    query = select(AuditEvent).order_by(AuditEvent.id.desc()).limit(PAGE)
-    if actor:
-        query = query.where(AuditEvent.actor == actor)
-    if action:
-        query = query.where(AuditEvent.action.startswith(action))
-    if entity:
-        query = query.where(AuditEvent.entity == entity)
-    if key:
-        query = query.where(AuditEvent.entity_key == key)
-    total = session.exec(select(func.count()).select_from(AuditEvent)).one()
-    return render(request, "audit.html", events=session.exec(query).all(), intact=intact, count=count,
-                  report_year=utcnow().year - 1,
-                  broken=broken, total=total,
-                  filters={"actor": actor or "", "action": action or "", "entity": entity or "",
-                           "key": key or ""})
+    filters = {"actor": actor or "", "action": action or "", "entity": entity or "", "key": key or ""}
+    page = page_events(session, actor=actor, action=action, entity=entity, key=key, before=before,
+                       after=after, size=PAGE)
+
+    def link(**cursor) -> str:
+        return "/audit?" + urlencode({k: v for k, v in {**filters, **cursor}.items() if v not in ("", None)})
+
+    return render(request, "audit.html", events=page.events, intact=intact, count=count,
+                  report_year=utcnow().year - 1, broken=broken, total=page.total, page_size=PAGE,
+                  newer_url=link(after=page.newer) if page.newer else None,
+                  older_url=link(before=page.older) if page.older else None,
+                  newest_url=link() if page.newer else None, filters=filters)
 
 
 @router.get("/limits", response_class=HTMLResponse)
@@ -165,7 +166,7 @@ def user_unlock(request: Request, me: CurrentUser, session: SessionDep, username
 def user_deactivate(request: Request, me: CurrentUser, session: SessionDep, username: str,
                     reason: Text) -> RedirectResponse:
     user = users.deactivate(session, actor=me.actor(), username=username, reason=reason)
-    request.app.state.sessions.drop_user(user.id)
+    request.app.state.sessions.drop_user(user.id, db=session)
     return done(request, "/users", tr(request, "Account deactivated."))
 
 
@@ -179,5 +180,7 @@ def user_roles(request: Request, me: CurrentUser, session: SessionDep, username:
 @router.post("/users/{username}/reset-password")
 def user_reset(request: Request, me: CurrentUser, session: SessionDep, username: str,
                password: Annotated[str, Form(max_length=1000)], reason: Text) -> RedirectResponse:
-    users.set_password(session, actor=me.actor(), username=username, new_password=password, reason=reason)
+    user = users.set_password(session, actor=me.actor(), username=username, new_password=password,
+                              reason=reason)
+    request.app.state.sessions.drop_user(user.id, db=session)
     return done(request, "/users", tr(request, "Password reset; the owner must change it."))

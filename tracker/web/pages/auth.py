@@ -43,10 +43,9 @@ def login_submit(request: Request, username: Annotated[str, Form(max_length=60)]
     try:
         who = login(engine_of(request), username=username.strip(), password=password)
     except AuthenticationError as exc:
-        return render(request, "login.html", status_code=401, next=_safe_next(next), error=str(exc))
-    store = request.app.state.sessions
-    web = store.rotate(ensure_web_session(request))
-    web.user_id, web.username = who.user_id, who.username
+        return render(request, "login.html", status_code=401, next=_safe_next(next),
+                      error=exc.said(request.state.lang))
+    web = request.app.state.sessions.login(ensure_web_session(request), who.user_id)
     request.state.web = web
     request.state.set_cookie = True
     with Session(engine_of(request)) as s:
@@ -88,4 +87,9 @@ def password_submit(request: Request, me: CurrentUser, session: SessionDep,
         raise InvalidInputError(_("The two new passwords differ."))
     actor = login(engine_of(request), username=me.username, password=current)
     change_password(session, actor=actor, new_password=new)
+    # every session of the user ends, on every worker (in this unit of work, with the change) …
+    store = request.app.state.sessions
+    store.drop_user(me.user_id, db=session)
+    request.state.web = store.new(user_id=me.user_id, db=session)   # … this one goes on, new token
+    request.state.set_cookie = True
     return done(request, "/", _("Password changed."))
