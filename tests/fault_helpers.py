@@ -4,6 +4,7 @@ restart, a database outage for SQLite and PostgreSQL, and an in-process referenc
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -28,6 +29,7 @@ from tracker.excursions import list_excursions
 from tracker.facility import Monitor
 from tracker.intake import Intake
 from tracker.readings import RawMessage
+from tracker.rollups import RollupHourly
 from tracker.timeutil import utcnow
 
 STATS = re.compile(r"ingest stats: (.*)$")
@@ -244,6 +246,16 @@ def episodes(engine: Engine, *, include_superseded: bool = False) -> list[tuple]
     return sorted((r["type"], r["monitor"], r["channel"] or "", r["level"], r["state"],
                    r["started_at"], r["ended_at"] or "", r["peak"] if r["ended_at"] else None,
                    r["limit"], r["readings"], r["status"], r["direction"]) for r in rows)
+
+
+def rollups(engine: Engine) -> list[tuple]:
+    """Hourly rollups by monitor code; the sum rounded (its float order depends on arrival)."""
+    with unit_of_work(engine) as s:
+        rows = s.exec(select(Monitor.code, RollupHourly)
+                      .join(Monitor, Monitor.id == RollupHourly.monitor_id)).all()
+    return sorted((code, r.channel, r.hour, r.count, r.invalid, r.n_alert, r.n_action, r.vmin,
+                   r.vmax, round(r.vsum, 6), json.dumps(json.loads(r.hist), sort_keys=True))
+                  for code, r in rows)
 
 
 def ingest_directly(engine: Engine, messages: Iterable[tuple[str, bytes]], *,

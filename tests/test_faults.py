@@ -31,6 +31,7 @@ from tests.fault_helpers import (
     episodes,
     ingest_directly,
     publish_paced,
+    rollups,
     stored_count,
     stored_keys,
 )
@@ -329,6 +330,7 @@ def test_flood_of_10000_malformed_messages_beside_full_rate_valid_traffic(
         ("limit", "T-B1-DP", "action"), ("limit", "T-B1-PC", "action"),
         ("limit", "T-B1-T", "action")}
     assert episodes(facility_engine) == expected
+    assert rollups(facility_engine) == rollups(reference)
 
 
 # --------------------------------------------------------------------------- backfill burst
@@ -437,6 +439,7 @@ def test_backfill_burst_one_hour_from_60_monitors_while_live_traffic_continues(
     expected = episodes(reference)
     got = episodes(engine)
     assert got == expected
+    assert rollups(engine) == rollups(reference)      # the hourly rollups took late data too
     gaps = [e for e in got if e[0] == "data_gap"]
     assert sorted(e[1] for e in gaps) == sorted(lost)     # shrunk, not gone
     for e in gaps:
