@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import shutil
 import socket
 import subprocess
@@ -104,6 +105,7 @@ class LocalBroker:
 
     def start(self) -> LocalBroker:
         if self.kind == "mosquitto":
+            self._hand_data_dir_to_mosquitto()
             conf = self.data_dir / "mosquitto.conf"
             conf.write_text(MOSQUITTO_CONF.format(
                 port=self.port, data_dir=self.data_dir,
@@ -115,6 +117,14 @@ class LocalBroker:
             self._start_amqtt()
         wait_for_port(self.port)
         return self
+
+    def _hand_data_dir_to_mosquitto(self) -> None:
+        """Started as root, mosquitto drops to its ``mosquitto`` user: without write access to
+        the data directory it silently keeps neither its log nor its persistence file, and a
+        restart then loses every queued QoS 1 message (tests/test_faults.py found this)."""
+        if os.geteuid() == 0:
+            with contextlib.suppress(LookupError, OSError):
+                shutil.chown(self.data_dir, user="mosquitto")
 
     def _start_amqtt(self) -> None:
         from amqtt.broker import Broker  # optional fallback, imported only when needed

@@ -4,6 +4,13 @@ QoS 1 on a persistent session with paho's manual acknowledgement: a message is
 acknowledged to the broker only once its reading (or its quarantine row) is committed,
 so a crash at any point leaves it with the broker, which redelivers it; the (monitor, seq)
 identity absorbs what was already stored. The paho network thread only queues bytes.
+
+Back-pressure: at most :attr:`IngestOptions.window` messages (2 × the batch size) are held
+unacknowledged. With MQTT v5 the broker is told so (Receive Maximum) and keeps the rest
+queued in the persistent session. The worker also stops reading the socket while that many
+are pending, whatever the protocol: mosquitto 2.0.11 honours the first window but releases
+more than was acknowledged afterwards (eclipse-mosquitto/mosquitto#2301), and MQTT 3.1.1 has
+no Receive Maximum. A database outage therefore never turns into unbounded memory here.
 """
 
 from __future__ import annotations
@@ -11,7 +18,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -19,6 +27,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.subscribeoptions import SubscribeOptions
 from sqlalchemy import Engine
 from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError, SQLAlchemyError
+from sqlmodel import Session
 
 from sensors.ingest import BatchProcessor, InboundMessage
 from sensors.mqtt import BrokerAddress, connect, make_client
@@ -33,6 +42,10 @@ from tracker.trends import TrendRule
 log = logging.getLogger(__name__)
 #: errors that mean "the database is not there right now": wait and retry the same batch
 TRANSIENT = (OperationalError, InterfaceError, DisconnectionError)
+#: how long one attempt waits on a locked SQLite file before the batch counts as failed and is
+#: retried: the connection's default (30 s, tracker.db) would stall the MQTT loop, SIGTERM and
+#: the keepalive for that long
+SQLITE_LOCK_WAIT_MS = 5000
 
 
 @dataclass
@@ -44,6 +57,16 @@ class IngestStats:
     batches: int = 0
     db_errors: int = 0
     connected: bool = False
+    #: messages held unacknowledged now, and the most ever held (the back-pressure bound)
+    pending: int = 0
+    max_pending: int = 0
+
+    def line(self) -> str:
+        """One log line the operator (and the fault tests, from a subprocess) can read."""
+        return (f"ingest stats: received={self.received} stored={self.stored} "
+                f"duplicates={self.duplicates} quarantined={self.quarantined} "
+                f"batches={self.batches} pending={self.pending} max_pending={self.max_pending} "
+                f"db_errors={self.db_errors} connected={self.connected}")
 
 
 @dataclass(frozen=True)
@@ -61,6 +84,12 @@ class IngestOptions:
     gap_check_s: float = 5.0
     trend_alerts: int = 3
     trend_window_h: float = 24.0
+    stats_interval_s: float = 60.0
+
+    @property
+    def window(self) -> int:
+        """Most messages held unacknowledged: the batch being stored and the next one."""
+        return min(2 * self.batch_size, 65535)
 
     @classmethod
     def from_settings(cls, settings: Settings, *, subscription: str | None = None,
@@ -74,7 +103,8 @@ class IngestOptions:
                    future_tolerance=timedelta(seconds=settings.future_tolerance_s),
                    close_after=settings.excursion_close_after, ca_file=settings.mqtt_ca_file,
                    gap_factor=settings.gap_factor, gap_check_s=settings.gap_check_s,
-                   trend_alerts=settings.trend_alerts, trend_window_h=settings.trend_window_h)
+                   trend_alerts=settings.trend_alerts, trend_window_h=settings.trend_window_h,
+                   stats_interval_s=settings.ingest_stats_s)
 
 
 class Ingester:
@@ -99,6 +129,8 @@ class Ingester:
                              trend=TrendRule(alerts=options.trend_alerts,
                                              window=timedelta(hours=options.trend_window_h)))
         self._next_silence_check = 0.0
+        self._next_stats = time.monotonic() + options.stats_interval_s
+        self._sqlite = engine.dialect.name == "sqlite"
         self.processor = BatchProcessor(self.intake, max_payload_bytes=options.max_payload_bytes,
                                         future_tolerance=options.future_tolerance)
         self.client = make_client(broker, client_id=options.client_id, protocol=options.protocol,
@@ -142,6 +174,8 @@ class Ingester:
         self.pending.append(InboundMessage(topic=msg.topic, payload=msg.payload,
                                            received_at=utcnow(), mid=msg.mid, qos=msg.qos,
                                            dup=bool(msg.dup), epoch=self._epoch))
+        self.stats.pending = len(self.pending)
+        self.stats.max_pending = max(self.stats.max_pending, self.stats.pending)
 
     # network I/O
     def _pump(self, timeout: float, stop: threading.Event) -> None:
@@ -157,7 +191,8 @@ class Ingester:
                 if reconnect:
                     self.client.reconnect()
                 else:
-                    connect(self.client, self.broker, persistent=True)
+                    connect(self.client, self.broker, persistent=True,
+                            receive_maximum=self.options.window)
                 return True
             except OSError as exc:
                 log.warning("broker %s not reachable (%s); retrying in %.0fs",
@@ -171,13 +206,25 @@ class Ingester:
             len(self.pending) >= self.options.batch_size
             or time.monotonic() - self._pending_since >= self.options.linger_s)
 
+    def _may_read(self) -> bool:
+        """Read the socket only below the bound; beyond it the broker (and TCP) hold the rest."""
+        return len(self.pending) < self.options.window
+
     # storage
+    @contextmanager
+    def _transaction(self) -> Iterator[Session]:
+        """A unit of work that gives up on a locked SQLite file after a short wait."""
+        with unit_of_work(self.engine) as session:
+            if self._sqlite:
+                session.connection().exec_driver_sql(f"PRAGMA busy_timeout={SQLITE_LOCK_WAIT_MS}")
+            yield session
+
     def _store(self, batch: list[InboundMessage]) -> BatchOutcome:
         """One transaction; a message the database itself refuses (a value no check foresaw)
         must not block every later one, so such a batch is retried message by message and
         the offender is quarantined with the database's reason."""
         try:
-            with unit_of_work(self.engine) as session:
+            with self._transaction() as session:
                 return self.processor.process(session, batch)
         except TRANSIENT:
             raise
@@ -185,7 +232,7 @@ class Ingester:
             self.intake.forget()
             if len(batch) == 1:
                 log.warning("database refused message on %s: %s", batch[0].topic, exc)
-                with unit_of_work(self.engine) as session:
+                with self._transaction() as session:
                     return self.intake.store(session, [], [Rejection(
                         batch[0].received_at, batch[0].topic, batch[0].payload,
                         Reason.SCHEMA.value, f"database refused it: {type(exc).__name__}: "
@@ -209,15 +256,22 @@ class Ingester:
             except TRANSIENT:
                 self.stats.db_errors += 1
                 self.intake.forget()
-                log.warning("database unavailable; batch of %d kept unacknowledged, retrying in "
-                            "%.1fs", len(batch), delay, exc_info=True)
+                log.warning("database unavailable; batch of %d kept unacknowledged (%d pending, "
+                            "bound %d), retrying in %.1fs", len(batch), len(self.pending),
+                            self.options.window, delay, exc_info=True)
                 if stop.is_set():
                     return False  # leave it unacknowledged: the broker redelivers it
                 deadline = time.monotonic() + delay
-                while time.monotonic() < deadline:  # keep the connection alive meanwhile
-                    self._pump(min(0.1, delay), stop)
+                while time.monotonic() < deadline and not stop.is_set():
+                    if self._may_read():  # keep the connection alive meanwhile
+                        self._pump(min(0.1, delay), stop)
+                    else:                 # full: let the broker keep the rest
+                        self.client.loop_misc()   # but keep the keepalive pings going
+                        stop.wait(min(0.1, delay))
+                    self._report_stats()
                 delay = min(delay * 2, 30.0)
         del self.pending[:len(batch)]
+        self.stats.pending = len(self.pending)
         if self.pending:
             self._pending_since = time.monotonic()
         for msg in batch:
@@ -238,11 +292,17 @@ class Ingester:
             return
         self._next_silence_check = time.monotonic() + self.options.gap_check_s
         try:
-            with unit_of_work(self.engine) as session:
+            with self._transaction() as session:
                 self.intake.check_silence(session)
         except TRANSIENT:
             self.intake.forget()
             log.warning("database unavailable for the silence check; trying again later")
+
+    def _report_stats(self) -> None:
+        """Every ``stats_interval_s``: one INFO line with the counters and the pending bound."""
+        if time.monotonic() >= self._next_stats:
+            self._next_stats = time.monotonic() + self.options.stats_interval_s
+            log.info("%s", self.stats.line())
 
     def run(self, stop: threading.Event) -> IngestStats:
         """Connect, then store batches until ``stop``; the last batch is committed first."""
@@ -252,13 +312,16 @@ class Ingester:
             return self.stats
         try:
             while not stop.is_set():
-                self._pump(0.05, stop)
+                if self._may_read():
+                    self._pump(0.05, stop)
                 if self._due() and not self._commit(stop):
                     break
                 self._check_silence()
+                self._report_stats()
             while self.pending and self._commit(stop):
                 pass
         finally:
             self.client.disconnect()
             self.client.loop(timeout=0.1)  # flush the last acknowledgements and DISCONNECT
+            log.info("%s", self.stats.line())
         return self.stats

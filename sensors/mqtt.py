@@ -80,15 +80,17 @@ def make_client(
 
 
 def connect(client: mqtt.Client, address: BrokerAddress, *, persistent: bool = False,
-            keepalive: int = 30) -> None:
-    """Connect; for MQTT v5 a persistent session is ``clean_start=False`` plus an expiry."""
+            keepalive: int = 30, receive_maximum: int = 65535) -> None:
+    """Connect; for MQTT v5 a persistent session is ``clean_start=False`` plus an expiry.
+
+    ``receive_maximum`` (MQTT v5 only) caps the QoS 1 messages the broker sends us without
+    an acknowledgement: the rest wait in the broker's queue, which is our back-pressure.
+    """
     if client.protocol == mqtt.MQTTv5:
         props = Properties(PacketTypes.CONNECT)
         if persistent:
             props.SessionExpiryInterval = SESSION_EXPIRY_S
-        # Let the broker keep many unacknowledged QoS 1 messages in flight to us:
-        # we acknowledge per committed batch, not per message.
-        props.ReceiveMaximum = 65535
+        props.ReceiveMaximum = max(1, min(receive_maximum, 65535))
         client.connect(address.host, address.port, keepalive=keepalive,
                        clean_start=not persistent, properties=props)
     else:

@@ -26,6 +26,8 @@ class Settings(BaseSettings):
     ingest_batch_size: int = Field(default=1000, ge=1)
     ingest_linger_ms: int = Field(default=50, ge=0,
                                   description="wait this long for more messages before committing")
+    ingest_stats_s: float = Field(default=60.0, gt=0,
+                                  description="how often the ingester logs its counters")
     max_payload_bytes: int = Field(default=16 * 1024, ge=256)
     future_tolerance_s: int = Field(default=300, ge=0,
                                     description="readings stamped further ahead of receipt are refused")
