@@ -32,7 +32,7 @@ from tracker.cli_common import (
 )
 from tracker.cli_quality import register as register_quality_commands
 from tracker.db import unit_of_work
-from tracker.errors import ConflictError, TrackerError, in_language
+from tracker.errors import ConflictError, Reason, TrackerError, in_language
 from tracker.i18n import current_lang, t
 from tracker.reports.cli import report_app
 from tracker.settings import get_settings
@@ -82,9 +82,10 @@ def facility_load(file: Path, db: DbOpt = None,
         users_exist = count_users(session) > 0
     if as_ is None and users_exist:
         raise typer.BadParameter("name the admin loading the file with --as")
-    actor = login_cli(db, as_, password_stdin, "admin", action="loading a facility file").username \
-        if as_ else "bootstrap"
-    approver = login_cli(db, approve_as, password_stdin, "qa", action="approving limits", signing=True) \
+    loading = Reason("loading a facility file", "载入设施文件")
+    approving = Reason("approving limits", "批准限度")
+    actor = login_cli(db, as_, password_stdin, "admin", action=loading).username if as_ else "bootstrap"
+    approver = login_cli(db, approve_as, password_stdin, "qa", action=approving, signing=True) \
         if approve_as else None
     with unit_of_work(engine_for(db)) as session:
         result = load_facility(session, facility, actor=actor, approver=approver)
@@ -110,7 +111,7 @@ def room_state(room: str, state: str,
     settings = get_settings()
     effective = parse_instant(at) if at else utcnow()
     by = login_cli(db, as_, password_stdin, "operator", "production_head", "qa",
-                   action="recording a room state").username
+                   action=Reason("recording a room state", "记录房间状态")).username
     with unit_of_work(engine_for(db)) as session:
         result = record_room_state(session, room_code=room, state=state, effective_at=effective,
                                    actor=by, reason=reason, site_code=site,
@@ -132,7 +133,7 @@ def reevaluate(room: Annotated[str, typer.Option(help="room code (its zones are 
     """Judge a room's stored readings again (after a retroactive state or limit change)."""
     from tracker.reevaluate import reevaluate as run_reevaluation
 
-    by = login_cli(db, as_, password_stdin, "qa", action="re-evaluation").username
+    by = login_cli(db, as_, password_stdin, "qa", action=Reason("re-evaluation", "重新评价")).username
     with unit_of_work(engine_for(db)) as session:
         result = run_reevaluation(session, room_code=room, start=parse_instant(start),
                                   end=parse_instant(end) if end else None, actor=by,
@@ -224,7 +225,7 @@ def acknowledge(excursion_id: int, comment: Annotated[str, typer.Option(help="wh
     """QA acknowledges an excursion with a comment (or raises a deviation: tracker deviation open)."""
     from tracker.excursions import acknowledge as ack
 
-    actor = login_cli(db, as_, password_stdin, "qa", action="acknowledging an excursion")
+    actor = login_cli(db, as_, password_stdin, "qa", action=Reason("acknowledging an excursion", "确认超标"))
     with unit_of_work(engine_for(db)) as session:
         ex = ack(session, actor=actor, excursion_id=excursion_id, comment=comment)
     console.print(f"excursion {excursion_id}: {t(ex.level)} — acknowledged by {actor.username}")
@@ -317,7 +318,7 @@ def inhibit_add(start: Annotated[str, typer.Option("--from", help="ISO 8601 with
     from tracker.inhibits import add_inhibit
     from tracker.reevaluate import reevaluate as run_reevaluation
 
-    by = login_cli(db, as_, password_stdin, "qa", action="adding an inhibit").username
+    by = login_cli(db, as_, password_stdin, "qa", action=Reason("adding an inhibit", "添加监测屏蔽")).username
     with unit_of_work(engine_for(db)) as session:
         row = add_inhibit(session, starts_at=parse_instant(start), ends_at=parse_instant(end),
                           reason=reason, actor=by, monitor_code=monitor, room_code=room,
@@ -362,7 +363,8 @@ def inhibit_cancel(inhibit_id: int, reason: Annotated[str, typer.Option()],
     """End an inhibit early (recorded with who, when and why)."""
     from tracker.inhibits import cancel_inhibit
 
-    by = login_cli(db, as_, password_stdin, "qa", action="cancelling an inhibit").username
+    by = login_cli(db, as_, password_stdin, "qa",
+                   action=Reason("cancelling an inhibit", "取消监测屏蔽")).username
     with unit_of_work(engine_for(db)) as session:
         cancel_inhibit(session, inhibit_id, actor=by, reason=reason)
     console.print(f"inhibit {inhibit_id} ended")
@@ -402,7 +404,8 @@ def rollups_rebuild(start: Annotated[str, typer.Option("--from", help="ISO 8601 
     """Replace the window's hourly rollups with a recomputation from raw readings (audited)."""
     from tracker.rollups import rebuild_rollups
 
-    by = login_cli(db, as_, password_stdin, "admin", "qa", action="rebuilding rollups").username
+    by = login_cli(db, as_, password_stdin, "admin", "qa",
+                   action=Reason("rebuilding rollups", "重建小时汇总")).username
     with unit_of_work(engine_for(db)) as session:
         kinds = _kinds(session)
         n = rebuild_rollups(session, kinds, list(kinds), parse_instant(start), parse_instant(end))

@@ -16,7 +16,7 @@ from datetime import datetime
 from sqlmodel import Session
 
 from tracker import signatures
-from tracker.errors import ConflictError, NotFoundError, PermissionDeniedError
+from tracker.errors import ConflictError, NotFoundError, PermissionDeniedError, Reason
 from tracker.facility import Site
 from tracker.reports.annual import Period, signed_content
 from tracker.timeutil import iso_utc
@@ -44,7 +44,7 @@ def prepare(
     now: datetime | None = None,
 ) -> signatures.Signature:
     """QA signs the report as prepared (编制)."""
-    require_role(signer, "qa", action="preparing the annual report")
+    require_role(signer, "qa", action=Reason("preparing the annual report", "编制年度报告"))
     return signatures.sign(
         session,
         signer=signer,
@@ -69,7 +69,7 @@ def approve(
 ) -> signatures.Signature:
     """The head of quality approves the report as prepared; refused if the records behind it changed
     since, or by the person who prepared it."""
-    require_role(signer, "qa", action="approving the annual report")
+    require_role(signer, "qa", action=Reason("approving the annual report", "批准年度报告"))
     prepared = [s for s in report_signatures(session, site, period) if s.scope == "annual_report:prepared"]
     if not prepared:
         raise NotFoundError(f"the report {entity_key(site, period)} has not been prepared (signed by QA) yet")
