@@ -4,8 +4,11 @@ one a single worker gets from the same stream. In process, so the interleaving i
 
 from __future__ import annotations
 
+import os
 import random
 import shutil
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -14,6 +17,7 @@ from sqlalchemy import Engine, func
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import select
 
+from sensors.client import IngestOptions, SharedSubscriptionError
 from sensors.ingest import BatchProcessor, InboundMessage
 from tests.factories import T0
 from tests.scale_out_scenario import excursion_shapes, scenario, stored_keys
@@ -23,6 +27,7 @@ from tracker.ingest_state import IngestState, WriterGuard
 from tracker.intake import Intake
 from tracker.quarantine import QuarantinedMessage
 from tracker.rollups import RollupHourly
+from tracker.settings import Settings
 
 RECEIVED = T0.replace(year=2027)   # long after the event times: nothing here is live
 
@@ -134,3 +139,27 @@ def test_without_the_version_check_two_workers_go_wrong(
         return   # e.g. a stale highest seq let a redelivered duplicate hit the primary key
     assert excursion_shapes(twin_engine) != excursion_shapes(facility_engine) or (
         _rollups(twin_engine) != _rollups(facility_engine))
+
+
+def test_a_share_group_needs_a_fixed_worker_name() -> None:
+    settings = Settings(mqtt_share_group="tracker", ingest_worker="2")
+    options = IngestOptions.from_settings(settings)
+    assert options.subscription == "$share/tracker/gmp/#"
+    assert options.client_id == "gmp-tracker-ingest-2"
+    assert IngestOptions.from_settings(Settings(), share_group="g", client_id="x").subscription \
+        == "$share/g/gmp/#"
+    with pytest.raises(SharedSubscriptionError):
+        IngestOptions.from_settings(Settings(mqtt_share_group="tracker"))
+    with pytest.raises(SharedSubscriptionError):
+        IngestOptions.from_settings(Settings(), share_group="a/b", worker="1")
+
+
+@pytest.mark.parametrize(("lang", "words"), [("en", "fixed, unique name"), ("zh-CN", "固定且唯一")])
+def test_cli_refuses_a_shared_ingester_without_a_name(lang: str, words: str, db_url: str) -> None:
+    env = {**os.environ, "TRACKER_DATABASE_URL": db_url, "TRACKER_LANG": lang,
+           "TRACKER_MQTT_SHARE_GROUP": "tracker", "COLUMNS": "200"}
+    env.pop("TRACKER_INGEST_WORKER", None)
+    done = subprocess.run([sys.executable, "-m", "tracker.cli", "ingest"], env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert words in " ".join(done.stderr.split())
