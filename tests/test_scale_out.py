@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -19,7 +20,7 @@ from sqlmodel import select
 
 from sensors.client import IngestOptions, SharedSubscriptionError
 from sensors.ingest import BatchProcessor, InboundMessage
-from tests.factories import T0
+from tests.factories import T0, scalar, topic
 from tests.scale_out_scenario import excursion_shapes, scenario, stored_keys
 from tracker.counters import read as read_counter
 from tracker.db import get_engine, unit_of_work
@@ -163,3 +164,43 @@ def test_cli_refuses_a_shared_ingester_without_a_name(lang: str, words: str, db_
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 2
     assert words in " ".join(done.stderr.split())
+
+
+def _dp(seq: int, at: datetime) -> InboundMessage:
+    """A live pressure reading of T-B1-DP (interval 10 s: silence over 30 s is a gap)."""
+    return InboundMessage(topic=topic("T-B1", "T-B1-DP"), payload=scalar(
+        monitor="T-B1-DP", kind="pressure", seq=seq, ts=at, value=15.0, unit="Pa"),
+        received_at=at + timedelta(seconds=1))
+
+
+def _gaps(engine: Engine) -> list[tuple]:
+    return [s for s in excursion_shapes(engine) if s[1] == "data_gap"]
+
+
+def test_a_worker_that_sees_half_the_traffic_takes_no_share_for_silence(
+        facility_engine: Engine) -> None:
+    a = BatchProcessor(Intake(writer="a"))
+    b = BatchProcessor(Intake(writer="b"))
+    t = T0 + timedelta(days=3)
+    with unit_of_work(facility_engine) as s:
+        a.process(s, [_dp(1, t), _dp(2, t + timedelta(seconds=10))])
+    for i in range(3, 12):   # the monitor goes on, through the other worker only
+        with unit_of_work(facility_engine) as s:
+            b.process(s, [_dp(i, t + timedelta(seconds=10 * (i - 1)))])
+    last = t + timedelta(seconds=100)
+    with unit_of_work(facility_engine) as s:   # 90 s after a's own last reading: not silence
+        assert a.intake.check_silence(s, now=last + timedelta(seconds=20)) == 0
+    assert _gaps(facility_engine) == []
+    quiet = last + timedelta(seconds=45)        # really silent now: one gap, whoever looks
+    with unit_of_work(facility_engine) as s:
+        assert a.intake.check_silence(s, now=quiet) == 1
+    with unit_of_work(facility_engine) as s:
+        assert b.intake.check_silence(s, now=quiet + timedelta(seconds=5)) == 0
+    (gap,) = _gaps(facility_engine)
+    assert gap[4] == last
+    assert gap[7] == "open"
+    back = last + timedelta(seconds=60)
+    with unit_of_work(facility_engine) as s:   # b never saw the gap open: it must close it
+        b.process(s, [_dp(12, back)])
+    (gap,) = _gaps(facility_engine)
+    assert (gap[4], gap[5], gap[7]) == (last, back, "closed")
