@@ -33,6 +33,7 @@ from sensors.ingest import BatchProcessor, InboundMessage
 from sensors.mqtt import BrokerAddress, connect, make_client
 from sensors.payload import Reason
 from tracker.db import unit_of_work
+from tracker.ingest_state import default_writer
 from tracker.intake import BatchOutcome, Intake
 from tracker.quarantine import Rejection
 from tracker.settings import Settings
@@ -69,6 +70,23 @@ class IngestStats:
                 f"db_errors={self.db_errors} connected={self.connected}")
 
 
+class SharedSubscriptionError(ValueError):
+    """A share-group setting that cannot work; ``key`` names its text in tracker.i18n."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+def shared_filter(group: str, topic_filter: str) -> str:
+    """``$share/GROUP/filter`` (MQTT v5 §4.8.2); a filter that is shared already is kept."""
+    if topic_filter.startswith("$share/"):
+        return topic_filter
+    if not group or any(c in group for c in "/+#"):
+        raise SharedSubscriptionError("shared_bad_group")
+    return f"$share/{group}/{topic_filter}"
+
+
 @dataclass(frozen=True)
 class IngestOptions:
     client_id: str = "gmp-tracker-ingest"
@@ -93,10 +111,26 @@ class IngestOptions:
 
     @classmethod
     def from_settings(cls, settings: Settings, *, subscription: str | None = None,
-                      client_id: str | None = None) -> IngestOptions:
-        """Options from TRACKER_* settings; explicit arguments win."""
+                      client_id: str | None = None, share_group: str | None = None,
+                      worker: str | None = None) -> IngestOptions:
+        """Options from TRACKER_* settings; explicit arguments win.
+
+        With a share group the subscription becomes ``$share/GROUP/filter`` and the client
+        id must be fixed per worker (``worker`` appended to the configured id): the broker
+        keeps each member's unacknowledged messages in its session (mosquitto hands them to
+        no other member), so a worker that died must come back under the same id.
+        """
+        subscription = subscription or settings.mqtt_subscription
+        share_group = share_group or settings.mqtt_share_group
+        worker = worker or settings.ingest_worker
+        if worker and not client_id:
+            client_id = f"{settings.mqtt_client_id}-{worker}"
+        if share_group:
+            if not client_id:
+                raise SharedSubscriptionError("shared_needs_worker")
+            subscription = shared_filter(share_group, subscription)
         return cls(client_id=client_id or settings.mqtt_client_id,
-                   subscription=subscription or settings.mqtt_subscription,
+                   subscription=subscription,
                    protocol=settings.mqtt_protocol, batch_size=settings.ingest_batch_size,
                    linger_s=settings.ingest_linger_ms / 1000,
                    max_payload_bytes=settings.max_payload_bytes,
@@ -126,6 +160,7 @@ class Ingester:
         #: connection epoch: a message is acknowledged only on the connection it came in on
         self._epoch = 0
         self.intake = Intake(close_after=options.close_after, gap_factor=options.gap_factor,
+                             writer=default_writer(options.client_id),
                              trend=TrendRule(alerts=options.trend_alerts,
                                              window=timedelta(hours=options.trend_window_h)))
         self._next_silence_check = 0.0

@@ -146,19 +146,28 @@ def reevaluate(room: Annotated[str, typer.Option(help="room code (its zones are 
 @app.command()
 def ingest(db: DbOpt = None, mqtt: MqttOpt = None,
            subscription: Annotated[str | None, typer.Option(help="filter or $share/GROUP/filter")] = None,
-           client_id: Annotated[str | None, typer.Option("--client-id")] = None) -> None:
+           client_id: Annotated[str | None, typer.Option("--client-id")] = None,
+           shared: Annotated[str | None, typer.Option(
+               "--shared", help="share group: several workers split the stream "
+                                "(TRACKER_MQTT_SHARE_GROUP, docs/scale-out.md)")] = None,
+           worker: Annotated[str | None, typer.Option(
+               help="this worker's fixed name in the group (TRACKER_INGEST_WORKER)")] = None) -> None:
     """Ingest readings from the broker until SIGTERM/SIGINT (finishes its batch first)."""
-    from sensors.client import Ingester, IngestOptions
+    from sensors.client import Ingester, IngestOptions, SharedSubscriptionError
     from sensors.mqtt import parse_broker_url
 
     settings = get_settings()
+    try:
+        options = IngestOptions.from_settings(settings, subscription=subscription,
+                                              client_id=client_id, share_group=shared,
+                                              worker=worker)
+    except SharedSubscriptionError as exc:
+        raise typer.BadParameter(t(exc.key)) from None
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    ingester = Ingester(engine_for(db), parse_broker_url(mqtt or settings.mqtt_url),
-                        IngestOptions.from_settings(settings, subscription=subscription,
-                                                    client_id=client_id))
+    ingester = Ingester(engine_for(db), parse_broker_url(mqtt or settings.mqtt_url), options)
     stats = ingester.run(stop)
     console.print(f"stored {stats.stored}, duplicates {stats.duplicates}, "
                   f"quarantined {stats.quarantined} in {stats.batches} batches")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from sqlalchemy import text
 from sqlmodel import Field, Session, SQLModel, select
 
 
@@ -12,15 +13,16 @@ class IngestCounter(SQLModel, table=True):
     value: int = 0
 
 
+_BUMP = text("INSERT INTO ingest_counter (name, value) VALUES (:name, :by) "
+             "ON CONFLICT (name) DO UPDATE SET value = ingest_counter.value + excluded.value")
+
+
 def bump(session: Session, name: str, by: int = 1) -> None:
-    """Add ``by`` in the caller's transaction."""
+    """Add ``by`` in the caller's transaction; one atomic statement, so two ingest workers
+    adding at once both count (a read-modify-write would lose one of them)."""
     if by == 0:
         return
-    row = session.get(IngestCounter, name)
-    if row is None:
-        row = IngestCounter(name=name, value=0)
-    row.value += by
-    session.add(row)
+    session.connection().execute(_BUMP, {"name": name, "by": by})
 
 
 def read(session: Session, name: str) -> int:

@@ -82,16 +82,22 @@ class EpisodeBook:
     """The live machines of every series this process has seen, and their persistence."""
 
     def __init__(self, *, close_after: int,
-                 on_alert_closed: Callable[[Session, MonitorEntry, Episode, datetime], None]
+                 on_alert_closed: Callable[[Session, MonitorEntry, Episode | None, datetime], None]
                  | None = None) -> None:
         self.close_after = close_after
         self.machines: dict[SeriesKey, SeriesMachine] = {}
-        #: called for each alert episode closed by live data (adverse-trend rule)
+        #: called for each alert episode closed by live data, and after every replay that
+        #: touched stored episodes (``None``): the adverse-trend rule re-derives then
         self.on_alert_closed = on_alert_closed
 
-    def forget(self) -> None:
-        """Drop in-memory state (after a rollback): the next batch rebuilds from the database."""
-        self.machines.clear()
+    def forget(self, monitor_id: int | None = None) -> None:
+        """Drop in-memory state (after a rollback, or of one monitor another worker wrote):
+        the next batch rebuilds it from the database."""
+        if monitor_id is None:
+            self.machines.clear()
+            return
+        for key in [k for k in self.machines if k[0] == monitor_id]:
+            del self.machines[key]
 
     def process(self, session: Session, registry: Registry,
                 batch: dict[SeriesKey, list[Judged]], *, now: datetime | None = None) -> None:
@@ -172,9 +178,10 @@ class EpisodeBook:
         if quiet is not None:
             stored_query = stored_query.where(Excursion.started_at >= quiet[0])
         stored = list(session.exec(stored_query.order_by(Excursion.started_at)))
-        for episode in _reconcile(session, entry, channel, replayed, stored, now):
-            if self.on_alert_closed and episode.level is Level.ALERT:
-                self.on_alert_closed(session, entry, episode, now)
+        _reconcile(session, entry, channel, replayed, stored, now)
+        if self.on_alert_closed and (replayed or stored):
+            # closed, reshaped or superseded alerts: the trends follow
+            self.on_alert_closed(session, entry, None, now)
         return machine
 
 

@@ -17,7 +17,7 @@ updated in place, inserted, or superseded (audited) — never deleted.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from itertools import pairwise
@@ -63,9 +63,13 @@ class GapBook:
         #: monitors with a gap opened by this worker that readings have not closed yet
         self.open_gaps: set[int] = set()
 
-    def forget(self) -> None:
-        self.latest.clear()
-        self.open_gaps.clear()
+    def forget(self, monitor_id: int | None = None) -> None:
+        if monitor_id is None:
+            self.latest.clear()
+            self.open_gaps.clear()
+        else:
+            self.latest.pop(monitor_id, None)
+            self.open_gaps.discard(monitor_id)
 
     def after_readings(self, session: Session, registry: Registry, rooms: RoomStates,
                        new: dict[int, list[tuple[datetime, datetime]]], now: datetime) -> None:
@@ -80,14 +84,20 @@ class GapBook:
             if in_order and not find_gaps([known[0], *(t for t, _ in stamps)], threshold):
                 self.latest[monitor_id] = stamps[-1]  # the common case: no query at all
                 continue
-            self._rederive(session, entry, rooms, stamps[0][0], stamps[-1][0], now)
-            if known is None or stamps[-1][0] >= known[0]:
+            newest = self._rederive(session, entry, rooms, stamps[0][0], stamps[-1][0], now)
+            # ``latest`` must be the monitor's newest stored reading (the fast path relies on
+            # it): the batch's last one unless later ones are stored (this batch was late —
+            # backfill, or another worker's share); then keep what is known, if anything
+            if newest:
                 self.latest[monitor_id] = stamps[-1]
+            elif known is not None and known[0] < stamps[-1][0]:
+                del self.latest[monitor_id]
 
     def _rederive(self, session: Session, entry: MonitorEntry, rooms: RoomStates,
-                  first: datetime, last: datetime, now: datetime) -> None:
+                  first: datetime, last: datetime, now: datetime) -> bool:
         """Gaps between the reading before ``first`` and the one after ``last``, from the
-        stored readings, reconciled with the stored gap excursions there."""
+        stored readings, reconciled with the stored gap excursions there; returns whether
+        ``last`` is the newest stored reading."""
         series = (Reading.monitor_id == entry.id,)
         before = session.exec(select(Reading.event_time).where(*series, Reading.event_time < first)
                               .order_by(Reading.event_time.desc()).limit(1)).first()
@@ -104,6 +114,7 @@ class GapBook:
             .order_by(Excursion.started_at)))
         self._reconcile(session, entry, rooms, computed, stored, now)
         self.open_gaps.discard(entry.id)
+        return after is None
 
     def offline(self, session: Session, registry: Registry, rooms: RoomStates,
                 monitor_id: int, received_at: datetime, now: datetime) -> None:
@@ -113,20 +124,33 @@ class GapBook:
         self._open(session, entry, rooms, last or received_at, now,
                    note="monitor reported offline (status / last will)")
 
+    def silent(self, entry: MonitorEntry, event_time: datetime, received_at: datetime | None,
+               now: datetime) -> bool:
+        """A live monitor (its newest reading arrived close to its event time) quiet for
+        longer than the threshold; silence counts from the later of the two times."""
+        threshold = threshold_for(entry, self.gap_factor)
+        return (received_at is not None and received_at - event_time <= threshold
+                and now - max(event_time, received_at) > threshold)
+
     def check_silence(self, session: Session, registry: Registry, rooms: RoomStates,
-                      now: datetime) -> int:
-        """Wall-clock rule for live monitors; returns how many gaps were opened."""
+                      now: datetime,
+                      latest: Mapping[int, tuple[datetime, datetime | None]] | None = None) -> int:
+        """Wall-clock rule for live monitors; returns how many gaps were opened.
+
+        ``latest`` is each monitor's newest reading (event time, receipt time): by default
+        what this worker has seen; ``Intake`` passes the state every worker shares
+        (``tracker.ingest_state``), so a worker that sees only part of the traffic does
+        not take another worker's share for silence.
+        """
         opened = 0
-        for monitor_id, (event_time, received_at) in list(self.latest.items()):
+        for monitor_id, (event_time, received_at) in list(
+                (self.latest if latest is None else latest).items()):
             entry = registry.by_id.get(monitor_id)
-            if entry is None:
+            if entry is None or not self.silent(entry, event_time, received_at, now):
                 continue
             threshold = threshold_for(entry, self.gap_factor)
-            live = received_at - event_time <= threshold
-            # silence counts from the later of the reading's own time and its receipt
-            if live and now - max(event_time, received_at) > threshold and self._open(
-                    session, entry, rooms, event_time, now,
-                    note=f"no reading received for more than {threshold.total_seconds():g} s"):
+            if self._open(session, entry, rooms, event_time, now,
+                          note=f"no reading received for more than {threshold.total_seconds():g} s"):
                 opened += 1
         return opened
 

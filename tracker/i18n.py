@@ -143,6 +143,14 @@ MESSAGES: dict[str, tuple[str, str]] = {
     "owner": ("负责人", "Owner"),
     "due": ("期限", "Due"),
     "password": ("密码", "Password"),
+    "shared_needs_worker": (
+        "共享订阅需要每个采集进程有固定且唯一的名称：--worker（TRACKER_INGEST_WORKER）或 "
+        "--client-id。进程重启时须沿用同一名称，代理才会把它未确认的消息交还给它。",
+        "a shared subscription needs a fixed, unique name per ingest worker: --worker "
+        "(TRACKER_INGEST_WORKER) or --client-id. A restarted worker must keep its name, or "
+        "the broker keeps its unacknowledged messages for the old one."),
+    "shared_bad_group": ("共享订阅组名不能含 / + #，且不能为空", "a share group name must be "
+                         "non-empty and contain no / + #"),
 }
 
 

@@ -19,8 +19,9 @@ from sqlmodel import Session, select
 from tracker.counters import bump
 from tracker.db import bulk_insert, time_param
 from tracker.episodes import Judged
-from tracker.excursions import EpisodeBook
+from tracker.excursions import EpisodeBook, Excursion
 from tracker.gaps import GapBook
+from tracker.ingest_state import WriterGuard, latest_readings
 from tracker.limits import Level
 from tracker.quarantine import Rejection, quarantine_many
 from tracker.readings import MonitorStatusEvent, RawMessage, Reading
@@ -78,10 +79,16 @@ class BatchOutcome:
 
 
 class Intake:
-    """Long-lived ingest state: facility snapshot, room timelines, excursion machines."""
+    """Long-lived ingest state: facility snapshot, room timelines, excursion machines.
+
+    Several workers may share a database (scale-out on a shared subscription): each batch
+    claims its monitors first (``tracker.ingest_state``), and a monitor another worker has
+    written since is forgotten here and rebuilt from the database, like late data.
+    """
 
     def __init__(self, *, close_after: int = 3, gap_factor: float = 3.0,
-                 trend: TrendRule | None = None) -> None:
+                 trend: TrendRule | None = None, writer: str | None = None) -> None:
+        self.guard = WriterGuard(writer)
         self.registry: Registry | None = None
         self.room_states = RoomStates()
         self.trend = trend or TrendRule()
@@ -92,8 +99,8 @@ class Intake:
         self.highest_seq: dict[int, int] = {}
         self.book = EpisodeBook(
             close_after=close_after,
-            on_alert_closed=lambda session, entry, ep, now: self.trend.on_alert_closed(
-                session, entry, ep.started_at, ep.state, now))
+            on_alert_closed=lambda session, entry, _ep, now: self.trend.on_alert_closed(
+                session, entry, now))
         self.gaps = GapBook(gap_factor=gap_factor)
 
     def refresh(self, session: Session) -> Registry:
@@ -113,9 +120,25 @@ class Intake:
         return self.registry
 
     def check_silence(self, session: Session, *, now: datetime | None = None) -> int:
-        """Open wall-clock gaps for live monitors that have gone quiet."""
+        """Open wall-clock gaps for live monitors that have gone quiet.
+
+        Judged from every worker's newest readings (``ingest_state``), not from this
+        worker's share of the traffic; a monitor about to get a gap is claimed first and
+        judged again under the lock, so two workers never both open it.
+        """
         registry = self.refresh(session)
-        return self.gaps.check_silence(session, registry, self.room_states, now or utcnow())
+        now = now or utcnow()
+        quiet = {m for m, (event_time, received_at) in latest_readings(session).items()
+                 if m in registry.by_id
+                 and self.gaps.silent(registry.by_id[m], event_time, received_at, now)}
+        if quiet:
+            quiet -= set(session.exec(select(Excursion.monitor_id).where(
+                Excursion.type == "data_gap", Excursion.status == "open")).all())
+        if not quiet:
+            return 0
+        self._forget_monitors(self.guard.claim(session, quiet))
+        return self.gaps.check_silence(session, registry, self.room_states, now,
+                                       latest=latest_readings(session, quiet))
 
     def forget(self) -> None:
         """After a rolled-back batch: in-memory state may be ahead of the database (episode
@@ -126,7 +149,18 @@ class Intake:
         self.volume.forget()
         self.recovery.forget()
         self.highest_seq.clear()
+        self.guard.forget()
         self.registry = None
+
+    def _forget_monitors(self, monitor_ids: set[int]) -> None:
+        """Another worker wrote these monitors since this one did: rebuild from the database."""
+        for monitor_id in monitor_ids:
+            self.book.forget(monitor_id)
+            self.gaps.forget(monitor_id)
+            self.recurrence.forget(monitor_id)
+            self.volume.forget(monitor_id)
+            self.recovery.forget(monitor_id)
+            self.highest_seq.pop(monitor_id, None)
 
     def _stored_digests(self, session: Session, fresh: dict[tuple[int, int], IncomingReading]
                         ) -> dict[tuple[int, int], str]:
@@ -155,6 +189,9 @@ class Intake:
         """Dedupe, judge, insert and run the rules for one batch, in the caller's transaction."""
         registry = self.registry or self.refresh(session)
         now = now or utcnow()
+        # before reading any state: lock the batch's monitors, forget what others changed
+        self._forget_monitors(self.guard.claim(
+            session, {r.monitor_id for r in readings} | {s.monitor_id for s in statuses}))
         outcome = BatchOutcome()
         rejections = list(rejections)
         fresh = self._dedupe(session, registry, readings, outcome, rejections)
@@ -171,6 +208,7 @@ class Intake:
                 {"monitor_id": s.monitor_id, "online": s.online, "received_at": s.received_at}
                 for s in statuses])
         self._apply_rules(session, registry, batch, statuses, now)
+        self.guard.record_latest(session, {m: max(stamps) for m, stamps in batch.stamps.items()})
         for monitor_id, seq in fresh:
             if seq > self.highest_seq.get(monitor_id, -1):
                 self.highest_seq[monitor_id] = seq

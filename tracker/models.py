@@ -12,6 +12,7 @@ from tracker.counters import IngestCounter
 from tracker.deviations import CapaAction, Deviation, DeviationBatch, DeviationExcursion
 from tracker.excursions import Excursion
 from tracker.facility import FacilityLimit, Monitor, Room, Site
+from tracker.ingest_state import IngestState
 from tracker.inhibits import Inhibit
 from tracker.proposals import LimitProposal
 from tracker.quarantine import QuarantinedMessage
@@ -36,6 +37,7 @@ __all__ = [
     "ExcursionLink",
     "FacilityLimit",
     "IngestCounter",
+    "IngestState",
     "Inhibit",
     "LimitProposal",
     "Monitor",

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Column, Index, LargeBinary, Text, UniqueConstraint
+from sqlalchemy import Column, Index, LargeBinary, Text, UniqueConstraint, text
 from sqlmodel import Field, Session, SQLModel, select
 
 from tracker.db import UTCDateTime
@@ -85,8 +85,11 @@ def basis_id(session: Session, *, site_id: int, code: str, version: str, sha256:
     found = session.exec(query).first()
     if found is not None:
         return found
-    row = EvaluationBasis(site_id=site_id, limit_set_code=code, limit_set_version=version,
-                          limit_set_sha256=sha256, facility_revision=revision)
-    session.add(row)
-    session.flush()
-    return row.id
+    # two ingest workers may meet a new facility revision at once: the second one's insert
+    # is a no-op (not a unique violation that would fail its batch), then both read the row
+    session.connection().execute(text(
+        "INSERT INTO evaluation_basis (site_id, limit_set_code, limit_set_version, "
+        "limit_set_sha256, facility_revision) VALUES (:site, :code, :version, :sha, :rev) "
+        "ON CONFLICT DO NOTHING"),
+        {"site": site_id, "code": code, "version": version, "sha": sha256, "rev": revision})
+    return session.exec(query).one()

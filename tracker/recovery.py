@@ -117,8 +117,12 @@ class RecoveryRule:
         #: samples after it cannot change the outcome, so they cost no query
         self.settled: dict[tuple[int, datetime], datetime] = {}
 
-    def forget(self) -> None:
-        self.settled.clear()
+    def forget(self, monitor_id: int | None = None) -> None:
+        if monitor_id is None:
+            self.settled.clear()
+            return
+        for key in [k for k in self.settled if k[0] == monitor_id]:
+            del self.settled[key]
 
     def after_readings(self, session: Session, entry: MonitorEntry, rooms: RoomStates,
                        times: Iterable[datetime], now: datetime) -> None:

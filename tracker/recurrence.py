@@ -71,8 +71,11 @@ class RecurrenceRule:
         #: monitors whose recent samples had no count: a batch without counts needs no query
         self.quiet: set[int] = set()
 
-    def forget(self) -> None:
-        self.quiet.clear()
+    def forget(self, monitor_id: int | None = None) -> None:
+        if monitor_id is None:
+            self.quiet.clear()
+        else:
+            self.quiet.discard(monitor_id)
 
     def needs_look(self, monitor_id: int, any_count: bool) -> bool:
         if any_count:

@@ -23,6 +23,12 @@ class Settings(BaseSettings):
     mqtt_client_id: str = "gmp-tracker-ingest"
     mqtt_subscription: str = Field(default="gmp/#",
                                    description="plain filter or $share/GROUP/filter for scale-out")
+    mqtt_share_group: str | None = Field(
+        default=None, description="subscribe as $share/GROUP/<subscription>: several ingest "
+                                  "workers share the stream (docs/scale-out.md)")
+    ingest_worker: str | None = Field(
+        default=None, description="this worker's fixed name in a share group; the MQTT client "
+                                  "id becomes <mqtt_client_id>-<worker>")
     ingest_batch_size: int = Field(default=1000, ge=1)
     ingest_linger_ms: int = Field(default=50, ge=0,
                                   description="wait this long for more messages before committing")

@@ -170,8 +170,12 @@ class VolumeBook:
     def __init__(self) -> None:
         self.series: dict[tuple[int, str], _Series] = {}
 
-    def forget(self) -> None:
-        self.series.clear()
+    def forget(self, monitor_id: int | None = None) -> None:
+        if monitor_id is None:
+            self.series.clear()
+            return
+        for key in [k for k in self.series if k[0] == monitor_id]:
+            del self.series[key]
 
     def settle(self, session: Session, entry: MonitorEntry, channel: str,
                samples: list[Sample]) -> list[dict]:

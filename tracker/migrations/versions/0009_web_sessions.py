@@ -1,7 +1,7 @@
 """web sessions in the database (tracker serve is stateless; only token hashes are stored)
 
 Revision ID: 0009
-Revises: 0006
+Revises: 0008
 Create Date: 2026-11-23 03:10:00.000000
 """
 from collections.abc import Sequence
@@ -13,7 +13,7 @@ from alembic import op
 import tracker.db
 
 revision: str = '0009'
-down_revision: str | None = '0006'
+down_revision: str | None = '0008'
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
