@@ -9,8 +9,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from functools import lru_cache
 from pathlib import Path
+from threading import Lock
 from typing import Any
 
 from sqlalchemy import Connection, DateTime, Engine, Table, event
@@ -58,9 +58,32 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:
     cursor.close()
 
 
-@lru_cache(maxsize=8)
+_engines: dict[str, Engine] = {}
+_engines_lock = Lock()
+
+
 def get_engine(url: str) -> Engine:
-    """One engine per URL for the process."""
+    """One engine (one connection pool) per URL for the process."""
+    with _engines_lock:
+        engine = _engines.get(url)
+        if engine is None:
+            engine = _engines[url] = _create_engine(url)
+        return engine
+
+
+def dispose_engine(url: str) -> None:
+    """Close the pooled connections of ``url`` and forget its engine.
+
+    PostgreSQL refuses to drop a database, or to copy one as a template, while a connection
+    is open on it; the next :func:`get_engine` for ``url`` starts a new pool.
+    """
+    with _engines_lock:
+        engine = _engines.pop(url, None)
+    if engine is not None:
+        engine.dispose()
+
+
+def _create_engine(url: str) -> Engine:
     parsed = make_url(url)
     kwargs: dict = {}
     if parsed.get_backend_name() == "sqlite":

@@ -22,6 +22,7 @@ from tracker.episodes import Judged
 from tracker.excursions import EpisodeBook
 from tracker.gaps import GapBook
 from tracker.limits import Level
+from tracker.partitions import PartitionKeeper
 from tracker.quarantine import Rejection, quarantine_many
 from tracker.readings import MonitorStatusEvent, RawMessage, Reading
 from tracker.recovery import RecoveryRule
@@ -95,6 +96,8 @@ class Intake:
             on_alert_closed=lambda session, entry, ep, now: self.trend.on_alert_closed(
                 session, entry, ep.started_at, ep.state, now))
         self.gaps = GapBook(gap_factor=gap_factor)
+        #: months that have a partition of ``reading`` (PostgreSQL; a no-op on SQLite)
+        self.partitions = PartitionKeeper()
 
     def refresh(self, session: Session) -> Registry:
         """Reload the facility snapshot if a facility file was loaded since; room states too."""
@@ -126,6 +129,7 @@ class Intake:
         self.volume.forget()
         self.recovery.forget()
         self.highest_seq.clear()
+        self.partitions.forget()
         self.registry = None
 
     def _stored_digests(self, session: Session, fresh: dict[tuple[int, int], IncomingReading]
@@ -155,6 +159,9 @@ class Intake:
         """Dedupe, judge, insert and run the rules for one batch, in the caller's transaction."""
         registry = self.registry or self.refresh(session)
         now = now or utcnow()
+        # first, before this transaction reads `reading`: creating a partition locks its
+        # DEFAULT partition, which a read earlier in the same transaction would deadlock with
+        self.partitions.cover(session.connection(), (r.event_time for r in readings))
         outcome = BatchOutcome()
         rejections = list(rejections)
         fresh = self._dedupe(session, registry, readings, outcome, rejections)
