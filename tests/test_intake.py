@@ -335,3 +335,15 @@ def test_a_backdated_operation_takes_a_grade_b_recurrence_out_of_scope(facility_
         assert list_excursions(s, type_="recurrence") == []
         (gone,) = list_excursions(s, type_="recurrence", include_superseded=True)
         assert gone["id"] == rec["id"]
+
+
+def test_a_64_bit_seq_is_stored_and_deduplicated_on_every_backend(facility_engine: Engine) -> None:
+    """The wire allows any seq below 2⁶³ (monitors that count milliseconds pass 2³¹): SQLite's
+    INTEGER always held it; PostgreSQL needs BIGINT (migration 0007)."""
+    big = 1_763_596_800_000   # a millisecond counter
+    run(facility_engine, [[pc(big, 0, 10), pc(2**63 - 1, 1, 10)], [pc(big, 0, 10)]])
+    with unit_of_work(facility_engine) as s:
+        assert ingest_stats(s)["readings"] == 2
+        assert ingest_stats(s)["duplicates"] == 1
+        assert sorted(s.exec(select(RawMessage.seq)).all()) == [big, 2**63 - 1]
+        assert set(s.exec(select(Reading.seq)).all()) == {big, 2**63 - 1}

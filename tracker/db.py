@@ -18,6 +18,10 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.types import TypeDecorator
 from sqlmodel import Session, SQLModel, create_engine
 
+#: the largest id an INTEGER primary key holds on every backend (PostgreSQL's integer is 32-bit;
+#: SQLite's is 64-bit): inputs naming a row are bounded by it, not refused by the database
+MAX_ID = 2**31 - 1
+
 # Stable constraint names, so migrations can alter them on SQLite (batch mode) and PostgreSQL.
 SQLModel.metadata.naming_convention = {
     "ix": "ix_%(column_0_label)s",

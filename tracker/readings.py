@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Column, Index, LargeBinary, Text, UniqueConstraint
+from sqlalchemy import BigInteger, Column, Index, LargeBinary, Text, UniqueConstraint
 from sqlmodel import Field, Session, SQLModel, select
 
 from tracker.db import UTCDateTime
@@ -35,7 +35,8 @@ class RawMessage(SQLModel, table=True):
     __tablename__ = "raw_message"
 
     monitor_id: int = Field(foreign_key="monitor.id", primary_key=True)
-    seq: int = Field(primary_key=True)
+    #: the wire allows any 64-bit seq (some monitors count milliseconds): BIGINT on PostgreSQL
+    seq: int = Field(primary_key=True, sa_type=BigInteger)
     received_at: datetime = Field(sa_type=UTCDateTime, nullable=False)
     topic: str = Field(sa_column=Column(Text, nullable=False))
     payload: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
@@ -43,11 +44,15 @@ class RawMessage(SQLModel, table=True):
 
 
 class Reading(SQLModel, table=True):
+    """One channel value of one message. On PostgreSQL the table is partitioned by month of
+    ``event_time`` and its primary key includes ``event_time`` (migration 0007,
+    ``tracker.partitions``); (monitor, seq) stays unique through ``raw_message``."""
+
     __tablename__ = "reading"
     __table_args__ = (Index("ix_reading_series_time", "monitor_id", "channel", "event_time"),)
 
     monitor_id: int = Field(foreign_key="monitor.id", primary_key=True)
-    seq: int = Field(primary_key=True)
+    seq: int = Field(primary_key=True, sa_type=BigInteger)
     channel: str = Field(default="", primary_key=True, max_length=8)
     event_time: datetime = Field(sa_type=UTCDateTime, nullable=False)
     value: float

@@ -1,4 +1,4 @@
-"""readings partitioned by month on PostgreSQL
+"""readings partitioned by month on PostgreSQL; 64-bit seq
 
 Revision ID: 0007
 Revises: 0006
@@ -34,6 +34,10 @@ PostgreSQL refuses to create a partition for a range of which the DEFAULT partit
 rows; ``tracker.partitions.ensure_months`` moves such rows into the new partition first.
 A BRIN index on ``event_time`` (a few pages per month, readings arrive in time order)
 serves whole-site time windows; the series index serves per-monitor windows.
+
+``seq`` becomes BIGINT in ``raw_message`` and ``reading``: the wire contract accepts any
+64-bit sequence number (monitors that count milliseconds exceed 2³¹), which SQLite's INTEGER
+always stored and PostgreSQL's 32-bit ``integer`` refused. On SQLite nothing changes.
 """
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -62,6 +66,7 @@ def upgrade() -> None:
     bind = op.get_bind()
     if bind.dialect.name != "postgresql":
         return
+    op.execute("ALTER TABLE raw_message ALTER COLUMN seq TYPE bigint")
     op.execute("ALTER TABLE reading RENAME TO reading_unpartitioned")
     op.execute("ALTER TABLE reading_unpartitioned RENAME CONSTRAINT pk_reading TO pk_reading_unpartitioned")
     op.execute("ALTER INDEX ix_reading_series_time RENAME TO ix_reading_unpartitioned_series_time")
@@ -73,6 +78,7 @@ def upgrade() -> None:
     # same columns in the same order (INSERT … SELECT * below relies on it)
     op.execute("CREATE TABLE reading (LIKE reading_unpartitioned INCLUDING DEFAULTS INCLUDING CONSTRAINTS) "
                "PARTITION BY RANGE (event_time)")
+    op.execute("ALTER TABLE reading ALTER COLUMN seq TYPE bigint")
     op.execute("ALTER TABLE reading ADD CONSTRAINT pk_reading "
                "PRIMARY KEY (monitor_id, seq, channel, event_time)")
     op.execute("ALTER TABLE reading ADD CONSTRAINT fk_reading_monitor_id_monitor "
@@ -115,3 +121,5 @@ def downgrade() -> None:
     op.execute("ALTER TABLE reading ADD CONSTRAINT fk_reading_basis_id_evaluation_basis "
                "FOREIGN KEY (basis_id) REFERENCES evaluation_basis (id)")
     op.execute("CREATE INDEX ix_reading_series_time ON reading (monitor_id, channel, event_time)")
+    op.execute("ALTER TABLE reading ALTER COLUMN seq TYPE integer")
+    op.execute("ALTER TABLE raw_message ALTER COLUMN seq TYPE integer")
