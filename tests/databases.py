@@ -13,6 +13,7 @@ from __future__ import annotations
 import itertools
 import os
 import shutil
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from sqlalchemy import Engine, create_engine
@@ -84,6 +85,10 @@ class PostgresDatabases:
         url = self.url(self.template)
         upgrade(url)
         dispose_engine(url)   # a template must have no open connection when it is copied
+        # CREATE DATABASE copies the template block by block (≈ 0.1 s idle, more under load):
+        # the next test's database is made in the background while the current test runs
+        self._maker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pg-next-db")
+        self._next: Future[str] = self._maker.submit(self._create)
 
     def url(self, name: str) -> str:
         return self.admin_url.set(database=name).render_as_string(hide_password=False)
@@ -92,10 +97,15 @@ class PostgresDatabases:
         with self.admin.connect() as conn:
             conn.exec_driver_sql(sql)
 
-    def new(self, path: Path | None = None) -> str:
+    def _create(self) -> str:
         name = f"{self.prefix}{next(self._names)}"
         self._execute(f'CREATE DATABASE "{name}" TEMPLATE "{self.template}"')
         return self.url(name)
+
+    def new(self, path: Path | None = None) -> str:
+        url = self._next.result()
+        self._next = self._maker.submit(self._create)
+        return url
 
     def empty(self) -> str:
         """A database without any schema (for migration tests)."""
@@ -116,6 +126,8 @@ class PostgresDatabases:
         self._execute(f'DROP DATABASE IF EXISTS "{make_url(url).database}" WITH (FORCE)')
 
     def close(self) -> None:
+        self._maker.shutdown(wait=True)
+        self.drop(self._next.result())
         self.drop(self.url(self.template))
         self.admin.dispose()
 
