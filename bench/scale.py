@@ -5,7 +5,7 @@
 
 For each worker count: a fresh PostgreSQL database (created through ``--pg-url``, an admin
 URL), the sample centre loaded, that many ``tracker ingest`` processes on
-``$share/tracker/gmp/#`` (each its own client id), then a separate process floods the same
+``$share/tracker/gmp/#`` (each under its own worker name), then a separate process floods the same
 pre-generated readings at QoS 1. Rate = readings / (publisher start → last reading
 committed), from a poll of the database every 0.1 s. Also reports each worker's peak
 resident memory (``VmHWM``) and the raw broker ceiling (a paho subscriber that only counts)
@@ -62,10 +62,10 @@ def recreate_database(admin_url: str, name: str) -> str:
     return make_url(admin_url).set(database=name).render_as_string(hide_password=False)
 
 
-def start_worker(db_url: str, broker_url: str, client_id: str) -> subprocess.Popen:
-    """One ``tracker ingest`` process on the shared subscription; returns once subscribed."""
+def start_worker(db_url: str, broker_url: str, worker: str) -> subprocess.Popen:
+    """One ``tracker ingest --shared`` process under a fixed worker name; returns once subscribed."""
     env = {**os.environ, "TRACKER_DATABASE_URL": db_url, "TRACKER_MQTT_URL": broker_url,
-           "TRACKER_MQTT_CLIENT_ID": client_id, "TRACKER_MQTT_SHARE_GROUP": SHARE_GROUP}
+           "TRACKER_MQTT_SHARE_GROUP": SHARE_GROUP, "TRACKER_INGEST_WORKER": worker}
     proc = subprocess.Popen([sys.executable, "-m", "tracker.cli", "ingest"], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     subscribed = threading.Event()
@@ -78,7 +78,7 @@ def start_worker(db_url: str, broker_url: str, client_id: str) -> subprocess.Pop
     threading.Thread(target=watch, daemon=True).start()
     if not subscribed.wait(30):
         proc.kill()
-        raise SystemExit(f"ingester {client_id} did not subscribe")
+        raise SystemExit(f"ingester {worker} did not subscribe")
     return proc
 
 
@@ -99,7 +99,7 @@ def stored_count(engine) -> int:
 def run(admin_url: str, broker_url: str, messages: list, workers: int) -> ScaleRun:
     db_url = recreate_database(admin_url, f"bench_scale_{workers}")
     engine = fresh_database(db_url)
-    procs = [start_worker(db_url, broker_url, f"bench-scale-{workers}-{i}")
+    procs = [start_worker(db_url, broker_url, f"bench-{workers}-{i}")
              for i in range(workers)]
     t0 = time.perf_counter()
     publisher = publish_in_process(broker_url, messages, f"scale-{workers}")

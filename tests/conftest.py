@@ -1,11 +1,15 @@
-"""Real services for the tests: a SQLite file built by the migrations, Debian's mosquitto."""
+"""Real services for the tests: a database built by the migrations, Debian's mosquitto.
+
+The database backend is ``TRACKER_TEST_BACKEND=sqlite|postgresql`` (default sqlite; PostgreSQL
+also needs ``TRACKER_TEST_PG_URL``, see tests/databases.py): every test gets its own database
+through ``db_url`` either way.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
-import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 
@@ -14,9 +18,9 @@ from sqlalchemy import Engine
 from sqlmodel import Session
 
 from sensors.broker import LocalBroker, find_mosquitto
+from tests.databases import ON_POSTGRES, PostgresDatabases, SQLiteDatabases, open_databases
 from tracker.db import get_engine, unit_of_work
 from tracker.facility import load_facility, read_facility_file
-from tracker.migrate import upgrade
 from tracker.roomstate import set_room_state
 
 # argon2's cheapest profile for the suite only (hundreds of logins); production keeps RFC 9106
@@ -31,23 +35,43 @@ MIN_FACILITY = DATA / "facility-min.toml"
 
 
 @pytest.fixture(scope="session")
-def migrated_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Run the Alembic history once; each test gets a copy of the result."""
-    path = tmp_path_factory.mktemp("template") / "template.db"
-    url = f"sqlite:///{path}"
-    upgrade(url)
-    engine = get_engine(url)
-    with engine.connect() as conn:  # fold the WAL into the file so a plain copy is complete
-        conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
-    engine.dispose()
-    return path
+def databases(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SQLiteDatabases | PostgresDatabases]:
+    """Run the Alembic history once per session; ``new()`` gives a fresh migrated database,
+    ``clone(url)`` a copy of one, ``drop(url)`` removes it (tests/databases.py)."""
+    dbs = open_databases(tmp_path_factory.mktemp("databases"))
+    yield dbs
+    dbs.close()
+
+
+@pytest.fixture(scope="session")
+def migrated_template(databases: SQLiteDatabases | PostgresDatabases) -> Path:
+    """The migrated SQLite template file (SQLite only: use ``databases.new()`` instead)."""
+    if ON_POSTGRES:
+        pytest.fail("migrated_template is a SQLite file: use the `databases` fixture "
+                    "(databases.new(), databases.clone(url)) to run on both backends")
+    return databases.template
 
 
 @pytest.fixture
-def db_url(migrated_template: Path, tmp_path: Path) -> str:
-    path = tmp_path / "tracker.db"
-    shutil.copy(migrated_template, path)
-    return f"sqlite:///{path}"
+def db_url(databases: SQLiteDatabases | PostgresDatabases, tmp_path: Path) -> Iterator[str]:
+    """A database of its own for the test (a SQLite file or a PostgreSQL database)."""
+    url = databases.new(tmp_path / "tracker.db")
+    yield url
+    databases.drop(url)
+
+
+@pytest.fixture
+def clone_db(databases: SQLiteDatabases | PostgresDatabases) -> Iterator[Callable[[str], str]]:
+    """``clone_db(url)``: a copy of a test database as it is now, dropped after the test."""
+    made: list[str] = []
+
+    def clone(url: str) -> str:
+        made.append(databases.clone(url))
+        return made[-1]
+
+    yield clone
+    for url in made:
+        databases.drop(url)
 
 
 @pytest.fixture

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
 
 from tests.factories import PASSWORD, T0, TEMPORARY_PASSWORD, iso, minutes
 from tests.test_cli import tracker
@@ -66,9 +65,8 @@ def test_accounts_batch_and_signatures_from_the_command_line(facility_engine: En
     assert "签名有效" in human
 
     assert "signatures: 2 intact, 0 broken" in ok("audit", "verify", db_url=db_url)
-    path = db_url.removeprefix("sqlite:///")
-    with sqlite3.connect(path) as conn:
-        conn.execute("UPDATE process_step SET open_processing = 0")
+    with facility_engine.begin() as conn:   # behind the application's back
+        conn.execute(text("UPDATE process_step SET open_processing = :no"), {"no": False})
     tampered = run("audit", "verify", db_url=db_url)
     assert tampered.returncode == 1
     assert "audit chain intact" in tampered.stdout

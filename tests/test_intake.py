@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import shutil
+from collections.abc import Callable
 from datetime import datetime, timedelta
-from pathlib import Path
 
 from sqlalchemy import Engine, func
 from sqlmodel import select
@@ -194,16 +193,13 @@ def test_backdated_room_state_reevaluates_exactly_the_affected_episodes(
 
 
 def test_rules_do_not_depend_on_batch_boundaries(facility_engine: Engine, db_url: str,
-                                                 tmp_path: Path) -> None:
+                                                 clone_db: Callable[[str], str]) -> None:
     """One batch or one message per batch: the same excursions of every type."""
     alerts = {60, 61, 180, 181, 300, 301, 420}
     msgs = [pc(m + 1, m, 60 if m in alerts else 10) for m in range(480) if not 200 <= m < 215]
-    other = tmp_path / "other.db"
-    with unit_of_work(facility_engine) as s:
-        s.connection().exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
-    shutil.copy(db_url.removeprefix("sqlite:///"), other)
+    other = clone_db(db_url)
     run(facility_engine, [msgs])
-    run(get_engine(f"sqlite:///{other}"), [[m] for m in msgs])
+    run(get_engine(other), [[m] for m in msgs])
 
     def shapes(engine: Engine) -> list[tuple]:
         with unit_of_work(engine) as s:
@@ -211,13 +207,13 @@ def test_rules_do_not_depend_on_batch_boundaries(facility_engine: Engine, db_url
                     for e in list_excursions(s)]
 
     one_batch = shapes(facility_engine)
-    assert one_batch == shapes(get_engine(f"sqlite:///{other}"))
+    assert one_batch == shapes(get_engine(other))
     assert [t for t, *_ in one_batch].count("adverse_trend") == 1
     assert [t for t, *_ in one_batch].count("data_gap") == 1
 
 
 def test_reevaluating_a_window_re_judges_the_rolling_volume_after_it(
-        facility_engine: Engine, db_url: str, tmp_path: Path) -> None:
+        facility_engine: Engine, db_url: str, clone_db: Callable[[str], str]) -> None:
     """Grade B at rest, ≥5.0 µm, 28.3 L: one count (35 /m³) exceeds 29 /m³, so action is
     judged over the rolling cubic metre. An operation recorded late for 00:05-00:10 (recovery
     to 00:30) takes those samples out of the at-rest window: re-evaluating only [00:05, 00:30)
@@ -225,11 +221,8 @@ def test_reevaluating_a_window_re_judges_the_rolling_volume_after_it(
     msgs = [msg(topic("T-B1", "T-B1-PC"), particles(seq=m + 1, ts=T0 + timedelta(minutes=m),
                                                     c05=10, c50=1 if 8 <= m < 45 else 0))
             for m in range(90)]
-    other = tmp_path / "other.db"
-    with unit_of_work(facility_engine) as s:
-        s.connection().exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
-    shutil.copy(db_url.removeprefix("sqlite:///"), other)
-    right = get_engine(f"sqlite:///{other}")
+    other = clone_db(db_url)
+    right = get_engine(other)
     operate(right, "T-B1", T0 + timedelta(minutes=5), T0 + timedelta(minutes=10))
     run(right, [msgs])
     run(facility_engine, [msgs])
@@ -342,3 +335,15 @@ def test_a_backdated_operation_takes_a_grade_b_recurrence_out_of_scope(facility_
         assert list_excursions(s, type_="recurrence") == []
         (gone,) = list_excursions(s, type_="recurrence", include_superseded=True)
         assert gone["id"] == rec["id"]
+
+
+def test_a_64_bit_seq_is_stored_and_deduplicated_on_every_backend(facility_engine: Engine) -> None:
+    """The wire allows any seq below 2⁶³ (monitors that count milliseconds pass 2³¹): SQLite's
+    INTEGER always held it; PostgreSQL needs BIGINT (migration 0007)."""
+    big = 1_763_596_800_000   # a millisecond counter
+    run(facility_engine, [[pc(big, 0, 10), pc(2**63 - 1, 1, 10)], [pc(big, 0, 10)]])
+    with unit_of_work(facility_engine) as s:
+        assert ingest_stats(s)["readings"] == 2
+        assert ingest_stats(s)["duplicates"] == 1
+        assert sorted(s.exec(select(RawMessage.seq)).all()) == [big, 2**63 - 1]
+        assert set(s.exec(select(Reading.seq)).all()) == {big, 2**63 - 1}

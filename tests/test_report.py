@@ -12,9 +12,9 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import subprocess
 import sys
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -32,7 +32,7 @@ from sensors.ingest import BatchProcessor, InboundMessage
 from tests.conftest import MIN_FACILITY
 from tests.factories import PASSWORD, T0, make_people, particles, scalar, topic
 from tracker import deviations as dv
-from tracker.db import get_engine, time_param, unit_of_work
+from tracker.db import bulk_insert, get_engine, time_param, unit_of_work
 from tracker.errors import ConflictError, PermissionDeniedError
 from tracker.excursions import Excursion
 from tracker.facility import Monitor, Room, get_site, load_facility, parse_facility
@@ -50,7 +50,7 @@ from tracker.reports.annual import (
     year_period,
 )
 from tracker.reports.render import render_html, render_pdf
-from tracker.rollups import COLUMNS, bin_of, verify_rollups
+from tracker.rollups import COLUMNS, RollupHourly, bin_of, verify_rollups
 from tracker.users import login
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -459,19 +459,16 @@ def build_year(engine: Engine) -> dict:
         monitors = {m.code: m for m in s.exec(select(Monitor).order_by(Monitor.code))}
         connection = s.connection()
         rows = rollup_rows(monitors, connection.dialect.name)
-        connection.exec_driver_sql(
-            f"INSERT INTO rollup_hourly ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})", rows
-        )
+        bulk_insert(connection, RollupHourly.__table__, COLUMNS, rows)
     return ids
 
 
 @pytest.fixture(scope="module")
-def year_db(migrated_template: Path, tmp_path_factory: pytest.TempPathFactory) -> str:
-    path = tmp_path_factory.mktemp("year") / "tracker.db"
-    shutil.copy(migrated_template, path)
-    url = f"sqlite:///{path}"
+def year_db(databases) -> Iterator[str]:
+    url = databases.new()
     build_year(get_engine(url))
-    return url
+    yield url
+    databases.drop(url)
 
 
 @pytest.fixture(scope="module")
@@ -635,12 +632,9 @@ def test_report_is_reproducible_and_as_at_the_period_end(year_db: str, year_repo
     assert signed_content(again) == signed_content(year_report)
 
 
-def test_signoff_by_qa_and_head_of_quality_and_tamper_evidence(year_db: str, tmp_path: Path) -> None:
-    copy = tmp_path / "signed.db"
-    with get_engine(year_db).connect() as conn:
-        conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
-    shutil.copy(year_db.removeprefix("sqlite:///"), copy)
-    engine = get_engine(f"sqlite:///{copy}")
+def test_signoff_by_qa_and_head_of_quality_and_tamper_evidence(
+        year_db: str, clone_db: Callable[[str], str]) -> None:
+    engine = get_engine(clone_db(year_db))
     when = utc(2026, 1, 20)
     with unit_of_work(engine) as s:
         site = get_site(s)
@@ -784,11 +778,9 @@ def test_cli_writes_json_html_and_pdf(year_db: str, tmp_path: Path) -> None:
     assert (tmp_path / "r.pdf").read_bytes().startswith(b"%PDF")
 
 
-def test_cli_sign_approve_and_render_the_signed_report(year_db: str, tmp_path: Path) -> None:
-    with get_engine(year_db).connect() as conn:
-        conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
-    shutil.copy(year_db.removeprefix("sqlite:///"), tmp_path / "signed.db")
-    url = f"sqlite:///{tmp_path / 'signed.db'}"
+def test_cli_sign_approve_and_render_the_signed_report(
+        year_db: str, clone_db: Callable[[str], str], tmp_path: Path) -> None:
+    url = clone_db(year_db)
     refused = tracker_cli(
         "report",
         "approve",

@@ -27,3 +27,23 @@ def test_the_api_answers_generated_requests_without_a_server_error(web_app) -> N
             case.call_and_validate(checks=[not_a_server_error])   # anonymous: 401 or 422, never 500
 
         run()
+
+
+def test_ids_beyond_an_integer_column_answer_422_not_500(web_app) -> None:
+    """Found by the test above on PostgreSQL, whose integer ids are 32-bit: an id past 2³¹−1
+    reached the database and failed there (SQLite's 64-bit integers had hidden it)."""
+    from tests.web_helpers import browser
+
+    client = TestClient(web_app)
+    token = client.post("/api/v1/tokens", json={"username": "qa1", "password": PASSWORD}).json()["token"]
+    auth = {"Authorization": f"Bearer {token}"}
+    for excursion_id, status in ((2**31, 422), (2**31 - 1, 404)):
+        r = client.post(f"/api/v1/excursions/{excursion_id}/acknowledge", json={"comment": "x"}, headers=auth)
+        assert r.status_code == status, r.text
+    r = client.post("/api/v1/deviations", headers=auth, json={
+        "excursion_ids": [2**31], "title": "t", "classification": "minor", "category": "c",
+        "description": "d"})
+    assert r.status_code == 422, r.text
+    page, csrf = browser(web_app, "qa1")
+    r = page.post(f"/excursions/{2**31}/acknowledge", data={"comment": "x", "csrf_token": csrf})
+    assert r.status_code == 303, r.text[:300]   # a form refused: back with a message, no 500

@@ -61,9 +61,54 @@ register_quality_commands(app)
 def db_upgrade(db: DbOpt = None) -> None:
     """Create or migrate the schema to the newest revision."""
     from tracker.migrate import upgrade
+    from tracker.partitions import ensure_ahead
 
     upgrade(db_url(db))
     console.print(f"{t('db_upgraded')}: {db_url(db)}")
+    with unit_of_work(engine_for(db)) as session:
+        created = ensure_ahead(session.connection(), now=utcnow())
+    if created:
+        console.print(f"{t('partitions_created')}: {', '.join(created)}")
+
+
+@db_app.command("partitions")
+def db_partitions(
+        ensure: Annotated[bool, typer.Option(
+            "--ensure", help="create this month's and the coming months' partitions, and those of "
+                             "months whose readings sit in the DEFAULT partition")] = False,
+        ahead: Annotated[int, typer.Option(help="months ahead to create with --ensure")] = 3,
+        db: DbOpt = None, json_out: JsonOpt = False) -> None:
+    """List (and with --ensure create) the monthly partitions of readings on PostgreSQL."""
+    from tracker.partitions import ensure_ahead, ensure_strays, is_partitioned, list_partitions
+    from tracker.timeutil import iso_utc
+
+    created: list[str] = []
+    with unit_of_work(engine_for(db)) as session:
+        connection = session.connection()
+        partitioned = is_partitioned(connection)
+        if ensure and partitioned:
+            created = ensure_ahead(connection, now=utcnow(), months=ahead) + ensure_strays(connection)
+        parts = list_partitions(connection)
+    if json_out:
+        print_json({"partitioned": partitioned, "created": created,
+                    "partitions": [{"name": p.name, "from": iso_utc(p.start), "to": iso_utc(p.end),
+                                    "default": p.is_default, "rows": p.rows} for p in parts]})
+        return
+    if not partitioned:
+        console.print(t("partitions_none"))
+        return
+    if created:
+        console.print(f"{t('partitions_created')}: {', '.join(created)}")
+    table = Table(title=t("partitions"))
+    for key in ("partition", "partition_from", "partition_to", "partition_rows"):
+        table.add_column(t(key))
+    for p in parts:
+        table.add_row(p.name, iso_utc(p.start) or "DEFAULT", iso_utc(p.end) or "",
+                      "—" if p.rows is None else str(p.rows))
+    console.print(table)
+    default = next((p for p in parts if p.is_default), None)
+    if default is not None and default.rows:
+        console.print(f"[yellow]{t('partition_default_rows')} ({default.rows})[/yellow]")
 
 
 @facility_app.command("load")

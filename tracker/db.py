@@ -9,14 +9,18 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from functools import lru_cache
 from pathlib import Path
+from threading import Lock
 from typing import Any
 
 from sqlalchemy import Connection, DateTime, Engine, Table, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.types import TypeDecorator
 from sqlmodel import Session, SQLModel, create_engine
+
+#: the largest id an INTEGER primary key holds on every backend (PostgreSQL's integer is 32-bit;
+#: SQLite's is 64-bit): inputs naming a row are bounded by it, not refused by the database
+MAX_ID = 2**31 - 1
 
 # Stable constraint names, so migrations can alter them on SQLite (batch mode) and PostgreSQL.
 SQLModel.metadata.naming_convention = {
@@ -58,9 +62,32 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:
     cursor.close()
 
 
-@lru_cache(maxsize=8)
+_engines: dict[str, Engine] = {}
+_engines_lock = Lock()
+
+
 def get_engine(url: str) -> Engine:
-    """One engine per URL for the process."""
+    """One engine (one connection pool) per URL for the process."""
+    with _engines_lock:
+        engine = _engines.get(url)
+        if engine is None:
+            engine = _engines[url] = _create_engine(url)
+        return engine
+
+
+def dispose_engine(url: str) -> None:
+    """Close the pooled connections of ``url`` and forget its engine.
+
+    PostgreSQL refuses to drop a database, or to copy one as a template, while a connection
+    is open on it; the next :func:`get_engine` for ``url`` starts a new pool.
+    """
+    with _engines_lock:
+        engine = _engines.pop(url, None)
+    if engine is not None:
+        engine.dispose()
+
+
+def _create_engine(url: str) -> Engine:
     parsed = make_url(url)
     kwargs: dict = {}
     if parsed.get_backend_name() == "sqlite":

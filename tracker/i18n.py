@@ -67,6 +67,18 @@ MESSAGES: dict[str, tuple[str, str]] = {
     "revision": ("版本", "revision"),
     "room_state_set": ("房间状态已记录", "Room state recorded"),
     "db_upgraded": ("数据库已升级", "Database upgraded"),
+    "partitions": ("读数分区", "Reading partitions"),
+    "partition": ("分区", "Partition"),
+    "partition_from": ("起（UTC）", "From (UTC)"),
+    "partition_to": ("止（UTC）", "To (UTC)"),
+    "partition_rows": ("行数（估计）", "Rows (estimate)"),
+    "partitions_created": ("已创建分区", "Partitions created"),
+    "partitions_none": ("读数表未分区（SQLite，或 PostgreSQL 尚未迁移到 0007）",
+                        "Readings are not partitioned here (SQLite, or PostgreSQL before migration 0007)"),
+    "partition_default_rows": ("默认分区中有读数：运行 tracker db partitions --ensure "
+                               "把它们移入各自月份的分区",
+                               "the DEFAULT partition holds readings: run tracker db partitions --ensure "
+                               "to move them into partitions of their months"),
     "reevaluated": ("已重新评价", "Re-evaluated"),
     "none": ("无", "none"),
     "type": ("类型", "Type"),

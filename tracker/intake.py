@@ -23,6 +23,7 @@ from tracker.excursions import EpisodeBook, Excursion
 from tracker.gaps import GapBook
 from tracker.ingest_state import WriterGuard, latest_readings
 from tracker.limits import Level
+from tracker.partitions import PartitionKeeper
 from tracker.quarantine import Rejection, quarantine_many
 from tracker.readings import MonitorStatusEvent, RawMessage, Reading
 from tracker.recovery import RecoveryRule
@@ -102,6 +103,8 @@ class Intake:
             on_alert_closed=lambda session, entry, _ep, now: self.trend.on_alert_closed(
                 session, entry, now))
         self.gaps = GapBook(gap_factor=gap_factor)
+        #: months that have a partition of ``reading`` (PostgreSQL; a no-op on SQLite)
+        self.partitions = PartitionKeeper()
 
     def refresh(self, session: Session) -> Registry:
         """Reload the facility snapshot if a facility file was loaded since; room states too."""
@@ -150,6 +153,7 @@ class Intake:
         self.recovery.forget()
         self.highest_seq.clear()
         self.guard.forget()
+        self.partitions.forget()
         self.registry = None
 
     def _forget_monitors(self, monitor_ids: set[int]) -> None:
@@ -189,6 +193,9 @@ class Intake:
         """Dedupe, judge, insert and run the rules for one batch, in the caller's transaction."""
         registry = self.registry or self.refresh(session)
         now = now or utcnow()
+        # first, before this transaction reads `reading`: creating a partition locks its
+        # DEFAULT partition, which a read earlier in the same transaction would deadlock with
+        self.partitions.cover(session.connection(), (r.event_time for r in readings))
         # before reading any state: lock the batch's monitors, forget what others changed
         self._forget_monitors(self.guard.claim(
             session, {r.monitor_id for r in readings} | {s.monitor_id for s in statuses}))

@@ -10,10 +10,14 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Column, Index, LargeBinary, Text, UniqueConstraint, text
+from sqlalchemy import BigInteger, Column, Index, Integer, LargeBinary, Text, UniqueConstraint, text
 from sqlmodel import Field, Session, SQLModel, select
 
 from tracker.db import UTCDateTime
+
+#: the wire allows any seq below 2⁶³ (some monitors count milliseconds): BIGINT on PostgreSQL,
+#: INTEGER on SQLite (64-bit there already, and what migration 0001 created)
+SEQ_TYPE = BigInteger().with_variant(Integer(), "sqlite")
 
 
 class EvaluationBasis(SQLModel, table=True):
@@ -35,7 +39,7 @@ class RawMessage(SQLModel, table=True):
     __tablename__ = "raw_message"
 
     monitor_id: int = Field(foreign_key="monitor.id", primary_key=True)
-    seq: int = Field(primary_key=True)
+    seq: int = Field(primary_key=True, sa_type=SEQ_TYPE)
     received_at: datetime = Field(sa_type=UTCDateTime, nullable=False)
     topic: str = Field(sa_column=Column(Text, nullable=False))
     payload: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
@@ -43,11 +47,15 @@ class RawMessage(SQLModel, table=True):
 
 
 class Reading(SQLModel, table=True):
+    """One channel value of one message. On PostgreSQL the table is partitioned by month of
+    ``event_time`` and its primary key includes ``event_time`` (migration 0007,
+    ``tracker.partitions``); (monitor, seq) stays unique through ``raw_message``."""
+
     __tablename__ = "reading"
     __table_args__ = (Index("ix_reading_series_time", "monitor_id", "channel", "event_time"),)
 
     monitor_id: int = Field(foreign_key="monitor.id", primary_key=True)
-    seq: int = Field(primary_key=True)
+    seq: int = Field(primary_key=True, sa_type=SEQ_TYPE)
     channel: str = Field(default="", primary_key=True, max_length=8)
     event_time: datetime = Field(sa_type=UTCDateTime, nullable=False)
     value: float

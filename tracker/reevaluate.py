@@ -117,7 +117,8 @@ def reevaluate(session: Session, *, room_code: str, start: datetime, end: dateti
         if (r.level, r.direction, r.state, r.basis_id, r.invalid_reason) == (
                 verdict.level.value, verdict.direction, state, entry.basis_id, invalid):
             continue
-        changes.append({"m": r.monitor_id, "s": r.seq, "c": r.channel, "level": verdict.level.value,
+        changes.append({"m": r.monitor_id, "s": r.seq, "c": r.channel, "t": r.event_time,
+                        "level": verdict.level.value,
                         "direction": verdict.direction, "state": state, "basis": entry.basis_id,
                         "invalid": invalid})
         key = (r.monitor_id, r.channel)
@@ -126,8 +127,9 @@ def reevaluate(session: Session, *, room_code: str, start: datetime, end: dateti
     if changes:
         table = Reading.__table__
         session.connection().execute(
+            # event_time is implied by the key, but lets PostgreSQL go to one month's partition
             update(table).where(table.c.monitor_id == bindparam("m"), table.c.seq == bindparam("s"),
-                                table.c.channel == bindparam("c"))
+                                table.c.channel == bindparam("c"), table.c.event_time == bindparam("t"))
             .values(level=bindparam("level"), direction=bindparam("direction"),
                     state=bindparam("state"), basis_id=bindparam("basis"),
                     invalid_reason=bindparam("invalid")),

@@ -328,11 +328,13 @@ def store_changes(session: Session, kinds: dict[int, str], changes: list[dict]) 
         return
     table = Reading.__table__
     session.connection().execute(
+        # event_time is implied by the key, but lets PostgreSQL go to one month's partition
         update(table).where(table.c.monitor_id == bindparam("m"), table.c.seq == bindparam("s"),
-                            table.c.channel == bindparam("c"))
+                            table.c.channel == bindparam("c"), table.c.event_time == bindparam("t"))
         .values(level=bindparam("level"), direction=bindparam("direction"),
                 basis_id=bindparam("basis")),
-        [{k: c[k] for k in ("m", "s", "c", "level", "direction", "basis")} for c in changes])
+        [{"t": c["at"], **{k: c[k] for k in ("m", "s", "c", "level", "direction", "basis")}}
+         for c in changes])
     for monitor_id in sorted({c["m"] for c in changes}):
         times = [c["at"] for c in changes if c["m"] == monitor_id]
         rebuild_rollups(session, {monitor_id: kinds[monitor_id]}, [monitor_id], min(times),

@@ -13,17 +13,20 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Path, Request
 from sqlalchemy import Engine
 from sqlmodel import Session
 
-from tracker.db import unit_of_work
+from tracker.db import MAX_ID, unit_of_work
 from tracker.errors import AuthenticationError, Reason, zh_words
 from tracker.timeutil import utcnow
 from tracker.users import Authenticated, User, login
 from tracker.web import tokens
 from tracker.web.access import ANONYMOUS, allowed
 from tracker.web.sessions import COOKIE, WebSession
+
+#: a row id in a URL: out of range answers 422 instead of reaching the database
+RowId = Annotated[int, Path(ge=1, le=MAX_ID)]
 
 
 class LoginRequired(Exception):

@@ -14,6 +14,7 @@ from batch_records.steps import get_batch, list_batches
 from tracker import deviations as dv
 from tracker.audit import page_events, verify_chain
 from tracker.dashboard import floor_view
+from tracker.db import MAX_ID
 from tracker.deviations import get_deviation, list_deviations
 from tracker.errors import InvalidInputError, NotFoundError, Reason, TrackerError, in_language
 from tracker.excursions import acknowledge, list_excursions
@@ -27,12 +28,12 @@ from tracker.readings import Reading
 from tracker.timeutil import iso_utc, parse_instant, utcnow
 from tracker.users import User, list_users, login
 from tracker.web import tokens
-from tracker.web.deps import CurrentUser, SessionDep, engine_of, sign_in
+from tracker.web.deps import CurrentUser, RowId, SessionDep, engine_of, sign_in
 from tracker.web.pages._common import site_or_none, the_site
 from tracker.web.pages.quality import deviation_doc
 
 router = APIRouter(prefix="/api/v1", tags=["api"])
-Id = Annotated[int, Path(ge=1, le=2**62)]
+Id = RowId
 Key = Annotated[str, Path(min_length=1, max_length=200)]
 Doc = dict[str, Any]
 
@@ -54,7 +55,7 @@ class AckRequest(BaseModel):
 
 
 class DeviationRequest(BaseModel):
-    excursion_ids: list[Annotated[int, Field(ge=1, le=2**62)]] = Field(default_factory=list, max_length=100)
+    excursion_ids: list[Annotated[int, Field(ge=1, le=MAX_ID)]] = Field(default_factory=list, max_length=100)
     batches: list[Annotated[str, Field(max_length=60)]] = Field(default_factory=list, max_length=100)
     title: str = Field(min_length=1, max_length=200)
     classification: str = Field(max_length=20)

@@ -16,7 +16,7 @@ from tracker.proposals import approve, list_proposals, propose, reject
 from tracker.quarantine import counts_by_reason, printable
 from tracker.quarantine import list_quarantine as quarantined
 from tracker.timeutil import parse_instant, utcnow
-from tracker.web.deps import CurrentUser, SessionDep, sign_in
+from tracker.web.deps import CurrentUser, RowId, SessionDep, sign_in
 from tracker.web.pages._common import site_or_none, the_site
 from tracker.web.render import done, render, tr
 
@@ -124,7 +124,7 @@ def limits_propose(request: Request, me: CurrentUser, session: SessionDep,
 
 
 @router.post("/limits/proposals/{proposal_id}/approve")
-def limits_approve(request: Request, me: CurrentUser, session: SessionDep, proposal_id: int,
+def limits_approve(request: Request, me: CurrentUser, session: SessionDep, proposal_id: RowId,
                    password: Annotated[str, Form(max_length=1000)],
                    comment: Annotated[str | None, Form(max_length=2000)] = None) -> RedirectResponse:
     signer = sign_in(request, me, password)
@@ -133,7 +133,7 @@ def limits_approve(request: Request, me: CurrentUser, session: SessionDep, propo
 
 
 @router.post("/limits/proposals/{proposal_id}/reject")
-def limits_reject(request: Request, me: CurrentUser, session: SessionDep, proposal_id: int,
+def limits_reject(request: Request, me: CurrentUser, session: SessionDep, proposal_id: RowId,
                   reason: Text) -> RedirectResponse:
     reject(session, actor=me.actor(), proposal_id=proposal_id, reason=reason)
     return done(request, "/limits", tr(request, "Proposal rejected."))

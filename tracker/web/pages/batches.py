@@ -14,7 +14,7 @@ from batch_records.review import assess_item
 from batch_records.steps import complete_batch, create_batch, end_step, get_batch, list_batches, start_step
 from tracker.facility import Room
 from tracker.timeutil import iso_utc, parse_instant, utcnow
-from tracker.web.deps import CurrentUser, SessionDep, sign_in
+from tracker.web.deps import CurrentUser, RowId, SessionDep, sign_in
 from tracker.web.pages._common import the_site
 from tracker.web.render import back_path, done, render, tr
 
@@ -90,7 +90,7 @@ def step_begin(request: Request, me: CurrentUser, session: SessionDep, number: s
 
 
 @router.post("/steps/{step_id}/end")
-def step_finish(request: Request, me: CurrentUser, session: SessionDep, step_id: int,
+def step_finish(request: Request, me: CurrentUser, session: SessionDep, step_id: RowId,
                 password: Password, comment: Comment = None,
                 at: Annotated[datetime | None, Form()] = None) -> RedirectResponse:
     signer = sign_in(request, me, password)

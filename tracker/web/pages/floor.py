@@ -18,7 +18,7 @@ from tracker.limits import UNITS
 from tracker.readings import Reading
 from tracker.timeutil import parse_instant, utcnow
 from tracker.web.charts import trend_svg
-from tracker.web.deps import CurrentUser, SessionDep
+from tracker.web.deps import CurrentUser, RowId, SessionDep
 from tracker.web.pages._common import site_or_none, the_site
 from tracker.web.render import done, gettext, render, tr
 
@@ -97,14 +97,14 @@ def excursion_queue(request: Request, me: CurrentUser, session: SessionDep,
 
 
 @router.post("/excursions/{excursion_id}/acknowledge")
-def excursion_acknowledge(request: Request, me: CurrentUser, session: SessionDep, excursion_id: int,
+def excursion_acknowledge(request: Request, me: CurrentUser, session: SessionDep, excursion_id: RowId,
                           comment: Annotated[str, Form(max_length=2000)]) -> RedirectResponse:
     acknowledge(session, actor=me.actor(), excursion_id=excursion_id, comment=comment)
     return done(request, "/excursions", tr(request, "Excursion acknowledged."))
 
 
 @router.post("/excursions/{excursion_id}/deviation")
-def excursion_deviation(request: Request, me: CurrentUser, session: SessionDep, excursion_id: int,
+def excursion_deviation(request: Request, me: CurrentUser, session: SessionDep, excursion_id: RowId,
                         title: Annotated[str, Form(max_length=200)],
                         classification: Annotated[str, Form(max_length=20)],
                         category: Annotated[str, Form(max_length=60)],

@@ -13,7 +13,7 @@ from batch_records.steps import get_batch
 from tracker import deviations as dv
 from tracker.excursions import Excursion
 from tracker.facility import Monitor, Site
-from tracker.web.deps import CurrentUser, SessionDep, sign_in
+from tracker.web.deps import CurrentUser, RowId, SessionDep, sign_in
 from tracker.web.render import back_path, done, render, tr
 
 router = APIRouter(include_in_schema=False)
@@ -132,21 +132,21 @@ def capa_add(request: Request, me: CurrentUser, session: SessionDep, number: str
 
 
 @router.post("/capa/{capa_id}/done")
-def capa_done(request: Request, me: CurrentUser, session: SessionDep, capa_id: int,
+def capa_done(request: Request, me: CurrentUser, session: SessionDep, capa_id: RowId,
               outcome: Text) -> RedirectResponse:
     dv.complete_capa(session, actor=me.actor(), capa_id=capa_id, outcome=outcome)
     return done(request, back_path(request), tr(request, "CAPA action done."))
 
 
 @router.post("/capa/{capa_id}/check")
-def capa_check(request: Request, me: CurrentUser, session: SessionDep, capa_id: int,
+def capa_check(request: Request, me: CurrentUser, session: SessionDep, capa_id: RowId,
                effective: Annotated[bool, Form()], note: Text) -> RedirectResponse:
     dv.check_effectiveness(session, actor=me.actor(), capa_id=capa_id, effective=effective, note=note)
     return done(request, back_path(request), tr(request, "Effectiveness recorded."))
 
 
 @router.post("/links/{link_id}/decide")
-def link_decide(request: Request, me: CurrentUser, session: SessionDep, link_id: int,
+def link_decide(request: Request, me: CurrentUser, session: SessionDep, link_id: RowId,
                 exposed: Annotated[bool, Form()], reason: Text) -> RedirectResponse:
     decide_link(session, actor=me.actor(), link_id=link_id, exposed=exposed, reason=reason)
     return done(request, back_path(request), tr(request, "Exposure decision recorded."))
