@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT))
 from bench import latency, report, scale  # noqa: E402
 from bench.common import FACILITY  # noqa: E402
 from bench.ingest import make_messages, throughput  # noqa: E402
-from bench.pgcluster import throwaway_cluster  # noqa: E402
+from bench.pgcluster import server_version, throwaway_cluster  # noqa: E402
 from sensors.broker import LocalBroker  # noqa: E402
 
 DOC = ROOT / "docs" / "performance.md"
@@ -59,7 +59,6 @@ def machine() -> dict[str, str]:
                platform.processor())
     import sqlite3
 
-    from bench.pgcluster import server_binary
     return {
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "commit": _version(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"]),
@@ -67,7 +66,7 @@ def machine() -> dict[str, str]:
         "python": platform.python_version(),
         "mosquitto": _version(["mosquitto", "-h"]),
         "sqlite": sqlite3.sqlite_version,
-        "postgresql": _version([server_binary("postgres"), "--version"]),
+        "postgresql": server_version(),
     }
 
 

@@ -1,59 +1,33 @@
-"""A throwaway PostgreSQL cluster on loopback for the benchmarks (Debian's PostgreSQL 15).
-
-Used by ``bench/budget.py`` when no ``--pg-url`` is given. ``initdb`` refuses to run as
-root, so as root the server binaries run as the ``postgres`` user (platform.md).
-"""
+"""A throwaway PostgreSQL cluster on loopback for the benchmarks: ``scripts/pg`` (the one the
+test suite uses), with PostgreSQL's durability settings left on as in production."""
 
 from __future__ import annotations
 
 import contextlib
 import os
-import shutil
-import socket
 import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-BIN_DIRS = sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)
+PG_SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "pg"
 
 
-def server_binary(name: str) -> str:
-    """``initdb``/``pg_ctl`` from the newest installed PostgreSQL (not on Debian's PATH)."""
-    for directory in BIN_DIRS:
-        if (directory / name).exists():
-            return str(directory / name)
-    found = shutil.which(name)
-    if found is None:
-        raise SystemExit(f"{name} not found: install Debian's postgresql package "
-                         "(scripts/bootstrap does)")
-    return found
-
-
-def _run(argv: list[str]) -> None:
-    if os.geteuid() == 0:
-        argv = ["runuser", "-u", "postgres", "--", *argv]
-    subprocess.run(argv, check=True, stdout=subprocess.DEVNULL)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def server_version() -> str:
+    """``postgres --version`` of the newest installed server (Debian keeps it off the PATH)."""
+    bins = sorted(Path("/usr/lib/postgresql").glob("*/bin/postgres"))
+    if not bins:
+        return "PostgreSQL not installed"
+    return subprocess.run([str(bins[-1]), "--version"], capture_output=True, text=True).stdout.strip()
 
 
 @contextlib.contextmanager
 def throwaway_cluster() -> Iterator[str]:
-    """Start a cluster in a temporary directory; yields its admin URL; removes it after."""
-    workdir = Path(tempfile.mkdtemp(prefix="gmp-bench-pg-"))
-    workdir.chmod(0o777)   # the postgres user writes here
-    data, port = workdir / "data", free_port()
-    _run([server_binary("initdb"), "-D", str(data), "-A", "trust", "-U", "postgres",
-          "--no-sync"])
-    _run([server_binary("pg_ctl"), "-D", str(data), "-l", str(workdir / "log"), "-w", "-o",
-          f"-p {port} -k {workdir} -c listen_addresses=127.0.0.1 -c fsync=on", "start"])
+    """Start a durable cluster in a temporary directory; yields its admin URL; removes it after."""
+    directory = tempfile.mkdtemp(prefix="gmp-bench-pg-")
+    url = subprocess.run([str(PG_SCRIPT), "start", directory], check=True, capture_output=True,
+                         text=True, env={**os.environ, "TRACKER_PG_DURABLE": "1"}).stdout.strip()
     try:
-        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres"
+        yield url
     finally:
-        _run([server_binary("pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"])
-        shutil.rmtree(workdir, ignore_errors=True)
+        subprocess.run([str(PG_SCRIPT), "stop", directory], check=False)

@@ -41,6 +41,8 @@ from tracker.db import unit_of_work  # noqa: E402
 from tracker.readings import RawMessage  # noqa: E402
 
 SHARE_GROUP = "tracker"
+#: no new reading stored for this long ends a run as stalled
+STALL_S = 60.0
 
 
 @dataclass
@@ -70,10 +72,15 @@ def start_worker(db_url: str, broker_url: str, worker: str) -> subprocess.Popen:
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     subscribed = threading.Event()
 
-    def watch() -> None:
-        for line in proc.stderr:
-            if "subscription to" in line and "confirmed" in line:
-                subscribed.set()
+    log = Path(tempfile.gettempdir()) / f"gmp-bench-ingest-{worker}.log"
+
+    def watch() -> None:   # keep the worker's log for when a figure looks wrong
+        with log.open("w") as out:
+            for line in proc.stderr:
+                out.write(line)
+                out.flush()
+                if "subscription to" in line and "confirmed" in line:
+                    subscribed.set()
 
     threading.Thread(target=watch, daemon=True).start()
     if not subscribed.wait(30):
@@ -103,12 +110,16 @@ def run(admin_url: str, broker_url: str, messages: list, workers: int) -> ScaleR
              for i in range(workers)]
     t0 = time.perf_counter()
     publisher = publish_in_process(broker_url, messages, f"scale-{workers}")
-    stored = 0
-    deadline = time.monotonic() + 900
-    while stored < len(messages) and time.monotonic() < deadline:
+    stored, last_change = 0, time.monotonic()
+    while stored < len(messages) and time.monotonic() - last_change < STALL_S:
         time.sleep(0.1)
-        stored = stored_count(engine)
+        now_stored = stored_count(engine)
+        if now_stored != stored:
+            stored, last_change = now_stored, time.monotonic()
     elapsed = time.perf_counter() - t0
+    if stored < len(messages):
+        print(f"WARNING: {workers} worker(s) stalled at {stored:,} of {len(messages):,} for "
+              f"{STALL_S:.0f} s; logs: {tempfile.gettempdir()}/gmp-bench-ingest-*.log")
     publisher.join()
     rss = [peak_rss_mib(p.pid) for p in procs]
     for p in procs:
