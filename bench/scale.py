@@ -5,8 +5,8 @@
 
 For each worker count: a fresh PostgreSQL database (created through ``--pg-url``, an admin
 URL), the sample centre loaded, that many ``tracker ingest`` processes on
-``$share/tracker/gmp/#`` (each under its own worker name), then a separate process floods the same
-pre-generated readings at QoS 1. Rate = readings / (publisher start → last reading
+``$share/benchK/gmp/#`` (a group per run, each worker under its own name), then a separate
+process floods the same pre-generated readings at QoS 1. Rate = readings / (publisher start → last reading
 committed), from a poll of the database every 0.1 s. Also reports each worker's peak
 resident memory (``VmHWM``) and the raw broker ceiling (a paho subscriber that only counts)
 measured on the same broker in the same run. Scaling factor = rate(k) / rate(1). Every run
@@ -40,7 +40,6 @@ from sensors.broker import LocalBroker  # noqa: E402
 from tracker.db import unit_of_work  # noqa: E402
 from tracker.readings import RawMessage  # noqa: E402
 
-SHARE_GROUP = "tracker"
 #: no new reading stored for this long ends a run as stalled
 STALL_S = 60.0
 
@@ -64,10 +63,10 @@ def recreate_database(admin_url: str, name: str) -> str:
     return make_url(admin_url).set(database=name).render_as_string(hide_password=False)
 
 
-def start_worker(db_url: str, broker_url: str, worker: str) -> subprocess.Popen:
+def start_worker(db_url: str, broker_url: str, group: str, worker: str) -> subprocess.Popen:
     """One ``tracker ingest --shared`` process under a fixed worker name; returns once subscribed."""
     env = {**os.environ, "TRACKER_DATABASE_URL": db_url, "TRACKER_MQTT_URL": broker_url,
-           "TRACKER_MQTT_SHARE_GROUP": SHARE_GROUP, "TRACKER_INGEST_WORKER": worker}
+           "TRACKER_MQTT_SHARE_GROUP": group, "TRACKER_INGEST_WORKER": worker}
     proc = subprocess.Popen([sys.executable, "-m", "tracker.cli", "ingest"], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     subscribed = threading.Event()
@@ -106,7 +105,10 @@ def stored_count(engine) -> int:
 def run(admin_url: str, broker_url: str, messages: list, workers: int) -> ScaleRun:
     db_url = recreate_database(admin_url, f"bench_scale_{workers}")
     engine = fresh_database(db_url)
-    procs = [start_worker(db_url, broker_url, f"bench-{workers}-{i}")
+    # a group of its own per run: mosquitto keeps sharing messages round robin into the
+    # persistent sessions of the previous run's stopped workers (docs/scale-out.md)
+    group = f"bench{workers}"
+    procs = [start_worker(db_url, broker_url, group, f"bench-{workers}-{i}")
              for i in range(workers)]
     t0 = time.perf_counter()
     publisher = publish_in_process(broker_url, messages, f"scale-{workers}")

@@ -43,6 +43,19 @@ from tracker.trends import TrendRule
 log = logging.getLogger(__name__)
 #: errors that mean "the database is not there right now": wait and retry the same batch
 TRANSIENT = (OperationalError, InterfaceError, DisconnectionError)
+#: longest wait between attempts to store a held batch: once the database is back, ingest
+#: (and with it the alarms) resumes within this long
+MAX_RETRY_S = 5.0
+#: a deadlock or serialization failure with another worker is retried almost at once
+CONFLICT_RETRY_S = 0.05
+#: PostgreSQL SQLSTATEs of a transaction that lost a lock conflict (deadlock_detected,
+#: serialization_failure): the database is fine, the batch just has to run again
+WRITE_CONFLICT_STATES = frozenset({"40P01", "40001"})
+
+
+def is_write_conflict(exc: BaseException) -> bool:
+    """A transaction rolled back by a lock conflict with another writer, not an outage."""
+    return getattr(getattr(exc, "orig", None), "sqlstate", None) in WRITE_CONFLICT_STATES
 #: how long one attempt waits on a locked SQLite file before the batch counts as failed and is
 #: retried: the connection's default (30 s, tracker.db) would stall the MQTT loop, SIGTERM and
 #: the keepalive for that long
@@ -288,12 +301,17 @@ class Ingester:
             try:
                 outcome = self._store(batch)
                 break
-            except TRANSIENT:
+            except TRANSIENT as exc:
                 self.stats.db_errors += 1
                 self.intake.forget()
-                log.warning("database unavailable; batch of %d kept unacknowledged (%d pending, "
-                            "bound %d), retrying in %.1fs", len(batch), len(self.pending),
-                            self.options.window, delay, exc_info=True)
+                if is_write_conflict(exc):   # another worker holds the monitors: retry soon
+                    log.info("batch of %d conflicted with another worker's transaction (%s); "
+                             "retrying", len(batch), type(getattr(exc, "orig", exc)).__name__)
+                    delay = CONFLICT_RETRY_S
+                else:
+                    log.warning("database unavailable; batch of %d kept unacknowledged (%d "
+                                "pending, bound %d), retrying in %.1fs", len(batch),
+                                len(self.pending), self.options.window, delay, exc_info=True)
                 if stop.is_set():
                     return False  # leave it unacknowledged: the broker redelivers it
                 deadline = time.monotonic() + delay
@@ -304,7 +322,7 @@ class Ingester:
                         self.client.loop_misc()   # but keep the keepalive pings going
                         stop.wait(min(0.1, delay))
                     self._report_stats()
-                delay = min(delay * 2, 30.0)
+                delay = min(delay * 2, MAX_RETRY_S)
         del self.pending[:len(batch)]
         self.stats.pending = len(self.pending)
         if self.pending:

@@ -71,9 +71,13 @@ class WriterGuard:
         self.writer = writer or default_writer()
         #: monitor → the version this worker's last *committed* transaction left
         self.committed: dict[int, int] = {}
+        #: monitors known to have a row (rows are never deleted)
+        self.existing: set[int] = set()
 
     def forget(self) -> None:
+        """After a rollback: nothing this worker staged or created can be trusted."""
         self.committed.clear()
+        self.existing.clear()
 
     def claim(self, session: Session, monitor_ids: Iterable[int]) -> set[int]:
         """Lock the monitors' rows for the caller's transaction and bump their versions;
@@ -81,15 +85,27 @@ class WriterGuard:
         ids = sorted(set(monitor_ids))
         if not ids:
             return set()
+        self._ensure_rows(session, ids)
         before = self._bump(session, ids)
-        missing = [m for m in ids if m not in before]
-        if missing:   # first time anyone ingests these monitors
-            session.connection().execute(_ENSURE, [{"m": m} for m in missing])
-            before.update(self._bump(session, missing))
         staged = {m: v + 1 for m, v in before.items()}
         # trusted only once committed: a rolled-back bump never happened
         event.listen(session, "after_commit", lambda _s: self.committed.update(staged), once=True)
         return {m for m in ids if self.committed.get(m) != before.get(m)}
+
+    def _ensure_rows(self, session: Session, ids: list[int]) -> None:
+        """Create the rows of monitors nobody has ingested yet, before any row is locked: a
+        row created after others were locked would break the monitor order and could
+        deadlock with another worker doing the same for other monitors."""
+        unknown = [m for m in ids if m not in self.existing]
+        if not unknown:
+            return
+        connection = session.connection()
+        present = set(connection.execute(
+            select(TABLE.c.monitor_id).where(TABLE.c.monitor_id.in_(unknown))).scalars())
+        missing = [m for m in unknown if m not in present]
+        if missing:   # first time anyone ingests these monitors
+            connection.execute(_ENSURE, [{"m": m} for m in missing])
+        self.existing.update(unknown)   # rows are never deleted
 
     def _bump(self, session: Session, ids: list[int]) -> dict[int, int]:
         """Versions before the bump, under the lock."""
