@@ -51,15 +51,15 @@ CONFLICT_RETRY_S = 0.05
 #: PostgreSQL SQLSTATEs of a transaction that lost a lock conflict (deadlock_detected,
 #: serialization_failure): the database is fine, the batch just has to run again
 WRITE_CONFLICT_STATES = frozenset({"40P01", "40001"})
+#: how long one attempt waits on a locked SQLite file before the batch counts as failed and is
+#: retried: the connection's default (30 s, tracker.db) would stall the MQTT loop, SIGTERM and
+#: the keepalive for that long
+SQLITE_LOCK_WAIT_MS = 5000
 
 
 def is_write_conflict(exc: BaseException) -> bool:
     """A transaction rolled back by a lock conflict with another writer, not an outage."""
     return getattr(getattr(exc, "orig", None), "sqlstate", None) in WRITE_CONFLICT_STATES
-#: how long one attempt waits on a locked SQLite file before the batch counts as failed and is
-#: retried: the connection's default (30 s, tracker.db) would stall the MQTT loop, SIGTERM and
-#: the keepalive for that long
-SQLITE_LOCK_WAIT_MS = 5000
 
 
 @dataclass
