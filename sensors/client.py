@@ -138,10 +138,11 @@ class IngestOptions:
         worker = worker or settings.ingest_worker
         if worker and not client_id:
             client_id = f"{settings.mqtt_client_id}-{worker}"
-        if share_group:
-            if not client_id:
+        if share_group or subscription.startswith("$share/"):
+            if not client_id:   # workers under one id would take each other's session over
                 raise SharedSubscriptionError("shared_needs_worker")
-            subscription = shared_filter(share_group, subscription)
+            if share_group:
+                subscription = shared_filter(share_group, subscription)
         return cls(client_id=client_id or settings.mqtt_client_id,
                    subscription=subscription,
                    protocol=settings.mqtt_protocol, batch_size=settings.ingest_batch_size,

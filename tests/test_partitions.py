@@ -129,6 +129,29 @@ def test_rows_in_default_move_into_the_new_month(facility_engine: Engine) -> Non
 
 
 @pg_only
+def test_a_month_that_cannot_get_its_partition_is_stored_in_default_not_refused(
+        facility_engine: Engine, caplog: pytest.LogCaptureFixture) -> None:
+    """A hand-made partition overlapping October partly makes October's partition impossible:
+    the batch is still stored (in DEFAULT) and judged, with a warning, not quarantined —
+    refusing it would have put a month of valid readings out of evaluation."""
+    with facility_engine.begin() as conn:
+        conn.exec_driver_sql(
+            "CREATE TABLE reading_odd PARTITION OF reading "
+            "FOR VALUES FROM ('2024-10-15 00:00+00') TO ('2024-10-20 00:00+00')")
+    processor = ingest(facility_engine, [[pc(1, OCT + timedelta(days=3))]])
+    assert "could not create the partitions" in caplog.text
+    assert (2024, 10) in processor.intake.partitions.known   # logged once, not every batch
+    with facility_engine.connect() as conn:
+        where = dict(conn.execute(text(
+            "SELECT tableoid::regclass::text, count(*) FROM reading GROUP BY 1")).all())
+    assert where == {"reading_default": 2}
+    with unit_of_work(facility_engine) as s:
+        stats = ingest_stats(s)
+    assert stats["readings"] == 1
+    assert stats["quarantined"] == 0
+
+
+@pg_only
 def test_a_month_query_reads_only_that_months_partition(facility_engine: Engine) -> None:
     ingest(facility_engine, [[pc(i + 1, OCT + timedelta(days=10 * i)) for i in range(8)]])
     assert {"reading_y2024m10", "reading_y2024m11", "reading_y2024m12"} <= set(names(facility_engine))

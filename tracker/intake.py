@@ -193,9 +193,9 @@ class Intake:
         """Dedupe, judge, insert and run the rules for one batch, in the caller's transaction."""
         registry = self.registry or self.refresh(session)
         now = now or utcnow()
-        # first, before this transaction reads `reading`: creating a partition locks its
-        # DEFAULT partition, which a read earlier in the same transaction would deadlock with
-        self.partitions.cover(session.connection(), (r.event_time for r in readings))
+        # a month's first reading: its partition, committed apart before this batch runs
+        bind = session.get_bind()
+        self.partitions.cover(getattr(bind, "engine", bind), (r.event_time for r in readings))
         # before reading any state: lock the batch's monitors, forget what others changed
         self._forget_monitors(self.guard.claim(
             session, {r.monitor_id for r in readings} | {s.monitor_id for s in statuses}))

@@ -6,7 +6,8 @@ a month or a year reads only those months' partitions and old months can later b
 cheaper storage or detached whole. Rows must find their month's partition when they arrive:
 
 * the ingester's :class:`PartitionKeeper` creates the month of every reading it is about to
-  store, the first time it sees that month (a set lookup per batch afterwards);
+  store, the first time it sees that month, in a short transaction of its own just before
+  the batch's (a set lookup per batch afterwards);
 * ``tracker db upgrade`` and ``tracker db partitions --ensure`` create the coming months.
 
 A partition is created as a plain table and then ATTACHed: ``CREATE TABLE … PARTITION OF``
@@ -19,13 +20,16 @@ SQLite has no partitions; every function here is then a no-op.
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import Connection, text
+from sqlalchemy import Connection, Engine, text
+from sqlalchemy.exc import SQLAlchemyError
 
+log = logging.getLogger(__name__)
 PARENT = "reading"
 #: serialises partition creation between ingest workers (pg_advisory_xact_lock key)
 LOCK_KEY = 0x7472_6B70_6172_7431   # "trkpart1"
@@ -104,9 +108,9 @@ def list_partitions(connection: Connection) -> list[Partition]:
 def ensure_months(connection: Connection, months: Iterable[datetime]) -> list[str]:
     """Create the partitions of the given months that no partition covers yet; their names.
 
-    Runs in the caller's transaction (the unit of work commits): a rolled-back batch takes
-    its partitions with it. Concurrent callers are serialised by an advisory lock and see
-    each other's committed partitions, so a month is never created twice.
+    Runs in the caller's transaction (the caller commits). Concurrent callers are serialised
+    by an advisory lock and see each other's committed partitions, so a month is never
+    created twice.
     """
     wanted = sorted({month_start(m) for m in months})
     if not wanted or not is_partitioned(connection):
@@ -162,15 +166,21 @@ class PartitionKeeper:
     """The ingester's memory of which months already have a partition.
 
     ``cover`` costs a set of (year, month) per batch; only a month not seen before in this
-    process goes to the database (once). ``forget`` after a rolled-back batch, whose
-    partitions were rolled back with it.
+    process goes to the database, in a short transaction of its own committed *before* the
+    batch's: ATTACH holds a lock on the DEFAULT partition until commit, and inside a batch
+    that lock would be held while the batch waits for another worker's monitor rows, which
+    may in turn be reading DEFAULT (a deadlock). It is best effort: a month whose partition
+    cannot be made now (no privilege, a hand-made overlapping partition) is logged and its
+    readings go to DEFAULT, stored and judged like any other; ``tracker db partitions
+    --ensure`` moves them once the cause is fixed. Refusing the batch instead would have
+    quarantined a month of valid readings.
     """
 
     def __init__(self) -> None:
         self.known: set[tuple[int, int]] = set()
         self.enabled: bool | None = None
 
-    def cover(self, connection: Connection, times: Iterable[datetime]) -> list[str]:
+    def cover(self, engine: Engine, times: Iterable[datetime]) -> list[str]:
         """Make sure a partition exists for the month of each of ``times`` (aware datetimes)."""
         if self.enabled is False:
             return []
@@ -179,14 +189,23 @@ class PartitionKeeper:
         missing = months - self.known
         if not missing:
             return []
-        if self.enabled is None:
-            self.enabled = is_partitioned(connection)
-            if not self.enabled:
-                return []
-        created = ensure_months(connection, [datetime(y, m, 1, tzinfo=UTC) for y, m in missing])
-        self.known |= missing
+        if self.enabled is None and engine.dialect.name != "postgresql":
+            self.enabled = False
+            return []
+        try:
+            with engine.begin() as connection:
+                if self.enabled is None:
+                    self.enabled = is_partitioned(connection)
+                created = (ensure_months(connection, [datetime(y, m, 1, tzinfo=UTC)
+                                                      for y, m in missing])
+                           if self.enabled else [])
+        except (SQLAlchemyError, RuntimeError) as exc:
+            log.warning("could not create the partitions of %s for months %s (%s): their "
+                        "readings go to the DEFAULT partition; run `tracker db partitions "
+                        "--ensure` once this is fixed", PARENT, sorted(missing), exc)
+            created = []
+        self.known |= missing   # created, existing, or logged once: not retried every batch
         return created
 
     def forget(self) -> None:
-        self.known.clear()
-        self.enabled = None
+        """Nothing to do after a rolled-back batch: partitions are committed on their own."""
