@@ -25,10 +25,11 @@ from tests.scale_out_scenario import excursion_shapes, scenario, stored_keys
 from tracker.counters import read as read_counter
 from tracker.db import get_engine, unit_of_work
 from tracker.ingest_state import IngestState, WriterGuard
-from tracker.intake import Intake
+from tracker.intake import GAP_SETTLE, Intake
 from tracker.quarantine import QuarantinedMessage
 from tracker.rollups import RollupHourly
 from tracker.settings import Settings
+from tracker.timeutil import utcnow
 
 RECEIVED = T0.replace(year=2027)   # long after the event times: nothing here is live
 
@@ -65,7 +66,7 @@ def _one_worker(engine: Engine, messages: list[InboundMessage]) -> None:
 
 
 def _two_workers(engine: Engine, messages: list[InboundMessage], *, seed: int = 3,
-                 redeliver: bool = True) -> int:
+                 redeliver: bool = True, settle: bool = True) -> int:
     """Round robin by message (as mosquitto shares a subscription), batches of different
     sizes, commits in a random order, one worker stalled for a while, and some committed
     messages redelivered to the *other* worker. Returns how many were redelivered."""
@@ -92,6 +93,9 @@ def _two_workers(engine: Engine, messages: list[InboundMessage], *, seed: int = 
                      for m in rng.sample(batch, 3)]
             queues[other][0] = again + queues[other][0]
             redelivered += len(again)
+    if settle:   # the workers' silence ticks, once the deferred gap checks are due
+        with unit_of_work(engine) as s:
+            workers["b"].intake.check_silence(s, now=utcnow() + 2 * GAP_SETTLE)
     return redelivered
 
 
@@ -124,6 +128,67 @@ def test_two_interleaved_workers_store_what_one_worker_stores(
         versions = dict(s.exec(select(IngestState.monitor_id, IngestState.version)).all())
     assert writers <= {"a", "b"}
     assert len(versions) == 3
+
+
+def _gap_checks_pending(engine: Engine) -> int:
+    with unit_of_work(engine) as s:
+        return s.exec(select(func.count()).select_from(IngestState).where(
+            IngestState.gap_recheck_due.is_not(None))).one()
+
+
+def test_gaps_found_while_the_other_worker_writes_wait_and_are_drawn_by_any_worker(
+        facility_engine: Engine, twin_engine: Engine) -> None:
+    """A hole that is only the other worker's share in flight is not drawn (then withdrawn):
+    it is kept on the monitor's row and checked again once due, by whichever worker ticks."""
+    messages = _messages()
+    _one_worker(facility_engine, messages)
+    _two_workers(twin_engine, messages, settle=False)
+    one = excursion_shapes(facility_engine)
+    assert _gap_checks_pending(twin_engine) > 0
+    assert excursion_shapes(twin_engine, superseded=True) == []   # nothing drawn in vain
+    assert excursion_shapes(twin_engine) != one                    # real gaps still held
+
+    other = Intake(close_after=3, writer="c")   # a worker that stored none of it
+    with unit_of_work(twin_engine) as s:
+        other.check_silence(s, now=utcnow())     # not due yet: nothing happens
+    assert _gap_checks_pending(twin_engine) > 0
+    with unit_of_work(twin_engine) as s:
+        other.check_silence(s, now=utcnow() + 2 * GAP_SETTLE)
+    assert _gap_checks_pending(twin_engine) == 0
+    assert excursion_shapes(twin_engine) == one
+    assert excursion_shapes(twin_engine, superseded=True) == []
+
+
+def test_control_without_deferral_draws_gaps_then_withdraws_them(
+        facility_engine: Engine, twin_engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The control: taking every hole at face value ends exact too, but only after drawing
+    false gaps that are then superseded, each with an audit event for QA to read."""
+    monkeypatch.setattr(WriterGuard, "shared", lambda self, monitor_id: False)
+    messages = _messages()
+    _one_worker(facility_engine, messages)
+    _two_workers(twin_engine, messages)
+    assert excursion_shapes(twin_engine) == excursion_shapes(facility_engine)
+    assert {s[1] for s in excursion_shapes(twin_engine, superseded=True)} == {"data_gap"}
+
+
+def _pressure(seqs: range, start: datetime) -> list[InboundMessage]:
+    return [InboundMessage(topic=topic("T-B1", "T-B1-DP"), received_at=RECEIVED, payload=scalar(
+        monitor="T-B1-DP", kind="pressure", seq=i, ts=start + timedelta(seconds=10 * (i - seqs[0])),
+        value=15.0, unit="Pa")) for i in seqs]
+
+
+def test_a_worker_reaching_back_past_every_stored_reading_draws_the_gap_before_them(
+        facility_engine: Engine) -> None:
+    """The other worker stored a monitor's later readings first; this worker's share is older
+    than all of them, with a hole in between: a gap, although no stored reading precedes it."""
+    a = BatchProcessor(Intake(close_after=3, writer="a"))
+    b = BatchProcessor(Intake(close_after=3, writer="b"))
+    with unit_of_work(facility_engine) as s:
+        b.process(s, _pressure(range(100, 130), T0 + timedelta(minutes=30)))
+    with unit_of_work(facility_engine) as s:
+        a.process(s, _pressure(range(1, 13), T0))      # 00:00 … 00:01:50, then silence
+    gaps = [g for g in excursion_shapes(facility_engine) if g[1] == "data_gap"]
+    assert [(g[4], g[5]) for g in gaps] == [(T0 + timedelta(seconds=110), T0 + timedelta(minutes=30))]
 
 
 @pytest.fixture

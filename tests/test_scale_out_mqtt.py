@@ -59,6 +59,12 @@ def _stored(engine: Engine) -> int:
         return s.exec(select(func.count()).select_from(RawMessage)).one()
 
 
+def _gap_checks_pending(engine: Engine) -> int:
+    with unit_of_work(engine) as s:
+        return s.exec(select(func.count()).select_from(IngestState).where(
+            IngestState.gap_recheck_due.is_not(None))).one()
+
+
 def test_two_shared_ingesters_one_killed_equal_one_ingester(
         facility_engine: Engine, db_url: str, twin_engine: Engine,  # noqa: F811
         broker: LocalBroker) -> None:
@@ -93,7 +99,10 @@ def test_two_shared_ingesters_one_killed_equal_one_ingester(
     a = Worker(twin_url, broker, *shared, "--worker", "a")
     try:
         wait_until(lambda: _stored(twin_engine) >= n, timeout=180, what="run B stored all")
-        time.sleep(0.5)   # the last batches' rules commit with their readings; let them land
+        # gaps found while the other worker's share was in flight are re-checked by the
+        # workers' own silence ticks once due (GAP_SETTLE)
+        wait_until(lambda: _gap_checks_pending(twin_engine) == 0, timeout=90,
+                   what="deferred gap checks done")
     finally:
         a.stop()
         b.stop()

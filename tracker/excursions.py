@@ -103,11 +103,13 @@ class EpisodeBook:
                 batch: dict[SeriesKey, list[Judged]], *, now: datetime | None = None) -> None:
         """Advance every series touched by a batch; rows are written in the caller's transaction."""
         now = now or utcnow()
+        for judged in batch.values():
+            judged.sort(key=lambda j: j.at)
+        idle = self._idle_without_machine(session, batch)
         for key, judged in batch.items():
             entry = registry.by_id[key[0]]
-            if not entry.limits.evaluable(key[1]):
+            if not entry.limits.evaluable(key[1]) or key in idle:
                 continue  # nothing to judge against (e.g. a CNC room's humidity): no episodes
-            judged.sort(key=lambda j: j.at)
             machine = self.machines.get(key)
             if machine is None or (machine.last_at is not None and judged[0].at < machine.last_at):
                 self.machines[key] = self.rebuild(session, entry, key[1], judged[0].at, now)
@@ -123,6 +125,32 @@ class EpisodeBook:
                         and episode.level is Level.ALERT):
                     self.on_alert_closed(session, entry, episode, now)
             machine.closed.clear()
+
+    def _idle_without_machine(self, session: Session, batch: dict[SeriesKey, list[Judged]]
+                              ) -> set[SeriesKey]:
+        """Series with no machine here (another worker wrote them last, or a restart) whose
+        new readings are all in limits and fall after every stored episode's closing run:
+        they change no episode, so they need no machine and no replay.
+
+        In-limit readings never open an episode, and one that closed (its closing run
+        complete) before them cannot be reshaped by them; an open episode, or one whose
+        closing run reaches them, takes the replay. One query for the whole batch.
+        """
+        quiet = {key: judged[0].at for key, judged in batch.items()
+                 if key not in self.machines and all(j.level is Level.OK for j in judged)}
+        if not quiet:
+            return set()
+        busy: set[SeriesKey] = set()
+        for monitor_id, channel, closed_by in session.exec(select(
+                Excursion.monitor_id, Excursion.channel, Excursion.closed_by_at).where(
+                Excursion.monitor_id.in_(sorted({m for m, _ in quiet})), Excursion.type == "limit",
+                Excursion.status != "superseded",
+                or_(Excursion.closed_by_at.is_(None),
+                    Excursion.closed_by_at >= min(quiet.values())))):
+            first = quiet.get((monitor_id, channel))
+            if first is not None and (closed_by is None or closed_by >= first):
+                busy.add((monitor_id, channel))
+        return set(quiet) - busy
 
     @staticmethod
     def _quiet_point(session: Session, monitor_id: int, channel: str, before: datetime

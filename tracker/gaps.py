@@ -17,11 +17,13 @@ updated in place, inserted, or superseded (audited) — never deleted.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from itertools import pairwise
 
+from sqlalchemy import exists
+from sqlalchemy import select as core_select
 from sqlmodel import Session, select
 
 from tracker import audit
@@ -42,6 +44,18 @@ class Gap:
 def find_gaps(times: Sequence[datetime], threshold: timedelta) -> list[Gap]:
     """Gaps between consecutive (sorted) reading times further apart than ``threshold``."""
     return [Gap(a, b) for a, b in pairwise(times) if b - a > threshold]
+
+
+def _preceded(session: Session, firsts: Mapping[int, datetime]) -> set[int]:
+    """The monitors with a stored reading before the given time, in one round trip (one
+    indexed ``EXISTS`` per monitor)."""
+    if not firsts:
+        return set()
+    ids = sorted(firsts)
+    row = session.connection().execute(core_select(*(
+        exists().where(Reading.monitor_id == m, Reading.event_time < firsts[m]).label(f"m{i}")
+        for i, m in enumerate(ids)))).one()
+    return {m for m, found in zip(ids, row, strict=True) if found}
 
 
 def threshold_for(entry: MonitorEntry, gap_factor: float) -> timedelta:
@@ -72,8 +86,20 @@ class GapBook:
             self.open_gaps.discard(monitor_id)
 
     def after_readings(self, session: Session, registry: Registry, rooms: RoomStates,
-                       new: dict[int, list[tuple[datetime, datetime]]], now: datetime) -> None:
-        """Re-derive the gaps around a batch's new readings (event time, receipt time)."""
+                       new: dict[int, list[tuple[datetime, datetime]]], now: datetime, *,
+                       newest: Mapping[int, datetime | None] | None = None,
+                       shared: Callable[[int], bool] = lambda _m: False,
+                       defer: Callable[[int, datetime, datetime], None] | None = None) -> None:
+        """Re-derive the gaps around a batch's new readings (event time, receipt time).
+
+        ``newest`` is each monitor's newest stored reading before the batch, from every worker
+        (``tracker.ingest_state``): where this worker's cache does not know it, it still
+        spares the queries when the batch can change no gap. A new gap in a monitor that
+        ``shared`` says another worker is writing at the same time may be only that worker's
+        share in flight; it is not drawn but handed to ``defer`` (re-checked later, from the
+        stored data, by whichever worker's silence tick comes first).
+        """
+        unknown: dict[int, list[tuple[datetime, datetime]]] = {}
         for monitor_id, stamps in new.items():
             entry = registry.by_id[monitor_id]
             stamps.sort()
@@ -84,20 +110,79 @@ class GapBook:
             if in_order and not find_gaps([known[0], *(t for t, _ in stamps)], threshold):
                 self.latest[monitor_id] = stamps[-1]  # the common case: no query at all
                 continue
-            newest = self._rederive(session, entry, rooms, stamps[0][0], stamps[-1][0], now)
-            # ``latest`` must be the monitor's newest stored reading (the fast path relies on
-            # it): the batch's last one unless later ones are stored (this batch was late —
-            # backfill, or another worker's share); then keep what is known, if anything
-            if newest:
-                self.latest[monitor_id] = stamps[-1]
-            elif known is not None and known[0] < stamps[-1][0]:
-                del self.latest[monitor_id]
+            if known is None and newest is not None and newest.get(monitor_id) is not None:
+                unknown[monitor_id] = stamps      # decided below, with one query for them all
+                continue
+            self._after_slow(session, entry, rooms, stamps, known, now, shared, defer)
+        if unknown:
+            self._after_unknown(session, registry, rooms, unknown, newest, now, shared, defer)
+
+    def _after_slow(self, session: Session, entry: MonitorEntry, rooms: RoomStates,
+                    stamps: list[tuple[datetime, datetime]], known: tuple[datetime, datetime] | None,
+                    now: datetime, shared: Callable[[int], bool],
+                    defer: Callable[[int, datetime, datetime], None] | None) -> None:
+        first, last = stamps[0][0], stamps[-1][0]
+        newest = self._rederive(session, entry, rooms, first, last, now,
+                                defer=defer if shared(entry.id) else None)
+        # ``latest`` must be the monitor's newest stored reading (the fast path relies on
+        # it): the batch's last one unless later ones are stored (this batch was late —
+        # backfill, or another worker's share); then keep what is known, if anything
+        if newest:
+            self.latest[entry.id] = stamps[-1]
+        elif known is not None and known[0] < last:
+            del self.latest[entry.id]
+
+    def _after_unknown(self, session: Session, registry: Registry, rooms: RoomStates,
+                       batch: dict[int, list[tuple[datetime, datetime]]],
+                       newest: Mapping[int, datetime | None], now: datetime,
+                       shared: Callable[[int], bool],
+                       defer: Callable[[int, datetime, datetime], None] | None) -> None:
+        """Monitors this worker knows nothing of (another worker wrote them last), judged by
+        the newest stored reading of any worker and the stored gaps around the batch.
+
+        Readings that fall among stored ones can only split or shrink gaps, never make one
+        (points added between two others only bring neighbours closer): with no stored gap
+        around them, only the stretch after the newest stored reading can hold a new gap —
+        or the one before the oldest, so a batch reaching back past every stored reading of
+        its monitor takes the full path.
+        """
+        lowest = min(stamps[0][0] for stamps in batch.values())
+        preceded = _preceded(session, {m: stamps[0][0] for m, stamps in batch.items()
+                                       if stamps[0][0] < newest[m]})
+        around: dict[int, list[tuple[datetime, datetime | None]]] = {}
+        for monitor_id, start, end in session.exec(select(
+                Excursion.monitor_id, Excursion.started_at, Excursion.ended_at).where(
+                Excursion.monitor_id.in_(sorted(batch)), Excursion.type == "data_gap",
+                Excursion.status != "superseded",
+                (Excursion.ended_at.is_(None)) | (Excursion.ended_at > lowest))):
+            around.setdefault(monitor_id, []).append((start, end))
+        for monitor_id, stamps in batch.items():
+            entry = registry.by_id[monitor_id]
+            first, last = stamps[0][0], stamps[-1][0]
+            stored_newest = newest[monitor_id]
+            touched = any(start < last and (end is None or end > first)
+                          for start, end in around.get(monitor_id, ()))
+            tail = [t for t, _ in stamps if t > stored_newest]
+            holes = find_gaps([stored_newest, *tail], threshold_for(entry, self.gap_factor))
+            if first < stored_newest and monitor_id not in preceded:
+                self._after_slow(session, entry, rooms, stamps, None, now, shared, defer)
+                continue
+            if not touched and not holes:
+                if last >= stored_newest:
+                    self.latest[monitor_id] = stamps[-1]
+                continue
+            if not touched and defer is not None and shared(monitor_id):
+                defer(monitor_id, first, last)
+                continue
+            self._after_slow(session, entry, rooms, stamps, None, now, shared, defer)
 
     def _rederive(self, session: Session, entry: MonitorEntry, rooms: RoomStates,
-                  first: datetime, last: datetime, now: datetime) -> bool:
+                  first: datetime, last: datetime, now: datetime, *,
+                  defer: Callable[[int, datetime, datetime], None] | None = None) -> bool:
         """Gaps between the reading before ``first`` and the one after ``last``, from the
         stored readings, reconciled with the stored gap excursions there; returns whether
-        ``last`` is the newest stored reading."""
+        ``last`` is the newest stored reading. With ``defer``, gaps that are not stored yet
+        are handed to it instead of drawn (the stored ones are still kept in shape)."""
         series = (Reading.monitor_id == entry.id,)
         before = session.exec(select(Reading.event_time).where(*series, Reading.event_time < first)
                               .order_by(Reading.event_time.desc()).limit(1)).first()
@@ -112,9 +197,18 @@ class GapBook:
             Excursion.status != "superseded", Excursion.started_at < c,
             (Excursion.ended_at.is_(None)) | (Excursion.ended_at > a))
             .order_by(Excursion.started_at)))
-        self._reconcile(session, entry, rooms, computed, stored, now)
+        deferred = self._reconcile(session, entry, rooms, computed, stored, now,
+                                   draw_new=defer is None)
+        if deferred:
+            defer(entry.id, min(g.start for g in deferred), max(g.end for g in deferred))
         self.open_gaps.discard(entry.id)
         return after is None
+
+    def recheck(self, session: Session, entry: MonitorEntry, rooms: RoomStates,
+                first: datetime, last: datetime, now: datetime) -> None:
+        """A deferred stretch, now that every worker's share of it has had time to land."""
+        self._rederive(session, entry, rooms, first, last, now)
+        self.latest.pop(entry.id, None)
 
     def offline(self, session: Session, registry: Registry, rooms: RoomStates,
                 monitor_id: int, received_at: datetime, now: datetime) -> None:
@@ -194,13 +288,20 @@ class GapBook:
         return row
 
     def _reconcile(self, session: Session, entry: MonitorEntry, rooms: RoomStates,
-                   computed: Iterable[Gap], stored: list[Excursion], now: datetime) -> None:
+                   computed: Iterable[Gap], stored: list[Excursion], now: datetime, *,
+                   draw_new: bool = True) -> list[Gap]:
+        """Stored gaps follow the computed ones; returns the new gaps not drawn (``draw_new``
+        false: another worker's share may still fill them)."""
         unmatched = list(stored)
+        held: list[Gap] = []
         for gap in computed:
             match = next((r for r in unmatched if r.started_at <= gap.end
                           and (r.ended_at is None or gap.start <= r.ended_at)), None)
             if match is None:
-                session.add(self._row(entry, rooms, gap, now))
+                if draw_new:
+                    session.add(self._row(entry, rooms, gap, now))
+                else:
+                    held.append(gap)
                 continue
             unmatched.remove(match)
             before = (match.started_at, match.ended_at)
@@ -222,3 +323,4 @@ class GapBook:
             audit.record(session, actor=SYSTEM_ACTOR, action="excursion.supersede",
                          entity="excursion", entity_key=str(row.id), before=before,
                          after={"status": "superseded"}, reason=GAP_REASON, at=now)
+        return held

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import func, insert, tuple_
@@ -21,7 +21,13 @@ from tracker.db import bulk_insert, time_param
 from tracker.episodes import Judged
 from tracker.excursions import EpisodeBook, Excursion
 from tracker.gaps import GapBook
-from tracker.ingest_state import WriterGuard, latest_readings
+from tracker.ingest_state import (
+    WriterGuard,
+    defer_gap_check,
+    due_gap_checks,
+    latest_readings,
+    take_gap_checks,
+)
 from tracker.limits import Level
 from tracker.partitions import PartitionKeeper
 from tracker.quarantine import Rejection, quarantine_many
@@ -43,6 +49,9 @@ from tracker.volume import (
 )
 
 SEQ_CONFLICT = "seq_conflict"
+#: a data gap found while another worker writes the monitor is checked again this much later,
+#: when that worker's share received at the same time has been committed (docs/scale-out.md)
+GAP_SETTLE = timedelta(seconds=15)
 RAW_COLUMNS = ("monitor_id", "seq", "received_at", "topic", "payload", "digest")
 READING_COLUMNS = ("monitor_id", "seq", "channel", "event_time", "value", "status", "level",
                    "direction", "state", "basis_id", "invalid_reason", "sample_volume_l")
@@ -123,7 +132,8 @@ class Intake:
         return self.registry
 
     def check_silence(self, session: Session, *, now: datetime | None = None) -> int:
-        """Open wall-clock gaps for live monitors that have gone quiet.
+        """Open wall-clock gaps for live monitors that have gone quiet, and re-check the
+        stretches whose gaps were deferred (``GAP_SETTLE``) by any worker.
 
         Judged from every worker's newest readings (``ingest_state``), not from this
         worker's share of the traffic; a monitor about to get a gap is claimed first and
@@ -137,9 +147,16 @@ class Intake:
         if quiet:
             quiet -= set(session.exec(select(Excursion.monitor_id).where(
                 Excursion.type == "data_gap", Excursion.status == "open")).all())
+        due = due_gap_checks(session, now)
+        if not quiet and not due:
+            return 0
+        self._forget_monitors(self.guard.claim(session, quiet | set(due)))
+        for monitor_id, (first, last) in take_gap_checks(session, due, now).items():
+            if monitor_id in registry.by_id:
+                self.gaps.recheck(session, registry.by_id[monitor_id], self.room_states,
+                                  first, last, now)
         if not quiet:
             return 0
-        self._forget_monitors(self.guard.claim(session, quiet))
         return self.gaps.check_silence(session, registry, self.room_states, now,
                                        latest=latest_readings(session, quiet))
 
@@ -199,6 +216,9 @@ class Intake:
         # before reading any state: lock the batch's monitors, forget what others changed
         self._forget_monitors(self.guard.claim(
             session, {r.monitor_id for r in readings} | {s.monitor_id for s in statuses}))
+        for monitor_id, seq in self.guard.max_seq.items():   # what the others stored
+            if seq is not None and monitor_id not in self.highest_seq:
+                self.highest_seq[monitor_id] = seq
         outcome = BatchOutcome()
         rejections = list(rejections)
         fresh = self._dedupe(session, registry, readings, outcome, rejections)
@@ -215,10 +235,13 @@ class Intake:
                 {"monitor_id": s.monitor_id, "online": s.online, "received_at": s.received_at}
                 for s in statuses])
         self._apply_rules(session, registry, batch, statuses, now)
-        self.guard.record_latest(session, {m: max(stamps) for m, stamps in batch.stamps.items()})
         for monitor_id, seq in fresh:
             if seq > self.highest_seq.get(monitor_id, -1):
                 self.highest_seq[monitor_id] = seq
+        self.guard.record_latest(
+            session, {m: max(stamps) for m, stamps in batch.stamps.items()},
+            {m: self.highest_seq[m] for m in batch.stamps
+             if self.highest_seq[m] != self.guard.max_seq.get(m)})
         outcome.stored = len(batch.raw_rows)
         outcome.quarantined = quarantine_many(session, rejections)
         for rej in rejections:
@@ -309,7 +332,10 @@ class Intake:
                      statuses: list[IncomingStatus], now: datetime) -> None:
         """Limit episodes, data gaps, ≥5.0 µm recurrence, recovery and offline statuses."""
         self.book.process(session, registry, batch.series, now=now)
-        self.gaps.after_readings(session, registry, self.room_states, batch.stamps, now)
+        self.gaps.after_readings(
+            session, registry, self.room_states, batch.stamps, now, newest=self.guard.newest,
+            shared=self.guard.shared,
+            defer=lambda m, first, last: defer_gap_check(session, m, first, last, now + GAP_SETTLE))
         for monitor_id, times in batch.stamps.items():
             entry = registry.by_id[monitor_id]
             if self.recurrence.applies(entry) and self.recurrence.needs_look(
