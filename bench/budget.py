@@ -133,15 +133,16 @@ def render(r: dict) -> str:
         f"Raw broker ceiling in the same run: {r['scale']['ceiling']:,.0f} msg/s.",
         "",
         "| ingesters | readings/s | scaling factor | of ceiling | stored | peak RSS per ingester "
-        "(MiB) |",
-        "|---|---|---|---|---|---|",
+        "(MiB) | cores busy (ingesters' part) |",
+        "|---|---|---|---|---|---|---|",
     ]
     runs = r["scale"]["runs"]
     for run in runs:
         lines.append(f"| {run['workers']} | {run['rate']:,.0f} | ×{run['rate'] / runs[0]['rate']:.2f} "
                      f"| {run['rate'] / r['scale']['ceiling']:.2f} | {run['stored']:,} of "
                      f"{run['published']:,} | "
-                     + ", ".join(f"{x:.0f}" for x in run["peak_rss_mib"]) + " |")
+                     + ", ".join(f"{x:.0f}" for x in run["peak_rss_mib"])
+                     + f" | {run.get('cpu_busy', 0):.0%} ({run.get('ingester_cpu_share', 0):.0%}) |")
     rep = r["report"]
     lines += [
         "",

@@ -10,8 +10,10 @@ process floods the same pre-generated readings at QoS 1. Rate = readings / (publ
 committed), from a poll of the database every 0.1 s. Also reports each worker's peak
 resident memory (``VmHWM``) and the raw broker ceiling (a paho subscriber that only counts)
 measured on the same broker in the same run. Scaling factor = rate(k) / rate(1). Every run
-reports how many of the published readings were stored (none can be stored twice). A
-benchmark, not a test.
+reports how many of the published readings were stored (none can be stored twice), how busy
+the machine's cores were (``/proc/stat``: everything — ingesters, PostgreSQL, broker and
+publisher — shares them here) and the ingesters' own share of that CPU time. A benchmark, not
+a test.
 """
 
 from __future__ import annotations
@@ -51,6 +53,9 @@ class ScaleRun:
     stored: int
     published: int
     peak_rss_mib: list[float] = field(default_factory=list)
+    #: fraction of all cores busy during the run, and the ingesters' part of that busy time
+    cpu_busy: float = 0.0
+    ingester_cpu_share: float = 0.0
 
 
 def recreate_database(admin_url: str, name: str) -> str:
@@ -96,6 +101,20 @@ def peak_rss_mib(pid: int) -> float:
     return float("nan")
 
 
+def cpu_ticks() -> tuple[int, int]:
+    """(busy, total) clock ticks of all cores since boot (``/proc/stat``)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    idle = fields[3] + fields[4]          # idle + iowait
+    return sum(fields[:8]) - idle, sum(fields[:8])
+
+
+def process_ticks(pid: int) -> int:
+    """User + system clock ticks of one process so far."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    after = stat[stat.rindex(")") + 2:].split()
+    return int(after[11]) + int(after[12])
+
+
 def stored_count(engine) -> int:
     """Readings stored; (monitor, seq) is raw_message's primary key, so none twice."""
     with unit_of_work(engine) as s:
@@ -111,6 +130,8 @@ def run(admin_url: str, broker_url: str, messages: list, workers: int) -> ScaleR
     procs = [start_worker(db_url, broker_url, group, f"bench-{workers}-{i}")
              for i in range(workers)]
     t0 = time.perf_counter()
+    busy0, total0 = cpu_ticks()
+    worker0 = sum(process_ticks(p.pid) for p in procs)
     publisher = publish_in_process(broker_url, messages, f"scale-{workers}")
     stored, last_change = 0, time.monotonic()
     while stored < len(messages) and time.monotonic() - last_change < STALL_S:
@@ -119,6 +140,8 @@ def run(admin_url: str, broker_url: str, messages: list, workers: int) -> ScaleR
         if now_stored != stored:
             stored, last_change = now_stored, time.monotonic()
     elapsed = time.perf_counter() - t0
+    busy1, total1 = cpu_ticks()
+    worker_busy = sum(process_ticks(p.pid) for p in procs) - worker0
     if stored < len(messages):
         print(f"WARNING: {workers} worker(s) stalled at {stored:,} of {len(messages):,} for "
               f"{STALL_S:.0f} s; logs: {tempfile.gettempdir()}/gmp-bench-ingest-*.log")
@@ -131,7 +154,9 @@ def run(admin_url: str, broker_url: str, messages: list, workers: int) -> ScaleR
     stored = stored_count(engine)
     engine.dispose()
     return ScaleRun(workers=workers, rate=stored / elapsed, stored=stored,
-                    published=len(messages), peak_rss_mib=rss)
+                    published=len(messages), peak_rss_mib=rss,
+                    cpu_busy=(busy1 - busy0) / max(1, total1 - total0),
+                    ingester_cpu_share=worker_busy / max(1, busy1 - busy0))
 
 
 def measure(admin_url: str, *, readings: int = 100_000, workers: tuple[int, ...] = (1, 2, 4)
@@ -157,7 +182,8 @@ def main() -> None:
     for r in runs:
         print(f"{r.workers} worker(s): {r.rate:8,.0f} readings/s · scaling ×{r.rate / base:.2f} · "
               f"{r.rate / ceil:.2f} of ceiling · stored {r.stored:,} of {r.published:,} · "
-              f"peak RSS " + ", ".join(f"{m:.0f}" for m in r.peak_rss_mib) + " MiB")
+              f"peak RSS " + ", ".join(f"{m:.0f}" for m in r.peak_rss_mib) + " MiB · "
+              f"cores busy {r.cpu_busy:.0%} (ingesters {r.ingester_cpu_share:.0%} of it)")
 
 
 if __name__ == "__main__":
