@@ -17,7 +17,7 @@ from sqlmodel import Session, select
 
 from tests.web_helpers import browser
 from tracker.timeutil import utcnow
-from tracker.web.sessions import COOKIE, TOUCH_EVERY, WebSessionRow, token_hash
+from tracker.web.sessions import COOKIE, TOUCH_EVERY, SessionStore, WebSessionRow, token_hash
 
 
 def _stored_last_seen(engine: Engine, sid: str) -> datetime:
@@ -82,6 +82,18 @@ def test_the_idle_limit_is_never_exceeded_and_misses_at_most_the_unrecorded_minu
     r = client.get("/")
     assert r.status_code == 303
     assert r.headers["location"].startswith("/login")
+
+
+def test_a_short_idle_limit_does_not_end_a_session_in_use(web_engine: Engine) -> None:
+    """Idle limits under ten minutes record activity every tenth of the limit instead."""
+    now = [utcnow()]
+    store = SessionStore(web_engine, idle_seconds=30, clock=lambda: now[0])
+    sid = store.new().sid
+    for _ in range(9):                                        # a request every 20 s for 3 minutes
+        now[0] += timedelta(seconds=20)
+        assert store.get(sid) is not None
+    now[0] += timedelta(seconds=31)
+    assert store.get(sid) is None
 
 
 class _WriteBlocker:

@@ -30,12 +30,12 @@ from tracker.timeutil import utcnow
 
 COOKIE = "tracker_session"
 
-#: A request writes the session's ``last_seen`` only when the stored value is at least this old:
-#: one write per session per minute instead of one per page view, which on SQLite would take
-#: the database-wide write lock the ingester needs. Idleness is judged from the stored
-#: ``last_seen``, which can trail the last request by up to this much, so a session ends between
-#: ``idle`` − 1 min and ``idle`` after its last request: up to one minute early, never late (the
-#: idle limit stays a maximum).
+#: A request writes the session's ``last_seen`` only when the stored value is at least this old
+#: (or a tenth of the idle limit, when that is shorter): one write per session per minute
+#: instead of one per page view, which on SQLite would take the database-wide write lock the
+#: ingester needs. Idleness is judged from the stored ``last_seen``, which can trail the last
+#: request by up to this much, so a session ends between ``idle`` − 1 min and ``idle`` after its
+#: last request: up to one minute early, never late (the idle limit stays a maximum).
 TOUCH_EVERY = timedelta(minutes=1)
 
 
@@ -90,6 +90,8 @@ class SessionStore:
         self.engine = engine
         self.idle_seconds = idle_seconds
         self.clock = clock
+        #: a short idle limit must not end a session in use between two writes
+        self.touch_every = min(TOUCH_EVERY, timedelta(seconds=idle_seconds) / 10)
 
     def _idle_before(self, now: datetime) -> datetime:
         return now - timedelta(seconds=self.idle_seconds)
@@ -135,7 +137,7 @@ class SessionStore:
                 return None
             web = WebSession(sid=sid, csrf=row.csrf, last_seen=row.last_seen, user_id=row.user_id,
                              authenticated_at=row.authenticated_at, flashes=json.loads(row.flashes))
-            if touch and now - row.last_seen >= TOUCH_EVERY:
+            if touch and now - row.last_seen >= self.touch_every:
                 s.exec(update(WebSessionRow).where(WebSessionRow.id == row.id).values(last_seen=now))
                 s.commit()
                 web.last_seen = now
