@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from sqlalchemy import Engine
 from sqlmodel import select
@@ -9,13 +11,13 @@ from sqlmodel import select
 from tests.conftest import MIN_FACILITY
 from tracker import audit
 from tracker.db import unit_of_work
-from tracker.errors import FacilityFileError
+from tracker.errors import FacilityFileError, LimitTooLooseError
 from tracker.facility import Monitor, Room, load_facility, parse_facility, read_facility_file
 
 BASE = MIN_FACILITY.read_text(encoding="utf-8")
 
 
-@pytest.mark.parametrize(("change", "message"), [
+REFUSALS = [
     (lambda s: s.replace('background = "T-B1"', 'background = "NOPE"'),
      "unknown background room 'NOPE'"),
     (lambda s: s.replace('reference = "T-C1"', 'reference = "NOPE"'), "unknown reference room 'NOPE'"),
@@ -31,10 +33,32 @@ BASE = MIN_FACILITY.read_text(encoding="utf-8")
     (lambda s: s + "\n[[rooms]]\ncode = 'L1'\nname = 'l'\ngrade = 'C'\nbackground = 'L1'\n", "loop"),
     (lambda s: s + "\n[[limits]]\ngrade = 'B'\nkind = 'particles'\naction_high = 10\n", "need a 'channel'"),
     (lambda s: s.replace("[site]", "[site\n"), "not valid TOML"),
-])
+]
+
+
+@pytest.mark.parametrize(("change", "message"), REFUSALS)
 def test_inconsistent_files_are_refused_with_a_clear_message(change, message: str) -> None:
     with pytest.raises(FacilityFileError, match=message.replace("(", r"\(").replace(")", r"\)")):
         parse_facility(change(BASE))
+
+
+@pytest.mark.parametrize(("change", "message"), REFUSALS)
+def test_the_refusals_carry_their_chinese_wording(change, message: str) -> None:
+    """``tracker facility load`` prints them in ``TRACKER_LANG`` (zh-CN by default)."""
+    with pytest.raises(FacilityFileError) as refused:
+        parse_facility(change(BASE))
+    said = refused.value.said("zh-CN")
+    assert re.search(r"[\u4e00-\u9fff]", said), said
+    assert message not in said
+    assert refused.value.said("en") == str(refused.value)
+
+
+def test_a_looser_level_is_refused_in_chinese_too() -> None:
+    looser = BASE + ("\n[[limits]]\ngrade = 'B'\nkind = 'particles'\nchannel = '0.5'\nstate = 'at_rest'\n"
+                     "action_high = 1e9\n")
+    with pytest.raises(LimitTooLooseError, match="may only be tighter") as refused:
+        parse_facility(looser)
+    assert "设施限度只能严于法规" in refused.value.said("zh-CN")
 
 
 def test_load_is_idempotent_and_audited(engine: Engine) -> None:

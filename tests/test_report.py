@@ -33,7 +33,7 @@ from tests.conftest import MIN_FACILITY
 from tests.factories import PASSWORD, T0, make_people, particles, scalar, topic
 from tracker import deviations as dv
 from tracker.db import bulk_insert, get_engine, time_param, unit_of_work
-from tracker.errors import ConflictError, PermissionDeniedError
+from tracker.errors import ConflictError, NotFoundError, PermissionDeniedError
 from tracker.excursions import Excursion
 from tracker.facility import Monitor, Room, get_site, load_facility, parse_facility
 from tracker.intake import Intake
@@ -644,10 +644,11 @@ def test_signoff_by_qa_and_head_of_quality_and_tamper_evidence(
                 s, signer=at(engine, "prod", when), site=site, period=PERIOD, report=report, now=when
             )
         signoff.prepare(s, signer=at(engine, "qa1", when), site=site, period=PERIOD, report=report, now=when)
-    with unit_of_work(engine) as s, pytest.raises(PermissionDeniedError, match="someone other"):
+    with unit_of_work(engine) as s, pytest.raises(PermissionDeniedError, match="someone other") as same:
         signoff.approve(
             s, signer=at(engine, "qa1", when), site=get_site(s), period=PERIOD, report=report, now=when
         )
+    assert same.value.said("zh-CN") == "年度报告须由编制人以外的人批准"
     with unit_of_work(engine) as s:
         site = get_site(s)
         signoff.approve(s, signer=at(engine, "qa2", when), site=site, period=PERIOD, report=report, now=when)
@@ -669,8 +670,24 @@ def test_signoff_by_qa_and_head_of_quality_and_tamper_evidence(
         )
         fresh = build_annual_report(s, site=site, period=PERIOD, now=NOW)
         assert [b["status"] for b in signoff.signoff_block(s, site, PERIOD, fresh)] == ["broken", "broken"]
-        with pytest.raises(ConflictError, match="changed since it was prepared"):
+        with pytest.raises(ConflictError, match="changed since it was prepared") as changed:
             signoff.approve(s, signer=at(engine, "qa2", NOW), site=site, period=PERIOD, report=fresh, now=NOW)
+        assert changed.value.said("zh-CN").startswith("报告编制后已发生变化")
+
+
+def test_signoff_refusals_read_in_the_terminal_language(people_engine: Engine) -> None:
+    """Nothing prepared or signed yet: the refusals carry their Chinese (tracker.errors.Reason)."""
+    with unit_of_work(people_engine) as s:
+        site = get_site(s)
+        with pytest.raises(NotFoundError, match="has not been prepared") as not_prepared:
+            signoff.approve(s, signer=at(people_engine, "qa2", NOW), site=site, period=PERIOD, report={},
+                            now=NOW)
+        with pytest.raises(NotFoundError, match="has not been signed") as not_signed:
+            signoff.signed_report(s, site, PERIOD)
+    key = f"{site.code}/{PERIOD.label}"
+    assert not_prepared.value.said("zh-CN") == f"年度报告 {key} 尚未由 QA 编制签名"
+    assert not_signed.value.said("zh-CN") == f"年度报告 {key} 尚未签名"
+    assert not_signed.value.said("en") == f"the report {key} has not been signed"
 
 
 # --------------------------------------------------------------------------- HTML, PDF, CLI

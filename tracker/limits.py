@@ -14,7 +14,7 @@ from enum import StrEnum
 from functools import lru_cache
 from importlib import resources
 
-from tracker.errors import InvalidInputError, LimitTooLooseError
+from tracker.errors import InvalidInputError, LimitTooLooseError, Reason
 
 GRADES = ("A", "B", "C", "D", "CNC")
 CLEAN_GRADES = ("A", "B", "C", "D")
@@ -147,7 +147,8 @@ LIMIT_SET_FILES = {"CN-GMP-2010": "cn-gmp-2010.toml", "EU-GMP-ANNEX1-2022": "eu-
 def _need_cite(row: dict, where: str) -> str:
     cite = row.get("cite")
     if not cite:
-        raise InvalidInputError(f"{where}: every limit needs a citation")
+        raise InvalidInputError(Reason(f"{where}: every limit needs a citation",
+                                       f"{where}：每条限度都须注明出处"))
     return str(cite)
 
 
@@ -159,10 +160,12 @@ def parse_limit_set(raw: bytes) -> LimitSet:
     for i, row in enumerate(data.get("particles", [])):
         where = f"particles[{i}]"
         if row["grade"] not in CLEAN_GRADES or row["state"] not in STATES:
-            raise InvalidInputError(f"{where}: unknown grade or state")
+            raise InvalidInputError(Reason(f"{where}: unknown grade or state",
+                                           f"{where}：未知的洁净级别或状态"))
         for channel, high in row["limits"].items():
             if channel not in PARTICLE_CHANNELS or float(high) <= 0:
-                raise InvalidInputError(f"{where}: bad channel or limit {channel}={high}")
+                raise InvalidInputError(Reason(f"{where}: bad channel or limit {channel}={high}",
+                                               f"{where}：通道或限度有误 {channel}={high}"))
             particles[(row["grade"], row["state"], channel)] = RegulatoryLimit(
                 None, float(high), _need_cite(row, where))
     pressure = {row["boundary"]: RegulatoryLimit(float(row["min"]), None,
@@ -172,7 +175,8 @@ def parse_limit_set(raw: bytes) -> LimitSet:
     for kind in ("temperature", "humidity"):
         for i, row in enumerate(data.get(kind, [])):
             if float(row["min"]) >= float(row["max"]):
-                raise InvalidInputError(f"{kind}[{i}]: min must be below max")
+                raise InvalidInputError(Reason(f"{kind}[{i}]: min must be below max",
+                                               f"{kind}[{i}]：min 须小于 max"))
             for grade in row["grades"]:
                 ranges[(kind, grade)] = RegulatoryLimit(float(row["min"]), float(row["max"]),
                                                         _need_cite(row, f"{kind}[{i}]"),
@@ -194,12 +198,14 @@ def load_limit_set(code: str) -> LimitSet:
     try:
         filename = LIMIT_SET_FILES[code]
     except KeyError:
-        raise InvalidInputError(
-            f"unknown limit set {code!r}; known: {', '.join(LIMIT_SET_FILES)}") from None
+        raise InvalidInputError(Reason(
+            f"unknown limit set {code!r}; known: {', '.join(LIMIT_SET_FILES)}",
+            f"未知的限度标准 {code!r}；可用的有：{', '.join(LIMIT_SET_FILES)}")) from None
     raw = resources.files("tracker.data.limitsets").joinpath(filename).read_bytes()
     limit_set = parse_limit_set(raw)
     if limit_set.code != code:
-        raise InvalidInputError(f"{filename} declares {limit_set.code}, expected {code}")
+        raise InvalidInputError(Reason(f"{filename} declares {limit_set.code}, expected {code}",
+                                       f"{filename} 声明的是 {limit_set.code}，应为 {code}"))
     return limit_set
 
 
@@ -297,31 +303,41 @@ def _check_tighter(level: FacilityLevel, spec: MonitorSpec, reg: RegulatoryLimit
     """Refuse a facility level looser than the regulation or an alert outside its action."""
     unit = UNITS[spec.kind]
     if spec.kind == "particles" and level.delay_s:
-        raise LimitTooLooseError(
+        raise LimitTooLooseError(Reason(
             f"{level.describe()}: delay_s {level.delay_s:g} s for {spec.code}: a single particle "
             "sample above the limit is an excursion (regulatory.md §5.3), so particle limits "
-            "take no delay")
+            "take no delay",
+            f"{level.describe()}：{spec.code} 的 delay_s 为 {level.delay_s:g} 秒：悬浮粒子只要有一次采样"
+            "超过限度即为超标（regulatory.md §5.3），因此悬浮粒子限度不设延时"))
     if reg is not None and reg.binding:
         for name in LEVEL_FIELDS:
             value = getattr(level, name)
             if value is None:
                 continue
             if reg.high is not None and value > reg.high:
-                raise LimitTooLooseError(
+                raise LimitTooLooseError(Reason(
                     f"{level.describe()}: {name} {value:g} {unit} for {spec.code} is above "
                     f"{limit_set.code}'s limit {reg.high:g} {unit} ({reg.citation}); "
-                    "facility levels may only be tighter than the regulation")
+                    "facility levels may only be tighter than the regulation",
+                    f"{level.describe()}：{spec.code} 的 {name} {value:g} {unit} 高于 {limit_set.code} "
+                    f"的限度 {reg.high:g} {unit}（{reg.citation}）；设施限度只能严于法规"))
             if reg.low is not None and value < reg.low:
-                raise LimitTooLooseError(
+                raise LimitTooLooseError(Reason(
                     f"{level.describe()}: {name} {value:g} {unit} for {spec.code} is below "
                     f"{limit_set.code}'s floor {reg.low:g} {unit} ({reg.citation}); "
-                    "facility levels may only be tighter than the regulation")
+                    "facility levels may only be tighter than the regulation",
+                    f"{level.describe()}：{spec.code} 的 {name} {value:g} {unit} 低于 {limit_set.code} "
+                    f"的下限 {reg.low:g} {unit}（{reg.citation}）；设施限度只能严于法规"))
     if b.alert_high is not None and b.action_high is not None and b.alert_high > b.action_high:
-        raise InvalidInputError(f"{level.describe()}: alert_high {b.alert_high:g} is above "
-                                f"action_high {b.action_high:g} for {spec.code}")
+        raise InvalidInputError(Reason(f"{level.describe()}: alert_high {b.alert_high:g} is above "
+                                       f"action_high {b.action_high:g} for {spec.code}",
+                                       f"{level.describe()}：{spec.code} 的警戒上限 alert_high "
+                                       f"{b.alert_high:g} 高于纠偏上限 action_high {b.action_high:g}"))
     if b.alert_low is not None and b.action_low is not None and b.alert_low < b.action_low:
-        raise InvalidInputError(f"{level.describe()}: alert_low {b.alert_low:g} is below "
-                                f"action_low {b.action_low:g} for {spec.code}")
+        raise InvalidInputError(Reason(f"{level.describe()}: alert_low {b.alert_low:g} is below "
+                                       f"action_low {b.action_low:g} for {spec.code}",
+                                       f"{level.describe()}：{spec.code} 的警戒下限 alert_low "
+                                       f"{b.alert_low:g} 低于纠偏下限 action_low {b.action_low:g}"))
 
 
 def resolve_monitor_limits(limit_set: LimitSet, spec: MonitorSpec,

@@ -22,7 +22,7 @@ from sqlmodel import Field, Session, SQLModel, select
 
 from tracker import audit
 from tracker.db import UTCDateTime
-from tracker.errors import InvalidInputError
+from tracker.errors import InvalidInputError, Reason, zh_words
 from tracker.facility import Room, Site, find_room
 from tracker.limits import STATES
 from tracker.timeutil import utcnow
@@ -48,7 +48,8 @@ def set_room_state(session: Session, *, room_code: str, state: str, effective_at
                    source: str = "manual", now: datetime | None = None) -> RoomStateChange:
     """Record that ``room_code`` is in ``state`` from ``effective_at`` on (audited)."""
     if state not in STATES:
-        raise InvalidInputError(f"state must be one of {', '.join(STATES)}, not {state!r}")
+        raise InvalidInputError(Reason(f"state must be one of {', '.join(STATES)}, not {state!r}",
+                                       f"状态须为 {zh_words(STATES)} 之一，而不是 {state!r}"))
     room = find_room(session, room_code, site_code=site_code)
     now = now or utcnow()
     before = manual_state_at(session, room_id=room.id, at=effective_at)

@@ -1,131 +1,134 @@
 """Charts of the annual report as self-contained SVG (text drawn as paths: no fonts needed).
 
-matplotlib with the Agg-free SVG backend; Chinese labels need the Noto CJK collection
-registered by file (Debian ``fonts-noto-cjk``; it registers as "Noto Sans CJK JP", which
-covers simplified Chinese) and ``axes.unicode_minus=False`` (platform.md).
+matplotlib ``Figure`` objects saved as SVG (no pyplot, no global backend); Chinese labels need
+the Noto CJK collection registered by file (Debian ``fonts-noto-cjk``; it registers as "Noto
+Sans CJK JP", which covers simplified Chinese) and ``axes.unicode_minus=False`` (platform.md).
+The settings below apply to the report's charts only (``tracker.fonts.chart_style``).
 """
 
 from __future__ import annotations
 
 import io
-from functools import lru_cache
+from collections.abc import Callable
 
-import matplotlib
-
-matplotlib.use("svg")
-
-import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from tracker.fonts import chart_font_family
+from tracker.fonts import chart_font_family, chart_style
 
 
-@lru_cache(maxsize=1)
-def _setup() -> None:
-    family = list(chart_font_family())
-    plt.rcParams.update(
-        {
-            "font.family": "sans-serif",
-            "font.sans-serif": family,
-            "axes.unicode_minus": False,
-            "svg.fonttype": "path",
-            "font.size": 8,
-            "axes.spines.top": False,
-            "axes.spines.right": False,
-            "svg.hashsalt": "gmp-tracker",
-        }
-    )  # stable element ids
+def _style() -> dict:
+    return {
+        "font.family": "sans-serif",
+        "font.sans-serif": list(chart_font_family()),
+        "axes.unicode_minus": False,
+        "svg.fonttype": "path",
+        "font.size": 8,
+        "axes.spines.top": False,
+        "axes.spines.right": False,
+        "svg.hashsalt": "gmp-tracker",   # stable element ids
+    }
 
 
-def _svg(fig) -> str:
-    buf = io.StringIO()
-    fig.savefig(buf, format="svg", bbox_inches="tight", metadata={"Date": None})
-    plt.close(fig)
+def _render(figsize: tuple[float, float], draw: Callable[[Axes], None]) -> str:
+    """One chart in the report's style: ``draw`` fills the axes of a fresh figure."""
+    with chart_style(_style()):
+        fig = Figure(figsize=figsize)
+        draw(fig.subplots())
+        buf = io.StringIO()
+        fig.savefig(buf, format="svg", bbox_inches="tight", metadata={"Date": None})
     return buf.getvalue()
 
 
 def particle_trend(series: list[dict], months: list[str], *, title: str, limit_label: str) -> str:
     """Monthly P95 per monitor (log scale) with the in-operation action limit of each as a dashed line."""
-    _setup()
-    fig, ax = plt.subplots(figsize=(7.0, 2.6))
-    x = np.arange(len(months))
-    limits_drawn: set[float] = set()
-    for s in series:
-        y = np.array([np.nan if v is None else max(v, 0.5) for v in s["monthly_p95"]], dtype=float)
-        ax.plot(x, y, marker="o", markersize=2.5, linewidth=1, label=s["monitor"])
-        action = (s["limits"].get("in_operation") or {}).get("action_high")
-        if action and action not in limits_drawn:
-            limits_drawn.add(action)
-            ax.axhline(action, linestyle="--", linewidth=0.8, color="#c0392b")
-            ax.annotate(
-                f"{limit_label} {action:g}",
-                (x[-1] if len(x) else 0, action),
-                fontsize=6,
-                color="#c0392b",
-                ha="right",
-                va="bottom",
-            )
-    ax.set_yscale("log")
-    ax.set_xticks(x, [m[5:] for m in months])
-    ax.set_title(title, fontsize=9)
-    ax.set_ylabel("/m³")
-    if series:
-        ax.legend(fontsize=6, ncol=4, frameon=False, loc="upper left")
-    return _svg(fig)
+
+    def draw(ax: Axes) -> None:
+        x = np.arange(len(months))
+        limits_drawn: set[float] = set()
+        for s in series:
+            y = np.array([np.nan if v is None else max(v, 0.5) for v in s["monthly_p95"]], dtype=float)
+            ax.plot(x, y, marker="o", markersize=2.5, linewidth=1, label=s["monitor"])
+            action = (s["limits"].get("in_operation") or {}).get("action_high")
+            if action and action not in limits_drawn:
+                limits_drawn.add(action)
+                ax.axhline(action, linestyle="--", linewidth=0.8, color="#c0392b")
+                ax.annotate(
+                    f"{limit_label} {action:g}",
+                    (x[-1] if len(x) else 0, action),
+                    fontsize=6,
+                    color="#c0392b",
+                    ha="right",
+                    va="bottom",
+                )
+        ax.set_yscale("log")
+        ax.set_xticks(x, [m[5:] for m in months])
+        ax.set_title(title, fontsize=9)
+        ax.set_ylabel("/m³")
+        if series:
+            ax.legend(fontsize=6, ncol=4, frameon=False, loc="upper left")
+
+    return _render((7.0, 2.6), draw)
 
 
 def heatmap(rooms: list[str], months: list[str], counts: list[list[int]], *, title: str) -> str:
     """Limit excursions per room (rows) and month (columns)."""
-    _setup()
-    fig, ax = plt.subplots(figsize=(7.0, max(1.4, 0.28 * len(rooms) + 0.8)))
-    data = np.array(counts, dtype=float) if rooms else np.zeros((1, len(months)))
-    ax.imshow(data, aspect="auto", cmap="Reds", vmin=0, vmax=max(1.0, float(data.max())))
-    ax.set_xticks(np.arange(len(months)), [m[5:] for m in months])
-    ax.set_yticks(np.arange(len(rooms)), rooms)
-    for (i, j), v in np.ndenumerate(data):
-        if rooms and v:
-            ax.text(
-                j,
-                i,
-                f"{int(v)}",
-                ha="center",
-                va="center",
-                fontsize=6,
-                color="white" if v > data.max() / 2 else "black",
-            )
-    ax.set_title(title, fontsize=9)
-    for side in ("top", "right", "left", "bottom"):
-        ax.spines[side].set_visible(False)
-    return _svg(fig)
+
+    def draw(ax: Axes) -> None:
+        data = np.array(counts, dtype=float) if rooms else np.zeros((1, len(months)))
+        ax.imshow(data, aspect="auto", cmap="Reds", vmin=0, vmax=max(1.0, float(data.max())))
+        ax.set_xticks(np.arange(len(months)), [m[5:] for m in months])
+        ax.set_yticks(np.arange(len(rooms)), rooms)
+        for (i, j), v in np.ndenumerate(data):
+            if rooms and v:
+                ax.text(
+                    j,
+                    i,
+                    f"{int(v)}",
+                    ha="center",
+                    va="center",
+                    fontsize=6,
+                    color="white" if v > data.max() / 2 else "black",
+                )
+        ax.set_title(title, fontsize=9)
+        for side in ("top", "right", "left", "bottom"):
+            ax.spines[side].set_visible(False)
+
+    return _render((7.0, max(1.4, 0.28 * len(rooms) + 0.8)), draw)
 
 
 def pareto(categories: list[str], counts: list[int], *, title: str, count_label: str) -> str:
     """Deviations by category, largest first, with the cumulative share."""
-    _setup()
-    fig, ax = plt.subplots(figsize=(7.0, 2.4))
-    x = np.arange(len(categories))
-    ax.bar(x, counts, color="#2c6e9b")
-    ax.yaxis.set_major_locator(MaxNLocator(integer=True))   # counts: no half deviations
-    ax.set_xticks(x, categories, rotation=20, ha="right")
-    ax.set_ylabel(count_label)
-    ax.set_title(title, fontsize=9)
-    if counts:
-        ax2 = ax.twinx()
-        ax2.plot(x, np.cumsum(counts) / max(1, sum(counts)) * 100, color="#c0392b", marker="o", markersize=3)
-        ax2.set_ylim(0, 105)
-        ax2.set_ylabel("%")
-        ax2.spines["top"].set_visible(False)
-    return _svg(fig)
+
+    def draw(ax: Axes) -> None:
+        x = np.arange(len(categories))
+        ax.bar(x, counts, color="#2c6e9b")
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))   # counts: no half deviations
+        ax.set_xticks(x, categories, rotation=20, ha="right")
+        ax.set_ylabel(count_label)
+        ax.set_title(title, fontsize=9)
+        if counts:
+            ax2 = ax.twinx()
+            ax2.plot(x, np.cumsum(counts) / max(1, sum(counts)) * 100, color="#c0392b", marker="o",
+                     markersize=3)
+            ax2.set_ylim(0, 105)
+            ax2.set_ylabel("%")
+            ax2.spines["top"].set_visible(False)
+
+    return _render((7.0, 2.4), draw)
 
 
 def monthly_bars(months: list[str], values: list[int], *, title: str, label: str) -> str:
-    _setup()
-    fig, ax = plt.subplots(figsize=(7.0, 2.0))
-    x = np.arange(len(months))
-    ax.bar(x, values, color="#2c6e9b")
-    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xticks(x, [m[5:] for m in months])
-    ax.set_ylabel(label)
-    ax.set_title(title, fontsize=9)
-    return _svg(fig)
+    """Batches (or another count) per month."""
+
+    def draw(ax: Axes) -> None:
+        x = np.arange(len(months))
+        ax.bar(x, values, color="#2c6e9b")
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xticks(x, [m[5:] for m in months])
+        ax.set_ylabel(label)
+        ax.set_title(title, fontsize=9)
+
+    return _render((7.0, 2.0), draw)

@@ -13,6 +13,7 @@ from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy import Engine
+from starlette.concurrency import run_in_threadpool
 from starlette.routing import BaseRoute, Mount
 
 from tracker.db import get_engine
@@ -103,7 +104,7 @@ def _add_handlers(app: FastAPI) -> None:
         lang = request.state.lang
         message, reasons = exc.said(lang), [in_language(r, lang) for r in reasons]
         if request.method == "POST":
-            ensure_web_session(request).flash("error", message, reasons)
+            (await run_in_threadpool(ensure_web_session, request)).flash("error", message, reasons)
             return RedirectResponse(back_path(request), status_code=303)
         _ = gettext(request)
         return render(request, "error.html", status_code=exc.status_code, title=_("Refused"),
@@ -118,7 +119,7 @@ def _add_handlers(app: FastAPI) -> None:
         fields = sorted({str(e["loc"][-1]) for e in errors if e.get("loc")})
         message = _("Please fill in every required field.")
         if request.method == "POST":
-            ensure_web_session(request).flash("error", message, fields)
+            (await run_in_threadpool(ensure_web_session, request)).flash("error", message, fields)
             return RedirectResponse(back_path(request), status_code=303)
         return render(request, "error.html", status_code=422, title=_("Refused"), message=message,
                       reasons=fields)
@@ -150,12 +151,15 @@ def create_app(*, engine: Engine | None = None, settings: WebSettings | None = N
         store: SessionStore = app.state.sessions
         sent = request.cookies.get(COOKIE)
         # the dashboard's background polling does not keep an unattended session alive
-        request.state.web = store.get(sent, touch=request.url.path != "/dashboard/live")
+        # the store blocks on the database (on SQLite behind the ingester's write lock): in the
+        # threadpool, so that one waiting request does not stall every request of the process
+        request.state.web = await run_in_threadpool(store.get, sent,
+                                                    touch=request.url.path != "/dashboard/live")
         request.state.lang = pick_lang(request.cookies.get("lang"))
         response = await call_next(request)
         web = getattr(request.state, "web", None)
         if web is not None:
-            store.save(web)                   # flashes added or shown during the request
+            await run_in_threadpool(store.save, web)   # flashes added or shown during the request
         if web is not None and (getattr(request.state, "set_cookie", False) or sent != web.sid):
             response.set_cookie(COOKIE, web.sid, httponly=True, samesite="lax", path="/",
                                 secure=_secure(request, settings))

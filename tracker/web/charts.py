@@ -8,13 +8,9 @@ monitor was silent for more than the gap factor × its interval).
 from __future__ import annotations
 
 import io
-import threading
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
-import matplotlib
-
-matplotlib.use("Agg")
 import matplotlib.dates as mdates
 import numpy as np
 from matplotlib.figure import Figure
@@ -22,24 +18,18 @@ from sqlmodel import Session, select
 
 from tracker.excursions import Excursion
 from tracker.facility import Monitor, Site
-from tracker.fonts import chart_font_family
+from tracker.fonts import chart_font_family, chart_style
 from tracker.limits import UNITS
 from tracker.readings import Reading
 from tracker.registry import build_registry
 from tracker.settings import get_settings
 
-_lock = threading.Lock()    # matplotlib's state is not thread-safe
-_fonts_ready = False
 LEVEL_COLOURS = {"alert": "#e0a800", "action": "#c62828"}
 
 
-def _fonts() -> None:
-    global _fonts_ready
-    if _fonts_ready:
-        return
-    matplotlib.rcParams.update({"font.family": list(chart_font_family()), "axes.unicode_minus": False,
-                                "svg.fonttype": "path"})
-    _fonts_ready = True
+def _style() -> dict:
+    """The web charts' settings (applied around each chart only: ``tracker.fonts.chart_style``)."""
+    return {"font.family": list(chart_font_family()), "axes.unicode_minus": False, "svg.fonttype": "path"}
 
 
 def series(session: Session, monitor: Monitor, channel: str, start: datetime, end: datetime
@@ -70,8 +60,7 @@ def trend_svg(session: Session, monitor: Monitor, channel: str, start: datetime,
         Excursion.monitor_id == monitor.id, Excursion.status != "superseded",
         Excursion.started_at <= end,
         (Excursion.ended_at.is_(None)) | (Excursion.ended_at >= start))).all()
-    with _lock:
-        _fonts()
+    with chart_style(_style()):
         fig = Figure(figsize=(10, 3.6), dpi=96)
         ax = fig.add_subplot()
         if xs:

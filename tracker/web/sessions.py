@@ -3,7 +3,8 @@
 ``tracker serve`` is stateless (DESIGN §6): any number of web workers over one database share
 the logins, and a restart logs nobody out. A session ends after ``session_idle_minutes``
 without a user request (the dashboard's background polling does not count as activity, so an
-unattended screen still times out), at logout, when its user is deactivated, and when the
+unattended screen still times out; activity is recorded at most once a minute, see
+:data:`TOUCH_EVERY`), at logout, when its user is deactivated, and when the
 user's password changes after the session logged in (also a change made through the CLI or
 by another worker). A stolen copy of the table opens no session: it holds SHA-256 hashes.
 """
@@ -28,6 +29,14 @@ from tracker.db import UTCDateTime
 from tracker.timeutil import utcnow
 
 COOKIE = "tracker_session"
+
+#: A request writes the session's ``last_seen`` only when the stored value is at least this old
+#: (or a tenth of the idle limit, when that is shorter): one write per session per minute
+#: instead of one per page view, which on SQLite would take the database-wide write lock the
+#: ingester needs. Idleness is judged from the stored ``last_seen``, which can trail the last
+#: request by up to this much, so a session ends between ``idle`` − 1 min and ``idle`` after its
+#: last request: up to one minute early, never late (the idle limit stays a maximum).
+TOUCH_EVERY = timedelta(minutes=1)
 
 
 class WebSessionRow(SQLModel, table=True):
@@ -81,6 +90,8 @@ class SessionStore:
         self.engine = engine
         self.idle_seconds = idle_seconds
         self.clock = clock
+        #: a short idle limit must not end a session in use between two writes
+        self.touch_every = min(TOUCH_EVERY, timedelta(seconds=idle_seconds) / 10)
 
     def _idle_before(self, now: datetime) -> datetime:
         return now - timedelta(seconds=self.idle_seconds)
@@ -110,6 +121,9 @@ class SessionStore:
         return web
 
     def get(self, sid: str | None, *, touch: bool = True) -> WebSession | None:
+        """The live session of the cookie's token, or ``None``; an idle one is deleted. ``touch``
+        records the request as activity (at most once per :data:`TOUCH_EVERY`). Blocking: an
+        async caller runs it in the threadpool."""
         if not sid:
             return None
         now = self.clock()
@@ -121,12 +135,13 @@ class SessionStore:
                 s.delete(row)
                 s.commit()
                 return None
-            if touch:
-                row.last_seen = now
-                s.add(row)
+            web = WebSession(sid=sid, csrf=row.csrf, last_seen=row.last_seen, user_id=row.user_id,
+                             authenticated_at=row.authenticated_at, flashes=json.loads(row.flashes))
+            if touch and now - row.last_seen >= self.touch_every:
+                s.exec(update(WebSessionRow).where(WebSessionRow.id == row.id).values(last_seen=now))
                 s.commit()
-            return WebSession(sid=sid, csrf=row.csrf, last_seen=row.last_seen, user_id=row.user_id,
-                              authenticated_at=row.authenticated_at, flashes=json.loads(row.flashes))
+                web.last_seen = now
+            return web
 
     def save(self, web: WebSession) -> None:
         """Write the flashes back (the rest of a session does not change within a request)."""

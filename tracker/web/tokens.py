@@ -14,7 +14,7 @@ import hmac
 import json
 from datetime import datetime, timedelta
 
-from tracker.errors import AuthenticationError
+from tracker.errors import AuthenticationError, Reason
 
 
 def _b64(data: bytes) -> str:
@@ -46,7 +46,7 @@ def read(key: bytes, token: str, *, now: datetime) -> tuple[int, str]:
         doc = json.loads(_unb64(body))
         user_id, expires, fp = int(doc["u"]), int(doc["e"]), str(doc["p"])
     except (ValueError, KeyError, TypeError) as exc:
-        raise AuthenticationError("invalid API token") from exc
+        raise AuthenticationError(Reason("invalid API token", "API 令牌无效")) from exc
     if now.timestamp() > expires:
-        raise AuthenticationError("the API token has expired")
+        raise AuthenticationError(Reason("the API token has expired", "API 令牌已过期"))
     return user_id, fp

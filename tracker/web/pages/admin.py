@@ -10,14 +10,13 @@ from sqlmodel import select
 
 from tracker import signatures, users
 from tracker.audit import page_events, verify_chain
-from tracker.errors import InvalidInputError
 from tracker.facility import FacilityLimit, limits_content
 from tracker.proposals import approve, list_proposals, propose, reject
 from tracker.quarantine import counts_by_reason, printable
 from tracker.quarantine import list_quarantine as quarantined
-from tracker.timeutil import parse_instant, utcnow
+from tracker.timeutil import utcnow
 from tracker.web.deps import CurrentUser, RowId, SessionDep, sign_in
-from tracker.web.pages._common import site_or_none, the_site
+from tracker.web.pages._common import form_instant, site_or_none, the_site
 from tracker.web.render import done, render, tr
 
 router = APIRouter(include_in_schema=False)
@@ -114,10 +113,7 @@ def limits_propose(request: Request, me: CurrentUser, session: SessionDep,
                    state: Annotated[str, Form(max_length=20)], start: Annotated[str, Form(max_length=40)],
                    end: Annotated[str, Form(max_length=40)],
                    channel: Annotated[str | None, Form(max_length=8)] = None) -> RedirectResponse:
-    try:
-        start_at, end_at = parse_instant(start), parse_instant(end)
-    except ValueError as exc:
-        raise InvalidInputError(str(exc)) from exc
+    start_at, end_at = form_instant(start), form_instant(end)
     propose(session, actor=me.actor(), room_code=room, kind=kind, channel=channel or None, state=state,
             start=start_at, end=end_at)
     return done(request, "/limits", tr(request, "Proposal computed."))

@@ -10,7 +10,7 @@ from sqlmodel import select
 
 from batch_records.linking import raise_deviation
 from tracker.dashboard import floor_view
-from tracker.errors import InvalidInputError, NotFoundError
+from tracker.errors import NotFoundError, Reason
 from tracker.excursions import acknowledge, list_excursions
 from tracker.facility import Monitor, Room
 from tracker.inhibits import windows_by_monitor
@@ -19,7 +19,7 @@ from tracker.readings import Reading
 from tracker.timeutil import parse_instant, utcnow
 from tracker.web.charts import trend_svg
 from tracker.web.deps import CurrentUser, RowId, SessionDep
-from tracker.web.pages._common import site_or_none, the_site
+from tracker.web.pages._common import form_instant, site_or_none, the_site
 from tracker.web.render import done, gettext, render, tr
 
 router = APIRouter(include_in_schema=False)
@@ -66,11 +66,7 @@ def dashboard_live(request: Request, me: CurrentUser, session: SessionDep) -> HT
 def _when(text: str | None) -> datetime | None:
     if not text:
         return None
-    try:
-        return parse_instant(text)
-    except ValueError as exc:
-        raise InvalidInputError(f"{text!r}: a time is ISO 8601 with its offset, e.g. "
-                                "2026-11-20T08:00:00+08:00") from exc
+    return form_instant(text)
 
 
 @router.get("/excursions", response_class=HTMLResponse)
@@ -119,7 +115,7 @@ def excursion_deviation(request: Request, me: CurrentUser, session: SessionDep, 
 def _monitor(session, code: str) -> Monitor:
     mon = session.exec(select(Monitor).where(Monitor.code == code)).first()
     if mon is None:
-        raise NotFoundError(f"no monitor {code!r}")
+        raise NotFoundError(Reason(f"no monitor {code!r}", f"没有监测点 {code!r}"))
     return mon
 
 
