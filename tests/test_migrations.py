@@ -1,6 +1,6 @@
 """Data migrations: what an upgrade does to a database that already holds records.
 
-Migration 0010 fills ``ingest_state``'s newest reading (event and receipt time) where 0008 left
+Migration 0011 fills ``ingest_state``'s newest reading (event and receipt time) where 0008 left
 it NULL, so the silence check watches monitors that went quiet before the upgrade. Runs on the
 suite's backend (SQLite, or PostgreSQL with ``reading`` partitioned by month).
 """
@@ -43,7 +43,7 @@ def _readings(conn, monitor_id: int, events: list[tuple[int, datetime, datetime]
         for seq, event, _received in events for channel in ("0.5", "5.0")])
 
 
-def test_0010_fills_the_newest_reading_of_monitors_ingested_before_0008(databases) -> None:
+def test_0011_fills_the_newest_reading_of_monitors_ingested_before_0008(databases) -> None:
     url = databases.empty()
     try:
         upgrade(url, "0009")

@@ -8,16 +8,16 @@ and creates the rows of monitors with readings that have none. Data only: the sc
 unchanged. A per-monitor max over ``reading`` (partitioned by month on PostgreSQL) is a scan
 of each monitor's index range, paid once.
 
-Revision ID: 0010
-Revises: 0009
+Revision ID: 0011
+Revises: 0010
 Create Date: 2026-11-23 06:40:00.000000
 """
 from collections.abc import Sequence
 
 from alembic import op
 
-revision: str = '0010'
-down_revision: str | None = '0009'
+revision: str = '0011'
+down_revision: str | None = '0010'
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
