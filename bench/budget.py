@@ -6,8 +6,9 @@ Runs, on this machine, in one go:
 
 1. ingest throughput against the raw broker ceiling, same broker, same run (``bench/ingest.py``);
 2. publish → excursion latency p50/p99 under background load (``bench/latency.py``);
-3. 1, 2 and 4 ingester processes on one shared subscription on PostgreSQL: rate, scaling
-   factor and each worker's peak memory (``bench/scale.py``);
+3. 1, 2 and 4 ingester processes on PostgreSQL, on one shared subscription and routed by
+   room: rate, scaling factor, each worker's peak memory, how busy the cores were
+   (``bench/scale.py``);
 4. the annual report of a site-year: JSON, HTML and PDF (``bench/report.py``).
 
 Without ``--pg-url`` a throwaway PostgreSQL cluster is started on loopback and removed after.
@@ -128,17 +129,22 @@ def render(r: dict) -> str:
         f"**p50 {lat['p50_ms']:.0f} ms · p90 {lat['p90_ms']:.0f} ms · p99 {lat['p99_ms']:.0f} ms** "
         f"(max {lat['max_ms']:.0f} ms). The ingester's linger (50 ms) is part of it.",
         "",
-        "### Scale-out on PostgreSQL: ingesters on one shared subscription",
+        "### Scale-out on PostgreSQL: several ingesters, routed two ways",
         "",
-        f"Raw broker ceiling in the same run: {r['scale']['ceiling']:,.0f} msg/s.",
+        f"Raw broker ceiling in the same run: {r['scale']['ceiling']:,.0f} msg/s. Routing "
+        "*share*: every ingester on one `$share` subscription (mosquitto deals messages round "
+        "robin, so each monitor's readings reach every ingester); *rooms*: each ingester "
+        "subscribed to the rooms dealt to it (`--subscription` per room), so each monitor "
+        "stays on one ingester, as a broker routing by topic (EMQX `hash_topic`) would keep it.",
         "",
-        "| ingesters | readings/s | scaling factor | of ceiling | stored | peak RSS per ingester "
-        "(MiB) | cores busy (ingesters' part) |",
-        "|---|---|---|---|---|---|---|",
+        "| ingesters | routing | readings/s | scaling factor | of ceiling | stored | peak RSS per "
+        "ingester (MiB) | cores busy (ingesters' part) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     runs = r["scale"]["runs"]
     for run in runs:
-        lines.append(f"| {run['workers']} | {run['rate']:,.0f} | ×{run['rate'] / runs[0]['rate']:.2f} "
+        lines.append(f"| {run['workers']} | {run.get('routing', 'share') if run['workers'] > 1 else '—'} "
+                     f"| {run['rate']:,.0f} | ×{run['rate'] / runs[0]['rate']:.2f} "
                      f"| {run['rate'] / r['scale']['ceiling']:.2f} | {run['stored']:,} of "
                      f"{run['published']:,} | "
                      + ", ".join(f"{x:.0f}" for x in run["peak_rss_mib"])

@@ -1,12 +1,16 @@
-"""Scale-out: 1, 2 and 4 ingester processes on one shared subscription, on PostgreSQL.
+"""Scale-out: 1, 2 and 4 ingester processes on PostgreSQL, routed two ways.
 
     uv run python bench/scale.py --pg-url postgresql+psycopg://postgres@127.0.0.1:5432/postgres \
-        [--readings 100000] [--workers 1 2 4]
+        [--readings 100000] [--workers 1 2 4] [--routing share rooms]
 
-For each worker count: a fresh PostgreSQL database (created through ``--pg-url``, an admin
-URL), the sample centre loaded, that many ``tracker ingest`` processes on
-``$share/benchK/gmp/#`` (a group per run, each worker under its own name), then a separate
-process floods the same pre-generated readings at QoS 1. Rate = readings / (publisher start → last reading
+For each routing and worker count: a fresh PostgreSQL database (created through ``--pg-url``,
+an admin URL), the sample centre loaded, that many ``tracker ingest`` processes, then a
+separate process floods the same pre-generated readings at QoS 1. Routing ``share``: every
+worker on ``$share/benchK/gmp/#`` (a group per run, each worker under its own name) — mosquitto
+deals the messages round robin, so one monitor's readings reach every worker. Routing
+``rooms``: the rooms' topic filters dealt to the workers by load (``--subscription`` per
+room), so each monitor stays on one worker — what a broker routing shared subscriptions by
+topic (EMQX ``hash_topic``) gives. Rate = readings / (publisher start → last reading
 committed), from a poll of the database every 0.1 s. Also reports each worker's peak
 resident memory (``VmHWM``) and the raw broker ceiling (a paho subscriber that only counts)
 measured on the same broker in the same run. Scaling factor = rate(k) / rate(1). Every run
@@ -49,6 +53,9 @@ STALL_S = 60.0
 @dataclass
 class ScaleRun:
     workers: int
+    #: ``share``: one $share subscription (mosquitto: round robin by message);
+    #: ``rooms``: each worker subscribed to the rooms dealt to it (routing by topic)
+    routing: str
     rate: float
     stored: int
     published: int
@@ -68,10 +75,16 @@ def recreate_database(admin_url: str, name: str) -> str:
     return make_url(admin_url).set(database=name).render_as_string(hide_password=False)
 
 
-def start_worker(db_url: str, broker_url: str, group: str, worker: str) -> subprocess.Popen:
-    """One ``tracker ingest --shared`` process under a fixed worker name; returns once subscribed."""
+def start_worker(db_url: str, broker_url: str, worker: str, *, group: str | None = None,
+                 filters: list[str] | None = None) -> subprocess.Popen:
+    """One ``tracker ingest`` process under a fixed worker name, on the share group or on its
+    own topic filters; returns once subscribed."""
     env = {**os.environ, "TRACKER_DATABASE_URL": db_url, "TRACKER_MQTT_URL": broker_url,
-           "TRACKER_MQTT_SHARE_GROUP": group, "TRACKER_INGEST_WORKER": worker}
+           "TRACKER_INGEST_WORKER": worker}
+    if group:
+        env["TRACKER_MQTT_SHARE_GROUP"] = group
+    if filters:
+        env["TRACKER_MQTT_SUBSCRIPTION"] = " ".join(filters)
     proc = subprocess.Popen([sys.executable, "-m", "tracker.cli", "ingest"], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     subscribed = threading.Event()
@@ -121,14 +134,34 @@ def stored_count(engine) -> int:
         return s.exec(select(func.count()).select_from(RawMessage)).one()
 
 
-def run(admin_url: str, broker_url: str, messages: list, workers: int) -> ScaleRun:
-    db_url = recreate_database(admin_url, f"bench_scale_{workers}")
+def rooms_for(messages: list, workers: int) -> list[list[str]]:
+    """Routing by topic: the rooms' filters dealt to the workers, busiest room first to the
+    least loaded worker (what a broker hashing topics achieves, by hand)."""
+    load: dict[str, int] = {}
+    for topic, _ in messages:
+        room = topic.rsplit("/", 1)[0]
+        load[room] = load.get(room, 0) + 1
+    dealt: list[list[str]] = [[] for _ in range(workers)]
+    totals = [0] * workers
+    for room, n in sorted(load.items(), key=lambda kv: -kv[1]):
+        i = totals.index(min(totals))
+        dealt[i].append(f"{room}/#")
+        totals[i] += n
+    return dealt
+
+
+def run(admin_url: str, broker_url: str, messages: list, workers: int,
+        routing: str = "share") -> ScaleRun:
+    db_url = recreate_database(admin_url, f"bench_scale_{routing}_{workers}")
     engine = fresh_database(db_url)
-    # a group of its own per run: mosquitto keeps sharing messages round robin into the
-    # persistent sessions of the previous run's stopped workers (docs/scale-out.md)
-    group = f"bench{workers}"
-    procs = [start_worker(db_url, broker_url, group, f"bench-{workers}-{i}")
-             for i in range(workers)]
+    if routing == "share":
+        # a group of its own per run: mosquitto keeps sharing messages round robin into the
+        # persistent sessions of the previous run's stopped workers (docs/scale-out.md)
+        procs = [start_worker(db_url, broker_url, f"bench-{workers}-{i}", group=f"bench{workers}")
+                 for i in range(workers)]
+    else:
+        procs = [start_worker(db_url, broker_url, f"bench-rooms-{workers}-{i}", filters=rooms)
+                 for i, rooms in enumerate(rooms_for(messages, workers))]
     t0 = time.perf_counter()
     busy0, total0 = cpu_ticks()
     worker0 = sum(process_ticks(p.pid) for p in procs)
@@ -153,20 +186,22 @@ def run(admin_url: str, broker_url: str, messages: list, workers: int) -> ScaleR
         p.wait(60)
     stored = stored_count(engine)
     engine.dispose()
-    return ScaleRun(workers=workers, rate=stored / elapsed, stored=stored,
+    return ScaleRun(workers=workers, routing=routing, rate=stored / elapsed, stored=stored,
                     published=len(messages), peak_rss_mib=rss,
                     cpu_busy=(busy1 - busy0) / max(1, total1 - total0),
                     ingester_cpu_share=worker_busy / max(1, busy1 - busy0))
 
 
-def measure(admin_url: str, *, readings: int = 100_000, workers: tuple[int, ...] = (1, 2, 4)
-            ) -> tuple[float, list[ScaleRun]]:
-    """The ceiling and one run per worker count, on one broker."""
+def measure(admin_url: str, *, readings: int = 100_000, workers: tuple[int, ...] = (1, 2, 4),
+            routings: tuple[str, ...] = ("share", "rooms")) -> tuple[float, list[ScaleRun]]:
+    """The ceiling and one run per routing and worker count (one worker: once), on one broker."""
     messages = make_messages(readings)
     with tempfile.TemporaryDirectory(prefix="gmp-scale-") as tmp, \
             LocalBroker(data_dir=Path(tmp) / "broker", persistence=False) as broker:
         ceil = ceiling(broker.url, messages, "scale-live")
-        return ceil, [run(admin_url, broker.url, messages, k) for k in workers]
+        runs = [run(admin_url, broker.url, messages, k, routing)
+                for routing in routings for k in workers if k > 1 or routing == routings[0]]
+        return ceil, runs
 
 
 def main() -> None:
@@ -175,12 +210,16 @@ def main() -> None:
                         help="admin URL of a PostgreSQL cluster (databases are created in it)")
     parser.add_argument("--readings", type=int, default=100_000)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4])
+    parser.add_argument("--routing", nargs="+", choices=["share", "rooms"], default=["share", "rooms"],
+                        help="share: one $share subscription; rooms: rooms dealt to workers by topic")
     args = parser.parse_args()
-    ceil, runs = measure(args.pg_url, readings=args.readings, workers=tuple(args.workers))
+    ceil, runs = measure(args.pg_url, readings=args.readings, workers=tuple(args.workers),
+                         routings=tuple(args.routing))
     print(f"raw broker ceiling (live, counting subscriber): {ceil:,.0f} msg/s")
     base = runs[0].rate
     for r in runs:
-        print(f"{r.workers} worker(s): {r.rate:8,.0f} readings/s · scaling ×{r.rate / base:.2f} · "
+        print(f"{r.workers} worker(s), {r.routing:5}: {r.rate:8,.0f} readings/s · "
+              f"scaling ×{r.rate / base:.2f} · "
               f"{r.rate / ceil:.2f} of ceiling · stored {r.stored:,} of {r.published:,} · "
               f"peak RSS " + ", ".join(f"{m:.0f}" for m in r.peak_rss_mib) + " MiB · "
               f"cores busy {r.cpu_busy:.0%} (ingesters {r.ingester_cpu_share:.0%} of it)")

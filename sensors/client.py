@@ -118,6 +118,12 @@ class IngestOptions:
     stats_interval_s: float = 60.0
 
     @property
+    def filters(self) -> list[str]:
+        """The topic filters, separated by whitespace in ``subscription`` (a worker may take
+        several, e.g. the rooms routed to it: docs/scale-out.md)."""
+        return self.subscription.split()
+
+    @property
     def window(self) -> int:
         """Most messages held unacknowledged: the batch being stored and the next one."""
         return min(2 * self.batch_size, 65535)
@@ -133,16 +139,17 @@ class IngestOptions:
         keeps each member's unacknowledged messages in its session (mosquitto hands them to
         no other member), so a worker that died must come back under the same id.
         """
-        subscription = subscription or settings.mqtt_subscription
+        filters = (subscription or settings.mqtt_subscription).split()
         share_group = share_group or settings.mqtt_share_group
         worker = worker or settings.ingest_worker
         if worker and not client_id:
             client_id = f"{settings.mqtt_client_id}-{worker}"
-        if share_group or subscription.startswith("$share/"):
+        if share_group or any(f.startswith("$share/") for f in filters):
             if not client_id:   # workers under one id would take each other's session over
                 raise SharedSubscriptionError("shared_needs_worker")
             if share_group:
-                subscription = shared_filter(share_group, subscription)
+                filters = [shared_filter(share_group, f) for f in filters]
+        subscription = " ".join(filters)
         return cls(client_id=client_id or settings.mqtt_client_id,
                    subscription=subscription,
                    protocol=settings.mqtt_protocol, batch_size=settings.ingest_batch_size,
@@ -201,9 +208,9 @@ class Ingester:
         log.info("connected to %s, subscribing to %s", self.broker.display(),
                  self.options.subscription)
         if client.protocol == mqtt.MQTTv5:
-            client.subscribe(self.options.subscription, options=SubscribeOptions(qos=1))
+            client.subscribe([(f, SubscribeOptions(qos=1)) for f in self.options.filters])
         else:
-            client.subscribe(self.options.subscription, qos=1)
+            client.subscribe([(f, 1) for f in self.options.filters])
 
     def _on_subscribe(self, _client, _userdata, _mid, reason_codes, _properties) -> None:
         if any(rc.is_failure for rc in reason_codes):

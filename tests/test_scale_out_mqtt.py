@@ -1,5 +1,6 @@
 """Scale-out over a real mosquitto: two `tracker ingest` processes on one shared subscription,
-one SIGKILLed mid-stream, against one process alone on the same stream (docs/scale-out.md)."""
+one SIGKILLed mid-stream, against one process alone on the same stream; a worker routed the
+rooms given to it by topic filters (docs/scale-out.md)."""
 
 from __future__ import annotations
 
@@ -14,14 +15,18 @@ from sqlalchemy import Engine, func
 from sqlmodel import select
 
 from sensors.broker import LocalBroker
+from sensors.client import IngestOptions
 from sensors.mqtt import connect, make_client, parse_broker_url
+from tests.factories import T0, particles, scalar, topic
 from tests.mqtt_helpers import publish_all, wait_until
 from tests.scale_out_scenario import excursion_shapes, scenario, stored_keys
 from tests.test_scale_out import twin_engine  # noqa: F401  (fixture)
 from tracker.db import unit_of_work
+from tracker.facility import Monitor
 from tracker.ingest_state import IngestState
 from tracker.quarantine import QuarantinedMessage
 from tracker.readings import RawMessage
+from tracker.settings import Settings
 
 
 class Worker:
@@ -160,3 +165,35 @@ def test_mosquitto_keeps_a_dead_members_messages_for_its_client_id(broker: Local
     for client in (a2, b):
         client.disconnect()
         client.loop_stop()
+
+
+def test_a_worker_takes_several_filters_the_rooms_routed_to_it(
+        facility_engine: Engine, db_url: str, broker: LocalBroker) -> None:
+    """Routing by topic on mosquitto: a worker subscribes to the rooms given to it (repeated
+    ``--subscription``), and stores those rooms' readings only."""
+    site = "gmp/T-SITE"
+    worker = Worker(db_url, broker, "--client-id", "rooms-b1-c1",
+                    "--subscription", f"{site}/T-B1/#", "--subscription", f"{site}/T-C1/#")
+    try:
+        publish_all(broker, [
+            (topic(room, monitor), scalar(monitor=monitor, kind="pressure", seq=i, ts=T0,
+                                          value=15.0, unit="Pa")
+             if monitor.endswith("DP") else particles(monitor=monitor, seq=i, ts=T0, c05=3))
+            for i in range(1, 21)
+            for room, monitor in (("T-B1", "T-B1-DP"), ("T-C1", "T-C1-PC"), ("T-D1", "T-D1-DP"))])
+        wait_until(lambda: _stored(facility_engine) >= 40, timeout=60, what="two rooms stored")
+        time.sleep(0.5)
+    finally:
+        worker.stop()
+    with unit_of_work(facility_engine) as s:
+        monitors = set(s.exec(select(Monitor.code).join(
+            RawMessage, RawMessage.monitor_id == Monitor.id)).all())
+    assert _stored(facility_engine) == 40
+    assert monitors == {"T-B1-DP", "T-C1-PC"}
+
+
+def test_several_filters_each_join_the_share_group() -> None:
+    options = IngestOptions.from_settings(Settings(), subscription="gmp/S/R1/# gmp/S/R2/#",
+                                          share_group="tracker", worker="1")
+    assert options.filters == ["$share/tracker/gmp/S/R1/#", "$share/tracker/gmp/S/R2/#"]
+    assert options.client_id == "gmp-tracker-ingest-1"

@@ -190,7 +190,9 @@ def reevaluate(room: Annotated[str, typer.Option(help="room code (its zones are 
 
 @app.command()
 def ingest(db: DbOpt = None, mqtt: MqttOpt = None,
-           subscription: Annotated[str | None, typer.Option(help="filter or $share/GROUP/filter")] = None,
+           subscription: Annotated[list[str] | None, typer.Option(
+               help="topic filter, plain or $share/GROUP/filter; repeat it for several "
+                    "(TRACKER_MQTT_SUBSCRIPTION, separated by spaces)")] = None,
            client_id: Annotated[str | None, typer.Option("--client-id")] = None,
            shared: Annotated[str | None, typer.Option(
                "--shared", help="share group: several workers split the stream "
@@ -203,7 +205,7 @@ def ingest(db: DbOpt = None, mqtt: MqttOpt = None,
 
     settings = get_settings()
     try:
-        options = IngestOptions.from_settings(settings, subscription=subscription,
+        options = IngestOptions.from_settings(settings, subscription=" ".join(subscription or ()),
                                               client_id=client_id, share_group=shared,
                                               worker=worker)
     except SharedSubscriptionError as exc:

@@ -22,7 +22,8 @@ class Settings(BaseSettings):
     mqtt_ca_file: str | None = None
     mqtt_client_id: str = "gmp-tracker-ingest"
     mqtt_subscription: str = Field(default="gmp/#",
-                                   description="plain filter or $share/GROUP/filter for scale-out")
+                                   description="topic filter(s), separated by spaces; plain or "
+                                               "$share/GROUP/filter for scale-out")
     mqtt_share_group: str | None = Field(
         default=None, description="subscribe as $share/GROUP/<subscription>: several ingest "
                                   "workers share the stream (docs/scale-out.md)")
