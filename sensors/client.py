@@ -139,7 +139,7 @@ class IngestOptions:
         keeps each member's unacknowledged messages in its session (mosquitto hands them to
         no other member), so a worker that died must come back under the same id.
         """
-        filters = (subscription or settings.mqtt_subscription).split()
+        filters = (subscription or settings.mqtt_subscription).split() or ["gmp/#"]
         share_group = share_group or settings.mqtt_share_group
         worker = worker or settings.ingest_worker
         if worker and not client_id:
@@ -358,6 +358,9 @@ class Ingester:
         except TRANSIENT:
             self.intake.forget()
             log.warning("database unavailable for the silence check; trying again later")
+        except SQLAlchemyError:   # rolled back: its gaps and re-checks stay due for the next tick
+            self.intake.forget()
+            log.exception("silence check failed; ingest goes on, trying again at the next tick")
 
     def _report_stats(self) -> None:
         """Every ``stats_interval_s``: one INFO line with the counters and the pending bound."""

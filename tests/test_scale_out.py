@@ -27,6 +27,7 @@ from tracker.db import get_engine, unit_of_work
 from tracker.ingest_state import IngestState, WriterGuard
 from tracker.intake import GAP_SETTLE, Intake
 from tracker.quarantine import QuarantinedMessage
+from tracker.readings import RawMessage
 from tracker.rollups import RollupHourly
 from tracker.settings import Settings
 from tracker.timeutil import utcnow
@@ -126,6 +127,11 @@ def test_two_interleaved_workers_store_what_one_worker_stores(
         assert read_counter(s, "duplicates") == redelivered > 0
         writers = set(s.exec(select(IngestState.writer)).all())
         versions = dict(s.exec(select(IngestState.monitor_id, IngestState.version)).all())
+        # the highest stored seq the workers hand each other is the true one
+        kept = dict(s.exec(select(IngestState.monitor_id, IngestState.max_seq)).all())
+        true = dict(s.exec(select(RawMessage.monitor_id, func.max(RawMessage.seq))
+                           .group_by(RawMessage.monitor_id)).all())
+    assert kept == true
     assert writers <= {"a", "b"}
     assert len(versions) == 3
 
@@ -142,6 +148,7 @@ def test_gaps_found_while_the_other_worker_writes_wait_and_are_drawn_by_any_work
     it is kept on the monitor's row and checked again once due, by whichever worker ticks."""
     messages = _messages()
     _one_worker(facility_engine, messages)
+    started = utcnow()      # every deferral is due GAP_SETTLE after it was made, so not yet
     _two_workers(twin_engine, messages, settle=False)
     one = excursion_shapes(facility_engine)
     assert _gap_checks_pending(twin_engine) > 0
@@ -150,7 +157,7 @@ def test_gaps_found_while_the_other_worker_writes_wait_and_are_drawn_by_any_work
 
     other = Intake(close_after=3, writer="c")   # a worker that stored none of it
     with unit_of_work(twin_engine) as s:
-        other.check_silence(s, now=utcnow())     # not due yet: nothing happens
+        other.check_silence(s, now=started)      # not due yet: nothing happens
     assert _gap_checks_pending(twin_engine) > 0
     with unit_of_work(twin_engine) as s:
         other.check_silence(s, now=utcnow() + 2 * GAP_SETTLE)
@@ -189,6 +196,25 @@ def test_a_worker_reaching_back_past_every_stored_reading_draws_the_gap_before_t
         a.process(s, _pressure(range(1, 13), T0))      # 00:00 … 00:01:50, then silence
     gaps = [g for g in excursion_shapes(facility_engine) if g[1] == "data_gap"]
     assert [(g[4], g[5]) for g in gaps] == [(T0 + timedelta(seconds=110), T0 + timedelta(minutes=30))]
+
+
+def test_a_share_landing_inside_a_deferred_stretch_is_judged_by_its_recheck(
+        facility_engine: Engine) -> None:
+    """Worker a stores a monitor's later readings while b still holds older ones: a defers the
+    hole after the newest stored reading. b's share then lands inside that hole with a real gap
+    of its own, among stored readings and touching no stored gap (b skips the gap queries);
+    the re-check must still find it — the deferred stretch starts at the hole's left edge."""
+    a = BatchProcessor(Intake(close_after=3, writer="a"))
+    b = BatchProcessor(Intake(close_after=3, writer="b"))
+    for worker, seqs, start in ((a, range(1, 2), 0), (b, range(2, 3), 10), (a, range(12, 22), 110),
+                                (b, range(3, 4), 20), (b, range(7, 12), 60)):
+        with unit_of_work(facility_engine) as s:
+            worker.process(s, _pressure(seqs, T0 + timedelta(seconds=start)))
+    assert _gap_checks_pending(facility_engine) == 1
+    with unit_of_work(facility_engine) as s:
+        b.intake.check_silence(s, now=utcnow() + 2 * GAP_SETTLE)
+    gaps = [(g[4], g[5]) for g in excursion_shapes(facility_engine) if g[1] == "data_gap"]
+    assert gaps == [(T0 + timedelta(seconds=20), T0 + timedelta(seconds=60))]   # 40 s > 30 s
 
 
 @pytest.fixture

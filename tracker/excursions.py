@@ -100,12 +100,17 @@ class EpisodeBook:
             del self.machines[key]
 
     def process(self, session: Session, registry: Registry,
-                batch: dict[SeriesKey, list[Judged]], *, now: datetime | None = None) -> None:
-        """Advance every series touched by a batch; rows are written in the caller's transaction."""
+                batch: dict[SeriesKey, list[Judged]], *, now: datetime | None = None,
+                rejudged: frozenset[SeriesKey] | set[SeriesKey] = frozenset()) -> None:
+        """Advance every series touched by a batch; rows are written in the caller's transaction.
+
+        ``rejudged``: series whose *stored* readings changed verdict in this batch (rolling
+        sample volume): they are replayed, whatever the new readings say.
+        """
         now = now or utcnow()
         for judged in batch.values():
             judged.sort(key=lambda j: j.at)
-        idle = self._idle_without_machine(session, batch)
+        idle = self._idle_without_machine(session, batch) - set(rejudged)
         for key, judged in batch.items():
             entry = registry.by_id[key[0]]
             if not entry.limits.evaluable(key[1]) or key in idle:

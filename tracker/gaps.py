@@ -144,7 +144,9 @@ class GapBook:
         (points added between two others only bring neighbours closer): with no stored gap
         around them, only the stretch after the newest stored reading can hold a new gap —
         or the one before the oldest, so a batch reaching back past every stored reading of
-        its monitor takes the full path.
+        its monitor takes the full path. Within a stretch waiting for its re-check (deferred)
+        the stored gaps may lag the stored readings; the re-check covers every reading that
+        lands in it, so the stretch starts at the left edge of the hole that was deferred.
         """
         lowest = min(stamps[0][0] for stamps in batch.values())
         preceded = _preceded(session, {m: stamps[0][0] for m, stamps in batch.items()
@@ -172,7 +174,9 @@ class GapBook:
                     self.latest[monitor_id] = stamps[-1]
                 continue
             if not touched and defer is not None and shared(monitor_id):
-                defer(monitor_id, first, last)
+                # from the hole's left edge: until the re-check, stored gaps need not match the
+                # stored readings there, so readings landing anywhere in it are judged then
+                defer(monitor_id, min(first, holes[0].start), last)
                 continue
             self._after_slow(session, entry, rooms, stamps, None, now, shared, defer)
 

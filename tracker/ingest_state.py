@@ -73,7 +73,9 @@ _LATEST = (update(TABLE).where(TABLE.c.monitor_id == bindparam("m"))
                    last_received_at=case((_NEWER, bindparam("r", type_=UTCDateTime())),
                                          else_=TABLE.c.last_received_at)))
 _MAX_SEQ = (update(TABLE).where(TABLE.c.monitor_id == bindparam("m"))
-            .values(max_seq=bindparam("q", type_=SEQ_TYPE)))
+            .values(max_seq=case((TABLE.c.max_seq.is_(None)
+                                  | (TABLE.c.max_seq < bindparam("q", type_=SEQ_TYPE)),
+                                  bindparam("q", type_=SEQ_TYPE)), else_=TABLE.c.max_seq)))
 _recheck_from, _recheck_to = TABLE.c.gap_recheck_from, TABLE.c.gap_recheck_to
 _recheck_due = TABLE.c.gap_recheck_due
 _DEFER = (update(TABLE).where(TABLE.c.monitor_id == bindparam("m"))
@@ -128,6 +130,7 @@ class WriterGuard:
         returns the monitors another writer has changed since this worker's last commit."""
         ids = sorted(set(monitor_ids))
         if not ids:
+            self.newest, self.max_seq = {}, {}
             return set()
         self._ensure_rows(session, ids)
         before, self.newest, self.max_seq = self._bump(session, ids)
@@ -176,8 +179,9 @@ class WriterGuard:
     def record_latest(session: Session, latest: Mapping[int, tuple[datetime, datetime]],
                       max_seq: Mapping[int, int] | None = None) -> None:
         """Keep each monitor's newest reading (event time, receipt time) and highest stored
-        seq (exact: the caller looked it up or kept it under the lock) on its row; the caller
-        holds the row's lock (``claim``)."""
+        seq on its row (neither ever goes back); the caller holds the row's lock (``claim``).
+        Workers of a release before migration 0010 do not keep ``max_seq``: stop them all
+        before upgrading (docs/scale-out.md)."""
         if latest:
             session.connection().execute(_LATEST, [{"m": m, "e": e, "r": r}
                                                    for m, (e, r) in latest.items()])

@@ -192,9 +192,9 @@ class Intake:
         are looked up one by one. The primary key stays the final guard.
         """
         for monitor_id in {m for m, _ in fresh} - self.highest_seq.keys():
-            self.highest_seq[monitor_id] = session.exec(
-                select(func.max(RawMessage.seq)).where(RawMessage.monitor_id == monitor_id)
-            ).one() or -1
+            highest = session.exec(
+                select(func.max(RawMessage.seq)).where(RawMessage.monitor_id == monitor_id)).one()
+            self.highest_seq[monitor_id] = -1 if highest is None else highest   # seq 0 is valid
         candidates = [k for k in fresh if k[1] <= self.highest_seq[k[0]]]
         found: dict[tuple[int, int], str] = {}
         for chunk in range(0, len(candidates), 400):
@@ -331,7 +331,8 @@ class Intake:
     def _apply_rules(self, session: Session, registry: Registry, batch: JudgedBatch,
                      statuses: list[IncomingStatus], now: datetime) -> None:
         """Limit episodes, data gaps, ≥5.0 µm recurrence, recovery and offline statuses."""
-        self.book.process(session, registry, batch.series, now=now)
+        self.book.process(session, registry, batch.series, now=now,
+                          rejudged={(c["m"], c["c"]) for c in batch.rejudged})
         self.gaps.after_readings(
             session, registry, self.room_states, batch.stamps, now, newest=self.guard.newest,
             shared=self.guard.shared,
