@@ -348,19 +348,22 @@ class Ingester:
         return True
 
     def _check_silence(self) -> None:
-        """Every ``gap_check_s``: live monitors that went quiet get a data-gap excursion."""
+        """Every ``gap_check_s``: live monitors that went quiet get a data-gap excursion, and
+        deferred gap stretches that are due are re-checked (each in its own transaction)."""
         if time.monotonic() < self._next_silence_check:
             return
         self._next_silence_check = time.monotonic() + self.options.gap_check_s
-        try:
-            with self._transaction() as session:
-                self.intake.check_silence(session)
-        except TRANSIENT:
-            self.intake.forget()
-            log.warning("database unavailable for the silence check; trying again later")
-        except SQLAlchemyError:   # rolled back: its gaps and re-checks stay due for the next tick
-            self.intake.forget()
-            log.exception("silence check failed; ingest goes on, trying again at the next tick")
+        for what, check in (("silence check", self.intake.check_silence),
+                            ("gap re-check", self.intake.recheck_gaps)):
+            try:
+                with self._transaction() as session:
+                    check(session)
+            except TRANSIENT:
+                self.intake.forget()
+                log.warning("database unavailable for the %s; trying again later", what)
+            except SQLAlchemyError:   # rolled back: what it would have drawn stays due
+                self.intake.forget()
+                log.exception("%s failed; ingest goes on, trying again at the next tick", what)
 
     def _report_stats(self) -> None:
         """Every ``stats_interval_s``: one INFO line with the counters and the pending bound."""

@@ -96,7 +96,7 @@ def _two_workers(engine: Engine, messages: list[InboundMessage], *, seed: int = 
             redelivered += len(again)
     if settle:   # the workers' silence ticks, once the deferred gap checks are due
         with unit_of_work(engine) as s:
-            workers["b"].intake.check_silence(s, now=utcnow() + 2 * GAP_SETTLE)
+            workers["b"].intake.recheck_gaps(s, now=utcnow() + 2 * GAP_SETTLE)
     return redelivered
 
 
@@ -157,10 +157,10 @@ def test_gaps_found_while_the_other_worker_writes_wait_and_are_drawn_by_any_work
 
     other = Intake(close_after=3, writer="c")   # a worker that stored none of it
     with unit_of_work(twin_engine) as s:
-        other.check_silence(s, now=started)      # not due yet: nothing happens
+        assert other.recheck_gaps(s, now=started) == 0      # not due yet: nothing happens
     assert _gap_checks_pending(twin_engine) > 0
     with unit_of_work(twin_engine) as s:
-        other.check_silence(s, now=utcnow() + 2 * GAP_SETTLE)
+        assert other.recheck_gaps(s, now=utcnow() + 2 * GAP_SETTLE) > 0
     assert _gap_checks_pending(twin_engine) == 0
     assert excursion_shapes(twin_engine) == one
     assert excursion_shapes(twin_engine, superseded=True) == []
@@ -212,7 +212,7 @@ def test_a_share_landing_inside_a_deferred_stretch_is_judged_by_its_recheck(
             worker.process(s, _pressure(seqs, T0 + timedelta(seconds=start)))
     assert _gap_checks_pending(facility_engine) == 1
     with unit_of_work(facility_engine) as s:
-        b.intake.check_silence(s, now=utcnow() + 2 * GAP_SETTLE)
+        b.intake.recheck_gaps(s, now=utcnow() + 2 * GAP_SETTLE)
     gaps = [(g[4], g[5]) for g in excursion_shapes(facility_engine) if g[1] == "data_gap"]
     assert gaps == [(T0 + timedelta(seconds=20), T0 + timedelta(seconds=60))]   # 40 s > 30 s
 

@@ -132,8 +132,7 @@ class Intake:
         return self.registry
 
     def check_silence(self, session: Session, *, now: datetime | None = None) -> int:
-        """Open wall-clock gaps for live monitors that have gone quiet, and re-check the
-        stretches whose gaps were deferred (``GAP_SETTLE``) by any worker.
+        """Open wall-clock gaps for live monitors that have gone quiet.
 
         Judged from every worker's newest readings (``ingest_state``), not from this
         worker's share of the traffic; a monitor about to get a gap is claimed first and
@@ -147,18 +146,28 @@ class Intake:
         if quiet:
             quiet -= set(session.exec(select(Excursion.monitor_id).where(
                 Excursion.type == "data_gap", Excursion.status == "open")).all())
-        due = due_gap_checks(session, now)
-        if not quiet and not due:
+        if not quiet:
             return 0
-        self._forget_monitors(self.guard.claim(session, quiet | set(due)))
-        for monitor_id, (first, last) in take_gap_checks(session, due, now).items():
+        self._forget_monitors(self.guard.claim(session, quiet))
+        return self.gaps.check_silence(session, registry, self.room_states, now,
+                                       latest=latest_readings(session, quiet))
+
+    def recheck_gaps(self, session: Session, *, now: datetime | None = None) -> int:
+        """Re-derive the stretches whose gaps were deferred (``GAP_SETTLE``) by any worker,
+        once due; returns how many. Its own transaction, apart from the silence check, so one
+        that fails cannot hold up the wall-clock rule."""
+        registry = self.refresh(session)
+        now = now or utcnow()
+        due = due_gap_checks(session, now)
+        if not due:
+            return 0
+        self._forget_monitors(self.guard.claim(session, due))
+        stretches = take_gap_checks(session, due, now)
+        for monitor_id, (first, last) in stretches.items():
             if monitor_id in registry.by_id:
                 self.gaps.recheck(session, registry.by_id[monitor_id], self.room_states,
                                   first, last, now)
-        if not quiet:
-            return 0
-        return self.gaps.check_silence(session, registry, self.room_states, now,
-                                       latest=latest_readings(session, quiet))
+        return len(stretches)
 
     def forget(self) -> None:
         """After a rolled-back batch: in-memory state may be ahead of the database (episode
