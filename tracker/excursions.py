@@ -10,7 +10,7 @@ are inserted, and stored episodes the full data no longer supports are marked
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import datetime
 
 from sqlalchemy import Column, Index, Text, func, or_
@@ -101,11 +101,15 @@ class EpisodeBook:
 
     def process(self, session: Session, registry: Registry,
                 batch: dict[SeriesKey, list[Judged]], *, now: datetime | None = None,
-                rejudged: frozenset[SeriesKey] | set[SeriesKey] = frozenset()) -> None:
+                rejudged: frozenset[SeriesKey] | set[SeriesKey] = frozenset(),
+                newest: Mapping[int, datetime | None] | None = None) -> None:
         """Advance every series touched by a batch; rows are written in the caller's transaction.
 
         ``rejudged``: series whose *stored* readings changed verdict in this batch (rolling
-        sample volume): they are replayed, whatever the new readings say.
+        sample volume): they are replayed, whatever the new readings say. ``newest``: each
+        monitor's newest stored reading before the batch (``tracker.ingest_state``); a series
+        that needs no replay and whose batch ends after it gets an idle machine, so the
+        next batches are fed in order without the per-batch query.
         """
         now = now or utcnow()
         for judged in batch.values():
@@ -113,8 +117,15 @@ class EpisodeBook:
         idle = self._idle_without_machine(session, batch) - set(rejudged)
         for key, judged in batch.items():
             entry = registry.by_id[key[0]]
-            if not entry.limits.evaluable(key[1]) or key in idle:
+            if not entry.limits.evaluable(key[1]):
                 continue  # nothing to judge against (e.g. a CNC room's humidity): no episodes
+            if key in idle:
+                stored = (newest or {}).get(key[0])
+                if stored is not None and judged[-1].at > stored:
+                    # the series' newest reading is in limits, no episode open: an idle machine
+                    self.machines[key] = SeriesMachine(close_after=self.close_after,
+                                                       last_at=judged[-1].at)
+                continue
             machine = self.machines.get(key)
             if machine is None or (machine.last_at is not None and judged[0].at < machine.last_at):
                 self.machines[key] = self.rebuild(session, entry, key[1], judged[0].at, now)

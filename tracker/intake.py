@@ -341,7 +341,8 @@ class Intake:
                      statuses: list[IncomingStatus], now: datetime) -> None:
         """Limit episodes, data gaps, ≥5.0 µm recurrence, recovery and offline statuses."""
         self.book.process(session, registry, batch.series, now=now,
-                          rejudged={(c["m"], c["c"]) for c in batch.rejudged})
+                          rejudged={(c["m"], c["c"]) for c in batch.rejudged},
+                          newest=self.guard.newest)
         self.gaps.after_readings(
             session, registry, self.room_states, batch.stamps, now, newest=self.guard.newest,
             shared=self.guard.shared,
