@@ -39,7 +39,7 @@ from bench import latency, report, scale  # noqa: E402
 from bench.common import FACILITY  # noqa: E402
 from bench.ingest import make_messages, throughput  # noqa: E402
 from bench.pgcluster import server_version, throwaway_cluster  # noqa: E402
-from sensors.broker import LocalBroker  # noqa: E402
+from tracker.wire.broker import LocalBroker  # noqa: E402
 
 DOC = ROOT / "docs" / "performance.md"
 RESULTS = ROOT / "bench" / "results" / "budget.json"

@@ -6,9 +6,10 @@ from pathlib import Path
 
 from sqlalchemy import Engine
 
-from tracker.db import get_engine, unit_of_work
-from tracker.facility import load_facility, read_facility_file
-from tracker.migrate import upgrade
+from tracker.core.db import get_engine, unit_of_work
+from tracker.core.migrate import upgrade
+from tracker.facility.file import read_facility_file
+from tracker.facility.load import load_facility
 
 ROOT = Path(__file__).resolve().parent.parent
 FACILITY = ROOT / "simulators" / "data" / "nn-cpc.toml"

@@ -6,7 +6,7 @@ Two phases on one Debian mosquitto (loopback), each with the same pre-generated 
 the sample facility published by a separate process at QoS 1:
 
 * ceiling  — a paho subscriber that only counts (QoS 1, persistent session, auto-ack);
-* ingester — ``sensors.client.Ingester``: parse, pint-normalise (cached factors), evaluate,
+* ingester — ``tracker.ingest.client.Ingester``: parse, pint-normalise (cached factors), evaluate,
   dedupe, Core bulk insert into SQLite (WAL), excursion machine, commit, then manual ack.
 
 Each phase runs "live" (subscriber connected while the publisher floods) and "backlog"
@@ -43,14 +43,14 @@ from sqlalchemy import func  # noqa: E402
 from sqlmodel import select  # noqa: E402
 
 from bench.common import FACILITY, fresh_database  # noqa: E402
-from sensors.broker import LocalBroker  # noqa: E402
-from sensors.client import Ingester, IngestOptions  # noqa: E402
-from sensors.mqtt import connect, make_client, parse_broker_url  # noqa: E402
 from simulators.facility import load_facility as load_sim_facility  # noqa: E402
 from simulators.publisher import generate  # noqa: E402
-from tracker.db import unit_of_work  # noqa: E402
-from tracker.intake import Intake  # noqa: E402
-from tracker.readings import RawMessage  # noqa: E402
+from tracker.core.db import unit_of_work  # noqa: E402
+from tracker.ingest.client import Ingester, IngestOptions  # noqa: E402
+from tracker.monitoring.intake import Intake  # noqa: E402
+from tracker.monitoring.readings import RawMessage  # noqa: E402
+from tracker.wire.broker import LocalBroker  # noqa: E402
+from tracker.wire.mqtt import connect, make_client, parse_broker_url  # noqa: E402
 
 
 def make_messages(n: int) -> list[tuple[str, bytes]]:

@@ -11,7 +11,7 @@ A separate process publishes, at QoS 1 on one Debian mosquitto (loopback):
   ordinary low-pressure limits wait out a 60 s delay for door openings), the next three are
   back at set point, so each trigger opens exactly one limit excursion that then closes.
 
-The ingester (``sensors.client.Ingester``, default options) runs in this process; after
+The ingester (``tracker.ingest.client.Ingester``, default options) runs in this process; after
 each committed batch it looks up the excursions created since the last batch and matches
 each to its trigger by (monitor, event time). Latency = wall time of that commit − wall time
 the publisher handed the trigger to paho. Prints p50/p90/p99/max. A benchmark, not a test.
@@ -36,14 +36,14 @@ import numpy as np  # noqa: E402
 from sqlmodel import select  # noqa: E402
 
 from bench.common import FACILITY, fresh_database  # noqa: E402
-from sensors.broker import LocalBroker  # noqa: E402
-from sensors.client import Ingester, IngestOptions  # noqa: E402
-from sensors.mqtt import connect, make_client, parse_broker_url  # noqa: E402
 from simulators.facility import load_facility as load_sim_facility  # noqa: E402
 from simulators.payloads import encode, value_reading  # noqa: E402
 from simulators.publisher import generate  # noqa: E402
-from tracker.excursions import Excursion  # noqa: E402
-from tracker.facility import Monitor  # noqa: E402
+from tracker.facility.models import Monitor  # noqa: E402
+from tracker.ingest.client import Ingester, IngestOptions  # noqa: E402
+from tracker.monitoring.excursions import Excursion  # noqa: E402
+from tracker.wire.broker import LocalBroker  # noqa: E402
+from tracker.wire.mqtt import connect, make_client, parse_broker_url  # noqa: E402
 
 TRIGGER_VALUE_PA = -2.0   # an inversion: no persistence delay (docs/limits.md)
 CYCLE_S = 4   # one action reading, then three at set point

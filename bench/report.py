@@ -5,7 +5,7 @@
 Builds the sample centre (``simulators/data/nn-cpc.toml``: 57 monitors, 38 of them every 10 s,
 19 particle counters every 60 s with two channels) and writes **the hourly rollups of a whole
 year** as ingest would have left them — one row per monitor × channel × hour, with counts,
-readings at alert/action, min/max/sum and the fixed-bin histogram of ``tracker.rollups`` — for
+readings at alert/action, min/max/sum and the fixed-bin histogram of ``tracker.monitoring.rollups`` — for
 ≈ 140 million readings. The rollups are synthesised with numpy, not aggregated from 140 million
 raw readings (that would take hours to generate and is what ingest does incrementally); the
 report never reads raw readings anyway. On top: a few hundred excursions, deviations with CAPA
@@ -30,16 +30,18 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 from sqlmodel import select  # noqa: E402
 
-from batch_records.models import Batch, ProcessStep  # noqa: E402
-from tracker.db import get_engine, time_param, unit_of_work  # noqa: E402
-from tracker.deviations import CapaAction, Deviation  # noqa: E402
-from tracker.excursions import Excursion  # noqa: E402
-from tracker.facility import Monitor, Room, get_site, load_facility, read_facility_file  # noqa: E402
-from tracker.limits import load_limit_set  # noqa: E402
-from tracker.migrate import upgrade  # noqa: E402
-from tracker.readings import basis_id  # noqa: E402
+from tracker.core.db import get_engine, time_param, unit_of_work  # noqa: E402
+from tracker.core.migrate import upgrade  # noqa: E402
+from tracker.facility.file import read_facility_file  # noqa: E402
+from tracker.facility.limits import load_limit_set  # noqa: E402
+from tracker.facility.load import load_facility  # noqa: E402
+from tracker.facility.models import Monitor, Room, get_site  # noqa: E402
+from tracker.monitoring.excursions import Excursion  # noqa: E402
+from tracker.monitoring.readings import basis_id  # noqa: E402
+from tracker.monitoring.rollups import COLUMNS, bin_of  # noqa: E402
+from tracker.quality.batches.models import Batch, ProcessStep  # noqa: E402
+from tracker.quality.deviations import CapaAction, Deviation  # noqa: E402
 from tracker.reports.annual import build_annual_report, year_period  # noqa: E402
-from tracker.rollups import COLUMNS, bin_of  # noqa: E402
 
 FACILITY = ROOT / "simulators" / "data" / "nn-cpc.toml"
 NORMAL = {"pressure": 15.0, "temperature": 21.0, "humidity": 50.0}

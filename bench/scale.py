@@ -42,9 +42,9 @@ from sqlmodel import select  # noqa: E402
 
 from bench.common import fresh_database  # noqa: E402
 from bench.ingest import ceiling, make_messages, publish_in_process  # noqa: E402
-from sensors.broker import LocalBroker  # noqa: E402
-from tracker.db import unit_of_work  # noqa: E402
-from tracker.readings import RawMessage  # noqa: E402
+from tracker.core.db import unit_of_work  # noqa: E402
+from tracker.monitoring.readings import RawMessage  # noqa: E402
+from tracker.wire.broker import LocalBroker  # noqa: E402
 
 #: no new reading stored for this long ends a run as stalled
 STALL_S = 60.0

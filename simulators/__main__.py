@@ -12,7 +12,6 @@ import threading
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
-from sensors.mqtt import parse_broker_url
 from simulators.facility import load_facility
 from simulators.publisher import (
     SimulationResult,
@@ -22,6 +21,7 @@ from simulators.publisher import (
     run_simulation,
 )
 from simulators.scenario import load_scenario, parse_duration
+from tracker.wire.mqtt import parse_broker_url
 
 
 def _speed(text: str) -> float:

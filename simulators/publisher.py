@@ -26,11 +26,11 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 
-from sensors.mqtt import BrokerAddress, connect, make_client
-from sensors.topics import reading_topic, status_topic
 from simulators import payloads, signals
 from simulators.facility import Facility, Monitor, load_facility
 from simulators.scenario import Event, Scenario, load_scenario
+from tracker.wire.mqtt import BrokerAddress, connect, make_client
+from tracker.wire.topics import reading_topic, status_topic
 
 log = logging.getLogger(__name__)
 

@@ -17,11 +17,12 @@ import pytest
 from sqlalchemy import Engine
 from sqlmodel import Session
 
-from sensors.broker import LocalBroker, find_mosquitto
 from tests.databases import ON_POSTGRES, PostgresDatabases, SQLiteDatabases, open_databases
-from tracker.db import get_engine, unit_of_work
-from tracker.facility import load_facility, read_facility_file
-from tracker.roomstate import set_room_state
+from tracker.core.db import get_engine, unit_of_work
+from tracker.facility.file import read_facility_file
+from tracker.facility.load import load_facility
+from tracker.facility.roomstate import set_room_state
+from tracker.wire.broker import LocalBroker, find_mosquitto
 
 # argon2's cheapest profile for the suite only (hundreds of logins); production keeps RFC 9106
 os.environ.setdefault("TRACKER_PASSWORD_HASH_PROFILE", "CHEAPEST")
@@ -110,7 +111,7 @@ def _fail_on_logged_errors(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
     caplog.set_level(logging.WARNING)
     yield
     errors = [r for r in caplog.get_records("call")
-              if r.levelno >= logging.ERROR and r.name.split(".")[0] in ("tracker", "sensors")]
+              if r.levelno >= logging.ERROR and r.name.split(".")[0] in ("tracker", "simulators")]
     if errors:
         pytest.fail("errors were logged: " + "; ".join(r.getMessage() for r in errors))
 

@@ -20,8 +20,8 @@ from sqlalchemy import Engine, create_engine
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
 
-from tracker.db import dispose_engine, get_engine
-from tracker.migrate import upgrade
+from tracker.core.db import dispose_engine, get_engine
+from tracker.core.migrate import upgrade
 
 BACKEND = os.environ.get("TRACKER_TEST_BACKEND", "sqlite")
 if BACKEND not in ("sqlite", "postgresql"):

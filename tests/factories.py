@@ -54,8 +54,8 @@ PEOPLE = {
 
 def add_person(engine, username: str, full_name: str, roles: list[str]) -> None:
     """One more account, created by the admin and taken over by its owner (new password)."""
-    from tracker.db import unit_of_work
-    from tracker.users import change_password, create_user, login
+    from tracker.core.db import unit_of_work
+    from tracker.identity.users import change_password, create_user, login
 
     with unit_of_work(engine) as s:
         create_user(s, username=username, full_name=full_name, roles=roles, password=TEMPORARY_PASSWORD,
@@ -68,8 +68,8 @@ def add_person(engine, username: str, full_name: str, roles: list[str]) -> None:
 def make_people(engine) -> None:
     """Create the first admin explicitly, then the others as that admin; each then replaces the
     password the admin chose (a must before signing anything)."""
-    from tracker.db import unit_of_work
-    from tracker.users import change_password, create_user, login
+    from tracker.core.db import unit_of_work
+    from tracker.identity.users import change_password, create_user, login
 
     with unit_of_work(engine) as s:
         name, roles = PEOPLE["admin"]
@@ -89,6 +89,6 @@ def make_people(engine) -> None:
 
 def as_(engine, username: str):
     """A fresh authentication of ``username`` (what a signature needs)."""
-    from tracker.users import login
+    from tracker.identity.users import login
 
     return login(engine, username=username, password=PASSWORD)

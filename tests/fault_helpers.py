@@ -21,16 +21,16 @@ from sqlalchemy import Engine, create_engine, func, text
 from sqlalchemy.engine import make_url
 from sqlmodel import select
 
-from sensors.broker import LocalBroker
-from sensors.ingest import BatchProcessor, InboundMessage
-from sensors.mqtt import connect, make_client, parse_broker_url
-from tracker.db import unit_of_work
-from tracker.excursions import list_excursions
-from tracker.facility import Monitor
-from tracker.intake import Intake
-from tracker.readings import RawMessage
-from tracker.rollups import RollupHourly
-from tracker.timeutil import utcnow
+from tracker.core.db import unit_of_work
+from tracker.core.timeutil import utcnow
+from tracker.facility.models import Monitor
+from tracker.ingest.processor import BatchProcessor, InboundMessage
+from tracker.monitoring.excursions import list_excursions
+from tracker.monitoring.intake import Intake
+from tracker.monitoring.readings import RawMessage
+from tracker.monitoring.rollups import RollupHourly
+from tracker.wire.broker import LocalBroker
+from tracker.wire.mqtt import connect, make_client, parse_broker_url
 
 STATS = re.compile(r"ingest stats: (.*)$")
 

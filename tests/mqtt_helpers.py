@@ -9,9 +9,9 @@ from contextlib import contextmanager
 
 from sqlalchemy import Engine
 
-from sensors.broker import LocalBroker
-from sensors.client import Ingester, IngestOptions
-from sensors.mqtt import connect, make_client, parse_broker_url
+from tracker.ingest.client import Ingester, IngestOptions
+from tracker.wire.broker import LocalBroker
+from tracker.wire.mqtt import connect, make_client, parse_broker_url
 
 
 def publish_all(broker: LocalBroker, messages: Iterable[tuple[str, bytes]], *,

@@ -10,10 +10,10 @@ from sqlalchemy import Engine
 from sqlmodel import select
 
 from tests.factories import T0, particles, scalar, topic
-from tracker.db import unit_of_work
-from tracker.excursions import Excursion
-from tracker.facility import Monitor
-from tracker.readings import RawMessage
+from tracker.core.db import unit_of_work
+from tracker.facility.models import Monitor
+from tracker.monitoring.excursions import Excursion
+from tracker.monitoring.readings import RawMessage
 
 #: the columns that make an excursion what it is (ids and bookkeeping times differ by run)
 SHAPE = ("monitor", "type", "channel", "level", "started_at", "ended_at", "peak", "status",

@@ -9,20 +9,20 @@ import pytest
 from sqlalchemy import Engine
 from sqlmodel import select
 
-from batch_records.integrity import all_signature_checks, integrity_problems
-from batch_records.linking import decide_link, links_of, raise_deviation, sync_links
-from batch_records.release import batch_report, gate_reasons, qa_review, release, sign_production
-from batch_records.steps import complete_batch, create_batch, end_step, get_batch, start_step
-from sensors.broker import LocalBroker
 from tests.factories import T0, as_, minutes, particles, topic
 from tests.mqtt_helpers import publish_all, running_ingester, wait_until
-from tracker import deviations as dv
-from tracker.audit import AuditEvent, verify_chain
-from tracker.db import unit_of_work
-from tracker.errors import ConflictError, PermissionDeniedError
-from tracker.excursions import list_excursions
-from tracker.facility import Monitor, get_site
-from tracker.readings import Reading
+from tracker.core.audit import AuditEvent, verify_chain
+from tracker.core.db import unit_of_work
+from tracker.core.errors import ConflictError, PermissionDeniedError
+from tracker.facility.models import Monitor, get_site
+from tracker.monitoring.excursions import list_excursions
+from tracker.monitoring.readings import Reading
+from tracker.quality import deviations as dv
+from tracker.quality.batches.integrity import all_signature_checks, integrity_problems
+from tracker.quality.batches.linking import decide_link, links_of, raise_deviation, sync_links
+from tracker.quality.batches.release import batch_report, gate_reasons, qa_review, release, sign_production
+from tracker.quality.batches.steps import complete_batch, create_batch, end_step, get_batch, start_step
+from tracker.wire.broker import LocalBroker
 
 
 def bsc_counts(minute: int) -> int:

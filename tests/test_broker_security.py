@@ -16,14 +16,14 @@ import pytest
 from sqlalchemy import Engine
 from sqlmodel import select
 
-from sensors.broker import BrokerSecurity, LocalBroker
-from sensors.client import Ingester, IngestOptions
-from sensors.mqtt import connect, make_client, parse_broker_url
 from tests.factories import T0, minutes, particles, topic
 from tests.mqtt_helpers import wait_until
-from tracker.db import unit_of_work
-from tracker.facility import Monitor
-from tracker.readings import RawMessage
+from tracker.core.db import unit_of_work
+from tracker.facility.models import Monitor
+from tracker.ingest.client import Ingester, IngestOptions
+from tracker.monitoring.readings import RawMessage
+from tracker.wire.broker import BrokerSecurity, LocalBroker
+from tracker.wire.mqtt import connect, make_client, parse_broker_url
 
 INGEST_PASSWORD = "ingest secret for this test only"
 MONITOR_PASSWORD = "monitor secret for this test only"

@@ -1,6 +1,6 @@
 """Charts keep their settings to themselves: the web trend chart and the report charts each
 draw with their own fonts and sizes whatever was drawn before, in any thread, and leave
-``matplotlib.rcParams`` as they found it (tracker.fonts.chart_style; no pyplot, no
+``matplotlib.rcParams`` as they found it (tracker.core.fonts.chart_style; no pyplot, no
 ``matplotlib.use``).
 
 Each order runs in a fresh interpreter, where matplotlib's state is pristine: the chart drawn
@@ -18,11 +18,11 @@ from pathlib import Path
 
 from sqlalchemy import Engine
 
-from sensors.ingest import BatchProcessor, InboundMessage
 from tests.factories import T0, particles, topic
-from tracker.db import unit_of_work
-from tracker.fonts import CJK_FONTS
-from tracker.intake import Intake
+from tracker.core.db import unit_of_work
+from tracker.core.fonts import CJK_FONTS
+from tracker.ingest.processor import BatchProcessor, InboundMessage
+from tracker.monitoring.intake import Intake
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -34,8 +34,8 @@ from datetime import datetime, timedelta
 import matplotlib
 from sqlmodel import Session, select
 
-from tracker.db import get_engine
-from tracker.facility import Monitor
+from tracker.core.db import get_engine
+from tracker.facility.models import Monitor
 
 db_url, order = sys.argv[1], sys.argv[2].split(",")
 T0 = datetime.fromisoformat(sys.argv[3])

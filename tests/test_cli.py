@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine
 
-from sensors.ingest import BatchProcessor, InboundMessage
 from tests.conftest import MIN_FACILITY
 from tests.factories import PASSWORD, T0, make_people, particles, topic
-from tracker.db import get_engine, unit_of_work
-from tracker.intake import Intake
-from tracker.stats import ingest_stats
+from tracker.core.db import get_engine, unit_of_work
+from tracker.ingest.processor import BatchProcessor, InboundMessage
+from tracker.monitoring.intake import Intake
+from tracker.monitoring.stats import ingest_stats
 
 ROOT = Path(__file__).resolve().parent.parent
 

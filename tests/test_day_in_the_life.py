@@ -10,17 +10,18 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import Engine
 
-from sensors.broker import LocalBroker
 from simulators.facility import load_facility as load_sim_facility
 from simulators.publisher import dry_run
 from simulators.scenario import load_scenario
 from tests.mqtt_helpers import running_ingester, wait_until
-from tracker.db import unit_of_work
-from tracker.demo import FACILITY, SCENARIO, schedule_operations
-from tracker.excursions import list_excursions
-from tracker.facility import load_facility, read_facility_file
-from tracker.stats import ingest_stats
-from tracker.timeutil import parse_instant
+from tracker.cli.demo import FACILITY, SCENARIO, schedule_operations
+from tracker.core.db import unit_of_work
+from tracker.core.timeutil import parse_instant
+from tracker.facility.file import read_facility_file
+from tracker.facility.load import load_facility
+from tracker.monitoring.excursions import list_excursions
+from tracker.monitoring.stats import ingest_stats
+from tracker.wire.broker import LocalBroker
 
 
 @pytest.mark.slow

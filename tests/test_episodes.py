@@ -7,8 +7,8 @@ from datetime import timedelta
 import pytest
 
 from tests.factories import T0
-from tracker.episodes import Judged, SeriesMachine, replay
-from tracker.limits import Bounds, Level, evaluate
+from tracker.facility.limits import Bounds, Level, evaluate
+from tracker.monitoring.episodes import Judged, SeriesMachine, replay
 
 PRESSURE = Bounds(alert_low=12.0, action_low=10.0, delay_s=60)
 PARTICLES = Bounds(alert_high=1760.0, action_high=3520.0)

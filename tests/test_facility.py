@@ -9,10 +9,12 @@ from sqlalchemy import Engine
 from sqlmodel import select
 
 from tests.conftest import MIN_FACILITY
-from tracker import audit
-from tracker.db import unit_of_work
-from tracker.errors import FacilityFileError, LimitTooLooseError
-from tracker.facility import Monitor, Room, load_facility, parse_facility, read_facility_file
+from tracker.core import audit
+from tracker.core.db import unit_of_work
+from tracker.core.errors import FacilityFileError, LimitTooLooseError
+from tracker.facility.file import parse_facility, read_facility_file
+from tracker.facility.load import load_facility
+from tracker.facility.models import Monitor, Room
 
 BASE = MIN_FACILITY.read_text(encoding="utf-8")
 

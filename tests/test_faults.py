@@ -20,8 +20,6 @@ import pytest
 from sqlalchemy import Engine
 from sqlmodel import select
 
-from sensors.broker import LocalBroker
-from sensors.mqtt import connect, make_client, parse_broker_url
 from simulators.publisher import SimulationResult, run_simulation
 from tests.conftest import MIN_FACILITY
 from tests.factories import T0, iso, particles, scalar, topic
@@ -36,12 +34,15 @@ from tests.fault_helpers import (
     stored_keys,
 )
 from tests.mqtt_helpers import publish_all, wait_until
-from tracker.db import get_engine, unit_of_work
-from tracker.facility import load_facility, parse_facility, read_facility_file
-from tracker.migrate import upgrade
-from tracker.readings import RawMessage, Reading
-from tracker.stats import ingest_stats
-from tracker.timeutil import utcnow
+from tracker.core.db import get_engine, unit_of_work
+from tracker.core.migrate import upgrade
+from tracker.core.timeutil import utcnow
+from tracker.facility.file import parse_facility, read_facility_file
+from tracker.facility.load import load_facility
+from tracker.monitoring.readings import RawMessage, Reading
+from tracker.monitoring.stats import ingest_stats
+from tracker.wire.broker import LocalBroker
+from tracker.wire.mqtt import connect, make_client, parse_broker_url
 
 NN_CPC = Path(__file__).resolve().parents[1] / "simulators" / "data" / "nn-cpc.toml"
 

@@ -10,15 +10,16 @@ from datetime import timedelta
 
 from sqlalchemy import Engine
 
-from sensors.broker import LocalBroker
 from tests.conftest import MIN_FACILITY
 from tests.factories import T0, particles, topic
 from tests.mqtt_helpers import publish_all, running_ingester, wait_until
-from tracker.db import unit_of_work
-from tracker.excursions import list_excursions
-from tracker.facility import load_facility, parse_facility
-from tracker.gaps import Gap, find_gaps
-from tracker.timeutil import iso_utc, utcnow
+from tracker.core.db import unit_of_work
+from tracker.core.timeutil import iso_utc, utcnow
+from tracker.facility.file import parse_facility
+from tracker.facility.load import load_facility
+from tracker.monitoring.excursions import list_excursions
+from tracker.monitoring.rules.gaps import Gap, find_gaps
+from tracker.wire.broker import LocalBroker
 
 # the BSC counter samples every second here, so three seconds of silence is a gap
 FAST = MIN_FACILITY.read_text(encoding="utf-8").replace(
@@ -67,7 +68,7 @@ def test_live_silence_opens_a_gap_by_wall_clock_and_data_closes_it(
 
 LWT_MONITOR = """
 import sys, time
-from sensors.mqtt import connect, make_client, parse_broker_url
+from tracker.wire.mqtt import connect, make_client, parse_broker_url
 address = parse_broker_url(sys.argv[1])
 client = make_client(address, client_id="bsc-counter")
 client.will_set("gmp/T-SITE/T-B1-BSC/T-BSC-PC/status", b"offline", qos=1, retain=True)

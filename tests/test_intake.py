@@ -8,16 +8,16 @@ from datetime import datetime, timedelta
 from sqlalchemy import Engine, func
 from sqlmodel import select
 
-from sensors.ingest import BatchProcessor, InboundMessage
 from tests.conftest import operate
 from tests.factories import T0, particles, scalar, topic
-from tracker.audit import AuditEvent
-from tracker.db import get_engine, unit_of_work
-from tracker.excursions import list_excursions
-from tracker.intake import Intake
-from tracker.readings import EvaluationBasis, RawMessage, Reading
-from tracker.reevaluate import record_room_state, reevaluate
-from tracker.stats import ingest_stats
+from tracker.core.audit import AuditEvent
+from tracker.core.db import get_engine, unit_of_work
+from tracker.ingest.processor import BatchProcessor, InboundMessage
+from tracker.monitoring.excursions import list_excursions
+from tracker.monitoring.intake import Intake
+from tracker.monitoring.readings import EvaluationBasis, RawMessage, Reading
+from tracker.monitoring.reevaluate import record_room_state, reevaluate
+from tracker.monitoring.stats import ingest_stats
 
 RECEIVED = T0 + timedelta(days=1)
 
@@ -293,7 +293,7 @@ def test_recurrences_under_random_late_delivery_equal_a_derivation_from_scratch(
         facility_engine: Engine) -> None:
     import random
 
-    from tracker.recurrence import recurrence_spans
+    from tracker.monitoring.rules.recurrence import recurrence_spans
 
     rng = random.Random(20261123)
     for trial in range(4):

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from tracker.errors import LimitTooLooseError
-from tracker.facility import parse_facility
-from tracker.limits import (
+from tracker.core.errors import LimitTooLooseError
+from tracker.facility.file import parse_facility
+from tracker.facility.limits import (
     Bounds,
     FacilityLevel,
     Level,

@@ -8,17 +8,17 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import Engine
 
-from batch_records.linking import decide_link, links_of, sync_links
-from batch_records.release import gate_reasons
-from batch_records.review import assess_item, review_items
-from batch_records.steps import create_batch, end_step, get_batch, start_step
-from sensors.ingest import BatchProcessor, InboundMessage
 from tests.factories import T0, as_, minutes, particles, scalar, topic
-from tracker.db import unit_of_work
-from tracker.errors import ConflictError
-from tracker.excursions import list_excursions
-from tracker.facility import get_site
-from tracker.intake import Intake
+from tracker.core.db import unit_of_work
+from tracker.core.errors import ConflictError
+from tracker.facility.models import get_site
+from tracker.ingest.processor import BatchProcessor, InboundMessage
+from tracker.monitoring.excursions import list_excursions
+from tracker.monitoring.intake import Intake
+from tracker.quality.batches.linking import decide_link, links_of, sync_links
+from tracker.quality.batches.release import gate_reasons
+from tracker.quality.batches.review import assess_item, review_items
+from tracker.quality.batches.steps import create_batch, end_step, get_batch, start_step
 
 
 def feed(engine: Engine, messages: list[tuple[str, bytes]]) -> None:
@@ -170,8 +170,8 @@ def test_a_room_that_does_not_clean_up_after_a_step_opens_a_recovery_excursion(
 
 
 def test_qa_acknowledges_an_excursion_again_when_it_escalates(people_engine: Engine) -> None:
-    from tracker.errors import InvalidInputError, PermissionDeniedError
-    from tracker.excursions import acknowledge
+    from tracker.core.errors import InvalidInputError, PermissionDeniedError
+    from tracker.monitoring.excursions import acknowledge
 
     engine = people_engine
     feed(engine, [(topic("T-B1", "T-B1-PC"), particles(seq=m + 1, ts=T0 + minutes(m),

@@ -11,12 +11,12 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import insert, select
 
-from tracker.db import get_engine
-from tracker.facility import Monitor, Room, Site
-from tracker.ingest_state import TABLE as INGEST_STATE
-from tracker.ingest_state import latest_readings
-from tracker.migrate import upgrade
-from tracker.readings import EvaluationBasis, RawMessage, Reading
+from tracker.core.db import get_engine
+from tracker.core.migrate import upgrade
+from tracker.facility.models import Monitor, Room, Site
+from tracker.monitoring.ingest_state import TABLE as INGEST_STATE
+from tracker.monitoring.ingest_state import latest_readings
+from tracker.monitoring.readings import EvaluationBasis, RawMessage, Reading
 
 T = datetime(2026, 10, 30, 23, 0, tzinfo=UTC)   # readings across a month boundary (two partitions)
 

@@ -1,4 +1,4 @@
-"""Readings partitioned by month on PostgreSQL (migration 0007, tracker.partitions).
+"""Readings partitioned by month on PostgreSQL (migration 0007, tracker.core.partitions).
 
 Most of this is PostgreSQL's business; on SQLite the same calls must be harmless no-ops.
 """
@@ -16,14 +16,12 @@ from alembic import command
 from sqlalchemy import Engine, func, text
 from sqlmodel import select
 
-from sensors.ingest import BatchProcessor, InboundMessage
 from tests.databases import ON_POSTGRES
 from tests.factories import particles, topic
 from tests.test_cli import tracker
-from tracker.db import get_engine, unit_of_work
-from tracker.intake import Intake
-from tracker.migrate import alembic_config, upgrade
-from tracker.partitions import (
+from tracker.core.db import get_engine, unit_of_work
+from tracker.core.migrate import alembic_config, upgrade
+from tracker.core.partitions import (
     PartitionKeeper,
     ensure_months,
     ensure_strays,
@@ -31,9 +29,11 @@ from tracker.partitions import (
     list_partitions,
     month_start,
 )
-from tracker.readings import Reading
-from tracker.stats import ingest_stats
-from tracker.timeutil import utcnow
+from tracker.core.timeutil import utcnow
+from tracker.ingest.processor import BatchProcessor, InboundMessage
+from tracker.monitoring.intake import Intake
+from tracker.monitoring.readings import Reading
+from tracker.monitoring.stats import ingest_stats
 
 pg_only = pytest.mark.skipif(not ON_POSTGRES, reason="readings are partitioned on PostgreSQL only "
                                                      "(SQLite has no table partitioning)")

@@ -7,9 +7,9 @@ from datetime import timedelta
 
 import pytest
 
-from sensors.payload import KnownMonitor, PayloadRejected, Reason, parse_reading, parse_status
-from sensors.units import converter
 from tests.factories import T0, iso, particles, scalar, topic
+from tracker.wire.payload import KnownMonitor, PayloadRejected, Reason, parse_reading, parse_status
+from tracker.wire.units import converter
 
 MONITORS = {
     ("T-SITE", "T-B1-PC"): KnownMonitor("T-SITE", "T-B1", "T-B1-PC", "particles", ("0.5", "5.0")),

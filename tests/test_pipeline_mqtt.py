@@ -12,15 +12,15 @@ from sqlalchemy import Engine, func
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import select
 
-from sensors.broker import LocalBroker
 from tests.conftest import operate
 from tests.factories import T0, iso, particles, scalar, topic
 from tests.mqtt_helpers import publish_all, running_ingester, wait_until
-from tracker.db import unit_of_work
-from tracker.excursions import list_excursions
-from tracker.quarantine import list_quarantine
-from tracker.readings import RawMessage, Reading
-from tracker.stats import ingest_stats
+from tracker.core.db import unit_of_work
+from tracker.monitoring.excursions import list_excursions
+from tracker.monitoring.quarantine import list_quarantine
+from tracker.monitoring.readings import RawMessage, Reading
+from tracker.monitoring.stats import ingest_stats
+from tracker.wire.broker import LocalBroker
 
 
 def _scripted() -> tuple[list[tuple[str, bytes]], list[tuple[str, bytes]], list[tuple[str, bytes]]]:

@@ -11,16 +11,18 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import Engine
 
-from batch_records.integrity import all_signature_checks
-from sensors.ingest import BatchProcessor, InboundMessage
 from tests.conftest import MIN_FACILITY
 from tests.factories import T0, as_, particles, scalar, topic
-from tracker.db import unit_of_work
-from tracker.errors import InvalidInputError, PermissionDeniedError
-from tracker.facility import get_site, load_facility, parse_facility
-from tracker.intake import Intake
-from tracker.proposals import approve, list_proposals, propose
-from tracker.registry import build_registry
+from tracker.core.db import unit_of_work
+from tracker.core.errors import InvalidInputError, PermissionDeniedError
+from tracker.facility.file import parse_facility
+from tracker.facility.load import load_facility
+from tracker.facility.models import get_site
+from tracker.ingest.processor import BatchProcessor, InboundMessage
+from tracker.monitoring.intake import Intake
+from tracker.monitoring.proposals import approve, list_proposals, propose
+from tracker.monitoring.snapshot import build_registry
+from tracker.quality.batches.integrity import all_signature_checks
 
 END = T0 + timedelta(days=10)
 
@@ -124,7 +126,7 @@ def test_pressure_levels_are_lower_percentiles_floored_at_the_regulation(people_
 
 
 def test_a_stale_proposal_or_a_grade_change_is_not_applied_silently(people_engine: Engine) -> None:
-    from tracker.errors import ConflictError
+    from tracker.core.errors import ConflictError
 
     engine = people_engine
     feed_counts(engine, [i % 100 for i in range(1200)])

@@ -9,24 +9,33 @@ import pytest
 from sqlalchemy import Engine, text
 from sqlmodel import Session
 
-from batch_records.flags import batch_flags
-from batch_records.release import gate_reasons, qa_review, reject, release, sign_production, signature_checks
-from batch_records.steps import complete_batch, create_batch, end_step, get_batch, start_step
 from tests.conftest import MIN_FACILITY
 from tests.factories import PASSWORD, T0, add_person, as_, make_people, minutes
-from tracker import audit
-from tracker.db import unit_of_work
-from tracker.errors import (
+from tracker.core import audit
+from tracker.core.db import unit_of_work
+from tracker.core.errors import (
     AuthenticationError,
     ConflictError,
     InvalidInputError,
     PermissionDeniedError,
     in_language,
 )
-from tracker.facility import get_site, load_facility, parse_facility
-from tracker.settings import get_settings
-from tracker.signatures import sign
-from tracker.users import create_user, login, unlock
+from tracker.core.settings import get_settings
+from tracker.facility.file import parse_facility
+from tracker.facility.load import load_facility
+from tracker.facility.models import get_site
+from tracker.identity.signatures import sign
+from tracker.identity.users import create_user, login, unlock
+from tracker.quality.batches.flags import batch_flags
+from tracker.quality.batches.release import (
+    gate_reasons,
+    qa_review,
+    reject,
+    release,
+    sign_production,
+    signature_checks,
+)
+from tracker.quality.batches.steps import complete_batch, create_batch, end_step, get_batch, start_step
 
 
 def finished_batch(engine: Engine, number: str = "CT-1", *, operator: str = "op1", room: str = "T-B1-BSC",
@@ -251,7 +260,7 @@ TIGHTER = MIN_FACILITY.read_text(encoding="utf-8").replace("alert_low = 12.0", "
 
 
 def test_a_change_of_facility_limits_needs_qa_approval_by_signature(people_engine: Engine) -> None:
-    from batch_records.integrity import all_signature_checks
+    from tracker.quality.batches.integrity import all_signature_checks
 
     engine = people_engine
     with unit_of_work(engine) as s, pytest.raises(PermissionDeniedError, match="QA must approve"):
@@ -274,7 +283,7 @@ def test_a_change_of_facility_limits_needs_qa_approval_by_signature(people_engin
 
 
 def test_a_password_an_admin_set_cannot_sign_until_its_owner_replaces_it(people_engine: Engine) -> None:
-    from tracker.users import change_password, set_password
+    from tracker.identity.users import change_password, set_password
 
     engine = people_engine
     finished_batch(engine, end=T0 + minutes(30))
@@ -333,7 +342,7 @@ def test_the_production_head_ends_an_orphaned_step_with_the_reason(people_engine
 
 
 def test_statuses_and_signature_rows_are_cross_checked(people_engine: Engine) -> None:
-    from batch_records.integrity import integrity_problems
+    from tracker.quality.batches.integrity import integrity_problems
 
     engine = people_engine
     finished_batch(engine, end=T0 + minutes(30))

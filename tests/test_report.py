@@ -25,20 +25,24 @@ import pytest
 from sqlalchemy import Engine
 from sqlmodel import select
 
-from batch_records.linking import decide_link, links_of, sync_links
-from batch_records.release import qa_review, reject, release, sign_production
-from batch_records.steps import complete_batch, create_batch, end_step, get_batch, start_step
-from sensors.ingest import BatchProcessor, InboundMessage
 from tests.conftest import MIN_FACILITY
 from tests.factories import PASSWORD, T0, make_people, particles, scalar, topic
-from tracker import deviations as dv
-from tracker.db import bulk_insert, get_engine, time_param, unit_of_work
-from tracker.errors import ConflictError, NotFoundError, PermissionDeniedError
-from tracker.excursions import Excursion
-from tracker.facility import Monitor, Room, get_site, load_facility, parse_facility
-from tracker.intake import Intake
-from tracker.limits import load_limit_set
-from tracker.readings import basis_id
+from tracker.core.db import bulk_insert, get_engine, time_param, unit_of_work
+from tracker.core.errors import ConflictError, NotFoundError, PermissionDeniedError
+from tracker.facility.file import parse_facility
+from tracker.facility.limits import load_limit_set
+from tracker.facility.load import load_facility
+from tracker.facility.models import Monitor, Room, get_site
+from tracker.identity.users import login
+from tracker.ingest.processor import BatchProcessor, InboundMessage
+from tracker.monitoring.excursions import Excursion
+from tracker.monitoring.intake import Intake
+from tracker.monitoring.readings import basis_id
+from tracker.monitoring.rollups import COLUMNS, RollupHourly, bin_of, verify_rollups
+from tracker.quality import deviations as dv
+from tracker.quality.batches.linking import decide_link, links_of, sync_links
+from tracker.quality.batches.release import qa_review, reject, release, sign_production
+from tracker.quality.batches.steps import complete_batch, create_batch, end_step, get_batch, start_step
 from tracker.reports import signoff
 from tracker.reports.annual import (
     Period,
@@ -50,8 +54,6 @@ from tracker.reports.annual import (
     year_period,
 )
 from tracker.reports.render import render_html, render_pdf
-from tracker.rollups import COLUMNS, RollupHourly, bin_of, verify_rollups
-from tracker.users import login
 
 ROOT = Path(__file__).resolve().parent.parent
 TZ = "Asia/Shanghai"
@@ -676,7 +678,7 @@ def test_signoff_by_qa_and_head_of_quality_and_tamper_evidence(
 
 
 def test_signoff_refusals_read_in_the_terminal_language(people_engine: Engine) -> None:
-    """Nothing prepared or signed yet: the refusals carry their Chinese (tracker.errors.Reason)."""
+    """Nothing prepared or signed yet: the refusals carry their Chinese (tracker.core.errors.Reason)."""
     with unit_of_work(people_engine) as s:
         site = get_site(s)
         with pytest.raises(NotFoundError, match="has not been prepared") as not_prepared:
@@ -882,7 +884,7 @@ def test_figures_from_real_ingestion_match_the_readings(people_engine: Engine) -
             verify_rollups(s, {m.id: m.kind for m in s.exec(select(Monitor))}, period.start, period.end) == []
         )
         report = build_annual_report(s, site=get_site(s), period=period, now=T0 + timedelta(days=1))
-        from tracker.readings import Reading
+        from tracker.monitoring.readings import Reading
 
         mon_id = s.exec(select(Monitor.id).where(Monitor.code == "T-B1-PC")).one()
         raw = s.exec(

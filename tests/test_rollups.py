@@ -10,16 +10,18 @@ from pathlib import Path
 from sqlalchemy import Engine, func
 from sqlmodel import select
 
-from sensors.ingest import BatchProcessor, InboundMessage
 from simulators.facility import load_facility as load_sim_facility
 from simulators.publisher import generate
 from tests.factories import T0
-from tracker.db import unit_of_work
-from tracker.facility import Monitor, load_facility, read_facility_file
-from tracker.intake import Intake
-from tracker.readings import Reading
-from tracker.reevaluate import record_room_state
-from tracker.rollups import RollupHourly, bin_of, percentile, verify_rollups
+from tracker.core.db import unit_of_work
+from tracker.facility.file import read_facility_file
+from tracker.facility.load import load_facility
+from tracker.facility.models import Monitor
+from tracker.ingest.processor import BatchProcessor, InboundMessage
+from tracker.monitoring.intake import Intake
+from tracker.monitoring.readings import Reading
+from tracker.monitoring.reevaluate import record_room_state
+from tracker.monitoring.rollups import RollupHourly, bin_of, percentile, verify_rollups
 
 SMALL = Path(__file__).resolve().parent.parent / "simulators" / "data" / "test-small.toml"
 

@@ -8,18 +8,20 @@ import pytest
 from sqlalchemy import Engine
 from sqlmodel import select
 
-from sensors.broker import LocalBroker
 from tests.conftest import MIN_FACILITY, operate
 from tests.factories import T0, particles, scalar, topic
 from tests.mqtt_helpers import publish_all, running_ingester, wait_until
-from tracker.audit import AuditEvent
-from tracker.db import unit_of_work
-from tracker.errors import InvalidInputError
-from tracker.excursions import list_excursions
-from tracker.facility import Monitor, list_monitors, load_facility, parse_facility
-from tracker.inhibits import add_inhibit, list_inhibits
-from tracker.readings import Reading
-from tracker.recurrence import Span, recurrence_spans
+from tracker.core.audit import AuditEvent
+from tracker.core.db import unit_of_work
+from tracker.core.errors import InvalidInputError
+from tracker.facility.file import parse_facility
+from tracker.facility.inhibits import add_inhibit, list_inhibits
+from tracker.facility.load import load_facility
+from tracker.facility.models import Monitor, list_monitors
+from tracker.monitoring.excursions import list_excursions
+from tracker.monitoring.readings import Reading
+from tracker.monitoring.rules.recurrence import Span, recurrence_spans
+from tracker.wire.broker import LocalBroker
 
 VALIDITY_FACILITY = MIN_FACILITY.read_text(encoding="utf-8").replace(
     'code = "T-B1-DP"\nroom = "T-B1"\nkind = "pressure"\nreference = "T-C1"\ninterval_s = 10\n',

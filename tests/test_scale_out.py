@@ -18,19 +18,19 @@ from sqlalchemy import Engine, func
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import select
 
-from sensors.client import IngestOptions, SharedSubscriptionError
-from sensors.ingest import BatchProcessor, InboundMessage
 from tests.factories import T0, scalar, topic
 from tests.scale_out_scenario import excursion_shapes, scenario, stored_keys
-from tracker.counters import read as read_counter
-from tracker.db import get_engine, unit_of_work
-from tracker.ingest_state import IngestState, WriterGuard
-from tracker.intake import GAP_SETTLE, Intake
-from tracker.quarantine import QuarantinedMessage
-from tracker.readings import RawMessage
-from tracker.rollups import RollupHourly
-from tracker.settings import Settings
-from tracker.timeutil import utcnow
+from tracker.core.counters import read as read_counter
+from tracker.core.db import get_engine, unit_of_work
+from tracker.core.settings import Settings
+from tracker.core.timeutil import utcnow
+from tracker.ingest.client import IngestOptions, SharedSubscriptionError
+from tracker.ingest.processor import BatchProcessor, InboundMessage
+from tracker.monitoring.ingest_state import IngestState, WriterGuard
+from tracker.monitoring.intake import GAP_SETTLE, Intake
+from tracker.monitoring.quarantine import QuarantinedMessage
+from tracker.monitoring.readings import RawMessage
+from tracker.monitoring.rollups import RollupHourly
 
 RECEIVED = T0.replace(year=2027)   # long after the event times: nothing here is live
 

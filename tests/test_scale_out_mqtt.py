@@ -14,19 +14,19 @@ import time
 from sqlalchemy import Engine, func
 from sqlmodel import select
 
-from sensors.broker import LocalBroker
-from sensors.client import IngestOptions
-from sensors.mqtt import connect, make_client, parse_broker_url
 from tests.factories import T0, particles, scalar, topic
 from tests.mqtt_helpers import publish_all, wait_until
 from tests.scale_out_scenario import excursion_shapes, scenario, stored_keys
 from tests.test_scale_out import twin_engine  # noqa: F401  (fixture)
-from tracker.db import unit_of_work
-from tracker.facility import Monitor
-from tracker.ingest_state import IngestState
-from tracker.quarantine import QuarantinedMessage
-from tracker.readings import RawMessage
-from tracker.settings import Settings
+from tracker.core.db import unit_of_work
+from tracker.core.settings import Settings
+from tracker.facility.models import Monitor
+from tracker.ingest.client import IngestOptions
+from tracker.monitoring.ingest_state import IngestState
+from tracker.monitoring.quarantine import QuarantinedMessage
+from tracker.monitoring.readings import RawMessage
+from tracker.wire.broker import LocalBroker
+from tracker.wire.mqtt import connect, make_client, parse_broker_url
 
 
 class Worker:

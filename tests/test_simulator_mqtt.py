@@ -15,9 +15,9 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import pytest
 
-from sensors.mqtt import BrokerAddress, connect, make_client
 from simulators.facility import load_facility
 from simulators.publisher import SimulationResult, generate, run_simulation
+from tracker.wire.mqtt import BrokerAddress, connect, make_client
 
 DATA = Path(__file__).resolve().parents[1] / "simulators" / "data"
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"

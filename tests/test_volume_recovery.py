@@ -9,22 +9,23 @@ import pytest
 from sqlalchemy import Engine
 from sqlmodel import select
 
-from sensors.broker import LocalBroker
 from tests.conftest import MIN_FACILITY, operate
 from tests.factories import T0, particles, topic
 from tests.mqtt_helpers import publish_all, running_ingester, wait_until
-from tracker.audit import AuditEvent
-from tracker.db import unit_of_work
-from tracker.errors import FacilityFileError
-from tracker.excursions import list_excursions
-from tracker.facility import Site, load_facility, parse_facility
-from tracker.limits import Bounds, Level, Verdict, evaluate
-from tracker.readings import Reading
-from tracker.recovery import Judgement, recovery_failure
-from tracker.reevaluate import record_room_state, reevaluate
-from tracker.rollups import verify_rollups
-from tracker.roomstate import Timeline
-from tracker.volume import (
+from tracker.core.audit import AuditEvent
+from tracker.core.db import unit_of_work
+from tracker.core.errors import FacilityFileError
+from tracker.facility.file import parse_facility
+from tracker.facility.limits import Bounds, Level, Verdict, evaluate
+from tracker.facility.load import load_facility
+from tracker.facility.models import Site
+from tracker.facility.roomstate import Timeline
+from tracker.monitoring.excursions import list_excursions
+from tracker.monitoring.readings import Reading
+from tracker.monitoring.reevaluate import record_room_state, reevaluate
+from tracker.monitoring.rollups import verify_rollups
+from tracker.monitoring.rules.recovery import Judgement, recovery_failure
+from tracker.monitoring.rules.volume import (
     UL_PER_M3,
     RollingWindow,
     Sample,
@@ -33,6 +34,7 @@ from tracker.volume import (
     single_count_exceeds,
     volume_ul,
 )
+from tracker.wire.broker import LocalBroker
 
 GRADE_A_5UM = Bounds(alert_high=10.0, action_high=20.0, regulatory_high=20.0)
 ONE_IN_28L = round(1 / 0.0283, 3)   # 35.336 /m³: one ≥5.0 µm particle in a 28.3 L sample

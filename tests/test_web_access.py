@@ -12,9 +12,9 @@ from sqlalchemy import Engine
 
 from tests.factories import PASSWORD
 from tests.web_helpers import ROLE_USER, browser, csrf_of
-from tracker.db import unit_of_work
-from tracker.excursions import list_excursions
-from tracker.timeutil import utcnow
+from tracker.core.db import unit_of_work
+from tracker.core.timeutil import utcnow
+from tracker.monitoring.excursions import list_excursions
 from tracker.web.access import ACCESS, ANONYMOUS
 from tracker.web.app import create_app, flat_routes
 from tracker.web.config import WebSettings
@@ -157,7 +157,7 @@ def test_api_tokens_authenticate_without_csrf_and_die_with_the_password(web_app,
     assert client.post("/api/v1/excursions/999999/acknowledge", json={"comment": "x"},
                        headers=headers).status_code == 404
     assert client.get("/api/v1/me", headers={"Authorization": "Bearer gmpt.forged.token"}).status_code == 401
-    from tracker.users import change_password, login
+    from tracker.identity.users import change_password, login
 
     me = login(web_engine, username="qa1", password=PASSWORD)
     with unit_of_work(web_engine) as s:
@@ -188,7 +188,7 @@ def test_a_wrong_signature_password_refuses_the_action_and_counts(web_app, web_e
     page = client.get("/batches").text
     assert "用户名或密码错误" in page
     with unit_of_work(web_engine) as s:
-        from tracker.users import get_user
+        from tracker.identity.users import get_user
 
         assert get_user(s, "qa1").failed_attempts == 1
         assert list_excursions(s) == []
@@ -199,7 +199,7 @@ def test_two_app_instances_over_one_database_share_logins_and_logouts(web_engine
     logout, a deactivation or a password change on one ends it everywhere."""
     from sqlmodel import Session, select
 
-    from tracker.web.sessions import WebSessionRow, token_hash
+    from tracker.identity.sessions import WebSessionRow, token_hash
 
     settings = WebSettings(secret_key="s" * 40, login_attempts_per_minute=10_000)
     one = create_app(engine=web_engine, settings=settings)
@@ -231,7 +231,7 @@ def test_two_app_instances_over_one_database_share_logins_and_logouts(web_engine
     assert b.get("/").headers["location"].startswith("/login")        # the other one is over
     # a change made outside the web app (the CLI) ends the web sessions that predate it
     c, _ = browser(two, "qp1")
-    from tracker.users import change_password, login
+    from tracker.identity.users import change_password, login
 
     with unit_of_work(web_engine) as s:
         change_password(s, actor=login(web_engine, username="qp1", password=PASSWORD),
@@ -245,7 +245,7 @@ def test_two_app_instances_over_one_database_share_logins_and_logouts(web_engine
                       ).status_code == 303
     assert op.get("/").headers["location"].startswith("/login")
     with Session(web_engine) as s:
-        from tracker.users import get_user
+        from tracker.identity.users import get_user
 
         op2 = get_user(s, "op2").id
         assert s.exec(select(WebSessionRow).where(WebSessionRow.user_id == op2)).all() == []

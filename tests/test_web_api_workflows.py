@@ -11,15 +11,15 @@ from fastapi.testclient import TestClient
 from sqlalchemy import Engine, func
 from sqlmodel import select
 
-from batch_records.steps import complete_batch, create_batch, end_step, start_step
 from tests.factories import PASSWORD, T0, as_, minutes
 from tests.test_proposals import END, feed_counts, per_m3
 from tests.web_helpers import browser
-from tracker import audit
-from tracker.audit import AuditEvent
-from tracker.db import unit_of_work
-from tracker.facility import get_site
-from tracker.users import get_user
+from tracker.core import audit
+from tracker.core.audit import AuditEvent
+from tracker.core.db import unit_of_work
+from tracker.facility.models import get_site
+from tracker.identity.users import get_user
+from tracker.quality.batches.steps import complete_batch, create_batch, end_step, start_step
 
 
 class Api:
@@ -117,9 +117,9 @@ def test_a_deviation_goes_from_open_to_closed_through_the_api(web_app, web_engin
 
 
 def test_links_batch_rejection_and_limit_proposals_through_the_api(web_app, web_engine: Engine) -> None:
-    from sensors.ingest import BatchProcessor, InboundMessage
     from tests.factories import particles, topic
-    from tracker.intake import Intake
+    from tracker.ingest.processor import BatchProcessor, InboundMessage
+    from tracker.monitoring.intake import Intake
 
     # an action excursion in the BSC while a step ran there: a proposed exposure link
     _completed_batch(web_engine, "CT-2026-071")

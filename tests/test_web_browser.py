@@ -19,15 +19,15 @@ import pytest
 import uvicorn
 from sqlalchemy import Engine
 
-from batch_records.steps import complete_batch, create_batch, end_step, start_step
-from sensors.broker import LocalBroker, free_port
 from tests.factories import PASSWORD, T0, as_, minutes, particles, topic
 from tests.mqtt_helpers import publish_all, running_ingester, wait_until
-from tracker.db import unit_of_work
-from tracker.excursions import list_excursions
-from tracker.facility import get_site
+from tracker.core.db import unit_of_work
+from tracker.facility.models import get_site
+from tracker.monitoring.excursions import list_excursions
+from tracker.quality.batches.steps import complete_batch, create_batch, end_step, start_step
 from tracker.web.app import create_app
 from tracker.web.config import WebSettings
+from tracker.wire.broker import LocalBroker, free_port
 
 playwright_api = pytest.importorskip("playwright.sync_api")
 ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts" / "screenshots"

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import httpx
 
-from sensors.broker import free_port
 from tests.web_helpers import csrf_of
-from tracker.users import ROLES
+from tracker.identity.users import ROLES
+from tracker.wire.broker import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 

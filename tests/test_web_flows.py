@@ -8,12 +8,12 @@ from datetime import timedelta
 
 from sqlalchemy import Engine
 
-from batch_records.steps import get_batch, steps_of
 from tests.factories import PASSWORD, T0, particles, topic
 from tests.web_helpers import browser, csrf_of
-from tracker import signatures
-from tracker.db import unit_of_work
-from tracker.inhibits import add_inhibit
+from tracker.core.db import unit_of_work
+from tracker.facility.inhibits import add_inhibit
+from tracker.identity import signatures
+from tracker.quality.batches.steps import get_batch, steps_of
 
 
 def test_operator_records_a_batch_and_signs_the_step(web_app, web_engine: Engine) -> None:
@@ -80,8 +80,8 @@ def test_admin_creates_an_account_whose_owner_must_choose_the_password(web_app) 
 
 
 def test_an_inhibited_room_shows_as_inhibited_on_the_dashboard(web_app, web_engine: Engine) -> None:
-    from sensors.ingest import BatchProcessor, InboundMessage
-    from tracker.intake import Intake
+    from tracker.ingest.processor import BatchProcessor, InboundMessage
+    from tracker.monitoring.intake import Intake
 
     with unit_of_work(web_engine) as s:
         add_inhibit(s, starts_at=T0, ends_at=T0 + timedelta(hours=2), reason="WO-7 filter change",

@@ -16,12 +16,12 @@ from babel.messages.extract import extract_from_dir
 from babel.messages.pofile import read_po
 from sqlalchemy import Engine
 
-from batch_records.linking import raise_deviation
-from batch_records.steps import create_batch, start_step
 from tests.factories import T0, as_
 from tests.web_helpers import browser
-from tracker.db import unit_of_work
-from tracker.facility import get_site
+from tracker.core.db import unit_of_work
+from tracker.facility.models import get_site
+from tracker.quality.batches.linking import raise_deviation
+from tracker.quality.batches.steps import create_batch, start_step
 from tracker.web.access import ACCESS
 from tracker.web.i18n import LANGS, catalogue_path
 from tracker.web.render import TEMPLATES
@@ -149,9 +149,9 @@ def test_a_day_of_one_minute_data_charts_in_well_under_a_second(web_app, web_eng
     import time
     from datetime import timedelta
 
-    from sensors.ingest import BatchProcessor, InboundMessage
     from tests.factories import particles, topic
-    from tracker.intake import Intake
+    from tracker.ingest.processor import BatchProcessor, InboundMessage
+    from tracker.monitoring.intake import Intake
 
     received = T0 + timedelta(days=2)
     messages = [InboundMessage(topic=topic("T-B1", "T-B1-PC"), received_at=received, dup=False,

@@ -19,25 +19,26 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine
 
-from batch_records.linking import raise_deviation
-from batch_records.steps import create_batch, end_step, start_step
 from tests.factories import PASSWORD, T0, as_, minutes
 from tests.web_helpers import browser
-from tracker import deviations as dv
-from tracker.db import unit_of_work
-from tracker.errors import WORDS_ZH
-from tracker.facility import get_site
+from tracker.core.db import unit_of_work
+from tracker.core.errors import WORDS_ZH
+from tracker.facility.models import get_site
+from tracker.quality import deviations as dv
+from tracker.quality.batches.linking import raise_deviation
+from tracker.quality.batches.steps import create_batch, end_step, start_step
 from tracker.web.i18n import catalogue_path
 
 ROOT = Path(__file__).resolve().parent.parent
 #: the modules whose messages reach people (pages, terminals, the API)
-SERVICE_MODULES = ["tracker/users.py", "tracker/deviations.py", "tracker/proposals.py",
-                   "tracker/signatures.py", "tracker/excursions.py", "tracker/facility.py",
-                   "tracker/limits.py", "tracker/inhibits.py", "tracker/roomstate.py",
-                   "tracker/reports/signoff.py",
+SERVICE_MODULES = ["tracker/identity/users.py", "tracker/identity/signatures.py",
+                   "tracker/quality/deviations.py", "tracker/monitoring/proposals.py",
+                   "tracker/monitoring/excursions.py", "tracker/facility/file.py", "tracker/facility/load.py",
+                   "tracker/facility/models.py", "tracker/facility/limits.py", "tracker/facility/inhibits.py",
+                   "tracker/facility/roomstate.py", "tracker/reports/signoff.py",
                    "tracker/web/api/routes.py", "tracker/web/deps.py", "tracker/web/tokens.py",
                    *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "tracker/web/pages").glob("*.py")),
-                   *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "batch_records").glob("*.py"))]
+                   *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "tracker/quality/batches").glob("*.py"))]
 USER_ERRORS = {"TrackerError", "NotFoundError", "InvalidInputError", "AuthenticationError",
                "PermissionDeniedError", "ConflictError", "Forbidden", "FacilityFileError",
                "LimitTooLooseError"}
@@ -229,7 +230,7 @@ def test_the_terminal_says_it_in_chinese_unless_told_otherwise(web_engine: Engin
         monkeypatch.setattr("sys.argv", ["tracker", "deviation", "approve", scene["deviation"], "--as", "qa2",
                                          "--password-stdin", "--db", url])
         monkeypatch.setattr("sys.stdin", __import__("io").StringIO(PASSWORD + "\n"))
-        import tracker.cli_common as common
+        import tracker.cli.common as common
 
         monkeypatch.setattr(common, "_stdin_lines", None)
         with pytest.raises(SystemExit):

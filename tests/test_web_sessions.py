@@ -16,8 +16,9 @@ from sqlalchemy import Engine, event, text
 from sqlmodel import Session, select
 
 from tests.web_helpers import browser
-from tracker.timeutil import utcnow
-from tracker.web.sessions import COOKIE, TOUCH_EVERY, SessionStore, WebSessionRow, token_hash
+from tracker.core.timeutil import utcnow
+from tracker.identity.sessions import WebSessionRow, token_hash
+from tracker.web.sessions import COOKIE, TOUCH_EVERY, SessionStore
 
 
 def _stored_last_seen(engine: Engine, sid: str) -> datetime:

@@ -1,5 +1,8 @@
-"""The application: facility registry, limits, excursions, storage, CLI.
+"""The GMP environmental-monitoring and batch-record tracker, in layers (top may import below):
 
-The tracker core never imports ``sensors``, ``batch_records`` or ``simulators``;
-only the composition roots (``tracker.cli``, ``tracker.pipeline``, the app factory) do.
+entry points ``cli``, ``web`` → ``reports`` → ``quality`` (deviations, batch records) and
+``ingest`` (input paths) → ``monitoring`` (intake, excursions, rules) → ``facility`` →
+``identity`` → ``core``; ``wire`` (the MQTT contract) imports nothing of the tracker.
+``models`` gathers every table for the one migration history. The contracts are checked by
+import-linter (``pyproject.toml``, ``docs/architecture.md``).
 """

@@ -1,27 +1,27 @@
 """Every table of the application, imported in one place for Alembic's metadata.
 
-The batch-record tables live in ``batch_records`` (which builds on ``tracker``); they are
+The batch-record tables live in ``tracker.quality.batches``; they are
 imported here only so that one migration history covers the whole schema.
 """
 
 from sqlmodel import SQLModel
 
-from batch_records.models import Batch, ExcursionLink, ProcessStep, ReviewAssessment
-from tracker.audit import AuditEvent
-from tracker.counters import IngestCounter
-from tracker.deviations import CapaAction, Deviation, DeviationBatch, DeviationExcursion
-from tracker.excursions import Excursion
-from tracker.facility import FacilityLimit, Monitor, Room, Site
-from tracker.ingest_state import IngestState
-from tracker.inhibits import Inhibit
-from tracker.proposals import LimitProposal
-from tracker.quarantine import QuarantinedMessage
-from tracker.readings import EvaluationBasis, MonitorStatusEvent, RawMessage, Reading
-from tracker.rollups import RollupHourly
-from tracker.roomstate import OperationPeriod, RoomStateChange
-from tracker.signatures import Signature
-from tracker.users import User
-from tracker.web.sessions import WebSessionRow
+from tracker.core.audit import AuditEvent
+from tracker.core.counters import IngestCounter
+from tracker.facility.inhibits import Inhibit
+from tracker.facility.models import FacilityLimit, Monitor, Room, Site
+from tracker.facility.roomstate import OperationPeriod, RoomStateChange
+from tracker.identity.sessions import WebSessionRow
+from tracker.identity.signatures import Signature
+from tracker.identity.users import User
+from tracker.monitoring.excursions import Excursion
+from tracker.monitoring.ingest_state import IngestState
+from tracker.monitoring.proposals import LimitProposal
+from tracker.monitoring.quarantine import QuarantinedMessage
+from tracker.monitoring.readings import EvaluationBasis, MonitorStatusEvent, RawMessage, Reading
+from tracker.monitoring.rollups import RollupHourly
+from tracker.quality.batches.models import Batch, ExcursionLink, ProcessStep, ReviewAssessment
+from tracker.quality.deviations import CapaAction, Deviation, DeviationBatch, DeviationExcursion
 
 metadata = SQLModel.metadata
 

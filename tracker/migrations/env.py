@@ -2,7 +2,7 @@
 
 from alembic import context
 
-from tracker.db import get_engine
+from tracker.core.db import get_engine
 from tracker.models import metadata
 
 config = context.config

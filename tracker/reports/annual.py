@@ -28,18 +28,19 @@ import numpy as np
 from sqlalchemy import func
 from sqlmodel import Session, select
 
-from batch_records.flags import batch_flags
-from batch_records.integrity import all_signature_checks
-from batch_records.models import Batch, ExcursionLink, ProcessStep
-from tracker import audit
-from tracker.db import time_param
-from tracker.deviations import CapaAction, Deviation, DeviationBatch, DeviationExcursion, classes
-from tracker.excursions import Excursion
-from tracker.facility import FacilityLimit, Monitor, Room, Site, calibration_status, limits_content
-from tracker.limits import MonitorSpec, load_limit_set, resolve_monitor_limits
-from tracker.rollups import RollupHourly, percentile
-from tracker.signatures import Signature
-from tracker.timeutil import iso_utc, utcnow
+from tracker.core import audit
+from tracker.core.db import time_param
+from tracker.core.timeutil import iso_utc, utcnow
+from tracker.facility.limits import MonitorSpec, load_limit_set, resolve_monitor_limits
+from tracker.facility.load import limits_content
+from tracker.facility.models import FacilityLimit, Monitor, Room, Site, calibration_status
+from tracker.identity.signatures import Signature
+from tracker.monitoring.excursions import Excursion
+from tracker.monitoring.rollups import RollupHourly, percentile
+from tracker.quality.batches.flags import batch_flags
+from tracker.quality.batches.integrity import all_signature_checks
+from tracker.quality.batches.models import Batch, ExcursionLink, ProcessStep
+from tracker.quality.deviations import CapaAction, Deviation, DeviationBatch, DeviationExcursion, classes
 
 SCHEMA = "gmp.annual-report/1"
 EXCURSION_TYPES = ("limit", "data_gap", "recurrence", "adverse_trend", "recovery")

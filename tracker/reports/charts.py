@@ -3,7 +3,7 @@
 matplotlib ``Figure`` objects saved as SVG (no pyplot, no global backend); Chinese labels need
 the Noto CJK collection registered by file (Debian ``fonts-noto-cjk``; it registers as "Noto
 Sans CJK JP", which covers simplified Chinese) and ``axes.unicode_minus=False`` (platform.md).
-The settings below apply to the report's charts only (``tracker.fonts.chart_style``).
+The settings below apply to the report's charts only (``tracker.core.fonts.chart_style``).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from tracker.fonts import chart_font_family, chart_style
+from tracker.core.fonts import chart_font_family, chart_style
 
 
 def _style() -> dict:

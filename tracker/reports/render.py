@@ -14,9 +14,9 @@ from pathlib import Path
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 
+from tracker.core.timeutil import local_display, parse_instant
 from tracker.reports import charts
 from tracker.reports.text import text_for
-from tracker.timeutil import local_display, parse_instant
 
 TEMPLATES = Path(__file__).resolve().parents[2] / "templates"
 LANGS = ("zh-CN", "en")

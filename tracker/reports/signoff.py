@@ -15,12 +15,12 @@ from datetime import datetime
 
 from sqlmodel import Session
 
-from tracker import signatures
-from tracker.errors import ConflictError, NotFoundError, PermissionDeniedError, Reason
-from tracker.facility import Site
+from tracker.core.errors import ConflictError, NotFoundError, PermissionDeniedError, Reason
+from tracker.core.timeutil import iso_utc
+from tracker.facility.models import Site
+from tracker.identity import signatures
+from tracker.identity.users import Authenticated, require_role
 from tracker.reports.annual import Period, signed_content
-from tracker.timeutil import iso_utc
-from tracker.users import Authenticated, require_role
 
 ENTITY = "annual_report"
 ROLES = {"annual_report:prepared": "prepared", "annual_report:approved": "approved"}

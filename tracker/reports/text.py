@@ -1,4 +1,4 @@
-"""The annual report's own words in zh-CN and English (a small catalogue beside tracker.i18n)."""
+"""The annual report's own words in zh-CN and English (a small catalogue beside tracker.core.i18n)."""
 
 from __future__ import annotations
 

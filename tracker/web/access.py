@@ -9,7 +9,7 @@ in the service layer, which refuses with its own reasons.
 
 from __future__ import annotations
 
-from tracker.users import ROLES
+from tracker.identity.users import ROLES
 
 ANONYMOUS = "anonymous"
 PUBLIC = frozenset({ANONYMOUS, *ROLES})

@@ -16,9 +16,9 @@ from sqlalchemy import Engine
 from starlette.concurrency import run_in_threadpool
 from starlette.routing import BaseRoute, Mount
 
-from tracker.db import get_engine
-from tracker.errors import ConflictError, Reason, TrackerError, in_language
-from tracker.settings import get_settings
+from tracker.core.db import get_engine
+from tracker.core.errors import ConflictError, Reason, TrackerError, in_language
+from tracker.core.settings import get_settings
 from tracker.web import access
 from tracker.web.config import WebSettings
 from tracker.web.csrf import CsrfError, verify_csrf

@@ -16,19 +16,19 @@ import numpy as np
 from matplotlib.figure import Figure
 from sqlmodel import Session, select
 
-from tracker.excursions import Excursion
-from tracker.facility import Monitor, Site
-from tracker.fonts import chart_font_family, chart_style
-from tracker.limits import UNITS
-from tracker.readings import Reading
-from tracker.registry import build_registry
-from tracker.settings import get_settings
+from tracker.core.fonts import chart_font_family, chart_style
+from tracker.core.settings import get_settings
+from tracker.facility.limits import UNITS
+from tracker.facility.models import Monitor, Site
+from tracker.monitoring.excursions import Excursion
+from tracker.monitoring.readings import Reading
+from tracker.monitoring.snapshot import build_registry
 
 LEVEL_COLOURS = {"alert": "#e0a800", "action": "#c62828"}
 
 
 def _style() -> dict:
-    """The web charts' settings (applied around each chart only: ``tracker.fonts.chart_style``)."""
+    """The web charts' settings (applied around each chart only: ``tracker.core.fonts.chart_style``)."""
     return {"font.family": list(chart_font_family()), "axes.unicode_minus": False, "svg.fonttype": "path"}
 
 

@@ -17,10 +17,10 @@ from fastapi import Depends, Path, Request
 from sqlalchemy import Engine
 from sqlmodel import Session
 
-from tracker.db import MAX_ID, unit_of_work
-from tracker.errors import AuthenticationError, Reason, zh_words
-from tracker.timeutil import utcnow
-from tracker.users import Authenticated, User, login
+from tracker.core.db import MAX_ID, unit_of_work
+from tracker.core.errors import AuthenticationError, Reason, zh_words
+from tracker.core.timeutil import utcnow
+from tracker.identity.users import Authenticated, User, login
 from tracker.web import tokens
 from tracker.web.access import ANONYMOUS, allowed
 from tracker.web.sessions import COOKIE, WebSession

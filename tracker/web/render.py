@@ -10,10 +10,10 @@ from fastapi import Request
 from fastapi.responses import HTMLResponse, RedirectResponse
 from sqlmodel import Session, select
 
-from tracker.errors import in_language
-from tracker.facility import Site
-from tracker.settings import get_settings
-from tracker.timeutil import local_display, parse_instant
+from tracker.core.errors import in_language
+from tracker.core.settings import get_settings
+from tracker.core.timeutil import local_display, parse_instant
+from tracker.facility.models import Site
 from tracker.web.deps import ensure_web_session
 from tracker.web.i18n import translations
 

@@ -9,8 +9,8 @@ import time
 import uvicorn
 from sqlalchemy import Engine
 
-from tracker.db import unit_of_work
-from tracker.users import ROLES, change_password, create_user, login
+from tracker.core.db import unit_of_work
+from tracker.identity.users import ROLES, change_password, create_user, login
 from tracker.web.app import create_app
 from tracker.web.config import WebSettings
 

@@ -11,7 +11,6 @@ by another worker). A stolen copy of the table opens no session: it holds SHA-25
 
 from __future__ import annotations
 
-import hashlib
 import json
 import secrets
 import threading
@@ -22,11 +21,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import Column, Engine, Text, delete, update
-from sqlmodel import Field, Session, SQLModel, select
+from sqlalchemy import Engine, delete, update
+from sqlmodel import Session, select
 
-from tracker.db import UTCDateTime
-from tracker.timeutil import utcnow
+from tracker.core.timeutil import utcnow
+from tracker.identity.sessions import WebSessionRow, token_hash
 
 COOKIE = "tracker_session"
 
@@ -37,27 +36,6 @@ COOKIE = "tracker_session"
 #: request by up to this much, so a session ends between ``idle`` − 1 min and ``idle`` after its
 #: last request: up to one minute early, never late (the idle limit stays a maximum).
 TOUCH_EVERY = timedelta(minutes=1)
-
-
-class WebSessionRow(SQLModel, table=True):
-    """One browser session; ``token_hash`` is the SHA-256 of the cookie's token."""
-
-    __tablename__ = "web_session"
-
-    id: int | None = Field(default=None, primary_key=True)
-    token_hash: str = Field(max_length=64, unique=True, index=True)
-    csrf: str = Field(max_length=64)
-    user_id: int | None = Field(default=None, foreign_key="app_user.id", index=True)
-    #: when the user logged in (a password change after it ends the session)
-    authenticated_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
-    created_at: datetime = Field(sa_type=UTCDateTime, nullable=False)
-    last_seen: datetime = Field(sa_type=UTCDateTime, nullable=False, index=True)
-    #: messages for the next page, already in the language of the page that made them
-    flashes: str = Field(default="[]", sa_column=Column(Text, nullable=False))
-
-
-def token_hash(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
 
 
 @dataclass

@@ -14,7 +14,7 @@ import hmac
 import json
 from datetime import datetime, timedelta
 
-from tracker.errors import AuthenticationError, Reason
+from tracker.core.errors import AuthenticationError, Reason
 
 
 def _b64(data: bytes) -> str:

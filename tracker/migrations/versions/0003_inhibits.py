@@ -10,7 +10,7 @@ import sqlalchemy as sa
 import sqlmodel
 from alembic import op
 
-import tracker.db
+import tracker.core.db
 
 revision: str = '0003'
 down_revision: str | None = '0002'
@@ -25,12 +25,12 @@ def upgrade() -> None:
     sa.Column('site_id', sa.Integer(), nullable=False),
     sa.Column('monitor_id', sa.Integer(), nullable=True),
     sa.Column('room_id', sa.Integer(), nullable=True),
-    sa.Column('starts_at', tracker.db.UTCDateTime(timezone=True), nullable=False),
-    sa.Column('ends_at', tracker.db.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('starts_at', tracker.core.db.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('ends_at', tracker.core.db.UTCDateTime(timezone=True), nullable=False),
     sa.Column('reason', sa.Text(), nullable=False),
     sa.Column('created_by', sqlmodel.sql.sqltypes.AutoString(length=120), nullable=False),
-    sa.Column('created_at', tracker.db.UTCDateTime(timezone=True), nullable=False),
-    sa.Column('cancelled_at', tracker.db.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('created_at', tracker.core.db.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('cancelled_at', tracker.core.db.UTCDateTime(timezone=True), nullable=True),
     sa.Column('cancelled_by', sqlmodel.sql.sqltypes.AutoString(length=120), nullable=True),
     sa.Column('cancel_reason', sa.Text(), nullable=True),
     sa.ForeignKeyConstraint(['monitor_id'], ['monitor.id'], name=op.f('fk_inhibit_monitor_id_monitor')),

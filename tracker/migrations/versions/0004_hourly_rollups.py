@@ -10,7 +10,7 @@ import sqlalchemy as sa
 import sqlmodel
 from alembic import op
 
-import tracker.db
+import tracker.core.db
 
 revision: str = '0004'
 down_revision: str | None = '0003'
@@ -23,7 +23,7 @@ def upgrade() -> None:
     op.create_table('rollup_hourly',
     sa.Column('monitor_id', sa.Integer(), nullable=False),
     sa.Column('channel', sqlmodel.sql.sqltypes.AutoString(length=8), nullable=False),
-    sa.Column('hour', tracker.db.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('hour', tracker.core.db.UTCDateTime(timezone=True), nullable=False),
     sa.Column('count', sa.Integer(), nullable=False),
     sa.Column('invalid', sa.Integer(), nullable=False),
     sa.Column('n_alert', sa.Integer(), nullable=False),

@@ -10,7 +10,7 @@ import sqlalchemy as sa
 import sqlmodel
 from alembic import op
 
-import tracker.db
+import tracker.core.db
 
 revision: str = '0006'
 down_revision: str | None = '0005'
@@ -29,9 +29,9 @@ def upgrade() -> None:
     sa.Column('active', sa.Boolean(), nullable=False),
     sa.Column('failed_attempts', sa.Integer(), nullable=False),
     sa.Column('must_change_password', sa.Boolean(), nullable=False),
-    sa.Column('locked_until', tracker.db.UTCDateTime(timezone=True), nullable=True),
-    sa.Column('password_changed_at', tracker.db.UTCDateTime(timezone=True), nullable=False),
-    sa.Column('created_at', tracker.db.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('locked_until', tracker.core.db.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('password_changed_at', tracker.core.db.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('created_at', tracker.core.db.UTCDateTime(timezone=True), nullable=False),
     sa.Column('created_by', sqlmodel.sql.sqltypes.AutoString(length=60), nullable=False),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_app_user')),
     sa.UniqueConstraint('username', name=op.f('uq_app_user_username'))
@@ -44,10 +44,10 @@ def upgrade() -> None:
     sa.Column('donor_id', sqlmodel.sql.sqltypes.AutoString(length=100), nullable=False),
     sa.Column('patient_id', sqlmodel.sql.sqltypes.AutoString(length=100), nullable=True),
     sa.Column('status', sqlmodel.sql.sqltypes.AutoString(length=20), nullable=False),
-    sa.Column('created_at', tracker.db.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('created_at', tracker.core.db.UTCDateTime(timezone=True), nullable=False),
     sa.Column('created_by', sqlmodel.sql.sqltypes.AutoString(length=60), nullable=False),
-    sa.Column('completed_at', tracker.db.UTCDateTime(timezone=True), nullable=True),
-    sa.Column('updated_at', tracker.db.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('completed_at', tracker.core.db.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('updated_at', tracker.core.db.UTCDateTime(timezone=True), nullable=False),
     sa.ForeignKeyConstraint(['site_id'], ['site.id'], name=op.f('fk_batch_site_id_site')),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_batch')),
     sa.UniqueConstraint('number', name=op.f('uq_batch_number'))
@@ -69,10 +69,10 @@ def upgrade() -> None:
     sa.Column('root_cause_by', sqlmodel.sql.sqltypes.AutoString(length=60), nullable=True),
     sa.Column('no_capa_justification', sa.Text(), nullable=True),
     sa.Column('status', sqlmodel.sql.sqltypes.AutoString(length=20), nullable=False),
-    sa.Column('opened_at', tracker.db.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('opened_at', tracker.core.db.UTCDateTime(timezone=True), nullable=False),
     sa.Column('opened_by', sqlmodel.sql.sqltypes.AutoString(length=60), nullable=False),
-    sa.Column('closed_at', tracker.db.UTCDateTime(timezone=True), nullable=True),
-    sa.Column('updated_at', tracker.db.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('closed_at', tracker.core.db.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('updated_at', tracker.core.db.UTCDateTime(timezone=True), nullable=False),
     sa.ForeignKeyConstraint(['site_id'], ['site.id'], name=op.f('fk_deviation_site_id_site')),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_deviation')),
     sa.UniqueConstraint('number', name=op.f('uq_deviation_number'))
@@ -91,7 +91,7 @@ def upgrade() -> None:
     sa.Column('user_id', sa.Integer(), nullable=False),
     sa.Column('username', sqlmodel.sql.sqltypes.AutoString(length=60), nullable=False),
     sa.Column('printed_name', sqlmodel.sql.sqltypes.AutoString(length=200), nullable=False),
-    sa.Column('signed_at', tracker.db.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('signed_at', tracker.core.db.UTCDateTime(timezone=True), nullable=False),
     sa.Column('comment', sa.Text(), nullable=True),
     sa.Column('content', sa.Text(), nullable=False),
     sa.Column('content_hash', sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
@@ -112,11 +112,11 @@ def upgrade() -> None:
     sa.Column('due', sa.Date(), nullable=False),
     sa.Column('status', sqlmodel.sql.sqltypes.AutoString(length=20), nullable=False),
     sa.Column('created_by', sqlmodel.sql.sqltypes.AutoString(length=60), nullable=False),
-    sa.Column('created_at', tracker.db.UTCDateTime(timezone=True), nullable=False),
-    sa.Column('done_at', tracker.db.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('created_at', tracker.core.db.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('done_at', tracker.core.db.UTCDateTime(timezone=True), nullable=True),
     sa.Column('outcome', sa.Text(), nullable=True),
     sa.Column('checked_by', sqlmodel.sql.sqltypes.AutoString(length=60), nullable=True),
-    sa.Column('checked_at', tracker.db.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('checked_at', tracker.core.db.UTCDateTime(timezone=True), nullable=True),
     sa.Column('effectiveness_note', sa.Text(), nullable=True),
     sa.ForeignKeyConstraint(['deviation_id'], ['deviation.id'], name=op.f('fk_capa_action_deviation_id_deviation')),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_capa_action'))
@@ -128,12 +128,12 @@ def upgrade() -> None:
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('deviation_id', sa.Integer(), nullable=False),
     sa.Column('batch_id', sa.Integer(), nullable=False),
-    sa.Column('linked_at', tracker.db.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('linked_at', tracker.core.db.UTCDateTime(timezone=True), nullable=False),
     sa.Column('linked_by', sqlmodel.sql.sqltypes.AutoString(length=60), nullable=False),
     sa.Column('impact', sqlmodel.sql.sqltypes.AutoString(length=20), nullable=True),
     sa.Column('assessment', sa.Text(), nullable=True),
     sa.Column('assessed_by', sqlmodel.sql.sqltypes.AutoString(length=60), nullable=True),
-    sa.Column('assessed_at', tracker.db.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('assessed_at', tracker.core.db.UTCDateTime(timezone=True), nullable=True),
     sa.ForeignKeyConstraint(['batch_id'], ['batch.id'], name=op.f('fk_deviation_batch_batch_id_batch')),
     sa.ForeignKeyConstraint(['deviation_id'], ['deviation.id'], name=op.f('fk_deviation_batch_deviation_id_deviation')),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_deviation_batch')),
@@ -151,8 +151,8 @@ def upgrade() -> None:
     sa.Column('channel', sqlmodel.sql.sqltypes.AutoString(length=8), nullable=False),
     sa.Column('state', sqlmodel.sql.sqltypes.AutoString(length=20), nullable=False),
     sa.Column('facility_revision', sa.Integer(), nullable=False),
-    sa.Column('period_start', tracker.db.UTCDateTime(timezone=True), nullable=False),
-    sa.Column('period_end', tracker.db.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('period_start', tracker.core.db.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('period_end', tracker.core.db.UTCDateTime(timezone=True), nullable=False),
     sa.Column('readings', sa.Integer(), nullable=False),
     sa.Column('days', sa.Integer(), nullable=False),
     sa.Column('bound', sqlmodel.sql.sqltypes.AutoString(length=4), nullable=False),
@@ -163,9 +163,9 @@ def upgrade() -> None:
     sa.Column('notes', sa.Text(), nullable=False),
     sa.Column('status', sqlmodel.sql.sqltypes.AutoString(length=20), nullable=False),
     sa.Column('proposed_by', sqlmodel.sql.sqltypes.AutoString(length=60), nullable=False),
-    sa.Column('proposed_at', tracker.db.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('proposed_at', tracker.core.db.UTCDateTime(timezone=True), nullable=False),
     sa.Column('decided_by', sqlmodel.sql.sqltypes.AutoString(length=60), nullable=True),
-    sa.Column('decided_at', tracker.db.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('decided_at', tracker.core.db.UTCDateTime(timezone=True), nullable=True),
     sa.Column('decision_reason', sa.Text(), nullable=True),
     sa.ForeignKeyConstraint(['room_id'], ['room.id'], name=op.f('fk_limit_proposal_room_id_room')),
     sa.ForeignKeyConstraint(['site_id'], ['site.id'], name=op.f('fk_limit_proposal_site_id_site')),
@@ -177,8 +177,8 @@ def upgrade() -> None:
     op.create_table('operation_period',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('room_id', sa.Integer(), nullable=False),
-    sa.Column('start', tracker.db.UTCDateTime(timezone=True), nullable=False),
-    sa.Column('end', tracker.db.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('start', tracker.core.db.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('end', tracker.core.db.UTCDateTime(timezone=True), nullable=True),
     sa.Column('source', sqlmodel.sql.sqltypes.AutoString(length=40), nullable=False),
     sa.Column('source_key', sqlmodel.sql.sqltypes.AutoString(length=120), nullable=False),
     sa.Column('version', sa.Integer(), nullable=False),
@@ -194,11 +194,11 @@ def upgrade() -> None:
     sa.Column('batch_id', sa.Integer(), nullable=False),
     sa.Column('name', sqlmodel.sql.sqltypes.AutoString(length=200), nullable=False),
     sa.Column('room_id', sa.Integer(), nullable=False),
-    sa.Column('start', tracker.db.UTCDateTime(timezone=True), nullable=False),
-    sa.Column('end', tracker.db.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('start', tracker.core.db.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('end', tracker.core.db.UTCDateTime(timezone=True), nullable=True),
     sa.Column('open_processing', sa.Boolean(), nullable=False),
     sa.Column('operator', sqlmodel.sql.sqltypes.AutoString(length=60), nullable=False),
-    sa.Column('recorded_at', tracker.db.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('recorded_at', tracker.core.db.UTCDateTime(timezone=True), nullable=False),
     sa.ForeignKeyConstraint(['batch_id'], ['batch.id'], name=op.f('fk_process_step_batch_id_batch')),
     sa.ForeignKeyConstraint(['room_id'], ['room.id'], name=op.f('fk_process_step_room_id_room')),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_process_step'))
@@ -214,7 +214,7 @@ def upgrade() -> None:
     sa.Column('exposed', sa.Boolean(), nullable=False),
     sa.Column('reason', sa.Text(), nullable=False),
     sa.Column('assessed_by', sqlmodel.sql.sqltypes.AutoString(length=60), nullable=False),
-    sa.Column('assessed_at', tracker.db.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('assessed_at', tracker.core.db.UTCDateTime(timezone=True), nullable=False),
     sa.ForeignKeyConstraint(['batch_id'], ['batch.id'], name=op.f('fk_review_assessment_batch_id_batch')),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_review_assessment')),
     sa.UniqueConstraint('batch_id', 'item_key', name=op.f('uq_review_assessment_batch_id_item_key'))
@@ -241,13 +241,13 @@ def upgrade() -> None:
     sa.Column('step_id', sa.Integer(), nullable=False),
     sa.Column('batch_id', sa.Integer(), nullable=False),
     sa.Column('status', sqlmodel.sql.sqltypes.AutoString(length=20), nullable=False),
-    sa.Column('proposed_at', tracker.db.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('proposed_at', tracker.core.db.UTCDateTime(timezone=True), nullable=False),
     sa.Column('decided_by', sqlmodel.sql.sqltypes.AutoString(length=60), nullable=True),
-    sa.Column('decided_at', tracker.db.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('decided_at', tracker.core.db.UTCDateTime(timezone=True), nullable=True),
     sa.Column('reason', sa.Text(), nullable=True),
     sa.Column('decided_level', sqlmodel.sql.sqltypes.AutoString(length=16), nullable=True),
-    sa.Column('decided_started_at', tracker.db.UTCDateTime(timezone=True), nullable=True),
-    sa.Column('decided_ended_at', tracker.db.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('decided_started_at', tracker.core.db.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('decided_ended_at', tracker.core.db.UTCDateTime(timezone=True), nullable=True),
     sa.ForeignKeyConstraint(['batch_id'], ['batch.id'], name=op.f('fk_excursion_link_batch_id_batch')),
     sa.ForeignKeyConstraint(['excursion_id'], ['excursion.id'], name=op.f('fk_excursion_link_excursion_id_excursion')),
     sa.ForeignKeyConstraint(['step_id'], ['process_step.id'], name=op.f('fk_excursion_link_step_id_process_step')),
@@ -261,8 +261,8 @@ def upgrade() -> None:
 
     with op.batch_alter_table('excursion', schema=None) as batch_op:
         batch_op.add_column(sa.Column('acknowledged_by', sqlmodel.sql.sqltypes.AutoString(length=60), nullable=True))
-        batch_op.add_column(sa.Column('acknowledged_at', tracker.db.UTCDateTime(timezone=True), nullable=True))
-        batch_op.add_column(sa.Column('first_acknowledged_at', tracker.db.UTCDateTime(timezone=True), nullable=True))
+        batch_op.add_column(sa.Column('acknowledged_at', tracker.core.db.UTCDateTime(timezone=True), nullable=True))
+        batch_op.add_column(sa.Column('first_acknowledged_at', tracker.core.db.UTCDateTime(timezone=True), nullable=True))
         batch_op.add_column(sa.Column('ack_level', sqlmodel.sql.sqltypes.AutoString(length=16), nullable=True))
         batch_op.add_column(sa.Column('ack_comment', sa.Text(), nullable=True))
 

@@ -15,7 +15,7 @@ Keys. PostgreSQL requires the partition key in every unique constraint of a part
 table, so the primary key becomes (monitor_id, seq, channel, event_time). Uniqueness of
 (monitor_id, seq) — the identity that absorbs duplicates and redeliveries exactly once — is
 still guaranteed by ``raw_message``'s primary key: every reading row is inserted in the same
-transaction as the raw message it comes from (``tracker.intake``), and that message's one
+transaction as the raw message it comes from (``tracker.monitoring.intake``), and that message's one
 event time is the rows' event time, so a second (monitor, seq, channel) cannot exist.
 
 ``raw_message`` stays unpartitioned: it has no event time (the payload's time is parsed,
@@ -28,10 +28,10 @@ is what it needs.
 
 Partitions are created here for every month that already holds readings and for the
 current month and the next three; afterwards the ingester creates the month of each
-reading it stores before inserting (``tracker.partitions.PartitionKeeper``) and
+reading it stores before inserting (``tracker.core.partitions.PartitionKeeper``) and
 ``tracker db upgrade`` / ``tracker db partitions --ensure`` create the months ahead.
 PostgreSQL refuses to create a partition for a range of which the DEFAULT partition holds
-rows; ``tracker.partitions.ensure_months`` moves such rows into the new partition first.
+rows; ``tracker.core.partitions.ensure_months`` moves such rows into the new partition first.
 A BRIN index on ``event_time`` (a few pages per month, readings arrive in time order)
 serves whole-site time windows; the series index serves per-monitor windows.
 

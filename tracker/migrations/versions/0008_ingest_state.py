@@ -10,7 +10,7 @@ import sqlalchemy as sa
 import sqlmodel
 from alembic import op
 
-import tracker.db
+import tracker.core.db
 
 revision: str = '0008'
 down_revision: str | None = '0007'
@@ -23,8 +23,8 @@ def upgrade() -> None:
     sa.Column('monitor_id', sa.Integer(), nullable=False),
     sa.Column('version', sa.Integer(), nullable=False),
     sa.Column('writer', sqlmodel.sql.sqltypes.AutoString(length=120), nullable=False),
-    sa.Column('last_event_at', tracker.db.UTCDateTime(timezone=True), nullable=True),
-    sa.Column('last_received_at', tracker.db.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('last_event_at', tracker.core.db.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('last_received_at', tracker.core.db.UTCDateTime(timezone=True), nullable=True),
     sa.ForeignKeyConstraint(['monitor_id'], ['monitor.id'], name=op.f('fk_ingest_state_monitor_id_monitor')),
     sa.PrimaryKeyConstraint('monitor_id', name=op.f('pk_ingest_state'))
     )

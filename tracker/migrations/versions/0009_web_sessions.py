@@ -10,7 +10,7 @@ import sqlalchemy as sa
 import sqlmodel
 from alembic import op
 
-import tracker.db
+import tracker.core.db
 
 revision: str = '0009'
 down_revision: str | None = '0008'
@@ -24,9 +24,9 @@ def upgrade() -> None:
     sa.Column('token_hash', sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
     sa.Column('csrf', sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
     sa.Column('user_id', sa.Integer(), nullable=True),
-    sa.Column('authenticated_at', tracker.db.UTCDateTime(), nullable=True),
-    sa.Column('created_at', tracker.db.UTCDateTime(), nullable=False),
-    sa.Column('last_seen', tracker.db.UTCDateTime(), nullable=False),
+    sa.Column('authenticated_at', tracker.core.db.UTCDateTime(), nullable=True),
+    sa.Column('created_at', tracker.core.db.UTCDateTime(), nullable=False),
+    sa.Column('last_seen', tracker.core.db.UTCDateTime(), nullable=False),
     sa.Column('flashes', sa.Text(), nullable=False),
     sa.ForeignKeyConstraint(['user_id'], ['app_user.id'], name=op.f('fk_web_session_user_id_app_user')),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_web_session'))

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-import tracker.db
+import tracker.core.db
 
 revision: str = '0010'
 down_revision: str | None = '0009'
@@ -21,9 +21,9 @@ def upgrade() -> None:
     # NULL until a worker has looked the highest seq up once (then kept exact under the lock)
     with op.batch_alter_table('ingest_state', schema=None) as batch_op:
         batch_op.add_column(sa.Column('max_seq', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=True))
-        batch_op.add_column(sa.Column('gap_recheck_from', tracker.db.UTCDateTime(timezone=True), nullable=True))
-        batch_op.add_column(sa.Column('gap_recheck_to', tracker.db.UTCDateTime(timezone=True), nullable=True))
-        batch_op.add_column(sa.Column('gap_recheck_due', tracker.db.UTCDateTime(timezone=True), nullable=True))
+        batch_op.add_column(sa.Column('gap_recheck_from', tracker.core.db.UTCDateTime(timezone=True), nullable=True))
+        batch_op.add_column(sa.Column('gap_recheck_to', tracker.core.db.UTCDateTime(timezone=True), nullable=True))
+        batch_op.add_column(sa.Column('gap_recheck_due', tracker.core.db.UTCDateTime(timezone=True), nullable=True))
 
 
 def downgrade() -> None:

@@ -1,7 +1,7 @@
 """fill ingest_state's newest reading (event and receipt time) from the stored readings
 
 Migration 0008 created ``ingest_state`` with ``last_event_at`` only and ``last_received_at``
-NULL; the silence check (``tracker.gaps``) needs both, so a monitor that went quiet before the
+NULL; the silence check (``tracker.monitoring.rules.gaps``) needs both, so a monitor that went quiet before the
 upgrade was watched again only once it reported. This fills, where they are NULL, each
 monitor's newest reading by event time and the receipt time of its message (``raw_message``),
 and creates the rows of monitors with readings that have none. Data only: the schema is
@@ -32,7 +32,7 @@ def upgrade() -> None:
                "SELECT MAX(r.event_time) FROM reading r WHERE r.monitor_id = ingest_state.monitor_id) "
                "WHERE last_event_at IS NULL")
     # the receipt time of that newest reading's message, as the ingester records it
-    # (tracker.ingest_state.WriterGuard.record_latest); the latest receipt when several share it
+    # (tracker.monitoring.ingest_state.WriterGuard.record_latest); the latest receipt when several share it
     op.execute("UPDATE ingest_state SET last_received_at = ("
                "SELECT MAX(m.received_at) FROM reading r JOIN raw_message m "
                "ON m.monitor_id = r.monitor_id AND m.seq = r.seq "

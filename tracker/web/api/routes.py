@@ -7,26 +7,26 @@ from fastapi import APIRouter, Path, Query, Request
 from pydantic import BaseModel, Field, field_validator
 from sqlmodel import Session, select
 
-from batch_records.linking import decide_link, raise_deviation, sync_links
-from batch_records.models import Batch, ExcursionLink, ProcessStep
-from batch_records.release import batch_report, qa_review, reject, release, sign_production
-from batch_records.steps import get_batch, list_batches
-from tracker import deviations as dv
-from tracker.audit import page_events, verify_chain
-from tracker.dashboard import floor_view
-from tracker.db import MAX_ID
-from tracker.deviations import get_deviation, list_deviations
-from tracker.errors import InvalidInputError, NotFoundError, Reason, TrackerError, in_language
-from tracker.excursions import acknowledge, list_excursions
-from tracker.facility import Monitor
-from tracker.proposals import LimitProposal, list_proposals, propose
-from tracker.proposals import approve as approve_proposal
-from tracker.proposals import reject as reject_proposal
-from tracker.proposals import to_json as proposal_json
-from tracker.quarantine import list_quarantine
-from tracker.readings import Reading
-from tracker.timeutil import iso_utc, parse_instant, utcnow
-from tracker.users import User, list_users, login
+from tracker.core.audit import page_events, verify_chain
+from tracker.core.db import MAX_ID
+from tracker.core.errors import InvalidInputError, NotFoundError, Reason, TrackerError, in_language
+from tracker.core.timeutil import iso_utc, parse_instant, utcnow
+from tracker.facility.models import Monitor
+from tracker.identity.users import User, list_users, login
+from tracker.monitoring.dashboard import floor_view
+from tracker.monitoring.excursions import acknowledge, list_excursions
+from tracker.monitoring.proposals import LimitProposal, list_proposals, propose
+from tracker.monitoring.proposals import approve as approve_proposal
+from tracker.monitoring.proposals import reject as reject_proposal
+from tracker.monitoring.proposals import to_json as proposal_json
+from tracker.monitoring.quarantine import list_quarantine
+from tracker.monitoring.readings import Reading
+from tracker.quality import deviations as dv
+from tracker.quality.batches.linking import decide_link, raise_deviation, sync_links
+from tracker.quality.batches.models import Batch, ExcursionLink, ProcessStep
+from tracker.quality.batches.release import batch_report, qa_review, reject, release, sign_production
+from tracker.quality.batches.steps import get_batch, list_batches
+from tracker.quality.deviations import get_deviation, list_deviations
 from tracker.web import tokens
 from tracker.web.deps import CurrentUser, RowId, SessionDep, engine_of, sign_in
 from tracker.web.pages._common import site_or_none, the_site

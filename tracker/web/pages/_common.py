@@ -6,9 +6,9 @@ from datetime import datetime
 
 from sqlmodel import Session, select
 
-from tracker.errors import InvalidInputError, Reason
-from tracker.facility import Site, get_site
-from tracker.timeutil import parse_instant
+from tracker.core.errors import InvalidInputError, Reason
+from tracker.core.timeutil import parse_instant
+from tracker.facility.models import Site, get_site
 
 
 def site_or_none(session: Session) -> Site | None:

@@ -8,16 +8,18 @@ from fastapi import APIRouter, Form, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlmodel import select
 
-from tracker import signatures, users
-from tracker.audit import page_events, verify_chain
-from tracker.facility import FacilityLimit, limits_content
-from tracker.proposals import approve, list_proposals, propose, reject
-from tracker.quarantine import counts_by_reason, printable
-from tracker.quarantine import list_quarantine as quarantined
-from tracker.timeutil import utcnow
+from tracker.core.audit import page_events, verify_chain
+from tracker.core.timeutil import utcnow
+from tracker.facility.load import limits_content
+from tracker.facility.models import FacilityLimit
+from tracker.identity import signatures, users
+from tracker.monitoring.proposals import approve, list_proposals, propose, reject
+from tracker.monitoring.quarantine import counts_by_reason
+from tracker.monitoring.quarantine import list_quarantine as quarantined
 from tracker.web.deps import CurrentUser, RowId, SessionDep, sign_in
 from tracker.web.pages._common import form_instant, site_or_none, the_site
 from tracker.web.render import done, render, tr
+from tracker.wire.payload import printable
 
 router = APIRouter(include_in_schema=False)
 Text = Annotated[str, Form(max_length=5000)]

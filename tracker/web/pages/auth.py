@@ -6,8 +6,8 @@ from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from sqlmodel import Session
 
-from tracker.errors import AuthenticationError, InvalidInputError
-from tracker.users import User, change_password, login
+from tracker.core.errors import AuthenticationError, InvalidInputError
+from tracker.identity.users import User, change_password, login
 from tracker.web.deps import CurrentUser, SessionDep, engine_of, ensure_web_session
 from tracker.web.i18n import LANGS
 from tracker.web.render import back_path, done, gettext, render

@@ -8,12 +8,19 @@ from fastapi import APIRouter, Form, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
 from sqlmodel import select
 
-from batch_records.linking import links_of
-from batch_records.release import batch_report, qa_review, reject, release, sign_production
-from batch_records.review import assess_item
-from batch_records.steps import complete_batch, create_batch, end_step, get_batch, list_batches, start_step
-from tracker.facility import Room
-from tracker.timeutil import iso_utc, parse_instant, utcnow
+from tracker.core.timeutil import iso_utc, parse_instant, utcnow
+from tracker.facility.models import Room
+from tracker.quality.batches.linking import links_of
+from tracker.quality.batches.release import batch_report, qa_review, reject, release, sign_production
+from tracker.quality.batches.review import assess_item
+from tracker.quality.batches.steps import (
+    complete_batch,
+    create_batch,
+    end_step,
+    get_batch,
+    list_batches,
+    start_step,
+)
 from tracker.web.deps import CurrentUser, RowId, SessionDep, sign_in
 from tracker.web.pages._common import the_site
 from tracker.web.render import back_path, done, render, tr

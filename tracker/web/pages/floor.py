@@ -8,15 +8,15 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlalchemy import func
 from sqlmodel import select
 
-from batch_records.linking import raise_deviation
-from tracker.dashboard import floor_view
-from tracker.errors import NotFoundError, Reason
-from tracker.excursions import acknowledge, list_excursions
-from tracker.facility import Monitor, Room
-from tracker.inhibits import windows_by_monitor
-from tracker.limits import UNITS
-from tracker.readings import Reading
-from tracker.timeutil import parse_instant, utcnow
+from tracker.core.errors import NotFoundError, Reason
+from tracker.core.timeutil import parse_instant, utcnow
+from tracker.facility.inhibits import windows_by_monitor
+from tracker.facility.limits import UNITS
+from tracker.facility.models import Monitor, Room
+from tracker.monitoring.dashboard import floor_view
+from tracker.monitoring.excursions import acknowledge, list_excursions
+from tracker.monitoring.readings import Reading
+from tracker.quality.batches.linking import raise_deviation
 from tracker.web.charts import trend_svg
 from tracker.web.deps import CurrentUser, RowId, SessionDep
 from tracker.web.pages._common import form_instant, site_or_none, the_site

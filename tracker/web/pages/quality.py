@@ -7,12 +7,12 @@ from fastapi import APIRouter, Form, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
 from sqlmodel import select
 
-from batch_records.linking import decide_link, sync_links
-from batch_records.models import Batch, ExcursionLink, ProcessStep
-from batch_records.steps import get_batch
-from tracker import deviations as dv
-from tracker.excursions import Excursion
-from tracker.facility import Monitor, Site
+from tracker.facility.models import Monitor, Site
+from tracker.monitoring.excursions import Excursion
+from tracker.quality import deviations as dv
+from tracker.quality.batches.linking import decide_link, sync_links
+from tracker.quality.batches.models import Batch, ExcursionLink, ProcessStep
+from tracker.quality.batches.steps import get_batch
 from tracker.web.deps import CurrentUser, RowId, SessionDep, sign_in
 from tracker.web.render import back_path, done, render, tr
 

@@ -1,0 +1,1 @@
+"""The command line (``tracker …``): thin typer commands over the service functions, and the demo."""

@@ -1,0 +1,1 @@
+"""Who acts: user accounts, roles, authentication and electronic signatures."""

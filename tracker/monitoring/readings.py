@@ -1,0 +1,103 @@
+"""Stored readings: the original GMP record of every measurement, kept exactly once.
+
+``raw_message`` keeps the bytes as received, keyed by (monitor, seq): the identity that
+makes duplicates and broker redeliveries harmless. ``reading`` holds one row per channel
+in canonical units with its verdict and the evaluation basis (limit set + facility revision).
+Inserts go through SQLAlchemy Core in batches: the ingest hot path (platform.md).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import BigInteger, Column, Index, Integer, LargeBinary, Text, UniqueConstraint, text
+from sqlmodel import Field, Session, SQLModel, select
+
+from tracker.core.db import UTCDateTime
+
+#: the wire allows any seq below 2⁶³ (some monitors count milliseconds): BIGINT on PostgreSQL,
+#: INTEGER on SQLite (64-bit there already, and what migration 0001 created)
+SEQ_TYPE = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class EvaluationBasis(SQLModel, table=True):
+    """Which limit set (code, version, file hash) and facility revision judged a reading."""
+
+    __tablename__ = "evaluation_basis"
+    __table_args__ = (UniqueConstraint("site_id", "limit_set_code", "limit_set_version",
+                                       "limit_set_sha256", "facility_revision"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    site_id: int = Field(foreign_key="site.id")
+    limit_set_code: str = Field(max_length=40)
+    limit_set_version: str = Field(max_length=20)
+    limit_set_sha256: str = Field(max_length=64)
+    facility_revision: int
+
+
+class RawMessage(SQLModel, table=True):
+    __tablename__ = "raw_message"
+
+    monitor_id: int = Field(foreign_key="monitor.id", primary_key=True)
+    seq: int = Field(primary_key=True, sa_type=SEQ_TYPE)
+    received_at: datetime = Field(sa_type=UTCDateTime, nullable=False)
+    topic: str = Field(sa_column=Column(Text, nullable=False))
+    payload: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    digest: str = Field(max_length=32)
+
+
+class Reading(SQLModel, table=True):
+    """One channel value of one message. On PostgreSQL the table is partitioned by month of
+    ``event_time`` and its primary key includes ``event_time`` (migration 0007,
+    ``tracker.core.partitions``); (monitor, seq) stays unique through ``raw_message``."""
+
+    __tablename__ = "reading"
+    __table_args__ = (Index("ix_reading_series_time", "monitor_id", "channel", "event_time"),)
+
+    monitor_id: int = Field(foreign_key="monitor.id", primary_key=True)
+    seq: int = Field(primary_key=True, sa_type=SEQ_TYPE)
+    channel: str = Field(default="", primary_key=True, max_length=8)
+    event_time: datetime = Field(sa_type=UTCDateTime, nullable=False)
+    value: float
+    status: str = Field(default="ok", max_length=20)
+    level: str = Field(max_length=16)          # ok | alert | action | not_evaluated | invalid
+    direction: str | None = Field(default=None, max_length=4)
+    state: str = Field(max_length=16)          # at_rest | in_operation at event_time
+    basis_id: int = Field(foreign_key="evaluation_basis.id")
+    #: why an ``invalid`` reading proves nothing: status_fault|status_calibration|
+    #: status_maintenance|calibration_overdue|outside_instrument_range
+    invalid_reason: str | None = Field(default=None, max_length=40)
+    #: particles: the sampled volume in litres, as sent (``sample.volume``), so a channel can
+    #: be judged over a rolling sampled volume (``tracker.monitoring.rules.volume``); ``None`` for other kinds
+    sample_volume_l: float | None = None
+
+
+class MonitorStatusEvent(SQLModel, table=True):
+    """Retained ``online|offline`` messages (and last wills) as received."""
+
+    __tablename__ = "monitor_status_event"
+
+    id: int | None = Field(default=None, primary_key=True)
+    monitor_id: int = Field(foreign_key="monitor.id", index=True)
+    online: bool
+    received_at: datetime = Field(sa_type=UTCDateTime, nullable=False)
+
+
+def basis_id(session: Session, *, site_id: int, code: str, version: str, sha256: str,
+             revision: int) -> int:
+    """Id of the evaluation basis row, created on first use."""
+    query = select(EvaluationBasis.id).where(
+        EvaluationBasis.site_id == site_id, EvaluationBasis.limit_set_code == code,
+        EvaluationBasis.limit_set_version == version, EvaluationBasis.limit_set_sha256 == sha256,
+        EvaluationBasis.facility_revision == revision)
+    found = session.exec(query).first()
+    if found is not None:
+        return found
+    # two ingest workers may meet a new facility revision at once: the second one's insert
+    # is a no-op (not a unique violation that would fail its batch), then both read the row
+    session.connection().execute(text(
+        "INSERT INTO evaluation_basis (site_id, limit_set_code, limit_set_version, "
+        "limit_set_sha256, facility_revision) VALUES (:site, :code, :version, :sha, :rev) "
+        "ON CONFLICT DO NOTHING"),
+        {"site": site_id, "code": code, "version": version, "sha": sha256, "rev": revision})
+    return session.exec(query).one()

@@ -1,0 +1,125 @@
+"""An in-memory snapshot of the facility for the ingest hot path.
+
+Built once and rebuilt only when a site's revision changes: monitor lookup by
+(site, code), resolved limits per monitor, and the evaluation basis id per site.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date, datetime
+
+from sqlalchemy import func
+from sqlmodel import Session, select
+
+from tracker.facility.inhibits import Inhibit, windows_by_monitor
+from tracker.facility.limits import (
+    INVALID,
+    Bounds,
+    MonitorLimits,
+    Verdict,
+    evaluate,
+    load_limit_set,
+)
+from tracker.facility.models import Site, resolved_monitors
+from tracker.monitoring.readings import basis_id
+from tracker.monitoring.rules.volume import UL_PER_M3, cap_single
+
+
+@dataclass(frozen=True, slots=True)
+class MonitorEntry:
+    id: int
+    code: str
+    site_id: int
+    site_code: str
+    room_id: int
+    room_code: str
+    grade: str
+    kind: str
+    channels: tuple[str, ...]
+    interval_s: float
+    calibration_due: date | None
+    limits: MonitorLimits
+    basis_id: int
+    range_low: float | None = None
+    range_high: float | None = None
+    #: maintenance windows [start, end) during which readings are flagged, not alarmed
+    inhibits: tuple[tuple[datetime, datetime], ...] = ()
+    #: particles: registered sample volume (L), the fallback for readings stored without one
+    sample_volume_l: float | None = None
+    #: the site's rolling volume for volume-aware particle evaluation, in µL
+    rolling_ul: int = UL_PER_M3
+    #: recovery window after an operation (s): particle readings in it are judged by
+    #: in-operation limits (``tracker.monitoring.rules.recovery``); 0 for other kinds
+    recovery_s: float = 0.0
+
+    def invalid_reason(self, value: float, status: str, at: datetime) -> str | None:
+        """Why a reading proves nothing, or ``None``: sensor status, overdue calibration
+        (the due date is the last valid day, UTC), or a value outside the instrument's range."""
+        if status != "ok":
+            return f"status_{status}"
+        if any(start <= at < end for start, end in self.inhibits):
+            return "inhibited"
+        if self.calibration_due is not None and at.date() > self.calibration_due:
+            return "calibration_overdue"
+        if ((self.range_low is not None and value < self.range_low)
+                or (self.range_high is not None and value > self.range_high)):
+            return "outside_instrument_range"
+        return None
+
+    def judge(self, channel: str, value: float, status: str, at: datetime, state: str,
+              volume_l: float | None = None) -> tuple[Verdict, str | None, Bounds | None]:
+        """Verdict of one reading for the room state at its time; invalid ones are not judged.
+
+        A particle sample in which one count already exceeds the action limit is at most an
+        alert here: the rolling-volume test of ``tracker.monitoring.rules.volume`` decides action.
+        """
+        bounds = self.limits.for_reading(channel, state)
+        reason = self.invalid_reason(value, status, at)
+        if reason is not None:
+            return INVALID, reason, bounds
+        verdict = evaluate(value, bounds)
+        if volume_l is not None:
+            verdict = cap_single(verdict, bounds, volume_l)
+        return verdict, None, bounds
+
+
+@dataclass(frozen=True)
+class Registry:
+    marker: tuple
+    by_code: dict[tuple[str, str], MonitorEntry]
+    by_id: dict[int, MonitorEntry]
+
+    def lookup(self, site: str, code: str) -> MonitorEntry | None:
+        return self.by_code.get((site, code))
+
+
+def registry_marker(session: Session) -> tuple:
+    """Changes when a facility file is loaded or an inhibit is added or cancelled."""
+    sites = tuple(session.exec(select(Site.code, Site.revision).order_by(Site.code)).all())
+    inhibits = session.exec(select(func.count(Inhibit.id), func.max(Inhibit.id),
+                                   func.count(Inhibit.cancelled_at))).one()
+    return sites, tuple(inhibits)
+
+
+def build_registry(session: Session) -> Registry:
+    """Resolve every active monitor's limits; creates evaluation-basis rows as needed."""
+    by_code: dict[tuple[str, str], MonitorEntry] = {}
+    inhibits = windows_by_monitor(session)
+    for site in session.exec(select(Site)).all():
+        limit_set = load_limit_set(site.limit_set)
+        basis = basis_id(session, site_id=site.id, code=limit_set.code, version=limit_set.version,
+                         sha256=limit_set.sha256, revision=site.revision)
+        for resolved in resolved_monitors(session, site):
+            mon, room = resolved.monitor, resolved.room
+            by_code[(site.code, mon.code)] = MonitorEntry(
+                id=mon.id, code=mon.code, site_id=site.id, site_code=site.code,
+                room_id=room.id, room_code=room.code, grade=room.grade, kind=mon.kind,
+                channels=resolved.channels, interval_s=mon.interval_s,
+                calibration_due=mon.calibration_due, limits=resolved.limits, basis_id=basis,
+                range_low=mon.range_low, range_high=mon.range_high,
+                inhibits=tuple(inhibits.get(mon.id, ())), sample_volume_l=mon.sample_volume_l,
+                rolling_ul=round(site.rolling_volume_m3 * UL_PER_M3),
+                recovery_s=site.recovery_s if mon.kind == "particles" else 0.0)
+    return Registry(marker=registry_marker(session), by_code=by_code,
+                    by_id={e.id: e for e in by_code.values()})

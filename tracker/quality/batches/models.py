@@ -1,0 +1,86 @@
+"""Tables of the batch-record side: batches, process steps, exposure links, review assessments."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import Column, Index, Text, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+from tracker.core.db import UTCDateTime
+
+#: in_progress → completed → production_signed → qa_reviewed → released | rejected
+BATCH_STATUSES = ("in_progress", "completed", "production_signed", "qa_reviewed", "released", "rejected")
+LINK_STATUSES = ("proposed", "confirmed", "rejected", "withdrawn")
+
+
+class Batch(SQLModel, table=True):
+    """One batch record (批生产记录). ``donor_id`` carries the chain of identity (供者)."""
+
+    __table_args__ = (UniqueConstraint("number"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    site_id: int = Field(foreign_key="site.id", index=True)
+    number: str = Field(max_length=60)
+    product: str = Field(max_length=200)
+    donor_id: str = Field(max_length=100, index=True)
+    patient_id: str | None = Field(default=None, max_length=100)
+    status: str = Field(default="in_progress", max_length=20, index=True)
+    created_at: datetime = Field(sa_type=UTCDateTime, nullable=False)
+    created_by: str = Field(max_length=60)
+    completed_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    updated_at: datetime = Field(sa_type=UTCDateTime, nullable=False)
+
+
+class ProcessStep(SQLModel, table=True):
+    """One processing step: where (room or grade A zone), when, open or closed processing, who."""
+
+    __tablename__ = "process_step"
+    __table_args__ = (Index("ix_process_step_room_time", "room_id", "start"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    batch_id: int = Field(foreign_key="batch.id", index=True)
+    name: str = Field(max_length=200)
+    room_id: int = Field(foreign_key="room.id")
+    start: datetime = Field(sa_type=UTCDateTime, nullable=False)
+    end: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    open_processing: bool
+    operator: str = Field(max_length=60)
+    recorded_at: datetime = Field(sa_type=UTCDateTime, nullable=False)
+
+
+class ExcursionLink(SQLModel, table=True):
+    """A possible exposure of a step to an excursion: proposed by the system, decided by QA."""
+
+    __tablename__ = "excursion_link"
+    __table_args__ = (UniqueConstraint("excursion_id", "step_id"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    excursion_id: int = Field(foreign_key="excursion.id", index=True)
+    step_id: int = Field(foreign_key="process_step.id", index=True)
+    batch_id: int = Field(foreign_key="batch.id", index=True)
+    status: str = Field(default="proposed", max_length=20)
+    proposed_at: datetime = Field(sa_type=UTCDateTime, nullable=False)
+    decided_by: str | None = Field(default=None, max_length=60)
+    decided_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    reason: str | None = Field(default=None, sa_column=Column(Text))
+    #: the excursion as it stood when QA decided; if it changes later the decision reopens
+    decided_level: str | None = Field(default=None, max_length=16)
+    decided_started_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    decided_ended_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+
+
+class ReviewAssessment(SQLModel, table=True):
+    """QA's exposure verdict on a review-by-exception item that is not an excursion
+    (a period of invalid readings during a step)."""
+
+    __tablename__ = "review_assessment"
+    __table_args__ = (UniqueConstraint("batch_id", "item_key"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    batch_id: int = Field(foreign_key="batch.id", index=True)
+    item_key: str = Field(max_length=200)
+    exposed: bool
+    reason: str = Field(sa_column=Column(Text, nullable=False))
+    assessed_by: str = Field(max_length=60)
+    assessed_at: datetime = Field(sa_type=UTCDateTime, nullable=False)
