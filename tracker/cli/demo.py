@@ -39,7 +39,7 @@ from tracker.monitoring.stats import ingest_stats
 from tracker.wire.broker import LocalBroker
 from tracker.wire.mqtt import parse_broker_url
 
-SIM_DATA = Path(__file__).resolve().parent.parent / "simulators" / "data"
+SIM_DATA = Path(__file__).resolve().parents[2] / "simulators" / "data"
 FACILITY = SIM_DATA / "nn-cpc.toml"
 SCENARIO = SIM_DATA / "day-in-the-life.toml"
 STYLE = {"ok": "green", "alert": "yellow", "action": "bold red", "not_evaluated": "dim",
