@@ -222,7 +222,7 @@ def test_the_json_api_keeps_english_and_adds_the_chinese(web_app, scene) -> None
 
 def test_the_terminal_says_it_in_chinese_unless_told_otherwise(web_engine: Engine, scene, monkeypatch,
                                                                capsys) -> None:
-    from tracker.cli import main
+    from tracker.cli.main import main
 
     url = str(web_engine.url)
     for lang, expected in (("zh-CN", "尚未记录根本原因"), ("en", "root cause not recorded")):
