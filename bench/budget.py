@@ -55,9 +55,14 @@ def _version(argv: list[str]) -> str:
 
 
 def machine() -> dict[str, str]:
-    cpu = next((line.split(":", 1)[1].strip() for line in
-                Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")),
-               platform.processor())
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
     import sqlite3
 
     return {
@@ -77,8 +82,10 @@ def run_all(pg_url: str, *, quick: bool) -> dict:
     t = time.perf_counter()
     messages = make_messages(readings)
     print(f"[budget] {len(messages):,} messages of {FACILITY.name} generated", flush=True)
-    with tempfile.TemporaryDirectory(prefix="gmp-budget-") as tmp, \
-            LocalBroker(data_dir=Path(tmp) / "broker", persistence=False) as broker:
+    with (
+        tempfile.TemporaryDirectory(prefix="gmp-budget-") as tmp,
+        LocalBroker(data_dir=Path(tmp) / "broker", persistence=False) as broker,
+    ):
         rows = throughput(broker.url, messages, Path(tmp), repeat=1 if quick else 3)
     results["throughput"] = [asdict(r) | {"ratio": r.ratio} for r in rows]
     print(f"[budget] throughput done ({time.perf_counter() - t:.0f} s)", flush=True)
@@ -110,13 +117,14 @@ def render(r: dict) -> str:
         "",
         "### Ingest vs the raw broker ceiling (same broker, same run; SQLite)",
         "",
-        "| mode | ceiling: counting paho subscriber (msg/s) | ingester (readings/s) | ratio | "
-        "range |",
+        "| mode | ceiling: counting paho subscriber (msg/s) | ingester (readings/s) | ratio | range |",
         "|---|---|---|---|---|",
     ]
     for t in r["throughput"]:
-        lines.append(f"| {t['mode']} | {t['ceiling']:,.0f} | {t['rate']:,.0f} | {t['ratio']:.2f} | "
-                     f"{t['low']:.2f}–{t['high']:.2f} |")
+        lines.append(
+            f"| {t['mode']} | {t['ceiling']:,.0f} | {t['rate']:,.0f} | {t['ratio']:.2f} | "
+            f"{t['low']:.2f}–{t['high']:.2f} |"
+        )
     lat = r["latency"]
     lines += [
         "",
@@ -143,12 +151,14 @@ def render(r: dict) -> str:
     ]
     runs = r["scale"]["runs"]
     for run in runs:
-        lines.append(f"| {run['workers']} | {run.get('routing', 'share') if run['workers'] > 1 else '—'} "
-                     f"| {run['rate']:,.0f} | ×{run['rate'] / runs[0]['rate']:.2f} "
-                     f"| {run['rate'] / r['scale']['ceiling']:.2f} | {run['stored']:,} of "
-                     f"{run['published']:,} | "
-                     + ", ".join(f"{x:.0f}" for x in run["peak_rss_mib"])
-                     + f" | {run.get('cpu_busy', 0):.0%} ({run.get('ingester_cpu_share', 0):.0%}) |")
+        lines.append(
+            f"| {run['workers']} | {run.get('routing', 'share') if run['workers'] > 1 else '—'} "
+            f"| {run['rate']:,.0f} | ×{run['rate'] / runs[0]['rate']:.2f} "
+            f"| {run['rate'] / r['scale']['ceiling']:.2f} | {run['stored']:,} of "
+            f"{run['published']:,} | "
+            + ", ".join(f"{x:.0f}" for x in run["peak_rss_mib"])
+            + f" | {run.get('cpu_busy', 0):.0%} ({run.get('ingester_cpu_share', 0):.0%}) |"
+        )
     rep = r["report"]
     lines += [
         "",
@@ -170,7 +180,7 @@ def write(results: dict) -> None:
     doc = DOC.read_text()
     section = render(results)
     if BEGIN in doc:
-        doc = doc[:doc.index(BEGIN)] + section + doc[doc.index(END) + len(END):]
+        doc = doc[: doc.index(BEGIN)] + section + doc[doc.index(END) + len(END) :]
     else:
         head, _, rest = doc.partition("\n\n")
         doc = f"{head}\n\n{section}\n\n{rest}"
@@ -183,7 +193,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small runs: a smoke test")
     parser.add_argument("--write", action="store_true", help="with --quick: write anyway")
     args = parser.parse_args()
-    with (contextlib.nullcontext(args.pg_url) if args.pg_url else throwaway_cluster()) as pg_url:
+    with contextlib.nullcontext(args.pg_url) if args.pg_url else throwaway_cluster() as pg_url:
         results = run_all(pg_url, quick=args.quick)
     print(render(results))
     if not args.quick or args.write:

@@ -161,8 +161,9 @@ def stored(engine) -> int:
         return s.exec(select(func.count()).select_from(RawMessage)).one()
 
 
-def ingest(url: str, messages: list, mode: str, workdir: Path, batch_size: int,
-           core_only: bool = False) -> tuple[float, int]:
+def ingest(
+    url: str, messages: list, mode: str, workdir: Path, batch_size: int, core_only: bool = False
+) -> tuple[float, int]:
     """Rate of one in-process ingester into a fresh SQLite file."""
     engine = fresh_database(f"sqlite:///{workdir / f'bench-{mode}.db'}")
     options = IngestOptions(client_id=f"bench-ingest-{mode}", batch_size=batch_size)
@@ -215,13 +216,14 @@ class Throughput:
         return self.rate / self.ceiling
 
 
-def throughput(url: str, messages: list, workdir: Path, *, repeat: int = 3,
-               batch_size: int = IngestOptions.batch_size) -> list[Throughput]:
+def throughput(
+    url: str, messages: list, workdir: Path, *, repeat: int = 3, batch_size: int = IngestOptions.batch_size
+) -> list[Throughput]:
     """Live and backlog phases, each the median of ``repeat`` alternating runs."""
     rows = []
     for mode in ("live", "backlog"):
         ceilings, rates, complete = [], [], True
-        for run in range(repeat):   # alternate, so drift hits both phases alike
+        for run in range(repeat):  # alternate, so drift hits both phases alike
             ceilings.append(ceiling(url, messages, f"{mode}-{run}"))
             rate, n_stored = ingest(url, messages, f"{mode}-{run}", workdir, batch_size)
             rates.append(rate)
@@ -229,52 +231,69 @@ def throughput(url: str, messages: list, workdir: Path, *, repeat: int = 3,
                 complete = False
                 print(f"WARNING: {mode} run {run} stored {n_stored} of {len(messages)}")
         ratios = [r / c for r, c in zip(rates, ceilings, strict=True)]
-        rows.append(Throughput(mode, statistics.median(ceilings), statistics.median(rates),
-                               min(ratios), max(ratios), complete))
+        rows.append(
+            Throughput(
+                mode,
+                statistics.median(ceilings),
+                statistics.median(rates),
+                min(ratios),
+                max(ratios),
+                complete,
+            )
+        )
     return rows
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--readings", type=int, default=100_000)
-    parser.add_argument("--batch-size", type=int, default=IngestOptions.batch_size,
-                        help="messages per transaction (TRACKER_INGEST_BATCH_SIZE)")
-    parser.add_argument("--repeat", type=int, default=3,
-                        help="runs per phase; the median is reported (figures vary ±15 %%)")
-    parser.add_argument("--rules-cost", action="store_true",
-                        help="live ingest with rules and rollups on vs off, same run")
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=IngestOptions.batch_size,
+        help="messages per transaction (TRACKER_INGEST_BATCH_SIZE)",
+    )
+    parser.add_argument(
+        "--repeat", type=int, default=3, help="runs per phase; the median is reported (figures vary ±15 %%)"
+    )
+    parser.add_argument(
+        "--rules-cost", action="store_true", help="live ingest with rules and rollups on vs off, same run"
+    )
     args = parser.parse_args()
     t = time.perf_counter()
     messages = make_messages(args.readings)
-    print(f"generated {len(messages):,} reading messages of {FACILITY.name} "
-          f"in {time.perf_counter() - t:.1f}s")
-    with tempfile.TemporaryDirectory(prefix="gmp-bench-") as tmp, \
-            LocalBroker(data_dir=Path(tmp) / "broker", persistence=False) as broker:
+    print(
+        f"generated {len(messages):,} reading messages of {FACILITY.name} in {time.perf_counter() - t:.1f}s"
+    )
+    with (
+        tempfile.TemporaryDirectory(prefix="gmp-bench-") as tmp,
+        LocalBroker(data_dir=Path(tmp) / "broker", persistence=False) as broker,
+    ):
         print(f"broker: {broker.kind} {broker.url}")
         if args.rules_cost:
             rules_cost(broker.url, messages, Path(tmp), args)
             return
-        rows = throughput(broker.url, messages, Path(tmp), repeat=args.repeat,
-                          batch_size=args.batch_size)
+        rows = throughput(broker.url, messages, Path(tmp), repeat=args.repeat, batch_size=args.batch_size)
         print(f"\nmedian of {args.repeat} runs, {len(messages):,} readings each")
-        print(f"{'mode':8} {'ceiling msg/s':>14} {'ingester readings/s':>20} {'ratio':>6} "
-              f"{'range':>11}")
+        print(f"{'mode':8} {'ceiling msg/s':>14} {'ingester readings/s':>20} {'ratio':>6} {'range':>11}")
         for r in rows:
-            print(f"{r.mode:8} {r.ceiling:14,.0f} {r.rate:20,.0f} {r.ratio:6.2f} "
-                  f"{r.low:5.2f}–{r.high:4.2f}")
+            print(f"{r.mode:8} {r.ceiling:14,.0f} {r.rate:20,.0f} {r.ratio:6.2f} {r.low:5.2f}–{r.high:4.2f}")
 
 
 def rules_cost(url: str, messages: list, workdir: Path, args: argparse.Namespace) -> None:
     on, off = [], []
-    for run in range(args.repeat):   # alternate, so drift hits both alike
+    for run in range(args.repeat):  # alternate, so drift hits both alike
         off.append(ingest(url, messages, f"live-off-{run}", workdir, args.batch_size, core_only=True)[0])
         on.append(ingest(url, messages, f"live-on-{run}", workdir, args.batch_size)[0])
     m_on, m_off = statistics.median(on), statistics.median(off)
     print(f"\nmedian of {args.repeat} live runs, {len(messages):,} readings each")
     print(f"rules + rollups off {m_off:12,.0f} readings/s")
     print(f"rules + rollups on  {m_on:12,.0f} readings/s")
-    print(f"on / off            {m_on / m_off:12.2f}  (runs: "
-          + ", ".join(f"{a / b:.2f}" for a, b in zip(on, off, strict=True)) + ")")
+    print(
+        f"on / off            {m_on / m_off:12.2f}  (runs: "
+        + ", ".join(f"{a / b:.2f}" for a, b in zip(on, off, strict=True))
+        + ")"
+    )
 
 
 if __name__ == "__main__":

@@ -45,8 +45,8 @@ from tracker.monitoring.excursions import Excursion  # noqa: E402
 from tracker.wire.broker import LocalBroker  # noqa: E402
 from tracker.wire.mqtt import connect, make_client, parse_broker_url  # noqa: E402
 
-TRIGGER_VALUE_PA = -2.0   # an inversion: no persistence delay (docs/limits.md)
-CYCLE_S = 4   # one action reading, then three at set point
+TRIGGER_VALUE_PA = -2.0  # an inversion: no persistence delay (docs/limits.md)
+CYCLE_S = 4  # one action reading, then three at set point
 
 
 @dataclass(frozen=True)
@@ -73,8 +73,14 @@ def background_messages(exclude: set[str], n: int) -> list[tuple[str, bytes]]:
     return out
 
 
-def publisher(url: str, background: list[tuple[str, bytes]], triggers: list[tuple[str, str, float]],
-              duration: float, rate: float, sent: mp.Queue) -> None:
+def publisher(
+    url: str,
+    background: list[tuple[str, bytes]],
+    triggers: list[tuple[str, str, float]],
+    duration: float,
+    rate: float,
+    sent: mp.Queue,
+) -> None:
     """Paced background traffic plus one reading per second per pressure monitor."""
     address = parse_broker_url(url)
     client = make_client(address, client_id="bench-latency-pub")
@@ -99,28 +105,35 @@ def publisher(url: str, background: list[tuple[str, bytes]], triggers: list[tupl
                 seqs[code] += 1
                 action = (second + i) % CYCLE_S == 0 and second >= CYCLE_S
                 value = TRIGGER_VALUE_PA if action else setpoint
-                client.publish(topic, encode(value_reading(code, seqs[code], stamp, kind="pressure",
-                                                           value=value, unit="Pa")), qos=1)
+                client.publish(
+                    topic,
+                    encode(value_reading(code, seqs[code], stamp, kind="pressure", value=value, unit="Pa")),
+                    qos=1,
+                )
                 if action:
                     published[(code, stamp.isoformat())] = time.time()
             second += 1
             next_tick += 1.0
         time.sleep(0.002)
-    time.sleep(2)   # let the last excursions land before the subscriber is stopped
+    time.sleep(2)  # let the last excursions land before the subscriber is stopped
     client.disconnect()
     client.loop_stop()
     sent.put((published, bg_index))
 
 
-def measure(*, duration: float = 90.0, rate: float = 1500.0, db_url: str | None = None
-            ) -> LatencyResult:
+def measure(*, duration: float = 90.0, rate: float = 1500.0, db_url: str | None = None) -> LatencyResult:
     """Run the scenario once; ``db_url`` (empty database) defaults to a fresh SQLite file."""
     sim = load_sim_facility(FACILITY)
-    pressure = [(f"gmp/{sim.site.code}/{m.room}/{m.code}", m.code, m.setpoint or 15.0)
-                for m in sim.monitors if m.kind == "pressure"]
+    pressure = [
+        (f"gmp/{sim.site.code}/{m.room}/{m.code}", m.code, m.setpoint or 15.0)
+        for m in sim.monitors
+        if m.kind == "pressure"
+    ]
     background = background_messages({code for _, code, _ in pressure}, int(duration * rate) + 1)
-    with tempfile.TemporaryDirectory(prefix="gmp-latency-") as tmp, \
-            LocalBroker(data_dir=Path(tmp) / "broker", persistence=False) as broker:
+    with (
+        tempfile.TemporaryDirectory(prefix="gmp-latency-") as tmp,
+        LocalBroker(data_dir=Path(tmp) / "broker", persistence=False) as broker,
+    ):
         engine = fresh_database(db_url or f"sqlite:///{Path(tmp) / 'latency.db'}")
         with engine.connect() as conn:
             codes = dict(conn.execute(select(Monitor.id, Monitor.code)).all())
@@ -131,37 +144,47 @@ def measure(*, duration: float = 90.0, rate: float = 1500.0, db_url: str | None 
             nonlocal last_id
             committed = time.time()
             with engine.connect() as conn:
-                rows = conn.execute(select(Excursion.id, Excursion.monitor_id,
-                                           Excursion.started_at)
-                                    .where(Excursion.id > last_id, Excursion.type == "limit")
-                                    .order_by(Excursion.id)).all()
+                rows = conn.execute(
+                    select(Excursion.id, Excursion.monitor_id, Excursion.started_at)
+                    .where(Excursion.id > last_id, Excursion.type == "limit")
+                    .order_by(Excursion.id)
+                ).all()
             for ex_id, monitor_id, started_at in rows:
                 latencies.setdefault((codes[monitor_id], started_at.isoformat()), committed)
                 last_id = ex_id
 
-        ingester = Ingester(engine, parse_broker_url(broker.url),
-                            IngestOptions(client_id="bench-latency-ingest"), on_batch=after_commit)
+        ingester = Ingester(
+            engine,
+            parse_broker_url(broker.url),
+            IngestOptions(client_id="bench-latency-ingest"),
+            on_batch=after_commit,
+        )
         stop = threading.Event()
         thread = threading.Thread(target=ingester.run, args=(stop,), daemon=True)
         thread.start()
         ingester.subscribed.wait(10)
         sent: mp.Queue = mp.get_context("fork").Queue()
         proc = mp.get_context("fork").Process(
-            target=publisher, args=(broker.url, background, pressure, duration, rate, sent))
+            target=publisher, args=(broker.url, background, pressure, duration, rate, sent)
+        )
         proc.start()
         published, bg_sent = sent.get(timeout=duration + 120)
         proc.join()
         deadline = time.monotonic() + 30
-        while len(latencies.keys() & published.keys()) < len(published) and \
-                time.monotonic() < deadline:
+        while len(latencies.keys() & published.keys()) < len(published) and time.monotonic() < deadline:
             time.sleep(0.05)
         stop.set()
         thread.join()
     ms = np.array([(latencies[k] - t) * 1000 for k, t in published.items() if k in latencies])
-    return LatencyResult(samples=len(ms), triggers=len(published),
-                         p50_ms=float(np.percentile(ms, 50)), p90_ms=float(np.percentile(ms, 90)),
-                         p99_ms=float(np.percentile(ms, 99)), max_ms=float(ms.max()),
-                         background_rate=bg_sent / duration)
+    return LatencyResult(
+        samples=len(ms),
+        triggers=len(published),
+        p50_ms=float(np.percentile(ms, 50)),
+        p90_ms=float(np.percentile(ms, 90)),
+        p99_ms=float(np.percentile(ms, 99)),
+        max_ms=float(ms.max()),
+        background_rate=bg_sent / duration,
+    )
 
 
 def main() -> None:
@@ -171,10 +194,13 @@ def main() -> None:
     parser.add_argument("--db-url", help="an empty database (default: a fresh SQLite file)")
     args = parser.parse_args()
     r = measure(duration=args.duration, rate=args.rate, db_url=args.db_url)
-    print(f"{r.samples} of {r.triggers} triggers became excursions; background "
-          f"{r.background_rate:,.0f} msg/s")
-    print(f"publish → excursion committed: p50 {r.p50_ms:.0f} ms · p90 {r.p90_ms:.0f} ms · "
-          f"p99 {r.p99_ms:.0f} ms · max {r.max_ms:.0f} ms")
+    print(
+        f"{r.samples} of {r.triggers} triggers became excursions; background {r.background_rate:,.0f} msg/s"
+    )
+    print(
+        f"publish → excursion committed: p50 {r.p50_ms:.0f} ms · p90 {r.p90_ms:.0f} ms · "
+        f"p99 {r.p99_ms:.0f} ms · max {r.max_ms:.0f} ms"
+    )
 
 
 if __name__ == "__main__":

@@ -25,8 +25,13 @@ def server_version() -> str:
 def throwaway_cluster() -> Iterator[str]:
     """Start a durable cluster in a temporary directory; yields its admin URL; removes it after."""
     directory = tempfile.mkdtemp(prefix="gmp-bench-pg-")
-    url = subprocess.run([str(PG_SCRIPT), "start", directory], check=True, capture_output=True,
-                         text=True, env={**os.environ, "TRACKER_PG_DURABLE": "1"}).stdout.strip()
+    url = subprocess.run(
+        [str(PG_SCRIPT), "start", directory],
+        check=True,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "TRACKER_PG_DURABLE": "1"},
+    ).stdout.strip()
     try:
         yield url
     finally:

@@ -223,8 +223,9 @@ class ReportTiming:
         return self.json_s + self.html_s + (self.pdf_s or 0.0)
 
 
-def measure(*, year: int = 2025, pdf: bool = True, workdir: Path | None = None,
-            db_url: str | None = None) -> ReportTiming:
+def measure(
+    *, year: int = 2025, pdf: bool = True, workdir: Path | None = None, db_url: str | None = None
+) -> ReportTiming:
     """Synthesise a site-year into an empty database, then time JSON, HTML and the PDF."""
     workdir = workdir or Path(tempfile.mkdtemp(prefix="bench-report-"))
     workdir.mkdir(parents=True, exist_ok=True)
@@ -239,8 +240,13 @@ def measure(*, year: int = 2025, pdf: bool = True, workdir: Path | None = None,
     marks: list[tuple[str, float]] = []
     t0 = time.perf_counter()
     with unit_of_work(engine) as s:
-        report = build_annual_report(s, site=get_site(s), period=info["period"], now=now,
-                                     progress=lambda name: marks.append((name, time.perf_counter())))
+        report = build_annual_report(
+            s,
+            site=get_site(s),
+            period=info["period"],
+            now=now,
+            progress=lambda name: marks.append((name, time.perf_counter())),
+        )
     t_json = time.perf_counter() - t0
     (workdir / "report.json").write_text(json.dumps(report, ensure_ascii=False, indent=1))
     ends = [t for _, t in marks[1:]] + [t0 + t_json]
@@ -256,9 +262,15 @@ def measure(*, year: int = 2025, pdf: bool = True, workdir: Path | None = None,
         t0 = time.perf_counter()
         (workdir / "report.pdf").write_bytes(html_to_pdf(html))
         t_pdf = time.perf_counter() - t0
-    return ReportTiming(rollup_rows=info["rollup_rows"], readings=info["readings"],
-                        monitors=info["monitors"], json_s=t_json, html_s=t_html, pdf_s=t_pdf,
-                        steps=steps)
+    return ReportTiming(
+        rollup_rows=info["rollup_rows"],
+        readings=info["readings"],
+        monitors=info["monitors"],
+        json_s=t_json,
+        html_s=t_html,
+        pdf_s=t_pdf,
+        steps=steps,
+    )
 
 
 def main() -> None:
@@ -271,10 +283,15 @@ def main() -> None:
     parser.add_argument("--db-url", help="an empty database (default: SQLite in the work dir)")
     args = parser.parse_args()
     r = measure(year=args.year, pdf=args.pdf, workdir=args.keep, db_url=args.db_url)
-    print(f"site-year: {r.monitors} monitors, {r.rollup_rows:,} rollup rows standing for "
-          f"{r.readings:,} readings")
-    print(f"report data (JSON): {r.json_s:.2f} s  ["
-          + ", ".join(f"{name} {t:.2f} s" for name, t in r.steps) + "]")
+    print(
+        f"site-year: {r.monitors} monitors, {r.rollup_rows:,} rollup rows standing for "
+        f"{r.readings:,} readings"
+    )
+    print(
+        f"report data (JSON): {r.json_s:.2f} s  ["
+        + ", ".join(f"{name} {t:.2f} s" for name, t in r.steps)
+        + "]"
+    )
     print(f"HTML with charts: {r.html_s:.2f} s")
     if r.pdf_s is not None:
         print(f"PDF: {r.pdf_s:.2f} s")

@@ -75,23 +75,33 @@ def recreate_database(admin_url: str, name: str) -> str:
     return make_url(admin_url).set(database=name).render_as_string(hide_password=False)
 
 
-def start_worker(db_url: str, broker_url: str, worker: str, *, group: str | None = None,
-                 filters: list[str] | None = None) -> subprocess.Popen:
+def start_worker(
+    db_url: str, broker_url: str, worker: str, *, group: str | None = None, filters: list[str] | None = None
+) -> subprocess.Popen:
     """One ``tracker ingest`` process under a fixed worker name, on the share group or on its
     own topic filters; returns once subscribed."""
-    env = {**os.environ, "TRACKER_DATABASE_URL": db_url, "TRACKER_MQTT_URL": broker_url,
-           "TRACKER_INGEST_WORKER": worker}
+    env = {
+        **os.environ,
+        "TRACKER_DATABASE_URL": db_url,
+        "TRACKER_MQTT_URL": broker_url,
+        "TRACKER_INGEST_WORKER": worker,
+    }
     if group:
         env["TRACKER_MQTT_SHARE_GROUP"] = group
     if filters:
         env["TRACKER_MQTT_SUBSCRIPTION"] = " ".join(filters)
-    proc = subprocess.Popen([sys.executable, "-m", "tracker.cli", "ingest"], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tracker.cli", "ingest"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     subscribed = threading.Event()
 
     log = Path(tempfile.gettempdir()) / f"gmp-bench-ingest-{worker}.log"
 
-    def watch() -> None:   # keep the worker's log for when a figure looks wrong
+    def watch() -> None:  # keep the worker's log for when a figure looks wrong
         with log.open("w") as out:
             for line in proc.stderr:
                 out.write(line)
@@ -117,14 +127,14 @@ def peak_rss_mib(pid: int) -> float:
 def cpu_ticks() -> tuple[int, int]:
     """(busy, total) clock ticks of all cores since boot (``/proc/stat``)."""
     fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-    idle = fields[3] + fields[4]          # idle + iowait
+    idle = fields[3] + fields[4]  # idle + iowait
     return sum(fields[:8]) - idle, sum(fields[:8])
 
 
 def process_ticks(pid: int) -> int:
     """User + system clock ticks of one process so far."""
     stat = Path(f"/proc/{pid}/stat").read_text()
-    after = stat[stat.rindex(")") + 2:].split()
+    after = stat[stat.rindex(")") + 2 :].split()
     return int(after[11]) + int(after[12])
 
 
@@ -150,18 +160,21 @@ def rooms_for(messages: list, workers: int) -> list[list[str]]:
     return dealt
 
 
-def run(admin_url: str, broker_url: str, messages: list, workers: int,
-        routing: str = "share") -> ScaleRun:
+def run(admin_url: str, broker_url: str, messages: list, workers: int, routing: str = "share") -> ScaleRun:
     db_url = recreate_database(admin_url, f"bench_scale_{routing}_{workers}")
     engine = fresh_database(db_url)
     if routing == "share":
         # a group of its own per run: mosquitto keeps sharing messages round robin into the
         # persistent sessions of the previous run's stopped workers (docs/scale-out.md)
-        procs = [start_worker(db_url, broker_url, f"bench-{workers}-{i}", group=f"bench{workers}")
-                 for i in range(workers)]
+        procs = [
+            start_worker(db_url, broker_url, f"bench-{workers}-{i}", group=f"bench{workers}")
+            for i in range(workers)
+        ]
     else:
-        procs = [start_worker(db_url, broker_url, f"bench-rooms-{workers}-{i}", filters=rooms)
-                 for i, rooms in enumerate(rooms_for(messages, workers))]
+        procs = [
+            start_worker(db_url, broker_url, f"bench-rooms-{workers}-{i}", filters=rooms)
+            for i, rooms in enumerate(rooms_for(messages, workers))
+        ]
     t0 = time.perf_counter()
     busy0, total0 = cpu_ticks()
     worker0 = sum(process_ticks(p.pid) for p in procs)
@@ -176,8 +189,10 @@ def run(admin_url: str, broker_url: str, messages: list, workers: int,
     busy1, total1 = cpu_ticks()
     worker_busy = sum(process_ticks(p.pid) for p in procs) - worker0
     if stored < len(messages):
-        print(f"WARNING: {workers} worker(s) stalled at {stored:,} of {len(messages):,} for "
-              f"{STALL_S:.0f} s; logs: {tempfile.gettempdir()}/gmp-bench-ingest-*.log")
+        print(
+            f"WARNING: {workers} worker(s) stalled at {stored:,} of {len(messages):,} for "
+            f"{STALL_S:.0f} s; logs: {tempfile.gettempdir()}/gmp-bench-ingest-*.log"
+        )
     publisher.join()
     rss = [peak_rss_mib(p.pid) for p in procs]
     for p in procs:
@@ -186,43 +201,69 @@ def run(admin_url: str, broker_url: str, messages: list, workers: int,
         p.wait(60)
     stored = stored_count(engine)
     engine.dispose()
-    return ScaleRun(workers=workers, routing=routing, rate=stored / elapsed, stored=stored,
-                    published=len(messages), peak_rss_mib=rss,
-                    cpu_busy=(busy1 - busy0) / max(1, total1 - total0),
-                    ingester_cpu_share=worker_busy / max(1, busy1 - busy0))
+    return ScaleRun(
+        workers=workers,
+        routing=routing,
+        rate=stored / elapsed,
+        stored=stored,
+        published=len(messages),
+        peak_rss_mib=rss,
+        cpu_busy=(busy1 - busy0) / max(1, total1 - total0),
+        ingester_cpu_share=worker_busy / max(1, busy1 - busy0),
+    )
 
 
-def measure(admin_url: str, *, readings: int = 100_000, workers: tuple[int, ...] = (1, 2, 4),
-            routings: tuple[str, ...] = ("share", "rooms")) -> tuple[float, list[ScaleRun]]:
+def measure(
+    admin_url: str,
+    *,
+    readings: int = 100_000,
+    workers: tuple[int, ...] = (1, 2, 4),
+    routings: tuple[str, ...] = ("share", "rooms"),
+) -> tuple[float, list[ScaleRun]]:
     """The ceiling and one run per routing and worker count (one worker: once), on one broker."""
     messages = make_messages(readings)
-    with tempfile.TemporaryDirectory(prefix="gmp-scale-") as tmp, \
-            LocalBroker(data_dir=Path(tmp) / "broker", persistence=False) as broker:
+    with (
+        tempfile.TemporaryDirectory(prefix="gmp-scale-") as tmp,
+        LocalBroker(data_dir=Path(tmp) / "broker", persistence=False) as broker,
+    ):
         ceil = ceiling(broker.url, messages, "scale-live")
-        runs = [run(admin_url, broker.url, messages, k, routing)
-                for routing in routings for k in workers if k > 1 or routing == routings[0]]
+        runs = [
+            run(admin_url, broker.url, messages, k, routing)
+            for routing in routings
+            for k in workers
+            if k > 1 or routing == routings[0]
+        ]
         return ceil, runs
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--pg-url", required=True,
-                        help="admin URL of a PostgreSQL cluster (databases are created in it)")
+    parser.add_argument(
+        "--pg-url", required=True, help="admin URL of a PostgreSQL cluster (databases are created in it)"
+    )
     parser.add_argument("--readings", type=int, default=100_000)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4])
-    parser.add_argument("--routing", nargs="+", choices=["share", "rooms"], default=["share", "rooms"],
-                        help="share: one $share subscription; rooms: rooms dealt to workers by topic")
+    parser.add_argument(
+        "--routing",
+        nargs="+",
+        choices=["share", "rooms"],
+        default=["share", "rooms"],
+        help="share: one $share subscription; rooms: rooms dealt to workers by topic",
+    )
     args = parser.parse_args()
-    ceil, runs = measure(args.pg_url, readings=args.readings, workers=tuple(args.workers),
-                         routings=tuple(args.routing))
+    ceil, runs = measure(
+        args.pg_url, readings=args.readings, workers=tuple(args.workers), routings=tuple(args.routing)
+    )
     print(f"raw broker ceiling (live, counting subscriber): {ceil:,.0f} msg/s")
     base = runs[0].rate
     for r in runs:
-        print(f"{r.workers} worker(s), {r.routing:5}: {r.rate:8,.0f} readings/s · "
-              f"scaling ×{r.rate / base:.2f} · "
-              f"{r.rate / ceil:.2f} of ceiling · stored {r.stored:,} of {r.published:,} · "
-              f"peak RSS " + ", ".join(f"{m:.0f}" for m in r.peak_rss_mib) + " MiB · "
-              f"cores busy {r.cpu_busy:.0%} (ingesters {r.ingester_cpu_share:.0%} of it)")
+        print(
+            f"{r.workers} worker(s), {r.routing:5}: {r.rate:8,.0f} readings/s · "
+            f"scaling ×{r.rate / base:.2f} · "
+            f"{r.rate / ceil:.2f} of ceiling · stored {r.stored:,} of {r.published:,} · "
+            f"peak RSS " + ", ".join(f"{m:.0f}" for m in r.peak_rss_mib) + " MiB · "
+            f"cores busy {r.cpu_busy:.0%} (ingesters {r.ingester_cpu_share:.0%} of it)"
+        )
 
 
 if __name__ == "__main__":

@@ -47,14 +47,24 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m simulators", description=__doc__)
     p.add_argument("--facility", required=True, help="facility TOML file")
     p.add_argument("--scenario", help="scenario TOML file (default: a healthy facility)")
-    p.add_argument("--mqtt", default=os.environ.get("TRACKER_MQTT_URL", "mqtt://127.0.0.1:1883"),
-                   help="broker URL mqtt[s]://[user:pass@]host:port (env TRACKER_MQTT_URL)")
-    p.add_argument("--speed", type=_speed, default=60.0,
-                   help="simulated seconds per wall second; 0 or inf = as fast as possible")
+    p.add_argument(
+        "--mqtt",
+        default=os.environ.get("TRACKER_MQTT_URL", "mqtt://127.0.0.1:1883"),
+        help="broker URL mqtt[s]://[user:pass@]host:port (env TRACKER_MQTT_URL)",
+    )
+    p.add_argument(
+        "--speed",
+        type=_speed,
+        default=60.0,
+        help="simulated seconds per wall second; 0 or inf = as fast as possible",
+    )
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--duration", type=parse_duration, help="e.g. 2h, 90m (default: scenario's)")
-    p.add_argument("--start", type=_start, help="simulated start time (default: scenario's, "
-                   "else so that the run ends at the wall clock)")
+    p.add_argument(
+        "--start",
+        type=_start,
+        help="simulated start time (default: scenario's, else so that the run ends at the wall clock)",
+    )
     p.add_argument("--client-id", default="gmp-simulator")
     p.add_argument("--protocol", type=int, choices=(5, 311), default=5)
     p.add_argument("--first-seq", type=int, default=1, help="first seq of every monitor")
@@ -79,10 +89,10 @@ def _dry_run(args: argparse.Namespace) -> SimulationResult:
     facility = load_facility(args.facility)
     scenario = load_scenario(args.scenario, facility) if args.scenario else None
     duration = resolve_duration(args.duration, scenario)
-    start = resolve_start(args.start, scenario, duration=duration, speed=args.speed,
-                          now=datetime.now(UTC))
-    return dry_run(facility, scenario, seed=args.seed, start=start, duration=duration,
-                   first_seq=args.first_seq)
+    start = resolve_start(args.start, scenario, duration=duration, speed=args.speed, now=datetime.now(UTC))
+    return dry_run(
+        facility, scenario, seed=args.seed, start=start, duration=duration, first_seq=args.first_seq
+    )
 
 
 def _live_run(args: argparse.Namespace) -> SimulationResult:
@@ -90,10 +100,17 @@ def _live_run(args: argparse.Namespace) -> SimulationResult:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     return run_simulation(
-        facility_path=args.facility, scenario_path=args.scenario,
-        broker=parse_broker_url(args.mqtt), speed=args.speed, seed=args.seed,
-        duration=args.duration, start=args.start, stop=stop, client_id=args.client_id,
-        protocol=args.protocol, first_seq=args.first_seq,
+        facility_path=args.facility,
+        scenario_path=args.scenario,
+        broker=parse_broker_url(args.mqtt),
+        speed=args.speed,
+        seed=args.seed,
+        duration=args.duration,
+        start=args.start,
+        stop=stop,
+        client_id=args.client_id,
+        protocol=args.protocol,
+        first_seq=args.first_seq,
     )
 
 

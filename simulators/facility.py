@@ -22,10 +22,18 @@ DEFAULT_SAMPLE_VOLUME_L = 28.3
 
 _SITE_KEYS = {"code", "name", "name_en", "timezone", "limit_set"}
 _ROOM_KEYS = {"code", "name", "name_en", "grade", "background", "area_m2"}
-_MONITOR_KEYS = {"code", "room", "kind", "interval_s", "reference", "channels",
-                 "sample_volume_l", "setpoint", "calibration_due"}
-_LIMIT_KEYS = {"monitor", "room", "grade", "kind", "channel", "state", *LIMIT_LEVELS,
-               "delay_s", "note"}
+_MONITOR_KEYS = {
+    "code",
+    "room",
+    "kind",
+    "interval_s",
+    "reference",
+    "channels",
+    "sample_volume_l",
+    "setpoint",
+    "calibration_due",
+}
+_LIMIT_KEYS = {"monitor", "room", "grade", "kind", "channel", "state", *LIMIT_LEVELS, "delay_s", "note"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,15 +144,10 @@ def parse_facility(data: Mapping[str, Any]) -> Facility:
     codes = {r.code for r in rooms}
     for i, room in enumerate(rooms):
         _check_room_links(i, room, codes, rooms)
-    monitors = tuple(
-        _parse_monitor(i, m, codes) for i, m in enumerate(_table_list(data, "monitors"))
-    )
+    monitors = tuple(_parse_monitor(i, m, codes) for i, m in enumerate(_table_list(data, "monitors")))
     _check_unique("monitors", [m.code for m in monitors])
     monitor_codes = {m.code for m in monitors}
-    limits = tuple(
-        _parse_limit(i, lim, codes, monitor_codes)
-        for i, lim in enumerate(data.get("limits", []))
-    )
+    limits = tuple(_parse_limit(i, lim, codes, monitor_codes) for i, lim in enumerate(data.get("limits", [])))
     return Facility(site=site, rooms=rooms, monitors=monitors, limits=limits)
 
 
@@ -253,8 +256,7 @@ def _parse_channels(where: str, entry: Mapping[str, Any]) -> tuple[str, ...]:
         raise ValueError(f"{where}: channels must be a non-empty list like ['0.5', '5.0']")
     bad = [c for c in channels if c not in CHANNELS]
     if bad or len(set(channels)) != len(channels):
-        raise ValueError(f"{where}: channels must be distinct values of {list(CHANNELS)}, "
-                         f"got {channels!r}")
+        raise ValueError(f"{where}: channels must be distinct values of {list(CHANNELS)}, got {channels!r}")
     return tuple(c for c in CHANNELS if c in channels)
 
 
@@ -291,9 +293,14 @@ def _parse_monitor(i: int, entry: Mapping[str, Any], rooms: set[str]) -> Monitor
     if due is not None and not isinstance(due, date):
         raise ValueError(f"{where}: calibration_due must be a TOML date like 2027-03-01")
     return Monitor(
-        code=code, room=room, kind=kind, interval_s=interval, reference=reference,
+        code=code,
+        room=room,
+        kind=kind,
+        interval_s=interval,
+        reference=reference,
         channels=_parse_channels(where, entry) if kind == "particles" else (),
-        sample_volume_l=volume, setpoint=_number(where, entry, "setpoint"),
+        sample_volume_l=volume,
+        setpoint=_number(where, entry, "setpoint"),
         calibration_due=due,
     )
 
@@ -326,8 +333,15 @@ def _parse_limit(i: int, entry: Mapping[str, Any], rooms: set[str], monitors: se
     delay = entry.get("delay_s", 0)
     if isinstance(delay, bool) or not isinstance(delay, int) or delay < 0:
         raise ValueError(f"{where}: delay_s must be a non-negative whole number of seconds")
-    return Limit(kind=kind, state=state, channel=channel, delay_s=delay,
-                 note=entry.get("note", ""), **{selector: target}, **levels)
+    return Limit(
+        kind=kind,
+        state=state,
+        channel=channel,
+        delay_s=delay,
+        note=entry.get("note", ""),
+        **{selector: target},
+        **levels,
+    )
 
 
 def _check_level_order(where: str, levels: Mapping[str, float | None]) -> None:
@@ -335,5 +349,7 @@ def _check_level_order(where: str, levels: Mapping[str, float | None]) -> None:
     ordered = [levels[k] for k in ("action_low", "alert_low", "alert_high", "action_high")]
     present = [v for v in ordered if v is not None]
     if present != sorted(present):
-        raise ValueError(f"{where}: levels must satisfy action_low <= alert_low <= alert_high "
-                         f"<= action_high, got {dict(levels)}")
+        raise ValueError(
+            f"{where}: levels must satisfy action_low <= alert_low <= alert_high "
+            f"<= action_high, got {dict(levels)}"
+        )

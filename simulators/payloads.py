@@ -18,8 +18,14 @@ MALFORMED_SEQ_BASE = 900_000_000
 FUTURE_SKEW = timedelta(days=3650)
 TOO_LARGE_BYTES = 70 * 1024
 MALFORMED_VARIANTS = (
-    "bad_json", "schema", "unknown_monitor", "room_mismatch", "bad_unit",
-    "future_timestamp", "out_of_range", "too_large",
+    "bad_json",
+    "schema",
+    "unknown_monitor",
+    "room_mismatch",
+    "bad_unit",
+    "future_timestamp",
+    "out_of_range",
+    "too_large",
 )
 
 #: Litres per unit of sampled volume.
@@ -37,8 +43,20 @@ UNITS_BY_KIND: dict[str, tuple[str, ...]] = {
 }
 CANONICAL_UNIT = {"particles": "L", "pressure": "Pa", "temperature": "degC", "humidity": "percent"}
 #: Decimal places a device reports in each unit (enough to keep the canonical resolution).
-DECIMALS = {"L": 2, "m^3": 6, "ft^3": 6, "Pa": 1, "hPa": 4, "mbar": 4, "inH2O": 6, "mmH2O": 3,
-            "degC": 2, "degF": 2, "K": 2, "percent": 1}
+DECIMALS = {
+    "L": 2,
+    "m^3": 6,
+    "ft^3": 6,
+    "Pa": 1,
+    "hPa": 4,
+    "mbar": 4,
+    "inH2O": 6,
+    "mmH2O": 3,
+    "degC": 2,
+    "degF": 2,
+    "K": 2,
+    "percent": 1,
+}
 
 
 def iso_z(ts: datetime) -> str:
@@ -72,19 +90,43 @@ def to_canonical(kind: str, value: float, unit: str) -> float:
     return value
 
 
-def particle_reading(monitor: str, seq: int, ts: datetime, *, volume: float, unit: str,
-                     counts: Mapping[str, int], status: str = "ok") -> dict[str, Any]:
+def particle_reading(
+    monitor: str,
+    seq: int,
+    ts: datetime,
+    *,
+    volume: float,
+    unit: str,
+    counts: Mapping[str, int],
+    status: str = "ok",
+) -> dict[str, Any]:
     """A particle-counter reading; ``volume`` is already in ``unit``."""
-    return {"schema": SCHEMA, "monitor": monitor, "seq": seq, "ts": iso_z(ts),
-            "kind": "particles", "sample": {"volume": volume, "unit": unit},
-            "counts": dict(counts), "status": status}
+    return {
+        "schema": SCHEMA,
+        "monitor": monitor,
+        "seq": seq,
+        "ts": iso_z(ts),
+        "kind": "particles",
+        "sample": {"volume": volume, "unit": unit},
+        "counts": dict(counts),
+        "status": status,
+    }
 
 
-def value_reading(monitor: str, seq: int, ts: datetime, *, kind: str, value: float, unit: str,
-                  status: str = "ok") -> dict[str, Any]:
+def value_reading(
+    monitor: str, seq: int, ts: datetime, *, kind: str, value: float, unit: str, status: str = "ok"
+) -> dict[str, Any]:
     """A pressure, temperature or humidity reading; ``value`` is already in ``unit``."""
-    return {"schema": SCHEMA, "monitor": monitor, "seq": seq, "ts": iso_z(ts), "kind": kind,
-            "value": value, "unit": unit, "status": status}
+    return {
+        "schema": SCHEMA,
+        "monitor": monitor,
+        "seq": seq,
+        "ts": iso_z(ts),
+        "kind": kind,
+        "value": value,
+        "unit": unit,
+        "status": status,
+    }
 
 
 def encode(message: Mapping[str, Any]) -> bytes:
@@ -95,11 +137,9 @@ def encode(message: Mapping[str, Any]) -> bytes:
 def sample_reading(kind: str, monitor: str, seq: int, ts: datetime) -> dict[str, Any]:
     """A plausible in-limit reading, the raw material of the malformed variants."""
     if kind == "particles":
-        return particle_reading(monitor, seq, ts, volume=28.3, unit="L",
-                                counts={"0.5": 12, "5.0": 0})
+        return particle_reading(monitor, seq, ts, volume=28.3, unit="L", counts={"0.5": 12, "5.0": 0})
     value = {"pressure": 15.0, "temperature": 22.0, "humidity": 50.0}[kind]
-    return value_reading(monitor, seq, ts, kind=kind, value=value,
-                         unit=CANONICAL_UNIT[kind])
+    return value_reading(monitor, seq, ts, kind=kind, value=value, unit=CANONICAL_UNIT[kind])
 
 
 def malformed(variant: str, *, monitor: str, kind: str, seq: int, ts: datetime) -> bytes:

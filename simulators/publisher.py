@@ -147,14 +147,14 @@ class SimulationResult:
             f"readings: {self.total_readings} from {len(self.readings)} monitors "
             f"({self.backfilled} backfilled); statuses: {self.statuses}; "
             f"duplicates: {self.duplicates}",
-            "malformed: " + (", ".join(f"{k}={v}" for k, v in sorted(self.malformed.items()))
-                             or "none"),
+            "malformed: " + (", ".join(f"{k}={v}" for k, v in sorted(self.malformed.items())) or "none"),
         ]
         if self.undelivered:
             lines.append(f"WARNING: {self.undelivered} messages not acknowledged by the broker")
         lines.append(f"expected excursions: {len(self.expected)}")
-        lines += [f"  {_iso(e.start)} {e.monitor} {e.channel or '-'} {e.level} {e.state}"
-                  for e in self.expected]
+        lines += [
+            f"  {_iso(e.start)} {e.monitor} {e.channel or '-'} {e.level} {e.state}" for e in self.expected
+        ]
         return "\n".join(lines)
 
 
@@ -196,10 +196,10 @@ class _MonitorSim:
         m = self.monitor
         if m.kind == "particles":
             volume = payloads.convert("particles", m.sample_volume_l or 28.3, self.unit)
-            counts = signals.particle_counts(self.rng, self._concentrations(t),
-                                             m.sample_volume_l or 28.3, m.channels)
-            return payloads.particle_reading(m.code, seq, ts, volume=volume, unit=self.unit,
-                                             counts=counts)
+            counts = signals.particle_counts(
+                self.rng, self._concentrations(t), m.sample_volume_l or 28.3, m.channels
+            )
+            return payloads.particle_reading(m.code, seq, ts, volume=volume, unit=self.unit, counts=counts)
         value = payloads.convert(m.kind, self._canonical_value(t), self.unit)
         return payloads.value_reading(m.code, seq, ts, kind=m.kind, value=value, unit=self.unit)
 
@@ -228,8 +228,7 @@ class _MonitorSim:
 
 
 def _setpoint(monitor: Monitor) -> float:
-    return monitor.setpoint if monitor.setpoint is not None else signals.DEFAULT_SETPOINTS[
-        monitor.kind]
+    return monitor.setpoint if monitor.setpoint is not None else signals.DEFAULT_SETPOINTS[monitor.kind]
 
 
 def _seconds(delta: timedelta) -> int:
@@ -241,58 +240,86 @@ def _op_windows(facility: Facility, scenario: Scenario | None, room: str) -> lis
     if scenario is None:
         return []
     background = facility.room(room).background
-    return [(_seconds(op.start), _seconds(op.end)) for op in scenario.operations
-            if op.room == room or op.room == background
-            or facility.room(op.room).background == room]
+    return [
+        (_seconds(op.start), _seconds(op.end))
+        for op in scenario.operations
+        if op.room == room or op.room == background or facility.room(op.room).background == room
+    ]
 
 
-def _build_sim(facility: Facility, scenario: Scenario | None, monitor: Monitor, *, seed: int,
-               first_seq: int) -> _MonitorSim:
+def _build_sim(
+    facility: Facility, scenario: Scenario | None, monitor: Monitor, *, seed: int, first_seq: int
+) -> _MonitorSim:
     """Precompute one monitor's scripted windows, door openings and drift."""
     events = [e for e in (scenario.events if scenario else ()) if e.monitor == monitor.code]
     spans = [(_seconds(e.at), _seconds(e.end)) for e in events]
-    bursts = [(s, e, dict(ev.concentrations)) for (s, e), ev in zip(spans, events, strict=True)
-              if ev.type == "particle_burst"]
-    levels = [(s, e, float(ev.value)) for (s, e), ev in zip(spans, events, strict=True)
-              if ev.type in ("pressure_drop", "hold") and ev.value is not None]
+    bursts = [
+        (s, e, dict(ev.concentrations))
+        for (s, e), ev in zip(spans, events, strict=True)
+        if ev.type == "particle_burst"
+    ]
+    levels = [
+        (s, e, float(ev.value))
+        for (s, e), ev in zip(spans, events, strict=True)
+        if ev.type in ("pressure_drop", "hold") and ev.value is not None
+    ]
     windows = _op_windows(facility, scenario, monitor.room)
     doors: list[signals.DoorOpening] = []
     drift = None
     if monitor.kind == "pressure":
         door_rng = signals.monitor_rng(seed, monitor.code, signals.STREAM_DOORS)
-        doors = signals.door_openings(door_rng, windows, _setpoint(monitor),
-                                      avoid=[(s, e) for s, e, _ in levels])
+        doors = signals.door_openings(
+            door_rng, windows, _setpoint(monitor), avoid=[(s, e) for s, e, _ in levels]
+        )
     elif monitor.kind in ("temperature", "humidity"):
         drift_rng = signals.monitor_rng(seed, monitor.code, signals.STREAM_DRIFT)
         drift = signals.drift_for(drift_rng, monitor.kind, _setpoint(monitor))
     keep = max((e.count for e in events if e.type == "duplicate"), default=0)
     site, room = facility.site.code, monitor.room
     return _MonitorSim(
-        monitor=monitor, grade=facility.room(room).grade,
+        monitor=monitor,
+        grade=facility.room(room).grade,
         topic=reading_topic(site, room, monitor.code),
         status_topic=status_topic(site, room, monitor.code),
-        rng=signals.monitor_rng(seed, monitor.code), seq=first_seq,
-        unit=payloads.CANONICAL_UNIT[monitor.kind], op_windows=windows, bursts=bursts,
-        levels=levels, doors=doors, drift=drift, recent=deque(maxlen=keep),
+        rng=signals.monitor_rng(seed, monitor.code),
+        seq=first_seq,
+        unit=payloads.CANONICAL_UNIT[monitor.kind],
+        op_windows=windows,
+        bursts=bursts,
+        levels=levels,
+        doors=doors,
+        drift=drift,
+        recent=deque(maxlen=keep),
     )
 
 
 class _Generator:
     """The event loop behind :func:`generate`: a heap of timed actions in simulated seconds."""
 
-    def __init__(self, facility: Facility, scenario: Scenario | None, *, seed: int,
-                 start: datetime, duration: timedelta, first_seq: int) -> None:
+    def __init__(
+        self,
+        facility: Facility,
+        scenario: Scenario | None,
+        *,
+        seed: int,
+        start: datetime,
+        duration: timedelta,
+        first_seq: int,
+    ) -> None:
         self.facility = facility
         self.start = start
         self.total = _seconds(duration)
-        self.sims = {m.code: _build_sim(facility, scenario, m, seed=seed, first_seq=first_seq)
-                     for m in facility.monitors}
+        self.sims = {
+            m.code: _build_sim(facility, scenario, m, seed=seed, first_seq=first_seq)
+            for m in facility.monitors
+        }
         self.malformed_n = 0
         self.heap: list[tuple[int, int, int, str, Any]] = []
         self.order = itertools.count()
         for sim in self.sims.values():
-            self._push(signals.monitor_phase(sim.monitor.code, sim.monitor.interval_s),
-                       _PRIO_READING, "reading", sim)
+            self._push(
+                signals.monitor_phase(sim.monitor.code, sim.monitor.interval_s), _PRIO_READING, "reading", sim
+            )
         for event in scenario.events if scenario else ():
             if event.type in _TIMED_EVENTS:  # the others shape signals, see _build_sim
                 self._push(_seconds(event.at), _event_priority(event), event.type, event)
@@ -319,8 +346,9 @@ class _Generator:
     def _do_reading(self, t: int, sim: _MonitorSim) -> Iterator[Outgoing]:
         ts = self._at(t)
         seq = sim.seq
-        out = Outgoing(ts, sim.topic, payloads.encode(sim.message(t, ts)), False, "reading",
-                       sim.monitor.code, seq)
+        out = Outgoing(
+            ts, sim.topic, payloads.encode(sim.message(t, ts)), False, "reading", sim.monitor.code, seq
+        )
         self._push(t + sim.monitor.interval_s, _PRIO_READING, "reading", sim)
         if sim.offline is None:
             sim.recent.append(out)
@@ -351,7 +379,7 @@ class _Generator:
 
     def _do_duplicate(self, t: int, event: Event) -> Iterator[Outgoing]:
         sim = self.sims[event.monitor or ""]
-        for old in list(sim.recent)[-event.count:]:
+        for old in list(sim.recent)[-event.count :]:
             yield replace(old, sim_time=self._at(t), kind="duplicate")
 
     def _do_malformed(self, t: int, event: Event) -> Iterator[Outgoing]:
@@ -370,8 +398,7 @@ class _Generator:
         elif variant == "room_mismatch":
             room = next(r.code for r in self.facility.rooms if r.code != monitor.room)
         body = payloads.malformed(variant, monitor=code, kind=monitor.kind, seq=seq, ts=ts)
-        return Outgoing(ts, reading_topic(site, room, code), body, False, "malformed", code, seq,
-                        variant)
+        return Outgoing(ts, reading_topic(site, room, code), body, False, "malformed", code, seq, variant)
 
 
 def _event_priority(event: Event) -> int:
@@ -410,8 +437,9 @@ def generate(
         raise ValueError("duration must be a positive whole number of seconds")
     if seed < 0:
         raise ValueError("seed must be ≥ 0")
-    return _Generator(facility, scenario, seed=seed, start=start, duration=duration,
-                      first_seq=first_seq).run()
+    return _Generator(
+        facility, scenario, seed=seed, start=start, duration=duration, first_seq=first_seq
+    ).run()
 
 
 def _check_start(start: datetime) -> None:
@@ -437,8 +465,9 @@ def default_start(now: datetime, duration: timedelta, speed: float) -> datetime:
     return begin.astimezone(UTC).replace(microsecond=0)
 
 
-def resolve_start(start: datetime | None, scenario: Scenario | None, *, duration: timedelta,
-                  speed: float, now: datetime) -> datetime:
+def resolve_start(
+    start: datetime | None, scenario: Scenario | None, *, duration: timedelta, speed: float, now: datetime
+) -> datetime:
     """Explicit start, else the scenario's, else :func:`default_start`."""
     if start is not None:
         _check_start(start)
@@ -448,32 +477,47 @@ def resolve_start(start: datetime | None, scenario: Scenario | None, *, duration
     return default_start(now, duration, speed)
 
 
-def plan(facility: Facility, scenario: Scenario | None, *, seed: int, start: datetime,
-         duration: timedelta) -> SimulationResult:
+def plan(
+    facility: Facility, scenario: Scenario | None, *, seed: int, start: datetime, duration: timedelta
+) -> SimulationResult:
     """An empty result carrying the scenario's windows and expectations in absolute time."""
     result = SimulationResult(start=start, duration=duration, seed=seed)
     if scenario is None:
         return result
     end = duration
-    result.operations = [OperationWindow(op.room, start + op.start, start + min(op.end, end))
-                         for op in scenario.operations if op.start < end]
-    result.outages = [Outage(e.monitor or "", start + e.at, start + e.end, e.backfill)
-                      for e in scenario.events if e.type == "offline" and e.at < end]
+    result.operations = [
+        OperationWindow(op.room, start + op.start, start + min(op.end, end))
+        for op in scenario.operations
+        if op.start < end
+    ]
+    result.outages = [
+        Outage(e.monitor or "", start + e.at, start + e.end, e.backfill)
+        for e in scenario.events
+        if e.type == "offline" and e.at < end
+    ]
     for ex in scenario.expect:
         if ex.start < end:
             monitor = facility.monitor(ex.monitor)
-            result.expected.append(ExpectedExcursion(
-                ex.monitor, monitor.room, monitor.kind, ex.channel, ex.level, ex.state,
-                start + ex.start))
+            result.expected.append(
+                ExpectedExcursion(
+                    ex.monitor, monitor.room, monitor.kind, ex.channel, ex.level, ex.state, start + ex.start
+                )
+            )
     return result
 
 
-def dry_run(facility: Facility, scenario: Scenario | None = None, *, seed: int,
-            start: datetime, duration: timedelta, first_seq: int = 1) -> SimulationResult:
+def dry_run(
+    facility: Facility,
+    scenario: Scenario | None = None,
+    *,
+    seed: int,
+    start: datetime,
+    duration: timedelta,
+    first_seq: int = 1,
+) -> SimulationResult:
     """Generate a whole run without a broker and tally it (tests, ``--dry-run``)."""
     result = plan(facility, scenario, seed=seed, start=start, duration=duration)
-    for out in generate(facility, scenario, seed=seed, start=start, duration=duration,
-                        first_seq=first_seq):
+    for out in generate(facility, scenario, seed=seed, start=start, duration=duration, first_seq=first_seq):
         result.record(out)
     return result
 
@@ -507,8 +551,15 @@ class _Pacer:
 class _Gateway:
     """One paho client publishing for all monitors, QoS 1, with bounded unacknowledged messages."""
 
-    def __init__(self, broker: BrokerAddress, *, client_id: str, protocol: int,
-                 stop: threading.Event, max_outstanding: int = MAX_OUTSTANDING) -> None:
+    def __init__(
+        self,
+        broker: BrokerAddress,
+        *,
+        client_id: str,
+        protocol: int,
+        stop: threading.Event,
+        max_outstanding: int = MAX_OUTSTANDING,
+    ) -> None:
         self.broker, self.stop, self.max_outstanding = broker, stop, max_outstanding
         self.client = make_client(broker, client_id=client_id, protocol=protocol)
         self.client.on_connect = self._on_connect
@@ -517,16 +568,18 @@ class _Gateway:
         self.refused: str | None = None
         self.outstanding: deque[mqtt.MQTTMessageInfo] = deque()
 
-    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any,
-                    properties: Any) -> None:
+    def _on_connect(
+        self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any
+    ) -> None:
         if reason.is_failure:
             self.refused = str(reason)
             log.error("broker %s refused the simulator: %s", self.broker.display(), reason)
             return
         self.connected.set()
 
-    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any,
-                       properties: Any) -> None:
+    def _on_disconnect(
+        self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any
+    ) -> None:
         self.connected.clear()
         if reason.is_failure:
             log.warning("simulator lost the broker (%s); paho reconnects", reason)
@@ -536,15 +589,16 @@ class _Gateway:
         try:
             connect(self.client, self.broker)
         except OSError as exc:
-            raise ConnectionError(f"cannot reach MQTT broker {self.broker.display()}: "
-                                  f"{exc}") from exc
+            raise ConnectionError(f"cannot reach MQTT broker {self.broker.display()}: {exc}") from exc
         self.client.loop_start()
         deadline = time.monotonic() + CONNECT_TIMEOUT_S
         while not self.connected.wait(0.1):
             if self.refused or time.monotonic() > deadline:
                 self.close()
-                raise ConnectionError(f"MQTT broker {self.broker.display()} did not accept "
-                                      f"the simulator: {self.refused or 'timeout'}")
+                raise ConnectionError(
+                    f"MQTT broker {self.broker.display()} did not accept "
+                    f"the simulator: {self.refused or 'timeout'}"
+                )
 
     def publish(self, out: Outgoing) -> None:
         """Publish at QoS 1; fail loudly when paho refuses the message."""
@@ -605,12 +659,10 @@ def run_simulation(
     facility = load_facility(facility_path)
     scenario = load_scenario(scenario_path, facility) if scenario_path else None
     duration = resolve_duration(duration, scenario)
-    start = resolve_start(start, scenario, duration=duration, speed=speed,
-                          now=datetime.now(UTC))
+    start = resolve_start(start, scenario, duration=duration, speed=speed, now=datetime.now(UTC))
     stop = stop or threading.Event()
     result = plan(facility, scenario, seed=seed, start=start, duration=duration)
-    messages = generate(facility, scenario, seed=seed, start=start, duration=duration,
-                        first_seq=first_seq)
+    messages = generate(facility, scenario, seed=seed, start=start, duration=duration, first_seq=first_seq)
     pacer = _Pacer(start, speed, stop)
     gateway = _Gateway(broker, client_id=client_id, protocol=protocol, stop=stop)
     gateway.open()
@@ -626,9 +678,13 @@ def run_simulation(
     return result
 
 
-def _publish_all(messages: Iterator[Outgoing], gateway: _Gateway, pacer: _Pacer,
-                 result: SimulationResult,
-                 on_progress: Callable[[SimulationResult], None] | None) -> None:
+def _publish_all(
+    messages: Iterator[Outgoing],
+    gateway: _Gateway,
+    pacer: _Pacer,
+    result: SimulationResult,
+    on_progress: Callable[[SimulationResult], None] | None,
+) -> None:
     """Pace and publish the stream, reporting progress about once a second."""
     next_report = time.monotonic() + 1.0
     for out in messages:
@@ -646,7 +702,8 @@ def _publish_offline(facility: Facility, gateway: _Gateway, result: SimulationRe
     """Stopped early: mark every monitor offline, as their last wills would."""
     when = result.last_sim_time or result.start
     for m in facility.monitors:
-        out = Outgoing(when, status_topic(facility.site.code, m.room, m.code), b"offline", True,
-                       "status", m.code)
+        out = Outgoing(
+            when, status_topic(facility.site.code, m.room, m.code), b"offline", True, "status", m.code
+        )
         gateway.publish(out)
         result.record(out)

@@ -21,11 +21,17 @@ from simulators.payloads import MALFORMED_VARIANTS, UNITS_BY_KIND
 
 LEVELS = ("alert", "action")
 STATES = ("at_rest", "in_operation")
-EVENT_TYPES = ("particle_burst", "pressure_drop", "hold", "offline", "malformed", "duplicate",
-               "units")
+EVENT_TYPES = ("particle_burst", "pressure_drop", "hold", "offline", "malformed", "duplicate", "units")
 #: Variants that put a real monitor's code in the payload or topic.
-VARIANTS_WITH_MONITOR = ("bad_json", "schema", "room_mismatch", "bad_unit", "future_timestamp",
-                         "out_of_range", "too_large")
+VARIANTS_WITH_MONITOR = (
+    "bad_json",
+    "schema",
+    "room_mismatch",
+    "bad_unit",
+    "future_timestamp",
+    "out_of_range",
+    "too_large",
+)
 _DURATION_RE = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
 
 _EVENT_KEYS: dict[str, set[str]] = {
@@ -37,8 +43,11 @@ _EVENT_KEYS: dict[str, set[str]] = {
     "duplicate": {"monitor", "count"},
     "units": {"monitor", "unit"},
 }
-_EVENT_KINDS = {"particle_burst": ("particles",), "pressure_drop": ("pressure",),
-                "hold": ("temperature", "humidity")}
+_EVENT_KINDS = {
+    "particle_burst": ("particles",),
+    "pressure_drop": ("pressure",),
+    "hold": ("temperature", "humidity"),
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,8 +126,7 @@ def format_duration(delta: timedelta) -> str:
     total = int(delta.total_seconds())
     hours, rest = divmod(total, 3600)
     minutes, seconds = divmod(rest, 60)
-    parts = [f"{hours}h" if hours else "", f"{minutes}m" if minutes else "",
-             f"{seconds}s" if seconds else ""]
+    parts = [f"{hours}h" if hours else "", f"{minutes}m" if minutes else "", f"{seconds}s" if seconds else ""]
     return "".join(parts) or "0s"
 
 
@@ -144,16 +152,14 @@ def parse_scenario(data: Mapping[str, Any], facility: Facility) -> Scenario:
     if duration <= timedelta(0):
         raise ValueError("[scenario]: duration must be positive")
     operations = tuple(
-        _parse_operation(i, op, facility, duration)
-        for i, op in enumerate(data.get("operations", []))
+        _parse_operation(i, op, facility, duration) for i, op in enumerate(data.get("operations", []))
     )
-    _check_no_overlap("operations", [(op.room, op.start, op.end, i)
-                                     for i, op in enumerate(operations)])
-    events = tuple(_parse_event(i, ev, facility, duration)
-                   for i, ev in enumerate(data.get("events", [])))
+    _check_no_overlap("operations", [(op.room, op.start, op.end, i) for i, op in enumerate(operations)])
+    events = tuple(_parse_event(i, ev, facility, duration) for i, ev in enumerate(data.get("events", [])))
     _check_event_overlaps(events)
-    expect = tuple(_parse_expect(i, ex, facility, duration, operations)
-                   for i, ex in enumerate(data.get("expect", [])))
+    expect = tuple(
+        _parse_expect(i, ex, facility, duration, operations) for i, ex in enumerate(data.get("expect", []))
+    )
     return Scenario(
         name=str(head.get("name", "unnamed")),
         description=str(head.get("description", "")),
@@ -165,8 +171,7 @@ def parse_scenario(data: Mapping[str, Any], facility: Facility) -> Scenario:
     )
 
 
-def room_in_operation(facility: Facility, operations: tuple[Operation, ...], room: str,
-                      t: timedelta) -> bool:
+def room_in_operation(facility: Facility, operations: tuple[Operation, ...], room: str, t: timedelta) -> bool:
     """Whether ``room`` is in operation at ``t``: an operation in it, its background or a zone in it.
 
     Windows are half-open ``[start, end)``; the signal generator uses the open interval so a
@@ -177,8 +182,11 @@ def room_in_operation(facility: Facility, operations: tuple[Operation, ...], roo
 
 def _affects(facility: Facility, op_room: str, room: str) -> bool:
     """An operation in a room covers the zones inside it, and a zone's operation its background."""
-    return (op_room == room or facility.room(room).background == op_room
-            or facility.room(op_room).background == room)
+    return (
+        op_room == room
+        or facility.room(room).background == op_room
+        or facility.room(op_room).background == room
+    )
 
 
 def _check_keys(where: str, entry: Mapping[str, Any], allowed: set[str]) -> None:
@@ -217,12 +225,13 @@ def _parse_start(value: Any) -> datetime | None:
 def _within(where: str, at: timedelta, end: timedelta, duration: timedelta) -> None:
     """Scripted times must fall inside the scenario."""
     if at < timedelta(0) or end > duration:
-        raise ValueError(f"{where}: {format_duration(at)}..{format_duration(end)} lies outside "
-                         f"the scenario's {format_duration(duration)}")
+        raise ValueError(
+            f"{where}: {format_duration(at)}..{format_duration(end)} lies outside "
+            f"the scenario's {format_duration(duration)}"
+        )
 
 
-def _parse_operation(i: int, entry: Mapping[str, Any], facility: Facility,
-                     duration: timedelta) -> Operation:
+def _parse_operation(i: int, entry: Mapping[str, Any], facility: Facility, duration: timedelta) -> Operation:
     """Parse one ``[[operations]]`` entry."""
     where = f"operations[{i}] ({entry.get('room', '?')})"
     _check_keys(where, entry, {"room", "start", "end"})
@@ -236,8 +245,9 @@ def _parse_operation(i: int, entry: Mapping[str, Any], facility: Facility,
     return Operation(room, start, end)
 
 
-def _event_monitor(where: str, entry: Mapping[str, Any], facility: Facility,
-                   required: bool) -> Monitor | None:
+def _event_monitor(
+    where: str, entry: Mapping[str, Any], facility: Facility, required: bool
+) -> Monitor | None:
     """The event's monitor, checked against the facility."""
     code = entry.get("monitor")
     if code is None:
@@ -249,8 +259,7 @@ def _event_monitor(where: str, entry: Mapping[str, Any], facility: Facility,
     return facility.monitor(code)
 
 
-def _parse_event(i: int, entry: Mapping[str, Any], facility: Facility,
-                 duration: timedelta) -> Event:
+def _parse_event(i: int, entry: Mapping[str, Any], facility: Facility, duration: timedelta) -> Event:
     """Parse and validate one ``[[events]]`` entry."""
     kind = entry.get("type")
     where = f"events[{i}] ({kind} at {entry.get('at', '?')})"
@@ -259,11 +268,12 @@ def _parse_event(i: int, entry: Mapping[str, Any], facility: Facility,
     _check_keys(where, entry, {"type", "at"} | _EVENT_KEYS[kind])
     at = _duration(where, entry, "at")
     monitor = _event_monitor(where, entry, facility, required=kind != "malformed")
-    fields: dict[str, Any] = {"type": kind, "at": at,
-                              "monitor": monitor.code if monitor else None}
+    fields: dict[str, Any] = {"type": kind, "at": at, "monitor": monitor.code if monitor else None}
     if kind in _EVENT_KINDS and monitor is not None and monitor.kind not in _EVENT_KINDS[kind]:
-        raise ValueError(f"{where}: monitor {monitor.code} is a {monitor.kind} monitor; "
-                         f"{kind} needs {' or '.join(_EVENT_KINDS[kind])}")
+        raise ValueError(
+            f"{where}: monitor {monitor.code} is a {monitor.kind} monitor; "
+            f"{kind} needs {' or '.join(_EVENT_KINDS[kind])}"
+        )
     if kind in ("particle_burst", "pressure_drop", "hold", "offline"):
         fields["duration"] = _duration(where, entry, "duration")
         if fields["duration"] <= timedelta(0):
@@ -277,7 +287,7 @@ def _burst_fields(where: str, entry: Mapping[str, Any], monitor: Monitor | None)
     """``concentrations`` per m³ by channel, cumulative (≥0.5 µm includes ≥5.0 µm)."""
     conc = entry.get("concentrations")
     if not isinstance(conc, Mapping) or not conc:
-        raise ValueError(f"{where}: concentrations = {{\"0.5\" = ..., \"5.0\" = ...}} is required")
+        raise ValueError(f'{where}: concentrations = {{"0.5" = ..., "5.0" = ...}} is required')
     assert monitor is not None
     for channel, value in conc.items():
         if channel not in CHANNELS or channel not in monitor.channels:
@@ -296,8 +306,10 @@ def _value_fields(where: str, entry: Mapping[str, Any], monitor: Monitor | None)
         raise ValueError(f"{where}: value must be a number (canonical unit)")
     kind = monitor.kind if monitor else None
     if kind == "humidity" and not 0 <= value <= 100:
-        raise ValueError(f"{where}: a humidity hold must lie within 0..100 %RH "
-                         "(impossible values belong to a malformed out_of_range event)")
+        raise ValueError(
+            f"{where}: a humidity hold must lie within 0..100 %RH "
+            "(impossible values belong to a malformed out_of_range event)"
+        )
     if kind == "temperature" and value <= -273.15:
         raise ValueError(f"{where}: a temperature hold must be above absolute zero")
     return {"value": float(value)}
@@ -324,10 +336,15 @@ def _malformed_fields(where: str, entry: Mapping[str, Any], monitor: Monitor | N
     variant = entry.get("variant")
     if variant not in MALFORMED_VARIANTS:
         raise ValueError(f"{where}: variant must be one of {', '.join(MALFORMED_VARIANTS)}")
-    if (variant == "out_of_range" and monitor is not None
-            and monitor.kind not in ("humidity", "particles", "temperature")):
-        raise ValueError(f"{where}: out_of_range needs a humidity, particles or temperature "
-                         f"monitor, {monitor.code} is {monitor.kind}")
+    if (
+        variant == "out_of_range"
+        and monitor is not None
+        and monitor.kind not in ("humidity", "particles", "temperature")
+    ):
+        raise ValueError(
+            f"{where}: out_of_range needs a humidity, particles or temperature "
+            f"monitor, {monitor.code} is {monitor.kind}"
+        )
     return {"variant": variant, "count": _count(where, entry)}
 
 
@@ -342,8 +359,7 @@ def _units_fields(where: str, entry: Mapping[str, Any], monitor: Monitor | None)
     assert monitor is not None
     allowed = UNITS_BY_KIND[monitor.kind]
     if unit not in allowed:
-        raise ValueError(f"{where}: unit {unit!r} is not a {monitor.kind} unit "
-                         f"({', '.join(allowed)})")
+        raise ValueError(f"{where}: unit {unit!r} is not a {monitor.kind} unit ({', '.join(allowed)})")
     return {"unit": unit}
 
 
@@ -372,16 +388,23 @@ def _check_no_overlap(what: str, spans: list[tuple[str, timedelta, timedelta, in
 
 def _check_event_overlaps(events: tuple[Event, ...]) -> None:
     """Lasting faults of one monitor must not overlap (offline ones checked separately)."""
-    lasting = [(e.monitor or "", e.at, e.end, i) for i, e in enumerate(events)
-               if e.type in ("particle_burst", "pressure_drop", "hold")]
+    lasting = [
+        (e.monitor or "", e.at, e.end, i)
+        for i, e in enumerate(events)
+        if e.type in ("particle_burst", "pressure_drop", "hold")
+    ]
     _check_no_overlap("events", lasting)
-    offline = [(e.monitor or "", e.at, e.end, i) for i, e in enumerate(events)
-               if e.type == "offline"]
+    offline = [(e.monitor or "", e.at, e.end, i) for i, e in enumerate(events) if e.type == "offline"]
     _check_no_overlap("events", offline)
 
 
-def _parse_expect(i: int, entry: Mapping[str, Any], facility: Facility, duration: timedelta,
-                  operations: tuple[Operation, ...]) -> Expectation:
+def _parse_expect(
+    i: int,
+    entry: Mapping[str, Any],
+    facility: Facility,
+    duration: timedelta,
+    operations: tuple[Operation, ...],
+) -> Expectation:
     """Parse one ``[[expect]]`` entry and check its state against the operations."""
     where = f"expect[{i}] ({entry.get('monitor', '?')})"
     _check_keys(where, entry, {"monitor", "channel", "level", "state", "start"})
@@ -399,6 +422,8 @@ def _parse_expect(i: int, entry: Mapping[str, Any], facility: Facility, duration
     in_op = room_in_operation(facility, operations, monitor.room, start)
     if in_op != (entry["state"] == "in_operation"):
         actual = "in_operation" if in_op else "at_rest"
-        raise ValueError(f"{where}: state {entry['state']!r} but room {monitor.room} is "
-                         f"{actual} at {format_duration(start)} per [[operations]]")
+        raise ValueError(
+            f"{where}: state {entry['state']!r} but room {monitor.room} is "
+            f"{actual} at {format_duration(start)} per [[operations]]"
+        )
     return Expectation(monitor.code, entry["level"], entry["state"], start, channel)

@@ -48,8 +48,10 @@ def databases(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SQLiteDataba
 def migrated_template(databases: SQLiteDatabases | PostgresDatabases) -> Path:
     """The migrated SQLite template file (SQLite only: use ``databases.new()`` instead)."""
     if ON_POSTGRES:
-        pytest.fail("migrated_template is a SQLite file: use the `databases` fixture "
-                    "(databases.new(), databases.clone(url)) to run on both backends")
+        pytest.fail(
+            "migrated_template is a SQLite file: use the `databases` fixture "
+            "(databases.new(), databases.clone(url)) to run on both backends"
+        )
     return databases.template
 
 
@@ -110,8 +112,11 @@ def _fail_on_logged_errors(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
     """A swallowed exception that was logged as an error fails the test (Home Assistant style)."""
     caplog.set_level(logging.WARNING)
     yield
-    errors = [r for r in caplog.get_records("call")
-              if r.levelno >= logging.ERROR and r.name.split(".")[0] in ("tracker", "simulators")]
+    errors = [
+        r
+        for r in caplog.get_records("call")
+        if r.levelno >= logging.ERROR and r.name.split(".")[0] in ("tracker", "simulators")
+    ]
     if errors:
         pytest.fail("errors were logged: " + "; ".join(r.getMessage() for r in errors))
 
@@ -134,6 +139,7 @@ def people_engine(facility_engine: Engine) -> Engine:
 
 # --- web app (issue 7) ---------------------------------------------------------------------------
 
+
 @pytest.fixture
 def web_engine(people_engine: Engine) -> Engine:
     """``people_engine`` plus a viewer account: one account per role for the web tests."""
@@ -148,5 +154,6 @@ def web_app(web_engine: Engine):
     from tracker.web.app import create_app
     from tracker.web.config import WebSettings
 
-    return create_app(engine=web_engine, settings=WebSettings(secret_key="t" * 40,
-                                                                  login_attempts_per_minute=10_000))
+    return create_app(
+        engine=web_engine, settings=WebSettings(secret_key="t" * 40, login_attempts_per_minute=10_000)
+    )

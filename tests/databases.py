@@ -77,14 +77,13 @@ class PostgresDatabases:
         self.prefix = f"trk{os.getpid()}_"
         self._names = itertools.count(1)
         # AUTOCOMMIT: CREATE/DROP DATABASE cannot run inside a transaction block
-        self.admin: Engine = create_engine(self.admin_url, isolation_level="AUTOCOMMIT",
-                                           poolclass=NullPool)
+        self.admin: Engine = create_engine(self.admin_url, isolation_level="AUTOCOMMIT", poolclass=NullPool)
         self.template = self.prefix + "template"
         self._execute(f'DROP DATABASE IF EXISTS "{self.template}" WITH (FORCE)')
         self._execute(f'CREATE DATABASE "{self.template}"')
         url = self.url(self.template)
         upgrade(url)
-        dispose_engine(url)   # a template must have no open connection when it is copied
+        dispose_engine(url)  # a template must have no open connection when it is copied
         # CREATE DATABASE copies the template block by block (≈ 0.1 s idle, more under load):
         # the next test's database is made in the background while the current test runs
         self._maker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pg-next-db")
@@ -138,6 +137,8 @@ def open_databases(root: Path) -> SQLiteDatabases | PostgresDatabases:
         return SQLiteDatabases(root)
     admin_url = os.environ.get("TRACKER_TEST_PG_URL")
     if not admin_url:
-        raise RuntimeError("TRACKER_TEST_BACKEND=postgresql needs TRACKER_TEST_PG_URL, the admin URL "
-                           "of a running cluster (scripts/test starts one)")
+        raise RuntimeError(
+            "TRACKER_TEST_BACKEND=postgresql needs TRACKER_TEST_PG_URL, the admin URL "
+            "of a running cluster (scripts/test starts one)"
+        )
     return PostgresDatabases(admin_url)

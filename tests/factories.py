@@ -13,17 +13,46 @@ def iso(t: datetime) -> str:
     return t.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
-def particles(*, monitor: str = "T-B1-PC", seq: int, ts: datetime, c05: int, c50: int = 0,
-              volume: float = 28.3, unit: str = "L", status: str = "ok") -> bytes:
-    return json.dumps({"schema": "gmp.reading/1", "monitor": monitor, "seq": seq, "ts": iso(ts),
-                       "kind": "particles", "sample": {"volume": volume, "unit": unit},
-                       "counts": {"0.5": c05, "5.0": c50}, "status": status}).encode()
+def particles(
+    *,
+    monitor: str = "T-B1-PC",
+    seq: int,
+    ts: datetime,
+    c05: int,
+    c50: int = 0,
+    volume: float = 28.3,
+    unit: str = "L",
+    status: str = "ok",
+) -> bytes:
+    return json.dumps(
+        {
+            "schema": "gmp.reading/1",
+            "monitor": monitor,
+            "seq": seq,
+            "ts": iso(ts),
+            "kind": "particles",
+            "sample": {"volume": volume, "unit": unit},
+            "counts": {"0.5": c05, "5.0": c50},
+            "status": status,
+        }
+    ).encode()
 
 
-def scalar(*, monitor: str, kind: str, seq: int, ts: datetime, value: float, unit: str,
-           status: str = "ok") -> bytes:
-    return json.dumps({"schema": "gmp.reading/1", "monitor": monitor, "seq": seq, "ts": iso(ts),
-                       "kind": kind, "value": value, "unit": unit, "status": status}).encode()
+def scalar(
+    *, monitor: str, kind: str, seq: int, ts: datetime, value: float, unit: str, status: str = "ok"
+) -> bytes:
+    return json.dumps(
+        {
+            "schema": "gmp.reading/1",
+            "monitor": monitor,
+            "seq": seq,
+            "ts": iso(ts),
+            "kind": kind,
+            "value": value,
+            "unit": unit,
+            "status": status,
+        }
+    ).encode()
 
 
 def topic(room: str, monitor: str, *, site: str = SITE) -> str:
@@ -58,8 +87,14 @@ def add_person(engine, username: str, full_name: str, roles: list[str]) -> None:
     from tracker.identity.users import change_password, create_user, login
 
     with unit_of_work(engine) as s:
-        create_user(s, username=username, full_name=full_name, roles=roles, password=TEMPORARY_PASSWORD,
-                    actor=as_(engine, "admin"))
+        create_user(
+            s,
+            username=username,
+            full_name=full_name,
+            roles=roles,
+            password=TEMPORARY_PASSWORD,
+            actor=as_(engine, "admin"),
+        )
     me = login(engine, username=username, password=TEMPORARY_PASSWORD)
     with unit_of_work(engine) as s:
         change_password(s, actor=me, new_password=PASSWORD)
@@ -78,8 +113,14 @@ def make_people(engine) -> None:
     with unit_of_work(engine) as s:
         for username, (name, roles) in PEOPLE.items():
             if username != "admin":
-                create_user(s, username=username, full_name=name, roles=roles,
-                            password=TEMPORARY_PASSWORD, actor=admin)
+                create_user(
+                    s,
+                    username=username,
+                    full_name=name,
+                    roles=roles,
+                    password=TEMPORARY_PASSWORD,
+                    actor=admin,
+                )
     for username in PEOPLE:
         if username != "admin":
             me = login(engine, username=username, password=TEMPORARY_PASSWORD)

@@ -37,7 +37,7 @@ STATS = re.compile(r"ingest stats: (.*)$")
 
 @dataclass
 class StatsLine:
-    at: float           # time.monotonic() when the test read it
+    at: float  # time.monotonic() when the test read it
     values: dict[str, int]
 
 
@@ -54,11 +54,22 @@ class IngesterProcess:
     proc: subprocess.Popen | None = None
 
     def start(self, *, timeout: float = 30.0) -> IngesterProcess:
-        env = {**os.environ, "TRACKER_DATABASE_URL": self.db_url, "TRACKER_MQTT_URL": self.broker.url,
-               "TRACKER_MQTT_CLIENT_ID": self.client_id, "TRACKER_INGEST_STATS_S": "0.5",
-               "TRACKER_LANG": "en", **self.env}
-        self.proc = subprocess.Popen([sys.executable, "-m", "tracker.cli", "ingest"], env=env,
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        env = {
+            **os.environ,
+            "TRACKER_DATABASE_URL": self.db_url,
+            "TRACKER_MQTT_URL": self.broker.url,
+            "TRACKER_MQTT_CLIENT_ID": self.client_id,
+            "TRACKER_INGEST_STATS_S": "0.5",
+            "TRACKER_LANG": "en",
+            **self.env,
+        }
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "tracker.cli", "ingest"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         threading.Thread(target=self._read, args=(self.proc,), daemon=True).start()
         self.wait_subscribed(1, timeout=timeout)
         return self
@@ -68,8 +79,10 @@ class IngesterProcess:
             self.lines.append(line.rstrip("\n"))
             match = STATS.search(line)
             if match:
-                values = {k: (int(v) if v.isdigit() else int(v == "True"))
-                          for k, v in (kv.split("=") for kv in match.group(1).split())}
+                values = {
+                    k: (int(v) if v.isdigit() else int(v == "True"))
+                    for k, v in (kv.split("=") for kv in match.group(1).split())
+                }
                 self.stats.append(StatsLine(time.monotonic(), values))
 
     def subscriptions(self) -> int:
@@ -160,8 +173,14 @@ class Publisher:
             self.client.loop_stop()
 
 
-def publish_paced(broker: LocalBroker, messages: Sequence[tuple[str, bytes]], *, client_id: str,
-                  rate: float | None = None, progress: list[int] | None = None) -> None:
+def publish_paced(
+    broker: LocalBroker,
+    messages: Sequence[tuple[str, bytes]],
+    *,
+    client_id: str,
+    rate: float | None = None,
+    progress: list[int] | None = None,
+) -> None:
     """Publish ``messages`` at ``rate`` per second (None: as fast as possible), every one
     acknowledged by the broker before returning; ``progress[0]`` counts what went out."""
     started = time.monotonic()
@@ -181,12 +200,14 @@ class DatabaseOutage:
     (``BEGIN EXCLUSIVE``; readers still read, in WAL mode); PostgreSQL, the database stops
     accepting connections and its sessions are terminated."""
 
-    LOCKER = ("import sqlite3, sys\n"
-              "con = sqlite3.connect(sys.argv[1], isolation_level=None, timeout=60)\n"
-              "con.execute('BEGIN EXCLUSIVE')\n"
-              "print('locked', flush=True)\n"
-              "sys.stdin.readline()\n"
-              "con.execute('COMMIT')\n")
+    LOCKER = (
+        "import sqlite3, sys\n"
+        "con = sqlite3.connect(sys.argv[1], isolation_level=None, timeout=60)\n"
+        "con.execute('BEGIN EXCLUSIVE')\n"
+        "print('locked', flush=True)\n"
+        "sys.stdin.readline()\n"
+        "con.execute('COMMIT')\n"
+    )
 
     def __init__(self, db_url: str) -> None:
         self.url = make_url(db_url)
@@ -201,16 +222,25 @@ class DatabaseOutage:
 
     def begin(self) -> None:
         if self.dialect == "sqlite":
-            self._locker = subprocess.Popen([sys.executable, "-c", self.LOCKER, self.url.database],
-                                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            self._locker = subprocess.Popen(
+                [sys.executable, "-c", self.LOCKER, self.url.database],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+            )
             assert self._locker.stdout.readline().strip() == "locked"
             return
         name = self.url.database
         engine = self._admin()
         with engine.connect() as conn:
             conn.execute(text(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false'))
-            conn.execute(text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                              "WHERE datname = :db AND pid <> pg_backend_pid()"), {"db": name})
+            conn.execute(
+                text(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE datname = :db AND pid <> pg_backend_pid()"
+                ),
+                {"db": name},
+            )
         engine.dispose()
 
     def end(self) -> None:
@@ -234,8 +264,9 @@ def stored_count(engine: Engine) -> int:
 def stored_keys(engine: Engine) -> set[tuple[str, int]]:
     """Every stored reading as (monitor code, seq)."""
     with unit_of_work(engine) as s:
-        rows = s.exec(select(Monitor.code, RawMessage.seq)
-                      .join(Monitor, Monitor.id == RawMessage.monitor_id)).all()
+        rows = s.exec(
+            select(Monitor.code, RawMessage.seq).join(Monitor, Monitor.id == RawMessage.monitor_id)
+        ).all()
     return {(code, seq) for code, seq in rows}
 
 
@@ -243,23 +274,56 @@ def episodes(engine: Engine, *, include_superseded: bool = False) -> list[tuple]
     """Excursions without row ids and bookkeeping times: what two runs must agree on."""
     with unit_of_work(engine) as s:
         rows = list_excursions(s, include_superseded=include_superseded)
-    return sorted((r["type"], r["monitor"], r["channel"] or "", r["level"], r["state"],
-                   r["started_at"], r["ended_at"] or "", r["peak"] if r["ended_at"] else None,
-                   r["limit"], r["readings"], r["status"], r["direction"]) for r in rows)
+    return sorted(
+        (
+            r["type"],
+            r["monitor"],
+            r["channel"] or "",
+            r["level"],
+            r["state"],
+            r["started_at"],
+            r["ended_at"] or "",
+            r["peak"] if r["ended_at"] else None,
+            r["limit"],
+            r["readings"],
+            r["status"],
+            r["direction"],
+        )
+        for r in rows
+    )
 
 
 def rollups(engine: Engine) -> list[tuple]:
     """Hourly rollups by monitor code; the sum rounded (its float order depends on arrival)."""
     with unit_of_work(engine) as s:
-        rows = s.exec(select(Monitor.code, RollupHourly)
-                      .join(Monitor, Monitor.id == RollupHourly.monitor_id)).all()
-    return sorted((code, r.channel, r.hour, r.count, r.invalid, r.n_alert, r.n_action, r.vmin,
-                   r.vmax, round(r.vsum, 6), json.dumps(json.loads(r.hist), sort_keys=True))
-                  for code, r in rows)
+        rows = s.exec(
+            select(Monitor.code, RollupHourly).join(Monitor, Monitor.id == RollupHourly.monitor_id)
+        ).all()
+    return sorted(
+        (
+            code,
+            r.channel,
+            r.hour,
+            r.count,
+            r.invalid,
+            r.n_alert,
+            r.n_action,
+            r.vmin,
+            r.vmax,
+            round(r.vsum, 6),
+            json.dumps(json.loads(r.hist), sort_keys=True),
+        )
+        for code, r in rows
+    )
 
 
-def ingest_directly(engine: Engine, messages: Iterable[tuple[str, bytes]], *,
-                    batch_size: int = 1000, delay: timedelta = timedelta(0)) -> None:
+def ingest_directly(
+    engine: Engine,
+    messages: Iterable[tuple[str, bytes]],
+    *,
+    batch_size: int = 1000,
+    delay: timedelta = timedelta(0),
+) -> None:
     """The reference run: the same parsing and intake as the ingester, no broker, no fault."""
     processor = BatchProcessor(Intake())
     batch: list[InboundMessage] = []

@@ -14,8 +14,13 @@ from tracker.wire.broker import LocalBroker
 from tracker.wire.mqtt import connect, make_client, parse_broker_url
 
 
-def publish_all(broker: LocalBroker, messages: Iterable[tuple[str, bytes]], *,
-                client_id: str = "test-publisher", retain: bool = False) -> int:
+def publish_all(
+    broker: LocalBroker,
+    messages: Iterable[tuple[str, bytes]],
+    *,
+    client_id: str = "test-publisher",
+    retain: bool = False,
+) -> int:
     """Publish at QoS 1 and wait until the broker has acknowledged every message."""
     address = parse_broker_url(broker.url)
     client = make_client(address, client_id=client_id, protocol=broker.protocol)
@@ -50,13 +55,23 @@ def wait_until(predicate: Callable[[], bool], *, timeout: float = 30.0, what: st
 
 
 @contextmanager
-def running_ingester(engine: Engine, broker: LocalBroker, *, client_id: str = "test-ingest",
-                     close_after: int = 3, wait_subscribed: bool = True,
-                     gap_check_s: float = 5.0) -> Iterator[Ingester]:
+def running_ingester(
+    engine: Engine,
+    broker: LocalBroker,
+    *,
+    client_id: str = "test-ingest",
+    close_after: int = 3,
+    wait_subscribed: bool = True,
+    gap_check_s: float = 5.0,
+) -> Iterator[Ingester]:
     """An ingest worker on a thread, subscribed before the test publishes."""
-    ingester = Ingester(engine, parse_broker_url(broker.url),
-                        IngestOptions(client_id=client_id, protocol=broker.protocol,
-                                      close_after=close_after, gap_check_s=gap_check_s))
+    ingester = Ingester(
+        engine,
+        parse_broker_url(broker.url),
+        IngestOptions(
+            client_id=client_id, protocol=broker.protocol, close_after=close_after, gap_check_s=gap_check_s
+        ),
+    )
     stop = threading.Event()
     thread = threading.Thread(target=ingester.run, args=(stop,), name="ingester", daemon=True)
     thread.start()

@@ -26,7 +26,7 @@ from tracker.monitoring.intake import Intake
 
 ROOT = Path(__file__).resolve().parent.parent
 
-DRAW = r'''
+DRAW = r"""
 import json, sys
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
@@ -82,7 +82,7 @@ with ThreadPoolExecutor(6) as pool:
 out["changed_after_threads"] = sorted(k for k, v in settings().items() if before.get(k) != v)
 out["pyplot"] = "matplotlib.pyplot" in sys.modules
 json.dump(out, sys.stdout)
-'''
+"""
 
 
 def _normalise(svg: str) -> str:
@@ -94,39 +94,55 @@ def _normalise(svg: str) -> str:
 
 
 def _draw(db_url: str, order: str) -> dict:
-    done = subprocess.run([sys.executable, "-c", DRAW, db_url, order, T0.isoformat()], cwd=ROOT,
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-c", DRAW, db_url, order, T0.isoformat()],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout)
 
 
-def test_web_and_report_charts_keep_their_own_settings_in_any_order(facility_engine: Engine,
-                                                                    db_url: str) -> None:
-    messages = [InboundMessage(topic=topic("T-B1", "T-B1-PC"), received_at=T0 + timedelta(days=1), dup=False,
-                               payload=particles(monitor="T-B1-PC", seq=m + 1, ts=T0 + timedelta(minutes=m),
-                                                 c05=50_000 if m % 60 < 5 else 1000))
-                for m in range(180) if not 100 <= m < 120]
+def test_web_and_report_charts_keep_their_own_settings_in_any_order(
+    facility_engine: Engine, db_url: str
+) -> None:
+    messages = [
+        InboundMessage(
+            topic=topic("T-B1", "T-B1-PC"),
+            received_at=T0 + timedelta(days=1),
+            dup=False,
+            payload=particles(
+                monitor="T-B1-PC", seq=m + 1, ts=T0 + timedelta(minutes=m), c05=50_000 if m % 60 < 5 else 1000
+            ),
+        )
+        for m in range(180)
+        if not 100 <= m < 120
+    ]
     with unit_of_work(facility_engine) as s:
         BatchProcessor(Intake(close_after=3)).process(s, messages)
 
     web_first = _draw(db_url, "web,report")
     report_first = _draw(db_url, "report,web")
     for run in (web_first, report_first):
-        assert run["changed"] == [[], []]                    # rcParams as found after each chart
+        assert run["changed"] == [[], []]  # rcParams as found after each chart
         assert run["changed_after_threads"] == []
-        assert run["pyplot"] is False                         # no global figure manager, no backend
+        assert run["pyplot"] is False  # no global figure manager, no backend
     web_alone, report_after_web = web_first["drawn"]
     report_alone, web_after_report = report_first["drawn"]
     # the report's charts are deterministic (stable ids, no date): byte for byte
     assert report_after_web == report_alone
     # the web chart: same drawing, its own 10 pt text and spines (the report's 8 pt once leaked in)
     assert _normalise(web_after_report["web"]) == _normalise(web_alone["web"])
-    assert 'scale(0.1 -0.1)' in web_alone["web"]            # glyphs drawn at the web chart's size
-    if any(Path(font).exists() for font in CJK_FONTS):       # Chinese labels drawn with the CJK face
+    assert "scale(0.1 -0.1)" in web_alone["web"]  # glyphs drawn at the web chart's size
+    if any(Path(font).exists() for font in CJK_FONTS):  # Chinese labels drawn with the CJK face
         assert 'id="NotoSansCJK' in web_alone["web"]
         assert all('id="NotoSansCJK' in svg for svg in report_alone.values())
-    for run, (first, second) in ((web_first, (web_alone, report_after_web)),
-                                 (report_first, (report_alone, web_after_report))):
+    for run, (first, second) in (
+        (web_first, (web_alone, report_after_web)),
+        (report_first, (report_alone, web_after_report)),
+    ):
         for i, drawn in enumerate(run["threads"]):
             expected = (first, second)[i % 2]
             if "web" in drawn:

@@ -23,36 +23,116 @@ def ok(*args: str, db_url: str, stdin: str = "") -> str:
 def test_accounts_batch_and_signatures_from_the_command_line(facility_engine: Engine, db_url: str) -> None:
     pw = PASSWORD + "\n"
     # the first admin: explicit, password typed twice (confirmation) — here through stdin
-    ok("user", "create", "admin", "--name", "Admin", "--role", "admin", "--password-stdin", db_url=db_url,
-       stdin=pw)
-    refused = run("user", "create", "x", "--name", "X", "--role", "qa", "--password-stdin", db_url=db_url,
-                  stdin=pw)
+    ok(
+        "user",
+        "create",
+        "admin",
+        "--name",
+        "Admin",
+        "--role",
+        "admin",
+        "--password-stdin",
+        db_url=db_url,
+        stdin=pw,
+    )
+    refused = run(
+        "user", "create", "x", "--name", "X", "--role", "qa", "--password-stdin", db_url=db_url, stdin=pw
+    )
     assert refused.returncode == 2
     assert "log in as an admin" in refused.stderr
     for name, roles in (("op1", ["operator"]), ("prod", ["production_head"]), ("qa1", ["qa"])):
         role_args = [a for r in roles for a in ("--role", r)]
-        ok("user", "create", name, "--name", f"Person {name}", *role_args, "--as", "admin",
-           "--password-stdin", db_url=db_url, stdin=pw + TEMPORARY_PASSWORD + "\n")
+        ok(
+            "user",
+            "create",
+            name,
+            "--name",
+            f"Person {name}",
+            *role_args,
+            "--as",
+            "admin",
+            "--password-stdin",
+            db_url=db_url,
+            stdin=pw + TEMPORARY_PASSWORD + "\n",
+        )
         # the owner replaces the password the admin chose before it can sign anything
-        ok("user", "passwd", "--as", name, "--password-stdin", db_url=db_url,
-           stdin=TEMPORARY_PASSWORD + "\n" + pw)
+        ok(
+            "user",
+            "passwd",
+            "--as",
+            name,
+            "--password-stdin",
+            db_url=db_url,
+            stdin=TEMPORARY_PASSWORD + "\n" + pw,
+        )
     users = json.loads(ok("user", "list", "--json", db_url=db_url))
     assert [(u["username"], u["roles"]) for u in users] == [
-        ("admin", "admin"), ("op1", "operator"), ("prod", "production_head"), ("qa1", "qa")]
+        ("admin", "admin"),
+        ("op1", "operator"),
+        ("prod", "production_head"),
+        ("qa1", "qa"),
+    ]
 
-    ok("batch", "create", "CT-9", "--product", "CAR-T", "--donor", "D-9", "--as", "op1", "--password-stdin",
-       db_url=db_url, stdin=pw)
-    out = ok("step", "start", "CT-9", "--name", "seeding", "--room", "T-B1-BSC", "--open", "--at", iso(T0),
-             "--as", "op1", "--password-stdin", db_url=db_url, stdin=pw)
+    ok(
+        "batch",
+        "create",
+        "CT-9",
+        "--product",
+        "CAR-T",
+        "--donor",
+        "D-9",
+        "--as",
+        "op1",
+        "--password-stdin",
+        db_url=db_url,
+        stdin=pw,
+    )
+    out = ok(
+        "step",
+        "start",
+        "CT-9",
+        "--name",
+        "seeding",
+        "--room",
+        "T-B1-BSC",
+        "--open",
+        "--at",
+        iso(T0),
+        "--as",
+        "op1",
+        "--password-stdin",
+        db_url=db_url,
+        stdin=pw,
+    )
     step_id = out.split()[1].rstrip(":")
     env_password = tracker("step", "end", step_id, "--as", "op1", db_url=db_url, password=PASSWORD)
-    assert env_password.returncode != 0       # TRACKER_PASSWORD never signs: it asked for the password
-    wrong = run("step", "end", step_id, "--at", iso(T0 + minutes(40)), "--as", "op1", "--password-stdin",
-                db_url=db_url, stdin="wrong password!!\n")
+    assert env_password.returncode != 0  # TRACKER_PASSWORD never signs: it asked for the password
+    wrong = run(
+        "step",
+        "end",
+        step_id,
+        "--at",
+        iso(T0 + minutes(40)),
+        "--as",
+        "op1",
+        "--password-stdin",
+        db_url=db_url,
+        stdin="wrong password!!\n",
+    )
     assert wrong.returncode == 2
     assert "attempt(s) left" in wrong.stderr
-    ok("step", "end", step_id, "--at", iso(T0 + minutes(40)), "--as", "op1", "--password-stdin",
-       db_url=db_url, stdin=pw)
+    ok(
+        "step",
+        "end",
+        step_id,
+        "--at",
+        iso(T0 + minutes(40)),
+        "--as",
+        "op1",
+        "--password-stdin",
+        db_url=db_url,
+        stdin=pw,
+    )
     ok("batch", "complete", "CT-9", "--as", "op1", "--password-stdin", db_url=db_url, stdin=pw)
     ok("batch", "sign", "CT-9", "--as", "prod", "--password-stdin", db_url=db_url, stdin=pw)
     shown = json.loads(ok("batch", "show", "CT-9", "--json", db_url=db_url))
@@ -65,7 +145,7 @@ def test_accounts_batch_and_signatures_from_the_command_line(facility_engine: En
     assert "签名有效" in human
 
     assert "signatures: 2 intact, 0 broken" in ok("audit", "verify", db_url=db_url)
-    with facility_engine.begin() as conn:   # behind the application's back
+    with facility_engine.begin() as conn:  # behind the application's back
         conn.execute(text("UPDATE process_step SET open_processing = :no"), {"no": False})
     tampered = run("audit", "verify", db_url=db_url)
     assert tampered.returncode == 1

@@ -33,15 +33,34 @@ def test_day_in_the_life(engine: Engine, broker: LocalBroker) -> None:
         load_facility(s, read_facility_file(FACILITY), actor="test")
     schedule_operations(engine, scenario.start)
 
-    result = dry_run(sim_facility, scenario, seed=1, start=scenario.start,
-                     duration=scenario.duration)
+    result = dry_run(sim_facility, scenario, seed=1, start=scenario.start, duration=scenario.duration)
     with running_ingester(engine, broker, client_id="day-ingest") as ingester:
         # the publisher runs in its own process (the second core), as real hardware would
-        subprocess.run([sys.executable, "-m", "simulators", "--facility", str(FACILITY),
-                        "--scenario", str(SCENARIO), "--mqtt", broker.url, "--speed", "0",
-                        "--seed", "1"], check=True, capture_output=True, timeout=600)
-        wait_until(lambda: ingester.stats.received >= result.published, timeout=300,
-                   what=f"{result.published} messages ingested")
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "simulators",
+                "--facility",
+                str(FACILITY),
+                "--scenario",
+                str(SCENARIO),
+                "--mqtt",
+                broker.url,
+                "--speed",
+                "0",
+                "--seed",
+                "1",
+            ],
+            check=True,
+            capture_output=True,
+            timeout=600,
+        )
+        wait_until(
+            lambda: ingester.stats.received >= result.published,
+            timeout=300,
+            what=f"{result.published} messages ingested",
+        )
 
     with unit_of_work(engine) as s:
         stats = ingest_stats(s)
@@ -54,11 +73,18 @@ def test_day_in_the_life(engine: Engine, broker: LocalBroker) -> None:
     interval = {m.code: m.interval_s for m in sim_facility.monitors}
     unmatched = list(excursions)
     for exp in result.expected:
-        match = next((e for e in unmatched
-                      if (e["monitor"], e["channel"], e["level"], e["state"]) ==
-                      (exp.monitor, exp.channel, exp.level, exp.state)
-                      and exp.start <= parse_instant(e["started_at"])
-                      <= exp.start + timedelta(seconds=interval[exp.monitor])), None)
+        match = next(
+            (
+                e
+                for e in unmatched
+                if (e["monitor"], e["channel"], e["level"], e["state"])
+                == (exp.monitor, exp.channel, exp.level, exp.state)
+                and exp.start
+                <= parse_instant(e["started_at"])
+                <= exp.start + timedelta(seconds=interval[exp.monitor])
+            ),
+            None,
+        )
         assert match is not None, f"expected excursion not found: {exp}\nfound: {excursions}"
         unmatched.remove(match)
         assert match["ended_at"] is not None

@@ -18,8 +18,16 @@ def series(values: list[float], bounds: Bounds, *, step_s: int = 10) -> list[Jud
     out = []
     for i, v in enumerate(values):
         verdict = evaluate(v, bounds)
-        out.append(Judged(at=T0 + timedelta(seconds=i * step_s), value=v, level=verdict.level,
-                          direction=verdict.direction, bounds=bounds, state="at_rest"))
+        out.append(
+            Judged(
+                at=T0 + timedelta(seconds=i * step_s),
+                value=v,
+                level=verdict.level,
+                direction=verdict.direction,
+                bounds=bounds,
+                state="at_rest",
+            )
+        )
     return out
 
 
@@ -39,9 +47,9 @@ def test_sustained_drop_opens_at_run_start_and_closes_after_in_limit_run() -> No
     ep = eps[0]
     assert ep.level is Level.ACTION
     assert ep.direction == "low"
-    assert ep.started_at == T0 + timedelta(seconds=10)       # first out-of-limit reading
-    assert ep.ended_at == T0 + timedelta(seconds=90)         # first reading back in limit
-    assert ep.closed_by_at == T0 + timedelta(seconds=110)    # third in-limit reading closes it
+    assert ep.started_at == T0 + timedelta(seconds=10)  # first out-of-limit reading
+    assert ep.ended_at == T0 + timedelta(seconds=90)  # first reading back in limit
+    assert ep.closed_by_at == T0 + timedelta(seconds=110)  # third in-limit reading closes it
     assert ep.peak == 5
     assert ep.limit == 10.0
     assert ep.readings == 8
@@ -85,8 +93,16 @@ def test_not_evaluated_readings_neither_open_nor_close() -> None:
     m = SeriesMachine(close_after=2)
     m.feed(series([5000], PARTICLES)[0])
     for i in range(5):
-        m.feed(Judged(at=T0 + timedelta(minutes=5 + i), value=0, level=Level.NOT_EVALUATED,
-                      direction=None, bounds=PARTICLES, state="at_rest"))
+        m.feed(
+            Judged(
+                at=T0 + timedelta(minutes=5 + i),
+                value=0,
+                level=Level.NOT_EVALUATED,
+                direction=None,
+                bounds=PARTICLES,
+                state="at_rest",
+            )
+        )
     assert m.episode is not None
     assert m.episode.open
 

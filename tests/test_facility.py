@@ -20,16 +20,17 @@ BASE = MIN_FACILITY.read_text(encoding="utf-8")
 
 
 REFUSALS = [
-    (lambda s: s.replace('background = "T-B1"', 'background = "NOPE"'),
-     "unknown background room 'NOPE'"),
+    (lambda s: s.replace('background = "T-B1"', 'background = "NOPE"'), "unknown background room 'NOPE'"),
     (lambda s: s.replace('reference = "T-C1"', 'reference = "NOPE"'), "unknown reference room 'NOPE'"),
-    (lambda s: s.replace('reference = "T-C1"\n', ''), "needs 'reference'"),
+    (lambda s: s.replace('reference = "T-C1"\n', ""), "needs 'reference'"),
     (lambda s: s.replace('code = "T-C1"', 'code = "T-B1"', 1), "duplicate room code 'T-B1'"),
     (lambda s: s.replace('code = "T-B1-H"', 'code = "T-B1-T"'), "duplicate monitor code 'T-B1-T'"),
     (lambda s: s.replace('grade = "D"', 'grade = "E"'), "unknown grade 'E'"),
     (lambda s: s.replace('kind = "humidity"', 'kind = "noise"'), "unknown kind 'noise'"),
-    (lambda s: s.replace('room = "T-B1"\nkind = "humidity"', 'room = "T-X"\nkind = "humidity"'),
-     "unknown room 'T-X'"),
+    (
+        lambda s: s.replace('room = "T-B1"\nkind = "humidity"', 'room = "T-X"\nkind = "humidity"'),
+        "unknown room 'T-X'",
+    ),
     (lambda s: s.replace('timezone = "Asia/Shanghai"', 'timezone = "Mars/Olympus"'), "time zone"),
     (lambda s: s.replace('limit_set = "CN-GMP-2010"', 'limit_set = "FDA-1987"'), "unknown limit set"),
     (lambda s: s + "\n[[rooms]]\ncode = 'L1'\nname = 'l'\ngrade = 'C'\nbackground = 'L1'\n", "loop"),
@@ -56,8 +57,10 @@ def test_the_refusals_carry_their_chinese_wording(change, message: str) -> None:
 
 
 def test_a_looser_level_is_refused_in_chinese_too() -> None:
-    looser = BASE + ("\n[[limits]]\ngrade = 'B'\nkind = 'particles'\nchannel = '0.5'\nstate = 'at_rest'\n"
-                     "action_high = 1e9\n")
+    looser = BASE + (
+        "\n[[limits]]\ngrade = 'B'\nkind = 'particles'\nchannel = '0.5'\nstate = 'at_rest'\n"
+        "action_high = 1e9\n"
+    )
     with pytest.raises(LimitTooLooseError, match="may only be tighter") as refused:
         parse_facility(looser)
     assert "设施限度只能严于法规" in refused.value.said("zh-CN")

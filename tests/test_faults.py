@@ -73,8 +73,9 @@ def quarantine_by_reason(engine: Engine) -> dict[str, int]:
 
 
 def pressure(monitor: str, room: str, seq: int, ts: datetime, value: float = 15.0) -> Message:
-    return topic(room, monitor), scalar(monitor=monitor, kind="pressure", seq=seq, ts=ts,
-                                        value=value, unit="Pa")
+    return topic(room, monitor), scalar(
+        monitor=monitor, kind="pressure", seq=seq, ts=ts, value=value, unit="Pa"
+    )
 
 
 def keys(messages: list[Message]) -> set[tuple[str, int]]:
@@ -86,6 +87,7 @@ def keys(messages: list[Message]) -> set[tuple[str, int]]:
 
 
 # --------------------------------------------------------------------------- back-pressure
+
 
 def test_mosquitto_honours_the_first_receive_maximum_window(broker: LocalBroker) -> None:
     """What the ingester asks of the broker: with Receive Maximum 5 and nothing acknowledged,
@@ -113,18 +115,20 @@ def test_mosquitto_honours_the_first_receive_maximum_window(broker: LocalBroker)
 
 # --------------------------------------------------------------------------- ingester SIGKILL
 
+
 def test_ingester_sigkill_mid_stream_loses_nothing_and_doubles_nothing(
-        facility_engine: Engine, db_url: str, broker: LocalBroker) -> None:
+    facility_engine: Engine, db_url: str, broker: LocalBroker
+) -> None:
     n = 20_000
     messages = [pressure("T-B1-DP", "T-B1", i + 1, T0 + timedelta(seconds=10 * i)) for i in range(n)]
     env = {"TRACKER_INGEST_BATCH_SIZE": "200"}
     first = IngesterProcess(db_url, broker, client_id="crash-test-ingest", env=env).start()
     try:
-        publisher = threading.Thread(target=publish_all, args=(broker, messages),
-                                     kwargs={"client_id": "crash-test-publisher"})
+        publisher = threading.Thread(
+            target=publish_all, args=(broker, messages), kwargs={"client_id": "crash-test-publisher"}
+        )
         publisher.start()
-        wait_until(lambda: stored_count(facility_engine) >= n // 4, timeout=60,
-                   what="a quarter stored")
+        wait_until(lambda: stored_count(facility_engine) >= n // 4, timeout=60, what="a quarter stored")
         first.kill()
         killed_at = stored_count(facility_engine)
         assert 0 < killed_at < n, "the kill must land mid-stream"
@@ -137,13 +141,15 @@ def test_ingester_sigkill_mid_stream_loses_nothing_and_doubles_nothing(
         assert second.errors() == []
     with unit_of_work(facility_engine) as s:
         seqs = s.exec(select(RawMessage.seq).order_by(RawMessage.seq)).all()
-    assert seqs == list(range(1, n + 1))   # every one, once (the primary key forbids twins)
+    assert seqs == list(range(1, n + 1))  # every one, once (the primary key forbids twins)
 
 
 # --------------------------------------------------------------------------- broker restart
 
+
 def test_broker_restart_mid_stream_publisher_and_ingester_reconnect(
-        engine: Engine, db_url: str, persistent_broker: LocalBroker) -> None:
+    engine: Engine, db_url: str, persistent_broker: LocalBroker
+) -> None:
     """An hour of the 57-monitor sample centre from the simulator (a gateway); mosquitto is
     stopped and started again on the same port while both sides are mid-stream."""
     with unit_of_work(engine) as s:
@@ -152,8 +158,14 @@ def test_broker_restart_mid_stream_publisher_and_ingester_reconnect(
 
     def simulate() -> None:
         box["result"] = run_simulation(
-            facility_path=NN_CPC, broker=parse_broker_url(persistent_broker.url), speed=360,
-            seed=3, duration=timedelta(hours=1), start=T0, client_id="fault-gateway")
+            facility_path=NN_CPC,
+            broker=parse_broker_url(persistent_broker.url),
+            speed=360,
+            seed=3,
+            duration=timedelta(hours=1),
+            start=T0,
+            client_id="fault-gateway",
+        )
 
     with IngesterProcess(db_url, persistent_broker, env={"TRACKER_INGEST_BATCH_SIZE": "500"}) as ing:
         simulator = threading.Thread(target=simulate)
@@ -170,12 +182,12 @@ def test_broker_restart_mid_stream_publisher_and_ingester_reconnect(
         expected = {(m, seq) for m, t in result.readings.items() for seq in range(1, t.last_seq + 1)}
         assert len(expected) == result.total_readings > 4 * at_restart
         wait_until(lambda: stored_count(engine) >= len(expected), timeout=180, what="all stored")
-        ing.wait_subscribed(2)   # it came back by itself and subscribed again
+        ing.wait_subscribed(2)  # it came back by itself and subscribed again
         final = ing.stop()
         assert ing.errors() == []
     assert any("disconnected from broker" in ln or "not reachable" in ln for ln in ing.lines)
-    assert stored_keys(engine) == expected          # nothing lost
-    assert stored_count(engine) == len(expected)    # nothing doubled
+    assert stored_keys(engine) == expected  # nothing lost
+    assert stored_count(engine) == len(expected)  # nothing doubled
     assert final["stored"] == len(expected)
     assert quarantine_by_reason(engine) == {}
 
@@ -186,7 +198,8 @@ OUTAGE_S = 30.0
 
 
 def test_database_unavailable_30s_applies_back_pressure_and_loses_nothing(
-        facility_engine: Engine, db_url: str, broker: LocalBroker) -> None:
+    facility_engine: Engine, db_url: str, broker: LocalBroker
+) -> None:
     """Traffic at 200 readings/s while the database refuses the ingester for 30 s: the worker
     holds at most its bound (2 × batch = 200) unacknowledged, the broker keeps the rest, and
     everything is stored once when the database is back."""
@@ -196,9 +209,11 @@ def test_database_unavailable_30s_applies_back_pressure_and_loses_nothing(
     progress = [0]
     outage = DatabaseOutage(db_url)
     with IngesterProcess(db_url, broker, env={"TRACKER_INGEST_BATCH_SIZE": str(batch)}) as ing:
-        publisher = threading.Thread(target=publish_paced, args=(broker, messages),
-                                     kwargs={"client_id": "outage-publisher", "rate": rate,
-                                             "progress": progress})
+        publisher = threading.Thread(
+            target=publish_paced,
+            args=(broker, messages),
+            kwargs={"client_id": "outage-publisher", "rate": rate, "progress": progress},
+        )
         publisher.start()
         wait_until(lambda: stored_count(facility_engine) >= 400, timeout=60, what="400 stored")
         outage.begin()
@@ -214,13 +229,15 @@ def test_database_unavailable_30s_applies_back_pressure_and_loses_nothing(
         assert ing.errors() == []
     during = [s.values for s in ing.stats if began + 1.0 < s.at < ended]
     resumed = next(s.at for s in ing.stats if s.at > ended and s.values["stored"] > during[-1]["stored"])
-    print(f"outage {ended - began:.1f}s: {published_during} published meanwhile, pending "
-          f"≤ {max(s['pending'] for s in during)} (bound {window}), {final['db_errors']} failed "
-          f"attempts, first commit {resumed - ended:.1f}s after the database was back")
+    print(
+        f"outage {ended - began:.1f}s: {published_during} published meanwhile, pending "
+        f"≤ {max(s['pending'] for s in during)} (bound {window}), {final['db_errors']} failed "
+        f"attempts, first commit {resumed - ended:.1f}s after the database was back"
+    )
     assert len(during) >= 5, "the worker kept reporting through the outage"
     assert len({s["stored"] for s in during}) == 1, "nothing can be committed while it is down"
-    assert max(s["pending"] for s in during) == window   # full up to the bound, never beyond
-    assert published_during >= 20 * window               # the broker held the other 5,000 or so
+    assert max(s["pending"] for s in during) == window  # full up to the bound, never beyond
+    assert published_during >= 20 * window  # the broker held the other 5,000 or so
     assert final["max_pending"] <= window
     assert final["db_errors"] >= 1
     assert final["stored"] == n
@@ -230,6 +247,7 @@ def test_database_unavailable_30s_applies_back_pressure_and_loses_nothing(
 
 
 # --------------------------------------------------------------------------- malformed flood
+
 
 def valid_day(hours: int = 4) -> list[Message]:
     """Every monitor of the minimal facility in time order, with three scripted episodes:
@@ -246,15 +264,42 @@ def valid_day(hours: int = 4) -> list[Message]:
         burst = timedelta(hours=2) <= ts - T0 < timedelta(hours=2, minutes=5)
         hot = timedelta(hours=3) <= ts - T0 < timedelta(hours=3, minutes=15)
         out += [
-            (ts, (topic("T-B1", "T-B1-PC"),
-                  particles(monitor="T-B1-PC", seq=i + 1, ts=ts, c05=400 if burst else 3))),
-            (ts, (topic("T-B1-BSC", "T-BSC-PC"),
-                  particles(monitor="T-BSC-PC", seq=i + 1, ts=ts, c05=1, volume=100))),
+            (
+                ts,
+                (
+                    topic("T-B1", "T-B1-PC"),
+                    particles(monitor="T-B1-PC", seq=i + 1, ts=ts, c05=400 if burst else 3),
+                ),
+            ),
+            (
+                ts,
+                (
+                    topic("T-B1-BSC", "T-BSC-PC"),
+                    particles(monitor="T-BSC-PC", seq=i + 1, ts=ts, c05=1, volume=100),
+                ),
+            ),
             (ts, (topic("T-C1", "T-C1-PC"), particles(monitor="T-C1-PC", seq=i + 1, ts=ts, c05=90))),
-            (ts, (topic("T-B1", "T-B1-T"), scalar(monitor="T-B1-T", kind="temperature", seq=i + 1,
-                                                  ts=ts, value=30.0 if hot else 22.0, unit="degC"))),
-            (ts, (topic("T-B1", "T-B1-H"), scalar(monitor="T-B1-H", kind="humidity", seq=i + 1,
-                                                  ts=ts, value=52.0, unit="percent"))),
+            (
+                ts,
+                (
+                    topic("T-B1", "T-B1-T"),
+                    scalar(
+                        monitor="T-B1-T",
+                        kind="temperature",
+                        seq=i + 1,
+                        ts=ts,
+                        value=30.0 if hot else 22.0,
+                        unit="degC",
+                    ),
+                ),
+            ),
+            (
+                ts,
+                (
+                    topic("T-B1", "T-B1-H"),
+                    scalar(monitor="T-B1-H", kind="humidity", seq=i + 1, ts=ts, value=52.0, unit="percent"),
+                ),
+            ),
         ]
     out.sort(key=lambda pair: pair[0])
     return [m for _, m in out]
@@ -266,20 +311,30 @@ def malformed_flood() -> tuple[list[Message], Counter[str]]:
     base = 900_000_000
 
     def dp(seq: int, **changes) -> dict:
-        doc = json.loads(scalar(monitor="T-B1-DP", kind="pressure", seq=base + seq,
-                                ts=T0, value=15.0, unit="Pa"))
+        doc = json.loads(
+            scalar(monitor="T-B1-DP", kind="pressure", seq=base + seq, ts=T0, value=15.0, unit="Pa")
+        )
         doc.update(changes)
         return doc
 
     good_topic = topic("T-B1", "T-B1-DP")
     kinds: list[tuple[str, int, object]] = [
         ("bad_json", 2000, lambda i: (good_topic, json.dumps(dp(i)).encode()[:-10])),
-        ("schema", 1000, lambda i: (good_topic, json.dumps(
-            {**{k: v for k, v in dp(i).items() if k != "seq"}, "n": i}).encode())),
+        (
+            "schema",
+            1000,
+            lambda i: (
+                good_topic,
+                json.dumps({**{k: v for k, v in dp(i).items() if k != "seq"}, "n": i}).encode(),
+            ),
+        ),
         ("schema", 500, lambda i: ("gmp/T-SITE/T-B1", json.dumps(dp(i)).encode())),
         ("schema", 500, lambda i: (good_topic, json.dumps(dp(i, monitor="T-D1-DP")).encode())),
-        ("unknown_monitor", 1500, lambda i: (topic("T-B1", "ZZ-GHOST"),
-                                             json.dumps(dp(i, monitor="ZZ-GHOST")).encode())),
+        (
+            "unknown_monitor",
+            1500,
+            lambda i: (topic("T-B1", "ZZ-GHOST"), json.dumps(dp(i, monitor="ZZ-GHOST")).encode()),
+        ),
         ("room_mismatch", 1500, lambda i: (topic("T-C1", "T-B1-DP"), json.dumps(dp(i)).encode())),
         ("bad_unit", 1500, lambda i: (good_topic, json.dumps(dp(i, unit="furlong")).encode())),
         ("out_of_range", 1000, lambda i: (good_topic, json.dumps(dp(i, value=5000.0)).encode())),
@@ -302,20 +357,25 @@ def malformed_flood() -> tuple[list[Message], Counter[str]]:
 
 
 def test_flood_of_10000_malformed_messages_beside_full_rate_valid_traffic(
-        facility_engine: Engine, db_url: str, broker: LocalBroker, tmp_path: Path) -> None:
+    facility_engine: Engine, db_url: str, broker: LocalBroker, tmp_path: Path
+) -> None:
     valid = valid_day()
     flood, reasons = malformed_flood()
     with IngesterProcess(db_url, broker) as ing:
-        threads = [threading.Thread(target=publish_all, args=(broker, msgs),
-                                    kwargs={"client_id": cid})
-                   for msgs, cid in ((valid, "valid-gateway"), (flood, "flood-source"))]
+        threads = [
+            threading.Thread(target=publish_all, args=(broker, msgs), kwargs={"client_id": cid})
+            for msgs, cid in ((valid, "valid-gateway"), (flood, "flood-source"))
+        ]
         for t in threads:
             t.start()
         for t in threads:
             t.join(180)
         total = len(valid) + len(flood)
-        wait_until(lambda: sum(ing.last_stats().get(k, 0) for k in ("stored", "quarantined"))
-                   >= total, timeout=180, what="every message stored or quarantined")
+        wait_until(
+            lambda: sum(ing.last_stats().get(k, 0) for k in ("stored", "quarantined")) >= total,
+            timeout=180,
+            what="every message stored or quarantined",
+        )
         final = ing.stop()
         assert ing.errors() == []
     assert final["received"] == total
@@ -328,8 +388,10 @@ def test_flood_of_10000_malformed_messages_beside_full_rate_valid_traffic(
     ingest_directly(reference, valid)
     expected = episodes(reference)
     assert {(e[0], e[1], e[3]) for e in expected} >= {
-        ("limit", "T-B1-DP", "action"), ("limit", "T-B1-PC", "action"),
-        ("limit", "T-B1-T", "action")}
+        ("limit", "T-B1-DP", "action"),
+        ("limit", "T-B1-PC", "action"),
+        ("limit", "T-B1-T", "action"),
+    }
     assert episodes(facility_engine) == expected
     assert rollups(facility_engine) == rollups(reference)
 
@@ -353,8 +415,9 @@ def backfill_facility() -> tuple[str, list[tuple[str, str, str, int]]]:
         monitors.append((f"RH{i:02d}", "T-B1" if i % 2 else "T-C1", "humidity", 60))
     body = []
     for code, room, kind, interval in monitors:
-        body.append(f'[[monitors]]\ncode = "{code}"\nroom = "{room}"\nkind = "{kind}"\n'
-                    f"interval_s = {interval}\n")
+        body.append(
+            f'[[monitors]]\ncode = "{code}"\nroom = "{room}"\nkind = "{kind}"\ninterval_s = {interval}\n'
+        )
         if kind == "pressure":
             body.append(f'reference = "{dict(BF_DP)[room]}"\n')
         if room == "T-B1-BSC":
@@ -371,12 +434,16 @@ def backfill_reading(code: str, room: str, kind: str, interval: int, seq: int) -
     if kind == "particles":
         burst = code == "PC01" and timedelta(minutes=100) <= at < timedelta(minutes=105)
         c05 = {"T-B1-BSC": 1, "T-B1": 3, "T-C1": 90, "T-D1": 900}[room]
-        payload = particles(monitor=code, seq=seq, ts=ts, c05=400 if burst else c05,
-                            volume=100 if room == "T-B1-BSC" else 28.3)
+        payload = particles(
+            monitor=code,
+            seq=seq,
+            ts=ts,
+            c05=400 if burst else c05,
+            volume=100 if room == "T-B1-BSC" else 28.3,
+        )
     elif kind == "pressure":
         low = code == "DP00" and timedelta(minutes=80) <= at < timedelta(minutes=83)
-        payload = scalar(monitor=code, kind="pressure", seq=seq, ts=ts,
-                         value=7.0 if low else 15.0, unit="Pa")
+        payload = scalar(monitor=code, kind="pressure", seq=seq, ts=ts, value=7.0 if low else 15.0, unit="Pa")
     elif kind == "temperature":
         payload = scalar(monitor=code, kind="temperature", seq=seq, ts=ts, value=22.0, unit="degC")
     else:
@@ -385,7 +452,8 @@ def backfill_reading(code: str, room: str, kind: str, interval: int, seq: int) -
 
 
 def test_backfill_burst_one_hour_from_60_monitors_while_live_traffic_continues(
-        engine: Engine, db_url: str, broker: LocalBroker, tmp_path: Path) -> None:
+    engine: Engine, db_url: str, broker: LocalBroker, tmp_path: Path
+) -> None:
     """A gateway outage from 01:00 to 02:00: live data resume at 02:00 (60 gaps open by event
     time), then all 60 monitors flush their buffered hour at once while live traffic goes on.
     Five monitors lost their first 15 buffered minutes: their gaps shrink to that, the other
@@ -394,10 +462,10 @@ def test_backfill_burst_one_hour_from_60_monitors_while_live_traffic_continues(
     with unit_of_work(engine) as s:
         load_facility(s, parse_facility(text), actor="test")
     assert len(monitors) == 60
-    lost = {code for code, *_ in monitors[:20:4]}          # PC00..PC04: 5 particle counters
+    lost = {code for code, *_ in monitors[:20:4]}  # PC00..PC04: 5 particle counters
     before, backfill, live_first, live_rest = [], [], [], []
     for code, room, kind, interval in monitors:
-        for seq in range(1, 9000 // interval + 1):        # 00:00 .. 02:30
+        for seq in range(1, 9000 // interval + 1):  # 00:00 .. 02:30
             ts, msg = backfill_reading(code, room, kind, interval, seq)
             at = ts - T0
             if at < timedelta(hours=1):
@@ -413,17 +481,21 @@ def test_backfill_burst_one_hour_from_60_monitors_while_live_traffic_continues(
     by_time = [m for _, m in sorted(before, key=lambda p: p[0])]
     first_after = [m for _, m in sorted(live_first, key=lambda p: p[0])]
     after = [m for _, m in sorted(live_rest, key=lambda p: p[0])]
-    flush = [m for _, m in sorted(backfill, key=lambda p: (p[1][0], p[0]))]   # monitor by monitor
+    flush = [m for _, m in sorted(backfill, key=lambda p: (p[1][0], p[0]))]  # monitor by monitor
     assert len(flush) == 8100 - 5 * 15
     with IngesterProcess(db_url, broker) as ing:
         publish_all(broker, by_time + first_after, client_id="live-gateway")
-        wait_until(lambda: stored_count(engine) == len(by_time) + len(first_after), timeout=120,
-                   what="the live data before the flush")
+        wait_until(
+            lambda: stored_count(engine) == len(by_time) + len(first_after),
+            timeout=120,
+            what="the live data before the flush",
+        )
         gaps_before = [e for e in episodes(engine) if e[0] == "data_gap"]
-        assert len(gaps_before) == 60                      # every monitor: 00:59.. → 02:00..
-        threads = [threading.Thread(target=publish_all, args=(broker, msgs),
-                                    kwargs={"client_id": cid})
-                   for msgs, cid in ((after, "live-gateway"), (flush, "backfill-gateway"))]
+        assert len(gaps_before) == 60  # every monitor: 00:59.. → 02:00..
+        threads = [
+            threading.Thread(target=publish_all, args=(broker, msgs), kwargs={"client_id": cid})
+            for msgs, cid in ((after, "live-gateway"), (flush, "backfill-gateway"))
+        ]
         for t in threads:
             t.start()
         for t in threads:
@@ -440,28 +512,32 @@ def test_backfill_burst_one_hour_from_60_monitors_while_live_traffic_continues(
     expected = episodes(reference)
     got = episodes(engine)
     assert got == expected
-    assert rollups(engine) == rollups(reference)      # the hourly rollups took late data too
+    assert rollups(engine) == rollups(reference)  # the hourly rollups took late data too
     gaps = [e for e in got if e[0] == "data_gap"]
-    assert sorted(e[1] for e in gaps) == sorted(lost)     # shrunk, not gone
+    assert sorted(e[1] for e in gaps) == sorted(lost)  # shrunk, not gone
     for e in gaps:
         assert e[5] < iso(T0 + timedelta(hours=1))
         assert e[6] >= iso(T0 + timedelta(hours=1, minutes=15))
         assert e[6] < iso(T0 + timedelta(hours=1, minutes=16))
-    superseded = [e for e in episodes(engine, include_superseded=True) if e[0] == "data_gap"
-                  and e[10] == "superseded"]
+    superseded = [
+        e for e in episodes(engine, include_superseded=True) if e[0] == "data_gap" and e[10] == "superseded"
+    ]
     # each of the 55 filled gaps was superseded (a flush batch ending mid-hour may first have
     # reshaped or split it: those pieces are superseded too, never deleted)
     assert {e[1] for e in superseded} >= {code for code, *_ in monitors} - lost
     limits = {(e[1], e[3], e[5][:16]) for e in got if e[0] == "limit"}
     assert ("DP00", "action", iso(T0 + timedelta(minutes=80))[:16]) in limits
-    assert any(m == "PC01" and start.startswith(iso(T0 + timedelta(minutes=100))[:15])
-               for m, _, start in limits)
+    assert any(
+        m == "PC01" and start.startswith(iso(T0 + timedelta(minutes=100))[:15]) for m, _, start in limits
+    )
 
 
 # --------------------------------------------------------------------------- clock skew
 
+
 def test_clock_skew_ahead_beyond_tolerance_is_quarantined_behind_is_stored_as_late_data(
-        facility_engine: Engine, db_url: str, broker: LocalBroker) -> None:
+    facility_engine: Engine, db_url: str, broker: LocalBroker
+) -> None:
     """Ahead of receipt by more than TRACKER_FUTURE_TOLERANCE_S: quarantined
     ``future_timestamp``, nothing judged even when the value is out of limit; ahead within the
     tolerance: stored. Far behind: stored and judged by its own stamp (it is indistinguishable
@@ -469,15 +545,24 @@ def test_clock_skew_ahead_beyond_tolerance_is_quarantined_behind_is_stored_as_la
     beside it so the lag stays visible. A reset clock (before 2000) is ``schema``."""
     now = utcnow().replace(microsecond=0)
     tolerance = 300
-    ahead = [pressure("T-D1-DP", "T-D1", i + 1, now + timedelta(minutes=10, seconds=10 * i), 3.0)
-             for i in range(12)]
-    within = [pressure("T-D1-DP", "T-D1", 13 + i, now + timedelta(minutes=2, seconds=10 * i))
-              for i in range(3)]
+    ahead = [
+        pressure("T-D1-DP", "T-D1", i + 1, now + timedelta(minutes=10, seconds=10 * i), 3.0)
+        for i in range(12)
+    ]
+    within = [
+        pressure("T-D1-DP", "T-D1", 13 + i, now + timedelta(minutes=2, seconds=10 * i)) for i in range(3)
+    ]
     lag = timedelta(hours=6)
-    behind = [pressure("T-B1-DP", "T-B1", i + 1, now - lag + timedelta(seconds=10 * i),
-                       5.0 if 6 <= i < 18 else 15.0) for i in range(30)]
-    reset = [pressure("T-B1-DP", "T-B1", 100 + i, datetime(1970, 1, 1, tzinfo=UTC)
-                      + timedelta(seconds=10 * i)) for i in range(3)]
+    behind = [
+        pressure(
+            "T-B1-DP", "T-B1", i + 1, now - lag + timedelta(seconds=10 * i), 5.0 if 6 <= i < 18 else 15.0
+        )
+        for i in range(30)
+    ]
+    reset = [
+        pressure("T-B1-DP", "T-B1", 100 + i, datetime(1970, 1, 1, tzinfo=UTC) + timedelta(seconds=10 * i))
+        for i in range(3)
+    ]
     env = {"TRACKER_FUTURE_TOLERANCE_S": str(tolerance)}
     with IngesterProcess(db_url, broker, env=env) as ing:
         publish_all(broker, ahead + within + behind + reset)
@@ -489,15 +574,15 @@ def test_clock_skew_ahead_beyond_tolerance_is_quarantined_behind_is_stored_as_la
     with unit_of_work(facility_engine) as s:
         raw = s.exec(select(RawMessage)).all()
         judged = s.exec(select(Reading.level).where(Reading.event_time > now + timedelta(minutes=5))).all()
-    assert judged == []                                  # nothing from the future was judged
+    assert judged == []  # nothing from the future was judged
     lags = [(r.received_at - json_ts(r.payload)) for r in raw if r.topic.endswith("T-B1-DP")]
     assert len(lags) == 30
     assert all(lag - timedelta(minutes=6) < x <= lag + timedelta(minutes=1) for x in lags)
     limits = [e for e in episodes(facility_engine) if e[0] == "limit"]
     assert [(e[1], e[3], e[5]) for e in limits] == [
-        ("T-B1-DP", "action", iso(now - lag + timedelta(seconds=60)))]
+        ("T-B1-DP", "action", iso(now - lag + timedelta(seconds=60)))
+    ]
 
 
 def json_ts(payload: bytes) -> datetime:
     return datetime.fromisoformat(json.loads(payload)["ts"].replace("Z", "+00:00"))
-

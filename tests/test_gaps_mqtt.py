@@ -24,12 +24,12 @@ from tracker.wire.broker import LocalBroker
 # the BSC counter samples every second here, so three seconds of silence is a gap
 FAST = MIN_FACILITY.read_text(encoding="utf-8").replace(
     'code = "T-BSC-PC"\nroom = "T-B1-BSC"\nkind = "particles"\ninterval_s = 60',
-    'code = "T-BSC-PC"\nroom = "T-B1-BSC"\nkind = "particles"\ninterval_s = 1')
+    'code = "T-BSC-PC"\nroom = "T-B1-BSC"\nkind = "particles"\ninterval_s = 1',
+)
 
 
 def bsc(seq: int, ts) -> tuple[str, bytes]:
-    return topic("T-B1-BSC", "T-BSC-PC"), particles(monitor="T-BSC-PC", seq=seq, ts=ts, c05=1,
-                                                    volume=100)
+    return topic("T-B1-BSC", "T-BSC-PC"), particles(monitor="T-BSC-PC", seq=seq, ts=ts, c05=1, volume=100)
 
 
 def gaps(engine: Engine, **kw) -> list[dict]:
@@ -44,7 +44,8 @@ def test_find_gaps_is_pure_and_exact() -> None:
 
 
 def test_live_silence_opens_a_gap_by_wall_clock_and_data_closes_it(
-        engine: Engine, broker: LocalBroker) -> None:
+    engine: Engine, broker: LocalBroker
+) -> None:
     with unit_of_work(engine) as s:
         load_facility(s, parse_facility(FAST), actor="test")
     with running_ingester(engine, broker, gap_check_s=0.2) as ingester:
@@ -56,8 +57,8 @@ def test_live_silence_opens_a_gap_by_wall_clock_and_data_closes_it(
         (gap,) = gaps(engine)
         assert gap["ended_at"] is None
         assert gap["started_at"] == iso_utc(last)
-        assert gap["level"] == "action"          # grade A: continuous monitoring required
-        assert gap["limit"] == 3.0               # 3 × the 1 s interval
+        assert gap["level"] == "action"  # grade A: continuous monitoring required
+        assert gap["limit"] == 3.0  # 3 × the 1 s interval
         resumed = utcnow().replace(microsecond=0) + timedelta(seconds=1)
         publish_all(broker, [bsc(4, resumed)])
         wait_until(lambda: gaps(engine)[0]["ended_at"] is not None, what="the gap closed")
@@ -81,27 +82,30 @@ time.sleep(600)
 """
 
 
-def test_last_will_offline_opens_a_gap_at_once(facility_engine: Engine,
-                                               broker: LocalBroker) -> None:
+def test_last_will_offline_opens_a_gap_at_once(facility_engine: Engine, broker: LocalBroker) -> None:
     with running_ingester(facility_engine, broker) as ingester:
         reading = particles(monitor="T-BSC-PC", seq=1, ts=T0, c05=1, volume=100)
-        monitor = subprocess.Popen([sys.executable, "-c", LWT_MONITOR, broker.url,
-                                    reading.decode()], stdout=subprocess.PIPE, text=True)
+        monitor = subprocess.Popen(
+            [sys.executable, "-c", LWT_MONITOR, broker.url, reading.decode()],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         assert monitor.stdout.readline().strip() == "ready"
         wait_until(lambda: ingester.stats.stored >= 1)
-        assert gaps(facility_engine) == []       # 60 s interval: no silence gap yet
-        monitor.kill()                           # the monitor dies: the broker sends its will
+        assert gaps(facility_engine) == []  # 60 s interval: no silence gap yet
+        monitor.kill()  # the monitor dies: the broker sends its will
         monitor.wait(5)
         t0 = time.monotonic()
         wait_until(lambda: len(gaps(facility_engine)) == 1, timeout=10, what="gap from LWT")
-        assert time.monotonic() - t0 < 5         # at once, not after 3 × 60 s
+        assert time.monotonic() - t0 < 5  # at once, not after 3 × 60 s
     (gap,) = gaps(facility_engine)
-    assert gap["started_at"] == "2026-11-20T00:00:00Z"   # from the last reading on record
+    assert gap["started_at"] == "2026-11-20T00:00:00Z"  # from the last reading on record
     assert gap["ended_at"] is None
 
 
-def test_backfill_shrinks_a_gap_to_what_is_really_missing(facility_engine: Engine,
-                                                          broker: LocalBroker) -> None:
+def test_backfill_shrinks_a_gap_to_what_is_really_missing(
+    facility_engine: Engine, broker: LocalBroker
+) -> None:
     def pc(m: int) -> tuple[str, bytes]:
         return topic("T-B1", "T-B1-PC"), particles(seq=m + 1, ts=T0 + timedelta(minutes=m), c05=5)
 
@@ -109,12 +113,10 @@ def test_backfill_shrinks_a_gap_to_what_is_really_missing(facility_engine: Engin
         sent = publish_all(broker, [pc(m) for m in [*range(10), *range(40, 50)]])
         wait_until(lambda: ingester.stats.received >= sent)
         (gap,) = gaps(facility_engine)
-        assert (gap["started_at"], gap["ended_at"]) == ("2026-11-20T00:09:00Z",
-                                                        "2026-11-20T00:40:00Z")
-        sent += publish_all(broker, [pc(m) for m in range(10, 20)])   # part of the buffer
+        assert (gap["started_at"], gap["ended_at"]) == ("2026-11-20T00:09:00Z", "2026-11-20T00:40:00Z")
+        sent += publish_all(broker, [pc(m) for m in range(10, 20)])  # part of the buffer
         wait_until(lambda: ingester.stats.received >= sent)
     (shrunk,) = gaps(facility_engine)
-    assert shrunk["id"] == gap["id"]                       # the same gap, re-shaped
-    assert (shrunk["started_at"], shrunk["ended_at"]) == ("2026-11-20T00:19:00Z",
-                                                          "2026-11-20T00:40:00Z")
-    assert shrunk["peak"] == 21 * 60                       # its length in seconds
+    assert shrunk["id"] == gap["id"]  # the same gap, re-shaped
+    assert (shrunk["started_at"], shrunk["ended_at"]) == ("2026-11-20T00:19:00Z", "2026-11-20T00:40:00Z")
+    assert shrunk["peak"] == 21 * 60  # its length in seconds

@@ -27,14 +27,23 @@ def msg(t: str, payload: bytes, *, dup: bool = False, at: datetime = RECEIVED) -
 
 
 def pc(seq: int, minute: float, c05: int, monitor: str = "T-B1-PC", room: str = "T-B1"):
-    return msg(topic(room, monitor), particles(monitor=monitor, seq=seq,
-                                               ts=T0 + timedelta(minutes=minute), c05=c05))
+    return msg(
+        topic(room, monitor), particles(monitor=monitor, seq=seq, ts=T0 + timedelta(minutes=minute), c05=c05)
+    )
 
 
 def dp(seq: int, second: float, pa: float) -> InboundMessage:
-    return msg(topic("T-B1", "T-B1-DP"), scalar(monitor="T-B1-DP", kind="pressure", seq=seq,
-                                                ts=T0 + timedelta(seconds=second), value=pa,
-                                                unit="Pa"))
+    return msg(
+        topic("T-B1", "T-B1-DP"),
+        scalar(
+            monitor="T-B1-DP",
+            kind="pressure",
+            seq=seq,
+            ts=T0 + timedelta(seconds=second),
+            value=pa,
+            unit="Pa",
+        ),
+    )
 
 
 def run(engine: Engine, batches: list[list[InboundMessage]], processor: BatchProcessor | None = None):
@@ -46,7 +55,7 @@ def run(engine: Engine, batches: list[list[InboundMessage]], processor: BatchPro
 
 
 def test_duplicates_are_absorbed_and_counted(facility_engine: Engine) -> None:
-    first = [pc(1, 0, 10), pc(2, 1, 10), pc(2, 1, 10)]          # in-batch duplicate
+    first = [pc(1, 0, 10), pc(2, 1, 10), pc(2, 1, 10)]  # in-batch duplicate
     run(facility_engine, [first, [pc(1, 0, 10), pc(3, 2, 10)]])  # redelivered + new
     with unit_of_work(facility_engine) as s:
         st = ingest_stats(s)
@@ -72,14 +81,24 @@ def test_state_at_event_time_selects_the_limit(facility_engine: Engine) -> None:
     operate(facility_engine, "T-B1", T0 + timedelta(minutes=10), T0 + timedelta(minutes=20))
     run(facility_engine, [[pc(i + 1, m, 2830) for i, m in enumerate([5, 12, 15, 25, 45])]])
     with unit_of_work(facility_engine) as s:
-        rows = s.exec(select(Reading.seq, Reading.level, Reading.state)
-                      .where(Reading.channel == "0.5").order_by(Reading.seq)).all()
-        assert rows == [(1, "action", "at_rest"), (2, "ok", "in_operation"),
-                        (3, "ok", "in_operation"), (4, "ok", "in_operation"),
-                        (5, "action", "at_rest")]
+        rows = s.exec(
+            select(Reading.seq, Reading.level, Reading.state)
+            .where(Reading.channel == "0.5")
+            .order_by(Reading.seq)
+        ).all()
+        assert rows == [
+            (1, "action", "at_rest"),
+            (2, "ok", "in_operation"),
+            (3, "ok", "in_operation"),
+            (4, "ok", "in_operation"),
+            (5, "action", "at_rest"),
+        ]
         basis = s.exec(select(EvaluationBasis)).one()
         assert (basis.limit_set_code, basis.limit_set_version, basis.facility_revision) == (
-            "CN-GMP-2010", "1", 1)
+            "CN-GMP-2010",
+            "1",
+            1,
+        )
 
 
 def test_backfill_lands_in_the_right_episode(facility_engine: Engine) -> None:
@@ -90,14 +109,21 @@ def test_backfill_lands_in_the_right_episode(facility_engine: Engine) -> None:
     processor = run(facility_engine, [live[:10], live[10:]])
     with unit_of_work(facility_engine) as s:
         assert list_excursions(s, type_="limit") == []
-        (gap,) = list_excursions(s, type_="data_gap")   # silence by event time: 00:09 → 00:40
+        (gap,) = list_excursions(s, type_="data_gap")  # silence by event time: 00:09 → 00:40
         assert (gap["started_at"], gap["ended_at"], gap["level"]) == (
-            "2026-11-20T00:09:00Z", "2026-11-20T00:40:00Z", "alert")
+            "2026-11-20T00:09:00Z",
+            "2026-11-20T00:40:00Z",
+            "alert",
+        )
     run(facility_engine, [buffered], processor)
     with unit_of_work(facility_engine) as s:
         (ex,) = list_excursions(s, type_="limit")
         assert (ex["monitor"], ex["channel"], ex["level"], ex["state"]) == (
-            "T-B1-PC", "0.5", "action", "at_rest")
+            "T-B1-PC",
+            "0.5",
+            "action",
+            "at_rest",
+        )
         assert ex["started_at"] == "2026-11-20T00:20:00Z"
         assert ex["ended_at"] == "2026-11-20T00:25:00Z"
         assert ex["readings"] == 5
@@ -106,17 +132,19 @@ def test_backfill_lands_in_the_right_episode(facility_engine: Engine) -> None:
 
 
 def test_late_reading_inside_an_open_episode_extends_it(facility_engine: Engine) -> None:
-    processor = run(facility_engine, [[dp(1, 0, 15), dp(2, 10, 4), dp(4, 30, 4), dp(5, 40, 4),
-                                       dp(6, 50, 4), dp(7, 60, 4), dp(8, 70, 4)]])
+    processor = run(
+        facility_engine,
+        [[dp(1, 0, 15), dp(2, 10, 4), dp(4, 30, 4), dp(5, 40, 4), dp(6, 50, 4), dp(7, 60, 4), dp(8, 70, 4)]],
+    )
     with unit_of_work(facility_engine) as s:
         (ex,) = list_excursions(s, type_="limit")
         first_id = ex["id"]
         assert ex["started_at"] == "2026-11-20T00:00:10Z"
         assert ex["readings"] == 6
-    run(facility_engine, [[dp(3, 20, 3.5)]], processor)   # the missing seq arrives late
+    run(facility_engine, [[dp(3, 20, 3.5)]], processor)  # the missing seq arrives late
     with unit_of_work(facility_engine) as s:
         (ex,) = list_excursions(s, type_="limit")
-        assert ex["id"] == first_id                         # same excursion, updated in place
+        assert ex["id"] == first_id  # same excursion, updated in place
         assert ex["readings"] == 7
         assert ex["peak"] == 3.5
         assert ex["level"] == "action"
@@ -132,7 +160,8 @@ def test_late_in_limit_readings_can_split_an_episode(facility_engine: Engine) ->
         exs = list_excursions(s, type_="limit")
         assert [(e["started_at"], e["ended_at"]) for e in exs] == [
             ("2026-11-20T00:00:00Z", "2026-11-20T00:03:00Z"),
-            ("2026-11-20T00:06:00Z", None)]
+            ("2026-11-20T00:06:00Z", None),
+        ]
         everything = list_excursions(s, include_superseded=True, type_="limit")
         assert len(everything) == 2  # the first row was re-shaped in place, the second is new
 
@@ -148,8 +177,12 @@ def test_restart_resumes_an_open_episode_from_the_database(facility_engine: Engi
 
 
 def test_bad_messages_are_quarantined_and_the_batch_still_stores(facility_engine: Engine) -> None:
-    batch = [pc(1, 0, 10), msg(topic("T-B1", "T-B1-PC"), b"{nope"),
-             msg(topic("T-B1", "T-B1-PC"), b"{nope", dup=True), pc(2, 1, 10)]
+    batch = [
+        pc(1, 0, 10),
+        msg(topic("T-B1", "T-B1-PC"), b"{nope"),
+        msg(topic("T-B1", "T-B1-PC"), b"{nope", dup=True),
+        pc(2, 1, 10),
+    ]
     run(facility_engine, [batch])
     with unit_of_work(facility_engine) as s:
         st = ingest_stats(s)
@@ -158,8 +191,7 @@ def test_bad_messages_are_quarantined_and_the_batch_still_stores(facility_engine
         assert st["quarantine_by_reason"] == {"bad_json": 1}
 
 
-def test_backdated_room_state_reevaluates_exactly_the_affected_episodes(
-        facility_engine: Engine) -> None:
+def test_backdated_room_state_reevaluates_exactly_the_affected_episodes(facility_engine: Engine) -> None:
     # 100,000/m³ for minutes 10-14 in T-B1: an action at rest. The processing session that
     # explains it (in operation 5-20) is recorded only afterwards.
     readings = [pc(m + 1, m, 2830 if 10 <= m < 15 else 10) for m in range(30)]
@@ -167,22 +199,24 @@ def test_backdated_room_state_reevaluates_exactly_the_affected_episodes(
     run(facility_engine, [readings])
     with unit_of_work(facility_engine) as s:
         before = list_excursions(s, type_="limit")
-    assert [(e["monitor"], e["state"]) for e in before] == [("T-C1-PC", "at_rest"),
-                                                             ("T-B1-PC", "at_rest")]
+    assert [(e["monitor"], e["state"]) for e in before] == [("T-C1-PC", "at_rest"), ("T-B1-PC", "at_rest")]
     with unit_of_work(facility_engine) as s:
-        result = record_room_state(s, room_code="T-B1", state="in_operation",
-                                   effective_at=T0 + timedelta(minutes=5), actor="qa.li")
-        record_room_state(s, room_code="T-B1", state="at_rest",
-                          effective_at=T0 + timedelta(minutes=20), actor="qa.li")
+        result = record_room_state(
+            s, room_code="T-B1", state="in_operation", effective_at=T0 + timedelta(minutes=5), actor="qa.li"
+        )
+        record_room_state(
+            s, room_code="T-B1", state="at_rest", effective_at=T0 + timedelta(minutes=20), actor="qa.li"
+        )
     assert result.readings_changed > 0
     with unit_of_work(facility_engine) as s:
         after = list_excursions(s, include_superseded=True, type_="limit")
         # the B room's excursion no longer holds (in limit in operation); the C room's is untouched
-        assert [(e["monitor"], e["status"]) for e in after] == [("T-C1-PC", "open"),
-                                                                 ("T-B1-PC", "superseded")]
+        assert [(e["monitor"], e["status"]) for e in after] == [
+            ("T-C1-PC", "open"),
+            ("T-B1-PC", "superseded"),
+        ]
         assert after[0] == before[0]
-        states = s.exec(select(Reading.state).where(Reading.monitor_id == 1, Reading.seq == 12)
-                        ).all()
+        states = s.exec(select(Reading.state).where(Reading.monitor_id == 1, Reading.seq == 12)).all()
         assert set(states) == {"in_operation"}
         again = reevaluate(s, room_code="T-B1", start=T0, actor="qa.li")
         assert again.readings_changed == 0
@@ -192,8 +226,9 @@ def test_backdated_room_state_reevaluates_exactly_the_affected_episodes(
         assert "readings.reevaluate" in actions
 
 
-def test_rules_do_not_depend_on_batch_boundaries(facility_engine: Engine, db_url: str,
-                                                 clone_db: Callable[[str], str]) -> None:
+def test_rules_do_not_depend_on_batch_boundaries(
+    facility_engine: Engine, db_url: str, clone_db: Callable[[str], str]
+) -> None:
     """One batch or one message per batch: the same excursions of every type."""
     alerts = {60, 61, 180, 181, 300, 301, 420}
     msgs = [pc(m + 1, m, 60 if m in alerts else 10) for m in range(480) if not 200 <= m < 215]
@@ -203,8 +238,10 @@ def test_rules_do_not_depend_on_batch_boundaries(facility_engine: Engine, db_url
 
     def shapes(engine: Engine) -> list[tuple]:
         with unit_of_work(engine) as s:
-            return [(e["type"], e["started_at"], e["ended_at"], e["level"], e["readings"])
-                    for e in list_excursions(s)]
+            return [
+                (e["type"], e["started_at"], e["ended_at"], e["level"], e["readings"])
+                for e in list_excursions(s)
+            ]
 
     one_batch = shapes(facility_engine)
     assert one_batch == shapes(get_engine(other))
@@ -213,14 +250,19 @@ def test_rules_do_not_depend_on_batch_boundaries(facility_engine: Engine, db_url
 
 
 def test_reevaluating_a_window_re_judges_the_rolling_volume_after_it(
-        facility_engine: Engine, db_url: str, clone_db: Callable[[str], str]) -> None:
+    facility_engine: Engine, db_url: str, clone_db: Callable[[str], str]
+) -> None:
     """Grade B at rest, ≥5.0 µm, 28.3 L: one count (35 /m³) exceeds 29 /m³, so action is
     judged over the rolling cubic metre. An operation recorded late for 00:05-00:10 (recovery
     to 00:30) takes those samples out of the at-rest window: re-evaluating only [00:05, 00:30)
     must leave every later verdict exactly as ingesting with the right timeline does."""
-    msgs = [msg(topic("T-B1", "T-B1-PC"), particles(seq=m + 1, ts=T0 + timedelta(minutes=m),
-                                                    c05=10, c50=1 if 8 <= m < 45 else 0))
-            for m in range(90)]
+    msgs = [
+        msg(
+            topic("T-B1", "T-B1-PC"),
+            particles(seq=m + 1, ts=T0 + timedelta(minutes=m), c05=10, c50=1 if 8 <= m < 45 else 0),
+        )
+        for m in range(90)
+    ]
     other = clone_db(db_url)
     right = get_engine(other)
     operate(right, "T-B1", T0 + timedelta(minutes=5), T0 + timedelta(minutes=10))
@@ -229,33 +271,50 @@ def test_reevaluating_a_window_re_judges_the_rolling_volume_after_it(
 
     def levels(engine: Engine) -> list[tuple]:
         with unit_of_work(engine) as s:
-            return s.exec(select(Reading.seq, Reading.level, Reading.state).where(
-                Reading.channel == "5.0").order_by(Reading.seq)).all()
+            return s.exec(
+                select(Reading.seq, Reading.level, Reading.state)
+                .where(Reading.channel == "5.0")
+                .order_by(Reading.seq)
+            ).all()
 
     before = levels(facility_engine)
     operate(facility_engine, "T-B1", T0 + timedelta(minutes=5), T0 + timedelta(minutes=10))
     with unit_of_work(facility_engine) as s:
-        reevaluate(s, room_code="T-B1", start=T0 + timedelta(minutes=5),
-                   end=T0 + timedelta(minutes=30), actor="qa.li")
+        reevaluate(
+            s,
+            room_code="T-B1",
+            start=T0 + timedelta(minutes=5),
+            end=T0 + timedelta(minutes=30),
+            actor="qa.li",
+        )
     after = levels(facility_engine)
     assert after == levels(right)
     changed_later = [a for a, b in zip(after, before, strict=True) if a != b and a[0] > 30]
     assert changed_later, "the samples after the window must have been judged again"
     # limit, recovery and recurrence episodes alike
     with unit_of_work(facility_engine) as s:
-        shapes = [(e["type"], e["started_at"], e["ended_at"], e["level"]) for e in
-                  list_excursions(s) if e["type"] in ("limit", "recovery", "recurrence")]
+        shapes = [
+            (e["type"], e["started_at"], e["ended_at"], e["level"])
+            for e in list_excursions(s)
+            if e["type"] in ("limit", "recovery", "recurrence")
+        ]
     with unit_of_work(right) as s:
-        assert shapes == [(e["type"], e["started_at"], e["ended_at"], e["level"]) for e in
-                          list_excursions(s) if e["type"] in ("limit", "recovery", "recurrence")]
+        assert shapes == [
+            (e["type"], e["started_at"], e["ended_at"], e["level"])
+            for e in list_excursions(s)
+            if e["type"] in ("limit", "recovery", "recurrence")
+        ]
     assert ("limit", "2026-11-20T00:30:00Z", "2026-11-20T00:45:00Z", "alert") in shapes
 
 
 def bsc(seq: int, minute: float, c50: int) -> InboundMessage:
     """The grade A zone's counter (100 L samples): ≥5.0 µm counts feed the recurrence rule."""
-    return msg(topic("T-B1-BSC", "T-BSC-PC"), particles(monitor="T-BSC-PC", seq=seq, volume=100,
-                                                        ts=T0 + timedelta(minutes=minute), c05=c50,
-                                                        c50=c50))
+    return msg(
+        topic("T-B1-BSC", "T-BSC-PC"),
+        particles(
+            monitor="T-BSC-PC", seq=seq, volume=100, ts=T0 + timedelta(minutes=minute), c05=c50, c50=c50
+        ),
+    )
 
 
 def test_late_data_that_breaks_a_recurrence_supersedes_it(facility_engine: Engine) -> None:
@@ -265,7 +324,7 @@ def test_late_data_that_breaks_a_recurrence_supersedes_it(facility_engine: Engin
     with unit_of_work(facility_engine) as s:
         (rec,) = list_excursions(s, type_="recurrence")
         assert (rec["started_at"], rec["ended_at"]) == ("2026-11-20T00:10:00Z", "2026-11-20T00:12:00Z")
-    run(facility_engine, [[bsc(11, 11, 0)]], processor)     # the missing sample arrives: no count
+    run(facility_engine, [[bsc(11, 11, 0)]], processor)  # the missing sample arrives: no count
     with unit_of_work(facility_engine) as s:
         assert list_excursions(s, type_="recurrence") == []
         (gone,) = list_excursions(s, type_="recurrence", include_superseded=True)
@@ -276,21 +335,26 @@ def test_late_data_that_breaks_a_recurrence_supersedes_it(facility_engine: Engin
 
 def test_late_counts_reshape_a_recurrence_exactly(facility_engine: Engine) -> None:
     counted = {3, 4, 20, 21}
-    processor = run(facility_engine, [[bsc(s, s, 1 if s in counted else 0) for s in range(1, 40)
-                                       if s not in (9, 10, 11)]])
+    processor = run(
+        facility_engine, [[bsc(s, s, 1 if s in counted else 0) for s in range(1, 40) if s not in (9, 10, 11)]]
+    )
     with unit_of_work(facility_engine) as s:
-        assert [(e["started_at"][11:16], e["ended_at"][11:16]) for e in
-                list_excursions(s, type_="recurrence")] == [("00:03", "00:04"), ("00:20", "00:21")]
+        assert [
+            (e["started_at"][11:16], e["ended_at"][11:16]) for e in list_excursions(s, type_="recurrence")
+        ] == [("00:03", "00:04"), ("00:20", "00:21")]
     # backfilled minutes 9 and 10 had counts: with 3 and 4 that is ≥ 3 of the last 10 samples,
     # which stays true up to minute 13 (the window then still holds 4, 9 and 10)
     run(facility_engine, [[bsc(9, 9, 1), bsc(10, 10, 1), bsc(11, 11, 0)]], processor)
     with unit_of_work(facility_engine) as s:
-        assert [(e["started_at"][11:16], e["ended_at"][11:16], e["readings"]) for e in
-                list_excursions(s, type_="recurrence")] == [("00:03", "00:13", 4), ("00:20", "00:21", 2)]
+        assert [
+            (e["started_at"][11:16], e["ended_at"][11:16], e["readings"])
+            for e in list_excursions(s, type_="recurrence")
+        ] == [("00:03", "00:13", 4), ("00:20", "00:21", 2)]
 
 
 def test_recurrences_under_random_late_delivery_equal_a_derivation_from_scratch(
-        facility_engine: Engine) -> None:
+    facility_engine: Engine,
+) -> None:
     import random
 
     from tracker.monitoring.rules.recurrence import recurrence_spans
@@ -299,7 +363,7 @@ def test_recurrences_under_random_late_delivery_equal_a_derivation_from_scratch(
     for trial in range(4):
         # the last ten samples of a trial have no count, so trials cannot join (same monitor)
         counts = {m: int(m < 140 and rng.random() < 0.15) for m in range(150)}
-        late = set(rng.sample(range(150), 18))                  # 12 % arrive after the others
+        late = set(rng.sample(range(150), 18))  # 12 % arrive after the others
 
         def sample(m: int, trial: int = trial, counts: dict = counts) -> InboundMessage:
             return bsc(m + 1 + 1000 * trial, m + 200 * trial, counts[m])
@@ -311,10 +375,17 @@ def test_recurrences_under_random_late_delivery_equal_a_derivation_from_scratch(
         samples = [(T0 + timedelta(minutes=m + 200 * trial), bool(counts[m])) for m in range(150)]
         expected = [(s.start, s.end, s.counted) for s in recurrence_spans(samples)]
         with unit_of_work(facility_engine) as s:
-            got = [(datetime.fromisoformat(e["started_at"]), datetime.fromisoformat(e["ended_at"]),
-                    e["readings"]) for e in list_excursions(s, type_="recurrence")
-                   if T0 + timedelta(minutes=200 * trial) <= datetime.fromisoformat(e["started_at"])
-                   < T0 + timedelta(minutes=200 * trial + 150)]
+            got = [
+                (
+                    datetime.fromisoformat(e["started_at"]),
+                    datetime.fromisoformat(e["ended_at"]),
+                    e["readings"],
+                )
+                for e in list_excursions(s, type_="recurrence")
+                if T0 + timedelta(minutes=200 * trial)
+                <= datetime.fromisoformat(e["started_at"])
+                < T0 + timedelta(minutes=200 * trial + 150)
+            ]
         assert got == expected, f"trial {trial}"
 
 
@@ -327,10 +398,12 @@ def test_a_backdated_operation_takes_a_grade_b_recurrence_out_of_scope(facility_
         (rec,) = list_excursions(s, type_="recurrence")
         assert (rec["level"], rec["state"]) == ("alert", "at_rest")
         # grade B in operation sees 5 µm particles routinely: outside the rule's scope
-        record_room_state(s, room_code="T-B1", state="in_operation", effective_at=T0 + timedelta(minutes=5),
-                          actor="qa.li")
-        record_room_state(s, room_code="T-B1", state="at_rest", effective_at=T0 + timedelta(minutes=15),
-                          actor="qa.li")
+        record_room_state(
+            s, room_code="T-B1", state="in_operation", effective_at=T0 + timedelta(minutes=5), actor="qa.li"
+        )
+        record_room_state(
+            s, room_code="T-B1", state="at_rest", effective_at=T0 + timedelta(minutes=15), actor="qa.li"
+        )
     with unit_of_work(facility_engine) as s:
         assert list_excursions(s, type_="recurrence") == []
         (gone,) = list_excursions(s, type_="recurrence", include_superseded=True)
@@ -340,7 +413,7 @@ def test_a_backdated_operation_takes_a_grade_b_recurrence_out_of_scope(facility_
 def test_a_64_bit_seq_is_stored_and_deduplicated_on_every_backend(facility_engine: Engine) -> None:
     """The wire allows any seq below 2⁶³ (monitors that count milliseconds pass 2³¹): SQLite's
     INTEGER always held it; PostgreSQL needs BIGINT (migration 0007)."""
-    big = 1_763_596_800_000   # a millisecond counter
+    big = 1_763_596_800_000  # a millisecond counter
     run(facility_engine, [[pc(big, 0, 10), pc(2**63 - 1, 1, 10)], [pc(big, 0, 10)]])
     with unit_of_work(facility_engine) as s:
         assert ingest_stats(s)["readings"] == 2

@@ -18,13 +18,20 @@ from tracker.facility.limits import (
 
 # China GMP 2010 Annex 1 第九条, every cell of the table (regulatory.md §1.1).
 CN_GMP_2010_PARTICLES = [
-    ("A", "at_rest", "0.5", 3520), ("A", "at_rest", "5.0", 20),
-    ("A", "in_operation", "0.5", 3520), ("A", "in_operation", "5.0", 20),
-    ("B", "at_rest", "0.5", 3520), ("B", "at_rest", "5.0", 29),
-    ("B", "in_operation", "0.5", 352000), ("B", "in_operation", "5.0", 2900),
-    ("C", "at_rest", "0.5", 352000), ("C", "at_rest", "5.0", 2900),
-    ("C", "in_operation", "0.5", 3520000), ("C", "in_operation", "5.0", 29000),
-    ("D", "at_rest", "0.5", 3520000), ("D", "at_rest", "5.0", 29000),
+    ("A", "at_rest", "0.5", 3520),
+    ("A", "at_rest", "5.0", 20),
+    ("A", "in_operation", "0.5", 3520),
+    ("A", "in_operation", "5.0", 20),
+    ("B", "at_rest", "0.5", 3520),
+    ("B", "at_rest", "5.0", 29),
+    ("B", "in_operation", "0.5", 352000),
+    ("B", "in_operation", "5.0", 2900),
+    ("C", "at_rest", "0.5", 352000),
+    ("C", "at_rest", "5.0", 2900),
+    ("C", "in_operation", "0.5", 3520000),
+    ("C", "in_operation", "5.0", 29000),
+    ("D", "at_rest", "0.5", 3520000),
+    ("D", "at_rest", "5.0", 29000),
 ]
 
 
@@ -38,16 +45,15 @@ def test_cn_gmp_2010_particle_table(grade: str, state: str, channel: str, limit:
     assert "第九条" in reg.citation
     spec = MonitorSpec(code="M", room="R", grade=grade, kind="particles", channels=("0.5", "5.0"))
     bounds = resolve_monitor_limits(cn, spec, []).for_reading(channel, state)
-    assert evaluate(limit, bounds).level is Level.ALERT       # equal to the maximum complies
+    assert evaluate(limit, bounds).level is Level.ALERT  # equal to the maximum complies
     assert evaluate(limit + 1, bounds).level is Level.ACTION
-    assert bounds.alert_high == limit * 0.5                    # documented default alert
+    assert bounds.alert_high == limit * 0.5  # documented default alert
 
 
 def test_grade_d_in_operation_is_not_specified() -> None:
     cn = load_limit_set("CN-GMP-2010")
     for channel in ("0.5", "5.0"):
-        assert cn.regulatory(kind="particles", grade="D", state="in_operation",
-                             channel=channel) is None
+        assert cn.regulatory(kind="particles", grade="D", state="in_operation", channel=channel) is None
     spec = MonitorSpec(code="M", room="R", grade="D", kind="particles", channels=("0.5",))
     bounds = resolve_monitor_limits(cn, spec, []).for_reading("0.5", "in_operation")
     assert evaluate(9e9, bounds).level is Level.NOT_EVALUATED
@@ -63,13 +69,21 @@ def test_eu_annex1_2022_differs_where_it_should() -> None:
     assert eu.sha256 != load_limit_set("CN-GMP-2010").sha256
 
 
-@pytest.mark.parametrize(("grade", "reference", "floor"), [
-    ("B", "C", 10.0), ("C", "D", 10.0), ("A", "B", 10.0), ("D", "CNC", 10.0), ("B", "B", None),
-])
+@pytest.mark.parametrize(
+    ("grade", "reference", "floor"),
+    [
+        ("B", "C", 10.0),
+        ("C", "D", 10.0),
+        ("A", "B", 10.0),
+        ("D", "CNC", 10.0),
+        ("B", "B", None),
+    ],
+)
 def test_ten_pascal_rule(grade: str, reference: str, floor: float | None) -> None:
     cn = load_limit_set("CN-GMP-2010")
-    reg = cn.regulatory(kind="pressure", grade=grade, state="at_rest", channel=None,
-                        reference_grade=reference)
+    reg = cn.regulatory(
+        kind="pressure", grade=grade, state="at_rest", channel=None, reference_grade=reference
+    )
     if floor is None:
         assert reg is None  # same grade: "appropriate gradient", no number (Art. 48)
         return
@@ -77,9 +91,9 @@ def test_ten_pascal_rule(grade: str, reference: str, floor: float | None) -> Non
     assert "第四十八条" in reg.citation
     spec = MonitorSpec(code="DP", room="R", grade=grade, kind="pressure", reference_grade=reference)
     bounds = resolve_monitor_limits(cn, spec, []).for_reading("", "in_operation")
-    assert evaluate(10.0, bounds).level is Level.ALERT   # 不低于10 Pa: 10 complies with action
+    assert evaluate(10.0, bounds).level is Level.ALERT  # 不低于10 Pa: 10 complies with action
     assert evaluate(9.99, bounds).level is Level.ACTION
-    assert evaluate(12.0, bounds).level is Level.OK      # default alert 2 Pa above the floor
+    assert evaluate(12.0, bounds).level is Level.OK  # default alert 2 Pa above the floor
     assert evaluate(11.9, bounds).level is Level.ALERT
 
 
@@ -126,8 +140,10 @@ def test_looser_pressure_level_is_refused_naming_the_rule() -> None:
 
 
 def test_looser_particle_level_is_refused() -> None:
-    block = ('[[limits]]\ngrade = "B"\nkind = "particles"\nchannel = "0.5"\n'
-             'state = "in_operation"\naction_high = 400000')
+    block = (
+        '[[limits]]\ngrade = "B"\nkind = "particles"\nchannel = "0.5"\n'
+        'state = "in_operation"\naction_high = 400000'
+    )
     with pytest.raises(LimitTooLooseError, match=r"above CN-GMP-2010's limit 352000"):
         parse_facility(_facility(block))
 
@@ -169,11 +185,18 @@ action_high = 200000
     assert limits.for_reading("0.5", "at_rest").action_high == 3520  # at rest untouched
 
 
-@pytest.mark.parametrize(("value", "level", "direction"), [
-    (15.0, Level.OK, None), (12.0, Level.OK, None), (11.0, Level.ALERT, "low"),
-    (9.0, Level.ACTION, "low"), (-3.0, Level.ACTION, "low"), (30.0, Level.ALERT, "high"),
-    (41.0, Level.ACTION, "high"),
-])
+@pytest.mark.parametrize(
+    ("value", "level", "direction"),
+    [
+        (15.0, Level.OK, None),
+        (12.0, Level.OK, None),
+        (11.0, Level.ALERT, "low"),
+        (9.0, Level.ACTION, "low"),
+        (-3.0, Level.ACTION, "low"),
+        (30.0, Level.ALERT, "high"),
+        (41.0, Level.ACTION, "high"),
+    ],
+)
 def test_evaluate_table(value: float, level: Level, direction: str | None) -> None:
     bounds = Bounds(alert_low=12, action_low=10, alert_high=30 - 1e-9, action_high=40)
     verdict = evaluate(value, bounds)
@@ -201,7 +224,7 @@ def test_temperature_design_code_range_is_a_default_not_a_binding_limit() -> Non
     spec = MonitorSpec(code="B1-T", room="B1", grade="B", kind="temperature")
     bounds = resolve_monitor_limits(cn, spec, facility.levels).for_reading("", "at_rest")
     assert (bounds.action_low, bounds.action_high) == (18.0, 22.0)
-    assert evaluate(18.2, bounds).level is Level.ALERT   # derived alert band 18.4–21.6
+    assert evaluate(18.2, bounds).level is Level.ALERT  # derived alert band 18.4–21.6
     assert evaluate(21.0, bounds).level is Level.OK
     default = resolve_monitor_limits(cn, spec, []).for_reading("", "at_rest")
     assert (default.action_low, default.action_high) == (20.0, 24.0)

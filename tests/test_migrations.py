@@ -18,29 +18,64 @@ from tracker.monitoring.ingest_state import TABLE as INGEST_STATE
 from tracker.monitoring.ingest_state import latest_readings
 from tracker.monitoring.readings import EvaluationBasis, RawMessage, Reading
 
-T = datetime(2026, 10, 30, 23, 0, tzinfo=UTC)   # readings across a month boundary (two partitions)
+T = datetime(2026, 10, 30, 23, 0, tzinfo=UTC)  # readings across a month boundary (two partitions)
 
 
 def _facility(conn, monitors: list[str]) -> None:
     conn.execute(insert(Site.__table__).values(id=1, code="S", name="S", updated_at=T))
     conn.execute(insert(Room.__table__).values(id=1, site_id=1, code="R", name="R", grade="B"))
-    conn.execute(insert(Monitor.__table__), [
-        {"id": i, "site_id": 1, "room_id": 1, "code": code, "kind": "particles", "interval_s": 60}
-        for i, code in enumerate(monitors, start=1)])
-    conn.execute(insert(EvaluationBasis.__table__).values(
-        id=1, site_id=1, limit_set_code="CN-GMP-2010", limit_set_version="1", limit_set_sha256="",
-        facility_revision=1))
+    conn.execute(
+        insert(Monitor.__table__),
+        [
+            {"id": i, "site_id": 1, "room_id": 1, "code": code, "kind": "particles", "interval_s": 60}
+            for i, code in enumerate(monitors, start=1)
+        ],
+    )
+    conn.execute(
+        insert(EvaluationBasis.__table__).values(
+            id=1,
+            site_id=1,
+            limit_set_code="CN-GMP-2010",
+            limit_set_version="1",
+            limit_set_sha256="",
+            facility_revision=1,
+        )
+    )
 
 
 def _readings(conn, monitor_id: int, events: list[tuple[int, datetime, datetime]]) -> None:
     """(seq, event time, receipt time) messages of two channels each."""
-    conn.execute(insert(RawMessage.__table__), [
-        {"monitor_id": monitor_id, "seq": seq, "received_at": received, "topic": "t", "payload": b"{}",
-         "digest": ""} for seq, _event, received in events])
-    conn.execute(insert(Reading.__table__), [
-        {"monitor_id": monitor_id, "seq": seq, "channel": channel, "event_time": event, "value": 1.0,
-         "level": "ok", "state": "at_rest", "basis_id": 1}
-        for seq, event, _received in events for channel in ("0.5", "5.0")])
+    conn.execute(
+        insert(RawMessage.__table__),
+        [
+            {
+                "monitor_id": monitor_id,
+                "seq": seq,
+                "received_at": received,
+                "topic": "t",
+                "payload": b"{}",
+                "digest": "",
+            }
+            for seq, _event, received in events
+        ],
+    )
+    conn.execute(
+        insert(Reading.__table__),
+        [
+            {
+                "monitor_id": monitor_id,
+                "seq": seq,
+                "channel": channel,
+                "event_time": event,
+                "value": 1.0,
+                "level": "ok",
+                "state": "at_rest",
+                "basis_id": 1,
+            }
+            for seq, event, _received in events
+            for channel in ("0.5", "5.0")
+        ],
+    )
 
 
 def test_0011_fills_the_newest_reading_of_monitors_ingested_before_0008(databases) -> None:
@@ -52,26 +87,41 @@ def test_0011_fills_the_newest_reading_of_monitors_ingested_before_0008(database
         with engine.begin() as conn:
             _facility(conn, ["NULLS", "NOROW", "ONLY-EVENT", "CURRENT", "SILENT-NEVER"])
             # 1: a row with both NULL; newest event is seq 3 (stored after seq 4, received later)
-            _readings(conn, 1, [(1, T, T + minute), (2, T + 2 * minute, T + 2 * minute),
-                                (4, T + 90 * minute, T + 91 * minute), (3, T + 3 * 60 * minute,
-                                                                          T + 3 * 60 * minute + minute)])
+            _readings(
+                conn,
+                1,
+                [
+                    (1, T, T + minute),
+                    (2, T + 2 * minute, T + 2 * minute),
+                    (4, T + 90 * minute, T + 91 * minute),
+                    (3, T + 3 * 60 * minute, T + 3 * 60 * minute + minute),
+                ],
+            )
             # 2: readings but no ingest_state row at all
             _readings(conn, 2, [(7, T + minute, T + 2 * minute)])
             # 3: what 0008 left: the event time, no receipt time
             _readings(conn, 3, [(1, T, T + minute), (2, T + 5 * minute, T + 6 * minute)])
             # 4: a monitor the ingester wrote since: left as it is
             _readings(conn, 4, [(1, T, T + minute)])
-            conn.execute(insert(INGEST_STATE), [
-                {"monitor_id": m, "version": v, "writer": w, "last_event_at": e, "last_received_at": r}
-                for m, v, w, e, r in ((1, 0, "", None, None),
-                                      (3, 2, "w", T + 5 * minute, None),
-                                      (4, 9, "w", T + 30 * minute, T + 31 * minute),
-                                      (5, 0, "", None, None))])       # 5: no readings ever
+            conn.execute(
+                insert(INGEST_STATE),
+                [
+                    {"monitor_id": m, "version": v, "writer": w, "last_event_at": e, "last_received_at": r}
+                    for m, v, w, e, r in (
+                        (1, 0, "", None, None),
+                        (3, 2, "w", T + 5 * minute, None),
+                        (4, 9, "w", T + 30 * minute, T + 31 * minute),
+                        (5, 0, "", None, None),
+                    )
+                ],
+            )  # 5: no readings ever
         engine.dispose()
         upgrade(url)
         with engine.connect() as conn:
-            rows = {r.monitor_id: (r.version, r.writer, r.last_event_at, r.last_received_at)
-                    for r in conn.execute(select(INGEST_STATE))}
+            rows = {
+                r.monitor_id: (r.version, r.writer, r.last_event_at, r.last_received_at)
+                for r in conn.execute(select(INGEST_STATE))
+            }
         assert rows == {
             1: (0, "", T + 180 * minute, T + 181 * minute),
             2: (0, "", T + minute, T + 2 * minute),

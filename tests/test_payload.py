@@ -42,30 +42,40 @@ def test_particles_normalised_to_per_cubic_metre() -> None:
     assert r.status == "ok"
 
 
-@pytest.mark.parametrize(("volume", "unit", "per_m3_for_100"), [
-    (1.0, "ft^3", 100 * 35.3147), (1.0, "ft3", 100 * 35.3147), (0.1, "m^3", 1000.0),
-    (100.0, "L", 1000.0), (28.316846592, "liter", 100 * 35.3147),
-])
+@pytest.mark.parametrize(
+    ("volume", "unit", "per_m3_for_100"),
+    [
+        (1.0, "ft^3", 100 * 35.3147),
+        (1.0, "ft3", 100 * 35.3147),
+        (0.1, "m^3", 1000.0),
+        (100.0, "L", 1000.0),
+        (28.316846592, "liter", 100 * 35.3147),
+    ],
+)
 def test_sample_volume_units(volume: float, unit: str, per_m3_for_100: float) -> None:
     r = parse(particles(seq=1, ts=T0, c05=100, c50=0, volume=volume, unit=unit))
     assert r.values["0.5"] == pytest.approx(per_m3_for_100, rel=1e-5)
 
 
-@pytest.mark.parametrize(("kind", "monitor", "value", "unit", "canonical"), [
-    ("pressure", "T-B1-DP", 15.0, "Pa", 15.0),
-    ("pressure", "T-B1-DP", 0.052, "inH2O", 12.9526),     # 1 inH2O = 249.089 Pa
-    ("pressure", "T-B1-DP", 1.5, "mmH2O", 14.7100),       # 1 mmH2O = 9.80665 Pa
-    ("pressure", "T-B1-DP", 0.15, "hPa", 15.0),
-    ("pressure", "T-B1-DP", 0.15, "mbar", 15.0),
-    ("temperature", "T-B1-T", 71.6, "degF", 22.0),
-    ("temperature", "T-B1-T", 295.15, "K", 22.0),
-    ("temperature", "T-B1-T", 22.0, "degC", 22.0),
-    ("humidity", "T-B1-H", 52.0, "percent", 52.0),
-    ("humidity", "T-B1-H", 52.0, "%RH", 52.0),
-])
+@pytest.mark.parametrize(
+    ("kind", "monitor", "value", "unit", "canonical"),
+    [
+        ("pressure", "T-B1-DP", 15.0, "Pa", 15.0),
+        ("pressure", "T-B1-DP", 0.052, "inH2O", 12.9526),  # 1 inH2O = 249.089 Pa
+        ("pressure", "T-B1-DP", 1.5, "mmH2O", 14.7100),  # 1 mmH2O = 9.80665 Pa
+        ("pressure", "T-B1-DP", 0.15, "hPa", 15.0),
+        ("pressure", "T-B1-DP", 0.15, "mbar", 15.0),
+        ("temperature", "T-B1-T", 71.6, "degF", 22.0),
+        ("temperature", "T-B1-T", 295.15, "K", 22.0),
+        ("temperature", "T-B1-T", 22.0, "degC", 22.0),
+        ("humidity", "T-B1-H", 52.0, "percent", 52.0),
+        ("humidity", "T-B1-H", 52.0, "%RH", 52.0),
+    ],
+)
 def test_scalar_units(kind: str, monitor: str, value: float, unit: str, canonical: float) -> None:
-    r = parse(scalar(monitor=monitor, kind=kind, seq=1, ts=T0, value=value, unit=unit),
-              t=topic("T-B1", monitor))
+    r = parse(
+        scalar(monitor=monitor, kind=kind, seq=1, ts=T0, value=value, unit=unit), t=topic("T-B1", monitor)
+    )
     assert r.values[""] == pytest.approx(canonical, abs=1e-4)
 
 
@@ -82,24 +92,49 @@ def test_offset_timestamp_normalised_to_utc() -> None:
     assert parse(json.dumps(payload).encode()).event_time == T0
 
 
-@pytest.mark.parametrize(("payload", "reason", "fragment"), [
-    (b'{"schema": "gmp.reading/1", "monitor": ', Reason.BAD_JSON, "JSON"),
-    (b"\xff\xfe\x00garbage", Reason.BAD_JSON, "JSON"),
-    (b'[1, 2, 3]', Reason.SCHEMA, ""),
-    (json.dumps({"schema": "gmp.reading/1", "monitor": "T-B1-PC", "ts": iso(T0), "kind": "particles",
-                 "sample": {"volume": 28.3, "unit": "L"}, "counts": {"0.5": 1, "5.0": 0}}).encode(),
-     Reason.SCHEMA, "seq"),
-    (json.dumps({"schema": "gmp.reading/2", "monitor": "T-B1-PC", "seq": 1, "ts": iso(T0),
-                 "kind": "particles"}).encode(), Reason.SCHEMA, "schema"),
-    (particles(seq=1, ts=T0, c05=1).replace(b'Z"', b'"'), Reason.SCHEMA, "offset"),
-    (particles(seq=1, ts=T0, c05=1, unit="furlong"), Reason.BAD_UNIT, "furlong"),
-    (particles(seq=1, ts=T0, c05=1, unit="kg"), Reason.BAD_UNIT, "not a volume"),
-    (particles(seq=1, ts=T0, c05=-4), Reason.OUT_OF_RANGE, "negative"),
-    (particles(seq=1, ts=T0, c05=3, c50=5), Reason.OUT_OF_RANGE, "cumulative"),
-    (particles(seq=1, ts=T0, c05=3, volume=0), Reason.OUT_OF_RANGE, "not positive"),
-    (particles(seq=1, ts=T0 + timedelta(days=1), c05=1), Reason.FUTURE_TIMESTAMP, "ahead"),
-    (b" " * 20000, Reason.TOO_LARGE, "20000 bytes"),
-])
+@pytest.mark.parametrize(
+    ("payload", "reason", "fragment"),
+    [
+        (b'{"schema": "gmp.reading/1", "monitor": ', Reason.BAD_JSON, "JSON"),
+        (b"\xff\xfe\x00garbage", Reason.BAD_JSON, "JSON"),
+        (b"[1, 2, 3]", Reason.SCHEMA, ""),
+        (
+            json.dumps(
+                {
+                    "schema": "gmp.reading/1",
+                    "monitor": "T-B1-PC",
+                    "ts": iso(T0),
+                    "kind": "particles",
+                    "sample": {"volume": 28.3, "unit": "L"},
+                    "counts": {"0.5": 1, "5.0": 0},
+                }
+            ).encode(),
+            Reason.SCHEMA,
+            "seq",
+        ),
+        (
+            json.dumps(
+                {
+                    "schema": "gmp.reading/2",
+                    "monitor": "T-B1-PC",
+                    "seq": 1,
+                    "ts": iso(T0),
+                    "kind": "particles",
+                }
+            ).encode(),
+            Reason.SCHEMA,
+            "schema",
+        ),
+        (particles(seq=1, ts=T0, c05=1).replace(b'Z"', b'"'), Reason.SCHEMA, "offset"),
+        (particles(seq=1, ts=T0, c05=1, unit="furlong"), Reason.BAD_UNIT, "furlong"),
+        (particles(seq=1, ts=T0, c05=1, unit="kg"), Reason.BAD_UNIT, "not a volume"),
+        (particles(seq=1, ts=T0, c05=-4), Reason.OUT_OF_RANGE, "negative"),
+        (particles(seq=1, ts=T0, c05=3, c50=5), Reason.OUT_OF_RANGE, "cumulative"),
+        (particles(seq=1, ts=T0, c05=3, volume=0), Reason.OUT_OF_RANGE, "not positive"),
+        (particles(seq=1, ts=T0 + timedelta(days=1), c05=1), Reason.FUTURE_TIMESTAMP, "ahead"),
+        (b" " * 20000, Reason.TOO_LARGE, "20000 bytes"),
+    ],
+)
 def test_rejections_carry_stable_reason(payload: bytes, reason: Reason, fragment: str) -> None:
     err = rejected(payload)
     assert err.reason is reason
@@ -154,19 +189,35 @@ def test_status_messages() -> None:
     assert info.value.reason is Reason.SCHEMA
 
 
-@pytest.mark.parametrize(("payload", "topic_monitor", "reason", "fragment"), [
-    (scalar(monitor="T-B1-T", kind="temperature", seq=1, ts=T0, value=2, unit="delta_degC"),
-     "T-B1-T", Reason.BAD_UNIT, "cannot be converted"),
-    (scalar(monitor="T-B1-H", kind="humidity", seq=1, ts=T0, value=38, unit="degree"),
-     "T-B1-H", Reason.BAD_UNIT, "relative-humidity"),
-    (particles(seq=1, ts=T0, c05=1).replace(b'"5.0": 0', b'"0.50": 0'), "T-B1-PC",
-     Reason.SCHEMA, "twice"),
-    (particles(seq=1, ts=T0, c05=1, volume=1e-320), "T-B1-PC", Reason.OUT_OF_RANGE, "not positive"),
-    (particles(seq=1, ts=T0.replace(year=1970), c05=1), "T-B1-PC", Reason.SCHEMA, "clock"),
-    (particles(monitor="T-B1-PC\u0000", seq=1, ts=T0, c05=1), "T-B1-PC", Reason.SCHEMA, "monitor"),
-])
-def test_review_findings_are_refused(payload: bytes, topic_monitor: str, reason: Reason,
-                                     fragment: str) -> None:
+@pytest.mark.parametrize(
+    ("payload", "topic_monitor", "reason", "fragment"),
+    [
+        (
+            scalar(monitor="T-B1-T", kind="temperature", seq=1, ts=T0, value=2, unit="delta_degC"),
+            "T-B1-T",
+            Reason.BAD_UNIT,
+            "cannot be converted",
+        ),
+        (
+            scalar(monitor="T-B1-H", kind="humidity", seq=1, ts=T0, value=38, unit="degree"),
+            "T-B1-H",
+            Reason.BAD_UNIT,
+            "relative-humidity",
+        ),
+        (
+            particles(seq=1, ts=T0, c05=1).replace(b'"5.0": 0', b'"0.50": 0'),
+            "T-B1-PC",
+            Reason.SCHEMA,
+            "twice",
+        ),
+        (particles(seq=1, ts=T0, c05=1, volume=1e-320), "T-B1-PC", Reason.OUT_OF_RANGE, "not positive"),
+        (particles(seq=1, ts=T0.replace(year=1970), c05=1), "T-B1-PC", Reason.SCHEMA, "clock"),
+        (particles(monitor="T-B1-PC\u0000", seq=1, ts=T0, c05=1), "T-B1-PC", Reason.SCHEMA, "monitor"),
+    ],
+)
+def test_review_findings_are_refused(
+    payload: bytes, topic_monitor: str, reason: Reason, fragment: str
+) -> None:
     err = rejected(payload, t=topic("T-B1", topic_monitor))
     assert err.reason is reason
     assert fragment in err.detail

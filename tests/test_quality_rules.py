@@ -38,14 +38,30 @@ from tracker.quality.batches.release import (
 from tracker.quality.batches.steps import complete_batch, create_batch, end_step, get_batch, start_step
 
 
-def finished_batch(engine: Engine, number: str = "CT-1", *, operator: str = "op1", room: str = "T-B1-BSC",
-                   donor: str = "D-1", start: datetime = T0, open_processing: bool = True,
-                   end: datetime | None = None) -> None:
+def finished_batch(
+    engine: Engine,
+    number: str = "CT-1",
+    *,
+    operator: str = "op1",
+    room: str = "T-B1-BSC",
+    donor: str = "D-1",
+    start: datetime = T0,
+    open_processing: bool = True,
+    end: datetime | None = None,
+) -> None:
     with unit_of_work(engine) as s:
-        batch = create_batch(s, actor=as_(engine, operator), site=get_site(s), number=number,
-                             product="CAR-T", donor_id=donor)
-        step = start_step(s, actor=as_(engine, operator), batch=batch, name="seeding", room_code=room,
-                          start=start, open_processing=open_processing)
+        batch = create_batch(
+            s, actor=as_(engine, operator), site=get_site(s), number=number, product="CAR-T", donor_id=donor
+        )
+        step = start_step(
+            s,
+            actor=as_(engine, operator),
+            batch=batch,
+            name="seeding",
+            room_code=room,
+            start=start,
+            open_processing=open_processing,
+        )
     if end is not None:
         with unit_of_work(engine) as s:
             end_step(s, signer=as_(engine, operator), step_id=step.id, end=end)
@@ -54,27 +70,35 @@ def finished_batch(engine: Engine, number: str = "CT-1", *, operator: str = "op1
 
 # -- accounts -------------------------------------------------------------------------------------
 
+
 def test_first_admin_is_explicit_and_roles_keep_duties_apart(facility_engine: Engine) -> None:
     engine = facility_engine
     with unit_of_work(engine) as s:
         with pytest.raises(InvalidInputError, match="first account must be an admin"):
             create_user(s, username="qa1", full_name="QA", roles=["qa"], password=PASSWORD, actor=None)
         with pytest.raises(InvalidInputError, match="at least 12 characters"):
-            create_user(s, username="admin", full_name="Admin", roles=["admin"], password="short",
-                        actor=None)
+            create_user(s, username="admin", full_name="Admin", roles=["admin"], password="short", actor=None)
         create_user(s, username="admin", full_name="Admin", roles=["admin"], password=PASSWORD, actor=None)
     with unit_of_work(engine) as s, pytest.raises(PermissionDeniedError, match="log in as an admin"):
         create_user(s, username="qa1", full_name="QA", roles=["qa"], password=PASSWORD, actor=None)
     admin = login(engine, username="admin", password=PASSWORD)
     with unit_of_work(engine) as s:
         with pytest.raises(PermissionDeniedError, match=r"Art\. 20"):
-            create_user(s, username="boss", full_name="Boss", roles=["production_head", "qa"],
-                        password=PASSWORD, actor=admin)
+            create_user(
+                s,
+                username="boss",
+                full_name="Boss",
+                roles=["production_head", "qa"],
+                password=PASSWORD,
+                actor=admin,
+            )
         with pytest.raises(PermissionDeniedError, match="no GMP signing role"):
-            create_user(s, username="root2", full_name="Root", roles=["admin", "qp"], password=PASSWORD,
-                        actor=admin)
-        create_user(s, username="qaqp", full_name="QA and QP", roles=["qa", "qp"], password=PASSWORD,
-                    actor=admin)  # Art. 20: QA head and QP may be combined
+            create_user(
+                s, username="root2", full_name="Root", roles=["admin", "qp"], password=PASSWORD, actor=admin
+            )
+        create_user(
+            s, username="qaqp", full_name="QA and QP", roles=["qa", "qp"], password=PASSWORD, actor=admin
+        )  # Art. 20: QA head and QP may be combined
         qa = create_user(s, username="qa1", full_name="QA", roles=["qa"], password=PASSWORD, actor=admin)
         assert qa.password_hash.startswith("$argon2id$")
         assert PASSWORD not in qa.password_hash
@@ -89,7 +113,7 @@ def test_wrong_password_at_signing_is_refused_and_counts_toward_lockout(people_e
             login(engine, username="prod", password="not my password!")
         assert ("locked" in str(failed.value)) == (i == attempts - 1)
     with pytest.raises(AuthenticationError, match="locked until"):
-        login(engine, username="prod", password=PASSWORD)   # even the right password, while locked
+        login(engine, username="prod", password=PASSWORD)  # even the right password, while locked
     with unit_of_work(engine) as s:
         assert get_batch(s, "CT-1").status == "completed"
         events = [e.action for e in s.exec(audit.AuditEvent.__table__.select())]
@@ -97,8 +121,10 @@ def test_wrong_password_at_signing_is_refused_and_counts_toward_lockout(people_e
         assert events.count("auth.lockout") == 1
         unlock(s, actor=as_(engine, "admin"), username="prod", reason="identity confirmed by phone")
     with unit_of_work(engine) as s:
-        assert sign_production(s, signer=as_(engine, "prod"), batch=get_batch(s, "CT-1")).status == \
-            "production_signed"
+        assert (
+            sign_production(s, signer=as_(engine, "prod"), batch=get_batch(s, "CT-1")).status
+            == "production_signed"
+        )
 
 
 def test_a_stale_authentication_cannot_sign(people_engine: Engine) -> None:
@@ -162,6 +188,7 @@ def test_rejection_is_a_signed_decision(people_engine: Engine) -> None:
 
 # -- tamper evidence --------------------------------------------------------------------------------
 
+
 def audit_rows(s: Session) -> list[tuple[int, str]]:
     return [(r.id, r.action) for r in s.exec(audit.AuditEvent.__table__.select().order_by(text("id")))]
 
@@ -172,8 +199,11 @@ def test_an_edited_audit_row_is_named_by_verify(people_engine: Engine) -> None:
     with unit_of_work(engine) as s:
         target = next(i for i, a in audit_rows(s) if a == "batch.create")
         assert audit.verify_chain(s)[0]
-        s.exec(text("UPDATE audit_event SET after = replace(after, 'D-1', 'D-9') WHERE id = :i")
-               .bindparams(i=target))
+        s.exec(
+            text("UPDATE audit_event SET after = replace(after, 'D-1', 'D-9') WHERE id = :i").bindparams(
+                i=target
+            )
+        )
     with unit_of_work(engine) as s:
         intact, checked, broken = audit.verify_chain(s)
     assert (intact, broken, checked) == (False, target, target - 1)
@@ -188,7 +218,7 @@ def test_a_deleted_audit_row_is_named_by_verify(people_engine: Engine) -> None:
         s.exec(text("DELETE FROM audit_event WHERE id = :i").bindparams(i=target))
     with unit_of_work(engine) as s:
         intact, _, broken = audit.verify_chain(s)
-    assert (intact, broken) == (False, target + 1)   # the next event no longer links to its predecessor
+    assert (intact, broken) == (False, target + 1)  # the next event no longer links to its predecessor
 
 
 def test_a_raw_sql_change_to_a_signed_batch_breaks_its_signatures(people_engine: Engine) -> None:
@@ -202,7 +232,8 @@ def test_a_raw_sql_change_to_a_signed_batch_breaks_its_signatures(people_engine:
         batch = get_batch(s, "CT-1")
         broken = [c for c in signature_checks(s, batch) if not c.intact]
         assert [(c.signature.meaning, c.problem) for c in broken] == [
-            ("approved", "the record changed after it was signed")]
+            ("approved", "the record changed after it was signed")
+        ]
         assert any("is broken" in r for r in gate_reasons(s, batch))
     with unit_of_work(engine) as s, pytest.raises(ConflictError, match="broken"):
         qa_review(s, signer=as_(engine, "qa1"), batch=get_batch(s, "CT-1"))
@@ -212,8 +243,16 @@ def test_an_edited_signature_row_is_detected(people_engine: Engine) -> None:
     engine = people_engine
     finished_batch(engine, end=T0 + minutes(30))
     with unit_of_work(engine) as s:
-        sig = sign(s, signer=as_(engine, "qa1"), meaning="reviewed", entity="batch", entity_key="CT-1",
-                   scope="qa_review", statement="test", content={"x": 1})
+        sig = sign(
+            s,
+            signer=as_(engine, "qa1"),
+            meaning="reviewed",
+            entity="batch",
+            entity_key="CT-1",
+            scope="qa_review",
+            statement="test",
+            content={"x": 1},
+        )
         s.exec(text("UPDATE signature SET printed_name = 'Somebody Else' WHERE id = :i").bindparams(i=sig.id))
     with unit_of_work(engine) as s:
         (check,) = [c for c in signature_checks(s, get_batch(s, "CT-1")) if c.signature.id == sig.id]
@@ -222,14 +261,17 @@ def test_an_edited_signature_row_is_detected(people_engine: Engine) -> None:
 
 # -- flags ------------------------------------------------------------------------------------------
 
-A_IN_C = MIN_FACILITY.read_text(encoding="utf-8") + '''
+A_IN_C = (
+    MIN_FACILITY.read_text(encoding="utf-8")
+    + """
 [[rooms]]
 code = "T-C1-BSC"
 name = "QC 生物安全柜"
 name_en = "QC biosafety cabinet"
 grade = "A"
 background = "T-C1"
-'''
+"""
+)
 
 
 def test_segregation_and_a_in_c_flags(facility_engine: Engine) -> None:
@@ -243,14 +285,16 @@ def test_segregation_and_a_in_c_flags(facility_engine: Engine) -> None:
     finished_batch(engine, "CT-D", operator="op2", donor="D-4", room="T-C1", start=T0)
     finished_batch(engine, "CT-E", donor="D-5", room="T-C1", start=T0, open_processing=False)
     with unit_of_work(engine) as s:
-        codes = {n: sorted((f.code, f.other_batch or "") for f in batch_flags(s, get_batch(s, n)))
-                 for n in ("CT-A", "CT-B", "CT-C", "CT-D", "CT-E")}
+        codes = {
+            n: sorted((f.code, f.other_batch or "") for f in batch_flags(s, get_batch(s, n)))
+            for n in ("CT-A", "CT-B", "CT-C", "CT-D", "CT-E")
+        }
     assert codes == {
         "CT-A": [("segregation", "CT-B")],
         "CT-B": [("segregation", "CT-A")],
-        "CT-C": [("a_in_c", ""), ("segregation", "CT-D")],          # the zone shares T-C1's air
+        "CT-C": [("a_in_c", ""), ("segregation", "CT-D")],  # the zone shares T-C1's air
         "CT-D": [("open_not_grade_a", ""), ("segregation", "CT-C")],
-        "CT-E": [],                     # closed processing: neither flagged nor flagging others
+        "CT-E": [],  # closed processing: neither flagged nor flagging others
     }
 
 
@@ -272,7 +316,10 @@ def test_a_change_of_facility_limits_needs_qa_approval_by_signature(people_engin
         assert result.revision == 2
         (check,) = all_signature_checks(s)
         assert (check.intact, check.signature.scope, check.signature.username) == (
-            True, "facility_limits:2", "qa1")
+            True,
+            "facility_limits:2",
+            "qa1",
+        )
     # a file that only renames a room changes no limit and needs no approval
     with unit_of_work(engine) as s:
         load_facility(s, parse_facility(TIGHTER.replace("准备间", "准备间二")), actor="admin")
@@ -288,8 +335,13 @@ def test_a_password_an_admin_set_cannot_sign_until_its_owner_replaces_it(people_
     engine = people_engine
     finished_batch(engine, end=T0 + minutes(30))
     with unit_of_work(engine) as s:
-        set_password(s, actor=as_(engine, "admin"), username="prod", new_password="chosen by the admin",
-                     reason="forgotten password, ticket 42")
+        set_password(
+            s,
+            actor=as_(engine, "admin"),
+            username="prod",
+            new_password="chosen by the admin",
+            reason="forgotten password, ticket 42",
+        )
     prod = login(engine, username="prod", password="chosen by the admin")
     with unit_of_work(engine) as s, pytest.raises(AuthenticationError, match="must first replace"):
         sign_production(s, signer=prod, batch=get_batch(s, "CT-1"))
@@ -308,19 +360,49 @@ def test_steps_are_recorded_contemporaneously(people_engine: Engine, monkeypatch
     try:
         now = datetime.now(tz=T0.tzinfo)
         with unit_of_work(engine) as s:
-            batch = create_batch(s, actor=as_(engine, "op1"), site=get_site(s), number="CT-1",
-                                 product="CAR-T", donor_id="D-1")
-            start_step(s, actor=as_(engine, "op1"), batch=batch, name="now", room_code="T-B1",
-                       start=now - minutes(5), open_processing=False)
+            batch = create_batch(
+                s, actor=as_(engine, "op1"), site=get_site(s), number="CT-1", product="CAR-T", donor_id="D-1"
+            )
+            start_step(
+                s,
+                actor=as_(engine, "op1"),
+                batch=batch,
+                name="now",
+                room_code="T-B1",
+                start=now - minutes(5),
+                open_processing=False,
+            )
             with pytest.raises(InvalidInputError, match="say why it is recorded late"):
-                start_step(s, actor=as_(engine, "op1"), batch=batch, name="late", room_code="T-C1",
-                           start=now - minutes(40), open_processing=False)
-            start_step(s, actor=as_(engine, "op1"), batch=batch, name="late", room_code="T-C1",
-                       start=now - minutes(40), open_processing=False,
-                       late_reason="network outage at the terminal; paper record PR-7")
+                start_step(
+                    s,
+                    actor=as_(engine, "op1"),
+                    batch=batch,
+                    name="late",
+                    room_code="T-C1",
+                    start=now - minutes(40),
+                    open_processing=False,
+                )
+            start_step(
+                s,
+                actor=as_(engine, "op1"),
+                batch=batch,
+                name="late",
+                room_code="T-C1",
+                start=now - minutes(40),
+                open_processing=False,
+                late_reason="network outage at the terminal; paper record PR-7",
+            )
             with pytest.raises(InvalidInputError, match="more than 24 h"):
-                start_step(s, actor=as_(engine, "op1"), batch=batch, name="old", room_code="T-D1",
-                           start=now - timedelta(hours=25), open_processing=False, late_reason="forgot")
+                start_step(
+                    s,
+                    actor=as_(engine, "op1"),
+                    batch=batch,
+                    name="old",
+                    room_code="T-D1",
+                    start=now - timedelta(hours=25),
+                    open_processing=False,
+                    late_reason="forgot",
+                )
     finally:
         monkeypatch.undo()
         get_settings.cache_clear()
@@ -334,8 +416,13 @@ def test_the_production_head_ends_an_orphaned_step_with_the_reason(people_engine
     with unit_of_work(engine) as s, pytest.raises(InvalidInputError, match="needs the reason"):
         end_step(s, signer=as_(engine, "prod"), step_id=1, end=T0 + minutes(30))
     with unit_of_work(engine) as s:
-        end_step(s, signer=as_(engine, "prod"), step_id=1, end=T0 + minutes(30),
-                 comment="op1 left the site ill; step ended per SOP-PR-12")
+        end_step(
+            s,
+            signer=as_(engine, "prod"),
+            step_id=1,
+            end=T0 + minutes(30),
+            comment="op1 left the site ill; step ended per SOP-PR-12",
+        )
         (check,) = signature_checks(s, get_batch(s, "CT-1"))
         assert (check.signature.meaning, check.signature.username, check.intact) == ("approved", "prod", True)
         reject(s, signer=as_(engine, "qp1"), batch=get_batch(s, "CT-1"), reason="donor withdrew consent")
@@ -354,8 +441,9 @@ def test_statuses_and_signature_rows_are_cross_checked(people_engine: Engine) ->
         s.exec(text("DELETE FROM signature WHERE entity = 'batch' AND entity_key = 'CT-1'"))
     with unit_of_work(engine) as s:
         problems = integrity_problems(s)
-        assert any(p.startswith("audit event") and "signature.approved by prod on batch CT-1" in p
-                   for p in problems)
+        assert any(
+            p.startswith("audit event") and "signature.approved by prod on batch CT-1" in p for p in problems
+        )
         assert "batch CT-1 is production_signed without its production signature" in problems
         assert "batch CT-2 is released without its production signature" in problems
         reason = gate_reasons(s, get_batch(s, "CT-1"))[-1]

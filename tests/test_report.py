@@ -635,7 +635,8 @@ def test_report_is_reproducible_and_as_at_the_period_end(year_db: str, year_repo
 
 
 def test_signoff_by_qa_and_head_of_quality_and_tamper_evidence(
-        year_db: str, clone_db: Callable[[str], str]) -> None:
+    year_db: str, clone_db: Callable[[str], str]
+) -> None:
     engine = get_engine(clone_db(year_db))
     when = utc(2026, 1, 20)
     with unit_of_work(engine) as s:
@@ -682,8 +683,9 @@ def test_signoff_refusals_read_in_the_terminal_language(people_engine: Engine) -
     with unit_of_work(people_engine) as s:
         site = get_site(s)
         with pytest.raises(NotFoundError, match="has not been prepared") as not_prepared:
-            signoff.approve(s, signer=at(people_engine, "qa2", NOW), site=site, period=PERIOD, report={},
-                            now=NOW)
+            signoff.approve(
+                s, signer=at(people_engine, "qa2", NOW), site=site, period=PERIOD, report={}, now=NOW
+            )
         with pytest.raises(NotFoundError, match="has not been signed") as not_signed:
             signoff.signed_report(s, site, PERIOD)
     key = f"{site.code}/{PERIOD.label}"
@@ -798,7 +800,8 @@ def test_cli_writes_json_html_and_pdf(year_db: str, tmp_path: Path) -> None:
 
 
 def test_cli_sign_approve_and_render_the_signed_report(
-        year_db: str, clone_db: Callable[[str], str], tmp_path: Path) -> None:
+    year_db: str, clone_db: Callable[[str], str], tmp_path: Path
+) -> None:
     url = clone_db(year_db)
     refused = tracker_cli(
         "report",

@@ -30,21 +30,29 @@ def test_rollups_match_raw_readings_over_a_simulated_week(engine: Engine) -> Non
     with unit_of_work(engine) as s:
         load_facility(s, read_facility_file(SMALL), actor="test")
     received = T0 + timedelta(days=30)
-    messages = [InboundMessage(o.topic, o.payload, received)
-                for o in generate(load_sim_facility(SMALL), None, seed=3, start=T0,
-                                  duration=timedelta(days=7)) if o.kind == "reading"]
-    late = [m for i, m in enumerate(messages) if 20_000 <= i < 21_000]   # backfilled at the end
+    messages = [
+        InboundMessage(o.topic, o.payload, received)
+        for o in generate(load_sim_facility(SMALL), None, seed=3, start=T0, duration=timedelta(days=7))
+        if o.kind == "reading"
+    ]
+    late = [m for i, m in enumerate(messages) if 20_000 <= i < 21_000]  # backfilled at the end
     on_time = [m for i, m in enumerate(messages) if not 20_000 <= i < 21_000]
     random.Random(5).shuffle(late)
     processor = BatchProcessor(Intake())
     for i in range(0, len(on_time), 1000):
         with unit_of_work(engine) as s:
-            processor.process(s, on_time[i:i + 1000])
-    with unit_of_work(engine) as s:   # a processing session recorded afterwards: re-evaluated
-        record_room_state(s, room_code="T-B1", state="in_operation",
-                          effective_at=T0 + timedelta(days=2, hours=3), actor="qa")
-        record_room_state(s, room_code="T-B1", state="at_rest",
-                          effective_at=T0 + timedelta(days=2, hours=7), actor="qa")
+            processor.process(s, on_time[i : i + 1000])
+    with unit_of_work(engine) as s:  # a processing session recorded afterwards: re-evaluated
+        record_room_state(
+            s,
+            room_code="T-B1",
+            state="in_operation",
+            effective_at=T0 + timedelta(days=2, hours=3),
+            actor="qa",
+        )
+        record_room_state(
+            s, room_code="T-B1", state="at_rest", effective_at=T0 + timedelta(days=2, hours=7), actor="qa"
+        )
     with unit_of_work(engine) as s:
         processor.process(s, late)
 
@@ -57,9 +65,13 @@ def test_rollups_match_raw_readings_over_a_simulated_week(engine: Engine) -> Non
         probe = next(i for i, k in kinds.items() if k == "temperature")
         hour = T0 + timedelta(days=3, hours=5)
         row = s.get(RollupHourly, (probe, "", hour))
-        values = s.exec(select(Reading.value).where(
-            Reading.monitor_id == probe, Reading.event_time >= hour,
-            Reading.event_time < hour + timedelta(hours=1))).all()
+        values = s.exec(
+            select(Reading.value).where(
+                Reading.monitor_id == probe,
+                Reading.event_time >= hour,
+                Reading.event_time < hour + timedelta(hours=1),
+            )
+        ).all()
         assert (row.count, row.vmin, row.vmax) == (len(values), min(values), max(values))
         assert abs(row.vsum - sum(values)) < 1e-6
     assert len(messages) > 150_000
@@ -67,10 +79,10 @@ def test_rollups_match_raw_readings_over_a_simulated_week(engine: Engine) -> Non
 
 def test_percentiles_from_the_histogram() -> None:
     hist: dict[int, int] = {}
-    for v in range(1, 101):                       # 1 … 100 %RH, one reading each
+    for v in range(1, 101):  # 1 … 100 %RH, one reading each
         b = bin_of("humidity", float(v))
         hist[b] = hist.get(b, 0) + 1
-    assert percentile("humidity", hist, 0.95) == 95.5   # within one 0.5 %RH bin
+    assert percentile("humidity", hist, 0.95) == 95.5  # within one 0.5 %RH bin
     assert percentile("humidity", {}, 0.95) is None
     assert bin_of("particles", 0) == 0
-    assert bin_of("particles", 3520) == 1 + 14           # 10^(14/4) ≈ 3162 ≤ 3520 < 5623
+    assert bin_of("particles", 3520) == 1 + 14  # 10^(14/4) ≈ 3162 ≤ 3520 < 5623

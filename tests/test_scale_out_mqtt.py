@@ -33,11 +33,20 @@ class Worker:
     """A `python -m tracker.cli ingest` subprocess, subscribed before it is returned."""
 
     def __init__(self, db_url: str, broker: LocalBroker, *args: str) -> None:
-        env = {**os.environ, "TRACKER_DATABASE_URL": db_url, "TRACKER_MQTT_URL": broker.url,
-               "TRACKER_INGEST_BATCH_SIZE": "50", "TRACKER_LANG": "en"}
-        self.proc = subprocess.Popen([sys.executable, "-m", "tracker.cli", "ingest", *args],
-                                     env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                     text=True)
+        env = {
+            **os.environ,
+            "TRACKER_DATABASE_URL": db_url,
+            "TRACKER_MQTT_URL": broker.url,
+            "TRACKER_INGEST_BATCH_SIZE": "50",
+            "TRACKER_LANG": "en",
+        }
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "tracker.cli", "ingest", *args],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         self.log: list[str] = []
         subscribed = threading.Event()
 
@@ -66,13 +75,17 @@ def _stored(engine: Engine) -> int:
 
 def _gap_checks_pending(engine: Engine) -> int:
     with unit_of_work(engine) as s:
-        return s.exec(select(func.count()).select_from(IngestState).where(
-            IngestState.gap_recheck_due.is_not(None))).one()
+        return s.exec(
+            select(func.count()).select_from(IngestState).where(IngestState.gap_recheck_due.is_not(None))
+        ).one()
 
 
 def test_two_shared_ingesters_one_killed_equal_one_ingester(
-        facility_engine: Engine, db_url: str, twin_engine: Engine,  # noqa: F811
-        broker: LocalBroker) -> None:
+    facility_engine: Engine,
+    db_url: str,
+    twin_engine: Engine,  # noqa: F811
+    broker: LocalBroker,
+) -> None:
     messages = scenario()
     n = len(messages)
 
@@ -88,8 +101,9 @@ def test_two_shared_ingesters_one_killed_equal_one_ingester(
     shared = ("--shared", "tracker", "--subscription", "gmp/#")
     a = Worker(twin_url, broker, *shared, "--worker", "a")
     b = Worker(twin_url, broker, *shared, "--worker", "b")
-    publisher = threading.Thread(target=publish_all, args=(broker, messages),
-                                 kwargs={"client_id": "publisher-b"})
+    publisher = threading.Thread(
+        target=publish_all, args=(broker, messages), kwargs={"client_id": "publisher-b"}
+    )
     publisher.start()
     wait_until(lambda: _stored(twin_engine) >= n // 4, timeout=120, what="a quarter stored")
     a.kill()
@@ -97,8 +111,7 @@ def test_two_shared_ingesters_one_killed_equal_one_ingester(
     assert killed_at < n, "the kill must land mid-stream"
     publisher.join(120)
     # b goes on alone with its share while a's share waits in a's session
-    wait_until(lambda: _stored(twin_engine) > killed_at + n // 8, timeout=120,
-               what="the survivor storing on")
+    wait_until(lambda: _stored(twin_engine) > killed_at + n // 8, timeout=120, what="the survivor storing on")
     time.sleep(1.0)
     assert _stored(twin_engine) < n, "a's share must wait for a"
     a = Worker(twin_url, broker, *shared, "--worker", "a")
@@ -106,13 +119,12 @@ def test_two_shared_ingesters_one_killed_equal_one_ingester(
         wait_until(lambda: _stored(twin_engine) >= n, timeout=180, what="run B stored all")
         # gaps found while the other worker's share was in flight are re-checked by the
         # workers' own silence ticks once due (GAP_SETTLE)
-        wait_until(lambda: _gap_checks_pending(twin_engine) == 0, timeout=90,
-                   what="deferred gap checks done")
+        wait_until(lambda: _gap_checks_pending(twin_engine) == 0, timeout=90, what="deferred gap checks done")
     finally:
         a.stop()
         b.stop()
 
-    assert stored_keys(twin_engine) == stored_keys(facility_engine)   # each exactly once
+    assert stored_keys(twin_engine) == stored_keys(facility_engine)  # each exactly once
     assert len(stored_keys(twin_engine)) == n
     one = excursion_shapes(facility_engine)
     assert {s[1] for s in one} >= {"limit", "data_gap", "recurrence", "adverse_trend"}
@@ -147,19 +159,19 @@ def test_mosquitto_keeps_a_dead_members_messages_for_its_client_id(broker: Local
         assert subscribed.wait(5)
         return client
 
-    a = member("a", "member-a", ack=False)   # receives, never acknowledges, then dies
+    a = member("a", "member-a", ack=False)  # receives, never acknowledges, then dies
     b = member("b", "member-b", ack=True)
     publish_all(broker, [("probe/x", str(i).encode()) for i in range(20)], client_id="p1")
     wait_until(lambda: len(got["a"]) + len(got["b"]) == 20, timeout=10, what="first 20")
     assert got["a"], "round robin gives a its share"
     a.loop_stop()
-    a.socket().close()          # dies without DISCONNECT, its messages unacknowledged
+    a.socket().close()  # dies without DISCONNECT, its messages unacknowledged
     publish_all(broker, [("probe/x", str(i).encode()) for i in range(20, 40)], client_id="p2")
     wait_until(lambda: len(got["b"]) >= 20, timeout=10, what="b's share")
     time.sleep(1.0)
     assert not set(got["b"]) & set(got["a"]), "mosquitto re-sent a's messages to b"
     assert len(got["b"]) == 20, "b received more than its round-robin share"
-    a2 = member("a2", "member-a", ack=True)   # the same client id comes back
+    a2 = member("a2", "member-a", ack=True)  # the same client id comes back
     wait_until(lambda: len(got["a2"]) == 20, timeout=10, what="a's share after its return")
     assert sorted(got["a2"] + got["b"]) == list(range(40))
     for client in (a2, b):
@@ -168,32 +180,50 @@ def test_mosquitto_keeps_a_dead_members_messages_for_its_client_id(broker: Local
 
 
 def test_a_worker_takes_several_filters_the_rooms_routed_to_it(
-        facility_engine: Engine, db_url: str, broker: LocalBroker) -> None:
+    facility_engine: Engine, db_url: str, broker: LocalBroker
+) -> None:
     """Routing by topic on mosquitto: a worker subscribes to the rooms given to it (repeated
     ``--subscription``), and stores those rooms' readings only."""
     site = "gmp/T-SITE"
-    worker = Worker(db_url, broker, "--client-id", "rooms-b1-c1",
-                    "--subscription", f"{site}/T-B1/#", "--subscription", f"{site}/T-C1/#")
+    worker = Worker(
+        db_url,
+        broker,
+        "--client-id",
+        "rooms-b1-c1",
+        "--subscription",
+        f"{site}/T-B1/#",
+        "--subscription",
+        f"{site}/T-C1/#",
+    )
     try:
-        publish_all(broker, [
-            (topic(room, monitor), scalar(monitor=monitor, kind="pressure", seq=i, ts=T0,
-                                          value=15.0, unit="Pa")
-             if monitor.endswith("DP") else particles(monitor=monitor, seq=i, ts=T0, c05=3))
-            for i in range(1, 21)
-            for room, monitor in (("T-B1", "T-B1-DP"), ("T-C1", "T-C1-PC"), ("T-D1", "T-D1-DP"))])
+        publish_all(
+            broker,
+            [
+                (
+                    topic(room, monitor),
+                    scalar(monitor=monitor, kind="pressure", seq=i, ts=T0, value=15.0, unit="Pa")
+                    if monitor.endswith("DP")
+                    else particles(monitor=monitor, seq=i, ts=T0, c05=3),
+                )
+                for i in range(1, 21)
+                for room, monitor in (("T-B1", "T-B1-DP"), ("T-C1", "T-C1-PC"), ("T-D1", "T-D1-DP"))
+            ],
+        )
         wait_until(lambda: _stored(facility_engine) >= 40, timeout=60, what="two rooms stored")
         time.sleep(0.5)
     finally:
         worker.stop()
     with unit_of_work(facility_engine) as s:
-        monitors = set(s.exec(select(Monitor.code).join(
-            RawMessage, RawMessage.monitor_id == Monitor.id)).all())
+        monitors = set(
+            s.exec(select(Monitor.code).join(RawMessage, RawMessage.monitor_id == Monitor.id)).all()
+        )
     assert _stored(facility_engine) == 40
     assert monitors == {"T-B1-DP", "T-C1-PC"}
 
 
 def test_several_filters_each_join_the_share_group() -> None:
-    options = IngestOptions.from_settings(Settings(), subscription="gmp/S/R1/# gmp/S/R2/#",
-                                          share_group="tracker", worker="1")
+    options = IngestOptions.from_settings(
+        Settings(), subscription="gmp/S/R1/# gmp/S/R2/#", share_group="tracker", worker="1"
+    )
     assert options.filters == ["$share/tracker/gmp/S/R1/#", "$share/tracker/gmp/S/R2/#"]
     assert options.client_id == "gmp-tracker-ingest-1"

@@ -55,26 +55,39 @@ def day_messages(cpc: Facility, day: Scenario) -> list[Outgoing]:
     return list(generate(cpc, day, seed=1, start=day.start, duration=day.duration))
 
 
-def scenario(facility: Facility, *, duration: str = "2h", operations: tuple = (),
-             events: tuple = (), expect: tuple = ()) -> Scenario:
+def scenario(
+    facility: Facility,
+    *,
+    duration: str = "2h",
+    operations: tuple = (),
+    events: tuple = (),
+    expect: tuple = (),
+) -> Scenario:
     """A scenario built from dicts, as if read from TOML."""
-    return parse_scenario({"scenario": {"name": "t", "duration": duration},
-                           "operations": list(operations), "events": list(events),
-                           "expect": list(expect)}, facility)
+    return parse_scenario(
+        {
+            "scenario": {"name": "t", "duration": duration},
+            "operations": list(operations),
+            "events": list(events),
+            "expect": list(expect),
+        },
+        facility,
+    )
 
 
-def run(facility: Facility, scen: Scenario | None = None, *, seed: int = 1,
-        hours: float = 2) -> list[Outgoing]:
-    return list(generate(facility, scen, seed=seed, start=START,
-                         duration=timedelta(hours=hours)))
+def run(
+    facility: Facility, scen: Scenario | None = None, *, seed: int = 1, hours: float = 2
+) -> list[Outgoing]:
+    return list(generate(facility, scen, seed=seed, start=START, duration=timedelta(hours=hours)))
 
 
 def body(out: Outgoing) -> dict[str, Any]:
     return json.loads(out.payload)
 
 
-def readings_of(messages: list[Outgoing], monitor: str,
-                kinds: tuple[str, ...] = ("reading", "backfill")) -> list[Outgoing]:
+def readings_of(
+    messages: list[Outgoing], monitor: str, kinds: tuple[str, ...] = ("reading", "backfill")
+) -> list[Outgoing]:
     return [m for m in messages if m.monitor == monitor and m.kind in kinds]
 
 
@@ -114,14 +127,21 @@ def test_nn_cpc_is_a_plausible_cell_preparation_centre(cpc: Facility) -> None:
 
 
 def test_every_grade_boundary_has_a_pressure_monitor(cpc: Facility) -> None:
-    pairs = {(cpc.room(m.room).grade, cpc.room(m.reference or "").grade)
-             for m in cpc.monitors if m.kind == "pressure"}
+    pairs = {
+        (cpc.room(m.room).grade, cpc.room(m.reference or "").grade)
+        for m in cpc.monitors
+        if m.kind == "pressure"
+    }
     assert {("B", "C"), ("C", "D"), ("D", "CNC")} <= pairs
 
 
 def test_temperature_and_humidity_levels_are_inside_the_design_bands(cpc: Facility) -> None:
-    bands = {("temperature", "AB"): (20, 24), ("humidity", "AB"): (45, 60),
-             ("temperature", "CD"): (18, 26), ("humidity", "CD"): (45, 65)}
+    bands = {
+        ("temperature", "AB"): (20, 24),
+        ("humidity", "AB"): (45, 60),
+        ("temperature", "CD"): (18, 26),
+        ("humidity", "CD"): (45, 65),
+    }
     for lim in cpc.limits:
         if lim.kind in ("temperature", "humidity"):
             low, high = bands[(lim.kind, "AB" if lim.grade in ("A", "B") else "CD")]
@@ -140,23 +160,32 @@ def test_small_facility(small: Facility) -> None:
     assert small.monitor("T-B1-T").calibration_due is not None
 
 
-@pytest.mark.parametrize(("mutate", "message"), [
-    (lambda d: d["monitors"][0].update(kind="pressure", interval_s=10), "needs reference"),
-    (lambda d: d["rooms"][1].update(background="NOPE"), "background 'NOPE'"),
-    (lambda d: d["monitors"][0].update(room="NOPE"), r"monitors\[0\] \(M1\): room 'NOPE'"),
-    (lambda d: d["monitors"][0].update(channels=["1.0"]), "channels"),
-    (lambda d: d["monitors"][0].update(colour="red"), "unknown key"),
-    (lambda d: d["rooms"].append(dict(d["rooms"][0])), "duplicate code 'R1'"),
-    (lambda d: d.update(limits=[{"grade": "B", "room": "R1", "kind": "pressure",
-                                 "alert_low": 12}]), "exactly one of"),
-    (lambda d: d.update(limits=[{"grade": "B", "kind": "pressure", "alert_low": 9,
-                                 "action_low": 10}]), r"limits\[0\]: levels"),
-])
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda d: d["monitors"][0].update(kind="pressure", interval_s=10), "needs reference"),
+        (lambda d: d["rooms"][1].update(background="NOPE"), "background 'NOPE'"),
+        (lambda d: d["monitors"][0].update(room="NOPE"), r"monitors\[0\] \(M1\): room 'NOPE'"),
+        (lambda d: d["monitors"][0].update(channels=["1.0"]), "channels"),
+        (lambda d: d["monitors"][0].update(colour="red"), "unknown key"),
+        (lambda d: d["rooms"].append(dict(d["rooms"][0])), "duplicate code 'R1'"),
+        (
+            lambda d: d.update(limits=[{"grade": "B", "room": "R1", "kind": "pressure", "alert_low": 12}]),
+            "exactly one of",
+        ),
+        (
+            lambda d: d.update(limits=[{"grade": "B", "kind": "pressure", "alert_low": 9, "action_low": 10}]),
+            r"limits\[0\]: levels",
+        ),
+    ],
+)
 def test_facility_errors_name_the_entry(mutate: Any, message: str) -> None:
     data: dict[str, Any] = {
         "site": {"code": "S", "name": "s"},
-        "rooms": [{"code": "R1", "name": "r", "grade": "B"},
-                  {"code": "R2", "name": "z", "grade": "A", "background": "R1"}],
+        "rooms": [
+            {"code": "R1", "name": "r", "grade": "B"},
+            {"code": "R2", "name": "z", "grade": "A", "background": "R1"},
+        ],
         "monitors": [{"code": "M1", "room": "R1", "kind": "particles", "interval_s": 60}],
     }
     parse_facility(data)
@@ -203,11 +232,10 @@ def test_seq_is_contiguous_and_ts_whole_utc_seconds(small: Facility) -> None:
 
 def test_statuses_online_at_start_and_offline_at_end(small: Facility) -> None:
     messages = run(small, hours=1)
-    head, tail = messages[: len(small.monitors)], messages[-len(small.monitors):]
+    head, tail = messages[: len(small.monitors)], messages[-len(small.monitors) :]
     assert {(m.payload, m.retain, m.kind) for m in head} == {(b"online", True, "status")}
     assert {(m.payload, m.retain, m.kind) for m in tail} == {(b"offline", True, "status")}
-    assert {m.topic for m in head} == {f"gmp/T-SITE/{m.room}/{m.code}/status"
-                                       for m in small.monitors}
+    assert {m.topic for m in head} == {f"gmp/T-SITE/{m.room}/{m.code}/status" for m in small.monitors}
     assert head[0].sim_time == START
 
 
@@ -224,16 +252,18 @@ def test_particle_counts_are_cumulative_and_grade_typical(small: Facility) -> No
                 assert counts["5.0"] == 0  # one particle in 28.3 L is already 35/m³
             if code == "T-BSC-PC":
                 assert data["sample"] == {"volume": 100.0, "unit": "L"}
-    b_op = [body(m)["counts"]["0.5"] for m in readings_of(messages, "T-B1-PC")
-            if START + timedelta(minutes=31) < m.sim_time < START + timedelta(minutes=89)]
+    b_op = [
+        body(m)["counts"]["0.5"]
+        for m in readings_of(messages, "T-B1-PC")
+        if START + timedelta(minutes=31) < m.sim_time < START + timedelta(minutes=89)
+    ]
     assert 1200 < sum(b_op) / len(b_op) < 2200  # 60,000/m³ × 28.3 L ≈ 1,698
 
 
 def test_particle_counts_helper_keeps_larger_sizes_inside_smaller() -> None:
     rng = signals.monitor_rng(1, "X")
     for _ in range(200):
-        counts = signals.particle_counts(rng, {"0.5": 500_000, "5.0": 400_000}, 28.3,
-                                         ("0.5", "5.0"))
+        counts = signals.particle_counts(rng, {"0.5": 500_000, "5.0": 400_000}, 28.3, ("0.5", "5.0"))
         assert counts["0.5"] >= counts["5.0"]
 
 
@@ -264,12 +294,16 @@ def _longest_run(values: list[tuple[timedelta, float]], bad: Any) -> float:
 
 
 def test_healthy_day_has_no_excursion(small: Facility) -> None:
-    scen = scenario(small, duration="24h",
-                    operations=[{"room": "T-B1-BSC", "start": "2h", "end": "6h"},
-                                {"room": "T-C1", "start": "8h", "end": "10h"}])
+    scen = scenario(
+        small,
+        duration="24h",
+        operations=[
+            {"room": "T-B1-BSC", "start": "2h", "end": "6h"},
+            {"room": "T-C1", "start": "8h", "end": "10h"},
+        ],
+    )
     for seed in (1, 2):
-        messages = list(generate(small, scen, seed=seed, start=START,
-                                 duration=timedelta(hours=24)))
+        messages = list(generate(small, scen, seed=seed, start=START, duration=timedelta(hours=24)))
         assert evaluate(small, scen, messages, START) == []
 
 
@@ -277,13 +311,15 @@ def test_healthy_day_has_no_excursion(small: Facility) -> None:
 
 
 def test_offline_with_backfill_loses_nothing(small: Facility) -> None:
-    scen = scenario(small, events=[{"at": "10m", "type": "offline", "monitor": "T-B1-PC",
-                                    "duration": "30m", "backfill": True}])
+    scen = scenario(
+        small,
+        events=[{"at": "10m", "type": "offline", "monitor": "T-B1-PC", "duration": "30m", "backfill": True}],
+    )
     messages = run(small, scen)
-    statuses = [(m.sim_time - START, m.payload) for m in messages
-                if m.monitor == "T-B1-PC" and m.kind == "status"]
-    assert statuses[1:3] == [(timedelta(minutes=10), b"offline"),
-                             (timedelta(minutes=40), b"online")]
+    statuses = [
+        (m.sim_time - START, m.payload) for m in messages if m.monitor == "T-B1-PC" and m.kind == "status"
+    ]
+    assert statuses[1:3] == [(timedelta(minutes=10), b"offline"), (timedelta(minutes=40), b"online")]
     mine = readings_of(messages, "T-B1-PC")
     assert sorted(body(m)["seq"] for m in mine) == list(range(1, 121))
     back = [m for m in mine if m.kind == "backfill"]
@@ -292,17 +328,21 @@ def test_offline_with_backfill_loses_nothing(small: Facility) -> None:
     for m in back:
         ts = datetime.fromisoformat(body(m)["ts"].replace("Z", "+00:00"))
         assert START + timedelta(minutes=10) <= ts < START + timedelta(minutes=40)
-    online_at = messages.index(next(m for m in messages if m.monitor == "T-B1-PC"
-                                    and m.payload == b"online" and m.sim_time > START))
+    online_at = messages.index(
+        next(m for m in messages if m.monitor == "T-B1-PC" and m.payload == b"online" and m.sim_time > START)
+    )
     assert messages[online_at + 1].kind == "backfill"
     live = [m for m in mine if m.kind == "reading"]
-    assert all(not (START + timedelta(minutes=10) <= m.sim_time < START + timedelta(minutes=40))
-               for m in live)
+    assert all(
+        not (START + timedelta(minutes=10) <= m.sim_time < START + timedelta(minutes=40)) for m in live
+    )
 
 
 def test_offline_without_backfill_loses_readings_but_seq_advances(small: Facility) -> None:
-    scen = scenario(small, events=[{"at": "10m", "type": "offline", "monitor": "T-B1-PC",
-                                    "duration": "30m", "backfill": False}])
+    scen = scenario(
+        small,
+        events=[{"at": "10m", "type": "offline", "monitor": "T-B1-PC", "duration": "30m", "backfill": False}],
+    )
     mine = readings_of(run(small, scen), "T-B1-PC")
     seqs = [body(m)["seq"] for m in mine]
     assert len(seqs) == 90
@@ -313,29 +353,35 @@ def test_offline_without_backfill_loses_readings_but_seq_advances(small: Facilit
 
 
 def test_duplicates_repeat_exact_bytes(small: Facility) -> None:
-    scen = scenario(small, events=[{"at": "20m", "type": "duplicate", "monitor": "T-B1-DP",
-                                    "count": 3}])
+    scen = scenario(small, events=[{"at": "20m", "type": "duplicate", "monitor": "T-B1-DP", "count": 3}])
     messages = run(small, scen)
     dups = [m for m in messages if m.kind == "duplicate"]
-    originals = [m for m in readings_of(messages, "T-B1-DP")
-                 if m.sim_time <= START + timedelta(minutes=20)][-3:]
+    originals = [m for m in readings_of(messages, "T-B1-DP") if m.sim_time <= START + timedelta(minutes=20)][
+        -3:
+    ]
     assert [(d.topic, d.payload) for d in dups] == [(o.topic, o.payload) for o in originals]
     assert all(d.sim_time == START + timedelta(minutes=20) for d in dups)
 
 
 def test_bursts_drops_and_holds_shape_the_signal(small: Facility) -> None:
-    scen = scenario(small, events=[
-        {"at": "10m", "type": "particle_burst", "monitor": "T-C1-PC", "duration": "5m",
-         "concentrations": {"0.5": 800_000, "5.0": 600}},
-        {"at": "30m", "type": "pressure_drop", "monitor": "T-B1-DP", "duration": "5m",
-         "value": -2.0},
-        {"at": "50m", "type": "hold", "monitor": "T-B1-T", "duration": "20m", "value": 24.8},
-    ])
+    scen = scenario(
+        small,
+        events=[
+            {
+                "at": "10m",
+                "type": "particle_burst",
+                "monitor": "T-C1-PC",
+                "duration": "5m",
+                "concentrations": {"0.5": 800_000, "5.0": 600},
+            },
+            {"at": "30m", "type": "pressure_drop", "monitor": "T-B1-DP", "duration": "5m", "value": -2.0},
+            {"at": "50m", "type": "hold", "monitor": "T-B1-T", "duration": "20m", "value": 24.8},
+        ],
+    )
     messages = run(small, scen)
 
     def within(m: Outgoing, start: int, minutes: int) -> bool:
-        return START + timedelta(minutes=start) <= m.sim_time < START + timedelta(
-            minutes=start + minutes)
+        return START + timedelta(minutes=start) <= m.sim_time < START + timedelta(minutes=start + minutes)
 
     burst = [body(m)["counts"] for m in readings_of(messages, "T-C1-PC") if within(m, 10, 5)]
     assert len(burst) == 5
@@ -349,13 +395,16 @@ def test_bursts_drops_and_holds_shape_the_signal(small: Facility) -> None:
 
 
 def test_unit_changes_convert_correctly(small: Facility) -> None:
-    scen = scenario(small, events=[
-        {"at": "1h", "type": "units", "monitor": "T-B1-PC", "unit": "ft^3"},
-        {"at": "1h", "type": "units", "monitor": "T-BSC-PC", "unit": "m^3"},
-        {"at": "1h", "type": "units", "monitor": "T-B1-DP", "unit": "inH2O"},
-        {"at": "1h", "type": "units", "monitor": "T-C1-DP", "unit": "mmH2O"},
-        {"at": "1h", "type": "units", "monitor": "T-B1-T", "unit": "degF"},
-    ])
+    scen = scenario(
+        small,
+        events=[
+            {"at": "1h", "type": "units", "monitor": "T-B1-PC", "unit": "ft^3"},
+            {"at": "1h", "type": "units", "monitor": "T-BSC-PC", "unit": "m^3"},
+            {"at": "1h", "type": "units", "monitor": "T-B1-DP", "unit": "inH2O"},
+            {"at": "1h", "type": "units", "monitor": "T-C1-DP", "unit": "mmH2O"},
+            {"at": "1h", "type": "units", "monitor": "T-B1-T", "unit": "degF"},
+        ],
+    )
     messages = run(small, scen)
     after = START + timedelta(hours=1)
 
@@ -365,12 +414,16 @@ def test_unit_changes_convert_correctly(small: Facility) -> None:
             data = body(m)
             if m.sim_time >= after:
                 sample = data.get("sample")
-                out.add((sample["unit"], sample["volume"]) if sample
-                        else (data["unit"], round(payloads.to_canonical(
-                            data["kind"], data["value"], data["unit"]), 1)))
+                out.add(
+                    (sample["unit"], sample["volume"])
+                    if sample
+                    else (
+                        data["unit"],
+                        round(payloads.to_canonical(data["kind"], data["value"], data["unit"]), 1),
+                    )
+                )
             else:
-                assert data.get("unit", data.get("sample", {}).get("unit")) in ("L", "Pa",
-                                                                                  "degC")
+                assert data.get("unit", data.get("sample", {}).get("unit")) in ("L", "Pa", "degC")
         return out
 
     assert units("T-B1-PC") == {("ft^3", 0.999405)}
@@ -380,31 +433,44 @@ def test_unit_changes_convert_correctly(small: Facility) -> None:
     assert all(21 < v < 23 for _, v in units("T-B1-T"))
 
 
-@pytest.mark.parametrize(("kind", "value", "unit", "expected"), [
-    ("particles", 28.3, "ft^3", 0.999405),
-    ("particles", 28.3, "m^3", 0.0283),
-    ("particles", 100.0, "L", 100.0),
-    ("pressure", 15.2, "inH2O", 0.061022),
-    ("pressure", 15.2, "mmH2O", 1.55),
-    ("pressure", 15.2, "hPa", 0.152),
-    ("pressure", 15.2, "mbar", 0.152),
-    ("pressure", 15.2, "Pa", 15.2),
-    ("temperature", 22.0, "degF", 71.6),
-    ("temperature", 22.0, "K", 295.15),
-    ("humidity", 50.5, "percent", 50.5),
-])
+@pytest.mark.parametrize(
+    ("kind", "value", "unit", "expected"),
+    [
+        ("particles", 28.3, "ft^3", 0.999405),
+        ("particles", 28.3, "m^3", 0.0283),
+        ("particles", 100.0, "L", 100.0),
+        ("pressure", 15.2, "inH2O", 0.061022),
+        ("pressure", 15.2, "mmH2O", 1.55),
+        ("pressure", 15.2, "hPa", 0.152),
+        ("pressure", 15.2, "mbar", 0.152),
+        ("pressure", 15.2, "Pa", 15.2),
+        ("temperature", 22.0, "degF", 71.6),
+        ("temperature", 22.0, "K", 295.15),
+        ("humidity", 50.5, "percent", 50.5),
+    ],
+)
 def test_convert(kind: str, value: float, unit: str, expected: float) -> None:
     assert payloads.convert(kind, value, unit) == pytest.approx(expected, abs=1e-9)
     assert payloads.to_canonical(kind, expected, unit) == pytest.approx(value, rel=2e-4)
 
 
 def test_malformed_variants_look_as_specified(small: Facility) -> None:
-    variants = [("bad_json", "T-B1-PC"), ("schema", "T-B1-DP"), ("unknown_monitor", None),
-                ("room_mismatch", "T-C1-PC"), ("bad_unit", "T-B1-DP"),
-                ("future_timestamp", "T-B1-H"), ("out_of_range", "T-B1-H"),
-                ("out_of_range", "T-B1-PC"), ("out_of_range", "T-B1-T"), ("too_large", None)]
-    events = [{"at": f"{10 + i}m", "type": "malformed", "variant": v, "count": 2,
-               **({"monitor": m} if m else {})} for i, (v, m) in enumerate(variants)]
+    variants = [
+        ("bad_json", "T-B1-PC"),
+        ("schema", "T-B1-DP"),
+        ("unknown_monitor", None),
+        ("room_mismatch", "T-C1-PC"),
+        ("bad_unit", "T-B1-DP"),
+        ("future_timestamp", "T-B1-H"),
+        ("out_of_range", "T-B1-H"),
+        ("out_of_range", "T-B1-PC"),
+        ("out_of_range", "T-B1-T"),
+        ("too_large", None),
+    ]
+    events = [
+        {"at": f"{10 + i}m", "type": "malformed", "variant": v, "count": 2, **({"monitor": m} if m else {})}
+        for i, (v, m) in enumerate(variants)
+    ]
     messages = run(small, scenario(small, events=events))
     bad = [m for m in messages if m.kind == "malformed"]
     assert len(bad) == 2 * len(variants)
@@ -426,8 +492,7 @@ def test_malformed_variants_look_as_specified(small: Facility) -> None:
     assert moved.topic.endswith("/T-C1-PC")
     assert body(by_variant["bad_unit"][0])["unit"] == "furlong"
     future = by_variant["future_timestamp"][0]
-    assert body(future)["ts"] == (future.sim_time + timedelta(days=3650)).strftime(
-        "%Y-%m-%dT%H:%M:%SZ")
+    assert body(future)["ts"] == (future.sim_time + timedelta(days=3650)).strftime("%Y-%m-%dT%H:%M:%SZ")
     impossible = [body(m) for m in by_variant["out_of_range"]]
     assert {"value": 140.0, "unit": "percent"}.items() <= impossible[0].items()
     assert min(impossible[2]["counts"].values()) < 0
@@ -447,42 +512,123 @@ def test_malformed_variants_look_as_specified(small: Facility) -> None:
 # --------------------------------------------------------------------------- validation
 
 
-@pytest.mark.parametrize(("entry", "message"), [
-    ({"events": [{"at": "1h", "type": "particle_burst", "monitor": "NOPE", "duration": "5m",
-                  "concentrations": {"0.5": 1}}]},
-     r"events\[0\] \(particle_burst at 1h\): monitor 'NOPE' is not a monitor of T-SITE"),
-    ({"events": [{"at": "1h", "type": "particle_burst", "monitor": "T-B1-DP", "duration": "5m",
-                  "concentrations": {"0.5": 1}}]}, "T-B1-DP is a pressure monitor"),
-    ({"events": [{"at": "1h", "type": "particle_burst", "monitor": "T-B1-PC", "duration": "5m",
-                  "concentrations": {"0.5": 10, "5.0": 20}}]}, "cumulative"),
-    ({"events": [{"at": "1h", "type": "explode", "monitor": "T-B1-PC"}]}, "type must be one of"),
-    ({"events": [{"at": "soon", "type": "hold", "monitor": "T-B1-T", "duration": "5m",
-                  "value": 25}]}, r"events\[0\] \(hold at soon\): at: not a duration"),
-    ({"events": [{"at": "3h", "type": "hold", "monitor": "T-B1-T", "duration": "5m",
-                  "value": 25}]}, "outside the scenario"),
-    ({"events": [{"at": "1h", "type": "hold", "monitor": "T-B1-H", "duration": "5m",
-                  "value": 140}]}, "within 0..100"),
-    ({"events": [{"at": "1h", "type": "units", "monitor": "T-B1-T", "unit": "inH2O"}]},
-     "'inH2O' is not a temperature unit"),
-    ({"events": [{"at": "1h", "type": "malformed", "variant": "gibberish"}]}, "variant must be"),
-    ({"events": [{"at": "1h", "type": "malformed", "variant": "out_of_range",
-                  "monitor": "T-B1-DP"}]}, "out_of_range needs"),
-    ({"events": [{"at": "1h", "type": "duplicate", "monitor": "T-B1-DP", "count": 0}]},
-     "count must be"),
-    ({"events": [{"at": "1h", "type": "hold", "monitor": "T-B1-T", "duration": "5m",
-                  "value": 25, "colour": "red"}]}, "unknown key"),
-    ({"events": [{"at": "1h", "type": "offline", "monitor": "T-B1-T", "duration": "30m"},
-                 {"at": "1h10m", "type": "offline", "monitor": "T-B1-T", "duration": "5m"}]},
-     r"events\[1\]: overlaps events\[0\] on T-B1-T"),
-    ({"operations": [{"room": "T-X", "start": "1h", "end": "2h"}]},
-     r"operations\[0\] \(T-X\): room 'T-X'"),
-    ({"operations": [{"room": "T-B1", "start": "1h", "end": "30m"}]}, "end must be after"),
-    ({"expect": [{"monitor": "T-B1-PC", "channel": "0.5", "level": "action",
-                  "state": "in_operation", "start": "1h"}]},
-     r"expect\[0\] \(T-B1-PC\): state 'in_operation' but room T-B1 is at_rest"),
-    ({"expect": [{"monitor": "T-B1-DP", "level": "severe", "state": "at_rest",
-                  "start": "1h"}]}, "level must be"),
-])
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        (
+            {
+                "events": [
+                    {
+                        "at": "1h",
+                        "type": "particle_burst",
+                        "monitor": "NOPE",
+                        "duration": "5m",
+                        "concentrations": {"0.5": 1},
+                    }
+                ]
+            },
+            r"events\[0\] \(particle_burst at 1h\): monitor 'NOPE' is not a monitor of T-SITE",
+        ),
+        (
+            {
+                "events": [
+                    {
+                        "at": "1h",
+                        "type": "particle_burst",
+                        "monitor": "T-B1-DP",
+                        "duration": "5m",
+                        "concentrations": {"0.5": 1},
+                    }
+                ]
+            },
+            "T-B1-DP is a pressure monitor",
+        ),
+        (
+            {
+                "events": [
+                    {
+                        "at": "1h",
+                        "type": "particle_burst",
+                        "monitor": "T-B1-PC",
+                        "duration": "5m",
+                        "concentrations": {"0.5": 10, "5.0": 20},
+                    }
+                ]
+            },
+            "cumulative",
+        ),
+        ({"events": [{"at": "1h", "type": "explode", "monitor": "T-B1-PC"}]}, "type must be one of"),
+        (
+            {"events": [{"at": "soon", "type": "hold", "monitor": "T-B1-T", "duration": "5m", "value": 25}]},
+            r"events\[0\] \(hold at soon\): at: not a duration",
+        ),
+        (
+            {"events": [{"at": "3h", "type": "hold", "monitor": "T-B1-T", "duration": "5m", "value": 25}]},
+            "outside the scenario",
+        ),
+        (
+            {"events": [{"at": "1h", "type": "hold", "monitor": "T-B1-H", "duration": "5m", "value": 140}]},
+            "within 0..100",
+        ),
+        (
+            {"events": [{"at": "1h", "type": "units", "monitor": "T-B1-T", "unit": "inH2O"}]},
+            "'inH2O' is not a temperature unit",
+        ),
+        ({"events": [{"at": "1h", "type": "malformed", "variant": "gibberish"}]}, "variant must be"),
+        (
+            {"events": [{"at": "1h", "type": "malformed", "variant": "out_of_range", "monitor": "T-B1-DP"}]},
+            "out_of_range needs",
+        ),
+        ({"events": [{"at": "1h", "type": "duplicate", "monitor": "T-B1-DP", "count": 0}]}, "count must be"),
+        (
+            {
+                "events": [
+                    {
+                        "at": "1h",
+                        "type": "hold",
+                        "monitor": "T-B1-T",
+                        "duration": "5m",
+                        "value": 25,
+                        "colour": "red",
+                    }
+                ]
+            },
+            "unknown key",
+        ),
+        (
+            {
+                "events": [
+                    {"at": "1h", "type": "offline", "monitor": "T-B1-T", "duration": "30m"},
+                    {"at": "1h10m", "type": "offline", "monitor": "T-B1-T", "duration": "5m"},
+                ]
+            },
+            r"events\[1\]: overlaps events\[0\] on T-B1-T",
+        ),
+        (
+            {"operations": [{"room": "T-X", "start": "1h", "end": "2h"}]},
+            r"operations\[0\] \(T-X\): room 'T-X'",
+        ),
+        ({"operations": [{"room": "T-B1", "start": "1h", "end": "30m"}]}, "end must be after"),
+        (
+            {
+                "expect": [
+                    {
+                        "monitor": "T-B1-PC",
+                        "channel": "0.5",
+                        "level": "action",
+                        "state": "in_operation",
+                        "start": "1h",
+                    }
+                ]
+            },
+            r"expect\[0\] \(T-B1-PC\): state 'in_operation' but room T-B1 is at_rest",
+        ),
+        (
+            {"expect": [{"monitor": "T-B1-DP", "level": "severe", "state": "at_rest", "start": "1h"}]},
+            "level must be",
+        ),
+    ],
+)
 def test_scenario_errors_name_the_entry(small: Facility, entry: dict, message: str) -> None:
     data = {"scenario": {"name": "bad", "duration": "2h"}, **entry}
     with pytest.raises(ValueError, match=message):
@@ -537,7 +683,8 @@ def test_day_in_the_life_validates_and_documents_itself(cpc: Facility, day: Scen
 
 
 def test_day_in_the_life_produces_exactly_the_expected_excursions(
-        cpc: Facility, day: Scenario, day_messages: list[Outgoing]) -> None:
+    cpc: Facility, day: Scenario, day_messages: list[Outgoing]
+) -> None:
     found = evaluate(cpc, day, day_messages, START)
     expected = sorted((e.monitor, e.channel, e.level, e.state) for e in day.expect)
     assert sorted((f.monitor, f.channel, f.level, f.state) for f in found) == expected
@@ -580,8 +727,19 @@ def test_dry_run_summary(cpc: Facility, day: Scenario) -> None:
 
 
 def test_cli_dry_run(capsys: pytest.CaptureFixture[str]) -> None:
-    code = main(["--facility", str(DATA / "test-small.toml"), "--seed", "3", "--duration", "30m",
-                 "--speed", "0", "--dry-run"])
+    code = main(
+        [
+            "--facility",
+            str(DATA / "test-small.toml"),
+            "--seed",
+            "3",
+            "--duration",
+            "30m",
+            "--speed",
+            "0",
+            "--dry-run",
+        ]
+    )
     assert code == 0
     out = capsys.readouterr().out
     assert "readings: 510 from 7 monitors" in out
@@ -589,10 +747,10 @@ def test_cli_dry_run(capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_cli_reports_bad_scenario(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     bad = tmp_path / "bad.toml"
-    bad.write_text('[scenario]\nname = "x"\nduration = "1h"\n[[operations]]\nroom = "NOPE"\n'
-                   'start = "0s"\nend = "5m"\n')
-    code = main(["--facility", str(DATA / "test-small.toml"), "--scenario", str(bad),
-                 "--dry-run"])
+    bad.write_text(
+        '[scenario]\nname = "x"\nduration = "1h"\n[[operations]]\nroom = "NOPE"\nstart = "0s"\nend = "5m"\n'
+    )
+    code = main(["--facility", str(DATA / "test-small.toml"), "--scenario", str(bad), "--dry-run"])
     assert code == 2
     assert "operations[0] (NOPE)" in capsys.readouterr().err
 
@@ -604,7 +762,8 @@ def test_cli_reports_bad_scenario(tmp_path: Path, capsys: pytest.CaptureFixture[
 # when readings stay beyond a bound from the first to a later reading for at least delay_s.
 
 GMP_2010 = {
-    ("A", "at_rest"): {"0.5": 3520, "5.0": 20}, ("A", "in_operation"): {"0.5": 3520, "5.0": 20},
+    ("A", "at_rest"): {"0.5": 3520, "5.0": 20},
+    ("A", "in_operation"): {"0.5": 3520, "5.0": 20},
     ("B", "at_rest"): {"0.5": 3520, "5.0": 29},
     ("B", "in_operation"): {"0.5": 352_000, "5.0": 2900},
     ("C", "at_rest"): {"0.5": 352_000, "5.0": 2900},
@@ -622,22 +781,25 @@ class Episode:
     start: datetime
 
 
-def _bounds(facility: Facility, monitor_code: str, channel: str | None,
-            state: str) -> dict[str, float | None] | None:
+def _bounds(
+    facility: Facility, monitor_code: str, channel: str | None, state: str
+) -> dict[str, float | None] | None:
     monitor = facility.monitor(monitor_code)
     room = facility.room(monitor.room)
-    bounds: dict[str, float | None] = dict.fromkeys(
-        ("alert_low", "alert_high", "action_low", "action_high"))
+    bounds: dict[str, float | None] = dict.fromkeys(("alert_low", "alert_high", "action_low", "action_high"))
     if monitor.kind == "particles":
         limit = GMP_2010.get((room.grade, state), {}).get(channel or "")
         if limit is None:
             return None
         bounds.update(alert_high=limit / 2, action_high=limit)
-    for selector, value in (("grade", room.grade), ("room", room.code),
-                            ("monitor", monitor.code)):
+    for selector, value in (("grade", room.grade), ("room", room.code), ("monitor", monitor.code)):
         for lim in facility.limits:
-            if (getattr(lim, selector) == value and lim.kind == monitor.kind
-                    and lim.channel in (None, channel) and lim.state in ("any", state)):
+            if (
+                getattr(lim, selector) == value
+                and lim.kind == monitor.kind
+                and lim.channel in (None, channel)
+                and lim.state in ("any", state)
+            ):
                 bounds.update({k: getattr(lim, k) for k in bounds if getattr(lim, k) is not None})
                 bounds["delay_s"] = lim.delay_s
     return bounds
@@ -645,16 +807,17 @@ def _bounds(facility: Facility, monitor_code: str, channel: str | None,
 
 def _level(value: float, b: dict[str, float | None]) -> str | None:
     if (b["action_high"] is not None and value > b["action_high"]) or (
-            b["action_low"] is not None and value < b["action_low"]):
+        b["action_low"] is not None and value < b["action_low"]
+    ):
         return "action"
     if (b["alert_high"] is not None and value > b["alert_high"]) or (
-            b["alert_low"] is not None and value < b["alert_low"]):
+        b["alert_low"] is not None and value < b["alert_low"]
+    ):
         return "alert"
     return None
 
 
-def _canonical_series(messages: list[Outgoing]) -> dict[tuple[str, str | None],
-                                                        list[tuple[datetime, float]]]:
+def _canonical_series(messages: list[Outgoing]) -> dict[tuple[str, str | None], list[tuple[datetime, float]]]:
     """Deduplicated readings by (monitor, channel) in event-time order, canonical units."""
     seen: set[tuple[str, int]] = set()
     series: dict[tuple[str, str | None], list[tuple[datetime, float]]] = defaultdict(list)
@@ -667,8 +830,7 @@ def _canonical_series(messages: list[Outgoing]) -> dict[tuple[str, str | None],
         seen.add((data["monitor"], data["seq"]))
         ts = datetime.fromisoformat(data["ts"].replace("Z", "+00:00"))
         if data["kind"] == "particles":
-            litres = payloads.to_canonical("particles", data["sample"]["volume"],
-                                           data["sample"]["unit"])
+            litres = payloads.to_canonical("particles", data["sample"]["volume"], data["sample"]["unit"])
             for channel, count in data["counts"].items():
                 series[(data["monitor"], channel)].append((ts, count * 1000 / litres))
         else:
@@ -679,8 +841,7 @@ def _canonical_series(messages: list[Outgoing]) -> dict[tuple[str, str | None],
     return series
 
 
-def evaluate(facility: Facility, scen: Scenario, messages: list[Outgoing],
-             start: datetime) -> list[Episode]:
+def evaluate(facility: Facility, scen: Scenario, messages: list[Outgoing], start: datetime) -> list[Episode]:
     """Excursion episodes in the messages, by the reference rules above."""
     episodes = []
     for (code, channel), values in _canonical_series(messages).items():
@@ -689,8 +850,11 @@ def evaluate(facility: Facility, scen: Scenario, messages: list[Outgoing],
         for ts, value in [*values, (None, None)]:
             level = None
             if ts is not None:
-                state = ("in_operation" if room_in_operation(facility, scen.operations, room,
-                                                             ts - start) else "at_rest")
+                state = (
+                    "in_operation"
+                    if room_in_operation(facility, scen.operations, room, ts - start)
+                    else "at_rest"
+                )
                 bounds = _bounds(facility, code, channel, state)
                 level = _level(value, bounds) if bounds else None
             if level is not None:
@@ -704,11 +868,11 @@ def evaluate(facility: Facility, scen: Scenario, messages: list[Outgoing],
     return episodes
 
 
-def _episode(facility: Facility, code: str, channel: str | None,
-             run: list[tuple[datetime, str, str]]) -> Episode | None:
+def _episode(
+    facility: Facility, code: str, channel: str | None, run: list[tuple[datetime, str, str]]
+) -> Episode | None:
     """Open an episode when the run lasts the delay; action if the action part does too."""
-    delay = timedelta(seconds=int(_bounds(facility, code, channel, run[0][2])
-                                  .get("delay_s") or 0))  # type: ignore[union-attr]
+    delay = timedelta(seconds=int(_bounds(facility, code, channel, run[0][2]).get("delay_s") or 0))  # type: ignore[union-attr]
     if run[-1][0] - run[0][0] < delay:
         return None
     action = [ts for ts, level, _ in run if level == "action"]

@@ -36,10 +36,13 @@ def _free_port() -> int:
 def broker(tmp_path: Path) -> Iterator[BrokerAddress]:
     port = _free_port()
     conf = tmp_path / "mosquitto.conf"
-    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
-                    "max_queued_messages 1000000\nmax_inflight_messages 0\n")
-    proc = subprocess.Popen([MOSQUITTO, "-c", str(conf)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    conf.write_text(
+        f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
+        "max_queued_messages 1000000\nmax_inflight_messages 0\n"
+    )
+    proc = subprocess.Popen(
+        [MOSQUITTO, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.monotonic() + 10
     while True:
         try:
@@ -82,18 +85,26 @@ class Collector:
 def test_everything_generated_arrives(broker: BrokerAddress) -> None:
     collector = Collector(broker)
     try:
-        result = run_simulation(facility_path=DATA / "test-small.toml", broker=broker, speed=0,
-                                seed=4, duration=timedelta(hours=1), start=START)
+        result = run_simulation(
+            facility_path=DATA / "test-small.toml",
+            broker=broker,
+            speed=0,
+            seed=4,
+            duration=timedelta(hours=1),
+            start=START,
+        )
         collector.wait_for(result.published)
     finally:
         collector.close()
-    expected = list(generate(load_facility(DATA / "test-small.toml"), seed=4, start=START,
-                             duration=timedelta(hours=1)))
+    expected = list(
+        generate(load_facility(DATA / "test-small.toml"), seed=4, start=START, duration=timedelta(hours=1))
+    )
     assert result.published == len(expected)
     assert result.undelivered == 0
     assert not result.stopped
     assert Counter((m.topic, m.payload) for m in collector.messages) == Counter(
-        (m.topic, m.payload) for m in expected)
+        (m.topic, m.payload) for m in expected
+    )
     assert result.readings["T-B1-DP"].count == 360
     assert result.readings["T-B1-DP"].last_seq == 360
 
@@ -104,18 +115,29 @@ def test_everything_generated_arrives(broker: BrokerAddress) -> None:
         late.close()
     assert {(m.topic, m.payload, m.retain) for m in late.messages} == {
         (f"gmp/T-SITE/{room}/{code}/status", b"offline", True)
-        for room, code in [("T-B1", "T-B1-PC"), ("T-B1-BSC", "T-BSC-PC"), ("T-C1", "T-C1-PC"),
-                           ("T-B1", "T-B1-DP"), ("T-C1", "T-C1-DP"), ("T-B1", "T-B1-T"),
-                           ("T-B1", "T-B1-H")]}
+        for room, code in [
+            ("T-B1", "T-B1-PC"),
+            ("T-B1-BSC", "T-BSC-PC"),
+            ("T-C1", "T-C1-PC"),
+            ("T-B1", "T-B1-DP"),
+            ("T-C1", "T-C1-DP"),
+            ("T-B1", "T-B1-T"),
+            ("T-B1", "T-B1-H"),
+        ]
+    }
 
 
 def test_a_large_burst_is_bounded_and_complete(broker: BrokerAddress) -> None:
     collector = Collector(broker)
     try:
         began = time.monotonic()
-        result = run_simulation(facility_path=DATA / "nn-cpc.toml",
-                                scenario_path=DATA / "day-in-the-life.toml", broker=broker,
-                                speed=0, duration=timedelta(hours=2))
+        result = run_simulation(
+            facility_path=DATA / "nn-cpc.toml",
+            scenario_path=DATA / "day-in-the-life.toml",
+            broker=broker,
+            speed=0,
+            duration=timedelta(hours=2),
+        )
         elapsed = time.monotonic() - began
         collector.wait_for(result.published)
     finally:
@@ -137,9 +159,14 @@ def test_stop_ends_a_paced_run_and_marks_monitors_offline(broker: BrokerAddress)
     collector = Collector(broker)
     try:
         began = time.monotonic()
-        result = run_simulation(facility_path=DATA / "test-small.toml", broker=broker,
-                                speed=60, duration=timedelta(hours=24), stop=stop,
-                                on_progress=on_progress)
+        result = run_simulation(
+            facility_path=DATA / "test-small.toml",
+            broker=broker,
+            speed=60,
+            duration=timedelta(hours=24),
+            stop=stop,
+            on_progress=on_progress,
+        )
         collector.wait_for(result.published)
     finally:
         collector.close()
@@ -156,5 +183,6 @@ def test_stop_ends_a_paced_run_and_marks_monitors_offline(broker: BrokerAddress)
 def test_unreachable_broker_is_a_clear_error() -> None:
     address = BrokerAddress("127.0.0.1", _free_port())
     with pytest.raises(ConnectionError, match=r"cannot reach MQTT broker mqtt://127\.0\.0\.1"):
-        run_simulation(facility_path=DATA / "test-small.toml", broker=address, speed=0,
-                       duration=timedelta(minutes=5))
+        run_simulation(
+            facility_path=DATA / "test-small.toml", broker=address, speed=0, duration=timedelta(minutes=5)
+        )

@@ -37,7 +37,7 @@ from tracker.monitoring.rules.volume import (
 from tracker.wire.broker import LocalBroker
 
 GRADE_A_5UM = Bounds(alert_high=10.0, action_high=20.0, regulatory_high=20.0)
-ONE_IN_28L = round(1 / 0.0283, 3)   # 35.336 /m³: one ≥5.0 µm particle in a 28.3 L sample
+ONE_IN_28L = round(1 / 0.0283, 3)  # 35.336 /m³: one ≥5.0 µm particle in a 28.3 L sample
 
 
 def at(minute: float) -> datetime:
@@ -56,9 +56,17 @@ def grade_a_samples(counts: dict[int, int], minutes: int, volume_l: float = 28.3
     for m in range(minutes):
         value = round(counts.get(m, 0) / (volume_l / 1000), 3)
         verdict = cap_single(evaluate(value, GRADE_A_5UM), GRADE_A_5UM, volume_l)
-        out.append(Sample(at=at(m), seq=m, count=counts.get(m, 0), volume_ul=volume_ul(volume_l),
-                          limit=20.0, verdict=verdict,
-                          rolling=single_count_exceeds(GRADE_A_5UM, volume_l)))
+        out.append(
+            Sample(
+                at=at(m),
+                seq=m,
+                count=counts.get(m, 0),
+                volume_ul=volume_ul(volume_l),
+                limit=20.0,
+                verdict=verdict,
+                rolling=single_count_exceeds(GRADE_A_5UM, volume_l),
+            )
+        )
     return out
 
 
@@ -67,8 +75,8 @@ def levels(samples: list[Sample]) -> dict[int, str]:
 
 
 def test_one_count_in_a_small_sample_is_at_most_an_alert() -> None:
-    assert single_count_exceeds(GRADE_A_5UM, 28.3)           # 35.3 /m³ > 20
-    assert not single_count_exceeds(GRADE_A_5UM, 100.0)      # 10 /m³: the sample resolves it
+    assert single_count_exceeds(GRADE_A_5UM, 28.3)  # 35.3 /m³ > 20
+    assert not single_count_exceeds(GRADE_A_5UM, 100.0)  # 10 /m³: the sample resolves it
     assert not single_count_exceeds(Bounds(action_high=3520.0), 28.3)
     burst = evaluate(10 / 0.0283, GRADE_A_5UM)
     assert burst.level is Level.ACTION
@@ -77,7 +85,7 @@ def test_one_count_in_a_small_sample_is_at_most_an_alert() -> None:
 
 
 def test_isolated_single_counts_never_make_an_action() -> None:
-    samples = grade_a_samples({m: 1 for m in range(0, 120, 6)}, 120)   # one count every 6 min
+    samples = grade_a_samples({m: 1 for m in range(0, 120, 6)}, 120)  # one count every 6 min
     rolling_pass({}, samples, target_ul=UL_PER_M3)
     assert set(levels(samples).values()) == {"alert"}
     assert sorted(levels(samples)) == list(range(0, 120, 6))
@@ -103,19 +111,18 @@ def test_window_is_exact_and_young_series_are_judged_against_the_whole_volume() 
     assert w.volume - w.items[0][3] < UL_PER_M3 <= w.volume
     young = RollingWindow(UL_PER_M3)
     for i in range(20):
-        young.push(at(i), i, 1, volume_ul(28.3))   # 20 counts in 0.566 m³: not yet > 20 in 1 m³
+        young.push(at(i), i, 1, volume_ul(28.3))  # 20 counts in 0.566 m³: not yet > 20 in 1 m³
     assert not young.exceeds(20.0)
     young.push(at(20), 20, 1, volume_ul(28.3))
     assert young.exceeds(20.0)
     equal = RollingWindow(UL_PER_M3)
-    equal.push(at(0), 0, 20, UL_PER_M3)            # exactly 20 /m³ complies
+    equal.push(at(0), 0, 20, UL_PER_M3)  # exactly 20 /m³ complies
     assert not equal.exceeds(20.0)
 
 
 def test_rolling_volume_is_configurable_per_facility() -> None:
     base = MIN_FACILITY.read_text(encoding="utf-8")
-    facility = parse_facility(base + "\n[rules]\nparticle_rolling_volume_m3 = 0.69\n"
-                                     "recovery_min = 15\n")
+    facility = parse_facility(base + "\n[rules]\nparticle_rolling_volume_m3 = 0.69\nrecovery_min = 15\n")
     assert (facility.rules.rolling_volume_m3, facility.rules.recovery_s) == (0.69, 900.0)
     assert parse_facility(base).rules.rolling_volume_m3 == 1.0
     with pytest.raises(FacilityFileError, match="too small"):
@@ -129,31 +136,41 @@ def test_rolling_volume_is_configurable_per_facility() -> None:
 
 def test_recovery_window_judges_by_in_operation_limits() -> None:
     tl = Timeline([at(10), at(30), at(90)], ["in_operation", "at_rest", "in_operation"])
-    assert tl.judging(at(5), 1200) == "at_rest"              # no operation before
+    assert tl.judging(at(5), 1200) == "at_rest"  # no operation before
     assert tl.judging(at(20), 1200) == "in_operation"
-    assert tl.judging(at(49.9), 1200) == "in_operation"      # inside the 20 min window
+    assert tl.judging(at(49.9), 1200) == "in_operation"  # inside the 20 min window
     assert tl.judging(at(50), 1200) == "at_rest"
-    assert tl.judging(at(40), 0) == "at_rest"                # rule switched off
+    assert tl.judging(at(40), 0) == "at_rest"  # rule switched off
     assert tl.left_operation(at(60)) == (at(30), at(90))
     assert tl.left_operation(at(20)) is None
 
 
 def j(minute: float, *levels_: Level) -> Judgement:
-    return Judgement(at(minute), tuple((ch, lv, 100.0 * (i + 1), 50.0)
-                                       for i, (ch, lv) in enumerate(zip(("0.5", "5.0"), levels_,
-                                                                        strict=False))))
+    return Judgement(
+        at(minute),
+        tuple(
+            (ch, lv, 100.0 * (i + 1), 50.0)
+            for i, (ch, lv) in enumerate(zip(("0.5", "5.0"), levels_, strict=False))
+        ),
+    )
 
 
 def test_recovery_failure_pure() -> None:
     ok, alert, action = Level.OK, Level.ALERT, Level.ACTION
     assert recovery_failure([j(50, ok, ok), j(51, action, ok)], None) == (None, at(50))
     failure, settled = recovery_failure(
-        [j(50, alert, ok), j(51, ok, action), j(52, ok, ok), j(53, action, ok)], None)
+        [j(50, alert, ok), j(51, ok, action), j(52, ok, ok), j(53, action, ok)], None
+    )
     assert settled == at(52)
-    assert (failure.started_at, failure.ended_at, failure.level, failure.channel,
-            failure.judgements) == (at(50), at(52), action, "5.0", 2)
+    assert (failure.started_at, failure.ended_at, failure.level, failure.channel, failure.judgements) == (
+        at(50),
+        at(52),
+        action,
+        "5.0",
+        2,
+    )
     still, settled = recovery_failure([j(50, alert, ok)], at(70))
-    assert (still.ended_at, settled) == (at(70), None)   # closed by the next operation
+    assert (still.ended_at, settled) == (at(70), None)  # closed by the next operation
     assert recovery_failure([], None) == (None, None)
 
 
@@ -161,8 +178,9 @@ def test_recovery_failure_pure() -> None:
 
 
 def bsc(m: int, c50: int, *, volume: float = 28.3) -> tuple[str, bytes]:
-    return topic("T-B1-BSC", "T-BSC-PC"), particles(monitor="T-BSC-PC", seq=m + 1, ts=at(m),
-                                                    c05=max(5, c50), c50=c50, volume=volume)
+    return topic("T-B1-BSC", "T-BSC-PC"), particles(
+        monitor="T-BSC-PC", seq=m + 1, ts=at(m), c05=max(5, c50), c50=c50, volume=volume
+    )
 
 
 def b1(m: int, c05: int) -> tuple[str, bytes]:
@@ -187,12 +205,13 @@ def shape(e: dict) -> tuple:
 
 
 def test_grade_a_isolated_single_counts_are_alerts_and_never_an_action(
-        facility_engine: Engine, broker: LocalBroker) -> None:
+    facility_engine: Engine, broker: LocalBroker
+) -> None:
     # the A zone's counter samples 28.3 L: one ≥5.0 µm particle is 35 /m³ > 20 /m³
     ingest(facility_engine, broker, [bsc(m, 1 if m in (5, 30) else 0) for m in range(60)])
     with unit_of_work(facility_engine) as s:
         limits = list_excursions(s, type_="limit")
-        assert list_excursions(s, type_="recurrence") == []     # isolated: not recurrent
+        assert list_excursions(s, type_="recurrence") == []  # isolated: not recurrent
         levels_ = set(s.exec(select(Reading.level).where(Reading.channel == "5.0")).all())
     assert [shape(e) for e in limits] == [
         ("5.0", "alert", iso(5), iso(6), 1),
@@ -210,12 +229,14 @@ SUSTAINED_EPISODE = ("5.0", "action", iso(40), iso(85), 45)
 
 
 def test_grade_a_sustained_counts_over_the_rolling_volume_are_an_action(
-        facility_engine: Engine, broker: LocalBroker) -> None:
+    facility_engine: Engine, broker: LocalBroker
+) -> None:
     ingest(facility_engine, broker, [bsc(m, SUSTAINED.get(m, 0)) for m in range(100)])
     with unit_of_work(facility_engine) as s:
         (ex,) = list_excursions(s, type_="limit")
-        assert [(e["started_at"], e["level"]) for e in list_excursions(s, type_="recurrence")] \
-            == [(iso(40), "action")]
+        assert [(e["started_at"], e["level"]) for e in list_excursions(s, type_="recurrence")] == [
+            (iso(40), "action")
+        ]
         volumes = set(s.exec(select(Reading.sample_volume_l).where(Reading.monitor_id == 2)))
     assert shape(ex) == SUSTAINED_EPISODE
     assert ex["limit"] == 20.0
@@ -223,17 +244,21 @@ def test_grade_a_sustained_counts_over_the_rolling_volume_are_an_action(
 
 
 def test_backfilled_samples_give_the_same_rolling_verdicts(
-        facility_engine: Engine, broker: LocalBroker) -> None:
+    facility_engine: Engine, broker: LocalBroker
+) -> None:
     """Minutes 45-64 arrive last (a counter's buffer after an outage): the stored samples
     after them are judged again, and the episode is exactly the in-order one."""
     messages = [bsc(m, SUSTAINED.get(m, 0)) for m in range(100)]
     late = set(range(45, 65))
-    ingest(facility_engine, broker, [x for m, x in enumerate(messages) if m not in late],
-           [x for m, x in enumerate(messages) if m in late])
+    ingest(
+        facility_engine,
+        broker,
+        [x for m, x in enumerate(messages) if m not in late],
+        [x for m, x in enumerate(messages) if m in late],
+    )
     with unit_of_work(facility_engine) as s:
         (ex,) = list_excursions(s, type_="limit")
-        action = s.exec(select(Reading.seq).where(Reading.channel == "5.0",
-                                                  Reading.level == "action")).all()
+        action = s.exec(select(Reading.seq).where(Reading.channel == "5.0", Reading.level == "action")).all()
         assert verify_rollups(s, {2: "particles"}, at(0), at(100)) == []
         # re-evaluating the whole series, or a slice inside the windows, changes nothing
         for start, end in ((T0, None), (at(50), at(62))):
@@ -252,8 +277,9 @@ def recovery_day() -> list[tuple[str, bytes]]:
     # minute 55 → the first at-rest judgement (00:50) fails; clean from minute 56.
     # T-C1: 20,000 counts (706,714 /m³: action at rest) only until minute 40, inside the
     # window → judged by in-operation limits, clean at 00:50: recovered in time.
-    return ([b1(m, 1000 if 10 <= m <= 55 else 10) for m in range(90)]
-            + [c1(m, 20000 if 10 <= m <= 40 else 10) for m in range(90)])
+    return [b1(m, 1000 if 10 <= m <= 55 else 10) for m in range(90)] + [
+        c1(m, 20000 if 10 <= m <= 40 else 10) for m in range(90)
+    ]
 
 
 def recovery_engine(facility_engine: Engine) -> Engine:
@@ -263,14 +289,18 @@ def recovery_engine(facility_engine: Engine) -> Engine:
 
 
 def test_recovery_failure_after_operation_and_a_room_that_recovers_in_time(
-        facility_engine: Engine, broker: LocalBroker) -> None:
+    facility_engine: Engine, broker: LocalBroker
+) -> None:
     engine = recovery_engine(facility_engine)
     ingest(engine, broker, recovery_day())
     with unit_of_work(engine) as s:
         (rec,) = list_excursions(s, type_="recovery")
         limits = list_excursions(s, type_="limit")
-        states = dict(s.exec(select(Reading.seq, Reading.state).where(
-            Reading.monitor_id == 1, Reading.channel == "0.5")).all())
+        states = dict(
+            s.exec(
+                select(Reading.seq, Reading.state).where(Reading.monitor_id == 1, Reading.channel == "0.5")
+            ).all()
+        )
     assert (rec["monitor"], rec["room"], rec["state"]) == ("T-B1-PC", "T-B1", "at_rest")
     assert shape(rec) == RECOVERY_FAILED
     assert rec["limit"] == 3520.0
@@ -283,15 +313,20 @@ def test_recovery_failure_after_operation_and_a_room_that_recovers_in_time(
 
 
 def test_recovery_is_exact_under_late_data_and_re_evaluation(
-        facility_engine: Engine, broker: LocalBroker) -> None:
+    facility_engine: Engine, broker: LocalBroker
+) -> None:
     engine = recovery_engine(facility_engine)
     day = recovery_day()
-    late = {50, 51, 52}            # the first at-rest judgements arrive last
-    ingest(engine, broker, [x for i, x in enumerate(day) if i not in late],
-           [x for i, x in enumerate(day) if i in late])
+    late = {50, 51, 52}  # the first at-rest judgements arrive last
+    ingest(
+        engine,
+        broker,
+        [x for i, x in enumerate(day) if i not in late],
+        [x for i, x in enumerate(day) if i in late],
+    )
     with unit_of_work(engine) as s:
         recs = list_excursions(s, type_="recovery", include_superseded=True)
-        assert [shape(e) for e in recs] == [RECOVERY_FAILED]    # re-shaped, not duplicated
+        assert [shape(e) for e in recs] == [RECOVERY_FAILED]  # re-shaped, not duplicated
         assert "excursion.reshape" in [e.action for e in s.exec(select(AuditEvent))]
         again = reevaluate(s, room_code="T-B1", start=T0, actor="qa.li")
         assert (again.readings_changed, again.series_rebuilt) == (0, 0)
@@ -299,10 +334,22 @@ def test_recovery_is_exact_under_late_data_and_re_evaluation(
     # the operation really ended at 00:40: the window now runs to 01:00 and covers the dirty
     # readings; the first at-rest judgement (01:00) is clean, so the failure is superseded
     with unit_of_work(engine) as s:
-        record_room_state(s, room_code="T-B1", state="in_operation", effective_at=at(30),
-                          actor="qa.li", reason="operation log corrected")
-        record_room_state(s, room_code="T-B1", state="at_rest", effective_at=at(40),
-                          actor="qa.li", reason="operation log corrected")
+        record_room_state(
+            s,
+            room_code="T-B1",
+            state="in_operation",
+            effective_at=at(30),
+            actor="qa.li",
+            reason="operation log corrected",
+        )
+        record_room_state(
+            s,
+            room_code="T-B1",
+            state="at_rest",
+            effective_at=at(40),
+            actor="qa.li",
+            reason="operation log corrected",
+        )
     with unit_of_work(engine) as s:
         recs = list_excursions(s, type_="recovery", include_superseded=True)
         assert [(e["status"], e["started_at"]) for e in recs] == [("superseded", iso(50))]

@@ -19,14 +19,27 @@ from tracker.web.access import ACCESS, ANONYMOUS
 from tracker.web.app import create_app, flat_routes
 from tracker.web.config import WebSettings
 
-FILL = {"excursion_id": "999999", "capa_id": "999999", "link_id": "999999", "step_id": "999999",
-        "proposal_id": "999999", "number": "NO-SUCH", "code": "NO-SUCH", "username": "nobody"}
+FILL = {
+    "excursion_id": "999999",
+    "capa_id": "999999",
+    "link_id": "999999",
+    "step_id": "999999",
+    "proposal_id": "999999",
+    "number": "NO-SUCH",
+    "code": "NO-SUCH",
+    "username": "nobody",
+}
 #: bodies that pass validation, so an allowed caller reaches the service (which then answers 404)
 API_BODIES = {
-    "/api/v1/tokens": {"username": ""},          # 422: a wrong password would rightly be 401
+    "/api/v1/tokens": {"username": ""},  # 422: a wrong password would rightly be 401
     "/api/v1/excursions/{excursion_id}/acknowledge": {"comment": "seen"},
-    "/api/v1/deviations": {"title": "t", "classification": "minor", "category": "environment",
-                           "description": "d", "batches": ["NO-SUCH"]},
+    "/api/v1/deviations": {
+        "title": "t",
+        "classification": "minor",
+        "category": "environment",
+        "description": "d",
+        "batches": ["NO-SUCH"],
+    },
     "/api/v1/links/{link_id}/decide": {"exposed": True, "reason": "r"},
     "/api/v1/batches/{number}/sign": {"password": PASSWORD},
     "/api/v1/batches/{number}/review": {"password": PASSWORD},
@@ -37,12 +50,21 @@ API_BODIES = {
     "/api/v1/deviations/{number}/approve": {"password": PASSWORD},
     "/api/v1/deviations/{number}/no-capa": {"justification": "j"},
     "/api/v1/deviations/{number}/close": {"password": PASSWORD},
-    "/api/v1/deviations/{number}/capa": {"kind": "corrective", "description": "d", "owner": "op1",
-                                         "due": "2026-12-31"},
+    "/api/v1/deviations/{number}/capa": {
+        "kind": "corrective",
+        "description": "d",
+        "owner": "op1",
+        "due": "2026-12-31",
+    },
     "/api/v1/capa/{capa_id}/done": {"outcome": "o"},
     "/api/v1/capa/{capa_id}/check": {"effective": True, "note": "n"},
-    "/api/v1/limits/proposals": {"room": "NO-SUCH", "kind": "pressure", "state": "at_rest",
-                                 "from": "2026-01-01T00:00:00+08:00", "to": "2026-02-01T00:00:00+08:00"},
+    "/api/v1/limits/proposals": {
+        "room": "NO-SUCH",
+        "kind": "pressure",
+        "state": "at_rest",
+        "from": "2026-01-01T00:00:00+08:00",
+        "to": "2026-02-01T00:00:00+08:00",
+    },
     "/api/v1/limits/proposals/{proposal_id}/approve": {"password": PASSWORD},
     "/api/v1/limits/proposals/{proposal_id}/reject": {"reason": "r"},
 }
@@ -76,7 +98,7 @@ def test_authorisation_matrix(web_app, role: str) -> None:
         method, path = key.split(" ", 1)
         r = call(client, token, method, path)
         to_login = r.status_code == 303 and r.headers["location"].startswith("/login")
-        if role in roles and path == "/logout":   # logging out also lands on the login page
+        if role in roles and path == "/logout":  # logging out also lands on the login page
             ok = to_login and client.get("/").headers.get("location", "").startswith("/login")
         elif role in roles:
             ok = r.status_code not in (401, 403) and not to_login and r.status_code < 500
@@ -99,10 +121,13 @@ def test_unsafe_requests_without_the_csrf_token_are_refused(web_app, web_engine:
         role = sorted(roles - {ANONYMOUS})[0]
         client, token = clients[role]
         r = call(client, token, method, path, with_csrf=False)
-        wrong_token = (client.post(concrete(path), data={"csrf_token": "x" * 43})
-                       if not path.startswith("/api/")
-                       else client.post(concrete(path), json=API_BODIES.get(path, {}),
-                                        headers={"X-CSRF-Token": "x" * 43}))
+        wrong_token = (
+            client.post(concrete(path), data={"csrf_token": "x" * 43})
+            if not path.startswith("/api/")
+            else client.post(
+                concrete(path), json=API_BODIES.get(path, {}), headers={"X-CSRF-Token": "x" * 43}
+            )
+        )
         if r.status_code != 403 or wrong_token.status_code != 403:
             refused.append(f"{key} as {role}: {r.status_code}/{wrong_token.status_code}")
     assert refused == []
@@ -122,7 +147,7 @@ def test_session_cookie_flags_rotation_and_logout(web_app) -> None:
     token = re.search(r'name="csrf_token" value="([^"]+)"', first.text).group(1)
     r = client.post("/login", data={"username": "qa1", "password": PASSWORD, "csrf_token": token})
     assert r.status_code == 303
-    assert client.cookies["tracker_session"] != before          # no session fixation
+    assert client.cookies["tracker_session"] != before  # no session fixation
     assert client.get("/").status_code == 200
     page = client.get("/").text
     token = re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)
@@ -139,7 +164,7 @@ def test_sessions_expire_after_inactivity_and_polling_does_not_keep_them_alive(w
     store.clock = lambda: now[0]
     client, _ = browser(web_app, "qa1")
     now[0] += timedelta(seconds=store.idle_seconds - 5)
-    assert client.get("/dashboard/live").status_code == 200      # a poll: does not count as activity
+    assert client.get("/dashboard/live").status_code == 200  # a poll: does not count as activity
     now[0] += timedelta(seconds=10)
     r = client.get("/")
     assert r.status_code == 303
@@ -154,8 +179,12 @@ def test_api_tokens_authenticate_without_csrf_and_die_with_the_password(web_app,
     assert client.get("/api/v1/me", headers=headers).json()["roles"] == ["qa"]
     assert client.get("/api/v1/users", headers=headers).status_code == 403
     # unsafe call with a token needs no CSRF token (no ambient cookie authority)
-    assert client.post("/api/v1/excursions/999999/acknowledge", json={"comment": "x"},
-                       headers=headers).status_code == 404
+    assert (
+        client.post(
+            "/api/v1/excursions/999999/acknowledge", json={"comment": "x"}, headers=headers
+        ).status_code
+        == 404
+    )
     assert client.get("/api/v1/me", headers={"Authorization": "Bearer gmpt.forged.token"}).status_code == 401
     from tracker.identity.users import change_password, login
 
@@ -166,8 +195,9 @@ def test_api_tokens_authenticate_without_csrf_and_die_with_the_password(web_app,
 
 
 def test_login_failures_lock_the_account_and_addresses_are_throttled(web_engine: Engine) -> None:
-    app = create_app(engine=web_engine, settings=WebSettings(secret_key="k" * 40,
-                                                              login_attempts_per_minute=6))
+    app = create_app(
+        engine=web_engine, settings=WebSettings(secret_key="k" * 40, login_attempts_per_minute=6)
+    )
     client, token = browser(app)
     for _ in range(5):
         r = client.post("/login", data={"username": "qa2", "password": "wrong password", "csrf_token": token})
@@ -176,13 +206,16 @@ def test_login_failures_lock_the_account_and_addresses_are_throttled(web_engine:
     assert r.status_code == 401
     assert "已锁定" in r.text
     r = client.post("/login", data={"username": "qa1", "password": PASSWORD, "csrf_token": token})
-    assert r.status_code == 429          # the seventh attempt from this address within the minute
+    assert r.status_code == 429  # the seventh attempt from this address within the minute
 
 
 def test_a_wrong_signature_password_refuses_the_action_and_counts(web_app, web_engine: Engine) -> None:
     client, token = browser(web_app, "qa1")
-    r = client.post("/batches/NO-SUCH/review", data={"csrf_token": token, "password": "not my password"},
-                    headers={"referer": "http://testserver/batches"})
+    r = client.post(
+        "/batches/NO-SUCH/review",
+        data={"csrf_token": token, "password": "not my password"},
+        headers={"referer": "http://testserver/batches"},
+    )
     assert r.status_code == 303
     assert r.headers["location"] == "/batches"
     page = client.get("/batches").text
@@ -207,7 +240,7 @@ def test_two_app_instances_over_one_database_share_logins_and_logouts(web_engine
     client, _ = browser(one, "qa1")
     other = TestClient(two, follow_redirects=False)
     other.cookies.set("tracker_session", client.cookies["tracker_session"])
-    assert other.get("/").status_code == 200                         # logged in on the second worker
+    assert other.get("/").status_code == 200  # logged in on the second worker
     assert "刘洋" in other.get("/").text
     # only the hash of the token is stored
     with Session(web_engine) as s:
@@ -223,26 +256,37 @@ def test_two_app_instances_over_one_database_share_logins_and_logouts(web_engine
     a, a_token = browser(one, "qa2")
     b, _ = browser(two, "qa2")
     assert b.get("/").status_code == 200
-    r = a.post("/account/password", data={"csrf_token": a_token, "current": PASSWORD,
-                                           "new": "a different long passphrase 7", "confirm":
-                                           "a different long passphrase 7"})
+    r = a.post(
+        "/account/password",
+        data={
+            "csrf_token": a_token,
+            "current": PASSWORD,
+            "new": "a different long passphrase 7",
+            "confirm": "a different long passphrase 7",
+        },
+    )
     assert r.status_code == 303
-    assert a.get("/").status_code == 200                             # the changing session goes on
-    assert b.get("/").headers["location"].startswith("/login")        # the other one is over
+    assert a.get("/").status_code == 200  # the changing session goes on
+    assert b.get("/").headers["location"].startswith("/login")  # the other one is over
     # a change made outside the web app (the CLI) ends the web sessions that predate it
     c, _ = browser(two, "qp1")
     from tracker.identity.users import change_password, login
 
     with unit_of_work(web_engine) as s:
-        change_password(s, actor=login(web_engine, username="qp1", password=PASSWORD),
-                        new_password="the qp's new passphrase 99")
+        change_password(
+            s,
+            actor=login(web_engine, username="qp1", password=PASSWORD),
+            new_password="the qp's new passphrase 99",
+        )
     assert c.get("/").headers["location"].startswith("/login")
     # deactivation by the admin on one worker ends the account's session on the other
     op, _ = browser(two, "op2")
     assert op.get("/").status_code == 200
     admin, admin_token = browser(one, "admin")
-    assert admin.post("/users/op2/deactivate", data={"csrf_token": admin_token, "reason": "left"}
-                      ).status_code == 303
+    assert (
+        admin.post("/users/op2/deactivate", data={"csrf_token": admin_token, "reason": "left"}).status_code
+        == 303
+    )
     assert op.get("/").headers["location"].startswith("/login")
     with Session(web_engine) as s:
         from tracker.identity.users import get_user

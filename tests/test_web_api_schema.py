@@ -12,19 +12,27 @@ from tests.factories import PASSWORD
 
 
 def test_the_api_answers_generated_requests_without_a_server_error(web_app) -> None:
-    token = TestClient(web_app).post("/api/v1/tokens",
-                                     json={"username": "qa1", "password": PASSWORD}).json()["token"]
+    token = (
+        TestClient(web_app)
+        .post("/api/v1/tokens", json={"username": "qa1", "password": PASSWORD})
+        .json()["token"]
+    )
     schema = schemathesis.openapi.from_asgi("/openapi.json", web_app)
     operations = [result.ok() for result in schema.get_all_operations()]
     assert len(operations) >= 19
     for operation in operations:
 
         @given(case=operation.as_strategy())
-        @settings(max_examples=20, deadline=None, derandomize=True, database=None,
-                  suppress_health_check=list(HealthCheck))
+        @settings(
+            max_examples=20,
+            deadline=None,
+            derandomize=True,
+            database=None,
+            suppress_health_check=list(HealthCheck),
+        )
         def run(case) -> None:
             case.call_and_validate(headers={"Authorization": f"Bearer {token}"}, checks=[not_a_server_error])
-            case.call_and_validate(checks=[not_a_server_error])   # anonymous: 401 or 422, never 500
+            case.call_and_validate(checks=[not_a_server_error])  # anonymous: 401 or 422, never 500
 
         run()
 
@@ -40,10 +48,18 @@ def test_ids_beyond_an_integer_column_answer_422_not_500(web_app) -> None:
     for excursion_id, status in ((2**31, 422), (2**31 - 1, 404)):
         r = client.post(f"/api/v1/excursions/{excursion_id}/acknowledge", json={"comment": "x"}, headers=auth)
         assert r.status_code == status, r.text
-    r = client.post("/api/v1/deviations", headers=auth, json={
-        "excursion_ids": [2**31], "title": "t", "classification": "minor", "category": "c",
-        "description": "d"})
+    r = client.post(
+        "/api/v1/deviations",
+        headers=auth,
+        json={
+            "excursion_ids": [2**31],
+            "title": "t",
+            "classification": "minor",
+            "category": "c",
+            "description": "d",
+        },
+    )
     assert r.status_code == 422, r.text
     page, csrf = browser(web_app, "qa1")
     r = page.post(f"/excursions/{2**31}/acknowledge", data={"comment": "x", "csrf_token": csrf})
-    assert r.status_code == 303, r.text[:300]   # a form refused: back with a message, no 500
+    assert r.status_code == 303, r.text[:300]  # a form refused: back with a message, no 500

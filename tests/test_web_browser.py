@@ -31,19 +31,29 @@ from tracker.wire.broker import LocalBroker, free_port
 
 playwright_api = pytest.importorskip("playwright.sync_api")
 ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts" / "screenshots"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--disable-quic", "--no-first-run",
-                 "--disable-dev-shm-usage"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-dev-shm-usage",
+]
 BATCH = "CT-2026-001"
 
 
 @pytest.fixture
 def live_server(web_engine: Engine) -> Iterator[str]:
-    app = create_app(engine=web_engine, settings=WebSettings(secret_key="s" * 40, poll_seconds=0.5,
-                                                             login_attempts_per_minute=10_000))
+    app = create_app(
+        engine=web_engine,
+        settings=WebSettings(secret_key="s" * 40, poll_seconds=0.5, login_attempts_per_minute=10_000),
+    )
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
-                                           lifespan="off"))
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
+    )
     thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
     thread.start()
     deadline = time.monotonic() + 15
@@ -70,8 +80,9 @@ class Person:
     """One user's browser context (own cookies), logged in through the login form."""
 
     def __init__(self, browser, base: str, username: str, lang: str = "zh-CN") -> None:
-        self.context = browser.new_context(base_url=base, locale=lang,
-                                           viewport={"width": 1400, "height": 1000})
+        self.context = browser.new_context(
+            base_url=base, locale=lang, viewport={"width": 1400, "height": 1000}
+        )
         self.page = self.context.new_page()
         self.page.set_default_timeout(15_000)
         self.username = username
@@ -104,14 +115,29 @@ def bsc(minute: int) -> int:
     return 1000 if minute in (10, 11, 12, 30, 31, 32) else 20
 
 
-def test_qa_production_and_qp_work_a_batch_through_the_browser(web_engine: Engine, broker: LocalBroker,
-                                                              live_server: str, chromium) -> None:
+def test_qa_production_and_qp_work_a_batch_through_the_browser(
+    web_engine: Engine, broker: LocalBroker, live_server: str, chromium
+) -> None:
     engine = web_engine
-    with unit_of_work(engine) as s:         # the operator's part, through the services
-        batch = create_batch(s, actor=as_(engine, "op1"), site=get_site(s), number=BATCH,
-                             product="CAR-T 细胞注射液", donor_id="D-0001", patient_id="P-0001")
-        step = start_step(s, actor=as_(engine, "op1"), batch=batch, name="细胞接种 seeding",
-                          room_code="T-B1-BSC", start=T0, open_processing=True)
+    with unit_of_work(engine) as s:  # the operator's part, through the services
+        batch = create_batch(
+            s,
+            actor=as_(engine, "op1"),
+            site=get_site(s),
+            number=BATCH,
+            product="CAR-T 细胞注射液",
+            donor_id="D-0001",
+            patient_id="P-0001",
+        )
+        step = start_step(
+            s,
+            actor=as_(engine, "op1"),
+            batch=batch,
+            name="细胞接种 seeding",
+            room_code="T-B1-BSC",
+            start=T0,
+            open_processing=True,
+        )
     with unit_of_work(engine) as s:
         end_step(s, signer=as_(engine, "op1"), step_id=step.id, end=T0 + minutes(20))
         complete_batch(s, actor=as_(engine, "op1"), batch=batch)
@@ -120,9 +146,13 @@ def test_qa_production_and_qp_work_a_batch_through_the_browser(web_engine: Engin
     qa.page.evaluate("window.__notReloaded = true")
     waiting = qa.page.locator("[data-testid=waiting]")
     assert "T-BSC-PC" not in waiting.inner_text()
-    messages = [(topic("T-B1-BSC", "T-BSC-PC"),
-                 particles(monitor="T-BSC-PC", seq=m + 1, ts=T0 + minutes(m), c05=bsc(m), volume=100))
-                for m in range(50)]
+    messages = [
+        (
+            topic("T-B1-BSC", "T-BSC-PC"),
+            particles(monitor="T-BSC-PC", seq=m + 1, ts=T0 + minutes(m), c05=bsc(m), volume=100),
+        )
+        for m in range(50)
+    ]
     with running_ingester(engine, broker, gap_check_s=3600) as ingester:
         publish_all(broker, messages)
         wait_until(lambda: ingester.stats.received >= len(messages), what="50 readings")
@@ -142,7 +172,7 @@ def test_qa_production_and_qp_work_a_batch_through_the_browser(web_engine: Engin
     row.locator("input[name=comment]").fill("开柜门后已恢复；操作员已复训 door opening, retrained")
     row.locator(".ack-form button").click()
     assert "已确认知悉" in qa.flash()
-    assert qa.page.locator(f"tr[data-excursion='{second}']").count() == 0   # left the queue
+    assert qa.page.locator(f"tr[data-excursion='{second}']").count() == 0  # left the queue
     row = qa.page.locator(f"tr[data-excursion='{first}']")
     row.locator("details.raise summary").click()
     row.locator("input[name=title]").fill("BSC 0.5 µm 纠偏超标 action excursion during seeding")
@@ -170,7 +200,7 @@ def test_qa_production_and_qp_work_a_batch_through_the_browser(web_engine: Engin
     # QA's review is refused with the gate's reason
     qa.page.goto(f"/batches/{BATCH}")
     gate = qa.page.locator("[data-testid=gate]").inner_text()
-    assert f"偏差 {number} 处于“已开启”，尚未关闭" in gate        # the gate's reason, in Chinese
+    assert f"偏差 {number} 处于“已开启”，尚未关闭" in gate  # the gate's reason, in Chinese
     qa.shot("04-batch-gate-closed")
     qa.sign("sign-review")
     error = qa.flash("error")
@@ -214,8 +244,12 @@ def test_qa_production_and_qp_work_a_batch_through_the_browser(web_engine: Engin
     qp.sign("sign-release", comment="放行")
     assert qp.page.locator("[data-testid=batch-status]").inner_text() == "已放行"
     manifest = qp.page.locator("[data-testid=signatures]").inner_text()
-    for name in ("生产负责人 张伟 Zhang Wei", "QA 刘洋 Liu Yang", "质量受权人 陈静 Chen Jing",
-                 "操作员 王芳 Wang Fang"):
+    for name in (
+        "生产负责人 张伟 Zhang Wei",
+        "QA 刘洋 Liu Yang",
+        "质量受权人 陈静 Chen Jing",
+        "操作员 王芳 Wang Fang",
+    ):
         assert name in manifest
     assert manifest.count("+0800") >= 4
     qp.shot("06-batch-released")

@@ -22,10 +22,27 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_demo_serves_the_web_app_with_a_login_per_role(tmp_path: Path) -> None:
     port = free_port()
     env = {**os.environ, "TRACKER_LANG": "en", "COLUMNS": "160"}
-    proc = subprocess.Popen([sys.executable, "-m", "tracker.cli", "demo", "--speed", "1800",
-                             "--duration", "25s", "--data-dir", str(tmp_path), "--web-port", str(port)],
-                            env=env, cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tracker.cli",
+            "demo",
+            "--speed",
+            "1800",
+            "--duration",
+            "25s",
+            "--data-dir",
+            str(tmp_path),
+            "--web-port",
+            str(port),
+        ],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         lines: list[str] = []
         deadline = time.monotonic() + 60
@@ -37,12 +54,19 @@ def test_demo_serves_the_web_app_with_a_login_per_role(tmp_path: Path) -> None:
         text = "".join(lines)
         assert f"http://127.0.0.1:{port}/" in text
         logins = dict(re.findall(r"^\s+\w+\s+(demo\.\w+)\s+(\S+)$", text, flags=re.M))
-        assert set(logins) == {"demo.admin", "demo.operator", "demo.production", "demo.qa", "demo.qp",
-                               "demo.viewer"}
+        assert set(logins) == {
+            "demo.admin",
+            "demo.operator",
+            "demo.production",
+            "demo.qa",
+            "demo.qp",
+            "demo.viewer",
+        }
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", follow_redirects=False) as web:
             token = csrf_of(web.get("/login").text)
-            r = web.post("/login", data={"username": "demo.qa", "password": logins["demo.qa"],
-                                         "csrf_token": token})
+            r = web.post(
+                "/login", data={"username": "demo.qa", "password": logins["demo.qa"], "csrf_token": token}
+            )
             assert r.status_code == 303
             assert r.headers["location"] == "/"
             assert web.get("/").status_code == 200
@@ -53,6 +77,7 @@ def test_demo_serves_the_web_app_with_a_login_per_role(tmp_path: Path) -> None:
         if proc.poll() is None:
             proc.kill()
     # nothing of the demo's passwords is in the repository
-    tracked = subprocess.run(["git", "grep", "-l", logins["demo.qa"]], cwd=ROOT, capture_output=True,
-                             text=True)
+    tracked = subprocess.run(
+        ["git", "grep", "-l", logins["demo.qa"]], cwd=ROOT, capture_output=True, text=True
+    )
     assert tracked.stdout == ""

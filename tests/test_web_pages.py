@@ -36,7 +36,8 @@ def extracted() -> set[str]:
     sources = (("python", "**.py", ROOT / "tracker" / "web"), ("jinja2", "*.html", TEMPLATES))
     for method, pattern, base in sources:
         for _file, _line, message, _comments, _ctx in extract_from_dir(
-                base, method_map=[(pattern, method)], keywords={"tr": (2,), "N_": None, "_": None}):
+            base, method_map=[(pattern, method)], keywords={"tr": (2,), "N_": None, "_": None}
+        ):
             found.add(message)
     return found
 
@@ -99,13 +100,34 @@ def test_templates_hold_no_literal_words(template: str) -> None:
 def pages(engine: Engine) -> list[tuple[str, str]]:
     """Every GET page with real keys, and who may see it."""
     with unit_of_work(engine) as s:
-        batch = create_batch(s, actor=as_(engine, "op1"), site=get_site(s), number="CT-2026-009",
-                             product="CAR-T", donor_id="D-9")
-        start_step(s, actor=as_(engine, "op1"), batch=batch, name="接种", room_code="T-B1-BSC", start=T0,
-                   open_processing=True)
-        dev = raise_deviation(s, actor=as_(engine, "qa1"), site=get_site(s), excursion_ids=[], title="t",
-                              classification="minor", category="environment", description="d",
-                              batch_numbers=["CT-2026-009"])
+        batch = create_batch(
+            s,
+            actor=as_(engine, "op1"),
+            site=get_site(s),
+            number="CT-2026-009",
+            product="CAR-T",
+            donor_id="D-9",
+        )
+        start_step(
+            s,
+            actor=as_(engine, "op1"),
+            batch=batch,
+            name="接种",
+            room_code="T-B1-BSC",
+            start=T0,
+            open_processing=True,
+        )
+        dev = raise_deviation(
+            s,
+            actor=as_(engine, "qa1"),
+            site=get_site(s),
+            excursion_ids=[],
+            title="t",
+            classification="minor",
+            category="environment",
+            description="d",
+            batch_numbers=["CT-2026-009"],
+        )
         number = dev.number
     fill = {"number": None, "code": "T-BSC-PC", "excursion_id": "1"}
     out = []
@@ -114,7 +136,7 @@ def pages(engine: Engine) -> list[tuple[str, str]]:
         if method != "GET" or path.startswith(("/api/", "/docs", "/openapi", "/lang", "/healthz")):
             continue
         if path.endswith(".svg") or path == "/dashboard/live" or path.startswith("/reports/"):
-            continue   # images, fragments and file downloads, not pages
+            continue  # images, fragments and file downloads, not pages
         concrete = path.replace("{code}", fill["code"])
         concrete = concrete.replace("/batches/{number}", "/batches/CT-2026-009")
         concrete = concrete.replace("/deviations/{number}", f"/deviations/{number}")
@@ -127,8 +149,9 @@ def test_every_page_renders_in_both_languages_without_the_other_language(web_app
     # enumeration keys (lower-case identifiers such as "admin") also occur as data: sentences and titles only
     english_only = {m for m in zh if re.search(r"[A-Z ]", m) and len(m) > 3} - set(zh.values())
     chinese = {v for v in zh.values() if re.search(r"[\u4e00-\u9fff]", v)}
-    clients = {(user, lang): browser(web_app, user, lang=lang)[0]
-               for user in ("qa1", "admin") for lang in LANGS}
+    clients = {
+        (user, lang): browser(web_app, user, lang=lang)[0] for user in ("qa1", "admin") for lang in LANGS
+    }
     problems = []
     for path, user in [*pages(web_engine), ("/login", "qa1")]:
         for lang in LANGS:
@@ -154,18 +177,31 @@ def test_a_day_of_one_minute_data_charts_in_well_under_a_second(web_app, web_eng
     from tracker.monitoring.intake import Intake
 
     received = T0 + timedelta(days=2)
-    messages = [InboundMessage(topic=topic("T-B1", "T-B1-PC"), received_at=received, dup=False,
-                               payload=particles(monitor="T-B1-PC", seq=m + 1, ts=T0 + timedelta(minutes=m),
-                                                 c05=50_000 if m % 300 < 5 else 1000))
-                for m in range(24 * 60) if not 600 <= m < 660]          # an hour's gap
+    messages = [
+        InboundMessage(
+            topic=topic("T-B1", "T-B1-PC"),
+            received_at=received,
+            dup=False,
+            payload=particles(
+                monitor="T-B1-PC",
+                seq=m + 1,
+                ts=T0 + timedelta(minutes=m),
+                c05=50_000 if m % 300 < 5 else 1000,
+            ),
+        )
+        for m in range(24 * 60)
+        if not 600 <= m < 660
+    ]  # an hour's gap
     processor = BatchProcessor(Intake(close_after=3))
     with unit_of_work(web_engine) as s:
         processor.process(s, messages)
     client, _ = browser(web_app, "qa1")
-    client.get("/monitors/T-B1-PC/chart.svg?hours=1")                  # warm up matplotlib and fonts
+    client.get("/monitors/T-B1-PC/chart.svg?hours=1")  # warm up matplotlib and fonts
     started = time.perf_counter()
-    r = client.get("/monitors/T-B1-PC/chart.svg",
-                   params={"hours": 24, "end": (T0 + timedelta(days=1)).isoformat(), "channel": "0.5"})
+    r = client.get(
+        "/monitors/T-B1-PC/chart.svg",
+        params={"hours": 24, "end": (T0 + timedelta(days=1)).isoformat(), "channel": "0.5"},
+    )
     elapsed = time.perf_counter() - started
     assert r.status_code == 200
     assert r.headers["content-type"].startswith("image/svg+xml")

@@ -31,17 +31,36 @@ from tracker.web.i18n import catalogue_path
 
 ROOT = Path(__file__).resolve().parent.parent
 #: the modules whose messages reach people (pages, terminals, the API)
-SERVICE_MODULES = ["tracker/identity/users.py", "tracker/identity/signatures.py",
-                   "tracker/quality/deviations.py", "tracker/monitoring/proposals.py",
-                   "tracker/monitoring/excursions.py", "tracker/facility/file.py", "tracker/facility/load.py",
-                   "tracker/facility/models.py", "tracker/facility/limits.py", "tracker/facility/inhibits.py",
-                   "tracker/facility/roomstate.py", "tracker/reports/signoff.py",
-                   "tracker/web/api/routes.py", "tracker/web/deps.py", "tracker/web/tokens.py",
-                   *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "tracker/web/pages").glob("*.py")),
-                   *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "tracker/quality/batches").glob("*.py"))]
-USER_ERRORS = {"TrackerError", "NotFoundError", "InvalidInputError", "AuthenticationError",
-               "PermissionDeniedError", "ConflictError", "Forbidden", "FacilityFileError",
-               "LimitTooLooseError"}
+SERVICE_MODULES = [
+    "tracker/identity/users.py",
+    "tracker/identity/signatures.py",
+    "tracker/quality/deviations.py",
+    "tracker/monitoring/proposals.py",
+    "tracker/monitoring/excursions.py",
+    "tracker/facility/file.py",
+    "tracker/facility/load.py",
+    "tracker/facility/models.py",
+    "tracker/facility/limits.py",
+    "tracker/facility/inhibits.py",
+    "tracker/facility/roomstate.py",
+    "tracker/reports/signoff.py",
+    "tracker/web/api/routes.py",
+    "tracker/web/deps.py",
+    "tracker/web/tokens.py",
+    *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "tracker/web/pages").glob("*.py")),
+    *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "tracker/quality/batches").glob("*.py")),
+]
+USER_ERRORS = {
+    "TrackerError",
+    "NotFoundError",
+    "InvalidInputError",
+    "AuthenticationError",
+    "PermissionDeniedError",
+    "ConflictError",
+    "Forbidden",
+    "FacilityFileError",
+    "LimitTooLooseError",
+}
 CJK = re.compile(r"[\u4e00-\u9fff]")
 #: three English words in a row: a sentence left untranslated (identifiers carry digits or hyphens)
 ENGLISH_SENTENCE = re.compile(r"(?<![\w-])[A-Za-z]{2,}(?:[ ,;:'()]+[A-Za-z]{2,}){2,}(?![\w-])")
@@ -53,8 +72,9 @@ def _is_reason(node: ast.AST) -> bool:
 
 def _is_translated(node: ast.AST) -> bool:
     """A Reason, or a page's words through its catalogue (``_("…")`` in the page routers)."""
-    return _is_reason(node) or (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
-                                and node.func.id == "_")
+    return _is_reason(node) or (
+        isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "_"
+    )
 
 
 def test_every_message_the_services_raise_carries_its_chinese_wording() -> None:
@@ -65,16 +85,24 @@ def test_every_message_the_services_raise_carries_its_chinese_wording() -> None:
         for node in ast.walk(tree):
             if isinstance(node, ast.Raise) and isinstance(node.exc, ast.Call):
                 name = getattr(node.exc.func, "id", None)
-                if name in USER_ERRORS and node.exc.args and not (
+                if (
+                    name in USER_ERRORS
+                    and node.exc.args
+                    and not (
                         _is_translated(node.exc.args[0])
-                        or isinstance(node.exc.args[0], (ast.Name, ast.IfExp))):
+                        or isinstance(node.exc.args[0], (ast.Name, ast.IfExp))
+                    )
+                ):
                     bare.append(f"{rel}:{node.lineno} raise {name}")
                 if name in USER_ERRORS and node.exc.args and isinstance(node.exc.args[0], ast.IfExp):
                     branches = (node.exc.args[0].body, node.exc.args[0].orelse)
                     if not all(_is_reason(b) for b in branches):
                         bare.append(f"{rel}:{node.lineno} raise {name}")
-            if (isinstance(node, ast.Call) and getattr(node.func, "id", None) == "require_role"
-                    and not all(_is_reason(k.value) for k in node.keywords if k.arg == "action")):
+            if (
+                isinstance(node, ast.Call)
+                and getattr(node.func, "id", None) == "require_role"
+                and not all(_is_reason(k.value) for k in node.keywords if k.arg == "action")
+            ):
                 bare.append(f"{rel}:{node.lineno} require_role(action=…)")
     assert bare == []
     assert len(SERVICE_MODULES) >= 25
@@ -108,18 +136,53 @@ def scene(web_engine: Engine) -> dict:
     cause, impact unassessed), a CAPA action owned by op1, and a signed, ended step."""
     engine = web_engine
     with unit_of_work(engine) as s:
-        batch = create_batch(s, actor=as_(engine, "op1"), site=get_site(s), number="CT-2026-010",
-                             product="CAR-T", donor_id="D-10")
-        done = start_step(s, actor=as_(engine, "op1"), batch=batch, name="接种", room_code="T-B1-BSC",
-                          start=T0, open_processing=True)
-        running = start_step(s, actor=as_(engine, "op1"), batch=batch, name="扩增", room_code="T-B1-BSC",
-                             start=T0, open_processing=False)
-        dev = raise_deviation(s, actor=as_(engine, "qa1"), site=get_site(s), excursion_ids=[], title="t",
-                              classification="major", category="environment", description="d",
-                              batch_numbers=["CT-2026-010"])
+        batch = create_batch(
+            s,
+            actor=as_(engine, "op1"),
+            site=get_site(s),
+            number="CT-2026-010",
+            product="CAR-T",
+            donor_id="D-10",
+        )
+        done = start_step(
+            s,
+            actor=as_(engine, "op1"),
+            batch=batch,
+            name="接种",
+            room_code="T-B1-BSC",
+            start=T0,
+            open_processing=True,
+        )
+        running = start_step(
+            s,
+            actor=as_(engine, "op1"),
+            batch=batch,
+            name="扩增",
+            room_code="T-B1-BSC",
+            start=T0,
+            open_processing=False,
+        )
+        dev = raise_deviation(
+            s,
+            actor=as_(engine, "qa1"),
+            site=get_site(s),
+            excursion_ids=[],
+            title="t",
+            classification="major",
+            category="environment",
+            description="d",
+            batch_numbers=["CT-2026-010"],
+        )
         dv.start_investigation(s, actor=as_(engine, "qa1"), dev=dev)
-        capa = dv.add_capa(s, actor=as_(engine, "qa1"), dev=dev, kind="corrective", description="fix",
-                           owner="op1", due=date(2026, 12, 31))
+        capa = dv.add_capa(
+            s,
+            actor=as_(engine, "qa1"),
+            dev=dev,
+            kind="corrective",
+            description="fix",
+            owner="op1",
+            due=date(2026, 12, 31),
+        )
         s.flush()
         out = {"batch": batch.number, "deviation": dev.number, "capa": capa.id, "step": running.id}
     with unit_of_work(engine) as s:
@@ -131,27 +194,52 @@ def refusals(scene: dict) -> list[tuple[str, str, str, dict, str]]:
     """(user, method, path, form, English the headline starts with) for each refusal path."""
     b, d = scene["batch"], scene["deviation"]
     return [
-        ("op1", "GET", "/users", {}, "GET /users needs the role admin"),                  # the route table
-        ("op2", "POST", f"/capa/{scene['capa']}/done", {"outcome": "x"}, "CAPA"),         # not the owner
+        ("op1", "GET", "/users", {}, "GET /users needs the role admin"),  # the route table
+        ("op2", "POST", f"/capa/{scene['capa']}/done", {"outcome": "x"}, "CAPA"),  # not the owner
         ("qa2", "POST", f"/deviations/{d}/approve", {"password": PASSWORD}, f"{d}: the investigation"),
         ("qa1", "POST", f"/deviations/{d}/close", {"password": PASSWORD}, f"{d} is investigating"),
         ("qa1", "POST", f"/deviations/{d}/update", {"reason": " ", "title": "new"}, "a change to a"),
-        ("qa1", "POST", f"/deviations/{d}/capa", {"kind": "corrective", "description": "x", "owner": "nobody",
-                                                 "due": "2026-12-31"}, "no user"),
+        (
+            "qa1",
+            "POST",
+            f"/deviations/{d}/capa",
+            {"kind": "corrective", "description": "x", "owner": "nobody", "due": "2026-12-31"},
+            "no user",
+        ),
         ("qa1", "POST", f"/batches/{b}/review", {"password": "not my password"}, "wrong user name"),
-        ("qa1", "POST", f"/batches/{b}/reject", {"password": PASSWORD, "reason": "r"},
-         f"batch {b} still has running steps"),
+        (
+            "qa1",
+            "POST",
+            f"/batches/{b}/reject",
+            {"password": PASSWORD, "reason": "r"},
+            f"batch {b} still has running steps",
+        ),
         ("op1", "POST", f"/batches/{b}/steps", {"name": " ", "room": "T-B1-BSC"}, "a step needs a name"),
         ("op1", "POST", f"/batches/{b}/complete", {}, f"batch {b} cannot complete"),
-        ("admin", "POST", "/users", {"username": "both", "full_name": "B", "roles": ["qa", "production_head"],
-                                     "password": "temporary password 123"}, "roles"),
+        (
+            "admin",
+            "POST",
+            "/users",
+            {
+                "username": "both",
+                "full_name": "B",
+                "roles": ["qa", "production_head"],
+                "password": "temporary password 123",
+            },
+            "roles",
+        ),
         ("qa1", "POST", "/limits/proposals/999/reject", {"reason": "r"}, "no limit proposal 999"),
         ("qa1", "POST", "/excursions/999/acknowledge", {"comment": "c"}, "no excursion 999"),
         ("qa1", "POST", "/links/999/decide", {"exposed": "true", "reason": "r"}, "no link 999"),
         ("prod", "POST", f"/batches/{b}/sign", {"password": PASSWORD}, f"batch {b} is in_progress"),
         ("qa1", "GET", "/excursions?since=yesterday", {}, "'yesterday': a time is ISO 8601"),
-        ("qa1", "POST", "/limits/proposals", {"room": "T-B1", "kind": "pressure", "state": "at_rest",
-                                              "start": "2026-01-01", "end": "soon"}, "'2026-01-01': a time"),
+        (
+            "qa1",
+            "POST",
+            "/limits/proposals",
+            {"room": "T-B1", "kind": "pressure", "state": "at_rest", "start": "2026-01-01", "end": "soon"},
+            "'2026-01-01': a time",
+        ),
         ("qa1", "GET", "/monitors/NO-SUCH", {}, "no monitor 'NO-SUCH'"),
     ]
 
@@ -167,8 +255,9 @@ def test_each_refusal_reads_in_chinese_on_zh_pages_and_in_english_on_en_pages(we
             if method == "GET":
                 page = client.get(path).text
             else:
-                r = client.post(path, data={**form, "csrf_token": token},
-                                headers={"referer": "http://testserver/batches"})
+                r = client.post(
+                    path, data={**form, "csrf_token": token}, headers={"referer": "http://testserver/batches"}
+                )
                 assert r.status_code == 303, (path, r.status_code, r.text[:200])
                 page = client.get(r.headers["location"]).text
             shown = _flash(page)
@@ -187,7 +276,7 @@ def test_the_deviation_page_lists_what_is_missing_and_signatures_in_chinese(web_
     client_en, _ = browser(web_app, "qa1", lang="en")
     assert "root cause not recorded" in client_en.get(f"/deviations/{scene['deviation']}").text
     batch = client.get(f"/batches/{scene['batch']}").text
-    assert "操作人确认工序已按记录执行（GMP（2010）第一百七十四条）" in batch       # the statement as shown
+    assert "操作人确认工序已按记录执行（GMP（2010）第一百七十四条）" in batch  # the statement as shown
     assert "operator confirms the step" not in batch
     assert "operator confirms the step as performed" in client_en.get(f"/batches/{scene['batch']}").text
 
@@ -205,8 +294,11 @@ def test_the_json_api_keeps_english_and_adds_the_chinese(web_app, scene) -> None
 
     client = TestClient(web_app)
     token = client.post("/api/v1/tokens", json={"username": "qa2", "password": PASSWORD}).json()["token"]
-    r = client.post(f"/api/v1/deviations/{scene['deviation']}/approve", json={"password": PASSWORD},
-                    headers={"Authorization": f"Bearer {token}"})
+    r = client.post(
+        f"/api/v1/deviations/{scene['deviation']}/approve",
+        json={"password": PASSWORD},
+        headers={"Authorization": f"Bearer {token}"},
+    )
     assert r.status_code == 409
     body = r.json()
     assert body["detail"].startswith(f"{scene['deviation']}: the investigation cannot be approved: ")
@@ -220,15 +312,28 @@ def test_the_json_api_keeps_english_and_adds_the_chinese(web_app, scene) -> None
     assert r.json()["detail_zh"].startswith("此操作需要系统管理员角色")
 
 
-def test_the_terminal_says_it_in_chinese_unless_told_otherwise(web_engine: Engine, scene, monkeypatch,
-                                                               capsys) -> None:
+def test_the_terminal_says_it_in_chinese_unless_told_otherwise(
+    web_engine: Engine, scene, monkeypatch, capsys
+) -> None:
     from tracker.cli.main import main
 
     url = str(web_engine.url)
     for lang, expected in (("zh-CN", "尚未记录根本原因"), ("en", "root cause not recorded")):
         monkeypatch.setenv("TRACKER_LANG", lang)
-        monkeypatch.setattr("sys.argv", ["tracker", "deviation", "approve", scene["deviation"], "--as", "qa2",
-                                         "--password-stdin", "--db", url])
+        monkeypatch.setattr(
+            "sys.argv",
+            [
+                "tracker",
+                "deviation",
+                "approve",
+                scene["deviation"],
+                "--as",
+                "qa2",
+                "--password-stdin",
+                "--db",
+                url,
+            ],
+        )
         monkeypatch.setattr("sys.stdin", __import__("io").StringIO(PASSWORD + "\n"))
         import tracker.cli.common as common
 

@@ -23,8 +23,9 @@ from tracker.web.sessions import COOKIE, TOUCH_EVERY, SessionStore
 
 def _stored_last_seen(engine: Engine, sid: str) -> datetime:
     with Session(engine) as s:
-        return s.exec(select(WebSessionRow.last_seen)
-                      .where(WebSessionRow.token_hash == token_hash(sid))).one()
+        return s.exec(
+            select(WebSessionRow.last_seen).where(WebSessionRow.token_hash == token_hash(sid))
+        ).one()
 
 
 def _count_session_updates(engine: Engine) -> list[str]:
@@ -48,16 +49,16 @@ def test_a_page_view_writes_last_seen_at_most_once_a_minute(web_app, web_engine:
     logged_in = _stored_last_seen(web_engine, sid)
     assert logged_in == now[0]
     updates = _count_session_updates(web_engine)
-    for _ in range(3):                                        # page views within the minute
+    for _ in range(3):  # page views within the minute
         now[0] += timedelta(seconds=19)
         assert client.get("/").status_code == 200
     assert updates == []
     assert _stored_last_seen(web_engine, sid) == logged_in
-    now[0] = logged_in + TOUCH_EVERY                          # a minute after the stored value
+    now[0] = logged_in + TOUCH_EVERY  # a minute after the stored value
     assert client.get("/").status_code == 200
     assert len(updates) == 1
     assert _stored_last_seen(web_engine, sid) == now[0]
-    now[0] += TOUCH_EVERY * 5                                 # polling never writes it
+    now[0] += TOUCH_EVERY * 5  # polling never writes it
     assert client.get("/dashboard/live").status_code == 200
     assert len(updates) == 1
     assert _stored_last_seen(web_engine, sid) == logged_in + TOUCH_EVERY
@@ -72,14 +73,14 @@ def test_the_idle_limit_is_never_exceeded_and_misses_at_most_the_unrecorded_minu
     idle = timedelta(seconds=store.idle_seconds)
     client, _ = browser(web_app, "qa1")
     t0 = now[0]
-    now[0] = t0 + TOUCH_EVERY                                 # recorded
+    now[0] = t0 + TOUCH_EVERY  # recorded
     assert client.get("/").status_code == 200
-    now[0] = t0 + TOUCH_EVERY + idle - timedelta(seconds=1)   # just inside the limit: still alive
-    assert client.get("/").status_code == 200                 # (and recorded again)
+    now[0] = t0 + TOUCH_EVERY + idle - timedelta(seconds=1)  # just inside the limit: still alive
+    assert client.get("/").status_code == 200  # (and recorded again)
     last = now[0]
-    now[0] = last + timedelta(seconds=59)                     # not recorded: within the minute
+    now[0] = last + timedelta(seconds=59)  # not recorded: within the minute
     assert client.get("/").status_code == 200
-    now[0] = last + idle + timedelta(seconds=1)               # idle counted from the stored value
+    now[0] = last + idle + timedelta(seconds=1)  # idle counted from the stored value
     r = client.get("/")
     assert r.status_code == 303
     assert r.headers["location"].startswith("/login")
@@ -90,7 +91,7 @@ def test_a_short_idle_limit_does_not_end_a_session_in_use(web_engine: Engine) ->
     now = [utcnow()]
     store = SessionStore(web_engine, idle_seconds=30, clock=lambda: now[0])
     sid = store.new().sid
-    for _ in range(9):                                        # a request every 20 s for 3 minutes
+    for _ in range(9):  # a request every 20 s for 3 minutes
         now[0] += timedelta(seconds=20)
         assert store.get(sid) is not None
     now[0] += timedelta(seconds=31)
@@ -110,8 +111,9 @@ class _WriteBlocker:
             self._end = lambda: self._conn.execute("ROLLBACK")
         else:
             self._conn = engine.connect()
-            self._conn.execute(text("SELECT id FROM web_session WHERE token_hash = :h FOR UPDATE"),
-                               {"h": token_hash(sid)})
+            self._conn.execute(
+                text("SELECT id FROM web_session WHERE token_hash = :h FOR UPDATE"), {"h": token_hash(sid)}
+            )
             self._end = self._conn.rollback
         # a safety net: with a blocked event loop the test cannot release the lock itself
         self._timer = threading.Timer(10, self.release)
@@ -137,18 +139,21 @@ def test_a_request_waiting_for_the_database_does_not_stall_the_others(web_app, w
     store.clock = lambda: now[0]
     client, _ = browser(web_app, "qa1")
     sid = client.cookies[COOKIE]
-    now[0] += TOUCH_EVERY * 2                                 # the next page view writes last_seen
+    now[0] += TOUCH_EVERY * 2  # the next page view writes last_seen
 
     async def scenario() -> tuple[bool, float, int, int]:
         transport = httpx.ASGITransport(app=web_app)
-        async with (httpx.AsyncClient(transport=transport, base_url="http://testserver",
-                                      cookies={COOKIE: sid}) as user,
-                    httpx.AsyncClient(transport=transport, base_url="http://testserver") as anonymous):
+        async with (
+            httpx.AsyncClient(
+                transport=transport, base_url="http://testserver", cookies={COOKIE: sid}
+            ) as user,
+            httpx.AsyncClient(transport=transport, base_url="http://testserver") as anonymous,
+        ):
             blocker = _WriteBlocker(web_engine, sid)
             try:
                 started = time.monotonic()
                 waiting = asyncio.create_task(user.get("/"))
-                await asyncio.sleep(0.5)                      # it reaches the write and waits
+                await asyncio.sleep(0.5)  # it reaches the write and waits
                 other = await asyncio.wait_for(anonymous.get("/healthz"), timeout=8)
                 # a blocked loop would only get here once the safety net freed the lock (10 s)
                 served_in = time.monotonic() - started
@@ -162,5 +167,5 @@ def test_a_request_waiting_for_the_database_does_not_stall_the_others(web_app, w
     assert other_status == 200
     assert still_waiting, "the second request was served only after the first one's database wait"
     assert served_in < 5, f"the second request took {served_in:.1f} s"
-    assert first_status == 200                                # it went on once the lock was free
+    assert first_status == 200  # it went on once the lock was free
     assert _stored_last_seen(web_engine, sid) == now[0]

@@ -9,8 +9,14 @@ from fastapi.testclient import TestClient
 from tests.factories import PASSWORD
 
 #: one account per role (tests.factories.PEOPLE plus the viewer of the web fixtures)
-ROLE_USER = {"operator": "op1", "production_head": "prod", "qa": "qa1", "qp": "qp1", "admin": "admin",
-             "viewer": "viewer1"}
+ROLE_USER = {
+    "operator": "op1",
+    "production_head": "prod",
+    "qa": "qa1",
+    "qp": "qp1",
+    "admin": "admin",
+    "viewer": "viewer1",
+}
 CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
 
 
@@ -27,9 +33,10 @@ def browser(app, username: str | None = None, *, lang: str | None = None) -> tup
         client.cookies.set("lang", lang)
     token = csrf_of(client.get("/login").text)
     if username:
-        r = client.post("/login", data={"username": username, "password": PASSWORD, "csrf_token": token,
-                                        "next": "/"})
+        r = client.post(
+            "/login", data={"username": username, "password": PASSWORD, "csrf_token": token, "next": "/"}
+        )
         assert r.status_code == 303, r.text[:500]
         assert r.headers["location"] == "/", r.text[:500]
-        token = csrf_of(client.get("/account/password").text)   # rotated at login
+        token = csrf_of(client.get("/account/password").text)  # rotated at login
     return client, token

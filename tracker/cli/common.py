@@ -56,8 +56,9 @@ def password_from(prompt: str, from_stdin: bool, *, env: bool = True, confirm: b
     return typer.prompt(prompt, hide_input=True, confirmation_prompt=confirm)
 
 
-def login_cli(db: str | None, username: str, from_stdin: bool, *roles: str, action: str = "this",
-              signing: bool = False) -> Authenticated:
+def login_cli(
+    db: str | None, username: str, from_stdin: bool, *roles: str, action: str = "this", signing: bool = False
+) -> Authenticated:
     """Authenticate ``username`` (and, when ``roles`` are given, require one of them).
 
     For a signature the password is typed (or piped) each time, never taken from

@@ -42,8 +42,7 @@ from tracker.wire.mqtt import parse_broker_url
 SIM_DATA = Path(__file__).resolve().parents[2] / "simulators" / "data"
 FACILITY = SIM_DATA / "nn-cpc.toml"
 SCENARIO = SIM_DATA / "day-in-the-life.toml"
-STYLE = {"ok": "green", "alert": "yellow", "action": "bold red", "not_evaluated": "dim",
-         "no_data": "dim"}
+STYLE = {"ok": "green", "alert": "yellow", "action": "bold red", "not_evaluated": "dim", "no_data": "dim"}
 UNIT = {"particles": "/m³", "pressure": "Pa", "temperature": "°C", "humidity": "%RH"}
 
 
@@ -57,14 +56,22 @@ def schedule_operations(engine, start: datetime) -> int:
         for op in scenario.operations:
             # as the simulator does: a room's operation covers its zones, a zone's its background
             op_room = rooms[op.room]
-            affected = {op.room} | {code for code, r in rooms.items()
-                                    if r.background_id == op_room.id
-                                    or r.id == op_room.background_id}
+            affected = {op.room} | {
+                code
+                for code, r in rooms.items()
+                if r.background_id == op_room.id or r.id == op_room.background_id
+            }
             for code in sorted(affected):
                 for state, offset in (("in_operation", op.start), ("at_rest", op.end)):
-                    set_room_state(session, room_code=code, state=state,
-                                   effective_at=start + offset, actor="demo",
-                                   reason=f"scenario {scenario.name}", source="demo-scenario")
+                    set_room_state(
+                        session,
+                        room_code=code,
+                        state=state,
+                        effective_at=start + offset,
+                        actor="demo",
+                        reason=f"scenario {scenario.name}",
+                        source="demo-scenario",
+                    )
                     n += 1
     return n
 
@@ -72,8 +79,13 @@ def schedule_operations(engine, start: datetime) -> int:
 def _compact(kind: str, channel: str, value: float) -> str:
     """Short form for a tile: ``≥0.5µm 60k`` · ``ΔP 14.8Pa`` · ``22.3°C`` · ``49%RH``."""
     if kind == "particles":
-        scaled = (f"{value / 1e6:.2f}M" if value >= 1e6 else f"{value / 1e3:.1f}k"
-                  if value >= 1e4 else f"{value:.0f}")
+        scaled = (
+            f"{value / 1e6:.2f}M"
+            if value >= 1e6
+            else f"{value / 1e3:.1f}k"
+            if value >= 1e4
+            else f"{value:.0f}"
+        )
         return f"≥{channel}µm {scaled}"
     if kind == "pressure":
         return f"ΔP {value:.1f}Pa"
@@ -92,29 +104,47 @@ def _render(view: FloorView, stats: dict, open_ex: list[dict], lang: str, header
         latest = Text()
         for v in tile.values:
             latest.append(_compact(v.kind, v.channel, v.value) + "  ", style=STYLE.get(v.level, ""))
-        rooms.add_row(tile.grade, Text(f"{tile.code} {name}", style=STYLE[tile.worst]),
-                      t(tile.state, lang), latest, str(tile.open_excursions or ""))
-    counts = Text(f"{t('stored_readings', lang)} {stats['readings']:,} · "
-                  f"{t('duplicates', lang)} {stats['duplicates']} · "
-                  f"{t('quarantined', lang)} {stats['quarantined']} "
-                  f"{dict(sorted(stats['quarantine_by_reason'].items()))} · "
-                  f"{t('excursions', lang)} {t('alert', lang)} {stats['excursions']['alert']} / "
-                  f"{t('action', lang)} {stats['excursions']['action']}")
+        rooms.add_row(
+            tile.grade,
+            Text(f"{tile.code} {name}", style=STYLE[tile.worst]),
+            t(tile.state, lang),
+            latest,
+            str(tile.open_excursions or ""),
+        )
+    counts = Text(
+        f"{t('stored_readings', lang)} {stats['readings']:,} · "
+        f"{t('duplicates', lang)} {stats['duplicates']} · "
+        f"{t('quarantined', lang)} {stats['quarantined']} "
+        f"{dict(sorted(stats['quarantine_by_reason'].items()))} · "
+        f"{t('excursions', lang)} {t('alert', lang)} {stats['excursions']['alert']} / "
+        f"{t('action', lang)} {stats['excursions']['action']}"
+    )
     ex = Table(title=t("open_excursions", lang), expand=True)
     for key in ("type", "monitor", "channel", "level", "state", "started", "peak", "limit"):
         ex.add_column(t(key, lang))
     for e in open_ex[-8:]:
-        ex.add_row(t(f"type_{e['type']}", lang), e["monitor"], e["channel"] or "",
-                   Text(t(e["level"], lang), style=STYLE[e["level"]]),
-                   t(e["state"], lang),
-                   local_display(datetime.fromisoformat(e["started_at"]), tz),
-                   f"{e['peak']:,.1f}", "" if e["limit"] is None else f"{e['limit']:,.1f}")
+        ex.add_row(
+            t(f"type_{e['type']}", lang),
+            e["monitor"],
+            e["channel"] or "",
+            Text(t(e["level"], lang), style=STYLE[e["level"]]),
+            t(e["state"], lang),
+            local_display(datetime.fromisoformat(e["started_at"]), tz),
+            f"{e['peak']:,.1f}",
+            "" if e["limit"] is None else f"{e['limit']:,.1f}",
+        )
     return Group(title, sub, Panel(rooms), counts, ex, Text(t("demo_quit", lang), style="dim"))
 
 
-def run_demo(*, data_dir: Path, speed: float = 120.0, seed: int = 1,
-             wall_limit: timedelta | None = None, console: Console | None = None,
-             web_port: int | None = None) -> str:
+def run_demo(
+    *,
+    data_dir: Path,
+    speed: float = 120.0,
+    seed: int = 1,
+    wall_limit: timedelta | None = None,
+    console: Console | None = None,
+    web_port: int | None = None,
+) -> str:
     """Run everything until Ctrl-C (or ``wall_limit``); returns the database URL used. With
     ``web_port`` the web app runs too, on 127.0.0.1, with one demo login per role."""
     console = console or Console()
@@ -150,19 +180,28 @@ def run_demo(*, data_dir: Path, speed: float = 120.0, seed: int = 1,
             console.print(f"  {role:<16} {username:<18} {password}", markup=False, highlight=False)
     with LocalBroker(data_dir=demo_dir / "broker", persistence=False) as broker:
         console.print(f"broker: {broker.kind} {broker.url} · database: {db_url}")
-        settings = get_settings().model_copy(update={"mqtt_protocol": broker.protocol,
-                                                     "mqtt_client_id": "demo-ingest"})
-        ingester = Ingester(engine, parse_broker_url(broker.url),
-                            IngestOptions.from_settings(settings))
+        settings = get_settings().model_copy(
+            update={"mqtt_protocol": broker.protocol, "mqtt_client_id": "demo-ingest"}
+        )
+        ingester = Ingester(engine, parse_broker_url(broker.url), IngestOptions.from_settings(settings))
         ing_thread = threading.Thread(target=ingester.run, args=(stop,), daemon=True)
         ing_thread.start()
         ingester.subscribed.wait(10)
         sim_thread = threading.Thread(
-            target=run_simulation, daemon=True,
-            kwargs={"facility_path": FACILITY, "scenario_path": SCENARIO,
-                    "broker": parse_broker_url(broker.url), "speed": speed, "seed": seed,
-                    "start": start, "stop": stop, "protocol": broker.protocol,
-                    "client_id": "demo-simulator"})
+            target=run_simulation,
+            daemon=True,
+            kwargs={
+                "facility_path": FACILITY,
+                "scenario_path": SCENARIO,
+                "broker": parse_broker_url(broker.url),
+                "speed": speed,
+                "seed": seed,
+                "start": start,
+                "stop": stop,
+                "protocol": broker.protocol,
+                "client_id": "demo-simulator",
+            },
+        )
         sim_thread.start()
         deadline = time.monotonic() + wall_limit.total_seconds() if wall_limit else None
         header = f"×{speed:g} · {broker.kind}"
@@ -170,8 +209,15 @@ def run_demo(*, data_dir: Path, speed: float = 120.0, seed: int = 1,
             while not stop.is_set():
                 with unit_of_work(engine) as session:
                     view = floor_view(session, site=get_site(session))
-                    live.update(_render(view, ingest_stats(session),
-                                        list_excursions(session, open_only=True), lang, header))
+                    live.update(
+                        _render(
+                            view,
+                            ingest_stats(session),
+                            list_excursions(session, open_only=True),
+                            lang,
+                            header,
+                        )
+                    )
                 if deadline and time.monotonic() >= deadline:
                     stop.set()
                 stop.wait(1.0)

@@ -38,16 +38,17 @@ from tracker.core.i18n import current_lang, t
 from tracker.core.settings import get_settings
 from tracker.core.timeutil import local_display, parse_duration, parse_instant, utcnow
 
-app = typer.Typer(help="GMP cleanroom monitoring and batch-record compliance tracker.",
-                  no_args_is_help=True, pretty_exceptions_enable=False)
+app = typer.Typer(
+    help="GMP cleanroom monitoring and batch-record compliance tracker.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
 db_app = typer.Typer(help="Database schema (Alembic migrations).", no_args_is_help=True)
-facility_app = typer.Typer(help="Facility registry: sites, rooms, monitors, limits.",
-                           no_args_is_help=True)
+facility_app = typer.Typer(help="Facility registry: sites, rooms, monitors, limits.", no_args_is_help=True)
 room_app = typer.Typer(help="Room operational state (静态/动态).", no_args_is_help=True)
 audit_app = typer.Typer(help="Audit trail (审计追踪).", no_args_is_help=True)
 rollups_app = typer.Typer(help="Hourly rollups behind reports.", no_args_is_help=True)
-inhibit_app = typer.Typer(help="Maintenance inhibits that expire by themselves.",
-                          no_args_is_help=True)
+inhibit_app = typer.Typer(help="Maintenance inhibits that expire by themselves.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(facility_app, name="facility")
 app.add_typer(room_app, name="room")
@@ -56,6 +57,7 @@ app.add_typer(inhibit_app, name="inhibit")
 app.add_typer(rollups_app, name="rollups")
 app.add_typer(report_app, name="report")
 register_quality_commands(app)
+
 
 @db_app.command("upgrade")
 def db_upgrade(db: DbOpt = None) -> None:
@@ -73,11 +75,18 @@ def db_upgrade(db: DbOpt = None) -> None:
 
 @db_app.command("partitions")
 def db_partitions(
-        ensure: Annotated[bool, typer.Option(
-            "--ensure", help="create this month's and the coming months' partitions, and those of "
-                             "months whose readings sit in the DEFAULT partition")] = False,
-        ahead: Annotated[int, typer.Option(help="months ahead to create with --ensure")] = 3,
-        db: DbOpt = None, json_out: JsonOpt = False) -> None:
+    ensure: Annotated[
+        bool,
+        typer.Option(
+            "--ensure",
+            help="create this month's and the coming months' partitions, and those of "
+            "months whose readings sit in the DEFAULT partition",
+        ),
+    ] = False,
+    ahead: Annotated[int, typer.Option(help="months ahead to create with --ensure")] = 3,
+    db: DbOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
     """List (and with --ensure create) the monthly partitions of readings on PostgreSQL."""
     from tracker.core.partitions import ensure_ahead, ensure_strays, is_partitioned, list_partitions
     from tracker.core.timeutil import iso_utc
@@ -90,9 +99,22 @@ def db_partitions(
             created = ensure_ahead(connection, now=utcnow(), months=ahead) + ensure_strays(connection)
         parts = list_partitions(connection)
     if json_out:
-        print_json({"partitioned": partitioned, "created": created,
-                    "partitions": [{"name": p.name, "from": iso_utc(p.start), "to": iso_utc(p.end),
-                                    "default": p.is_default, "rows": p.rows} for p in parts]})
+        print_json(
+            {
+                "partitioned": partitioned,
+                "created": created,
+                "partitions": [
+                    {
+                        "name": p.name,
+                        "from": iso_utc(p.start),
+                        "to": iso_utc(p.end),
+                        "default": p.is_default,
+                        "rows": p.rows,
+                    }
+                    for p in parts
+                ],
+            }
+        )
         return
     if not partitioned:
         console.print(t("partitions_none"))
@@ -103,8 +125,12 @@ def db_partitions(
     for key in ("partition", "partition_from", "partition_to", "partition_rows"):
         table.add_column(t(key))
     for p in parts:
-        table.add_row(p.name, iso_utc(p.start) or "DEFAULT", iso_utc(p.end) or "",
-                      "—" if p.rows is None else str(p.rows))
+        table.add_row(
+            p.name,
+            iso_utc(p.start) or "DEFAULT",
+            iso_utc(p.end) or "",
+            "—" if p.rows is None else str(p.rows),
+        )
     console.print(table)
     default = next((p for p in parts if p.is_default), None)
     if default is not None and default.rows:
@@ -112,12 +138,18 @@ def db_partitions(
 
 
 @facility_app.command("load")
-def facility_load(file: Path, db: DbOpt = None,
-                  as_: Annotated[str | None, typer.Option("--as", help="admin loading the file (may be "
-                                                          "omitted only while no user exists)")] = None,
-                  approve_as: Annotated[str | None, typer.Option(
-                      "--approve-as", help="QA user approving a change of limits (e-signature)")] = None,
-                  password_stdin: PwStdin = False) -> None:
+def facility_load(
+    file: Path,
+    db: DbOpt = None,
+    as_: Annotated[
+        str | None,
+        typer.Option("--as", help="admin loading the file (may be omitted only while no user exists)"),
+    ] = None,
+    approve_as: Annotated[
+        str | None, typer.Option("--approve-as", help="QA user approving a change of limits (e-signature)")
+    ] = None,
+    password_stdin: PwStdin = False,
+) -> None:
     """Load a facility file (idempotent; every change is audited; limit changes need QA's signature)."""
     from tracker.facility.file import read_facility_file
     from tracker.facility.load import load_facility
@@ -131,23 +163,33 @@ def facility_load(file: Path, db: DbOpt = None,
     loading = Reason("loading a facility file", "载入设施文件")
     approving = Reason("approving limits", "批准限度")
     actor = login_cli(db, as_, password_stdin, "admin", action=loading).username if as_ else "bootstrap"
-    approver = login_cli(db, approve_as, password_stdin, "qa", action=approving, signing=True) \
-        if approve_as else None
+    approver = (
+        login_cli(db, approve_as, password_stdin, "qa", action=approving, signing=True)
+        if approve_as
+        else None
+    )
     with unit_of_work(engine_for(db)) as session:
         result = load_facility(session, facility, actor=actor, approver=approver)
     key = "facility_loaded" if result.changed else "facility_unchanged"
-    console.print(f"{t(key)}: {result.site} {t('revision')} {result.revision} — "
-                  f"{result.rooms} rooms, {result.monitors} monitors, {result.limits} limits")
+    console.print(
+        f"{t(key)}: {result.site} {t('revision')} {result.revision} — "
+        f"{result.rooms} rooms, {result.monitors} monitors, {result.limits} limits"
+    )
     for item in result.deactivated:
         console.print(f"  deactivated {item}")
 
 
 @room_app.command("state")
-def room_state(room: str, state: str,
-               at: Annotated[str | None, typer.Option(help="ISO 8601 with offset; default now")] = None,
-               reason: Annotated[str | None, typer.Option()] = None,
-               site: Annotated[str | None, typer.Option()] = None,
-               db: DbOpt = None, as_: AsOpt = "", password_stdin: PwStdin = False) -> None:
+def room_state(
+    room: str,
+    state: str,
+    at: Annotated[str | None, typer.Option(help="ISO 8601 with offset; default now")] = None,
+    reason: Annotated[str | None, typer.Option()] = None,
+    site: Annotated[str | None, typer.Option()] = None,
+    db: DbOpt = None,
+    as_: AsOpt = "",
+    password_stdin: PwStdin = False,
+) -> None:
     """Record a room's operational state from a moment on: in_operation or at_rest.
 
     Readings already stored after that moment are judged again (re-evaluation).
@@ -156,59 +198,105 @@ def room_state(room: str, state: str,
 
     settings = get_settings()
     effective = parse_instant(at) if at else utcnow()
-    by = login_cli(db, as_, password_stdin, "operator", "production_head", "qa",
-                   action=Reason("recording a room state", "记录房间状态")).username
+    by = login_cli(
+        db,
+        as_,
+        password_stdin,
+        "operator",
+        "production_head",
+        "qa",
+        action=Reason("recording a room state", "记录房间状态"),
+    ).username
     with unit_of_work(engine_for(db)) as session:
-        result = record_room_state(session, room_code=room, state=state, effective_at=effective,
-                                   actor=by, reason=reason, site_code=site,
-                                   close_after=settings.excursion_close_after)
-    console.print(f"{t('room_state_set')}: {room} → {t(state)} @ "
-                  f"{local_display(effective, settings.timezone)}")
+        result = record_room_state(
+            session,
+            room_code=room,
+            state=state,
+            effective_at=effective,
+            actor=by,
+            reason=reason,
+            site_code=site,
+            close_after=settings.excursion_close_after,
+        )
+    console.print(
+        f"{t('room_state_set')}: {room} → {t(state)} @ {local_display(effective, settings.timezone)}"
+    )
     if result.readings_changed:
-        console.print(f"  {t('reevaluated')}: {result.readings_changed} / "
-                      f"{result.readings_checked} {t('readings')}, {result.series_rebuilt} series")
+        console.print(
+            f"  {t('reevaluated')}: {result.readings_changed} / "
+            f"{result.readings_checked} {t('readings')}, {result.series_rebuilt} series"
+        )
 
 
 @app.command()
-def reevaluate(room: Annotated[str, typer.Option(help="room code (its zones are included)")],
-               start: Annotated[str, typer.Option("--from", help="ISO 8601 with offset")],
-               end: Annotated[str | None, typer.Option("--to", help="ISO 8601; default open")] = None,
-               reason: Annotated[str | None, typer.Option()] = None,
-               site: Annotated[str | None, typer.Option()] = None,
-               db: DbOpt = None, as_: AsOpt = "", password_stdin: PwStdin = False) -> None:
+def reevaluate(
+    room: Annotated[str, typer.Option(help="room code (its zones are included)")],
+    start: Annotated[str, typer.Option("--from", help="ISO 8601 with offset")],
+    end: Annotated[str | None, typer.Option("--to", help="ISO 8601; default open")] = None,
+    reason: Annotated[str | None, typer.Option()] = None,
+    site: Annotated[str | None, typer.Option()] = None,
+    db: DbOpt = None,
+    as_: AsOpt = "",
+    password_stdin: PwStdin = False,
+) -> None:
     """Judge a room's stored readings again (after a retroactive state or limit change)."""
     from tracker.monitoring.reevaluate import reevaluate as run_reevaluation
 
     by = login_cli(db, as_, password_stdin, "qa", action=Reason("re-evaluation", "重新评价")).username
     with unit_of_work(engine_for(db)) as session:
-        result = run_reevaluation(session, room_code=room, start=parse_instant(start),
-                                  end=parse_instant(end) if end else None, actor=by,
-                                  reason=reason, site_code=site,
-                                  close_after=get_settings().excursion_close_after)
-    console.print(f"{t('reevaluated')}: {result.readings_changed} / {result.readings_checked} "
-                  f"{t('readings')}, {result.series_rebuilt} series")
+        result = run_reevaluation(
+            session,
+            room_code=room,
+            start=parse_instant(start),
+            end=parse_instant(end) if end else None,
+            actor=by,
+            reason=reason,
+            site_code=site,
+            close_after=get_settings().excursion_close_after,
+        )
+    console.print(
+        f"{t('reevaluated')}: {result.readings_changed} / {result.readings_checked} "
+        f"{t('readings')}, {result.series_rebuilt} series"
+    )
 
 
 @app.command()
-def ingest(db: DbOpt = None, mqtt: MqttOpt = None,
-           subscription: Annotated[list[str] | None, typer.Option(
-               help="topic filter, plain or $share/GROUP/filter; repeat it for several "
-                    "(TRACKER_MQTT_SUBSCRIPTION, separated by spaces)")] = None,
-           client_id: Annotated[str | None, typer.Option("--client-id")] = None,
-           shared: Annotated[str | None, typer.Option(
-               "--shared", help="share group: several workers split the stream "
-                                "(TRACKER_MQTT_SHARE_GROUP, docs/scale-out.md)")] = None,
-           worker: Annotated[str | None, typer.Option(
-               help="this worker's fixed name in the group (TRACKER_INGEST_WORKER)")] = None) -> None:
+def ingest(
+    db: DbOpt = None,
+    mqtt: MqttOpt = None,
+    subscription: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="topic filter, plain or $share/GROUP/filter; repeat it for several "
+            "(TRACKER_MQTT_SUBSCRIPTION, separated by spaces)"
+        ),
+    ] = None,
+    client_id: Annotated[str | None, typer.Option("--client-id")] = None,
+    shared: Annotated[
+        str | None,
+        typer.Option(
+            "--shared",
+            help="share group: several workers split the stream "
+            "(TRACKER_MQTT_SHARE_GROUP, docs/scale-out.md)",
+        ),
+    ] = None,
+    worker: Annotated[
+        str | None, typer.Option(help="this worker's fixed name in the group (TRACKER_INGEST_WORKER)")
+    ] = None,
+) -> None:
     """Ingest readings from the broker until SIGTERM/SIGINT (finishes its batch first)."""
     from tracker.ingest.client import Ingester, IngestOptions, SharedSubscriptionError
     from tracker.wire.mqtt import parse_broker_url
 
     settings = get_settings()
     try:
-        options = IngestOptions.from_settings(settings, subscription=" ".join(subscription or ()),
-                                              client_id=client_id, share_group=shared,
-                                              worker=worker)
+        options = IngestOptions.from_settings(
+            settings,
+            subscription=" ".join(subscription or ()),
+            client_id=client_id,
+            share_group=shared,
+            worker=worker,
+        )
     except SharedSubscriptionError as exc:
         raise typer.BadParameter(t(exc.key)) from None
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
@@ -217,18 +305,22 @@ def ingest(db: DbOpt = None, mqtt: MqttOpt = None,
         signal.signal(sig, lambda *_: stop.set())
     ingester = Ingester(engine_for(db), parse_broker_url(mqtt or settings.mqtt_url), options)
     stats = ingester.run(stop)
-    console.print(f"stored {stats.stored}, duplicates {stats.duplicates}, "
-                  f"quarantined {stats.quarantined} in {stats.batches} batches")
+    console.print(
+        f"stored {stats.stored}, duplicates {stats.duplicates}, "
+        f"quarantined {stats.quarantined} in {stats.batches} batches"
+    )
 
 
 @app.command()
-def simulate(facility: Annotated[Path, typer.Option(help="facility TOML")],
-             scenario: Annotated[Path | None, typer.Option(help="scenario TOML")] = None,
-             speed: Annotated[float, typer.Option(help="× real time; 0 = as fast as possible")] = 60.0,
-             seed: Annotated[int, typer.Option()] = 1,
-             duration: Annotated[str | None, typer.Option(help="e.g. 2h, 1h30m")] = None,
-             start: Annotated[str | None, typer.Option(help="simulated start, ISO 8601")] = None,
-             mqtt: MqttOpt = None) -> None:
+def simulate(
+    facility: Annotated[Path, typer.Option(help="facility TOML")],
+    scenario: Annotated[Path | None, typer.Option(help="scenario TOML")] = None,
+    speed: Annotated[float, typer.Option(help="× real time; 0 = as fast as possible")] = 60.0,
+    seed: Annotated[int, typer.Option()] = 1,
+    duration: Annotated[str | None, typer.Option(help="e.g. 2h, 1h30m")] = None,
+    start: Annotated[str | None, typer.Option(help="simulated start, ISO 8601")] = None,
+    mqtt: MqttOpt = None,
+) -> None:
     """Publish a simulated facility's readings over MQTT (stand-in for hardware)."""
     from simulators.publisher import run_simulation
     from tracker.wire.mqtt import parse_broker_url
@@ -237,48 +329,84 @@ def simulate(facility: Annotated[Path, typer.Option(help="facility TOML")],
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    result = run_simulation(facility_path=facility, scenario_path=scenario,
-                            broker=parse_broker_url(mqtt or settings.mqtt_url), speed=speed,
-                            seed=seed, duration=parse_duration(duration) if duration else None,
-                            start=parse_instant(start) if start else None, stop=stop,
-                            protocol=settings.mqtt_protocol)
+    result = run_simulation(
+        facility_path=facility,
+        scenario_path=scenario,
+        broker=parse_broker_url(mqtt or settings.mqtt_url),
+        speed=speed,
+        seed=seed,
+        duration=parse_duration(duration) if duration else None,
+        start=parse_instant(start) if start else None,
+        stop=stop,
+        protocol=settings.mqtt_protocol,
+    )
     console.print(result.summary())
 
 
 @app.command()
-def excursions(json_out: JsonOpt = False, open_only: Annotated[bool, typer.Option("--open")] = False,
-               room: Annotated[str | None, typer.Option()] = None,
-               type_: Annotated[str | None, typer.Option("--type", help="limit, data_gap, …")] = None,
-               unacknowledged: Annotated[bool, typer.Option("--unacknowledged",
-                                                            help="only those QA has not acknowledged")]
-               = False, db: DbOpt = None) -> None:
+def excursions(
+    json_out: JsonOpt = False,
+    open_only: Annotated[bool, typer.Option("--open")] = False,
+    room: Annotated[str | None, typer.Option()] = None,
+    type_: Annotated[str | None, typer.Option("--type", help="limit, data_gap, …")] = None,
+    unacknowledged: Annotated[
+        bool, typer.Option("--unacknowledged", help="only those QA has not acknowledged")
+    ] = False,
+    db: DbOpt = None,
+) -> None:
     """List excursions (超标/偏离)."""
     from tracker.monitoring.excursions import list_excursions
 
     with unit_of_work(engine_for(db)) as session:
-        rows = list_excursions(session, open_only=open_only, room=room, type_=type_,
-                               unacknowledged=unacknowledged)
+        rows = list_excursions(
+            session, open_only=open_only, room=room, type_=type_, unacknowledged=unacknowledged
+        )
     if json_out:
         print_json(rows)
         return
     tz = get_settings().timezone
     table = Table(title=t("excursions"))
-    for key in ("id", "type", "room", "monitor", "channel", "level", "state", "started", "ended", "peak",
-                "limit", "readings"):
+    for key in (
+        "id",
+        "type",
+        "room",
+        "monitor",
+        "channel",
+        "level",
+        "state",
+        "started",
+        "ended",
+        "peak",
+        "limit",
+        "readings",
+    ):
         table.add_column(t(key))
     for r in rows:
-        table.add_row(str(r["id"]), t(f"type_{r['type']}"), r["room"], r["monitor"], r["channel"] or "",
-                      t(r["level"]), t(r["state"]),
-                      local_display(parse_instant(r["started_at"]), tz),
-                      local_display(parse_instant(r["ended_at"]), tz) if r["ended_at"]
-                      else t("open"), f"{r['peak']:g}",
-                      "" if r["limit"] is None else f"{r['limit']:g}", str(r["readings"]))
+        table.add_row(
+            str(r["id"]),
+            t(f"type_{r['type']}"),
+            r["room"],
+            r["monitor"],
+            r["channel"] or "",
+            t(r["level"]),
+            t(r["state"]),
+            local_display(parse_instant(r["started_at"]), tz),
+            local_display(parse_instant(r["ended_at"]), tz) if r["ended_at"] else t("open"),
+            f"{r['peak']:g}",
+            "" if r["limit"] is None else f"{r['limit']:g}",
+            str(r["readings"]),
+        )
     console.print(table)
 
 
 @app.command()
-def acknowledge(excursion_id: int, comment: Annotated[str, typer.Option(help="what QA saw and decided")],
-                as_: AsOpt = "", password_stdin: PwStdin = False, db: DbOpt = None) -> None:
+def acknowledge(
+    excursion_id: int,
+    comment: Annotated[str, typer.Option(help="what QA saw and decided")],
+    as_: AsOpt = "",
+    password_stdin: PwStdin = False,
+    db: DbOpt = None,
+) -> None:
     """QA acknowledges an excursion with a comment (or raises a deviation: tracker deviation open)."""
     from tracker.monitoring.excursions import acknowledge as ack
 
@@ -289,17 +417,29 @@ def acknowledge(excursion_id: int, comment: Annotated[str, typer.Option(help="wh
 
 
 @app.command()
-def quarantine(json_out: JsonOpt = False, reason: Annotated[str | None, typer.Option()] = None,
-               limit: Annotated[int | None, typer.Option()] = None, db: DbOpt = None) -> None:
+def quarantine(
+    json_out: JsonOpt = False,
+    reason: Annotated[str | None, typer.Option()] = None,
+    limit: Annotated[int | None, typer.Option()] = None,
+    db: DbOpt = None,
+) -> None:
     """List quarantined messages with their reasons."""
     from tracker.core.timeutil import iso_utc
     from tracker.monitoring.quarantine import list_quarantine
 
     with unit_of_work(engine_for(db)) as session:
         rows = list_quarantine(session, limit=limit, reason=reason)
-    docs = [{"id": q.id, "received_at": iso_utc(q.received_at), "topic": q.topic,
-             "reason": q.reason, "detail": q.detail,
-             "payload": q.payload.decode("utf-8", errors="replace")} for q in rows]
+    docs = [
+        {
+            "id": q.id,
+            "received_at": iso_utc(q.received_at),
+            "topic": q.topic,
+            "reason": q.reason,
+            "detail": q.detail,
+            "payload": q.payload.decode("utf-8", errors="replace"),
+        }
+        for q in rows
+    ]
     if json_out:
         print_json(docs)
         return
@@ -336,8 +476,9 @@ def stats(json_out: JsonOpt = False, db: DbOpt = None) -> None:
 
 
 @app.command()
-def monitors(json_out: JsonOpt = False, site: Annotated[str | None, typer.Option()] = None,
-             db: DbOpt = None) -> None:
+def monitors(
+    json_out: JsonOpt = False, site: Annotated[str | None, typer.Option()] = None, db: DbOpt = None
+) -> None:
     """List monitoring points with calibration status (due within 30 days / overdue)."""
     from zoneinfo import ZoneInfo
 
@@ -356,20 +497,30 @@ def monitors(json_out: JsonOpt = False, site: Annotated[str | None, typer.Option
     style = {"overdue": "bold red", "due_soon": "yellow"}
     for r in rows:
         due = r["calibration_due"] or ""
-        table.add_row(r["monitor"], r["room"], r["grade"], t(r["kind"]),
-                      f"[{style.get(r['calibration'], '')}]{t(r['calibration'])} {due}[/]"
-                      if r["calibration"] in style else f"{t(r['calibration'])} {due}")
+        table.add_row(
+            r["monitor"],
+            r["room"],
+            r["grade"],
+            t(r["kind"]),
+            f"[{style.get(r['calibration'], '')}]{t(r['calibration'])} {due}[/]"
+            if r["calibration"] in style
+            else f"{t(r['calibration'])} {due}",
+        )
     console.print(table)
 
 
 @inhibit_app.command("add")
-def inhibit_add(start: Annotated[str, typer.Option("--from", help="ISO 8601 with offset")],
-                end: Annotated[str, typer.Option("--to", help="ISO 8601 with offset")],
-                reason: Annotated[str, typer.Option(help="why (work order, SOP)")],
-                monitor: Annotated[str | None, typer.Option()] = None,
-                room: Annotated[str | None, typer.Option(help="the room and its zones")] = None,
-                site: Annotated[str | None, typer.Option()] = None,
-                db: DbOpt = None, as_: AsOpt = "", password_stdin: PwStdin = False) -> None:
+def inhibit_add(
+    start: Annotated[str, typer.Option("--from", help="ISO 8601 with offset")],
+    end: Annotated[str, typer.Option("--to", help="ISO 8601 with offset")],
+    reason: Annotated[str, typer.Option(help="why (work order, SOP)")],
+    monitor: Annotated[str | None, typer.Option()] = None,
+    room: Annotated[str | None, typer.Option(help="the room and its zones")] = None,
+    site: Annotated[str | None, typer.Option()] = None,
+    db: DbOpt = None,
+    as_: AsOpt = "",
+    password_stdin: PwStdin = False,
+) -> None:
     """Flag, not alarm, a monitor's or room's readings in a window; it ends by itself."""
     from tracker.facility.inhibits import add_inhibit
     from tracker.facility.models import Monitor, Room
@@ -377,25 +528,45 @@ def inhibit_add(start: Annotated[str, typer.Option("--from", help="ISO 8601 with
 
     by = login_cli(db, as_, password_stdin, "qa", action=Reason("adding an inhibit", "添加监测屏蔽")).username
     with unit_of_work(engine_for(db)) as session:
-        row = add_inhibit(session, starts_at=parse_instant(start), ends_at=parse_instant(end),
-                          reason=reason, actor=by, monitor_code=monitor, room_code=room,
-                          site_code=site)
+        row = add_inhibit(
+            session,
+            starts_at=parse_instant(start),
+            ends_at=parse_instant(end),
+            reason=reason,
+            actor=by,
+            monitor_code=monitor,
+            room_code=room,
+            site_code=site,
+        )
         room_id = row.room_id or session.get(Monitor, row.monitor_id).room_id
-        result = run_reevaluation(session, room_code=session.get(Room, room_id).code,
-                                  start=row.starts_at, end=row.ends_at, actor=by,
-                                  site_code=site, reason=f"inhibit {row.id}",
-                                  close_after=get_settings().excursion_close_after)
-    console.print(f"inhibit {row.id}: {monitor or room} "
-                  f"{local_display(row.starts_at, get_settings().timezone)} → "
-                  f"{local_display(row.ends_at, get_settings().timezone)}"
-                  + (f" ({t('reevaluated')}: {result.readings_changed} {t('readings')})"
-                     if result.readings_changed else ""))
+        result = run_reevaluation(
+            session,
+            room_code=session.get(Room, room_id).code,
+            start=row.starts_at,
+            end=row.ends_at,
+            actor=by,
+            site_code=site,
+            reason=f"inhibit {row.id}",
+            close_after=get_settings().excursion_close_after,
+        )
+    console.print(
+        f"inhibit {row.id}: {monitor or room} "
+        f"{local_display(row.starts_at, get_settings().timezone)} → "
+        f"{local_display(row.ends_at, get_settings().timezone)}"
+        + (
+            f" ({t('reevaluated')}: {result.readings_changed} {t('readings')})"
+            if result.readings_changed
+            else ""
+        )
+    )
 
 
 @inhibit_app.command("list")
-def inhibit_list(json_out: JsonOpt = False,
-                 all_: Annotated[bool, typer.Option("--all", help="not only those in force")] = False,
-                 db: DbOpt = None) -> None:
+def inhibit_list(
+    json_out: JsonOpt = False,
+    all_: Annotated[bool, typer.Option("--all", help="not only those in force")] = False,
+    db: DbOpt = None,
+) -> None:
     """Inhibits in force now (or all of them)."""
     from tracker.facility.inhibits import list_inhibits
 
@@ -405,23 +576,41 @@ def inhibit_list(json_out: JsonOpt = False,
         print_json(rows)
         return
     table = Table(title="inhibits")
-    for key in ("id", "monitor", "room", "starts_at", "ends_at", "cancelled_at", "reason",
-                "created_by"):
+    for key in ("id", "monitor", "room", "starts_at", "ends_at", "cancelled_at", "reason", "created_by"):
         table.add_column(key)
     for r in rows:
-        table.add_row(*(str(r[k] or "") for k in ("id", "monitor", "room", "starts_at", "ends_at",
-                                                  "cancelled_at", "reason", "created_by")))
+        table.add_row(
+            *(
+                str(r[k] or "")
+                for k in (
+                    "id",
+                    "monitor",
+                    "room",
+                    "starts_at",
+                    "ends_at",
+                    "cancelled_at",
+                    "reason",
+                    "created_by",
+                )
+            )
+        )
     console.print(table)
 
 
 @inhibit_app.command("cancel")
-def inhibit_cancel(inhibit_id: int, reason: Annotated[str, typer.Option()],
-                   db: DbOpt = None, as_: AsOpt = "", password_stdin: PwStdin = False) -> None:
+def inhibit_cancel(
+    inhibit_id: int,
+    reason: Annotated[str, typer.Option()],
+    db: DbOpt = None,
+    as_: AsOpt = "",
+    password_stdin: PwStdin = False,
+) -> None:
     """End an inhibit early (recorded with who, when and why)."""
     from tracker.facility.inhibits import cancel_inhibit
 
-    by = login_cli(db, as_, password_stdin, "qa",
-                   action=Reason("cancelling an inhibit", "取消监测屏蔽")).username
+    by = login_cli(
+        db, as_, password_stdin, "qa", action=Reason("cancelling an inhibit", "取消监测屏蔽")
+    ).username
     with unit_of_work(engine_for(db)) as session:
         cancel_inhibit(session, inhibit_id, actor=by, reason=reason)
     console.print(f"inhibit {inhibit_id} ended")
@@ -436,9 +625,11 @@ def _kinds(session) -> dict[int, str]:
 
 
 @rollups_app.command("verify")
-def rollups_verify(start: Annotated[str, typer.Option("--from", help="ISO 8601 with offset")],
-                   end: Annotated[str, typer.Option("--to", help="ISO 8601 with offset")],
-                   db: DbOpt = None) -> None:
+def rollups_verify(
+    start: Annotated[str, typer.Option("--from", help="ISO 8601 with offset")],
+    end: Annotated[str, typer.Option("--to", help="ISO 8601 with offset")],
+    db: DbOpt = None,
+) -> None:
     """Recompute the window's hourly rollups from raw readings; exit 1 on any difference."""
     from tracker.monitoring.rollups import verify_rollups
 
@@ -448,26 +639,38 @@ def rollups_verify(start: Annotated[str, typer.Option("--from", help="ISO 8601 w
         console.print("rollups match the raw readings")
         return
     for (monitor_id, channel, hour), stored, expected in diffs[:50]:
-        console.print(f"monitor {monitor_id} {channel or '-'} {hour.isoformat()}: "
-                      f"stored {stored} ≠ raw {expected}")
+        console.print(
+            f"monitor {monitor_id} {channel or '-'} {hour.isoformat()}: stored {stored} ≠ raw {expected}"
+        )
     console.print(f"[red]{len(diffs)} hour(s) differ[/red]")
     raise typer.Exit(1)
 
 
 @rollups_app.command("rebuild")
-def rollups_rebuild(start: Annotated[str, typer.Option("--from", help="ISO 8601 with offset")],
-                    end: Annotated[str, typer.Option("--to", help="ISO 8601 with offset")],
-                    db: DbOpt = None, as_: AsOpt = "", password_stdin: PwStdin = False) -> None:
+def rollups_rebuild(
+    start: Annotated[str, typer.Option("--from", help="ISO 8601 with offset")],
+    end: Annotated[str, typer.Option("--to", help="ISO 8601 with offset")],
+    db: DbOpt = None,
+    as_: AsOpt = "",
+    password_stdin: PwStdin = False,
+) -> None:
     """Replace the window's hourly rollups with a recomputation from raw readings (audited)."""
     from tracker.monitoring.rollups import rebuild_rollups
 
-    by = login_cli(db, as_, password_stdin, "admin", "qa",
-                   action=Reason("rebuilding rollups", "重建小时汇总")).username
+    by = login_cli(
+        db, as_, password_stdin, "admin", "qa", action=Reason("rebuilding rollups", "重建小时汇总")
+    ).username
     with unit_of_work(engine_for(db)) as session:
         kinds = _kinds(session)
         n = rebuild_rollups(session, kinds, list(kinds), parse_instant(start), parse_instant(end))
-        audit.record(session, actor=by, action="rollups.rebuild", entity="rollup_hourly",
-                     entity_key=f"{start}..{end}", after={"hours": n})
+        audit.record(
+            session,
+            actor=by,
+            action="rollups.rebuild",
+            entity="rollup_hourly",
+            entity_key=f"{start}..{end}",
+            after={"hours": n},
+        )
     console.print(f"rebuilt {n} hour(s)")
 
 
@@ -488,8 +691,10 @@ def audit_verify(db: DbOpt = None) -> None:
         console.print(f"[red]audit chain BROKEN at event {broken}[/red] ({count} events verified before it)")
     for c in bad:
         sig = c.signature
-        console.print(f"[red]signature {sig.id} BROKEN[/red] ({sig.entity} {sig.entity_key}, "
-                      f"{sig.meaning} by {sig.username}): {c.problem}")
+        console.print(
+            f"[red]signature {sig.id} BROKEN[/red] ({sig.entity} {sig.entity_key}, "
+            f"{sig.meaning} by {sig.username}): {c.problem}"
+        )
     for problem in problems:
         console.print(f"[red]{problem}[/red]")
     console.print(f"signatures: {len(checks) - len(bad)} intact, {len(bad)} broken")
@@ -505,34 +710,43 @@ def audit_digest(db: DbOpt = None) -> None:
 
 
 @app.command()
-def serve(host: Annotated[str | None, typer.Option(help="default TRACKER_WEB_HOST (127.0.0.1)")] = None,
-          port: Annotated[int | None, typer.Option(help="default TRACKER_WEB_PORT (8000)")] = None,
-          forwarded_allow_ips: Annotated[str | None, typer.Option(
-              help="proxies whose X-Forwarded-* headers are trusted (default 127.0.0.1)")] = None,
-          db: DbOpt = None) -> None:
+def serve(
+    host: Annotated[str | None, typer.Option(help="default TRACKER_WEB_HOST (127.0.0.1)")] = None,
+    port: Annotated[int | None, typer.Option(help="default TRACKER_WEB_PORT (8000)")] = None,
+    forwarded_allow_ips: Annotated[
+        str | None, typer.Option(help="proxies whose X-Forwarded-* headers are trusted (default 127.0.0.1)")
+    ] = None,
+    db: DbOpt = None,
+) -> None:
     """The web app: pages for QA, production and the QP, and the JSON API under /api/v1 (docs/web.md)."""
     from tracker.web.config import WebSettings
     from tracker.web.serve import serve as run_server
 
     web = WebSettings()
-    run_server(engine_for(db), host=host or web.host, port=port or web.port,
-               forwarded_allow_ips=forwarded_allow_ips)
+    run_server(
+        engine_for(db), host=host or web.host, port=port or web.port, forwarded_allow_ips=forwarded_allow_ips
+    )
 
 
 @app.command()
-def demo(speed: Annotated[float, typer.Option(help="simulated seconds per real second")] = 120.0,
-         seed: Annotated[int, typer.Option()] = 1,
-         data_dir: Annotated[Path | None, typer.Option(help="default TRACKER_DATA_DIR/.tracker")] = None,
-         duration: Annotated[str | None,
-                             typer.Option(help="stop after this long (wall clock)")] = None,
-         web_port: Annotated[int, typer.Option(help="port of the demo's web app on 127.0.0.1; 0: none")]
-         = 8000) -> None:
+def demo(
+    speed: Annotated[float, typer.Option(help="simulated seconds per real second")] = 120.0,
+    seed: Annotated[int, typer.Option()] = 1,
+    data_dir: Annotated[Path | None, typer.Option(help="default TRACKER_DATA_DIR/.tracker")] = None,
+    duration: Annotated[str | None, typer.Option(help="stop after this long (wall clock)")] = None,
+    web_port: Annotated[int, typer.Option(help="port of the demo's web app on 127.0.0.1; 0: none")] = 8000,
+) -> None:
     """Everything on one machine: broker, database, sample facility, simulator, ingester, live view,
     and the web app with one demo login per role (passwords generated at start and printed)."""
     from tracker.cli.demo import run_demo
 
-    run_demo(data_dir=data_dir or get_settings().data_dir, speed=speed, seed=seed,
-             wall_limit=parse_duration(duration) if duration else None, web_port=web_port or None)
+    run_demo(
+        data_dir=data_dir or get_settings().data_dir,
+        speed=speed,
+        seed=seed,
+        wall_limit=parse_duration(duration) if duration else None,
+        web_port=web_port or None,
+    )
 
 
 def main() -> None:

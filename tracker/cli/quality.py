@@ -40,11 +40,13 @@ step_app = typer.Typer(help="Process steps of a batch (工序).", no_args_is_hel
 link_app = typer.Typer(help="Excursion ↔ batch-step exposure links for QA to decide.", no_args_is_help=True)
 deviation_app = typer.Typer(help="Deviations (偏差) from excursions or by hand.", no_args_is_help=True)
 capa_app = typer.Typer(help="CAPA actions (纠正预防措施) of a deviation.", no_args_is_help=True)
-limits_app = typer.Typer(help="Data-driven alert/action levels: propose, approve (e-signature), reject.",
-                         no_args_is_help=True)
+limits_app = typer.Typer(
+    help="Data-driven alert/action levels: propose, approve (e-signature), reject.", no_args_is_help=True
+)
 
 SiteOpt = Annotated[str | None, typer.Option("--site", help="site code (when several)")]
 CommentOpt = Annotated[str | None, typer.Option(help="comment recorded with the signature")]
+
 
 def _site(session: Session, code: str | None):
     from tracker.facility.models import get_site
@@ -58,14 +60,21 @@ def _at(text: str | None):
 
 # -- users ----------------------------------------------------------------------------------------
 
+
 @user_app.command("create")
-def user_create(username: str, name: Annotated[str, typer.Option("--name", help="full name, printed "
-                                                                  "with every signature")],
-                role: Annotated[list[str], typer.Option("--role", help="operator, production_head, qa, qp, "
-                                                        "admin, viewer (repeat)")],
-                as_: Annotated[str | None, typer.Option("--as", help="admin creating the account; omit "
-                                                        "only for the very first admin")] = None,
-                password_stdin: PwStdin = False, db: DbOpt = None) -> None:
+def user_create(
+    username: str,
+    name: Annotated[str, typer.Option("--name", help="full name, printed with every signature")],
+    role: Annotated[
+        list[str], typer.Option("--role", help="operator, production_head, qa, qp, admin, viewer (repeat)")
+    ],
+    as_: Annotated[
+        str | None,
+        typer.Option("--as", help="admin creating the account; omit only for the very first admin"),
+    ] = None,
+    password_stdin: PwStdin = False,
+    db: DbOpt = None,
+) -> None:
     """Create an account. The first account is an admin created explicitly; there is no default."""
     from tracker.identity.users import create_user
 
@@ -89,8 +98,13 @@ def user_list(json_out: JsonOpt = False, db: DbOpt = None) -> None:
     for key in ("user", "full_name", "roles", "active", "locked"):
         table.add_column(t(key))
     for r in rows:
-        table.add_row(r["username"], r["full_name"], ", ".join(t(x) for x in r["roles"].split(",")),
-                      t("yes") if r["active"] else t("no"), t("yes") if r["locked"] else "")
+        table.add_row(
+            r["username"],
+            r["full_name"],
+            ", ".join(t(x) for x in r["roles"].split(",")),
+            t("yes") if r["active"] else t("no"),
+            t("yes") if r["locked"] else "",
+        )
     console.print(table)
 
 
@@ -114,8 +128,13 @@ def _admin_change(fn, username: str, as_: str, password_stdin: bool, db: str | N
 
 
 @user_app.command("deactivate")
-def user_deactivate(username: str, reason: Annotated[str, typer.Option()], as_: AsOpt,
-                    password_stdin: PwStdin = False, db: DbOpt = None) -> None:
+def user_deactivate(
+    username: str,
+    reason: Annotated[str, typer.Option()],
+    as_: AsOpt,
+    password_stdin: PwStdin = False,
+    db: DbOpt = None,
+) -> None:
     """Deactivate an account (never deleted: its signatures keep their name)."""
     from tracker.identity.users import deactivate
 
@@ -123,17 +142,27 @@ def user_deactivate(username: str, reason: Annotated[str, typer.Option()], as_: 
 
 
 @user_app.command("unlock")
-def user_unlock(username: str, reason: Annotated[str, typer.Option()], as_: AsOpt,
-                password_stdin: PwStdin = False, db: DbOpt = None) -> None:
+def user_unlock(
+    username: str,
+    reason: Annotated[str, typer.Option()],
+    as_: AsOpt,
+    password_stdin: PwStdin = False,
+    db: DbOpt = None,
+) -> None:
     from tracker.identity.users import unlock
 
     _admin_change(unlock, username, as_, password_stdin, db, reason=reason)
 
 
 @user_app.command("roles")
-def user_roles(username: str, role: Annotated[list[str], typer.Option("--role")],
-               reason: Annotated[str, typer.Option()], as_: AsOpt, password_stdin: PwStdin = False,
-               db: DbOpt = None) -> None:
+def user_roles(
+    username: str,
+    role: Annotated[list[str], typer.Option("--role")],
+    reason: Annotated[str, typer.Option()],
+    as_: AsOpt,
+    password_stdin: PwStdin = False,
+    db: DbOpt = None,
+) -> None:
     """Replace a user's roles."""
     from tracker.identity.users import set_roles
 
@@ -141,8 +170,13 @@ def user_roles(username: str, role: Annotated[list[str], typer.Option("--role")]
 
 
 @user_app.command("reset-password")
-def user_reset(username: str, reason: Annotated[str, typer.Option()], as_: AsOpt,
-               password_stdin: PwStdin = False, db: DbOpt = None) -> None:
+def user_reset(
+    username: str,
+    reason: Annotated[str, typer.Option()],
+    as_: AsOpt,
+    password_stdin: PwStdin = False,
+    db: DbOpt = None,
+) -> None:
     """An admin sets a new password for someone who forgot theirs."""
     from tracker.identity.users import set_password
 
@@ -155,42 +189,76 @@ def user_reset(username: str, reason: Annotated[str, typer.Option()], as_: AsOpt
 
 # -- batches and steps ----------------------------------------------------------------------------
 
+
 @batch_app.command("create")
-def batch_create(number: str, product: Annotated[str, typer.Option()],
-                 donor: Annotated[str, typer.Option(help="donor identifier (chain of identity)")],
-                 as_: AsOpt, patient: Annotated[str | None, typer.Option()] = None, site: SiteOpt = None,
-                 password_stdin: PwStdin = False, db: DbOpt = None) -> None:
+def batch_create(
+    number: str,
+    product: Annotated[str, typer.Option()],
+    donor: Annotated[str, typer.Option(help="donor identifier (chain of identity)")],
+    as_: AsOpt,
+    patient: Annotated[str | None, typer.Option()] = None,
+    site: SiteOpt = None,
+    password_stdin: PwStdin = False,
+    db: DbOpt = None,
+) -> None:
     """Open a batch record."""
     from tracker.quality.batches.steps import create_batch
 
     actor = _login(db, as_, password_stdin)
     with unit_of_work(engine_for(db)) as session:
-        create_batch(session, actor=actor, site=_site(session, site), number=number, product=product,
-                     donor_id=donor, patient_id=patient)
+        create_batch(
+            session,
+            actor=actor,
+            site=_site(session, site),
+            number=number,
+            product=product,
+            donor_id=donor,
+            patient_id=patient,
+        )
     console.print(f"{t('batch')} {number}: {t('in_progress')}")
 
 
 @step_app.command("start")
-def step_start(batch: str, name: Annotated[str, typer.Option()],
-               room: Annotated[str, typer.Option(help="room or grade A zone code")],
-               open_processing: Annotated[bool, typer.Option("--open/--closed",
-                                                             help="open (aseptic) or closed processing")],
-               as_: AsOpt, at: Annotated[str | None, typer.Option(help="ISO 8601; default now")] = None,
-               late_reason: Annotated[str | None, typer.Option(help="why it is recorded late")] = None,
-               password_stdin: PwStdin = False, db: DbOpt = None) -> None:
+def step_start(
+    batch: str,
+    name: Annotated[str, typer.Option()],
+    room: Annotated[str, typer.Option(help="room or grade A zone code")],
+    open_processing: Annotated[
+        bool, typer.Option("--open/--closed", help="open (aseptic) or closed processing")
+    ],
+    as_: AsOpt,
+    at: Annotated[str | None, typer.Option(help="ISO 8601; default now")] = None,
+    late_reason: Annotated[str | None, typer.Option(help="why it is recorded late")] = None,
+    password_stdin: PwStdin = False,
+    db: DbOpt = None,
+) -> None:
     """Record that you started a step; the room (and the rooms around it) go in operation."""
     from tracker.quality.batches.steps import get_batch, start_step
 
     actor = _login(db, as_, password_stdin)
     with unit_of_work(engine_for(db)) as session:
-        step = start_step(session, actor=actor, batch=get_batch(session, batch), name=name, room_code=room,
-                          start=_at(at), open_processing=open_processing, late_reason=late_reason)
+        step = start_step(
+            session,
+            actor=actor,
+            batch=get_batch(session, batch),
+            name=name,
+            room_code=room,
+            start=_at(at),
+            open_processing=open_processing,
+            late_reason=late_reason,
+        )
     console.print(f"{t('step')} {step.id}: {name} @ {room}")
 
 
 @step_app.command("end")
-def step_end(step_id: int, as_: AsOpt, at: Annotated[str | None, typer.Option(help="ISO 8601; default now")]
-             = None, comment: CommentOpt = None, password_stdin: PwStdin = False, db: DbOpt = None) -> None:
+def step_end(
+    step_id: int,
+    as_: AsOpt,
+    at: Annotated[str | None, typer.Option(help="ISO 8601; default now")] = None,
+    comment: CommentOpt = None,
+    password_stdin: PwStdin = False,
+    db: DbOpt = None,
+) -> None:
     """End your step and sign it as performed (e-signature)."""
     from tracker.quality.batches.steps import end_step
 
@@ -220,8 +288,9 @@ def _signed_transition(fn, number: str, as_: str, password_stdin: bool, db: str 
 
 
 @batch_app.command("sign")
-def batch_sign(number: str, as_: AsOpt, comment: CommentOpt = None, password_stdin: PwStdin = False,
-               db: DbOpt = None) -> None:
+def batch_sign(
+    number: str, as_: AsOpt, comment: CommentOpt = None, password_stdin: PwStdin = False, db: DbOpt = None
+) -> None:
     """Production head approves the completed batch record (e-signature)."""
     from tracker.quality.batches.release import sign_production
 
@@ -229,8 +298,9 @@ def batch_sign(number: str, as_: AsOpt, comment: CommentOpt = None, password_std
 
 
 @batch_app.command("review")
-def batch_review(number: str, as_: AsOpt, comment: CommentOpt = None, password_stdin: PwStdin = False,
-                 db: DbOpt = None) -> None:
+def batch_review(
+    number: str, as_: AsOpt, comment: CommentOpt = None, password_stdin: PwStdin = False, db: DbOpt = None
+) -> None:
     """QA review (e-signature); refused with the reasons while the gate is closed."""
     from tracker.quality.batches.release import qa_review
 
@@ -238,8 +308,9 @@ def batch_review(number: str, as_: AsOpt, comment: CommentOpt = None, password_s
 
 
 @batch_app.command("release")
-def batch_release(number: str, as_: AsOpt, comment: CommentOpt = None, password_stdin: PwStdin = False,
-                  db: DbOpt = None) -> None:
+def batch_release(
+    number: str, as_: AsOpt, comment: CommentOpt = None, password_stdin: PwStdin = False, db: DbOpt = None
+) -> None:
     """QP release (e-signature); refused with the reasons while the gate is closed."""
     from tracker.quality.batches.release import release
 
@@ -247,8 +318,13 @@ def batch_release(number: str, as_: AsOpt, comment: CommentOpt = None, password_
 
 
 @batch_app.command("reject")
-def batch_reject(number: str, reason: Annotated[str, typer.Option()], as_: AsOpt,
-                 password_stdin: PwStdin = False, db: DbOpt = None) -> None:
+def batch_reject(
+    number: str,
+    reason: Annotated[str, typer.Option()],
+    as_: AsOpt,
+    password_stdin: PwStdin = False,
+    db: DbOpt = None,
+) -> None:
     """Reject the batch (signed decision by QA or the QP)."""
     from tracker.quality.batches.release import reject
 
@@ -256,29 +332,43 @@ def batch_reject(number: str, reason: Annotated[str, typer.Option()], as_: AsOpt
 
 
 @batch_app.command("assess")
-def batch_assess(number: str, item: Annotated[str, typer.Option(help="review item key (batch show)")],
-                 exposed: Annotated[bool, typer.Option("--exposed/--not-exposed")],
-                 reason: Annotated[str, typer.Option()], as_: AsOpt, password_stdin: PwStdin = False,
-                 db: DbOpt = None) -> None:
+def batch_assess(
+    number: str,
+    item: Annotated[str, typer.Option(help="review item key (batch show)")],
+    exposed: Annotated[bool, typer.Option("--exposed/--not-exposed")],
+    reason: Annotated[str, typer.Option()],
+    as_: AsOpt,
+    password_stdin: PwStdin = False,
+    db: DbOpt = None,
+) -> None:
     """QA's verdict on a review-by-exception item that is not an excursion (invalid period)."""
     from tracker.quality.batches.review import assess_item
     from tracker.quality.batches.steps import get_batch
 
     actor = _login(db, as_, password_stdin)
     with unit_of_work(engine_for(db)) as session:
-        assess_item(session, actor=actor, batch=get_batch(session, number), item_key=item, exposed=exposed,
-                    reason=reason)
+        assess_item(
+            session,
+            actor=actor,
+            batch=get_batch(session, number),
+            item_key=item,
+            exposed=exposed,
+            reason=reason,
+        )
     console.print(f"{item}: {t('exposed')} {t('yes') if exposed else t('no')}")
 
 
 @batch_app.command("list")
-def batch_list(json_out: JsonOpt = False, status: Annotated[str | None, typer.Option()] = None,
-               db: DbOpt = None) -> None:
+def batch_list(
+    json_out: JsonOpt = False, status: Annotated[str | None, typer.Option()] = None, db: DbOpt = None
+) -> None:
     from tracker.quality.batches.steps import list_batches
 
     with unit_of_work(engine_for(db)) as session:
-        rows = [{"number": b.number, "product": b.product, "donor_id": b.donor_id, "status": b.status}
-                for b in list_batches(session, status=status)]
+        rows = [
+            {"number": b.number, "product": b.product, "donor_id": b.donor_id, "status": b.status}
+            for b in list_batches(session, status=status)
+        ]
     if json_out:
         print_json(rows)
         return
@@ -303,15 +393,23 @@ def batch_show(number: str, json_out: JsonOpt = False, db: DbOpt = None) -> None
         return
     tz = report["timezone"]
     con = console
-    con.print(f"[bold]{t('batch')} {report['number']}[/bold] · {report['product']} · {t('donor')} "
-              f"{report['donor_id']} · {t(report['status'])}")
+    con.print(
+        f"[bold]{t('batch')} {report['number']}[/bold] · {report['product']} · {t('donor')} "
+        f"{report['donor_id']} · {t(report['status'])}"
+    )
     steps = Table(title=t("steps"))
     for key in ("id", "step", "room", "started", "ended", "open_processing", "operator"):
         steps.add_column(t(key))
     for s in report["steps"]:
-        steps.add_row(str(s["id"]), s["name"], s["room"], local_display(parse_instant(s["start"]), tz),
-                      local_display(parse_instant(s["end"]), tz) if s["end"] else t("open"),
-                      t("yes") if s["open_processing"] else t("no"), s["operator"])
+        steps.add_row(
+            str(s["id"]),
+            s["name"],
+            s["room"],
+            local_display(parse_instant(s["start"]), tz),
+            local_display(parse_instant(s["end"]), tz) if s["end"] else t("open"),
+            t("yes") if s["open_processing"] else t("no"),
+            s["operator"],
+        )
     con.print(steps)
     lang_zh = t("yes") == "是"
     for flag in report["flags"]:
@@ -321,17 +419,28 @@ def batch_show(number: str, json_out: JsonOpt = False, db: DbOpt = None) -> None
         review.add_column(t(key))
     for item in report["review"]:
         kind = t(f"type_{item['type']}") if item["kind"] == "excursion" else t("invalid")
-        review.add_row(item["key"], kind, item["monitor"], local_display(parse_instant(item["start"]), tz),
-                       local_display(parse_instant(item["end"]), tz) if item["end"] else t("open"),
-                       t(item.get("level") or "invalid"), t(item["exposed"]))
+        review.add_row(
+            item["key"],
+            kind,
+            item["monitor"],
+            local_display(parse_instant(item["start"]), tz),
+            local_display(parse_instant(item["end"]), tz) if item["end"] else t("open"),
+            t(item.get("level") or "invalid"),
+            t(item["exposed"]),
+        )
     con.print(review)
     for dev in report["deviations"]:
         con.print(f"{t('deviation')} {dev['number']}: {t(dev['status'])} ({t(dev['classification'])})")
     for sig in report["signatures"]:
-        status = (t("signature_intact") if sig["intact"]
-                  else f"[red]{t('signature_broken')}: {sig['problem']}[/red]")
-        con.print(f"✍ {sig['printed_name']} ({sig['username']}) · {t(sig['meaning'])} · "
-                  f"{sig['signed_at_local']} · {sig['statement']} · {status}")
+        status = (
+            t("signature_intact")
+            if sig["intact"]
+            else f"[red]{t('signature_broken')}: {sig['problem']}[/red]"
+        )
+        con.print(
+            f"✍ {sig['printed_name']} ({sig['username']}) · {t(sig['meaning'])} · "
+            f"{sig['signed_at_local']} · {sig['statement']} · {status}"
+        )
     if report["gate"]:
         con.print(f"[red]{t('gate_closed')}:[/red]")
         for reason in report["gate"]:
@@ -342,10 +451,14 @@ def batch_show(number: str, json_out: JsonOpt = False, db: DbOpt = None) -> None
 
 # -- links ------------------------------------------------------------------------------------------
 
+
 @link_app.command("list")
-def link_list(batch: Annotated[str | None, typer.Option()] = None,
-              pending: Annotated[bool, typer.Option("--pending", help="only undecided")] = False,
-              json_out: JsonOpt = False, db: DbOpt = None) -> None:
+def link_list(
+    batch: Annotated[str | None, typer.Option()] = None,
+    pending: Annotated[bool, typer.Option("--pending", help="only undecided")] = False,
+    json_out: JsonOpt = False,
+    db: DbOpt = None,
+) -> None:
     """Proposed and decided exposure links (the list is brought up to date first)."""
     from sqlmodel import select
 
@@ -361,9 +474,18 @@ def link_list(batch: Annotated[str | None, typer.Option()] = None,
             query = query.where(ExcursionLink.batch_id == chosen.id)
         if pending:
             query = query.where(ExcursionLink.status == "proposed")
-        rows = [{"id": link.id, "batch": b.number, "step": link.step_id, "excursion": link.excursion_id,
-                 "status": link.status, "decided_by": link.decided_by, "reason": link.reason}
-                for link, b in session.exec(query.order_by(ExcursionLink.id)).all()]
+        rows = [
+            {
+                "id": link.id,
+                "batch": b.number,
+                "step": link.step_id,
+                "excursion": link.excursion_id,
+                "status": link.status,
+                "decided_by": link.decided_by,
+                "reason": link.reason,
+            }
+            for link, b in session.exec(query.order_by(ExcursionLink.id)).all()
+        ]
     if json_out:
         print_json(rows)
         return
@@ -371,15 +493,27 @@ def link_list(batch: Annotated[str | None, typer.Option()] = None,
     for key in ("id", "batch", "step", "excursions", "state", "user", "reason"):
         table.add_column(t(key))
     for r in rows:
-        table.add_row(str(r["id"]), r["batch"], str(r["step"]), str(r["excursion"]), t(r["status"]),
-                      r["decided_by"] or "", r["reason"] or "")
+        table.add_row(
+            str(r["id"]),
+            r["batch"],
+            str(r["step"]),
+            str(r["excursion"]),
+            t(r["status"]),
+            r["decided_by"] or "",
+            r["reason"] or "",
+        )
     console.print(table)
 
 
 @link_app.command("decide")
-def link_decide(link_id: int, exposed: Annotated[bool, typer.Option("--exposed/--not-exposed")],
-                reason: Annotated[str, typer.Option()], as_: AsOpt, password_stdin: PwStdin = False,
-                db: DbOpt = None) -> None:
+def link_decide(
+    link_id: int,
+    exposed: Annotated[bool, typer.Option("--exposed/--not-exposed")],
+    reason: Annotated[str, typer.Option()],
+    as_: AsOpt,
+    password_stdin: PwStdin = False,
+    db: DbOpt = None,
+) -> None:
     """QA confirms (exposed) or rejects (not exposed) a proposed link, with the reason."""
     from tracker.quality.batches.linking import decide_link
 
@@ -391,22 +525,36 @@ def link_decide(link_id: int, exposed: Annotated[bool, typer.Option("--exposed/-
 
 # -- deviations and CAPA --------------------------------------------------------------------------
 
+
 @deviation_app.command("open")
-def deviation_open(title: Annotated[str, typer.Option()],
-                   classification: Annotated[str, typer.Option("--class", help="critical, major, minor")],
-                   category: Annotated[str, typer.Option()], description: Annotated[str, typer.Option()],
-                   as_: AsOpt,
-                   excursion: Annotated[list[int] | None, typer.Option("--excursion", help="repeat")] = None,
-                   batch: Annotated[list[str] | None, typer.Option("--batch", help="repeat")] = None,
-                   site: SiteOpt = None, password_stdin: PwStdin = False, db: DbOpt = None) -> None:
+def deviation_open(
+    title: Annotated[str, typer.Option()],
+    classification: Annotated[str, typer.Option("--class", help="critical, major, minor")],
+    category: Annotated[str, typer.Option()],
+    description: Annotated[str, typer.Option()],
+    as_: AsOpt,
+    excursion: Annotated[list[int] | None, typer.Option("--excursion", help="repeat")] = None,
+    batch: Annotated[list[str] | None, typer.Option("--batch", help="repeat")] = None,
+    site: SiteOpt = None,
+    password_stdin: PwStdin = False,
+    db: DbOpt = None,
+) -> None:
     """Raise a deviation from excursions (batches with confirmed exposure are linked) or by hand."""
     from tracker.quality.batches.linking import raise_deviation
 
     actor = _login(db, as_, password_stdin)
     with unit_of_work(engine_for(db)) as session:
-        dev = raise_deviation(session, actor=actor, site=_site(session, site), excursion_ids=excursion or [],
-                              title=title, classification=classification, category=category,
-                              description=description, batch_numbers=batch or [])
+        dev = raise_deviation(
+            session,
+            actor=actor,
+            site=_site(session, site),
+            excursion_ids=excursion or [],
+            title=title,
+            classification=classification,
+            category=category,
+            description=description,
+            batch_numbers=batch or [],
+        )
     console.print(f"{t('deviation')} {dev.number}: {t('open')}")
 
 
@@ -419,15 +567,18 @@ def _deviation_json(session: Session, dev) -> dict:
 
     numbers = dict(session.exec(select(Batch.id, Batch.number)).all())
     tz = session.get(Site, dev.site_id).timezone
-    return {**to_json(session, dev, batch_numbers=numbers),
-            "signatures": [c.manifest(tz) for c in signature_checks(session, dev)]}
+    return {
+        **to_json(session, dev, batch_numbers=numbers),
+        "signatures": [c.manifest(tz) for c in signature_checks(session, dev)],
+    }
 
 
 @deviation_app.command("list")
-def deviation_list(json_out: JsonOpt = False,
-                   status: Annotated[str | None, typer.Option(help="open, investigating, capa, closed, "
-                                                                   "not_closed")] = None,
-                   db: DbOpt = None) -> None:
+def deviation_list(
+    json_out: JsonOpt = False,
+    status: Annotated[str | None, typer.Option(help="open, investigating, capa, closed, not_closed")] = None,
+    db: DbOpt = None,
+) -> None:
     from tracker.quality.deviations import list_deviations
 
     with unit_of_work(engine_for(db)) as session:
@@ -439,8 +590,14 @@ def deviation_list(json_out: JsonOpt = False,
     for key in ("id", "title", "classification", "category", "state", "batches"):
         table.add_column(t(key))
     for r in rows:
-        table.add_row(r["number"], r["title"], t(r["classification"]), r["category"], t(r["status"]),
-                      ", ".join(str(b["batch"]) for b in r["batches"]))
+        table.add_row(
+            r["number"],
+            r["title"],
+            t(r["classification"]),
+            r["category"],
+            t(r["status"]),
+            ", ".join(str(b["batch"]) for b in r["batches"]),
+        )
     console.print(table)
 
 
@@ -456,27 +613,36 @@ def deviation_show(number: str, json_out: JsonOpt = False, db: DbOpt = None) -> 
         print_json(doc)
         return
     con = console
-    con.print(f"[bold]{doc['number']}[/bold] {doc['title']} · {t(doc['classification'])} · "
-              f"{doc['category']} · {t(doc['status'])}")
+    con.print(
+        f"[bold]{doc['number']}[/bold] {doc['title']} · {t(doc['classification'])} · "
+        f"{doc['category']} · {t(doc['status'])}"
+    )
     con.print(doc["description"])
     if doc["root_cause"]:
         con.print(f"{t('root_cause')}: {doc['root_cause']}")
     for b in doc["batches"]:
-        con.print(f"{t('batch')} {b['batch']}: {t('impact')} {b['impact'] or t('unassessed')} "
-                  f"{b['assessment'] or ''}")
+        con.print(
+            f"{t('batch')} {b['batch']}: {t('impact')} {b['impact'] or t('unassessed')} "
+            f"{b['assessment'] or ''}"
+        )
     for c in doc["capa"]:
-        con.print(f"CAPA {c['id']} ({c['kind']}) {c['description']} · {t('owner')} {c['owner']} · "
-                  f"{t('due')} {c['due']} · {t(c['status'])}")
+        con.print(
+            f"CAPA {c['id']} ({c['kind']}) {c['description']} · {t('owner')} {c['owner']} · "
+            f"{t('due')} {c['due']} · {t(c['status'])}"
+        )
     for sig in doc["signatures"]:
         status = t("signature_intact") if sig["intact"] else f"[red]{t('signature_broken')}[/red]"
-        con.print(f"✍ {sig['printed_name']} · {t(sig['meaning'])} · {sig['signed_at_local']} · "
-                  f"{sig['statement']} · {status}")
+        con.print(
+            f"✍ {sig['printed_name']} · {t(sig['meaning'])} · {sig['signed_at_local']} · "
+            f"{sig['statement']} · {status}"
+        )
     for item in doc["missing"]:
         con.print(f"  • {item}")
 
 
-def _deviation_action(fn, number: str, as_: str, password_stdin: bool, db: str | None, *,
-                      signer: bool = False, **kwargs) -> None:
+def _deviation_action(
+    fn, number: str, as_: str, password_stdin: bool, db: str | None, *, signer: bool = False, **kwargs
+) -> None:
     from tracker.quality.deviations import get_deviation
 
     who = _login(db, as_, password_stdin, signing=signer)
@@ -495,26 +661,45 @@ def deviation_investigate(number: str, as_: AsOpt, password_stdin: PwStdin = Fal
 
 
 @deviation_app.command("update")
-def deviation_update(number: str, reason: Annotated[str, typer.Option()], as_: AsOpt,
-                     title: Annotated[str | None, typer.Option()] = None,
-                     classification: Annotated[str | None, typer.Option("--class")] = None,
-                     category: Annotated[str | None, typer.Option()] = None,
-                     description: Annotated[str | None, typer.Option()] = None,
-                     root_cause: Annotated[str | None, typer.Option()] = None,
-                     password_stdin: PwStdin = False, db: DbOpt = None) -> None:
+def deviation_update(
+    number: str,
+    reason: Annotated[str, typer.Option()],
+    as_: AsOpt,
+    title: Annotated[str | None, typer.Option()] = None,
+    classification: Annotated[str | None, typer.Option("--class")] = None,
+    category: Annotated[str | None, typer.Option()] = None,
+    description: Annotated[str | None, typer.Option()] = None,
+    root_cause: Annotated[str | None, typer.Option()] = None,
+    password_stdin: PwStdin = False,
+    db: DbOpt = None,
+) -> None:
     """Edit fields before approval; every change needs its reason."""
     from tracker.quality.deviations import update_deviation
 
-    fields = {k: v for k, v in {"title": title, "classification": classification, "category": category,
-                                "description": description, "root_cause": root_cause}.items() if v}
+    fields = {
+        k: v
+        for k, v in {
+            "title": title,
+            "classification": classification,
+            "category": category,
+            "description": description,
+            "root_cause": root_cause,
+        }.items()
+        if v
+    }
     _deviation_action(update_deviation, number, as_, password_stdin, db, reason=reason, **fields)
 
 
 @deviation_app.command("assess")
-def deviation_assess(number: str, batch: Annotated[str, typer.Option()],
-                     impact: Annotated[str, typer.Option(help="none, minor, significant")],
-                     assessment: Annotated[str, typer.Option()], as_: AsOpt, password_stdin: PwStdin = False,
-                     db: DbOpt = None) -> None:
+def deviation_assess(
+    number: str,
+    batch: Annotated[str, typer.Option()],
+    impact: Annotated[str, typer.Option(help="none, minor, significant")],
+    assessment: Annotated[str, typer.Option()],
+    as_: AsOpt,
+    password_stdin: PwStdin = False,
+    db: DbOpt = None,
+) -> None:
     """QA's impact assessment for one linked batch."""
     from tracker.quality.batches.steps import get_batch
     from tracker.quality.deviations import assess_impact, get_deviation
@@ -522,14 +707,22 @@ def deviation_assess(number: str, batch: Annotated[str, typer.Option()],
     actor = _login(db, as_, password_stdin)
     with unit_of_work(engine_for(db)) as session:
         b = get_batch(session, batch)
-        assess_impact(session, actor=actor, dev=get_deviation(session, number), batch_id=b.id,
-                      batch_number=b.number, impact=impact, assessment=assessment)
+        assess_impact(
+            session,
+            actor=actor,
+            dev=get_deviation(session, number),
+            batch_id=b.id,
+            batch_number=b.number,
+            impact=impact,
+            assessment=assessment,
+        )
     console.print(f"{number} · {batch}: {t('impact')} {impact}")
 
 
 @deviation_app.command("approve")
-def deviation_approve(number: str, as_: AsOpt, comment: CommentOpt = None, password_stdin: PwStdin = False,
-                      db: DbOpt = None) -> None:
+def deviation_approve(
+    number: str, as_: AsOpt, comment: CommentOpt = None, password_stdin: PwStdin = False, db: DbOpt = None
+) -> None:
     """QA approves the investigation report (e-signature, GMP Art. 250)."""
     from tracker.quality.deviations import approve_investigation
 
@@ -537,8 +730,13 @@ def deviation_approve(number: str, as_: AsOpt, comment: CommentOpt = None, passw
 
 
 @deviation_app.command("no-capa")
-def deviation_no_capa(number: str, justification: Annotated[str, typer.Option()], as_: AsOpt,
-                      password_stdin: PwStdin = False, db: DbOpt = None) -> None:
+def deviation_no_capa(
+    number: str,
+    justification: Annotated[str, typer.Option()],
+    as_: AsOpt,
+    password_stdin: PwStdin = False,
+    db: DbOpt = None,
+) -> None:
     """Record why a minor deviation needs no CAPA action."""
     from tracker.quality.deviations import justify_no_capa
 
@@ -546,8 +744,9 @@ def deviation_no_capa(number: str, justification: Annotated[str, typer.Option()]
 
 
 @deviation_app.command("close")
-def deviation_close(number: str, as_: AsOpt, comment: CommentOpt = None, password_stdin: PwStdin = False,
-                    db: DbOpt = None) -> None:
+def deviation_close(
+    number: str, as_: AsOpt, comment: CommentOpt = None, password_stdin: PwStdin = False, db: DbOpt = None
+) -> None:
     """QA closes the deviation (e-signature); refused with what is missing."""
     from tracker.quality.deviations import close_deviation
 
@@ -555,22 +754,40 @@ def deviation_close(number: str, as_: AsOpt, comment: CommentOpt = None, passwor
 
 
 @capa_app.command("add")
-def capa_add(deviation: str, kind: Annotated[str, typer.Option(help="corrective or preventive")],
-             description: Annotated[str, typer.Option()], owner: Annotated[str, typer.Option()],
-             due: Annotated[str, typer.Option(help="YYYY-MM-DD")], as_: AsOpt,
-             password_stdin: PwStdin = False, db: DbOpt = None) -> None:
+def capa_add(
+    deviation: str,
+    kind: Annotated[str, typer.Option(help="corrective or preventive")],
+    description: Annotated[str, typer.Option()],
+    owner: Annotated[str, typer.Option()],
+    due: Annotated[str, typer.Option(help="YYYY-MM-DD")],
+    as_: AsOpt,
+    password_stdin: PwStdin = False,
+    db: DbOpt = None,
+) -> None:
     from tracker.quality.deviations import add_capa, get_deviation
 
     actor = _login(db, as_, password_stdin)
     with unit_of_work(engine_for(db)) as session:
-        action = add_capa(session, actor=actor, dev=get_deviation(session, deviation), kind=kind,
-                          description=description, owner=owner, due=date.fromisoformat(due))
+        action = add_capa(
+            session,
+            actor=actor,
+            dev=get_deviation(session, deviation),
+            kind=kind,
+            description=description,
+            owner=owner,
+            due=date.fromisoformat(due),
+        )
     console.print(f"CAPA {action.id}: {deviation} · {owner} · {due}")
 
 
 @capa_app.command("done")
-def capa_done(capa_id: int, outcome: Annotated[str, typer.Option()], as_: AsOpt,
-              password_stdin: PwStdin = False, db: DbOpt = None) -> None:
+def capa_done(
+    capa_id: int,
+    outcome: Annotated[str, typer.Option()],
+    as_: AsOpt,
+    password_stdin: PwStdin = False,
+    db: DbOpt = None,
+) -> None:
     from tracker.quality.deviations import complete_capa
 
     actor = _login(db, as_, password_stdin)
@@ -580,9 +797,14 @@ def capa_done(capa_id: int, outcome: Annotated[str, typer.Option()], as_: AsOpt,
 
 
 @capa_app.command("check")
-def capa_check(capa_id: int, effective: Annotated[bool, typer.Option("--effective/--not-effective")],
-               note: Annotated[str, typer.Option()], as_: AsOpt, password_stdin: PwStdin = False,
-               db: DbOpt = None) -> None:
+def capa_check(
+    capa_id: int,
+    effective: Annotated[bool, typer.Option("--effective/--not-effective")],
+    note: Annotated[str, typer.Option()],
+    as_: AsOpt,
+    password_stdin: PwStdin = False,
+    db: DbOpt = None,
+) -> None:
     """QA's effectiveness check of a done CAPA action."""
     from tracker.quality.deviations import check_effectiveness
 
@@ -594,37 +816,59 @@ def capa_check(capa_id: int, effective: Annotated[bool, typer.Option("--effectiv
 
 # -- data-driven levels -----------------------------------------------------------------------------
 
+
 @limits_app.command("propose")
-def limits_propose(room: Annotated[str, typer.Option()],
-                   kind: Annotated[str, typer.Option(help="particles or pressure")],
-                   state: Annotated[str, typer.Option(help="at_rest or in_operation")],
-                   start: Annotated[str, typer.Option("--from", help="ISO 8601 with offset")],
-                   end: Annotated[str, typer.Option("--to", help="ISO 8601 with offset")], as_: AsOpt,
-                   channel: Annotated[str | None, typer.Option(help="0.5 or 5.0 for particles")] = None,
-                   site: SiteOpt = None, json_out: JsonOpt = False, password_stdin: PwStdin = False,
-                   db: DbOpt = None) -> None:
+def limits_propose(
+    room: Annotated[str, typer.Option()],
+    kind: Annotated[str, typer.Option(help="particles or pressure")],
+    state: Annotated[str, typer.Option(help="at_rest or in_operation")],
+    start: Annotated[str, typer.Option("--from", help="ISO 8601 with offset")],
+    end: Annotated[str, typer.Option("--to", help="ISO 8601 with offset")],
+    as_: AsOpt,
+    channel: Annotated[str | None, typer.Option(help="0.5 or 5.0 for particles")] = None,
+    site: SiteOpt = None,
+    json_out: JsonOpt = False,
+    password_stdin: PwStdin = False,
+    db: DbOpt = None,
+) -> None:
     """Propose alert/action levels from the period's valid readings (percentiles; never beyond
     the regulation). Nothing changes until another QA person approves it."""
     from tracker.monitoring.proposals import propose, to_json
 
     actor = _login(db, as_, password_stdin)
     with unit_of_work(engine_for(db)) as session:
-        doc = to_json(session, propose(session, actor=actor, room_code=room, kind=kind, channel=channel,
-                                       state=state, start=parse_instant(start), end=parse_instant(end),
-                                       site_code=site))
+        doc = to_json(
+            session,
+            propose(
+                session,
+                actor=actor,
+                room_code=room,
+                kind=kind,
+                channel=channel,
+                state=state,
+                start=parse_instant(start),
+                end=parse_instant(end),
+                site_code=site,
+            ),
+        )
     if json_out:
         print_json(doc)
         return
-    console.print(f"proposal {doc['id']}: {doc['room']} {t(doc['kind'])} {doc['channel'] or ''} "
-                  f"{t(doc['state'])} — {t('alert')} {doc['alert']:g} · {t('action')} {doc['action']:g} "
-                  f"({doc['readings']} {t('readings')}, {doc['days']} d; regulatory {doc['regulatory']})")
+    console.print(
+        f"proposal {doc['id']}: {doc['room']} {t(doc['kind'])} {doc['channel'] or ''} "
+        f"{t(doc['state'])} — {t('alert')} {doc['alert']:g} · {t('action')} {doc['action']:g} "
+        f"({doc['readings']} {t('readings')}, {doc['days']} d; regulatory {doc['regulatory']})"
+    )
     for note in doc["notes"]:
         console.print(f"  • {note}")
 
 
 @limits_app.command("proposals")
-def limits_proposals(status: Annotated[str | None, typer.Option(help="proposed, approved, …")] = None,
-                     json_out: JsonOpt = False, db: DbOpt = None) -> None:
+def limits_proposals(
+    status: Annotated[str | None, typer.Option(help="proposed, approved, …")] = None,
+    json_out: JsonOpt = False,
+    db: DbOpt = None,
+) -> None:
     from tracker.monitoring.proposals import list_proposals
 
     with unit_of_work(engine_for(db)) as session:
@@ -637,14 +881,28 @@ def limits_proposals(status: Annotated[str | None, typer.Option(help="proposed, 
         table.add_column(t(key))
     table.add_column("status")
     for r in rows:
-        table.add_row(str(r["id"]), r["room"], t(r["kind"]), r["channel"] or "", t(r["state"]),
-                      f"{r['alert']:g}", f"{r['action']:g}", str(r["readings"]), r["status"])
+        table.add_row(
+            str(r["id"]),
+            r["room"],
+            t(r["kind"]),
+            r["channel"] or "",
+            t(r["state"]),
+            f"{r['alert']:g}",
+            f"{r['action']:g}",
+            str(r["readings"]),
+            r["status"],
+        )
     console.print(table)
 
 
 @limits_app.command("approve")
-def limits_approve(proposal_id: int, as_: AsOpt, comment: CommentOpt = None, password_stdin: PwStdin = False,
-                   db: DbOpt = None) -> None:
+def limits_approve(
+    proposal_id: int,
+    as_: AsOpt,
+    comment: CommentOpt = None,
+    password_stdin: PwStdin = False,
+    db: DbOpt = None,
+) -> None:
     """Approve a proposal with an e-signature: its levels apply from now on (new facility revision)."""
     from tracker.monitoring.proposals import approve
 
@@ -655,8 +913,13 @@ def limits_approve(proposal_id: int, as_: AsOpt, comment: CommentOpt = None, pas
 
 
 @limits_app.command("reject")
-def limits_reject(proposal_id: int, reason: Annotated[str, typer.Option()], as_: AsOpt,
-                  password_stdin: PwStdin = False, db: DbOpt = None) -> None:
+def limits_reject(
+    proposal_id: int,
+    reason: Annotated[str, typer.Option()],
+    as_: AsOpt,
+    password_stdin: PwStdin = False,
+    db: DbOpt = None,
+) -> None:
     from tracker.monitoring.proposals import reject
 
     actor = _login(db, as_, password_stdin)

@@ -40,14 +40,29 @@ class AuditEvent(SQLModel, table=True):
 
 
 def _canonical(value: Any) -> str | None:
-    return None if value is None else json.dumps(value, sort_keys=True, ensure_ascii=False,
-                                                 default=str, separators=(",", ":"))
+    return (
+        None
+        if value is None
+        else json.dumps(value, sort_keys=True, ensure_ascii=False, default=str, separators=(",", ":"))
+    )
 
 
-def _digest(prev_hash: str, at: datetime, actor: str, action: str, entity: str,
-            entity_key: str, before: str | None, after: str | None, reason: str | None) -> str:
-    body = json.dumps([prev_hash, iso_utc(at), actor, action, entity, entity_key, before, after,
-                       reason], ensure_ascii=False, separators=(",", ":"))
+def _digest(
+    prev_hash: str,
+    at: datetime,
+    actor: str,
+    action: str,
+    entity: str,
+    entity_key: str,
+    before: str | None,
+    after: str | None,
+    reason: str | None,
+) -> str:
+    body = json.dumps(
+        [prev_hash, iso_utc(at), actor, action, entity, entity_key, before, after, reason],
+        ensure_ascii=False,
+        separators=(",", ":"),
+    )
     return hashlib.sha256(body.encode("utf-8")).hexdigest()
 
 
@@ -57,9 +72,18 @@ def head_hash(session: Session) -> str:
     return last or GENESIS
 
 
-def record(session: Session, *, actor: str, action: str, entity: str, entity_key: str,
-           before: Any = None, after: Any = None, reason: str | None = None,
-           at: datetime | None = None) -> AuditEvent:
+def record(
+    session: Session,
+    *,
+    actor: str,
+    action: str,
+    entity: str,
+    entity_key: str,
+    before: Any = None,
+    after: Any = None,
+    reason: str | None = None,
+    at: datetime | None = None,
+) -> AuditEvent:
     """Append one event in the caller's transaction (the caller's unit of work commits)."""
     session.flush()
     if session.get_bind().dialect.name == "postgresql":
@@ -68,10 +92,18 @@ def record(session: Session, *, actor: str, action: str, entity: str, entity_key
     at = at or utcnow()
     before_s, after_s = _canonical(before), _canonical(after)
     prev = head_hash(session)
-    event = AuditEvent(at=at, actor=actor, action=action, entity=entity, entity_key=entity_key,
-                       before=before_s, after=after_s, reason=reason, prev_hash=prev,
-                       hash=_digest(prev, at, actor, action, entity, entity_key, before_s,
-                                    after_s, reason))
+    event = AuditEvent(
+        at=at,
+        actor=actor,
+        action=action,
+        entity=entity,
+        entity_key=entity_key,
+        before=before_s,
+        after=after_s,
+        reason=reason,
+        prev_hash=prev,
+        hash=_digest(prev, at, actor, action, entity, entity_key, before_s, after_s, reason),
+    )
     session.add(event)
     session.flush()
     return event
@@ -80,12 +112,23 @@ def record(session: Session, *, actor: str, action: str, entity: str, entity_key
 def verify_chain(session: Session) -> tuple[bool, int, int | None]:
     """Walk the chain; return (intact, events checked, id of the first broken event)."""
     prev, count = GENESIS, 0
-    columns = (AuditEvent.id, AuditEvent.at, AuditEvent.actor, AuditEvent.action, AuditEvent.entity,
-               AuditEvent.entity_key, AuditEvent.before, AuditEvent.after, AuditEvent.reason,
-               AuditEvent.prev_hash, AuditEvent.hash)
+    columns = (
+        AuditEvent.id,
+        AuditEvent.at,
+        AuditEvent.actor,
+        AuditEvent.action,
+        AuditEvent.entity,
+        AuditEvent.entity_key,
+        AuditEvent.before,
+        AuditEvent.after,
+        AuditEvent.reason,
+        AuditEvent.prev_hash,
+        AuditEvent.hash,
+    )
     # plain rows, streamed: the web's audit page checks the whole chain on every view
-    for (id_, at, actor, action, entity, key, before, after, reason, prev_hash, hash_) in session.execute(
-            select(*columns).order_by(AuditEvent.id).execution_options(yield_per=2000)):
+    for id_, at, actor, action, entity, key, before, after, reason, prev_hash, hash_ in session.execute(
+        select(*columns).order_by(AuditEvent.id).execution_options(yield_per=2000)
+    ):
         if prev_hash != prev or hash_ != _digest(prev, at, actor, action, entity, key, before, after, reason):
             return False, count, id_
         prev, count = hash_, count + 1
@@ -100,14 +143,22 @@ class AuditPage:
     events, and events appended meanwhile do not shift the pages a reader is walking."""
 
     events: list[AuditEvent]
-    total: int                     # events matching the filter
-    newer: int | None              # ``after`` cursor of the newer page
-    older: int | None              # ``before`` cursor of the older page
+    total: int  # events matching the filter
+    newer: int | None  # ``after`` cursor of the newer page
+    older: int | None  # ``before`` cursor of the older page
 
 
-def page_events(session: Session, *, actor: str | None = None, action: str | None = None,
-                entity: str | None = None, key: str | None = None, before: int | None = None,
-                after: int | None = None, size: int = 200) -> AuditPage:
+def page_events(
+    session: Session,
+    *,
+    actor: str | None = None,
+    action: str | None = None,
+    entity: str | None = None,
+    key: str | None = None,
+    before: int | None = None,
+    after: int | None = None,
+    size: int = 200,
+) -> AuditPage:
     """Events matching the filter (``action`` is a prefix), ``size`` at a time, newest first:
     those older than the event ``before``, or newer than ``after``, or the newest."""
     conditions = []
@@ -133,11 +184,22 @@ def page_events(session: Session, *, actor: str | None = None, action: str | Non
         events, more_older = rows[:size], len(rows) > size
         more_newer = before is not None
     if events and more_older:
-        more_older = session.exec(select(AuditEvent.id).where(*conditions, AuditEvent.id < events[-1].id)
-                                  .limit(1)).first() is not None
+        more_older = (
+            session.exec(
+                select(AuditEvent.id).where(*conditions, AuditEvent.id < events[-1].id).limit(1)
+            ).first()
+            is not None
+        )
     if events and more_newer:
-        more_newer = session.exec(select(AuditEvent.id).where(*conditions, AuditEvent.id > events[0].id)
-                                  .limit(1)).first() is not None
-    return AuditPage(events=events, total=total,
-                     newer=events[0].id if events and more_newer else None,
-                     older=events[-1].id if events and more_older else None)
+        more_newer = (
+            session.exec(
+                select(AuditEvent.id).where(*conditions, AuditEvent.id > events[0].id).limit(1)
+            ).first()
+            is not None
+        )
+    return AuditPage(
+        events=events,
+        total=total,
+        newer=events[0].id if events and more_newer else None,
+        older=events[-1].id if events and more_older else None,
+    )

@@ -13,8 +13,10 @@ class IngestCounter(SQLModel, table=True):
     value: int = 0
 
 
-_BUMP = text("INSERT INTO ingest_counter (name, value) VALUES (:name, :by) "
-             "ON CONFLICT (name) DO UPDATE SET value = ingest_counter.value + excluded.value")
+_BUMP = text(
+    "INSERT INTO ingest_counter (name, value) VALUES (:name, :by) "
+    "ON CONFLICT (name) DO UPDATE SET value = ingest_counter.value + excluded.value"
+)
 
 
 def bump(session: Session, name: str, by: int = 1) -> None:

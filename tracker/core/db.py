@@ -130,8 +130,9 @@ def time_param(dialect_name: str) -> Callable[[datetime], Any]:
     return sqlite_text
 
 
-def bulk_insert(connection: Connection, table: Table, columns: Sequence[str],
-                rows: list[tuple[Any, ...]]) -> None:
+def bulk_insert(
+    connection: Connection, table: Table, columns: Sequence[str], rows: list[tuple[Any, ...]]
+) -> None:
     """Insert many rows through the DBAPI's ``executemany`` with positional parameters.
 
     The ingest hot path: SQLAlchemy Core's per-row parameter processing costs more than the
@@ -141,6 +142,5 @@ def bulk_insert(connection: Connection, table: Table, columns: Sequence[str],
     if not rows:
         return
     marker = "?" if connection.dialect.paramstyle == "qmark" else "%s"
-    sql = (f"INSERT INTO {table.name} ({', '.join(columns)}) "
-           f"VALUES ({', '.join([marker] * len(columns))})")
+    sql = f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES ({', '.join([marker] * len(columns))})"
     connection.exec_driver_sql(sql, rows)

@@ -36,7 +36,7 @@ CJK_FONTS = (
 def chart_font_family() -> tuple[str, ...]:
     """Register the CJK face with matplotlib (once) and return the families for charts: the CJK
     face first when installed, DejaVu Sans for the rest."""
-    with _STYLE_LOCK:   # the font manager is global too
+    with _STYLE_LOCK:  # the font manager is global too
         return _register_cjk()
 
 

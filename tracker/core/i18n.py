@@ -73,12 +73,15 @@ MESSAGES: dict[str, tuple[str, str]] = {
     "partition_to": ("止（UTC）", "To (UTC)"),
     "partition_rows": ("行数（估计）", "Rows (estimate)"),
     "partitions_created": ("已创建分区", "Partitions created"),
-    "partitions_none": ("读数表未分区（SQLite，或 PostgreSQL 尚未迁移到 0007）",
-                        "Readings are not partitioned here (SQLite, or PostgreSQL before migration 0007)"),
-    "partition_default_rows": ("默认分区中有读数：运行 tracker db partitions --ensure "
-                               "把它们移入各自月份的分区",
-                               "the DEFAULT partition holds readings: run tracker db partitions --ensure "
-                               "to move them into partitions of their months"),
+    "partitions_none": (
+        "读数表未分区（SQLite，或 PostgreSQL 尚未迁移到 0007）",
+        "Readings are not partitioned here (SQLite, or PostgreSQL before migration 0007)",
+    ),
+    "partition_default_rows": (
+        "默认分区中有读数：运行 tracker db partitions --ensure 把它们移入各自月份的分区",
+        "the DEFAULT partition holds readings: run tracker db partitions --ensure "
+        "to move them into partitions of their months",
+    ),
     "reevaluated": ("已重新评价", "Re-evaluated"),
     "none": ("无", "none"),
     "type": ("类型", "Type"),
@@ -160,9 +163,12 @@ MESSAGES: dict[str, tuple[str, str]] = {
         "--client-id。进程重启时须沿用同一名称，代理才会把它未确认的消息交还给它。",
         "a shared subscription needs a fixed, unique name per ingest worker: --worker "
         "(TRACKER_INGEST_WORKER) or --client-id. A restarted worker must keep its name, or "
-        "the broker keeps its unacknowledged messages for the old one."),
-    "shared_bad_group": ("共享订阅组名不能含 / + #，且不能为空", "a share group name must be "
-                         "non-empty and contain no / + #"),
+        "the broker keeps its unacknowledged messages for the old one.",
+    ),
+    "shared_bad_group": (
+        "共享订阅组名不能含 / + #，且不能为空",
+        "a share group name must be non-empty and contain no / + #",
+    ),
 }
 
 

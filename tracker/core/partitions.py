@@ -32,16 +32,16 @@ from sqlalchemy.exc import SQLAlchemyError
 log = logging.getLogger(__name__)
 PARENT = "reading"
 #: serialises partition creation between ingest workers (pg_advisory_xact_lock key)
-LOCK_KEY = 0x7472_6B70_6172_7431   # "trkpart1"
+LOCK_KEY = 0x7472_6B70_6172_7431  # "trkpart1"
 _BOUND = re.compile(r"FROM \('([^']+)'\) TO \('([^']+)'\)")
 
 
 @dataclass(frozen=True, slots=True)
 class Partition:
     name: str
-    start: datetime | None   # None for the DEFAULT partition
+    start: datetime | None  # None for the DEFAULT partition
     end: datetime | None
-    rows: int | None         # planner estimate (exact for DEFAULT); None if never analysed
+    rows: int | None  # planner estimate (exact for DEFAULT); None if never analysed
 
     @property
     def is_default(self) -> bool:
@@ -67,8 +67,9 @@ def is_partitioned(connection: Connection) -> bool:
     """Whether ``reading`` is a partitioned table here (PostgreSQL after migration 0007)."""
     if connection.dialect.name != "postgresql":
         return False
-    kind = connection.execute(text(
-        "SELECT c.relkind FROM pg_class c WHERE c.oid = to_regclass(:t)"), {"t": PARENT}).scalar()
+    kind = connection.execute(
+        text("SELECT c.relkind FROM pg_class c WHERE c.oid = to_regclass(:t)"), {"t": PARENT}
+    ).scalar()
     return kind == "p"
 
 
@@ -82,12 +83,16 @@ def list_partitions(connection: Connection) -> list[Partition]:
     """The partitions of ``reading``, months in order, DEFAULT last."""
     if not is_partitioned(connection):
         return []
-    rows = connection.execute(text(
-        "SELECT c.relname, pg_get_expr(c.relpartbound, c.oid), c.reltuples::bigint, "
-        "       c.oid = p.partdefid "
-        "FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
-        "JOIN pg_partitioned_table p ON p.partrelid = i.inhparent "
-        "WHERE i.inhparent = to_regclass(:t)"), {"t": PARENT}).all()
+    rows = connection.execute(
+        text(
+            "SELECT c.relname, pg_get_expr(c.relpartbound, c.oid), c.reltuples::bigint, "
+            "       c.oid = p.partdefid "
+            "FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+            "JOIN pg_partitioned_table p ON p.partrelid = i.inhparent "
+            "WHERE i.inhparent = to_regclass(:t)"
+        ),
+        {"t": PARENT},
+    ).all()
     months, default = [], []
     for name, bound, estimate, is_default in rows:
         if is_default:
@@ -95,12 +100,11 @@ def list_partitions(connection: Connection) -> list[Partition]:
             default.append(Partition(name, None, None, int(exact)))
             continue
         found = _BOUND.search(bound)
-        if found is None:   # not one of ours (e.g. MINVALUE bounds): listed without a range
+        if found is None:  # not one of ours (e.g. MINVALUE bounds): listed without a range
             months.append(Partition(name, None, None, None))
             continue
         rows_estimate = int(estimate) if estimate is not None and estimate >= 0 else None
-        months.append(Partition(name, _timestamp(found.group(1)), _timestamp(found.group(2)),
-                                rows_estimate))
+        months.append(Partition(name, _timestamp(found.group(1)), _timestamp(found.group(2)), rows_estimate))
     months.sort(key=lambda p: (p.start is None, p.start or datetime.min.replace(tzinfo=UTC)))
     return months + default
 
@@ -125,21 +129,26 @@ def ensure_months(connection: Connection, months: Iterable[datetime]) -> list[st
         if any(start <= month and end <= stop for start, stop in covered):
             continue
         if any(start < end and month < stop for start, stop in covered):
-            raise RuntimeError(f"a partition of {PARENT} overlaps {month:%Y-%m} partly; "
-                               "create this month's partition by hand")
+            raise RuntimeError(
+                f"a partition of {PARENT} overlaps {month:%Y-%m} partly; "
+                "create this month's partition by hand"
+            )
         name = partition_name(month)
         lo, hi = f"'{month.isoformat()}'", f"'{end.isoformat()}'"
         connection.exec_driver_sql(
-            f'CREATE TABLE "{name}" (LIKE "{PARENT}" INCLUDING DEFAULTS INCLUDING CONSTRAINTS)')
+            f'CREATE TABLE "{name}" (LIKE "{PARENT}" INCLUDING DEFAULTS INCLUDING CONSTRAINTS)'
+        )
         if default is not None:
             # rows that arrived before their month existed: PostgreSQL refuses to attach a
             # range the DEFAULT partition holds rows of, so they move with the new partition
             connection.exec_driver_sql(
                 f'WITH moved AS (DELETE FROM "{default}" WHERE event_time >= {lo} '
                 f"AND event_time < {hi} RETURNING *) "
-                f'INSERT INTO "{name}" SELECT * FROM moved')
+                f'INSERT INTO "{name}" SELECT * FROM moved'
+            )
         connection.exec_driver_sql(
-            f'ALTER TABLE "{PARENT}" ATTACH PARTITION "{name}" FOR VALUES FROM ({lo}) TO ({hi})')
+            f'ALTER TABLE "{PARENT}" ATTACH PARTITION "{name}" FOR VALUES FROM ({lo}) TO ({hi})'
+        )
         covered.append((month, end))
         created.append(name)
     return created
@@ -156,9 +165,13 @@ def ensure_strays(connection: Connection) -> list[str]:
     default = next((p for p in list_partitions(connection) if p.is_default), None)
     if default is None or not default.rows:
         return []
-    months = connection.exec_driver_sql(
-        f"SELECT DISTINCT date_trunc('month', event_time AT TIME ZONE 'UTC') FROM \"{default.name}\""
-    ).scalars().all()
+    months = (
+        connection.exec_driver_sql(
+            f"SELECT DISTINCT date_trunc('month', event_time AT TIME ZONE 'UTC') FROM \"{default.name}\""
+        )
+        .scalars()
+        .all()
+    )
     return ensure_months(connection, [m.replace(tzinfo=UTC) for m in months])
 
 
@@ -184,8 +197,7 @@ class PartitionKeeper:
         """Make sure a partition exists for the month of each of ``times`` (aware datetimes)."""
         if self.enabled is False:
             return []
-        months = {(t.year, t.month) for t in
-                  (t if t.tzinfo is UTC else t.astimezone(UTC) for t in times)}
+        months = {(t.year, t.month) for t in (t if t.tzinfo is UTC else t.astimezone(UTC) for t in times)}
         missing = months - self.known
         if not missing:
             return []
@@ -196,15 +208,22 @@ class PartitionKeeper:
             with engine.begin() as connection:
                 if self.enabled is None:
                     self.enabled = is_partitioned(connection)
-                created = (ensure_months(connection, [datetime(y, m, 1, tzinfo=UTC)
-                                                      for y, m in missing])
-                           if self.enabled else [])
+                created = (
+                    ensure_months(connection, [datetime(y, m, 1, tzinfo=UTC) for y, m in missing])
+                    if self.enabled
+                    else []
+                )
         except (SQLAlchemyError, RuntimeError) as exc:
-            log.warning("could not create the partitions of %s for months %s (%s): their "
-                        "readings go to the DEFAULT partition; run `tracker db partitions "
-                        "--ensure` once this is fixed", PARENT, sorted(missing), exc)
+            log.warning(
+                "could not create the partitions of %s for months %s (%s): their "
+                "readings go to the DEFAULT partition; run `tracker db partitions "
+                "--ensure` once this is fixed",
+                PARENT,
+                sorted(missing),
+                exc,
+            )
             created = []
-        self.known |= missing   # created, existing, or logged once: not retried every batch
+        self.known |= missing  # created, existing, or logged once: not retried every batch
         return created
 
     def forget(self) -> None:

@@ -15,57 +15,75 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="TRACKER_", extra="ignore")
 
-    database_url: str = Field(default="sqlite:///tracker.db",
-                              description="SQLAlchemy URL; PostgreSQL in production")
+    database_url: str = Field(
+        default="sqlite:///tracker.db", description="SQLAlchemy URL; PostgreSQL in production"
+    )
     mqtt_url: str = Field(default="mqtt://127.0.0.1:1883", description="mqtt[s]://[user:pass@]host:port")
     mqtt_protocol: int = Field(default=5, description="5 (default) or 3 for MQTT 3.1.1 brokers")
     mqtt_ca_file: str | None = None
     mqtt_client_id: str = "gmp-tracker-ingest"
-    mqtt_subscription: str = Field(default="gmp/#",
-                                   description="topic filter(s), separated by spaces; plain or "
-                                               "$share/GROUP/filter for scale-out")
+    mqtt_subscription: str = Field(
+        default="gmp/#",
+        description="topic filter(s), separated by spaces; plain or $share/GROUP/filter for scale-out",
+    )
     mqtt_share_group: str | None = Field(
-        default=None, description="subscribe as $share/GROUP/<subscription>: several ingest "
-                                  "workers share the stream (docs/scale-out.md)")
+        default=None,
+        description="subscribe as $share/GROUP/<subscription>: several ingest "
+        "workers share the stream (docs/scale-out.md)",
+    )
     ingest_worker: str | None = Field(
-        default=None, description="this worker's fixed name in a share group; the MQTT client "
-                                  "id becomes <mqtt_client_id>-<worker>")
+        default=None,
+        description="this worker's fixed name in a share group; the MQTT client "
+        "id becomes <mqtt_client_id>-<worker>",
+    )
     ingest_batch_size: int = Field(default=1000, ge=1)
-    ingest_linger_ms: int = Field(default=50, ge=0,
-                                  description="wait this long for more messages before committing")
-    ingest_stats_s: float = Field(default=60.0, gt=0,
-                                  description="how often the ingester logs its counters")
+    ingest_linger_ms: int = Field(
+        default=50, ge=0, description="wait this long for more messages before committing"
+    )
+    ingest_stats_s: float = Field(default=60.0, gt=0, description="how often the ingester logs its counters")
     max_payload_bytes: int = Field(default=16 * 1024, ge=256)
-    future_tolerance_s: int = Field(default=300, ge=0,
-                                    description="readings stamped further ahead of receipt are refused")
-    excursion_close_after: int = Field(default=3, ge=1,
-                                       description="consecutive in-limit readings that end an episode")
-    gap_factor: float = Field(default=3.0, gt=1.0,
-                              description="silence longer than this × a monitor's interval is a gap")
+    future_tolerance_s: int = Field(
+        default=300, ge=0, description="readings stamped further ahead of receipt are refused"
+    )
+    excursion_close_after: int = Field(
+        default=3, ge=1, description="consecutive in-limit readings that end an episode"
+    )
+    gap_factor: float = Field(
+        default=3.0, gt=1.0, description="silence longer than this × a monitor's interval is a gap"
+    )
     gap_check_s: float = Field(default=5.0, gt=0, description="how often live silence is checked")
-    trend_alerts: int = Field(default=3, ge=2,
-                              description="alert excursions of one monitor that make an adverse trend")
+    trend_alerts: int = Field(
+        default=3, ge=2, description="alert excursions of one monitor that make an adverse trend"
+    )
     trend_window_h: float = Field(default=24.0, gt=0, description="…within this many hours")
     password_hash_profile: str = Field(
         default="RFC_9106_LOW_MEMORY",
-        description="argon2 parameter profile; CHEAPEST only for the test suite")
-    step_backdate_max_h: float = Field(default=24.0, gt=0,
-                                       description="a step may be recorded at most this late")
-    step_late_after_min: float = Field(default=15.0, ge=0,
-                                       description="a step recorded later than this needs a reason")
-    proposal_min_readings: int = Field(default=1000, ge=30,
-                                       description="valid readings a level proposal needs at least…")
+        description="argon2 parameter profile; CHEAPEST only for the test suite",
+    )
+    step_backdate_max_h: float = Field(
+        default=24.0, gt=0, description="a step may be recorded at most this late"
+    )
+    step_late_after_min: float = Field(
+        default=15.0, ge=0, description="a step recorded later than this needs a reason"
+    )
+    proposal_min_readings: int = Field(
+        default=1000, ge=30, description="valid readings a level proposal needs at least…"
+    )
     proposal_min_days: int = Field(default=7, ge=1, description="…spread over at least this many days")
     password_min_length: int = Field(default=12, ge=8, description="shortest password accepted")
-    lockout_attempts: int = Field(default=5, ge=1,
-                                  description="consecutive failed logins or signings that lock an account")
+    lockout_attempts: int = Field(
+        default=5, ge=1, description="consecutive failed logins or signings that lock an account"
+    )
     lockout_minutes: int = Field(default=30, ge=1, description="how long a locked account stays locked")
-    signature_window_s: int = Field(default=120, ge=10,
-                                    description="a signature needs a re-authentication this recent")
-    deviation_classes: str = Field(default="critical,major,minor",
-                                   description="deviation classification scheme, most severe first")
-    deviation_capa_required: str = Field(default="critical,major",
-                                         description="classes that cannot close without a CAPA action")
+    signature_window_s: int = Field(
+        default=120, ge=10, description="a signature needs a re-authentication this recent"
+    )
+    deviation_classes: str = Field(
+        default="critical,major,minor", description="deviation classification scheme, most severe first"
+    )
+    deviation_capa_required: str = Field(
+        default="critical,major", description="classes that cannot close without a CAPA action"
+    )
     timezone: str = "Asia/Shanghai"
     lang: str = Field(default="zh-CN", description="zh-CN or en")
     data_dir: Path = Path(".tracker")

@@ -42,67 +42,113 @@ class Inhibit(SQLModel, table=True):
         return min(self.ends_at, self.cancelled_at) if self.cancelled_at else self.ends_at
 
 
-def add_inhibit(session: Session, *, starts_at: datetime, ends_at: datetime, reason: str,
-                actor: str, monitor_code: str | None = None, room_code: str | None = None,
-                site_code: str | None = None, now: datetime | None = None) -> Inhibit:
+def add_inhibit(
+    session: Session,
+    *,
+    starts_at: datetime,
+    ends_at: datetime,
+    reason: str,
+    actor: str,
+    monitor_code: str | None = None,
+    room_code: str | None = None,
+    site_code: str | None = None,
+    now: datetime | None = None,
+) -> Inhibit:
     """Inhibit one monitor, or every monitor of a room and the zones inside it."""
     if (monitor_code is None) == (room_code is None):
-        raise InvalidInputError(Reason("name exactly one of a monitor or a room",
-                                       "请指定一个监测点或一个房间（只能二选一）"))
+        raise InvalidInputError(
+            Reason("name exactly one of a monitor or a room", "请指定一个监测点或一个房间（只能二选一）")
+        )
     if not reason or not reason.strip():
         raise InvalidInputError(Reason("an inhibit needs a reason", "监测屏蔽须填写原因"))
     if ends_at <= starts_at:
-        raise InvalidInputError(Reason("an inhibit must end after it starts",
-                                       "监测屏蔽的结束时间须晚于开始时间"))
+        raise InvalidInputError(
+            Reason("an inhibit must end after it starts", "监测屏蔽的结束时间须晚于开始时间")
+        )
     if ends_at - starts_at > MAX_INHIBIT:
-        raise InvalidInputError(Reason(f"an inhibit may cover at most {MAX_INHIBIT.days} days; "
-                                       "record a new one for longer work",
-                                       f"一次监测屏蔽最长 {MAX_INHIBIT.days} 天；"
-                                       "更长的工作请另行记录新的屏蔽"))
+        raise InvalidInputError(
+            Reason(
+                f"an inhibit may cover at most {MAX_INHIBIT.days} days; record a new one for longer work",
+                f"一次监测屏蔽最长 {MAX_INHIBIT.days} 天；更长的工作请另行记录新的屏蔽",
+            )
+        )
     site = get_site(session, site_code)
     monitor = room = None
     if monitor_code is not None:
-        monitor = session.exec(select(Monitor).where(Monitor.site_id == site.id,
-                                                     Monitor.code == monitor_code)).first()
+        monitor = session.exec(
+            select(Monitor).where(Monitor.site_id == site.id, Monitor.code == monitor_code)
+        ).first()
         if monitor is None:
-            raise NotFoundError(Reason(f"no monitor {monitor_code!r} at site {site.code}",
-                                       f"场地 {site.code} 没有监测点 {monitor_code!r}"))
+            raise NotFoundError(
+                Reason(
+                    f"no monitor {monitor_code!r} at site {site.code}",
+                    f"场地 {site.code} 没有监测点 {monitor_code!r}",
+                )
+            )
     else:
-        room = session.exec(select(Room).where(Room.site_id == site.id,
-                                               Room.code == room_code)).first()
+        room = session.exec(select(Room).where(Room.site_id == site.id, Room.code == room_code)).first()
         if room is None:
-            raise NotFoundError(Reason(f"no room {room_code!r} at site {site.code}",
-                                       f"场地 {site.code} 没有房间 {room_code!r}"))
+            raise NotFoundError(
+                Reason(
+                    f"no room {room_code!r} at site {site.code}", f"场地 {site.code} 没有房间 {room_code!r}"
+                )
+            )
     now = now or utcnow()
-    row = Inhibit(site_id=site.id, monitor_id=monitor.id if monitor else None,
-                  room_id=room.id if room else None, starts_at=starts_at, ends_at=ends_at,
-                  reason=reason.strip(), created_by=actor, created_at=now)
+    row = Inhibit(
+        site_id=site.id,
+        monitor_id=monitor.id if monitor else None,
+        room_id=room.id if room else None,
+        starts_at=starts_at,
+        ends_at=ends_at,
+        reason=reason.strip(),
+        created_by=actor,
+        created_at=now,
+    )
     session.add(row)
     session.flush()
-    audit.record(session, actor=actor, action="inhibit.add", entity="inhibit",
-                 entity_key=str(row.id), after=describe(session, row), reason=row.reason, at=now)
+    audit.record(
+        session,
+        actor=actor,
+        action="inhibit.add",
+        entity="inhibit",
+        entity_key=str(row.id),
+        after=describe(session, row),
+        reason=row.reason,
+        at=now,
+    )
     return row
 
 
-def cancel_inhibit(session: Session, inhibit_id: int, *, actor: str, reason: str,
-                   now: datetime | None = None) -> Inhibit:
+def cancel_inhibit(
+    session: Session, inhibit_id: int, *, actor: str, reason: str, now: datetime | None = None
+) -> Inhibit:
     """End an inhibit early (the row stays, with who, when and why)."""
     row = session.get(Inhibit, inhibit_id)
     if row is None:
         raise NotFoundError(Reason(f"no inhibit {inhibit_id}", f"没有监测屏蔽 {inhibit_id}"))
     now = now or utcnow()
     if row.cancelled_at is not None or row.ends_at <= now:
-        raise InvalidInputError(Reason(f"inhibit {inhibit_id} has already ended",
-                                       f"监测屏蔽 {inhibit_id} 已经结束"))
+        raise InvalidInputError(
+            Reason(f"inhibit {inhibit_id} has already ended", f"监测屏蔽 {inhibit_id} 已经结束")
+        )
     if not reason.strip():
-        raise InvalidInputError(Reason("ending an inhibit early needs a reason",
-                                       "提前结束监测屏蔽须填写原因"))
+        raise InvalidInputError(
+            Reason("ending an inhibit early needs a reason", "提前结束监测屏蔽须填写原因")
+        )
     before = describe(session, row)
     row.cancelled_at, row.cancelled_by, row.cancel_reason = now, actor, reason.strip()
     session.add(row)
-    audit.record(session, actor=actor, action="inhibit.cancel", entity="inhibit",
-                 entity_key=str(row.id), before=before, after=describe(session, row),
-                 reason=row.cancel_reason, at=now)
+    audit.record(
+        session,
+        actor=actor,
+        action="inhibit.cancel",
+        entity="inhibit",
+        entity_key=str(row.id),
+        before=before,
+        after=describe(session, row),
+        reason=row.cancel_reason,
+        at=now,
+    )
     return row
 
 
@@ -110,10 +156,17 @@ def describe(session: Session, row: Inhibit) -> dict:
     monitor = session.get(Monitor, row.monitor_id) if row.monitor_id else None
     room = session.get(Room, row.room_id) if row.room_id else None
     site = session.get(Site, row.site_id)
-    return {"id": row.id, "site": site.code, "monitor": monitor.code if monitor else None,
-            "room": room.code if room else None, "starts_at": iso_utc(row.starts_at),
-            "ends_at": iso_utc(row.ends_at), "cancelled_at": iso_utc(row.cancelled_at),
-            "reason": row.reason, "created_by": row.created_by}
+    return {
+        "id": row.id,
+        "site": site.code,
+        "monitor": monitor.code if monitor else None,
+        "room": room.code if room else None,
+        "starts_at": iso_utc(row.starts_at),
+        "ends_at": iso_utc(row.ends_at),
+        "cancelled_at": iso_utc(row.cancelled_at),
+        "reason": row.reason,
+        "created_by": row.created_by,
+    }
 
 
 def list_inhibits(session: Session, *, active_at: datetime | None = None) -> list[dict]:

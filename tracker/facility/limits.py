@@ -35,8 +35,7 @@ class Level(StrEnum):
     INVALID = "invalid"
 
 
-LEVEL_RANK = {Level.INVALID: -2, Level.NOT_EVALUATED: -1, Level.OK: 0, Level.ALERT: 1,
-              Level.ACTION: 2}
+LEVEL_RANK = {Level.INVALID: -2, Level.NOT_EVALUATED: -1, Level.OK: 0, Level.ALERT: 1, Level.ACTION: 2}
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,7 +57,8 @@ class Bounds:
     @property
     def empty(self) -> bool:
         return not self.inversion_action and all(
-            v is None for v in (self.alert_low, self.alert_high, self.action_low, self.action_high))
+            v is None for v in (self.alert_low, self.alert_high, self.action_low, self.action_high)
+        )
 
     def delay_for(self, value: float) -> float:
         """Seconds a value must persist before it counts; none for an inversion."""
@@ -69,7 +69,7 @@ class Bounds:
 class Verdict:
     level: Level
     direction: str | None = None  # "high" | "low" when out of limit
-    limit: float | None = None    # the bound that was crossed (the highest one crossed)
+    limit: float | None = None  # the bound that was crossed (the highest one crossed)
 
 
 OK = Verdict(Level.OK)
@@ -117,8 +117,8 @@ class LimitSet:
     name_en: str
     sha256: str
     particles: Mapping[tuple[str, str, str], RegulatoryLimit]  # (grade, state, channel)
-    pressure: Mapping[str, RegulatoryLimit]                    # boundary kind
-    ranges: Mapping[tuple[str, str], RegulatoryLimit]           # (kind, grade) for T/RH
+    pressure: Mapping[str, RegulatoryLimit]  # boundary kind
+    ranges: Mapping[tuple[str, str], RegulatoryLimit]  # (kind, grade) for T/RH
     particles_alert_fraction: float
     pressure_margin_pa: float
     range_inset_fraction: float
@@ -127,8 +127,9 @@ class LimitSet:
     def label(self) -> str:
         return f"{self.code}@{self.version}"
 
-    def regulatory(self, *, kind: str, grade: str, state: str, channel: str | None,
-                   reference_grade: str | None = None) -> RegulatoryLimit | None:
+    def regulatory(
+        self, *, kind: str, grade: str, state: str, channel: str | None, reference_grade: str | None = None
+    ) -> RegulatoryLimit | None:
         """The regulation's own limit for a monitor, or ``None`` where it gives no number."""
         if kind == "particles":
             return self.particles.get((grade, state, channel or ""))
@@ -147,8 +148,9 @@ LIMIT_SET_FILES = {"CN-GMP-2010": "cn-gmp-2010.toml", "EU-GMP-ANNEX1-2022": "eu-
 def _need_cite(row: dict, where: str) -> str:
     cite = row.get("cite")
     if not cite:
-        raise InvalidInputError(Reason(f"{where}: every limit needs a citation",
-                                       f"{where}：每条限度都须注明出处"))
+        raise InvalidInputError(
+            Reason(f"{where}: every limit needs a citation", f"{where}：每条限度都须注明出处")
+        )
     return str(cite)
 
 
@@ -160,32 +162,48 @@ def parse_limit_set(raw: bytes) -> LimitSet:
     for i, row in enumerate(data.get("particles", [])):
         where = f"particles[{i}]"
         if row["grade"] not in CLEAN_GRADES or row["state"] not in STATES:
-            raise InvalidInputError(Reason(f"{where}: unknown grade or state",
-                                           f"{where}：未知的洁净级别或状态"))
+            raise InvalidInputError(
+                Reason(f"{where}: unknown grade or state", f"{where}：未知的洁净级别或状态")
+            )
         for channel, high in row["limits"].items():
             if channel not in PARTICLE_CHANNELS or float(high) <= 0:
-                raise InvalidInputError(Reason(f"{where}: bad channel or limit {channel}={high}",
-                                               f"{where}：通道或限度有误 {channel}={high}"))
+                raise InvalidInputError(
+                    Reason(
+                        f"{where}: bad channel or limit {channel}={high}",
+                        f"{where}：通道或限度有误 {channel}={high}",
+                    )
+                )
             particles[(row["grade"], row["state"], channel)] = RegulatoryLimit(
-                None, float(high), _need_cite(row, where))
-    pressure = {row["boundary"]: RegulatoryLimit(float(row["min"]), None,
-                                                 _need_cite(row, f"pressure[{i}]"))
-                for i, row in enumerate(data.get("pressure", []))}
+                None, float(high), _need_cite(row, where)
+            )
+    pressure = {
+        row["boundary"]: RegulatoryLimit(float(row["min"]), None, _need_cite(row, f"pressure[{i}]"))
+        for i, row in enumerate(data.get("pressure", []))
+    }
     ranges: dict[tuple[str, str], RegulatoryLimit] = {}
     for kind in ("temperature", "humidity"):
         for i, row in enumerate(data.get(kind, [])):
             if float(row["min"]) >= float(row["max"]):
-                raise InvalidInputError(Reason(f"{kind}[{i}]: min must be below max",
-                                               f"{kind}[{i}]：min 须小于 max"))
+                raise InvalidInputError(
+                    Reason(f"{kind}[{i}]: min must be below max", f"{kind}[{i}]：min 须小于 max")
+                )
             for grade in row["grades"]:
-                ranges[(kind, grade)] = RegulatoryLimit(float(row["min"]), float(row["max"]),
-                                                        _need_cite(row, f"{kind}[{i}]"),
-                                                        binding=bool(row.get("binding", True)))
+                ranges[(kind, grade)] = RegulatoryLimit(
+                    float(row["min"]),
+                    float(row["max"]),
+                    _need_cite(row, f"{kind}[{i}]"),
+                    binding=bool(row.get("binding", True)),
+                )
     alert = data.get("alert_defaults", {})
     return LimitSet(
-        code=head["code"], version=str(head["version"]), name=head["name"],
-        name_en=head["name_en"], sha256=hashlib.sha256(raw).hexdigest(),
-        particles=particles, pressure=pressure, ranges=ranges,
+        code=head["code"],
+        version=str(head["version"]),
+        name=head["name"],
+        name_en=head["name_en"],
+        sha256=hashlib.sha256(raw).hexdigest(),
+        particles=particles,
+        pressure=pressure,
+        ranges=ranges,
         particles_alert_fraction=float(alert.get("particles_fraction", 0.5)),
         pressure_margin_pa=float(alert.get("pressure_margin_pa", 2.0)),
         range_inset_fraction=float(alert.get("range_inset_fraction", 0.1)),
@@ -198,14 +216,21 @@ def load_limit_set(code: str) -> LimitSet:
     try:
         filename = LIMIT_SET_FILES[code]
     except KeyError:
-        raise InvalidInputError(Reason(
-            f"unknown limit set {code!r}; known: {', '.join(LIMIT_SET_FILES)}",
-            f"未知的限度标准 {code!r}；可用的有：{', '.join(LIMIT_SET_FILES)}")) from None
+        raise InvalidInputError(
+            Reason(
+                f"unknown limit set {code!r}; known: {', '.join(LIMIT_SET_FILES)}",
+                f"未知的限度标准 {code!r}；可用的有：{', '.join(LIMIT_SET_FILES)}",
+            )
+        ) from None
     raw = resources.files("tracker.data.limitsets").joinpath(filename).read_bytes()
     limit_set = parse_limit_set(raw)
     if limit_set.code != code:
-        raise InvalidInputError(Reason(f"{filename} declares {limit_set.code}, expected {code}",
-                                       f"{filename} 声明的是 {limit_set.code}，应为 {code}"))
+        raise InvalidInputError(
+            Reason(
+                f"{filename} declares {limit_set.code}, expected {code}",
+                f"{filename} 声明的是 {limit_set.code}，应为 {code}",
+            )
+        )
     return limit_set
 
 
@@ -219,7 +244,7 @@ class FacilityLevel:
     """One ``[[limits]]`` row of the facility file."""
 
     kind: str
-    state: str = "any"            # at_rest | in_operation | any
+    state: str = "any"  # at_rest | in_operation | any
     monitor: str | None = None
     room: str | None = None
     grade: str | None = None
@@ -230,7 +255,7 @@ class FacilityLevel:
     action_high: float | None = None
     delay_s: float | None = None
     note: str = ""
-    index: int = 0                # position in the file, for messages
+    index: int = 0  # position in the file, for messages
 
     @property
     def specificity(self) -> int:
@@ -238,8 +263,13 @@ class FacilityLevel:
         return scope * 2 + (1 if self.state != "any" else 0)
 
     def describe(self) -> str:
-        target = (f"monitor {self.monitor}" if self.monitor else
-                  f"room {self.room}" if self.room else f"grade {self.grade}")
+        target = (
+            f"monitor {self.monitor}"
+            if self.monitor
+            else f"room {self.room}"
+            if self.room
+            else f"grade {self.grade}"
+        )
         channel = f" ≥{self.channel} µm" if self.channel else ""
         return f"limits[{self.index}] ({target}, {self.kind}{channel}, {self.state})"
 
@@ -298,50 +328,69 @@ def _derive_alerts(limit_set: LimitSet, kind: str, b: Bounds) -> Bounds:
     return replace(b, alert_low=alert_low, alert_high=alert_high)
 
 
-def _check_tighter(level: FacilityLevel, spec: MonitorSpec, reg: RegulatoryLimit | None,
-                   b: Bounds, limit_set: LimitSet) -> None:
+def _check_tighter(
+    level: FacilityLevel, spec: MonitorSpec, reg: RegulatoryLimit | None, b: Bounds, limit_set: LimitSet
+) -> None:
     """Refuse a facility level looser than the regulation or an alert outside its action."""
     unit = UNITS[spec.kind]
     if spec.kind == "particles" and level.delay_s:
-        raise LimitTooLooseError(Reason(
-            f"{level.describe()}: delay_s {level.delay_s:g} s for {spec.code}: a single particle "
-            "sample above the limit is an excursion (regulatory.md §5.3), so particle limits "
-            "take no delay",
-            f"{level.describe()}：{spec.code} 的 delay_s 为 {level.delay_s:g} 秒：悬浮粒子只要有一次采样"
-            "超过限度即为超标（regulatory.md §5.3），因此悬浮粒子限度不设延时"))
+        raise LimitTooLooseError(
+            Reason(
+                f"{level.describe()}: delay_s {level.delay_s:g} s for {spec.code}: a single particle "
+                "sample above the limit is an excursion (regulatory.md §5.3), so particle limits "
+                "take no delay",
+                f"{level.describe()}：{spec.code} 的 delay_s 为 {level.delay_s:g} 秒：悬浮粒子只要有一次采样"
+                "超过限度即为超标（regulatory.md §5.3），因此悬浮粒子限度不设延时",
+            )
+        )
     if reg is not None and reg.binding:
         for name in LEVEL_FIELDS:
             value = getattr(level, name)
             if value is None:
                 continue
             if reg.high is not None and value > reg.high:
-                raise LimitTooLooseError(Reason(
-                    f"{level.describe()}: {name} {value:g} {unit} for {spec.code} is above "
-                    f"{limit_set.code}'s limit {reg.high:g} {unit} ({reg.citation}); "
-                    "facility levels may only be tighter than the regulation",
-                    f"{level.describe()}：{spec.code} 的 {name} {value:g} {unit} 高于 {limit_set.code} "
-                    f"的限度 {reg.high:g} {unit}（{reg.citation}）；设施限度只能严于法规"))
+                raise LimitTooLooseError(
+                    Reason(
+                        f"{level.describe()}: {name} {value:g} {unit} for {spec.code} is above "
+                        f"{limit_set.code}'s limit {reg.high:g} {unit} ({reg.citation}); "
+                        "facility levels may only be tighter than the regulation",
+                        f"{level.describe()}：{spec.code} 的 {name} {value:g} {unit} 高于 {limit_set.code} "
+                        f"的限度 {reg.high:g} {unit}（{reg.citation}）；设施限度只能严于法规",
+                    )
+                )
             if reg.low is not None and value < reg.low:
-                raise LimitTooLooseError(Reason(
-                    f"{level.describe()}: {name} {value:g} {unit} for {spec.code} is below "
-                    f"{limit_set.code}'s floor {reg.low:g} {unit} ({reg.citation}); "
-                    "facility levels may only be tighter than the regulation",
-                    f"{level.describe()}：{spec.code} 的 {name} {value:g} {unit} 低于 {limit_set.code} "
-                    f"的下限 {reg.low:g} {unit}（{reg.citation}）；设施限度只能严于法规"))
+                raise LimitTooLooseError(
+                    Reason(
+                        f"{level.describe()}: {name} {value:g} {unit} for {spec.code} is below "
+                        f"{limit_set.code}'s floor {reg.low:g} {unit} ({reg.citation}); "
+                        "facility levels may only be tighter than the regulation",
+                        f"{level.describe()}：{spec.code} 的 {name} {value:g} {unit} 低于 {limit_set.code} "
+                        f"的下限 {reg.low:g} {unit}（{reg.citation}）；设施限度只能严于法规",
+                    )
+                )
     if b.alert_high is not None and b.action_high is not None and b.alert_high > b.action_high:
-        raise InvalidInputError(Reason(f"{level.describe()}: alert_high {b.alert_high:g} is above "
-                                       f"action_high {b.action_high:g} for {spec.code}",
-                                       f"{level.describe()}：{spec.code} 的警戒上限 alert_high "
-                                       f"{b.alert_high:g} 高于纠偏上限 action_high {b.action_high:g}"))
+        raise InvalidInputError(
+            Reason(
+                f"{level.describe()}: alert_high {b.alert_high:g} is above "
+                f"action_high {b.action_high:g} for {spec.code}",
+                f"{level.describe()}：{spec.code} 的警戒上限 alert_high "
+                f"{b.alert_high:g} 高于纠偏上限 action_high {b.action_high:g}",
+            )
+        )
     if b.alert_low is not None and b.action_low is not None and b.alert_low < b.action_low:
-        raise InvalidInputError(Reason(f"{level.describe()}: alert_low {b.alert_low:g} is below "
-                                       f"action_low {b.action_low:g} for {spec.code}",
-                                       f"{level.describe()}：{spec.code} 的警戒下限 alert_low "
-                                       f"{b.alert_low:g} 低于纠偏下限 action_low {b.action_low:g}"))
+        raise InvalidInputError(
+            Reason(
+                f"{level.describe()}: alert_low {b.alert_low:g} is below "
+                f"action_low {b.action_low:g} for {spec.code}",
+                f"{level.describe()}：{spec.code} 的警戒下限 alert_low "
+                f"{b.alert_low:g} 低于纠偏下限 action_low {b.action_low:g}",
+            )
+        )
 
 
-def resolve_monitor_limits(limit_set: LimitSet, spec: MonitorSpec,
-                           levels: Iterable[FacilityLevel]) -> MonitorLimits:
+def resolve_monitor_limits(
+    limit_set: LimitSet, spec: MonitorSpec, levels: Iterable[FacilityLevel]
+) -> MonitorLimits:
     """Bounds per channel and state: regulation, then facility rows from general to specific.
 
     Rows merge field by field (a grade row may set the delay, a room row the alert level);
@@ -352,25 +401,34 @@ def resolve_monitor_limits(limit_set: LimitSet, spec: MonitorSpec,
     out: dict[tuple[str, str], Bounds] = {}
     for channel in channels:
         for state in STATES:
-            reg = limit_set.regulatory(kind=spec.kind, grade=spec.grade, state=state,
-                                       channel=channel, reference_grade=spec.reference_grade)
-            bounds = (Bounds(regulatory_low=reg.low, regulatory_high=reg.high,
-                             citation=reg.citation) if reg else Bounds())
+            reg = limit_set.regulatory(
+                kind=spec.kind,
+                grade=spec.grade,
+                state=state,
+                channel=channel,
+                reference_grade=spec.reference_grade,
+            )
+            bounds = (
+                Bounds(regulatory_low=reg.low, regulatory_high=reg.high, citation=reg.citation)
+                if reg
+                else Bounds()
+            )
             if spec.kind == "pressure":
                 bounds = replace(bounds, inversion_action=True)
-            bounds = replace(bounds, action_low=reg.low if reg else None,
-                             action_high=reg.high if reg else None)
+            bounds = replace(
+                bounds, action_low=reg.low if reg else None, action_high=reg.high if reg else None
+            )
             explicit: dict[str, float] = {}
             for level in levels:
                 if not _applies(level, spec, channel, state):
                     continue
-                explicit.update({n: float(getattr(level, n)) for n in LEVEL_FIELDS
-                                 if getattr(level, n) is not None})
+                explicit.update(
+                    {n: float(getattr(level, n)) for n in LEVEL_FIELDS if getattr(level, n) is not None}
+                )
                 if level.delay_s is not None:
                     bounds = replace(bounds, delay_s=float(level.delay_s))
                 merged = replace(bounds, **explicit)
-                _check_tighter(level, spec, reg, _derive_alerts(limit_set, spec.kind, merged),
-                               limit_set)
+                _check_tighter(level, spec, reg, _derive_alerts(limit_set, spec.kind, merged), limit_set)
             bounds = replace(bounds, **explicit)
             out[(channel, state)] = _derive_alerts(limit_set, spec.kind, bounds)
     return MonitorLimits(out)

@@ -113,16 +113,24 @@ class FacilityLimit(SQLModel, table=True):
     source: str | None = Field(default=None, max_length=40)
 
     def to_level(self) -> FacilityLevel:
-        return FacilityLevel(kind=self.kind, state=self.state, monitor=self.monitor_code,
-                             room=self.room_code, grade=self.grade, channel=self.channel,
-                             alert_low=self.alert_low, alert_high=self.alert_high,
-                             action_low=self.action_low, action_high=self.action_high,
-                             delay_s=self.delay_s, note=self.note or "", index=self.position)
+        return FacilityLevel(
+            kind=self.kind,
+            state=self.state,
+            monitor=self.monitor_code,
+            room=self.room_code,
+            grade=self.grade,
+            channel=self.channel,
+            alert_low=self.alert_low,
+            alert_high=self.alert_high,
+            action_low=self.action_low,
+            action_high=self.action_high,
+            delay_s=self.delay_s,
+            note=self.note or "",
+            index=self.position,
+        )
 
 
 # --------------------------------------------------------------------------- the file
-
-
 
 
 def get_site(session: Session, code: str | None = None) -> Site:
@@ -130,9 +138,14 @@ def get_site(session: Session, code: str | None = None) -> Site:
     query = select(Site) if code is None else select(Site).where(Site.code == code)
     sites = session.exec(query).all()
     if not sites:
-        raise NotFoundError(Reason(f"no site {code!r}", f"没有场地 {code!r}") if code else
-                            Reason("no facility loaded yet: run `tracker facility load FILE`",
-                                   "尚未载入设施文件：请运行 `tracker facility load FILE`"))
+        raise NotFoundError(
+            Reason(f"no site {code!r}", f"没有场地 {code!r}")
+            if code
+            else Reason(
+                "no facility loaded yet: run `tracker facility load FILE`",
+                "尚未载入设施文件：请运行 `tracker facility load FILE`",
+            )
+        )
     if len(sites) > 1:
         raise InvalidInputError(Reason("several sites: name one with --site", "有多个场地：请用 --site 指定"))
     return sites[0]
@@ -142,8 +155,9 @@ def find_room(session: Session, code: str, *, site_code: str | None = None) -> R
     site = get_site(session, site_code)
     room = session.exec(select(Room).where(Room.site_id == site.id, Room.code == code)).first()
     if room is None:
-        raise NotFoundError(Reason(f"no room {code!r} at site {site.code}",
-                                   f"场地 {site.code} 没有房间 {code!r}"))
+        raise NotFoundError(
+            Reason(f"no room {code!r} at site {site.code}", f"场地 {site.code} 没有房间 {code!r}")
+        )
     return room
 
 
@@ -173,15 +187,26 @@ def resolved_monitors(session: Session, site: Site) -> Iterator[ResolvedMonitor]
     regulation. The facility load checks with it, the ingest snapshot is built from it."""
     limit_set = load_limit_set(site.limit_set)
     rooms = {r.id: r for r in session.exec(select(Room).where(Room.site_id == site.id))}
-    levels = [row.to_level() for row in session.exec(
-        select(FacilityLimit).where(FacilityLimit.site_id == site.id,
-                                    FacilityLimit.revision == site.revision))]
+    levels = [
+        row.to_level()
+        for row in session.exec(
+            select(FacilityLimit).where(
+                FacilityLimit.site_id == site.id, FacilityLimit.revision == site.revision
+            )
+        )
+    ]
     for mon in session.exec(select(Monitor).where(Monitor.site_id == site.id, Monitor.active)):
         room = rooms[mon.room_id]
         ref = rooms.get(mon.reference_room_id) if mon.reference_room_id else None
         channels = tuple(c for c in mon.channels.split(",") if c)
-        spec = MonitorSpec(code=mon.code, room=room.code, grade=room.grade, kind=mon.kind,
-                           reference_grade=ref.grade if ref else None, channels=channels)
+        spec = MonitorSpec(
+            code=mon.code,
+            room=room.code,
+            grade=room.grade,
+            kind=mon.kind,
+            reference_grade=ref.grade if ref else None,
+            channels=channels,
+        )
         yield ResolvedMonitor(mon, room, channels, resolve_monitor_limits(limit_set, spec, levels))
 
 
@@ -189,8 +214,7 @@ def resolved_monitors(session: Session, site: Site) -> Iterator[ResolvedMonitor]
 CALIBRATION_WARNING_DAYS = 30
 
 
-def calibration_status(due: date | None, today: date,
-                       warn_days: int = CALIBRATION_WARNING_DAYS) -> str:
+def calibration_status(due: date | None, today: date, warn_days: int = CALIBRATION_WARNING_DAYS) -> str:
     """``overdue`` after the due date (its readings are invalid), ``due_soon`` within
     ``warn_days`` of it, ``ok`` otherwise, ``unknown`` when no date is on file."""
     if due is None:
@@ -205,13 +229,21 @@ def list_monitors(session: Session, *, today: date, site_code: str | None = None
     site = get_site(session, site_code)
     rooms = {r.id: r for r in session.exec(select(Room).where(Room.site_id == site.id))}
     out = []
-    for m in session.exec(select(Monitor).where(Monitor.site_id == site.id, Monitor.active)
-                          .order_by(Monitor.code)):
+    for m in session.exec(
+        select(Monitor).where(Monitor.site_id == site.id, Monitor.active).order_by(Monitor.code)
+    ):
         room = rooms[m.room_id]
-        out.append({"monitor": m.code, "room": room.code, "grade": room.grade, "kind": m.kind,
-                    "interval_s": m.interval_s,
-                    "reference": rooms[m.reference_room_id].code if m.reference_room_id else None,
-                    "calibration_due": m.calibration_due.isoformat() if m.calibration_due else None,
-                    "calibration": calibration_status(m.calibration_due, today),
-                    "range": [m.range_low, m.range_high]})
+        out.append(
+            {
+                "monitor": m.code,
+                "room": room.code,
+                "grade": room.grade,
+                "kind": m.kind,
+                "interval_s": m.interval_s,
+                "reference": rooms[m.reference_room_id].code if m.reference_room_id else None,
+                "calibration_due": m.calibration_due.isoformat() if m.calibration_due else None,
+                "calibration": calibration_status(m.calibration_due, today),
+                "range": [m.range_low, m.range_high],
+            }
+        )
     return out

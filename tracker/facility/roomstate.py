@@ -43,24 +43,51 @@ class RoomStateChange(SQLModel, table=True):
     reason: str | None = Field(default=None, sa_column=Column(Text))
 
 
-def set_room_state(session: Session, *, room_code: str, state: str, effective_at: datetime,
-                   actor: str, reason: str | None = None, site_code: str | None = None,
-                   source: str = "manual", now: datetime | None = None) -> RoomStateChange:
+def set_room_state(
+    session: Session,
+    *,
+    room_code: str,
+    state: str,
+    effective_at: datetime,
+    actor: str,
+    reason: str | None = None,
+    site_code: str | None = None,
+    source: str = "manual",
+    now: datetime | None = None,
+) -> RoomStateChange:
     """Record that ``room_code`` is in ``state`` from ``effective_at`` on (audited)."""
     if state not in STATES:
-        raise InvalidInputError(Reason(f"state must be one of {', '.join(STATES)}, not {state!r}",
-                                       f"状态须为 {zh_words(STATES)} 之一，而不是 {state!r}"))
+        raise InvalidInputError(
+            Reason(
+                f"state must be one of {', '.join(STATES)}, not {state!r}",
+                f"状态须为 {zh_words(STATES)} 之一，而不是 {state!r}",
+            )
+        )
     room = find_room(session, room_code, site_code=site_code)
     now = now or utcnow()
     before = manual_state_at(session, room_id=room.id, at=effective_at)
-    change = RoomStateChange(room_id=room.id, state=state, effective_at=effective_at,
-                             recorded_at=now, recorded_by=actor, source=source, reason=reason)
+    change = RoomStateChange(
+        room_id=room.id,
+        state=state,
+        effective_at=effective_at,
+        recorded_at=now,
+        recorded_by=actor,
+        source=source,
+        reason=reason,
+    )
     session.add(change)
     site = session.get(Site, room.site_id)
-    audit.record(session, actor=actor, action="room.state", entity="room",
-                 entity_key=f"{site.code}/{room.code}", before={"state": before},
-                 after={"state": state, "effective_at": effective_at.isoformat()},
-                 reason=reason, at=now)
+    audit.record(
+        session,
+        actor=actor,
+        action="room.state",
+        entity="room",
+        entity_key=f"{site.code}/{room.code}",
+        before={"state": before},
+        after={"state": state, "effective_at": effective_at.isoformat()},
+        reason=reason,
+        at=now,
+    )
     return change
 
 
@@ -73,20 +100,21 @@ class OperationPeriod(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     room_id: int = Field(foreign_key="room.id", index=True)
     start: datetime = Field(sa_type=UTCDateTime, nullable=False)
-    end: datetime | None = Field(default=None, sa_type=UTCDateTime)   # open while running
-    source: str = Field(max_length=40)          # e.g. batch_step
-    source_key: str = Field(max_length=120)     # e.g. the step id
+    end: datetime | None = Field(default=None, sa_type=UTCDateTime)  # open while running
+    source: str = Field(max_length=40)  # e.g. batch_step
+    source_key: str = Field(max_length=120)  # e.g. the step id
     #: bumped on every change, so caches notice an edited period (see RoomStates.refresh)
     version: int = 1
 
 
 def manual_state_at(session: Session, *, room_id: int, at: datetime) -> str:
     """State of one room at one instant by the manual timeline alone."""
-    row = session.exec(select(RoomStateChange.state)
-                       .where(RoomStateChange.room_id == room_id,
-                              RoomStateChange.effective_at <= at)
-                       .order_by(RoomStateChange.effective_at.desc(), RoomStateChange.id.desc())
-                       .limit(1)).first()
+    row = session.exec(
+        select(RoomStateChange.state)
+        .where(RoomStateChange.room_id == room_id, RoomStateChange.effective_at <= at)
+        .order_by(RoomStateChange.effective_at.desc(), RoomStateChange.id.desc())
+        .limit(1)
+    ).first()
     return row or DEFAULT_STATE
 
 
@@ -110,8 +138,11 @@ class Timeline:
         return self.times[i - 1], self.times[i] if i < len(self.times) else None
 
     def operation_ends(self) -> list[datetime]:
-        return [t for i, t in enumerate(self.times)
-                if i and self.states[i] == "at_rest" and self.states[i - 1] == "in_operation"]
+        return [
+            t
+            for i, t in enumerate(self.times)
+            if i and self.states[i] == "at_rest" and self.states[i - 1] == "in_operation"
+        ]
 
     def judging(self, when: datetime, recovery_s: float) -> str:
         """The state whose limits judge a reading: in-operation limits still apply inside
@@ -168,17 +199,24 @@ class RoomStates:
         self._timelines: dict[int, Timeline] = {}
 
     def refresh(self, session: Session) -> bool:
-        changes = session.exec(select(func.coalesce(func.max(RoomStateChange.id), 0),
-                                      func.count(RoomStateChange.id))).one()
-        periods = session.exec(select(func.coalesce(func.max(OperationPeriod.id), 0),
-                                      func.count(OperationPeriod.id),
-                                      func.coalesce(func.sum(OperationPeriod.version), 0))).one()
+        changes = session.exec(
+            select(func.coalesce(func.max(RoomStateChange.id), 0), func.count(RoomStateChange.id))
+        ).one()
+        periods = session.exec(
+            select(
+                func.coalesce(func.max(OperationPeriod.id), 0),
+                func.count(OperationPeriod.id),
+                func.coalesce(func.sum(OperationPeriod.version), 0),
+            )
+        ).one()
         marker = tuple(int(v) for v in (*changes, *periods))
         if marker == self._marker:
             return False
         rows: Iterable[RoomStateChange] = session.exec(
-            select(RoomStateChange).order_by(RoomStateChange.room_id,
-                                             RoomStateChange.effective_at, RoomStateChange.id))
+            select(RoomStateChange).order_by(
+                RoomStateChange.room_id, RoomStateChange.effective_at, RoomStateChange.id
+            )
+        )
         timelines: dict[int, Timeline] = {}
         for row in rows:
             tl = timelines.setdefault(row.room_id, Timeline([], []))
@@ -188,7 +226,7 @@ class RoomStates:
                     tl.times.pop()
                     tl.states.pop()
             elif (tl.states[-1] if tl.states else DEFAULT_STATE) != row.state:
-                tl.times.append(row.effective_at)   # a repeat of the same state is no change
+                tl.times.append(row.effective_at)  # a repeat of the same state is no change
                 tl.states.append(row.state)
         for room_id, spans in self._load_periods(session).items():
             timelines[room_id] = _overlay(timelines.get(room_id, Timeline([], [])), spans)

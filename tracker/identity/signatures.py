@@ -39,29 +39,51 @@ MEANINGS = ("performed", "reviewed", "approved", "released", "rejected")
 
 #: the statements the services sign with (stored in English, part of the seal) as zh-CN pages
 #: show them: (pattern over the stored text, Chinese with the pattern's groups)
-STATEMENTS_ZH: tuple[tuple[re.Pattern, str], ...] = tuple((re.compile(p), zh) for p, zh in (
-    (r"production head approves the batch record \(GMP 2010 Art\. 22\)",
-     "生产负责人批准批生产记录（GMP（2010）第二十二条）"),
-    (r"QA batch-record review incl\. environmental monitoring and deviations \(GMP 2010 Art\. 23, 230\)",
-     "QA 审核批生产记录，包括环境监测和偏差（GMP（2010）第二十三条、第二百三十条）"),
-    (r"qualified person releases the batch \(GMP 2010 Art\. 25, 230; 产品放行审核记录\)",
-     "质量受权人放行该批次（GMP（2010）第二十五条、第二百三十条；产品放行审核记录）"),
-    (r"batch rejected", "拒绝该批次"),
-    (r"operator confirms the step as performed \(GMP 2010 Art\. 174\)",
-     "操作人确认工序已按记录执行（GMP（2010）第一百七十四条）"),
-    (r"production head ends the step of (\S+), who could not \(their own performed signature is missing\)",
-     r"生产负责人代 \1 结束工序（其本人无法签署执行签名）"),
-    (r"QA approval of the investigation report \(GMP 2010 Art\. 250\)",
-     "QA 批准偏差调查报告（GMP（2010）第二百五十条）"),
-    (r"QA closure of the deviation", "QA 关闭偏差"),
-    (r"QA approves the change of facility limits \(revision (\d+)\)", r"QA 批准设施限度变更（版本 \1）"),
-    (r"QA approves data-driven levels of proposal (\d+) \(facility revision (\d+)\)",
-     r"QA 批准基于数据的限度建议 \1（设施版本 \2）"),
-    (r"QA prepared the annual evaluation report (\S+)", r"QA 编制年度评估报告 \1"),
-    (r"head of quality approves the annual evaluation report (\S+)", r"质量管理负责人批准年度评估报告 \1"),
-))
-PROBLEMS_ZH = {"the record changed after it was signed": "签名后记录被修改",
-               "the signature record itself was altered": "签名记录本身被篡改"}
+STATEMENTS_ZH: tuple[tuple[re.Pattern, str], ...] = tuple(
+    (re.compile(p), zh)
+    for p, zh in (
+        (
+            r"production head approves the batch record \(GMP 2010 Art\. 22\)",
+            "生产负责人批准批生产记录（GMP（2010）第二十二条）",
+        ),
+        (
+            r"QA batch-record review incl\. environmental monitoring and deviations \(GMP 2010 Art\. 23, 230\)",
+            "QA 审核批生产记录，包括环境监测和偏差（GMP（2010）第二十三条、第二百三十条）",
+        ),
+        (
+            r"qualified person releases the batch \(GMP 2010 Art\. 25, 230; 产品放行审核记录\)",
+            "质量受权人放行该批次（GMP（2010）第二十五条、第二百三十条；产品放行审核记录）",
+        ),
+        (r"batch rejected", "拒绝该批次"),
+        (
+            r"operator confirms the step as performed \(GMP 2010 Art\. 174\)",
+            "操作人确认工序已按记录执行（GMP（2010）第一百七十四条）",
+        ),
+        (
+            r"production head ends the step of (\S+), who could not \(their own performed signature is missing\)",
+            r"生产负责人代 \1 结束工序（其本人无法签署执行签名）",
+        ),
+        (
+            r"QA approval of the investigation report \(GMP 2010 Art\. 250\)",
+            "QA 批准偏差调查报告（GMP（2010）第二百五十条）",
+        ),
+        (r"QA closure of the deviation", "QA 关闭偏差"),
+        (r"QA approves the change of facility limits \(revision (\d+)\)", r"QA 批准设施限度变更（版本 \1）"),
+        (
+            r"QA approves data-driven levels of proposal (\d+) \(facility revision (\d+)\)",
+            r"QA 批准基于数据的限度建议 \1（设施版本 \2）",
+        ),
+        (r"QA prepared the annual evaluation report (\S+)", r"QA 编制年度评估报告 \1"),
+        (
+            r"head of quality approves the annual evaluation report (\S+)",
+            r"质量管理负责人批准年度评估报告 \1",
+        ),
+    )
+)
+PROBLEMS_ZH = {
+    "the record changed after it was signed": "签名后记录被修改",
+    "the signature record itself was altered": "签名记录本身被篡改",
+}
 
 
 def statement_said(statement: str) -> Reason:
@@ -101,33 +123,82 @@ def content_hash(content: Any) -> str:
 
 
 def _seal(sig: Signature) -> str:
-    body = json.dumps([sig.entity, sig.entity_key, sig.meaning, sig.scope, sig.statement, sig.user_id,
-                       sig.username, sig.printed_name, iso_utc(sig.signed_at), sig.comment,
-                       sig.content_hash], ensure_ascii=False, separators=(",", ":"))
+    body = json.dumps(
+        [
+            sig.entity,
+            sig.entity_key,
+            sig.meaning,
+            sig.scope,
+            sig.statement,
+            sig.user_id,
+            sig.username,
+            sig.printed_name,
+            iso_utc(sig.signed_at),
+            sig.comment,
+            sig.content_hash,
+        ],
+        ensure_ascii=False,
+        separators=(",", ":"),
+    )
     return hashlib.sha256(body.encode("utf-8")).hexdigest()
 
 
-def sign(session: Session, *, signer: Authenticated, meaning: str, entity: str, entity_key: str,
-         scope: str, statement: str, content: Any, comment: str | None = None,
-         now: datetime | None = None) -> Signature:
+def sign(
+    session: Session,
+    *,
+    signer: Authenticated,
+    meaning: str,
+    entity: str,
+    entity_key: str,
+    scope: str,
+    statement: str,
+    content: Any,
+    comment: str | None = None,
+    now: datetime | None = None,
+) -> Signature:
     """Sign ``content`` (the record as it stands) with a fresh re-authentication; audited."""
     if meaning not in MEANINGS:
-        raise InvalidInputError(Reason(f"meaning must be one of {', '.join(MEANINGS)}",
-                                       f"签名含义须为以下之一：{zh_words(MEANINGS)}"))
+        raise InvalidInputError(
+            Reason(
+                f"meaning must be one of {', '.join(MEANINGS)}", f"签名含义须为以下之一：{zh_words(MEANINGS)}"
+            )
+        )
     now = now or utcnow()
     user = require_fresh(session, signer, now=now)
     text = canonical(content)
-    sig = Signature(entity=entity, entity_key=entity_key, meaning=meaning, scope=scope,
-                    statement=statement, content=text,
-                    user_id=user.id, username=user.username, printed_name=user.full_name,
-                    signed_at=now, comment=comment, content_hash=content_hash(content), seal="")
+    sig = Signature(
+        entity=entity,
+        entity_key=entity_key,
+        meaning=meaning,
+        scope=scope,
+        statement=statement,
+        content=text,
+        user_id=user.id,
+        username=user.username,
+        printed_name=user.full_name,
+        signed_at=now,
+        comment=comment,
+        content_hash=content_hash(content),
+        seal="",
+    )
     sig.seal = _seal(sig)
     session.add(sig)
-    audit.record(session, actor=user.username, action=f"signature.{meaning}", entity=entity,
-                 entity_key=entity_key,
-                 after={"scope": scope, "statement": statement, "printed_name": user.full_name,
-                        "content_hash": sig.content_hash, "seal": sig.seal},
-                 reason=comment, at=now)
+    audit.record(
+        session,
+        actor=user.username,
+        action=f"signature.{meaning}",
+        entity=entity,
+        entity_key=entity_key,
+        after={
+            "scope": scope,
+            "statement": statement,
+            "printed_name": user.full_name,
+            "content_hash": sig.content_hash,
+            "seal": sig.seal,
+        },
+        reason=comment,
+        at=now,
+    )
     return sig
 
 
@@ -146,10 +217,20 @@ class SignatureCheck:
         """What every human-readable form shows (21 CFR 11.50): name, time, meaning, status."""
         s = self.signature
         problem = Reason(self.problem, PROBLEMS_ZH.get(self.problem, self.problem)) if self.problem else None
-        return {"id": s.id, "printed_name": s.printed_name, "username": s.username, "meaning": s.meaning,
-                "scope": s.scope, "statement": statement_said(s.statement), "signed_at": iso_utc(s.signed_at),
-                "signed_at_local": local_display(s.signed_at, tz), "comment": s.comment,
-                "intact": self.intact, "status": self.status, "problem": problem}
+        return {
+            "id": s.id,
+            "printed_name": s.printed_name,
+            "username": s.username,
+            "meaning": s.meaning,
+            "scope": s.scope,
+            "statement": statement_said(s.statement),
+            "signed_at": iso_utc(s.signed_at),
+            "signed_at_local": local_display(s.signed_at, tz),
+            "comment": s.comment,
+            "intact": self.intact,
+            "status": self.status,
+            "problem": problem,
+        }
 
 
 def _sealed(sig: Signature) -> str | None:
@@ -181,6 +262,10 @@ def check_all(sigs: list[Signature], content_of: Callable[[Signature], Any]) -> 
 
 
 def signatures_of(session: Session, entity: str, entity_key: str) -> list[Signature]:
-    return list(session.exec(select(Signature).where(Signature.entity == entity,
-                                                     Signature.entity_key == entity_key)
-                             .order_by(Signature.signed_at, Signature.id)))
+    return list(
+        session.exec(
+            select(Signature)
+            .where(Signature.entity == entity, Signature.entity_key == entity_key)
+            .order_by(Signature.signed_at, Signature.id)
+        )
+    )

@@ -45,8 +45,11 @@ from tracker.core.timeutil import utcnow
 ROLES = ("operator", "production_head", "qa", "qp", "admin", "viewer")
 SIGNING_ROLES = frozenset({"operator", "production_head", "qa", "qp"})
 #: pairs no single account may hold (GMP 2010 Art. 20; admin separation, see module doc)
-EXCLUSIVE_ROLES = (("production_head", "qa"), ("production_head", "qp"),
-                   *tuple(("admin", r) for r in sorted(SIGNING_ROLES)))
+EXCLUSIVE_ROLES = (
+    ("production_head", "qa"),
+    ("production_head", "qp"),
+    *tuple(("admin", r) for r in sorted(SIGNING_ROLES)),
+)
 
 
 @lru_cache(maxsize=4)
@@ -68,7 +71,7 @@ class User(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     username: str = Field(max_length=60)
     full_name: str = Field(max_length=200)
-    roles: str = Field(max_length=200)          # comma-separated, sorted
+    roles: str = Field(max_length=200)  # comma-separated, sorted
     password_hash: str = Field(max_length=300)
     active: bool = True
     failed_attempts: int = 0
@@ -102,34 +105,53 @@ class Authenticated:
 def _check_roles(roles: list[str] | tuple[str, ...]) -> str:
     unknown = sorted(set(roles) - set(ROLES))
     if unknown:
-        raise InvalidInputError(Reason(f"unknown role(s) {', '.join(unknown)}; roles are {', '.join(ROLES)}",
-                                       f"未知角色 {', '.join(unknown)}；可用角色：{zh_words(ROLES)}"))
+        raise InvalidInputError(
+            Reason(
+                f"unknown role(s) {', '.join(unknown)}; roles are {', '.join(ROLES)}",
+                f"未知角色 {', '.join(unknown)}；可用角色：{zh_words(ROLES)}",
+            )
+        )
     if not roles:
         raise InvalidInputError(Reason("a user needs at least one role", "用户至少需要一个角色"))
     for a, b in EXCLUSIVE_ROLES:
         if a in roles and b in roles:
-            why = (Reason("GMP 2010 Art. 20: the production head and the QA head must not be the same person",
-                          "GMP（2010）第二十条：生产管理负责人和质量管理负责人不得互相兼任")
-                   if {a, b} == {"production_head", "qa"}
-                   else Reason("system administrators hold no GMP signing role (separation of duties)",
-                               "系统管理员不担任任何 GMP 签名角色（职责分离）"))
-            raise PermissionDeniedError(Reason(f"roles {a} and {b} cannot be held together ({why})",
-                                               f"{zh_word(a)}与{zh_word(b)}角色不能由同一人兼任（{why.zh}）"))
+            why = (
+                Reason(
+                    "GMP 2010 Art. 20: the production head and the QA head must not be the same person",
+                    "GMP（2010）第二十条：生产管理负责人和质量管理负责人不得互相兼任",
+                )
+                if {a, b} == {"production_head", "qa"}
+                else Reason(
+                    "system administrators hold no GMP signing role (separation of duties)",
+                    "系统管理员不担任任何 GMP 签名角色（职责分离）",
+                )
+            )
+            raise PermissionDeniedError(
+                Reason(
+                    f"roles {a} and {b} cannot be held together ({why})",
+                    f"{zh_word(a)}与{zh_word(b)}角色不能由同一人兼任（{why.zh}）",
+                )
+            )
     return ",".join(sorted(set(roles)))
 
 
 def _check_password(password: str, username: str) -> None:
     minimum = get_settings().password_min_length
     if len(password) < minimum:
-        raise InvalidInputError(Reason(f"the password must have at least {minimum} characters",
-                                       f"密码至少需要 {minimum} 个字符"))
+        raise InvalidInputError(
+            Reason(f"the password must have at least {minimum} characters", f"密码至少需要 {minimum} 个字符")
+        )
     if username.lower() in password.lower():
         raise InvalidInputError(Reason("the password must not contain the user name", "密码不得包含用户名"))
 
 
 def _public(user: User) -> dict:
-    return {"username": user.username, "full_name": user.full_name, "roles": user.roles,
-            "active": user.active}
+    return {
+        "username": user.username,
+        "full_name": user.full_name,
+        "roles": user.roles,
+        "active": user.active,
+    }
 
 
 def get_user(session: Session, username: str) -> User:
@@ -148,49 +170,92 @@ def require_role(actor: Authenticated, *roles: str, action: str) -> None:
     :class:`Reason` so that the refusal reads in Chinese too)."""
     if not actor.has(*roles):
         mine = sorted(actor.roles)
-        raise PermissionDeniedError(Reason(
-            f"{action} needs the role {' or '.join(roles)}; {actor.username} has {', '.join(mine)}",
-            f"{in_language(action, 'zh-CN')}需要{zh_words(roles, '或')}角色；{actor.username} 的角色是"
-            f"{zh_words(mine) or '无'}"))
+        raise PermissionDeniedError(
+            Reason(
+                f"{action} needs the role {' or '.join(roles)}; {actor.username} has {', '.join(mine)}",
+                f"{in_language(action, 'zh-CN')}需要{zh_words(roles, '或')}角色；{actor.username} 的角色是"
+                f"{zh_words(mine) or '无'}",
+            )
+        )
 
 
-def create_user(session: Session, *, username: str, full_name: str, roles: list[str], password: str,
-                actor: Authenticated | None, now: datetime | None = None) -> User:
+def create_user(
+    session: Session,
+    *,
+    username: str,
+    full_name: str,
+    roles: list[str],
+    password: str,
+    actor: Authenticated | None,
+    now: datetime | None = None,
+) -> User:
     """Create an account. Only an admin may, except the very first account, which must be an
     admin created explicitly (there is no default password anywhere)."""
     if actor is None:
         if count_users(session):
-            raise PermissionDeniedError(Reason("users exist already: log in as an admin to create more",
-                                               "已有用户：请以系统管理员身份登录后再创建"))
+            raise PermissionDeniedError(
+                Reason(
+                    "users exist already: log in as an admin to create more",
+                    "已有用户：请以系统管理员身份登录后再创建",
+                )
+            )
         if "admin" not in roles:
-            raise InvalidInputError(Reason("the first account must be an admin",
-                                           "第一个账户必须是系统管理员"))
+            raise InvalidInputError(
+                Reason("the first account must be an admin", "第一个账户必须是系统管理员")
+            )
     else:
         require_role(actor, "admin", action=Reason("creating users", "创建用户"))
     if not username or not username.replace("_", "").replace(".", "").replace("-", "").isalnum():
-        raise InvalidInputError(Reason("a user name uses letters, digits, '.', '_' and '-' only",
-                                       "用户名只能使用字母、数字以及“.”“_”“-”"))
+        raise InvalidInputError(
+            Reason(
+                "a user name uses letters, digits, '.', '_' and '-' only",
+                "用户名只能使用字母、数字以及“.”“_”“-”",
+            )
+        )
     if session.exec(select(User).where(User.username == username)).first():
-        raise InvalidInputError(Reason(f"user {username!r} exists already (accounts are never reused)",
-                                       f"用户 {username!r} 已存在（账户不重复使用）"))
+        raise InvalidInputError(
+            Reason(
+                f"user {username!r} exists already (accounts are never reused)",
+                f"用户 {username!r} 已存在（账户不重复使用）",
+            )
+        )
     if not full_name.strip():
-        raise InvalidInputError(Reason("the full name is required: it is printed with every signature",
-                                       "必须填写姓名：每个电子签名都会显示签名人姓名"))
+        raise InvalidInputError(
+            Reason(
+                "the full name is required: it is printed with every signature",
+                "必须填写姓名：每个电子签名都会显示签名人姓名",
+            )
+        )
     role_text = _check_roles(roles)
     _check_password(password, username)
     now = now or utcnow()
     by = actor.username if actor else "bootstrap"
-    user = User(username=username, full_name=full_name.strip(), roles=role_text,
-                password_hash=_hasher().hash(password), password_changed_at=now, created_at=now,
-                created_by=by, must_change_password=actor is not None)
+    user = User(
+        username=username,
+        full_name=full_name.strip(),
+        roles=role_text,
+        password_hash=_hasher().hash(password),
+        password_changed_at=now,
+        created_at=now,
+        created_by=by,
+        must_change_password=actor is not None,
+    )
     session.add(user)
-    audit.record(session, actor=by, action="user.create", entity="user", entity_key=username,
-                 after=_public(user), at=now)
+    audit.record(
+        session,
+        actor=by,
+        action="user.create",
+        entity="user",
+        entity_key=username,
+        after=_public(user),
+        at=now,
+    )
     return user
 
 
-def authenticate(session: Session, *, username: str, password: str,
-                 now: datetime | None = None) -> Authenticated:
+def authenticate(
+    session: Session, *, username: str, password: str, now: datetime | None = None
+) -> Authenticated:
     """Check a password. A failure is counted (and may lock the account) in this session, so
     run this in its own unit of work and commit whether or not it raised."""
     now = now or utcnow()
@@ -199,43 +264,82 @@ def authenticate(session: Session, *, username: str, password: str,
     if user is None:
         with contextlib.suppress(VerificationError):
             _hasher().verify(_hasher_for(get_settings().password_hash_profile)[1], password)
-        audit.record(session, actor=username[:60] or "?", action="auth.failure", entity="user",
-                     entity_key=username[:200], reason="unknown user", at=now)
+        audit.record(
+            session,
+            actor=username[:60] or "?",
+            action="auth.failure",
+            entity="user",
+            entity_key=username[:200],
+            reason="unknown user",
+            at=now,
+        )
         raise AuthenticationError(Reason("wrong user name or password", "用户名或密码错误"))
     if not user.active:
-        audit.record(session, actor=username, action="auth.failure", entity="user",
-                     entity_key=username, reason="account deactivated", at=now)
+        audit.record(
+            session,
+            actor=username,
+            action="auth.failure",
+            entity="user",
+            entity_key=username,
+            reason="account deactivated",
+            at=now,
+        )
         raise AuthenticationError(Reason(f"account {username!r} is deactivated", f"账户 {username!r} 已停用"))
     if user.locked_until is not None and user.locked_until > now:
-        audit.record(session, actor=username, action="auth.failure", entity="user",
-                     entity_key=username, reason="account locked", at=now)
-        raise AuthenticationError(Reason(
-            f"account {username!r} is locked until {user.locked_until.isoformat()} after repeated failures",
-            f"账户 {username!r} 因多次登录失败已锁定，至 {user.locked_until.isoformat()} 解锁"))
+        audit.record(
+            session,
+            actor=username,
+            action="auth.failure",
+            entity="user",
+            entity_key=username,
+            reason="account locked",
+            at=now,
+        )
+        raise AuthenticationError(
+            Reason(
+                f"account {username!r} is locked until {user.locked_until.isoformat()} after repeated failures",
+                f"账户 {username!r} 因多次登录失败已锁定，至 {user.locked_until.isoformat()} 解锁",
+            )
+        )
     try:
         _hasher().verify(user.password_hash, password)
     except (VerificationError, InvalidHashError):
         # count in the database, not in Python: concurrent failures must not overwrite each other
-        session.execute(update(User).where(User.id == user.id)
-                        .values(failed_attempts=User.failed_attempts + 1))
+        session.execute(
+            update(User).where(User.id == user.id).values(failed_attempts=User.failed_attempts + 1)
+        )
         session.refresh(user)
         locked = user.failed_attempts >= settings.lockout_attempts
         if locked:
             user.locked_until = now + timedelta(minutes=settings.lockout_minutes)
             session.add(user)
-        audit.record(session, actor=username, action="auth.lockout" if locked else "auth.failure",
-                     entity="user", entity_key=username,
-                     after={"failed_attempts": user.failed_attempts,
-                            "locked_until": user.locked_until.isoformat() if locked else None},
-                     reason="wrong password", at=now)
+        audit.record(
+            session,
+            actor=username,
+            action="auth.lockout" if locked else "auth.failure",
+            entity="user",
+            entity_key=username,
+            after={
+                "failed_attempts": user.failed_attempts,
+                "locked_until": user.locked_until.isoformat() if locked else None,
+            },
+            reason="wrong password",
+            at=now,
+        )
         if locked:
-            raise AuthenticationError(Reason(
-                f"wrong password; account {username!r} is now locked for {settings.lockout_minutes} minutes",
-                f"密码错误；账户 {username!r} 现已锁定 {settings.lockout_minutes} 分钟")) from None
+            raise AuthenticationError(
+                Reason(
+                    f"wrong password; account {username!r} is now locked for {settings.lockout_minutes} minutes",
+                    f"密码错误；账户 {username!r} 现已锁定 {settings.lockout_minutes} 分钟",
+                )
+            ) from None
         left = settings.lockout_attempts - user.failed_attempts
-        raise AuthenticationError(Reason(
-            f"wrong user name or password ({left} attempt(s) left before the account locks)",
-            f"用户名或密码错误（再失败 {left} 次账户将被锁定）")) from None
+        raise AuthenticationError(
+            Reason(
+                f"wrong user name or password ({left} attempt(s) left before the account locks)",
+                f"用户名或密码错误（再失败 {left} 次账户将被锁定）",
+            )
+        ) from None
     if user.failed_attempts or user.locked_until:
         user.failed_attempts, user.locked_until = 0, None
         session.add(user)
@@ -251,50 +355,69 @@ def require_fresh(session: Session, signer: Authenticated, *, now: datetime | No
     now = now or utcnow()
     window = get_settings().signature_window_s
     if not timedelta(0) <= now - signer.at <= timedelta(seconds=window):
-        raise AuthenticationError(Reason(
-            f"a signature needs the password again (re-authentication older than {window} s)",
-            f"电子签名需要再次输入密码（上次验证已超过 {window} 秒）"))
+        raise AuthenticationError(
+            Reason(
+                f"a signature needs the password again (re-authentication older than {window} s)",
+                f"电子签名需要再次输入密码（上次验证已超过 {window} 秒）",
+            )
+        )
     user = session.get(User, signer.user_id)
     if user is None or not user.active:
-        raise AuthenticationError(Reason(f"account {signer.username!r} is not active",
-                                         f"账户 {signer.username!r} 未启用"))
+        raise AuthenticationError(
+            Reason(f"account {signer.username!r} is not active", f"账户 {signer.username!r} 未启用")
+        )
     if user.locked_until is not None and user.locked_until > now:
-        raise AuthenticationError(Reason(f"account {signer.username!r} is locked",
-                                         f"账户 {signer.username!r} 已锁定"))
+        raise AuthenticationError(
+            Reason(f"account {signer.username!r} is locked", f"账户 {signer.username!r} 已锁定")
+        )
     if user.must_change_password:
-        raise AuthenticationError(Reason(
-            f"{signer.username} must first replace the password an administrator set (tracker user passwd): "
-            "only the owner may know a signing password",
-            f"{signer.username} 须先修改管理员设置的密码（tracker user passwd）：签名密码只能由本人知晓"))
+        raise AuthenticationError(
+            Reason(
+                f"{signer.username} must first replace the password an administrator set (tracker user passwd): "
+                "only the owner may know a signing password",
+                f"{signer.username} 须先修改管理员设置的密码（tracker user passwd）：签名密码只能由本人知晓",
+            )
+        )
     return user
 
 
-def change_password(session: Session, *, actor: Authenticated, new_password: str,
-                    now: datetime | None = None) -> None:
+def change_password(
+    session: Session, *, actor: Authenticated, new_password: str, now: datetime | None = None
+) -> None:
     """Change one's own password (the actor has just authenticated with the old one)."""
     now = now or utcnow()
     user = session.get(User, actor.user_id)
     window = timedelta(seconds=get_settings().signature_window_s)
     if user is None or not user.active or now - actor.at > window:
-        raise AuthenticationError(Reason("give your current password again to change it",
-                                         "修改密码需要再次输入当前密码"))
+        raise AuthenticationError(
+            Reason("give your current password again to change it", "修改密码需要再次输入当前密码")
+        )
     _check_password(new_password, user.username)
     try:
         _hasher().verify(user.password_hash, new_password)
     except VerificationError:
         pass
     else:
-        raise InvalidInputError(Reason("the new password must differ from the current one",
-                                       "新密码不得与当前密码相同"))
+        raise InvalidInputError(
+            Reason("the new password must differ from the current one", "新密码不得与当前密码相同")
+        )
     user.password_hash, user.password_changed_at = _hasher().hash(new_password), now
     user.must_change_password = False
     session.add(user)
-    audit.record(session, actor=user.username, action="user.password", entity="user",
-                 entity_key=user.username, at=now)
+    audit.record(
+        session, actor=user.username, action="user.password", entity="user", entity_key=user.username, at=now
+    )
 
 
-def set_password(session: Session, *, actor: Authenticated, username: str, new_password: str,
-                 reason: str, now: datetime | None = None) -> User:
+def set_password(
+    session: Session,
+    *,
+    actor: Authenticated,
+    username: str,
+    new_password: str,
+    reason: str,
+    now: datetime | None = None,
+) -> User:
     """An admin resets someone's password (a forgotten one); audited with the reason."""
     require_role(actor, "admin", action=Reason("resetting passwords", "重置密码"))
     user = get_user(session, username)
@@ -304,57 +427,104 @@ def set_password(session: Session, *, actor: Authenticated, username: str, new_p
     user.failed_attempts, user.locked_until = 0, None
     user.must_change_password = True
     session.add(user)
-    audit.record(session, actor=actor.username, action="user.password_reset", entity="user",
-                 entity_key=username, reason=reason, at=now)
+    audit.record(
+        session,
+        actor=actor.username,
+        action="user.password_reset",
+        entity="user",
+        entity_key=username,
+        reason=reason,
+        at=now,
+    )
     return user
 
 
-def set_roles(session: Session, *, actor: Authenticated, username: str, roles: list[str], reason: str,
-              now: datetime | None = None) -> User:
+def set_roles(
+    session: Session,
+    *,
+    actor: Authenticated,
+    username: str,
+    roles: list[str],
+    reason: str,
+    now: datetime | None = None,
+) -> User:
     require_role(actor, "admin", action=Reason("changing roles", "更改角色"))
     user = get_user(session, username)
     before = _public(user)
     user.roles = _check_roles(roles)
     session.add(user)
-    audit.record(session, actor=actor.username, action="user.roles", entity="user", entity_key=username,
-                 before=before, after=_public(user), reason=reason, at=now or utcnow())
+    audit.record(
+        session,
+        actor=actor.username,
+        action="user.roles",
+        entity="user",
+        entity_key=username,
+        before=before,
+        after=_public(user),
+        reason=reason,
+        at=now or utcnow(),
+    )
     return user
 
 
-def deactivate(session: Session, *, actor: Authenticated, username: str, reason: str,
-               now: datetime | None = None) -> User:
+def deactivate(
+    session: Session, *, actor: Authenticated, username: str, reason: str, now: datetime | None = None
+) -> User:
     """Deactivate an account (never delete: its signatures must keep their printed name)."""
     require_role(actor, "admin", action=Reason("deactivating users", "停用用户"))
     if username == actor.username:
-        raise PermissionDeniedError(Reason("an admin cannot deactivate their own account",
-                                          "系统管理员不能停用自己的账户"))
+        raise PermissionDeniedError(
+            Reason("an admin cannot deactivate their own account", "系统管理员不能停用自己的账户")
+        )
     user = get_user(session, username)
     before = _public(user)
     user.active = False
     session.add(user)
-    audit.record(session, actor=actor.username, action="user.deactivate", entity="user",
-                 entity_key=username, before=before, after=_public(user), reason=reason,
-                 at=now or utcnow())
+    audit.record(
+        session,
+        actor=actor.username,
+        action="user.deactivate",
+        entity="user",
+        entity_key=username,
+        before=before,
+        after=_public(user),
+        reason=reason,
+        at=now or utcnow(),
+    )
     return user
 
 
-def unlock(session: Session, *, actor: Authenticated, username: str, reason: str,
-           now: datetime | None = None) -> User:
+def unlock(
+    session: Session, *, actor: Authenticated, username: str, reason: str, now: datetime | None = None
+) -> User:
     require_role(actor, "admin", action=Reason("unlocking accounts", "解锁账户"))
     user = get_user(session, username)
     user.failed_attempts, user.locked_until = 0, None
     session.add(user)
-    audit.record(session, actor=actor.username, action="user.unlock", entity="user",
-                 entity_key=username, reason=reason, at=now or utcnow())
+    audit.record(
+        session,
+        actor=actor.username,
+        action="user.unlock",
+        entity="user",
+        entity_key=username,
+        reason=reason,
+        at=now or utcnow(),
+    )
     return user
 
 
 def list_users(session: Session) -> list[dict]:
     now = utcnow()
-    return [{**_public(u), "locked": bool(u.locked_until and u.locked_until > now),
-             "must_change_password": u.must_change_password,
-             "failed_attempts": u.failed_attempts, "created_at": u.created_at.isoformat()}
-            for u in session.exec(select(User).order_by(User.username))]
+    return [
+        {
+            **_public(u),
+            "locked": bool(u.locked_until and u.locked_until > now),
+            "must_change_password": u.must_change_password,
+            "failed_attempts": u.failed_attempts,
+            "created_at": u.created_at.isoformat(),
+        }
+        for u in session.exec(select(User).order_by(User.username))
+    ]
 
 
 def login(engine, *, username: str, password: str, now: datetime | None = None) -> Authenticated:

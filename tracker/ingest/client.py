@@ -77,10 +77,12 @@ class IngestStats:
 
     def line(self) -> str:
         """One log line the operator (and the fault tests, from a subprocess) can read."""
-        return (f"ingest stats: received={self.received} stored={self.stored} "
-                f"duplicates={self.duplicates} quarantined={self.quarantined} "
-                f"batches={self.batches} pending={self.pending} max_pending={self.max_pending} "
-                f"db_errors={self.db_errors} connected={self.connected}")
+        return (
+            f"ingest stats: received={self.received} stored={self.stored} "
+            f"duplicates={self.duplicates} quarantined={self.quarantined} "
+            f"batches={self.batches} pending={self.pending} max_pending={self.max_pending} "
+            f"db_errors={self.db_errors} connected={self.connected}"
+        )
 
 
 class SharedSubscriptionError(ValueError):
@@ -129,9 +131,15 @@ class IngestOptions:
         return min(2 * self.batch_size, 65535)
 
     @classmethod
-    def from_settings(cls, settings: Settings, *, subscription: str | None = None,
-                      client_id: str | None = None, share_group: str | None = None,
-                      worker: str | None = None) -> IngestOptions:
+    def from_settings(
+        cls,
+        settings: Settings,
+        *,
+        subscription: str | None = None,
+        client_id: str | None = None,
+        share_group: str | None = None,
+        worker: str | None = None,
+    ) -> IngestOptions:
         """Options from TRACKER_* settings; explicit arguments win.
 
         With a share group the subscription becomes ``$share/GROUP/filter`` and the client
@@ -145,21 +153,27 @@ class IngestOptions:
         if worker and not client_id:
             client_id = f"{settings.mqtt_client_id}-{worker}"
         if share_group or any(f.startswith("$share/") for f in filters):
-            if not client_id:   # workers under one id would take each other's session over
+            if not client_id:  # workers under one id would take each other's session over
                 raise SharedSubscriptionError("shared_needs_worker")
             if share_group:
                 filters = [shared_filter(share_group, f) for f in filters]
         subscription = " ".join(filters)
-        return cls(client_id=client_id or settings.mqtt_client_id,
-                   subscription=subscription,
-                   protocol=settings.mqtt_protocol, batch_size=settings.ingest_batch_size,
-                   linger_s=settings.ingest_linger_ms / 1000,
-                   max_payload_bytes=settings.max_payload_bytes,
-                   future_tolerance=timedelta(seconds=settings.future_tolerance_s),
-                   close_after=settings.excursion_close_after, ca_file=settings.mqtt_ca_file,
-                   gap_factor=settings.gap_factor, gap_check_s=settings.gap_check_s,
-                   trend_alerts=settings.trend_alerts, trend_window_h=settings.trend_window_h,
-                   stats_interval_s=settings.ingest_stats_s)
+        return cls(
+            client_id=client_id or settings.mqtt_client_id,
+            subscription=subscription,
+            protocol=settings.mqtt_protocol,
+            batch_size=settings.ingest_batch_size,
+            linger_s=settings.ingest_linger_ms / 1000,
+            max_payload_bytes=settings.max_payload_bytes,
+            future_tolerance=timedelta(seconds=settings.future_tolerance_s),
+            close_after=settings.excursion_close_after,
+            ca_file=settings.mqtt_ca_file,
+            gap_factor=settings.gap_factor,
+            gap_check_s=settings.gap_check_s,
+            trend_alerts=settings.trend_alerts,
+            trend_window_h=settings.trend_window_h,
+            stats_interval_s=settings.ingest_stats_s,
+        )
 
 
 class Ingester:
@@ -169,8 +183,14 @@ class Ingester:
     batches and sends the acknowledgements, so parsing and paho never fight over the GIL.
     """
 
-    def __init__(self, engine: Engine, broker: BrokerAddress, options: IngestOptions,
-                 *, on_batch: Callable[[BatchOutcome], None] | None = None) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        broker: BrokerAddress,
+        options: IngestOptions,
+        *,
+        on_batch: Callable[[BatchOutcome], None] | None = None,
+    ) -> None:
         self.engine = engine
         self.broker = broker
         self.options = options
@@ -180,17 +200,28 @@ class Ingester:
         self._pending_since = 0.0
         #: connection epoch: a message is acknowledged only on the connection it came in on
         self._epoch = 0
-        self.intake = Intake(close_after=options.close_after, gap_factor=options.gap_factor,
-                             writer=default_writer(options.client_id),
-                             trend=TrendRule(alerts=options.trend_alerts,
-                                             window=timedelta(hours=options.trend_window_h)))
+        self.intake = Intake(
+            close_after=options.close_after,
+            gap_factor=options.gap_factor,
+            writer=default_writer(options.client_id),
+            trend=TrendRule(alerts=options.trend_alerts, window=timedelta(hours=options.trend_window_h)),
+        )
         self._next_silence_check = 0.0
         self._next_stats = time.monotonic() + options.stats_interval_s
         self._sqlite = engine.dialect.name == "sqlite"
-        self.processor = BatchProcessor(self.intake, max_payload_bytes=options.max_payload_bytes,
-                                        future_tolerance=options.future_tolerance)
-        self.client = make_client(broker, client_id=options.client_id, protocol=options.protocol,
-                                  persistent=True, manual_ack=True, ca_file=options.ca_file)
+        self.processor = BatchProcessor(
+            self.intake,
+            max_payload_bytes=options.max_payload_bytes,
+            future_tolerance=options.future_tolerance,
+        )
+        self.client = make_client(
+            broker,
+            client_id=options.client_id,
+            protocol=options.protocol,
+            persistent=True,
+            manual_ack=True,
+            ca_file=options.ca_file,
+        )
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         self.client.on_message = self._on_message
@@ -205,8 +236,7 @@ class Ingester:
             return
         self._epoch += 1
         self.stats.connected = True
-        log.info("connected to %s, subscribing to %s", self.broker.display(),
-                 self.options.subscription)
+        log.info("connected to %s, subscribing to %s", self.broker.display(), self.options.subscription)
         if client.protocol == mqtt.MQTTv5:
             client.subscribe([(f, SubscribeOptions(qos=1)) for f in self.options.filters])
         else:
@@ -227,9 +257,17 @@ class Ingester:
     def _on_message(self, _client, _userdata, msg: mqtt.MQTTMessage) -> None:
         if not self.pending:
             self._pending_since = time.monotonic()
-        self.pending.append(InboundMessage(topic=msg.topic, payload=msg.payload,
-                                           received_at=utcnow(), mid=msg.mid, qos=msg.qos,
-                                           dup=bool(msg.dup), epoch=self._epoch))
+        self.pending.append(
+            InboundMessage(
+                topic=msg.topic,
+                payload=msg.payload,
+                received_at=utcnow(),
+                mid=msg.mid,
+                qos=msg.qos,
+                dup=bool(msg.dup),
+                epoch=self._epoch,
+            )
+        )
         self.stats.pending = len(self.pending)
         self.stats.max_pending = max(self.stats.max_pending, self.stats.pending)
 
@@ -247,12 +285,12 @@ class Ingester:
                 if reconnect:
                     self.client.reconnect()
                 else:
-                    connect(self.client, self.broker, persistent=True,
-                            receive_maximum=self.options.window)
+                    connect(self.client, self.broker, persistent=True, receive_maximum=self.options.window)
                 return True
             except OSError as exc:
-                log.warning("broker %s not reachable (%s); retrying in %.0fs",
-                            self.broker.display(), exc, delay)
+                log.warning(
+                    "broker %s not reachable (%s); retrying in %.0fs", self.broker.display(), exc, delay
+                )
                 stop.wait(delay)
                 delay = min(delay * 2, 30.0)
         return False
@@ -260,7 +298,8 @@ class Ingester:
     def _due(self) -> bool:
         return bool(self.pending) and (
             len(self.pending) >= self.options.batch_size
-            or time.monotonic() - self._pending_since >= self.options.linger_s)
+            or time.monotonic() - self._pending_since >= self.options.linger_s
+        )
 
     def _may_read(self) -> bool:
         """Read the socket only below the bound; beyond it the broker (and TCP) hold the rest."""
@@ -289,10 +328,21 @@ class Ingester:
             if len(batch) == 1:
                 log.warning("database refused message on %s: %s", batch[0].topic, exc)
                 with self._transaction() as session:
-                    return self.intake.store(session, [], [Rejection(
-                        batch[0].received_at, batch[0].topic, batch[0].payload,
-                        Reason.SCHEMA.value, f"database refused it: {type(exc).__name__}: "
-                        f"{getattr(exc, 'orig', exc)}", None, batch[0].dup)])
+                    return self.intake.store(
+                        session,
+                        [],
+                        [
+                            Rejection(
+                                batch[0].received_at,
+                                batch[0].topic,
+                                batch[0].payload,
+                                Reason.SCHEMA.value,
+                                f"database refused it: {type(exc).__name__}: {getattr(exc, 'orig', exc)}",
+                                None,
+                                batch[0].dup,
+                            )
+                        ],
+                    )
         total = BatchOutcome()
         for msg in batch:
             one = self._store([msg])
@@ -303,7 +353,7 @@ class Ingester:
 
     def _commit(self, stop: threading.Event) -> bool:
         """Store the pending batch, retrying while the database is unavailable; ack after commit."""
-        batch = self.pending[:self.options.batch_size]
+        batch = self.pending[: self.options.batch_size]
         delay = 0.5
         while True:
             try:
@@ -312,26 +362,35 @@ class Ingester:
             except TRANSIENT as exc:
                 self.stats.db_errors += 1
                 self.intake.forget()
-                if is_write_conflict(exc):   # another worker holds the monitors: retry soon
-                    log.info("batch of %d conflicted with another worker's transaction (%s); "
-                             "retrying", len(batch), type(getattr(exc, "orig", exc)).__name__)
+                if is_write_conflict(exc):  # another worker holds the monitors: retry soon
+                    log.info(
+                        "batch of %d conflicted with another worker's transaction (%s); retrying",
+                        len(batch),
+                        type(getattr(exc, "orig", exc)).__name__,
+                    )
                     delay = CONFLICT_RETRY_S
                 else:
-                    log.warning("database unavailable; batch of %d kept unacknowledged (%d "
-                                "pending, bound %d), retrying in %.1fs", len(batch),
-                                len(self.pending), self.options.window, delay, exc_info=True)
+                    log.warning(
+                        "database unavailable; batch of %d kept unacknowledged (%d "
+                        "pending, bound %d), retrying in %.1fs",
+                        len(batch),
+                        len(self.pending),
+                        self.options.window,
+                        delay,
+                        exc_info=True,
+                    )
                 if stop.is_set():
                     return False  # leave it unacknowledged: the broker redelivers it
                 deadline = time.monotonic() + delay
                 while time.monotonic() < deadline and not stop.is_set():
                     if self._may_read():  # keep the connection alive meanwhile
                         self._pump(min(0.1, delay), stop)
-                    else:                 # full: let the broker keep the rest
-                        self.client.loop_misc()   # but keep the keepalive pings going
+                    else:  # full: let the broker keep the rest
+                        self.client.loop_misc()  # but keep the keepalive pings going
                         stop.wait(min(0.1, delay))
                     self._report_stats()
                 delay = min(delay * 2, MAX_RETRY_S)
-        del self.pending[:len(batch)]
+        del self.pending[: len(batch)]
         self.stats.pending = len(self.pending)
         if self.pending:
             self._pending_since = time.monotonic()
@@ -353,15 +412,17 @@ class Ingester:
         if time.monotonic() < self._next_silence_check:
             return
         self._next_silence_check = time.monotonic() + self.options.gap_check_s
-        for what, check in (("silence check", self.intake.check_silence),
-                            ("gap re-check", self.intake.recheck_gaps)):
+        for what, check in (
+            ("silence check", self.intake.check_silence),
+            ("gap re-check", self.intake.recheck_gaps),
+        ):
             try:
                 with self._transaction() as session:
                     check(session)
             except TRANSIENT:
                 self.intake.forget()
                 log.warning("database unavailable for the %s; trying again later", what)
-            except SQLAlchemyError:   # rolled back: what it would have drawn stays due
+            except SQLAlchemyError:  # rolled back: what it would have drawn stays due
                 self.intake.forget()
                 log.exception("%s failed; ingest goes on, trying again at the next tick", what)
 

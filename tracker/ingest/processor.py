@@ -53,17 +53,30 @@ class RegistryDirectory:
         key = (site, code)
         if key not in self._cache:
             entry = self.registry.lookup(site, code)
-            self._cache[key] = None if entry is None else KnownMonitor(
-                site=entry.site_code, room=entry.room_code, code=entry.code, kind=entry.kind,
-                channels=entry.channels)
+            self._cache[key] = (
+                None
+                if entry is None
+                else KnownMonitor(
+                    site=entry.site_code,
+                    room=entry.room_code,
+                    code=entry.code,
+                    kind=entry.kind,
+                    channels=entry.channels,
+                )
+            )
         return self._cache[key]
 
 
 class BatchProcessor:
     """Turns batches of inbound messages into one database transaction each."""
 
-    def __init__(self, intake: Intake, *, max_payload_bytes: int = 16 * 1024,
-                 future_tolerance: timedelta = timedelta(minutes=5)) -> None:
+    def __init__(
+        self,
+        intake: Intake,
+        *,
+        max_payload_bytes: int = 16 * 1024,
+        future_tolerance: timedelta = timedelta(minutes=5),
+    ) -> None:
         self.intake = intake
         self.max_payload_bytes = max_payload_bytes
         self.future_tolerance = future_tolerance
@@ -81,30 +94,66 @@ class BatchProcessor:
             try:
                 self._one(msg, registry, readings, statuses)
             except PayloadRejected as exc:
-                rejections.append(Rejection(msg.received_at, msg.topic, msg.payload,
-                                            exc.reason.value, exc.detail, exc.monitor, msg.dup))
+                rejections.append(
+                    Rejection(
+                        msg.received_at,
+                        msg.topic,
+                        msg.payload,
+                        exc.reason.value,
+                        exc.detail,
+                        exc.monitor,
+                        msg.dup,
+                    )
+                )
             except Exception as exc:  # a parser bug must not stop ingestion or lose the message
                 log.exception("unexpected error parsing message on %s", msg.topic)
-                rejections.append(Rejection(msg.received_at, msg.topic, msg.payload,
-                                            Reason.SCHEMA.value,
-                                            f"unexpected parser error {type(exc).__name__}: {exc}",
-                                            None, msg.dup))
+                rejections.append(
+                    Rejection(
+                        msg.received_at,
+                        msg.topic,
+                        msg.payload,
+                        Reason.SCHEMA.value,
+                        f"unexpected parser error {type(exc).__name__}: {exc}",
+                        None,
+                        msg.dup,
+                    )
+                )
         return self.intake.store(session, readings, rejections, statuses)
 
-    def _one(self, msg: InboundMessage, registry: Registry, readings: list[IncomingReading],
-             statuses: list[IncomingStatus]) -> None:
+    def _one(
+        self,
+        msg: InboundMessage,
+        registry: Registry,
+        readings: list[IncomingReading],
+        statuses: list[IncomingStatus],
+    ) -> None:
         assert self._directory is not None
         if msg.topic.endswith(STATUS_TAIL):
             status = parse_status(msg.topic, msg.payload, self._directory)
             entry = registry.lookup(status.monitor.site, status.monitor.code)
             statuses.append(IncomingStatus(entry.id, status.online, msg.received_at))
             return
-        parsed = parse_reading(msg.topic, msg.payload, msg.received_at, self._directory,
-                               max_bytes=self.max_payload_bytes,
-                               future_tolerance=self.future_tolerance)
+        parsed = parse_reading(
+            msg.topic,
+            msg.payload,
+            msg.received_at,
+            self._directory,
+            max_bytes=self.max_payload_bytes,
+            future_tolerance=self.future_tolerance,
+        )
         entry = registry.lookup(parsed.monitor.site, parsed.monitor.code)
-        readings.append(IncomingReading(
-            monitor_id=entry.id, seq=parsed.seq, event_time=parsed.event_time,
-            status=parsed.status, values=parsed.values, digest=parsed.digest, topic=msg.topic,
-            payload=msg.payload, received_at=msg.received_at, redelivered=msg.dup,
-            volume_l=parsed.volume_l))
+        readings.append(
+            IncomingReading(
+                monitor_id=entry.id,
+                seq=parsed.seq,
+                event_time=parsed.event_time,
+                status=parsed.status,
+                values=parsed.values,
+                digest=parsed.digest,
+                topic=msg.topic,
+                payload=msg.payload,
+                received_at=msg.received_at,
+                redelivered=msg.dup,
+                volume_l=parsed.volume_l,
+            )
+        )

@@ -75,28 +75,51 @@ def floor_view(session: Session, *, site: Site, as_of: datetime | None = None) -
     by_id = {r.id: r for r in rooms}
     states = RoomStates()
     states.refresh(session)
-    tiles = {r.id: RoomTile(code=r.code, name=r.name, name_en=r.name_en, grade=r.grade,
-                            background=by_id[r.background_id].code if r.background_id else None,
-                            state=states.state(r.id, as_of) if as_of else "at_rest")
-             for r in rooms}
-    newest = (select(Reading.monitor_id, Reading.channel, func.max(Reading.seq).label("seq"))
-              .group_by(Reading.monitor_id, Reading.channel).subquery())
+    tiles = {
+        r.id: RoomTile(
+            code=r.code,
+            name=r.name,
+            name_en=r.name_en,
+            grade=r.grade,
+            background=by_id[r.background_id].code if r.background_id else None,
+            state=states.state(r.id, as_of) if as_of else "at_rest",
+        )
+        for r in rooms
+    }
+    newest = (
+        select(Reading.monitor_id, Reading.channel, func.max(Reading.seq).label("seq"))
+        .group_by(Reading.monitor_id, Reading.channel)
+        .subquery()
+    )
     rows = session.exec(
-        select(Monitor.code, Monitor.kind, Monitor.room_id, Reading.channel, Reading.value,
-               Reading.level, Reading.event_time)
-        .join(newest, (newest.c.monitor_id == Reading.monitor_id)
-              & (newest.c.channel == Reading.channel) & (newest.c.seq == Reading.seq))
+        select(
+            Monitor.code,
+            Monitor.kind,
+            Monitor.room_id,
+            Reading.channel,
+            Reading.value,
+            Reading.level,
+            Reading.event_time,
+        )
+        .join(
+            newest,
+            (newest.c.monitor_id == Reading.monitor_id)
+            & (newest.c.channel == Reading.channel)
+            & (newest.c.seq == Reading.seq),
+        )
         .join(Monitor, Monitor.id == Reading.monitor_id)
         .where(Monitor.site_id == site.id, Monitor.active)
-        .order_by(Monitor.code, Reading.channel)).all()
+        .order_by(Monitor.code, Reading.channel)
+    ).all()
     for code, kind, room_id, channel, value, level, at in rows:
         if room_id in tiles:
             tiles[room_id].values.append(LatestValue(code, kind, channel, value, level, at))
-    for room_id, n in session.exec(select(Excursion.room_id, func.count())
-                                   .where(Excursion.status == "open", Excursion.site_id == site.id)
-                                   .group_by(Excursion.room_id)).all():
+    for room_id, n in session.exec(
+        select(Excursion.room_id, func.count())
+        .where(Excursion.status == "open", Excursion.site_id == site.id)
+        .group_by(Excursion.room_id)
+    ).all():
         if room_id in tiles:
             tiles[room_id].open_excursions = int(n)
     ordered = sorted(tiles.values(), key=lambda t: (GRADE_ORDER.get(t.grade, 9), t.code))
-    return FloorView(site=site.code, site_name=site.name, timezone=site.timezone, as_of=as_of,
-                     rooms=ordered)
+    return FloorView(site=site.code, site_name=site.name, timezone=site.timezone, as_of=as_of, rooms=ordered)

@@ -134,14 +134,22 @@ class SeriesMachine:
             return ep
 
         pdir = self.pending_direction or direction
-        self.pending_peak = (j.value if self.pending_peak is None
-                             else _more_extreme(pdir, self.pending_peak, j.value))
+        self.pending_peak = (
+            j.value if self.pending_peak is None else _more_extreme(pdir, self.pending_peak, j.value)
+        )
         self.pending_count += 1
         if reached is None:
             return None
-        ep = Episode(started_at=self.alert_run_start, level=reached, direction=pdir,
-                     peak=self.pending_peak, limit=_limit_for(j.bounds, reached, pdir),
-                     state=self.pending_state, readings=self.pending_count, last_out_at=j.at)
+        ep = Episode(
+            started_at=self.alert_run_start,
+            level=reached,
+            direction=pdir,
+            peak=self.pending_peak,
+            limit=_limit_for(j.bounds, reached, pdir),
+            state=self.pending_state,
+            readings=self.pending_count,
+            last_out_at=j.at,
+        )
         self.episode = ep
         return ep
 

@@ -29,8 +29,10 @@ from tracker.monitoring.snapshot import MonitorEntry, Registry
 
 LEVEL_ZH = {"alert": "警戒", "action": "纠偏"}
 SYSTEM_ACTOR = "system:ingest"
-REPLAY_REASON = ("re-evaluated by event time after late (backfilled) readings or a restart; "
-                 "the stored readings no longer support the previous shape")
+REPLAY_REASON = (
+    "re-evaluated by event time after late (backfilled) readings or a restart; "
+    "the stored readings no longer support the previous shape"
+)
 
 
 class Excursion(SQLModel, table=True):
@@ -45,7 +47,7 @@ class Excursion(SQLModel, table=True):
     kind: str = Field(max_length=20)
     channel: str = Field(default="", max_length=8)
     level: str = Field(max_length=16)
-    state: str = Field(max_length=16)           # operational state when it began
+    state: str = Field(max_length=16)  # operational state when it began
     status: str = Field(default="open", max_length=16, index=True)  # open|closed|superseded
     direction: str = Field(max_length=4)
     started_at: datetime = Field(sa_type=UTCDateTime, nullable=False)
@@ -72,7 +74,8 @@ class Excursion(SQLModel, table=True):
     def needs_acknowledgement(self) -> bool:
         """Never acknowledged, or escalated (alert → action) since; a level going down is no news."""
         return self.status != "superseded" and (
-            self.ack_level is None or (self.ack_level == "alert" and self.level == "action"))
+            self.ack_level is None or (self.ack_level == "alert" and self.level == "action")
+        )
 
 
 SeriesKey = tuple[int, str]
@@ -81,9 +84,12 @@ SeriesKey = tuple[int, str]
 class EpisodeBook:
     """The live machines of every series this process has seen, and their persistence."""
 
-    def __init__(self, *, close_after: int,
-                 on_alert_closed: Callable[[Session, MonitorEntry, Episode | None, datetime], None]
-                 | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        close_after: int,
+        on_alert_closed: Callable[[Session, MonitorEntry, Episode | None, datetime], None] | None = None,
+    ) -> None:
         self.close_after = close_after
         self.machines: dict[SeriesKey, SeriesMachine] = {}
         #: called for each alert episode closed by live data, and after every replay that
@@ -99,10 +105,16 @@ class EpisodeBook:
         for key in [k for k in self.machines if k[0] == monitor_id]:
             del self.machines[key]
 
-    def process(self, session: Session, registry: Registry,
-                batch: dict[SeriesKey, list[Judged]], *, now: datetime | None = None,
-                rejudged: frozenset[SeriesKey] | set[SeriesKey] = frozenset(),
-                newest: Mapping[int, datetime | None] | None = None) -> None:
+    def process(
+        self,
+        session: Session,
+        registry: Registry,
+        batch: dict[SeriesKey, list[Judged]],
+        *,
+        now: datetime | None = None,
+        rejudged: frozenset[SeriesKey] | set[SeriesKey] = frozenset(),
+        newest: Mapping[int, datetime | None] | None = None,
+    ) -> None:
         """Advance every series touched by a batch; rows are written in the caller's transaction.
 
         ``rejudged``: series whose *stored* readings changed verdict in this batch (rolling
@@ -123,8 +135,7 @@ class EpisodeBook:
                 stored = (newest or {}).get(key[0])
                 if stored is not None and judged[-1].at > stored:
                     # the series' newest reading is in limits, no episode open: an idle machine
-                    self.machines[key] = SeriesMachine(close_after=self.close_after,
-                                                       last_at=judged[-1].at)
+                    self.machines[key] = SeriesMachine(close_after=self.close_after, last_at=judged[-1].at)
                 continue
             machine = self.machines.get(key)
             if machine is None or (machine.last_at is not None and judged[0].at < machine.last_at):
@@ -137,13 +148,11 @@ class EpisodeBook:
                     touched[id(episode)] = episode
             for episode in touched.values():
                 _save(session, entry, key[1], episode, now)
-                if (self.on_alert_closed and not episode.open
-                        and episode.level is Level.ALERT):
+                if self.on_alert_closed and not episode.open and episode.level is Level.ALERT:
                     self.on_alert_closed(session, entry, episode, now)
             machine.closed.clear()
 
-    def _idle_without_machine(self, session: Session, batch: dict[SeriesKey, list[Judged]]
-                              ) -> set[SeriesKey]:
+    def _idle_without_machine(self, session: Session, batch: dict[SeriesKey, list[Judged]]) -> set[SeriesKey]:
         """Series with no machine here (another worker wrote them last, or a restart) whose
         new readings are all in limits and fall after every stored episode's closing run:
         they change no episode, so they need no machine and no replay.
@@ -152,25 +161,31 @@ class EpisodeBook:
         complete) before them cannot be reshaped by them; an open episode, or one whose
         closing run reaches them, takes the replay. One query for the whole batch.
         """
-        quiet = {key: judged[0].at for key, judged in batch.items()
-                 if key not in self.machines and all(j.level is Level.OK for j in judged)}
+        quiet = {
+            key: judged[0].at
+            for key, judged in batch.items()
+            if key not in self.machines and all(j.level is Level.OK for j in judged)
+        }
         if not quiet:
             return set()
         busy: set[SeriesKey] = set()
-        for monitor_id, channel, closed_by in session.exec(select(
-                Excursion.monitor_id, Excursion.channel, Excursion.closed_by_at).where(
-                Excursion.monitor_id.in_(sorted({m for m, _ in quiet})), Excursion.type == "limit",
+        for monitor_id, channel, closed_by in session.exec(
+            select(Excursion.monitor_id, Excursion.channel, Excursion.closed_by_at).where(
+                Excursion.monitor_id.in_(sorted({m for m, _ in quiet})),
+                Excursion.type == "limit",
                 Excursion.status != "superseded",
-                or_(Excursion.closed_by_at.is_(None),
-                    Excursion.closed_by_at >= min(quiet.values())))):
+                or_(Excursion.closed_by_at.is_(None), Excursion.closed_by_at >= min(quiet.values())),
+            )
+        ):
             first = quiet.get((monitor_id, channel))
             if first is not None and (closed_by is None or closed_by >= first):
                 busy.add((monitor_id, channel))
         return set(quiet) - busy
 
     @staticmethod
-    def _quiet_point(session: Session, monitor_id: int, channel: str, before: datetime
-                     ) -> tuple[datetime, bool] | None:
+    def _quiet_point(
+        session: Session, monitor_id: int, channel: str, before: datetime
+    ) -> tuple[datetime, bool] | None:
         """Where a replay may start with an idle machine: ``(time, exclusive)``, or ``None``
         for the whole history.
 
@@ -178,47 +193,67 @@ class EpisodeBook:
         reading before ``before`` (e.g. one that is never evaluated) has nothing pending, so
         the replay starts at ``before`` itself instead of re-reading its whole history.
         """
-        series = (Reading.monitor_id == monitor_id, Reading.channel == channel,
-                  Reading.event_time < before)
-        last_ok = session.exec(select(Reading.event_time).where(
-            *series, Reading.level == Level.OK.value)
-            .order_by(Reading.event_time.desc()).limit(1)).first()
-        last_out = session.exec(select(Reading.event_time).where(
-            *series, Reading.level.in_((Level.ALERT.value, Level.ACTION.value)))
-            .order_by(Reading.event_time.desc()).limit(1)).first()
+        series = (Reading.monitor_id == monitor_id, Reading.channel == channel, Reading.event_time < before)
+        last_ok = session.exec(
+            select(Reading.event_time)
+            .where(*series, Reading.level == Level.OK.value)
+            .order_by(Reading.event_time.desc())
+            .limit(1)
+        ).first()
+        last_out = session.exec(
+            select(Reading.event_time)
+            .where(*series, Reading.level.in_((Level.ALERT.value, Level.ACTION.value)))
+            .order_by(Reading.event_time.desc())
+            .limit(1)
+        ).first()
         if last_out is None:
             return before, False
         if last_ok is not None and last_ok > last_out:
             return last_ok, True
         return (last_ok, True) if last_ok is not None else None
 
-    def rebuild(self, session: Session, entry: MonitorEntry, channel: str, first: datetime,
-                 now: datetime) -> SeriesMachine:
+    def rebuild(
+        self, session: Session, entry: MonitorEntry, channel: str, first: datetime, now: datetime
+    ) -> SeriesMachine:
         """Replay the series from the last quiet point before ``first`` and reconcile."""
         session.flush()
         affected = session.exec(
-            select(Excursion).where(Excursion.monitor_id == entry.id, Excursion.channel == channel,
-                                    Excursion.type == "limit", Excursion.status != "superseded",
-                                    or_(Excursion.closed_by_at.is_(None),
-                                        Excursion.closed_by_at >= first))
+            select(Excursion).where(
+                Excursion.monitor_id == entry.id,
+                Excursion.channel == channel,
+                Excursion.type == "limit",
+                Excursion.status != "superseded",
+                or_(Excursion.closed_by_at.is_(None), Excursion.closed_by_at >= first),
+            )
         ).all()
         anchor_time = min([first, *(e.started_at for e in affected)])
         quiet = self._quiet_point(session, entry.id, channel, anchor_time)
-        query = select(Reading.event_time, Reading.value, Reading.level, Reading.direction,
-                       Reading.state).where(Reading.monitor_id == entry.id,
-                                            Reading.channel == channel)
+        query = select(
+            Reading.event_time, Reading.value, Reading.level, Reading.direction, Reading.state
+        ).where(Reading.monitor_id == entry.id, Reading.channel == channel)
         if quiet is not None:
-            query = query.where(Reading.event_time > quiet[0] if quiet[1]
-                                else Reading.event_time >= quiet[0])
+            query = query.where(Reading.event_time > quiet[0] if quiet[1] else Reading.event_time >= quiet[0])
         rows = session.exec(query.order_by(Reading.event_time, Reading.seq)).all()
-        judged = [Judged(at=t, value=v, level=Level(lv), direction=d, state=st,
-                         bounds=entry.limits.for_reading(channel, st)) for t, v, lv, d, st in rows]
+        judged = [
+            Judged(
+                at=t,
+                value=v,
+                level=Level(lv),
+                direction=d,
+                state=st,
+                bounds=entry.limits.for_reading(channel, st),
+            )
+            for t, v, lv, d, st in rows
+        ]
         machine = replay(judged, close_after=self.close_after)
         replayed = [*machine.closed, *([machine.episode] if machine.episode else [])]
         machine.closed.clear()
         stored_query = select(Excursion).where(
-            Excursion.monitor_id == entry.id, Excursion.channel == channel,
-            Excursion.type == "limit", Excursion.status != "superseded")
+            Excursion.monitor_id == entry.id,
+            Excursion.channel == channel,
+            Excursion.type == "limit",
+            Excursion.status != "superseded",
+        )
         if quiet is not None:
             stored_query = stored_query.where(Excursion.started_at >= quiet[0])
         stored = list(session.exec(stored_query.order_by(Excursion.started_at)))
@@ -237,12 +272,24 @@ def _overlaps(episode: Episode, row: Excursion) -> bool:
 
 def excursion_shape(row: Excursion) -> dict:
     """What an audit event of a reshaped or superseded excursion records as before/after."""
-    return {"started_at": row.started_at, "ended_at": row.ended_at, "level": row.level,
-            "peak": row.peak, "readings": row.readings, "status": row.status}
+    return {
+        "started_at": row.started_at,
+        "ended_at": row.ended_at,
+        "level": row.level,
+        "peak": row.peak,
+        "readings": row.readings,
+        "status": row.status,
+    }
 
 
-def _reconcile(session: Session, entry: MonitorEntry, channel: str, replayed: list[Episode],
-               stored: list[Excursion], now: datetime) -> list[Episode]:
+def _reconcile(
+    session: Session,
+    entry: MonitorEntry,
+    channel: str,
+    replayed: list[Episode],
+    stored: list[Excursion],
+    now: datetime,
+) -> list[Episode]:
     """Match replayed episodes to stored rows; changes to existing rows are audited.
 
     Returns the episodes that are closed now and were not stored as closed before.
@@ -259,13 +306,22 @@ def _reconcile(session: Session, entry: MonitorEntry, channel: str, replayed: li
         row = _save(session, entry, channel, episode, now)
         if not episode.open and (before is None or before["status"] != "closed"):
             newly_closed.append(episode)
-        if before is not None and (before["started_at"] != row.started_at
-                                   or before["level"] != row.level
-                                   or (before["ended_at"] is not None
-                                       and before["ended_at"] != row.ended_at)):
-            audit.record(session, actor=SYSTEM_ACTOR, action="excursion.reshape",
-                         entity="excursion", entity_key=str(row.id), before=before,
-                         after=excursion_shape(row), at=now, reason=REPLAY_REASON)
+        if before is not None and (
+            before["started_at"] != row.started_at
+            or before["level"] != row.level
+            or (before["ended_at"] is not None and before["ended_at"] != row.ended_at)
+        ):
+            audit.record(
+                session,
+                actor=SYSTEM_ACTOR,
+                action="excursion.reshape",
+                entity="excursion",
+                entity_key=str(row.id),
+                before=before,
+                after=excursion_shape(row),
+                at=now,
+                reason=REPLAY_REASON,
+            )
     for row in unmatched:
         supersede_excursion(session, row, now, REPLAY_REASON)
     return newly_closed
@@ -277,19 +333,37 @@ def supersede_excursion(session: Session, row: Excursion, now: datetime, reason:
     row.status, row.updated_at = "superseded", now
     row.note = (f"{row.note}\n" if row.note else "") + "superseded: " + reason
     session.add(row)
-    audit.record(session, actor=SYSTEM_ACTOR, action="excursion.supersede", entity="excursion",
-                 entity_key=str(row.id), before=before, after=excursion_shape(row), at=now, reason=reason)
+    audit.record(
+        session,
+        actor=SYSTEM_ACTOR,
+        action="excursion.supersede",
+        entity="excursion",
+        entity_key=str(row.id),
+        before=before,
+        after=excursion_shape(row),
+        at=now,
+        reason=reason,
+    )
 
 
-def _save(session: Session, entry: MonitorEntry, channel: str, episode: Episode,
-          now: datetime) -> Excursion:
+def _save(session: Session, entry: MonitorEntry, channel: str, episode: Episode, now: datetime) -> Excursion:
     row = session.get(Excursion, episode.key) if episode.key is not None else None
     if row is None:
-        row = Excursion(site_id=entry.site_id, monitor_id=entry.id, room_id=entry.room_id,
-                        kind=entry.kind, channel=channel, basis_id=entry.basis_id,
-                        created_at=now, updated_at=now, level=episode.level.value,
-                        state=episode.state, direction=episode.direction,
-                        started_at=episode.started_at, peak=episode.peak)
+        row = Excursion(
+            site_id=entry.site_id,
+            monitor_id=entry.id,
+            room_id=entry.room_id,
+            kind=entry.kind,
+            channel=channel,
+            basis_id=entry.basis_id,
+            created_at=now,
+            updated_at=now,
+            level=episode.level.value,
+            state=episode.state,
+            direction=episode.direction,
+            started_at=episode.started_at,
+            peak=episode.peak,
+        )
     row.level, row.state, row.direction = episode.level.value, episode.state, episode.direction
     row.started_at, row.ended_at = episode.started_at, episode.ended_at
     row.closed_by_at, row.last_out_at = episode.closed_by_at, episode.last_out_at
@@ -305,8 +379,9 @@ def _save(session: Session, entry: MonitorEntry, channel: str, episode: Episode,
 # --------------------------------------------------------------------------- read-outs
 
 
-def acknowledge(session: Session, *, actor: Authenticated, excursion_id: int, comment: str,
-                now: datetime | None = None) -> Excursion:
+def acknowledge(
+    session: Session, *, actor: Authenticated, excursion_id: int, comment: str, now: datetime | None = None
+) -> Excursion:
     """QA acknowledges an excursion with a comment (it has been seen and assessed); one that
     escalated since its acknowledgement is acknowledged again at its new level."""
     require_role(actor, "qa", action=Reason("acknowledging an excursion", "确认超标"))
@@ -316,32 +391,55 @@ def acknowledge(session: Session, *, actor: Authenticated, excursion_id: int, co
     if ex is None:
         raise NotFoundError(Reason(f"no excursion {excursion_id}", f"没有超标记录 {excursion_id}"))
     if ex.status == "superseded":
-        raise ConflictError(Reason(f"excursion {excursion_id} was superseded by re-evaluation",
-                                   f"超标 {excursion_id} 已因重新评价被取代"))
+        raise ConflictError(
+            Reason(
+                f"excursion {excursion_id} was superseded by re-evaluation",
+                f"超标 {excursion_id} 已因重新评价被取代",
+            )
+        )
     if not ex.needs_acknowledgement:
-        raise ConflictError(Reason(f"excursion {excursion_id} is acknowledged already at level {ex.level}",
-                                   f"超标 {excursion_id} 已在“{LEVEL_ZH.get(ex.level, ex.level)}”级别确认"))
+        raise ConflictError(
+            Reason(
+                f"excursion {excursion_id} is acknowledged already at level {ex.level}",
+                f"超标 {excursion_id} 已在“{LEVEL_ZH.get(ex.level, ex.level)}”级别确认",
+            )
+        )
     now = now or utcnow()
     before = {"acknowledged_by": ex.acknowledged_by, "ack_level": ex.ack_level}
     ex.acknowledged_by, ex.acknowledged_at = actor.username, now
     ex.first_acknowledged_at = ex.first_acknowledged_at or now
     ex.ack_level, ex.ack_comment = ex.level, comment.strip()
     session.add(ex)
-    audit.record(session, actor=actor.username, action="excursion.acknowledge", entity="excursion",
-                 entity_key=str(ex.id), before=before,
-                 after={"acknowledged_by": actor.username, "ack_level": ex.level}, reason=ex.ack_comment,
-                 at=now)
+    audit.record(
+        session,
+        actor=actor.username,
+        action="excursion.acknowledge",
+        entity="excursion",
+        entity_key=str(ex.id),
+        before=before,
+        after={"acknowledged_by": actor.username, "ack_level": ex.level},
+        reason=ex.ack_comment,
+        at=now,
+    )
     return ex
 
 
-def list_excursions(session: Session, *, open_only: bool = False, room: str | None = None,
-                    include_superseded: bool = False, type_: str | None = None,
-                    unacknowledged: bool = False) -> list[dict]:
+def list_excursions(
+    session: Session,
+    *,
+    open_only: bool = False,
+    room: str | None = None,
+    include_superseded: bool = False,
+    type_: str | None = None,
+    unacknowledged: bool = False,
+) -> list[dict]:
     """Excursions in the JSON shape of DESIGN §9 (times ISO 8601 UTC)."""
-    query = (select(Excursion, Monitor.code, Room.code)
-             .join(Monitor, Monitor.id == Excursion.monitor_id)
-             .join(Room, Room.id == Excursion.room_id)
-             .order_by(Excursion.started_at, Excursion.id))
+    query = (
+        select(Excursion, Monitor.code, Room.code)
+        .join(Monitor, Monitor.id == Excursion.monitor_id)
+        .join(Room, Room.id == Excursion.room_id)
+        .order_by(Excursion.started_at, Excursion.id)
+    )
     if not include_superseded:
         query = query.where(Excursion.status != "superseded")
     if open_only:
@@ -351,22 +449,43 @@ def list_excursions(session: Session, *, open_only: bool = False, room: str | No
     if type_:
         query = query.where(Excursion.type == type_)
     if unacknowledged:
-        query = query.where(Excursion.status != "superseded", or_(
-            Excursion.ack_level.is_(None), (Excursion.ack_level == "alert") & (Excursion.level == "action")))
+        query = query.where(
+            Excursion.status != "superseded",
+            or_(
+                Excursion.ack_level.is_(None),
+                (Excursion.ack_level == "alert") & (Excursion.level == "action"),
+            ),
+        )
     return [to_json(ex, monitor, room_code) for ex, monitor, room_code in session.exec(query)]
 
 
 def to_json(ex: Excursion, monitor: str, room: str) -> dict:
-    return {"id": ex.id, "type": ex.type, "monitor": monitor, "room": room, "kind": ex.kind,
-            "channel": ex.channel or None, "level": ex.level, "state": ex.state,
-            "started_at": iso_utc(ex.started_at), "ended_at": iso_utc(ex.ended_at),
-            "peak": ex.peak, "limit": ex.limit_value, "readings": ex.readings,
-            "status": ex.status, "direction": ex.direction,
-            "acknowledged_by": ex.acknowledged_by, "acknowledged_at": iso_utc(ex.acknowledged_at),
-            "ack_comment": ex.ack_comment}
+    return {
+        "id": ex.id,
+        "type": ex.type,
+        "monitor": monitor,
+        "room": room,
+        "kind": ex.kind,
+        "channel": ex.channel or None,
+        "level": ex.level,
+        "state": ex.state,
+        "started_at": iso_utc(ex.started_at),
+        "ended_at": iso_utc(ex.ended_at),
+        "peak": ex.peak,
+        "limit": ex.limit_value,
+        "readings": ex.readings,
+        "status": ex.status,
+        "direction": ex.direction,
+        "acknowledged_by": ex.acknowledged_by,
+        "acknowledged_at": iso_utc(ex.acknowledged_at),
+        "ack_comment": ex.ack_comment,
+    }
 
 
 def count_by_level(session: Session) -> dict[str, int]:
-    rows = session.exec(select(Excursion.level, func.count()).where(
-        Excursion.status != "superseded").group_by(Excursion.level)).all()
+    rows = session.exec(
+        select(Excursion.level, func.count())
+        .where(Excursion.status != "superseded")
+        .group_by(Excursion.level)
+    ).all()
     return {"alert": 0, "action": 0, **{level: int(n) for level, n in rows}}

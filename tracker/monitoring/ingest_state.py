@@ -63,31 +63,58 @@ class IngestState(SQLModel, table=True):
 SHARED_WINDOW_S = 60.0
 
 TABLE = IngestState.__table__
-_ENSURE = text("INSERT INTO ingest_state (monitor_id, version, writer) VALUES (:m, 0, '') "
-               "ON CONFLICT (monitor_id) DO NOTHING")
-_NEWER = or_(TABLE.c.last_event_at.is_(None),
-             TABLE.c.last_event_at <= bindparam("e", type_=UTCDateTime()))
-_LATEST = (update(TABLE).where(TABLE.c.monitor_id == bindparam("m"))
-           .values(last_event_at=case((_NEWER, bindparam("e", type_=UTCDateTime())),
-                                      else_=TABLE.c.last_event_at),
-                   last_received_at=case((_NEWER, bindparam("r", type_=UTCDateTime())),
-                                         else_=TABLE.c.last_received_at)))
-_MAX_SEQ = (update(TABLE).where(TABLE.c.monitor_id == bindparam("m"))
-            .values(max_seq=case((TABLE.c.max_seq.is_(None)
-                                  | (TABLE.c.max_seq < bindparam("q", type_=SEQ_TYPE)),
-                                  bindparam("q", type_=SEQ_TYPE)), else_=TABLE.c.max_seq)))
+_ENSURE = text(
+    "INSERT INTO ingest_state (monitor_id, version, writer) VALUES (:m, 0, '') "
+    "ON CONFLICT (monitor_id) DO NOTHING"
+)
+_NEWER = or_(TABLE.c.last_event_at.is_(None), TABLE.c.last_event_at <= bindparam("e", type_=UTCDateTime()))
+_LATEST = (
+    update(TABLE)
+    .where(TABLE.c.monitor_id == bindparam("m"))
+    .values(
+        last_event_at=case((_NEWER, bindparam("e", type_=UTCDateTime())), else_=TABLE.c.last_event_at),
+        last_received_at=case((_NEWER, bindparam("r", type_=UTCDateTime())), else_=TABLE.c.last_received_at),
+    )
+)
+_MAX_SEQ = (
+    update(TABLE)
+    .where(TABLE.c.monitor_id == bindparam("m"))
+    .values(
+        max_seq=case(
+            (
+                TABLE.c.max_seq.is_(None) | (TABLE.c.max_seq < bindparam("q", type_=SEQ_TYPE)),
+                bindparam("q", type_=SEQ_TYPE),
+            ),
+            else_=TABLE.c.max_seq,
+        )
+    )
+)
 _recheck_from, _recheck_to = TABLE.c.gap_recheck_from, TABLE.c.gap_recheck_to
 _recheck_due = TABLE.c.gap_recheck_due
-_DEFER = (update(TABLE).where(TABLE.c.monitor_id == bindparam("m"))
-          .values(gap_recheck_from=case(
-                      (_recheck_from.is_(None) | (_recheck_from > bindparam("s", type_=UTCDateTime())),
-                       bindparam("s", type_=UTCDateTime())), else_=_recheck_from),
-                  gap_recheck_to=case(
-                      (_recheck_to.is_(None) | (_recheck_to < bindparam("t", type_=UTCDateTime())),
-                       bindparam("t", type_=UTCDateTime())), else_=_recheck_to),
-                  # the first deferral sets the time: a steady stream must not push it away
-                  gap_recheck_due=case((_recheck_due.is_(None), bindparam("d", type_=UTCDateTime())),
-                                       else_=_recheck_due)))
+_DEFER = (
+    update(TABLE)
+    .where(TABLE.c.monitor_id == bindparam("m"))
+    .values(
+        gap_recheck_from=case(
+            (
+                _recheck_from.is_(None) | (_recheck_from > bindparam("s", type_=UTCDateTime())),
+                bindparam("s", type_=UTCDateTime()),
+            ),
+            else_=_recheck_from,
+        ),
+        gap_recheck_to=case(
+            (
+                _recheck_to.is_(None) | (_recheck_to < bindparam("t", type_=UTCDateTime())),
+                bindparam("t", type_=UTCDateTime()),
+            ),
+            else_=_recheck_to,
+        ),
+        # the first deferral sets the time: a steady stream must not push it away
+        gap_recheck_due=case(
+            (_recheck_due.is_(None), bindparam("d", type_=UTCDateTime())), else_=_recheck_due
+        ),
+    )
+)
 
 
 def default_writer(name: str | None = None) -> str:
@@ -152,45 +179,56 @@ class WriterGuard:
         if not unknown:
             return
         connection = session.connection()
-        present = set(connection.execute(
-            select(TABLE.c.monitor_id).where(TABLE.c.monitor_id.in_(unknown))).scalars())
+        present = set(
+            connection.execute(select(TABLE.c.monitor_id).where(TABLE.c.monitor_id.in_(unknown))).scalars()
+        )
         missing = [m for m in unknown if m not in present]
-        if missing:   # first time anyone ingests these monitors
+        if missing:  # first time anyone ingests these monitors
             connection.execute(_ENSURE, [{"m": m} for m in missing])
-        self.existing.update(unknown)   # rows are never deleted
+        self.existing.update(unknown)  # rows are never deleted
 
-    def _bump(self, session: Session, ids: list[int]
-              ) -> tuple[dict[int, int], dict[int, datetime | None], dict[int, int | None]]:
+    def _bump(
+        self, session: Session, ids: list[int]
+    ) -> tuple[dict[int, int], dict[int, datetime | None], dict[int, int | None]]:
         """Versions before the bump, newest stored readings and seqs, under the lock."""
         connection = session.connection()
         if connection.dialect.name != "sqlite":
             # lock in monitor order, so two batches sharing monitors queue instead of deadlocking
-            connection.execute(select(TABLE.c.monitor_id).where(TABLE.c.monitor_id.in_(ids))
-                               .order_by(TABLE.c.monitor_id).with_for_update())
+            connection.execute(
+                select(TABLE.c.monitor_id)
+                .where(TABLE.c.monitor_id.in_(ids))
+                .order_by(TABLE.c.monitor_id)
+                .with_for_update()
+            )
         rows = connection.execute(
-            update(TABLE).where(TABLE.c.monitor_id.in_(ids))
+            update(TABLE)
+            .where(TABLE.c.monitor_id.in_(ids))
             .values(version=TABLE.c.version + 1, writer=self.writer)
-            .returning(TABLE.c.monitor_id, TABLE.c.version, TABLE.c.last_event_at,
-                       TABLE.c.max_seq)).all()
-        return ({m: v - 1 for m, v, _, _ in rows}, {m: e for m, _, e, _ in rows},
-                {m: q for m, _, _, q in rows})
+            .returning(TABLE.c.monitor_id, TABLE.c.version, TABLE.c.last_event_at, TABLE.c.max_seq)
+        ).all()
+        return (
+            {m: v - 1 for m, v, _, _ in rows},
+            {m: e for m, _, e, _ in rows},
+            {m: q for m, _, _, q in rows},
+        )
 
     @staticmethod
-    def record_latest(session: Session, latest: Mapping[int, tuple[datetime, datetime]],
-                      max_seq: Mapping[int, int] | None = None) -> None:
+    def record_latest(
+        session: Session,
+        latest: Mapping[int, tuple[datetime, datetime]],
+        max_seq: Mapping[int, int] | None = None,
+    ) -> None:
         """Keep each monitor's newest reading (event time, receipt time) and highest stored
         seq on its row (neither ever goes back); the caller holds the row's lock (``claim``).
         Workers of a release before migration 0010 do not keep ``max_seq``: stop them all
         before upgrading (docs/scale-out.md)."""
         if latest:
-            session.connection().execute(_LATEST, [{"m": m, "e": e, "r": r}
-                                                   for m, (e, r) in latest.items()])
+            session.connection().execute(_LATEST, [{"m": m, "e": e, "r": r} for m, (e, r) in latest.items()])
         if max_seq:
             session.connection().execute(_MAX_SEQ, [{"m": m, "q": q} for m, q in max_seq.items()])
 
 
-def defer_gap_check(session: Session, monitor_id: int, start: datetime, end: datetime,
-                    due: datetime) -> None:
+def defer_gap_check(session: Session, monitor_id: int, start: datetime, end: datetime, due: datetime) -> None:
     """Widen the monitor's stretch of event time to re-check for data gaps at ``due``; the
     caller holds the row's lock."""
     session.connection().execute(_DEFER, [{"m": monitor_id, "s": start, "t": end, "d": due}])
@@ -198,13 +236,21 @@ def defer_gap_check(session: Session, monitor_id: int, start: datetime, end: dat
 
 def due_gap_checks(session: Session, now: datetime) -> list[int]:
     """Monitors with a gap re-check due (read without a lock: claim them, then take)."""
-    return list(session.connection().execute(
-        select(TABLE.c.monitor_id).where(_recheck_due <= bindparam("now", type_=UTCDateTime()))
-        .order_by(TABLE.c.monitor_id), {"now": now}).scalars())
+    return list(
+        session.connection()
+        .execute(
+            select(TABLE.c.monitor_id)
+            .where(_recheck_due <= bindparam("now", type_=UTCDateTime()))
+            .order_by(TABLE.c.monitor_id),
+            {"now": now},
+        )
+        .scalars()
+    )
 
 
-def take_gap_checks(session: Session, monitor_ids: Iterable[int], now: datetime
-                    ) -> dict[int, tuple[datetime, datetime]]:
+def take_gap_checks(
+    session: Session, monitor_ids: Iterable[int], now: datetime
+) -> dict[int, tuple[datetime, datetime]]:
     """The due stretches of claimed monitors, cleared in the caller's transaction (if it rolls
     back they stay due)."""
     ids = sorted(set(monitor_ids))
@@ -212,19 +258,29 @@ def take_gap_checks(session: Session, monitor_ids: Iterable[int], now: datetime
         return {}
     due = (TABLE.c.monitor_id.in_(ids), _recheck_due <= bindparam("now", type_=UTCDateTime()))
     connection = session.connection()
-    stretches = {m: (s, t) for m, s, t in connection.execute(
-        select(TABLE.c.monitor_id, _recheck_from, _recheck_to).where(*due), {"now": now})}
+    stretches = {
+        m: (s, t)
+        for m, s, t in connection.execute(
+            select(TABLE.c.monitor_id, _recheck_from, _recheck_to).where(*due), {"now": now}
+        )
+    }
     if stretches:
-        connection.execute(update(TABLE).where(*due).values(
-            gap_recheck_from=None, gap_recheck_to=None, gap_recheck_due=None), {"now": now})
+        connection.execute(
+            update(TABLE)
+            .where(*due)
+            .values(gap_recheck_from=None, gap_recheck_to=None, gap_recheck_due=None),
+            {"now": now},
+        )
     return stretches
 
 
-def latest_readings(session: Session, monitor_ids: Iterable[int] | None = None
-                    ) -> dict[int, tuple[datetime, datetime]]:
+def latest_readings(
+    session: Session, monitor_ids: Iterable[int] | None = None
+) -> dict[int, tuple[datetime, datetime]]:
     """Newest reading (event time, receipt time) of every ingested monitor, from any worker."""
     query = select(TABLE.c.monitor_id, TABLE.c.last_event_at, TABLE.c.last_received_at).where(
-        TABLE.c.last_event_at.is_not(None))
+        TABLE.c.last_event_at.is_not(None)
+    )
     if monitor_ids is not None:
         query = query.where(TABLE.c.monitor_id.in_(sorted(set(monitor_ids))))
     return {m: (e, r) for m, e, r in session.connection().execute(query)}

@@ -53,8 +53,20 @@ SEQ_CONFLICT = "seq_conflict"
 #: when that worker's share received at the same time has been committed (docs/scale-out.md)
 GAP_SETTLE = timedelta(seconds=15)
 RAW_COLUMNS = ("monitor_id", "seq", "received_at", "topic", "payload", "digest")
-READING_COLUMNS = ("monitor_id", "seq", "channel", "event_time", "value", "status", "level",
-                   "direction", "state", "basis_id", "invalid_reason", "sample_volume_l")
+READING_COLUMNS = (
+    "monitor_id",
+    "seq",
+    "channel",
+    "event_time",
+    "value",
+    "status",
+    "level",
+    "direction",
+    "state",
+    "basis_id",
+    "invalid_reason",
+    "sample_volume_l",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,8 +108,14 @@ class Intake:
     written since is forgotten here and rebuilt from the database, like late data.
     """
 
-    def __init__(self, *, close_after: int = 3, gap_factor: float = 3.0,
-                 trend: TrendRule | None = None, writer: str | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        close_after: int = 3,
+        gap_factor: float = 3.0,
+        trend: TrendRule | None = None,
+        writer: str | None = None,
+    ) -> None:
         self.guard = WriterGuard(writer)
         self.registry: Registry | None = None
         self.room_states = RoomStates()
@@ -109,8 +127,8 @@ class Intake:
         self.highest_seq: dict[int, int] = {}
         self.book = EpisodeBook(
             close_after=close_after,
-            on_alert_closed=lambda session, entry, _ep, now: self.trend.on_alert_closed(
-                session, entry, now))
+            on_alert_closed=lambda session, entry, _ep, now: self.trend.on_alert_closed(session, entry, now),
+        )
         self.gaps = GapBook(gap_factor=gap_factor)
         #: months that have a partition of ``reading`` (PostgreSQL; a no-op on SQLite)
         self.partitions = PartitionKeeper()
@@ -119,7 +137,7 @@ class Intake:
         """Reload the facility snapshot if a facility file was loaded since; room states too."""
         if self.registry is None or self.registry.marker != registry_marker(session):
             self.registry = build_registry(session)
-            self.room_states = RoomStates()   # a new facility revision may change what contains what
+            self.room_states = RoomStates()  # a new facility revision may change what contains what
             self.book.forget()
             self.volume.forget()
             self.recovery.forget()
@@ -140,17 +158,25 @@ class Intake:
         """
         registry = self.refresh(session)
         now = now or utcnow()
-        quiet = {m for m, (event_time, received_at) in latest_readings(session).items()
-                 if m in registry.by_id
-                 and self.gaps.silent(registry.by_id[m], event_time, received_at, now)}
+        quiet = {
+            m
+            for m, (event_time, received_at) in latest_readings(session).items()
+            if m in registry.by_id and self.gaps.silent(registry.by_id[m], event_time, received_at, now)
+        }
         if quiet:
-            quiet -= set(session.exec(select(Excursion.monitor_id).where(
-                Excursion.type == "data_gap", Excursion.status == "open")).all())
+            quiet -= set(
+                session.exec(
+                    select(Excursion.monitor_id).where(
+                        Excursion.type == "data_gap", Excursion.status == "open"
+                    )
+                ).all()
+            )
         if not quiet:
             return 0
         self._forget_monitors(self.guard.claim(session, quiet))
-        return self.gaps.check_silence(session, registry, self.room_states, now,
-                                       latest=latest_readings(session, quiet))
+        return self.gaps.check_silence(
+            session, registry, self.room_states, now, latest=latest_readings(session, quiet)
+        )
 
     def recheck_gaps(self, session: Session, *, now: datetime | None = None) -> int:
         """Re-derive the stretches whose gaps were deferred (``GAP_SETTLE``) by any worker,
@@ -165,8 +191,7 @@ class Intake:
         stretches = take_gap_checks(session, due, now)
         for monitor_id, (first, last) in stretches.items():
             if monitor_id in registry.by_id:
-                self.gaps.recheck(session, registry.by_id[monitor_id], self.room_states,
-                                  first, last, now)
+                self.gaps.recheck(session, registry.by_id[monitor_id], self.room_states, first, last, now)
         return len(stretches)
 
     def forget(self) -> None:
@@ -192,8 +217,9 @@ class Intake:
             self.recovery.forget(monitor_id)
             self.highest_seq.pop(monitor_id, None)
 
-    def _stored_digests(self, session: Session, fresh: dict[tuple[int, int], IncomingReading]
-                        ) -> dict[tuple[int, int], str]:
+    def _stored_digests(
+        self, session: Session, fresh: dict[tuple[int, int], IncomingReading]
+    ) -> dict[tuple[int, int], str]:
         """Digests of the batch's (monitor, seq) keys that are already stored.
 
         Each monitor's highest stored seq is kept in memory (one indexed lookup the first
@@ -202,20 +228,32 @@ class Intake:
         """
         for monitor_id in {m for m, _ in fresh} - self.highest_seq.keys():
             highest = session.exec(
-                select(func.max(RawMessage.seq)).where(RawMessage.monitor_id == monitor_id)).one()
-            self.highest_seq[monitor_id] = -1 if highest is None else highest   # seq 0 is valid
+                select(func.max(RawMessage.seq)).where(RawMessage.monitor_id == monitor_id)
+            ).one()
+            self.highest_seq[monitor_id] = -1 if highest is None else highest  # seq 0 is valid
         candidates = [k for k in fresh if k[1] <= self.highest_seq[k[0]]]
         found: dict[tuple[int, int], str] = {}
         for chunk in range(0, len(candidates), 400):
-            keys = candidates[chunk:chunk + 400]
-            found.update(((m, s), d) for m, s, d in session.exec(
-                select(RawMessage.monitor_id, RawMessage.seq, RawMessage.digest)
-                .where(tuple_(RawMessage.monitor_id, RawMessage.seq).in_(keys))))
+            keys = candidates[chunk : chunk + 400]
+            found.update(
+                ((m, s), d)
+                for m, s, d in session.exec(
+                    select(RawMessage.monitor_id, RawMessage.seq, RawMessage.digest).where(
+                        tuple_(RawMessage.monitor_id, RawMessage.seq).in_(keys)
+                    )
+                )
+            )
         return found
 
-    def store(self, session: Session, readings: list[IncomingReading],
-              rejections: list[Rejection], statuses: list[IncomingStatus] = (),
-              *, now: datetime | None = None) -> BatchOutcome:
+    def store(
+        self,
+        session: Session,
+        readings: list[IncomingReading],
+        rejections: list[Rejection],
+        statuses: list[IncomingStatus] = (),
+        *,
+        now: datetime | None = None,
+    ) -> BatchOutcome:
         """Dedupe, judge, insert and run the rules for one batch, in the caller's transaction."""
         registry = self.registry or self.refresh(session)
         now = now or utcnow()
@@ -223,9 +261,10 @@ class Intake:
         bind = session.get_bind()
         self.partitions.cover(getattr(bind, "engine", bind), (r.event_time for r in readings))
         # before reading any state: lock the batch's monitors, forget what others changed
-        self._forget_monitors(self.guard.claim(
-            session, {r.monitor_id for r in readings} | {s.monitor_id for s in statuses}))
-        for monitor_id, seq in self.guard.max_seq.items():   # what the others stored
+        self._forget_monitors(
+            self.guard.claim(session, {r.monitor_id for r in readings} | {s.monitor_id for s in statuses})
+        )
+        for monitor_id, seq in self.guard.max_seq.items():  # what the others stored
             if seq is not None and monitor_id not in self.highest_seq:
                 self.highest_seq[monitor_id] = seq
         outcome = BatchOutcome()
@@ -237,20 +276,30 @@ class Intake:
         bulk_insert(connection, Reading.__table__, READING_COLUMNS, batch.reading_rows)
         self._roll_up(session, batch)
         if batch.rejudged:
-            store_changes(session, {c["m"]: registry.by_id[c["m"]].kind for c in batch.rejudged},
-                          batch.rejudged)
+            store_changes(
+                session, {c["m"]: registry.by_id[c["m"]].kind for c in batch.rejudged}, batch.rejudged
+            )
         if statuses:
-            connection.execute(insert(MonitorStatusEvent.__table__), [
-                {"monitor_id": s.monitor_id, "online": s.online, "received_at": s.received_at}
-                for s in statuses])
+            connection.execute(
+                insert(MonitorStatusEvent.__table__),
+                [
+                    {"monitor_id": s.monitor_id, "online": s.online, "received_at": s.received_at}
+                    for s in statuses
+                ],
+            )
         self._apply_rules(session, registry, batch, statuses, now)
         for monitor_id, seq in fresh:
             if seq > self.highest_seq.get(monitor_id, -1):
                 self.highest_seq[monitor_id] = seq
         self.guard.record_latest(
-            session, {m: max(stamps) for m, stamps in batch.stamps.items()},
-            {m: self.highest_seq[m] for m in batch.stamps
-             if self.highest_seq[m] != self.guard.max_seq.get(m)})
+            session,
+            {m: max(stamps) for m, stamps in batch.stamps.items()},
+            {
+                m: self.highest_seq[m]
+                for m in batch.stamps
+                if self.highest_seq[m] != self.guard.max_seq.get(m)
+            },
+        )
         outcome.stored = len(batch.raw_rows)
         outcome.quarantined = quarantine_many(session, rejections)
         for rej in rejections:
@@ -258,9 +307,14 @@ class Intake:
         bump(session, "duplicates", outcome.duplicates)
         return outcome
 
-    def _dedupe(self, session: Session, registry: Registry, readings: list[IncomingReading],
-                outcome: BatchOutcome, rejections: list[Rejection]
-                ) -> dict[tuple[int, int], IncomingReading]:
+    def _dedupe(
+        self,
+        session: Session,
+        registry: Registry,
+        readings: list[IncomingReading],
+        outcome: BatchOutcome,
+        rejections: list[Rejection],
+    ) -> dict[tuple[int, int], IncomingReading]:
         """New readings by (monitor, seq); repeats are counted, reused seqs quarantined."""
         fresh: dict[tuple[int, int], IncomingReading] = {}
         for r in readings:
@@ -279,9 +333,13 @@ class Intake:
                 rejections.append(_conflict(r, registry, "already stored"))
         return fresh
 
-    def _judge(self, session: Session, registry: Registry,
-               fresh: dict[tuple[int, int], IncomingReading], db_time: Callable[[datetime], Any]
-               ) -> JudgedBatch:
+    def _judge(
+        self,
+        session: Session,
+        registry: Registry,
+        fresh: dict[tuple[int, int], IncomingReading],
+        db_time: Callable[[datetime], Any],
+    ) -> JudgedBatch:
         """Verdict of every channel value for its room's state at its time, as insert rows.
 
         Particle samples too small to resolve their action limit get their final verdict
@@ -292,75 +350,123 @@ class Intake:
         rolling: dict[tuple[int, str], list[Sample]] = {}
         for r in fresh.values():
             entry = registry.by_id[r.monitor_id]
-            state = (self.room_states.judging_state(entry.room_id, r.event_time, entry.recovery_s)
-                     if entry.recovery_s else self.room_states.state(entry.room_id, r.event_time))
-            batch.raw_rows.append((r.monitor_id, r.seq, db_time(r.received_at), r.topic,
-                                   r.payload, r.digest))
+            state = (
+                self.room_states.judging_state(entry.room_id, r.event_time, entry.recovery_s)
+                if entry.recovery_s
+                else self.room_states.state(entry.room_id, r.event_time)
+            )
+            batch.raw_rows.append((r.monitor_id, r.seq, db_time(r.received_at), r.topic, r.payload, r.digest))
             batch.stamps.setdefault(r.monitor_id, []).append((r.event_time, r.received_at))
             if r.values.get("5.0", 0) > 0:
                 batch.counted.add(r.monitor_id)
             if r.seq < self.highest_seq.get(r.monitor_id, -1):
                 batch.late.add(r.monitor_id)
             for channel, value in r.values.items():
-                verdict, invalid, bounds = entry.judge(channel, value, r.status, r.event_time,
-                                                       state, r.volume_l)
+                verdict, invalid, bounds = entry.judge(
+                    channel, value, r.status, r.event_time, state, r.volume_l
+                )
                 item = [r, entry, channel, value, state, verdict, invalid, bounds]
                 pending.append(item)
-                if invalid is None and single_count_exceeds(bounds, r.volume_l) and (
-                        verdict.level is not Level.NOT_EVALUATED):
-                    rolling.setdefault((r.monitor_id, channel), []).append(Sample(
-                        at=r.event_time, seq=r.seq, count=count_of(value, r.volume_l),
-                        volume_ul=volume_ul(r.volume_l), limit=bounds.action_high,
-                        verdict=verdict, rolling=True))
+                if (
+                    invalid is None
+                    and single_count_exceeds(bounds, r.volume_l)
+                    and (verdict.level is not Level.NOT_EVALUATED)
+                ):
+                    rolling.setdefault((r.monitor_id, channel), []).append(
+                        Sample(
+                            at=r.event_time,
+                            seq=r.seq,
+                            count=count_of(value, r.volume_l),
+                            volume_ul=volume_ul(r.volume_l),
+                            limit=bounds.action_high,
+                            verdict=verdict,
+                            rolling=True,
+                        )
+                    )
                     item.append(rolling[(r.monitor_id, channel)][-1])
         for (monitor_id, channel), samples in rolling.items():
-            batch.rejudged += self.volume.settle(session, registry.by_id[monitor_id], channel,
-                                                 samples)
+            batch.rejudged += self.volume.settle(session, registry.by_id[monitor_id], channel, samples)
         for item in pending:
             r, entry, channel, value, state, verdict, invalid, bounds = item[:8]
             if len(item) > 8:
                 verdict = item[8].verdict
-            batch.reading_rows.append((r.monitor_id, r.seq, channel, db_time(r.event_time),
-                                       value, r.status, verdict.level.value, verdict.direction,
-                                       state, entry.basis_id, invalid, r.volume_l))
+            batch.reading_rows.append(
+                (
+                    r.monitor_id,
+                    r.seq,
+                    channel,
+                    db_time(r.event_time),
+                    value,
+                    r.status,
+                    verdict.level.value,
+                    verdict.direction,
+                    state,
+                    entry.basis_id,
+                    invalid,
+                    r.volume_l,
+                )
+            )
             hour = hour_of(r.event_time)
             acc = batch.hourly.get((r.monitor_id, channel, hour))
             if acc is None:
                 acc = batch.hourly[(r.monitor_id, channel, hour)] = Acc()
             acc.add(entry.kind, value, verdict.level.value)
             batch.series.setdefault((r.monitor_id, channel), []).append(
-                Judged(at=r.event_time, value=value, level=verdict.level,
-                       direction=verdict.direction, bounds=bounds, state=state))
+                Judged(
+                    at=r.event_time,
+                    value=value,
+                    level=verdict.level,
+                    direction=verdict.direction,
+                    bounds=bounds,
+                    state=state,
+                )
+            )
         return batch
 
     def _roll_up(self, session: Session, batch: JudgedBatch) -> None:
         """Hourly rollups of the batch (a separate step so the bench can price it)."""
         add_to_rollups(session, batch.hourly)
 
-    def _apply_rules(self, session: Session, registry: Registry, batch: JudgedBatch,
-                     statuses: list[IncomingStatus], now: datetime) -> None:
+    def _apply_rules(
+        self,
+        session: Session,
+        registry: Registry,
+        batch: JudgedBatch,
+        statuses: list[IncomingStatus],
+        now: datetime,
+    ) -> None:
         """Limit episodes, data gaps, ≥5.0 µm recurrence, recovery and offline statuses."""
-        self.book.process(session, registry, batch.series, now=now,
-                          rejudged={(c["m"], c["c"]) for c in batch.rejudged},
-                          newest=self.guard.newest)
+        self.book.process(
+            session,
+            registry,
+            batch.series,
+            now=now,
+            rejudged={(c["m"], c["c"]) for c in batch.rejudged},
+            newest=self.guard.newest,
+        )
         self.gaps.after_readings(
-            session, registry, self.room_states, batch.stamps, now, newest=self.guard.newest,
+            session,
+            registry,
+            self.room_states,
+            batch.stamps,
+            now,
+            newest=self.guard.newest,
             shared=self.guard.shared,
-            defer=lambda m, first, last: defer_gap_check(session, m, first, last, now + GAP_SETTLE))
+            defer=lambda m, first, last: defer_gap_check(session, m, first, last, now + GAP_SETTLE),
+        )
         for monitor_id, times in batch.stamps.items():
             entry = registry.by_id[monitor_id]
             if self.recurrence.applies(entry) and self.recurrence.needs_look(
-                    monitor_id, monitor_id in batch.counted or monitor_id in batch.late):
-                self.recurrence.after_readings(session, entry, self.room_states,
-                                               min(t for t, _ in times),
-                                               max(t for t, _ in times), now)
+                monitor_id, monitor_id in batch.counted or monitor_id in batch.late
+            ):
+                self.recurrence.after_readings(
+                    session, entry, self.room_states, min(t for t, _ in times), max(t for t, _ in times), now
+                )
             if entry.recovery_s:
-                self.recovery.after_readings(session, entry, self.room_states,
-                                             (t for t, _ in times), now)
+                self.recovery.after_readings(session, entry, self.room_states, (t for t, _ in times), now)
         for st in statuses:
             if not st.online:
-                self.gaps.offline(session, registry, self.room_states, st.monitor_id,
-                                  st.received_at, now)
+                self.gaps.offline(session, registry, self.room_states, st.monitor_id, st.received_at, now)
 
 
 @dataclass
@@ -371,8 +477,8 @@ class JudgedBatch:
     reading_rows: list[tuple] = field(default_factory=list)
     series: dict[tuple[int, str], list[Judged]] = field(default_factory=dict)
     stamps: dict[int, list[tuple[datetime, datetime]]] = field(default_factory=dict)
-    counted: set[int] = field(default_factory=set)   # a ≥5.0 µm count in this batch
-    late: set[int] = field(default_factory=set)      # a sample older than one already stored
+    counted: set[int] = field(default_factory=set)  # a ≥5.0 µm count in this batch
+    late: set[int] = field(default_factory=set)  # a sample older than one already stored
     #: stored samples whose rolling-volume verdict this batch's late samples changed
     rejudged: list[dict] = field(default_factory=list)
     hourly: dict[tuple[int, str, datetime], Acc] = field(default_factory=dict)
@@ -380,7 +486,12 @@ class JudgedBatch:
 
 def _conflict(r: IncomingReading, registry: Registry, where: str) -> Rejection:
     code = registry.by_id[r.monitor_id].code
-    return Rejection(received_at=r.received_at, topic=r.topic, payload=r.payload,
-                     reason=SEQ_CONFLICT, monitor_code=code, redelivered=r.redelivered,
-                     detail=f"monitor {code} seq {r.seq} {where} with different content "
-                            "(counter reset or gateway fault?)")
+    return Rejection(
+        received_at=r.received_at,
+        topic=r.topic,
+        payload=r.payload,
+        reason=SEQ_CONFLICT,
+        monitor_code=code,
+        redelivered=r.redelivered,
+        detail=f"monitor {code} seq {r.seq} {where} with different content (counter reset or gateway fault?)",
+    )

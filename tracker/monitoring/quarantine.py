@@ -49,16 +49,27 @@ def quarantine_many(session: Session, rejections: list[Rejection]) -> int:
     rows, redelivered, in_batch = [], 0, set()
     for r in rejections:
         sha = hashlib.sha256(r.topic.encode() + b"\0" + r.payload).hexdigest()
-        if r.redelivered and (sha in in_batch or session.exec(
-                select(QuarantinedMessage.id).where(QuarantinedMessage.payload_sha256 == sha)
-                .limit(1)).first() is not None):
+        if r.redelivered and (
+            sha in in_batch
+            or session.exec(
+                select(QuarantinedMessage.id).where(QuarantinedMessage.payload_sha256 == sha).limit(1)
+            ).first()
+            is not None
+        ):
             redelivered += 1
             continue
         in_batch.add(sha)
-        rows.append({"received_at": r.received_at, "topic": r.topic, "payload": r.payload,
-                     "payload_sha256": sha, "reason": r.reason, "detail": printable(r.detail),
-                     "monitor_code": None if r.monitor_code is None
-                     else printable(r.monitor_code, 60)})
+        rows.append(
+            {
+                "received_at": r.received_at,
+                "topic": r.topic,
+                "payload": r.payload,
+                "payload_sha256": sha,
+                "reason": r.reason,
+                "detail": printable(r.detail),
+                "monitor_code": None if r.monitor_code is None else printable(r.monitor_code, 60),
+            }
+        )
     if rows:
         session.connection().execute(insert(QuarantinedMessage.__table__), rows)
     if redelivered:
@@ -66,8 +77,9 @@ def quarantine_many(session: Session, rejections: list[Rejection]) -> int:
     return len(rows)
 
 
-def list_quarantine(session: Session, *, limit: int | None = None,
-                    reason: str | None = None) -> list[QuarantinedMessage]:
+def list_quarantine(
+    session: Session, *, limit: int | None = None, reason: str | None = None
+) -> list[QuarantinedMessage]:
     query = select(QuarantinedMessage).order_by(QuarantinedMessage.id)
     if reason:
         query = query.where(QuarantinedMessage.reason == reason)
@@ -77,6 +89,7 @@ def list_quarantine(session: Session, *, limit: int | None = None,
 
 
 def counts_by_reason(session: Session) -> dict[str, int]:
-    rows = session.exec(select(QuarantinedMessage.reason, func.count())
-                        .group_by(QuarantinedMessage.reason)).all()
+    rows = session.exec(
+        select(QuarantinedMessage.reason, func.count()).group_by(QuarantinedMessage.reason)
+    ).all()
     return {reason: int(n) for reason, n in rows}

@@ -24,8 +24,11 @@ class EvaluationBasis(SQLModel, table=True):
     """Which limit set (code, version, file hash) and facility revision judged a reading."""
 
     __tablename__ = "evaluation_basis"
-    __table_args__ = (UniqueConstraint("site_id", "limit_set_code", "limit_set_version",
-                                       "limit_set_sha256", "facility_revision"),)
+    __table_args__ = (
+        UniqueConstraint(
+            "site_id", "limit_set_code", "limit_set_version", "limit_set_sha256", "facility_revision"
+        ),
+    )
 
     id: int | None = Field(default=None, primary_key=True)
     site_id: int = Field(foreign_key="site.id")
@@ -60,9 +63,9 @@ class Reading(SQLModel, table=True):
     event_time: datetime = Field(sa_type=UTCDateTime, nullable=False)
     value: float
     status: str = Field(default="ok", max_length=20)
-    level: str = Field(max_length=16)          # ok | alert | action | not_evaluated | invalid
+    level: str = Field(max_length=16)  # ok | alert | action | not_evaluated | invalid
     direction: str | None = Field(default=None, max_length=4)
-    state: str = Field(max_length=16)          # at_rest | in_operation at event_time
+    state: str = Field(max_length=16)  # at_rest | in_operation at event_time
     basis_id: int = Field(foreign_key="evaluation_basis.id")
     #: why an ``invalid`` reading proves nothing: status_fault|status_calibration|
     #: status_maintenance|calibration_overdue|outside_instrument_range
@@ -83,21 +86,26 @@ class MonitorStatusEvent(SQLModel, table=True):
     received_at: datetime = Field(sa_type=UTCDateTime, nullable=False)
 
 
-def basis_id(session: Session, *, site_id: int, code: str, version: str, sha256: str,
-             revision: int) -> int:
+def basis_id(session: Session, *, site_id: int, code: str, version: str, sha256: str, revision: int) -> int:
     """Id of the evaluation basis row, created on first use."""
     query = select(EvaluationBasis.id).where(
-        EvaluationBasis.site_id == site_id, EvaluationBasis.limit_set_code == code,
-        EvaluationBasis.limit_set_version == version, EvaluationBasis.limit_set_sha256 == sha256,
-        EvaluationBasis.facility_revision == revision)
+        EvaluationBasis.site_id == site_id,
+        EvaluationBasis.limit_set_code == code,
+        EvaluationBasis.limit_set_version == version,
+        EvaluationBasis.limit_set_sha256 == sha256,
+        EvaluationBasis.facility_revision == revision,
+    )
     found = session.exec(query).first()
     if found is not None:
         return found
     # two ingest workers may meet a new facility revision at once: the second one's insert
     # is a no-op (not a unique violation that would fail its batch), then both read the row
-    session.connection().execute(text(
-        "INSERT INTO evaluation_basis (site_id, limit_set_code, limit_set_version, "
-        "limit_set_sha256, facility_revision) VALUES (:site, :code, :version, :sha, :rev) "
-        "ON CONFLICT DO NOTHING"),
-        {"site": site_id, "code": code, "version": version, "sha": sha256, "rev": revision})
+    session.connection().execute(
+        text(
+            "INSERT INTO evaluation_basis (site_id, limit_set_code, limit_set_version, "
+            "limit_set_sha256, facility_revision) VALUES (:site, :code, :version, :sha, :rev) "
+            "ON CONFLICT DO NOTHING"
+        ),
+        {"site": site_id, "code": code, "version": version, "sha": sha256, "rev": revision},
+    )
     return session.exec(query).one()

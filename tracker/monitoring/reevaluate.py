@@ -56,9 +56,17 @@ def rooms_within(session: Session, room: Room) -> list[Room]:
     return found
 
 
-def reevaluate(session: Session, *, room_code: str, start: datetime, end: datetime | None = None,
-               actor: str, close_after: int = 3, site_code: str | None = None,
-               reason: str | None = None) -> ReevaluationResult:
+def reevaluate(
+    session: Session,
+    *,
+    room_code: str,
+    start: datetime,
+    end: datetime | None = None,
+    actor: str,
+    close_after: int = 3,
+    site_code: str | None = None,
+    reason: str | None = None,
+) -> ReevaluationResult:
     """Recompute verdicts of ``room_code`` (and its zones) in ``[start, end)`` and rebuild
     the episodes of every series that changed; rolling-volume verdicts after the window and
     the recoveries of the rooms' operations are re-derived too."""
@@ -66,8 +74,14 @@ def reevaluate(session: Session, *, room_code: str, start: datetime, end: dateti
     registry = build_registry(session)
     states = RoomStates()
     states.refresh(session)
-    monitor_ids = [m.id for m in session.exec(select(Monitor).where(
-        Monitor.room_id.in_([r.id for r in rooms_within(session, room)]), Monitor.active))]
+    monitor_ids = [
+        m.id
+        for m in session.exec(
+            select(Monitor).where(
+                Monitor.room_id.in_([r.id for r in rooms_within(session, room)]), Monitor.active
+            )
+        )
+    ]
     query = select(Reading).where(Reading.monitor_id.in_(monitor_ids), Reading.event_time >= start)
     if end is not None:
         query = query.where(Reading.event_time < end)
@@ -83,16 +97,24 @@ def reevaluate(session: Session, *, room_code: str, start: datetime, end: dateti
         entry = registry.by_id[r.monitor_id]
         state = states.judging_state(entry.room_id, r.event_time, entry.recovery_s)
         volume_l = (r.sample_volume_l or entry.sample_volume_l) if entry.kind == "particles" else None
-        verdict, invalid, bounds = entry.judge(r.channel, r.value, r.status, r.event_time, state,
-                                               volume_l)
+        verdict, invalid, bounds = entry.judge(r.channel, r.value, r.status, r.event_time, state, volume_l)
         sample = None
         if volume_l:
             volumes.setdefault((r.monitor_id, r.channel), set()).add(volume_l)
-            if invalid is None and single_count_exceeds(bounds, volume_l) and (
-                    verdict.level is not Level.NOT_EVALUATED):
-                sample = Sample(at=r.event_time, seq=r.seq, count=count_of(r.value, volume_l),
-                                volume_ul=volume_ul(volume_l), limit=bounds.action_high,
-                                verdict=verdict, rolling=True)
+            if (
+                invalid is None
+                and single_count_exceeds(bounds, volume_l)
+                and (verdict.level is not Level.NOT_EVALUATED)
+            ):
+                sample = Sample(
+                    at=r.event_time,
+                    seq=r.seq,
+                    count=count_of(r.value, volume_l),
+                    volume_ul=volume_ul(volume_l),
+                    limit=bounds.action_high,
+                    verdict=verdict,
+                    rolling=True,
+                )
                 rolling.setdefault((r.monitor_id, r.channel), []).append(sample)
         judged.append((r, entry, state, verdict, invalid, sample))
     # the rolling-volume verdicts, and those of later stored samples whose window holds a
@@ -101,26 +123,44 @@ def reevaluate(session: Session, *, room_code: str, start: datetime, end: dateti
     windows = VolumeBook()
     for (monitor_id, channel), seen in volumes.items():
         entry = registry.by_id[monitor_id]
-        limits = {b.action_high for st in STATES
-                  if (b := entry.limits.for_reading(channel, st)) is not None
-                  and any(single_count_exceeds(b, v) for v in seen)}
+        limits = {
+            b.action_high
+            for st in STATES
+            if (b := entry.limits.for_reading(channel, st)) is not None
+            and any(single_count_exceeds(b, v) for v in seen)
+        }
         if not limits:
             continue
         samples = sorted(rolling.get((monitor_id, channel), []), key=lambda x: (x.at, x.seq))
         stop = end or datetime.max.replace(tzinfo=UTC)
-        found, _, _ = windows.replay(session, entry, channel, samples, since=start,
-                                  boundary=(stop, -1), limits=limits, skip_until=stop)
+        found, _, _ = windows.replay(
+            session, entry, channel, samples, since=start, boundary=(stop, -1), limits=limits, skip_until=stop
+        )
         later += found
     for r, entry, state, verdict, invalid, sample in judged:
         if sample is not None:
             verdict = sample.verdict
         if (r.level, r.direction, r.state, r.basis_id, r.invalid_reason) == (
-                verdict.level.value, verdict.direction, state, entry.basis_id, invalid):
+            verdict.level.value,
+            verdict.direction,
+            state,
+            entry.basis_id,
+            invalid,
+        ):
             continue
-        changes.append({"m": r.monitor_id, "s": r.seq, "c": r.channel, "t": r.event_time,
-                        "level": verdict.level.value,
-                        "direction": verdict.direction, "state": state, "basis": entry.basis_id,
-                        "invalid": invalid})
+        changes.append(
+            {
+                "m": r.monitor_id,
+                "s": r.seq,
+                "c": r.channel,
+                "t": r.event_time,
+                "level": verdict.level.value,
+                "direction": verdict.direction,
+                "state": state,
+                "basis": entry.basis_id,
+                "invalid": invalid,
+            }
+        )
         key = (r.monitor_id, r.channel)
         first_change[key] = min(first_change.get(key, r.event_time), r.event_time)
         max_changed = r.event_time if max_changed is None else max(max_changed, r.event_time)
@@ -128,16 +168,31 @@ def reevaluate(session: Session, *, room_code: str, start: datetime, end: dateti
         table = Reading.__table__
         session.connection().execute(
             # event_time is implied by the key, but lets PostgreSQL go to one month's partition
-            update(table).where(table.c.monitor_id == bindparam("m"), table.c.seq == bindparam("s"),
-                                table.c.channel == bindparam("c"), table.c.event_time == bindparam("t"))
-            .values(level=bindparam("level"), direction=bindparam("direction"),
-                    state=bindparam("state"), basis_id=bindparam("basis"),
-                    invalid_reason=bindparam("invalid")),
-            changes)
+            update(table)
+            .where(
+                table.c.monitor_id == bindparam("m"),
+                table.c.seq == bindparam("s"),
+                table.c.channel == bindparam("c"),
+                table.c.event_time == bindparam("t"),
+            )
+            .values(
+                level=bindparam("level"),
+                direction=bindparam("direction"),
+                state=bindparam("state"),
+                basis_id=bindparam("basis"),
+                invalid_reason=bindparam("invalid"),
+            ),
+            changes,
+        )
     if changes:
         changed_ids = sorted({c["m"] for c in changes})
-        rebuild_rollups(session, {i: registry.by_id[i].kind for i in changed_ids}, changed_ids,
-                        min(first_change.values()), max_changed)
+        rebuild_rollups(
+            session,
+            {i: registry.by_id[i].kind for i in changed_ids},
+            changed_ids,
+            min(first_change.values()),
+            max_changed,
+        )
     if later:
         store_changes(session, {c["m"]: registry.by_id[c["m"]].kind for c in later}, later)
         for c in later:
@@ -155,23 +210,54 @@ def reevaluate(session: Session, *, room_code: str, start: datetime, end: dateti
         entry = registry.by_id[monitor_id]
         if channel == RECURRENCE_CHANNEL and recurrence.applies(entry):
             recurrence.after_readings(session, entry, states, since, max(max_changed or since, since), now)
-    audit.record(session, actor=actor, action="readings.reevaluate", entity="room",
-                 entity_key=room.code, after={"from": start.isoformat(),
-                                              "to": end.isoformat() if end else None,
-                                              "checked": checked, "changed": len(changes),
-                                              "series": len(first_change)},
-                 reason=reason, at=now)
+    audit.record(
+        session,
+        actor=actor,
+        action="readings.reevaluate",
+        entity="room",
+        entity_key=room.code,
+        after={
+            "from": start.isoformat(),
+            "to": end.isoformat() if end else None,
+            "checked": checked,
+            "changed": len(changes),
+            "series": len(first_change),
+        },
+        reason=reason,
+        at=now,
+    )
     return ReevaluationResult(room.code, checked, len(changes), len(first_change))
 
 
-def record_room_state(session: Session, *, room_code: str, state: str, effective_at: datetime,
-                      actor: str, reason: str | None = None, site_code: str | None = None,
-                      close_after: int = 3) -> ReevaluationResult:
+def record_room_state(
+    session: Session,
+    *,
+    room_code: str,
+    state: str,
+    effective_at: datetime,
+    actor: str,
+    reason: str | None = None,
+    site_code: str | None = None,
+    close_after: int = 3,
+) -> ReevaluationResult:
     """Record a state change and, in the same transaction, re-judge what was already measured
     after it (a backdated change must not leave readings judged by the wrong state)."""
-    set_room_state(session, room_code=room_code, state=state, effective_at=effective_at,
-                   actor=actor, reason=reason, site_code=site_code)
+    set_room_state(
+        session,
+        room_code=room_code,
+        state=state,
+        effective_at=effective_at,
+        actor=actor,
+        reason=reason,
+        site_code=site_code,
+    )
     session.flush()
-    return reevaluate(session, room_code=room_code, start=effective_at, actor=actor,
-                      close_after=close_after, site_code=site_code,
-                      reason=f"room state {state} from {effective_at.isoformat()}")
+    return reevaluate(
+        session,
+        room_code=room_code,
+        start=effective_at,
+        actor=actor,
+        close_after=close_after,
+        site_code=site_code,
+        reason=f"room state {state} from {effective_at.isoformat()}",
+    )

@@ -30,7 +30,7 @@ class RollupHourly(SQLModel, table=True):
     monitor_id: int = Field(foreign_key="monitor.id", primary_key=True)
     channel: str = Field(default="", primary_key=True, max_length=8)
     hour: datetime = Field(sa_type=UTCDateTime, primary_key=True)
-    count: int = 0          # valid readings (not invalid)
+    count: int = 0  # valid readings (not invalid)
     invalid: int = 0
     n_alert: int = 0
     n_action: int = 0
@@ -41,8 +41,7 @@ class RollupHourly(SQLModel, table=True):
 
 
 #: linear bins per kind: (width, lower end, number of bins)
-LINEAR_BINS = {"pressure": (0.5, -100.0, 500), "temperature": (0.1, -20.0, 900),
-               "humidity": (0.5, 0.0, 200)}
+LINEAR_BINS = {"pressure": (0.5, -100.0, 500), "temperature": (0.1, -20.0, 900), "humidity": (0.5, 0.0, 200)}
 
 
 def hour_of(t: datetime) -> datetime:
@@ -118,17 +117,35 @@ class Acc:
             self.hist[int(b)] = self.hist.get(int(b), 0) + n
 
     def as_tuple(self) -> tuple:
-        return (self.count, self.invalid, self.n_alert, self.n_action, self.vmin, self.vmax,
-                self.vsum, json.dumps(dict(sorted(self.hist.items())), separators=(",", ":")))
+        return (
+            self.count,
+            self.invalid,
+            self.n_alert,
+            self.n_action,
+            self.vmin,
+            self.vmax,
+            self.vsum,
+            json.dumps(dict(sorted(self.hist.items())), separators=(",", ":")),
+        )
 
 
 Key = tuple[int, str, datetime]
-COLUMNS = ("monitor_id", "channel", "hour", "count", "invalid", "n_alert", "n_action", "vmin",
-           "vmax", "vsum", "hist")
+COLUMNS = (
+    "monitor_id",
+    "channel",
+    "hour",
+    "count",
+    "invalid",
+    "n_alert",
+    "n_action",
+    "vmin",
+    "vmax",
+    "vsum",
+    "hist",
+)
 
 
-def aggregate(rows: Iterable[tuple[int, str, datetime, float, str]],
-              kinds: dict[int, str]) -> dict[Key, Acc]:
+def aggregate(rows: Iterable[tuple[int, str, datetime, float, str]], kinds: dict[int, str]) -> dict[Key, Acc]:
     """(monitor, channel, event time, value, level) → accumulators per hour."""
     out: dict[Key, Acc] = {}
     for monitor_id, channel, at, value, level in rows:
@@ -150,11 +167,12 @@ def add_to_rollups(session: Session, increments: dict[Key, Acc]) -> None:
     cols = [table.c[name] for name in COLUMNS]
     connection = session.connection()
     monitors = sorted({m for m, _, _ in keys})
-    hours = sorted({h for _, _, h in keys})   # one or two per batch, more for backfill
+    hours = sorted({h for _, _, h in keys})  # one or two per batch, more for backfill
     for i in range(0, len(monitors), 400):
         # monitor and hour as separate IN lists: SQLite walks the primary key with them
-        for row in connection.execute(select(*cols).where(
-                table.c.monitor_id.in_(monitors[i:i + 400]), table.c.hour.in_(hours))):
+        for row in connection.execute(
+            select(*cols).where(table.c.monitor_id.in_(monitors[i : i + 400]), table.c.hour.in_(hours))
+        ):
             acc = increments.get((row.monitor_id, row.channel, row.hour))
             if acc is not None:
                 acc.merge(row)
@@ -165,42 +183,53 @@ def add_to_rollups(session: Session, increments: dict[Key, Acc]) -> None:
         f"INSERT INTO {table.name} ({', '.join(COLUMNS)}) "
         f"VALUES ({', '.join([marker] * len(COLUMNS))}) "
         f"ON CONFLICT (monitor_id, channel, hour) DO UPDATE SET {updates}",
-        [(m, c, db_time(h), *acc.as_tuple()) for (m, c, h), acc in increments.items()])
+        [(m, c, db_time(h), *acc.as_tuple()) for (m, c, h), acc in increments.items()],
+    )
 
 
-def recompute(session: Session, kinds: dict[int, str], monitor_ids: list[int],
-              start: datetime, end: datetime) -> dict[Key, Acc]:
+def recompute(
+    session: Session, kinds: dict[int, str], monitor_ids: list[int], start: datetime, end: datetime
+) -> dict[Key, Acc]:
     """Aggregates of whole hours [hour_of(start), end) straight from the raw readings."""
-    rows = session.exec(select(Reading.monitor_id, Reading.channel, Reading.event_time,
-                               Reading.value, Reading.level).where(
-        Reading.monitor_id.in_(monitor_ids), Reading.event_time >= hour_of(start),
-        Reading.event_time < end))
+    rows = session.exec(
+        select(Reading.monitor_id, Reading.channel, Reading.event_time, Reading.value, Reading.level).where(
+            Reading.monitor_id.in_(monitor_ids),
+            Reading.event_time >= hour_of(start),
+            Reading.event_time < end,
+        )
+    )
     return aggregate(rows, kinds)
 
 
-def rebuild_rollups(session: Session, kinds: dict[int, str], monitor_ids: list[int],
-                    start: datetime, end: datetime) -> int:
+def rebuild_rollups(
+    session: Session, kinds: dict[int, str], monitor_ids: list[int], start: datetime, end: datetime
+) -> int:
     """Replace the stored hours of a window with a recomputation (after re-evaluation)."""
     end = hour_of(end) + timedelta(hours=1)
-    session.exec(delete(RollupHourly).where(RollupHourly.monitor_id.in_(monitor_ids),
-                                            RollupHourly.hour >= hour_of(start),
-                                            RollupHourly.hour < end))
+    session.exec(
+        delete(RollupHourly).where(
+            RollupHourly.monitor_id.in_(monitor_ids),
+            RollupHourly.hour >= hour_of(start),
+            RollupHourly.hour < end,
+        )
+    )
     fresh = recompute(session, kinds, monitor_ids, start, end)
-    add_to_rollups(session, fresh)   # the window's rows are gone: nothing is merged twice
+    add_to_rollups(session, fresh)  # the window's rows are gone: nothing is merged twice
     return len(fresh)
 
 
-def verify_rollups(session: Session, kinds: dict[int, str], start: datetime,
-                   end: datetime) -> list[tuple[Key, tuple | None, tuple | None]]:
+def verify_rollups(
+    session: Session, kinds: dict[int, str], start: datetime, end: datetime
+) -> list[tuple[Key, tuple | None, tuple | None]]:
     """Differences between stored hours and a recomputation from raw readings."""
     end = hour_of(end) + timedelta(hours=1)
-    expected = {k: a.as_tuple() for k, a in
-                recompute(session, kinds, list(kinds), start, end).items()}
+    expected = {k: a.as_tuple() for k, a in recompute(session, kinds, list(kinds), start, end).items()}
     stored = {}
-    for r in session.exec(select(RollupHourly).where(RollupHourly.hour >= hour_of(start),
-                                                     RollupHourly.hour < end)):
+    for r in session.exec(
+        select(RollupHourly).where(RollupHourly.hour >= hour_of(start), RollupHourly.hour < end)
+    ):
         acc = Acc()
-        acc.merge(r)   # the same tuple form as the recomputation
+        acc.merge(r)  # the same tuple form as the recomputation
         stored[(r.monitor_id, r.channel, r.hour)] = acc.as_tuple()
     diffs = []
     for key in sorted(set(expected) | set(stored)):
@@ -211,6 +240,11 @@ def verify_rollups(session: Session, kinds: dict[int, str], start: datetime,
 
 
 def _same(a: tuple, b: tuple) -> bool:
-    return all((math.isclose(x, y, rel_tol=1e-9, abs_tol=1e-9)
-                if isinstance(x, float) and isinstance(y, float) else x == y)
-               for x, y in zip(a, b, strict=True))
+    return all(
+        (
+            math.isclose(x, y, rel_tol=1e-9, abs_tol=1e-9)
+            if isinstance(x, float) and isinstance(y, float)
+            else x == y
+        )
+        for x, y in zip(a, b, strict=True)
+    )

@@ -62,13 +62,15 @@ class MonitorEntry:
             return "inhibited"
         if self.calibration_due is not None and at.date() > self.calibration_due:
             return "calibration_overdue"
-        if ((self.range_low is not None and value < self.range_low)
-                or (self.range_high is not None and value > self.range_high)):
+        if (self.range_low is not None and value < self.range_low) or (
+            self.range_high is not None and value > self.range_high
+        ):
             return "outside_instrument_range"
         return None
 
-    def judge(self, channel: str, value: float, status: str, at: datetime, state: str,
-              volume_l: float | None = None) -> tuple[Verdict, str | None, Bounds | None]:
+    def judge(
+        self, channel: str, value: float, status: str, at: datetime, state: str, volume_l: float | None = None
+    ) -> tuple[Verdict, str | None, Bounds | None]:
         """Verdict of one reading for the room state at its time; invalid ones are not judged.
 
         A particle sample in which one count already exceeds the action limit is at most an
@@ -97,8 +99,9 @@ class Registry:
 def registry_marker(session: Session) -> tuple:
     """Changes when a facility file is loaded or an inhibit is added or cancelled."""
     sites = tuple(session.exec(select(Site.code, Site.revision).order_by(Site.code)).all())
-    inhibits = session.exec(select(func.count(Inhibit.id), func.max(Inhibit.id),
-                                   func.count(Inhibit.cancelled_at))).one()
+    inhibits = session.exec(
+        select(func.count(Inhibit.id), func.max(Inhibit.id), func.count(Inhibit.cancelled_at))
+    ).one()
     return sites, tuple(inhibits)
 
 
@@ -108,18 +111,37 @@ def build_registry(session: Session) -> Registry:
     inhibits = windows_by_monitor(session)
     for site in session.exec(select(Site)).all():
         limit_set = load_limit_set(site.limit_set)
-        basis = basis_id(session, site_id=site.id, code=limit_set.code, version=limit_set.version,
-                         sha256=limit_set.sha256, revision=site.revision)
+        basis = basis_id(
+            session,
+            site_id=site.id,
+            code=limit_set.code,
+            version=limit_set.version,
+            sha256=limit_set.sha256,
+            revision=site.revision,
+        )
         for resolved in resolved_monitors(session, site):
             mon, room = resolved.monitor, resolved.room
             by_code[(site.code, mon.code)] = MonitorEntry(
-                id=mon.id, code=mon.code, site_id=site.id, site_code=site.code,
-                room_id=room.id, room_code=room.code, grade=room.grade, kind=mon.kind,
-                channels=resolved.channels, interval_s=mon.interval_s,
-                calibration_due=mon.calibration_due, limits=resolved.limits, basis_id=basis,
-                range_low=mon.range_low, range_high=mon.range_high,
-                inhibits=tuple(inhibits.get(mon.id, ())), sample_volume_l=mon.sample_volume_l,
+                id=mon.id,
+                code=mon.code,
+                site_id=site.id,
+                site_code=site.code,
+                room_id=room.id,
+                room_code=room.code,
+                grade=room.grade,
+                kind=mon.kind,
+                channels=resolved.channels,
+                interval_s=mon.interval_s,
+                calibration_due=mon.calibration_due,
+                limits=resolved.limits,
+                basis_id=basis,
+                range_low=mon.range_low,
+                range_high=mon.range_high,
+                inhibits=tuple(inhibits.get(mon.id, ())),
+                sample_volume_l=mon.sample_volume_l,
                 rolling_ul=round(site.rolling_volume_m3 * UL_PER_M3),
-                recovery_s=site.recovery_s if mon.kind == "particles" else 0.0)
-    return Registry(marker=registry_marker(session), by_code=by_code,
-                    by_id={e.id: e for e in by_code.values()})
+                recovery_s=site.recovery_s if mon.kind == "particles" else 0.0,
+            )
+    return Registry(
+        marker=registry_marker(session), by_code=by_code, by_id={e.id: e for e in by_code.values()}
+    )

@@ -799,8 +799,11 @@ def first_responses(session: Session, excursion_ids: list[int]) -> dict[int, dat
     if not excursion_ids:
         return out
     wanted = set(excursion_ids)
-    for ex_id, at in session.exec(select(Excursion.id, Excursion.first_acknowledged_at)
-                                  .where(Excursion.first_acknowledged_at.is_not(None))):
+    for ex_id, at in session.exec(
+        select(Excursion.id, Excursion.first_acknowledged_at).where(
+            Excursion.first_acknowledged_at.is_not(None)
+        )
+    ):
         if ex_id in wanted:
             out[ex_id] = _aware(at)
     for ex_id, at in session.exec(

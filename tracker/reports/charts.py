@@ -28,7 +28,7 @@ def _style() -> dict:
         "font.size": 8,
         "axes.spines.top": False,
         "axes.spines.right": False,
-        "svg.hashsalt": "gmp-tracker",   # stable element ids
+        "svg.hashsalt": "gmp-tracker",  # stable element ids
     }
 
 
@@ -105,14 +105,15 @@ def pareto(categories: list[str], counts: list[int], *, title: str, count_label:
     def draw(ax: Axes) -> None:
         x = np.arange(len(categories))
         ax.bar(x, counts, color="#2c6e9b")
-        ax.yaxis.set_major_locator(MaxNLocator(integer=True))   # counts: no half deviations
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))  # counts: no half deviations
         ax.set_xticks(x, categories, rotation=20, ha="right")
         ax.set_ylabel(count_label)
         ax.set_title(title, fontsize=9)
         if counts:
             ax2 = ax.twinx()
-            ax2.plot(x, np.cumsum(counts) / max(1, sum(counts)) * 100, color="#c0392b", marker="o",
-                     markersize=3)
+            ax2.plot(
+                x, np.cumsum(counts) / max(1, sum(counts)) * 100, color="#c0392b", marker="o", markersize=3
+            )
             ax2.set_ylim(0, 105)
             ax2.set_ylabel("%")
             ax2.spines["top"].set_visible(False)

@@ -73,18 +73,29 @@ def approve(
     prepared = [s for s in report_signatures(session, site, period) if s.scope == "annual_report:prepared"]
     if not prepared:
         key = entity_key(site, period)
-        raise NotFoundError(Reason(f"the report {key} has not been prepared (signed by QA) yet",
-                                   f"年度报告 {key} 尚未由 QA 编制签名"))
+        raise NotFoundError(
+            Reason(
+                f"the report {key} has not been prepared (signed by QA) yet",
+                f"年度报告 {key} 尚未由 QA 编制签名",
+            )
+        )
     last = prepared[-1]
     if last.user_id == signer.user_id:
-        raise PermissionDeniedError(Reason("the report is approved by someone other than who prepared it",
-                                           "年度报告须由编制人以外的人批准"))
+        raise PermissionDeniedError(
+            Reason(
+                "the report is approved by someone other than who prepared it",
+                "年度报告须由编制人以外的人批准",
+            )
+        )
     content = signed_content(report)
     if signatures.content_hash(content) != last.content_hash:
-        raise ConflictError(Reason(
-            "the report changed since it was prepared: a record behind it was changed; "
-            "QA prepares it again first",
-            "报告编制后已发生变化：其依据的记录被修改，须先由 QA 重新编制"))
+        raise ConflictError(
+            Reason(
+                "the report changed since it was prepared: a record behind it was changed; "
+                "QA prepares it again first",
+                "报告编制后已发生变化：其依据的记录被修改，须先由 QA 重新编制",
+            )
+        )
     return signatures.sign(
         session,
         signer=signer,
@@ -120,8 +131,12 @@ def signed_report(session: Session, site: Site, period: Period) -> dict:
     """The report exactly as last signed (the stored canonical JSON)."""
     sigs = report_signatures(session, site, period)
     if not sigs:
-        raise NotFoundError(Reason(f"the report {entity_key(site, period)} has not been signed",
-                                   f"年度报告 {entity_key(site, period)} 尚未签名"))
+        raise NotFoundError(
+            Reason(
+                f"the report {entity_key(site, period)} has not been signed",
+                f"年度报告 {entity_key(site, period)} 尚未签名",
+            )
+        )
     report = json.loads(sigs[-1].content)
     report["generated_at"] = iso_utc(sigs[0].signed_at)
     return report

@@ -13,7 +13,7 @@ from tracker.identity.users import ROLES
 
 ANONYMOUS = "anonymous"
 PUBLIC = frozenset({ANONYMOUS, *ROLES})
-ANY = frozenset(ROLES)                                   # any logged-in user
+ANY = frozenset(ROLES)  # any logged-in user
 QA = frozenset({"qa"})
 QP = frozenset({"qp"})
 PRODUCTION = frozenset({"production_head"})

@@ -29,8 +29,10 @@ from tracker.web.sessions import COOKIE, RateLimiter, SessionStore
 
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"
-CSP = ("default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
-       "frame-ancestors 'none'; form-action 'self'; base-uri 'none'")
+CSP = (
+    "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
+    "frame-ancestors 'none'; form-action 'self'; base-uri 'none'"
+)
 
 
 def _is_api(request: Request) -> bool:
@@ -47,8 +49,9 @@ def _secure(request: Request, settings: WebSettings) -> bool:
 
 def check_access_table(app: FastAPI) -> None:
     """Every route is in the access table and every table entry is a route (deny by default)."""
-    routes = {f"{method} {route.path}" for route in flat_routes(app) for method in route.methods
-              if method != "HEAD"}
+    routes = {
+        f"{method} {route.path}" for route in flat_routes(app) for method in route.methods if method != "HEAD"
+    }
     missing, stale = routes - set(access.ACCESS), set(access.ACCESS) - routes
     if missing or stale:
         raise RuntimeError(f"access table out of step: missing {sorted(missing)}, stale {sorted(stale)}")
@@ -58,16 +61,23 @@ def _add_handlers(app: FastAPI) -> None:
     @app.exception_handler(LoginRequired)
     async def _login_required(request: Request, exc: LoginRequired) -> Response:
         if _is_api(request):
-            return JSONResponse(_bilingual(Reason("authentication required", "需要登录")), status_code=401,
-                                headers={"WWW-Authenticate": "Bearer"})
+            return JSONResponse(
+                _bilingual(Reason("authentication required", "需要登录")),
+                status_code=401,
+                headers={"WWW-Authenticate": "Bearer"},
+            )
         target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
         return RedirectResponse(f"/login?next={quote(target)}", status_code=303)
 
     @app.exception_handler(PasswordChangeRequired)
     async def _password_change(request: Request, exc: PasswordChangeRequired) -> Response:
         if _is_api(request):
-            return JSONResponse(_bilingual(Reason("change the password an administrator set first",
-                                                  "请先修改管理员设置的密码")), status_code=403)
+            return JSONResponse(
+                _bilingual(
+                    Reason("change the password an administrator set first", "请先修改管理员设置的密码")
+                ),
+                status_code=403,
+            )
         return RedirectResponse("/account/password", status_code=303)
 
     @app.exception_handler(Forbidden)
@@ -76,26 +86,45 @@ def _add_handlers(app: FastAPI) -> None:
         if _is_api(request):
             return JSONResponse(_bilingual(message), status_code=403)
         _ = gettext(request)
-        return render(request, "error.html", status_code=403, title=_("Not allowed"),
-                      message=in_language(message, request.state.lang), reasons=[])
+        return render(
+            request,
+            "error.html",
+            status_code=403,
+            title=_("Not allowed"),
+            message=in_language(message, request.state.lang),
+            reasons=[],
+        )
 
     @app.exception_handler(CsrfError)
     async def _csrf(request: Request, exc: CsrfError) -> Response:
         if _is_api(request):
-            return JSONResponse(_bilingual(Reason(str(exc), "CSRF 令牌缺失或错误：请刷新页面后重试")),
-                                status_code=403)
+            return JSONResponse(
+                _bilingual(Reason(str(exc), "CSRF 令牌缺失或错误：请刷新页面后重试")), status_code=403
+            )
         _ = gettext(request)
-        return render(request, "error.html", status_code=403, title=_("Form expired"),
-                      message=_("The form is missing its security token. Reload the page and try again."),
-                      reasons=[])
+        return render(
+            request,
+            "error.html",
+            status_code=403,
+            title=_("Form expired"),
+            message=_("The form is missing its security token. Reload the page and try again."),
+            reasons=[],
+        )
 
     @app.exception_handler(TrackerError)
     async def _tracker_error(request: Request, exc: TrackerError) -> Response:
         reasons = exc.reasons if isinstance(exc, ConflictError) and exc.reasons != [exc.message] else []
         if _is_api(request):
             body = _bilingual(str(exc))
-            body["detail_zh"] = (in_language(exc.message, "zh-CN") + "：" + "；".join(
-                in_language(r, "zh-CN") for r in reasons)) if reasons else in_language(exc.message, "zh-CN")
+            body["detail_zh"] = (
+                (
+                    in_language(exc.message, "zh-CN")
+                    + "："
+                    + "；".join(in_language(r, "zh-CN") for r in reasons)
+                )
+                if reasons
+                else in_language(exc.message, "zh-CN")
+            )
             if isinstance(exc, ConflictError):
                 body["reasons"] = list(reasons or exc.reasons)
                 body["reasons_zh"] = [in_language(r, "zh-CN") for r in body["reasons"]]
@@ -107,8 +136,14 @@ def _add_handlers(app: FastAPI) -> None:
             (await run_in_threadpool(ensure_web_session, request)).flash("error", message, reasons)
             return RedirectResponse(back_path(request), status_code=303)
         _ = gettext(request)
-        return render(request, "error.html", status_code=exc.status_code, title=_("Refused"),
-                      message=message, reasons=reasons)
+        return render(
+            request,
+            "error.html",
+            status_code=exc.status_code,
+            title=_("Refused"),
+            message=message,
+            reasons=reasons,
+        )
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> Response:
@@ -121,8 +156,9 @@ def _add_handlers(app: FastAPI) -> None:
         if request.method == "POST":
             (await run_in_threadpool(ensure_web_session, request)).flash("error", message, fields)
             return RedirectResponse(back_path(request), status_code=303)
-        return render(request, "error.html", status_code=422, title=_("Refused"), message=message,
-                      reasons=fields)
+        return render(
+            request, "error.html", status_code=422, title=_("Refused"), message=message, reasons=fields
+        )
 
 
 def _bilingual(message: str) -> dict:
@@ -133,11 +169,16 @@ def _bilingual(message: str) -> dict:
 def create_app(*, engine: Engine | None = None, settings: WebSettings | None = None) -> FastAPI:
     settings = settings or WebSettings()
     engine = engine or get_engine(get_settings().database_url)
-    app = FastAPI(title="GMP cleanroom tracker API", version="1", docs_url=None, redoc_url=None,
-                  openapi_url="/openapi.json",
-                  description="Environmental monitoring, deviations and batch records. Authenticate with "
-                              "`POST /api/v1/tokens`, then `Authorization: Bearer <token>`.",
-                  dependencies=[Depends(authorize), Depends(verify_csrf)])
+    app = FastAPI(
+        title="GMP cleanroom tracker API",
+        version="1",
+        docs_url=None,
+        redoc_url=None,
+        openapi_url="/openapi.json",
+        description="Environmental monitoring, deviations and batch records. Authenticate with "
+        "`POST /api/v1/tokens`, then `Authorization: Bearer <token>`.",
+        dependencies=[Depends(authorize), Depends(verify_csrf)],
+    )
     app.state.engine = engine
     app.state.web_settings = settings
     app.state.sessions = SessionStore(engine, settings.session_idle_minutes * 60)
@@ -153,16 +194,18 @@ def create_app(*, engine: Engine | None = None, settings: WebSettings | None = N
         # the dashboard's background polling does not keep an unattended session alive
         # the store blocks on the database (on SQLite behind the ingester's write lock): in the
         # threadpool, so that one waiting request does not stall every request of the process
-        request.state.web = await run_in_threadpool(store.get, sent,
-                                                    touch=request.url.path != "/dashboard/live")
+        request.state.web = await run_in_threadpool(
+            store.get, sent, touch=request.url.path != "/dashboard/live"
+        )
         request.state.lang = pick_lang(request.cookies.get("lang"))
         response = await call_next(request)
         web = getattr(request.state, "web", None)
         if web is not None:
-            await run_in_threadpool(store.save, web)   # flashes added or shown during the request
+            await run_in_threadpool(store.save, web)  # flashes added or shown during the request
         if web is not None and (getattr(request.state, "set_cookie", False) or sent != web.sid):
-            response.set_cookie(COOKIE, web.sid, httponly=True, samesite="lax", path="/",
-                                secure=_secure(request, settings))
+            response.set_cookie(
+                COOKIE, web.sid, httponly=True, samesite="lax", path="/", secure=_secure(request, settings)
+            )
         elif sent and web is None:
             response.delete_cookie(COOKIE, path="/")
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
@@ -177,10 +220,13 @@ def create_app(*, engine: Engine | None = None, settings: WebSettings | None = N
 
     @app.get("/docs", include_in_schema=False)
     def docs() -> HTMLResponse:
-        return get_swagger_ui_html(openapi_url="/openapi.json", title="GMP tracker API",
-                                   swagger_js_url="/static/swagger/swagger-ui-bundle.js",
-                                   swagger_css_url="/static/swagger/swagger-ui.css",
-                                   swagger_favicon_url="/static/swagger/favicon-32x32.png")
+        return get_swagger_ui_html(
+            openapi_url="/openapi.json",
+            title="GMP tracker API",
+            swagger_js_url="/static/swagger/swagger-ui-bundle.js",
+            swagger_css_url="/static/swagger/swagger-ui.css",
+            swagger_favicon_url="/static/swagger/favicon-32x32.png",
+        )
 
     from tracker.web.api import router as api_router
     from tracker.web.pages import routers as page_routers

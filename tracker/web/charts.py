@@ -32,17 +32,31 @@ def _style() -> dict:
     return {"font.family": list(chart_font_family()), "axes.unicode_minus": False, "svg.fonttype": "path"}
 
 
-def series(session: Session, monitor: Monitor, channel: str, start: datetime, end: datetime
-           ) -> tuple[list[datetime], list[float]]:
-    rows = session.exec(select(Reading.event_time, Reading.value)
-                        .where(Reading.monitor_id == monitor.id, Reading.channel == channel,
-                               Reading.event_time >= start, Reading.event_time <= end)
-                        .order_by(Reading.event_time)).all()
+def series(
+    session: Session, monitor: Monitor, channel: str, start: datetime, end: datetime
+) -> tuple[list[datetime], list[float]]:
+    rows = session.exec(
+        select(Reading.event_time, Reading.value)
+        .where(
+            Reading.monitor_id == monitor.id,
+            Reading.channel == channel,
+            Reading.event_time >= start,
+            Reading.event_time <= end,
+        )
+        .order_by(Reading.event_time)
+    ).all()
     return [r[0] for r in rows], [r[1] for r in rows]
 
 
-def trend_svg(session: Session, monitor: Monitor, channel: str, start: datetime, end: datetime, *,
-              labels: dict[str, str]) -> str:
+def trend_svg(
+    session: Session,
+    monitor: Monitor,
+    channel: str,
+    start: datetime,
+    end: datetime,
+    *,
+    labels: dict[str, str],
+) -> str:
     site = session.get(Site, monitor.site_id)
     tz = ZoneInfo(site.timezone)
     times, values = series(session, monitor, channel, start, end)
@@ -52,25 +66,35 @@ def trend_svg(session: Session, monitor: Monitor, channel: str, start: datetime,
     for i, (t, v) in enumerate(zip(times, values, strict=True)):
         if gap and i and t - times[i - 1] > gap:
             xs.append(times[i - 1] + (t - times[i - 1]) / 2)
-            ys.append(np.nan)               # break the line: the monitor was silent
+            ys.append(np.nan)  # break the line: the monitor was silent
         xs.append(t)
         ys.append(v)
     entry = build_registry(session).lookup(site.code, monitor.code)
-    excursions = session.exec(select(Excursion).where(
-        Excursion.monitor_id == monitor.id, Excursion.status != "superseded",
-        Excursion.started_at <= end,
-        (Excursion.ended_at.is_(None)) | (Excursion.ended_at >= start))).all()
+    excursions = session.exec(
+        select(Excursion).where(
+            Excursion.monitor_id == monitor.id,
+            Excursion.status != "superseded",
+            Excursion.started_at <= end,
+            (Excursion.ended_at.is_(None)) | (Excursion.ended_at >= start),
+        )
+    ).all()
     with chart_style(_style()):
         fig = Figure(figsize=(10, 3.6), dpi=96)
         ax = fig.add_subplot()
         if xs:
-            ax.plot([x.astimezone(tz) for x in xs], ys, color="#1f4e79", linewidth=1.1,
-                    label=labels["readings"])
+            ax.plot(
+                [x.astimezone(tz) for x in xs], ys, color="#1f4e79", linewidth=1.1, label=labels["readings"]
+            )
         for ex in excursions:
             if channel and ex.channel and ex.channel != channel:
                 continue
-            ax.axvspan(max(ex.started_at, start).astimezone(tz), min(ex.ended_at or end, end).astimezone(tz),
-                       color=LEVEL_COLOURS.get(ex.level, "#888888"), alpha=0.18, linewidth=0)
+            ax.axvspan(
+                max(ex.started_at, start).astimezone(tz),
+                min(ex.ended_at or end, end).astimezone(tz),
+                color=LEVEL_COLOURS.get(ex.level, "#888888"),
+                alpha=0.18,
+                linewidth=0,
+            )
         if entry is not None:
             for state, style in (("at_rest", "-"), ("in_operation", "--")):
                 bounds = entry.limits.for_reading(channel, state)
@@ -80,8 +104,13 @@ def trend_svg(session: Session, monitor: Monitor, channel: str, start: datetime,
                     for side in ("low", "high"):
                         value = getattr(bounds, f"{level}_{side}")
                         if value is not None:
-                            ax.axhline(value, color=LEVEL_COLOURS[level], linestyle=style, linewidth=0.9,
-                                       label=f"{labels[level]} ({labels[state]})")
+                            ax.axhline(
+                                value,
+                                color=LEVEL_COLOURS[level],
+                                linestyle=style,
+                                linewidth=0.9,
+                                label=f"{labels[level]} ({labels[state]})",
+                            )
         ax.set_xlim(start.astimezone(tz), end.astimezone(tz))
         ax.xaxis.set_major_formatter(mdates.DateFormatter("%m-%d %H:%M", tz=tz))
         ax.set_ylabel(f"{labels[monitor.kind]} {channel + ' µm ' if channel else ''}({UNITS[monitor.kind]})")

@@ -25,12 +25,13 @@ async def verify_csrf(request: Request) -> None:
     if request.method in SAFE_METHODS or getattr(request.state, "via_token", False):
         return
     if request.url.path.startswith("/api/") and getattr(request.state, "web", None) is None:
-        return      # a machine client without a session cookie: nothing ambient to forge
+        return  # a machine client without a session cookie: nothing ambient to forge
     sent = request.headers.get(HEADER)
     ctype = request.headers.get("content-type", "")
-    if not sent and (ctype.startswith("application/x-www-form-urlencoded")
-                     or ctype.startswith("multipart/form-data")):
-        form = await request.form()     # Starlette caches it for the route's Form() parameters
+    if not sent and (
+        ctype.startswith("application/x-www-form-urlencoded") or ctype.startswith("multipart/form-data")
+    ):
+        form = await request.form()  # Starlette caches it for the route's Form() parameters
         value = form.get(FIELD)
         sent = value if isinstance(value, str) else None
     web = getattr(request.state, "web", None)

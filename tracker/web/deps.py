@@ -47,7 +47,7 @@ class Principal:
     username: str
     full_name: str
     roles: frozenset[str]
-    via: str                       # "session" | "token"
+    via: str  # "session" | "token"
     must_change_password: bool = False
 
     def actor(self, now: datetime | None = None) -> Authenticated:
@@ -81,8 +81,9 @@ def ensure_web_session(request: Request) -> WebSession:
     return web
 
 
-def _user_principal(request: Request, user_id: int, via: str, fp: str | None = None,
-                    logged_in_at: datetime | None = None) -> Principal | None:
+def _user_principal(
+    request: Request, user_id: int, via: str, fp: str | None = None, logged_in_at: datetime | None = None
+) -> Principal | None:
     with Session(engine_of(request)) as s:
         user = s.get(User, user_id)
         if user is None or not user.active:
@@ -92,9 +93,10 @@ def _user_principal(request: Request, user_id: int, via: str, fp: str | None = N
         if fp is not None and tokens.fingerprint(user.password_hash) != fp:
             return None
         if logged_in_at is not None and user.password_changed_at > logged_in_at:
-            return None               # the password changed since this session logged in
-        return Principal(user.id, user.username, user.full_name, user.role_set, via,
-                         user.must_change_password)
+            return None  # the password changed since this session logged in
+        return Principal(
+            user.id, user.username, user.full_name, user.role_set, via, user.must_change_password
+        )
 
 
 def resolve_principal(request: Request) -> Principal | None:
@@ -113,9 +115,13 @@ def resolve_principal(request: Request) -> Principal | None:
     else:
         web = web_session(request)
         if web is not None and web.user_id is not None:
-            principal = _user_principal(request, web.user_id, "session",
-                                        logged_in_at=web.authenticated_at or datetime.min.replace(tzinfo=UTC))
-            if principal is None:             # deactivated, locked or password changed: log out
+            principal = _user_principal(
+                request,
+                web.user_id,
+                "session",
+                logged_in_at=web.authenticated_at or datetime.min.replace(tzinfo=UTC),
+            )
+            if principal is None:  # deactivated, locked or password changed: log out
                 request.app.state.sessions.drop(web.sid)
                 request.state.web = None
                 request.state.clear_cookie = True
@@ -128,8 +134,12 @@ def authorize(request: Request) -> None:
     route = request.scope.get("route")
     roles = allowed(request.method, route.path) if route is not None else None
     if roles is None:
-        raise Forbidden(Reason(f"{request.method} {request.url.path} is not in the access table",
-                               f"{request.method} {request.url.path} 不在访问控制表中"))
+        raise Forbidden(
+            Reason(
+                f"{request.method} {request.url.path} is not in the access table",
+                f"{request.method} {request.url.path} 不在访问控制表中",
+            )
+        )
     principal = resolve_principal(request)
     if ANONYMOUS in roles:
         return
@@ -138,11 +148,14 @@ def authorize(request: Request) -> None:
     if principal.must_change_password and route.path not in ("/account/password", "/logout"):
         raise PasswordChangeRequired()
     if not principal.roles & roles:
-        raise Forbidden(Reason(
-            f"{request.method} {route.path} needs the role {' or '.join(sorted(roles))}; "
-            f"{principal.username} has {', '.join(sorted(principal.roles))}",
-            f"此操作需要{zh_words(sorted(roles), '或')}角色；{principal.username} 的角色是"
-            f"{zh_words(sorted(principal.roles))}"))
+        raise Forbidden(
+            Reason(
+                f"{request.method} {route.path} needs the role {' or '.join(sorted(roles))}; "
+                f"{principal.username} has {', '.join(sorted(principal.roles))}",
+                f"此操作需要{zh_words(sorted(roles), '或')}角色；{principal.username} 的角色是"
+                f"{zh_words(sorted(principal.roles))}",
+            )
+        )
 
 
 def current_user(request: Request) -> Principal:

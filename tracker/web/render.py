@@ -21,9 +21,14 @@ TEMPLATES = Path(__file__).resolve().parent.parent.parent / "templates" / "web"
 
 
 def make_env() -> jinja2.Environment:
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True,
-                             extensions=["jinja2.ext.i18n"], undefined=jinja2.StrictUndefined,
-                             trim_blocks=True, lstrip_blocks=True)
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(TEMPLATES),
+        autoescape=True,
+        extensions=["jinja2.ext.i18n"],
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
     env.filters["num"] = lambda v: "" if v is None else f"{v:,.1f}" if abs(v) < 1e4 else f"{v:,.0f}"
     return env
 
@@ -55,12 +60,21 @@ def render(request: Request, name: str, *, status_code: int = 200, **ctx) -> HTM
         return local_display(parse_instant(value) if isinstance(value, str) else value, tz)
 
     html = request.app.state.jinja.get_template(name).render(
-        _=cat.gettext, gettext=cat.gettext, ngettext=cat.ngettext,
+        _=cat.gettext,
+        gettext=cat.gettext,
+        ngettext=cat.ngettext,
         label=lambda v: cat.gettext(v) if v else "",
-        lang=lang, me=getattr(request.state, "principal", None), csrf=web.csrf,
-        flashes=[] if name.startswith("_") else web.pop_flashes(),   # fragments leave messages alone
-        local=local, tz=tz, path=request.url.path, said=lambda text: in_language(text, lang),
-        poll_ms=int(request.app.state.web_settings.poll_seconds * 1000), **ctx)
+        lang=lang,
+        me=getattr(request.state, "principal", None),
+        csrf=web.csrf,
+        flashes=[] if name.startswith("_") else web.pop_flashes(),  # fragments leave messages alone
+        local=local,
+        tz=tz,
+        path=request.url.path,
+        said=lambda text: in_language(text, lang),
+        poll_ms=int(request.app.state.web_settings.poll_seconds * 1000),
+        **ctx,
+    )
     return HTMLResponse(html, status_code=status_code)
 
 

@@ -33,8 +33,9 @@ def create_demo_users(engine: Engine) -> list[tuple[str, str, str]]:
     admin_name, admin_full = DEMO_PEOPLE["admin"]
     admin_password = secrets.token_urlsafe(12)
     with unit_of_work(engine) as s:
-        create_user(s, username=admin_name, full_name=admin_full, roles=["admin"], password=admin_password,
-                    actor=None)
+        create_user(
+            s, username=admin_name, full_name=admin_full, roles=["admin"], password=admin_password, actor=None
+        )
     logins.append(("admin", admin_name, admin_password))
     admin = login(engine, username=admin_name, password=admin_password)
     for role, (username, full_name) in DEMO_PEOPLE.items():
@@ -42,8 +43,9 @@ def create_demo_users(engine: Engine) -> list[tuple[str, str, str]]:
             continue
         temporary, final = secrets.token_urlsafe(12), secrets.token_urlsafe(12)
         with unit_of_work(engine) as s:
-            create_user(s, username=username, full_name=full_name, roles=[role], password=temporary,
-                        actor=admin)
+            create_user(
+                s, username=username, full_name=full_name, roles=[role], password=temporary, actor=admin
+            )
         me = login(engine, username=username, password=temporary)
         with unit_of_work(engine) as s:
             change_password(s, actor=me, new_password=final)
@@ -51,8 +53,9 @@ def create_demo_users(engine: Engine) -> list[tuple[str, str, str]]:
     return logins
 
 
-def start_background(engine: Engine, *, host: str, port: int,
-                     settings: WebSettings | None = None) -> tuple[uvicorn.Server, threading.Thread]:
+def start_background(
+    engine: Engine, *, host: str, port: int, settings: WebSettings | None = None
+) -> tuple[uvicorn.Server, threading.Thread]:
     """The app on a thread (for the demo and tests); stop with ``server.should_exit = True``."""
     app = create_app(engine=engine, settings=settings)
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off"))
@@ -68,5 +71,11 @@ def start_background(engine: Engine, *, host: str, port: int,
 
 def serve(engine: Engine, *, host: str, port: int, forwarded_allow_ips: str | None = None) -> None:
     """Foreground server. Behind a TLS proxy on this host, X-Forwarded-Proto makes cookies Secure."""
-    uvicorn.run(create_app(engine=engine), host=host, port=port, proxy_headers=True,
-                forwarded_allow_ips=forwarded_allow_ips or "127.0.0.1", log_level="info")
+    uvicorn.run(
+        create_app(engine=engine),
+        host=host,
+        port=port,
+        proxy_headers=True,
+        forwarded_allow_ips=forwarded_allow_ips or "127.0.0.1",
+        log_level="info",
+    )

@@ -51,8 +51,9 @@ class WebSession:
     dirty: bool = False
 
     def flash(self, kind: str, message: str, reasons: list[str] | None = None) -> None:
-        self.flashes.append({"kind": kind, "message": str(message),
-                             "reasons": [str(r) for r in reasons or []]})
+        self.flashes.append(
+            {"kind": kind, "message": str(message), "reasons": [str(r) for r in reasons or []]}
+        )
         self.dirty = True
 
     def pop_flashes(self) -> list[dict]:
@@ -84,18 +85,32 @@ class SessionStore:
             yield s
             s.commit()
 
-    def new(self, *, user_id: int | None = None, flashes: list[dict] | None = None,
-            db: Session | None = None) -> WebSession:
+    def new(
+        self, *, user_id: int | None = None, flashes: list[dict] | None = None, db: Session | None = None
+    ) -> WebSession:
         now = self.clock()
-        web = WebSession(sid=secrets.token_urlsafe(32), csrf=secrets.token_urlsafe(32), last_seen=now,
-                         user_id=user_id, authenticated_at=now if user_id is not None else None,
-                         flashes=list(flashes or []))
+        web = WebSession(
+            sid=secrets.token_urlsafe(32),
+            csrf=secrets.token_urlsafe(32),
+            last_seen=now,
+            user_id=user_id,
+            authenticated_at=now if user_id is not None else None,
+            flashes=list(flashes or []),
+        )
         with self._tx(db) as s:
             # forget idle sessions as new ones come (anonymous visitors must not pile up)
             s.exec(delete(WebSessionRow).where(WebSessionRow.last_seen < self._idle_before(now)))
-            s.add(WebSessionRow(token_hash=token_hash(web.sid), csrf=web.csrf, user_id=user_id,
-                                authenticated_at=web.authenticated_at, created_at=now, last_seen=now,
-                                flashes=json.dumps(web.flashes, ensure_ascii=False)))
+            s.add(
+                WebSessionRow(
+                    token_hash=token_hash(web.sid),
+                    csrf=web.csrf,
+                    user_id=user_id,
+                    authenticated_at=web.authenticated_at,
+                    created_at=now,
+                    last_seen=now,
+                    flashes=json.dumps(web.flashes, ensure_ascii=False),
+                )
+            )
         return web
 
     def get(self, sid: str | None, *, touch: bool = True) -> WebSession | None:
@@ -113,8 +128,14 @@ class SessionStore:
                 s.delete(row)
                 s.commit()
                 return None
-            web = WebSession(sid=sid, csrf=row.csrf, last_seen=row.last_seen, user_id=row.user_id,
-                             authenticated_at=row.authenticated_at, flashes=json.loads(row.flashes))
+            web = WebSession(
+                sid=sid,
+                csrf=row.csrf,
+                last_seen=row.last_seen,
+                user_id=row.user_id,
+                authenticated_at=row.authenticated_at,
+                flashes=json.loads(row.flashes),
+            )
             if touch and now - row.last_seen >= self.touch_every:
                 s.exec(update(WebSessionRow).where(WebSessionRow.id == row.id).values(last_seen=now))
                 s.commit()
@@ -126,8 +147,11 @@ class SessionStore:
         if not web.dirty:
             return
         with Session(self.engine) as s:
-            s.exec(update(WebSessionRow).where(WebSessionRow.token_hash == token_hash(web.sid))
-                   .values(flashes=json.dumps(web.flashes, ensure_ascii=False)))
+            s.exec(
+                update(WebSessionRow)
+                .where(WebSessionRow.token_hash == token_hash(web.sid))
+                .values(flashes=json.dumps(web.flashes, ensure_ascii=False))
+            )
             s.commit()
         web.dirty = False
 

@@ -30,8 +30,16 @@ def fingerprint(password_hash: str) -> str:
 
 
 def issue(key: bytes, *, user_id: int, password_hash: str, now: datetime, days: int) -> str:
-    body = _b64(json.dumps({"u": user_id, "e": int((now + timedelta(days=days)).timestamp()),
-                            "p": fingerprint(password_hash)}, separators=(",", ":")).encode())
+    body = _b64(
+        json.dumps(
+            {
+                "u": user_id,
+                "e": int((now + timedelta(days=days)).timestamp()),
+                "p": fingerprint(password_hash),
+            },
+            separators=(",", ":"),
+        ).encode()
+    )
     mac = _b64(hmac.new(key, body.encode(), hashlib.sha256).digest())
     return f"gmpt.{body}.{mac}"
 

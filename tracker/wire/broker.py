@@ -46,9 +46,11 @@ class BrokerSecurity:
     acl_file: Path
 
     def conf(self) -> str:
-        return (f"cafile {self.cafile}\ncertfile {self.certfile}\nkeyfile {self.keyfile}\n"
-                f"tls_version tlsv1.2\nallow_anonymous false\npassword_file {self.password_file}\n"
-                f"acl_file {self.acl_file}")
+        return (
+            f"cafile {self.cafile}\ncertfile {self.certfile}\nkeyfile {self.keyfile}\n"
+            f"tls_version tlsv1.2\nallow_anonymous false\npassword_file {self.password_file}\n"
+            f"acl_file {self.acl_file}"
+        )
 
 
 def free_port() -> int:
@@ -69,15 +71,22 @@ def wait_for_port(port: int, timeout: float = 10.0) -> None:
 
 def find_mosquitto() -> str | None:
     return shutil.which("mosquitto") or next(
-        (p for p in ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto") if Path(p).exists()), None)
+        (p for p in ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto") if Path(p).exists()), None
+    )
 
 
 class LocalBroker:
     """A broker on 127.0.0.1; ``kind`` is ``mosquitto`` or ``amqtt``. Use as a context manager."""
 
-    def __init__(self, *, port: int | None = None, data_dir: Path | None = None,
-                 persistence: bool = True, prefer: str = "mosquitto",
-                 security: BrokerSecurity | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        port: int | None = None,
+        data_dir: Path | None = None,
+        persistence: bool = True,
+        prefer: str = "mosquitto",
+        security: BrokerSecurity | None = None,
+    ) -> None:
         self.port = port or free_port()
         self.security = security
         if security is not None and (prefer != "mosquitto" or not find_mosquitto()):
@@ -94,7 +103,7 @@ class LocalBroker:
 
     @property
     def url(self) -> str:
-        if self.security is not None:   # the certificate names localhost
+        if self.security is not None:  # the certificate names localhost
             return f"mqtts://localhost:{self.port}"
         return f"mqtt://127.0.0.1:{self.port}"
 
@@ -107,12 +116,17 @@ class LocalBroker:
         if self.kind == "mosquitto":
             self._hand_data_dir_to_mosquitto()
             conf = self.data_dir / "mosquitto.conf"
-            conf.write_text(MOSQUITTO_CONF.format(
-                port=self.port, data_dir=self.data_dir,
-                persistence="true" if self.persistence else "false",
-                security=self.security.conf() if self.security else "allow_anonymous true"))
-            self._proc = subprocess.Popen([find_mosquitto(), "-c", str(conf)],
-                                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            conf.write_text(
+                MOSQUITTO_CONF.format(
+                    port=self.port,
+                    data_dir=self.data_dir,
+                    persistence="true" if self.persistence else "false",
+                    security=self.security.conf() if self.security else "allow_anonymous true",
+                )
+            )
+            self._proc = subprocess.Popen(
+                [find_mosquitto(), "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+            )
         else:
             self._start_amqtt()
         wait_for_port(self.port)
@@ -129,9 +143,10 @@ class LocalBroker:
     def _start_amqtt(self) -> None:
         from amqtt.broker import Broker  # optional fallback, imported only when needed
 
-        config = {"listeners": {"default": {"type": "tcp", "bind": f"127.0.0.1:{self.port}"}},
-                  "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin":
-                              {"allow_anonymous": True}}}
+        config = {
+            "listeners": {"default": {"type": "tcp", "bind": f"127.0.0.1:{self.port}"}},
+            "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}},
+        }
         ready = threading.Event()
 
         def serve() -> None:

@@ -79,8 +79,14 @@ def make_client(
     return client
 
 
-def connect(client: mqtt.Client, address: BrokerAddress, *, persistent: bool = False,
-            keepalive: int = 30, receive_maximum: int = 65535) -> None:
+def connect(
+    client: mqtt.Client,
+    address: BrokerAddress,
+    *,
+    persistent: bool = False,
+    keepalive: int = 30,
+    receive_maximum: int = 65535,
+) -> None:
     """Connect; for MQTT v5 a persistent session is ``clean_start=False`` plus an expiry.
 
     ``receive_maximum`` (MQTT v5 only) caps the QoS 1 messages the broker sends us without
@@ -91,7 +97,8 @@ def connect(client: mqtt.Client, address: BrokerAddress, *, persistent: bool = F
         if persistent:
             props.SessionExpiryInterval = SESSION_EXPIRY_S
         props.ReceiveMaximum = max(1, min(receive_maximum, 65535))
-        client.connect(address.host, address.port, keepalive=keepalive,
-                       clean_start=not persistent, properties=props)
+        client.connect(
+            address.host, address.port, keepalive=keepalive, clean_start=not persistent, properties=props
+        )
     else:
         client.connect(address.host, address.port, keepalive=keepalive)

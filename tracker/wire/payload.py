@@ -26,11 +26,9 @@ SCHEMA_V1 = "gmp.reading/1"
 EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
 
 
-
 def printable(text: str, limit: int = 2000) -> str:
     """Text fit for a database column and a person: control characters escaped, length capped."""
-    return "".join(c if c.isprintable() or c in "\n\t" else f"\\x{ord(c):02x}"
-                   for c in text[:limit])
+    return "".join(c if c.isprintable() or c in "\n\t" else f"\\x{ord(c):02x}" for c in text[:limit])
 
 
 class Reason(StrEnum):
@@ -163,13 +161,18 @@ def _size_key(size: str) -> str:
 
 
 # plausibility bounds: beyond these the value is impossible for the instrument class
-_PLAUSIBLE = {"pressure": (-2000.0, 2000.0), "temperature": (-60.0, 120.0),
-              "humidity": (0.0, 100.0)}
+_PLAUSIBLE = {"pressure": (-2000.0, 2000.0), "temperature": (-60.0, 120.0), "humidity": (0.0, 100.0)}
 
 
-def parse_reading(topic: str, payload: bytes, received_at: datetime,
-                  directory: MonitorDirectory, *, max_bytes: int = 16 * 1024,
-                  future_tolerance: timedelta = timedelta(minutes=5)) -> ParsedReading:
+def parse_reading(
+    topic: str,
+    payload: bytes,
+    received_at: datetime,
+    directory: MonitorDirectory,
+    *,
+    max_bytes: int = 16 * 1024,
+    future_tolerance: timedelta = timedelta(minutes=5),
+) -> ParsedReading:
     """Turn one message into a reading in canonical units, or raise :class:`PayloadRejected`."""
     if len(payload) > max_bytes:
         raise PayloadRejected(Reason.TOO_LARGE, f"{len(payload)} bytes > limit of {max_bytes}")
@@ -182,73 +185,101 @@ def parse_reading(topic: str, payload: bytes, received_at: datetime,
         reason, detail = _first_error(exc)
         raise PayloadRejected(reason, detail) from None
     if msg.monitor != address.monitor:
-        raise PayloadRejected(Reason.SCHEMA, f"payload names monitor {msg.monitor!r} but the "
-                              f"topic names {address.monitor!r}", msg.monitor)
+        raise PayloadRejected(
+            Reason.SCHEMA,
+            f"payload names monitor {msg.monitor!r} but the topic names {address.monitor!r}",
+            msg.monitor,
+        )
     known = directory.lookup(address.site, msg.monitor)
     if known is None:
-        raise PayloadRejected(Reason.UNKNOWN_MONITOR, f"no monitor {msg.monitor!r} registered at "
-                              f"site {address.site!r}", msg.monitor)
+        raise PayloadRejected(
+            Reason.UNKNOWN_MONITOR,
+            f"no monitor {msg.monitor!r} registered at site {address.site!r}",
+            msg.monitor,
+        )
     if known.room != address.room:
-        raise PayloadRejected(Reason.ROOM_MISMATCH, f"monitor {msg.monitor} is registered in "
-                              f"room {known.room}, topic says {address.room}", msg.monitor)
+        raise PayloadRejected(
+            Reason.ROOM_MISMATCH,
+            f"monitor {msg.monitor} is registered in room {known.room}, topic says {address.room}",
+            msg.monitor,
+        )
     if msg.kind != known.kind:
-        raise PayloadRejected(Reason.SCHEMA, f"monitor {msg.monitor} is a {known.kind} monitor, "
-                              f"payload says {msg.kind}", msg.monitor)
+        raise PayloadRejected(
+            Reason.SCHEMA,
+            f"monitor {msg.monitor} is a {known.kind} monitor, payload says {msg.kind}",
+            msg.monitor,
+        )
     if msg.ts > received_at + future_tolerance:
-        raise PayloadRejected(Reason.FUTURE_TIMESTAMP,
-                              f"ts {msg.ts.isoformat()} is {(msg.ts - received_at)} ahead of "
-                              f"receipt (tolerance {future_tolerance})", msg.monitor)
+        raise PayloadRejected(
+            Reason.FUTURE_TIMESTAMP,
+            f"ts {msg.ts.isoformat()} is {(msg.ts - received_at)} ahead of "
+            f"receipt (tolerance {future_tolerance})",
+            msg.monitor,
+        )
     volume_l = None
     if msg.kind == "particles":
         values, volume_l = _particles(msg, known)
     else:
         values = _scalar(msg, known)
-    digest = hashlib.blake2b(repr((msg.ts.isoformat(), msg.status, sorted(values.items())))
-                             .encode(), digest_size=16).hexdigest()
-    return ParsedReading(monitor=known, seq=msg.seq, event_time=msg.ts, status=msg.status,
-                         values=values, digest=digest, volume_l=volume_l)
+    digest = hashlib.blake2b(
+        repr((msg.ts.isoformat(), msg.status, sorted(values.items()))).encode(), digest_size=16
+    ).hexdigest()
+    return ParsedReading(
+        monitor=known,
+        seq=msg.seq,
+        event_time=msg.ts,
+        status=msg.status,
+        values=values,
+        digest=digest,
+        volume_l=volume_l,
+    )
 
 
 def _particles(msg: _Payload, known: KnownMonitor) -> tuple[dict[str, float], float]:
     if msg.sample is None or msg.counts is None or msg.value is not None:
-        raise PayloadRejected(Reason.SCHEMA, "a particles reading carries 'sample' and 'counts' "
-                              "(and no 'value')", known.code)
+        raise PayloadRejected(
+            Reason.SCHEMA, "a particles reading carries 'sample' and 'counts' (and no 'value')", known.code
+        )
     try:
         to_m3 = converter("volume", msg.sample.unit)
     except UnitProblem as exc:
         raise PayloadRejected(Reason.BAD_UNIT, str(exc), known.code) from None
     volume_m3 = to_m3(msg.sample.volume)
     if not volume_m3 > 1e-9:  # also catches denormals that would make the concentration inf
-        raise PayloadRejected(Reason.OUT_OF_RANGE, f"sampled volume {msg.sample.volume} "
-                              f"{msg.sample.unit} is not positive", known.code)
+        raise PayloadRejected(
+            Reason.OUT_OF_RANGE,
+            f"sampled volume {msg.sample.volume} {msg.sample.unit} is not positive",
+            known.code,
+        )
     counts: dict[str, int] = {}
     for size, count in msg.counts.items():
         key = _size_key(size)
         if key in counts:
-            raise PayloadRejected(Reason.SCHEMA, f"counts name the ≥{key} µm channel twice",
-                                  known.code)
+            raise PayloadRejected(Reason.SCHEMA, f"counts name the ≥{key} µm channel twice", known.code)
         if count < 0:
-            raise PayloadRejected(Reason.OUT_OF_RANGE, f"negative count {count} at ≥{key} µm",
-                                  known.code)
+            raise PayloadRejected(Reason.OUT_OF_RANGE, f"negative count {count} at ≥{key} µm", known.code)
         counts[key] = count
     missing = [c for c in known.channels if c not in counts]
     if missing:
-        raise PayloadRejected(Reason.SCHEMA, f"counts lack channel(s) {', '.join(missing)} µm",
-                              known.code)
+        raise PayloadRejected(Reason.SCHEMA, f"counts lack channel(s) {', '.join(missing)} µm", known.code)
     ordered = sorted(counts.items(), key=lambda kv: float(kv[0]))
     for (small, n_small), (big, n_big) in pairwise(ordered):
         if n_big > n_small:
-            raise PayloadRejected(Reason.OUT_OF_RANGE, f"cumulative counts must not grow with "
-                                  f"size: ≥{big} µm {n_big} > ≥{small} µm {n_small}", known.code)
+            raise PayloadRejected(
+                Reason.OUT_OF_RANGE,
+                f"cumulative counts must not grow with size: ≥{big} µm {n_big} > ≥{small} µm {n_small}",
+                known.code,
+            )
     # only the monitor's registered channels become readings; others stay in the raw payload
-    return ({size: round(counts[size] / volume_m3, 3) for size in known.channels},
-            round(volume_m3 * 1000.0, 6))
+    return (
+        {size: round(counts[size] / volume_m3, 3) for size in known.channels},
+        round(volume_m3 * 1000.0, 6),
+    )
 
 
 def _scalar(msg: _Payload, known: KnownMonitor) -> dict[str, float]:
     if msg.value is None or msg.unit is None or msg.counts is not None:
-        raise PayloadRejected(Reason.SCHEMA, f"a {msg.kind} reading carries 'value' and 'unit'",
-                              known.code)
+        raise PayloadRejected(Reason.SCHEMA, f"a {msg.kind} reading carries 'value' and 'unit'", known.code)
     try:
         convert = converter(msg.kind, msg.unit)
     except UnitProblem as exc:
@@ -256,9 +287,12 @@ def _scalar(msg: _Payload, known: KnownMonitor) -> dict[str, float]:
     value = round(convert(msg.value), 6)
     low, high = _PLAUSIBLE[msg.kind]
     if not low <= value <= high:
-        raise PayloadRejected(Reason.OUT_OF_RANGE, f"{msg.kind} {msg.value} {msg.unit} "
-                              f"({value:g} canonical) is outside the possible {low:g}…{high:g}",
-                              known.code)
+        raise PayloadRejected(
+            Reason.OUT_OF_RANGE,
+            f"{msg.kind} {msg.value} {msg.unit} "
+            f"({value:g} canonical) is outside the possible {low:g}…{high:g}",
+            known.code,
+        )
     return {"": value}
 
 
@@ -269,13 +303,20 @@ def parse_status(topic: str, payload: bytes, directory: MonitorDirectory) -> Sta
         raise PayloadRejected(Reason.SCHEMA, f"topic {topic!r} is not a status topic")
     text = payload.decode("utf-8", errors="replace").strip().lower()
     if text not in ("online", "offline"):
-        raise PayloadRejected(Reason.SCHEMA, f"status must be online or offline, got {text[:40]!r}",
-                              address.monitor)
+        raise PayloadRejected(
+            Reason.SCHEMA, f"status must be online or offline, got {text[:40]!r}", address.monitor
+        )
     known = directory.lookup(address.site, address.monitor)
     if known is None:
-        raise PayloadRejected(Reason.UNKNOWN_MONITOR, f"no monitor {address.monitor!r} at site "
-                              f"{address.site!r}", address.monitor)
+        raise PayloadRejected(
+            Reason.UNKNOWN_MONITOR,
+            f"no monitor {address.monitor!r} at site {address.site!r}",
+            address.monitor,
+        )
     if known.room != address.room:
-        raise PayloadRejected(Reason.ROOM_MISMATCH, f"monitor {known.code} is registered in room "
-                              f"{known.room}, topic says {address.room}", known.code)
+        raise PayloadRejected(
+            Reason.ROOM_MISMATCH,
+            f"monitor {known.code} is registered in room {known.room}, topic says {address.room}",
+            known.code,
+        )
     return StatusMessage(known, text == "online")

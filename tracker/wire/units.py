@@ -29,8 +29,18 @@ _DIMENSION = {
     "volume": "[length] ** 3",
 }
 #: Spellings monitors use that pint does not know.
-_ALIASES = {"%rh": "percent", "rh": "percent", "%": "percent", "°c": "degC", "°f": "degF",
-            "ft3": "ft**3", "m3": "m**3", "inwc": "inH2O", "in_wc": "inH2O", "mmwc": "mmH2O"}
+_ALIASES = {
+    "%rh": "percent",
+    "rh": "percent",
+    "%": "percent",
+    "°c": "degC",
+    "°f": "degF",
+    "ft3": "ft**3",
+    "m3": "m**3",
+    "inwc": "inH2O",
+    "in_wc": "inH2O",
+    "mmwc": "mmH2O",
+}
 
 
 class UnitProblem(ValueError):
@@ -57,12 +67,20 @@ def converter(quantity: str, unit: str) -> Converter:
         raise UnitProblem(f"empty unit for {quantity}")
     try:
         parsed = ureg.parse_units(text)
-    except (pint.UndefinedUnitError, pint.errors.DefinitionSyntaxError, AttributeError,
-            ValueError, TypeError, AssertionError) as exc:
+    except (
+        pint.UndefinedUnitError,
+        pint.errors.DefinitionSyntaxError,
+        AttributeError,
+        ValueError,
+        TypeError,
+        AssertionError,
+    ) as exc:
         raise UnitProblem(f"unknown unit {unit!r} for {quantity}: {exc}") from None
     if not parsed.dimensionality == ureg.get_dimensionality(_DIMENSION[quantity]):
-        raise UnitProblem(f"unit {unit!r} is not a {quantity} unit "
-                          f"(dimension {parsed.dimensionality}, expected {_DIMENSION[quantity]})")
+        raise UnitProblem(
+            f"unit {unit!r} is not a {quantity} unit "
+            f"(dimension {parsed.dimensionality}, expected {_DIMENSION[quantity]})"
+        )
     if quantity == "humidity" and text != "percent":
         # dimensionless covers angles and counts too: only percent means %RH
         raise UnitProblem(f"unit {unit!r} is not a relative-humidity unit (use percent)")

@@ -39,14 +39,15 @@ serves whole-site time windows; the series index serves per-monitor windows.
 64-bit sequence number (monitors that count milliseconds exceed 2³¹), which SQLite's INTEGER
 always stored and PostgreSQL's 32-bit ``integer`` refused. On SQLite nothing changes.
 """
+
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = '0007'
-down_revision: str | None = '0006'
+revision: str = "0007"
+down_revision: str | None = "0006"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
@@ -70,29 +71,42 @@ def upgrade() -> None:
     op.execute("ALTER TABLE reading RENAME TO reading_unpartitioned")
     op.execute("ALTER TABLE reading_unpartitioned RENAME CONSTRAINT pk_reading TO pk_reading_unpartitioned")
     op.execute("ALTER INDEX ix_reading_series_time RENAME TO ix_reading_unpartitioned_series_time")
-    op.execute("ALTER TABLE reading_unpartitioned RENAME CONSTRAINT fk_reading_monitor_id_monitor "
-               "TO fk_reading_unpartitioned_monitor")
-    op.execute("ALTER TABLE reading_unpartitioned RENAME CONSTRAINT fk_reading_basis_id_evaluation_basis "
-               "TO fk_reading_unpartitioned_basis")
+    op.execute(
+        "ALTER TABLE reading_unpartitioned RENAME CONSTRAINT fk_reading_monitor_id_monitor "
+        "TO fk_reading_unpartitioned_monitor"
+    )
+    op.execute(
+        "ALTER TABLE reading_unpartitioned RENAME CONSTRAINT fk_reading_basis_id_evaluation_basis "
+        "TO fk_reading_unpartitioned_basis"
+    )
 
     # same columns in the same order (INSERT … SELECT * below relies on it)
-    op.execute("CREATE TABLE reading (LIKE reading_unpartitioned INCLUDING DEFAULTS INCLUDING CONSTRAINTS) "
-               "PARTITION BY RANGE (event_time)")
+    op.execute(
+        "CREATE TABLE reading (LIKE reading_unpartitioned INCLUDING DEFAULTS INCLUDING CONSTRAINTS) "
+        "PARTITION BY RANGE (event_time)"
+    )
     op.execute("ALTER TABLE reading ALTER COLUMN seq TYPE bigint")
-    op.execute("ALTER TABLE reading ADD CONSTRAINT pk_reading "
-               "PRIMARY KEY (monitor_id, seq, channel, event_time)")
-    op.execute("ALTER TABLE reading ADD CONSTRAINT fk_reading_monitor_id_monitor "
-               "FOREIGN KEY (monitor_id) REFERENCES monitor (id)")
-    op.execute("ALTER TABLE reading ADD CONSTRAINT fk_reading_basis_id_evaluation_basis "
-               "FOREIGN KEY (basis_id) REFERENCES evaluation_basis (id)")
+    op.execute(
+        "ALTER TABLE reading ADD CONSTRAINT pk_reading PRIMARY KEY (monitor_id, seq, channel, event_time)"
+    )
+    op.execute(
+        "ALTER TABLE reading ADD CONSTRAINT fk_reading_monitor_id_monitor "
+        "FOREIGN KEY (monitor_id) REFERENCES monitor (id)"
+    )
+    op.execute(
+        "ALTER TABLE reading ADD CONSTRAINT fk_reading_basis_id_evaluation_basis "
+        "FOREIGN KEY (basis_id) REFERENCES evaluation_basis (id)"
+    )
     op.execute("CREATE INDEX ix_reading_series_time ON reading (monitor_id, channel, event_time)")
     op.execute("CREATE INDEX ix_reading_event_time_brin ON reading USING brin (event_time)")
     op.execute("CREATE TABLE reading_default PARTITION OF reading DEFAULT")
 
     months: set[datetime] = set()
-    for (first,) in bind.execute(sa.text(
-            "SELECT DISTINCT date_trunc('month', event_time AT TIME ZONE 'UTC') "
-            "FROM reading_unpartitioned")):
+    for (first,) in bind.execute(
+        sa.text(
+            "SELECT DISTINCT date_trunc('month', event_time AT TIME ZONE 'UTC') FROM reading_unpartitioned"
+        )
+    ):
         months.add(first.replace(tzinfo=UTC))
     month = _month(datetime.now(UTC))
     for _ in range(MONTHS_AHEAD + 1):
@@ -100,8 +114,10 @@ def upgrade() -> None:
         month = _next(month)
     for month in sorted(months):
         name = f"reading_y{month.year:04d}m{month.month:02d}"
-        op.execute(f"CREATE TABLE {name} PARTITION OF reading "
-                   f"FOR VALUES FROM ('{month.isoformat()}') TO ('{_next(month).isoformat()}')")
+        op.execute(
+            f"CREATE TABLE {name} PARTITION OF reading "
+            f"FOR VALUES FROM ('{month.isoformat()}') TO ('{_next(month).isoformat()}')"
+        )
 
     op.execute("INSERT INTO reading SELECT * FROM reading_unpartitioned")
     op.execute("DROP TABLE reading_unpartitioned")
@@ -113,13 +129,17 @@ def downgrade() -> None:
         return
     op.execute("CREATE TABLE reading_unpartitioned (LIKE reading INCLUDING DEFAULTS INCLUDING CONSTRAINTS)")
     op.execute("INSERT INTO reading_unpartitioned SELECT * FROM reading")
-    op.execute("DROP TABLE reading")   # the partitions go with it
+    op.execute("DROP TABLE reading")  # the partitions go with it
     op.execute("ALTER TABLE reading_unpartitioned RENAME TO reading")
     op.execute("ALTER TABLE reading ADD CONSTRAINT pk_reading PRIMARY KEY (monitor_id, seq, channel)")
-    op.execute("ALTER TABLE reading ADD CONSTRAINT fk_reading_monitor_id_monitor "
-               "FOREIGN KEY (monitor_id) REFERENCES monitor (id)")
-    op.execute("ALTER TABLE reading ADD CONSTRAINT fk_reading_basis_id_evaluation_basis "
-               "FOREIGN KEY (basis_id) REFERENCES evaluation_basis (id)")
+    op.execute(
+        "ALTER TABLE reading ADD CONSTRAINT fk_reading_monitor_id_monitor "
+        "FOREIGN KEY (monitor_id) REFERENCES monitor (id)"
+    )
+    op.execute(
+        "ALTER TABLE reading ADD CONSTRAINT fk_reading_basis_id_evaluation_basis "
+        "FOREIGN KEY (basis_id) REFERENCES evaluation_basis (id)"
+    )
     op.execute("CREATE INDEX ix_reading_series_time ON reading (monitor_id, channel, event_time)")
     op.execute("ALTER TABLE reading ALTER COLUMN seq TYPE integer")
     op.execute("ALTER TABLE raw_message ALTER COLUMN seq TYPE integer")

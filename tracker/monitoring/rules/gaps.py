@@ -52,9 +52,18 @@ def _preceded(session: Session, firsts: Mapping[int, datetime]) -> set[int]:
     if not firsts:
         return set()
     ids = sorted(firsts)
-    row = session.connection().execute(core_select(*(
-        exists().where(Reading.monitor_id == m, Reading.event_time < firsts[m]).label(f"m{i}")
-        for i, m in enumerate(ids)))).one()
+    row = (
+        session.connection()
+        .execute(
+            core_select(
+                *(
+                    exists().where(Reading.monitor_id == m, Reading.event_time < firsts[m]).label(f"m{i}")
+                    for i, m in enumerate(ids)
+                )
+            )
+        )
+        .one()
+    )
     return {m for m, found in zip(ids, row, strict=True) if found}
 
 
@@ -85,11 +94,18 @@ class GapBook:
             self.latest.pop(monitor_id, None)
             self.open_gaps.discard(monitor_id)
 
-    def after_readings(self, session: Session, registry: Registry, rooms: RoomStates,
-                       new: dict[int, list[tuple[datetime, datetime]]], now: datetime, *,
-                       newest: Mapping[int, datetime | None] | None = None,
-                       shared: Callable[[int], bool] = lambda _m: False,
-                       defer: Callable[[int, datetime, datetime], None] | None = None) -> None:
+    def after_readings(
+        self,
+        session: Session,
+        registry: Registry,
+        rooms: RoomStates,
+        new: dict[int, list[tuple[datetime, datetime]]],
+        now: datetime,
+        *,
+        newest: Mapping[int, datetime | None] | None = None,
+        shared: Callable[[int], bool] = lambda _m: False,
+        defer: Callable[[int, datetime, datetime], None] | None = None,
+    ) -> None:
         """Re-derive the gaps around a batch's new readings (event time, receipt time).
 
         ``newest`` is each monitor's newest stored reading before the batch, from every worker
@@ -104,26 +120,33 @@ class GapBook:
             entry = registry.by_id[monitor_id]
             stamps.sort()
             known = self.latest.get(monitor_id)
-            in_order = (known is not None and monitor_id not in self.open_gaps
-                        and stamps[0][0] >= known[0])
+            in_order = known is not None and monitor_id not in self.open_gaps and stamps[0][0] >= known[0]
             threshold = threshold_for(entry, self.gap_factor)
             if in_order and not find_gaps([known[0], *(t for t, _ in stamps)], threshold):
                 self.latest[monitor_id] = stamps[-1]  # the common case: no query at all
                 continue
             if known is None and newest is not None and newest.get(monitor_id) is not None:
-                unknown[monitor_id] = stamps      # decided below, with one query for them all
+                unknown[monitor_id] = stamps  # decided below, with one query for them all
                 continue
             self._after_slow(session, entry, rooms, stamps, known, now, shared, defer)
         if unknown:
             self._after_unknown(session, registry, rooms, unknown, newest, now, shared, defer)
 
-    def _after_slow(self, session: Session, entry: MonitorEntry, rooms: RoomStates,
-                    stamps: list[tuple[datetime, datetime]], known: tuple[datetime, datetime] | None,
-                    now: datetime, shared: Callable[[int], bool],
-                    defer: Callable[[int, datetime, datetime], None] | None) -> None:
+    def _after_slow(
+        self,
+        session: Session,
+        entry: MonitorEntry,
+        rooms: RoomStates,
+        stamps: list[tuple[datetime, datetime]],
+        known: tuple[datetime, datetime] | None,
+        now: datetime,
+        shared: Callable[[int], bool],
+        defer: Callable[[int, datetime, datetime], None] | None,
+    ) -> None:
         first, last = stamps[0][0], stamps[-1][0]
-        newest = self._rederive(session, entry, rooms, first, last, now,
-                                defer=defer if shared(entry.id) else None)
+        newest = self._rederive(
+            session, entry, rooms, first, last, now, defer=defer if shared(entry.id) else None
+        )
         # ``latest`` must be the monitor's newest stored reading (the fast path relies on
         # it): the batch's last one unless later ones are stored (this batch was late —
         # backfill, or another worker's share); then keep what is known, if anything
@@ -132,11 +155,17 @@ class GapBook:
         elif known is not None and known[0] < last:
             del self.latest[entry.id]
 
-    def _after_unknown(self, session: Session, registry: Registry, rooms: RoomStates,
-                       batch: dict[int, list[tuple[datetime, datetime]]],
-                       newest: Mapping[int, datetime | None], now: datetime,
-                       shared: Callable[[int], bool],
-                       defer: Callable[[int, datetime, datetime], None] | None) -> None:
+    def _after_unknown(
+        self,
+        session: Session,
+        registry: Registry,
+        rooms: RoomStates,
+        batch: dict[int, list[tuple[datetime, datetime]]],
+        newest: Mapping[int, datetime | None],
+        now: datetime,
+        shared: Callable[[int], bool],
+        defer: Callable[[int, datetime, datetime], None] | None,
+    ) -> None:
         """Monitors this worker knows nothing of (another worker wrote them last), judged by
         the newest stored reading of any worker and the stored gaps around the batch.
 
@@ -149,21 +178,26 @@ class GapBook:
         lands in it, so the stretch starts at the left edge of the hole that was deferred.
         """
         lowest = min(stamps[0][0] for stamps in batch.values())
-        preceded = _preceded(session, {m: stamps[0][0] for m, stamps in batch.items()
-                                       if stamps[0][0] < newest[m]})
+        preceded = _preceded(
+            session, {m: stamps[0][0] for m, stamps in batch.items() if stamps[0][0] < newest[m]}
+        )
         around: dict[int, list[tuple[datetime, datetime | None]]] = {}
-        for monitor_id, start, end in session.exec(select(
-                Excursion.monitor_id, Excursion.started_at, Excursion.ended_at).where(
-                Excursion.monitor_id.in_(sorted(batch)), Excursion.type == "data_gap",
+        for monitor_id, start, end in session.exec(
+            select(Excursion.monitor_id, Excursion.started_at, Excursion.ended_at).where(
+                Excursion.monitor_id.in_(sorted(batch)),
+                Excursion.type == "data_gap",
                 Excursion.status != "superseded",
-                (Excursion.ended_at.is_(None)) | (Excursion.ended_at > lowest))):
+                (Excursion.ended_at.is_(None)) | (Excursion.ended_at > lowest),
+            )
+        ):
             around.setdefault(monitor_id, []).append((start, end))
         for monitor_id, stamps in batch.items():
             entry = registry.by_id[monitor_id]
             first, last = stamps[0][0], stamps[-1][0]
             stored_newest = newest[monitor_id]
-            touched = any(start < last and (end is None or end > first)
-                          for start, end in around.get(monitor_id, ()))
+            touched = any(
+                start < last and (end is None or end > first) for start, end in around.get(monitor_id, ())
+            )
             tail = [t for t, _ in stamps if t > stored_newest]
             holes = find_gaps([stored_newest, *tail], threshold_for(entry, self.gap_factor))
             if first < stored_newest and monitor_id not in preceded:
@@ -180,59 +214,118 @@ class GapBook:
                 continue
             self._after_slow(session, entry, rooms, stamps, None, now, shared, defer)
 
-    def _rederive(self, session: Session, entry: MonitorEntry, rooms: RoomStates,
-                  first: datetime, last: datetime, now: datetime, *,
-                  defer: Callable[[int, datetime, datetime], None] | None = None) -> bool:
+    def _rederive(
+        self,
+        session: Session,
+        entry: MonitorEntry,
+        rooms: RoomStates,
+        first: datetime,
+        last: datetime,
+        now: datetime,
+        *,
+        defer: Callable[[int, datetime, datetime], None] | None = None,
+    ) -> bool:
         """Gaps between the reading before ``first`` and the one after ``last``, from the
         stored readings, reconciled with the stored gap excursions there; returns whether
         ``last`` is the newest stored reading. With ``defer``, gaps that are not stored yet
         are handed to it instead of drawn (the stored ones are still kept in shape)."""
         series = (Reading.monitor_id == entry.id,)
-        before = session.exec(select(Reading.event_time).where(*series, Reading.event_time < first)
-                              .order_by(Reading.event_time.desc()).limit(1)).first()
-        after = session.exec(select(Reading.event_time).where(*series, Reading.event_time > last)
-                             .order_by(Reading.event_time).limit(1)).first()
+        before = session.exec(
+            select(Reading.event_time)
+            .where(*series, Reading.event_time < first)
+            .order_by(Reading.event_time.desc())
+            .limit(1)
+        ).first()
+        after = session.exec(
+            select(Reading.event_time)
+            .where(*series, Reading.event_time > last)
+            .order_by(Reading.event_time)
+            .limit(1)
+        ).first()
         a, c = before or first, after or last
-        times = sorted(set(session.exec(select(Reading.event_time).where(
-            *series, Reading.event_time >= a, Reading.event_time <= c)).all()))
+        times = sorted(
+            set(
+                session.exec(
+                    select(Reading.event_time).where(
+                        *series, Reading.event_time >= a, Reading.event_time <= c
+                    )
+                ).all()
+            )
+        )
         computed = find_gaps(times, threshold_for(entry, self.gap_factor))
-        stored = list(session.exec(select(Excursion).where(
-            Excursion.monitor_id == entry.id, Excursion.type == "data_gap",
-            Excursion.status != "superseded", Excursion.started_at < c,
-            (Excursion.ended_at.is_(None)) | (Excursion.ended_at > a))
-            .order_by(Excursion.started_at)))
-        deferred = self._reconcile(session, entry, rooms, computed, stored, now,
-                                   draw_new=defer is None)
+        stored = list(
+            session.exec(
+                select(Excursion)
+                .where(
+                    Excursion.monitor_id == entry.id,
+                    Excursion.type == "data_gap",
+                    Excursion.status != "superseded",
+                    Excursion.started_at < c,
+                    (Excursion.ended_at.is_(None)) | (Excursion.ended_at > a),
+                )
+                .order_by(Excursion.started_at)
+            )
+        )
+        deferred = self._reconcile(session, entry, rooms, computed, stored, now, draw_new=defer is None)
         if deferred:
             defer(entry.id, min(g.start for g in deferred), max(g.end for g in deferred))
         self.open_gaps.discard(entry.id)
         return after is None
 
-    def recheck(self, session: Session, entry: MonitorEntry, rooms: RoomStates,
-                first: datetime, last: datetime, now: datetime) -> None:
+    def recheck(
+        self,
+        session: Session,
+        entry: MonitorEntry,
+        rooms: RoomStates,
+        first: datetime,
+        last: datetime,
+        now: datetime,
+    ) -> None:
         """A deferred stretch, now that every worker's share of it has had time to land."""
         self._rederive(session, entry, rooms, first, last, now)
         self.latest.pop(entry.id, None)
 
-    def offline(self, session: Session, registry: Registry, rooms: RoomStates,
-                monitor_id: int, received_at: datetime, now: datetime) -> None:
+    def offline(
+        self,
+        session: Session,
+        registry: Registry,
+        rooms: RoomStates,
+        monitor_id: int,
+        received_at: datetime,
+        now: datetime,
+    ) -> None:
         """The monitor (or its last will) says offline: a gap opens at once."""
         entry = registry.by_id[monitor_id]
         last = self._last_reading(session, monitor_id)
-        self._open(session, entry, rooms, last or received_at, now,
-                   note="monitor reported offline (status / last will)")
+        self._open(
+            session,
+            entry,
+            rooms,
+            last or received_at,
+            now,
+            note="monitor reported offline (status / last will)",
+        )
 
-    def silent(self, entry: MonitorEntry, event_time: datetime, received_at: datetime | None,
-               now: datetime) -> bool:
+    def silent(
+        self, entry: MonitorEntry, event_time: datetime, received_at: datetime | None, now: datetime
+    ) -> bool:
         """A live monitor (its newest reading arrived close to its event time) quiet for
         longer than the threshold; silence counts from the later of the two times."""
         threshold = threshold_for(entry, self.gap_factor)
-        return (received_at is not None and received_at - event_time <= threshold
-                and now - max(event_time, received_at) > threshold)
+        return (
+            received_at is not None
+            and received_at - event_time <= threshold
+            and now - max(event_time, received_at) > threshold
+        )
 
-    def check_silence(self, session: Session, registry: Registry, rooms: RoomStates,
-                      now: datetime,
-                      latest: Mapping[int, tuple[datetime, datetime | None]] | None = None) -> int:
+    def check_silence(
+        self,
+        session: Session,
+        registry: Registry,
+        rooms: RoomStates,
+        now: datetime,
+        latest: Mapping[int, tuple[datetime, datetime | None]] | None = None,
+    ) -> int:
         """Wall-clock rule for live monitors; returns how many gaps were opened.
 
         ``latest`` is each monitor's newest reading (event time, receipt time): by default
@@ -242,13 +335,20 @@ class GapBook:
         """
         opened = 0
         for monitor_id, (event_time, received_at) in list(
-                (self.latest if latest is None else latest).items()):
+            (self.latest if latest is None else latest).items()
+        ):
             entry = registry.by_id.get(monitor_id)
             if entry is None or not self.silent(entry, event_time, received_at, now):
                 continue
             threshold = threshold_for(entry, self.gap_factor)
-            if self._open(session, entry, rooms, event_time, now,
-                          note=f"no reading received for more than {threshold.total_seconds():g} s"):
+            if self._open(
+                session,
+                entry,
+                rooms,
+                event_time,
+                now,
+                note=f"no reading received for more than {threshold.total_seconds():g} s",
+            ):
                 opened += 1
         return opened
 
@@ -256,14 +356,28 @@ class GapBook:
 
     @staticmethod
     def _last_reading(session: Session, monitor_id: int) -> datetime | None:
-        return session.exec(select(Reading.event_time).where(Reading.monitor_id == monitor_id)
-                            .order_by(Reading.event_time.desc()).limit(1)).first()
+        return session.exec(
+            select(Reading.event_time)
+            .where(Reading.monitor_id == monitor_id)
+            .order_by(Reading.event_time.desc())
+            .limit(1)
+        ).first()
 
-    def _open(self, session: Session, entry: MonitorEntry, rooms: RoomStates, start: datetime,
-              now: datetime, *, note: str) -> bool:
-        already = session.exec(select(Excursion.id).where(
-            Excursion.monitor_id == entry.id, Excursion.type == "data_gap",
-            Excursion.status == "open")).first()
+    def _open(
+        self,
+        session: Session,
+        entry: MonitorEntry,
+        rooms: RoomStates,
+        start: datetime,
+        now: datetime,
+        *,
+        note: str,
+    ) -> bool:
+        already = session.exec(
+            select(Excursion.id).where(
+                Excursion.monitor_id == entry.id, Excursion.type == "data_gap", Excursion.status == "open"
+            )
+        ).first()
         if already is not None:
             return False
         session.add(self._row(entry, rooms, Gap(start, None), now, note=note))
@@ -271,14 +385,29 @@ class GapBook:
         self.open_gaps.add(entry.id)
         return True
 
-    def _row(self, entry: MonitorEntry, rooms: RoomStates, gap: Gap, now: datetime,
-             note: str | None = None) -> Excursion:
+    def _row(
+        self, entry: MonitorEntry, rooms: RoomStates, gap: Gap, now: datetime, note: str | None = None
+    ) -> Excursion:
         threshold = threshold_for(entry, self.gap_factor).total_seconds()
-        row = Excursion(type="data_gap", site_id=entry.site_id, monitor_id=entry.id,
-                        room_id=entry.room_id, kind=entry.kind, channel="", level=_level(entry),
-                        state=rooms.state(entry.room_id, gap.start), direction="none",
-                        started_at=gap.start, peak=0.0, limit_value=threshold, readings=0,
-                        basis_id=entry.basis_id, created_at=now, updated_at=now, note=note)
+        row = Excursion(
+            type="data_gap",
+            site_id=entry.site_id,
+            monitor_id=entry.id,
+            room_id=entry.room_id,
+            kind=entry.kind,
+            channel="",
+            level=_level(entry),
+            state=rooms.state(entry.room_id, gap.start),
+            direction="none",
+            started_at=gap.start,
+            peak=0.0,
+            limit_value=threshold,
+            readings=0,
+            basis_id=entry.basis_id,
+            created_at=now,
+            updated_at=now,
+            note=note,
+        )
         return self._shape(row, gap, now)
 
     @staticmethod
@@ -291,16 +420,30 @@ class GapBook:
         row.updated_at = now
         return row
 
-    def _reconcile(self, session: Session, entry: MonitorEntry, rooms: RoomStates,
-                   computed: Iterable[Gap], stored: list[Excursion], now: datetime, *,
-                   draw_new: bool = True) -> list[Gap]:
+    def _reconcile(
+        self,
+        session: Session,
+        entry: MonitorEntry,
+        rooms: RoomStates,
+        computed: Iterable[Gap],
+        stored: list[Excursion],
+        now: datetime,
+        *,
+        draw_new: bool = True,
+    ) -> list[Gap]:
         """Stored gaps follow the computed ones; returns the new gaps not drawn (``draw_new``
         false: another worker's share may still fill them)."""
         unmatched = list(stored)
         held: list[Gap] = []
         for gap in computed:
-            match = next((r for r in unmatched if r.started_at <= gap.end
-                          and (r.ended_at is None or gap.start <= r.ended_at)), None)
+            match = next(
+                (
+                    r
+                    for r in unmatched
+                    if r.started_at <= gap.end and (r.ended_at is None or gap.start <= r.ended_at)
+                ),
+                None,
+            )
             if match is None:
                 if draw_new:
                     session.add(self._row(entry, rooms, gap, now))
@@ -310,21 +453,37 @@ class GapBook:
             unmatched.remove(match)
             before = (match.started_at, match.ended_at)
             self._shape(match, gap, now)
-            if match.ended_at is not None and before[1] is not None and before != (
-                    match.started_at, match.ended_at):
-                audit.record(session, actor=SYSTEM_ACTOR, action="excursion.reshape",
-                             entity="excursion", entity_key=str(match.id),
-                             before={"started_at": before[0], "ended_at": before[1]},
-                             after={"started_at": match.started_at, "ended_at": match.ended_at},
-                             reason=GAP_REASON, at=now)
+            if (
+                match.ended_at is not None
+                and before[1] is not None
+                and before != (match.started_at, match.ended_at)
+            ):
+                audit.record(
+                    session,
+                    actor=SYSTEM_ACTOR,
+                    action="excursion.reshape",
+                    entity="excursion",
+                    entity_key=str(match.id),
+                    before={"started_at": before[0], "ended_at": before[1]},
+                    after={"started_at": match.started_at, "ended_at": match.ended_at},
+                    reason=GAP_REASON,
+                    at=now,
+                )
             session.add(match)
         for row in unmatched:
-            before = {"started_at": row.started_at, "ended_at": row.ended_at,
-                      "status": row.status}
+            before = {"started_at": row.started_at, "ended_at": row.ended_at, "status": row.status}
             row.status, row.updated_at = "superseded", now
             row.note = (f"{row.note}\n" if row.note else "") + "superseded: " + GAP_REASON
             session.add(row)
-            audit.record(session, actor=SYSTEM_ACTOR, action="excursion.supersede",
-                         entity="excursion", entity_key=str(row.id), before=before,
-                         after={"status": "superseded"}, reason=GAP_REASON, at=now)
+            audit.record(
+                session,
+                actor=SYSTEM_ACTOR,
+                action="excursion.supersede",
+                entity="excursion",
+                entity_key=str(row.id),
+                before=before,
+                after={"status": "superseded"},
+                reason=GAP_REASON,
+                at=now,
+            )
         return held

@@ -38,8 +38,10 @@ from tracker.monitoring.excursions import SYSTEM_ACTOR, Excursion, excursion_sha
 from tracker.monitoring.readings import Reading
 from tracker.monitoring.snapshot import MonitorEntry
 
-RESHAPE_REASON = ("re-derived from the stored at-rest judgements after the operation "
-                  "(late readings, re-evaluation or a changed room state timeline)")
+RESHAPE_REASON = (
+    "re-derived from the stored at-rest judgements after the operation "
+    "(late readings, re-evaluation or a changed room state timeline)"
+)
 VALID = (Level.OK.value, Level.ALERT.value, Level.ACTION.value)
 
 
@@ -70,8 +72,9 @@ class Failure:
     judgements: int
 
 
-def recovery_failure(judgements: Sequence[Judgement], next_operation: datetime | None
-                     ) -> tuple[Failure | None, datetime | None]:
+def recovery_failure(
+    judgements: Sequence[Judgement], next_operation: datetime | None
+) -> tuple[Failure | None, datetime | None]:
     """Pure: the failure of one recovery, if any, and the time of the sample that settled it
     (``None`` while later samples can still change the outcome)."""
     if not judgements:
@@ -82,16 +85,14 @@ def recovery_failure(judgements: Sequence[Judgement], next_operation: datetime |
     count, last_out = 0, judgements[0].at
     for j in judgements:
         if j.in_limit:
-            return Failure(judgements[0].at, j.at, last_out, level, channel, peak, limit,
-                           count), j.at
+            return Failure(judgements[0].at, j.at, last_out, level, channel, peak, limit, count), j.at
         count, last_out = count + 1, j.at
         ch, lv, value, lim = j.worst()
         if LEVEL_RANK[lv] > LEVEL_RANK[level]:
             channel, level, limit = ch, lv, lim
             peak = max([value] + [v for c, _, v, _ in j.channels if c == channel])
         peak = max([peak] + [v for c, _, v, _ in j.channels if c == channel])
-    return Failure(judgements[0].at, next_operation, last_out, level, channel, peak, limit,
-                   count), None
+    return Failure(judgements[0].at, next_operation, last_out, level, channel, peak, limit, count), None
 
 
 def group_judgements(rows: Iterable[tuple]) -> list[Judgement]:
@@ -124,8 +125,14 @@ class RecoveryRule:
         for key in [k for k in self.settled if k[0] == monitor_id]:
             del self.settled[key]
 
-    def after_readings(self, session: Session, entry: MonitorEntry, rooms: RoomStates,
-                       times: Iterable[datetime], now: datetime) -> None:
+    def after_readings(
+        self,
+        session: Session,
+        entry: MonitorEntry,
+        rooms: RoomStates,
+        times: Iterable[datetime],
+        now: datetime,
+    ) -> None:
         """Re-derive the recoveries whose outcome new samples at ``times`` may change."""
         timeline = rooms.timeline(entry.room_id)
         if timeline is None or not entry.recovery_s:
@@ -141,8 +148,15 @@ class RecoveryRule:
         for end, nxt in sorted(segments, key=lambda s: s[0]):
             self.rederive(session, entry, rooms, end, nxt, now)
 
-    def rederive_range(self, session: Session, entry: MonitorEntry, rooms: RoomStates,
-                       start: datetime, end: datetime | None, now: datetime) -> None:
+    def rederive_range(
+        self,
+        session: Session,
+        entry: MonitorEntry,
+        rooms: RoomStates,
+        start: datetime,
+        end: datetime | None,
+        now: datetime,
+    ) -> None:
         """After re-evaluation or a timeline change: every recovery overlapping
         ``[start, end)``; stored ones no operation explains any more are superseded."""
         if entry.kind != "particles":
@@ -157,26 +171,41 @@ class RecoveryRule:
                     self.rederive(session, entry, rooms, *left, now)
                 kept.append(left)
         query = sm_select(Excursion).where(
-            Excursion.monitor_id == entry.id, Excursion.type == "recovery",
-            Excursion.status != "superseded", Excursion.started_at >= start)
+            Excursion.monitor_id == entry.id,
+            Excursion.type == "recovery",
+            Excursion.status != "superseded",
+            Excursion.started_at >= start,
+        )
         if end is not None:
             query = query.where(Excursion.started_at < end)
         window = timedelta(seconds=entry.recovery_s)
         for row in session.exec(query).all():
-            if not any(op_end + window <= row.started_at and (nxt is None or row.started_at < nxt)
-                       for op_end, nxt in kept):
+            if not any(
+                op_end + window <= row.started_at and (nxt is None or row.started_at < nxt)
+                for op_end, nxt in kept
+            ):
                 _supersede(session, row, now)
 
-    def rederive(self, session: Session, entry: MonitorEntry, rooms: RoomStates,
-                 op_end: datetime, next_op: datetime | None, now: datetime) -> None:
+    def rederive(
+        self,
+        session: Session,
+        entry: MonitorEntry,
+        rooms: RoomStates,
+        op_end: datetime,
+        next_op: datetime | None,
+        now: datetime,
+    ) -> None:
         """The recovery after the operation that ended at ``op_end``, reconciled."""
         start = op_end + timedelta(seconds=entry.recovery_s)
         failure, settled_at = self._judge(session, entry, start, next_op)
         if settled_at is not None:
             self.settled[(entry.id, op_end)] = settled_at
         query = sm_select(Excursion).where(
-            Excursion.monitor_id == entry.id, Excursion.type == "recovery",
-            Excursion.status != "superseded", Excursion.started_at >= start)
+            Excursion.monitor_id == entry.id,
+            Excursion.type == "recovery",
+            Excursion.status != "superseded",
+            Excursion.started_at >= start,
+        )
         if next_op is not None:
             query = query.where(Excursion.started_at < next_op)
         stored = list(session.exec(query.order_by(Excursion.started_at, Excursion.id)))
@@ -187,29 +216,36 @@ class RecoveryRule:
             _supersede(session, row, now)
 
     @staticmethod
-    def _judge(session: Session, entry: MonitorEntry, start: datetime, next_op: datetime | None,
-               page: int = 240) -> tuple[Failure | None, datetime | None]:
+    def _judge(
+        session: Session, entry: MonitorEntry, start: datetime, next_op: datetime | None, page: int = 240
+    ) -> tuple[Failure | None, datetime | None]:
         table = Reading.__table__
         cols = (table.c.event_time, table.c.seq, table.c.channel, table.c.level, table.c.value)
-        base = [table.c.monitor_id == entry.id, table.c.state == "at_rest",
-                table.c.level.in_(VALID)]
+        base = [table.c.monitor_id == entry.id, table.c.state == "at_rest", table.c.level.in_(VALID)]
         if next_op is not None:
             base.append(table.c.event_time < next_op)
         connection = session.connection()
         rows: list[tuple] = []
         cursor = None
         while True:
-            where = (table.c.event_time >= start if cursor is None else
-                     tuple_(table.c.event_time, table.c.seq, table.c.channel) > cursor)
-            chunk = connection.execute(select(*cols).where(*base, where).order_by(
-                table.c.event_time, table.c.seq, table.c.channel).limit(page)).all()
+            where = (
+                table.c.event_time >= start
+                if cursor is None
+                else tuple_(table.c.event_time, table.c.seq, table.c.channel) > cursor
+            )
+            chunk = connection.execute(
+                select(*cols)
+                .where(*base, where)
+                .order_by(table.c.event_time, table.c.seq, table.c.channel)
+                .limit(page)
+            ).all()
             for at, seq, channel, level, value in chunk:
                 bounds = entry.limits.for_reading(channel, "at_rest")
                 rows.append((at, seq, channel, level, value, _bound(bounds, Level(level))))
             exhausted = len(chunk) < page
             judgements = group_judgements(rows)
             if not exhausted and judgements:
-                judgements = judgements[:-1]   # the last sample may continue in the next page
+                judgements = judgements[:-1]  # the last sample may continue in the next page
             failure, settled_at = recovery_failure(judgements, next_op)
             if settled_at is not None or exhausted:
                 return failure, settled_at
@@ -222,38 +258,72 @@ def _bound(bounds, level: Level) -> float | None:
     return bounds.action_high if level is Level.ACTION else bounds.alert_high
 
 
-def _save(session: Session, entry: MonitorEntry, rooms: RoomStates, row: Excursion | None,
-          failure: Failure, op_end: datetime, now: datetime) -> Excursion:
+def _save(
+    session: Session,
+    entry: MonitorEntry,
+    rooms: RoomStates,
+    row: Excursion | None,
+    failure: Failure,
+    op_end: datetime,
+    now: datetime,
+) -> Excursion:
     """Insert or update the recovery excursion; an unchanged one is not touched."""
-    values = {"channel": failure.channel, "level": failure.level.value, "state": "at_rest",
-              "started_at": failure.started_at, "ended_at": failure.ended_at,
-              "closed_by_at": failure.ended_at, "last_out_at": failure.last_out_at,
-              "peak": failure.peak, "limit_value": failure.limit,
-              "readings": failure.judgements,
-              "status": "open" if failure.ended_at is None else "closed",
-              "note": (f"at-rest limits not met {entry.recovery_s / 60:g} min after the "
-                       f"operation ended at {op_end.isoformat()}")}
+    values = {
+        "channel": failure.channel,
+        "level": failure.level.value,
+        "state": "at_rest",
+        "started_at": failure.started_at,
+        "ended_at": failure.ended_at,
+        "closed_by_at": failure.ended_at,
+        "last_out_at": failure.last_out_at,
+        "peak": failure.peak,
+        "limit_value": failure.limit,
+        "readings": failure.judgements,
+        "status": "open" if failure.ended_at is None else "closed",
+        "note": (
+            f"at-rest limits not met {entry.recovery_s / 60:g} min after the "
+            f"operation ended at {op_end.isoformat()}"
+        ),
+    }
     if row is not None and all(getattr(row, k) == v for k, v in values.items()):
         return row
     before = excursion_shape(row) if row is not None else None
     if row is None:
-        row = Excursion(type="recovery", site_id=entry.site_id, monitor_id=entry.id,
-                        room_id=entry.room_id, kind="particles", direction="high",
-                        basis_id=entry.basis_id, created_at=now, **values)
+        row = Excursion(
+            type="recovery",
+            site_id=entry.site_id,
+            monitor_id=entry.id,
+            room_id=entry.room_id,
+            kind="particles",
+            direction="high",
+            basis_id=entry.basis_id,
+            created_at=now,
+            **values,
+        )
     for key, value in values.items():
         setattr(row, key, value)
     row.updated_at = now
     session.add(row)
     session.flush()
-    if before is not None and before["ended_at"] is not None and (
-            before["started_at"], before["ended_at"], before["level"]) != (
-            row.started_at, row.ended_at, row.level):
-        audit.record(session, actor=SYSTEM_ACTOR, action="excursion.reshape",
-                     entity="excursion", entity_key=str(row.id), before=before,
-                     after=excursion_shape(row), at=now, reason=RESHAPE_REASON)
+    if (
+        before is not None
+        and before["ended_at"] is not None
+        and (before["started_at"], before["ended_at"], before["level"])
+        != (row.started_at, row.ended_at, row.level)
+    ):
+        audit.record(
+            session,
+            actor=SYSTEM_ACTOR,
+            action="excursion.reshape",
+            entity="excursion",
+            entity_key=str(row.id),
+            before=before,
+            after=excursion_shape(row),
+            at=now,
+            reason=RESHAPE_REASON,
+        )
     return row
 
 
 def _supersede(session: Session, row: Excursion, now: datetime) -> None:
     supersede_excursion(session, row, now, RESHAPE_REASON)
-

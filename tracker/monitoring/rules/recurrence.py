@@ -45,17 +45,18 @@ class Span:
     counted: int
 
 
-def recurrence_spans(samples: Sequence[tuple[datetime, bool]], *, consecutive: int = 2,
-                     of: int = 3, last: int = 10) -> list[Span]:
+def recurrence_spans(
+    samples: Sequence[tuple[datetime, bool]], *, consecutive: int = 2, of: int = 3, last: int = 10
+) -> list[Span]:
     """Pure: spans of recurrence in time-ordered ``(time, sample had a count)`` pairs."""
     spans: list[Span] = []
     for i, (t, _) in enumerate(samples):
-        window = samples[max(0, i - last + 1):i + 1]
-        run = samples[max(0, i - consecutive + 1):i + 1]
+        window = samples[max(0, i - last + 1) : i + 1]
+        run = samples[max(0, i - consecutive + 1) : i + 1]
         hits = [s for s, counted in window if counted]
         if not (len(run) == consecutive and all(c for _, c in run)) and len(hits) < of:
             continue
-        start = (run[0][0] if len(hits) < of else hits[0])
+        start = run[0][0] if len(hits) < of else hits[0]
         if spans and start <= spans[-1].end:
             prev = spans[-1]
             counted = sum(1 for s, c in samples if c and min(prev.start, start) <= s <= t)
@@ -91,13 +92,13 @@ class RecurrenceRule:
         out = []
         for state in ("at_rest", "in_operation"):
             bounds = entry.limits.for_reading(CHANNEL, state)
-            if bounds is not None and bounds.action_high is not None and (
-                    bounds.action_high <= SCOPE_LIMIT):
+            if bounds is not None and bounds.action_high is not None and (bounds.action_high <= SCOPE_LIMIT):
                 out.append(state)
         return out
 
-    def _quiet_bounded(self, session: Session, series: tuple, start: datetime, *,
-                       backwards: bool) -> list[tuple[datetime, float]]:
+    def _quiet_bounded(
+        self, session: Session, series: tuple, start: datetime, *, backwards: bool
+    ) -> list[tuple[datetime, float]]:
         """Samples from ``start`` outwards until ``last`` in a row without a count (no span can
         cross such a run) or the end of the series; in time order."""
         out: list[tuple[datetime, float]] = []
@@ -105,15 +106,26 @@ class RecurrenceRule:
         while True:
             when = Reading.event_time < cursor if backwards else Reading.event_time > cursor
             order = Reading.event_time.desc() if backwards else Reading.event_time
-            rows = session.exec(select(Reading.event_time, Reading.value).where(*series, when)
-                                .order_by(order).limit(4 * self.last)).all()
+            rows = session.exec(
+                select(Reading.event_time, Reading.value)
+                .where(*series, when)
+                .order_by(order)
+                .limit(4 * self.last)
+            ).all()
             out += rows
-            if not rows or (len(out) >= self.last and not any(v > 0 for _, v in out[-self.last:])):
+            if not rows or (len(out) >= self.last and not any(v > 0 for _, v in out[-self.last :])):
                 return out[::-1] if backwards else out
             cursor = rows[-1][0]
 
-    def after_readings(self, session: Session, entry: MonitorEntry, rooms: RoomStates,
-                       first: datetime, last: datetime, now: datetime) -> None:
+    def after_readings(
+        self,
+        session: Session,
+        entry: MonitorEntry,
+        rooms: RoomStates,
+        first: datetime,
+        last: datetime,
+        now: datetime,
+    ) -> None:
         """Re-derive, exactly, the recurrences around new (or re-judged) ≥5.0 µm samples.
 
         The samples read reach from ``first``/``last`` outwards to a run of ``last`` samples
@@ -121,46 +133,70 @@ class RecurrenceRule:
         every span in them is derived from all the samples that decide it: stored recurrences
         there are reshaped to their span or superseded when no span supports them any more.
         """
-        series = (Reading.monitor_id == entry.id, Reading.channel == CHANNEL,
-                  Reading.level.notin_((Level.INVALID.value, Level.NOT_EVALUATED.value)),
-                  Reading.state.in_(self._states_in_scope(entry)))
-        live = (Excursion.monitor_id == entry.id, Excursion.type == "recurrence",
-                Excursion.status != "superseded")
+        series = (
+            Reading.monitor_id == entry.id,
+            Reading.channel == CHANNEL,
+            Reading.level.notin_((Level.INVALID.value, Level.NOT_EVALUATED.value)),
+            Reading.state.in_(self._states_in_scope(entry)),
+        )
+        live = (
+            Excursion.monitor_id == entry.id,
+            Excursion.type == "recurrence",
+            Excursion.status != "superseded",
+        )
         while True:
             before = self._quiet_bounded(session, series, first, backwards=True)
             after = self._quiet_bounded(session, series, last, backwards=False)
             lo = before[0][0] if before else first
             hi = after[-1][0] if after else last
-            stored = list(session.exec(select(Excursion).where(*live, Excursion.started_at <= hi,
-                                                               Excursion.ended_at >= lo)
-                                       .order_by(Excursion.started_at)))
+            stored = list(
+                session.exec(
+                    select(Excursion)
+                    .where(*live, Excursion.started_at <= hi, Excursion.ended_at >= lo)
+                    .order_by(Excursion.started_at)
+                )
+            )
             wider = [r for r in stored if r.started_at < lo or r.ended_at > hi]
             if not wider:
                 break
             first = min(first, *(r.started_at for r in wider))
             last = max(last, *(r.ended_at for r in wider))
-        during = session.exec(select(Reading.event_time, Reading.value).where(
-            *series, Reading.event_time >= first, Reading.event_time <= last)
-            .order_by(Reading.event_time)).all()
+        during = session.exec(
+            select(Reading.event_time, Reading.value)
+            .where(*series, Reading.event_time >= first, Reading.event_time <= last)
+            .order_by(Reading.event_time)
+        ).all()
         samples = [(t, v > 0) for t, v in [*before, *during, *after]]
-        if not any(c for _, c in samples[-self.last:]):
+        if not any(c for _, c in samples[-self.last :]):
             self.quiet.add(entry.id)  # nothing counted in the last window: skip until a count
-        spans = recurrence_spans(samples, consecutive=self.consecutive, of=self.of,
-                                 last=self.last) if any(c for _, c in samples) else []
+        spans = (
+            recurrence_spans(samples, consecutive=self.consecutive, of=self.of, last=self.last)
+            if any(c for _, c in samples)
+            else []
+        )
         for span in spans:
-            match = next((r for r in stored if r.started_at <= span.end
-                          and span.start <= r.ended_at), None)
+            match = next((r for r in stored if r.started_at <= span.end and span.start <= r.ended_at), None)
             shape = excursion_shape(match) if match is not None else None
             if match is None:
-                match = Excursion(type="recurrence", site_id=entry.site_id, monitor_id=entry.id,
-                                  room_id=entry.room_id, kind="particles", channel=CHANNEL,
-                                  level="action" if entry.grade == "A" else "alert",
-                                  state=rooms.state(entry.room_id, span.start), direction="high",
-                                  started_at=span.start, peak=0, basis_id=entry.basis_id,
-                                  created_at=now, updated_at=now,
-                                  limit_value=float(self.of),
-                                  note=f"≥5.0 µm counts in {self.consecutive} consecutive "
-                                       f"samples or {self.of} of the last {self.last}")
+                match = Excursion(
+                    type="recurrence",
+                    site_id=entry.site_id,
+                    monitor_id=entry.id,
+                    room_id=entry.room_id,
+                    kind="particles",
+                    channel=CHANNEL,
+                    level="action" if entry.grade == "A" else "alert",
+                    state=rooms.state(entry.room_id, span.start),
+                    direction="high",
+                    started_at=span.start,
+                    peak=0,
+                    basis_id=entry.basis_id,
+                    created_at=now,
+                    updated_at=now,
+                    limit_value=float(self.of),
+                    note=f"≥5.0 µm counts in {self.consecutive} consecutive "
+                    f"samples or {self.of} of the last {self.last}",
+                )
             else:
                 stored.remove(match)
             match.started_at, match.ended_at, match.readings = span.start, span.end, span.counted
@@ -170,8 +206,16 @@ class RecurrenceRule:
             session.add(match)
             if shape is not None and shape != excursion_shape(match):
                 session.flush()
-                audit.record(session, actor=SYSTEM_ACTOR, action="excursion.reshape", entity="excursion",
-                             entity_key=str(match.id), before=shape, after=excursion_shape(match), at=now,
-                             reason=REPLAY_REASON)
-        for row in stored:   # no span supports it any more (late data, a re-judged state, an inhibit)
+                audit.record(
+                    session,
+                    actor=SYSTEM_ACTOR,
+                    action="excursion.reshape",
+                    entity="excursion",
+                    entity_key=str(match.id),
+                    before=shape,
+                    after=excursion_shape(match),
+                    at=now,
+                    reason=REPLAY_REASON,
+                )
+        for row in stored:  # no span supports it any more (late data, a re-judged state, an inhibit)
             supersede_excursion(session, row, now, REPLAY_REASON)

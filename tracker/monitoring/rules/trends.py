@@ -40,8 +40,7 @@ class TrendSpan:
     alerts: int
 
 
-def trend_spans(alerts: Sequence[tuple[datetime, str]], *, n: int, window: timedelta
-                ) -> list[TrendSpan]:
+def trend_spans(alerts: Sequence[tuple[datetime, str]], *, n: int, window: timedelta) -> list[TrendSpan]:
     """Pure: trends from ``(start, state)`` of closed alert excursions sorted by start.
 
     An alert with ``n`` alerts in ``(its start − window, its start]`` raises a trend from the
@@ -51,7 +50,7 @@ def trend_spans(alerts: Sequence[tuple[datetime, str]], *, n: int, window: timed
     times = [t for t, _ in alerts]
     spans: list[TrendSpan] = []
     for t, state in alerts:
-        recent = times[bisect.bisect_right(times, t - window):bisect.bisect_right(times, t)]
+        recent = times[bisect.bisect_right(times, t - window) : bisect.bisect_right(times, t)]
         if len(recent) < n:
             continue
         if spans and spans[-1].end >= t - window:
@@ -71,32 +70,56 @@ class TrendRule:
     def on_alert_closed(self, session: Session, entry: MonitorEntry, now: datetime) -> None:
         """Re-derive the monitor's adverse trends after its alert episodes changed."""
         session.flush()
-        alerts = session.exec(select(Excursion.started_at, Excursion.state).where(
-            Excursion.monitor_id == entry.id, Excursion.type == "limit",
-            Excursion.level == "alert", Excursion.status == "closed")
-            .order_by(Excursion.started_at)).all()
+        alerts = session.exec(
+            select(Excursion.started_at, Excursion.state)
+            .where(
+                Excursion.monitor_id == entry.id,
+                Excursion.type == "limit",
+                Excursion.level == "alert",
+                Excursion.status == "closed",
+            )
+            .order_by(Excursion.started_at)
+        ).all()
         spans = trend_spans(alerts, n=self.alerts, window=self.window)
-        stored = list(session.exec(select(Excursion).where(
-            Excursion.monitor_id == entry.id, Excursion.type == "adverse_trend",
-            Excursion.status != "superseded").order_by(Excursion.started_at, Excursion.id)))
+        stored = list(
+            session.exec(
+                select(Excursion)
+                .where(
+                    Excursion.monitor_id == entry.id,
+                    Excursion.type == "adverse_trend",
+                    Excursion.status != "superseded",
+                )
+                .order_by(Excursion.started_at, Excursion.id)
+            )
+        )
         for span in spans:
-            row = next((r for r in stored if r.started_at <= span.end
-                        and span.start <= r.ended_at), None)
+            row = next((r for r in stored if r.started_at <= span.end and span.start <= r.ended_at), None)
             before = None
             if row is None:
-                row = Excursion(type="adverse_trend", site_id=entry.site_id, monitor_id=entry.id,
-                                room_id=entry.room_id, kind=entry.kind, channel="",
-                                level="action", state=span.state, direction="none",
-                                status="closed", started_at=span.start, peak=0, readings=0,
-                                limit_value=float(self.alerts), basis_id=entry.basis_id,
-                                created_at=now, updated_at=now,
-                                note=f"{self.alerts} alert excursions within "
-                                     f"{self.window.total_seconds() / 3600:g} h")
+                row = Excursion(
+                    type="adverse_trend",
+                    site_id=entry.site_id,
+                    monitor_id=entry.id,
+                    room_id=entry.room_id,
+                    kind=entry.kind,
+                    channel="",
+                    level="action",
+                    state=span.state,
+                    direction="none",
+                    status="closed",
+                    started_at=span.start,
+                    peak=0,
+                    readings=0,
+                    limit_value=float(self.alerts),
+                    basis_id=entry.basis_id,
+                    created_at=now,
+                    updated_at=now,
+                    note=f"{self.alerts} alert excursions within {self.window.total_seconds() / 3600:g} h",
+                )
             else:
                 stored.remove(row)
                 before = excursion_shape(row)
-                if (row.started_at, row.ended_at, row.readings) == (
-                        span.start, span.end, span.alerts):
+                if (row.started_at, row.ended_at, row.readings) == (span.start, span.end, span.alerts):
                     continue
             row.started_at = span.start
             row.ended_at = row.closed_by_at = row.last_out_at = span.end
@@ -107,8 +130,16 @@ class TrendRule:
             session.add(row)
             if before is not None and before["started_at"] != row.started_at:
                 session.flush()
-                audit.record(session, actor=SYSTEM_ACTOR, action="excursion.reshape",
-                             entity="excursion", entity_key=str(row.id), before=before,
-                             after=excursion_shape(row), at=now, reason=REPLAY_REASON)
-        for row in stored:   # no longer supported (a superseded or reshaped alert)
+                audit.record(
+                    session,
+                    actor=SYSTEM_ACTOR,
+                    action="excursion.reshape",
+                    entity="excursion",
+                    entity_key=str(row.id),
+                    before=before,
+                    after=excursion_shape(row),
+                    at=now,
+                    reason=REPLAY_REASON,
+                )
+        for row in stored:  # no longer supported (a superseded or reshaped alert)
             supersede_excursion(session, row, now, REPLAY_REASON)

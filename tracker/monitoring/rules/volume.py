@@ -135,8 +135,7 @@ def final_verdict(window: RollingWindow, sample: Sample) -> Verdict:
     return sample.verdict
 
 
-def rolling_pass(windows: dict[float, RollingWindow], samples: Iterable[Sample], *,
-                 target_ul: int) -> None:
+def rolling_pass(windows: dict[float, RollingWindow], samples: Iterable[Sample], *, target_ul: int) -> None:
     """Pure: samples in event-time order; sets each sample's final verdict in place."""
     for s in samples:
         if s.limit is None or s.verdict.level not in VALID_LEVELS:
@@ -175,45 +174,64 @@ class VolumeBook:
         for key in [k for k in self.series if k[0] == monitor_id]:
             del self.series[key]
 
-    def settle(self, session: Session, entry: MonitorEntry, channel: str,
-               samples: list[Sample]) -> list[dict]:
+    def settle(
+        self, session: Session, entry: MonitorEntry, channel: str, samples: list[Sample]
+    ) -> list[dict]:
         """Final verdicts of a batch's new samples of one series (set in place); returns the
         stored samples whose verdict changed (late data only)."""
         samples.sort(key=lambda s: (s.at, s.seq))
         key = (entry.id, channel)
         cached = self.series.get(key)
         first = (samples[0].at, samples[0].seq)
-        if cached is not None and (cached.last is None or first > cached.last) and all(
+        if (
+            cached is not None
+            and (cached.last is None or first > cached.last)
+            and all(
                 self._nothing_after(session, entry, channel, limit, samples[0].at)
-                for limit in {s.limit for s in samples} - cached.windows.keys()):
+                for limit in {s.limit for s in samples} - cached.windows.keys()
+            )
+        ):
             for s in samples:
                 window = cached.windows.get(s.limit)
                 if window is None:
-                    window = cached.windows[s.limit] = self._seeded(
-                        session, entry, channel, s.limit, s.at)
+                    window = cached.windows[s.limit] = self._seeded(session, entry, channel, s.limit, s.at)
                 s.verdict = final_verdict(window, s)
             cached.last = (samples[-1].at, samples[-1].seq)
             return []
         self.series.pop(key, None)
         changes, windows, last = self.replay(
-            session, entry, channel, samples, since=samples[0].at,
+            session,
+            entry,
+            channel,
+            samples,
+            since=samples[0].at,
             boundary=(samples[-1].at, samples[-1].seq),
-            limits={s.limit for s in samples if s.limit is not None})
+            limits={s.limit for s in samples if s.limit is not None},
+        )
         if windows is not None:
             self.series[key] = _Series(windows, last)
         return changes
 
-    def replay(self, session: Session, entry: MonitorEntry, channel: str, samples: list[Sample],
-               *, since: datetime, boundary: tuple[datetime, int], limits: set[float],
-               skip_until: datetime | None = None
-               ) -> tuple[list[dict], dict[float, RollingWindow] | None, tuple | None]:
+    def replay(
+        self,
+        session: Session,
+        entry: MonitorEntry,
+        channel: str,
+        samples: list[Sample],
+        *,
+        since: datetime,
+        boundary: tuple[datetime, int],
+        limits: set[float],
+        skip_until: datetime | None = None,
+    ) -> tuple[list[dict], dict[float, RollingWindow] | None, tuple | None]:
         """Judge ``samples`` (sorted, none before ``since``) with windows seeded from the stored
         samples before ``since``, merging the stored samples from ``since`` on (those before
         ``skip_until`` are being replaced by ``samples``) until, for every limit, the stored
         volume after ``boundary`` reaches the target. Returns the changed stored verdicts,
         and the windows with their last sample when the whole series was read (else None)."""
-        windows = {limit: self._seeded(session, entry, channel, limit, since, strict=True)
-                   for limit in limits}
+        windows = {
+            limit: self._seeded(session, entry, channel, limit, since, strict=True) for limit in limits
+        }
         after = dict.fromkeys(limits, 0)
         stored = self._rows(session, entry, channel, limits, since, ascending=True)
         changes: list[dict] = []
@@ -235,16 +253,24 @@ class VolumeBook:
             if sample is None or sample.limit not in windows:
                 continue
             if after[sample.limit] >= entry.rolling_ul:
-                complete = False   # its window no longer holds a new sample: unchanged
+                complete = False  # its window no longer holds a new sample: unchanged
                 continue
             verdict = final_verdict(windows[sample.limit], sample)
             last = (at, seq)
             if (at, seq) > boundary:
                 after[sample.limit] += sample.volume_ul
             if (verdict.level.value, verdict.direction) != (row[5], row[6]):
-                changes.append({"m": entry.id, "s": seq, "c": channel,
-                                "level": verdict.level.value, "direction": verdict.direction,
-                                "basis": entry.basis_id, "at": at})
+                changes.append(
+                    {
+                        "m": entry.id,
+                        "s": seq,
+                        "c": channel,
+                        "level": verdict.level.value,
+                        "direction": verdict.direction,
+                        "basis": entry.basis_id,
+                        "at": at,
+                    }
+                )
         while nxt is not None:
             nxt.verdict = final_verdict(windows[nxt.limit], nxt)
             last = (nxt.at, nxt.seq)
@@ -254,8 +280,11 @@ class VolumeBook:
     @staticmethod
     def _states(entry: MonitorEntry, channel: str, limits: Iterable[float]) -> list[str]:
         wanted = set(limits)
-        return [st for st in STATES if (b := entry.limits.for_reading(channel, st)) is not None
-                and b.action_high in wanted]
+        return [
+            st
+            for st in STATES
+            if (b := entry.limits.for_reading(channel, st)) is not None and b.action_high in wanted
+        ]
 
     def _stored_sample(self, entry: MonitorEntry, channel: str, row) -> Sample | None:
         at, seq, value, volume_l, state, level = row[:6]
@@ -264,24 +293,37 @@ class VolumeBook:
         if level not in VALID_VALUES or not single_count_exceeds(bounds, volume_l):
             return None
         verdict = cap_single(evaluate(value, bounds), bounds, volume_l)
-        return Sample(at=at, seq=seq, count=count_of(value, volume_l),
-                      volume_ul=volume_ul(volume_l), limit=bounds.action_high, verdict=verdict,
-                      rolling=True)
+        return Sample(
+            at=at,
+            seq=seq,
+            count=count_of(value, volume_l),
+            volume_ul=volume_ul(volume_l),
+            limit=bounds.action_high,
+            verdict=verdict,
+            rolling=True,
+        )
 
-    def _nothing_after(self, session: Session, entry: MonitorEntry, channel: str, limit: float,
-                       at: datetime) -> bool:
+    def _nothing_after(
+        self, session: Session, entry: MonitorEntry, channel: str, limit: float, at: datetime
+    ) -> bool:
         """No stored sample of ``limit`` at or after ``at`` (a new window may be seeded)."""
-        return next(self._rows(session, entry, channel, {limit}, at, ascending=True, page=1),
-                    None) is None
+        return next(self._rows(session, entry, channel, {limit}, at, ascending=True, page=1), None) is None
 
-    def _seeded(self, session: Session, entry: MonitorEntry, channel: str, limit: float,
-                before: datetime, *, strict: bool = False) -> RollingWindow:
+    def _seeded(
+        self,
+        session: Session,
+        entry: MonitorEntry,
+        channel: str,
+        limit: float,
+        before: datetime,
+        *,
+        strict: bool = False,
+    ) -> RollingWindow:
         """A window of ``limit`` holding the stored samples before ``before``."""
         window = RollingWindow(entry.rolling_ul)
 
         def newest_first():
-            for row in self._rows(session, entry, channel, {limit}, before, ascending=False,
-                                  strict=strict):
+            for row in self._rows(session, entry, channel, {limit}, before, ascending=False, strict=strict):
                 sample = self._stored_sample(entry, channel, row)
                 if sample is not None and sample.limit == limit:
                     yield sample.at, sample.seq, sample.count, sample.volume_ul
@@ -289,31 +331,53 @@ class VolumeBook:
         window.seed(newest_first())
         return window
 
-    def _rows(self, session: Session, entry: MonitorEntry, channel: str, limits: set[float],
-              start: datetime, *, ascending: bool, strict: bool = False, page: int = 256):
+    def _rows(
+        self,
+        session: Session,
+        entry: MonitorEntry,
+        channel: str,
+        limits: set[float],
+        start: datetime,
+        *,
+        ascending: bool,
+        strict: bool = False,
+        page: int = 256,
+    ):
         """Stored valid samples of the series judged against ``limits``, paged by time."""
         states = self._states(entry, channel, limits)
         if not states:
             return
         table = Reading.__table__
-        cols = (table.c.event_time, table.c.seq, table.c.value, table.c.sample_volume_l,
-                table.c.state, table.c.level, table.c.direction)
-        base = (table.c.monitor_id == entry.id, table.c.channel == channel,
-                table.c.state.in_(states), table.c.level.in_(VALID_VALUES))
+        cols = (
+            table.c.event_time,
+            table.c.seq,
+            table.c.value,
+            table.c.sample_volume_l,
+            table.c.state,
+            table.c.level,
+            table.c.direction,
+        )
+        base = (
+            table.c.monitor_id == entry.id,
+            table.c.channel == channel,
+            table.c.state.in_(states),
+            table.c.level.in_(VALID_VALUES),
+        )
         connection = session.connection()
         cursor: tuple[datetime, int] | None = None
         while True:
             if ascending:
-                where = (table.c.event_time >= start if cursor is None else
-                         tuple_(table.c.event_time, table.c.seq) > cursor)
+                where = (
+                    table.c.event_time >= start
+                    if cursor is None
+                    else tuple_(table.c.event_time, table.c.seq) > cursor
+                )
                 order = (table.c.event_time, table.c.seq)
             else:
                 first = table.c.event_time < start if strict else table.c.event_time <= start
-                where = (first if cursor is None else
-                         tuple_(table.c.event_time, table.c.seq) < cursor)
+                where = first if cursor is None else tuple_(table.c.event_time, table.c.seq) < cursor
                 order = (table.c.event_time.desc(), table.c.seq.desc())
-            rows = connection.execute(select(*cols).where(*base, where).order_by(*order)
-                                      .limit(page)).all()
+            rows = connection.execute(select(*cols).where(*base, where).order_by(*order).limit(page)).all()
             yield from rows
             if len(rows) < page:
                 return
@@ -327,13 +391,19 @@ def store_changes(session: Session, kinds: dict[int, str], changes: list[dict]) 
     table = Reading.__table__
     session.connection().execute(
         # event_time is implied by the key, but lets PostgreSQL go to one month's partition
-        update(table).where(table.c.monitor_id == bindparam("m"), table.c.seq == bindparam("s"),
-                            table.c.channel == bindparam("c"), table.c.event_time == bindparam("t"))
-        .values(level=bindparam("level"), direction=bindparam("direction"),
-                basis_id=bindparam("basis")),
-        [{"t": c["at"], **{k: c[k] for k in ("m", "s", "c", "level", "direction", "basis")}}
-         for c in changes])
+        update(table)
+        .where(
+            table.c.monitor_id == bindparam("m"),
+            table.c.seq == bindparam("s"),
+            table.c.channel == bindparam("c"),
+            table.c.event_time == bindparam("t"),
+        )
+        .values(level=bindparam("level"), direction=bindparam("direction"), basis_id=bindparam("basis")),
+        [
+            {"t": c["at"], **{k: c[k] for k in ("m", "s", "c", "level", "direction", "basis")}}
+            for c in changes
+        ],
+    )
     for monitor_id in sorted({c["m"] for c in changes}):
         times = [c["at"] for c in changes if c["m"] == monitor_id]
-        rebuild_rollups(session, {monitor_id: kinds[monitor_id]}, [monitor_id], min(times),
-                        max(times))
+        rebuild_rollups(session, {monitor_id: kinds[monitor_id]}, [monitor_id], min(times), max(times))

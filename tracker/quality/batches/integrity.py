@@ -32,10 +32,14 @@ def all_signature_checks(session: Session) -> list[signatures.SignatureCheck]:
     for site in session.exec(select(Site).order_by(Site.id)):
         checks += signatures.check_all(
             signatures.signatures_of(session, "site", site.code),
-            lambda sig, site=site: limits_content(session, site, int(sig.scope.split(":")[1])))
+            lambda sig, site=site: limits_content(session, site, int(sig.scope.split(":")[1])),
+        )
     # annual reports: the signed report is the stored content itself (rebuilding it is the report's job)
-    for sig in session.exec(select(signatures.Signature).where(signatures.Signature.entity == "annual_report")
-                            .order_by(signatures.Signature.id)):
+    for sig in session.exec(
+        select(signatures.Signature)
+        .where(signatures.Signature.entity == "annual_report")
+        .order_by(signatures.Signature.id)
+    ):
         checks.append(signatures.check(sig, json.loads(sig.content)))
     return checks
 
@@ -49,8 +53,10 @@ def integrity_problems(session: Session) -> list[str]:
         seal = json.loads(event.after or "{}").get("seal")
         audited.add(seal)
         if seal not in rows:
-            problems.append(f"audit event {event.id} ({event.action} by {event.actor} on {event.entity} "
-                            f"{event.entity_key}) has no signature row: deleted or altered")
+            problems.append(
+                f"audit event {event.id} ({event.action} by {event.actor} on {event.entity} "
+                f"{event.entity_key}) has no signature row: deleted or altered"
+            )
     for seal, sig in rows.items():
         if seal not in audited:
             problems.append(f"signature {sig.id} ({sig.meaning} by {sig.username}) is not in the audit trail")

@@ -42,11 +42,18 @@ SYSTEM = "system:linking"
 def _candidates(session: Session, step: ProcessStep) -> list[Excursion]:
     """Non-superseded excursions that may have exposed ``step``."""
     rooms = [r.id for r in containing_rooms(session, session.get(Room, step.room_id))]
-    query = (select(Excursion).join(Monitor, Monitor.id == Excursion.monitor_id)
-             .where(Excursion.status != "superseded",
-                    or_(Excursion.room_id.in_(rooms),
-                        (Excursion.kind == "pressure") & Monitor.reference_room_id.in_(rooms)),
-                    or_(Excursion.ended_at.is_(None), Excursion.ended_at > step.start)))
+    query = (
+        select(Excursion)
+        .join(Monitor, Monitor.id == Excursion.monitor_id)
+        .where(
+            Excursion.status != "superseded",
+            or_(
+                Excursion.room_id.in_(rooms),
+                (Excursion.kind == "pressure") & Monitor.reference_room_id.in_(rooms),
+            ),
+            or_(Excursion.ended_at.is_(None), Excursion.ended_at > step.start),
+        )
+    )
     if step.end is not None:
         query = query.where(Excursion.started_at < step.end)
     return list(session.exec(query.order_by(Excursion.started_at, Excursion.id)))
@@ -64,16 +71,27 @@ def sync_links(session: Session, *, batch: Batch | None = None, now: datetime | 
     for step in session.exec(query).all():
         number = batch_numbers.setdefault(step.batch_id, session.get(Batch, step.batch_id).number)
         wanted = {ex.id: ex for ex in _candidates(session, step)}
-        existing = {link.excursion_id: link for link in session.exec(
-            select(ExcursionLink).where(ExcursionLink.step_id == step.id))}
+        existing = {
+            link.excursion_id: link
+            for link in session.exec(select(ExcursionLink).where(ExcursionLink.step_id == step.id))
+        }
         for excursion_id, ex in wanted.items():
             if excursion_id in existing:
                 continue
-            session.add(ExcursionLink(excursion_id=excursion_id, step_id=step.id, batch_id=step.batch_id,
-                                      proposed_at=now))
-            audit.record(session, actor=SYSTEM, action="link.propose", entity="batch", entity_key=number,
-                         after={"excursion": excursion_id, "step": step.id, "type": ex.type,
-                                "level": ex.level}, at=now)
+            session.add(
+                ExcursionLink(
+                    excursion_id=excursion_id, step_id=step.id, batch_id=step.batch_id, proposed_at=now
+                )
+            )
+            audit.record(
+                session,
+                actor=SYSTEM,
+                action="link.propose",
+                entity="batch",
+                entity_key=number,
+                after={"excursion": excursion_id, "step": step.id, "type": ex.type, "level": ex.level},
+                at=now,
+            )
             changed += 1
         for excursion_id, link in existing.items():
             ex = wanted.get(excursion_id)
@@ -84,9 +102,16 @@ def sync_links(session: Session, *, batch: Batch | None = None, now: datetime | 
                 link.status, link.decided_by, link.decided_at = "withdrawn", SYSTEM, now
                 link.reason = "the excursion was superseded or no longer overlaps the step"
                 session.add(link)
-                audit.record(session, actor=SYSTEM, action="link.withdraw", entity="batch",
-                             entity_key=number, after={"excursion": excursion_id, "step": step.id},
-                             reason=link.reason, at=now)
+                audit.record(
+                    session,
+                    actor=SYSTEM,
+                    action="link.withdraw",
+                    entity="batch",
+                    entity_key=number,
+                    after={"excursion": excursion_id, "step": step.id},
+                    reason=link.reason,
+                    at=now,
+                )
                 changed += 1
     session.flush()
     return changed
@@ -95,29 +120,60 @@ def sync_links(session: Session, *, batch: Batch | None = None, now: datetime | 
 def _changed(link: ExcursionLink, ex: Excursion) -> bool:
     """Has the excursion changed since QA decided on it?"""
     return (link.decided_level, link.decided_started_at, link.decided_ended_at) != (
-        ex.level, ex.started_at, ex.ended_at)
+        ex.level,
+        ex.started_at,
+        ex.ended_at,
+    )
 
 
 def _reopen(session: Session, link: ExcursionLink, ex: Excursion, number: str, now: datetime) -> None:
-    before = {"status": link.status, "level": link.decided_level,
-              "started_at": iso_utc(link.decided_started_at), "ended_at": iso_utc(link.decided_ended_at)}
+    before = {
+        "status": link.status,
+        "level": link.decided_level,
+        "started_at": iso_utc(link.decided_started_at),
+        "ended_at": iso_utc(link.decided_ended_at),
+    }
     link.status, link.decided_by, link.decided_at, link.reason = "proposed", None, None, None
     link.decided_level = link.decided_started_at = link.decided_ended_at = None
     session.add(link)
-    audit.record(session, actor=SYSTEM, action="link.reopen", entity="batch", entity_key=number,
-                 before=before, after={"link": link.id, "status": "proposed", "level": ex.level,
-                                       "started_at": iso_utc(ex.started_at),
-                                       "ended_at": iso_utc(ex.ended_at)},
-                 reason="the excursion changed after QA decided", at=now)
+    audit.record(
+        session,
+        actor=SYSTEM,
+        action="link.reopen",
+        entity="batch",
+        entity_key=number,
+        before=before,
+        after={
+            "link": link.id,
+            "status": "proposed",
+            "level": ex.level,
+            "started_at": iso_utc(ex.started_at),
+            "ended_at": iso_utc(ex.ended_at),
+        },
+        reason="the excursion changed after QA decided",
+        at=now,
+    )
 
 
 def links_of(session: Session, batch: Batch) -> list[ExcursionLink]:
-    return list(session.exec(select(ExcursionLink).where(ExcursionLink.batch_id == batch.id)
-                             .order_by(ExcursionLink.excursion_id, ExcursionLink.step_id)))
+    return list(
+        session.exec(
+            select(ExcursionLink)
+            .where(ExcursionLink.batch_id == batch.id)
+            .order_by(ExcursionLink.excursion_id, ExcursionLink.step_id)
+        )
+    )
 
 
-def decide_link(session: Session, *, actor: Authenticated, link_id: int, exposed: bool, reason: str,
-                now: datetime | None = None) -> ExcursionLink:
+def decide_link(
+    session: Session,
+    *,
+    actor: Authenticated,
+    link_id: int,
+    exposed: bool,
+    reason: str,
+    now: datetime | None = None,
+) -> ExcursionLink:
     """QA confirms (the step was exposed) or rejects (it was not) a proposed link, with a reason.
     A confirmed exposure joins the batch to the open deviations raised from that excursion."""
     require_role(actor, "qa", action=Reason("deciding an exposure link", "确认或否定关联建议"))
@@ -125,8 +181,11 @@ def decide_link(session: Session, *, actor: Authenticated, link_id: int, exposed
     if link is None:
         raise NotFoundError(Reason(f"no link {link_id}", f"没有关联建议 {link_id}"))
     if link.status != "proposed":
-        raise ConflictError(Reason(f"link {link_id} is {link.status} already",
-                                   f"关联建议 {link_id} 已是“{zh_word(link.status)}”"))
+        raise ConflictError(
+            Reason(
+                f"link {link_id} is {link.status} already", f"关联建议 {link_id} 已是“{zh_word(link.status)}”"
+            )
+        )
     if not reason or not reason.strip():
         raise InvalidInputError(Reason("a link decision needs its reason", "关联决定须说明理由"))
     now = now or utcnow()
@@ -136,33 +195,64 @@ def decide_link(session: Session, *, actor: Authenticated, link_id: int, exposed
     link.decided_by, link.decided_at, link.reason = actor.username, now, reason.strip()
     link.decided_level, link.decided_started_at, link.decided_ended_at = ex.level, ex.started_at, ex.ended_at
     session.add(link)
-    audit.record(session, actor=actor.username, action=f"link.{link.status}", entity="batch",
-                 entity_key=batch.number, before={"status": "proposed"},
-                 after={"link": link_id, "excursion": link.excursion_id, "step": link.step_id,
-                        "status": link.status}, reason=link.reason, at=now)
+    audit.record(
+        session,
+        actor=actor.username,
+        action=f"link.{link.status}",
+        entity="batch",
+        entity_key=batch.number,
+        before={"status": "proposed"},
+        after={"link": link_id, "excursion": link.excursion_id, "step": link.step_id, "status": link.status},
+        reason=link.reason,
+        at=now,
+    )
     if exposed:
         deviations = session.exec(
-            select(Deviation).join(DeviationExcursion, DeviationExcursion.deviation_id == Deviation.id)
-            .where(DeviationExcursion.excursion_id == link.excursion_id, Deviation.status != "closed")).all()
+            select(Deviation)
+            .join(DeviationExcursion, DeviationExcursion.deviation_id == Deviation.id)
+            .where(DeviationExcursion.excursion_id == link.excursion_id, Deviation.status != "closed")
+        ).all()
         for dev in deviations:
-            attach_batch(session, dev=dev, batch_id=batch.id, batch_number=batch.number,
-                         actor=actor.username, now=now)
+            attach_batch(
+                session, dev=dev, batch_id=batch.id, batch_number=batch.number, actor=actor.username, now=now
+            )
     return link
 
 
-def raise_deviation(session: Session, *, actor: Authenticated, site: Site, excursion_ids: list[int],
-                    title: str, classification: str, category: str, description: str,
-                    batch_numbers: list[str] | tuple[str, ...] = (),
-                    now: datetime | None = None) -> Deviation:
+def raise_deviation(
+    session: Session,
+    *,
+    actor: Authenticated,
+    site: Site,
+    excursion_ids: list[int],
+    title: str,
+    classification: str,
+    category: str,
+    description: str,
+    batch_numbers: list[str] | tuple[str, ...] = (),
+    now: datetime | None = None,
+) -> Deviation:
     """Raise a deviation from excursions (or by hand, with batches named directly); every batch
     with a confirmed exposure to one of the excursions is linked for impact assessment."""
     now = now or utcnow()
-    dev = open_deviation(session, actor=actor, site=site, title=title, classification=classification,
-                         category=category, description=description, excursion_ids=excursion_ids, now=now)
+    dev = open_deviation(
+        session,
+        actor=actor,
+        site=site,
+        title=title,
+        classification=classification,
+        category=category,
+        description=description,
+        excursion_ids=excursion_ids,
+        now=now,
+    )
     batch_ids: dict[int, str] = {}
     if excursion_ids:
-        for link in session.exec(select(ExcursionLink).where(ExcursionLink.excursion_id.in_(excursion_ids),
-                                                             ExcursionLink.status == "confirmed")):
+        for link in session.exec(
+            select(ExcursionLink).where(
+                ExcursionLink.excursion_id.in_(excursion_ids), ExcursionLink.status == "confirmed"
+            )
+        ):
             batch_ids[link.batch_id] = session.get(Batch, link.batch_id).number
     for number in batch_numbers:
         found = session.exec(select(Batch).where(Batch.number == number)).first()
@@ -178,16 +268,17 @@ def uncovered_action_exposures(session: Session, batch: Batch) -> list[Excursion
     """Confirmed exposures to action-level excursions with no deviation linked to this batch
     that was raised from the excursion (GMP 2010 Art. 250: report and investigate)."""
     found = []
-    for link in session.exec(select(ExcursionLink).where(ExcursionLink.batch_id == batch.id,
-                                                         ExcursionLink.status == "confirmed")):
+    for link in session.exec(
+        select(ExcursionLink).where(ExcursionLink.batch_id == batch.id, ExcursionLink.status == "confirmed")
+    ):
         ex = session.get(Excursion, link.excursion_id)
         if ex.level != "action":
             continue
         covered = session.exec(
             select(DeviationBatch.id)
             .join(DeviationExcursion, DeviationExcursion.deviation_id == DeviationBatch.deviation_id)
-            .where(DeviationBatch.batch_id == batch.id,
-                   DeviationExcursion.excursion_id == link.excursion_id)).first()
+            .where(DeviationBatch.batch_id == batch.id, DeviationExcursion.excursion_id == link.excursion_id)
+        ).first()
         if covered is None:
             found.append(link)
     return found

@@ -38,52 +38,80 @@ from tracker.quality.deviations import Deviation, DeviationBatch
 
 def batch_content(session: Session, batch: Batch) -> dict:
     """The batch record as signed: identity, chain of identity and every step."""
-    return {"number": batch.number, "product": batch.product, "donor_id": batch.donor_id,
-            "patient_id": batch.patient_id,
-            "steps": [{"id": s.id, "name": s.name, "room": session.get(Room, s.room_id).code,
-                       "start": iso_utc(s.start), "end": iso_utc(s.end),
-                       "open_processing": s.open_processing, "operator": s.operator}
-                      for s in steps_of(session, batch)]}
+    return {
+        "number": batch.number,
+        "product": batch.product,
+        "donor_id": batch.donor_id,
+        "patient_id": batch.patient_id,
+        "steps": [
+            {
+                "id": s.id,
+                "name": s.name,
+                "room": session.get(Room, s.room_id).code,
+                "start": iso_utc(s.start),
+                "end": iso_utc(s.end),
+                "open_processing": s.open_processing,
+                "operator": s.operator,
+            }
+            for s in steps_of(session, batch)
+        ],
+    }
 
 
 def signature_checks(session: Session, batch: Batch) -> list[signatures.SignatureCheck]:
     """The batch's own signatures and its steps' ``performed`` signatures, each checked."""
     content = batch_content(session, batch)
-    checks = signatures.check_all(signatures.signatures_of(session, "batch", batch.number),
-                                  lambda _sig: content)
+    checks = signatures.check_all(
+        signatures.signatures_of(session, "batch", batch.number), lambda _sig: content
+    )
     for step in steps_of(session, batch):
-        checks += signatures.check_all(signatures.signatures_of(session, "process_step", str(step.id)),
-                                       lambda _sig, step=step: step_content(session, step))
+        checks += signatures.check_all(
+            signatures.signatures_of(session, "process_step", str(step.id)),
+            lambda _sig, step=step: step_content(session, step),
+        )
     return checks
 
 
 #: the signatures a batch status stands on (a status without them was not reached by signing)
 DEVIATION_STATUS_ZH = {"open": "已开启", "investigating": "调查中", "capa": "纠正预防措施阶段"}
-SIGNATURE_PROBLEM_ZH = {"the record changed after it was signed": "签名后记录被修改",
-                        "the signature record itself was altered": "签名记录本身被篡改"}
+SIGNATURE_PROBLEM_ZH = {
+    "the record changed after it was signed": "签名后记录被修改",
+    "the signature record itself was altered": "签名记录本身被篡改",
+}
 
-SCOPE_ZH = {"production": "生产负责人批准", "qa_review": "QA 审核", "release": "放行",
-            "rejection": "拒绝"}
+SCOPE_ZH = {"production": "生产负责人批准", "qa_review": "QA 审核", "release": "放行", "rejection": "拒绝"}
 
-REQUIRED_SCOPES = {"production_signed": ("production",), "qa_reviewed": ("production", "qa_review"),
-                   "released": ("production", "qa_review", "release"), "rejected": ("rejection",)}
+REQUIRED_SCOPES = {
+    "production_signed": ("production",),
+    "qa_reviewed": ("production", "qa_review"),
+    "released": ("production", "qa_review", "release"),
+    "rejected": ("rejection",),
+}
 
 
-def status_problems(session: Session, batch: Batch,
-                    checks: list[signatures.SignatureCheck] | None = None) -> list[str]:
+def status_problems(
+    session: Session, batch: Batch, checks: list[signatures.SignatureCheck] | None = None
+) -> list[str]:
     """A status or an ended step without the signature it needs (e.g. a raw SQL status change);
     ``checks`` are the batch's signature checks when the caller has them already."""
     checks = signature_checks(session, batch) if checks is None else checks
     scopes = {c.signature.scope for c in checks if c.signature.entity == "batch" and c.intact}
-    problems = [Reason(f"batch {batch.number} is {batch.status} without its {scope} signature",
-                       f"批次 {batch.number} 状态为“{zh_word(batch.status)}”，"
-                       f"却缺少{SCOPE_ZH.get(scope, scope)}签名")
-                for scope in REQUIRED_SCOPES.get(batch.status, ()) if scope not in scopes]
+    problems = [
+        Reason(
+            f"batch {batch.number} is {batch.status} without its {scope} signature",
+            f"批次 {batch.number} 状态为“{zh_word(batch.status)}”，却缺少{SCOPE_ZH.get(scope, scope)}签名",
+        )
+        for scope in REQUIRED_SCOPES.get(batch.status, ())
+        if scope not in scopes
+    ]
     for step in steps_of(session, batch):
         if step.end is not None and not signatures.signatures_of(session, "process_step", str(step.id)):
-            problems.append(Reason(
-                f"step {step.id} of batch {batch.number} ended without its performed signature",
-                f"批次 {batch.number} 的工序 {step.id} 已结束，却没有操作人的执行签名"))
+            problems.append(
+                Reason(
+                    f"step {step.id} of batch {batch.number} ended without its performed signature",
+                    f"批次 {batch.number} 的工序 {step.id} 已结束，却没有操作人的执行签名",
+                )
+            )
     return problems
 
 
@@ -97,160 +125,306 @@ def _operators(session: Session, batch: Batch) -> set[str]:
 
 
 def open_deviations(session: Session, batch: Batch) -> list[Deviation]:
-    return list(session.exec(select(Deviation)
-                             .join(DeviationBatch, DeviationBatch.deviation_id == Deviation.id)
-                             .where(DeviationBatch.batch_id == batch.id, Deviation.status != "closed")
-                             .order_by(Deviation.number)))
+    return list(
+        session.exec(
+            select(Deviation)
+            .join(DeviationBatch, DeviationBatch.deviation_id == Deviation.id)
+            .where(DeviationBatch.batch_id == batch.id, Deviation.status != "closed")
+            .order_by(Deviation.number)
+        )
+    )
 
 
-def gate_reasons(session: Session, batch: Batch, *, now: datetime | None = None,
-                 items: list[ReviewItem] | None = None,
-                 checks: list[signatures.SignatureCheck] | None = None) -> list[str]:
+def gate_reasons(
+    session: Session,
+    batch: Batch,
+    *,
+    now: datetime | None = None,
+    items: list[ReviewItem] | None = None,
+    checks: list[signatures.SignatureCheck] | None = None,
+) -> list[str]:
     """Why the batch cannot be QA-reviewed or released now (empty when the gate is open).
     ``items`` and ``checks`` are the review items and signature checks when the caller has
     them already (:func:`batch_report`)."""
-    reasons = [Reason(f"deviation {d.number} is {d.status}, not closed",
-                      f"偏差 {d.number} 处于“{DEVIATION_STATUS_ZH.get(d.status, d.status)}”，尚未关闭")
-               for d in open_deviations(session, batch)]
+    reasons = [
+        Reason(
+            f"deviation {d.number} is {d.status}, not closed",
+            f"偏差 {d.number} 处于“{DEVIATION_STATUS_ZH.get(d.status, d.status)}”，尚未关闭",
+        )
+        for d in open_deviations(session, batch)
+    ]
     items = review_items(session, batch, now=now) if items is None else items  # syncs the links first
     for link in links_of(session, batch):
         if link.status == "proposed":
-            reasons.append(Reason(
-                f"exposure link {link.id} (excursion {link.excursion_id}, step {link.step_id}) is undecided",
-                f"关联建议 {link.id}（超标 {link.excursion_id}，工序 {link.step_id}）尚未确认或否定"))
+            reasons.append(
+                Reason(
+                    f"exposure link {link.id} (excursion {link.excursion_id}, step {link.step_id}) is undecided",
+                    f"关联建议 {link.id}（超标 {link.excursion_id}，工序 {link.step_id}）尚未确认或否定",
+                )
+            )
     for item in items:
         if item.kind != "excursion" and item.exposed == "unassessed":
-            reasons.append(Reason(
-                f"review item {item.key} ({item.detail.get('invalid_reasons')}) is unassessed",
-                f"例外审核项 {item.key}（{item.detail.get('invalid_reasons')}）尚未评估"))
+            reasons.append(
+                Reason(
+                    f"review item {item.key} ({item.detail.get('invalid_reasons')}) is unassessed",
+                    f"例外审核项 {item.key}（{item.detail.get('invalid_reasons')}）尚未评估",
+                )
+            )
     for link in uncovered_action_exposures(session, batch):
-        reasons.append(Reason(
-            f"confirmed exposure to action excursion {link.excursion_id} has no deviation "
-            "linked to this batch",
-            f"已确认受纠偏超标 {link.excursion_id} 影响，但没有与本批关联的偏差"))
+        reasons.append(
+            Reason(
+                f"confirmed exposure to action excursion {link.excursion_id} has no deviation "
+                "linked to this batch",
+                f"已确认受纠偏超标 {link.excursion_id} 影响，但没有与本批关联的偏差",
+            )
+        )
     checks = signature_checks(session, batch) if checks is None else checks
     for check in checks:
         if not check.intact:
             sig = check.signature
-            reasons.append(Reason(
-                f"signature {sig.id} ({sig.meaning} by {sig.username}) is broken: {check.problem}",
-                f"电子签名 {sig.id}（{sig.username}）已失效："
-                f"{SIGNATURE_PROBLEM_ZH.get(check.problem, check.problem)}"))
+            reasons.append(
+                Reason(
+                    f"signature {sig.id} ({sig.meaning} by {sig.username}) is broken: {check.problem}",
+                    f"电子签名 {sig.id}（{sig.username}）已失效："
+                    f"{SIGNATURE_PROBLEM_ZH.get(check.problem, check.problem)}",
+                )
+            )
     return reasons + status_problems(session, batch, checks)
 
 
 def _refuse_if_gate_closed(session: Session, batch: Batch, action: Reason, now: datetime) -> None:
     reasons = gate_reasons(session, batch, now=now)
     if reasons:
-        raise ConflictError(Reason(f"{action} of batch {batch.number} refused",
-                                   f"批次 {batch.number} 的{action.zh}被拒绝"), reasons)
+        raise ConflictError(
+            Reason(f"{action} of batch {batch.number} refused", f"批次 {batch.number} 的{action.zh}被拒绝"),
+            reasons,
+        )
 
 
-def _transition(session: Session, *, signer: Authenticated, batch: Batch, to: str, meaning: str,
-                scope: str, statement: str, comment: str | None, now: datetime) -> Batch:
-    sig = signatures.sign(session, signer=signer, meaning=meaning, entity="batch", entity_key=batch.number,
-                          scope=scope, statement=statement, content=batch_content(session, batch),
-                          comment=comment, now=now)
+def _transition(
+    session: Session,
+    *,
+    signer: Authenticated,
+    batch: Batch,
+    to: str,
+    meaning: str,
+    scope: str,
+    statement: str,
+    comment: str | None,
+    now: datetime,
+) -> Batch:
+    sig = signatures.sign(
+        session,
+        signer=signer,
+        meaning=meaning,
+        entity="batch",
+        entity_key=batch.number,
+        scope=scope,
+        statement=statement,
+        content=batch_content(session, batch),
+        comment=comment,
+        now=now,
+    )
     before = batch.status
     # only from the status checked above: a concurrent transition makes this one fail, not both pass
-    moved = session.execute(update(Batch).where(Batch.id == batch.id, Batch.status == before)
-                            .values(status=to, updated_at=now)).rowcount
+    moved = session.execute(
+        update(Batch).where(Batch.id == batch.id, Batch.status == before).values(status=to, updated_at=now)
+    ).rowcount
     if moved != 1:
-        raise ConflictError(Reason(f"batch {batch.number} changed while this was being signed; look again",
-                                   f"签名期间批次 {batch.number} 已被他人更改；请重新查看"))
+        raise ConflictError(
+            Reason(
+                f"batch {batch.number} changed while this was being signed; look again",
+                f"签名期间批次 {batch.number} 已被他人更改；请重新查看",
+            )
+        )
     session.refresh(batch)
-    audit.record(session, actor=signer.username, action=f"batch.{to}", entity="batch",
-                 entity_key=batch.number, before={"status": before},
-                 after={"status": to, "signature": sig.seal}, reason=comment, at=now)
+    audit.record(
+        session,
+        actor=signer.username,
+        action=f"batch.{to}",
+        entity="batch",
+        entity_key=batch.number,
+        before={"status": before},
+        after={"status": to, "signature": sig.seal},
+        reason=comment,
+        at=now,
+    )
     return batch
 
 
-def sign_production(session: Session, *, signer: Authenticated, batch: Batch, comment: str | None = None,
-                    now: datetime | None = None) -> Batch:
+def sign_production(
+    session: Session,
+    *,
+    signer: Authenticated,
+    batch: Batch,
+    comment: str | None = None,
+    now: datetime | None = None,
+) -> Batch:
     """The production head approves the completed record (Art. 22)."""
     require_role(signer, "production_head", action=Reason("the production sign-off", "生产负责人签名批准"))
     if batch.status != "completed":
-        raise ConflictError(Reason(
-            f"batch {batch.number} is {batch.status}; production signs a completed record",
-            f"批次 {batch.number} 处于“{zh_word(batch.status)}”；生产负责人只签名批准已完成的批记录"))
+        raise ConflictError(
+            Reason(
+                f"batch {batch.number} is {batch.status}; production signs a completed record",
+                f"批次 {batch.number} 处于“{zh_word(batch.status)}”；生产负责人只签名批准已完成的批记录",
+            )
+        )
     if signer.username in _operators(session, batch):
-        raise PermissionDeniedError(Reason(
-            f"{signer.username} performed steps of {batch.number}; nobody reviews their own entry",
-            f"{signer.username} 执行过批次 {batch.number} 的工序；任何人不得审核自己的记录"))
+        raise PermissionDeniedError(
+            Reason(
+                f"{signer.username} performed steps of {batch.number}; nobody reviews their own entry",
+                f"{signer.username} 执行过批次 {batch.number} 的工序；任何人不得审核自己的记录",
+            )
+        )
     now = now or utcnow()
     broken = [c for c in signature_checks(session, batch) if not c.intact]
     if broken:
-        raise ConflictError(Reason(f"batch {batch.number} cannot be signed",
-                                   f"批次 {batch.number} 尚不能签名"),
-                            [Reason(f"signature {c.signature.id} is broken: {c.problem}",
-                                    f"电子签名 {c.signature.id} 已失效："
-                                    f"{SIGNATURE_PROBLEM_ZH.get(c.problem, c.problem)}") for c in broken])
-    return _transition(session, signer=signer, batch=batch, to="production_signed", meaning="approved",
-                       scope="production", statement="production head approves the batch record "
-                       "(GMP 2010 Art. 22)", comment=comment, now=now)
+        raise ConflictError(
+            Reason(f"batch {batch.number} cannot be signed", f"批次 {batch.number} 尚不能签名"),
+            [
+                Reason(
+                    f"signature {c.signature.id} is broken: {c.problem}",
+                    f"电子签名 {c.signature.id} 已失效：{SIGNATURE_PROBLEM_ZH.get(c.problem, c.problem)}",
+                )
+                for c in broken
+            ],
+        )
+    return _transition(
+        session,
+        signer=signer,
+        batch=batch,
+        to="production_signed",
+        meaning="approved",
+        scope="production",
+        statement="production head approves the batch record (GMP 2010 Art. 22)",
+        comment=comment,
+        now=now,
+    )
 
 
-def qa_review(session: Session, *, signer: Authenticated, batch: Batch, comment: str | None = None,
-              now: datetime | None = None) -> Batch:
+def qa_review(
+    session: Session,
+    *,
+    signer: Authenticated,
+    batch: Batch,
+    comment: str | None = None,
+    now: datetime | None = None,
+) -> Batch:
     """QA reviews the record, environment and deviations included (Art. 23), behind the gate."""
     require_role(signer, "qa", action=Reason("QA batch-record review", "QA 审核批记录"))
     if batch.status != "production_signed":
-        raise ConflictError(Reason(
-            f"batch {batch.number} is {batch.status}; QA reviews a record the production head has signed",
-            f"批次 {batch.number} 处于“{zh_word(batch.status)}”；QA 只审核生产负责人已签名的批记录"))
+        raise ConflictError(
+            Reason(
+                f"batch {batch.number} is {batch.status}; QA reviews a record the production head has signed",
+                f"批次 {batch.number} 处于“{zh_word(batch.status)}”；QA 只审核生产负责人已签名的批记录",
+            )
+        )
     if signer.username == _signer_of(session, batch, "production"):
-        raise PermissionDeniedError(Reason(
-            "the production head's and QA's signatures must come from different people (GMP 2010 Art. 20)",
-            "生产负责人和 QA 的签名必须来自不同的人（GMP（2010）第二十条）"))
+        raise PermissionDeniedError(
+            Reason(
+                "the production head's and QA's signatures must come from different people (GMP 2010 Art. 20)",
+                "生产负责人和 QA 的签名必须来自不同的人（GMP（2010）第二十条）",
+            )
+        )
     if signer.username in _operators(session, batch):
-        raise PermissionDeniedError(Reason(
-            f"{signer.username} performed steps of {batch.number}; nobody reviews their own entry",
-            f"{signer.username} 执行过批次 {batch.number} 的工序；任何人不得审核自己的记录"))
+        raise PermissionDeniedError(
+            Reason(
+                f"{signer.username} performed steps of {batch.number}; nobody reviews their own entry",
+                f"{signer.username} 执行过批次 {batch.number} 的工序；任何人不得审核自己的记录",
+            )
+        )
     now = now or utcnow()
     _refuse_if_gate_closed(session, batch, Reason("QA review", "QA 审核"), now)
-    return _transition(session, signer=signer, batch=batch, to="qa_reviewed", meaning="reviewed",
-                       scope="qa_review", statement="QA batch-record review incl. environmental monitoring "
-                       "and deviations (GMP 2010 Art. 23, 230)", comment=comment, now=now)
+    return _transition(
+        session,
+        signer=signer,
+        batch=batch,
+        to="qa_reviewed",
+        meaning="reviewed",
+        scope="qa_review",
+        statement="QA batch-record review incl. environmental monitoring "
+        "and deviations (GMP 2010 Art. 23, 230)",
+        comment=comment,
+        now=now,
+    )
 
 
-def release(session: Session, *, signer: Authenticated, batch: Batch, comment: str | None = None,
-            now: datetime | None = None) -> Batch:
+def release(
+    session: Session,
+    *,
+    signer: Authenticated,
+    batch: Batch,
+    comment: str | None = None,
+    now: datetime | None = None,
+) -> Batch:
     """The qualified person releases the batch (Art. 25, 230), behind the gate."""
     require_role(signer, "qp", action=Reason("release", "放行"))
     if batch.status != "qa_reviewed":
-        raise ConflictError(Reason(
-            f"batch {batch.number} is {batch.status}; the QP releases a QA-reviewed batch",
-            f"批次 {batch.number} 处于“{zh_word(batch.status)}”；质量受权人只放行 QA 已审核的批次"))
+        raise ConflictError(
+            Reason(
+                f"batch {batch.number} is {batch.status}; the QP releases a QA-reviewed batch",
+                f"批次 {batch.number} 处于“{zh_word(batch.status)}”；质量受权人只放行 QA 已审核的批次",
+            )
+        )
     if signer.username == _signer_of(session, batch, "production") or signer.username in _operators(
-            session, batch):
-        raise PermissionDeniedError(Reason(
-            "the QP who releases must be independent of the batch's production (GMP 2010 Art. 20, 25)",
-            "放行的质量受权人必须独立于该批次的生产（GMP（2010）第二十条、第二十五条）"))
+        session, batch
+    ):
+        raise PermissionDeniedError(
+            Reason(
+                "the QP who releases must be independent of the batch's production (GMP 2010 Art. 20, 25)",
+                "放行的质量受权人必须独立于该批次的生产（GMP（2010）第二十条、第二十五条）",
+            )
+        )
     now = now or utcnow()
     _refuse_if_gate_closed(session, batch, Reason("release", "放行"), now)
-    return _transition(session, signer=signer, batch=batch, to="released", meaning="released",
-                       scope="release", statement="qualified person releases the batch (GMP 2010 Art. 25, "
-                       "230; 产品放行审核记录)", comment=comment, now=now)
+    return _transition(
+        session,
+        signer=signer,
+        batch=batch,
+        to="released",
+        meaning="released",
+        scope="release",
+        statement="qualified person releases the batch (GMP 2010 Art. 25, 230; 产品放行审核记录)",
+        comment=comment,
+        now=now,
+    )
 
 
-def reject(session: Session, *, signer: Authenticated, batch: Batch, reason: str,
-           now: datetime | None = None) -> Batch:
+def reject(
+    session: Session, *, signer: Authenticated, batch: Batch, reason: str, now: datetime | None = None
+) -> Batch:
     """QA or the QP rejects the batch: a signed decision with its reason."""
     require_role(signer, "qa", "qp", action=Reason("rejecting a batch", "拒绝批次"))
     if batch.status in ("released", "rejected"):
-        raise ConflictError(Reason(f"batch {batch.number} is {batch.status} already",
-                                   f"批次 {batch.number} 已是“{zh_word(batch.status)}”"))
+        raise ConflictError(
+            Reason(
+                f"batch {batch.number} is {batch.status} already",
+                f"批次 {batch.number} 已是“{zh_word(batch.status)}”",
+            )
+        )
     if not reason or not reason.strip():
         raise InvalidInputError(Reason("a rejection needs its reason", "拒绝须说明理由"))
     running = [s.id for s in steps_of(session, batch) if s.end is None]
     if running:
-        raise ConflictError(Reason(f"batch {batch.number} still has running steps; end them first "
-                                   "(their rooms stay in operation until then)",
-                                   f"批次 {batch.number} 仍有进行中的工序；请先结束（结束前其房间保持动态）"),
-                            [Reason(f"step {i}", f"工序 {i}") for i in running])
-    return _transition(session, signer=signer, batch=batch, to="rejected", meaning="rejected",
-                       scope="rejection", statement="batch rejected", comment=reason.strip(),
-                       now=now or utcnow())
+        raise ConflictError(
+            Reason(
+                f"batch {batch.number} still has running steps; end them first "
+                "(their rooms stay in operation until then)",
+                f"批次 {batch.number} 仍有进行中的工序；请先结束（结束前其房间保持动态）",
+            ),
+            [Reason(f"step {i}", f"工序 {i}") for i in running],
+        )
+    return _transition(
+        session,
+        signer=signer,
+        batch=batch,
+        to="rejected",
+        meaning="rejected",
+        scope="rejection",
+        statement="batch rejected",
+        comment=reason.strip(),
+        now=now or utcnow(),
+    )
 
 
 def batch_report(session: Session, batch: Batch, *, now: datetime | None = None) -> dict:
@@ -262,19 +436,36 @@ def batch_report(session: Session, batch: Batch, *, now: datetime | None = None)
     site = session.get(Site, batch.site_id)
     tz = site.timezone
     return {
-        "number": batch.number, "product": batch.product, "donor_id": batch.donor_id,
-        "patient_id": batch.patient_id, "status": batch.status, "site": site.code, "timezone": tz,
-        "created_at": iso_utc(batch.created_at), "created_by": batch.created_by,
+        "number": batch.number,
+        "product": batch.product,
+        "donor_id": batch.donor_id,
+        "patient_id": batch.patient_id,
+        "status": batch.status,
+        "site": site.code,
+        "timezone": tz,
+        "created_at": iso_utc(batch.created_at),
+        "created_by": batch.created_by,
         "steps": batch_content(session, batch)["steps"],
         "flags": [f.to_json() for f in batch_flags(session, batch)],
         "review": [i.to_json() for i in items],
-        "deviations": [{"number": d.number, "status": d.status, "classification": d.classification,
-                        "impact": link.impact}
-                       for d, link in session.exec(
-                           select(Deviation, DeviationBatch)
-                           .join(DeviationBatch, DeviationBatch.deviation_id == Deviation.id)
-                           .where(DeviationBatch.batch_id == batch.id).order_by(Deviation.number)).all()],
+        "deviations": [
+            {
+                "number": d.number,
+                "status": d.status,
+                "classification": d.classification,
+                "impact": link.impact,
+            }
+            for d, link in session.exec(
+                select(Deviation, DeviationBatch)
+                .join(DeviationBatch, DeviationBatch.deviation_id == Deviation.id)
+                .where(DeviationBatch.batch_id == batch.id)
+                .order_by(Deviation.number)
+            ).all()
+        ],
         "signatures": [c.manifest(tz) for c in checks],
-        "gate": (gate_reasons(session, batch, now=now, items=items, checks=checks)
-                 if batch.status not in ("released", "rejected") else []),
+        "gate": (
+            gate_reasons(session, batch, now=now, items=items, checks=checks)
+            if batch.status not in ("released", "rejected")
+            else []
+        ),
     }

@@ -34,38 +34,60 @@ EXPOSED = {"confirmed": "yes", "rejected": "no", "proposed": "unassessed"}
 @dataclass
 class ReviewItem:
     key: str
-    kind: str                    # excursion | invalid_period
+    kind: str  # excursion | invalid_period
     step_id: int
     monitor: str
     room: str
     start: datetime
     end: datetime | None
-    exposed: str                 # yes | no | unassessed
+    exposed: str  # yes | no | unassessed
     detail: dict = field(default_factory=dict)
 
     def to_json(self) -> dict:
-        return {"key": self.key, "kind": self.kind, "step": self.step_id, "monitor": self.monitor,
-                "room": self.room, "start": iso_utc(self.start), "end": iso_utc(self.end),
-                "exposed": self.exposed, **self.detail}
+        return {
+            "key": self.key,
+            "kind": self.kind,
+            "step": self.step_id,
+            "monitor": self.monitor,
+            "room": self.room,
+            "start": iso_utc(self.start),
+            "end": iso_utc(self.end),
+            "exposed": self.exposed,
+            **self.detail,
+        }
 
 
 def _monitors_for(session: Session, step: ProcessStep) -> list[Monitor]:
     rooms = [r.id for r in containing_rooms(session, session.get(Room, step.room_id))]
-    return list(session.exec(select(Monitor).where(
-        or_(Monitor.room_id.in_(rooms),
-            (Monitor.kind == "pressure") & Monitor.reference_room_id.in_(rooms)))))
+    return list(
+        session.exec(
+            select(Monitor).where(
+                or_(
+                    Monitor.room_id.in_(rooms),
+                    (Monitor.kind == "pressure") & Monitor.reference_room_id.in_(rooms),
+                )
+            )
+        )
+    )
 
 
-def invalid_periods(session: Session, step: ProcessStep, *, now: datetime) -> list[tuple[Monitor, datetime,
-                                                                                        datetime, str]]:
+def invalid_periods(
+    session: Session, step: ProcessStep, *, now: datetime
+) -> list[tuple[Monitor, datetime, datetime, str]]:
     """Runs of invalid readings during the step per monitor: (monitor, first, last, reasons).
     A run breaks where valid data or a silence longer than the gap rule lies between."""
     factor = get_settings().gap_factor
     periods = []
     for monitor in _monitors_for(session, step):
-        rows = session.exec(select(Reading.event_time, Reading.invalid_reason).where(
-            Reading.monitor_id == monitor.id, Reading.event_time >= step.start,
-            Reading.event_time <= (step.end or now)).order_by(Reading.event_time)).all()
+        rows = session.exec(
+            select(Reading.event_time, Reading.invalid_reason)
+            .where(
+                Reading.monitor_id == monitor.id,
+                Reading.event_time >= step.start,
+                Reading.event_time <= (step.end or now),
+            )
+            .order_by(Reading.event_time)
+        ).all()
         run: list[tuple[datetime, str]] = []
         gap = timedelta(seconds=monitor.interval_s * factor)
         for at, reason in [*rows, (None, None)]:
@@ -84,57 +106,124 @@ def review_items(session: Session, batch: Batch, *, now: datetime | None = None)
     """Every exception around the batch, with its exposure verdict (links are synced first)."""
     now = now or utcnow()
     sync_links(session, batch=batch, now=now)
-    assessed = {a.item_key: a for a in session.exec(select(ReviewAssessment)
-                                                     .where(ReviewAssessment.batch_id == batch.id))}
+    assessed = {
+        a.item_key: a
+        for a in session.exec(select(ReviewAssessment).where(ReviewAssessment.batch_id == batch.id))
+    }
     items: list[ReviewItem] = []
     for step in steps_of(session, batch):
         for link, ex in session.exec(
-                select(ExcursionLink, Excursion).join(Excursion, Excursion.id == ExcursionLink.excursion_id)
-                .where(ExcursionLink.step_id == step.id, ExcursionLink.status != "withdrawn")
-                .order_by(Excursion.started_at)).all():
+            select(ExcursionLink, Excursion)
+            .join(Excursion, Excursion.id == ExcursionLink.excursion_id)
+            .where(ExcursionLink.step_id == step.id, ExcursionLink.status != "withdrawn")
+            .order_by(Excursion.started_at)
+        ).all():
             monitor = session.get(Monitor, ex.monitor_id)
-            items.append(ReviewItem(
-                key=f"link:{link.id}", kind="excursion", step_id=step.id, monitor=monitor.code,
-                room=session.get(Room, ex.room_id).code, start=ex.started_at, end=ex.ended_at,
-                exposed=EXPOSED[link.status],
-                detail={"link": link.id, "excursion": ex.id, "type": ex.type, "level": ex.level,
-                        "kind": ex.kind, "channel": ex.channel or None, "peak": ex.peak,
-                        "limit": ex.limit_value, "excursion_status": ex.status,
-                        "decided_by": link.decided_by, "reason": link.reason}))
+            items.append(
+                ReviewItem(
+                    key=f"link:{link.id}",
+                    kind="excursion",
+                    step_id=step.id,
+                    monitor=monitor.code,
+                    room=session.get(Room, ex.room_id).code,
+                    start=ex.started_at,
+                    end=ex.ended_at,
+                    exposed=EXPOSED[link.status],
+                    detail={
+                        "link": link.id,
+                        "excursion": ex.id,
+                        "type": ex.type,
+                        "level": ex.level,
+                        "kind": ex.kind,
+                        "channel": ex.channel or None,
+                        "peak": ex.peak,
+                        "limit": ex.limit_value,
+                        "excursion_status": ex.status,
+                        "decided_by": link.decided_by,
+                        "reason": link.reason,
+                    },
+                )
+            )
         for monitor, first, last, reasons in invalid_periods(session, step, now=now):
             key = f"invalid:{monitor.code}:{iso_utc(first)}"
             verdict = assessed.get(key)
-            items.append(ReviewItem(
-                key=key, kind="invalid_period", step_id=step.id, monitor=monitor.code,
-                room=session.get(Room, monitor.room_id).code, start=first, end=last,
-                exposed="unassessed" if verdict is None else ("yes" if verdict.exposed else "no"),
-                detail={"invalid_reasons": reasons,
+            items.append(
+                ReviewItem(
+                    key=key,
+                    kind="invalid_period",
+                    step_id=step.id,
+                    monitor=monitor.code,
+                    room=session.get(Room, monitor.room_id).code,
+                    start=first,
+                    end=last,
+                    exposed="unassessed" if verdict is None else ("yes" if verdict.exposed else "no"),
+                    detail={
+                        "invalid_reasons": reasons,
                         "decided_by": verdict.assessed_by if verdict else None,
-                        "reason": verdict.reason if verdict else None}))
+                        "reason": verdict.reason if verdict else None,
+                    },
+                )
+            )
     return items
 
 
-def assess_item(session: Session, *, actor: Authenticated, batch: Batch, item_key: str, exposed: bool,
-                reason: str, now: datetime | None = None) -> ReviewAssessment:
+def assess_item(
+    session: Session,
+    *,
+    actor: Authenticated,
+    batch: Batch,
+    item_key: str,
+    exposed: bool,
+    reason: str,
+    now: datetime | None = None,
+) -> ReviewAssessment:
     """QA's verdict on an invalid period (excursions are decided through their link)."""
     require_role(actor, "qa", action=Reason("assessing a review item", "评估例外审核项"))
     if not reason or not reason.strip():
         raise InvalidInputError(Reason("an assessment needs its reason", "评估须说明理由"))
     if item_key.startswith("link:"):
-        raise InvalidInputError(Reason("excursions are assessed by deciding their link (tracker link decide)",
-                                       "超标通过确认或否定其关联建议来评估（tracker link decide）"))
+        raise InvalidInputError(
+            Reason(
+                "excursions are assessed by deciding their link (tracker link decide)",
+                "超标通过确认或否定其关联建议来评估（tracker link decide）",
+            )
+        )
     now = now or utcnow()
     if item_key not in {i.key for i in review_items(session, batch, now=now)}:
-        raise InvalidInputError(Reason(f"{item_key!r} is not a review item of batch {batch.number}",
-                                       f"{item_key!r} 不是批次 {batch.number} 的例外审核项"))
-    if session.exec(select(ReviewAssessment).where(ReviewAssessment.batch_id == batch.id,
-                                                   ReviewAssessment.item_key == item_key)).first():
-        raise ConflictError(Reason(f"{item_key} of batch {batch.number} is assessed already",
-                                   f"批次 {batch.number} 的 {item_key} 已评估"))
-    row = ReviewAssessment(batch_id=batch.id, item_key=item_key, exposed=exposed, reason=reason.strip(),
-                           assessed_by=actor.username, assessed_at=now)
+        raise InvalidInputError(
+            Reason(
+                f"{item_key!r} is not a review item of batch {batch.number}",
+                f"{item_key!r} 不是批次 {batch.number} 的例外审核项",
+            )
+        )
+    if session.exec(
+        select(ReviewAssessment).where(
+            ReviewAssessment.batch_id == batch.id, ReviewAssessment.item_key == item_key
+        )
+    ).first():
+        raise ConflictError(
+            Reason(
+                f"{item_key} of batch {batch.number} is assessed already",
+                f"批次 {batch.number} 的 {item_key} 已评估",
+            )
+        )
+    row = ReviewAssessment(
+        batch_id=batch.id,
+        item_key=item_key,
+        exposed=exposed,
+        reason=reason.strip(),
+        assessed_by=actor.username,
+        assessed_at=now,
+    )
     session.add(row)
-    audit.record(session, actor=actor.username, action="batch.assess_item", entity="batch",
-                 entity_key=batch.number, after={"item": item_key, "exposed": exposed},
-                 reason=row.reason, at=now)
+    audit.record(
+        session,
+        actor=actor.username,
+        action="batch.assess_item",
+        entity="batch",
+        entity_key=batch.number,
+        after={"item": item_key, "exposed": exposed},
+        reason=row.reason,
+        at=now,
+    )
     return row

@@ -139,16 +139,20 @@ def create_token(request: Request, body: TokenRequest) -> TokenResponse:
     settings = request.app.state.web_settings
     client = request.client.host if request.client else "?"
     if not request.app.state.login_limiter.allow(client):
-        err = TrackerError(Reason("too many login attempts from this address; wait a minute",
-                                  "该地址登录尝试过多；请稍候一分钟"))
+        err = TrackerError(
+            Reason(
+                "too many login attempts from this address; wait a minute", "该地址登录尝试过多；请稍候一分钟"
+            )
+        )
         err.status_code = 429
         raise err
     who = login(engine_of(request), username=body.username, password=body.password)
     with Session(engine_of(request)) as s:
         user = s.get(User, who.user_id)
         days = body.days or settings.token_days
-        token = tokens.issue(settings.key(), user_id=user.id, password_hash=user.password_hash, now=utcnow(),
-                             days=days)
+        token = tokens.issue(
+            settings.key(), user_id=user.id, password_hash=user.password_hash, now=utcnow(), days=days
+        )
     return TokenResponse(token=token, expires_in_days=days)
 
 
@@ -163,21 +167,46 @@ def dashboard(me: CurrentUser, session: SessionDep) -> Doc:
     if site is None:
         return {"site": None, "rooms": []}
     view = floor_view(session, site=site)
-    return {"site": view.site, "timezone": view.timezone, "as_of": iso_utc(view.as_of),
-            "rooms": [{"code": t.code, "name": t.name, "name_en": t.name_en, "grade": t.grade,
-                       "background": t.background, "state": t.state, "worst": t.worst,
-                       "open_excursions": t.open_excursions,
-                       "values": [{"monitor": v.monitor, "kind": v.kind, "channel": v.channel or None,
-                                   "value": v.value, "level": v.level, "at": iso_utc(v.at)}
-                                  for v in t.values]}
-                      for t in view.rooms]}
+    return {
+        "site": view.site,
+        "timezone": view.timezone,
+        "as_of": iso_utc(view.as_of),
+        "rooms": [
+            {
+                "code": t.code,
+                "name": t.name,
+                "name_en": t.name_en,
+                "grade": t.grade,
+                "background": t.background,
+                "state": t.state,
+                "worst": t.worst,
+                "open_excursions": t.open_excursions,
+                "values": [
+                    {
+                        "monitor": v.monitor,
+                        "kind": v.kind,
+                        "channel": v.channel or None,
+                        "value": v.value,
+                        "level": v.level,
+                        "at": iso_utc(v.at),
+                    }
+                    for v in t.values
+                ],
+            }
+            for t in view.rooms
+        ],
+    }
 
 
 @router.get("/excursions")
-def excursions(me: CurrentUser, session: SessionDep, open_only: bool = False,
-               room: Annotated[str | None, Query(max_length=40)] = None,
-               type: Annotated[str | None, Query(max_length=20)] = None,
-               unacknowledged: bool = False) -> list[Doc]:
+def excursions(
+    me: CurrentUser,
+    session: SessionDep,
+    open_only: bool = False,
+    room: Annotated[str | None, Query(max_length=40)] = None,
+    type: Annotated[str | None, Query(max_length=20)] = None,
+    unacknowledged: bool = False,
+) -> list[Doc]:
     return list_excursions(session, open_only=open_only, room=room, type_=type, unacknowledged=unacknowledged)
 
 
@@ -188,39 +217,63 @@ def acknowledge_excursion(me: CurrentUser, session: SessionDep, excursion_id: Id
 
 
 @router.get("/monitors/{code}/readings")
-def readings(me: CurrentUser, session: SessionDep, code: Key,
-             start: Annotated[str | None, Query(alias="from", max_length=40)] = None,
-             end: Annotated[str | None, Query(alias="to", max_length=40)] = None,
-             limit: Annotated[int, Query(ge=1, le=100_000)] = 1440) -> list[Doc]:
+def readings(
+    me: CurrentUser,
+    session: SessionDep,
+    code: Key,
+    start: Annotated[str | None, Query(alias="from", max_length=40)] = None,
+    end: Annotated[str | None, Query(alias="to", max_length=40)] = None,
+    limit: Annotated[int, Query(ge=1, le=100_000)] = 1440,
+) -> list[Doc]:
     mon = session.exec(select(Monitor).where(Monitor.code == code)).first()
     if mon is None:
         raise NotFoundError(Reason(f"no monitor {code!r}", f"没有监测点 {code!r}"))
-    query = (select(Reading).where(Reading.monitor_id == mon.id)
-             .order_by(Reading.event_time.desc()).limit(limit))
+    query = (
+        select(Reading).where(Reading.monitor_id == mon.id).order_by(Reading.event_time.desc()).limit(limit)
+    )
     try:
         if start:
             query = query.where(Reading.event_time >= parse_instant(start))
         if end:
             query = query.where(Reading.event_time <= parse_instant(end))
     except ValueError as exc:
-        raise InvalidInputError(Reason(f"times are ISO 8601 with an offset: {exc}",
-                                       f"时间须为带时区偏移的 ISO 8601 格式：{exc}")) from exc
-    return [{"seq": r.seq, "channel": r.channel or None, "at": iso_utc(r.event_time), "value": r.value,
-             "level": r.level, "state": r.state, "status": r.status}
-            for r in reversed(session.exec(query).all())]
+        raise InvalidInputError(
+            Reason(f"times are ISO 8601 with an offset: {exc}", f"时间须为带时区偏移的 ISO 8601 格式：{exc}")
+        ) from exc
+    return [
+        {
+            "seq": r.seq,
+            "channel": r.channel or None,
+            "at": iso_utc(r.event_time),
+            "value": r.value,
+            "level": r.level,
+            "state": r.state,
+            "status": r.status,
+        }
+        for r in reversed(session.exec(query).all())
+    ]
 
 
 @router.get("/deviations")
-def deviations(me: CurrentUser, session: SessionDep,
-               status: Annotated[str | None, Query(max_length=20)] = None) -> list[Doc]:
+def deviations(
+    me: CurrentUser, session: SessionDep, status: Annotated[str | None, Query(max_length=20)] = None
+) -> list[Doc]:
     return [deviation_doc(session, d) for d in list_deviations(session, status=status)]
 
 
 @router.post("/deviations", status_code=201)
 def create_deviation(me: CurrentUser, session: SessionDep, body: DeviationRequest) -> Doc:
-    dev = raise_deviation(session, actor=me.actor(), site=the_site(session), excursion_ids=body.excursion_ids,
-                          title=body.title, classification=body.classification, category=body.category,
-                          description=body.description, batch_numbers=body.batches)
+    dev = raise_deviation(
+        session,
+        actor=me.actor(),
+        site=the_site(session),
+        excursion_ids=body.excursion_ids,
+        title=body.title,
+        classification=body.classification,
+        category=body.category,
+        description=body.description,
+        batch_numbers=body.batches,
+    )
     session.flush()
     return deviation_doc(session, dev)
 
@@ -233,10 +286,18 @@ def deviation(me: CurrentUser, session: SessionDep, number: Key) -> Doc:
 
 def _deviation_out(session: Session, dev) -> Doc:
     session.flush()
-    missing = (dv.investigation_gaps(session, dev) if dev.status == "investigating"
-               else dv.closure_gaps(session, dev) if dev.status == "capa" else [])
-    return {**deviation_doc(session, dev), "missing": list(missing),
-            "missing_zh": [in_language(m, "zh-CN") for m in missing]}
+    missing = (
+        dv.investigation_gaps(session, dev)
+        if dev.status == "investigating"
+        else dv.closure_gaps(session, dev)
+        if dev.status == "capa"
+        else []
+    )
+    return {
+        **deviation_doc(session, dev),
+        "missing": list(missing),
+        "missing_zh": [in_language(m, "zh-CN") for m in missing],
+    }
 
 
 @router.post("/deviations/{number}/investigate")
@@ -250,8 +311,9 @@ def deviation_investigate(me: CurrentUser, session: SessionDep, number: Key) -> 
 def deviation_update(me: CurrentUser, session: SessionDep, number: Key, body: DeviationUpdate) -> Doc:
     """Change fields before approval (title, classification, category, description, root cause)."""
     fields = body.model_dump(exclude={"reason"}, exclude_none=True)
-    dev = dv.update_deviation(session, actor=me.actor(), dev=get_deviation(session, number),
-                              reason=body.reason, **fields)
+    dev = dv.update_deviation(
+        session, actor=me.actor(), dev=get_deviation(session, number), reason=body.reason, **fields
+    )
     return _deviation_out(session, dev)
 
 
@@ -260,32 +322,43 @@ def deviation_assess(me: CurrentUser, session: SessionDep, number: Key, body: Im
     """The impact on one linked batch (Art. 249)."""
     b = get_batch(session, body.batch)
     dev = get_deviation(session, number)
-    dv.assess_impact(session, actor=me.actor(), dev=dev, batch_id=b.id, batch_number=b.number,
-                     impact=body.impact, assessment=body.assessment)
+    dv.assess_impact(
+        session,
+        actor=me.actor(),
+        dev=dev,
+        batch_id=b.id,
+        batch_number=b.number,
+        impact=body.impact,
+        assessment=body.assessment,
+    )
     return _deviation_out(session, dev)
 
 
 @router.post("/deviations/{number}/approve")
-def deviation_approve(request: Request, me: CurrentUser, session: SessionDep, number: Key,
-                      body: SignRequest) -> Doc:
+def deviation_approve(
+    request: Request, me: CurrentUser, session: SessionDep, number: Key, body: SignRequest
+) -> Doc:
     """QA approves the investigation report (e-signature: the password again) → ``capa``."""
     signer = sign_in(request, me, body.password)
-    dev = dv.approve_investigation(session, signer=signer, dev=get_deviation(session, number),
-                                   comment=body.comment)
+    dev = dv.approve_investigation(
+        session, signer=signer, dev=get_deviation(session, number), comment=body.comment
+    )
     return _deviation_out(session, dev)
 
 
 @router.post("/deviations/{number}/no-capa")
 def deviation_no_capa(me: CurrentUser, session: SessionDep, number: Key, body: JustificationRequest) -> Doc:
     """A minor deviation without CAPA: the written justification."""
-    dev = dv.justify_no_capa(session, actor=me.actor(), dev=get_deviation(session, number),
-                             justification=body.justification)
+    dev = dv.justify_no_capa(
+        session, actor=me.actor(), dev=get_deviation(session, number), justification=body.justification
+    )
     return _deviation_out(session, dev)
 
 
 @router.post("/deviations/{number}/close")
-def deviation_close(request: Request, me: CurrentUser, session: SessionDep, number: Key,
-                    body: SignRequest) -> Doc:
+def deviation_close(
+    request: Request, me: CurrentUser, session: SessionDep, number: Key, body: SignRequest
+) -> Doc:
     """QA closes the deviation (e-signature); 409 with ``reasons`` while something is missing."""
     signer = sign_in(request, me, body.password)
     dev = dv.close_deviation(session, signer=signer, dev=get_deviation(session, number), comment=body.comment)
@@ -294,18 +367,33 @@ def deviation_close(request: Request, me: CurrentUser, session: SessionDep, numb
 
 @router.post("/deviations/{number}/capa", status_code=201)
 def capa_add(me: CurrentUser, session: SessionDep, number: Key, body: CapaRequest) -> Doc:
-    action = dv.add_capa(session, actor=me.actor(), dev=get_deviation(session, number), kind=body.kind,
-                         description=body.description, owner=body.owner, due=body.due)
+    action = dv.add_capa(
+        session,
+        actor=me.actor(),
+        dev=get_deviation(session, number),
+        kind=body.kind,
+        description=body.description,
+        owner=body.owner,
+        due=body.due,
+    )
     return _capa_doc(session, action)
 
 
 def _capa_doc(session: Session, action) -> Doc:
     session.flush()
     dev = session.get(dv.Deviation, action.deviation_id)
-    return {"id": action.id, "deviation": dev.number, "kind": action.kind, "description": action.description,
-            "owner": action.owner, "due": action.due.isoformat(), "status": action.status,
-            "outcome": action.outcome, "checked_by": action.checked_by,
-            "effectiveness_note": action.effectiveness_note}
+    return {
+        "id": action.id,
+        "deviation": dev.number,
+        "kind": action.kind,
+        "description": action.description,
+        "owner": action.owner,
+        "due": action.due.isoformat(),
+        "status": action.status,
+        "outcome": action.outcome,
+        "checked_by": action.checked_by,
+        "effectiveness_note": action.effectiveness_note,
+    }
 
 
 @router.post("/capa/{capa_id}/done")
@@ -318,24 +406,42 @@ def capa_done(me: CurrentUser, session: SessionDep, capa_id: Id, body: CapaDone)
 @router.post("/capa/{capa_id}/check")
 def capa_check(me: CurrentUser, session: SessionDep, capa_id: Id, body: CapaCheck) -> Doc:
     """QA's effectiveness check (Art. 253), never by the owner."""
-    return _capa_doc(session, dv.check_effectiveness(session, actor=me.actor(), capa_id=capa_id,
-                                                     effective=body.effective, note=body.note))
+    return _capa_doc(
+        session,
+        dv.check_effectiveness(
+            session, actor=me.actor(), capa_id=capa_id, effective=body.effective, note=body.note
+        ),
+    )
 
 
 @router.get("/links")
-def links(me: CurrentUser, session: SessionDep,
-          status: Annotated[str | None, Query(max_length=20)] = None) -> list[Doc]:
+def links(
+    me: CurrentUser, session: SessionDep, status: Annotated[str | None, Query(max_length=20)] = None
+) -> list[Doc]:
     """Exposure links (excursion ↔ process step) for QA to confirm or reject; ``status=proposed``
     for the pending ones."""
     sync_links(session)
-    query = (select(ExcursionLink, Batch.number, ProcessStep.name)
-             .join(Batch, Batch.id == ExcursionLink.batch_id)
-             .join(ProcessStep, ProcessStep.id == ExcursionLink.step_id).order_by(ExcursionLink.id))
+    query = (
+        select(ExcursionLink, Batch.number, ProcessStep.name)
+        .join(Batch, Batch.id == ExcursionLink.batch_id)
+        .join(ProcessStep, ProcessStep.id == ExcursionLink.step_id)
+        .order_by(ExcursionLink.id)
+    )
     if status:
         query = query.where(ExcursionLink.status == status)
-    return [{"id": link.id, "excursion": link.excursion_id, "batch": number, "step": link.step_id,
-             "step_name": name, "status": link.status, "reason": link.reason, "decided_by": link.decided_by}
-            for link, number, name in session.exec(query).all()]
+    return [
+        {
+            "id": link.id,
+            "excursion": link.excursion_id,
+            "batch": number,
+            "step": link.step_id,
+            "step_name": name,
+            "status": link.status,
+            "reason": link.reason,
+            "decided_by": link.decided_by,
+        }
+        for link, number, name in session.exec(query).all()
+    ]
 
 
 @router.post("/links/{link_id}/decide")
@@ -345,10 +451,13 @@ def decide(me: CurrentUser, session: SessionDep, link_id: Id, body: LinkDecision
 
 
 @router.get("/batches")
-def batches(me: CurrentUser, session: SessionDep,
-            status: Annotated[str | None, Query(max_length=20)] = None) -> list[Doc]:
-    return [{"number": b.number, "product": b.product, "donor_id": b.donor_id, "status": b.status}
-            for b in list_batches(session, status=status)]
+def batches(
+    me: CurrentUser, session: SessionDep, status: Annotated[str | None, Query(max_length=20)] = None
+) -> list[Doc]:
+    return [
+        {"number": b.number, "product": b.product, "donor_id": b.donor_id, "status": b.status}
+        for b in list_batches(session, status=status)
+    ]
 
 
 @router.get("/batches/{number}")
@@ -370,15 +479,17 @@ def batch_sign(request: Request, me: CurrentUser, session: SessionDep, number: K
 
 
 @router.post("/batches/{number}/review")
-def batch_review(request: Request, me: CurrentUser, session: SessionDep, number: Key,
-                 body: SignRequest) -> Doc:
+def batch_review(
+    request: Request, me: CurrentUser, session: SessionDep, number: Key, body: SignRequest
+) -> Doc:
     """QA review (e-signature); 409 with ``reasons`` while the gate is closed."""
     return _signed(request, me, session, number, body, qa_review)
 
 
 @router.post("/batches/{number}/reject")
-def batch_reject(request: Request, me: CurrentUser, session: SessionDep, number: Key,
-                 body: RejectRequest) -> Doc:
+def batch_reject(
+    request: Request, me: CurrentUser, session: SessionDep, number: Key, body: RejectRequest
+) -> Doc:
     """QA or the QP rejects the batch (e-signature with the reason)."""
     signer = sign_in(request, me, body.password)
     b = reject(session, signer=signer, batch=get_batch(session, number), reason=body.reason)
@@ -387,58 +498,100 @@ def batch_reject(request: Request, me: CurrentUser, session: SessionDep, number:
 
 
 @router.post("/batches/{number}/release")
-def batch_release(request: Request, me: CurrentUser, session: SessionDep, number: Key,
-                  body: SignRequest) -> Doc:
+def batch_release(
+    request: Request, me: CurrentUser, session: SessionDep, number: Key, body: SignRequest
+) -> Doc:
     """QP release (e-signature); 409 with ``reasons`` while the gate is closed."""
     return _signed(request, me, session, number, body, release)
 
 
 @router.get("/quarantine")
-def quarantine(me: CurrentUser, session: SessionDep,
-               reason: Annotated[str | None, Query(max_length=40)] = None,
-               limit: Annotated[int, Query(ge=1, le=10_000)] = 500) -> list[Doc]:
-    return [{"id": q.id, "received_at": iso_utc(q.received_at), "topic": q.topic, "reason": q.reason,
-             "detail": q.detail, "monitor": q.monitor_code, "payload_sha256": q.payload_sha256}
-            for q in list_quarantine(session, reason=reason, limit=limit)]
+def quarantine(
+    me: CurrentUser,
+    session: SessionDep,
+    reason: Annotated[str | None, Query(max_length=40)] = None,
+    limit: Annotated[int, Query(ge=1, le=10_000)] = 500,
+) -> list[Doc]:
+    return [
+        {
+            "id": q.id,
+            "received_at": iso_utc(q.received_at),
+            "topic": q.topic,
+            "reason": q.reason,
+            "detail": q.detail,
+            "monitor": q.monitor_code,
+            "payload_sha256": q.payload_sha256,
+        }
+        for q in list_quarantine(session, reason=reason, limit=limit)
+    ]
 
 
 @router.get("/audit")
-def audit(me: CurrentUser, session: SessionDep, entity: Annotated[str | None, Query(max_length=80)] = None,
-          key: Annotated[str | None, Query(max_length=200)] = None,
-          actor: Annotated[str | None, Query(max_length=120)] = None,
-          action: Annotated[str | None, Query(max_length=80, description="a prefix, e.g. signature.")] = None,
-          before: Annotated[int | None, Query(ge=0, le=2**62, description="older than this id")] = None,
-          after: Annotated[int | None, Query(ge=0, le=2**62, description="newer than this id")] = None,
-          limit: Annotated[int, Query(ge=1, le=1000)] = 500) -> Doc:
+def audit(
+    me: CurrentUser,
+    session: SessionDep,
+    entity: Annotated[str | None, Query(max_length=80)] = None,
+    key: Annotated[str | None, Query(max_length=200)] = None,
+    actor: Annotated[str | None, Query(max_length=120)] = None,
+    action: Annotated[str | None, Query(max_length=80, description="a prefix, e.g. signature.")] = None,
+    before: Annotated[int | None, Query(ge=0, le=2**62, description="older than this id")] = None,
+    after: Annotated[int | None, Query(ge=0, le=2**62, description="newer than this id")] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 500,
+) -> Doc:
     """The audit trail newest first, ``limit`` at a time; follow ``page.older`` (as ``before``)
     or ``page.newer`` (as ``after``) for the neighbouring pages. ``chain`` covers every event."""
     intact, count, broken = verify_chain(session)
-    page = page_events(session, actor=actor, action=action, entity=entity, key=key, before=before,
-                       after=after, size=limit)
-    return {"chain": {"intact": intact, "events": count, "first_broken": broken},
-            "page": {"total": page.total, "older": page.older, "newer": page.newer},
-            "events": [{"id": e.id, "at": iso_utc(e.at), "actor": e.actor, "action": e.action,
-                        "entity": e.entity, "key": e.entity_key, "before": e.before, "after": e.after,
-                        "reason": e.reason, "hash": e.hash} for e in page.events]}
+    page = page_events(
+        session, actor=actor, action=action, entity=entity, key=key, before=before, after=after, size=limit
+    )
+    return {
+        "chain": {"intact": intact, "events": count, "first_broken": broken},
+        "page": {"total": page.total, "older": page.older, "newer": page.newer},
+        "events": [
+            {
+                "id": e.id,
+                "at": iso_utc(e.at),
+                "actor": e.actor,
+                "action": e.action,
+                "entity": e.entity,
+                "key": e.entity_key,
+                "before": e.before,
+                "after": e.after,
+                "reason": e.reason,
+                "hash": e.hash,
+            }
+            for e in page.events
+        ],
+    }
 
 
 @router.get("/limits/proposals")
-def proposals(me: CurrentUser, session: SessionDep,
-              status: Annotated[str | None, Query(max_length=20)] = None) -> list[Doc]:
+def proposals(
+    me: CurrentUser, session: SessionDep, status: Annotated[str | None, Query(max_length=20)] = None
+) -> list[Doc]:
     return list_proposals(session, status=status)
 
 
 @router.post("/limits/proposals", status_code=201)
 def proposal_create(me: CurrentUser, session: SessionDep, body: ProposalRequest) -> Doc:
     """Alert and action levels computed from a period of valid readings (percentiles)."""
-    row = propose(session, actor=me.actor(), room_code=body.room, kind=body.kind, channel=body.channel,
-                  state=body.state, start=body.start, end=body.end)
+    row = propose(
+        session,
+        actor=me.actor(),
+        room_code=body.room,
+        kind=body.kind,
+        channel=body.channel,
+        state=body.state,
+        start=body.start,
+        end=body.end,
+    )
     return proposal_json(session, row)
 
 
 @router.post("/limits/proposals/{proposal_id}/approve")
-def proposal_approve(request: Request, me: CurrentUser, session: SessionDep, proposal_id: Id,
-                     body: SignRequest) -> Doc:
+def proposal_approve(
+    request: Request, me: CurrentUser, session: SessionDep, proposal_id: Id, body: SignRequest
+) -> Doc:
     """QA (not the proposer) approves with an e-signature: a new facility revision."""
     signer = sign_in(request, me, body.password)
     approve_proposal(session, signer=signer, proposal_id=proposal_id, comment=body.comment)

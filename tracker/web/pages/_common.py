@@ -25,6 +25,9 @@ def form_instant(text: str) -> datetime:
     try:
         return parse_instant(text)
     except ValueError as exc:
-        raise InvalidInputError(Reason(
-            f"{text!r}: a time is ISO 8601 with its offset, e.g. 2026-11-20T08:00:00+08:00",
-            f"{text!r}：时间须为带时区偏移的 ISO 8601 格式，例如 2026-11-20T08:00:00+08:00")) from exc
+        raise InvalidInputError(
+            Reason(
+                f"{text!r}: a time is ISO 8601 with its offset, e.g. 2026-11-20T08:00:00+08:00",
+                f"{text!r}：时间须为带时区偏移的 ISO 8601 格式，例如 2026-11-20T08:00:00+08:00",
+            )
+        ) from exc

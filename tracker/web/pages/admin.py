@@ -27,22 +27,39 @@ PAGE = 200
 
 
 @router.get("/quarantine", response_class=HTMLResponse)
-def quarantine_page(request: Request, me: CurrentUser, session: SessionDep,
-                    reason: Annotated[str | None, Query(max_length=40)] = None) -> HTMLResponse:
+def quarantine_page(
+    request: Request,
+    me: CurrentUser,
+    session: SessionDep,
+    reason: Annotated[str | None, Query(max_length=40)] = None,
+) -> HTMLResponse:
     rows = quarantined(session, reason=reason or None)[-PAGE:]
     rows.reverse()
-    shown = [{"id": q.id, "received_at": q.received_at, "topic": q.topic, "reason": q.reason,
-              "detail": q.detail, "monitor": q.monitor_code,
-              "payload": printable(q.payload.decode("utf-8", "replace"), 300)} for q in rows]
-    return render(request, "quarantine.html", rows=shown, counts=counts_by_reason(session),
-                  reason=reason or "")
+    shown = [
+        {
+            "id": q.id,
+            "received_at": q.received_at,
+            "topic": q.topic,
+            "reason": q.reason,
+            "detail": q.detail,
+            "monitor": q.monitor_code,
+            "payload": printable(q.payload.decode("utf-8", "replace"), 300),
+        }
+        for q in rows
+    ]
+    return render(
+        request, "quarantine.html", rows=shown, counts=counts_by_reason(session), reason=reason or ""
+    )
 
 
 @router.get("/reports/annual")
-def annual_report_download(request: Request, me: CurrentUser, session: SessionDep,
-                           year: Annotated[int, Query(ge=2000, le=2100)],
-                           fmt: Annotated[Literal["pdf", "html", "json"], Query(alias="format")] = "pdf",
-                           ) -> Response:
+def annual_report_download(
+    request: Request,
+    me: CurrentUser,
+    session: SessionDep,
+    year: Annotated[int, Query(ge=2000, le=2100)],
+    fmt: Annotated[Literal["pdf", "html", "json"], Query(alias="format")] = "pdf",
+) -> Response:
     """The site's annual evaluation report for ``year`` in the page's language (issue 4)."""
     from tracker.reports.annual import build_annual_report, validate_report, year_period
     from tracker.reports.render import render_html, render_pdf
@@ -67,28 +84,43 @@ def annual_report_download(request: Request, me: CurrentUser, session: SessionDe
 
 
 @router.get("/audit", response_class=HTMLResponse)
-def audit_page(request: Request, me: CurrentUser, session: SessionDep,
-               actor: Annotated[str | None, Query(max_length=120)] = None,
-               action: Annotated[str | None, Query(max_length=80)] = None,
-               entity: Annotated[str | None, Query(max_length=80)] = None,
-               key: Annotated[str | None, Query(max_length=200)] = None,
-               before: Annotated[int | None, Query(ge=0, le=2**62)] = None,
-               after: Annotated[int | None, Query(ge=0, le=2**62)] = None) -> HTMLResponse:
+def audit_page(
+    request: Request,
+    me: CurrentUser,
+    session: SessionDep,
+    actor: Annotated[str | None, Query(max_length=120)] = None,
+    action: Annotated[str | None, Query(max_length=80)] = None,
+    entity: Annotated[str | None, Query(max_length=80)] = None,
+    key: Annotated[str | None, Query(max_length=200)] = None,
+    before: Annotated[int | None, Query(ge=0, le=2**62)] = None,
+    after: Annotated[int | None, Query(ge=0, le=2**62)] = None,
+) -> HTMLResponse:
     """The trail, newest first, a page at a time (``before``/``after``: keyset cursors), with the
     filter kept across pages and the whole chain's status."""
     intact, count, broken = verify_chain(session)
     filters = {"actor": actor or "", "action": action or "", "entity": entity or "", "key": key or ""}
-    page = page_events(session, actor=actor, action=action, entity=entity, key=key, before=before,
-                       after=after, size=PAGE)
+    page = page_events(
+        session, actor=actor, action=action, entity=entity, key=key, before=before, after=after, size=PAGE
+    )
 
     def link(**cursor) -> str:
         return "/audit?" + urlencode({k: v for k, v in {**filters, **cursor}.items() if v not in ("", None)})
 
-    return render(request, "audit.html", events=page.events, intact=intact, count=count,
-                  report_year=utcnow().year - 1, broken=broken, total=page.total, page_size=PAGE,
-                  newer_url=link(after=page.newer) if page.newer else None,
-                  older_url=link(before=page.older) if page.older else None,
-                  newest_url=link() if page.newer else None, filters=filters)
+    return render(
+        request,
+        "audit.html",
+        events=page.events,
+        intact=intact,
+        count=count,
+        report_year=utcnow().year - 1,
+        broken=broken,
+        total=page.total,
+        page_size=PAGE,
+        newer_url=link(after=page.newer) if page.newer else None,
+        older_url=link(before=page.older) if page.older else None,
+        newest_url=link() if page.newer else None,
+        filters=filters,
+    )
 
 
 @router.get("/limits", response_class=HTMLResponse)
@@ -96,43 +128,71 @@ def limits_page(request: Request, me: CurrentUser, session: SessionDep) -> HTMLR
     site = site_or_none(session)
     current, manifest = [], []
     if site:
-        current = session.exec(select(FacilityLimit).where(FacilityLimit.site_id == site.id,
-                                                           FacilityLimit.revision == site.revision)
-                               .order_by(FacilityLimit.position)).all()
+        current = session.exec(
+            select(FacilityLimit)
+            .where(FacilityLimit.site_id == site.id, FacilityLimit.revision == site.revision)
+            .order_by(FacilityLimit.position)
+        ).all()
         sigs = signatures.signatures_of(session, "site", site.code)
 
         def content_of(sig):
             return limits_content(session, site, int(sig.scope.rsplit(":", 1)[1]))
 
         manifest = [c.manifest(site.timezone) for c in signatures.check_all(sigs, content_of)]
-    return render(request, "limits.html", site=site, current=current, proposals=list_proposals(session),
-                  signatures=manifest)
+    return render(
+        request,
+        "limits.html",
+        site=site,
+        current=current,
+        proposals=list_proposals(session),
+        signatures=manifest,
+    )
 
 
 @router.post("/limits/proposals")
-def limits_propose(request: Request, me: CurrentUser, session: SessionDep,
-                   room: Annotated[str, Form(max_length=40)], kind: Annotated[str, Form(max_length=20)],
-                   state: Annotated[str, Form(max_length=20)], start: Annotated[str, Form(max_length=40)],
-                   end: Annotated[str, Form(max_length=40)],
-                   channel: Annotated[str | None, Form(max_length=8)] = None) -> RedirectResponse:
+def limits_propose(
+    request: Request,
+    me: CurrentUser,
+    session: SessionDep,
+    room: Annotated[str, Form(max_length=40)],
+    kind: Annotated[str, Form(max_length=20)],
+    state: Annotated[str, Form(max_length=20)],
+    start: Annotated[str, Form(max_length=40)],
+    end: Annotated[str, Form(max_length=40)],
+    channel: Annotated[str | None, Form(max_length=8)] = None,
+) -> RedirectResponse:
     start_at, end_at = form_instant(start), form_instant(end)
-    propose(session, actor=me.actor(), room_code=room, kind=kind, channel=channel or None, state=state,
-            start=start_at, end=end_at)
+    propose(
+        session,
+        actor=me.actor(),
+        room_code=room,
+        kind=kind,
+        channel=channel or None,
+        state=state,
+        start=start_at,
+        end=end_at,
+    )
     return done(request, "/limits", tr(request, "Proposal computed."))
 
 
 @router.post("/limits/proposals/{proposal_id}/approve")
-def limits_approve(request: Request, me: CurrentUser, session: SessionDep, proposal_id: RowId,
-                   password: Annotated[str, Form(max_length=1000)],
-                   comment: Annotated[str | None, Form(max_length=2000)] = None) -> RedirectResponse:
+def limits_approve(
+    request: Request,
+    me: CurrentUser,
+    session: SessionDep,
+    proposal_id: RowId,
+    password: Annotated[str, Form(max_length=1000)],
+    comment: Annotated[str | None, Form(max_length=2000)] = None,
+) -> RedirectResponse:
     signer = sign_in(request, me, password)
     approve(session, signer=signer, proposal_id=proposal_id, comment=comment or None)
     return done(request, "/limits", tr(request, "Proposal approved (signed)."))
 
 
 @router.post("/limits/proposals/{proposal_id}/reject")
-def limits_reject(request: Request, me: CurrentUser, session: SessionDep, proposal_id: RowId,
-                  reason: Text) -> RedirectResponse:
+def limits_reject(
+    request: Request, me: CurrentUser, session: SessionDep, proposal_id: RowId, reason: Text
+) -> RedirectResponse:
     reject(session, actor=me.actor(), proposal_id=proposal_id, reason=reason)
     return done(request, "/limits", tr(request, "Proposal rejected."))
 
@@ -143,42 +203,62 @@ def users_page(request: Request, me: CurrentUser, session: SessionDep) -> HTMLRe
 
 
 @router.post("/users")
-def user_create(request: Request, me: CurrentUser, session: SessionDep,
-                username: Annotated[str, Form(max_length=60)],
-                full_name: Annotated[str, Form(max_length=200)],
-                roles: Annotated[list[str], Form()], password: Annotated[str, Form(max_length=1000)]
-                ) -> RedirectResponse:
-    users.create_user(session, username=username, full_name=full_name, roles=roles, password=password,
-                      actor=me.actor())
+def user_create(
+    request: Request,
+    me: CurrentUser,
+    session: SessionDep,
+    username: Annotated[str, Form(max_length=60)],
+    full_name: Annotated[str, Form(max_length=200)],
+    roles: Annotated[list[str], Form()],
+    password: Annotated[str, Form(max_length=1000)],
+) -> RedirectResponse:
+    users.create_user(
+        session, username=username, full_name=full_name, roles=roles, password=password, actor=me.actor()
+    )
     return done(request, "/users", tr(request, "User created; the owner must change the password."))
 
 
 @router.post("/users/{username}/unlock")
-def user_unlock(request: Request, me: CurrentUser, session: SessionDep, username: str,
-                reason: Text) -> RedirectResponse:
+def user_unlock(
+    request: Request, me: CurrentUser, session: SessionDep, username: str, reason: Text
+) -> RedirectResponse:
     users.unlock(session, actor=me.actor(), username=username, reason=reason)
     return done(request, "/users", tr(request, "Account unlocked."))
 
 
 @router.post("/users/{username}/deactivate")
-def user_deactivate(request: Request, me: CurrentUser, session: SessionDep, username: str,
-                    reason: Text) -> RedirectResponse:
+def user_deactivate(
+    request: Request, me: CurrentUser, session: SessionDep, username: str, reason: Text
+) -> RedirectResponse:
     user = users.deactivate(session, actor=me.actor(), username=username, reason=reason)
     request.app.state.sessions.drop_user(user.id, db=session)
     return done(request, "/users", tr(request, "Account deactivated."))
 
 
 @router.post("/users/{username}/roles")
-def user_roles(request: Request, me: CurrentUser, session: SessionDep, username: str,
-               roles: Annotated[list[str], Form()], reason: Text) -> RedirectResponse:
+def user_roles(
+    request: Request,
+    me: CurrentUser,
+    session: SessionDep,
+    username: str,
+    roles: Annotated[list[str], Form()],
+    reason: Text,
+) -> RedirectResponse:
     users.set_roles(session, actor=me.actor(), username=username, roles=roles, reason=reason)
     return done(request, "/users", tr(request, "Roles changed."))
 
 
 @router.post("/users/{username}/reset-password")
-def user_reset(request: Request, me: CurrentUser, session: SessionDep, username: str,
-               password: Annotated[str, Form(max_length=1000)], reason: Text) -> RedirectResponse:
-    user = users.set_password(session, actor=me.actor(), username=username, new_password=password,
-                              reason=reason)
+def user_reset(
+    request: Request,
+    me: CurrentUser,
+    session: SessionDep,
+    username: str,
+    password: Annotated[str, Form(max_length=1000)],
+    reason: Text,
+) -> RedirectResponse:
+    user = users.set_password(
+        session, actor=me.actor(), username=username, new_password=password, reason=reason
+    )
     request.app.state.sessions.drop_user(user.id, db=session)
     return done(request, "/users", tr(request, "Password reset; the owner must change it."))

@@ -32,19 +32,28 @@ def login_page(request: Request, next: str = "/") -> HTMLResponse:
 
 
 @router.post("/login", response_class=HTMLResponse)
-def login_submit(request: Request, username: Annotated[str, Form(max_length=60)],
-                 password: Annotated[str, Form(max_length=1000)],
-                 next: Annotated[str, Form()] = "/") -> Response:
+def login_submit(
+    request: Request,
+    username: Annotated[str, Form(max_length=60)],
+    password: Annotated[str, Form(max_length=1000)],
+    next: Annotated[str, Form()] = "/",
+) -> Response:
     _ = gettext(request)
     client = request.client.host if request.client else "?"
     if not request.app.state.login_limiter.allow(client):
-        return render(request, "login.html", status_code=429, next=_safe_next(next),
-                      error=_("Too many login attempts from this address; wait a minute."))
+        return render(
+            request,
+            "login.html",
+            status_code=429,
+            next=_safe_next(next),
+            error=_("Too many login attempts from this address; wait a minute."),
+        )
     try:
         who = login(engine_of(request), username=username.strip(), password=password)
     except AuthenticationError as exc:
-        return render(request, "login.html", status_code=401, next=_safe_next(next),
-                      error=exc.said(request.state.lang))
+        return render(
+            request, "login.html", status_code=401, next=_safe_next(next), error=exc.said(request.state.lang)
+        )
     web = request.app.state.sessions.login(ensure_web_session(request), who.user_id)
     request.state.web = web
     request.state.set_cookie = True
@@ -78,10 +87,14 @@ def password_page(request: Request, me: CurrentUser) -> HTMLResponse:
 
 
 @router.post("/account/password")
-def password_submit(request: Request, me: CurrentUser, session: SessionDep,
-                    current: Annotated[str, Form(max_length=1000)],
-                    new: Annotated[str, Form(max_length=1000)],
-                    confirm: Annotated[str, Form(max_length=1000)]) -> RedirectResponse:
+def password_submit(
+    request: Request,
+    me: CurrentUser,
+    session: SessionDep,
+    current: Annotated[str, Form(max_length=1000)],
+    new: Annotated[str, Form(max_length=1000)],
+    confirm: Annotated[str, Form(max_length=1000)],
+) -> RedirectResponse:
     _ = gettext(request)
     if new != confirm:
         raise InvalidInputError(_("The two new passwords differ."))
@@ -90,6 +103,6 @@ def password_submit(request: Request, me: CurrentUser, session: SessionDep,
     # every session of the user ends, on every worker (in this unit of work, with the change) …
     store = request.app.state.sessions
     store.drop_user(me.user_id, db=session)
-    request.state.web = store.new(user_id=me.user_id, db=session)   # … this one goes on, new token
+    request.state.web = store.new(user_id=me.user_id, db=session)  # … this one goes on, new token
     request.state.set_cookie = True
     return done(request, "/", _("Password changed."))

@@ -32,19 +32,35 @@ Text = Annotated[str, Form(max_length=5000)]
 
 
 @router.get("/batches", response_class=HTMLResponse)
-def batch_list(request: Request, me: CurrentUser, session: SessionDep,
-               status: Annotated[str | None, Query(max_length=20)] = None) -> HTMLResponse:
+def batch_list(
+    request: Request,
+    me: CurrentUser,
+    session: SessionDep,
+    status: Annotated[str | None, Query(max_length=20)] = None,
+) -> HTMLResponse:
     rows = list_batches(session, status=status or None)
     return render(request, "batches.html", rows=rows, status=status or "")
 
 
 @router.post("/batches")
-def batch_create(request: Request, me: CurrentUser, session: SessionDep,
-                 number: Annotated[str, Form(max_length=60)], product: Annotated[str, Form(max_length=200)],
-                 donor: Annotated[str, Form(max_length=100)],
-                 patient: Annotated[str | None, Form(max_length=100)] = None) -> RedirectResponse:
-    batch = create_batch(session, actor=me.actor(), site=the_site(session), number=number, product=product,
-                         donor_id=donor, patient_id=patient or None)
+def batch_create(
+    request: Request,
+    me: CurrentUser,
+    session: SessionDep,
+    number: Annotated[str, Form(max_length=60)],
+    product: Annotated[str, Form(max_length=200)],
+    donor: Annotated[str, Form(max_length=100)],
+    patient: Annotated[str | None, Form(max_length=100)] = None,
+) -> RedirectResponse:
+    batch = create_batch(
+        session,
+        actor=me.actor(),
+        site=the_site(session),
+        number=number,
+        product=product,
+        donor_id=donor,
+        patient_id=patient or None,
+    )
     return done(request, f"/batches/{batch.number}", tr(request, "Batch record opened."))
 
 
@@ -79,27 +95,51 @@ def batch_page(request: Request, me: CurrentUser, session: SessionDep, number: s
     report = batch_report(session, batch)
     for item in report["review"]:
         item["chart"] = _chart_window(item)
-    pending = [{"id": link.id, "excursion": link.excursion_id, "step": link.step_id}
-               for link in links_of(session, batch) if link.status == "proposed"]
-    rooms = session.exec(select(Room.code).where(Room.site_id == batch.site_id, Room.active)
-                         .order_by(Room.code)).all()
+    pending = [
+        {"id": link.id, "excursion": link.excursion_id, "step": link.step_id}
+        for link in links_of(session, batch)
+        if link.status == "proposed"
+    ]
+    rooms = session.exec(
+        select(Room.code).where(Room.site_id == batch.site_id, Room.active).order_by(Room.code)
+    ).all()
     return render(request, "batch.html", b=report, timeline=_timeline(report), pending=pending, rooms=rooms)
 
 
 @router.post("/batches/{number}/steps")
-def step_begin(request: Request, me: CurrentUser, session: SessionDep, number: str,
-               name: Annotated[str, Form(max_length=200)], room: Annotated[str, Form(max_length=40)],
-               open_processing: Annotated[bool, Form()] = False,
-               late_reason: Annotated[str | None, Form(max_length=2000)] = None) -> RedirectResponse:
-    start_step(session, actor=me.actor(), batch=get_batch(session, number), name=name, room_code=room,
-               start=utcnow(), open_processing=open_processing, late_reason=late_reason or None)
+def step_begin(
+    request: Request,
+    me: CurrentUser,
+    session: SessionDep,
+    number: str,
+    name: Annotated[str, Form(max_length=200)],
+    room: Annotated[str, Form(max_length=40)],
+    open_processing: Annotated[bool, Form()] = False,
+    late_reason: Annotated[str | None, Form(max_length=2000)] = None,
+) -> RedirectResponse:
+    start_step(
+        session,
+        actor=me.actor(),
+        batch=get_batch(session, number),
+        name=name,
+        room_code=room,
+        start=utcnow(),
+        open_processing=open_processing,
+        late_reason=late_reason or None,
+    )
     return done(request, f"/batches/{number}", tr(request, "Step started."))
 
 
 @router.post("/steps/{step_id}/end")
-def step_finish(request: Request, me: CurrentUser, session: SessionDep, step_id: RowId,
-                password: Password, comment: Comment = None,
-                at: Annotated[datetime | None, Form()] = None) -> RedirectResponse:
+def step_finish(
+    request: Request,
+    me: CurrentUser,
+    session: SessionDep,
+    step_id: RowId,
+    password: Password,
+    comment: Comment = None,
+    at: Annotated[datetime | None, Form()] = None,
+) -> RedirectResponse:
     signer = sign_in(request, me, password)
     end_step(session, signer=signer, step_id=step_id, end=at or utcnow(), comment=comment or None)
     return done(request, back_path(request), tr(request, "Step ended and signed."))
@@ -111,45 +151,102 @@ def batch_complete(request: Request, me: CurrentUser, session: SessionDep, numbe
     return done(request, f"/batches/{number}", tr(request, "Batch record completed."))
 
 
-def _signed(request: Request, me, session, number: str, password: str, fn, message: str,
-            **kwargs) -> RedirectResponse:
+def _signed(
+    request: Request, me, session, number: str, password: str, fn, message: str, **kwargs
+) -> RedirectResponse:
     signer = sign_in(request, me, password)
     fn(session, signer=signer, batch=get_batch(session, number), **kwargs)
     return done(request, f"/batches/{number}", message)
 
 
 @router.post("/batches/{number}/sign")
-def batch_sign(request: Request, me: CurrentUser, session: SessionDep, number: str, password: Password,
-               comment: Comment = None) -> RedirectResponse:
-    return _signed(request, me, session, number, password, sign_production,
-                   tr(request, "Batch record signed by production."), comment=comment or None)
+def batch_sign(
+    request: Request,
+    me: CurrentUser,
+    session: SessionDep,
+    number: str,
+    password: Password,
+    comment: Comment = None,
+) -> RedirectResponse:
+    return _signed(
+        request,
+        me,
+        session,
+        number,
+        password,
+        sign_production,
+        tr(request, "Batch record signed by production."),
+        comment=comment or None,
+    )
 
 
 @router.post("/batches/{number}/review")
-def batch_review(request: Request, me: CurrentUser, session: SessionDep, number: str, password: Password,
-                 comment: Comment = None) -> RedirectResponse:
-    return _signed(request, me, session, number, password, qa_review,
-                   tr(request, "QA review signed."), comment=comment or None)
+def batch_review(
+    request: Request,
+    me: CurrentUser,
+    session: SessionDep,
+    number: str,
+    password: Password,
+    comment: Comment = None,
+) -> RedirectResponse:
+    return _signed(
+        request,
+        me,
+        session,
+        number,
+        password,
+        qa_review,
+        tr(request, "QA review signed."),
+        comment=comment or None,
+    )
 
 
 @router.post("/batches/{number}/release")
-def batch_release(request: Request, me: CurrentUser, session: SessionDep, number: str, password: Password,
-                  comment: Comment = None) -> RedirectResponse:
-    return _signed(request, me, session, number, password, release,
-                   tr(request, "Batch released."), comment=comment or None)
+def batch_release(
+    request: Request,
+    me: CurrentUser,
+    session: SessionDep,
+    number: str,
+    password: Password,
+    comment: Comment = None,
+) -> RedirectResponse:
+    return _signed(
+        request,
+        me,
+        session,
+        number,
+        password,
+        release,
+        tr(request, "Batch released."),
+        comment=comment or None,
+    )
 
 
 @router.post("/batches/{number}/reject")
-def batch_reject(request: Request, me: CurrentUser, session: SessionDep, number: str, password: Password,
-                 reason: Text) -> RedirectResponse:
-    return _signed(request, me, session, number, password, reject, tr(request, "Batch rejected."),
-                   reason=reason)
+def batch_reject(
+    request: Request, me: CurrentUser, session: SessionDep, number: str, password: Password, reason: Text
+) -> RedirectResponse:
+    return _signed(
+        request, me, session, number, password, reject, tr(request, "Batch rejected."), reason=reason
+    )
 
 
 @router.post("/batches/{number}/assess")
-def batch_assess(request: Request, me: CurrentUser, session: SessionDep, number: str,
-                 item: Annotated[str, Form(max_length=200)], exposed: Annotated[bool, Form()],
-                 reason: Text) -> RedirectResponse:
-    assess_item(session, actor=me.actor(), batch=get_batch(session, number), item_key=item, exposed=exposed,
-                reason=reason)
+def batch_assess(
+    request: Request,
+    me: CurrentUser,
+    session: SessionDep,
+    number: str,
+    item: Annotated[str, Form(max_length=200)],
+    exposed: Annotated[bool, Form()],
+    reason: Text,
+) -> RedirectResponse:
+    assess_item(
+        session,
+        actor=me.actor(),
+        batch=get_batch(session, number),
+        item_key=item,
+        exposed=exposed,
+        reason=reason,
+    )
     return done(request, f"/batches/{number}", tr(request, "Assessment recorded."))

@@ -40,16 +40,25 @@ def _live_context(session) -> dict:
             colour[tile.code] = "inhibited" if held and tile.worst not in ("alert", "action") else tile.worst
     waiting = list_excursions(session, unacknowledged=True)
     waiting.reverse()
-    return {"view": view, "groups": groups, "colour": colour, "waiting": waiting[:30],
-            "waiting_total": len(waiting), "units": UNITS}
+    return {
+        "view": view,
+        "groups": groups,
+        "colour": colour,
+        "waiting": waiting[:30],
+        "waiting_total": len(waiting),
+        "units": UNITS,
+    }
 
 
 def _inhibited_monitors(session, at: datetime | None) -> set[str]:
     if at is None:
         return set()
     codes = dict(session.exec(select(Monitor.id, Monitor.code)).all())
-    return {codes[mid] for mid, windows in windows_by_monitor(session).items()
-            if mid in codes and any(start <= at < end for start, end in windows)}
+    return {
+        codes[mid]
+        for mid, windows in windows_by_monitor(session).items()
+        if mid in codes and any(start <= at < end for start, end in windows)
+    }
 
 
 @router.get("/", response_class=HTMLResponse)
@@ -70,46 +79,83 @@ def _when(text: str | None) -> datetime | None:
 
 
 @router.get("/excursions", response_class=HTMLResponse)
-def excursion_queue(request: Request, me: CurrentUser, session: SessionDep,
-                    room: Annotated[str | None, Query(max_length=40)] = None,
-                    grade: Annotated[str | None, Query(max_length=3)] = None,
-                    type: Annotated[str | None, Query(max_length=20)] = None,
-                    level: Annotated[str | None, Query(max_length=16)] = None,
-                    since: Annotated[str | None, Query(max_length=40)] = None,
-                    until: Annotated[str | None, Query(max_length=40)] = None,
-                    show: Annotated[str, Query(pattern="^(pending|all)$")] = "pending") -> HTMLResponse:
+def excursion_queue(
+    request: Request,
+    me: CurrentUser,
+    session: SessionDep,
+    room: Annotated[str | None, Query(max_length=40)] = None,
+    grade: Annotated[str | None, Query(max_length=3)] = None,
+    type: Annotated[str | None, Query(max_length=20)] = None,
+    level: Annotated[str | None, Query(max_length=16)] = None,
+    since: Annotated[str | None, Query(max_length=40)] = None,
+    until: Annotated[str | None, Query(max_length=40)] = None,
+    show: Annotated[str, Query(pattern="^(pending|all)$")] = "pending",
+) -> HTMLResponse:
     rows = list_excursions(session, room=room or None, type_=type or None, unacknowledged=show == "pending")
     grades = dict(session.exec(select(Room.code, Room.grade)).all())
     start, end = _when(since), _when(until)
-    rows = [r for r in rows
-            if (not level or r["level"] == level) and (not grade or grades.get(r["room"]) == grade)
-            and (start is None or parse_instant(r["ended_at"] or r["started_at"]) >= start)
-            and (end is None or parse_instant(r["started_at"]) <= end)]
+    rows = [
+        r
+        for r in rows
+        if (not level or r["level"] == level)
+        and (not grade or grades.get(r["room"]) == grade)
+        and (start is None or parse_instant(r["ended_at"] or r["started_at"]) >= start)
+        and (end is None or parse_instant(r["started_at"]) <= end)
+    ]
     rows.reverse()
-    return render(request, "excursions.html", rows=rows, rooms=sorted(grades), grades=GRADES,
-                  filters={"room": room or "", "grade": grade or "", "type": type or "", "level": level or "",
-                           "since": since or "", "until": until or "", "show": show},
-                  classes=("critical", "major", "minor"))
+    return render(
+        request,
+        "excursions.html",
+        rows=rows,
+        rooms=sorted(grades),
+        grades=GRADES,
+        filters={
+            "room": room or "",
+            "grade": grade or "",
+            "type": type or "",
+            "level": level or "",
+            "since": since or "",
+            "until": until or "",
+            "show": show,
+        },
+        classes=("critical", "major", "minor"),
+    )
 
 
 @router.post("/excursions/{excursion_id}/acknowledge")
-def excursion_acknowledge(request: Request, me: CurrentUser, session: SessionDep, excursion_id: RowId,
-                          comment: Annotated[str, Form(max_length=2000)]) -> RedirectResponse:
+def excursion_acknowledge(
+    request: Request,
+    me: CurrentUser,
+    session: SessionDep,
+    excursion_id: RowId,
+    comment: Annotated[str, Form(max_length=2000)],
+) -> RedirectResponse:
     acknowledge(session, actor=me.actor(), excursion_id=excursion_id, comment=comment)
     return done(request, "/excursions", tr(request, "Excursion acknowledged."))
 
 
 @router.post("/excursions/{excursion_id}/deviation")
-def excursion_deviation(request: Request, me: CurrentUser, session: SessionDep, excursion_id: RowId,
-                        title: Annotated[str, Form(max_length=200)],
-                        classification: Annotated[str, Form(max_length=20)],
-                        category: Annotated[str, Form(max_length=60)],
-                        description: Annotated[str, Form(max_length=5000)]) -> RedirectResponse:
-    dev = raise_deviation(session, actor=me.actor(), site=the_site(session), excursion_ids=[excursion_id],
-                          title=title, classification=classification, category=category,
-                          description=description)
-    return done(request, f"/deviations/{dev.number}",
-                tr(request, "Deviation raised:") + f" {dev.number}")
+def excursion_deviation(
+    request: Request,
+    me: CurrentUser,
+    session: SessionDep,
+    excursion_id: RowId,
+    title: Annotated[str, Form(max_length=200)],
+    classification: Annotated[str, Form(max_length=20)],
+    category: Annotated[str, Form(max_length=60)],
+    description: Annotated[str, Form(max_length=5000)],
+) -> RedirectResponse:
+    dev = raise_deviation(
+        session,
+        actor=me.actor(),
+        site=the_site(session),
+        excursion_ids=[excursion_id],
+        title=title,
+        classification=classification,
+        category=category,
+        description=description,
+    )
+    return done(request, f"/deviations/{dev.number}", tr(request, "Deviation raised:") + f" {dev.number}")
 
 
 def _monitor(session, code: str) -> Monitor:
@@ -129,10 +175,15 @@ def _window(session, mon: Monitor, hours: float, end: str | None) -> tuple[datet
 
 
 @router.get("/monitors/{code}", response_class=HTMLResponse)
-def monitor_page(request: Request, me: CurrentUser, session: SessionDep, code: str,
-                 hours: Annotated[float, Query(gt=0, le=24 * 31)] = 6,
-                 end: Annotated[str | None, Query(max_length=40)] = None,
-                 channel: Annotated[str | None, Query(max_length=8)] = None) -> HTMLResponse:
+def monitor_page(
+    request: Request,
+    me: CurrentUser,
+    session: SessionDep,
+    code: str,
+    hours: Annotated[float, Query(gt=0, le=24 * 31)] = 6,
+    end: Annotated[str | None, Query(max_length=40)] = None,
+    channel: Annotated[str | None, Query(max_length=8)] = None,
+) -> HTMLResponse:
     mon = _monitor(session, code)
     room = session.get(Room, mon.room_id)
     channels = [c for c in mon.channels.split(",") if c] or [""]
@@ -140,16 +191,32 @@ def monitor_page(request: Request, me: CurrentUser, session: SessionDep, code: s
     start, stop = _window(session, mon, hours, end)
     excursions = [e for e in list_excursions(session, room=room.code) if e["monitor"] == mon.code]
     excursions.reverse()
-    return render(request, "monitor.html", monitor=mon, room=room, channels=channels, channel=chosen,
-                  hours=hours, end=end or "", start_at=start, end_at=stop, excursions=excursions[:50],
-                  unit=UNITS[mon.kind])
+    return render(
+        request,
+        "monitor.html",
+        monitor=mon,
+        room=room,
+        channels=channels,
+        channel=chosen,
+        hours=hours,
+        end=end or "",
+        start_at=start,
+        end_at=stop,
+        excursions=excursions[:50],
+        unit=UNITS[mon.kind],
+    )
 
 
 @router.get("/monitors/{code}/chart.svg")
-def monitor_chart(request: Request, me: CurrentUser, session: SessionDep, code: str,
-                  hours: Annotated[float, Query(gt=0, le=24 * 31)] = 6,
-                  end: Annotated[str | None, Query(max_length=40)] = None,
-                  channel: Annotated[str, Query(max_length=8)] = "") -> Response:
+def monitor_chart(
+    request: Request,
+    me: CurrentUser,
+    session: SessionDep,
+    code: str,
+    hours: Annotated[float, Query(gt=0, le=24 * 31)] = 6,
+    end: Annotated[str | None, Query(max_length=40)] = None,
+    channel: Annotated[str, Query(max_length=8)] = "",
+) -> Response:
     mon = _monitor(session, code)
     start, stop = _window(session, mon, hours, end)
     _ = gettext(request)

@@ -25,13 +25,19 @@ Comment = Annotated[str | None, Form(max_length=2000)]
 def deviation_doc(session, dev) -> dict:
     numbers = dict(session.exec(select(Batch.id, Batch.number)).all())
     tz = session.get(Site, dev.site_id).timezone
-    return {**dv.to_json(session, dev, batch_numbers=numbers),
-            "signatures": [c.manifest(tz) for c in dv.signature_checks(session, dev)]}
+    return {
+        **dv.to_json(session, dev, batch_numbers=numbers),
+        "signatures": [c.manifest(tz) for c in dv.signature_checks(session, dev)],
+    }
 
 
 @router.get("/deviations", response_class=HTMLResponse)
-def deviation_list(request: Request, me: CurrentUser, session: SessionDep,
-                   status: Annotated[str | None, Query(max_length=20)] = None) -> HTMLResponse:
+def deviation_list(
+    request: Request,
+    me: CurrentUser,
+    session: SessionDep,
+    status: Annotated[str | None, Query(max_length=20)] = None,
+) -> HTMLResponse:
     rows = [deviation_doc(session, d) for d in dv.list_deviations(session, status=status or None)]
     return render(request, "deviations.html", rows=rows, status=status or "")
 
@@ -39,28 +45,57 @@ def deviation_list(request: Request, me: CurrentUser, session: SessionDep,
 @router.get("/deviations/{number}", response_class=HTMLResponse)
 def deviation_page(request: Request, me: CurrentUser, session: SessionDep, number: str) -> HTMLResponse:
     dev = dv.get_deviation(session, number)
-    sync_links(session)        # proposals for the deviation's excursions must be current
+    sync_links(session)  # proposals for the deviation's excursions must be current
     doc = deviation_doc(session, dev)
     ex_ids = doc["excursions"]
     rows = session.exec(select(Excursion).where(Excursion.id.in_(ex_ids))).all() if ex_ids else []
-    excursions = [{"id": ex.id, "monitor": session.get(Monitor, ex.monitor_id).code, "level": ex.level,
-                   "type": ex.type, "started_at": ex.started_at, "ended_at": ex.ended_at, "peak": ex.peak,
-                   "limit": ex.limit_value} for ex in rows]
+    excursions = [
+        {
+            "id": ex.id,
+            "monitor": session.get(Monitor, ex.monitor_id).code,
+            "level": ex.level,
+            "type": ex.type,
+            "started_at": ex.started_at,
+            "ended_at": ex.ended_at,
+            "peak": ex.peak,
+            "limit": ex.limit_value,
+        }
+        for ex in rows
+    ]
     links = []
     if ex_ids:
         for link, step, batch in session.exec(
-                select(ExcursionLink, ProcessStep, Batch)
-                .join(ProcessStep, ProcessStep.id == ExcursionLink.step_id)
-                .join(Batch, Batch.id == ExcursionLink.batch_id)
-                .where(ExcursionLink.excursion_id.in_(ex_ids)).order_by(ExcursionLink.id)).all():
-            links.append({"id": link.id, "excursion": link.excursion_id, "batch": batch.number,
-                          "step": step.name, "status": link.status, "reason": link.reason,
-                          "decided_by": link.decided_by})
+            select(ExcursionLink, ProcessStep, Batch)
+            .join(ProcessStep, ProcessStep.id == ExcursionLink.step_id)
+            .join(Batch, Batch.id == ExcursionLink.batch_id)
+            .where(ExcursionLink.excursion_id.in_(ex_ids))
+            .order_by(ExcursionLink.id)
+        ).all():
+            links.append(
+                {
+                    "id": link.id,
+                    "excursion": link.excursion_id,
+                    "batch": batch.number,
+                    "step": step.name,
+                    "status": link.status,
+                    "reason": link.reason,
+                    "decided_by": link.decided_by,
+                }
+            )
     missing_investigation = dv.investigation_gaps(session, dev) if dev.status == "investigating" else []
     missing_closure = dv.closure_gaps(session, dev) if dev.status == "capa" else []
-    return render(request, "deviation.html", dev=doc, excursions=excursions, links=links,
-                  missing_investigation=missing_investigation, missing_closure=missing_closure,
-                  classes=dv.classes(), impacts=dv.IMPACTS, capa_kinds=dv.CAPA_KINDS)
+    return render(
+        request,
+        "deviation.html",
+        dev=doc,
+        excursions=excursions,
+        links=links,
+        missing_investigation=missing_investigation,
+        missing_closure=missing_closure,
+        classes=dv.classes(),
+        impacts=dv.IMPACTS,
+        capa_kinds=dv.CAPA_KINDS,
+    )
 
 
 def _dev(session, number: str):
@@ -68,85 +103,153 @@ def _dev(session, number: str):
 
 
 @router.post("/deviations/{number}/investigate")
-def deviation_investigate(request: Request, me: CurrentUser, session: SessionDep,
-                          number: str) -> RedirectResponse:
+def deviation_investigate(
+    request: Request, me: CurrentUser, session: SessionDep, number: str
+) -> RedirectResponse:
     dv.start_investigation(session, actor=me.actor(), dev=_dev(session, number))
     return done(request, f"/deviations/{number}", tr(request, "Investigation started."))
 
 
 @router.post("/deviations/{number}/update")
-def deviation_update(request: Request, me: CurrentUser, session: SessionDep, number: str,
-                     reason: Text, title: Annotated[str | None, Form(max_length=200)] = None,
-                     classification: Annotated[str | None, Form(max_length=20)] = None,
-                     category: Annotated[str | None, Form(max_length=60)] = None,
-                     description: Annotated[str | None, Form(max_length=5000)] = None,
-                     root_cause: Annotated[str | None, Form(max_length=5000)] = None) -> RedirectResponse:
+def deviation_update(
+    request: Request,
+    me: CurrentUser,
+    session: SessionDep,
+    number: str,
+    reason: Text,
+    title: Annotated[str | None, Form(max_length=200)] = None,
+    classification: Annotated[str | None, Form(max_length=20)] = None,
+    category: Annotated[str | None, Form(max_length=60)] = None,
+    description: Annotated[str | None, Form(max_length=5000)] = None,
+    root_cause: Annotated[str | None, Form(max_length=5000)] = None,
+) -> RedirectResponse:
     dev = _dev(session, number)
-    fields = {k: v for k, v in {"title": title, "classification": classification, "category": category,
-                                "description": description, "root_cause": root_cause}.items()
-              if v and v != getattr(dev, k)}
+    fields = {
+        k: v
+        for k, v in {
+            "title": title,
+            "classification": classification,
+            "category": category,
+            "description": description,
+            "root_cause": root_cause,
+        }.items()
+        if v and v != getattr(dev, k)
+    }
     dv.update_deviation(session, actor=me.actor(), dev=dev, reason=reason, **fields)
     return done(request, f"/deviations/{number}", tr(request, "Deviation updated."))
 
 
 @router.post("/deviations/{number}/assess")
-def deviation_assess(request: Request, me: CurrentUser, session: SessionDep, number: str,
-                     batch: Annotated[str, Form(max_length=60)], impact: Annotated[str, Form(max_length=20)],
-                     assessment: Text) -> RedirectResponse:
+def deviation_assess(
+    request: Request,
+    me: CurrentUser,
+    session: SessionDep,
+    number: str,
+    batch: Annotated[str, Form(max_length=60)],
+    impact: Annotated[str, Form(max_length=20)],
+    assessment: Text,
+) -> RedirectResponse:
     b = get_batch(session, batch)
-    dv.assess_impact(session, actor=me.actor(), dev=_dev(session, number), batch_id=b.id,
-                     batch_number=b.number, impact=impact, assessment=assessment)
+    dv.assess_impact(
+        session,
+        actor=me.actor(),
+        dev=_dev(session, number),
+        batch_id=b.id,
+        batch_number=b.number,
+        impact=impact,
+        assessment=assessment,
+    )
     return done(request, f"/deviations/{number}", tr(request, "Impact assessed."))
 
 
 @router.post("/deviations/{number}/approve")
-def deviation_approve(request: Request, me: CurrentUser, session: SessionDep, number: str,
-                      password: Password, comment: Comment = None) -> RedirectResponse:
+def deviation_approve(
+    request: Request,
+    me: CurrentUser,
+    session: SessionDep,
+    number: str,
+    password: Password,
+    comment: Comment = None,
+) -> RedirectResponse:
     signer = sign_in(request, me, password)
     dv.approve_investigation(session, signer=signer, dev=_dev(session, number), comment=comment or None)
     return done(request, f"/deviations/{number}", tr(request, "Investigation approved (signed)."))
 
 
 @router.post("/deviations/{number}/no-capa")
-def deviation_no_capa(request: Request, me: CurrentUser, session: SessionDep, number: str,
-                      justification: Text) -> RedirectResponse:
+def deviation_no_capa(
+    request: Request, me: CurrentUser, session: SessionDep, number: str, justification: Text
+) -> RedirectResponse:
     dv.justify_no_capa(session, actor=me.actor(), dev=_dev(session, number), justification=justification)
     return done(request, f"/deviations/{number}", tr(request, "Justification recorded."))
 
 
 @router.post("/deviations/{number}/close")
-def deviation_close(request: Request, me: CurrentUser, session: SessionDep, number: str,
-                    password: Password, comment: Comment = None) -> RedirectResponse:
+def deviation_close(
+    request: Request,
+    me: CurrentUser,
+    session: SessionDep,
+    number: str,
+    password: Password,
+    comment: Comment = None,
+) -> RedirectResponse:
     signer = sign_in(request, me, password)
     dv.close_deviation(session, signer=signer, dev=_dev(session, number), comment=comment or None)
     return done(request, f"/deviations/{number}", tr(request, "Deviation closed (signed)."))
 
 
 @router.post("/deviations/{number}/capa")
-def capa_add(request: Request, me: CurrentUser, session: SessionDep, number: str,
-             kind: Annotated[str, Form(max_length=20)], description: Text,
-             owner: Annotated[str, Form(max_length=60)], due: Annotated[date, Form()]) -> RedirectResponse:
-    dv.add_capa(session, actor=me.actor(), dev=_dev(session, number), kind=kind, description=description,
-                owner=owner, due=due)
+def capa_add(
+    request: Request,
+    me: CurrentUser,
+    session: SessionDep,
+    number: str,
+    kind: Annotated[str, Form(max_length=20)],
+    description: Text,
+    owner: Annotated[str, Form(max_length=60)],
+    due: Annotated[date, Form()],
+) -> RedirectResponse:
+    dv.add_capa(
+        session,
+        actor=me.actor(),
+        dev=_dev(session, number),
+        kind=kind,
+        description=description,
+        owner=owner,
+        due=due,
+    )
     return done(request, f"/deviations/{number}", tr(request, "CAPA action added."))
 
 
 @router.post("/capa/{capa_id}/done")
-def capa_done(request: Request, me: CurrentUser, session: SessionDep, capa_id: RowId,
-              outcome: Text) -> RedirectResponse:
+def capa_done(
+    request: Request, me: CurrentUser, session: SessionDep, capa_id: RowId, outcome: Text
+) -> RedirectResponse:
     dv.complete_capa(session, actor=me.actor(), capa_id=capa_id, outcome=outcome)
     return done(request, back_path(request), tr(request, "CAPA action done."))
 
 
 @router.post("/capa/{capa_id}/check")
-def capa_check(request: Request, me: CurrentUser, session: SessionDep, capa_id: RowId,
-               effective: Annotated[bool, Form()], note: Text) -> RedirectResponse:
+def capa_check(
+    request: Request,
+    me: CurrentUser,
+    session: SessionDep,
+    capa_id: RowId,
+    effective: Annotated[bool, Form()],
+    note: Text,
+) -> RedirectResponse:
     dv.check_effectiveness(session, actor=me.actor(), capa_id=capa_id, effective=effective, note=note)
     return done(request, back_path(request), tr(request, "Effectiveness recorded."))
 
 
 @router.post("/links/{link_id}/decide")
-def link_decide(request: Request, me: CurrentUser, session: SessionDep, link_id: RowId,
-                exposed: Annotated[bool, Form()], reason: Text) -> RedirectResponse:
+def link_decide(
+    request: Request,
+    me: CurrentUser,
+    session: SessionDep,
+    link_id: RowId,
+    exposed: Annotated[bool, Form()],
+    reason: Text,
+) -> RedirectResponse:
     decide_link(session, actor=me.actor(), link_id=link_id, exposed=exposed, reason=reason)
     return done(request, back_path(request), tr(request, "Exposure decision recorded."))
