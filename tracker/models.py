@@ -9,7 +9,7 @@ from sqlmodel import SQLModel
 from tracker.core.audit import AuditEvent
 from tracker.core.counters import IngestCounter
 from tracker.facility.inhibits import Inhibit
-from tracker.facility.models import FacilityLimit, Monitor, Room, Site
+from tracker.facility.models import FacilityLimit, FacilityRevision, Monitor, Room, Site
 from tracker.facility.roomstate import OperationPeriod, RoomStateChange
 from tracker.identity.sessions import WebSessionRow
 from tracker.identity.signatures import Signature
@@ -36,6 +36,7 @@ __all__ = [
     "Excursion",
     "ExcursionLink",
     "FacilityLimit",
+    "FacilityRevision",
     "IngestCounter",
     "IngestState",
     "Inhibit",

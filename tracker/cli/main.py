@@ -146,16 +146,22 @@ def facility_load(
         typer.Option("--as", help="admin loading the file (may be omitted only while no user exists)"),
     ] = None,
     approve_as: Annotated[
-        str | None, typer.Option("--approve-as", help="QA user approving a change of limits (e-signature)")
+        str | None,
+        typer.Option(
+            "--approve-as", help="QA user approving a change of limits or evaluation settings (e-signature)"
+        ),
     ] = None,
     password_stdin: PwStdin = False,
 ) -> None:
-    """Load a facility file (idempotent; every change is audited; limit changes need QA's signature)."""
+    """Load a facility file (idempotent; every change is audited; a change of limits or of how
+    readings are judged needs QA's signature)."""
     from tracker.facility.file import read_facility_file
     from tracker.facility.load import load_facility
     from tracker.identity.users import count_users
 
     facility = read_facility_file(file)
+    for warning in facility.warnings:
+        console.print(f"[yellow]{t('warning')}: {in_language(warning, current_lang())}[/yellow]")
     with unit_of_work(engine_for(db)) as session:
         users_exist = count_users(session) > 0
     if as_ is None and users_exist:
@@ -177,6 +183,8 @@ def facility_load(
     )
     for item in result.deactivated:
         console.print(f"  deactivated {item}")
+    for item in result.evaluation_changes:
+        console.print(f"  {t('approved_change')}: {item}")
 
 
 @room_app.command("state")

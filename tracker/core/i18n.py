@@ -64,6 +64,8 @@ MESSAGES: dict[str, tuple[str, str]] = {
     "demo_quit": ("按 Ctrl-C 退出", "Press Ctrl-C to quit"),
     "facility_loaded": ("设施文件已载入", "Facility file loaded"),
     "facility_unchanged": ("设施文件无变化", "Facility file unchanged"),
+    "warning": ("注意", "Warning"),
+    "approved_change": ("经 QA 批准的变更", "change approved by QA"),
     "revision": ("版本", "revision"),
     "room_state_set": ("房间状态已记录", "Room state recorded"),
     "db_upgraded": ("数据库已升级", "Database upgraded"),

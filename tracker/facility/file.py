@@ -1,30 +1,91 @@
-"""The facility file (TOML): parsed and validated into frozen definitions, without a database."""
+"""The facility file (TOML): parsed and validated into frozen definitions, without a database.
+
+Nothing in the file is taken on trust: an unknown table or key is refused with its line and
+the nearest valid name (a misspelt ``intervall_s`` must not silently drop a setting that
+decides what counts as an excursion), numbers that steer evaluation are bounded, and the
+room hierarchy is checked against the cell-therapy rule that grade A core operations sit
+in at least a grade C background (南宁试点 Art. 6; regulatory.md §6.3).
+"""
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
+import re
 import tomllib
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import date
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from tracker.core.errors import (
-    FacilityFileError,
-    InvalidInputError,
-    Reason,
-)
+from tracker.core.errors import FacilityFileError, InvalidInputError, Reason
 from tracker.facility.limits import (
     GRADES,
     KINDS,
     PARTICLE_CHANNELS,
     FacilityLevel,
+    LimitSet,
     MonitorSpec,
     load_limit_set,
     resolve_monitor_limits,
 )
 from tracker.facility.models import DEFAULT_RECOVERY_S, DEFAULT_ROLLING_VOLUME_M3
+
+#: Every table the file may hold, whether it is one table ``[x]`` or an array ``[[x]]``, and
+#: the keys each may carry. A key or table outside this list is refused, never ignored.
+TABLES: dict[str, tuple[bool, tuple[str, ...]]] = {
+    "site": (False, ("code", "name", "name_en", "timezone", "limit_set")),
+    "rooms": (True, ("code", "name", "name_en", "grade", "background", "area_m2")),
+    "monitors": (
+        True,
+        (
+            "code",
+            "room",
+            "kind",
+            "interval_s",
+            "reference",
+            "channels",
+            "sample_volume_l",
+            "setpoint",
+            "calibration_due",
+            "range_low",
+            "range_high",
+        ),
+    ),
+    "limits": (
+        True,
+        (
+            "monitor",
+            "room",
+            "grade",
+            "kind",
+            "state",
+            "channel",
+            "alert_low",
+            "alert_high",
+            "action_low",
+            "action_high",
+            "delay_s",
+            "note",
+        ),
+    ),
+    "rules": (False, ("particle_rolling_volume_m3", "recovery_min")),
+}
+RULE_KEYS = TABLES["rules"][1]
+
+#: Bounds of the numbers that steer evaluation: (lowest, highest, lowest allowed itself).
+#: A day is the longest interval a monitor may report at and still count as monitoring; a
+#: sample of more than 1 m³ is not one sample.
+INTERVAL_MAX_S = 86_400.0
+SAMPLE_VOLUME_MAX_L = 1000.0
+#: Annex 1 (2022) Table 5 note / China Annex 1 第十条(七): at-rest limits are met after a short
+#: clean-up, 15–20 min as guidance; an hour is the most a validated recovery may claim.
+RECOVERY_MIN_RANGE = (1.0, 60.0)
+#: The rolling window never exceeds the grade A classification volume (Annex 1 第九条 note:
+#: 1 m³ per location); a larger window would dilute a transient event (第十条(二)).
+ROLLING_VOLUME_MAX_M3 = 1.0
 
 
 @dataclass(frozen=True)
@@ -71,10 +132,98 @@ class FacilityDef:
     monitors: tuple[MonitorDef, ...]
     levels: tuple[FacilityLevel, ...] = field(default=())
     rules: RulesDef = field(default_factory=RulesDef)
+    #: things a reviewer should see that do not stop the load (not part of the digest)
+    warnings: tuple[Reason, ...] = field(default=(), compare=False)
 
     def digest(self) -> str:
-        body = json.dumps(asdict(self), sort_keys=True, default=str, ensure_ascii=False)
+        content = asdict(replace(self, warnings=()))
+        content.pop("warnings")
+        body = json.dumps(content, sort_keys=True, default=str, ensure_ascii=False)
         return hashlib.sha256(body.encode()).hexdigest()
+
+
+# --------------------------------------------------------------------------- where in the file
+
+
+class _Source:
+    """The file's text and name, so a refusal can say on which line the problem is."""
+
+    def __init__(self, text: str, name: str) -> None:
+        self.name = name
+        self.lines = text.splitlines()
+
+    def header_line(self, table: str, index: int | None = None) -> int | None:
+        """The line of ``[table]`` or of the ``index``-th ``[[table]]`` header (1-based)."""
+        seen = -1
+        pattern = re.compile(r"^\s*\[\[?\s*" + re.escape(table) + r"\s*\]\]?\s*(#.*)?$")
+        for number, line in enumerate(self.lines, start=1):
+            if pattern.match(line):
+                seen += 1
+                if index is None or seen == index:
+                    return number
+        return None
+
+    def key_line(self, table: str, index: int | None, key: str) -> int | None:
+        """The line of ``key = …`` inside that table, or of the table's header."""
+        start = self.header_line(table, index)
+        if start is None:
+            return None
+        key_re = re.compile(r"^\s*[\"']?" + re.escape(key) + r"[\"']?\s*=")
+        for number in range(start + 1, len(self.lines) + 1):
+            line = self.lines[number - 1]
+            if line.lstrip().startswith("["):
+                break
+            if key_re.match(line):
+                return number
+        return start
+
+    def refuse(self, line: int | None, en: str, zh: str) -> FacilityFileError:
+        where_en = f"{self.name} line {line}: " if line else f"{self.name}: "
+        where_zh = f"{self.name} 第 {line} 行：" if line else f"{self.name}："
+        return FacilityFileError(Reason(where_en + en, where_zh + zh))
+
+
+def _suggestion(name: str, known: tuple[str, ...] | list[str], wrap: str = "'{}'") -> tuple[str, str]:
+    """'did you mean …?' for the nearest known name, else the list of known names."""
+    close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+    if close:
+        return f"did you mean {wrap.format(close[0])}?", f"是否应为 {wrap.format(close[0])}？"
+    listed = ", ".join(known)
+    return f"known: {listed}", f"可用的有：{listed}"
+
+
+def _check_shape(data: dict[str, Any], src: _Source) -> None:
+    """Refuse an unknown table or key, a table written as an array or the other way round."""
+    for table, value in data.items():
+        if table not in TABLES:
+            form = "[[{}]]" if isinstance(value, list) else "[{}]"
+            hint_en, hint_zh = _suggestion(table, list(TABLES), wrap=form)
+            raise src.refuse(
+                src.header_line(table),
+                f"unknown table {form.format(table)}; {hint_en}",
+                f"未知的表 {form.format(table)}；{hint_zh}",
+            )
+        is_array, keys = TABLES[table]
+        entries = value if isinstance(value, list) else [value]
+        if is_array != isinstance(value, list) or not all(isinstance(e, dict) for e in entries):
+            want = f"[[{table}]]" if is_array else f"[{table}]"
+            raise src.refuse(
+                src.header_line(table), f"{table} must be written as {want}", f"{table} 须写作 {want}"
+            )
+        for i, entry in enumerate(entries):
+            for key in entry:
+                if key not in keys:
+                    index = i if is_array else None
+                    where = f"{table}[{i}]" if is_array else f"[{table}]"
+                    hint_en, hint_zh = _suggestion(key, keys)
+                    raise src.refuse(
+                        src.key_line(table, index, key),
+                        f"{where}: unknown key '{key}'; {hint_en}",
+                        f"{where}：未知的键 '{key}'；{hint_zh}",
+                    )
+
+
+# --------------------------------------------------------------------------- values
 
 
 def _need(entry: dict, key: str, where: str):
@@ -97,15 +246,25 @@ def _num(entry: dict, key: str, where: str) -> float | None:
     return float(value)
 
 
-def parse_facility(text: str, *, source: str = "facility file") -> FacilityDef:
-    """Parse and validate a facility file; every refusal names the entry and the rule."""
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
+def _bounded(value: float, key: str, where: str, low: float, high: float, *, open_low: bool) -> float:
+    """``value`` if it lies in (low, high] (``open_low``) or [low, high], else a refusal."""
+    inside = (value > low if open_low else value >= low) and value <= high
+    if not inside:
+        span = f"({low:g}, {high:g}]" if open_low else f"[{low:g}, {high:g}]"
         raise FacilityFileError(
-            Reason(f"{source}: not valid TOML: {exc}", f"{source}：不是有效的 TOML：{exc}")
-        ) from None
-    site = data.get("site") or {}
+            Reason(
+                f"{where}: '{key}' {value:g} is outside {span}",
+                f"{where}：'{key}' {value:g} 超出范围 {span}",
+            )
+        )
+    return value
+
+
+# --------------------------------------------------------------------------- the tables
+
+
+def _parse_site(site: dict) -> tuple[str, str, str, LimitSet]:
+    """The site's code, time zone, limit set code and limit set; unknown ones are refused."""
     code = _need(site, "code", "[site]")
     tz = site.get("timezone", "Asia/Shanghai")
     try:
@@ -119,40 +278,44 @@ def parse_facility(text: str, *, source: str = "facility file") -> FacilityDef:
         limit_set = load_limit_set(limit_set_code)
     except InvalidInputError as exc:
         raise FacilityFileError(Reason(f"[site]: {exc}", f"[site]：{exc.said('zh-CN')}")) from None
+    return code, tz, limit_set_code, limit_set
 
-    rooms: list[RoomDef] = []
-    for i, entry in enumerate(data.get("rooms", [])):
-        where = f"rooms[{i}]"
-        grade = _need(entry, "grade", where)
-        if grade not in GRADES:
-            raise FacilityFileError(
-                Reason(
-                    f"{where} ({entry.get('code')}): unknown grade {grade!r}; use one of {', '.join(GRADES)}",
-                    f"{where}（{entry.get('code')}）：未知洁净级别 {grade!r}；请使用 {'、'.join(GRADES)} 之一",
-                )
-            )
-        rooms.append(
-            RoomDef(
-                code=_need(entry, "code", where),
-                name=_need(entry, "name", where),
-                grade=grade,
-                name_en=entry.get("name_en", ""),
-                background=entry.get("background"),
-                area_m2=_num(entry, "area_m2", where),
+
+def _parse_room(i: int, entry: dict) -> RoomDef:
+    where = f"rooms[{i}]"
+    grade = _need(entry, "grade", where)
+    if grade not in GRADES:
+        raise FacilityFileError(
+            Reason(
+                f"{where} ({entry.get('code')}): unknown grade {grade!r}; use one of {', '.join(GRADES)}",
+                f"{where}（{entry.get('code')}）：未知洁净级别 {grade!r}；请使用 {'、'.join(GRADES)} 之一",
             )
         )
-    room_by_code: dict[str, RoomDef] = {}
+    area = _num(entry, "area_m2", where)
+    return RoomDef(
+        code=_need(entry, "code", where),
+        name=_need(entry, "name", where),
+        grade=grade,
+        name_en=entry.get("name_en", ""),
+        background=entry.get("background"),
+        area_m2=None if area is None else _bounded(area, "area_m2", where, 0, 1e6, open_low=True),
+    )
+
+
+def _check_rooms(rooms: list[RoomDef]) -> dict[str, RoomDef]:
+    """Unique codes, known backgrounds, no loops; returns the rooms by code."""
+    by_code: dict[str, RoomDef] = {}
     for i, room in enumerate(rooms):
-        if room.code in room_by_code:
+        if room.code in by_code:
             raise FacilityFileError(
                 Reason(
                     f"rooms[{i}]: duplicate room code {room.code!r}",
                     f"rooms[{i}]：房间代码 {room.code!r} 重复",
                 )
             )
-        room_by_code[room.code] = room
+        by_code[room.code] = room
     for i, room in enumerate(rooms):
-        if room.background is not None and room.background not in room_by_code:
+        if room.background is not None and room.background not in by_code:
             raise FacilityFileError(
                 Reason(
                     f"rooms[{i}] ({room.code}): unknown background room {room.background!r}",
@@ -161,7 +324,7 @@ def parse_facility(text: str, *, source: str = "facility file") -> FacilityDef:
             )
         seen, cur = {room.code}, room
         while cur.background is not None:
-            cur = room_by_code[cur.background]
+            cur = by_code[cur.background]
             if cur.code in seen:
                 raise FacilityFileError(
                     Reason(
@@ -170,214 +333,254 @@ def parse_facility(text: str, *, source: str = "facility file") -> FacilityDef:
                     )
                 )
             seen.add(cur.code)
+    return by_code
 
-    monitors: list[MonitorDef] = []
-    seen_monitors: set[str] = set()
-    for i, entry in enumerate(data.get("monitors", [])):
-        where = f"monitors[{i}] ({entry.get('code')})"
-        mcode = _need(entry, "code", f"monitors[{i}]")
-        if mcode in seen_monitors:
-            raise FacilityFileError(
-                Reason(f"{where}: duplicate monitor code {mcode!r}", f"{where}：监测点代码 {mcode!r} 重复")
-            )
-        seen_monitors.add(mcode)
-        if "/" in mcode or "+" in mcode or "#" in mcode:
-            raise FacilityFileError(
-                Reason(
-                    f"{where}: codes may not contain MQTT topic characters / + #",
-                    f"{where}：代码不能包含 MQTT 主题字符 / + #",
-                )
-            )
-        room = _need(entry, "room", where)
-        if room not in room_by_code:
-            raise FacilityFileError(Reason(f"{where}: unknown room {room!r}", f"{where}：未知房间 {room!r}"))
-        kind = _need(entry, "kind", where)
-        if kind not in KINDS:
+
+def _grade_a_backgrounds(rooms: list[RoomDef], by_code: dict[str, RoomDef]) -> list[Reason]:
+    """Refuse a grade A zone in a background worse than C; warn where it is C, not B, or unnamed.
+
+    南宁试点 Art. 6: core operations in local grade A within at least a grade C background;
+    Annex 1 names B as the background of A for aseptic preparation (regulatory.md §1.1, §6.3).
+    """
+    warnings: list[Reason] = []
+    for i, room in enumerate(rooms):
+        if room.grade != "A":
+            continue
+        background = by_code[room.background].grade if room.background else None
+        if background in ("D", "CNC"):
             raise FacilityFileError(
                 Reason(
-                    f"{where}: unknown kind {kind!r}; use one of {', '.join(KINDS)}",
-                    f"{where}：未知类型 {kind!r}；请使用 {'、'.join(KINDS)} 之一",
+                    f"rooms[{i}] ({room.code}): a grade A zone needs at least a grade C background, "
+                    f"not {background} (Nanning pilot rules Art. 6)",
+                    f"rooms[{i}]（{room.code}）：A 级区域的背景至少应为 C 级，不能为 {background}"
+                    "（南宁试点管理办法第六条）",
                 )
             )
-        interval = _num(entry, "interval_s", where)
-        if interval is None or interval <= 0:
-            raise FacilityFileError(
+        if background == "C":
+            warnings.append(
                 Reason(
-                    f"{where}: 'interval_s' must be a positive number of seconds",
-                    f"{where}：'interval_s' 须为正的秒数",
+                    f"rooms[{i}] ({room.code}): grade A zone in a grade C background; Annex 1 names B "
+                    "as the background of aseptic preparation (a C background needs a closed process "
+                    "or isolator and a risk assessment)",
+                    f"rooms[{i}]（{room.code}）：A 级区域位于 C 级背景中；附录1 规定无菌配制的背景为 B 级"
+                    "（C 级背景须为密闭工艺或隔离器并有风险评估）",
                 )
             )
-        reference = entry.get("reference")
-        if kind == "pressure":
-            if not reference:
-                raise FacilityFileError(
-                    Reason(
-                        f"{where}: a pressure monitor needs 'reference' "
-                        "(the low-side room it is measured against)",
-                        f"{where}：压差监测点须指定 'reference'（测量所对照的低压侧房间）",
-                    )
+        if background is None:
+            warnings.append(
+                Reason(
+                    f"rooms[{i}] ({room.code}): grade A zone without a background room; name the room "
+                    "it stands in (background = …)",
+                    f"rooms[{i}]（{room.code}）：A 级区域未指定背景房间；请用 background = … 指定其所在房间",
                 )
-            if reference not in room_by_code:
-                raise FacilityFileError(
-                    Reason(
-                        f"{where}: unknown reference room {reference!r}",
-                        f"{where}：未知的参照房间 {reference!r}",
-                    )
-                )
-            if reference == room:
-                raise FacilityFileError(
-                    Reason(
-                        f"{where}: reference room is the monitor's own room",
-                        f"{where}：参照房间不能是监测点自身所在的房间",
-                    )
-                )
-        elif reference:
+            )
+    return warnings
+
+
+def _reference(entry: dict, where: str, kind: str, room: str, rooms: dict[str, RoomDef]) -> str | None:
+    """The low-side room of a pressure monitor; other kinds have none."""
+    reference = entry.get("reference")
+    if kind != "pressure":
+        if reference:
             raise FacilityFileError(
                 Reason(
                     f"{where}: only pressure monitors have a reference room",
                     f"{where}：只有压差监测点才有参照房间",
                 )
             )
-        channels: tuple[str, ...] = ()
-        volume = None
-        if kind == "particles":
-            channels = tuple(str(c) for c in entry.get("channels", PARTICLE_CHANNELS))
-            bad = [c for c in channels if c not in PARTICLE_CHANNELS]
-            if bad or not channels:
-                raise FacilityFileError(
-                    Reason(
-                        f"{where}: channels must be among {PARTICLE_CHANNELS}",
-                        f"{where}：通道须为 {PARTICLE_CHANNELS} 中的值",
-                    )
-                )
-            volume = _num(entry, "sample_volume_l", where) or 28.3
-        due = entry.get("calibration_due")
-        if due is not None and not isinstance(due, date):
-            raise FacilityFileError(
-                Reason(
-                    f"{where}: calibration_due must be a TOML date (2027-03-01)",
-                    f"{where}：calibration_due 须为 TOML 日期（如 2027-03-01）",
-                )
-            )
-        monitors.append(
-            MonitorDef(
-                code=mcode,
-                room=room,
-                kind=kind,
-                interval_s=interval,
-                reference=reference,
-                channels=channels,
-                sample_volume_l=volume,
-                setpoint=_num(entry, "setpoint", where),
-                calibration_due=due,
-                range_low=_num(entry, "range_low", where),
-                range_high=_num(entry, "range_high", where),
+        return None
+    if not reference:
+        raise FacilityFileError(
+            Reason(
+                f"{where}: a pressure monitor needs 'reference' (the low-side room it is measured against)",
+                f"{where}：压差监测点须指定 'reference'（测量所对照的低压侧房间）",
             )
         )
+    if reference not in rooms:
+        raise FacilityFileError(
+            Reason(f"{where}: unknown reference room {reference!r}", f"{where}：未知的参照房间 {reference!r}")
+        )
+    if reference == room:
+        raise FacilityFileError(
+            Reason(
+                f"{where}: reference room is the monitor's own room",
+                f"{where}：参照房间不能是监测点自身所在的房间",
+            )
+        )
+    return reference
 
-    levels: list[FacilityLevel] = []
-    for i, entry in enumerate(data.get("limits", [])):
-        where = f"limits[{i}]"
-        selectors = [k for k in ("monitor", "room", "grade") if entry.get(k)]
-        if len(selectors) != 1:
-            raise FacilityFileError(
-                Reason(
-                    f"{where}: give exactly one of monitor, room or grade",
-                    f"{where}：monitor、room、grade 须给出且只能给出其中一个",
-                )
+
+def _particle_channels(entry: dict, where: str) -> tuple[tuple[str, ...], float]:
+    """The channels and the sample volume (L) of a particle counter."""
+    channels = tuple(str(c) for c in entry.get("channels", PARTICLE_CHANNELS))
+    if not channels or any(c not in PARTICLE_CHANNELS for c in channels):
+        raise FacilityFileError(
+            Reason(
+                f"{where}: channels must be among {PARTICLE_CHANNELS}",
+                f"{where}：通道须为 {PARTICLE_CHANNELS} 中的值",
             )
-        if entry.get("room") and entry["room"] not in room_by_code:
-            raise FacilityFileError(
-                Reason(f"{where}: unknown room {entry['room']!r}", f"{where}：未知房间 {entry['room']!r}")
+        )
+    volume = _num(entry, "sample_volume_l", where) or 28.3
+    return channels, _bounded(volume, "sample_volume_l", where, 0, SAMPLE_VOLUME_MAX_L, open_low=True)
+
+
+def _instrument_range(entry: dict, where: str) -> tuple[float | None, float | None]:
+    low, high = _num(entry, "range_low", where), _num(entry, "range_high", where)
+    if low is not None and high is not None and low >= high:
+        raise FacilityFileError(
+            Reason(
+                f"{where}: range_low {low:g} must be below range_high {high:g}",
+                f"{where}：range_low {low:g} 须小于 range_high {high:g}",
             )
-        if entry.get("monitor") and entry["monitor"] not in seen_monitors:
-            raise FacilityFileError(
-                Reason(
-                    f"{where}: unknown monitor {entry['monitor']!r}",
-                    f"{where}：未知监测点 {entry['monitor']!r}",
-                )
+        )
+    return low, high
+
+
+def _parse_monitor(i: int, entry: dict, rooms: dict[str, RoomDef], seen: set[str]) -> MonitorDef:
+    where = f"monitors[{i}] ({entry.get('code')})"
+    code = _need(entry, "code", f"monitors[{i}]")
+    if code in seen:
+        raise FacilityFileError(
+            Reason(f"{where}: duplicate monitor code {code!r}", f"{where}：监测点代码 {code!r} 重复")
+        )
+    if "/" in code or "+" in code or "#" in code:
+        raise FacilityFileError(
+            Reason(
+                f"{where}: codes may not contain MQTT topic characters / + #",
+                f"{where}：代码不能包含 MQTT 主题字符 / + #",
             )
-        if entry.get("grade") and entry["grade"] not in GRADES:
-            raise FacilityFileError(
-                Reason(
-                    f"{where}: unknown grade {entry['grade']!r}", f"{where}：未知洁净级别 {entry['grade']!r}"
-                )
+        )
+    room = _need(entry, "room", where)
+    if room not in rooms:
+        raise FacilityFileError(Reason(f"{where}: unknown room {room!r}", f"{where}：未知房间 {room!r}"))
+    kind = _need(entry, "kind", where)
+    if kind not in KINDS:
+        raise FacilityFileError(
+            Reason(
+                f"{where}: unknown kind {kind!r}; use one of {', '.join(KINDS)}",
+                f"{where}：未知类型 {kind!r}；请使用 {'、'.join(KINDS)} 之一",
             )
-        kind = _need(entry, "kind", where)
-        if kind not in KINDS:
-            raise FacilityFileError(Reason(f"{where}: unknown kind {kind!r}", f"{where}：未知类型 {kind!r}"))
-        state = entry.get("state", "any")
-        if state not in ("any", "at_rest", "in_operation"):
-            raise FacilityFileError(
-                Reason(
-                    f"{where}: state must be at_rest, in_operation or any",
-                    f"{where}：state 须为 at_rest、in_operation 或 any",
-                )
+        )
+    interval = _num(entry, "interval_s", where)
+    if interval is None or interval <= 0:
+        raise FacilityFileError(
+            Reason(
+                f"{where}: 'interval_s' must be a positive number of seconds",
+                f"{where}：'interval_s' 须为正的秒数",
             )
-        channel = entry.get("channel")
-        channel = None if channel is None else str(channel)
-        values = {
-            k: _num(entry, k, where)
-            for k in ("alert_low", "alert_high", "action_low", "action_high", "delay_s")
-        }
-        if kind == "particles":
-            if channel is not None and channel not in PARTICLE_CHANNELS:
-                raise FacilityFileError(
-                    Reason(
-                        f"{where}: unknown particle channel {channel!r}",
-                        f"{where}：未知的悬浮粒子通道 {channel!r}",
-                    )
-                )
-            if channel is None and any(values[k] is not None for k in values if k != "delay_s"):
-                raise FacilityFileError(
-                    Reason(
-                        f"{where}: particle levels need a 'channel' (0.5 or 5.0)",
-                        f"{where}：悬浮粒子限度须指定 'channel'（0.5 或 5.0）",
-                    )
-                )
-        elif channel is not None:
+        )
+    _bounded(interval, "interval_s", where, 0, INTERVAL_MAX_S, open_low=True)
+    channels, volume = _particle_channels(entry, where) if kind == "particles" else ((), None)
+    due = entry.get("calibration_due")
+    if due is not None and not isinstance(due, date):
+        raise FacilityFileError(
+            Reason(
+                f"{where}: calibration_due must be a TOML date (2027-03-01)",
+                f"{where}：calibration_due 须为 TOML 日期（如 2027-03-01）",
+            )
+        )
+    range_low, range_high = _instrument_range(entry, where)
+    return MonitorDef(
+        code=code,
+        room=room,
+        kind=kind,
+        interval_s=interval,
+        reference=_reference(entry, where, kind, room, rooms),
+        channels=channels,
+        sample_volume_l=volume,
+        setpoint=_num(entry, "setpoint", where),
+        calibration_due=due,
+        range_low=range_low,
+        range_high=range_high,
+    )
+
+
+def _level_target(entry: dict, where: str, rooms: dict[str, RoomDef], monitors: set[str]) -> None:
+    """Exactly one of monitor, room or grade, and it must exist."""
+    if len([k for k in ("monitor", "room", "grade") if entry.get(k)]) != 1:
+        raise FacilityFileError(
+            Reason(
+                f"{where}: give exactly one of monitor, room or grade",
+                f"{where}：monitor、room、grade 须给出且只能给出其中一个",
+            )
+        )
+    if entry.get("room") and entry["room"] not in rooms:
+        raise FacilityFileError(
+            Reason(f"{where}: unknown room {entry['room']!r}", f"{where}：未知房间 {entry['room']!r}")
+        )
+    if entry.get("monitor") and entry["monitor"] not in monitors:
+        raise FacilityFileError(
+            Reason(
+                f"{where}: unknown monitor {entry['monitor']!r}", f"{where}：未知监测点 {entry['monitor']!r}"
+            )
+        )
+    if entry.get("grade") and entry["grade"] not in GRADES:
+        raise FacilityFileError(
+            Reason(f"{where}: unknown grade {entry['grade']!r}", f"{where}：未知洁净级别 {entry['grade']!r}")
+        )
+
+
+def _level_channel(entry: dict, where: str, kind: str, values: dict[str, float | None]) -> str | None:
+    channel = entry.get("channel")
+    channel = None if channel is None else str(channel)
+    if kind != "particles":
+        if channel is not None:
             raise FacilityFileError(
                 Reason(f"{where}: only particle limits have a channel", f"{where}：只有悬浮粒子限度才有通道")
             )
-        if values["delay_s"] is not None and values["delay_s"] < 0:
-            raise FacilityFileError(
-                Reason(f"{where}: delay_s cannot be negative", f"{where}：delay_s 不能为负数")
-            )
-        levels.append(
-            FacilityLevel(
-                kind=kind,
-                state=state,
-                monitor=entry.get("monitor"),
-                room=entry.get("room"),
-                grade=entry.get("grade"),
-                channel=channel,
-                note=entry.get("note", ""),
-                index=i,
-                **values,
+        return None
+    if channel is not None and channel not in PARTICLE_CHANNELS:
+        raise FacilityFileError(
+            Reason(
+                f"{where}: unknown particle channel {channel!r}", f"{where}：未知的悬浮粒子通道 {channel!r}"
             )
         )
+    if channel is None and any(values[k] is not None for k in values if k != "delay_s"):
+        raise FacilityFileError(
+            Reason(
+                f"{where}: particle levels need a 'channel' (0.5 or 5.0)",
+                f"{where}：悬浮粒子限度须指定 'channel'（0.5 或 5.0）",
+            )
+        )
+    return channel
 
-    facility = FacilityDef(
-        code=code,
-        name=_need(site, "name", "[site]"),
-        name_en=site.get("name_en", ""),
-        timezone=tz,
-        limit_set=limit_set_code,
-        rooms=tuple(rooms),
-        monitors=tuple(monitors),
-        levels=tuple(levels),
-        rules=_parse_rules(data.get("rules") or {}, limit_set),
+
+def _parse_level(i: int, entry: dict, rooms: dict[str, RoomDef], monitors: set[str]) -> FacilityLevel:
+    where = f"limits[{i}]"
+    _level_target(entry, where, rooms, monitors)
+    kind = _need(entry, "kind", where)
+    if kind not in KINDS:
+        raise FacilityFileError(Reason(f"{where}: unknown kind {kind!r}", f"{where}：未知类型 {kind!r}"))
+    state = entry.get("state", "any")
+    if state not in ("any", "at_rest", "in_operation"):
+        raise FacilityFileError(
+            Reason(
+                f"{where}: state must be at_rest, in_operation or any",
+                f"{where}：state 须为 at_rest、in_operation 或 any",
+            )
+        )
+    values = {
+        k: _num(entry, k, where) for k in ("alert_low", "alert_high", "action_low", "action_high", "delay_s")
+    }
+    channel = _level_channel(entry, where, kind, values)
+    if values["delay_s"] is not None and values["delay_s"] < 0:
+        raise FacilityFileError(
+            Reason(f"{where}: delay_s cannot be negative", f"{where}：delay_s 不能为负数")
+        )
+    return FacilityLevel(
+        kind=kind,
+        state=state,
+        monitor=entry.get("monitor"),
+        room=entry.get("room"),
+        grade=entry.get("grade"),
+        channel=channel,
+        note=entry.get("note", ""),
+        index=i,
+        **values,
     )
-    # Resolve every monitor's limits now, so a looser-than-regulation level is refused at load.
-    for spec in monitor_specs(facility):
-        resolve_monitor_limits(limit_set, spec, facility.levels)
-    return facility
 
 
-RULE_KEYS = ("particle_rolling_volume_m3", "recovery_min")
-
-
-def _parse_rules(entry: dict, limit_set) -> RulesDef:
+def _parse_rules(entry: dict, limit_set: LimitSet) -> RulesDef:
     """``[rules]``: ``particle_rolling_volume_m3`` (default 1) and ``recovery_min`` (default 20)."""
     unknown = sorted(set(entry) - set(RULE_KEYS))
     if unknown:
@@ -402,18 +605,50 @@ def _parse_rules(entry: dict, limit_set) -> RulesDef:
                 "（ISO 14644-1 最小采样量 Vs = 20 / 限度 m³；regulatory.md §11）",
             )
         )
+    _bounded(volume, "particle_rolling_volume_m3", "[rules]", 0, ROLLING_VOLUME_MAX_M3, open_low=True)
     recovery = _num(entry, "recovery_min", "[rules]")
     if recovery is None:
         recovery = DEFAULT_RECOVERY_S / 60
-    if not 0 <= recovery <= 240:
-        raise FacilityFileError(
-            Reason(
-                f"[rules]: recovery_min {recovery:g} must be 0…240 minutes "
-                "(0 switches the recovery rule off)",
-                f"[rules]：recovery_min {recovery:g} 须在 0…240 分钟之间（0 表示关闭恢复规则）",
-            )
-        )
+    _bounded(recovery, "recovery_min", "[rules]", *RECOVERY_MIN_RANGE, open_low=False)
     return RulesDef(rolling_volume_m3=volume, recovery_s=recovery * 60.0)
+
+
+def parse_facility(text: str, *, source: str = "facility file") -> FacilityDef:
+    """Parse and validate a facility file; every refusal names the entry and the rule."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise FacilityFileError(
+            Reason(f"{source}: not valid TOML: {exc}", f"{source}：不是有效的 TOML：{exc}")
+        ) from None
+    _check_shape(data, _Source(text, source))
+    site = data.get("site") or {}
+    code, tz, limit_set_code, limit_set = _parse_site(site)
+    rooms = [_parse_room(i, entry) for i, entry in enumerate(data.get("rooms", []))]
+    room_by_code = _check_rooms(rooms)
+    warnings = _grade_a_backgrounds(rooms, room_by_code)
+    monitors: list[MonitorDef] = []
+    seen: set[str] = set()
+    for i, entry in enumerate(data.get("monitors", [])):
+        monitors.append(_parse_monitor(i, entry, room_by_code, seen))
+        seen.add(monitors[-1].code)
+    levels = [_parse_level(i, entry, room_by_code, seen) for i, entry in enumerate(data.get("limits", []))]
+    facility = FacilityDef(
+        code=code,
+        name=_need(site, "name", "[site]"),
+        name_en=site.get("name_en", ""),
+        timezone=tz,
+        limit_set=limit_set_code,
+        rooms=tuple(rooms),
+        monitors=tuple(monitors),
+        levels=tuple(levels),
+        rules=_parse_rules(data.get("rules") or {}, limit_set),
+        warnings=tuple(warnings),
+    )
+    # Resolve every monitor's limits now, so a looser-than-regulation level is refused at load.
+    for spec in monitor_specs(facility):
+        resolve_monitor_limits(limit_set, spec, facility.levels)
+    return facility
 
 
 def monitor_specs(facility: FacilityDef) -> list[MonitorSpec]:
@@ -439,6 +674,3 @@ def read_facility_file(path: Path) -> FacilityDef:
             Reason(f"cannot read {path}: {exc.strerror}", f"无法读取 {path}：{exc.strerror}")
         ) from None
     return parse_facility(text, source=str(path))
-
-
-# --------------------------------------------------------------------------- persistence

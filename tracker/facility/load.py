@@ -7,8 +7,9 @@ missing from the new file are deactivated, never deleted (GMP records stay).
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass
-from datetime import datetime
+from datetime import date, datetime
 
 from sqlmodel import Session, select
 
@@ -19,7 +20,7 @@ from tracker.core.errors import (
 )
 from tracker.core.timeutil import utcnow
 from tracker.facility.file import FacilityDef, RoomDef
-from tracker.facility.models import FacilityLimit, Monitor, Room, Site, resolved_monitors
+from tracker.facility.models import FacilityLimit, FacilityRevision, Monitor, Room, Site, resolved_monitors
 from tracker.identity import signatures
 from tracker.identity.users import Authenticated, require_role
 
@@ -33,6 +34,8 @@ class LoadResult:
     monitors: int
     limits: int
     deactivated: tuple[str, ...] = ()
+    #: evaluation settings changed with QA approval (``evaluation_changes``)
+    evaluation_changes: tuple[str, ...] = ()
 
 
 def _room_row(r: RoomDef) -> dict:
@@ -120,6 +123,151 @@ def limits_content(session: Session, site: Site, revision: int) -> dict:
     }
 
 
+#: What a facility file decides about evaluation beyond the levels: changing one of these for
+#: a room or monitor that stays, or a ``[rules]`` value, changes what counts as an excursion and
+#: needs QA's e-signed approval (GMP 2010 Art. 161, 163; 计算机化系统附录 on changes to
+#: critical data; regulatory.md §9). Adding or deactivating a room or monitor is audited.
+ROOM_EVALUATION = ("grade", "background")
+MONITOR_EVALUATION = (
+    "room",
+    "kind",
+    "interval_s",
+    "range_low",
+    "range_high",
+    "sample_volume_l",
+    "reference",
+    "calibration_due",
+    "channels",
+)
+
+
+def _plain(value: object) -> object:
+    """A value as signed content holds it (dates as ISO text, numbers as floats)."""
+    if isinstance(value, date):
+        return value.isoformat()
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    return value
+
+
+def evaluation_view(session: Session, site: Site) -> dict:
+    """What the stored facility decides about evaluation, as it stands."""
+    rooms = {r.id: r for r in session.exec(select(Room).where(Room.site_id == site.id, Room.active))}
+    code = {rid: r.code for rid, r in rooms.items()}
+    monitors = session.exec(select(Monitor).where(Monitor.site_id == site.id, Monitor.active)).all()
+    return {
+        "rules": {"rolling_volume_m3": site.rolling_volume_m3, "recovery_s": site.recovery_s},
+        "rooms": {
+            r.code: {"grade": r.grade, "background": code.get(r.background_id)} for r in rooms.values()
+        },
+        "monitors": {
+            m.code: {
+                "room": code.get(m.room_id),
+                "kind": m.kind,
+                "interval_s": _plain(m.interval_s),
+                "range_low": _plain(m.range_low),
+                "range_high": _plain(m.range_high),
+                "sample_volume_l": _plain(m.sample_volume_l),
+                "reference": code.get(m.reference_room_id),
+                "calibration_due": _plain(m.calibration_due),
+                "channels": m.channels,
+            }
+            for m in monitors
+        },
+    }
+
+
+def file_evaluation_view(facility: FacilityDef) -> dict:
+    """What the facility file decides about evaluation (the same shape as :func:`evaluation_view`)."""
+    return {
+        "rules": {
+            "rolling_volume_m3": facility.rules.rolling_volume_m3,
+            "recovery_s": facility.rules.recovery_s,
+        },
+        "rooms": {r.code: {"grade": r.grade, "background": r.background} for r in facility.rooms},
+        "monitors": {
+            m.code: {
+                key: _plain(",".join(m.channels) if key == "channels" else getattr(m, key))
+                for key in MONITOR_EVALUATION
+            }
+            for m in facility.monitors
+        },
+    }
+
+
+def evaluation_changes(before: dict, after: dict) -> list[str]:
+    """Each change of an evaluation setting, e.g. ``room B01: grade B → C``."""
+    changes = [
+        f"[rules] {key}: {before['rules'][key]:g} → {value:g}"
+        for key, value in after["rules"].items()
+        if before["rules"][key] != value
+    ]
+    for table, label in (("rooms", "room"), ("monitors", "monitor")):
+        for code, values in after[table].items():
+            old = before[table].get(code)
+            if old is None:
+                continue
+            changes += [
+                f"{label} {code}: {key} {old[key]} → {v}" for key, v in values.items() if old[key] != v
+            ]
+    return changes
+
+
+def record_revision(session: Session, site: Site, changes: list[str], *, actor: str, now: datetime) -> None:
+    """Keep what this revision decides about evaluation (rooms and monitors change in place)."""
+    session.add(
+        FacilityRevision(
+            site_id=site.id,
+            revision=site.revision,
+            file_sha256=site.file_sha256,
+            settings=json.dumps(evaluation_view(session, site), sort_keys=True, ensure_ascii=False),
+            changes=json.dumps(changes, ensure_ascii=False),
+            loaded_by=actor,
+            loaded_at=now,
+        )
+    )
+    session.flush()
+
+
+def evaluation_content(session: Session, site: Site, revision: int) -> dict:
+    """A revision's evaluation settings and changes as QA signs them when approving."""
+    row = session.exec(
+        select(FacilityRevision).where(
+            FacilityRevision.site_id == site.id, FacilityRevision.revision == revision
+        )
+    ).first()
+    if row is None:
+        return {"site": site.code, "revision": revision, "missing": True}
+    return {
+        "site": site.code,
+        "revision": revision,
+        "changes": json.loads(row.changes),
+        "settings": json.loads(row.settings),
+    }
+
+
+def _require_approval(
+    site: Site, approver: Authenticated | None, limits_change: bool, changes: list[str]
+) -> None:
+    """A change of levels, limit set or evaluation settings needs a QA approver (signed later)."""
+    if not (limits_change or changes):
+        return
+    if approver is None:
+        what_en = "the limits" if limits_change else "how readings are judged"
+        what_zh = "限度" if limits_change else "读数的判定依据"
+        listed = "; ".join(changes[:5]) + (f"; … ({len(changes)} in all)" if len(changes) > 5 else "")
+        detail = f" ({listed})" if changes else ""
+        raise PermissionDeniedError(
+            Reason(
+                f"the file changes {what_en} of {site.code}{detail}: QA must approve the change with an "
+                "e-signature (tracker facility load … --approve-as QA_USER)",
+                f"该文件更改了 {site.code} 的{what_zh}{detail}：须由 QA 以电子签名批准此更改"
+                "（tracker facility load … --approve-as QA_USER）",
+            )
+        )
+    require_role(approver, "qa", action=Reason("approving a change of facility limits", "批准设施限度变更"))
+
+
 def load_facility(
     session: Session,
     facility: FacilityDef,
@@ -130,10 +278,11 @@ def load_facility(
 ) -> LoadResult:
     """Apply a parsed facility file; unchanged files are a no-op (idempotent).
 
-    A file that changes the facility's alert/action levels or its regulatory limit set needs
-    QA's approval by e-signature (``approver``; a change of quality-relevant settings is
-    approved by QA — GMP 2010 Art. 23, 计算机化系统附录 on changes to critical data). The first
-    load of a site sets its validated starting point and needs none.
+    A file that changes the facility's alert/action levels, its regulatory limit set or an
+    evaluation setting (``ROOM_EVALUATION``, ``MONITOR_EVALUATION``, ``[rules]``) needs QA's
+    approval by e-signature (``approver``; GMP 2010 Art. 23, 161, 163; 计算机化系统附录 on
+    changes to critical data). The first load of a site sets its validated starting point and
+    needs none.
     """
     now = now or utcnow()
     digest = facility.digest()
@@ -147,19 +296,56 @@ def load_facility(
         limits_content(session, site, site.revision)["levels"] != _limit_rows(facility) + carried
         or site.limit_set != facility.limit_set
     )
+    changes = (
+        evaluation_changes(evaluation_view(session, site), file_evaluation_view(facility)) if site else []
+    )
+    if site is not None:
+        _require_approval(site, approver, limits_change, changes)
+    site = _apply_site(session, site, facility, digest, actor=actor, now=now)
+    room_ids, deactivated = _apply_rooms(session, site, facility, actor=actor, now=now)
+    deactivated += _apply_monitors(session, site, facility, room_ids, actor=actor, now=now)
+    _apply_levels(session, site, facility, carried, actor=actor, now=now)
+    record_revision(session, site, changes, actor=actor, now=now)
     if limits_change:
-        if approver is None:
-            raise PermissionDeniedError(
-                Reason(
-                    f"the file changes the limits of {site.code}: QA must approve the change with an "
-                    "e-signature (tracker facility load … --approve-as QA_USER)",
-                    f"该文件更改了 {site.code} 的限度：须由 QA 以电子签名批准此更改"
-                    "（tracker facility load … --approve-as QA_USER）",
-                )
-            )
-        require_role(
-            approver, "qa", action=Reason("approving a change of facility limits", "批准设施限度变更")
+        signatures.sign(
+            session,
+            signer=approver,
+            meaning="approved",
+            entity="site",
+            entity_key=site.code,
+            scope=f"facility_limits:{site.revision}",
+            statement=f"QA approves the change of facility limits (revision {site.revision})",
+            content=limits_content(session, site, site.revision),
+            now=now,
         )
+    if changes:
+        signatures.sign(
+            session,
+            signer=approver,
+            meaning="approved",
+            entity="site",
+            entity_key=site.code,
+            scope=f"facility_evaluation:{site.revision}",
+            statement=f"QA approves the change of evaluation settings (facility revision {site.revision})",
+            content=evaluation_content(session, site, site.revision),
+            now=now,
+        )
+    return LoadResult(
+        site.code,
+        site.revision,
+        True,
+        len(facility.rooms),
+        len(facility.monitors),
+        len(facility.levels),
+        tuple(deactivated),
+        tuple(changes),
+    )
+
+
+def _apply_site(
+    session: Session, site: Site | None, facility: FacilityDef, digest: str, *, actor: str, now: datetime
+) -> Site:
+    """Create or update the site row as a new revision; audited."""
     before_site = site.model_dump(exclude={"updated_at"}) if site else None
     if site is None:
         site = Site(code=facility.code, name=facility.name, updated_at=now)
@@ -181,7 +367,13 @@ def load_facility(
         at=now,
         reason=f"facility file revision {site.revision}",
     )
+    return site
 
+
+def _apply_rooms(
+    session: Session, site: Site, facility: FacilityDef, *, actor: str, now: datetime
+) -> tuple[dict[str, int], list[str]]:
+    """Upsert the file's rooms, deactivate the missing ones (never deleted); audited."""
     existing_rooms = {r.code: r for r in session.exec(select(Room).where(Room.site_id == site.id))}
     code_by_id = {r.id: code for code, r in existing_rooms.items()}
     before_rooms = {
@@ -236,6 +428,20 @@ def load_facility(
                 reason="absent from facility file",
             )
 
+    return room_ids, deactivated
+
+
+def _apply_monitors(
+    session: Session,
+    site: Site,
+    facility: FacilityDef,
+    room_ids: dict[str, int],
+    *,
+    actor: str,
+    now: datetime,
+) -> list[str]:
+    """Upsert the file's monitors, deactivate the missing ones (never deleted); audited."""
+    deactivated: list[str] = []
     existing_mon = {m.code: m for m in session.exec(select(Monitor).where(Monitor.site_id == site.id))}
     for mdef in facility.monitors:
         values = {
@@ -287,6 +493,14 @@ def load_facility(
                 reason="absent from facility file",
             )
 
+    return deactivated
+
+
+def _apply_levels(
+    session: Session, site: Site, facility: FacilityDef, carried: list[dict], *, actor: str, now: datetime
+) -> None:
+    """Store the revision's levels (the file's and the carried data-driven ones); a level
+    looser than the regulation, carried ones included, refuses the whole load."""
     for level in facility.levels:
         session.add(
             FacilityLimit(
@@ -323,24 +537,13 @@ def load_facility(
         reason=f"facility levels of revision {site.revision}",
     )
     session.flush()
-    if limits_change:
-        signatures.sign(
-            session,
-            signer=approver,
-            meaning="approved",
-            entity="site",
-            entity_key=site.code,
-            scope=f"facility_limits:{site.revision}",
-            statement=f"QA approves the change of facility limits (revision {site.revision})",
-            content=limits_content(session, site, site.revision),
-            now=now,
-        )
-    return LoadResult(
-        site.code,
-        site.revision,
-        True,
-        len(facility.rooms),
-        len(facility.monitors),
-        len(facility.levels),
-        tuple(deactivated),
-    )
+
+
+def site_signed_content(session: Session, site: Site, scope: str) -> dict:
+    """The record a site-level approval signed, rebuilt from the database for checking:
+    ``facility_limits:N`` covers the levels of revision N, ``facility_evaluation:N`` its
+    evaluation settings and their changes."""
+    kind, _, number = scope.partition(":")
+    if kind == "facility_evaluation":
+        return evaluation_content(session, site, int(number))
+    return limits_content(session, site, int(number))

@@ -55,6 +55,30 @@ class Site(SQLModel, table=True):
     updated_at: datetime = Field(sa_type=UTCDateTime, nullable=False)
 
 
+class FacilityRevision(SQLModel, table=True):
+    """One loaded revision of a site's facility file: what it decided about evaluation.
+
+    Rooms and monitors are updated in place; this row keeps, per revision, the settings that
+    judged readings (``settings``) and what changed from the revision before (``changes``), so
+    a QA approval signed over them can be checked later and a reader of an old reading can see
+    the rules that judged it (the evaluation basis names the revision).
+    """
+
+    __tablename__ = "facility_revision"
+    __table_args__ = (UniqueConstraint("site_id", "revision"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    site_id: int = Field(foreign_key="site.id", index=True)
+    revision: int
+    file_sha256: str = Field(max_length=64)
+    #: JSON: rules, rooms and monitors as they judge readings (``tracker.facility.load``)
+    settings: str = Field(sa_column=Column(Text, nullable=False))
+    #: JSON list of the evaluation settings changed from the previous revision
+    changes: str = Field(default="[]", sa_column=Column(Text, nullable=False))
+    loaded_by: str = Field(max_length=80)
+    loaded_at: datetime = Field(sa_type=UTCDateTime, nullable=False)
+
+
 class Room(SQLModel, table=True):
     __table_args__ = (UniqueConstraint("site_id", "code"),)
 

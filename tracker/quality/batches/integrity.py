@@ -13,7 +13,7 @@ import json
 from sqlmodel import Session, select
 
 from tracker.core.audit import AuditEvent
-from tracker.facility.load import limits_content
+from tracker.facility.load import site_signed_content
 from tracker.facility.models import Site
 from tracker.identity import signatures
 from tracker.quality.batches.models import Batch
@@ -32,7 +32,7 @@ def all_signature_checks(session: Session) -> list[signatures.SignatureCheck]:
     for site in session.exec(select(Site).order_by(Site.id)):
         checks += signatures.check_all(
             signatures.signatures_of(session, "site", site.code),
-            lambda sig, site=site: limits_content(session, site, int(sig.scope.split(":")[1])),
+            lambda sig, site=site: site_signed_content(session, site, sig.scope),
         )
     # annual reports: the signed report is the stored content itself (rebuilding it is the report's job)
     for sig in session.exec(

@@ -10,7 +10,7 @@ from sqlmodel import select
 
 from tracker.core.audit import page_events, verify_chain
 from tracker.core.timeutil import utcnow
-from tracker.facility.load import limits_content
+from tracker.facility.load import site_signed_content
 from tracker.facility.models import FacilityLimit
 from tracker.identity import signatures, users
 from tracker.monitoring.proposals import approve, list_proposals, propose, reject
@@ -136,7 +136,7 @@ def limits_page(request: Request, me: CurrentUser, session: SessionDep) -> HTMLR
         sigs = signatures.signatures_of(session, "site", site.code)
 
         def content_of(sig):
-            return limits_content(session, site, int(sig.scope.rsplit(":", 1)[1]))
+            return site_signed_content(session, site, sig.scope)
 
         manifest = [c.manifest(site.timezone) for c in signatures.check_all(sigs, content_of)]
     return render(
