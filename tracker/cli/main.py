@@ -10,6 +10,7 @@ import logging
 import signal
 import sys
 import threading
+from datetime import timedelta
 from pathlib import Path
 from typing import Annotated
 
@@ -192,17 +193,26 @@ def room_state(
     room: str,
     state: str,
     at: Annotated[str | None, typer.Option(help="ISO 8601 with offset; default now")] = None,
-    reason: Annotated[str | None, typer.Option()] = None,
+    reason: Annotated[str | None, typer.Option(help="why; required when recorded late")] = None,
     site: Annotated[str | None, typer.Option()] = None,
     db: DbOpt = None,
     as_: AsOpt = "",
+    approve_as: Annotated[
+        str | None,
+        typer.Option(
+            "--approve-as",
+            help="QA user approving a backdated change or one that re-judges excursions (e-signature)",
+        ),
+    ] = None,
     password_stdin: PwStdin = False,
 ) -> None:
     """Record a room's operational state from a moment on: in_operation or at_rest.
 
-    Readings already stored after that moment are judged again (re-evaluation).
+    Readings already stored after that moment are judged again (re-evaluation). A change
+    recorded late needs --reason; one past the backdating limit, or one that would supersede
+    or reshape an excursion, needs QA's approval (--approve-as).
     """
-    from tracker.monitoring.reevaluate import record_room_state
+    from tracker.monitoring.state_changes import StatePolicy, change_room_state
 
     settings = get_settings()
     effective = parse_instant(at) if at else utcnow()
@@ -214,18 +224,36 @@ def room_state(
         "production_head",
         "qa",
         action=Reason("recording a room state", "记录房间状态"),
-    ).username
+    )
+    approver = (
+        login_cli(
+            db,
+            approve_as,
+            password_stdin,
+            "qa",
+            action=Reason("approving a room-state change", "批准房间状态变更"),
+            signing=True,
+        )
+        if approve_as
+        else None
+    )
     with unit_of_work(engine_for(db)) as session:
-        result = record_room_state(
+        changed = change_room_state(
             session,
+            by=by,
             room_code=room,
             state=state,
             effective_at=effective,
-            actor=by,
             reason=reason,
+            approver=approver,
             site_code=site,
             close_after=settings.excursion_close_after,
+            policy=StatePolicy(
+                late_after=timedelta(minutes=settings.step_late_after_min),
+                backdate_max=timedelta(hours=settings.step_backdate_max_h),
+            ),
         )
+    result = changed.reevaluation
     console.print(
         f"{t('room_state_set')}: {room} → {t(state)} @ {local_display(effective, settings.timezone)}"
     )
@@ -234,6 +262,8 @@ def room_state(
             f"  {t('reevaluated')}: {result.readings_changed} / "
             f"{result.readings_checked} {t('readings')}, {result.series_rebuilt} series"
         )
+    if changed.affected:
+        console.print(f"  {t('excursions_rejudged')}: {', '.join(str(i) for i in changed.affected)}")
 
 
 @app.command()
@@ -360,6 +390,9 @@ def excursions(
     unacknowledged: Annotated[
         bool, typer.Option("--unacknowledged", help="only those QA has not acknowledged")
     ] = False,
+    superseded: Annotated[
+        bool, typer.Option("--superseded", help="also those superseded by re-evaluation, with who and why")
+    ] = False,
     db: DbOpt = None,
 ) -> None:
     """List excursions (超标/偏离)."""
@@ -367,7 +400,12 @@ def excursions(
 
     with unit_of_work(engine_for(db)) as session:
         rows = list_excursions(
-            session, open_only=open_only, room=room, type_=type_, unacknowledged=unacknowledged
+            session,
+            open_only=open_only,
+            room=room,
+            type_=type_,
+            unacknowledged=unacknowledged,
+            include_superseded=superseded,
         )
     if json_out:
         print_json(rows)
@@ -405,6 +443,13 @@ def excursions(
             str(r["readings"]),
         )
     console.print(table)
+    for r in rows:
+        if r["status"] == "superseded":
+            by = r["superseded_by"] or "system"
+            signed = (
+                f" ({t('signature')} {r['superseded_signature_id']})" if r["superseded_signature_id"] else ""
+            )
+            console.print(f"  #{r['id']} {t('superseded')}: {by}{signed} — {r['superseded_reason'] or ''}")
 
 
 @app.command()

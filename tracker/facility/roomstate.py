@@ -26,6 +26,7 @@ from tracker.core.errors import InvalidInputError, Reason, zh_words
 from tracker.core.timeutil import utcnow
 from tracker.facility.limits import STATES
 from tracker.facility.models import Room, Site, find_room
+from tracker.identity.signatures import Signature  # noqa: F401  (target of a foreign key)
 
 DEFAULT_STATE = "at_rest"
 
@@ -41,6 +42,10 @@ class RoomStateChange(SQLModel, table=True):
     recorded_by: str = Field(max_length=120)
     source: str = Field(default="manual", max_length=40)
     reason: str | None = Field(default=None, sa_column=Column(Text))
+    #: a change recorded past the backdating limit, or one that superseded or reshaped
+    #: excursions, carries QA's approving e-signature and the excursions it touched (JSON ids)
+    approval_signature_id: int | None = Field(default=None, foreign_key="signature.id")
+    affected_excursions: str | None = Field(default=None, sa_column=Column(Text))
 
 
 def set_room_state(

@@ -22,6 +22,7 @@ from tracker.core.errors import ConflictError, InvalidInputError, NotFoundError,
 from tracker.core.timeutil import iso_utc, utcnow
 from tracker.facility.limits import Level
 from tracker.facility.models import Monitor, Room
+from tracker.identity.signatures import Signature  # noqa: F401  (target of a foreign key)
 from tracker.identity.users import Authenticated, require_role
 from tracker.monitoring.episodes import Episode, Judged, SeriesMachine, replay
 from tracker.monitoring.readings import Reading
@@ -69,6 +70,11 @@ class Excursion(SQLModel, table=True):
     first_acknowledged_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     ack_level: str | None = Field(default=None, max_length=16)
     ack_comment: str | None = Field(default=None, sa_column=Column(Text))
+    #: who caused a supersession and why (a room-state correction names its recorder, reason and
+    #: QA's approving signature); empty for the ingester's own re-evaluation after late data
+    superseded_by: str | None = Field(default=None, max_length=120)
+    superseded_reason: str | None = Field(default=None, sa_column=Column(Text))
+    superseded_signature_id: int | None = Field(default=None, foreign_key="signature.id")
 
     @property
     def needs_acknowledgement(self) -> bool:
@@ -479,6 +485,9 @@ def to_json(ex: Excursion, monitor: str, room: str) -> dict:
         "acknowledged_by": ex.acknowledged_by,
         "acknowledged_at": iso_utc(ex.acknowledged_at),
         "ack_comment": ex.ack_comment,
+        "superseded_by": ex.superseded_by,
+        "superseded_reason": ex.superseded_reason,
+        "superseded_signature_id": ex.superseded_signature_id,
     }
 
 

@@ -16,6 +16,7 @@ from tracker.core.audit import AuditEvent
 from tracker.facility.load import site_signed_content
 from tracker.facility.models import Site
 from tracker.identity import signatures
+from tracker.monitoring.state_changes import room_state_checks
 from tracker.quality.batches.models import Batch
 from tracker.quality.batches.release import signature_checks, status_problems
 from tracker.quality.deviations import list_deviations
@@ -34,6 +35,7 @@ def all_signature_checks(session: Session) -> list[signatures.SignatureCheck]:
             signatures.signatures_of(session, "site", site.code),
             lambda sig, site=site: site_signed_content(session, site, sig.scope),
         )
+    checks += room_state_checks(session)
     # annual reports: the signed report is the stored content itself (rebuilding it is the report's job)
     for sig in session.exec(
         select(signatures.Signature)
