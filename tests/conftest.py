@@ -30,6 +30,8 @@ os.environ.setdefault("TRACKER_PASSWORD_HASH_PROFILE", "CHEAPEST")
 # clock they are late; tests/test_quality_rules.py checks the lateness rules themselves
 os.environ.setdefault("TRACKER_STEP_BACKDATE_MAX_H", "1000000")
 os.environ.setdefault("TRACKER_STEP_LATE_AFTER_MIN", "1000000")
+# one audit key for the suite and the CLI and server processes it starts (never a file in the tree)
+os.environ.setdefault("TRACKER_AUDIT_KEY", "the-test-suite-audit-key-not-for-production-use")
 
 DATA = Path(__file__).parent / "data"
 MIN_FACILITY = DATA / "facility-min.toml"

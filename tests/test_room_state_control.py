@@ -176,9 +176,11 @@ def test_a_backdated_change_needs_qa_even_when_it_touches_nothing(people_engine:
 
 
 def test_the_cli_refuses_a_backdated_change_and_records_it_with_qa_approval(
-    people_engine: Engine, db_url: str
+    people_engine: Engine, db_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The issue's must-show: 26 hours back as a production head, then with --approve-as."""
+    monkeypatch.setenv("TRACKER_STEP_BACKDATE_MAX_H", "24")  # the defaults, not the suite's
+    monkeypatch.setenv("TRACKER_STEP_LATE_AFTER_MIN", "15")
     now = datetime.now(UTC).replace(microsecond=0)
     at = now - timedelta(hours=26)
     _burst(people_engine, at - timedelta(minutes=3), received=now)
@@ -188,9 +190,13 @@ def test_the_cli_refuses_a_backdated_change_and_records_it_with_qa_approval(
         *args, "--as", "prod", "--password-stdin", db_url=db_url, lang="zh-CN", stdin=PASSWORD + "\n"
     )
     assert refused.returncode != 0
-    assert "须由 QA 以电子签名批准（--approve-as QA_USER）" in refused.stderr + refused.stdout
+    assert "该状态的生效时间早于 24 小时之前：须由 QA 以电子签名批准（--approve-as QA_USER）" in (
+        refused.stderr + refused.stdout
+    )
     refused_en = tracker(*args, "--as", "prod", "--password-stdin", db_url=db_url, stdin=PASSWORD + "\n")
-    assert "QA must approve it with an e-signature" in refused_en.stderr + refused_en.stdout
+    assert "the change is dated more than 24 h ago: QA must approve it with an e-signature" in (
+        refused_en.stderr + refused_en.stdout
+    )
     assert _changes(people_engine) == changes_before
     approved = tracker(
         *args,

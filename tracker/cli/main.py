@@ -727,21 +727,76 @@ def rollups_rebuild(
     console.print(f"rebuilt {n} hour(s)")
 
 
+def _anchor_dir(directory: Path | None) -> Path:
+    settings = get_settings()
+    return directory or settings.audit_anchor_dir or settings.data_dir / "anchors"
+
+
+AnchorDirOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--anchors", help="anchor directory (default TRACKER_AUDIT_ANCHOR_DIR or <data dir>/anchors)"
+    ),
+]
+
+
+@audit_app.command("anchor")
+def audit_anchor(
+    directory: AnchorDirOpt = None,
+    db: DbOpt = None,
+    as_: AsOpt = "",
+    password_stdin: PwStdin = False,
+) -> None:
+    """Write a signed checkpoint of the audit chain (head, count, time) outside the database.
+
+    Keep the directory where the database owner cannot rewrite it (another host, write-once
+    storage); `tracker audit verify` checks the database against every anchor in it."""
+    from tracker.core.anchors import take_anchor
+
+    actor = (
+        login_cli(
+            db, as_, password_stdin, "qa", "admin", action=Reason("anchoring the audit trail", "锚定审计追踪")
+        ).username
+        if as_
+        else "system:anchor"
+    )
+    with unit_of_work(engine_for(db)) as session:
+        anchor = take_anchor(session, actor=actor)
+    path = anchor.write(_anchor_dir(directory))
+    console.print(f"{t('anchor_written')}: {path} ({anchor.count} events, head {anchor.head_hash[:16]}…)")
+
+
 @audit_app.command("verify")
-def audit_verify(db: DbOpt = None) -> None:
-    """Check the whole hash chain (naming the first broken event), every e-signature against its
-    record, signatures against the audit trail, and that batch statuses rest on signatures."""
+def audit_verify(directory: AnchorDirOpt = None, db: DbOpt = None) -> None:
+    """Check the keyed hash chain (naming the first broken event), the database against every
+    anchor, every e-signature against its record, signatures against the audit trail, batch
+    statuses against signatures, and acknowledgements, link decisions, assessments and roles
+    against the audit events that recorded them."""
+    from tracker.core.anchors import check_anchors
     from tracker.quality.batches.integrity import all_signature_checks, integrity_problems
+    from tracker.quality.batches.reconcile import reconciliation_problems
 
     with unit_of_work(engine_for(db)) as session:
-        intact, count, broken = audit.verify_chain(session)
+        chain = audit.check_chain(session)
+        anchors = check_anchors(session, _anchor_dir(directory))
         checks = all_signature_checks(session)
-        problems = integrity_problems(session)
+        problems = integrity_problems(session) + reconciliation_problems(session)
     bad = [c for c in checks if not c.intact]
-    if intact:
-        console.print(f"audit chain intact: {count} events")
+    if chain.intact:
+        keyed = f" ({chain.unkeyed} sealed before the key)" if chain.unkeyed else ""
+        console.print(f"audit chain intact: {chain.count} events{keyed}")
     else:
-        console.print(f"[red]audit chain BROKEN at event {broken}[/red] ({count} events verified before it)")
+        console.print(
+            f"[red]audit chain BROKEN at event {chain.broken}[/red]: {chain.problem} "
+            f"({chain.count} events verified before it)"
+        )
+    for check in anchors:
+        if check.ok:
+            console.print(f"anchor {check.source}: holds ({check.anchor.count} events)")
+        else:
+            console.print(f"[red]anchor {check.source} BROKEN[/red]: {check.problem}")
+    if not anchors:
+        console.print(f"[yellow]no anchors in {_anchor_dir(directory)}: run `tracker audit anchor`[/yellow]")
     for c in bad:
         sig = c.signature
         console.print(
@@ -751,7 +806,7 @@ def audit_verify(db: DbOpt = None) -> None:
     for problem in problems:
         console.print(f"[red]{problem}[/red]")
     console.print(f"signatures: {len(checks) - len(bad)} intact, {len(bad)} broken")
-    if not intact or bad or problems:
+    if not chain.intact or bad or problems or not all(c.ok for c in anchors):
         raise typer.Exit(1)
 
 

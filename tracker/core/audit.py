@@ -1,7 +1,11 @@
 """Append-only, hash-chained audit trail (GMP 2010 Art. 163; 计算机化系统附录; 21 CFR 11.10(e)).
 
-Every event stores the hash of the one before it, so an edited or deleted row breaks the
-chain at that point. Events are written in the same transaction as the change they record.
+Every event stores the keyed hash (HMAC-SHA256, ``tracker.core.keys``) of itself and the one
+before it, so an edited or deleted row breaks the chain at that point, and someone who can
+write the database but does not hold the key cannot rebuild it. Events written before the
+chain was keyed keep their plain SHA-256 (``key_id`` empty); none may follow a keyed one.
+Checkpoints outside the database (``tracker.core.anchors``) catch a rewrite by someone who
+does hold the key. Events are written in the same transaction as the change they record.
 No code path updates or deletes an audit row.
 """
 
@@ -17,6 +21,7 @@ from sqlalchemy import Column, Text, func, text
 from sqlmodel import Field, Session, SQLModel, select
 
 from tracker.core.db import UTCDateTime
+from tracker.core.keys import keyring
 from tracker.core.timeutil import iso_utc, utcnow
 
 GENESIS = "0" * 64
@@ -37,6 +42,8 @@ class AuditEvent(SQLModel, table=True):
     reason: str | None = Field(default=None, sa_column=Column(Text))
     prev_hash: str = Field(max_length=64)
     hash: str = Field(max_length=64, unique=True)
+    #: the key that sealed ``hash`` (``tracker.core.keys.key_id``); empty for pre-key events
+    key_id: str = Field(default="", max_length=16)
 
 
 def _canonical(value: Any) -> str | None:
@@ -47,7 +54,7 @@ def _canonical(value: Any) -> str | None:
     )
 
 
-def _digest(
+def _body(
     prev_hash: str,
     at: datetime,
     actor: str,
@@ -57,13 +64,19 @@ def _digest(
     before: str | None,
     after: str | None,
     reason: str | None,
-) -> str:
-    body = json.dumps(
+) -> bytes:
+    return json.dumps(
         [prev_hash, iso_utc(at), actor, action, entity, entity_key, before, after, reason],
         ensure_ascii=False,
         separators=(",", ":"),
-    )
-    return hashlib.sha256(body.encode("utf-8")).hexdigest()
+    ).encode("utf-8")
+
+
+def _sealed(body: bytes, key_id: str, digest: str) -> bool:
+    """A keyed event checks against its key; a pre-key event against plain SHA-256."""
+    if key_id:
+        return keyring().check(key_id, body, digest)
+    return hashlib.sha256(body).hexdigest() == digest
 
 
 def head_hash(session: Session) -> str:
@@ -92,6 +105,9 @@ def record(
     at = at or utcnow()
     before_s, after_s = _canonical(before), _canonical(after)
     prev = head_hash(session)
+    key_id, digest = keyring().mac(
+        _body(prev, at, actor, action, entity, entity_key, before_s, after_s, reason)
+    )
     event = AuditEvent(
         at=at,
         actor=actor,
@@ -102,16 +118,28 @@ def record(
         after=after_s,
         reason=reason,
         prev_hash=prev,
-        hash=_digest(prev, at, actor, action, entity, entity_key, before_s, after_s, reason),
+        hash=digest,
+        key_id=key_id,
     )
     session.add(event)
     session.flush()
     return event
 
 
-def verify_chain(session: Session) -> tuple[bool, int, int | None]:
-    """Walk the chain; return (intact, events checked, id of the first broken event)."""
-    prev, count = GENESIS, 0
+@dataclass(frozen=True)
+class ChainCheck:
+    intact: bool
+    count: int
+    #: the first event that does not check, and why
+    broken: int | None = None
+    problem: str | None = None
+    #: events sealed before the chain was keyed (plain SHA-256)
+    unkeyed: int = 0
+
+
+def check_chain(session: Session) -> ChainCheck:
+    """Walk the chain: each event must link to the one before and carry a valid (keyed) seal."""
+    prev, count, unkeyed, keyed_seen = GENESIS, 0, 0, False
     columns = (
         AuditEvent.id,
         AuditEvent.at,
@@ -124,15 +152,43 @@ def verify_chain(session: Session) -> tuple[bool, int, int | None]:
         AuditEvent.reason,
         AuditEvent.prev_hash,
         AuditEvent.hash,
+        AuditEvent.key_id,
     )
     # plain rows, streamed: the web's audit page checks the whole chain on every view
-    for id_, at, actor, action, entity, key, before, after, reason, prev_hash, hash_ in session.execute(
-        select(*columns).order_by(AuditEvent.id).execution_options(yield_per=2000)
-    ):
-        if prev_hash != prev or hash_ != _digest(prev, at, actor, action, entity, key, before, after, reason):
-            return False, count, id_
+    for (
+        id_,
+        at,
+        actor,
+        action,
+        entity,
+        key,
+        before,
+        after,
+        reason,
+        prev_hash,
+        hash_,
+        key_id,
+    ) in session.execute(select(*columns).order_by(AuditEvent.id).execution_options(yield_per=2000)):
+        body = _body(prev, at, actor, action, entity, key, before, after, reason)
+        problem = None
+        if prev_hash != prev:
+            problem = "does not link to the event before it (deleted or inserted)"
+        elif not key_id and keyed_seen:
+            problem = "an unkeyed event after keyed ones (re-sealed without the key)"
+        elif not _sealed(body, key_id, hash_):
+            problem = "its seal does not match (altered, or sealed with another key)"
+        if problem:
+            return ChainCheck(False, count, id_, problem, unkeyed)
+        keyed_seen = keyed_seen or bool(key_id)
+        unkeyed += 0 if key_id else 1
         prev, count = hash_, count + 1
-    return True, count, None
+    return ChainCheck(True, count, None, None, unkeyed)
+
+
+def verify_chain(session: Session) -> tuple[bool, int, int | None]:
+    """Walk the chain; return (intact, events checked, id of the first broken event)."""
+    check = check_chain(session)
+    return check.intact, check.count, check.broken
 
 
 @dataclass(frozen=True)

@@ -65,6 +65,7 @@ MESSAGES: dict[str, tuple[str, str]] = {
     "facility_loaded": ("设施文件已载入", "Facility file loaded"),
     "facility_unchanged": ("设施文件无变化", "Facility file unchanged"),
     "warning": ("注意", "Warning"),
+    "anchor_written": ("审计追踪锚点已写入", "Audit anchor written"),
     "signature": ("签名", "signature"),
     "excursions_rejudged": ("被撤销或改变的超标记录", "excursions superseded or reshaped"),
     "approved_change": ("经 QA 批准的变更", "change approved by QA"),

@@ -6,7 +6,7 @@ from functools import lru_cache
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -87,6 +87,17 @@ class Settings(BaseSettings):
     timezone: str = "Asia/Shanghai"
     lang: str = Field(default="zh-CN", description="zh-CN or en")
     data_dir: Path = Path(".tracker")
+    audit_key_file: Path | None = Field(
+        default=None,
+        description="file holding the audit/seal key (first line signs, later lines are retired keys)",
+    )
+    audit_key: SecretStr | None = Field(
+        default=None, description="the audit/seal key itself (>= 32 characters)"
+    )
+    audit_anchor_dir: Path | None = Field(
+        default=None,
+        description="where `tracker audit anchor` writes checkpoints (default <data_dir>/anchors)",
+    )
 
     @field_validator("lang")
     @classmethod

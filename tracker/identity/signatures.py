@@ -31,6 +31,7 @@ from sqlmodel import Field, Session, SQLModel, select
 from tracker.core import audit
 from tracker.core.db import UTCDateTime
 from tracker.core.errors import InvalidInputError, Reason, zh_words
+from tracker.core.keys import keyring
 from tracker.core.timeutil import iso_utc, local_display, utcnow
 from tracker.identity.users import Authenticated, require_fresh
 
@@ -111,7 +112,10 @@ class Signature(SQLModel, table=True):
     #: the canonical JSON of exactly what was signed, kept so the signed record can be shown
     content: str = Field(sa_column=Column(Text, nullable=False))
     content_hash: str = Field(max_length=64)
+    #: HMAC of the manifest and the content hash under the site key (``key_id``); empty
+    #: ``key_id``: sealed with plain SHA-256 before the key existed
     seal: str = Field(max_length=64)
+    key_id: str = Field(default="", max_length=16)
 
 
 def canonical(content: Any) -> str:
@@ -122,8 +126,8 @@ def content_hash(content: Any) -> str:
     return hashlib.sha256(canonical(content).encode("utf-8")).hexdigest()
 
 
-def _seal(sig: Signature) -> str:
-    body = json.dumps(
+def _manifest(sig: Signature) -> bytes:
+    return json.dumps(
         [
             sig.entity,
             sig.entity_key,
@@ -139,8 +143,13 @@ def _seal(sig: Signature) -> str:
         ],
         ensure_ascii=False,
         separators=(",", ":"),
-    )
-    return hashlib.sha256(body.encode("utf-8")).hexdigest()
+    ).encode("utf-8")
+
+
+def _seal_ok(sig: Signature) -> bool:
+    if sig.key_id:
+        return keyring().check(sig.key_id, _manifest(sig), sig.seal)
+    return hashlib.sha256(_manifest(sig)).hexdigest() == sig.seal
 
 
 def sign(
@@ -181,7 +190,7 @@ def sign(
         content_hash=content_hash(content),
         seal="",
     )
-    sig.seal = _seal(sig)
+    sig.key_id, sig.seal = keyring().mac(_manifest(sig))
     session.add(sig)
     audit.record(
         session,
@@ -234,7 +243,7 @@ class SignatureCheck:
 
 
 def _sealed(sig: Signature) -> str | None:
-    if sig.seal != _seal(sig) or sig.content_hash != hashlib.sha256(sig.content.encode("utf-8")).hexdigest():
+    if not _seal_ok(sig) or sig.content_hash != hashlib.sha256(sig.content.encode("utf-8")).hexdigest():
         return "the signature record itself was altered"
     return None
 
