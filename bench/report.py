@@ -41,7 +41,7 @@ from tracker.monitoring.readings import basis_id  # noqa: E402
 from tracker.monitoring.rollups import COLUMNS, bin_of  # noqa: E402
 from tracker.quality.batches.models import Batch, ProcessStep  # noqa: E402
 from tracker.quality.deviations import CapaAction, Deviation  # noqa: E402
-from tracker.reports.annual import build_annual_report, year_period  # noqa: E402
+from tracker.reports.annual.document import build_annual_report, year_period  # noqa: E402
 
 FACILITY = ROOT / "simulators" / "data" / "nn-cpc.toml"
 NORMAL = {"pressure": 15.0, "temperature": 21.0, "humidity": 50.0}

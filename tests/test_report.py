@@ -44,7 +44,7 @@ from tracker.quality.batches.linking import decide_link, links_of, sync_links
 from tracker.quality.batches.release import qa_review, reject, release, sign_production
 from tracker.quality.batches.steps import complete_batch, create_batch, end_step, get_batch, start_step
 from tracker.reports import signoff
-from tracker.reports.annual import (
+from tracker.reports.annual.document import (
     Period,
     build_annual_report,
     pct,

@@ -36,7 +36,7 @@ STEPS = ("facility", "environment", "deviations", "batches", "integrity", "compa
 
 def _site_period(session, site_code: str | None, year: int):
     from tracker.facility.models import get_site
-    from tracker.reports.annual import year_period
+    from tracker.reports.annual.document import year_period
 
     site = get_site(session, site_code)
     return site, year_period(site.timezone, year)
@@ -58,7 +58,7 @@ def annual(
     db: DbOpt = None,
 ) -> None:
     """Build the annual report of a site (JSON, or HTML/PDF in zh-CN or en) with a progress bar."""
-    from tracker.reports.annual import build_annual_report, validate_report
+    from tracker.reports.annual.document import build_annual_report, validate_report
     from tracker.reports.signoff import signed_report, signoff_block
 
     language = "en" if lang is Lang.en else "zh-CN"
@@ -104,7 +104,7 @@ def annual(
 
 def _sign(action: str, year: int, site: str | None, as_: str, password_stdin: bool, db: str | None) -> None:
     from tracker.reports import signoff
-    from tracker.reports.annual import build_annual_report
+    from tracker.reports.annual.document import build_annual_report
 
     with unit_of_work(engine_for(db)) as session:
         site_row, period = _site_period(session, site, year)

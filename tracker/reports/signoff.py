@@ -2,7 +2,7 @@
 
 QA prepares the report (``performed``, scope ``annual_report:prepared``) and the head of quality
 approves it (``approved``, scope ``annual_report:approved``); both sign the report's content
-(:func:`tracker.reports.annual.signed_content`), which the signature row keeps as canonical JSON,
+(:func:`tracker.reports.annual.document.signed_content`), which the signature row keeps as canonical JSON,
 so the signed report itself is preserved. Because the content is "as at the end of the period",
 rebuilding the report later reproduces it: a signature shows as broken when a record behind a
 figure changed after signing.
@@ -20,7 +20,7 @@ from tracker.core.timeutil import iso_utc
 from tracker.facility.models import Site
 from tracker.identity import signatures
 from tracker.identity.users import Authenticated, require_role
-from tracker.reports.annual import Period, signed_content
+from tracker.reports.annual.document import Period, signed_content
 
 ENTITY = "annual_report"
 ROLES = {"annual_report:prepared": "prepared", "annual_report:approved": "approved"}

@@ -61,7 +61,7 @@ def annual_report_download(
     fmt: Annotated[Literal["pdf", "html", "json"], Query(alias="format")] = "pdf",
 ) -> Response:
     """The site's annual evaluation report for ``year`` in the page's language (issue 4)."""
-    from tracker.reports.annual import build_annual_report, validate_report, year_period
+    from tracker.reports.annual.document import build_annual_report, validate_report, year_period
     from tracker.reports.render import render_html, render_pdf
     from tracker.reports.signoff import signoff_block
 

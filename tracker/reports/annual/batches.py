@@ -1,0 +1,117 @@
+"""§4 Production activity (``production``) and §12 Traceability and segregation (``traceability``).
+
+Released and rejected count the QP's signatures made in the period, whichever year the batch
+started in; a batch's disposition is its last decision before the period end, so a release in
+the next year does not change this year's document.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from tracker.quality.batches.models import Batch
+from tracker.reports.annual.loader import BatchRecords, Scope
+from tracker.reports.annual.period import count_by_month, in_period
+
+#: every flag code gets a count, zero included
+FLAG_CODES = ("segregation", "a_in_c", "a_background_below_c", "open_not_grade_a")
+
+
+def production_block(scope: Scope, records: BatchRecords) -> dict:
+    """The document's ``production``: batches started, released, rejected and open at the end."""
+    started = records.started
+    released = decided_in_period(scope, records, "released")
+    rejected = decided_in_period(scope, records, "rejected")
+    return {
+        "started": len(started),
+        "released": len(released),
+        "rejected": len(rejected),
+        "open_at_end": sum(1 for b in started if b.number not in records.decisions),
+        "process_steps": records.process_steps,
+        "by_product": product_rows(records, released, rejected),
+        "by_month": count_by_month([b.created_at for b in started], scope.edges),
+        "donors": len({b.donor_id for b in started}),
+    }
+
+
+def decided_in_period(scope: Scope, records: BatchRecords, meaning: str) -> list[str]:
+    """Numbers of the batches whose last decision (``released``/``rejected``) is in the period."""
+    return [n for n, d in records.decisions.items() if d.meaning == meaning and in_period(d.at, scope.period)]
+
+
+def _product(products: dict[str, dict], product: str) -> dict:
+    return products.setdefault(
+        product, {"product": product, "started": 0, "released": 0, "rejected": 0, "open_at_end": 0}
+    )
+
+
+def product_rows(records: BatchRecords, released: list[str], rejected: list[str]) -> list[dict]:
+    """Per product: started in the period (and still open at its end), released, rejected."""
+    products: dict[str, dict] = {}
+    for b in records.started:
+        p = _product(products, b.product)
+        p["started"] += 1
+        p["open_at_end"] += b.number not in records.decisions
+    for n in released + rejected:
+        p = _product(products, records.by_number[n].product)
+        p["released" if n in released else "rejected"] += 1
+    return sorted(products.values(), key=lambda p: p["product"])
+
+
+def disposition(records: BatchRecords, b: Batch) -> str:
+    """``released``, ``rejected`` or ``pending`` as at the period end."""
+    return records.decisions[b.number].meaning if b.number in records.decisions else "pending"
+
+
+def traceability_block(records: BatchRecords) -> dict:
+    """The document's ``traceability``: batches exposed to the period's excursions, and flags."""
+    exposed = exposed_rows(records)
+    flags = flag_rows(records)
+    counts = {c: 0 for c in FLAG_CODES}
+    for f in flags:
+        counts[f["code"]] = counts.get(f["code"], 0) + 1
+    return {
+        "exposed_batches": len(exposed),
+        "exposed_by_disposition": dict(sorted(Counter(r["disposition"] for r in exposed).items())),
+        "exposed": exposed,
+        "flag_counts": counts,
+        "flagged_batches": len({f["batch"] for f in flags}),
+        "flags": flags,
+    }
+
+
+def exposed_rows(records: BatchRecords) -> list[dict]:
+    """One row per exposed batch: its excursions, whether any reached action, its disposition."""
+    exposed: dict[int, dict] = {}
+    for link, ex in records.exposures:
+        b = records.by_id[link.batch_id]
+        row = exposed.setdefault(
+            b.id,
+            {
+                "batch": b.number,
+                "product": b.product,
+                "excursions": [],
+                "action": False,
+                "disposition": disposition(records, b),
+            },
+        )
+        if ex.id not in row["excursions"]:
+            row["excursions"].append(ex.id)
+        row["action"] = row["action"] or ex.level == "action"
+    return sorted(exposed.values(), key=lambda r: r["batch"])
+
+
+def flag_rows(records: BatchRecords) -> list[dict]:
+    """The flags (``tracker.quality.batches.flags``) of the batches started in the period."""
+    return [
+        {
+            "batch": b.number,
+            "code": f.code,
+            "step": f.step_id,
+            "room": f.room,
+            "other_batch": f.other_batch,
+            "message_zh": f.message_zh,
+            "message_en": f.message_en,
+        }
+        for b, f in records.flags
+    ]
