@@ -32,12 +32,12 @@ from sqlmodel import select  # noqa: E402
 
 from tracker.core.db import get_engine, time_param, unit_of_work  # noqa: E402
 from tracker.core.migrate import upgrade  # noqa: E402
+from tracker.facility.basis import basis_id  # noqa: E402
 from tracker.facility.file import read_facility_file  # noqa: E402
 from tracker.facility.limits import load_limit_set  # noqa: E402
 from tracker.facility.load import load_facility  # noqa: E402
 from tracker.facility.models import Monitor, Room, get_site  # noqa: E402
 from tracker.monitoring.excursions import Excursion  # noqa: E402
-from tracker.monitoring.readings import basis_id  # noqa: E402
 from tracker.monitoring.rollups import COLUMNS, bin_of  # noqa: E402
 from tracker.quality.batches.models import Batch, ProcessStep  # noqa: E402
 from tracker.quality.deviations import CapaAction, Deviation  # noqa: E402

@@ -12,10 +12,11 @@ from tests.conftest import operate
 from tests.factories import T0, particles, scalar, topic
 from tracker.core.audit import AuditEvent
 from tracker.core.db import get_engine, unit_of_work
+from tracker.facility.basis import EvaluationBasis
 from tracker.ingest.processor import BatchProcessor, InboundMessage
 from tracker.monitoring.excursions import list_excursions
 from tracker.monitoring.intake import Intake
-from tracker.monitoring.readings import EvaluationBasis, RawMessage, Reading
+from tracker.monitoring.readings import RawMessage, Reading
 from tracker.monitoring.reevaluate import record_room_state, reevaluate
 from tracker.monitoring.stats import ingest_stats
 

@@ -13,10 +13,11 @@ from sqlalchemy import insert, select
 
 from tracker.core.db import get_engine
 from tracker.core.migrate import upgrade
+from tracker.facility.basis import EvaluationBasis
 from tracker.facility.models import Monitor, Room, Site
 from tracker.monitoring.ingest_state import TABLE as INGEST_STATE
 from tracker.monitoring.ingest_state import latest_readings
-from tracker.monitoring.readings import EvaluationBasis, RawMessage, Reading
+from tracker.monitoring.readings import RawMessage, Reading
 
 T = datetime(2026, 10, 30, 23, 0, tzinfo=UTC)  # readings across a month boundary (two partitions)
 

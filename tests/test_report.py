@@ -29,6 +29,7 @@ from tests.conftest import MIN_FACILITY
 from tests.factories import PASSWORD, T0, make_people, particles, scalar, topic
 from tracker.core.db import bulk_insert, get_engine, time_param, unit_of_work
 from tracker.core.errors import ConflictError, NotFoundError, PermissionDeniedError
+from tracker.facility.basis import basis_id
 from tracker.facility.file import parse_facility
 from tracker.facility.limits import load_limit_set
 from tracker.facility.load import load_facility
@@ -37,7 +38,6 @@ from tracker.identity.users import login
 from tracker.ingest.processor import BatchProcessor, InboundMessage
 from tracker.monitoring.excursions import Excursion
 from tracker.monitoring.intake import Intake
-from tracker.monitoring.readings import basis_id
 from tracker.monitoring.rollups import COLUMNS, RollupHourly, bin_of, verify_rollups
 from tracker.quality import deviations as dv
 from tracker.quality.batches.linking import decide_link, links_of, sync_links

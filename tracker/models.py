@@ -8,6 +8,7 @@ from sqlmodel import SQLModel
 
 from tracker.core.audit import AuditEvent
 from tracker.core.counters import IngestCounter
+from tracker.facility.basis import EvaluationBasis
 from tracker.facility.inhibits import Inhibit
 from tracker.facility.models import FacilityLimit, FacilityRevision, Monitor, Room, Site
 from tracker.facility.roomstate import OperationPeriod, RoomStateChange
@@ -18,7 +19,7 @@ from tracker.monitoring.excursions import Excursion
 from tracker.monitoring.ingest_state import IngestState
 from tracker.monitoring.proposals import LimitProposal
 from tracker.monitoring.quarantine import QuarantinedMessage
-from tracker.monitoring.readings import EvaluationBasis, MonitorStatusEvent, RawMessage, Reading
+from tracker.monitoring.readings import MonitorStatusEvent, RawMessage, Reading
 from tracker.monitoring.rollups import RollupHourly
 from tracker.quality.batches.models import Batch, ExcursionLink, ProcessStep, ReviewAssessment
 from tracker.quality.deviations import CapaAction, Deviation, DeviationBatch, DeviationExcursion

@@ -19,7 +19,9 @@ from tracker.core.errors import (
     Reason,
 )
 from tracker.core.timeutil import utcnow
+from tracker.facility.basis import basis_id
 from tracker.facility.file import FacilityDef, RoomDef
+from tracker.facility.limits import load_limit_set
 from tracker.facility.models import FacilityLimit, FacilityRevision, Monitor, Room, Site, resolved_monitors
 from tracker.identity import signatures
 from tracker.identity.users import Authenticated, require_role
@@ -526,6 +528,18 @@ def _apply_levels(
     session.flush()
     for site_row in session.exec(select(Site)).all():  # carried levels included: refuses a looser one
         list(resolved_monitors(session, site_row))
+        # the revision's evaluation basis is made here, not by the first batch judged by it: an
+        # ingest batch that inserted it would hold the row lock an ATTACH PARTITION of
+        # ``reading`` (whose basis_id refers to it) waits for (tracker.core.partitions)
+        limit_set = load_limit_set(site_row.limit_set)
+        basis_id(
+            session,
+            site_id=site_row.id,
+            code=limit_set.code,
+            version=limit_set.version,
+            sha256=limit_set.sha256,
+            revision=site_row.revision,
+        )
     audit.record(
         session,
         actor=actor,

@@ -10,32 +10,15 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import BigInteger, Column, Index, Integer, LargeBinary, Text, UniqueConstraint, text
-from sqlmodel import Field, Session, SQLModel, select
+from sqlalchemy import BigInteger, Column, Index, Integer, LargeBinary, Text
+from sqlmodel import Field, SQLModel
 
 from tracker.core.db import UTCDateTime
+from tracker.facility.basis import EvaluationBasis  # noqa: F401  (target of reading.basis_id)
 
 #: the wire allows any seq below 2⁶³ (some monitors count milliseconds): BIGINT on PostgreSQL,
 #: INTEGER on SQLite (64-bit there already, and what migration 0001 created)
 SEQ_TYPE = BigInteger().with_variant(Integer(), "sqlite")
-
-
-class EvaluationBasis(SQLModel, table=True):
-    """Which limit set (code, version, file hash) and facility revision judged a reading."""
-
-    __tablename__ = "evaluation_basis"
-    __table_args__ = (
-        UniqueConstraint(
-            "site_id", "limit_set_code", "limit_set_version", "limit_set_sha256", "facility_revision"
-        ),
-    )
-
-    id: int | None = Field(default=None, primary_key=True)
-    site_id: int = Field(foreign_key="site.id")
-    limit_set_code: str = Field(max_length=40)
-    limit_set_version: str = Field(max_length=20)
-    limit_set_sha256: str = Field(max_length=64)
-    facility_revision: int
 
 
 class RawMessage(SQLModel, table=True):
@@ -84,28 +67,3 @@ class MonitorStatusEvent(SQLModel, table=True):
     monitor_id: int = Field(foreign_key="monitor.id", index=True)
     online: bool
     received_at: datetime = Field(sa_type=UTCDateTime, nullable=False)
-
-
-def basis_id(session: Session, *, site_id: int, code: str, version: str, sha256: str, revision: int) -> int:
-    """Id of the evaluation basis row, created on first use."""
-    query = select(EvaluationBasis.id).where(
-        EvaluationBasis.site_id == site_id,
-        EvaluationBasis.limit_set_code == code,
-        EvaluationBasis.limit_set_version == version,
-        EvaluationBasis.limit_set_sha256 == sha256,
-        EvaluationBasis.facility_revision == revision,
-    )
-    found = session.exec(query).first()
-    if found is not None:
-        return found
-    # two ingest workers may meet a new facility revision at once: the second one's insert
-    # is a no-op (not a unique violation that would fail its batch), then both read the row
-    session.connection().execute(
-        text(
-            "INSERT INTO evaluation_basis (site_id, limit_set_code, limit_set_version, "
-            "limit_set_sha256, facility_revision) VALUES (:site, :code, :version, :sha, :rev) "
-            "ON CONFLICT DO NOTHING"
-        ),
-        {"site": site_id, "code": code, "version": version, "sha": sha256, "rev": revision},
-    )
-    return session.exec(query).one()

@@ -12,6 +12,7 @@ from datetime import date, datetime
 from sqlalchemy import func
 from sqlmodel import Session, select
 
+from tracker.facility.basis import basis_id
 from tracker.facility.inhibits import Inhibit, windows_by_monitor
 from tracker.facility.limits import (
     INVALID,
@@ -22,7 +23,6 @@ from tracker.facility.limits import (
     load_limit_set,
 )
 from tracker.facility.models import Site, resolved_monitors
-from tracker.monitoring.readings import basis_id
 from tracker.monitoring.rules.volume import UL_PER_M3, cap_single
 
 
