@@ -20,7 +20,6 @@ from tracker.core.counters import bump
 from tracker.core.db import bulk_insert, time_param
 from tracker.core.partitions import PartitionKeeper
 from tracker.core.timeutil import utcnow
-from tracker.facility.limits import Level
 from tracker.facility.roomstate import RoomStates
 from tracker.monitoring.episodes import Judged
 from tracker.monitoring.excursions import EpisodeBook, Excursion
@@ -38,15 +37,14 @@ from tracker.monitoring.rules.gaps import GapBook
 from tracker.monitoring.rules.recovery import RecoveryRule
 from tracker.monitoring.rules.recurrence import RecurrenceRule
 from tracker.monitoring.rules.trends import TrendRule
-from tracker.monitoring.rules.volume import (
-    Sample,
-    VolumeBook,
-    count_of,
-    single_count_exceeds,
-    store_changes,
-    volume_ul,
+from tracker.monitoring.rules.volume import Sample, VolumeBook, store_changes
+from tracker.monitoring.snapshot import (
+    ChannelJudgement,
+    MonitorEntry,
+    Registry,
+    build_registry,
+    registry_marker,
 )
-from tracker.monitoring.snapshot import Registry, build_registry, registry_marker
 
 SEQ_CONFLICT = "seq_conflict"
 #: a data gap found while another worker writes the monitor is checked again this much later,
@@ -346,7 +344,7 @@ class Intake:
         from the rolling-volume windows (``tracker.monitoring.rules.volume``) before the rows are built.
         """
         batch = JudgedBatch()
-        pending: list[list] = []
+        pending: list[tuple[IncomingReading, MonitorEntry, str, str, float, ChannelJudgement]] = []
         rolling: dict[tuple[int, str], list[Sample]] = {}
         for r in fresh.values():
             entry = registry.by_id[r.monitor_id]
@@ -362,34 +360,22 @@ class Intake:
             if r.seq < self.highest_seq.get(r.monitor_id, -1):
                 batch.late.add(r.monitor_id)
             for channel, value in r.values.items():
-                verdict, invalid, bounds = entry.judge(
-                    channel, value, r.status, r.event_time, state, r.volume_l
+                judged = entry.judge(
+                    channel,
+                    value,
+                    status=r.status,
+                    at=r.event_time,
+                    seq=r.seq,
+                    state=state,
+                    volume_l=r.volume_l,
                 )
-                item = [r, entry, channel, value, state, verdict, invalid, bounds]
-                pending.append(item)
-                if (
-                    invalid is None
-                    and single_count_exceeds(bounds, r.volume_l)
-                    and (verdict.level is not Level.NOT_EVALUATED)
-                ):
-                    rolling.setdefault((r.monitor_id, channel), []).append(
-                        Sample(
-                            at=r.event_time,
-                            seq=r.seq,
-                            count=count_of(value, r.volume_l),
-                            volume_ul=volume_ul(r.volume_l),
-                            limit=bounds.action_high,
-                            verdict=verdict,
-                            rolling=True,
-                        )
-                    )
-                    item.append(rolling[(r.monitor_id, channel)][-1])
+                pending.append((r, entry, state, channel, value, judged))
+                if judged.sample is not None:
+                    rolling.setdefault((r.monitor_id, channel), []).append(judged.sample)
         for (monitor_id, channel), samples in rolling.items():
             batch.rejudged += self.volume.settle(session, registry.by_id[monitor_id], channel, samples)
-        for item in pending:
-            r, entry, channel, value, state, verdict, invalid, bounds = item[:8]
-            if len(item) > 8:
-                verdict = item[8].verdict
+        for r, entry, state, channel, value, judged in pending:
+            verdict = judged.final
             batch.reading_rows.append(
                 (
                     r.monitor_id,
@@ -402,7 +388,7 @@ class Intake:
                     verdict.direction,
                     state,
                     entry.basis_id,
-                    invalid,
+                    judged.invalid,
                     r.volume_l,
                 )
             )
@@ -417,7 +403,7 @@ class Intake:
                     value=value,
                     level=verdict.level,
                     direction=verdict.direction,
-                    bounds=bounds,
+                    bounds=judged.bounds,
                     state=state,
                 )
             )

@@ -17,7 +17,7 @@ from sqlmodel import Session, select
 
 from tracker.core import audit
 from tracker.core.timeutil import utcnow
-from tracker.facility.limits import STATES, Level
+from tracker.facility.limits import STATES
 from tracker.facility.models import Monitor, Room, find_room
 from tracker.facility.roomstate import RoomStates, set_room_state
 from tracker.monitoring.excursions import EpisodeBook
@@ -26,15 +26,8 @@ from tracker.monitoring.rollups import rebuild_rollups
 from tracker.monitoring.rules.recovery import RecoveryRule
 from tracker.monitoring.rules.recurrence import CHANNEL as RECURRENCE_CHANNEL
 from tracker.monitoring.rules.recurrence import RecurrenceRule
-from tracker.monitoring.rules.volume import (
-    Sample,
-    VolumeBook,
-    count_of,
-    single_count_exceeds,
-    store_changes,
-    volume_ul,
-)
-from tracker.monitoring.snapshot import build_registry
+from tracker.monitoring.rules.volume import Sample, VolumeBook, single_count_exceeds, store_changes
+from tracker.monitoring.snapshot import ChannelJudgement, MonitorEntry, build_registry
 
 
 @dataclass(frozen=True)
@@ -89,7 +82,7 @@ def reevaluate(
     first_change: dict[tuple[int, str], datetime] = {}
     max_changed: datetime | None = None
     checked = 0
-    judged: list[tuple] = []
+    judged: list[tuple[Reading, MonitorEntry, str, ChannelJudgement]] = []
     rolling: dict[tuple[int, str], list[Sample]] = {}
     volumes: dict[tuple[int, str], set[float]] = {}
     for r in session.exec(query):
@@ -97,26 +90,14 @@ def reevaluate(
         entry = registry.by_id[r.monitor_id]
         state = states.judging_state(entry.room_id, r.event_time, entry.recovery_s)
         volume_l = (r.sample_volume_l or entry.sample_volume_l) if entry.kind == "particles" else None
-        verdict, invalid, bounds = entry.judge(r.channel, r.value, r.status, r.event_time, state, volume_l)
-        sample = None
+        judgement = entry.judge(
+            r.channel, r.value, status=r.status, at=r.event_time, seq=r.seq, state=state, volume_l=volume_l
+        )
         if volume_l:
             volumes.setdefault((r.monitor_id, r.channel), set()).add(volume_l)
-            if (
-                invalid is None
-                and single_count_exceeds(bounds, volume_l)
-                and (verdict.level is not Level.NOT_EVALUATED)
-            ):
-                sample = Sample(
-                    at=r.event_time,
-                    seq=r.seq,
-                    count=count_of(r.value, volume_l),
-                    volume_ul=volume_ul(volume_l),
-                    limit=bounds.action_high,
-                    verdict=verdict,
-                    rolling=True,
-                )
-                rolling.setdefault((r.monitor_id, r.channel), []).append(sample)
-        judged.append((r, entry, state, verdict, invalid, sample))
+        if judgement.sample is not None:
+            rolling.setdefault((r.monitor_id, r.channel), []).append(judgement.sample)
+        judged.append((r, entry, state, judgement))
     # the rolling-volume verdicts, and those of later stored samples whose window holds a
     # sample of this window (tracker.monitoring.rules.volume)
     later: list[dict] = []
@@ -137,9 +118,8 @@ def reevaluate(
             session, entry, channel, samples, since=start, boundary=(stop, -1), limits=limits, skip_until=stop
         )
         later += found
-    for r, entry, state, verdict, invalid, sample in judged:
-        if sample is not None:
-            verdict = sample.verdict
+    for r, entry, state, judgement in judged:
+        verdict, invalid = judgement.final, judgement.invalid
         if (r.level, r.direction, r.state, r.basis_id, r.invalid_reason) == (
             verdict.level.value,
             verdict.direction,
