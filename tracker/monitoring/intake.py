@@ -22,7 +22,7 @@ from tracker.core.partitions import PartitionKeeper
 from tracker.core.timeutil import utcnow
 from tracker.facility.roomstate import RoomStates
 from tracker.monitoring.episodes import Judged
-from tracker.monitoring.excursions import EpisodeBook, Excursion
+from tracker.monitoring.excursions import Excursion
 from tracker.monitoring.ingest_state import (
     WriterGuard,
     defer_gap_check,
@@ -33,11 +33,10 @@ from tracker.monitoring.ingest_state import (
 from tracker.monitoring.quarantine import Rejection, quarantine_many
 from tracker.monitoring.readings import MonitorStatusEvent, RawMessage, Reading
 from tracker.monitoring.rollups import Acc, add_to_rollups, hour_of
-from tracker.monitoring.rules.gaps import GapBook
-from tracker.monitoring.rules.recovery import RecoveryRule
-from tracker.monitoring.rules.recurrence import RecurrenceRule
+from tracker.monitoring.rules.base import Rule, StoredBatch
+from tracker.monitoring.rules.ruleset import build_rules
 from tracker.monitoring.rules.trends import TrendRule
-from tracker.monitoring.rules.volume import Sample, VolumeBook, store_changes
+from tracker.monitoring.rules.volume import Sample, store_changes
 from tracker.monitoring.snapshot import (
     ChannelJudgement,
     MonitorEntry,
@@ -117,17 +116,15 @@ class Intake:
         self.guard = WriterGuard(writer)
         self.registry: Registry | None = None
         self.room_states = RoomStates()
-        self.trend = trend or TrendRule()
-        self.recurrence = RecurrenceRule()
-        self.volume = VolumeBook()
-        self.recovery = RecoveryRule()
+        rules = build_rules(close_after=close_after, gap_factor=gap_factor, trend=trend or TrendRule())
+        #: every rule (``tracker.monitoring.rules.base.Rule``): forgotten, run after each batch
+        #: and refreshed through this tuple only
+        self.rules: tuple[Rule, ...] = rules.all
+        #: the rules also called directly: episodes (the bench), gaps (silence checks),
+        #: rolling windows (while judging)
+        self.book, self.gaps, self.volume = rules.episodes, rules.gaps, rules.volume
         #: highest stored seq per monitor (dedupe fast path); cleared with ``forget``
         self.highest_seq: dict[int, int] = {}
-        self.book = EpisodeBook(
-            close_after=close_after,
-            on_alert_closed=lambda session, entry, _ep, now: self.trend.on_alert_closed(session, entry, now),
-        )
-        self.gaps = GapBook(gap_factor=gap_factor)
         #: months that have a partition of ``reading`` (PostgreSQL; a no-op on SQLite)
         self.partitions = PartitionKeeper()
 
@@ -136,16 +133,19 @@ class Intake:
         if self.registry is None or self.registry.marker != registry_marker(session):
             self.registry = build_registry(session)
             self.room_states = RoomStates()  # a new facility revision may change what contains what
-            self.book.forget()
-            self.volume.forget()
-            self.recovery.forget()
+            self._forget_on_refresh()
         if self.room_states.refresh(session):
             # a state change (possibly backdated, with re-evaluated episodes): rebuild the
-            # episode machines from the database rather than trust the in-memory ones
-            self.book.forget()
-            self.volume.forget()
-            self.recovery.forget()
+            # rules' state from the database rather than trust the in-memory one
+            self._forget_on_refresh()
         return self.registry
+
+    def _forget_on_refresh(self) -> None:
+        """A new snapshot or timeline: forget the rules whose state it may invalidate (each
+        rule's ``survives_refresh`` says why it may keep its own)."""
+        for rule in self.rules:
+            if not rule.survives_refresh:
+                rule.forget()
 
     def check_silence(self, session: Session, *, now: datetime | None = None) -> int:
         """Open wall-clock gaps for live monitors that have gone quiet.
@@ -195,11 +195,8 @@ class Intake:
     def forget(self) -> None:
         """After a rolled-back batch: in-memory state may be ahead of the database (episode
         machines, evaluation-basis rows created in the rolled-back transaction)."""
-        self.book.forget()
-        self.gaps.forget()
-        self.recurrence.forget()
-        self.volume.forget()
-        self.recovery.forget()
+        for rule in self.rules:
+            rule.forget()
         self.highest_seq.clear()
         self.guard.forget()
         self.partitions.forget()
@@ -207,12 +204,11 @@ class Intake:
 
     def _forget_monitors(self, monitor_ids: set[int]) -> None:
         """Another worker wrote these monitors since this one did: rebuild from the database."""
+        if not monitor_ids:
+            return  # the common case: nothing to scan
+        for rule in self.rules:
+            rule.forget(monitor_ids)
         for monitor_id in monitor_ids:
-            self.book.forget(monitor_id)
-            self.gaps.forget(monitor_id)
-            self.recurrence.forget(monitor_id)
-            self.volume.forget(monitor_id)
-            self.recovery.forget(monitor_id)
             self.highest_seq.pop(monitor_id, None)
 
     def _stored_digests(
@@ -421,38 +417,23 @@ class Intake:
         statuses: list[IncomingStatus],
         now: datetime,
     ) -> None:
-        """Limit episodes, data gaps, ≥5.0 µm recurrence, recovery and offline statuses."""
-        self.book.process(
-            session,
-            registry,
-            batch.series,
+        """Every rule, in its order (``Rules.all``), on the batch just stored."""
+        stored = StoredBatch(
+            registry=registry,
+            rooms=self.room_states,
             now=now,
+            series=batch.series,
+            stamps=batch.stamps,
+            counted=batch.counted,
+            late=batch.late,
             rejudged={(c["m"], c["c"]) for c in batch.rejudged},
-            newest=self.guard.newest,
-        )
-        self.gaps.after_readings(
-            session,
-            registry,
-            self.room_states,
-            batch.stamps,
-            now,
+            offline=[(st.monitor_id, st.received_at) for st in statuses if not st.online],
             newest=self.guard.newest,
             shared=self.guard.shared,
             defer=lambda m, first, last: defer_gap_check(session, m, first, last, now + GAP_SETTLE),
         )
-        for monitor_id, times in batch.stamps.items():
-            entry = registry.by_id[monitor_id]
-            if self.recurrence.applies(entry) and self.recurrence.needs_look(
-                monitor_id, monitor_id in batch.counted or monitor_id in batch.late
-            ):
-                self.recurrence.after_readings(
-                    session, entry, self.room_states, min(t for t, _ in times), max(t for t, _ in times), now
-                )
-            if entry.recovery_s:
-                self.recovery.after_readings(session, entry, self.room_states, (t for t, _ in times), now)
-        for st in statuses:
-            if not st.online:
-                self.gaps.offline(session, registry, self.room_states, st.monitor_id, st.received_at, now)
+        for rule in self.rules:
+            rule.after_batch(session, stored)
 
 
 @dataclass

@@ -20,13 +20,11 @@ from tracker.core.timeutil import utcnow
 from tracker.facility.limits import STATES
 from tracker.facility.models import Monitor, Room, find_room
 from tracker.facility.roomstate import RoomStates, set_room_state
-from tracker.monitoring.excursions import EpisodeBook
 from tracker.monitoring.readings import Reading
 from tracker.monitoring.rollups import rebuild_rollups
-from tracker.monitoring.rules.recovery import RecoveryRule
-from tracker.monitoring.rules.recurrence import CHANNEL as RECURRENCE_CHANNEL
-from tracker.monitoring.rules.recurrence import RecurrenceRule
-from tracker.monitoring.rules.volume import Sample, VolumeBook, single_count_exceeds, store_changes
+from tracker.monitoring.rules.base import Reevaluation
+from tracker.monitoring.rules.ruleset import build_rules
+from tracker.monitoring.rules.volume import Sample, single_count_exceeds, store_changes
 from tracker.monitoring.snapshot import ChannelJudgement, MonitorEntry, build_registry
 
 
@@ -101,7 +99,10 @@ def reevaluate(
     # the rolling-volume verdicts, and those of later stored samples whose window holds a
     # sample of this window (tracker.monitoring.rules.volume)
     later: list[dict] = []
-    windows = VolumeBook()
+    # fresh rules: their in-memory state is no help here, where every series is replayed;
+    # no trend rule, as ever (see TrendRule.after_reevaluation)
+    rules = build_rules(close_after=close_after)
+    windows = rules.volume
     for (monitor_id, channel), seen in volumes.items():
         entry = registry.by_id[monitor_id]
         limits = {
@@ -178,18 +179,19 @@ def reevaluate(
         for c in later:
             key = (c["m"], c["c"])
             first_change[key] = min(first_change.get(key, c["at"]), c["at"])
-    book = EpisodeBook(close_after=close_after)
     now = utcnow()
-    for (monitor_id, channel), since in first_change.items():
-        book.rebuild(session, registry.by_id[monitor_id], channel, since, now)
-    recovery = RecoveryRule()
-    for monitor_id in monitor_ids:
-        recovery.rederive_range(session, registry.by_id[monitor_id], states, start, end, now)
-    recurrence = RecurrenceRule()
-    for (monitor_id, channel), since in first_change.items():
-        entry = registry.by_id[monitor_id]
-        if channel == RECURRENCE_CHANNEL and recurrence.applies(entry):
-            recurrence.after_readings(session, entry, states, since, max(max_changed or since, since), now)
+    change = Reevaluation(
+        registry=registry,
+        rooms=states,
+        now=now,
+        monitor_ids=monitor_ids,
+        start=start,
+        end=end,
+        first_change=first_change,
+        last_change=max_changed,
+    )
+    for rule in rules.all:
+        rule.after_reevaluation(session, change)
     audit.record(
         session,
         actor=actor,
