@@ -39,7 +39,6 @@ from tracker.monitoring.rules.trends import TrendRule
 from tracker.monitoring.rules.volume import Sample, store_changes
 from tracker.monitoring.snapshot import (
     ChannelJudgement,
-    MonitorEntry,
     Registry,
     build_registry,
     registry_marker,
@@ -340,7 +339,11 @@ class Intake:
         from the rolling-volume windows (``tracker.monitoring.rules.volume``) before the rows are built.
         """
         batch = JudgedBatch()
-        pending: list[tuple[IncomingReading, MonitorEntry, str, str, float, ChannelJudgement]] = []
+        # what the rows need once the rolling windows have settled, kept in the order of
+        # ``fresh`` and of each reading's values, which the second pass walks again (flat
+        # lists: no per-value record beyond the judgement itself)
+        states: list[str] = []
+        judgements: list[ChannelJudgement] = []
         rolling: dict[tuple[int, str], list[Sample]] = {}
         for r in fresh.values():
             entry = registry.by_id[r.monitor_id]
@@ -349,6 +352,7 @@ class Intake:
                 if entry.recovery_s
                 else self.room_states.state(entry.room_id, r.event_time)
             )
+            states.append(state)
             batch.raw_rows.append((r.monitor_id, r.seq, db_time(r.received_at), r.topic, r.payload, r.digest))
             batch.stamps.setdefault(r.monitor_id, []).append((r.event_time, r.received_at))
             if r.values.get("5.0", 0) > 0:
@@ -365,44 +369,48 @@ class Intake:
                     state=state,
                     volume_l=r.volume_l,
                 )
-                pending.append((r, entry, state, channel, value, judged))
+                judgements.append(judged)
                 if judged.sample is not None:
                     rolling.setdefault((r.monitor_id, channel), []).append(judged.sample)
         for (monitor_id, channel), samples in rolling.items():
             batch.rejudged += self.volume.settle(session, registry.by_id[monitor_id], channel, samples)
-        for r, entry, state, channel, value, judged in pending:
-            verdict = judged.final
-            batch.reading_rows.append(
-                (
-                    r.monitor_id,
-                    r.seq,
-                    channel,
-                    db_time(r.event_time),
-                    value,
-                    r.status,
-                    verdict.level.value,
-                    verdict.direction,
-                    state,
-                    entry.basis_id,
-                    judged.invalid,
-                    r.volume_l,
+        judged_values = iter(judgements)
+        for r, state in zip(fresh.values(), states, strict=True):
+            entry = registry.by_id[r.monitor_id]
+            event_time, hour = db_time(r.event_time), hour_of(r.event_time)
+            for channel, value in r.values.items():
+                judged = next(judged_values)
+                verdict = judged.final
+                batch.reading_rows.append(
+                    (
+                        r.monitor_id,
+                        r.seq,
+                        channel,
+                        event_time,
+                        value,
+                        r.status,
+                        verdict.level.value,
+                        verdict.direction,
+                        state,
+                        entry.basis_id,
+                        judged.invalid,
+                        r.volume_l,
+                    )
                 )
-            )
-            hour = hour_of(r.event_time)
-            acc = batch.hourly.get((r.monitor_id, channel, hour))
-            if acc is None:
-                acc = batch.hourly[(r.monitor_id, channel, hour)] = Acc()
-            acc.add(entry.kind, value, verdict.level.value)
-            batch.series.setdefault((r.monitor_id, channel), []).append(
-                Judged(
-                    at=r.event_time,
-                    value=value,
-                    level=verdict.level,
-                    direction=verdict.direction,
-                    bounds=judged.bounds,
-                    state=state,
+                acc = batch.hourly.get((r.monitor_id, channel, hour))
+                if acc is None:
+                    acc = batch.hourly[(r.monitor_id, channel, hour)] = Acc()
+                acc.add(entry.kind, value, verdict.level.value)
+                batch.series.setdefault((r.monitor_id, channel), []).append(
+                    Judged(
+                        at=r.event_time,
+                        value=value,
+                        level=verdict.level,
+                        direction=verdict.direction,
+                        bounds=judged.bounds,
+                        state=state,
+                    )
                 )
-            )
         return batch
 
     def _roll_up(self, session: Session, batch: JudgedBatch) -> None:
