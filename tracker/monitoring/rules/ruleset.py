@@ -31,7 +31,9 @@ class Rules:
     trend: TrendRule | None
     #: every rule, in the order it runs after a batch and after a re-evaluation: limit
     #: episodes first (they call the trend rule as alerts close), then gaps, recurrence and
-    #: recovery, which read only stored readings and their own excursion types
+    #: recovery, which read only stored readings and their own excursion types — so the order
+    #: only decides which new excursion gets the lower id: a monitor's recurrence before its
+    #: recovery, as ingest has always created them (tests compare lists ordered by start, id)
     all: tuple[Rule, ...]
 
 
