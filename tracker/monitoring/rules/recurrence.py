@@ -77,8 +77,8 @@ class RecurrenceRule:
     #: kept, as ``Intake.refresh`` has done since the rule was added — not shown to be safe:
     #: ``quiet`` says the last in-scope samples had no count, and a refresh can bring counted
     #: samples into scope (a backdated room state re-judging in-operation samples as at rest,
-    #: a tighter in-operation ≥5.0 µm limit), so a count-free batch may skip a look that would
-    #: have extended a recurrence; the next counted sample re-derives it exactly
+    #: a tighter in-operation ≥5.0 µm limit), so count-free batches may skip the looks that
+    #: would have extended a recurrence, which stays short unless a later look reaches it
     survives_refresh: ClassVar[bool] = True
 
     def __init__(self, *, consecutive: int = 2, of: int = 3, last: int = 10) -> None:
