@@ -10,8 +10,9 @@ are inserted, and stored episodes the full data no longer supports are marked
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from datetime import datetime
+from typing import TYPE_CHECKING, ClassVar
 
 from sqlalchemy import Column, Index, Text, func, or_
 from sqlmodel import Field, Session, SQLModel, select
@@ -27,6 +28,9 @@ from tracker.identity.users import Authenticated, require_role
 from tracker.monitoring.episodes import Episode, Judged, SeriesMachine, replay
 from tracker.monitoring.readings import Reading
 from tracker.monitoring.snapshot import MonitorEntry, Registry
+
+if TYPE_CHECKING:
+    from tracker.monitoring.rules.base import Reevaluation, StoredBatch
 
 LEVEL_ZH = {"alert": "警戒", "action": "纠偏"}
 SYSTEM_ACTOR = "system:ingest"
@@ -88,7 +92,15 @@ SeriesKey = tuple[int, str]
 
 
 class EpisodeBook:
-    """The live machines of every series this process has seen, and their persistence."""
+    """The live machines of every series this process has seen, and their persistence.
+
+    A ``Rule`` (``tracker.monitoring.rules.base``): limit episodes after each batch, replayed
+    series after re-evaluation.
+    """
+
+    #: no: the machines hold verdicts and bounds judged by the old limits and timeline, and a
+    #: backdated state change re-evaluated elsewhere has rewritten the episodes they feed
+    survives_refresh: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -102,14 +114,25 @@ class EpisodeBook:
         #: touched stored episodes (``None``): the adverse-trend rule re-derives then
         self.on_alert_closed = on_alert_closed
 
-    def forget(self, monitor_id: int | None = None) -> None:
-        """Drop in-memory state (after a rollback, or of one monitor another worker wrote):
+    def forget(self, monitor_ids: Collection[int] | None = None) -> None:
+        """Drop in-memory state (after a rollback, or of monitors another worker wrote):
         the next batch rebuilds it from the database."""
-        if monitor_id is None:
+        if monitor_ids is None:
             self.machines.clear()
             return
-        for key in [k for k in self.machines if k[0] == monitor_id]:
+        for key in [k for k in self.machines if k[0] in monitor_ids]:
             del self.machines[key]
+
+    def after_batch(self, session: Session, batch: StoredBatch) -> None:
+        """Advance the episodes of the batch's series (``process``)."""
+        self.process(
+            session, batch.registry, batch.series, now=batch.now, rejudged=batch.rejudged, newest=batch.newest
+        )
+
+    def after_reevaluation(self, session: Session, change: Reevaluation) -> None:
+        """Replay each series whose stored verdicts changed, from its first changed reading."""
+        for (monitor_id, channel), since in change.first_change.items():
+            self.rebuild(session, change.registry.by_id[monitor_id], channel, since, change.now)
 
     def process(
         self,

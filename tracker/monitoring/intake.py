@@ -20,10 +20,9 @@ from tracker.core.counters import bump
 from tracker.core.db import bulk_insert, time_param
 from tracker.core.partitions import PartitionKeeper
 from tracker.core.timeutil import utcnow
-from tracker.facility.limits import Level
 from tracker.facility.roomstate import RoomStates
 from tracker.monitoring.episodes import Judged
-from tracker.monitoring.excursions import EpisodeBook, Excursion
+from tracker.monitoring.excursions import Excursion
 from tracker.monitoring.ingest_state import (
     WriterGuard,
     defer_gap_check,
@@ -34,19 +33,16 @@ from tracker.monitoring.ingest_state import (
 from tracker.monitoring.quarantine import Rejection, quarantine_many
 from tracker.monitoring.readings import MonitorStatusEvent, RawMessage, Reading
 from tracker.monitoring.rollups import Acc, add_to_rollups, hour_of
-from tracker.monitoring.rules.gaps import GapBook
-from tracker.monitoring.rules.recovery import RecoveryRule
-from tracker.monitoring.rules.recurrence import RecurrenceRule
+from tracker.monitoring.rules.base import Rule, StoredBatch
+from tracker.monitoring.rules.ruleset import build_rules
 from tracker.monitoring.rules.trends import TrendRule
-from tracker.monitoring.rules.volume import (
-    Sample,
-    VolumeBook,
-    count_of,
-    single_count_exceeds,
-    store_changes,
-    volume_ul,
+from tracker.monitoring.rules.volume import Sample, store_changes
+from tracker.monitoring.snapshot import (
+    ChannelJudgement,
+    Registry,
+    build_registry,
+    registry_marker,
 )
-from tracker.monitoring.snapshot import Registry, build_registry, registry_marker
 
 SEQ_CONFLICT = "seq_conflict"
 #: a data gap found while another worker writes the monitor is checked again this much later,
@@ -119,17 +115,15 @@ class Intake:
         self.guard = WriterGuard(writer)
         self.registry: Registry | None = None
         self.room_states = RoomStates()
-        self.trend = trend or TrendRule()
-        self.recurrence = RecurrenceRule()
-        self.volume = VolumeBook()
-        self.recovery = RecoveryRule()
+        rules = build_rules(close_after=close_after, gap_factor=gap_factor, trend=trend or TrendRule())
+        #: every rule (``tracker.monitoring.rules.base.Rule``): forgotten, run after each batch
+        #: and refreshed through this tuple only
+        self.rules: tuple[Rule, ...] = rules.all
+        #: the rules also called directly: episodes (the bench), gaps (silence checks),
+        #: rolling windows (while judging)
+        self.book, self.gaps, self.volume = rules.episodes, rules.gaps, rules.volume
         #: highest stored seq per monitor (dedupe fast path); cleared with ``forget``
         self.highest_seq: dict[int, int] = {}
-        self.book = EpisodeBook(
-            close_after=close_after,
-            on_alert_closed=lambda session, entry, _ep, now: self.trend.on_alert_closed(session, entry, now),
-        )
-        self.gaps = GapBook(gap_factor=gap_factor)
         #: months that have a partition of ``reading`` (PostgreSQL; a no-op on SQLite)
         self.partitions = PartitionKeeper()
 
@@ -138,16 +132,19 @@ class Intake:
         if self.registry is None or self.registry.marker != registry_marker(session):
             self.registry = build_registry(session)
             self.room_states = RoomStates()  # a new facility revision may change what contains what
-            self.book.forget()
-            self.volume.forget()
-            self.recovery.forget()
+            self._forget_on_refresh()
         if self.room_states.refresh(session):
             # a state change (possibly backdated, with re-evaluated episodes): rebuild the
-            # episode machines from the database rather than trust the in-memory ones
-            self.book.forget()
-            self.volume.forget()
-            self.recovery.forget()
+            # rules' state from the database rather than trust the in-memory one
+            self._forget_on_refresh()
         return self.registry
+
+    def _forget_on_refresh(self) -> None:
+        """A new snapshot or timeline: forget the rules whose state it may invalidate (each
+        rule's ``survives_refresh`` says why it may keep its own)."""
+        for rule in self.rules:
+            if not rule.survives_refresh:
+                rule.forget()
 
     def check_silence(self, session: Session, *, now: datetime | None = None) -> int:
         """Open wall-clock gaps for live monitors that have gone quiet.
@@ -197,11 +194,8 @@ class Intake:
     def forget(self) -> None:
         """After a rolled-back batch: in-memory state may be ahead of the database (episode
         machines, evaluation-basis rows created in the rolled-back transaction)."""
-        self.book.forget()
-        self.gaps.forget()
-        self.recurrence.forget()
-        self.volume.forget()
-        self.recovery.forget()
+        for rule in self.rules:
+            rule.forget()
         self.highest_seq.clear()
         self.guard.forget()
         self.partitions.forget()
@@ -209,12 +203,11 @@ class Intake:
 
     def _forget_monitors(self, monitor_ids: set[int]) -> None:
         """Another worker wrote these monitors since this one did: rebuild from the database."""
+        if not monitor_ids:
+            return  # the common case: nothing to scan
+        for rule in self.rules:
+            rule.forget(monitor_ids)
         for monitor_id in monitor_ids:
-            self.book.forget(monitor_id)
-            self.gaps.forget(monitor_id)
-            self.recurrence.forget(monitor_id)
-            self.volume.forget(monitor_id)
-            self.recovery.forget(monitor_id)
             self.highest_seq.pop(monitor_id, None)
 
     def _stored_digests(
@@ -346,7 +339,11 @@ class Intake:
         from the rolling-volume windows (``tracker.monitoring.rules.volume``) before the rows are built.
         """
         batch = JudgedBatch()
-        pending: list[list] = []
+        # what the rows need once the rolling windows have settled, kept in the order of
+        # ``fresh`` and of each reading's values, which the second pass walks again (flat
+        # lists: no per-value record beyond the judgement itself)
+        states: list[str] = []
+        judgements: list[ChannelJudgement] = []
         rolling: dict[tuple[int, str], list[Sample]] = {}
         for r in fresh.values():
             entry = registry.by_id[r.monitor_id]
@@ -355,6 +352,7 @@ class Intake:
                 if entry.recovery_s
                 else self.room_states.state(entry.room_id, r.event_time)
             )
+            states.append(state)
             batch.raw_rows.append((r.monitor_id, r.seq, db_time(r.received_at), r.topic, r.payload, r.digest))
             batch.stamps.setdefault(r.monitor_id, []).append((r.event_time, r.received_at))
             if r.values.get("5.0", 0) > 0:
@@ -362,65 +360,57 @@ class Intake:
             if r.seq < self.highest_seq.get(r.monitor_id, -1):
                 batch.late.add(r.monitor_id)
             for channel, value in r.values.items():
-                verdict, invalid, bounds = entry.judge(
-                    channel, value, r.status, r.event_time, state, r.volume_l
+                judged = entry.judge(
+                    channel,
+                    value,
+                    status=r.status,
+                    at=r.event_time,
+                    seq=r.seq,
+                    state=state,
+                    volume_l=r.volume_l,
                 )
-                item = [r, entry, channel, value, state, verdict, invalid, bounds]
-                pending.append(item)
-                if (
-                    invalid is None
-                    and single_count_exceeds(bounds, r.volume_l)
-                    and (verdict.level is not Level.NOT_EVALUATED)
-                ):
-                    rolling.setdefault((r.monitor_id, channel), []).append(
-                        Sample(
-                            at=r.event_time,
-                            seq=r.seq,
-                            count=count_of(value, r.volume_l),
-                            volume_ul=volume_ul(r.volume_l),
-                            limit=bounds.action_high,
-                            verdict=verdict,
-                            rolling=True,
-                        )
-                    )
-                    item.append(rolling[(r.monitor_id, channel)][-1])
+                judgements.append(judged)
+                if judged.sample is not None:
+                    rolling.setdefault((r.monitor_id, channel), []).append(judged.sample)
         for (monitor_id, channel), samples in rolling.items():
             batch.rejudged += self.volume.settle(session, registry.by_id[monitor_id], channel, samples)
-        for item in pending:
-            r, entry, channel, value, state, verdict, invalid, bounds = item[:8]
-            if len(item) > 8:
-                verdict = item[8].verdict
-            batch.reading_rows.append(
-                (
-                    r.monitor_id,
-                    r.seq,
-                    channel,
-                    db_time(r.event_time),
-                    value,
-                    r.status,
-                    verdict.level.value,
-                    verdict.direction,
-                    state,
-                    entry.basis_id,
-                    invalid,
-                    r.volume_l,
+        judged_values = iter(judgements)
+        for r, state in zip(fresh.values(), states, strict=True):
+            entry = registry.by_id[r.monitor_id]
+            event_time, hour = db_time(r.event_time), hour_of(r.event_time)
+            for channel, value in r.values.items():
+                judged = next(judged_values)
+                verdict = judged.final
+                batch.reading_rows.append(
+                    (
+                        r.monitor_id,
+                        r.seq,
+                        channel,
+                        event_time,
+                        value,
+                        r.status,
+                        verdict.level.value,
+                        verdict.direction,
+                        state,
+                        entry.basis_id,
+                        judged.invalid,
+                        r.volume_l,
+                    )
                 )
-            )
-            hour = hour_of(r.event_time)
-            acc = batch.hourly.get((r.monitor_id, channel, hour))
-            if acc is None:
-                acc = batch.hourly[(r.monitor_id, channel, hour)] = Acc()
-            acc.add(entry.kind, value, verdict.level.value)
-            batch.series.setdefault((r.monitor_id, channel), []).append(
-                Judged(
-                    at=r.event_time,
-                    value=value,
-                    level=verdict.level,
-                    direction=verdict.direction,
-                    bounds=bounds,
-                    state=state,
+                acc = batch.hourly.get((r.monitor_id, channel, hour))
+                if acc is None:
+                    acc = batch.hourly[(r.monitor_id, channel, hour)] = Acc()
+                acc.add(entry.kind, value, verdict.level.value)
+                batch.series.setdefault((r.monitor_id, channel), []).append(
+                    Judged(
+                        at=r.event_time,
+                        value=value,
+                        level=verdict.level,
+                        direction=verdict.direction,
+                        bounds=judged.bounds,
+                        state=state,
+                    )
                 )
-            )
         return batch
 
     def _roll_up(self, session: Session, batch: JudgedBatch) -> None:
@@ -435,38 +425,23 @@ class Intake:
         statuses: list[IncomingStatus],
         now: datetime,
     ) -> None:
-        """Limit episodes, data gaps, ≥5.0 µm recurrence, recovery and offline statuses."""
-        self.book.process(
-            session,
-            registry,
-            batch.series,
+        """Every rule, in its order (``Rules.all``), on the batch just stored."""
+        stored = StoredBatch(
+            registry=registry,
+            rooms=self.room_states,
             now=now,
+            series=batch.series,
+            stamps=batch.stamps,
+            counted=batch.counted,
+            late=batch.late,
             rejudged={(c["m"], c["c"]) for c in batch.rejudged},
-            newest=self.guard.newest,
-        )
-        self.gaps.after_readings(
-            session,
-            registry,
-            self.room_states,
-            batch.stamps,
-            now,
+            offline=[(st.monitor_id, st.received_at) for st in statuses if not st.online],
             newest=self.guard.newest,
             shared=self.guard.shared,
             defer=lambda m, first, last: defer_gap_check(session, m, first, last, now + GAP_SETTLE),
         )
-        for monitor_id, times in batch.stamps.items():
-            entry = registry.by_id[monitor_id]
-            if self.recurrence.applies(entry) and self.recurrence.needs_look(
-                monitor_id, monitor_id in batch.counted or monitor_id in batch.late
-            ):
-                self.recurrence.after_readings(
-                    session, entry, self.room_states, min(t for t, _ in times), max(t for t, _ in times), now
-                )
-            if entry.recovery_s:
-                self.recovery.after_readings(session, entry, self.room_states, (t for t, _ in times), now)
-        for st in statuses:
-            if not st.online:
-                self.gaps.offline(session, registry, self.room_states, st.monitor_id, st.received_at, now)
+        for rule in self.rules:
+            rule.after_batch(session, stored)
 
 
 @dataclass

@@ -17,24 +17,15 @@ from sqlmodel import Session, select
 
 from tracker.core import audit
 from tracker.core.timeutil import utcnow
-from tracker.facility.limits import STATES, Level
+from tracker.facility.limits import STATES
 from tracker.facility.models import Monitor, Room, find_room
 from tracker.facility.roomstate import RoomStates, set_room_state
-from tracker.monitoring.excursions import EpisodeBook
 from tracker.monitoring.readings import Reading
 from tracker.monitoring.rollups import rebuild_rollups
-from tracker.monitoring.rules.recovery import RecoveryRule
-from tracker.monitoring.rules.recurrence import CHANNEL as RECURRENCE_CHANNEL
-from tracker.monitoring.rules.recurrence import RecurrenceRule
-from tracker.monitoring.rules.volume import (
-    Sample,
-    VolumeBook,
-    count_of,
-    single_count_exceeds,
-    store_changes,
-    volume_ul,
-)
-from tracker.monitoring.snapshot import build_registry
+from tracker.monitoring.rules.base import Reevaluation
+from tracker.monitoring.rules.ruleset import build_rules
+from tracker.monitoring.rules.volume import Sample, single_count_exceeds, store_changes
+from tracker.monitoring.snapshot import ChannelJudgement, MonitorEntry, build_registry
 
 
 @dataclass(frozen=True)
@@ -89,7 +80,7 @@ def reevaluate(
     first_change: dict[tuple[int, str], datetime] = {}
     max_changed: datetime | None = None
     checked = 0
-    judged: list[tuple] = []
+    judged: list[tuple[Reading, MonitorEntry, str, ChannelJudgement]] = []
     rolling: dict[tuple[int, str], list[Sample]] = {}
     volumes: dict[tuple[int, str], set[float]] = {}
     for r in session.exec(query):
@@ -97,30 +88,21 @@ def reevaluate(
         entry = registry.by_id[r.monitor_id]
         state = states.judging_state(entry.room_id, r.event_time, entry.recovery_s)
         volume_l = (r.sample_volume_l or entry.sample_volume_l) if entry.kind == "particles" else None
-        verdict, invalid, bounds = entry.judge(r.channel, r.value, r.status, r.event_time, state, volume_l)
-        sample = None
+        judgement = entry.judge(
+            r.channel, r.value, status=r.status, at=r.event_time, seq=r.seq, state=state, volume_l=volume_l
+        )
         if volume_l:
             volumes.setdefault((r.monitor_id, r.channel), set()).add(volume_l)
-            if (
-                invalid is None
-                and single_count_exceeds(bounds, volume_l)
-                and (verdict.level is not Level.NOT_EVALUATED)
-            ):
-                sample = Sample(
-                    at=r.event_time,
-                    seq=r.seq,
-                    count=count_of(r.value, volume_l),
-                    volume_ul=volume_ul(volume_l),
-                    limit=bounds.action_high,
-                    verdict=verdict,
-                    rolling=True,
-                )
-                rolling.setdefault((r.monitor_id, r.channel), []).append(sample)
-        judged.append((r, entry, state, verdict, invalid, sample))
+        if judgement.sample is not None:
+            rolling.setdefault((r.monitor_id, r.channel), []).append(judgement.sample)
+        judged.append((r, entry, state, judgement))
     # the rolling-volume verdicts, and those of later stored samples whose window holds a
     # sample of this window (tracker.monitoring.rules.volume)
     later: list[dict] = []
-    windows = VolumeBook()
+    # fresh rules: their in-memory state is no help here, where every series is replayed;
+    # no trend rule, as ever (see TrendRule.after_reevaluation)
+    rules = build_rules(close_after=close_after)
+    windows = rules.volume
     for (monitor_id, channel), seen in volumes.items():
         entry = registry.by_id[monitor_id]
         limits = {
@@ -137,9 +119,8 @@ def reevaluate(
             session, entry, channel, samples, since=start, boundary=(stop, -1), limits=limits, skip_until=stop
         )
         later += found
-    for r, entry, state, verdict, invalid, sample in judged:
-        if sample is not None:
-            verdict = sample.verdict
+    for r, entry, state, judgement in judged:
+        verdict, invalid = judgement.final, judgement.invalid
         if (r.level, r.direction, r.state, r.basis_id, r.invalid_reason) == (
             verdict.level.value,
             verdict.direction,
@@ -198,18 +179,19 @@ def reevaluate(
         for c in later:
             key = (c["m"], c["c"])
             first_change[key] = min(first_change.get(key, c["at"]), c["at"])
-    book = EpisodeBook(close_after=close_after)
     now = utcnow()
-    for (monitor_id, channel), since in first_change.items():
-        book.rebuild(session, registry.by_id[monitor_id], channel, since, now)
-    recovery = RecoveryRule()
-    for monitor_id in monitor_ids:
-        recovery.rederive_range(session, registry.by_id[monitor_id], states, start, end, now)
-    recurrence = RecurrenceRule()
-    for (monitor_id, channel), since in first_change.items():
-        entry = registry.by_id[monitor_id]
-        if channel == RECURRENCE_CHANNEL and recurrence.applies(entry):
-            recurrence.after_readings(session, entry, states, since, max(max_changed or since, since), now)
+    change = Reevaluation(
+        registry=registry,
+        rooms=states,
+        now=now,
+        monitor_ids=monitor_ids,
+        start=start,
+        end=end,
+        first_change=first_change,
+        last_change=max_changed,
+    )
+    for rule in rules.all:
+        rule.after_reevaluation(session, change)
     audit.record(
         session,
         actor=actor,

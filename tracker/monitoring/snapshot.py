@@ -17,13 +17,44 @@ from tracker.facility.inhibits import Inhibit, windows_by_monitor
 from tracker.facility.limits import (
     INVALID,
     Bounds,
+    Level,
     MonitorLimits,
     Verdict,
     evaluate,
     load_limit_set,
 )
 from tracker.facility.models import Site, resolved_monitors
-from tracker.monitoring.rules.volume import UL_PER_M3, cap_single
+from tracker.monitoring.rules.volume import (
+    UL_PER_M3,
+    Sample,
+    cap_single,
+    count_of,
+    single_count_exceeds,
+    volume_ul,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelJudgement:
+    """One channel value judged by its room's state at its time: what ingest stores and what
+    re-evaluation compares with the stored row (``MonitorEntry.judge`` makes both).
+
+    A particle sample too small to resolve its action limit also carries its rolling-volume
+    ``sample``: the window pass of ``tracker.monitoring.rules.volume`` replaces the sample's
+    verdict with the final one, so the verdict to store is ``final``, read after that pass.
+    """
+
+    #: the per-sample verdict (a too-small sample is at most an alert on its own)
+    verdict: Verdict
+    #: why the reading proves nothing (``MonitorEntry.invalid_reason``), or ``None``
+    invalid: str | None
+    bounds: Bounds | None
+    sample: Sample | None = None
+
+    @property
+    def final(self) -> Verdict:
+        """The verdict to store: the rolling window's for a too-small sample, else ``verdict``."""
+        return self.verdict if self.sample is None else self.sample.verdict
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,21 +100,44 @@ class MonitorEntry:
         return None
 
     def judge(
-        self, channel: str, value: float, status: str, at: datetime, state: str, volume_l: float | None = None
-    ) -> tuple[Verdict, str | None, Bounds | None]:
-        """Verdict of one reading for the room state at its time; invalid ones are not judged.
+        self,
+        channel: str,
+        value: float,
+        *,
+        status: str,
+        at: datetime,
+        seq: int,
+        state: str,
+        volume_l: float | None,
+    ) -> ChannelJudgement:
+        """Judge one channel value by the limits of ``state``; invalid ones are not judged.
 
         A particle sample in which one count already exceeds the action limit is at most an
-        alert here: the rolling-volume test of ``tracker.monitoring.rules.volume`` decides action.
+        alert here and joins its series' rolling-volume window (``sample``): the window test of
+        ``tracker.monitoring.rules.volume`` decides action. Ingest and re-evaluation both judge
+        here, so a stored verdict and its re-evaluation cannot drift apart.
         """
         bounds = self.limits.for_reading(channel, state)
         reason = self.invalid_reason(value, status, at)
         if reason is not None:
-            return INVALID, reason, bounds
+            return ChannelJudgement(INVALID, reason, bounds)
         verdict = evaluate(value, bounds)
-        if volume_l is not None:
-            verdict = cap_single(verdict, bounds, volume_l)
-        return verdict, None, bounds
+        if not volume_l or not single_count_exceeds(bounds, volume_l):
+            return ChannelJudgement(verdict, None, bounds)
+        assert bounds is not None  # single_count_exceeds needs an action limit
+        verdict = cap_single(verdict, bounds, volume_l)
+        if verdict.level is Level.NOT_EVALUATED:
+            return ChannelJudgement(verdict, None, bounds)
+        sample = Sample(
+            at=at,
+            seq=seq,
+            count=count_of(value, volume_l),
+            volume_ul=volume_ul(volume_l),
+            limit=bounds.action_high,
+            verdict=verdict,
+            rolling=True,
+        )
+        return ChannelJudgement(verdict, None, bounds, sample)
 
 
 @dataclass(frozen=True)

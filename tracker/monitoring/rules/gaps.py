@@ -17,10 +17,11 @@ updated in place, inserted, or superseded (audited) — never deleted.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from itertools import pairwise
+from typing import TYPE_CHECKING, ClassVar
 
 from sqlalchemy import exists
 from sqlalchemy import select as core_select
@@ -31,6 +32,9 @@ from tracker.facility.roomstate import RoomStates
 from tracker.monitoring.excursions import SYSTEM_ACTOR, Excursion
 from tracker.monitoring.readings import Reading
 from tracker.monitoring.snapshot import MonitorEntry, Registry
+
+if TYPE_CHECKING:
+    from tracker.monitoring.rules.base import Reevaluation, StoredBatch
 
 GAP_REASON = "readings received later (backfill) fill this period"
 
@@ -77,7 +81,12 @@ def _level(entry: MonitorEntry) -> str:
 
 
 class GapBook:
-    """Gap detection for one ingest worker."""
+    """Gap detection for one ingest worker (a ``Rule``, ``tracker.monitoring.rules.base``)."""
+
+    #: yes: ``latest`` and ``open_gaps`` are facts about stored reading times and the gaps
+    #: this worker opened, which neither limits, inhibits nor room states change (the
+    #: threshold is taken from the current snapshot at each use)
+    survives_refresh: ClassVar[bool] = True
 
     def __init__(self, *, gap_factor: float = 3.0) -> None:
         self.gap_factor = gap_factor
@@ -86,13 +95,32 @@ class GapBook:
         #: monitors with a gap opened by this worker that readings have not closed yet
         self.open_gaps: set[int] = set()
 
-    def forget(self, monitor_id: int | None = None) -> None:
-        if monitor_id is None:
+    def forget(self, monitor_ids: Collection[int] | None = None) -> None:
+        if monitor_ids is None:
             self.latest.clear()
             self.open_gaps.clear()
-        else:
+            return
+        for monitor_id in monitor_ids:
             self.latest.pop(monitor_id, None)
             self.open_gaps.discard(monitor_id)
+
+    def after_batch(self, session: Session, batch: StoredBatch) -> None:
+        """The gaps around the batch's readings, then a gap for each offline status."""
+        self.after_readings(
+            session,
+            batch.registry,
+            batch.rooms,
+            batch.stamps,
+            batch.now,
+            newest=batch.newest,
+            shared=batch.shared,
+            defer=batch.defer,
+        )
+        for monitor_id, received_at in batch.offline:
+            self.offline(session, batch.registry, batch.rooms, monitor_id, received_at, batch.now)
+
+    def after_reevaluation(self, session: Session, change: Reevaluation) -> None:
+        """Nothing: gaps follow reading times, and re-evaluation changes only verdicts."""
 
     def after_readings(
         self,

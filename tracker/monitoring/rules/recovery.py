@@ -23,9 +23,10 @@ boundaries and re-evaluation give the same result; stored excursions are reconci
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, ClassVar
 
 from sqlalchemy import select, tuple_
 from sqlmodel import Session
@@ -37,6 +38,9 @@ from tracker.facility.roomstate import RoomStates
 from tracker.monitoring.excursions import SYSTEM_ACTOR, Excursion, excursion_shape, supersede_excursion
 from tracker.monitoring.readings import Reading
 from tracker.monitoring.snapshot import MonitorEntry
+
+if TYPE_CHECKING:
+    from tracker.monitoring.rules.base import Reevaluation, StoredBatch
 
 RESHAPE_REASON = (
     "re-derived from the stored at-rest judgements after the operation "
@@ -111,19 +115,38 @@ def group_judgements(rows: Iterable[tuple]) -> list[Judgement]:
 
 
 class RecoveryRule:
-    """Recovery excursions of particle monitors, re-derived around new at-rest samples."""
+    """Recovery excursions of particle monitors, re-derived around new at-rest samples (a
+    ``Rule``, ``tracker.monitoring.rules.base``)."""
+
+    #: no: ``settled`` is keyed by the end of an operation and decided by stored verdicts,
+    #: which a new timeline or recovery window (``[rules] recovery_min``) moves or re-judges
+    survives_refresh: ClassVar[bool] = False
 
     def __init__(self) -> None:
         #: (monitor, end of operation) → time of the sample that settled its recovery:
         #: samples after it cannot change the outcome, so they cost no query
         self.settled: dict[tuple[int, datetime], datetime] = {}
 
-    def forget(self, monitor_id: int | None = None) -> None:
-        if monitor_id is None:
+    def forget(self, monitor_ids: Collection[int] | None = None) -> None:
+        if monitor_ids is None:
             self.settled.clear()
             return
-        for key in [k for k in self.settled if k[0] == monitor_id]:
+        for key in [k for k in self.settled if k[0] in monitor_ids]:
             del self.settled[key]
+
+    def after_batch(self, session: Session, batch: StoredBatch) -> None:
+        """The recoveries the batch's samples may decide, for monitors with a recovery window."""
+        for monitor_id, times in batch.stamps.items():
+            entry = batch.registry.by_id[monitor_id]
+            if entry.recovery_s:
+                self.after_readings(session, entry, batch.rooms, (t for t, _ in times), batch.now)
+
+    def after_reevaluation(self, session: Session, change: Reevaluation) -> None:
+        """Every recovery of the re-judged rooms' monitors overlapping the period."""
+        for monitor_id in change.monitor_ids:
+            self.rederive_range(
+                session, change.registry.by_id[monitor_id], change.rooms, change.start, change.end, change.now
+            )
 
     def after_readings(
         self,

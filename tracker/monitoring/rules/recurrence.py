@@ -11,9 +11,10 @@ from the first counted sample of its window to the last sample that kept trigger
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TYPE_CHECKING, ClassVar
 
 from sqlmodel import Session, select
 
@@ -29,6 +30,9 @@ from tracker.monitoring.excursions import (
 )
 from tracker.monitoring.readings import Reading
 from tracker.monitoring.snapshot import MonitorEntry
+
+if TYPE_CHECKING:
+    from tracker.monitoring.rules.base import Reevaluation, StoredBatch
 
 CHANNEL = "5.0"
 GRADES = ("A", "B")
@@ -67,16 +71,57 @@ def recurrence_spans(
 
 
 class RecurrenceRule:
+    """Recurrences re-derived around new or re-judged ≥5.0 µm samples (a ``Rule``,
+    ``tracker.monitoring.rules.base``)."""
+
+    #: kept, as ``Intake.refresh`` has done since the rule was added — not shown to be safe:
+    #: ``quiet`` says the last in-scope samples had no count, and a refresh can bring counted
+    #: samples into scope (a backdated room state re-judging in-operation samples as at rest,
+    #: a tighter in-operation ≥5.0 µm limit), so count-free batches may skip the looks that
+    #: would have extended a recurrence, which stays short unless a later look reaches it
+    survives_refresh: ClassVar[bool] = True
+
     def __init__(self, *, consecutive: int = 2, of: int = 3, last: int = 10) -> None:
         self.consecutive, self.of, self.last = consecutive, of, last
         #: monitors whose recent samples had no count: a batch without counts needs no query
         self.quiet: set[int] = set()
 
-    def forget(self, monitor_id: int | None = None) -> None:
-        if monitor_id is None:
+    def forget(self, monitor_ids: Collection[int] | None = None) -> None:
+        if monitor_ids is None:
             self.quiet.clear()
         else:
-            self.quiet.discard(monitor_id)
+            self.quiet.difference_update(monitor_ids)
+
+    def after_batch(self, session: Session, batch: StoredBatch) -> None:
+        """Look at each monitor in scope unless it is quiet and the batch brings no count
+        and no late sample."""
+        for monitor_id, times in batch.stamps.items():
+            entry = batch.registry.by_id[monitor_id]
+            if self.applies(entry) and self.needs_look(
+                monitor_id, monitor_id in batch.counted or monitor_id in batch.late
+            ):
+                self.after_readings(
+                    session,
+                    entry,
+                    batch.rooms,
+                    min(t for t, _ in times),
+                    max(t for t, _ in times),
+                    batch.now,
+                )
+
+    def after_reevaluation(self, session: Session, change: Reevaluation) -> None:
+        """Re-derive around each changed ≥5.0 µm series in scope."""
+        for (monitor_id, channel), since in change.first_change.items():
+            entry = change.registry.by_id[monitor_id]
+            if channel == CHANNEL and self.applies(entry):
+                self.after_readings(
+                    session,
+                    entry,
+                    change.rooms,
+                    since,
+                    max(change.last_change or since, since),
+                    change.now,
+                )
 
     def needs_look(self, monitor_id: int, any_count: bool) -> bool:
         if any_count:

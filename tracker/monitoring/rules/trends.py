@@ -15,9 +15,10 @@ the order in which episodes close — late data, or several ingest workers — d
 from __future__ import annotations
 
 import bisect
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, ClassVar
 
 from sqlmodel import Session, select
 
@@ -30,6 +31,9 @@ from tracker.monitoring.excursions import (
     supersede_excursion,
 )
 from tracker.monitoring.snapshot import MonitorEntry
+
+if TYPE_CHECKING:
+    from tracker.monitoring.rules.base import Reevaluation, StoredBatch
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,9 +67,27 @@ def trend_spans(alerts: Sequence[tuple[datetime, str]], *, n: int, window: timed
 
 
 class TrendRule:
+    """Adverse trends, re-derived from the stored alert excursions whenever the episode book
+    reports an alert closed or a replay (``on_alert_closed``). A ``Rule``
+    (``tracker.monitoring.rules.base``) without state and without work of its own."""
+
+    #: yes: no in-memory state
+    survives_refresh: ClassVar[bool] = True
+
     def __init__(self, *, alerts: int = 3, window: timedelta = timedelta(hours=24)) -> None:
         self.alerts = alerts
         self.window = window
+
+    def forget(self, monitor_ids: Collection[int] | None = None) -> None:
+        """Nothing to forget."""
+
+    def after_batch(self, session: Session, batch: StoredBatch) -> None:
+        """Nothing: the episode book calls ``on_alert_closed`` while it advances the batch."""
+
+    def after_reevaluation(self, session: Session, change: Reevaluation) -> None:
+        """Nothing, as re-evaluation has always run: its episode book has no trend callback,
+        so trends follow re-judged alert episodes only at the monitor's next alert or replay
+        in ingest (``rules.ruleset.build_rules`` with ``trend=None``)."""
 
     def on_alert_closed(self, session: Session, entry: MonitorEntry, now: datetime) -> None:
         """Re-derive the monitor's adverse trends after its alert episodes changed."""

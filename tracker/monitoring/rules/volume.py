@@ -24,10 +24,10 @@ volume; volumes in µL), so window sums are exact however long a series runs.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 from sqlalchemy import bindparam, select, tuple_, update
 from sqlmodel import Session
@@ -37,6 +37,7 @@ from tracker.monitoring.readings import Reading
 from tracker.monitoring.rollups import rebuild_rollups
 
 if TYPE_CHECKING:
+    from tracker.monitoring.rules.base import Reevaluation, StoredBatch
     from tracker.monitoring.snapshot import MonitorEntry
 
 UL_PER_M3 = 1_000_000_000
@@ -162,17 +163,30 @@ class VolumeBook:
     series from the stored samples: the windows are seeded from the samples before the
     first new one, and the stored samples after it whose window contains a new one are
     judged again (their changed verdicts are returned for the caller to store).
+
+    A ``Rule`` (``tracker.monitoring.rules.base``) for its state only: it acts while a batch
+    or a re-evaluation is judged (``settle``, ``replay``), before the verdicts are written.
     """
+
+    #: no: the windows are keyed by the action limits of the old snapshot and hold samples
+    #: whose state and verdict a backdated state change may have re-judged elsewhere
+    survives_refresh: ClassVar[bool] = False
 
     def __init__(self) -> None:
         self.series: dict[tuple[int, str], _Series] = {}
 
-    def forget(self, monitor_id: int | None = None) -> None:
-        if monitor_id is None:
+    def forget(self, monitor_ids: Collection[int] | None = None) -> None:
+        if monitor_ids is None:
             self.series.clear()
             return
-        for key in [k for k in self.series if k[0] == monitor_id]:
+        for key in [k for k in self.series if k[0] in monitor_ids]:
             del self.series[key]
+
+    def after_batch(self, session: Session, batch: StoredBatch) -> None:
+        """Nothing: the batch's samples got their rolling verdicts while it was judged."""
+
+    def after_reevaluation(self, session: Session, change: Reevaluation) -> None:
+        """Nothing: re-evaluation replays the windows while it judges (``replay``)."""
 
     def settle(
         self, session: Session, entry: MonitorEntry, channel: str, samples: list[Sample]
