@@ -20,8 +20,9 @@ from tracker.monitoring.readings import Reading
 from tracker.quality import deviations as dv
 from tracker.quality.batches.integrity import all_signature_checks, integrity_problems
 from tracker.quality.batches.linking import decide_link, links_of, raise_deviation, sync_links
-from tracker.quality.batches.release import batch_report, gate_reasons, qa_review, release, sign_production
+from tracker.quality.batches.release import gate_reasons, qa_review, release, sign_production
 from tracker.quality.batches.steps import complete_batch, create_batch, end_step, get_batch, start_step
+from tracker.quality.batches.views import batch_report
 from tracker.wire.broker import LocalBroker
 
 

@@ -63,3 +63,37 @@ def test_ids_beyond_an_integer_column_answer_422_not_500(web_app) -> None:
     page, csrf = browser(web_app, "qa1")
     r = page.post(f"/excursions/{2**31}/acknowledge", data={"comment": "x", "csrf_token": csrf})
     assert r.status_code == 303, r.text[:300]  # a form refused: back with a message, no 500
+
+
+def test_every_json_response_of_every_api_route_has_a_schema(web_app) -> None:
+    """Typed API documents: each 2xx JSON answer of each ``/api/v1`` route is described in
+    ``/openapi.json`` by a schema with its fields (not ``{}``, not a bare object), so a client
+    reads the fields from the schema instead of from the code."""
+    from tracker.web.access import ACCESS
+
+    doc = TestClient(web_app).get("/openapi.json").json()
+    components = doc["components"]["schemas"]
+
+    def resolve(schema: dict) -> dict:
+        while "$ref" in schema:
+            schema = components[schema["$ref"].rsplit("/", 1)[1]]
+        return schema
+
+    described, bare = set(), []
+    for path, operations in doc["paths"].items():
+        for method, operation in operations.items():
+            route = f"{method.upper()} {path}"
+            answers = {code: r for code, r in operation["responses"].items() if code.startswith("2")}
+            assert answers, f"{route}: no success response"
+            for code, answer in answers.items():
+                schema = answer.get("content", {}).get("application/json", {}).get("schema", {})
+                body = resolve(schema)
+                if body.get("type") == "array":
+                    body = resolve(body.get("items", {}))
+                if not body.get("properties"):
+                    bare.append(f"{route} {code}: {schema}")
+            described.add(route)
+    assert bare == []
+    api_routes = {key for key in ACCESS if key.split(" ", 1)[1].startswith("/api/")}
+    assert len(api_routes) >= 33
+    assert sorted(api_routes - described) == []  # every API route is in the document

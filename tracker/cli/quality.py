@@ -362,13 +362,10 @@ def batch_assess(
 def batch_list(
     json_out: JsonOpt = False, status: Annotated[str | None, typer.Option()] = None, db: DbOpt = None
 ) -> None:
-    from tracker.quality.batches.steps import list_batches
+    from tracker.quality.batches.views import batch_summaries
 
     with unit_of_work(engine_for(db)) as session:
-        rows = [
-            {"number": b.number, "product": b.product, "donor_id": b.donor_id, "status": b.status}
-            for b in list_batches(session, status=status)
-        ]
+        rows = batch_summaries(session, status=status)
     if json_out:
         print_json(rows)
         return
@@ -383,11 +380,14 @@ def batch_list(
 @batch_app.command("show")
 def batch_show(number: str, json_out: JsonOpt = False, db: DbOpt = None) -> None:
     """The batch for review: steps, flags, review by exception, deviations, signatures, gate."""
-    from tracker.quality.batches.release import batch_report
+    from tracker.quality.batches.linking import sync_links
     from tracker.quality.batches.steps import get_batch
+    from tracker.quality.batches.views import batch_report
 
     with unit_of_work(engine_for(db)) as session:
-        report = batch_report(session, get_batch(session, number))
+        batch = get_batch(session, number)
+        sync_links(session, batch=batch)  # reading proposes links (docs/quality.md, known limits)
+        report = batch_report(session, batch)
     if json_out:
         print_json(report)
         return
@@ -460,32 +460,16 @@ def link_list(
     db: DbOpt = None,
 ) -> None:
     """Proposed and decided exposure links (the list is brought up to date first)."""
-    from sqlmodel import select
-
     from tracker.quality.batches.linking import sync_links
-    from tracker.quality.batches.models import Batch, ExcursionLink
     from tracker.quality.batches.steps import get_batch
+    from tracker.quality.batches.views import exposure_links
 
     with unit_of_work(engine_for(db)) as session:
         chosen = get_batch(session, batch) if batch else None
         sync_links(session, batch=chosen)
-        query = select(ExcursionLink, Batch).join(Batch, Batch.id == ExcursionLink.batch_id)
-        if chosen:
-            query = query.where(ExcursionLink.batch_id == chosen.id)
-        if pending:
-            query = query.where(ExcursionLink.status == "proposed")
-        rows = [
-            {
-                "id": link.id,
-                "batch": b.number,
-                "step": link.step_id,
-                "excursion": link.excursion_id,
-                "status": link.status,
-                "decided_by": link.decided_by,
-                "reason": link.reason,
-            }
-            for link, b in session.exec(query.order_by(ExcursionLink.id)).all()
-        ]
+        links = exposure_links(session, batch=chosen, status="proposed" if pending else None)
+    keys = ("id", "batch", "step", "excursion", "status", "decided_by", "reason")
+    rows = [{key: link[key] for key in keys} for link in links]
     if json_out:
         print_json(rows)
         return
@@ -558,31 +542,16 @@ def deviation_open(
     console.print(f"{t('deviation')} {dev.number}: {t('open')}")
 
 
-def _deviation_json(session: Session, dev) -> dict:
-    from sqlmodel import select
-
-    from tracker.facility.models import Site
-    from tracker.quality.batches.models import Batch
-    from tracker.quality.deviations import signature_checks, to_json
-
-    numbers = dict(session.exec(select(Batch.id, Batch.number)).all())
-    tz = session.get(Site, dev.site_id).timezone
-    return {
-        **to_json(session, dev, batch_numbers=numbers),
-        "signatures": [c.manifest(tz) for c in signature_checks(session, dev)],
-    }
-
-
 @deviation_app.command("list")
 def deviation_list(
     json_out: JsonOpt = False,
     status: Annotated[str | None, typer.Option(help="open, investigating, capa, closed, not_closed")] = None,
     db: DbOpt = None,
 ) -> None:
-    from tracker.quality.deviations import list_deviations
+    from tracker.quality.views import deviation_views
 
     with unit_of_work(engine_for(db)) as session:
-        rows = [_deviation_json(session, d) for d in list_deviations(session, status=status)]
+        rows = deviation_views(session, status=status)
     if json_out:
         print_json(rows)
         return
@@ -604,11 +573,15 @@ def deviation_list(
 @deviation_app.command("show")
 def deviation_show(number: str, json_out: JsonOpt = False, db: DbOpt = None) -> None:
     from tracker.quality.deviations import closure_gaps, get_deviation
+    from tracker.quality.views import deviation_view
 
     with unit_of_work(engine_for(db)) as session:
         dev = get_deviation(session, number)
-        doc = _deviation_json(session, dev)
-        doc["missing"] = closure_gaps(session, dev) if dev.status != "closed" else []
+        # everything still missing before closure (not only the current state's gaps)
+        doc = {
+            **deviation_view(session, dev),
+            "missing": closure_gaps(session, dev) if dev.status != "closed" else [],
+        }
     if json_out:
         print_json(doc)
         return

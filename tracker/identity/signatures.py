@@ -27,6 +27,7 @@ from typing import Any
 
 from sqlalchemy import Column, Text
 from sqlmodel import Field, Session, SQLModel, select
+from typing_extensions import TypedDict
 
 from tracker.core import audit
 from tracker.core.db import UTCDateTime
@@ -211,6 +212,23 @@ def sign(
     return sig
 
 
+class SignatureManifest(TypedDict):
+    """One signature as every human-readable form shows it (21 CFR 11.50)."""
+
+    id: int
+    printed_name: str
+    username: str
+    meaning: str
+    scope: str
+    statement: str
+    signed_at: str
+    signed_at_local: str
+    comment: str | None
+    intact: bool
+    status: str  # intact | superseded | broken
+    problem: str | None
+
+
 @dataclass(frozen=True)
 class SignatureCheck:
     signature: Signature
@@ -222,7 +240,7 @@ class SignatureCheck:
     def status(self) -> str:
         return "broken" if not self.intact else ("superseded" if self.superseded else "intact")
 
-    def manifest(self, tz: str) -> dict:
+    def manifest(self, tz: str) -> SignatureManifest:
         """What every human-readable form shows (21 CFR 11.50): name, time, meaning, status."""
         s = self.signature
         problem = Reason(self.problem, PROBLEMS_ZH.get(self.problem, self.problem)) if self.problem else None

@@ -26,6 +26,7 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy import UniqueConstraint, update
 from sqlmodel import Field, Session, SQLModel, select
+from typing_extensions import TypedDict
 
 from tracker.core import audit
 from tracker.core.db import UTCDateTime
@@ -513,7 +514,20 @@ def unlock(
     return user
 
 
-def list_users(session: Session) -> list[dict]:
+class UserRow(TypedDict):
+    """An account as the administrator sees it (never its password hash)."""
+
+    username: str
+    full_name: str
+    roles: str  # comma-separated
+    active: bool
+    locked: bool
+    must_change_password: bool
+    failed_attempts: int
+    created_at: str
+
+
+def list_users(session: Session) -> list[UserRow]:
     now = utcnow()
     return [
         {

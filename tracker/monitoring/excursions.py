@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 from sqlalchemy import Column, Index, Text, func, or_
 from sqlmodel import Field, Session, SQLModel, select
+from typing_extensions import TypedDict
 
 from tracker.core import audit
 from tracker.core.db import UTCDateTime
@@ -461,7 +462,7 @@ def list_excursions(
     include_superseded: bool = False,
     type_: str | None = None,
     unacknowledged: bool = False,
-) -> list[dict]:
+) -> list[ExcursionDoc]:
     """Excursions in the JSON shape of DESIGN §9 (times ISO 8601 UTC)."""
     query = (
         select(Excursion, Monitor.code, Room.code)
@@ -488,7 +489,30 @@ def list_excursions(
     return [to_json(ex, monitor, room_code) for ex, monitor, room_code in session.exec(query)]
 
 
-def to_json(ex: Excursion, monitor: str, room: str) -> dict:
+class ExcursionDoc(TypedDict):
+    """An excursion in the JSON shape of DESIGN §9, plus ``status`` and ``direction``."""
+
+    id: int
+    type: str  # limit | data_gap | recurrence | adverse_trend | recovery
+    monitor: str
+    room: str
+    kind: str
+    channel: str | None
+    level: str
+    state: str
+    started_at: str
+    ended_at: str | None
+    peak: int | float
+    limit: int | float | None
+    readings: int
+    status: str  # open | closed | superseded
+    direction: str
+    acknowledged_by: str | None
+    acknowledged_at: str | None
+    ack_comment: str | None
+
+
+def to_json(ex: Excursion, monitor: str, room: str) -> ExcursionDoc:
     return {
         "id": ex.id,
         "type": ex.type,

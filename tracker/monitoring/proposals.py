@@ -30,10 +30,12 @@ from __future__ import annotations
 import json
 import math
 from datetime import datetime
+from typing import Any
 
 import numpy as np
 from sqlalchemy import Column, Text
 from sqlmodel import Field, Session, SQLModel, select
+from typing_extensions import TypedDict
 
 from tracker.core import audit
 from tracker.core.db import UTCDateTime
@@ -298,7 +300,38 @@ def propose(
     return row
 
 
-def to_json(session: Session, p: LimitProposal) -> dict:
+#: ``from`` and ``to`` are keys, not Python names: the functional form
+ProposalDoc = TypedDict(
+    "ProposalDoc",
+    {
+        "id": int,
+        "site": str,
+        "room": str,
+        "kind": str,
+        "channel": str | None,
+        "state": str,
+        "from": str,
+        "to": str,
+        "readings": int,
+        "days": int,
+        "bound": str,  # high | low
+        "alert": int | float,
+        "action": int | float,
+        "regulatory": int | float | None,
+        "stats": dict[str, Any],  # percentiles, mean, sd, skewness, normality
+        "notes": list[str],
+        "status": str,  # proposed | approved | rejected | superseded
+        "proposed_by": str,
+        "proposed_at": str,
+        "decided_by": str | None,
+        "decided_at": str | None,
+        "reason": str | None,
+    },
+)
+ProposalDoc.__doc__ = "A data-driven proposal of alert and action levels, with the statistics behind it."
+
+
+def to_json(session: Session, p: LimitProposal) -> ProposalDoc:
     return {
         "id": p.id,
         "site": session.get(Site, p.site_id).code,
@@ -479,7 +512,7 @@ def reject(
     return p
 
 
-def list_proposals(session: Session, *, status: str | None = None) -> list[dict]:
+def list_proposals(session: Session, *, status: str | None = None) -> list[ProposalDoc]:
     query = select(LimitProposal).order_by(LimitProposal.id)
     if status:
         query = query.where(LimitProposal.status == status)

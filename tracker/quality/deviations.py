@@ -18,11 +18,13 @@ exposure links); this module keeps the impact assessment per linked batch.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import date, datetime
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import Column, Text, UniqueConstraint, func
 from sqlmodel import Field, Session, SQLModel, select
+from typing_extensions import TypedDict
 
 from tracker.core import audit
 from tracker.core.db import UTCDateTime
@@ -38,10 +40,11 @@ from tracker.core.errors import (
 )
 from tracker.core.settings import get_settings
 from tracker.core.timeutil import iso_utc, utcnow
-from tracker.facility.models import Site
+from tracker.facility.models import Monitor, Room, Site
 from tracker.identity import signatures
 from tracker.identity.users import Authenticated, get_user, require_role
-from tracker.monitoring.excursions import Excursion
+from tracker.monitoring.excursions import Excursion, ExcursionDoc
+from tracker.monitoring.excursions import to_json as excursion_json
 
 STATUSES = ("open", "investigating", "capa", "closed")
 IMPACTS = ("none", "minor", "significant")
@@ -788,8 +791,76 @@ def signature_checks(session: Session, dev: Deviation) -> list[signatures.Signat
     )
 
 
-def to_json(session: Session, dev: Deviation, *, batch_numbers: dict[int, str] | None = None) -> dict:
-    batch_numbers = batch_numbers or {}
+class DeviationBatchDoc(TypedDict):
+    """A batch the deviation concerns, with QA's impact assessment for it (Art. 249)."""
+
+    batch: str
+    impact: str | None  # none | minor | significant; None while unassessed
+    assessment: str | None
+    assessed_by: str | None
+
+
+class CapaDoc(TypedDict):
+    id: int
+    kind: str  # corrective | preventive
+    description: str
+    owner: str
+    due: str
+    status: str  # open | done | effective | not_effective
+    outcome: str | None
+    checked_by: str | None
+    effectiveness_note: str | None
+
+
+class CapaActionDoc(CapaDoc):
+    """A CAPA action on its own, naming its deviation."""
+
+    deviation: str
+
+
+class DeviationDoc(TypedDict):
+    """The deviation as the CLI, the API and the pages show it, with its signatures checked."""
+
+    number: str
+    title: str
+    classification: str
+    category: str
+    description: str
+    root_cause: str | None
+    status: str
+    no_capa_justification: str | None
+    opened_at: str
+    opened_by: str
+    closed_at: str | None
+    excursions: list[int]
+    batches: list[DeviationBatchDoc]
+    capa: list[CapaDoc]
+    signatures: list[signatures.SignatureManifest]
+
+
+def capa_doc(action: CapaAction) -> CapaDoc:
+    return {
+        "id": action.id,
+        "kind": action.kind,
+        "description": action.description,
+        "owner": action.owner,
+        "due": action.due.isoformat(),
+        "status": action.status,
+        "outcome": action.outcome,
+        "checked_by": action.checked_by,
+        "effectiveness_note": action.effectiveness_note,
+    }
+
+
+def capa_view(session: Session, action: CapaAction) -> CapaActionDoc:
+    """One CAPA action with its deviation's number (what the CAPA actions answer)."""
+    return {**capa_doc(action), "deviation": session.get(Deviation, action.deviation_id).number}
+
+
+def deviation_document(session: Session, dev: Deviation, *, batch_numbers: Mapping[int, str]) -> DeviationDoc:
+    """The deviation's read view; ``batch_numbers`` (batch id → number) comes from the batch
+    records, which this module does not import (:mod:`tracker.quality.views` supplies it)."""
+    tz = session.get(Site, dev.site_id).timezone
     return {
         **_snapshot(dev),
         "opened_at": iso_utc(dev.opened_at),
@@ -805,21 +876,35 @@ def to_json(session: Session, dev: Deviation, *, batch_numbers: dict[int, str] |
             }
             for b in batch_links(session, dev)
         ],
-        "capa": [
-            {
-                "id": c.id,
-                "kind": c.kind,
-                "description": c.description,
-                "owner": c.owner,
-                "due": c.due.isoformat(),
-                "status": c.status,
-                "outcome": c.outcome,
-                "checked_by": c.checked_by,
-                "effectiveness_note": c.effectiveness_note,
-            }
-            for c in capa_actions(session, dev)
-        ],
+        "capa": [capa_doc(c) for c in capa_actions(session, dev)],
+        "signatures": [c.manifest(tz) for c in signature_checks(session, dev)],
     }
+
+
+def state_gaps(session: Session, dev: Deviation) -> list[str]:
+    """What the current state still lacks: before the investigation report can be approved
+    (``investigating``) or before closure (``capa``); nothing in the other states."""
+    if dev.status == "investigating":
+        return investigation_gaps(session, dev)
+    if dev.status == "capa":
+        return closure_gaps(session, dev)
+    return []
+
+
+def source_excursions(session: Session, dev: Deviation) -> list[ExcursionDoc]:
+    """The excursions the deviation was raised from, superseded ones included (the record keeps
+    what it was raised from)."""
+    return [
+        excursion_json(ex, monitor, room)
+        for ex, monitor, room in session.exec(
+            select(Excursion, Monitor.code, Room.code)
+            .join(DeviationExcursion, DeviationExcursion.excursion_id == Excursion.id)
+            .join(Monitor, Monitor.id == Excursion.monitor_id)
+            .join(Room, Room.id == Excursion.room_id)
+            .where(DeviationExcursion.deviation_id == dev.id)
+            .order_by(Excursion.id)
+        ).all()
+    ]
 
 
 def list_deviations(session: Session, *, status: str | None = None) -> list[Deviation]:

@@ -17,9 +17,19 @@ from datetime import datetime
 
 from sqlalchemy import or_
 from sqlmodel import Session, select
+from typing_extensions import TypedDict
 
 from tracker.facility.models import Room, containing_rooms
 from tracker.quality.batches.models import Batch, ProcessStep
+
+
+class FlagDoc(TypedDict):
+    code: str
+    step: int
+    room: str
+    other_batch: str | None
+    message_zh: str
+    message_en: str
 
 
 @dataclass(frozen=True)
@@ -31,7 +41,7 @@ class Flag:
     message_en: str
     other_batch: str | None = None
 
-    def to_json(self) -> dict:
+    def to_json(self) -> FlagDoc:
         return {
             "code": self.code,
             "step": self.step_id,

@@ -21,22 +21,40 @@ from datetime import datetime
 
 from sqlalchemy import update
 from sqlmodel import Session, select
+from typing_extensions import TypedDict
 
 from tracker.core import audit
 from tracker.core.errors import ConflictError, InvalidInputError, PermissionDeniedError, Reason, zh_word
 from tracker.core.timeutil import iso_utc, utcnow
-from tracker.facility.models import Room, Site
+from tracker.facility.models import Room
 from tracker.identity import signatures
 from tracker.identity.users import Authenticated, require_role
-from tracker.quality.batches.flags import batch_flags
-from tracker.quality.batches.linking import links_of, uncovered_action_exposures
+from tracker.quality.batches.linking import links_of, sync_links, uncovered_action_exposures
 from tracker.quality.batches.models import Batch, ProcessStep
 from tracker.quality.batches.review import ReviewItem, review_items
 from tracker.quality.batches.steps import step_content, steps_of
 from tracker.quality.deviations import Deviation, DeviationBatch
 
 
-def batch_content(session: Session, batch: Batch) -> dict:
+class StepDoc(TypedDict):
+    id: int
+    name: str
+    room: str
+    start: str
+    end: str | None
+    open_processing: bool
+    operator: str
+
+
+class BatchContent(TypedDict):
+    number: str
+    product: str
+    donor_id: str
+    patient_id: str | None
+    steps: list[StepDoc]
+
+
+def batch_content(session: Session, batch: Batch) -> BatchContent:
     """The batch record as signed: identity, chain of identity and every step."""
     return {
         "number": batch.number,
@@ -145,7 +163,8 @@ def gate_reasons(
 ) -> list[str]:
     """Why the batch cannot be QA-reviewed or released now (empty when the gate is open).
     ``items`` and ``checks`` are the review items and signature checks when the caller has
-    them already (:func:`batch_report`)."""
+    them already (:func:`tracker.quality.batches.views.batch_report`, which reads the links as
+    stored); without ``items`` the exposure proposals are brought up to date first (a write)."""
     reasons = [
         Reason(
             f"deviation {d.number} is {d.status}, not closed",
@@ -153,7 +172,9 @@ def gate_reasons(
         )
         for d in open_deviations(session, batch)
     ]
-    items = review_items(session, batch, now=now) if items is None else items  # syncs the links first
+    if items is None:
+        sync_links(session, batch=batch, now=now)
+        items = review_items(session, batch, now=now)
     for link in links_of(session, batch):
         if link.status == "proposed":
             reasons.append(
@@ -425,47 +446,3 @@ def reject(
         comment=reason.strip(),
         now=now or utcnow(),
     )
-
-
-def batch_report(session: Session, batch: Batch, *, now: datetime | None = None) -> dict:
-    """Everything QA and the QP look at for one batch, as one JSON-ready document (local times
-    in the site's time zone)."""
-    now = now or utcnow()
-    items = review_items(session, batch, now=now)
-    checks = signature_checks(session, batch)
-    site = session.get(Site, batch.site_id)
-    tz = site.timezone
-    return {
-        "number": batch.number,
-        "product": batch.product,
-        "donor_id": batch.donor_id,
-        "patient_id": batch.patient_id,
-        "status": batch.status,
-        "site": site.code,
-        "timezone": tz,
-        "created_at": iso_utc(batch.created_at),
-        "created_by": batch.created_by,
-        "steps": batch_content(session, batch)["steps"],
-        "flags": [f.to_json() for f in batch_flags(session, batch)],
-        "review": [i.to_json() for i in items],
-        "deviations": [
-            {
-                "number": d.number,
-                "status": d.status,
-                "classification": d.classification,
-                "impact": link.impact,
-            }
-            for d, link in session.exec(
-                select(Deviation, DeviationBatch)
-                .join(DeviationBatch, DeviationBatch.deviation_id == Deviation.id)
-                .where(DeviationBatch.batch_id == batch.id)
-                .order_by(Deviation.number)
-            ).all()
-        ],
-        "signatures": [c.manifest(tz) for c in checks],
-        "gate": (
-            gate_reasons(session, batch, now=now, items=items, checks=checks)
-            if batch.status not in ("released", "rejected")
-            else []
-        ),
-    }

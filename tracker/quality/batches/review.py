@@ -12,9 +12,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import NotRequired
 
 from sqlalchemy import or_
 from sqlmodel import Session, select
+from typing_extensions import TypedDict
 
 from tracker.core import audit
 from tracker.core.errors import ConflictError, InvalidInputError, Reason
@@ -31,6 +33,34 @@ from tracker.quality.batches.steps import steps_of
 EXPOSED = {"confirmed": "yes", "rejected": "no", "proposed": "unassessed"}
 
 
+class ReviewItemDoc(TypedDict):
+    """One review item as shown. ``kind`` is ``invalid_period`` for invalid readings; for an
+    excursion the excursion's own ``kind`` (particles, pressure, …) takes its place, so the
+    ``key`` (``link:…`` or ``invalid:…``) is what tells the two apart."""
+
+    key: str
+    kind: str
+    step: int
+    monitor: str
+    room: str
+    start: str
+    end: str | None
+    exposed: str  # yes | no | unassessed
+    decided_by: str | None
+    reason: str | None
+    # an excursion's item
+    link: NotRequired[int]
+    excursion: NotRequired[int]
+    type: NotRequired[str]
+    level: NotRequired[str]
+    channel: NotRequired[str | None]
+    peak: NotRequired[int | float | None]
+    limit: NotRequired[int | float | None]
+    excursion_status: NotRequired[str]
+    # an invalid period's item
+    invalid_reasons: NotRequired[str]
+
+
 @dataclass
 class ReviewItem:
     key: str
@@ -43,7 +73,7 @@ class ReviewItem:
     exposed: str  # yes | no | unassessed
     detail: dict = field(default_factory=dict)
 
-    def to_json(self) -> dict:
+    def to_json(self) -> ReviewItemDoc:
         return {
             "key": self.key,
             "kind": self.kind,
@@ -103,9 +133,10 @@ def invalid_periods(
 
 
 def review_items(session: Session, batch: Batch, *, now: datetime | None = None) -> list[ReviewItem]:
-    """Every exception around the batch, with its exposure verdict (links are synced first)."""
+    """Every exception around the batch, with its exposure verdict, from the links as stored: a
+    read that writes nothing (callers bring the proposals up to date first where they must,
+    :func:`tracker.quality.batches.linking.sync_links`)."""
     now = now or utcnow()
-    sync_links(session, batch=batch, now=now)
     assessed = {
         a.item_key: a
         for a in session.exec(select(ReviewAssessment).where(ReviewAssessment.batch_id == batch.id))
@@ -189,6 +220,7 @@ def assess_item(
             )
         )
     now = now or utcnow()
+    sync_links(session, batch=batch, now=now)
     if item_key not in {i.key for i in review_items(session, batch, now=now)}:
         raise InvalidInputError(
             Reason(

@@ -1,7 +1,7 @@
 """``/api/v1`` routes."""
 
 from datetime import date, datetime
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Request
 from pydantic import BaseModel, Field, field_validator
@@ -12,10 +12,10 @@ from tracker.core.db import MAX_ID
 from tracker.core.errors import InvalidInputError, NotFoundError, Reason, TrackerError, in_language
 from tracker.core.timeutil import iso_utc, parse_instant, utcnow
 from tracker.facility.models import Monitor
-from tracker.identity.users import User, list_users, login
+from tracker.identity.users import User, UserRow, list_users, login
 from tracker.monitoring.dashboard import floor_view
-from tracker.monitoring.excursions import acknowledge, list_excursions
-from tracker.monitoring.proposals import LimitProposal, list_proposals, propose
+from tracker.monitoring.excursions import ExcursionDoc, acknowledge, list_excursions
+from tracker.monitoring.proposals import LimitProposal, ProposalDoc, list_proposals, propose
 from tracker.monitoring.proposals import approve as approve_proposal
 from tracker.monitoring.proposals import reject as reject_proposal
 from tracker.monitoring.proposals import to_json as proposal_json
@@ -23,19 +23,36 @@ from tracker.monitoring.quarantine import list_quarantine
 from tracker.monitoring.readings import Reading
 from tracker.quality import deviations as dv
 from tracker.quality.batches.linking import decide_link, raise_deviation, sync_links
-from tracker.quality.batches.models import Batch, ExcursionLink, ProcessStep
-from tracker.quality.batches.release import batch_report, qa_review, reject, release, sign_production
-from tracker.quality.batches.steps import get_batch, list_batches
-from tracker.quality.deviations import get_deviation, list_deviations
+from tracker.quality.batches.models import Batch
+from tracker.quality.batches.release import qa_review, reject, release, sign_production
+from tracker.quality.batches.steps import get_batch
+from tracker.quality.batches.views import (
+    BatchReport,
+    BatchSummary,
+    LinkDoc,
+    batch_report,
+    batch_summaries,
+    exposure_links,
+)
+from tracker.quality.deviations import CapaActionDoc, DeviationDoc, get_deviation
+from tracker.quality.views import deviation_view, deviation_views
 from tracker.web import tokens
+from tracker.web.api.schemas import (
+    Acknowledged,
+    AuditPage,
+    Dashboard,
+    DeviationState,
+    LinkDecided,
+    Me,
+    QuarantinedDoc,
+    ReadingDoc,
+)
 from tracker.web.deps import CurrentUser, RowId, SessionDep, engine_of, sign_in
-from tracker.web.pages._common import site_or_none, the_site
-from tracker.web.pages.quality import deviation_doc
+from tracker.web.sites import site_or_none, the_site
 
 router = APIRouter(prefix="/api/v1", tags=["api"])
 Id = RowId
 Key = Annotated[str, Path(min_length=1, max_length=200)]
-Doc = dict[str, Any]
 
 
 class TokenRequest(BaseModel):
@@ -157,12 +174,12 @@ def create_token(request: Request, body: TokenRequest) -> TokenResponse:
 
 
 @router.get("/me")
-def me_(me: CurrentUser) -> Doc:
+def me_(me: CurrentUser) -> Me:
     return {"username": me.username, "full_name": me.full_name, "roles": sorted(me.roles), "via": me.via}
 
 
 @router.get("/dashboard")
-def dashboard(me: CurrentUser, session: SessionDep) -> Doc:
+def dashboard(me: CurrentUser, session: SessionDep) -> Dashboard:
     site = site_or_none(session)
     if site is None:
         return {"site": None, "rooms": []}
@@ -206,12 +223,14 @@ def excursions(
     room: Annotated[str | None, Query(max_length=40)] = None,
     type: Annotated[str | None, Query(max_length=20)] = None,
     unacknowledged: bool = False,
-) -> list[Doc]:
+) -> list[ExcursionDoc]:
     return list_excursions(session, open_only=open_only, room=room, type_=type, unacknowledged=unacknowledged)
 
 
 @router.post("/excursions/{excursion_id}/acknowledge")
-def acknowledge_excursion(me: CurrentUser, session: SessionDep, excursion_id: Id, body: AckRequest) -> Doc:
+def acknowledge_excursion(
+    me: CurrentUser, session: SessionDep, excursion_id: Id, body: AckRequest
+) -> Acknowledged:
     ex = acknowledge(session, actor=me.actor(), excursion_id=excursion_id, comment=body.comment)
     return {"id": ex.id, "acknowledged_by": ex.acknowledged_by, "ack_level": ex.ack_level}
 
@@ -224,7 +243,7 @@ def readings(
     start: Annotated[str | None, Query(alias="from", max_length=40)] = None,
     end: Annotated[str | None, Query(alias="to", max_length=40)] = None,
     limit: Annotated[int, Query(ge=1, le=100_000)] = 1440,
-) -> list[Doc]:
+) -> list[ReadingDoc]:
     mon = session.exec(select(Monitor).where(Monitor.code == code)).first()
     if mon is None:
         raise NotFoundError(Reason(f"no monitor {code!r}", f"没有监测点 {code!r}"))
@@ -257,12 +276,12 @@ def readings(
 @router.get("/deviations")
 def deviations(
     me: CurrentUser, session: SessionDep, status: Annotated[str | None, Query(max_length=20)] = None
-) -> list[Doc]:
-    return [deviation_doc(session, d) for d in list_deviations(session, status=status)]
+) -> list[DeviationDoc]:
+    return deviation_views(session, status=status)
 
 
 @router.post("/deviations", status_code=201)
-def create_deviation(me: CurrentUser, session: SessionDep, body: DeviationRequest) -> Doc:
+def create_deviation(me: CurrentUser, session: SessionDep, body: DeviationRequest) -> DeviationDoc:
     dev = raise_deviation(
         session,
         actor=me.actor(),
@@ -275,40 +294,36 @@ def create_deviation(me: CurrentUser, session: SessionDep, body: DeviationReques
         batch_numbers=body.batches,
     )
     session.flush()
-    return deviation_doc(session, dev)
+    return deviation_view(session, dev)
 
 
 @router.get("/deviations/{number}")
-def deviation(me: CurrentUser, session: SessionDep, number: Key) -> Doc:
+def deviation(me: CurrentUser, session: SessionDep, number: Key) -> DeviationState:
     """The deviation, its signatures, and ``missing``: what its current state still lacks."""
     return _deviation_out(session, get_deviation(session, number))
 
 
-def _deviation_out(session: Session, dev) -> Doc:
+def _deviation_out(session: Session, dev: dv.Deviation) -> DeviationState:
     session.flush()
-    missing = (
-        dv.investigation_gaps(session, dev)
-        if dev.status == "investigating"
-        else dv.closure_gaps(session, dev)
-        if dev.status == "capa"
-        else []
-    )
+    missing = dv.state_gaps(session, dev)
     return {
-        **deviation_doc(session, dev),
+        **deviation_view(session, dev),
         "missing": list(missing),
         "missing_zh": [in_language(m, "zh-CN") for m in missing],
     }
 
 
 @router.post("/deviations/{number}/investigate")
-def deviation_investigate(me: CurrentUser, session: SessionDep, number: Key) -> Doc:
+def deviation_investigate(me: CurrentUser, session: SessionDep, number: Key) -> DeviationState:
     """open → investigating."""
     dev = dv.start_investigation(session, actor=me.actor(), dev=get_deviation(session, number))
     return _deviation_out(session, dev)
 
 
 @router.post("/deviations/{number}/update")
-def deviation_update(me: CurrentUser, session: SessionDep, number: Key, body: DeviationUpdate) -> Doc:
+def deviation_update(
+    me: CurrentUser, session: SessionDep, number: Key, body: DeviationUpdate
+) -> DeviationState:
     """Change fields before approval (title, classification, category, description, root cause)."""
     fields = body.model_dump(exclude={"reason"}, exclude_none=True)
     dev = dv.update_deviation(
@@ -318,7 +333,9 @@ def deviation_update(me: CurrentUser, session: SessionDep, number: Key, body: De
 
 
 @router.post("/deviations/{number}/assess")
-def deviation_assess(me: CurrentUser, session: SessionDep, number: Key, body: ImpactRequest) -> Doc:
+def deviation_assess(
+    me: CurrentUser, session: SessionDep, number: Key, body: ImpactRequest
+) -> DeviationState:
     """The impact on one linked batch (Art. 249)."""
     b = get_batch(session, body.batch)
     dev = get_deviation(session, number)
@@ -337,7 +354,7 @@ def deviation_assess(me: CurrentUser, session: SessionDep, number: Key, body: Im
 @router.post("/deviations/{number}/approve")
 def deviation_approve(
     request: Request, me: CurrentUser, session: SessionDep, number: Key, body: SignRequest
-) -> Doc:
+) -> DeviationState:
     """QA approves the investigation report (e-signature: the password again) → ``capa``."""
     signer = sign_in(request, me, body.password)
     dev = dv.approve_investigation(
@@ -347,7 +364,9 @@ def deviation_approve(
 
 
 @router.post("/deviations/{number}/no-capa")
-def deviation_no_capa(me: CurrentUser, session: SessionDep, number: Key, body: JustificationRequest) -> Doc:
+def deviation_no_capa(
+    me: CurrentUser, session: SessionDep, number: Key, body: JustificationRequest
+) -> DeviationState:
     """A minor deviation without CAPA: the written justification."""
     dev = dv.justify_no_capa(
         session, actor=me.actor(), dev=get_deviation(session, number), justification=body.justification
@@ -358,7 +377,7 @@ def deviation_no_capa(me: CurrentUser, session: SessionDep, number: Key, body: J
 @router.post("/deviations/{number}/close")
 def deviation_close(
     request: Request, me: CurrentUser, session: SessionDep, number: Key, body: SignRequest
-) -> Doc:
+) -> DeviationState:
     """QA closes the deviation (e-signature); 409 with ``reasons`` while something is missing."""
     signer = sign_in(request, me, body.password)
     dev = dv.close_deviation(session, signer=signer, dev=get_deviation(session, number), comment=body.comment)
@@ -366,7 +385,7 @@ def deviation_close(
 
 
 @router.post("/deviations/{number}/capa", status_code=201)
-def capa_add(me: CurrentUser, session: SessionDep, number: Key, body: CapaRequest) -> Doc:
+def capa_add(me: CurrentUser, session: SessionDep, number: Key, body: CapaRequest) -> CapaActionDoc:
     action = dv.add_capa(
         session,
         actor=me.actor(),
@@ -379,32 +398,20 @@ def capa_add(me: CurrentUser, session: SessionDep, number: Key, body: CapaReques
     return _capa_doc(session, action)
 
 
-def _capa_doc(session: Session, action) -> Doc:
+def _capa_doc(session: Session, action: dv.CapaAction) -> CapaActionDoc:
     session.flush()
-    dev = session.get(dv.Deviation, action.deviation_id)
-    return {
-        "id": action.id,
-        "deviation": dev.number,
-        "kind": action.kind,
-        "description": action.description,
-        "owner": action.owner,
-        "due": action.due.isoformat(),
-        "status": action.status,
-        "outcome": action.outcome,
-        "checked_by": action.checked_by,
-        "effectiveness_note": action.effectiveness_note,
-    }
+    return dv.capa_view(session, action)
 
 
 @router.post("/capa/{capa_id}/done")
-def capa_done(me: CurrentUser, session: SessionDep, capa_id: Id, body: CapaDone) -> Doc:
+def capa_done(me: CurrentUser, session: SessionDep, capa_id: Id, body: CapaDone) -> CapaActionDoc:
     """The owner (or QA) records the action done."""
     action = dv.complete_capa(session, actor=me.actor(), capa_id=capa_id, outcome=body.outcome)
     return _capa_doc(session, action)
 
 
 @router.post("/capa/{capa_id}/check")
-def capa_check(me: CurrentUser, session: SessionDep, capa_id: Id, body: CapaCheck) -> Doc:
+def capa_check(me: CurrentUser, session: SessionDep, capa_id: Id, body: CapaCheck) -> CapaActionDoc:
     """QA's effectiveness check (Art. 253), never by the owner."""
     return _capa_doc(
         session,
@@ -417,35 +424,16 @@ def capa_check(me: CurrentUser, session: SessionDep, capa_id: Id, body: CapaChec
 @router.get("/links")
 def links(
     me: CurrentUser, session: SessionDep, status: Annotated[str | None, Query(max_length=20)] = None
-) -> list[Doc]:
+) -> list[LinkDoc]:
     """Exposure links (excursion ↔ process step) for QA to confirm or reject; ``status=proposed``
     for the pending ones."""
+    # a read that writes: the ingester does not propose links yet (docs/quality.md, known limits)
     sync_links(session)
-    query = (
-        select(ExcursionLink, Batch.number, ProcessStep.name)
-        .join(Batch, Batch.id == ExcursionLink.batch_id)
-        .join(ProcessStep, ProcessStep.id == ExcursionLink.step_id)
-        .order_by(ExcursionLink.id)
-    )
-    if status:
-        query = query.where(ExcursionLink.status == status)
-    return [
-        {
-            "id": link.id,
-            "excursion": link.excursion_id,
-            "batch": number,
-            "step": link.step_id,
-            "step_name": name,
-            "status": link.status,
-            "reason": link.reason,
-            "decided_by": link.decided_by,
-        }
-        for link, number, name in session.exec(query).all()
-    ]
+    return exposure_links(session, status=status)
 
 
 @router.post("/links/{link_id}/decide")
-def decide(me: CurrentUser, session: SessionDep, link_id: Id, body: LinkDecision) -> Doc:
+def decide(me: CurrentUser, session: SessionDep, link_id: Id, body: LinkDecision) -> LinkDecided:
     link = decide_link(session, actor=me.actor(), link_id=link_id, exposed=body.exposed, reason=body.reason)
     return {"id": link.id, "status": link.status}
 
@@ -453,27 +441,34 @@ def decide(me: CurrentUser, session: SessionDep, link_id: Id, body: LinkDecision
 @router.get("/batches")
 def batches(
     me: CurrentUser, session: SessionDep, status: Annotated[str | None, Query(max_length=20)] = None
-) -> list[Doc]:
-    return [
-        {"number": b.number, "product": b.product, "donor_id": b.donor_id, "status": b.status}
-        for b in list_batches(session, status=status)
-    ]
+) -> list[BatchSummary]:
+    return batch_summaries(session, status=status)
+
+
+def _batch_doc(session: Session, batch: Batch) -> BatchReport:
+    """The batch report with its exposure proposals brought up to date first: a write on a
+    read until the ingester proposes links itself (docs/quality.md, known limits)."""
+    session.flush()
+    sync_links(session, batch=batch)
+    return batch_report(session, batch)
 
 
 @router.get("/batches/{number}")
-def batch(me: CurrentUser, session: SessionDep, number: Key) -> Doc:
-    return batch_report(session, get_batch(session, number))
+def batch(me: CurrentUser, session: SessionDep, number: Key) -> BatchReport:
+    return _batch_doc(session, get_batch(session, number))
 
 
-def _signed(request: Request, me, session, number: str, body: SignRequest, fn) -> Doc:
+def _signed(request: Request, me, session, number: str, body: SignRequest, fn) -> BatchReport:
     signer = sign_in(request, me, body.password)
-    b = fn(session, signer=signer, batch=get_batch(session, number), comment=body.comment)
-    session.flush()
-    return batch_report(session, b)
+    return _batch_doc(
+        session, fn(session, signer=signer, batch=get_batch(session, number), comment=body.comment)
+    )
 
 
 @router.post("/batches/{number}/sign")
-def batch_sign(request: Request, me: CurrentUser, session: SessionDep, number: Key, body: SignRequest) -> Doc:
+def batch_sign(
+    request: Request, me: CurrentUser, session: SessionDep, number: Key, body: SignRequest
+) -> BatchReport:
     """Production head's approval (e-signature: the password again in the body)."""
     return _signed(request, me, session, number, body, sign_production)
 
@@ -481,7 +476,7 @@ def batch_sign(request: Request, me: CurrentUser, session: SessionDep, number: K
 @router.post("/batches/{number}/review")
 def batch_review(
     request: Request, me: CurrentUser, session: SessionDep, number: Key, body: SignRequest
-) -> Doc:
+) -> BatchReport:
     """QA review (e-signature); 409 with ``reasons`` while the gate is closed."""
     return _signed(request, me, session, number, body, qa_review)
 
@@ -489,18 +484,18 @@ def batch_review(
 @router.post("/batches/{number}/reject")
 def batch_reject(
     request: Request, me: CurrentUser, session: SessionDep, number: Key, body: RejectRequest
-) -> Doc:
+) -> BatchReport:
     """QA or the QP rejects the batch (e-signature with the reason)."""
     signer = sign_in(request, me, body.password)
-    b = reject(session, signer=signer, batch=get_batch(session, number), reason=body.reason)
-    session.flush()
-    return batch_report(session, b)
+    return _batch_doc(
+        session, reject(session, signer=signer, batch=get_batch(session, number), reason=body.reason)
+    )
 
 
 @router.post("/batches/{number}/release")
 def batch_release(
     request: Request, me: CurrentUser, session: SessionDep, number: Key, body: SignRequest
-) -> Doc:
+) -> BatchReport:
     """QP release (e-signature); 409 with ``reasons`` while the gate is closed."""
     return _signed(request, me, session, number, body, release)
 
@@ -511,7 +506,7 @@ def quarantine(
     session: SessionDep,
     reason: Annotated[str | None, Query(max_length=40)] = None,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 500,
-) -> list[Doc]:
+) -> list[QuarantinedDoc]:
     return [
         {
             "id": q.id,
@@ -537,7 +532,7 @@ def audit(
     before: Annotated[int | None, Query(ge=0, le=2**62, description="older than this id")] = None,
     after: Annotated[int | None, Query(ge=0, le=2**62, description="newer than this id")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 500,
-) -> Doc:
+) -> AuditPage:
     """The audit trail newest first, ``limit`` at a time; follow ``page.older`` (as ``before``)
     or ``page.newer`` (as ``after``) for the neighbouring pages. ``chain`` covers every event."""
     intact, count, broken = verify_chain(session)
@@ -568,12 +563,12 @@ def audit(
 @router.get("/limits/proposals")
 def proposals(
     me: CurrentUser, session: SessionDep, status: Annotated[str | None, Query(max_length=20)] = None
-) -> list[Doc]:
+) -> list[ProposalDoc]:
     return list_proposals(session, status=status)
 
 
 @router.post("/limits/proposals", status_code=201)
-def proposal_create(me: CurrentUser, session: SessionDep, body: ProposalRequest) -> Doc:
+def proposal_create(me: CurrentUser, session: SessionDep, body: ProposalRequest) -> ProposalDoc:
     """Alert and action levels computed from a period of valid readings (percentiles)."""
     row = propose(
         session,
@@ -591,7 +586,7 @@ def proposal_create(me: CurrentUser, session: SessionDep, body: ProposalRequest)
 @router.post("/limits/proposals/{proposal_id}/approve")
 def proposal_approve(
     request: Request, me: CurrentUser, session: SessionDep, proposal_id: Id, body: SignRequest
-) -> Doc:
+) -> ProposalDoc:
     """QA (not the proposer) approves with an e-signature: a new facility revision."""
     signer = sign_in(request, me, body.password)
     approve_proposal(session, signer=signer, proposal_id=proposal_id, comment=body.comment)
@@ -600,12 +595,14 @@ def proposal_approve(
 
 
 @router.post("/limits/proposals/{proposal_id}/reject")
-def proposal_reject(me: CurrentUser, session: SessionDep, proposal_id: Id, body: ReasonRequest) -> Doc:
+def proposal_reject(
+    me: CurrentUser, session: SessionDep, proposal_id: Id, body: ReasonRequest
+) -> ProposalDoc:
     reject_proposal(session, actor=me.actor(), proposal_id=proposal_id, reason=body.reason)
     session.flush()
     return proposal_json(session, session.get(LimitProposal, proposal_id))
 
 
 @router.get("/users")
-def users(me: CurrentUser, session: SessionDep) -> list[Doc]:
+def users(me: CurrentUser, session: SessionDep) -> list[UserRow]:
     return list_users(session)

@@ -4,19 +4,8 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlmodel import Session, select
-
 from tracker.core.errors import InvalidInputError, Reason
 from tracker.core.timeutil import parse_instant
-from tracker.facility.models import Site, get_site
-
-
-def site_or_none(session: Session) -> Site | None:
-    return session.exec(select(Site).order_by(Site.id)).first()
-
-
-def the_site(session: Session) -> Site:
-    return get_site(session)
 
 
 def form_instant(text: str) -> datetime:

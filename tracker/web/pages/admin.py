@@ -17,8 +17,9 @@ from tracker.monitoring.proposals import approve, list_proposals, propose, rejec
 from tracker.monitoring.quarantine import counts_by_reason
 from tracker.monitoring.quarantine import list_quarantine as quarantined
 from tracker.web.deps import CurrentUser, RowId, SessionDep, sign_in
-from tracker.web.pages._common import form_instant, site_or_none, the_site
+from tracker.web.pages._common import form_instant
 from tracker.web.render import done, render, tr
+from tracker.web.sites import site_or_none, the_site
 from tracker.wire.payload import printable
 
 router = APIRouter(include_in_schema=False)

@@ -19,8 +19,9 @@ from tracker.monitoring.readings import Reading
 from tracker.quality.batches.linking import raise_deviation
 from tracker.web.charts import trend_svg
 from tracker.web.deps import CurrentUser, RowId, SessionDep
-from tracker.web.pages._common import form_instant, site_or_none, the_site
+from tracker.web.pages._common import form_instant
 from tracker.web.render import done, gettext, render, tr
+from tracker.web.sites import site_or_none, the_site
 
 router = APIRouter(include_in_schema=False)
 GRADES = ("A", "B", "C", "D", "CNC")
