@@ -510,6 +510,10 @@ class ExcursionDoc(TypedDict):
     acknowledged_by: str | None
     acknowledged_at: str | None
     ack_comment: str | None
+    #: who caused a supersession, why, and QA's approving signature (a room-state correction)
+    superseded_by: str | None
+    superseded_reason: str | None
+    superseded_signature_id: int | None
 
 
 def to_json(ex: Excursion, monitor: str, room: str) -> ExcursionDoc:
