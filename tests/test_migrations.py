@@ -9,12 +9,13 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import sqlalchemy as sa
 from sqlalchemy import insert, select
 
-from tracker.core.db import get_engine
+from tracker.core.db import UTCDateTime, get_engine
 from tracker.core.migrate import upgrade
 from tracker.facility.basis import EvaluationBasis
-from tracker.facility.models import Monitor, Room, Site
+from tracker.facility.models import Monitor, Room
 from tracker.monitoring.ingest_state import TABLE as INGEST_STATE
 from tracker.monitoring.ingest_state import latest_readings
 from tracker.monitoring.readings import RawMessage, Reading
@@ -23,7 +24,28 @@ T = datetime(2026, 10, 30, 23, 0, tzinfo=UTC)  # readings across a month boundar
 
 
 def _facility(conn, monitors: list[str]) -> None:
-    conn.execute(insert(Site.__table__).values(id=1, code="S", name="S", updated_at=T))
+    # the site table as revision 0009 has it (later revisions add columns the model would fill)
+    site_0009 = sa.table(
+        "site",
+        *(sa.column(c) for c in ("id", "code", "name", "name_en", "timezone", "limit_set", "revision")),
+        *(sa.column(c) for c in ("file_sha256", "rolling_volume_m3", "recovery_s")),
+        sa.column("updated_at", UTCDateTime()),
+    )
+    conn.execute(
+        insert(site_0009).values(
+            id=1,
+            code="S",
+            name="S",
+            name_en="",
+            timezone="Asia/Shanghai",
+            limit_set="CN-GMP-2010",
+            revision=0,
+            file_sha256="",
+            rolling_volume_m3=1.0,
+            recovery_s=1200.0,
+            updated_at=T,
+        )
+    )
     conn.execute(insert(Room.__table__).values(id=1, site_id=1, code="R", name="R", grade="B"))
     conn.execute(
         insert(Monitor.__table__),

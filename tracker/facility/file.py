@@ -31,7 +31,7 @@ from tracker.facility.limits import (
     load_limit_set,
     resolve_monitor_limits,
 )
-from tracker.facility.models import DEFAULT_RECOVERY_S, DEFAULT_ROLLING_VOLUME_M3
+from tracker.facility.models import DEFAULT_RECOVERY_S, DEFAULT_ROLLING_VOLUME_M3, DEFAULT_ROLLING_WINDOW_S
 
 #: Every table the file may hold, whether it is one table ``[x]`` or an array ``[[x]]``, and
 #: the keys each may carry. A key or table outside this list is refused, never ignored.
@@ -71,7 +71,7 @@ TABLES: dict[str, tuple[bool, tuple[str, ...]]] = {
             "note",
         ),
     ),
-    "rules": (False, ("particle_rolling_volume_m3", "recovery_min")),
+    "rules": (False, ("particle_rolling_volume_m3", "particle_window_max_min", "recovery_min")),
 }
 RULE_KEYS = TABLES["rules"][1]
 
@@ -86,6 +86,9 @@ RECOVERY_MIN_RANGE = (1.0, 60.0)
 #: The rolling window never exceeds the grade A classification volume (Annex 1 第九条 note:
 #: 1 m³ per location); a larger window would dilute a transient event (第十条(二)).
 ROLLING_VOLUME_MAX_M3 = 1.0
+#: the rolling window's time bound: at least 10 min (a window must hold some samples), at
+#: most 4 h (it must not reach back across a shift)
+WINDOW_MAX_MIN_RANGE = (10.0, 240.0)
 
 
 @dataclass(frozen=True)
@@ -119,6 +122,7 @@ class RulesDef:
 
     rolling_volume_m3: float = DEFAULT_ROLLING_VOLUME_M3
     recovery_s: float = DEFAULT_RECOVERY_S
+    rolling_window_s: float = DEFAULT_ROLLING_WINDOW_S
 
 
 @dataclass(frozen=True)
@@ -610,7 +614,10 @@ def _parse_rules(entry: dict, limit_set: LimitSet) -> RulesDef:
     if recovery is None:
         recovery = DEFAULT_RECOVERY_S / 60
     _bounded(recovery, "recovery_min", "[rules]", *RECOVERY_MIN_RANGE, open_low=False)
-    return RulesDef(rolling_volume_m3=volume, recovery_s=recovery * 60.0)
+    window = _num(entry, "particle_window_max_min", "[rules]")
+    window = DEFAULT_ROLLING_WINDOW_S / 60 if window is None else window
+    _bounded(window, "particle_window_max_min", "[rules]", *WINDOW_MAX_MIN_RANGE, open_low=False)
+    return RulesDef(rolling_volume_m3=volume, recovery_s=recovery * 60.0, rolling_window_s=window * 60.0)
 
 
 def parse_facility(text: str, *, source: str = "facility file") -> FacilityDef:

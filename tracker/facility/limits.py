@@ -122,6 +122,8 @@ class LimitSet:
     particles_alert_fraction: float
     pressure_margin_pa: float
     range_inset_fraction: float
+    #: counts in one sample above the limit that no false count explains (``[single_sample]``)
+    burst_counts: int = 2
 
     @property
     def label(self) -> str:
@@ -207,6 +209,7 @@ def parse_limit_set(raw: bytes) -> LimitSet:
         particles_alert_fraction=float(alert.get("particles_fraction", 0.5)),
         pressure_margin_pa=float(alert.get("pressure_margin_pa", 2.0)),
         range_inset_fraction=float(alert.get("range_inset_fraction", 0.1)),
+        burst_counts=int(data.get("single_sample", {}).get("burst_counts", 2)),
     )
 
 

@@ -158,7 +158,11 @@ def evaluation_view(session: Session, site: Site) -> dict:
     code = {rid: r.code for rid, r in rooms.items()}
     monitors = session.exec(select(Monitor).where(Monitor.site_id == site.id, Monitor.active)).all()
     return {
-        "rules": {"rolling_volume_m3": site.rolling_volume_m3, "recovery_s": site.recovery_s},
+        "rules": {
+            "rolling_volume_m3": site.rolling_volume_m3,
+            "recovery_s": site.recovery_s,
+            "rolling_window_s": site.rolling_window_s,
+        },
         "rooms": {
             r.code: {"grade": r.grade, "background": code.get(r.background_id)} for r in rooms.values()
         },
@@ -185,6 +189,7 @@ def file_evaluation_view(facility: FacilityDef) -> dict:
         "rules": {
             "rolling_volume_m3": facility.rules.rolling_volume_m3,
             "recovery_s": facility.rules.recovery_s,
+            "rolling_window_s": facility.rules.rolling_window_s,
         },
         "rooms": {r.code: {"grade": r.grade, "background": r.background} for r in facility.rooms},
         "monitors": {
@@ -355,6 +360,7 @@ def _apply_site(
     site.limit_set, site.revision, site.file_sha256 = (facility.limit_set, site.revision + 1, digest)
     site.rolling_volume_m3 = facility.rules.rolling_volume_m3
     site.recovery_s = facility.rules.recovery_s
+    site.rolling_window_s = facility.rules.rolling_window_s
     site.updated_at = now
     session.add(site)
     session.flush()

@@ -30,6 +30,9 @@ from tracker.facility.limits import (
 #: the rolling volume of the volume-aware particle rule when ``[rules]`` sets none: the
 #: grade A classification volume (regulatory.md §1.1, §11; ``tracker.monitoring.rules.volume``)
 DEFAULT_ROLLING_VOLUME_M3 = 1.0
+#: the rolling window holds no sample more than an hour older than its newest one: a 1 m³
+#: window takes 35 min at 28.3 L/min, so a quiet hour always separates two events
+DEFAULT_ROLLING_WINDOW_S = 3600.0
 
 #: EU GMP Annex 1 (2022) Table 5 note / China Annex 1 第十条(七): at-rest limits are met
 #: after a short clean-up of 15–20 min (guidance; regulatory.md §5.1–5.3)
@@ -52,6 +55,8 @@ class Site(SQLModel, table=True):
     #: (m³) and the recovery (clean-up) window after an operation (seconds)
     rolling_volume_m3: float = DEFAULT_ROLLING_VOLUME_M3
     recovery_s: float = DEFAULT_RECOVERY_S
+    #: the rolling window's time bound (seconds): ``[rules] particle_window_max_min``
+    rolling_window_s: float = DEFAULT_ROLLING_WINDOW_S
     updated_at: datetime = Field(sa_type=UTCDateTime, nullable=False)
 
 

@@ -16,6 +16,7 @@ from tracker.facility.basis import basis_id
 from tracker.facility.inhibits import Inhibit, windows_by_monitor
 from tracker.facility.limits import (
     INVALID,
+    OK,
     Bounds,
     Level,
     MonitorLimits,
@@ -27,8 +28,8 @@ from tracker.facility.models import Site, resolved_monitors
 from tracker.monitoring.rules.volume import (
     UL_PER_M3,
     Sample,
-    cap_single,
     count_of,
+    is_burst,
     single_count_exceeds,
     volume_ul,
 )
@@ -83,6 +84,10 @@ class MonitorEntry:
     #: recovery window after an operation (s): particle readings in it are judged by
     #: in-operation limits (``tracker.monitoring.rules.recovery``); 0 for other kinds
     recovery_s: float = 0.0
+    #: the rolling window's time bound (s): no sample older than this before the newest
+    rolling_max_age_s: float | None = None
+    #: counts in one sample above the limit that are an action on their own (limit set)
+    burst_counts: int = 2
 
     def invalid_reason(self, value: float, status: str, at: datetime) -> str | None:
         """Why a reading proves nothing, or ``None``: sensor status, overdue calibration
@@ -122,22 +127,34 @@ class MonitorEntry:
         if reason is not None:
             return ChannelJudgement(INVALID, reason, bounds)
         verdict = evaluate(value, bounds)
-        if not volume_l or not single_count_exceeds(bounds, volume_l):
+        if not volume_l or bounds is None or verdict.level is Level.NOT_EVALUATED:
             return ChannelJudgement(verdict, None, bounds)
-        assert bounds is not None  # single_count_exceeds needs an action limit
-        verdict = cap_single(verdict, bounds, volume_l)
-        if verdict.level is Level.NOT_EVALUATED:
+        rolling = single_count_exceeds(bounds, volume_l)
+        if not rolling and not self._rolls(channel, volume_l):
             return ChannelJudgement(verdict, None, bounds)
+        count = count_of(value, volume_l)
+        burst = rolling and is_burst(count, value, bounds, self.burst_counts)
         sample = Sample(
             at=at,
             seq=seq,
-            count=count_of(value, volume_l),
+            count=count,
             volume_ul=volume_ul(volume_l),
             limit=bounds.action_high,
-            verdict=verdict,
-            rolling=True,
+            verdict=verdict if burst or not rolling else OK,
+            rolling=rolling and not burst,
+            state=state,
+            alert=bounds.alert_high,
+            burst=burst,
         )
-        return ChannelJudgement(verdict, None, bounds, sample)
+        return ChannelJudgement(sample.verdict, None, bounds, sample)
+
+    def _rolls(self, channel: str, volume_l: float) -> bool:
+        """Whether a single count rolls in any state of the channel: then a sample of a state
+        that does not roll still marks the series (it ends the other state's window)."""
+        return any(
+            single_count_exceeds(self.limits.for_reading(channel, st), volume_l)
+            for st in ("at_rest", "in_operation")
+        )
 
 
 @dataclass(frozen=True)
@@ -195,6 +212,8 @@ def build_registry(session: Session) -> Registry:
                 sample_volume_l=mon.sample_volume_l,
                 rolling_ul=round(site.rolling_volume_m3 * UL_PER_M3),
                 recovery_s=site.recovery_s if mon.kind == "particles" else 0.0,
+                rolling_max_age_s=site.rolling_window_s,
+                burst_counts=limit_set.burst_counts,
             )
     return Registry(
         marker=registry_marker(session), by_code=by_code, by_id={e.id: e for e in by_code.values()}

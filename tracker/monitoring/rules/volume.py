@@ -17,6 +17,18 @@ that much, the counts seen so far are compared with what the whole configured vo
 hold (Σcounts > limit × configured volume): later samples can only add counts. A value
 equal to the limit complies.
 
+A window never spans a change of operational state (a sample judged in another state, or
+against another limit, empties it) and holds no sample older than the facility's time bound
+(``[rules] particle_window_max_min``, default 60 min) before its newest one: a burst hours
+ago, or before an operation, must not turn a lone count now into an action. Both the alert
+and the action level of such a channel are judged on the window, so an isolated single
+count raises nothing on its own (the ≥ 5.0 µm recurrence rule watches repeated counts).
+
+A sample whose own counts exceed the limit beyond what a false count can explain (at least
+the limit set's ``burst_counts``, default 2; Annex 1 (2022) Table 5 note and China Annex 1
+第十条(二): grade A monitoring must catch every transient event, while an isolated count may
+be a false count) is an action on its own and stays out of the window it would dilute into.
+
 Counts and volumes are integers here (counts recovered from the stored concentration and
 volume; volumes in µL), so window sums are exact however long a series runs.
 """
@@ -26,13 +38,13 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, ClassVar
 
 from sqlalchemy import bindparam, select, tuple_, update
 from sqlmodel import Session
 
-from tracker.facility.limits import STATES, Bounds, Level, Verdict, evaluate
+from tracker.facility.limits import OK, STATES, Bounds, Level, Verdict, evaluate
 from tracker.monitoring.readings import Reading
 from tracker.monitoring.rollups import rebuild_rollups
 
@@ -70,6 +82,16 @@ def cap_single(verdict: Verdict, bounds: Bounds | None, volume_l: float | None) 
     return verdict
 
 
+def is_burst(count: int, value: float, bounds: Bounds | None, burst_counts: int) -> bool:
+    """Counts in one sample beyond what a false count explains, above the action limit."""
+    return (
+        count >= burst_counts
+        and bounds is not None
+        and bounds.action_high is not None
+        and value > bounds.action_high
+    )
+
+
 @dataclass(slots=True)
 class Sample:
     """One sample of a volume-aware series, as the rolling pass sees it."""
@@ -80,34 +102,55 @@ class Sample:
     volume_ul: int
     #: the action limit it was judged against (``None``: it joins no window)
     limit: float | None
-    #: per-sample verdict (already capped); the pass replaces it with the final one
+    #: per-sample verdict; the pass replaces a rolling sample's with the window's
     verdict: Verdict
-    rolling: bool  # one count exceeds the limit: the window decides action
+    rolling: bool  # one count exceeds the limit: the window decides alert and action
+    #: the state it was judged in: a sample of another state empties the windows
+    state: str = ""
+    #: the alert level of its bounds, judged on the window like the action limit
+    alert: float | None = None
+    #: counts beyond a false count, above the limit: action on its own, kept out of windows
+    burst: bool = False
 
 
 class RollingWindow:
-    """The most recent samples of one series and one action limit, reaching ``target_ul``."""
+    """The most recent samples of one series and one action limit, reaching ``target_ul``,
+    all of one operational state and none older than ``max_age_s`` before the newest."""
 
-    __slots__ = ("counts", "items", "last", "target_ul", "volume")
+    __slots__ = ("counts", "items", "last", "max_age_s", "state", "target_ul", "volume")
 
-    def __init__(self, target_ul: int) -> None:
+    def __init__(self, target_ul: int, max_age_s: float | None = None) -> None:
         self.target_ul = target_ul
+        self.max_age_s = max_age_s
         self.items: deque[tuple[datetime, int, int, int]] = deque()
         self.counts = 0
         self.volume = 0
         self.last: tuple[datetime, int] | None = None
+        self.state: str | None = None
 
-    def push(self, at: datetime, seq: int, count: int, vol_ul: int) -> None:
+    def clear(self) -> None:
+        self.items.clear()
+        self.counts = self.volume = 0
+        self.state = None
+
+    def push(self, at: datetime, seq: int, count: int, vol_ul: int, state: str = "") -> None:
+        if self.state is not None and state != self.state:
+            self.clear()
+        self.state = state
         self.items.append((at, seq, count, vol_ul))
         self.counts += count
         self.volume += vol_ul
         self.last = (at, seq)
-        while len(self.items) > 1 and self.volume - self.items[0][3] >= self.target_ul:
+        oldest = at - timedelta(seconds=self.max_age_s) if self.max_age_s else None
+        while len(self.items) > 1 and (
+            self.volume - self.items[0][3] >= self.target_ul
+            or (oldest is not None and self.items[0][0] < oldest)
+        ):
             _, _, c, v = self.items.popleft()
             self.counts -= c
             self.volume -= v
 
-    def seed(self, newest_first: Iterable[tuple[datetime, int, int, int]]) -> None:
+    def seed(self, newest_first: Iterable[tuple[datetime, int, int, int]], state: str = "") -> None:
         """Fill from stored samples, newest first, until the target volume is reached."""
         older: list[tuple[datetime, int, int, int]] = []
         volume = 0
@@ -117,7 +160,7 @@ class RollingWindow:
             if volume >= self.target_ul:
                 break
         for at, seq, count, vol in reversed(older):
-            self.push(at, seq, count, vol)
+            self.push(at, seq, count, vol, state)
 
     def exceeds(self, limit: float) -> bool:
         """Σcounts over the window above ``limit`` × its volume (the configured one at least)."""
@@ -129,22 +172,43 @@ class RollingWindow:
 
 
 def final_verdict(window: RollingWindow, sample: Sample) -> Verdict:
-    """Push ``sample`` and return its verdict: per-sample, raised to action by the window."""
-    window.push(sample.at, sample.seq, sample.count, sample.volume_ul)
-    if sample.rolling and sample.limit is not None and window.exceeds(sample.limit):
+    """Push a rolling ``sample`` and return the window's verdict (action, alert or ok)."""
+    window.push(sample.at, sample.seq, sample.count, sample.volume_ul, sample.state)
+    if sample.limit is not None and window.exceeds(sample.limit):
         return Verdict(Level.ACTION, "high", sample.limit)
-    return sample.verdict
+    if sample.alert is not None and window.exceeds(sample.alert):
+        return Verdict(Level.ALERT, "high", sample.alert)
+    return OK
 
 
-def rolling_pass(windows: dict[float, RollingWindow], samples: Iterable[Sample], *, target_ul: int) -> None:
+def advance(
+    windows: dict[float, RollingWindow], sample: Sample, *, target_ul: int, max_age_s: float | None = None
+) -> Verdict:
+    """One sample of a series in event-time order: a change of state empties the windows; a
+    rolling sample gets its window's verdict, any other keeps its own."""
+    for window in windows.values():
+        if window.state is not None and window.state != sample.state:
+            window.clear()
+    if not sample.rolling or sample.limit is None:
+        return sample.verdict
+    window = windows.get(sample.limit)
+    if window is None:
+        window = windows[sample.limit] = RollingWindow(target_ul, max_age_s)
+    return final_verdict(window, sample)
+
+
+def rolling_pass(
+    windows: dict[float, RollingWindow],
+    samples: Iterable[Sample],
+    *,
+    target_ul: int,
+    max_age_s: float | None = None,
+) -> None:
     """Pure: samples in event-time order; sets each sample's final verdict in place."""
     for s in samples:
-        if s.limit is None or s.verdict.level not in VALID_LEVELS:
+        if s.verdict.level not in VALID_LEVELS:
             continue
-        window = windows.get(s.limit)
-        if window is None:
-            window = windows[s.limit] = RollingWindow(target_ul)
-        s.verdict = final_verdict(window, s)
+        s.verdict = advance(windows, s, target_ul=target_ul, max_age_s=max_age_s)
 
 
 # --------------------------------------------------------------------------- persistence
@@ -197,19 +261,24 @@ class VolumeBook:
         key = (entry.id, channel)
         cached = self.series.get(key)
         first = (samples[0].at, samples[0].seq)
+        limits = {s.limit for s in samples if s.rolling and s.limit is not None}
+        if cached is None and not limits:
+            return []  # only samples that roll nothing: later windows read them from the store
         if (
             cached is not None
             and (cached.last is None or first > cached.last)
-            and all(
-                self._nothing_after(session, entry, channel, limit, samples[0].at)
-                for limit in {s.limit for s in samples} - cached.windows.keys()
+            and (
+                limits <= cached.windows.keys() or self._nothing_after(session, entry, channel, samples[0].at)
             )
         ):
             for s in samples:
-                window = cached.windows.get(s.limit)
-                if window is None:
-                    window = cached.windows[s.limit] = self._seeded(session, entry, channel, s.limit, s.at)
-                s.verdict = final_verdict(window, s)
+                if s.rolling and s.limit not in cached.windows:
+                    cached.windows[s.limit] = self._seeded(
+                        session, entry, channel, s.limit, s.at, state=s.state
+                    )
+                s.verdict = advance(
+                    cached.windows, s, target_ul=entry.rolling_ul, max_age_s=entry.rolling_max_age_s
+                )
             cached.last = (samples[-1].at, samples[-1].seq)
             return []
         self.series.pop(key, None)
@@ -220,11 +289,21 @@ class VolumeBook:
             samples,
             since=samples[0].at,
             boundary=(samples[-1].at, samples[-1].seq),
-            limits={s.limit for s in samples if s.limit is not None},
+            limits=limits or self.rolling_limits(entry, channel),
         )
         if windows is not None:
             self.series[key] = _Series(windows, last)
         return changes
+
+    @staticmethod
+    def rolling_limits(entry: MonitorEntry, channel: str) -> set[float]:
+        """The action limits of the series that a single count in its sample exceeds."""
+        return {
+            b.action_high
+            for st in STATES
+            if (b := entry.limits.for_reading(channel, st)) is not None
+            and single_count_exceeds(b, entry.sample_volume_l)
+        }
 
     def replay(
         self,
@@ -243,33 +322,41 @@ class VolumeBook:
         ``skip_until`` are being replaced by ``samples``) until, for every limit, the stored
         volume after ``boundary`` reaches the target. Returns the changed stored verdicts,
         and the windows with their last sample when the whole series was read (else None)."""
+        first_state = {s.limit: s.state for s in reversed(samples) if s.rolling}
         windows = {
-            limit: self._seeded(session, entry, channel, limit, since, strict=True) for limit in limits
+            limit: self._seeded(
+                session, entry, channel, limit, since, strict=True, state=first_state.get(limit)
+            )
+            for limit in limits
         }
+        target, max_age = entry.rolling_ul, entry.rolling_max_age_s
         after = dict.fromkeys(limits, 0)
-        stored = self._rows(session, entry, channel, limits, since, ascending=True)
         changes: list[dict] = []
         complete, last = True, None
         pending = iter(samples)
         nxt = next(pending, None)
-        for row in stored:
+        for row in self._rows(session, entry, channel, since, ascending=True):
             at, seq = row[0], row[1]
             if skip_until is not None and at < skip_until:
                 continue
             while nxt is not None and (nxt.at, nxt.seq) < (at, seq):
-                nxt.verdict = final_verdict(windows[nxt.limit], nxt)
+                nxt.verdict = advance(windows, nxt, target_ul=target, max_age_s=max_age)
                 last = (nxt.at, nxt.seq)
                 nxt = next(pending, None)
-            if nxt is None and all(v >= entry.rolling_ul for v in after.values()):
+            if nxt is None and all(v >= target for v in after.values()):
                 complete = False
                 break
             sample = self._stored_sample(entry, channel, row)
-            if sample is None or sample.limit not in windows:
+            if sample is None:
                 continue
-            if after[sample.limit] >= entry.rolling_ul:
-                complete = False  # its window no longer holds a new sample: unchanged
+            if not sample.rolling or sample.limit not in windows or after[sample.limit] >= target:
+                advance(
+                    windows, sample, target_ul=target, max_age_s=max_age
+                )  # a state change empties windows
+                if sample.rolling and sample.limit in windows and after[sample.limit] >= target:
+                    complete = False  # its window no longer holds a new sample: unchanged
                 continue
-            verdict = final_verdict(windows[sample.limit], sample)
+            verdict = advance(windows, sample, target_ul=target, max_age_s=max_age)
             last = (at, seq)
             if (at, seq) > boundary:
                 after[sample.limit] += sample.volume_ul
@@ -286,42 +373,37 @@ class VolumeBook:
                     }
                 )
         while nxt is not None:
-            nxt.verdict = final_verdict(windows[nxt.limit], nxt)
+            nxt.verdict = advance(windows, nxt, target_ul=target, max_age_s=max_age)
             last = (nxt.at, nxt.seq)
             nxt = next(pending, None)
         return changes, (windows if complete else None), last
 
-    @staticmethod
-    def _states(entry: MonitorEntry, channel: str, limits: Iterable[float]) -> list[str]:
-        wanted = set(limits)
-        return [
-            st
-            for st in STATES
-            if (b := entry.limits.for_reading(channel, st)) is not None and b.action_high in wanted
-        ]
-
     def _stored_sample(self, entry: MonitorEntry, channel: str, row) -> Sample | None:
+        """A stored valid reading as the windows see it (rolling, a burst, or a state marker)."""
         at, seq, value, volume_l, state, level = row[:6]
         volume_l = volume_l or entry.sample_volume_l
         bounds = entry.limits.for_reading(channel, state)
-        if level not in VALID_VALUES or not single_count_exceeds(bounds, volume_l):
+        if level not in VALID_VALUES or not volume_l or bounds is None:
             return None
-        verdict = cap_single(evaluate(value, bounds), bounds, volume_l)
+        count = count_of(value, volume_l)
+        rolling = single_count_exceeds(bounds, volume_l)
+        burst = rolling and is_burst(count, value, bounds, entry.burst_counts)
         return Sample(
             at=at,
             seq=seq,
-            count=count_of(value, volume_l),
+            count=count,
             volume_ul=volume_ul(volume_l),
             limit=bounds.action_high,
-            verdict=verdict,
-            rolling=True,
+            verdict=evaluate(value, bounds) if burst or not rolling else OK,
+            rolling=rolling and not burst,
+            state=state,
+            alert=bounds.alert_high,
+            burst=burst,
         )
 
-    def _nothing_after(
-        self, session: Session, entry: MonitorEntry, channel: str, limit: float, at: datetime
-    ) -> bool:
-        """No stored sample of ``limit`` at or after ``at`` (a new window may be seeded)."""
-        return next(self._rows(session, entry, channel, {limit}, at, ascending=True, page=1), None) is None
+    def _nothing_after(self, session: Session, entry: MonitorEntry, channel: str, at: datetime) -> bool:
+        """No stored sample of the series at or after ``at`` (a new window may be seeded)."""
+        return next(self._rows(session, entry, channel, at, ascending=True, page=1), None) is None
 
     def _seeded(
         self,
@@ -332,17 +414,26 @@ class VolumeBook:
         before: datetime,
         *,
         strict: bool = False,
+        state: str | None = None,
     ) -> RollingWindow:
-        """A window of ``limit`` holding the stored samples before ``before``."""
-        window = RollingWindow(entry.rolling_ul)
+        """A window of ``limit`` holding the stored samples before ``before``: the newest run of
+        ``state`` (the window never spans a state change) within the time bound."""
+        window = RollingWindow(entry.rolling_ul, entry.rolling_max_age_s)
+        oldest = before - timedelta(seconds=entry.rolling_max_age_s) if entry.rolling_max_age_s else None
 
         def newest_first():
-            for row in self._rows(session, entry, channel, {limit}, before, ascending=False, strict=strict):
+            for row in self._rows(session, entry, channel, before, ascending=False, strict=strict):
                 sample = self._stored_sample(entry, channel, row)
-                if sample is not None and sample.limit == limit:
+                if sample is None:
+                    continue
+                if (state is not None and sample.state != state) or (
+                    oldest is not None and sample.at < oldest
+                ):
+                    return
+                if sample.rolling and sample.limit == limit:
                     yield sample.at, sample.seq, sample.count, sample.volume_ul
 
-        window.seed(newest_first())
+        window.seed(newest_first(), state or "")
         return window
 
     def _rows(
@@ -350,17 +441,14 @@ class VolumeBook:
         session: Session,
         entry: MonitorEntry,
         channel: str,
-        limits: set[float],
         start: datetime,
         *,
         ascending: bool,
         strict: bool = False,
         page: int = 256,
     ):
-        """Stored valid samples of the series judged against ``limits``, paged by time."""
-        states = self._states(entry, channel, limits)
-        if not states:
-            return
+        """Stored valid samples of the series (every state: a change of state ends a window),
+        paged by time."""
         table = Reading.__table__
         cols = (
             table.c.event_time,
@@ -374,7 +462,6 @@ class VolumeBook:
         base = (
             table.c.monitor_id == entry.id,
             table.c.channel == channel,
-            table.c.state.in_(states),
             table.c.level.in_(VALID_VALUES),
         )
         connection = session.connection()
