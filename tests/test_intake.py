@@ -392,7 +392,9 @@ def test_recurrences_under_random_late_delivery_equal_a_derivation_from_scratch(
         assert got == expected, f"trial {trial}"
 
 
-def test_a_backdated_operation_takes_a_grade_b_recurrence_out_of_scope(facility_engine: Engine) -> None:
+def test_a_backdated_operation_keeps_a_grade_b_recurrence_in_scope(facility_engine: Engine) -> None:
+    """Issue 14 item 6: grade B in operation is in the rule's scope too (Annex 1 第十条(六)); the
+    re-judged recurrence is kept, now in operation, not superseded."""
     msgs = [pc(m + 1, m, 0) for m in range(60)]
     msgs[10] = msg(topic("T-B1", "T-B1-PC"), particles(seq=11, ts=T0 + timedelta(minutes=10), c05=1, c50=1))
     msgs[11] = msg(topic("T-B1", "T-B1-PC"), particles(seq=12, ts=T0 + timedelta(minutes=11), c05=1, c50=1))
@@ -400,7 +402,6 @@ def test_a_backdated_operation_takes_a_grade_b_recurrence_out_of_scope(facility_
     with unit_of_work(facility_engine) as s:
         (rec,) = list_excursions(s, type_="recurrence")
         assert (rec["level"], rec["state"]) == ("alert", "at_rest")
-        # grade B in operation sees 5 µm particles routinely: outside the rule's scope
         record_room_state(
             s, room_code="T-B1", state="in_operation", effective_at=T0 + timedelta(minutes=5), actor="qa.li"
         )
@@ -408,9 +409,8 @@ def test_a_backdated_operation_takes_a_grade_b_recurrence_out_of_scope(facility_
             s, room_code="T-B1", state="at_rest", effective_at=T0 + timedelta(minutes=15), actor="qa.li"
         )
     with unit_of_work(facility_engine) as s:
-        assert list_excursions(s, type_="recurrence") == []
-        (gone,) = list_excursions(s, type_="recurrence", include_superseded=True)
-        assert gone["id"] == rec["id"]
+        (kept,) = list_excursions(s, type_="recurrence")
+        assert (kept["id"], kept["level"]) == (rec["id"], "alert")
 
 
 def test_a_64_bit_seq_is_stored_and_deduplicated_on_every_backend(facility_engine: Engine) -> None:

@@ -247,8 +247,10 @@ def test_recurrence_spans_pure() -> None:
     assert recurrence_spans([(x, i == 3) for i, x in enumerate(t)]) == []
 
 
-def test_recurrence_ignores_grade_b_in_operation(facility_engine: Engine, broker: LocalBroker) -> None:
-    """In operation a grade B room sees 5 µm particles routinely (limit 2,900 /m³)."""
+def test_recurrence_covers_grade_b_in_operation(facility_engine: Engine, broker: LocalBroker) -> None:
+    """Issue 14 item 6: Annex 1 第十条(六) names grade A and B without a state condition, so
+    repeated ≥ 5.0 µm counts in grade B in operation are a recurrence too (an alert in B), even
+    far below the 2,900 /m³ limit."""
     operate(facility_engine, "T-B1", T0, T0 + timedelta(minutes=30))
     ingest(
         facility_engine,
@@ -259,4 +261,6 @@ def test_recurrence_ignores_grade_b_in_operation(facility_engine: Engine, broker
         ],
     )
     with unit_of_work(facility_engine) as s:
-        assert list_excursions(s, type_="recurrence") == []
+        (rec,) = list_excursions(s, type_="recurrence")
+        assert (rec["level"], rec["state"], rec["room"]) == ("alert", "in_operation", "T-B1")
+        assert list_excursions(s, type_="limit") == []

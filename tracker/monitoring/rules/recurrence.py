@@ -4,7 +4,9 @@ Isolated ≥ 5.0 µm counts may be noise, but consecutive or regular low counts 
 contamination and must be investigated, even when each sample is below the limit (China
 Annex 1 第十条(六) 🧠; EU GMP Annex 1 (2022) Table 5 note; regulatory.md §5.1–5.3).
 Default: two consecutive samples with a count, or three of the last ten, among the samples
-judged against an ISO 5-level limit (grade A; grade B at rest — see ``SCOPE_LIMIT``). A recurrence spans
+of grade A and grade B, at rest and in operation alike: 第十条(六) names A and B without a
+condition on the state (issue 14 item 6; before, grade B in operation was left to its
+2,900 /m³ limit). A recurrence spans
 from the first counted sample of its window to the last sample that kept triggering it;
 ``readings`` is how many counted samples it spans. Level: action in grade A, alert in B.
 """
@@ -36,10 +38,6 @@ if TYPE_CHECKING:
 
 CHANNEL = "5.0"
 GRADES = ("A", "B")
-#: the rule watches samples judged against an ISO 5-level ≥5.0 µm limit (20 or 29 /m³:
-#: grade A, grade B at rest), where any count is "low" and unexpected; grade B in operation
-#: (2,900 /m³) sees 5 µm particles routinely and is left to its limit
-SCOPE_LIMIT = 29.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,12 +132,8 @@ class RecurrenceRule:
 
     @staticmethod
     def _states_in_scope(entry: MonitorEntry) -> list[str]:
-        out = []
-        for state in ("at_rest", "in_operation"):
-            bounds = entry.limits.for_reading(CHANNEL, state)
-            if bounds is not None and bounds.action_high is not None and (bounds.action_high <= SCOPE_LIMIT):
-                out.append(state)
-        return out
+        """Both states of a grade A or B monitor (Annex 1 第十条(六) sets no state condition)."""
+        return ["at_rest", "in_operation"]
 
     def _quiet_bounded(
         self, session: Session, series: tuple, start: datetime, *, backwards: bool
