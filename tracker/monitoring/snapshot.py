@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import date, datetime
+from zoneinfo import ZoneInfo
 
 from sqlalchemy import func
 from sqlmodel import Session, select
@@ -88,20 +89,37 @@ class MonitorEntry:
     rolling_max_age_s: float | None = None
     #: counts in one sample above the limit that are an action on their own (limit set)
     burst_counts: int = 2
+    #: the site's time zone: a calibration due date is a local calendar day
+    timezone: str = "Asia/Shanghai"
 
     def invalid_reason(self, value: float, status: str, at: datetime) -> str | None:
-        """Why a reading proves nothing, or ``None``: sensor status, overdue calibration
-        (the due date is the last valid day, UTC), or a value outside the instrument's range."""
+        """Why a reading proves nothing, or ``None``: sensor status, an inhibit, overdue
+        calibration (the due date is the last valid day in the site's time zone), or a value
+        outside the instrument's range on the near side of every action limit."""
         if status != "ok":
             return f"status_{status}"
         if any(start <= at < end for start, end in self.inhibits):
             return "inhibited"
-        if self.calibration_due is not None and at.date() > self.calibration_due:
+        if (
+            self.calibration_due is not None
+            and at.astimezone(ZoneInfo(self.timezone)).date() > self.calibration_due
+        ):
             return "calibration_overdue"
         if (self.range_low is not None and value < self.range_low) or (
             self.range_high is not None and value > self.range_high
         ):
             return "outside_instrument_range"
+        return None
+
+    def beyond_range_breach(self, value: float, bounds: Bounds | None) -> Verdict | None:
+        """A value off the instrument's scale past an action limit is an action, not merely
+        invalid: a reversed airflow pins a pressure sensor at its low end (issue 14 item 5)."""
+        if bounds is None:
+            return None
+        if self.range_low is not None and value < self.range_low and bounds.action_low is not None:
+            return Verdict(Level.ACTION, "low", bounds.action_low)
+        if self.range_high is not None and value > self.range_high and bounds.action_high is not None:
+            return Verdict(Level.ACTION, "high", bounds.action_high)
         return None
 
     def judge(
@@ -124,6 +142,8 @@ class MonitorEntry:
         """
         bounds = self.limits.for_reading(channel, state)
         reason = self.invalid_reason(value, status, at)
+        if reason == "outside_instrument_range" and (breach := self.beyond_range_breach(value, bounds)):
+            return ChannelJudgement(breach, None, bounds)
         if reason is not None:
             return ChannelJudgement(INVALID, reason, bounds)
         verdict = evaluate(value, bounds)
@@ -214,6 +234,7 @@ def build_registry(session: Session) -> Registry:
                 recovery_s=site.recovery_s if mon.kind == "particles" else 0.0,
                 rolling_max_age_s=site.rolling_window_s,
                 burst_counts=limit_set.burst_counts,
+                timezone=site.timezone,
             )
     return Registry(
         marker=registry_marker(session), by_code=by_code, by_id={e.id: e for e in by_code.values()}

@@ -1,0 +1,51 @@
+"""Monitoring that did not happen counts (issue 14 items 5 and 7): a value off the scale past an
+action limit is an action, and calibration expiry is a day in the site's time zone."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sqlalchemy import Engine
+from sqlmodel import select
+
+from tests.test_rules_mqtt import VALIDITY_FACILITY, dp, ingest
+from tracker.core.db import unit_of_work
+from tracker.facility.file import parse_facility
+from tracker.facility.load import load_facility
+from tracker.monitoring.excursions import list_excursions
+from tracker.monitoring.readings import Reading
+from tracker.monitoring.snapshot import build_registry
+from tracker.wire.broker import LocalBroker
+
+
+def test_a_reversed_airflow_off_the_scale_is_an_action_not_merely_invalid(
+    engine: Engine, broker: LocalBroker
+) -> None:
+    """The B room's sensor reads -50..50 Pa; -80 Pa is off its scale below the 10 Pa action
+    floor (GMP 2010 Art. 48): the air flows the wrong way, whatever the exact value."""
+    with unit_of_work(engine) as s:
+        load_facility(s, parse_facility(VALIDITY_FACILITY), actor="test")
+    ingest(engine, broker, [dp(1, 0, 15.0), dp(2, 10, -80.0), dp(3, 20, -80.0), dp(4, 30, 80.0)])
+    with unit_of_work(engine) as s:
+        judged = s.exec(
+            select(Reading.seq, Reading.level, Reading.invalid_reason).order_by(Reading.seq)
+        ).all()
+        (ex,) = list_excursions(s, type_="limit")
+    assert judged == [
+        (1, "ok", None),
+        (2, "action", None),
+        (3, "action", None),
+        (4, "invalid", "outside_instrument_range"),  # above the scale: no action limit up there
+    ]
+    assert (ex["monitor"], ex["level"], ex["direction"], ex["limit"]) == ("T-B1-DP", "action", "low", 10.0)
+
+
+def test_calibration_expiry_is_judged_in_the_site_time_zone(engine: Engine) -> None:
+    """Due 2026-11-19 (the last valid day): 2026-11-19 17:00 UTC is already the 20th in Beijing."""
+    with unit_of_work(engine) as s:
+        load_facility(s, parse_facility(VALIDITY_FACILITY), actor="test")
+        entry = build_registry(s).lookup("T-SITE", "T-C1-PC2")
+    assert entry.invalid_reason(10.0, "ok", datetime(2026, 11, 19, 15, 59, tzinfo=UTC)) is None
+    assert (
+        entry.invalid_reason(10.0, "ok", datetime(2026, 11, 19, 16, 0, tzinfo=UTC)) == "calibration_overdue"
+    )
