@@ -247,7 +247,6 @@ def room_state(
             reason=reason,
             approver=approver,
             site_code=site,
-            close_after=settings.excursion_close_after,
             policy=StatePolicy(
                 late_after=timedelta(minutes=settings.step_late_after_min),
                 backdate_max=timedelta(hours=settings.step_backdate_max_h),
@@ -290,7 +289,6 @@ def reevaluate(
             actor=by,
             reason=reason,
             site_code=site,
-            close_after=get_settings().excursion_close_after,
         )
     console.print(
         f"{t('reevaluated')}: {result.readings_changed} / {result.readings_checked} "
@@ -600,7 +598,6 @@ def inhibit_add(
             actor=by,
             site_code=site,
             reason=f"inhibit {row.id}",
-            close_after=get_settings().excursion_close_after,
         )
     console.print(
         f"inhibit {row.id}: {monitor or room} "

@@ -15,6 +15,11 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="TRACKER_", extra="ignore")
 
+    # Operational settings only: the rules that decide what counts as an excursion or how a
+    # deviation is classed live in the facility file under QA's change control
+    # (tracker.facility.policy; the former TRACKER_EXCURSION_CLOSE_AFTER, _GAP_FACTOR,
+    # _TREND_ALERTS, _TREND_WINDOW_H, _DEVIATION_CLASSES and _DEVIATION_CAPA_REQUIRED).
+
     database_url: str = Field(
         default="sqlite:///tracker.db", description="SQLAlchemy URL; PostgreSQL in production"
     )
@@ -45,17 +50,7 @@ class Settings(BaseSettings):
     future_tolerance_s: int = Field(
         default=300, ge=0, description="readings stamped further ahead of receipt are refused"
     )
-    excursion_close_after: int = Field(
-        default=3, ge=1, description="consecutive in-limit readings that end an episode"
-    )
-    gap_factor: float = Field(
-        default=3.0, gt=1.0, description="silence longer than this × a monitor's interval is a gap"
-    )
     gap_check_s: float = Field(default=5.0, gt=0, description="how often live silence is checked")
-    trend_alerts: int = Field(
-        default=3, ge=2, description="alert excursions of one monitor that make an adverse trend"
-    )
-    trend_window_h: float = Field(default=24.0, gt=0, description="…within this many hours")
     password_hash_profile: str = Field(
         default="RFC_9106_LOW_MEMORY",
         description="argon2 parameter profile; CHEAPEST only for the test suite",
@@ -77,12 +72,6 @@ class Settings(BaseSettings):
     lockout_minutes: int = Field(default=30, ge=1, description="how long a locked account stays locked")
     signature_window_s: int = Field(
         default=120, ge=10, description="a signature needs a re-authentication this recent"
-    )
-    deviation_classes: str = Field(
-        default="critical,major,minor", description="deviation classification scheme, most severe first"
-    )
-    deviation_capa_required: str = Field(
-        default="critical,major", description="classes that cannot close without a CAPA action"
     )
     timezone: str = "Asia/Shanghai"
     lang: str = Field(default="zh-CN", description="zh-CN or en")

@@ -32,6 +32,7 @@ from tracker.facility.limits import (
     resolve_monitor_limits,
 )
 from tracker.facility.models import DEFAULT_RECOVERY_S, DEFAULT_ROLLING_VOLUME_M3, DEFAULT_ROLLING_WINDOW_S
+from tracker.facility.policy import Compliance
 
 #: Every table the file may hold, whether it is one table ``[x]`` or an array ``[[x]]``, and
 #: the keys each may carry. A key or table outside this list is refused, never ignored.
@@ -71,7 +72,19 @@ TABLES: dict[str, tuple[bool, tuple[str, ...]]] = {
             "note",
         ),
     ),
-    "rules": (False, ("particle_rolling_volume_m3", "particle_window_max_min", "recovery_min")),
+    "rules": (
+        False,
+        (
+            "particle_rolling_volume_m3",
+            "particle_window_max_min",
+            "recovery_min",
+            "episode_close_after",
+            "gap_factor",
+            "trend_alerts",
+            "trend_window_h",
+        ),
+    ),
+    "quality": (False, ("deviation_classes", "capa_required", "major_incident_classes")),
 }
 RULE_KEYS = TABLES["rules"][1]
 
@@ -136,6 +149,8 @@ class FacilityDef:
     monitors: tuple[MonitorDef, ...]
     levels: tuple[FacilityLevel, ...] = field(default=())
     rules: RulesDef = field(default_factory=RulesDef)
+    #: ``[rules]`` episode/gap/trend settings and ``[quality]`` classes (``tracker.facility.policy``)
+    compliance: Compliance = field(default_factory=Compliance)
     #: things a reviewer should see that do not stop the load (not part of the digest)
     warnings: tuple[Reason, ...] = field(default=(), compare=False)
 
@@ -586,7 +601,7 @@ def _parse_level(i: int, entry: dict, rooms: dict[str, RoomDef], monitors: set[s
 
 def _parse_rules(entry: dict, limit_set: LimitSet) -> RulesDef:
     """``[rules]``: ``particle_rolling_volume_m3`` (default 1) and ``recovery_min`` (default 20)."""
-    unknown = sorted(set(entry) - set(RULE_KEYS))
+    unknown = sorted(set(entry) - set(RULE_KEYS))  # also checked with line numbers by _check_shape
     if unknown:
         raise FacilityFileError(
             Reason(
@@ -620,6 +635,75 @@ def _parse_rules(entry: dict, limit_set: LimitSet) -> RulesDef:
     return RulesDef(rolling_volume_m3=volume, recovery_s=recovery * 60.0, rolling_window_s=window * 60.0)
 
 
+#: bounds of the compliance rules: an episode ends after 1-20 in-limit readings; a gap is 1.5-20
+#: intervals of silence; an adverse trend is 2-20 alerts within 1 h to 30 days
+COMPLIANCE_BOUNDS = {
+    "episode_close_after": (1, 20),
+    "gap_factor": (1.5, 20.0),
+    "trend_alerts": (2, 20),
+    "trend_window_h": (1.0, 720.0),
+}
+
+
+def _classes(
+    entry: dict, key: str, default: tuple[str, ...], within: tuple[str, ...] | None
+) -> tuple[str, ...]:
+    value = entry.get(key)
+    if value is None:
+        return default
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) and v.strip() for v in value):
+        raise FacilityFileError(
+            Reason(
+                f"[quality]: '{key}' must be a list of class names",
+                f"[quality]：'{key}' 须为偏差分级名称的列表",
+            )
+        )
+    unknown = [v for v in value if within is not None and v not in within]
+    if unknown:
+        raise FacilityFileError(
+            Reason(
+                f"[quality]: '{key}' names {', '.join(unknown)}, not among deviation_classes",
+                f"[quality]：'{key}' 中的 {'、'.join(unknown)} 不在 deviation_classes 之内",
+            )
+        )
+    return tuple(v.strip() for v in value)
+
+
+def _parse_compliance(rules: dict, quality: dict) -> Compliance:
+    """``[rules]`` episode, gap and trend settings and ``[quality]`` classes, bounded."""
+    base = Compliance()
+    values = {}
+    for key, attr in (
+        ("episode_close_after", "close_after"),
+        ("gap_factor", "gap_factor"),
+        ("trend_alerts", "trend_alerts"),
+        ("trend_window_h", "trend_window_h"),
+    ):
+        number = _num(rules, key, "[rules]")
+        if number is not None:
+            low, high = COMPLIANCE_BOUNDS[key]
+            _bounded(number, key, "[rules]", low, high, open_low=False)
+            if isinstance(getattr(base, attr), int) and number != int(number):
+                raise FacilityFileError(
+                    Reason(f"[rules]: '{key}' must be a whole number", f"[rules]：'{key}' 须为整数")
+                )
+            values[attr] = type(getattr(base, attr))(number)
+    classes = _classes(quality, "deviation_classes", base.deviation_classes, None)
+    return Compliance(
+        **values,
+        deviation_classes=classes,
+        capa_required=_classes(
+            quality, "capa_required", tuple(c for c in base.capa_required if c in classes), classes
+        ),
+        major_incident_classes=_classes(
+            quality,
+            "major_incident_classes",
+            tuple(c for c in base.major_incident_classes if c in classes),
+            classes,
+        ),
+    )
+
+
 def parse_facility(text: str, *, source: str = "facility file") -> FacilityDef:
     """Parse and validate a facility file; every refusal names the entry and the rule."""
     try:
@@ -650,6 +734,7 @@ def parse_facility(text: str, *, source: str = "facility file") -> FacilityDef:
         monitors=tuple(monitors),
         levels=tuple(levels),
         rules=_parse_rules(data.get("rules") or {}, limit_set),
+        compliance=_parse_compliance(data.get("rules") or {}, data.get("quality") or {}),
         warnings=tuple(warnings),
     )
     # Resolve every monitor's limits now, so a looser-than-regulation level is refused at load.

@@ -23,6 +23,7 @@ from tracker.facility.basis import basis_id
 from tracker.facility.file import FacilityDef, RoomDef
 from tracker.facility.limits import load_limit_set
 from tracker.facility.models import FacilityLimit, FacilityRevision, Monitor, Room, Site, resolved_monitors
+from tracker.facility.policy import compliance_of
 from tracker.identity import signatures
 from tracker.identity.users import Authenticated, require_role
 
@@ -163,6 +164,7 @@ def evaluation_view(session: Session, site: Site) -> dict:
             "recovery_s": site.recovery_s,
             "rolling_window_s": site.rolling_window_s,
         },
+        "compliance": compliance_of(session, site).as_dict(),
         "rooms": {
             r.code: {"grade": r.grade, "background": code.get(r.background_id)} for r in rooms.values()
         },
@@ -191,6 +193,7 @@ def file_evaluation_view(facility: FacilityDef) -> dict:
             "recovery_s": facility.rules.recovery_s,
             "rolling_window_s": facility.rules.rolling_window_s,
         },
+        "compliance": facility.compliance.as_dict(),
         "rooms": {r.code: {"grade": r.grade, "background": r.background} for r in facility.rooms},
         "monitors": {
             m.code: {
@@ -202,12 +205,27 @@ def file_evaluation_view(facility: FacilityDef) -> dict:
     }
 
 
+def _shown(value: object) -> str:
+    return (
+        ", ".join(value)
+        if isinstance(value, list)
+        else f"{value:g}"
+        if isinstance(value, float)
+        else str(value)
+    )
+
+
 def evaluation_changes(before: dict, after: dict) -> list[str]:
     """Each change of an evaluation setting, e.g. ``room B01: grade B → C``."""
     changes = [
         f"[rules] {key}: {before['rules'][key]:g} → {value:g}"
         for key, value in after["rules"].items()
         if before["rules"][key] != value
+    ]
+    changes += [
+        f"[compliance] {key}: {_shown(before['compliance'][key])} → {_shown(value)}"
+        for key, value in after["compliance"].items()
+        if before["compliance"][key] != value
     ]
     for table, label in (("rooms", "room"), ("monitors", "monitor")):
         for code, values in after[table].items():
@@ -220,14 +238,18 @@ def evaluation_changes(before: dict, after: dict) -> list[str]:
     return changes
 
 
-def record_revision(session: Session, site: Site, changes: list[str], *, actor: str, now: datetime) -> None:
-    """Keep what this revision decides about evaluation (rooms and monitors change in place)."""
+def record_revision(
+    session: Session, site: Site, facility: FacilityDef, changes: list[str], *, actor: str, now: datetime
+) -> None:
+    """Keep what this revision decides about evaluation (rooms and monitors change in place;
+    the compliance rules live only here)."""
+    settings = {**evaluation_view(session, site), "compliance": facility.compliance.as_dict()}
     session.add(
         FacilityRevision(
             site_id=site.id,
             revision=site.revision,
             file_sha256=site.file_sha256,
-            settings=json.dumps(evaluation_view(session, site), sort_keys=True, ensure_ascii=False),
+            settings=json.dumps(settings, sort_keys=True, ensure_ascii=False),
             changes=json.dumps(changes, ensure_ascii=False),
             loaded_by=actor,
             loaded_at=now,
@@ -312,7 +334,7 @@ def load_facility(
     room_ids, deactivated = _apply_rooms(session, site, facility, actor=actor, now=now)
     deactivated += _apply_monitors(session, site, facility, room_ids, actor=actor, now=now)
     _apply_levels(session, site, facility, carried, actor=actor, now=now)
-    record_revision(session, site, changes, actor=actor, now=now)
+    record_revision(session, site, facility, changes, actor=actor, now=now)
     if limits_change:
         signatures.sign(
             session,

@@ -111,12 +111,14 @@ class IngestOptions:
     linger_s: float = 0.05
     max_payload_bytes: int = 16 * 1024
     future_tolerance: timedelta = timedelta(minutes=5)
-    close_after: int = 3
+    #: overrides of the sites' facility-file rules, for tests and benchmarks only (``None``:
+    #: each site's ``[rules]`` decide: tracker.facility.policy)
+    close_after: int | None = None
     ca_file: str | None = None
-    gap_factor: float = 3.0
+    gap_factor: float | None = None
     gap_check_s: float = 5.0
-    trend_alerts: int = 3
-    trend_window_h: float = 24.0
+    trend_alerts: int | None = None
+    trend_window_h: float | None = None
     stats_interval_s: float = 60.0
 
     @property
@@ -166,12 +168,8 @@ class IngestOptions:
             linger_s=settings.ingest_linger_ms / 1000,
             max_payload_bytes=settings.max_payload_bytes,
             future_tolerance=timedelta(seconds=settings.future_tolerance_s),
-            close_after=settings.excursion_close_after,
             ca_file=settings.mqtt_ca_file,
-            gap_factor=settings.gap_factor,
             gap_check_s=settings.gap_check_s,
-            trend_alerts=settings.trend_alerts,
-            trend_window_h=settings.trend_window_h,
             stats_interval_s=settings.ingest_stats_s,
         )
 
@@ -204,7 +202,10 @@ class Ingester:
             close_after=options.close_after,
             gap_factor=options.gap_factor,
             writer=default_writer(options.client_id),
-            trend=TrendRule(alerts=options.trend_alerts, window=timedelta(hours=options.trend_window_h)),
+            trend=TrendRule(
+                alerts=options.trend_alerts,
+                window=None if options.trend_window_h is None else timedelta(hours=options.trend_window_h),
+            ),
         )
         self._next_silence_check = 0.0
         self._next_stats = time.monotonic() + options.stats_interval_s

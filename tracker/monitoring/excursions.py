@@ -106,14 +106,19 @@ class EpisodeBook:
     def __init__(
         self,
         *,
-        close_after: int,
+        close_after: int | None = None,
         on_alert_closed: Callable[[Session, MonitorEntry, Episode | None, datetime], None] | None = None,
     ) -> None:
+        #: an explicit value overrides every site's ``[rules] episode_close_after`` (tests, bench)
         self.close_after = close_after
         self.machines: dict[SeriesKey, SeriesMachine] = {}
         #: called for each alert episode closed by live data, and after every replay that
         #: touched stored episodes (``None``): the adverse-trend rule re-derives then
         self.on_alert_closed = on_alert_closed
+
+    def closing(self, entry: MonitorEntry) -> int:
+        """In-limit readings that end an episode of ``entry``: its site's rule unless overridden."""
+        return self.close_after if self.close_after is not None else entry.compliance.close_after
 
     def forget(self, monitor_ids: Collection[int] | None = None) -> None:
         """Drop in-memory state (after a rollback, or of monitors another worker wrote):
@@ -165,7 +170,7 @@ class EpisodeBook:
                 stored = (newest or {}).get(key[0])
                 if stored is not None and judged[-1].at > stored:
                     # the series' newest reading is in limits, no episode open: an idle machine
-                    self.machines[key] = SeriesMachine(close_after=self.close_after, last_at=judged[-1].at)
+                    self.machines[key] = SeriesMachine(close_after=self.closing(entry), last_at=judged[-1].at)
                 continue
             machine = self.machines.get(key)
             if machine is None or (machine.last_at is not None and judged[0].at < machine.last_at):
@@ -275,7 +280,7 @@ class EpisodeBook:
             )
             for t, v, lv, d, st in rows
         ]
-        machine = replay(judged, close_after=self.close_after)
+        machine = replay(judged, close_after=self.closing(entry))
         replayed = [*machine.closed, *([machine.episode] if machine.episode else [])]
         machine.closed.clear()
         stored_query = select(Excursion).where(

@@ -107,8 +107,8 @@ class Intake:
     def __init__(
         self,
         *,
-        close_after: int = 3,
-        gap_factor: float = 3.0,
+        close_after: int | None = None,
+        gap_factor: float | None = None,
         trend: TrendRule | None = None,
         writer: str | None = None,
     ) -> None:

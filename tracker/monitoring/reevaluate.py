@@ -54,7 +54,7 @@ def reevaluate(
     start: datetime,
     end: datetime | None = None,
     actor: str,
-    close_after: int = 3,
+    close_after: int | None = None,
     site_code: str | None = None,
     reason: str | None = None,
 ) -> ReevaluationResult:
@@ -220,7 +220,7 @@ def record_room_state(
     actor: str,
     reason: str | None = None,
     site_code: str | None = None,
-    close_after: int = 3,
+    close_after: int | None = None,
 ) -> ReevaluationResult:
     """Record a state change and, in the same transaction, re-judge what was already measured
     after it (a backdated change must not leave readings judged by the wrong state)."""

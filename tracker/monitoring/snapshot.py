@@ -6,7 +6,7 @@ Built once and rebuilt only when a site's revision changes: monitor lookup by
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, datetime
 from zoneinfo import ZoneInfo
 
@@ -26,6 +26,7 @@ from tracker.facility.limits import (
     load_limit_set,
 )
 from tracker.facility.models import Site, resolved_monitors
+from tracker.facility.policy import Compliance, compliance_of
 from tracker.monitoring.rules.volume import (
     UL_PER_M3,
     Sample,
@@ -91,6 +92,8 @@ class MonitorEntry:
     burst_counts: int = 2
     #: the site's time zone: a calibration due date is a local calendar day
     timezone: str = "Asia/Shanghai"
+    #: the site's compliance rules (episode closing, gap factor, trends) from its facility file
+    compliance: Compliance = field(default_factory=Compliance)
 
     def invalid_reason(self, value: float, status: str, at: datetime) -> str | None:
         """Why a reading proves nothing, or ``None``: sensor status, an inhibit, overdue
@@ -210,6 +213,7 @@ def build_registry(session: Session) -> Registry:
             sha256=limit_set.sha256,
             revision=site.revision,
         )
+        compliance = compliance_of(session, site)
         for resolved in resolved_monitors(session, site):
             mon, room = resolved.monitor, resolved.room
             by_code[(site.code, mon.code)] = MonitorEntry(
@@ -235,6 +239,7 @@ def build_registry(session: Session) -> Registry:
                 rolling_max_age_s=site.rolling_window_s,
                 burst_counts=limit_set.burst_counts,
                 timezone=site.timezone,
+                compliance=compliance,
             )
     return Registry(
         marker=registry_marker(session), by_code=by_code, by_id={e.id: e for e in by_code.values()}

@@ -110,7 +110,7 @@ def change_room_state(
     reason: str | None = None,
     approver: Authenticated | None = None,
     site_code: str | None = None,
-    close_after: int = 3,
+    close_after: int | None = None,
     policy: StatePolicy | None = None,
     now: datetime | None = None,
 ) -> StateChangeResult:

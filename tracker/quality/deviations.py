@@ -38,9 +38,9 @@ from tracker.core.errors import (
     zh_word,
     zh_words,
 )
-from tracker.core.settings import get_settings
 from tracker.core.timeutil import iso_utc, utcnow
 from tracker.facility.models import Monitor, Room, Site
+from tracker.facility.policy import Compliance, compliance_of
 from tracker.identity import signatures
 from tracker.identity.users import Authenticated, get_user, require_role
 from tracker.monitoring.excursions import Excursion, ExcursionDoc
@@ -119,16 +119,20 @@ class CapaAction(SQLModel, table=True):
     effectiveness_note: str | None = Field(default=None, sa_column=Column(Text))
 
 
-def classes() -> tuple[str, ...]:
-    return tuple(c.strip() for c in get_settings().deviation_classes.split(",") if c.strip())
+def classes(session: Session | None = None, site: Site | None = None) -> tuple[str, ...]:
+    """The site's deviation classes, most severe first (``[quality] deviation_classes``)."""
+    if session is None or site is None:
+        return Compliance().deviation_classes
+    return compliance_of(session, site).deviation_classes
 
 
-def _check_class(classification: str) -> None:
-    if classification not in classes():
+def _check_class(session: Session, site: Site, classification: str) -> None:
+    known = classes(session, site)
+    if classification not in known:
         raise InvalidInputError(
             Reason(
-                f"classification must be one of {', '.join(classes())}",
-                f"分类须为以下之一：{zh_words(classes())}",
+                f"classification must be one of {', '.join(known)}",
+                f"分类须为以下之一：{zh_words(known)}",
             )
         )
 
@@ -175,7 +179,7 @@ def open_deviation(
 ) -> Deviation:
     """Raise a deviation (from excursions, or by hand when the list is empty). QA only (Art. 251)."""
     require_role(actor, "qa", action=Reason("raising a deviation", "开启偏差"))
-    _check_class(classification)
+    _check_class(session, site, classification)
     for name, zh, value in (
         ("title", "标题", title),
         ("category", "类别", category),
@@ -333,7 +337,7 @@ def update_deviation(
             )
         )
     if "classification" in fields:
-        _check_class(fields["classification"])
+        _check_class(session, session.get(Site, dev.site_id), fields["classification"])
     now = now or utcnow()
     before = _snapshot(dev)
     for name, value in fields.items():
@@ -689,7 +693,7 @@ def closure_gaps(session: Session, dev: Deviation) -> list[str]:
     """What still stops the deviation from closing."""
     missing = investigation_gaps(session, dev)
     actions = capa_actions(session, dev)
-    severe = {c.strip() for c in get_settings().deviation_capa_required.split(",")}
+    severe = set(compliance_of(session, session.get(Site, dev.site_id)).capa_required)
     if not actions:
         if dev.classification in severe:
             missing.append(

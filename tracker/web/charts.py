@@ -17,9 +17,9 @@ from matplotlib.figure import Figure
 from sqlmodel import Session, select
 
 from tracker.core.fonts import chart_font_family, chart_style
-from tracker.core.settings import get_settings
 from tracker.facility.limits import UNITS
 from tracker.facility.models import Monitor, Site
+from tracker.facility.policy import compliance_of
 from tracker.monitoring.excursions import Excursion
 from tracker.monitoring.readings import Reading
 from tracker.monitoring.snapshot import build_registry
@@ -60,7 +60,11 @@ def trend_svg(
     site = session.get(Site, monitor.site_id)
     tz = ZoneInfo(site.timezone)
     times, values = series(session, monitor, channel, start, end)
-    gap = timedelta(seconds=monitor.interval_s * get_settings().gap_factor) if monitor.interval_s else None
+    gap = (
+        timedelta(seconds=monitor.interval_s * compliance_of(session, site).gap_factor)
+        if monitor.interval_s
+        else None
+    )
     xs: list[datetime] = []
     ys: list[float] = []
     for i, (t, v) in enumerate(zip(times, values, strict=True)):

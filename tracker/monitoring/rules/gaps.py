@@ -88,12 +88,16 @@ class GapBook:
     #: threshold is taken from the current snapshot at each use)
     survives_refresh: ClassVar[bool] = True
 
-    def __init__(self, *, gap_factor: float = 3.0) -> None:
+    def __init__(self, *, gap_factor: float | None = None) -> None:
+        #: an explicit factor overrides every site's ``[rules] gap_factor`` (tests, bench)
         self.gap_factor = gap_factor
         #: per monitor: (last event time, its receipt time) of the newest reading seen
         self.latest: dict[int, tuple[datetime, datetime]] = {}
         #: monitors with a gap opened by this worker that readings have not closed yet
         self.open_gaps: set[int] = set()
+
+    def factor(self, entry: MonitorEntry) -> float:
+        return self.gap_factor if self.gap_factor is not None else entry.compliance.gap_factor
 
     def forget(self, monitor_ids: Collection[int] | None = None) -> None:
         if monitor_ids is None:
@@ -149,7 +153,7 @@ class GapBook:
             stamps.sort()
             known = self.latest.get(monitor_id)
             in_order = known is not None and monitor_id not in self.open_gaps and stamps[0][0] >= known[0]
-            threshold = threshold_for(entry, self.gap_factor)
+            threshold = threshold_for(entry, self.factor(entry))
             if in_order and not find_gaps([known[0], *(t for t, _ in stamps)], threshold):
                 self.latest[monitor_id] = stamps[-1]  # the common case: no query at all
                 continue
@@ -227,7 +231,7 @@ class GapBook:
                 start < last and (end is None or end > first) for start, end in around.get(monitor_id, ())
             )
             tail = [t for t, _ in stamps if t > stored_newest]
-            holes = find_gaps([stored_newest, *tail], threshold_for(entry, self.gap_factor))
+            holes = find_gaps([stored_newest, *tail], threshold_for(entry, self.factor(entry)))
             if first < stored_newest and monitor_id not in preceded:
                 self._after_slow(session, entry, rooms, stamps, None, now, shared, defer)
                 continue
@@ -280,7 +284,7 @@ class GapBook:
                 ).all()
             )
         )
-        computed = find_gaps(times, threshold_for(entry, self.gap_factor))
+        computed = find_gaps(times, threshold_for(entry, self.factor(entry)))
         stored = list(
             session.exec(
                 select(Excursion)
@@ -339,7 +343,7 @@ class GapBook:
     ) -> bool:
         """A live monitor (its newest reading arrived close to its event time) quiet for
         longer than the threshold; silence counts from the later of the two times."""
-        threshold = threshold_for(entry, self.gap_factor)
+        threshold = threshold_for(entry, self.factor(entry))
         return (
             received_at is not None
             and received_at - event_time <= threshold
@@ -368,7 +372,7 @@ class GapBook:
             entry = registry.by_id.get(monitor_id)
             if entry is None or not self.silent(entry, event_time, received_at, now):
                 continue
-            threshold = threshold_for(entry, self.gap_factor)
+            threshold = threshold_for(entry, self.factor(entry))
             if self._open(
                 session,
                 entry,
@@ -416,7 +420,7 @@ class GapBook:
     def _row(
         self, entry: MonitorEntry, rooms: RoomStates, gap: Gap, now: datetime, note: str | None = None
     ) -> Excursion:
-        threshold = threshold_for(entry, self.gap_factor).total_seconds()
+        threshold = threshold_for(entry, self.factor(entry)).total_seconds()
         row = Excursion(
             type="data_gap",
             site_id=entry.site_id,

@@ -37,8 +37,13 @@ class Rules:
     all: tuple[Rule, ...]
 
 
-def build_rules(*, close_after: int, gap_factor: float = 3.0, trend: TrendRule | None = None) -> Rules:
-    """The rules, wired: the episode book reports closed alerts (and replays) to ``trend``."""
+def build_rules(
+    *, close_after: int | None = None, gap_factor: float | None = None, trend: TrendRule | None = None
+) -> Rules:
+    """The rules, wired: the episode book reports closed alerts (and replays) to ``trend``.
+
+    ``close_after`` and ``gap_factor`` override every site's facility-file rules when given
+    (tests and benchmarks); ``None`` leaves each monitor to its site's (``MonitorEntry.compliance``)."""
     episodes = EpisodeBook(
         close_after=close_after,
         on_alert_closed=(

@@ -74,7 +74,8 @@ class TrendRule:
     #: yes: no in-memory state
     survives_refresh: ClassVar[bool] = True
 
-    def __init__(self, *, alerts: int = 3, window: timedelta = timedelta(hours=24)) -> None:
+    def __init__(self, *, alerts: int | None = None, window: timedelta | None = None) -> None:
+        #: explicit values override every site's ``[rules] trend_alerts`` / ``trend_window_h``
         self.alerts = alerts
         self.window = window
 
@@ -102,7 +103,9 @@ class TrendRule:
             )
             .order_by(Excursion.started_at)
         ).all()
-        spans = trend_spans(alerts, n=self.alerts, window=self.window)
+        n = self.alerts if self.alerts is not None else entry.compliance.trend_alerts
+        window = self.window if self.window is not None else timedelta(hours=entry.compliance.trend_window_h)
+        spans = trend_spans(alerts, n=n, window=window)
         stored = list(
             session.exec(
                 select(Excursion)
@@ -132,11 +135,11 @@ class TrendRule:
                     started_at=span.start,
                     peak=0,
                     readings=0,
-                    limit_value=float(self.alerts),
+                    limit_value=float(n),
                     basis_id=entry.basis_id,
                     created_at=now,
                     updated_at=now,
-                    note=f"{self.alerts} alert excursions within {self.window.total_seconds() / 3600:g} h",
+                    note=f"{n} alert excursions within {window.total_seconds() / 3600:g} h",
                 )
             else:
                 stored.remove(row)

@@ -20,9 +20,9 @@ from typing_extensions import TypedDict
 
 from tracker.core import audit
 from tracker.core.errors import ConflictError, InvalidInputError, Reason
-from tracker.core.settings import get_settings
 from tracker.core.timeutil import iso_utc, utcnow
-from tracker.facility.models import Monitor, Room, containing_rooms
+from tracker.facility.models import Monitor, Room, Site, containing_rooms
+from tracker.facility.policy import compliance_of
 from tracker.identity.users import Authenticated, require_role
 from tracker.monitoring.excursions import Excursion
 from tracker.monitoring.readings import Reading
@@ -106,7 +106,8 @@ def invalid_periods(
 ) -> list[tuple[Monitor, datetime, datetime, str]]:
     """Runs of invalid readings during the step per monitor: (monitor, first, last, reasons).
     A run breaks where valid data or a silence longer than the gap rule lies between."""
-    factor = get_settings().gap_factor
+    site = session.get(Site, session.get(Room, step.room_id).site_id)
+    factor = compliance_of(session, site).gap_factor
     periods = []
     for monitor in _monitors_for(session, step):
         rows = session.exec(

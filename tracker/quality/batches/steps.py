@@ -146,7 +146,6 @@ def _rejudge(
         end=end,
         actor=actor,
         site_code=site.code,
-        close_after=get_settings().excursion_close_after,
         reason=why,
     )
 

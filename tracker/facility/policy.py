@@ -1,0 +1,56 @@
+"""The compliance rules a site judges and classifies by, from its facility file.
+
+They used to be environment variables, which anyone who can restart a process could change
+without a trace. In the facility file they are versioned with each revision, changed only
+with QA's e-signed approval (``tracker.facility.load``), and stored with the revision that
+judged each reading (``facility_revision.settings``), so a later reader knows which rules
+applied (GMP 2010 Art. 161, 163; 计算机化系统附录 on changes to critical data; DESIGN §10).
+
+``[rules]``: ``episode_close_after`` (consecutive in-limit readings that end an episode),
+``gap_factor`` (silence longer than this × a monitor's interval is a data gap),
+``trend_alerts`` and ``trend_window_h`` (alert excursions of one monitor within the window
+that make an adverse trend, Annex 1 (2022) §9.x adverse trends; regulatory.md §5.2).
+``[quality]``: ``deviation_classes`` (most severe first), ``capa_required`` (classes that
+cannot close without CAPA, GMP 2010 Art. 250), ``major_incident_classes`` (what the annual
+report counts as a major quality or safety incident, 南宁试点 Art. 13-15).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields
+
+from sqlmodel import Session, select
+
+from tracker.facility.models import FacilityRevision, Site
+
+
+@dataclass(frozen=True)
+class Compliance:
+    close_after: int = 3
+    gap_factor: float = 3.0
+    trend_alerts: int = 3
+    trend_window_h: float = 24.0
+    deviation_classes: tuple[str, ...] = ("critical", "major", "minor")
+    capa_required: tuple[str, ...] = ("critical", "major")
+    major_incident_classes: tuple[str, ...] = ("critical",)
+
+    def as_dict(self) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, data: dict | None) -> Compliance:
+        """From stored settings; a key missing (a revision from before it existed) keeps its default."""
+        known = {f.name for f in fields(cls)}
+        values = {k: tuple(v) if isinstance(v, list) else v for k, v in (data or {}).items() if k in known}
+        return cls(**values)
+
+
+def compliance_of(session: Session, site: Site) -> Compliance:
+    """The rules of the site's current revision (defaults where it stored none)."""
+    settings = session.exec(
+        select(FacilityRevision.settings).where(
+            FacilityRevision.site_id == site.id, FacilityRevision.revision == site.revision
+        )
+    ).first()
+    return Compliance.from_dict(json.loads(settings).get("compliance") if settings else None)
