@@ -49,3 +49,27 @@ def test_calibration_expiry_is_judged_in_the_site_time_zone(engine: Engine) -> N
     assert (
         entry.invalid_reason(10.0, "ok", datetime(2026, 11, 19, 16, 0, tzinfo=UTC)) == "calibration_overdue"
     )
+
+
+def test_a_grade_a_counter_in_fault_for_an_hour_is_a_data_gap(
+    facility_engine: Engine, broker: LocalBroker
+) -> None:
+    """Invalid readings (fault, calibration overdue, inhibited) prove nothing: an hour of
+    ``fault`` from the A zone's counter is a data gap, as if it had said nothing."""
+    from tests.factories import particles, topic
+    from tests.test_volume_recovery import at, iso
+    from tests.test_volume_recovery import ingest as ingest_groups
+
+    messages = [
+        (
+            topic("T-B1-BSC", "T-BSC-PC"),
+            particles(
+                monitor="T-BSC-PC", seq=m + 1, ts=at(m), c05=5, status="fault" if 10 <= m < 70 else "ok"
+            ),
+        )
+        for m in range(80)
+    ]
+    ingest_groups(facility_engine, broker, messages)
+    with unit_of_work(facility_engine) as s:
+        gaps = [(e["monitor"], e["started_at"], e["ended_at"]) for e in list_excursions(s, type_="data_gap")]
+    assert gaps == [("T-BSC-PC", iso(9), iso(70))]

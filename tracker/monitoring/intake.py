@@ -286,7 +286,7 @@ class Intake:
                 self.highest_seq[monitor_id] = seq
         self.guard.record_latest(
             session,
-            {m: max(stamps) for m, stamps in batch.stamps.items()},
+            {m: max(stamps) for m, stamps in batch.covered.items()},
             {
                 m: self.highest_seq[m]
                 for m in batch.stamps
@@ -359,6 +359,7 @@ class Intake:
                 batch.counted.add(r.monitor_id)
             if r.seq < self.highest_seq.get(r.monitor_id, -1):
                 batch.late.add(r.monitor_id)
+            valid = False
             for channel, value in r.values.items():
                 judged = entry.judge(
                     channel,
@@ -370,8 +371,11 @@ class Intake:
                     volume_l=r.volume_l,
                 )
                 judgements.append(judged)
+                valid = valid or judged.invalid is None
                 if judged.sample is not None:
                     rolling.setdefault((r.monitor_id, channel), []).append(judged.sample)
+            if valid:
+                batch.covered.setdefault(r.monitor_id, []).append((r.event_time, r.received_at))
         for (monitor_id, channel), samples in rolling.items():
             batch.rejudged += self.volume.settle(session, registry.by_id[monitor_id], channel, samples)
         judged_values = iter(judgements)
@@ -432,6 +436,7 @@ class Intake:
             now=now,
             series=batch.series,
             stamps=batch.stamps,
+            covered=batch.covered,
             counted=batch.counted,
             late=batch.late,
             rejudged={(c["m"], c["c"]) for c in batch.rejudged},
@@ -452,6 +457,8 @@ class JudgedBatch:
     reading_rows: list[tuple] = field(default_factory=list)
     series: dict[tuple[int, str], list[Judged]] = field(default_factory=dict)
     stamps: dict[int, list[tuple[datetime, datetime]]] = field(default_factory=dict)
+    #: stamps of the readings with at least one valid channel (monitoring coverage)
+    covered: dict[int, list[tuple[datetime, datetime]]] = field(default_factory=dict)
     counted: set[int] = field(default_factory=set)  # a ≥5.0 µm count in this batch
     late: set[int] = field(default_factory=set)  # a sample older than one already stored
     #: stored samples whose rolling-volume verdict this batch's late samples changed

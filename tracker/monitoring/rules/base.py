@@ -33,6 +33,9 @@ class StoredBatch:
     series: dict[tuple[int, str], list[Judged]]
     #: per monitor, ``(event time, receipt time)`` of each new reading
     stamps: dict[int, list[tuple[datetime, datetime]]]
+    #: the same for the readings that count as monitoring coverage: at least one valid
+    #: channel (a counter reporting ``fault`` for an hour did not monitor: a data gap)
+    covered: dict[int, list[tuple[datetime, datetime]]]
     #: monitors with a ≥5.0 µm count in the batch
     counted: set[int]
     #: monitors with a sample older than one already stored (late data)

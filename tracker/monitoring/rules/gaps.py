@@ -11,6 +11,10 @@ opens a gap. Gaps are found three ways:
   no reading received for longer than the threshold opens a gap that is still open;
 * **at once**, when the monitor's retained status / MQTT last will says ``offline``.
 
+Only readings with a valid channel count as monitoring: a counter that reports ``fault``, is
+past its calibration date or inhibited proves nothing, so a grade A counter in fault for an
+hour during operation is a data gap like one that said nothing (issue 14 item 5).
+
 An open gap is closed by the next reading. Stored gaps are reconciled like limit episodes:
 updated in place, inserted, or superseded (audited) — never deleted.
 """
@@ -61,7 +65,13 @@ def _preceded(session: Session, firsts: Mapping[int, datetime]) -> set[int]:
         .execute(
             core_select(
                 *(
-                    exists().where(Reading.monitor_id == m, Reading.event_time < firsts[m]).label(f"m{i}")
+                    exists()
+                    .where(
+                        Reading.monitor_id == m,
+                        Reading.event_time < firsts[m],
+                        Reading.invalid_reason.is_(None),
+                    )
+                    .label(f"m{i}")
                     for i, m in enumerate(ids)
                 )
             )
@@ -114,7 +124,7 @@ class GapBook:
             session,
             batch.registry,
             batch.rooms,
-            batch.stamps,
+            batch.covered,
             batch.now,
             newest=batch.newest,
             shared=batch.shared,
@@ -261,7 +271,7 @@ class GapBook:
         stored readings, reconciled with the stored gap excursions there; returns whether
         ``last`` is the newest stored reading. With ``defer``, gaps that are not stored yet
         are handed to it instead of drawn (the stored ones are still kept in shape)."""
-        series = (Reading.monitor_id == entry.id,)
+        series = (Reading.monitor_id == entry.id, Reading.invalid_reason.is_(None))
         before = session.exec(
             select(Reading.event_time)
             .where(*series, Reading.event_time < first)
@@ -390,7 +400,7 @@ class GapBook:
     def _last_reading(session: Session, monitor_id: int) -> datetime | None:
         return session.exec(
             select(Reading.event_time)
-            .where(Reading.monitor_id == monitor_id)
+            .where(Reading.monitor_id == monitor_id, Reading.invalid_reason.is_(None))
             .order_by(Reading.event_time.desc())
             .limit(1)
         ).first()
