@@ -113,3 +113,33 @@ def test_out_of_order_feed_is_refused() -> None:
     m.feed(b)
     with pytest.raises(ValueError, match="out-of-order"):
         m.feed(a)
+
+
+def test_an_episode_ends_where_the_state_changes_and_each_part_has_its_own_limit() -> None:
+    """Issue 14 item 7: a grade B room out of its at-rest limit when an operation starts: the
+    at-rest part ends at the change, the in-operation part is judged by its own (looser) limit."""
+    at_rest = Bounds(alert_high=1760.0, action_high=3520.0)
+    in_op = Bounds(alert_high=176_000.0, action_high=352_000.0)
+    t0 = T0
+    machine = SeriesMachine(close_after=3)
+    rows = [(0, 5000.0, "at_rest"), (1, 5000.0, "at_rest"), (2, 400_000.0, "in_operation")]
+    rows += [(3, 400_000.0, "in_operation"), (4, 10.0, "in_operation"), (5, 10.0, "in_operation")]
+    rows += [(6, 10.0, "in_operation")]
+    for minute, value, state in rows:
+        bounds = at_rest if state == "at_rest" else in_op
+        verdict = evaluate(value, bounds)
+        machine.feed(
+            Judged(
+                at=t0 + timedelta(minutes=minute),
+                value=value,
+                level=verdict.level,
+                direction=verdict.direction,
+                bounds=bounds,
+                state=state,
+            )
+        )
+    first, second = machine.closed
+    assert (first.state, first.level, first.limit, first.readings) == ("at_rest", Level.ACTION, 3520.0, 2)
+    assert first.ended_at == t0 + timedelta(minutes=2)
+    assert (second.state, second.level, second.limit) == ("in_operation", Level.ACTION, 352_000.0)
+    assert (second.started_at, second.ended_at) == (t0 + timedelta(minutes=2), t0 + timedelta(minutes=4))

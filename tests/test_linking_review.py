@@ -152,7 +152,11 @@ def test_invalid_readings_during_a_step_must_be_assessed(people_engine: Engine) 
     batch_with_step(engine, "CT-1", "T-B1-BSC", 0, 20)
     with unit_of_work(engine) as s:
         batch = get_batch(s, "CT-1")
-        (item,) = review_items(s, batch)
+        sync_links(s, batch=batch)
+        # issue 14 item 5: readings under calibration are no monitoring, so the stretch is a
+        # data gap too (an excursion QA decides through its link) besides the invalid period
+        gap_item, item = review_items(s, batch)
+        assert (gap_item.kind, gap_item.detail["type"]) == ("excursion", "data_gap")
         assert (item.kind, item.monitor, item.exposed, item.detail["invalid_reasons"]) == (
             "invalid_period",
             "T-B1-PC",
@@ -160,6 +164,9 @@ def test_invalid_readings_during_a_step_must_be_assessed(people_engine: Engine) 
             "status_calibration",
         )
         assert (item.start, item.end) == (T0 + minutes(5), T0 + minutes(8))
+        link_id = gap_item.detail["link"]
+        assert gate_reasons(s, batch)[-1] == f"review item {item.key} (status_calibration) is unassessed"
+        decide_link(s, actor=as_(engine, "qa1"), link_id=link_id, exposed=False, reason="room counter only")
         assert gate_reasons(s, batch) == [f"review item {item.key} (status_calibration) is unassessed"]
         assess_item(
             s,

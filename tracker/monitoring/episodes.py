@@ -2,8 +2,11 @@
 
 An episode (DESIGN §4) opens when a channel stays beyond a bound for the limit's delay
 (e.g. 60 s so door openings do not alarm), keeps its highest level and its peak, and
-closes after ``close_after`` consecutive in-limit readings. Readings must be fed in
-event-time order; late data is handled by replaying a stretch (see ``tracker.monitoring.excursions``).
+closes after ``close_after`` consecutive in-limit readings. An episode never spans a change of
+the room's operational state: where the state changes while it is open, it ends there and the
+readings after it form their own episode, judged against the limits of their state (issue 14
+item 7; a grade B excursion at rest must not be reported with its in-operation limit).
+Readings must be fed in event-time order; late data is handled by replaying a stretch (see ``tracker.monitoring.excursions``).
 """
 
 from __future__ import annotations
@@ -103,9 +106,23 @@ class SeriesMachine:
             return ep
         return None
 
+    def _split_at_state_change(self, j: Judged) -> None:
+        """End the open episode (or forget the pending run) where the state changes."""
+        ep = self.episode
+        if ep is not None and j.state != ep.state:
+            ep.ended_at, ep.closed_by_at = j.at, j.at
+            self.closed.append(ep)
+            self.episode = None
+            self.alert_run_start = self.action_run_start = None
+            self.pending_peak, self.pending_count, self.pending_direction = None, 0, None
+        elif ep is None and self.alert_run_start is not None and j.state != self.pending_state:
+            self.alert_run_start = self.action_run_start = None
+            self.pending_peak, self.pending_count, self.pending_direction = None, 0, None
+
     def _out_of_limit(self, j: Judged) -> Episode | None:
         direction = j.direction or "high"
         self.ok_run, self.recovered_at = 0, None
+        self._split_at_state_change(j)
         if self.alert_run_start is None:
             self.alert_run_start, self.pending_state = j.at, j.state
             self.pending_direction = direction
