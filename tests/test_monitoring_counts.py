@@ -73,3 +73,49 @@ def test_a_grade_a_counter_in_fault_for_an_hour_is_a_data_gap(
     with unit_of_work(facility_engine) as s:
         gaps = [(e["monitor"], e["started_at"], e["ended_at"]) for e in list_excursions(s, type_="data_gap")]
     assert gaps == [("T-BSC-PC", iso(9), iso(70))]
+
+
+def test_re_evaluation_keeps_the_previous_verdicts_and_shows_them(
+    facility_engine: Engine, db_url: str
+) -> None:
+    """Issue 14 item 7: a re-judged reading keeps what it was (a history row, not an overwrite)."""
+    import json
+    from datetime import timedelta
+
+    from tests.factories import T0, particles, topic
+    from tests.test_cli import tracker
+    from tracker.ingest.processor import BatchProcessor, InboundMessage
+    from tracker.monitoring.intake import Intake
+    from tracker.monitoring.readings import verdict_history
+    from tracker.monitoring.reevaluate import record_room_state
+
+    batch = [
+        InboundMessage(
+            topic("T-B1", "T-B1-PC"),
+            particles(seq=m + 1, ts=T0 + timedelta(minutes=m), c05=2830 if 3 <= m < 6 else 10),
+            T0 + timedelta(days=1),
+        )
+        for m in range(10)
+    ]
+    with unit_of_work(facility_engine) as s:
+        BatchProcessor(Intake()).process(s, batch)
+    with unit_of_work(facility_engine) as s:
+        record_room_state(
+            s, room_code="T-B1", state="in_operation", effective_at=T0, actor="qa.li", reason="log"
+        )
+    with unit_of_work(facility_engine) as s:
+        monitor_id = s.exec(select(Reading.monitor_id).where(Reading.seq == 4)).first()
+        history = verdict_history(s, monitor_id)
+        now = {
+            (r.seq, r.channel): r.level
+            for r in s.exec(select(Reading).where(Reading.monitor_id == monitor_id))
+        }
+    before = {(h.seq, h.channel): (h.level, h.state) for h in history}
+    assert before[(4, "0.5")] == ("action", "at_rest")  # what QA saw first
+    assert now[(4, "0.5")] == "ok"  # judged again in operation
+    assert all(h.cause.startswith("re-evaluation: room state in_operation") for h in history)
+    shown = tracker("verdicts", "T-B1-PC", "--json", db_url=db_url)
+    assert shown.returncode == 0, shown.stderr
+    assert {"seq": 4, "channel": "0.5", "level": "action", "state": "at_rest"}.items() <= next(
+        d for d in json.loads(shown.stdout) if (d["seq"], d["channel"]) == (4, "0.5")
+    ).items()

@@ -19,7 +19,7 @@ from tracker.monitoring.excursions import Excursion
 from tracker.monitoring.ingest_state import IngestState
 from tracker.monitoring.proposals import LimitProposal
 from tracker.monitoring.quarantine import QuarantinedMessage
-from tracker.monitoring.readings import MonitorStatusEvent, RawMessage, Reading
+from tracker.monitoring.readings import MonitorStatusEvent, RawMessage, Reading, ReadingVerdict
 from tracker.monitoring.rollups import RollupHourly
 from tracker.quality.batches.models import Batch, ExcursionLink, ProcessStep, ReviewAssessment
 from tracker.quality.deviations import CapaAction, Deviation, DeviationBatch, DeviationExcursion
@@ -49,6 +49,7 @@ __all__ = [
     "QuarantinedMessage",
     "RawMessage",
     "Reading",
+    "ReadingVerdict",
     "ReviewAssessment",
     "RollupHourly",
     "Room",

@@ -34,7 +34,7 @@ from tracker.cli.quality import register as register_quality_commands
 from tracker.cli.report import report_app
 from tracker.core import audit
 from tracker.core.db import unit_of_work
-from tracker.core.errors import ConflictError, Reason, TrackerError, in_language
+from tracker.core.errors import ConflictError, NotFoundError, Reason, TrackerError, in_language
 from tracker.core.i18n import current_lang, t
 from tracker.core.settings import get_settings
 from tracker.core.timeutil import local_display, parse_duration, parse_instant, utcnow
@@ -500,6 +500,68 @@ def quarantine(
     tz = get_settings().timezone
     for q in rows:
         table.add_row(local_display(q.received_at, tz), t(q.reason), q.topic, q.detail[:100])
+    console.print(table)
+
+
+@app.command()
+def verdicts(
+    monitor: str,
+    start: Annotated[str | None, typer.Option("--from", help="ISO 8601 with offset")] = None,
+    end: Annotated[str | None, typer.Option("--to", help="ISO 8601 with offset")] = None,
+    site: Annotated[str | None, typer.Option()] = None,
+    json_out: JsonOpt = False,
+    db: DbOpt = None,
+) -> None:
+    """Previous verdicts of a monitor's re-judged readings: what was shown before, and why it changed."""
+    from sqlmodel import select
+
+    from tracker.core.timeutil import iso_utc
+    from tracker.facility.models import Monitor, get_site
+    from tracker.monitoring.readings import verdict_history
+
+    with unit_of_work(engine_for(db)) as session:
+        site_row = get_site(session, site)
+        row = session.exec(
+            select(Monitor).where(Monitor.site_id == site_row.id, Monitor.code == monitor)
+        ).first()
+        if row is None:
+            raise NotFoundError(Reason(f"no monitor {monitor!r}", f"没有监测点 {monitor!r}"))
+        history = verdict_history(
+            session,
+            row.id,
+            start=parse_instant(start) if start else None,
+            end=parse_instant(end) if end else None,
+        )
+    docs = [
+        {
+            "seq": h.seq,
+            "channel": h.channel or None,
+            "event_time": iso_utc(h.event_time),
+            "level": h.level,
+            "state": h.state,
+            "invalid_reason": h.invalid_reason,
+            "replaced_at": iso_utc(h.replaced_at),
+            "cause": h.cause,
+        }
+        for h in history
+    ]
+    if json_out:
+        print_json(docs)
+        return
+    tz = get_settings().timezone
+    table = Table(title=t("previous_verdicts"))
+    for key in ("seq", "channel", "time", "level", "state", "replaced", "cause"):
+        table.add_column(t(key))
+    for d in docs:
+        table.add_row(
+            str(d["seq"]),
+            d["channel"] or "",
+            local_display(parse_instant(d["event_time"]), tz),
+            t(d["level"]),
+            t(d["state"]),
+            local_display(parse_instant(d["replaced_at"]), tz),
+            d["cause"],
+        )
     console.print(table)
 
 

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import BigInteger, Column, Index, Integer, LargeBinary, Text
-from sqlmodel import Field, SQLModel
+from sqlalchemy import BigInteger, Column, Index, Integer, LargeBinary, Text, text
+from sqlmodel import Field, Session, SQLModel, select
 
-from tracker.core.db import UTCDateTime
+from tracker.core.db import UTCDateTime, time_param
 from tracker.facility.basis import EvaluationBasis  # noqa: F401  (target of reading.basis_id)
 
 #: the wire allows any seq below 2⁶³ (some monitors count milliseconds): BIGINT on PostgreSQL,
@@ -56,6 +56,69 @@ class Reading(SQLModel, table=True):
     #: particles: the sampled volume in litres, as sent (``sample.volume``), so a channel can
     #: be judged over a rolling sampled volume (``tracker.monitoring.rules.volume``); ``None`` for other kinds
     sample_volume_l: float | None = None
+
+
+class ReadingVerdict(SQLModel, table=True):
+    """A verdict a reading had before it was judged again (re-evaluation after a backdated
+    room state or an inhibit, or late samples changing a rolling window): kept, not
+    overwritten, so a reader sees what was shown at the time and why it changed (GMP 2010
+    Art. 163: a change to a record keeps the original; issue 14 item 7)."""
+
+    __tablename__ = "reading_verdict"
+    __table_args__ = (Index("ix_reading_verdict_reading", "monitor_id", "seq", "channel"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    monitor_id: int = Field(foreign_key="monitor.id")
+    seq: int = Field(sa_type=SEQ_TYPE)
+    channel: str = Field(default="", max_length=8)
+    event_time: datetime = Field(sa_type=UTCDateTime, nullable=False)
+    level: str = Field(max_length=16)
+    direction: str | None = Field(default=None, max_length=4)
+    state: str = Field(max_length=16)
+    basis_id: int
+    invalid_reason: str | None = Field(default=None, max_length=40)
+    #: when it was replaced, and why
+    replaced_at: datetime = Field(sa_type=UTCDateTime, nullable=False)
+    cause: str = Field(sa_column=Column(Text, nullable=False))
+
+
+_KEEP_PREVIOUS = text(
+    "INSERT INTO reading_verdict (monitor_id, seq, channel, event_time, level, direction, state, "
+    "basis_id, invalid_reason, replaced_at, cause) "
+    "SELECT monitor_id, seq, channel, event_time, level, direction, state, basis_id, invalid_reason, "
+    ":replaced_at, :cause FROM reading "
+    "WHERE monitor_id = :m AND seq = :s AND channel = :c AND event_time = :t"
+)
+
+
+def keep_previous_verdicts(session: Session, keys: list[dict], *, cause: str, now: datetime) -> None:
+    """Copy the current verdict of each reading (``m``, ``s``, ``c``, ``t``) into the history,
+    in the caller's transaction, right before it is overwritten."""
+    if not keys:
+        return
+    as_param = time_param(session.get_bind().dialect.name)
+    at = as_param(now)
+    session.connection().execute(
+        _KEEP_PREVIOUS,
+        [
+            {"m": k["m"], "s": k["s"], "c": k["c"], "t": as_param(k["t"]), "replaced_at": at, "cause": cause}
+            for k in keys
+        ],
+    )
+
+
+def verdict_history(
+    session: Session, monitor_id: int, *, start: datetime | None = None, end: datetime | None = None
+) -> list[ReadingVerdict]:
+    """Previous verdicts of a monitor's readings, oldest reading first."""
+    query = select(ReadingVerdict).where(ReadingVerdict.monitor_id == monitor_id)
+    if start is not None:
+        query = query.where(ReadingVerdict.event_time >= start)
+    if end is not None:
+        query = query.where(ReadingVerdict.event_time < end)
+    return list(
+        session.exec(query.order_by(ReadingVerdict.event_time, ReadingVerdict.channel, ReadingVerdict.id))
+    )
 
 
 class MonitorStatusEvent(SQLModel, table=True):

@@ -20,7 +20,7 @@ from tracker.core.timeutil import utcnow
 from tracker.facility.limits import STATES
 from tracker.facility.models import Monitor, Room, find_room
 from tracker.facility.roomstate import RoomStates, set_room_state
-from tracker.monitoring.readings import Reading
+from tracker.monitoring.readings import Reading, keep_previous_verdicts
 from tracker.monitoring.rollups import rebuild_rollups
 from tracker.monitoring.rules.base import Reevaluation
 from tracker.monitoring.rules.ruleset import build_rules
@@ -146,6 +146,9 @@ def reevaluate(
         first_change[key] = min(first_change.get(key, r.event_time), r.event_time)
         max_changed = r.event_time if max_changed is None else max(max_changed, r.event_time)
     if changes:
+        keep_previous_verdicts(
+            session, changes, cause=f"re-evaluation: {reason or 'requested'}", now=utcnow()
+        )
         table = Reading.__table__
         session.connection().execute(
             # event_time is implied by the key, but lets PostgreSQL go to one month's partition

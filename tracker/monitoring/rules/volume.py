@@ -44,8 +44,9 @@ from typing import TYPE_CHECKING, ClassVar
 from sqlalchemy import bindparam, select, tuple_, update
 from sqlmodel import Session
 
+from tracker.core.timeutil import utcnow
 from tracker.facility.limits import OK, STATES, Bounds, Level, Verdict, evaluate
-from tracker.monitoring.readings import Reading
+from tracker.monitoring.readings import Reading, keep_previous_verdicts
 from tracker.monitoring.rollups import rebuild_rollups
 
 if TYPE_CHECKING:
@@ -489,6 +490,12 @@ def store_changes(session: Session, kinds: dict[int, str], changes: list[dict]) 
     """Write re-judged rolling-volume verdicts of stored samples; rebuild their hours' rollups."""
     if not changes:
         return
+    keep_previous_verdicts(
+        session,
+        [{"m": c["m"], "s": c["s"], "c": c["c"], "t": c["at"]} for c in changes],
+        cause="rolling volume: samples stored later (backfill) changed this sample's window",
+        now=utcnow(),
+    )
     table = Reading.__table__
     session.connection().execute(
         # event_time is implied by the key, but lets PostgreSQL go to one month's partition
