@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import BigInteger, Column, Index, Integer, LargeBinary, Text, text
+from sqlalchemy import BigInteger, Column, Index, Integer, LargeBinary, Text, bindparam, text, update
 from sqlmodel import Field, Session, SQLModel, select
 
 from tracker.core.db import UTCDateTime, time_param
@@ -104,6 +104,37 @@ def keep_previous_verdicts(session: Session, keys: list[dict], *, cause: str, no
             {"m": k["m"], "s": k["s"], "c": k["c"], "t": as_param(k["t"]), "replaced_at": at, "cause": cause}
             for k in keys
         ],
+    )
+
+
+def overwrite_verdicts(session: Session, rows: list[dict], *, cause: str, now: datetime) -> None:
+    """Re-judge stored readings: keep each one's previous verdict, then write the new one.
+
+    ``rows`` hold the key (``m``, ``s``, ``c``, ``t``) and the new ``level``, ``direction`` and
+    ``basis``; with ``state`` and ``invalid`` too when the judging state may have changed
+    (re-evaluation), without them when only a rolling window moved (late samples)."""
+    if not rows:
+        return
+    keep_previous_verdicts(session, rows, cause=cause, now=now)
+    table = Reading.__table__
+    values = {
+        "level": bindparam("level"),
+        "direction": bindparam("direction"),
+        "basis_id": bindparam("basis"),
+    }
+    if "state" in rows[0]:
+        values |= {"state": bindparam("state"), "invalid_reason": bindparam("invalid")}
+    session.connection().execute(
+        # event_time is implied by the key, but lets PostgreSQL go to one month's partition
+        update(table)
+        .where(
+            table.c.monitor_id == bindparam("m"),
+            table.c.seq == bindparam("s"),
+            table.c.channel == bindparam("c"),
+            table.c.event_time == bindparam("t"),
+        )
+        .values(**values),
+        rows,
     )
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import bindparam, update
 from sqlmodel import Session, select
 
 from tracker.core import audit
@@ -20,7 +19,7 @@ from tracker.core.timeutil import utcnow
 from tracker.facility.limits import STATES
 from tracker.facility.models import Monitor, Room, find_room
 from tracker.facility.roomstate import RoomStates, set_room_state
-from tracker.monitoring.readings import Reading, keep_previous_verdicts
+from tracker.monitoring.readings import Reading, overwrite_verdicts
 from tracker.monitoring.rollups import rebuild_rollups
 from tracker.monitoring.rules.base import Reevaluation
 from tracker.monitoring.rules.ruleset import build_rules
@@ -145,29 +144,7 @@ def reevaluate(
         key = (r.monitor_id, r.channel)
         first_change[key] = min(first_change.get(key, r.event_time), r.event_time)
         max_changed = r.event_time if max_changed is None else max(max_changed, r.event_time)
-    if changes:
-        keep_previous_verdicts(
-            session, changes, cause=f"re-evaluation: {reason or 'requested'}", now=utcnow()
-        )
-        table = Reading.__table__
-        session.connection().execute(
-            # event_time is implied by the key, but lets PostgreSQL go to one month's partition
-            update(table)
-            .where(
-                table.c.monitor_id == bindparam("m"),
-                table.c.seq == bindparam("s"),
-                table.c.channel == bindparam("c"),
-                table.c.event_time == bindparam("t"),
-            )
-            .values(
-                level=bindparam("level"),
-                direction=bindparam("direction"),
-                state=bindparam("state"),
-                basis_id=bindparam("basis"),
-                invalid_reason=bindparam("invalid"),
-            ),
-            changes,
-        )
+    overwrite_verdicts(session, changes, cause=f"re-evaluation: {reason or 'requested'}", now=utcnow())
     if changes:
         changed_ids = sorted({c["m"] for c in changes})
         rebuild_rollups(

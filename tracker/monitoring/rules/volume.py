@@ -41,12 +41,12 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, ClassVar
 
-from sqlalchemy import bindparam, select, tuple_, update
+from sqlalchemy import select, tuple_
 from sqlmodel import Session
 
 from tracker.core.timeutil import utcnow
 from tracker.facility.limits import OK, STATES, Bounds, Level, Verdict, evaluate
-from tracker.monitoring.readings import Reading, keep_previous_verdicts
+from tracker.monitoring.readings import Reading, overwrite_verdicts
 from tracker.monitoring.rollups import rebuild_rollups
 
 if TYPE_CHECKING:
@@ -490,27 +490,14 @@ def store_changes(session: Session, kinds: dict[int, str], changes: list[dict]) 
     """Write re-judged rolling-volume verdicts of stored samples; rebuild their hours' rollups."""
     if not changes:
         return
-    keep_previous_verdicts(
+    overwrite_verdicts(
         session,
-        [{"m": c["m"], "s": c["s"], "c": c["c"], "t": c["at"]} for c in changes],
-        cause="rolling volume: samples stored later (backfill) changed this sample's window",
-        now=utcnow(),
-    )
-    table = Reading.__table__
-    session.connection().execute(
-        # event_time is implied by the key, but lets PostgreSQL go to one month's partition
-        update(table)
-        .where(
-            table.c.monitor_id == bindparam("m"),
-            table.c.seq == bindparam("s"),
-            table.c.channel == bindparam("c"),
-            table.c.event_time == bindparam("t"),
-        )
-        .values(level=bindparam("level"), direction=bindparam("direction"), basis_id=bindparam("basis")),
         [
             {"t": c["at"], **{k: c[k] for k in ("m", "s", "c", "level", "direction", "basis")}}
             for c in changes
         ],
+        cause="rolling volume: samples stored later (backfill) changed this sample's window",
+        now=utcnow(),
     )
     for monitor_id in sorted({c["m"] for c in changes}):
         times = [c["at"] for c in changes if c["m"] == monitor_id]
