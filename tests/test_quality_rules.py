@@ -104,7 +104,9 @@ def test_first_admin_is_explicit_and_roles_keep_duties_apart(facility_engine: En
         assert PASSWORD not in qa.password_hash
 
 
-def test_wrong_password_at_signing_is_refused_counted_and_reported_never_locked(people_engine: Engine) -> None:
+def test_wrong_password_at_signing_is_refused_counted_and_reported_never_locked(
+    people_engine: Engine,
+) -> None:
     """Issue 15 replaced the 30-minute lockout (anyone could lock the QP out with five tries):
     failures are counted and audited, the administrators are told every
     ``login_alert_failures`` of them, and the right password still works."""
