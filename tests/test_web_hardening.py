@@ -34,14 +34,12 @@ from tracker.core.settings import get_settings
 from tracker.core.timeutil import utcnow
 from tracker.identity import users
 from tracker.identity.sessions import WebSessionRow
-from tracker.identity.tokens import ApiToken
 from tracker.ingest.processor import BatchProcessor, InboundMessage
 from tracker.monitoring.intake import Intake
-from tracker.monitoring.quarantine import PREFIX_BYTES, QuarantinedMessage, Rejection, quarantine_many
+from tracker.monitoring.quarantine import QuarantinedMessage, Rejection, quarantine_many
 from tracker.quality.batches.steps import get_batch
 from tracker.web.app import create_app
 from tracker.web.config import WebSettings
-from tracker.web.throttle import LoginThrottle, RateLimiter
 
 FAILED_EN, FAILED_ZH = "wrong user name or password", "用户名或密码错误"
 
@@ -313,6 +311,8 @@ def test_x_forwarded_for_counts_only_from_configured_proxies(web_engine: Engine)
 
 def test_the_limiters_forget_and_stay_bounded() -> None:
     """The limiter kept every address it ever saw."""
+    from tracker.web.throttle import LoginThrottle, RateLimiter
+
     now = [0.0]
     limiter = RateLimiter(2, max_keys=100, clock=lambda: now[0])
     for i in range(1000):
@@ -344,6 +344,8 @@ def _process(engine: Engine, messages: list[InboundMessage]) -> None:
 def test_an_oversized_payload_is_kept_as_a_prefix_with_its_size_and_digest(facility_engine: Engine) -> None:
     """The attack: a 5 MB message was stored whole in quarantine; on a status topic it skipped
     the size check altogether."""
+    from tracker.monitoring.quarantine import PREFIX_BYTES
+
     big = b'{"schema": "gmp.reading/1", "pad": "' + b"x" * 5_000_000 + b'"}'
     reading_topic = topic("T-B1", "T-B1-PC")
     status_topic = reading_topic + "/status"
@@ -521,6 +523,8 @@ def test_tokens_are_revoked_at_logout_and_by_their_owner_and_every_step_is_audit
     # a browser login and logout
     client, token = browser(web_app, "qa1")
     assert client.post("/logout", data={"csrf_token": token}).status_code == 303
+    from tracker.identity.tokens import ApiToken
+
     with Session(web_engine) as s:
         assert all(
             t.revoked_at
@@ -618,3 +622,22 @@ def test_the_annual_report_is_cached_and_limited_per_user(web_engine: Engine) ->
     add_person(web_engine, "viewer2", "只读 2", ["viewer"])
     assert qa.get("/reports/annual", params={"year": 2026, "format": "json"}).status_code == 200
     assert reports.builds == 4
+
+
+def test_a_chart_opened_on_its_own_allows_exactly_its_own_styles(web_app, web_engine: Engine) -> None:
+    """The pages' policy (style-src 'self') refused the chart SVG's inline styles when the chart
+    was opened on its own (52 console errors); tests/test_web_browser.py checks it in Chromium."""
+    import base64
+    import re
+
+    _process(web_engine, [InboundMessage(topic("T-B1", "T-B1-PC"), particles(seq=1, ts=T0, c05=5), T0)])
+    client, _ = browser(web_app, "qa1")
+    r = client.get("/monitors/T-B1-PC/chart.svg", params={"end": "2026-11-20T02:00:00Z", "channel": "0.5"})
+    policy = r.headers["content-security-policy"]
+    assert policy.startswith("default-src 'none'; style-src 'unsafe-hashes' 'sha256-")
+    assert "script-src" not in policy  # default-src 'none': no script at all
+    styles = set(re.findall(r'style="([^"]*)"', r.text))
+    assert styles
+    for style in styles:
+        digest = base64.b64encode(hashlib.sha256(style.encode()).digest()).decode()
+        assert f"'sha256-{digest}'" in policy
