@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import statistics
 import time
 from datetime import timedelta
 
@@ -207,16 +206,17 @@ def test_every_failed_login_costs_one_password_hash(people_engine: Engine, monke
             type(hasher), "verify", lambda self, h, p: verified.append(h) or real_verify(self, h, p)
         )
         times: dict[str, list[float]] = {k: [] for k in cases}
-        for _ in range(5):
+        for _ in range(7):
             for case, (name, password) in cases.items():
                 started = time.perf_counter()
                 with pytest.raises(AuthenticationError) as failed:
                     users.login(people_engine, username=name, password=password)
                 times[case].append(time.perf_counter() - started)
                 assert str(failed.value) == FAILED_EN
-        assert len(verified) == 15  # one argon2 verification per failure, whatever the case
-        medians = {k: statistics.median(v) for k, v in times.items()}
-        assert max(medians.values()) < 1.5 * min(medians.values()), medians
+        assert len(verified) == 21  # one argon2 verification per failure, whatever the case
+        # the fastest of seven tries of each (the least disturbed by other work on the machine)
+        fastest = {k: min(v) for k, v in times.items()}
+        assert max(fastest.values()) < 1.5 * min(fastest.values()), fastest
     finally:
         get_settings.cache_clear()
 

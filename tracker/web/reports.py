@@ -63,34 +63,41 @@ class ReportCache:
             body = self._fresh(key)
             if body is not None:
                 return body
-            if not self._one_build.acquire(blocking=False):
+            try:
+                return self._build(key, user=user, build=build)
+            finally:
+                with self._lock:
+                    self._building.pop(key, None)
+
+    def _build(self, key: Hashable, *, user: str, build: Callable[[], bytes]) -> bytes:
+        """Build under the process's one-at-a-time rule and the user's hourly allowance."""
+        if not self._one_build.acquire(blocking=False):
+            raise TooManyRequestsError(
+                Reason(
+                    "another report is being generated: try again in a minute",
+                    "正在生成另一份报告：请一分钟后再试",
+                ),
+                retry_after=60,
+            )
+        try:
+            if not self.per_user.allow(user):
+                wait = self.per_user.wait(user)
                 raise TooManyRequestsError(
                     Reason(
-                        "another report is being generated: try again in a minute",
-                        "正在生成另一份报告：请一分钟后再试",
+                        f"{user} has had {self.per_user.limit} reports generated in the last hour: "
+                        f"try again in {max(1, round(wait / 60))} min",
+                        f"{user} 在过去一小时内已生成 {self.per_user.limit} 份报告：请 "
+                        f"{max(1, round(wait / 60))} 分钟后再试",
                     ),
-                    retry_after=60,
+                    retry_after=wait,
                 )
-            try:
-                if not self.per_user.allow(user):
-                    wait = self.per_user.wait(user)
-                    raise TooManyRequestsError(
-                        Reason(
-                            f"{user} has had {self.per_user.limit} reports generated in the last hour: "
-                            f"try again in {max(1, round(wait / 60))} min",
-                            f"{user} 在过去一小时内已生成 {self.per_user.limit} 份报告：请 "
-                            f"{max(1, round(wait / 60))} 分钟后再试",
-                        ),
-                        retry_after=wait,
-                    )
-                body = build()
-                self.builds += 1
-            finally:
-                self._one_build.release()
-            with self._lock:
-                self._built[key] = _Built(body, self.clock())
-                self._built.move_to_end(key)
-                while len(self._built) > KEEP_DOCUMENTS:
-                    self._built.popitem(last=False)
-                self._building.pop(key, None)
-            return body
+            body = build()
+            self.builds += 1
+        finally:
+            self._one_build.release()
+        with self._lock:
+            self._built[key] = _Built(body, self.clock())
+            self._built.move_to_end(key)
+            while len(self._built) > KEEP_DOCUMENTS:
+                self._built.popitem(last=False)
+        return body
