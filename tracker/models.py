@@ -14,6 +14,7 @@ from tracker.facility.models import FacilityLimit, FacilityRevision, Monitor, Ro
 from tracker.facility.roomstate import OperationPeriod, RoomStateChange
 from tracker.identity.sessions import WebSessionRow
 from tracker.identity.signatures import Signature
+from tracker.identity.tokens import ApiToken
 from tracker.identity.users import User
 from tracker.monitoring.excursions import Excursion
 from tracker.monitoring.ingest_state import IngestState
@@ -27,6 +28,7 @@ from tracker.quality.deviations import CapaAction, Deviation, DeviationBatch, De
 metadata = SQLModel.metadata
 
 __all__ = [
+    "ApiToken",
     "AuditEvent",
     "Batch",
     "CapaAction",

@@ -880,8 +880,12 @@ def audit_digest(db: DbOpt = None) -> None:
 def serve(
     host: Annotated[str | None, typer.Option(help="default TRACKER_WEB_HOST (127.0.0.1)")] = None,
     port: Annotated[int | None, typer.Option(help="default TRACKER_WEB_PORT (8000)")] = None,
-    forwarded_allow_ips: Annotated[
-        str | None, typer.Option(help="proxies whose X-Forwarded-* headers are trusted (default 127.0.0.1)")
+    trusted_proxies: Annotated[
+        str | None,
+        typer.Option(
+            help="reverse proxies (addresses or networks, comma-separated) whose X-Forwarded-* headers "
+            "are believed; default TRACKER_WEB_TRUSTED_PROXIES, none"
+        ),
     ] = None,
     db: DbOpt = None,
 ) -> None:
@@ -890,9 +894,7 @@ def serve(
     from tracker.web.serve import serve as run_server
 
     web = WebSettings()
-    run_server(
-        engine_for(db), host=host or web.host, port=port or web.port, forwarded_allow_ips=forwarded_allow_ips
-    )
+    run_server(engine_for(db), host=host or web.host, port=port or web.port, trusted_proxies=trusted_proxies)
 
 
 @app.command()

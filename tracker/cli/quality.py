@@ -95,7 +95,7 @@ def user_list(json_out: JsonOpt = False, db: DbOpt = None) -> None:
         print_json(rows)
         return
     table = Table(title=t("user"))
-    for key in ("user", "full_name", "roles", "active", "locked"):
+    for key in ("user", "full_name", "roles", "active", "failed_logins"):
         table.add_column(t(key))
     for r in rows:
         table.add_row(
@@ -103,7 +103,7 @@ def user_list(json_out: JsonOpt = False, db: DbOpt = None) -> None:
             r["full_name"],
             ", ".join(t(x) for x in r["roles"].split(",")),
             t("yes") if r["active"] else t("no"),
-            t("yes") if r["locked"] else "",
+            (f"{r['failed_attempts']} !" if r["alert"] else str(r["failed_attempts"] or "")),
         )
     console.print(table)
 
@@ -141,17 +141,18 @@ def user_deactivate(
     _admin_change(deactivate, username, as_, password_stdin, db, reason=reason)
 
 
-@user_app.command("unlock")
-def user_unlock(
+@user_app.command("clear-failures")
+def user_clear_failures(
     username: str,
-    reason: Annotated[str, typer.Option()],
+    reason: Annotated[str, typer.Option(help="what the administrator found")],
     as_: AsOpt,
     password_stdin: PwStdin = False,
     db: DbOpt = None,
 ) -> None:
-    from tracker.identity.users import unlock
+    """Clear an account's count of failed logins after looking into it (accounts never lock)."""
+    from tracker.identity.users import clear_failures
 
-    _admin_change(unlock, username, as_, password_stdin, db, reason=reason)
+    _admin_change(clear_failures, username, as_, password_stdin, db, reason=reason)
 
 
 @user_app.command("roles")

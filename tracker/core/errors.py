@@ -46,6 +46,16 @@ class AuthenticationError(TrackerError, PermissionError):
     status_code = 401
 
 
+class TooManyRequestsError(TrackerError):
+    """Throttled: too many attempts or too much work asked for; ``retry_after`` in seconds."""
+
+    status_code = 429
+
+    def __init__(self, message: str, retry_after: float = 60.0) -> None:
+        super().__init__(message)
+        self.retry_after = max(1, round(retry_after))
+
+
 class PermissionDeniedError(TrackerError, PermissionError):
     """The user is authenticated but their role, or the separation of duties, forbids this."""
 

@@ -111,7 +111,7 @@ MESSAGES: dict[str, tuple[str, str]] = {
     "full_name": ("姓名", "Full name"),
     "roles": ("角色", "Roles"),
     "active": ("启用", "Active"),
-    "locked": ("已锁定", "Locked"),
+    "failed_logins": ("连续登录失败", "Failed logins in a row"),
     "operator": ("操作人员", "operator"),
     "production_head": ("生产管理负责人", "production head"),
     "qa": ("质量管理负责人/QA", "QA"),

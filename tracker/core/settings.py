@@ -66,10 +66,23 @@ class Settings(BaseSettings):
     )
     proposal_min_days: int = Field(default=7, ge=1, description="…spread over at least this many days")
     password_min_length: int = Field(default=12, ge=8, description="shortest password accepted")
-    lockout_attempts: int = Field(
-        default=5, ge=1, description="consecutive failed logins or signings that lock an account"
+    password_min_score: int = Field(
+        default=3,
+        ge=0,
+        le=4,
+        description="least zxcvbn score (0-4) a new password needs: 3 refuses common passwords, "
+        "words, names and patterns",
     )
-    lockout_minutes: int = Field(default=30, ge=1, description="how long a locked account stays locked")
+    login_alert_failures: int = Field(
+        default=5,
+        ge=1,
+        description="every this many failed password checks in a row (login or signing) of one "
+        "account, the administrators are told (audit auth.alert, log warning, users page)",
+    )
+    batch_number_pattern: str = Field(
+        default=r"[A-Za-z0-9][A-Za-z0-9._-]{0,59}",
+        description="what a batch number looks like (a full match; no '/', no leading '.')",
+    )
     signature_window_s: int = Field(
         default=120, ge=10, description="a signature needs a re-authentication this recent"
     )
@@ -108,6 +121,17 @@ class Settings(BaseSettings):
 
         if not hasattr(argon2.profiles, value) or not value.isupper():
             raise ValueError("TRACKER_PASSWORD_HASH_PROFILE must name an argon2.profiles constant")
+        return value
+
+    @field_validator("batch_number_pattern")
+    @classmethod
+    def _sane_pattern(cls, value: str) -> str:
+        import re
+
+        pattern = re.compile(value)
+        for bad in ("../users", "a/b", "", "x" * 61, "a b", "<b>"):
+            if pattern.fullmatch(bad):
+                raise ValueError(f"TRACKER_BATCH_NUMBER_PATTERN must not match {bad!r}")
         return value
 
     @field_validator("mqtt_protocol")

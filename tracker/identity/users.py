@@ -1,7 +1,9 @@
 """Users, roles and authentication (GMP 2010 Art. 20, 163; 21 CFR 11.10(d), 11.300).
 
-Passwords are stored as argon2id hashes. Repeated failures — at login or at a signature's
-re-authentication — lock the account for a while; every failure and lock is audited.
+Passwords are stored as argon2id hashes and must not be easy to guess (zxcvbn: common
+passwords, names, patterns). Every failed password check — at login or at a signature's
+re-authentication — is audited, and repeated ones are reported to the administrators; nothing
+locks an account (a lock anyone could trigger would keep the QP out).
 Accounts are deactivated, never deleted, so every past signature keeps its printed name.
 
 Separation of duties enforced on the role set itself: the production head and the QA head
@@ -16,7 +18,7 @@ functions accept only while it is fresh.
 
 from __future__ import annotations
 
-import contextlib
+import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import lru_cache
@@ -27,6 +29,7 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy import UniqueConstraint, update
 from sqlmodel import Field, Session, SQLModel, select
 from typing_extensions import TypedDict
+from zxcvbn import zxcvbn
 
 from tracker.core import audit
 from tracker.core.db import UTCDateTime
@@ -43,6 +46,7 @@ from tracker.core.errors import (
 from tracker.core.settings import get_settings
 from tracker.core.timeutil import utcnow
 
+log = logging.getLogger(__name__)
 ROLES = ("operator", "production_head", "qa", "qp", "admin", "viewer")
 SIGNING_ROLES = frozenset({"operator", "production_head", "qa", "qp"})
 #: pairs no single account may hold (GMP 2010 Art. 20; admin separation, see module doc)
@@ -79,6 +83,7 @@ class User(SQLModel, table=True):
     #: set when an admin chose the password: its owner must change it before signing anything
     #: (21 CFR 11.200(a)(2): only the genuine owner can use a signature)
     must_change_password: bool = False
+    #: unused since accounts no longer lock (issue 15): kept so the schema needs no migration
     locked_until: datetime | None = Field(default=None, sa_type=UTCDateTime)
     password_changed_at: datetime = Field(sa_type=UTCDateTime, nullable=False)
     created_at: datetime = Field(sa_type=UTCDateTime, nullable=False)
@@ -136,14 +141,26 @@ def _check_roles(roles: list[str] | tuple[str, ...]) -> str:
     return ",".join(sorted(set(roles)))
 
 
-def _check_password(password: str, username: str) -> None:
-    minimum = get_settings().password_min_length
+def _check_password(password: str, username: str, full_name: str = "") -> None:
+    settings = get_settings()
+    minimum = settings.password_min_length
     if len(password) < minimum:
         raise InvalidInputError(
             Reason(f"the password must have at least {minimum} characters", f"密码至少需要 {minimum} 个字符")
         )
     if username.lower() in password.lower():
         raise InvalidInputError(Reason("the password must not contain the user name", "密码不得包含用户名"))
+    # zxcvbn: common passwords and words, names, keyboard walks, repeats, dates, l33t (its own
+    # maintained lists); only the first 100 characters, which bounds its cost
+    strength = zxcvbn(password[:100], user_inputs=[username, *full_name.split()])
+    if strength["score"] < settings.password_min_score:
+        raise InvalidInputError(
+            Reason(
+                "the password is too easy to guess (a common password, a word, a name, a repeated "
+                "or keyboard pattern): choose a longer passphrase of unrelated words",
+                "密码太容易被猜到（常见密码、单词、姓名、重复或键盘顺序）：请使用由几个不相关的词组成的更长的密码短语",
+            )
+        )
 
 
 def _public(user: User) -> dict:
@@ -228,7 +245,7 @@ def create_user(
             )
         )
     role_text = _check_roles(roles)
-    _check_password(password, username)
+    _check_password(password, username, full_name)
     now = now or utcnow()
     by = actor.username if actor else "bootstrap"
     user = User(
@@ -254,100 +271,78 @@ def create_user(
     return user
 
 
+#: the one answer to every failed password check: which part was wrong, and whether the account
+#: exists, is deactivated or has failed before, is nobody's business but the audit trail's
+LOGIN_FAILED = Reason("wrong user name or password", "用户名或密码错误")
+
+
 def authenticate(
     session: Session, *, username: str, password: str, now: datetime | None = None
 ) -> Authenticated:
-    """Check a password. A failure is counted (and may lock the account) in this session, so
-    run this in its own unit of work and commit whether or not it raised."""
+    """Check a password. Every failure — unknown name, deactivated account, wrong password — says
+    the same and costs the same (one argon2 verification, the same statements, one audit event),
+    so neither the answer nor its timing tells which names exist. Failures are counted per
+    account (consecutive, from anywhere); every ``login_alert_failures`` of them the
+    administrators are told (audit ``auth.alert``, a warning in the log, the users page):
+    21 CFR 11.300(d). Nothing locks the account: throttling is per account and address, in the
+    web layer. Run this in its own unit of work and commit whether or not it raised."""
     now = now or utcnow()
-    settings = get_settings()
-    user = session.exec(select(User).where(User.username == username)).first()
-    if user is None:
-        with contextlib.suppress(VerificationError):
-            _hasher().verify(_hasher_for(get_settings().password_hash_profile)[1], password)
-        audit.record(
-            session,
-            actor=username[:60] or "?",
-            action="auth.failure",
-            entity="user",
-            entity_key=username[:200],
-            reason="unknown user",
-            at=now,
-        )
-        raise AuthenticationError(Reason("wrong user name or password", "用户名或密码错误"))
-    if not user.active:
-        audit.record(
-            session,
-            actor=username,
-            action="auth.failure",
-            entity="user",
-            entity_key=username,
-            reason="account deactivated",
-            at=now,
-        )
-        raise AuthenticationError(Reason(f"account {username!r} is deactivated", f"账户 {username!r} 已停用"))
-    if user.locked_until is not None and user.locked_until > now:
-        audit.record(
-            session,
-            actor=username,
-            action="auth.failure",
-            entity="user",
-            entity_key=username,
-            reason="account locked",
-            at=now,
-        )
-        raise AuthenticationError(
-            Reason(
-                f"account {username!r} is locked until {user.locked_until.isoformat()} after repeated failures",
-                f"账户 {username!r} 因多次登录失败已锁定，至 {user.locked_until.isoformat()} 解锁",
-            )
-        )
+    name = username[:60]
+    user = session.exec(select(User).where(User.username == name)).first()
+    usable = user is not None and user.active
+    hasher, decoy = _hasher_for(get_settings().password_hash_profile)
     try:
-        _hasher().verify(user.password_hash, password)
+        hasher.verify(user.password_hash if usable else decoy, password)
+        ok = usable
     except (VerificationError, InvalidHashError):
-        # count in the database, not in Python: concurrent failures must not overwrite each other
-        session.execute(
-            update(User).where(User.id == user.id).values(failed_attempts=User.failed_attempts + 1)
-        )
-        session.refresh(user)
-        locked = user.failed_attempts >= settings.lockout_attempts
-        if locked:
-            user.locked_until = now + timedelta(minutes=settings.lockout_minutes)
-            session.add(user)
-        audit.record(
+        ok = False
+    if not ok:
+        _count_failure(
             session,
-            actor=username,
-            action="auth.lockout" if locked else "auth.failure",
-            entity="user",
-            entity_key=username,
-            after={
-                "failed_attempts": user.failed_attempts,
-                "locked_until": user.locked_until.isoformat() if locked else None,
-            },
-            reason="wrong password",
-            at=now,
+            name=name,
+            reason="unknown user" if user is None else "wrong password" if usable else "account deactivated",
+            now=now,
         )
-        if locked:
-            raise AuthenticationError(
-                Reason(
-                    f"wrong password; account {username!r} is now locked for {settings.lockout_minutes} minutes",
-                    f"密码错误；账户 {username!r} 现已锁定 {settings.lockout_minutes} 分钟",
-                )
-            ) from None
-        left = settings.lockout_attempts - user.failed_attempts
-        raise AuthenticationError(
-            Reason(
-                f"wrong user name or password ({left} attempt(s) left before the account locks)",
-                f"用户名或密码错误（再失败 {left} 次账户将被锁定）",
-            )
-        ) from None
-    if user.failed_attempts or user.locked_until:
-        user.failed_attempts, user.locked_until = 0, None
+        raise AuthenticationError(LOGIN_FAILED)
+    if user.failed_attempts:
+        user.failed_attempts = 0
         session.add(user)
-    if _hasher().check_needs_rehash(user.password_hash):
-        user.password_hash = _hasher().hash(password)
+    if hasher.check_needs_rehash(user.password_hash):
+        user.password_hash = hasher.hash(password)
         session.add(user)
     return Authenticated(user.id, user.username, user.full_name, user.role_set, now)
+
+
+def _count_failure(session: Session, *, name: str, reason: str, now: datetime) -> None:
+    """The same statements for every failure (an unknown name updates no row)."""
+    # count in the database, not in Python: concurrent failures must not overwrite each other
+    session.execute(
+        update(User).where(User.username == name).values(failed_attempts=User.failed_attempts + 1)
+    )
+    failures = session.exec(select(User.failed_attempts).where(User.username == name)).first()
+    audit.record(
+        session,
+        actor=name or "?",
+        action="auth.failure",
+        entity="user",
+        entity_key=name,
+        after=None if failures is None else {"failed_attempts": failures},
+        reason=reason,
+        at=now,
+    )
+    every = get_settings().login_alert_failures
+    if failures is not None and failures % every == 0:
+        log.warning("account %s: %d failed password checks in a row", name, failures)
+        audit.record(
+            session,
+            actor="system",
+            action="auth.alert",
+            entity="user",
+            entity_key=name,
+            after={"failed_attempts": failures},
+            reason=f"{failures} failed password checks in a row (21 CFR 11.300(d))",
+            at=now,
+        )
 
 
 def require_fresh(session: Session, signer: Authenticated, *, now: datetime | None = None) -> User:
@@ -366,10 +361,6 @@ def require_fresh(session: Session, signer: Authenticated, *, now: datetime | No
     if user is None or not user.active:
         raise AuthenticationError(
             Reason(f"account {signer.username!r} is not active", f"账户 {signer.username!r} 未启用")
-        )
-    if user.locked_until is not None and user.locked_until > now:
-        raise AuthenticationError(
-            Reason(f"account {signer.username!r} is locked", f"账户 {signer.username!r} 已锁定")
         )
     if user.must_change_password:
         raise AuthenticationError(
@@ -393,7 +384,7 @@ def change_password(
         raise AuthenticationError(
             Reason("give your current password again to change it", "修改密码需要再次输入当前密码")
         )
-    _check_password(new_password, user.username)
+    _check_password(new_password, user.username, user.full_name)
     try:
         _hasher().verify(user.password_hash, new_password)
     except VerificationError:
@@ -422,10 +413,10 @@ def set_password(
     """An admin resets someone's password (a forgotten one); audited with the reason."""
     require_role(actor, "admin", action=Reason("resetting passwords", "重置密码"))
     user = get_user(session, username)
-    _check_password(new_password, username)
+    _check_password(new_password, username, user.full_name)
     now = now or utcnow()
     user.password_hash, user.password_changed_at = _hasher().hash(new_password), now
-    user.failed_attempts, user.locked_until = 0, None
+    user.failed_attempts = 0
     user.must_change_password = True
     session.add(user)
     audit.record(
@@ -495,23 +486,58 @@ def deactivate(
     return user
 
 
-def unlock(
+def clear_failures(
     session: Session, *, actor: Authenticated, username: str, reason: str, now: datetime | None = None
 ) -> User:
-    require_role(actor, "admin", action=Reason("unlocking accounts", "解锁账户"))
+    """An administrator has looked into an account's failed password checks (the alert on the
+    users page) and clears the count, with what they found."""
+    require_role(actor, "admin", action=Reason("clearing failed logins", "清除登录失败记录"))
     user = get_user(session, username)
-    user.failed_attempts, user.locked_until = 0, None
+    before = {"failed_attempts": user.failed_attempts}
+    user.failed_attempts = 0
     session.add(user)
     audit.record(
         session,
         actor=actor.username,
-        action="user.unlock",
+        action="user.clear_failures",
         entity="user",
         entity_key=username,
+        before=before,
+        after={"failed_attempts": 0},
         reason=reason,
         at=now or utcnow(),
     )
     return user
+
+
+def record_login(
+    session: Session, *, who: Authenticated, via: str, client: str | None, now: datetime | None = None
+) -> None:
+    """A successful login (``via``: ``web``), audited with the address it came from."""
+    audit.record(
+        session,
+        actor=who.username,
+        action="auth.login",
+        entity="user",
+        entity_key=who.username,
+        after={"via": via, "client": client},
+        at=now or utcnow(),
+    )
+
+
+def record_logout(
+    session: Session, *, username: str, via: str, client: str | None, now: datetime | None = None
+) -> None:
+    """A logout the user asked for (``via``: ``web`` or ``token``)."""
+    audit.record(
+        session,
+        actor=username,
+        action="auth.logout",
+        entity="user",
+        entity_key=username,
+        after={"via": via, "client": client},
+        at=now or utcnow(),
+    )
 
 
 class UserRow(TypedDict):
@@ -521,18 +547,20 @@ class UserRow(TypedDict):
     full_name: str
     roles: str  # comma-separated
     active: bool
-    locked: bool
+    #: as many failed password checks in a row as ``login_alert_failures``, or more: an
+    #: administrator should look (and clear the count)
+    alert: bool
     must_change_password: bool
     failed_attempts: int
     created_at: str
 
 
 def list_users(session: Session) -> list[UserRow]:
-    now = utcnow()
+    every = get_settings().login_alert_failures
     return [
         {
             **_public(u),
-            "locked": bool(u.locked_until and u.locked_until > now),
+            "alert": u.failed_attempts >= every,
             "must_change_password": u.must_change_password,
             "failed_attempts": u.failed_attempts,
             "created_at": u.created_at.isoformat(),
@@ -541,9 +569,21 @@ def list_users(session: Session) -> list[UserRow]:
     ]
 
 
+def alerts(session: Session) -> list[tuple[str, int]]:
+    """Accounts with repeated failed password checks, for the administrators' notice."""
+    every = get_settings().login_alert_failures
+    return list(
+        session.exec(
+            select(User.username, User.failed_attempts)
+            .where(User.failed_attempts >= every)
+            .order_by(User.failed_attempts.desc(), User.username)
+        ).all()
+    )
+
+
 def login(engine, *, username: str, password: str, now: datetime | None = None) -> Authenticated:
     """Authenticate in a unit of work of its own that commits even when the password is wrong,
-    so the failure counts toward lockout although the guarded operation is refused."""
+    so the failure is counted and audited although the guarded operation is refused."""
     with Session(engine, expire_on_commit=False) as session:
         try:
             result = authenticate(session, username=username, password=password, now=now)

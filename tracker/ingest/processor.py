@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 from sqlmodel import Session
 
 from tracker.monitoring.intake import BatchOutcome, IncomingReading, IncomingStatus, Intake
-from tracker.monitoring.quarantine import Rejection
+from tracker.monitoring.quarantine import Rejection, oversized
 from tracker.monitoring.snapshot import Registry
 from tracker.wire.payload import (
     KnownMonitor,
@@ -91,6 +91,17 @@ class BatchProcessor:
         rejections: list[Rejection] = []
         statuses: list[IncomingStatus] = []
         for msg in messages:
+            if len(msg.payload) > self.max_payload_bytes:  # readings and status topics alike
+                rejections.append(
+                    oversized(
+                        received_at=msg.received_at,
+                        topic=msg.topic,
+                        payload=msg.payload,
+                        limit=self.max_payload_bytes,
+                        redelivered=msg.dup,
+                    )
+                )
+                continue
             try:
                 self._one(msg, registry, readings, statuses)
             except PayloadRejected as exc:
@@ -129,7 +140,7 @@ class BatchProcessor:
     ) -> None:
         assert self._directory is not None
         if msg.topic.endswith(STATUS_TAIL):
-            status = parse_status(msg.topic, msg.payload, self._directory)
+            status = parse_status(msg.topic, msg.payload, self._directory, max_bytes=self.max_payload_bytes)
             entry = registry.lookup(status.monitor.site, status.monitor.code)
             statuses.append(IncomingStatus(entry.id, status.online, msg.received_at))
             return

@@ -1,7 +1,9 @@
 """Quarantine: every message that could not become a reading, kept with its reason.
 
 Rows are never deleted. A message the broker redelivers after a crash (MQTT DUP flag)
-whose identical copy is already quarantined is counted, not stored twice.
+whose identical copy is already quarantined is counted, not stored twice. A payload over the
+size limit is kept as a bounded prefix (:func:`oversized`) with the size received and the
+digest of the whole message, so a flood of large messages cannot fill the database.
 """
 
 from __future__ import annotations
@@ -10,12 +12,12 @@ import hashlib
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Column, LargeBinary, Text, func, insert
+from sqlalchemy import Column, LargeBinary, Text, func, insert, literal
 from sqlmodel import Field, Session, SQLModel, select
 
 from tracker.core.counters import bump
 from tracker.core.db import UTCDateTime
-from tracker.wire.payload import printable
+from tracker.wire.payload import Reason, printable
 
 
 class QuarantinedMessage(SQLModel, table=True):
@@ -25,7 +27,10 @@ class QuarantinedMessage(SQLModel, table=True):
     received_at: datetime = Field(sa_type=UTCDateTime, nullable=False, index=True)
     topic: str = Field(sa_column=Column(Text, nullable=False))
     payload: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    #: SHA-256 of topic, NUL and the whole payload as received (also when only a prefix is kept)
     payload_sha256: str = Field(max_length=64, index=True)
+    #: bytes received; more than ``len(payload)`` when only a prefix was kept
+    payload_size: int = Field(nullable=False)
     reason: str = Field(max_length=40, index=True)
     detail: str = Field(sa_column=Column(Text, nullable=False))
     monitor_code: str | None = Field(default=None, max_length=60)
@@ -40,6 +45,40 @@ class Rejection:
     detail: str
     monitor_code: str | None = None
     redelivered: bool = False
+    #: an oversized message: the bytes received and the digest of the whole message
+    #: (``payload`` then holds only a prefix)
+    size: int | None = None
+    sha256: str | None = None
+
+
+#: how much of an oversized payload is kept (never more than the size limit itself)
+PREFIX_BYTES = 1024
+
+
+def message_digest(topic: str, payload: bytes) -> str:
+    return hashlib.sha256(topic.encode() + b"\0" + payload).hexdigest()
+
+
+def oversized(
+    *,
+    received_at: datetime,
+    topic: str,
+    payload: bytes,
+    limit: int,
+    redelivered: bool = False,
+) -> Rejection:
+    """A message over the size limit: a bounded prefix, its size and its digest are kept."""
+    keep = min(PREFIX_BYTES, limit)
+    return Rejection(
+        received_at=received_at,
+        topic=topic,
+        payload=payload[:keep],
+        reason=Reason.TOO_LARGE.value,
+        detail=f"{len(payload)} bytes > limit of {limit}; the first {keep} bytes are kept",
+        redelivered=redelivered,
+        size=len(payload),
+        sha256=message_digest(topic, payload),
+    )
 
 
 def quarantine_many(session: Session, rejections: list[Rejection]) -> int:
@@ -48,7 +87,7 @@ def quarantine_many(session: Session, rejections: list[Rejection]) -> int:
         return 0
     rows, redelivered, in_batch = [], 0, set()
     for r in rejections:
-        sha = hashlib.sha256(r.topic.encode() + b"\0" + r.payload).hexdigest()
+        sha = r.sha256 or message_digest(r.topic, r.payload)
         if r.redelivered and (
             sha in in_batch
             or session.exec(
@@ -65,6 +104,7 @@ def quarantine_many(session: Session, rejections: list[Rejection]) -> int:
                 "topic": r.topic,
                 "payload": r.payload,
                 "payload_sha256": sha,
+                "payload_size": len(r.payload) if r.size is None else r.size,
                 "reason": r.reason,
                 "detail": printable(r.detail),
                 "monitor_code": None if r.monitor_code is None else printable(r.monitor_code, 60),
@@ -86,6 +126,72 @@ def list_quarantine(
     if limit:
         query = query.limit(limit)
     return list(session.exec(query))
+
+
+@dataclass(frozen=True)
+class QuarantineRow:
+    """A quarantined message as listed: the payload only as a short prefix."""
+
+    id: int
+    received_at: datetime
+    topic: str
+    reason: str
+    detail: str
+    monitor_code: str | None
+    payload_sha256: str
+    payload_size: int
+    payload_head: bytes
+
+
+@dataclass(frozen=True)
+class QuarantinePage:
+    rows: list[QuarantineRow]
+    total: int
+    older: int | None  # pass as ``before`` for the next older page
+    newer: int | None  # pass as ``after`` for the next newer page
+
+
+def page_quarantine(
+    session: Session,
+    *,
+    reason: str | None = None,
+    before: int | None = None,
+    after: int | None = None,
+    size: int = 200,
+    head: int = 300,
+) -> QuarantinePage:
+    """Newest first, ``size`` rows at a time, paged by id in the database (keyset: a page costs
+    the same after a year of messages); each payload only as its first ``head`` bytes."""
+    t = QuarantinedMessage
+    filters = [t.reason == reason] if reason else []
+    columns = (
+        t.id,
+        t.received_at,
+        t.topic,
+        t.reason,
+        t.detail,
+        t.monitor_code,
+        t.payload_sha256,
+        t.payload_size,
+        func.substr(t.payload, literal(1), literal(head)),
+    )
+    query = select(*columns).where(*filters)
+    if after is not None:  # the page just newer than ``after``: ascending, then reversed
+        found = session.exec(query.where(t.id > after).order_by(t.id).limit(size)).all()[::-1]
+    else:
+        if before is not None:
+            query = query.where(t.id < before)
+        found = session.exec(query.order_by(t.id.desc()).limit(size)).all()
+    rows = [QuarantineRow(*r[:8], bytes(r[8] or b"")) for r in found]
+    total = session.exec(select(func.count()).select_from(t).where(*filters)).one()
+    older = newer = None
+    if rows:
+        lowest, highest = rows[-1].id, rows[0].id
+        if session.exec(select(t.id).where(*filters, t.id < lowest).limit(1)).first() is not None:
+            older = lowest
+        if session.exec(select(t.id).where(*filters, t.id > highest).limit(1)).first() is not None:
+            newer = highest
+    return QuarantinePage(rows, int(total), older, newer)
 
 
 def counts_by_reason(session: Session) -> dict[str, int]:

@@ -71,7 +71,7 @@ ACCESS: dict[str, frozenset[str]] = {
     "POST /limits/proposals/{proposal_id}/reject": QA,
     "GET /users": ADMIN,
     "POST /users": ADMIN,
-    "POST /users/{username}/unlock": ADMIN,
+    "POST /users/{username}/clear-failures": ADMIN,
     "POST /users/{username}/deactivate": ADMIN,
     "POST /users/{username}/roles": ADMIN,
     "POST /users/{username}/reset-password": ADMIN,
@@ -80,6 +80,9 @@ ACCESS: dict[str, frozenset[str]] = {
     "GET /docs": PUBLIC,
     # --- JSON API -----------------------------------------------------------------------------
     "POST /api/v1/tokens": PUBLIC,
+    "GET /api/v1/tokens": ANY,
+    "POST /api/v1/tokens/{token_id}/revoke": ANY,
+    "POST /api/v1/logout": ANY,
     "GET /api/v1/me": ANY,
     "GET /api/v1/dashboard": ANY,
     "GET /api/v1/excursions": ANY,

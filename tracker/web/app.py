@@ -17,7 +17,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.routing import BaseRoute, Mount
 
 from tracker.core.db import get_engine
-from tracker.core.errors import ConflictError, Reason, TrackerError, in_language
+from tracker.core.errors import ConflictError, Reason, TooManyRequestsError, TrackerError, in_language
 from tracker.core.settings import get_settings
 from tracker.web import access
 from tracker.web.config import WebSettings
@@ -25,7 +25,9 @@ from tracker.web.csrf import CsrfError, verify_csrf
 from tracker.web.deps import Forbidden, LoginRequired, PasswordChangeRequired, authorize, ensure_web_session
 from tracker.web.i18n import pick_lang
 from tracker.web.render import back_path, gettext, make_env, render
-from tracker.web.sessions import COOKIE, RateLimiter, SessionStore
+from tracker.web.reports import ReportCache
+from tracker.web.sessions import COOKIE, SessionStore
+from tracker.web.throttle import LoginThrottle, RateLimiter, parse_networks
 
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"
@@ -128,15 +130,16 @@ def _add_handlers(app: FastAPI) -> None:
             if isinstance(exc, ConflictError):
                 body["reasons"] = list(reasons or exc.reasons)
                 body["reasons_zh"] = [in_language(r, "zh-CN") for r in body["reasons"]]
-            return JSONResponse(body, status_code=exc.status_code)
+            return JSONResponse(body, status_code=exc.status_code, headers=_retry_after(exc))
         # pages show the words of the page's language; flashes keep plain text (they are stored)
         lang = request.state.lang
         message, reasons = exc.said(lang), [in_language(r, lang) for r in reasons]
-        if request.method == "POST":
+        # a token client has no session to carry a flash: it gets the refusal itself
+        if request.method == "POST" and not getattr(request.state, "via_token", False):
             (await run_in_threadpool(ensure_web_session, request)).flash("error", message, reasons)
             return RedirectResponse(back_path(request), status_code=303)
         _ = gettext(request)
-        return render(
+        response = render(
             request,
             "error.html",
             status_code=exc.status_code,
@@ -144,21 +147,42 @@ def _add_handlers(app: FastAPI) -> None:
             message=message,
             reasons=reasons,
         )
+        response.headers.update(_retry_after(exc))
+        return response
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> Response:
         errors = [{k: v for k, v in e.items() if k in ("loc", "msg", "type")} for e in exc.errors()]
+        # a validator's own reason (a Reason: e.g. a time without its offset) in both languages
+        said = [_validator_reason(e) for e in exc.errors()]
         if _is_api(request):
-            return JSONResponse({"detail": errors}, status_code=422)
+            body = {"detail": errors}
+            if any(said):
+                body["detail_zh"] = "；".join(in_language(r, "zh-CN") for r in said if r)
+            return JSONResponse(body, status_code=422)
         _ = gettext(request)
         fields = sorted({str(e["loc"][-1]) for e in errors if e.get("loc")})
-        message = _("Please fill in every required field.")
+        message = (
+            "; ".join(in_language(r, request.state.lang) for r in said if r)
+            if any(said)
+            else _("Please fill in every required field.")
+        )
         if request.method == "POST":
             (await run_in_threadpool(ensure_web_session, request)).flash("error", message, fields)
             return RedirectResponse(back_path(request), status_code=303)
         return render(
             request, "error.html", status_code=422, title=_("Refused"), message=message, reasons=fields
         )
+
+
+def _retry_after(exc: Exception) -> dict[str, str]:
+    return {"Retry-After": str(exc.retry_after)} if isinstance(exc, TooManyRequestsError) else {}
+
+
+def _validator_reason(error: dict) -> Reason | None:
+    cause = (error.get("ctx") or {}).get("error")
+    text = cause.args[0] if isinstance(cause, Exception) and cause.args else None
+    return text if isinstance(text, Reason) else None
 
 
 def _bilingual(message: str) -> dict:
@@ -181,11 +205,25 @@ def create_app(*, engine: Engine | None = None, settings: WebSettings | None = N
     )
     app.state.engine = engine
     app.state.web_settings = settings
-    app.state.sessions = SessionStore(engine, settings.session_idle_minutes * 60)
-    app.state.login_limiter = RateLimiter(settings.login_attempts_per_minute)
+    app.state.sessions = SessionStore(
+        engine, settings.session_idle_minutes * 60, max_seconds=settings.session_max_hours * 3600
+    )
+    app.state.trusted_proxies = parse_networks(settings.trusted_proxies)
+    app.state.login_limiter = RateLimiter(
+        settings.login_attempts_per_minute, max_keys=settings.limiter_max_keys
+    )
+    app.state.login_throttle = LoginThrottle(
+        free=settings.login_free_failures,
+        base=settings.login_backoff_seconds,
+        cap=settings.login_backoff_max_seconds,
+        max_keys=settings.limiter_max_keys,
+    )
+    app.state.reports = ReportCache(
+        builds_per_hour=settings.report_builds_per_hour,
+        keep_seconds=settings.report_cache_minutes * 60,
+        max_keys=settings.limiter_max_keys,
+    )
     app.state.jinja = make_env()
-    if settings.secret_key is None:
-        log.warning("TRACKER_WEB_SECRET_KEY is not set: API tokens are valid only until this process ends")
 
     @app.middleware("http")
     async def _sessions_and_headers(request: Request, call_next):
@@ -200,7 +238,9 @@ def create_app(*, engine: Engine | None = None, settings: WebSettings | None = N
         request.state.lang = pick_lang(request.cookies.get("lang"))
         response = await call_next(request)
         web = getattr(request.state, "web", None)
-        if web is not None:
+        if web is not None and web.transient:
+            web = None  # a token request: no session, no cookie
+        elif web is not None:
             await run_in_threadpool(store.save, web)  # flashes added or shown during the request
         if web is not None and (getattr(request.state, "set_cookie", False) or sent != web.sid):
             response.set_cookie(

@@ -7,8 +7,11 @@ monitor was silent for more than the gap factor × its interval).
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import io
 from datetime import datetime, timedelta
+from xml.etree import ElementTree
 from zoneinfo import ZoneInfo
 
 import matplotlib.dates as mdates
@@ -128,3 +131,23 @@ def trend_svg(
         buf = io.StringIO()
         fig.savefig(buf, format="svg")
     return buf.getvalue()
+
+
+SVG_NS = "{http://www.w3.org/2000/svg}"
+
+
+def svg_policy(svg: str) -> str:
+    """The content-security policy of a chart opened on its own: matplotlib styles its SVG with
+    a ``<style>`` element and ``style`` attributes, which the pages' policy (``style-src 'self'``)
+    would refuse (issue 15 counted 52 console errors). This one allows exactly those styles, by
+    their hashes, and nothing else: no script, no fetch, no frame."""
+    root = ElementTree.fromstring(svg)
+    texts = {"".join(el.itertext()) for el in root.iter(f"{SVG_NS}style")}
+    texts |= {el.attrib["style"] for el in root.iter() if "style" in el.attrib}
+    hashes = " ".join(
+        sorted(f"'sha256-{base64.b64encode(hashlib.sha256(t.encode()).digest()).decode()}'" for t in texts)
+    )
+    return (
+        f"default-src 'none'; style-src 'unsafe-hashes' {hashes}; img-src data:; "
+        "frame-ancestors 'self'; form-action 'none'; base-uri 'none'"
+    )

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import secrets
-from functools import lru_cache
-
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from tracker.web.throttle import parse_networks
 
 
 class WebSettings(BaseSettings):
@@ -14,23 +13,47 @@ class WebSettings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
-    #: signs API tokens; without it a random key per process (tokens die with the process)
-    secret_key: str | None = Field(default=None, min_length=32)
     session_idle_minutes: float = Field(
         default=15.0, gt=0, description="a session ends after this long without a request"
+    )
+    session_max_hours: float = Field(
+        default=12.0, gt=0, le=24 * 7, description="a session ends this long after login, however busy"
     )
     #: ``auto``: Secure cookies when the request came over https (directly or via a trusted proxy)
     secure_cookies: str = Field(default="auto", pattern="^(auto|always|never)$")
     poll_seconds: float = Field(default=3.0, gt=0, description="dashboard live-update interval")
-    token_days: int = Field(default=90, ge=1, le=366)
+    token_days: int = Field(
+        default=90, ge=1, le=366, description="longest (and default) lifetime of an API token"
+    )
+    trusted_proxies: str = Field(
+        default="",
+        description="addresses or networks (comma-separated) of the reverse proxies whose "
+        "X-Forwarded-For and X-Forwarded-Proto are believed; none by default",
+    )
     login_attempts_per_minute: int = Field(
-        default=20, ge=1, description="login POSTs per client address per minute"
+        default=20, ge=1, description="login and token requests per client address per minute"
+    )
+    login_free_failures: int = Field(
+        default=5, ge=1, description="failed password checks per account and address before backoff"
+    )
+    login_backoff_seconds: float = Field(
+        default=2.0, gt=0, description="the first wait after the free failures; doubles with each failure"
+    )
+    login_backoff_max_seconds: float = Field(default=900.0, gt=0, description="the longest wait")
+    limiter_max_keys: int = Field(
+        default=10_000, ge=100, description="addresses and account-address pairs a throttle remembers"
+    )
+    report_builds_per_hour: int = Field(
+        default=6,
+        ge=1,
+        description="annual reports one user may have built per hour (cached copies are free)",
+    )
+    report_cache_minutes: float = Field(
+        default=10.0, ge=0, description="a built report is served again for this long unless the trail moved"
     )
 
-    def key(self) -> bytes:
-        return (self.secret_key or _process_key()).encode()
-
-
-@lru_cache(maxsize=1)
-def _process_key() -> str:
-    return secrets.token_urlsafe(48)
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, value: str) -> str:
+        parse_networks(value)  # raises for a malformed entry
+        return value

@@ -14,6 +14,7 @@ from tracker.core.errors import in_language
 from tracker.core.settings import get_settings
 from tracker.core.timeutil import local_display, parse_instant
 from tracker.facility.models import Site
+from tracker.identity.users import alerts
 from tracker.web.deps import ensure_web_session
 from tracker.web.i18n import translations
 
@@ -59,13 +60,15 @@ def render(request: Request, name: str, *, status_code: int = 200, **ctx) -> HTM
             return "—"
         return local_display(parse_instant(value) if isinstance(value, str) else value, tz)
 
+    me = getattr(request.state, "principal", None)
     html = request.app.state.jinja.get_template(name).render(
         _=cat.gettext,
         gettext=cat.gettext,
         ngettext=cat.ngettext,
         label=lambda v: cat.gettext(v) if v else "",
         lang=lang,
-        me=getattr(request.state, "principal", None),
+        me=me,
+        login_alerts=_login_alerts(request.app.state.engine) if me and "admin" in me.roles else [],
         csrf=web.csrf,
         flashes=[] if name.startswith("_") else web.pop_flashes(),  # fragments leave messages alone
         local=local,
@@ -76,6 +79,12 @@ def render(request: Request, name: str, *, status_code: int = 200, **ctx) -> HTM
         **ctx,
     )
     return HTMLResponse(html, status_code=status_code)
+
+
+def _login_alerts(engine) -> list[tuple[str, int]]:
+    """Accounts with repeated failed logins, shown to administrators on every page (a read)."""
+    with Session(engine) as s:
+        return alerts(s)
 
 
 def back_path(request: Request, default: str = "/") -> str:

@@ -57,8 +57,13 @@ def start_background(
     engine: Engine, *, host: str, port: int, settings: WebSettings | None = None
 ) -> tuple[uvicorn.Server, threading.Thread]:
     """The app on a thread (for the demo and tests); stop with ``server.should_exit = True``."""
+    settings = settings or WebSettings()
     app = create_app(engine=engine, settings=settings)
-    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off"))
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app, host=host, port=port, log_level="warning", lifespan="off", **_proxy_options(settings)
+        )
+    )
     thread = threading.Thread(target=server.run, name="web", daemon=True)
     thread.start()
     deadline = time.monotonic() + 15
@@ -69,13 +74,23 @@ def start_background(
     return server, thread
 
 
-def serve(engine: Engine, *, host: str, port: int, forwarded_allow_ips: str | None = None) -> None:
-    """Foreground server. Behind a TLS proxy on this host, X-Forwarded-Proto makes cookies Secure."""
+def _proxy_options(settings: WebSettings) -> dict:
+    """uvicorn believes X-Forwarded-* only from the configured proxies (none by default: its own
+    default, 127.0.0.1, would let anyone on the host claim any address)."""
+    if not settings.trusted_proxies.strip():
+        return {"proxy_headers": False}
+    return {"proxy_headers": True, "forwarded_allow_ips": settings.trusted_proxies}
+
+
+def serve(engine: Engine, *, host: str, port: int, trusted_proxies: str | None = None) -> None:
+    """Foreground server. Behind a TLS proxy (``TRACKER_WEB_TRUSTED_PROXIES`` or
+    ``--trusted-proxies``), X-Forwarded-Proto makes cookies Secure and X-Forwarded-For names the
+    client; from anyone else both headers are ignored."""
+    settings = WebSettings() if trusted_proxies is None else WebSettings(trusted_proxies=trusted_proxies)
     uvicorn.run(
-        create_app(engine=engine),
+        create_app(engine=engine, settings=settings),
         host=host,
         port=port,
-        proxy_headers=True,
-        forwarded_allow_ips=forwarded_allow_ips or "127.0.0.1",
         log_level="info",
+        **_proxy_options(settings),
     )

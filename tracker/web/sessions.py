@@ -1,7 +1,8 @@
 """Server-side sessions in the database: the cookie holds a random token, the table only its hash.
 
 ``tracker serve`` is stateless (DESIGN §6): any number of web workers over one database share
-the logins, and a restart logs nobody out. A session ends after ``session_idle_minutes``
+the logins, and a restart logs nobody out. A session ends ``session_max_hours`` after it
+began however busy it is (an absolute lifetime), after ``session_idle_minutes``
 without a user request (the dashboard's background polling does not count as activity, so an
 unattended screen still times out; activity is recorded at most once a minute, see
 :data:`TOUCH_EVERY`), at logout, when its user is deactivated, and when the
@@ -13,9 +14,6 @@ from __future__ import annotations
 
 import json
 import secrets
-import threading
-import time
-from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -49,6 +47,13 @@ class WebSession:
     authenticated_at: datetime | None = None
     flashes: list[dict] = field(default_factory=list)
     dirty: bool = False
+    #: not stored: the request authenticated with an API token, which has no browser session
+    #: (nothing to write, so such a request never waits on the session table)
+    transient: bool = False
+
+    @classmethod
+    def for_token(cls, now: datetime) -> WebSession:
+        return cls(sid="", csrf=secrets.token_urlsafe(32), last_seen=now, transient=True)
 
     def flash(self, kind: str, message: str, reasons: list[str] | None = None) -> None:
         self.flashes.append(
@@ -65,15 +70,26 @@ class WebSession:
 class SessionStore:
     """Sessions in the ``web_session`` table; ``clock`` gives aware UTC times (tests move it)."""
 
-    def __init__(self, engine: Engine, idle_seconds: float, clock: Callable[[], datetime] = utcnow) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        idle_seconds: float,
+        clock: Callable[[], datetime] = utcnow,
+        *,
+        max_seconds: float = 12 * 3600,
+    ) -> None:
         self.engine = engine
         self.idle_seconds = idle_seconds
+        self.max_seconds = max_seconds
         self.clock = clock
         #: a short idle limit must not end a session in use between two writes
         self.touch_every = min(TOUCH_EVERY, timedelta(seconds=idle_seconds) / 10)
 
     def _idle_before(self, now: datetime) -> datetime:
         return now - timedelta(seconds=self.idle_seconds)
+
+    def _born_before(self, now: datetime) -> datetime:
+        return now - timedelta(seconds=self.max_seconds)
 
     @contextmanager
     def _tx(self, db: Session | None) -> Iterator[Session]:
@@ -99,7 +115,12 @@ class SessionStore:
         )
         with self._tx(db) as s:
             # forget idle sessions as new ones come (anonymous visitors must not pile up)
-            s.exec(delete(WebSessionRow).where(WebSessionRow.last_seen < self._idle_before(now)))
+            s.exec(
+                delete(WebSessionRow).where(
+                    (WebSessionRow.last_seen < self._idle_before(now))
+                    | (WebSessionRow.created_at < self._born_before(now))
+                )
+            )
             s.add(
                 WebSessionRow(
                     token_hash=token_hash(web.sid),
@@ -124,7 +145,7 @@ class SessionStore:
             row = s.exec(select(WebSessionRow).where(WebSessionRow.token_hash == token_hash(sid))).first()
             if row is None:
                 return None
-            if row.last_seen < self._idle_before(now):
+            if row.last_seen < self._idle_before(now) or row.created_at < self._born_before(now):
                 s.delete(row)
                 s.commit()
                 return None
@@ -144,7 +165,7 @@ class SessionStore:
 
     def save(self, web: WebSession) -> None:
         """Write the flashes back (the rest of a session does not change within a request)."""
-        if not web.dirty:
+        if not web.dirty or web.transient:
             return
         with Session(self.engine) as s:
             s.exec(
@@ -155,42 +176,18 @@ class SessionStore:
             s.commit()
         web.dirty = False
 
-    def login(self, web: WebSession, user_id: int) -> WebSession:
+    def login(self, web: WebSession, user_id: int, *, db: Session | None = None) -> WebSession:
         """A new token and CSRF token at login (no session fixation); flashes carry over."""
-        fresh = self.new(user_id=user_id, flashes=web.flashes)
-        self.drop(web.sid)
+        fresh = self.new(user_id=user_id, flashes=web.flashes, db=db)
+        self.drop(web.sid, db=db)
         return fresh
 
-    def drop(self, sid: str) -> None:
-        with Session(self.engine) as s:
+    def drop(self, sid: str, *, db: Session | None = None) -> None:
+        with self._tx(db) as s:
             s.exec(delete(WebSessionRow).where(WebSessionRow.token_hash == token_hash(sid)))
-            s.commit()
 
     def drop_user(self, user_id: int, *, db: Session | None = None) -> None:
         """End every session of the user (``db``: in the request's unit of work, with the change
         that ends them)."""
         with self._tx(db) as s:
             s.exec(delete(WebSessionRow).where(WebSessionRow.user_id == user_id))
-
-
-class RateLimiter:
-    """At most ``limit`` events per key in a sliding minute (login attempts per address).
-
-    Kept per process: several workers each allow ``limit``, which still bounds guessing; the
-    account lockout (in the database) is the real limit on a password."""
-
-    def __init__(self, limit: int, clock: Callable[[], float] = time.monotonic) -> None:
-        self.limit, self.clock = limit, clock
-        self._events: dict[str, deque[float]] = {}
-        self._lock = threading.Lock()
-
-    def allow(self, key: str) -> bool:
-        now = self.clock()
-        with self._lock:
-            q = self._events.setdefault(key, deque())
-            while q and now - q[0] > 60:
-                q.popleft()
-            if len(q) >= self.limit:
-                return False
-            q.append(now)
-            return True

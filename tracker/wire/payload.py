@@ -296,8 +296,13 @@ def _scalar(msg: _Payload, known: KnownMonitor) -> dict[str, float]:
     return {"": value}
 
 
-def parse_status(topic: str, payload: bytes, directory: MonitorDirectory) -> StatusMessage:
-    """A retained status message; unknown monitors and bad values are refused like readings."""
+def parse_status(
+    topic: str, payload: bytes, directory: MonitorDirectory, *, max_bytes: int = 16 * 1024
+) -> StatusMessage:
+    """A retained status message; unknown monitors, bad values and oversized payloads are refused
+    like readings."""
+    if len(payload) > max_bytes:
+        raise PayloadRejected(Reason.TOO_LARGE, f"{len(payload)} bytes > limit of {max_bytes}")
     address = parse_topic(topic)
     if address is None or not address.is_status:
         raise PayloadRejected(Reason.SCHEMA, f"topic {topic!r} is not a status topic")

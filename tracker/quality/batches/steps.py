@@ -9,6 +9,7 @@ recorded a little late never leaves readings judged by at-rest limits.
 
 from __future__ import annotations
 
+import re
 from datetime import datetime, timedelta
 
 from sqlmodel import Session, select
@@ -85,6 +86,16 @@ def create_batch(
     ):
         if not value or not value.strip():
             raise InvalidInputError(Reason(f"a batch record needs a {name}", f"批生产记录须填写{zh}"))
+    pattern = get_settings().batch_number_pattern
+    if not re.fullmatch(pattern, number.strip()):
+        raise InvalidInputError(
+            Reason(
+                f"batch number {number.strip()[:80]!r} does not have the site's form ({pattern}): letters, "
+                "digits, '.', '_' and '-', starting with a letter or digit",
+                f"批号 {number.strip()[:80]!r} 不符合本厂格式（{pattern}）：只能使用字母、数字以及“.”“_”“-”，"
+                "并以字母或数字开头",
+            )
+        )
     if session.exec(select(Batch).where(Batch.number == number.strip())).first():
         raise InvalidInputError(
             Reason(

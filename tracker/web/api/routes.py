@@ -9,17 +9,19 @@ from sqlmodel import Session, select
 
 from tracker.core.audit import page_events, verify_chain
 from tracker.core.db import MAX_ID
-from tracker.core.errors import InvalidInputError, NotFoundError, Reason, TrackerError, in_language
-from tracker.core.timeutil import iso_utc, parse_instant, utcnow
+from tracker.core.errors import InvalidInputError, NotFoundError, Reason, in_language
+from tracker.core.timeutil import iso_utc
 from tracker.facility.models import Monitor
-from tracker.identity.users import User, UserRow, list_users, login
+from tracker.identity import tokens
+from tracker.identity.tokens import TokenDoc
+from tracker.identity.users import UserRow, list_users, record_logout
 from tracker.monitoring.dashboard import floor_view
 from tracker.monitoring.excursions import ExcursionDoc, acknowledge, list_excursions
 from tracker.monitoring.proposals import LimitProposal, ProposalDoc, list_proposals, propose
 from tracker.monitoring.proposals import approve as approve_proposal
 from tracker.monitoring.proposals import reject as reject_proposal
 from tracker.monitoring.proposals import to_json as proposal_json
-from tracker.monitoring.quarantine import list_quarantine
+from tracker.monitoring.quarantine import page_quarantine
 from tracker.monitoring.readings import Reading
 from tracker.quality import deviations as dv
 from tracker.quality.batches.linking import decide_link, raise_deviation, sync_links
@@ -36,19 +38,21 @@ from tracker.quality.batches.views import (
 )
 from tracker.quality.deviations import CapaActionDoc, DeviationDoc, get_deviation
 from tracker.quality.views import deviation_view, deviation_views
-from tracker.web import tokens
 from tracker.web.api.schemas import (
     Acknowledged,
     AuditPage,
     Dashboard,
     DeviationState,
     LinkDecided,
+    LoggedOut,
     Me,
-    QuarantinedDoc,
+    QuarantinePageDoc,
     ReadingDoc,
 )
-from tracker.web.deps import CurrentUser, RowId, SessionDep, engine_of, sign_in
+from tracker.web.deps import CurrentUser, RowId, SessionDep, check_password, sign_in
+from tracker.web.inputs import checked_instant, instant
 from tracker.web.sites import site_or_none, the_site
+from tracker.web.throttle import client_address
 
 router = APIRouter(prefix="/api/v1", tags=["api"])
 Id = RowId
@@ -58,13 +62,21 @@ Key = Annotated[str, Path(min_length=1, max_length=200)]
 class TokenRequest(BaseModel):
     username: str = Field(min_length=1, max_length=60)
     password: str = Field(min_length=1, max_length=1000)
-    days: int | None = Field(default=None, ge=1, le=366)
+    days: int | None = Field(
+        default=None, ge=1, le=3660, description="lifetime; at most TRACKER_WEB_TOKEN_DAYS (90)"
+    )
 
 
 class TokenResponse(BaseModel):
     token: str
     token_type: str = "bearer"
+    token_id: int
     expires_in_days: int
+    expires_at: str
+
+
+class RevokeRequest(BaseModel):
+    reason: str = Field(default="revoked by its owner", min_length=1, max_length=2000)
 
 
 class AckRequest(BaseModel):
@@ -141,9 +153,7 @@ class ProposalRequest(BaseModel):
     @field_validator("start", "end")
     @classmethod
     def _aware(cls, value: datetime) -> datetime:
-        if value.tzinfo is None:
-            raise ValueError("give the time with its offset (ISO 8601)")
-        return value
+        return checked_instant(value)  # naive or out of range: 422 with the reason in both languages
 
 
 class ReasonRequest(BaseModel):
@@ -151,26 +161,47 @@ class ReasonRequest(BaseModel):
 
 
 @router.post("/tokens", response_model=TokenResponse)
-def create_token(request: Request, body: TokenRequest) -> TokenResponse:
-    """Exchange a user name and password for a bearer token (the password is never stored)."""
-    settings = request.app.state.web_settings
-    client = request.client.host if request.client else "?"
-    if not request.app.state.login_limiter.allow(client):
-        err = TrackerError(
-            Reason(
-                "too many login attempts from this address; wait a minute", "该地址登录尝试过多；请稍候一分钟"
-            )
+def create_token(request: Request, session: SessionDep, body: TokenRequest) -> TokenResponse:
+    """Exchange a user name and password for a bearer token (the password is never stored; the
+    token only as its hash). Lifetime at most ``TRACKER_WEB_TOKEN_DAYS``; audited."""
+    most = request.app.state.web_settings.token_days
+    days = body.days or most
+    if days > most:
+        raise InvalidInputError(
+            Reason(f"an API token lives at most {most} days", f"API 令牌的有效期最长为 {most} 天")
         )
-        err.status_code = 429
-        raise err
-    who = login(engine_of(request), username=body.username, password=body.password)
-    with Session(engine_of(request)) as s:
-        user = s.get(User, who.user_id)
-        days = body.days or settings.token_days
-        token = tokens.issue(
-            settings.key(), user_id=user.id, password_hash=user.password_hash, now=utcnow(), days=days
-        )
-    return TokenResponse(token=token, expires_in_days=days)
+    who = check_password(request, body.username, body.password, count_address=True)
+    token, row = tokens.issue(session, who=who, days=days, client=client_address(request))
+    return TokenResponse(
+        token=token, token_id=row.id, expires_in_days=days, expires_at=iso_utc(row.expires_at)
+    )
+
+
+@router.get("/tokens")
+def token_list(me: CurrentUser, session: SessionDep) -> list[TokenDoc]:
+    """Your API tokens, newest first (never the tokens themselves); an administrator sees all."""
+    return tokens.tokens_of(session, user_id=None if "admin" in me.roles else me.user_id)
+
+
+@router.post("/tokens/{token_id}/revoke")
+def token_revoke(me: CurrentUser, session: SessionDep, token_id: Id, body: RevokeRequest) -> TokenDoc:
+    """End one of your tokens (an administrator: anyone's); audited."""
+    row = tokens.revoke(session, actor=me.actor(), token_id=token_id, reason=body.reason)
+    session.flush()
+    return next(t for t in tokens.tokens_of(session, user_id=row.user_id) if t["id"] == row.id)
+
+
+@router.post("/logout")
+def api_logout(request: Request, me: CurrentUser, session: SessionDep) -> LoggedOut:
+    """Revoke the token that authenticates this request (or end the cookie's session); audited."""
+    if me.via == "token":
+        tokens.revoke_current(session, token_id=me.token_id, username=me.username, reason="logout")
+    else:
+        web = request.state.web
+        request.app.state.sessions.drop(web.sid, db=session)
+        request.state.web = None
+    record_logout(session, username=me.username, via=me.via, client=client_address(request))
+    return {"logged_out": me.username, "via": me.via}
 
 
 @router.get("/me")
@@ -250,15 +281,10 @@ def readings(
     query = (
         select(Reading).where(Reading.monitor_id == mon.id).order_by(Reading.event_time.desc()).limit(limit)
     )
-    try:
-        if start:
-            query = query.where(Reading.event_time >= parse_instant(start))
-        if end:
-            query = query.where(Reading.event_time <= parse_instant(end))
-    except ValueError as exc:
-        raise InvalidInputError(
-            Reason(f"times are ISO 8601 with an offset: {exc}", f"时间须为带时区偏移的 ISO 8601 格式：{exc}")
-        ) from exc
+    if start:
+        query = query.where(Reading.event_time >= instant(start))
+    if end:
+        query = query.where(Reading.event_time <= instant(end))
     return [
         {
             "seq": r.seq,
@@ -505,20 +531,30 @@ def quarantine(
     me: CurrentUser,
     session: SessionDep,
     reason: Annotated[str | None, Query(max_length=40)] = None,
-    limit: Annotated[int, Query(ge=1, le=10_000)] = 500,
-) -> list[QuarantinedDoc]:
-    return [
-        {
-            "id": q.id,
-            "received_at": iso_utc(q.received_at),
-            "topic": q.topic,
-            "reason": q.reason,
-            "detail": q.detail,
-            "monitor": q.monitor_code,
-            "payload_sha256": q.payload_sha256,
-        }
-        for q in list_quarantine(session, reason=reason, limit=limit)
-    ]
+    before: Annotated[int | None, Query(ge=0, le=2**62, description="older than this id")] = None,
+    after: Annotated[int | None, Query(ge=0, le=2**62, description="newer than this id")] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 200,
+) -> QuarantinePageDoc:
+    """Quarantined messages newest first, ``limit`` at a time (paged by id in the database);
+    follow ``page.older`` (as ``before``) or ``page.newer`` (as ``after``). A payload over the
+    size limit was kept only as a prefix: ``payload_size`` says how many bytes arrived."""
+    page = page_quarantine(session, reason=reason, before=before, after=after, size=limit)
+    return {
+        "page": {"total": page.total, "older": page.older, "newer": page.newer},
+        "messages": [
+            {
+                "id": q.id,
+                "received_at": iso_utc(q.received_at),
+                "topic": q.topic,
+                "reason": q.reason,
+                "detail": q.detail,
+                "monitor": q.monitor_code,
+                "payload_sha256": q.payload_sha256,
+                "payload_size": q.payload_size,
+            }
+            for q in page.rows
+        ],
+    }
 
 
 @router.get("/audit")

@@ -88,7 +88,15 @@ class QuarantinedDoc(TypedDict):
     reason: str
     detail: str
     monitor: str | None
+    #: SHA-256 of topic, NUL and the whole payload as received
     payload_sha256: str
+    #: bytes received (only a prefix is kept of a payload over the size limit)
+    payload_size: int
+
+
+class LoggedOut(TypedDict):
+    logged_out: str
+    via: str
 
 
 class ChainStatus(TypedDict):
@@ -101,6 +109,11 @@ class PageCursors(TypedDict):
     total: int
     older: int | None
     newer: int | None
+
+
+class QuarantinePageDoc(TypedDict):
+    page: PageCursors
+    messages: list[QuarantinedDoc]
 
 
 class AuditEventDoc(TypedDict):

@@ -6,16 +6,16 @@ from urllib.parse import urlencode
 
 from fastapi import APIRouter, Form, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from sqlalchemy import func
 from sqlmodel import select
 
-from tracker.core.audit import page_events, verify_chain
+from tracker.core.audit import AuditEvent, page_events, verify_chain
 from tracker.core.timeutil import utcnow
 from tracker.facility.load import site_signed_content
 from tracker.facility.models import FacilityLimit
-from tracker.identity import signatures, users
+from tracker.identity import signatures, tokens, users
 from tracker.monitoring.proposals import approve, list_proposals, propose, reject
-from tracker.monitoring.quarantine import counts_by_reason
-from tracker.monitoring.quarantine import list_quarantine as quarantined
+from tracker.monitoring.quarantine import counts_by_reason, page_quarantine
 from tracker.web.deps import CurrentUser, RowId, SessionDep, sign_in
 from tracker.web.pages._common import form_instant
 from tracker.web.render import done, render, tr
@@ -33,9 +33,11 @@ def quarantine_page(
     me: CurrentUser,
     session: SessionDep,
     reason: Annotated[str | None, Query(max_length=40)] = None,
+    before: Annotated[int | None, Query(ge=0, le=2**62)] = None,
+    after: Annotated[int | None, Query(ge=0, le=2**62)] = None,
 ) -> HTMLResponse:
-    rows = quarantined(session, reason=reason or None)[-PAGE:]
-    rows.reverse()
+    """Newest first, a page at a time from the database; each payload as a short prefix."""
+    page = page_quarantine(session, reason=reason or None, before=before, after=after, size=PAGE)
     shown = [
         {
             "id": q.id,
@@ -44,12 +46,26 @@ def quarantine_page(
             "reason": q.reason,
             "detail": q.detail,
             "monitor": q.monitor_code,
-            "payload": printable(q.payload.decode("utf-8", "replace"), 300),
+            "payload": printable(q.payload_head.decode("utf-8", "replace"), 300),
+            "size": q.payload_size,
+            "cut": q.payload_size > len(q.payload_head),
         }
-        for q in rows
+        for q in page.rows
     ]
+
+    def link(**cursor) -> str:
+        return "/quarantine?" + urlencode({k: v for k, v in {"reason": reason or "", **cursor}.items() if v})
+
     return render(
-        request, "quarantine.html", rows=shown, counts=counts_by_reason(session), reason=reason or ""
+        request,
+        "quarantine.html",
+        rows=shown,
+        counts=counts_by_reason(session),
+        reason=reason or "",
+        total=page.total,
+        newer_url=link(after=page.newer) if page.newer else None,
+        older_url=link(before=page.older) if page.older else None,
+        newest_url=link() if page.newer else None,
     )
 
 
@@ -61,27 +77,43 @@ def annual_report_download(
     year: Annotated[int, Query(ge=2000, le=2100)],
     fmt: Annotated[Literal["pdf", "html", "json"], Query(alias="format")] = "pdf",
 ) -> Response:
-    """The site's annual evaluation report for ``year`` in the page's language (issue 4)."""
+    """The site's annual evaluation report for ``year`` in the page's language (issue 4); built
+    at most once per period, language, format and state of the audit trail within the cache
+    time, a few builds per user an hour (``tracker.web.reports``)."""
+    site = the_site(session)
+    lang = "en" if request.state.lang == "en" else "zh-CN"
+    # the newest change recorded (logins and tokens, frequent and never in a report, aside)
+    head = session.exec(
+        select(func.max(AuditEvent.id)).where(
+            AuditEvent.action.not_like("auth.%"), AuditEvent.action.not_like("token.%")
+        )
+    ).one()
+    key = (site.code, year, lang, fmt, head)
+
+    def build() -> bytes:
+        return _annual_report(session, site, year, lang, fmt)
+
+    body = request.app.state.reports.get(key, user=me.username, build=build)
+    name = f"annual-report-{site.code}-{year}-{lang}.{fmt}"
+    media = {"json": "application/json", "html": "text/html; charset=utf-8", "pdf": "application/pdf"}[fmt]
+    return Response(body, media_type=media, headers={"Content-Disposition": f'attachment; filename="{name}"'})
+
+
+def _annual_report(session, site, year: int, lang: str, fmt: str) -> bytes:
     from tracker.reports.annual.document import build_annual_report, validate_report, year_period
     from tracker.reports.render import render_html, render_pdf
     from tracker.reports.signoff import signoff_block
 
-    site = the_site(session)
     period = year_period(site.timezone, year)
     report = build_annual_report(session, site=site, period=period)
     signoff = signoff_block(session, site, period, report)
-    lang = "en" if request.state.lang == "en" else "zh-CN"
-    name = f"annual-report-{site.code}-{year}-{lang}.{fmt}"
     if fmt == "json":
         document = {**report, "signoff": signoff}
         validate_report(document)
-        body, media = json.dumps(document, ensure_ascii=False, indent=2).encode("utf-8"), "application/json"
-    elif fmt == "html":
-        body = render_html(report, lang=lang, signoff=signoff).encode("utf-8")
-        media = "text/html; charset=utf-8"
-    else:
-        body, media = render_pdf(report, lang=lang, signoff=signoff), "application/pdf"
-    return Response(body, media_type=media, headers={"Content-Disposition": f'attachment; filename="{name}"'})
+        return json.dumps(document, ensure_ascii=False, indent=2).encode("utf-8")
+    if fmt == "html":
+        return render_html(report, lang=lang, signoff=signoff).encode("utf-8")
+    return render_pdf(report, lang=lang, signoff=signoff)
 
 
 @router.get("/audit", response_class=HTMLResponse)
@@ -219,12 +251,12 @@ def user_create(
     return done(request, "/users", tr(request, "User created; the owner must change the password."))
 
 
-@router.post("/users/{username}/unlock")
-def user_unlock(
+@router.post("/users/{username}/clear-failures")
+def user_clear_failures(
     request: Request, me: CurrentUser, session: SessionDep, username: str, reason: Text
 ) -> RedirectResponse:
-    users.unlock(session, actor=me.actor(), username=username, reason=reason)
-    return done(request, "/users", tr(request, "Account unlocked."))
+    users.clear_failures(session, actor=me.actor(), username=username, reason=reason)
+    return done(request, "/users", tr(request, "Failed logins cleared."))
 
 
 @router.post("/users/{username}/deactivate")
@@ -233,6 +265,7 @@ def user_deactivate(
 ) -> RedirectResponse:
     user = users.deactivate(session, actor=me.actor(), username=username, reason=reason)
     request.app.state.sessions.drop_user(user.id, db=session)
+    tokens.revoke_all(session, user_id=user.id, by=me.username, reason=f"account deactivated: {reason}")
     return done(request, "/users", tr(request, "Account deactivated."))
 
 
@@ -262,4 +295,5 @@ def user_reset(
         session, actor=me.actor(), username=username, new_password=password, reason=reason
     )
     request.app.state.sessions.drop_user(user.id, db=session)
+    tokens.revoke_all(session, user_id=user.id, by=me.username, reason=f"password reset: {reason}")
     return done(request, "/users", tr(request, "Password reset; the owner must change it."))

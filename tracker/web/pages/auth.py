@@ -4,13 +4,15 @@ from typing import Annotated
 
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
-from sqlmodel import Session
 
-from tracker.core.errors import AuthenticationError, InvalidInputError
-from tracker.identity.users import User, change_password, login
-from tracker.web.deps import CurrentUser, SessionDep, engine_of, ensure_web_session
+from tracker.core.db import unit_of_work
+from tracker.core.errors import AuthenticationError, InvalidInputError, TooManyRequestsError
+from tracker.identity import tokens
+from tracker.identity.users import User, change_password, record_login, record_logout
+from tracker.web.deps import CurrentUser, SessionDep, check_password, engine_of, ensure_web_session
 from tracker.web.i18n import LANGS
 from tracker.web.render import back_path, done, gettext, render
+from tracker.web.throttle import client_address
 
 router = APIRouter(include_in_schema=False)
 
@@ -38,38 +40,44 @@ def login_submit(
     password: Annotated[str, Form(max_length=1000)],
     next: Annotated[str, Form()] = "/",
 ) -> Response:
-    _ = gettext(request)
-    client = request.client.host if request.client else "?"
-    if not request.app.state.login_limiter.allow(client):
-        return render(
+    """One answer for every failed login (``LOGIN_FAILED``); throttled, never locked."""
+    name = username.strip()
+    try:
+        who = check_password(request, name, password, count_address=True)
+    except (AuthenticationError, TooManyRequestsError) as exc:
+        response = render(
             request,
             "login.html",
-            status_code=429,
+            status_code=exc.status_code,
             next=_safe_next(next),
-            error=_("Too many login attempts from this address; wait a minute."),
+            error=exc.said(request.state.lang),
         )
-    try:
-        who = login(engine_of(request), username=username.strip(), password=password)
-    except AuthenticationError as exc:
-        return render(
-            request, "login.html", status_code=401, next=_safe_next(next), error=exc.said(request.state.lang)
-        )
-    web = request.app.state.sessions.login(ensure_web_session(request), who.user_id)
+        if isinstance(exc, TooManyRequestsError):
+            response.headers["Retry-After"] = str(exc.retry_after)
+        return response
+    store = request.app.state.sessions
+    with unit_of_work(engine_of(request)) as db:  # the new session and its audit event together
+        web = store.login(ensure_web_session(request), who.user_id, db=db)
+        record_login(db, who=who, via="web", client=client_address(request))
+        must_change = db.get(User, who.user_id).must_change_password
     request.state.web = web
     request.state.set_cookie = True
-    with Session(engine_of(request)) as s:
-        must_change = s.get(User, who.user_id).must_change_password
     if must_change:
+        _ = gettext(request)
         web.flash("error", _("An administrator set your password: choose your own before you continue."))
         return RedirectResponse("/account/password", status_code=303)
     return RedirectResponse(_safe_next(next), status_code=303)
 
 
 @router.post("/logout")
-def logout(request: Request, me: CurrentUser) -> RedirectResponse:
-    web = ensure_web_session(request)
-    request.app.state.sessions.drop(web.sid)
-    request.state.web = None
+def logout(request: Request, me: CurrentUser, session: SessionDep) -> RedirectResponse:
+    """Ends the session, or revokes the API token that authenticated the request; audited."""
+    if me.via == "token":
+        tokens.revoke_current(session, token_id=me.token_id, username=me.username, reason="logout")
+    else:
+        request.app.state.sessions.drop(ensure_web_session(request).sid, db=session)
+        request.state.web = None
+    record_logout(session, username=me.username, via=me.via, client=client_address(request))
     return RedirectResponse("/login", status_code=303)
 
 
@@ -98,7 +106,7 @@ def password_submit(
     _ = gettext(request)
     if new != confirm:
         raise InvalidInputError(_("The two new passwords differ."))
-    actor = login(engine_of(request), username=me.username, password=current)
+    actor = check_password(request, me.username, current)
     change_password(session, actor=actor, new_password=new)
     # every session of the user ends, on every worker (in this unit of work, with the change) …
     store = request.app.state.sessions

@@ -1,7 +1,7 @@
 """Batch records: list, the record page (timeline, review by exception, flags, deviations,
 signatures, gate) and the shop-floor and sign-off actions."""
 
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, Form, Query, Request
@@ -23,6 +23,7 @@ from tracker.quality.batches.steps import (
 )
 from tracker.quality.batches.views import BatchReport, batch_report, exposure_links
 from tracker.web.deps import CurrentUser, RowId, SessionDep, sign_in
+from tracker.web.pages._common import form_instant
 from tracker.web.render import back_path, done, render, tr
 from tracker.web.sites import the_site
 
@@ -139,10 +140,11 @@ def step_finish(
     step_id: RowId,
     password: Password,
     comment: Comment = None,
-    at: Annotated[datetime | None, Form()] = None,
+    at: Annotated[str | None, Form(max_length=40)] = None,
 ) -> RedirectResponse:
+    end = form_instant(at) if at else utcnow()  # naive or out of range: 422, before anything counts
     signer = sign_in(request, me, password)
-    end_step(session, signer=signer, step_id=step_id, end=at or utcnow(), comment=comment or None)
+    end_step(session, signer=signer, step_id=step_id, end=end, comment=comment or None)
     return done(request, back_path(request), tr(request, "Step ended and signed."))
 
 

@@ -17,7 +17,7 @@ from tracker.monitoring.dashboard import floor_view
 from tracker.monitoring.excursions import acknowledge, list_excursions
 from tracker.monitoring.readings import Reading
 from tracker.quality.batches.linking import raise_deviation
-from tracker.web.charts import trend_svg
+from tracker.web.charts import svg_policy, trend_svg
 from tracker.web.deps import CurrentUser, RowId, SessionDep
 from tracker.web.pages._common import form_instant
 from tracker.web.render import done, gettext, render, tr
@@ -224,4 +224,8 @@ def monitor_chart(
     labels = {k: _(k) for k in ("alert", "action", "at_rest", "in_operation", mon.kind)}
     labels["readings"] = _("Readings")
     svg = trend_svg(session, mon, channel, start, stop, labels=labels)
-    return Response(svg, media_type="image/svg+xml", headers={"Cache-Control": "no-store"})
+    return Response(
+        svg,
+        media_type="image/svg+xml",
+        headers={"Cache-Control": "no-store", "Content-Security-Policy": svg_policy(svg)},
+    )
