@@ -6,8 +6,8 @@ bytes received: a payload over the size limit is kept as a bounded prefix, and i
 digest (``payload_sha256``, over the whole message) say what arrived. Existing rows hold their
 whole payload: their size is its length.
 
-Revision ID: 0015
-Revises: 0014
+Revision ID: 0017
+Revises: 0016
 Create Date: 2026-12-08 09:00:00.000000
 """
 
@@ -19,8 +19,8 @@ from alembic import op
 
 import tracker.core.db
 
-revision: str = "0015"
-down_revision: str | None = "0014"
+revision: str = "0017"
+down_revision: str | None = "0016"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
