@@ -8,7 +8,7 @@ from datetime import timedelta
 import pytest
 
 from tests.factories import T0, iso, particles, scalar, topic
-from tracker.wire.payload import KnownMonitor, PayloadRejected, Reason, parse_reading, parse_status
+from tracker.wire.payload import KnownMonitor, PayloadRejected, QuarantineCode, parse_reading, parse_status
 from tracker.wire.units import converter
 
 MONITORS = {
@@ -95,9 +95,9 @@ def test_offset_timestamp_normalised_to_utc() -> None:
 @pytest.mark.parametrize(
     ("payload", "reason", "fragment"),
     [
-        (b'{"schema": "gmp.reading/1", "monitor": ', Reason.BAD_JSON, "JSON"),
-        (b"\xff\xfe\x00garbage", Reason.BAD_JSON, "JSON"),
-        (b"[1, 2, 3]", Reason.SCHEMA, ""),
+        (b'{"schema": "gmp.reading/1", "monitor": ', QuarantineCode.BAD_JSON, "JSON"),
+        (b"\xff\xfe\x00garbage", QuarantineCode.BAD_JSON, "JSON"),
+        (b"[1, 2, 3]", QuarantineCode.SCHEMA, ""),
         (
             json.dumps(
                 {
@@ -109,7 +109,7 @@ def test_offset_timestamp_normalised_to_utc() -> None:
                     "counts": {"0.5": 1, "5.0": 0},
                 }
             ).encode(),
-            Reason.SCHEMA,
+            QuarantineCode.SCHEMA,
             "seq",
         ),
         (
@@ -122,20 +122,20 @@ def test_offset_timestamp_normalised_to_utc() -> None:
                     "kind": "particles",
                 }
             ).encode(),
-            Reason.SCHEMA,
+            QuarantineCode.SCHEMA,
             "schema",
         ),
-        (particles(seq=1, ts=T0, c05=1).replace(b'Z"', b'"'), Reason.SCHEMA, "offset"),
-        (particles(seq=1, ts=T0, c05=1, unit="furlong"), Reason.BAD_UNIT, "furlong"),
-        (particles(seq=1, ts=T0, c05=1, unit="kg"), Reason.BAD_UNIT, "not a volume"),
-        (particles(seq=1, ts=T0, c05=-4), Reason.OUT_OF_RANGE, "negative"),
-        (particles(seq=1, ts=T0, c05=3, c50=5), Reason.OUT_OF_RANGE, "cumulative"),
-        (particles(seq=1, ts=T0, c05=3, volume=0), Reason.OUT_OF_RANGE, "not positive"),
-        (particles(seq=1, ts=T0 + timedelta(days=1), c05=1), Reason.FUTURE_TIMESTAMP, "ahead"),
-        (b" " * 20000, Reason.TOO_LARGE, "20000 bytes"),
+        (particles(seq=1, ts=T0, c05=1).replace(b'Z"', b'"'), QuarantineCode.SCHEMA, "offset"),
+        (particles(seq=1, ts=T0, c05=1, unit="furlong"), QuarantineCode.BAD_UNIT, "furlong"),
+        (particles(seq=1, ts=T0, c05=1, unit="kg"), QuarantineCode.BAD_UNIT, "not a volume"),
+        (particles(seq=1, ts=T0, c05=-4), QuarantineCode.OUT_OF_RANGE, "negative"),
+        (particles(seq=1, ts=T0, c05=3, c50=5), QuarantineCode.OUT_OF_RANGE, "cumulative"),
+        (particles(seq=1, ts=T0, c05=3, volume=0), QuarantineCode.OUT_OF_RANGE, "not positive"),
+        (particles(seq=1, ts=T0 + timedelta(days=1), c05=1), QuarantineCode.FUTURE_TIMESTAMP, "ahead"),
+        (b" " * 20000, QuarantineCode.TOO_LARGE, "20000 bytes"),
     ],
 )
-def test_rejections_carry_stable_reason(payload: bytes, reason: Reason, fragment: str) -> None:
+def test_rejections_carry_stable_reason(payload: bytes, reason: QuarantineCode, fragment: str) -> None:
     err = rejected(payload)
     assert err.reason is reason
     assert fragment in err.detail
@@ -143,29 +143,29 @@ def test_rejections_carry_stable_reason(payload: bytes, reason: Reason, fragment
 
 def test_unknown_monitor() -> None:
     err = rejected(particles(monitor="ZZ-GHOST", seq=1, ts=T0, c05=1), t=topic("T-B1", "ZZ-GHOST"))
-    assert err.reason is Reason.UNKNOWN_MONITOR
+    assert err.reason is QuarantineCode.UNKNOWN_MONITOR
     assert "ZZ-GHOST" in err.detail
 
 
 def test_room_mismatch_registry_decides() -> None:
     err = rejected(particles(seq=1, ts=T0, c05=1), t=topic("T-C1", "T-B1-PC"))
-    assert err.reason is Reason.ROOM_MISMATCH
+    assert err.reason is QuarantineCode.ROOM_MISMATCH
     assert "registered in room T-B1" in err.detail
     assert "T-C1" in err.detail
 
 
 def test_kind_and_monitor_disagreements_are_schema_errors() -> None:
     wrong_kind = scalar(monitor="T-B1-PC", kind="pressure", seq=1, ts=T0, value=1, unit="Pa")
-    assert rejected(wrong_kind).reason is Reason.SCHEMA
+    assert rejected(wrong_kind).reason is QuarantineCode.SCHEMA
     other_monitor = particles(monitor="T-B1-PC", seq=1, ts=T0, c05=1)
-    assert rejected(other_monitor, t=topic("T-B1", "T-B1-DP")).reason is Reason.SCHEMA
+    assert rejected(other_monitor, t=topic("T-B1", "T-B1-DP")).reason is QuarantineCode.SCHEMA
 
 
 def test_impossible_humidity_and_pressure_units() -> None:
     humid = scalar(monitor="T-B1-H", kind="humidity", seq=1, ts=T0, value=140, unit="percent")
-    assert rejected(humid, t=topic("T-B1", "T-B1-H")).reason is Reason.OUT_OF_RANGE
+    assert rejected(humid, t=topic("T-B1", "T-B1-H")).reason is QuarantineCode.OUT_OF_RANGE
     dp = scalar(monitor="T-B1-DP", kind="pressure", seq=1, ts=T0, value=15, unit="degC")
-    assert rejected(dp, t=topic("T-B1", "T-B1-DP")).reason is Reason.BAD_UNIT
+    assert rejected(dp, t=topic("T-B1", "T-B1-DP")).reason is QuarantineCode.BAD_UNIT
 
 
 def test_non_ok_status_is_kept() -> None:
@@ -186,7 +186,7 @@ def test_status_messages() -> None:
     assert s.monitor.code == "T-B1-PC"
     with pytest.raises(PayloadRejected) as info:
         parse_status(topic("T-B1", "T-B1-PC") + "/status", b"sleepy", Directory())
-    assert info.value.reason is Reason.SCHEMA
+    assert info.value.reason is QuarantineCode.SCHEMA
 
 
 @pytest.mark.parametrize(
@@ -195,28 +195,38 @@ def test_status_messages() -> None:
         (
             scalar(monitor="T-B1-T", kind="temperature", seq=1, ts=T0, value=2, unit="delta_degC"),
             "T-B1-T",
-            Reason.BAD_UNIT,
+            QuarantineCode.BAD_UNIT,
             "cannot be converted",
         ),
         (
             scalar(monitor="T-B1-H", kind="humidity", seq=1, ts=T0, value=38, unit="degree"),
             "T-B1-H",
-            Reason.BAD_UNIT,
+            QuarantineCode.BAD_UNIT,
             "relative-humidity",
         ),
         (
             particles(seq=1, ts=T0, c05=1).replace(b'"5.0": 0', b'"0.50": 0'),
             "T-B1-PC",
-            Reason.SCHEMA,
+            QuarantineCode.SCHEMA,
             "twice",
         ),
-        (particles(seq=1, ts=T0, c05=1, volume=1e-320), "T-B1-PC", Reason.OUT_OF_RANGE, "not positive"),
-        (particles(seq=1, ts=T0.replace(year=1970), c05=1), "T-B1-PC", Reason.SCHEMA, "clock"),
-        (particles(monitor="T-B1-PC\u0000", seq=1, ts=T0, c05=1), "T-B1-PC", Reason.SCHEMA, "monitor"),
+        (
+            particles(seq=1, ts=T0, c05=1, volume=1e-320),
+            "T-B1-PC",
+            QuarantineCode.OUT_OF_RANGE,
+            "not positive",
+        ),
+        (particles(seq=1, ts=T0.replace(year=1970), c05=1), "T-B1-PC", QuarantineCode.SCHEMA, "clock"),
+        (
+            particles(monitor="T-B1-PC\u0000", seq=1, ts=T0, c05=1),
+            "T-B1-PC",
+            QuarantineCode.SCHEMA,
+            "monitor",
+        ),
     ],
 )
 def test_review_findings_are_refused(
-    payload: bytes, topic_monitor: str, reason: Reason, fragment: str
+    payload: bytes, topic_monitor: str, reason: QuarantineCode, fragment: str
 ) -> None:
     err = rejected(payload, t=topic("T-B1", topic_monitor))
     assert err.reason is reason

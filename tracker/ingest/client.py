@@ -38,7 +38,7 @@ from tracker.monitoring.intake import BatchOutcome, Intake
 from tracker.monitoring.quarantine import Rejection
 from tracker.monitoring.rules.trends import TrendRule
 from tracker.wire.mqtt import BrokerAddress, connect, make_client
-from tracker.wire.payload import Reason
+from tracker.wire.payload import QuarantineCode
 
 log = logging.getLogger(__name__)
 #: errors that mean "the database is not there right now": wait and retry the same batch
@@ -337,7 +337,7 @@ class Ingester:
                                 batch[0].received_at,
                                 batch[0].topic,
                                 batch[0].payload,
-                                Reason.SCHEMA.value,
+                                QuarantineCode.SCHEMA.value,
                                 f"database refused it: {type(exc).__name__}: {getattr(exc, 'orig', exc)}",
                                 None,
                                 batch[0].dup,

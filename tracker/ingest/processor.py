@@ -19,7 +19,7 @@ from tracker.monitoring.snapshot import Registry
 from tracker.wire.payload import (
     KnownMonitor,
     PayloadRejected,
-    Reason,
+    QuarantineCode,
     parse_reading,
     parse_status,
 )
@@ -123,7 +123,7 @@ class BatchProcessor:
                         msg.received_at,
                         msg.topic,
                         msg.payload,
-                        Reason.SCHEMA.value,
+                        QuarantineCode.SCHEMA.value,
                         f"unexpected parser error {type(exc).__name__}: {exc}",
                         None,
                         msg.dup,

@@ -17,7 +17,7 @@ from sqlmodel import Field, Session, SQLModel, select
 
 from tracker.core.counters import bump
 from tracker.core.db import UTCDateTime
-from tracker.wire.payload import Reason, printable
+from tracker.wire.payload import QuarantineCode, printable
 
 
 class QuarantinedMessage(SQLModel, table=True):
@@ -73,7 +73,7 @@ def oversized(
         received_at=received_at,
         topic=topic,
         payload=payload[:keep],
-        reason=Reason.TOO_LARGE.value,
+        reason=QuarantineCode.TOO_LARGE.value,
         detail=f"{len(payload)} bytes > limit of {limit}; the first {keep} bytes are kept",
         redelivered=redelivered,
         size=len(payload),

@@ -31,7 +31,7 @@ def printable(text: str, limit: int = 2000) -> str:
     return "".join(c if c.isprintable() or c in "\n\t" else f"\\x{ord(c):02x}" for c in text[:limit])
 
 
-class Reason(StrEnum):
+class QuarantineCode(StrEnum):
     """Stable quarantine reason codes (DESIGN §9); never rename one."""
 
     BAD_JSON = "bad_json"
@@ -50,7 +50,7 @@ class Reason(StrEnum):
 class PayloadRejected(ValueError):
     """Why a message cannot become a reading; ``detail`` is meant for a person."""
 
-    def __init__(self, reason: Reason, detail: str, monitor: str | None = None) -> None:
+    def __init__(self, reason: QuarantineCode, detail: str, monitor: str | None = None) -> None:
         detail = printable(detail)
         super().__init__(f"{reason.value}: {detail}")
         self.reason = reason
@@ -138,15 +138,15 @@ class _Payload(BaseModel):
         return seq
 
 
-def _first_error(exc: ValidationError) -> tuple[Reason, str]:
+def _first_error(exc: ValidationError) -> tuple[QuarantineCode, str]:
     errors = exc.errors(include_url=False)
     if any(e["type"] in ("json_invalid", "json_type") for e in errors):
-        return Reason.BAD_JSON, "payload is not valid UTF-8 JSON: " + errors[0]["msg"]
+        return QuarantineCode.BAD_JSON, "payload is not valid UTF-8 JSON: " + errors[0]["msg"]
     parts = []
     for e in errors[:3]:
         loc = ".".join(str(p) for p in e["loc"]) or "payload"
         parts.append(f"{loc}: {e['msg']}")
-    return Reason.SCHEMA, "; ".join(parts)
+    return QuarantineCode.SCHEMA, "; ".join(parts)
 
 
 def _size_key(size: str) -> str:
@@ -154,9 +154,9 @@ def _size_key(size: str) -> str:
     try:
         value = float(size)
     except ValueError:
-        raise PayloadRejected(Reason.SCHEMA, f"counts key {size!r} is not a particle size") from None
+        raise PayloadRejected(QuarantineCode.SCHEMA, f"counts key {size!r} is not a particle size") from None
     if not math.isfinite(value) or value <= 0:
-        raise PayloadRejected(Reason.SCHEMA, f"counts key {size!r} is not a particle size")
+        raise PayloadRejected(QuarantineCode.SCHEMA, f"counts key {size!r} is not a particle size")
     return f"{value:.1f}"
 
 
@@ -175,10 +175,10 @@ def parse_reading(
 ) -> ParsedReading:
     """Turn one message into a reading in canonical units, or raise :class:`PayloadRejected`."""
     if len(payload) > max_bytes:
-        raise PayloadRejected(Reason.TOO_LARGE, f"{len(payload)} bytes > limit of {max_bytes}")
+        raise PayloadRejected(QuarantineCode.TOO_LARGE, f"{len(payload)} bytes > limit of {max_bytes}")
     address = parse_topic(topic)
     if address is None or address.is_status:
-        raise PayloadRejected(Reason.SCHEMA, f"topic {topic!r} is not gmp/<site>/<room>/<monitor>")
+        raise PayloadRejected(QuarantineCode.SCHEMA, f"topic {topic!r} is not gmp/<site>/<room>/<monitor>")
     try:
         msg = _Payload.model_validate_json(payload)
     except ValidationError as exc:
@@ -186,32 +186,32 @@ def parse_reading(
         raise PayloadRejected(reason, detail) from None
     if msg.monitor != address.monitor:
         raise PayloadRejected(
-            Reason.SCHEMA,
+            QuarantineCode.SCHEMA,
             f"payload names monitor {msg.monitor!r} but the topic names {address.monitor!r}",
             msg.monitor,
         )
     known = directory.lookup(address.site, msg.monitor)
     if known is None:
         raise PayloadRejected(
-            Reason.UNKNOWN_MONITOR,
+            QuarantineCode.UNKNOWN_MONITOR,
             f"no monitor {msg.monitor!r} registered at site {address.site!r}",
             msg.monitor,
         )
     if known.room != address.room:
         raise PayloadRejected(
-            Reason.ROOM_MISMATCH,
+            QuarantineCode.ROOM_MISMATCH,
             f"monitor {msg.monitor} is registered in room {known.room}, topic says {address.room}",
             msg.monitor,
         )
     if msg.kind != known.kind:
         raise PayloadRejected(
-            Reason.SCHEMA,
+            QuarantineCode.SCHEMA,
             f"monitor {msg.monitor} is a {known.kind} monitor, payload says {msg.kind}",
             msg.monitor,
         )
     if msg.ts > received_at + future_tolerance:
         raise PayloadRejected(
-            Reason.FUTURE_TIMESTAMP,
+            QuarantineCode.FUTURE_TIMESTAMP,
             f"ts {msg.ts.isoformat()} is {(msg.ts - received_at)} ahead of "
             f"receipt (tolerance {future_tolerance})",
             msg.monitor,
@@ -238,16 +238,18 @@ def parse_reading(
 def _particles(msg: _Payload, known: KnownMonitor) -> tuple[dict[str, float], float]:
     if msg.sample is None or msg.counts is None or msg.value is not None:
         raise PayloadRejected(
-            Reason.SCHEMA, "a particles reading carries 'sample' and 'counts' (and no 'value')", known.code
+            QuarantineCode.SCHEMA,
+            "a particles reading carries 'sample' and 'counts' (and no 'value')",
+            known.code,
         )
     try:
         to_m3 = converter("volume", msg.sample.unit)
     except UnitProblem as exc:
-        raise PayloadRejected(Reason.BAD_UNIT, str(exc), known.code) from None
+        raise PayloadRejected(QuarantineCode.BAD_UNIT, str(exc), known.code) from None
     volume_m3 = to_m3(msg.sample.volume)
     if not volume_m3 > 1e-9:  # also catches denormals that would make the concentration inf
         raise PayloadRejected(
-            Reason.OUT_OF_RANGE,
+            QuarantineCode.OUT_OF_RANGE,
             f"sampled volume {msg.sample.volume} {msg.sample.unit} is not positive",
             known.code,
         )
@@ -255,18 +257,24 @@ def _particles(msg: _Payload, known: KnownMonitor) -> tuple[dict[str, float], fl
     for size, count in msg.counts.items():
         key = _size_key(size)
         if key in counts:
-            raise PayloadRejected(Reason.SCHEMA, f"counts name the ≥{key} µm channel twice", known.code)
+            raise PayloadRejected(
+                QuarantineCode.SCHEMA, f"counts name the ≥{key} µm channel twice", known.code
+            )
         if count < 0:
-            raise PayloadRejected(Reason.OUT_OF_RANGE, f"negative count {count} at ≥{key} µm", known.code)
+            raise PayloadRejected(
+                QuarantineCode.OUT_OF_RANGE, f"negative count {count} at ≥{key} µm", known.code
+            )
         counts[key] = count
     missing = [c for c in known.channels if c not in counts]
     if missing:
-        raise PayloadRejected(Reason.SCHEMA, f"counts lack channel(s) {', '.join(missing)} µm", known.code)
+        raise PayloadRejected(
+            QuarantineCode.SCHEMA, f"counts lack channel(s) {', '.join(missing)} µm", known.code
+        )
     ordered = sorted(counts.items(), key=lambda kv: float(kv[0]))
     for (small, n_small), (big, n_big) in pairwise(ordered):
         if n_big > n_small:
             raise PayloadRejected(
-                Reason.OUT_OF_RANGE,
+                QuarantineCode.OUT_OF_RANGE,
                 f"cumulative counts must not grow with size: ≥{big} µm {n_big} > ≥{small} µm {n_small}",
                 known.code,
             )
@@ -279,16 +287,18 @@ def _particles(msg: _Payload, known: KnownMonitor) -> tuple[dict[str, float], fl
 
 def _scalar(msg: _Payload, known: KnownMonitor) -> dict[str, float]:
     if msg.value is None or msg.unit is None or msg.counts is not None:
-        raise PayloadRejected(Reason.SCHEMA, f"a {msg.kind} reading carries 'value' and 'unit'", known.code)
+        raise PayloadRejected(
+            QuarantineCode.SCHEMA, f"a {msg.kind} reading carries 'value' and 'unit'", known.code
+        )
     try:
         convert = converter(msg.kind, msg.unit)
     except UnitProblem as exc:
-        raise PayloadRejected(Reason.BAD_UNIT, str(exc), known.code) from None
+        raise PayloadRejected(QuarantineCode.BAD_UNIT, str(exc), known.code) from None
     value = round(convert(msg.value), 6)
     low, high = _PLAUSIBLE[msg.kind]
     if not low <= value <= high:
         raise PayloadRejected(
-            Reason.OUT_OF_RANGE,
+            QuarantineCode.OUT_OF_RANGE,
             f"{msg.kind} {msg.value} {msg.unit} "
             f"({value:g} canonical) is outside the possible {low:g}…{high:g}",
             known.code,
@@ -302,25 +312,25 @@ def parse_status(
     """A retained status message; unknown monitors, bad values and oversized payloads are refused
     like readings."""
     if len(payload) > max_bytes:
-        raise PayloadRejected(Reason.TOO_LARGE, f"{len(payload)} bytes > limit of {max_bytes}")
+        raise PayloadRejected(QuarantineCode.TOO_LARGE, f"{len(payload)} bytes > limit of {max_bytes}")
     address = parse_topic(topic)
     if address is None or not address.is_status:
-        raise PayloadRejected(Reason.SCHEMA, f"topic {topic!r} is not a status topic")
+        raise PayloadRejected(QuarantineCode.SCHEMA, f"topic {topic!r} is not a status topic")
     text = payload.decode("utf-8", errors="replace").strip().lower()
     if text not in ("online", "offline"):
         raise PayloadRejected(
-            Reason.SCHEMA, f"status must be online or offline, got {text[:40]!r}", address.monitor
+            QuarantineCode.SCHEMA, f"status must be online or offline, got {text[:40]!r}", address.monitor
         )
     known = directory.lookup(address.site, address.monitor)
     if known is None:
         raise PayloadRejected(
-            Reason.UNKNOWN_MONITOR,
+            QuarantineCode.UNKNOWN_MONITOR,
             f"no monitor {address.monitor!r} at site {address.site!r}",
             address.monitor,
         )
     if known.room != address.room:
         raise PayloadRejected(
-            Reason.ROOM_MISMATCH,
+            QuarantineCode.ROOM_MISMATCH,
             f"monitor {known.code} is registered in room {known.room}, topic says {address.room}",
             known.code,
         )
