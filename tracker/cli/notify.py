@@ -13,9 +13,7 @@ from rich.table import Table
 from tracker.cli.common import DbOpt, JsonOpt, console, engine_for, print_json
 from tracker.core.db import unit_of_work
 from tracker.core.i18n import current_lang
-from tracker.core.timeutil import iso_utc
-from tracker.facility.notify import redact
-from tracker.notify.dispatcher import Dispatcher, failed_targets
+from tracker.notify.dispatcher import Dispatcher, failed_target_docs
 
 HEAD = {
     "en": ("id", "excursion", "rule", "step", "target", "status", "attempts", "last error"),
@@ -43,21 +41,7 @@ def notify(
 def notify_failed(db: DbOpt = None, as_json: JsonOpt = False) -> None:
     """Notifications whose last attempt failed: retrying, or given up (状态 failed)."""
     with unit_of_work(engine_for(db)) as session:
-        rows = failed_targets(session)
-        docs = [
-            {
-                "id": r.id,
-                "excursion": r.excursion_id,
-                "rule": r.rule,
-                "step": r.step,
-                "target": redact(r.target),
-                "status": r.status,
-                "attempts": r.attempts,
-                "last_error": r.last_error,
-                "due_at": iso_utc(r.due_at),
-            }
-            for r in rows
-        ]
+        docs = failed_target_docs(session)
     if as_json:
         print_json(docs)
         return

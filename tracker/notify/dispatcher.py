@@ -20,7 +20,7 @@ from sqlalchemy import Engine
 from sqlmodel import Session, select
 
 from tracker.core.db import unit_of_work
-from tracker.core.timeutil import utcnow
+from tracker.core.timeutil import iso_utc, utcnow
 from tracker.facility.models import Monitor, Room, Site
 from tracker.facility.notify import fill_secrets, redact
 from tracker.facility.policy import notify_settings_of
@@ -203,3 +203,21 @@ def failed_targets(session: Session) -> list[NotificationOutbox]:
             .order_by(NotificationOutbox.id.desc())
         )
     )
+
+
+def failed_target_docs(session: Session) -> list[dict]:
+    """:func:`failed_targets` as JSON documents (secrets redacted): the CLI and the API show these."""
+    return [
+        {
+            "id": r.id,
+            "excursion": r.excursion_id,
+            "rule": r.rule,
+            "step": r.step,
+            "target": redact(r.target),
+            "status": r.status,
+            "attempts": r.attempts,
+            "last_error": r.last_error,
+            "due_at": iso_utc(r.due_at),
+        }
+        for r in failed_targets(session)
+    ]
