@@ -18,6 +18,7 @@ from datetime import datetime, timedelta
 import apprise
 from sqlalchemy import Engine
 from sqlmodel import Session, select
+from typing_extensions import TypedDict
 
 from tracker.core.db import unit_of_work
 from tracker.core.timeutil import iso_utc, utcnow
@@ -205,19 +206,33 @@ def failed_targets(session: Session) -> list[NotificationOutbox]:
     )
 
 
-def failed_target_docs(session: Session) -> list[dict]:
+class FailedNotificationDoc(TypedDict):
+    """A notification whose last attempt failed, as the CLI and the JSON API show it."""
+
+    id: int
+    excursion: int
+    rule: str
+    step: str
+    target: str  # secrets redacted
+    status: str  # pending (retrying) | failed (given up)
+    attempts: int
+    last_error: str | None
+    due_at: str | None
+
+
+def failed_target_docs(session: Session) -> list[FailedNotificationDoc]:
     """:func:`failed_targets` as JSON documents (secrets redacted): the CLI and the API show these."""
     return [
-        {
-            "id": r.id,
-            "excursion": r.excursion_id,
-            "rule": r.rule,
-            "step": r.step,
-            "target": redact(r.target),
-            "status": r.status,
-            "attempts": r.attempts,
-            "last_error": r.last_error,
-            "due_at": iso_utc(r.due_at),
-        }
+        FailedNotificationDoc(
+            id=r.id,
+            excursion=r.excursion_id,
+            rule=r.rule,
+            step=r.step,
+            target=redact(r.target),
+            status=r.status,
+            attempts=r.attempts,
+            last_error=r.last_error,
+            due_at=iso_utc(r.due_at),
+        )
         for r in failed_targets(session)
     ]

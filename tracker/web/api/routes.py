@@ -21,7 +21,7 @@ from tracker.monitoring.proposals import reject as reject_proposal
 from tracker.monitoring.proposals import to_json as proposal_json
 from tracker.monitoring.quarantine import list_quarantine
 from tracker.monitoring.readings import Reading
-from tracker.notify.dispatcher import failed_target_docs
+from tracker.notify.dispatcher import FailedNotificationDoc, failed_target_docs
 from tracker.quality import deviations as dv
 from tracker.quality.batches.linking import decide_link, raise_deviation, sync_links
 from tracker.quality.batches.models import Batch
@@ -229,7 +229,7 @@ def excursions(
 
 
 @router.get("/notifications/failed")
-def failed_notifications(me: CurrentUser, session: SessionDep) -> list[dict]:
+def failed_notifications(me: CurrentUser, session: SessionDep) -> list[FailedNotificationDoc]:
     """Notifications whose last attempt failed, retrying or given up (docs/alarms.md)."""
     return failed_target_docs(session)
 
