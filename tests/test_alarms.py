@@ -27,7 +27,7 @@ from tracker.core.timeutil import utcnow
 from tracker.facility.file import parse_facility
 from tracker.facility.load import load_facility
 from tracker.facility.notify import redact
-from tracker.monitoring.excursions import acknowledge, list_excursions
+from tracker.monitoring.excursions import Excursion, acknowledge, list_excursions
 from tracker.monitoring.outbox import NotificationAttempt, NotificationOutbox
 from tracker.notify.dispatcher import Dispatcher, failed_targets
 from tracker.wire.broker import LocalBroker
@@ -129,6 +129,29 @@ def test_the_outbox_row_is_written_with_the_excursion_and_a_replay_does_not_queu
     rows = outbox(people_engine)
     assert [(r.excursion_id, r.step, r.status) for r in rows] == [(ex_id, "action", "pending")]
     assert rows[0].key == f"x{ex_id}:A/B action:action:0"
+    with unit_of_work(people_engine) as s:  # a replay that lowers and raises the level again
+        ex = s.get(Excursion, ex_id)
+        ex.level = "alert"
+        s.add(ex)
+        s.flush()
+        ex.level = "action"
+        s.add(ex)
+    assert len(outbox(people_engine)) == 1
+
+
+def test_a_rise_from_alert_to_action_is_announced_and_a_fall_is_not(
+    people_engine: Engine, broker: LocalBroker
+) -> None:
+    ex_id = inversion(people_engine, broker)  # before any rule: nothing queued
+    load_rules(people_engine, rule("all", ["json://127.0.0.1:9/hook"]).replace('levels = ["action"]\n', ""))
+    with unit_of_work(people_engine) as s:
+        ex = s.get(Excursion, ex_id)
+        ex.level = "alert"  # a fall: no news
+        s.add(ex)
+        s.flush()
+        ex.level = "action"  # a rise: announced, in the same transaction
+        s.add(ex)
+    assert [(r.step, r.level) for r in outbox(people_engine)] == [("action", "action")]
 
 
 def test_escalation_fires_when_not_acknowledged_and_not_when_acknowledged(
