@@ -18,6 +18,7 @@ from tracker.identity.tokens import ApiToken
 from tracker.identity.users import User
 from tracker.monitoring.excursions import Excursion
 from tracker.monitoring.ingest_state import IngestState
+from tracker.monitoring.outbox import NotificationAttempt, NotificationOutbox
 from tracker.monitoring.proposals import LimitProposal
 from tracker.monitoring.quarantine import QuarantinedMessage
 from tracker.monitoring.readings import MonitorStatusEvent, RawMessage, Reading, ReadingVerdict
@@ -46,6 +47,8 @@ __all__ = [
     "LimitProposal",
     "Monitor",
     "MonitorStatusEvent",
+    "NotificationAttempt",
+    "NotificationOutbox",
     "OperationPeriod",
     "ProcessStep",
     "QuarantinedMessage",

@@ -36,6 +36,7 @@ from tracker.ingest.client import Ingester, IngestOptions
 from tracker.monitoring.dashboard import FloorView, floor_view
 from tracker.monitoring.excursions import list_excursions
 from tracker.monitoring.stats import ingest_stats
+from tracker.notify.dispatcher import Dispatcher
 from tracker.wire.broker import LocalBroker
 from tracker.wire.mqtt import parse_broker_url
 
@@ -187,6 +188,9 @@ def run_demo(
         ing_thread = threading.Thread(target=ingester.run, args=(stop,), daemon=True)
         ing_thread.start()
         ingester.subscribed.wait(10)
+        # the dispatcher is a worker of its own: a slow channel never holds up ingest
+        notify_thread = threading.Thread(target=Dispatcher(engine).run, args=(stop,), daemon=True)
+        notify_thread.start()
         sim_thread = threading.Thread(
             target=run_simulation,
             daemon=True,

@@ -30,6 +30,7 @@ from tracker.cli.common import (
     login_cli,
     print_json,
 )
+from tracker.cli.notify import register as register_notify_commands
 from tracker.cli.quality import register as register_quality_commands
 from tracker.cli.report import report_app
 from tracker.core import audit
@@ -58,6 +59,7 @@ app.add_typer(inhibit_app, name="inhibit")
 app.add_typer(rollups_app, name="rollups")
 app.add_typer(report_app, name="report")
 register_quality_commands(app)
+register_notify_commands(app)
 
 
 @db_app.command("upgrade")

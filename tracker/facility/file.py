@@ -32,12 +32,13 @@ from tracker.facility.limits import (
     resolve_monitor_limits,
 )
 from tracker.facility.models import DEFAULT_RECOVERY_S, DEFAULT_ROLLING_VOLUME_M3, DEFAULT_ROLLING_WINDOW_S
+from tracker.facility.notify import LANGUAGES, NOTIFY_KEYS, NotifyRule, parse_rules
 from tracker.facility.policy import Compliance
 
 #: Every table the file may hold, whether it is one table ``[x]`` or an array ``[[x]]``, and
 #: the keys each may carry. A key or table outside this list is refused, never ignored.
 TABLES: dict[str, tuple[bool, tuple[str, ...]]] = {
-    "site": (False, ("code", "name", "name_en", "timezone", "limit_set")),
+    "site": (False, ("code", "name", "name_en", "timezone", "limit_set", "language", "base_url")),
     "rooms": (True, ("code", "name", "name_en", "grade", "background", "area_m2")),
     "monitors": (
         True,
@@ -85,6 +86,7 @@ TABLES: dict[str, tuple[bool, tuple[str, ...]]] = {
         ),
     ),
     "quality": (False, ("deviation_classes", "capa_required", "major_incident_classes")),
+    "notify": (True, NOTIFY_KEYS),
 }
 RULE_KEYS = TABLES["rules"][1]
 
@@ -151,12 +153,21 @@ class FacilityDef:
     rules: RulesDef = field(default_factory=RulesDef)
     #: ``[rules]`` episode/gap/trend settings and ``[quality]`` classes (``tracker.facility.policy``)
     compliance: Compliance = field(default_factory=Compliance)
+    #: ``[[notify]]``: who is alarmed about which excursions (``tracker.facility.notify``)
+    notify: tuple[NotifyRule, ...] = field(default=())
+    #: the language of messages to people (``[site] language``) and the link base for them
+    language: str = "zh-CN"
+    base_url: str = ""
     #: things a reviewer should see that do not stop the load (not part of the digest)
     warnings: tuple[Reason, ...] = field(default=(), compare=False)
 
     def digest(self) -> str:
         content = asdict(replace(self, warnings=()))
         content.pop("warnings")
+        # a file without notify rules keeps the digest it had before they existed (no new revision)
+        for key, default in (("notify", []), ("language", "zh-CN"), ("base_url", "")):
+            if content[key] in (default, ()):
+                content.pop(key)
         body = json.dumps(content, sort_keys=True, default=str, ensure_ascii=False)
         return hashlib.sha256(body.encode()).hexdigest()
 
@@ -704,6 +715,19 @@ def _parse_compliance(rules: dict, quality: dict) -> Compliance:
     )
 
 
+def _language(site: dict) -> str:
+    """The language messages to people are written in (zh-CN unless the site says en)."""
+    language = site.get("language", "zh-CN")
+    if language not in LANGUAGES:
+        raise FacilityFileError(
+            Reason(
+                f"[site] language must be one of {', '.join(LANGUAGES)}",
+                f"[site] language 须为 {'、'.join(LANGUAGES)} 之一",
+            )
+        )
+    return language
+
+
 def parse_facility(text: str, *, source: str = "facility file") -> FacilityDef:
     """Parse and validate a facility file; every refusal names the entry and the rule."""
     try:
@@ -735,6 +759,9 @@ def parse_facility(text: str, *, source: str = "facility file") -> FacilityDef:
         levels=tuple(levels),
         rules=_parse_rules(data.get("rules") or {}, limit_set),
         compliance=_parse_compliance(data.get("rules") or {}, data.get("quality") or {}),
+        notify=parse_rules(data.get("notify", []), set(room_by_code)),
+        language=_language(site),
+        base_url=str(site.get("base_url", "")).rstrip("/"),
         warnings=tuple(warnings),
     )
     # Resolve every monitor's limits now, so a looser-than-regulation level is refused at load.

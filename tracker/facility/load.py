@@ -23,7 +23,7 @@ from tracker.facility.basis import basis_id
 from tracker.facility.file import FacilityDef, RoomDef
 from tracker.facility.limits import load_limit_set
 from tracker.facility.models import FacilityLimit, FacilityRevision, Monitor, Room, Site, resolved_monitors
-from tracker.facility.policy import compliance_of
+from tracker.facility.policy import compliance_of, notify_settings_of
 from tracker.identity import signatures
 from tracker.identity.users import Authenticated, require_role
 
@@ -165,6 +165,7 @@ def evaluation_view(session: Session, site: Site) -> dict:
             "rolling_window_s": site.rolling_window_s,
         },
         "compliance": compliance_of(session, site).as_dict(),
+        "notify": notify_settings_of(session, site),
         "rooms": {
             r.code: {"grade": r.grade, "background": code.get(r.background_id)} for r in rooms.values()
         },
@@ -194,6 +195,7 @@ def file_evaluation_view(facility: FacilityDef) -> dict:
             "rolling_window_s": facility.rules.rolling_window_s,
         },
         "compliance": facility.compliance.as_dict(),
+        "notify": file_notify_settings(facility),
         "rooms": {r.code: {"grade": r.grade, "background": r.background} for r in facility.rooms},
         "monitors": {
             m.code: {
@@ -215,6 +217,34 @@ def _shown(value: object) -> str:
     )
 
 
+def file_notify_settings(facility: FacilityDef) -> dict:
+    """Who is alarmed and how the messages read, as a revision stores them."""
+    return {
+        "rules": [r.as_dict() for r in facility.notify],
+        "language": facility.language,
+        "base_url": facility.base_url,
+    }
+
+
+def notify_changes(before: dict, after: dict) -> list[str]:
+    """Each change of who is alarmed (DESIGN §10: QA approves it like an evaluation setting)."""
+    old = {r["name"]: r for r in before.get("rules", [])}
+    new = {r["name"]: r for r in after.get("rules", [])}
+    changes = [f"[notify] rule '{n}' added" for n in new if n not in old]
+    changes += [f"[notify] rule '{n}' removed" for n in old if n not in new]
+    for name, rule in new.items():
+        if name in old:
+            changes += [
+                f"[notify] rule '{name}': {k} {_shown(old[name].get(k))} → {_shown(v)}"
+                for k, v in rule.items()
+                if old[name].get(k) != v
+            ]
+    for key in ("language", "base_url"):
+        if before.get(key, after.get(key)) != after.get(key):
+            changes.append(f"[notify] {key}: {before.get(key)} → {after.get(key)}")
+    return changes
+
+
 def evaluation_changes(before: dict, after: dict) -> list[str]:
     """Each change of an evaluation setting, e.g. ``room B01: grade B → C``."""
     changes = [
@@ -227,6 +257,7 @@ def evaluation_changes(before: dict, after: dict) -> list[str]:
         for key, value in after["compliance"].items()
         if before["compliance"][key] != value
     ]
+    changes += notify_changes(before.get("notify") or {}, after.get("notify") or {})
     for table, label in (("rooms", "room"), ("monitors", "monitor")):
         for code, values in after[table].items():
             old = before[table].get(code)
@@ -243,7 +274,11 @@ def record_revision(
 ) -> None:
     """Keep what this revision decides about evaluation (rooms and monitors change in place;
     the compliance rules live only here)."""
-    settings = {**evaluation_view(session, site), "compliance": facility.compliance.as_dict()}
+    settings = {
+        **evaluation_view(session, site),
+        "compliance": facility.compliance.as_dict(),
+        "notify": file_notify_settings(facility),
+    }
     session.add(
         FacilityRevision(
             site_id=site.id,

@@ -54,3 +54,15 @@ def compliance_of(session: Session, site: Site) -> Compliance:
         )
     ).first()
     return Compliance.from_dict(json.loads(settings).get("compliance") if settings else None)
+
+
+def notify_settings_of(session: Session, site: Site, revision: int | None = None) -> dict:
+    """The ``[[notify]]`` rules, language and link base of a revision (the current one unless given)."""
+    settings = session.exec(
+        select(FacilityRevision.settings).where(
+            FacilityRevision.site_id == site.id,
+            FacilityRevision.revision == (site.revision if revision is None else revision),
+        )
+    ).first()
+    stored = json.loads(settings).get("notify") if settings else None
+    return stored or {"rules": [], "language": "zh-CN", "base_url": ""}

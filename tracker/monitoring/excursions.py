@@ -14,7 +14,8 @@ from collections.abc import Callable, Collection, Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING, ClassVar
 
-from sqlalchemy import Column, Index, Text, func, or_
+from sqlalchemy import Column, Index, Text, event, func, or_
+from sqlalchemy.orm import Session as OrmSession
 from sqlmodel import Field, Session, SQLModel, select
 from typing_extensions import TypedDict
 
@@ -26,6 +27,7 @@ from tracker.facility.limits import Level
 from tracker.facility.models import Monitor, Room
 from tracker.identity.signatures import Signature  # noqa: F401  (target of a foreign key)
 from tracker.identity.users import Authenticated, require_role
+from tracker.monitoring import outbox
 from tracker.monitoring.episodes import Episode, Judged, SeriesMachine, replay
 from tracker.monitoring.readings import Reading
 from tracker.monitoring.snapshot import MonitorEntry, Registry
@@ -554,3 +556,16 @@ def count_by_level(session: Session) -> dict[str, int]:
         .group_by(Excursion.level)
     ).all()
     return {"alert": 0, "action": 0, **{level: int(n) for level, n in rows}}
+
+
+@event.listens_for(OrmSession, "after_flush")
+def _queue_notifications(session: OrmSession, _context: object) -> None:
+    """Queue the notifications of excursions opened or raised in this flush (same transaction).
+
+    Every path that writes excursions (episodes, gaps, recurrence, recovery, trends) flushes
+    through here, so none can forget its alarm; a flush without excursions costs one scan
+    of the session's few ORM objects (readings are bulk-inserted, never ORM objects).
+    """
+    changed = [o for o in (*session.new, *session.dirty) if isinstance(o, Excursion)]
+    if changed:
+        outbox.enqueue_changes(session, changed)

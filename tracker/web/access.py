@@ -86,6 +86,7 @@ ACCESS: dict[str, frozenset[str]] = {
     "GET /api/v1/me": ANY,
     "GET /api/v1/dashboard": ANY,
     "GET /api/v1/excursions": ANY,
+    "GET /api/v1/notifications/failed": ANY,
     "POST /api/v1/excursions/{excursion_id}/acknowledge": QA,
     "GET /api/v1/monitors/{code}/readings": ANY,
     "GET /api/v1/deviations": ANY,

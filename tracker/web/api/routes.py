@@ -23,6 +23,7 @@ from tracker.monitoring.proposals import reject as reject_proposal
 from tracker.monitoring.proposals import to_json as proposal_json
 from tracker.monitoring.quarantine import page_quarantine
 from tracker.monitoring.readings import Reading
+from tracker.notify.dispatcher import FailedNotificationDoc, failed_target_docs
 from tracker.quality import deviations as dv
 from tracker.quality.batches.linking import decide_link, raise_deviation, sync_links
 from tracker.quality.batches.models import Batch
@@ -256,6 +257,12 @@ def excursions(
     unacknowledged: bool = False,
 ) -> list[ExcursionDoc]:
     return list_excursions(session, open_only=open_only, room=room, type_=type, unacknowledged=unacknowledged)
+
+
+@router.get("/notifications/failed")
+def failed_notifications(me: CurrentUser, session: SessionDep) -> list[FailedNotificationDoc]:
+    """Notifications whose last attempt failed, retrying or given up (docs/alarms.md)."""
+    return failed_target_docs(session)
 
 
 @router.post("/excursions/{excursion_id}/acknowledge")

@@ -1,0 +1,179 @@
+"""``[[notify]]`` rules: who is alarmed about which excursions (issue 16, DESIGN §10).
+
+The rules live in the facility file so a change of who is alarmed is versioned and approved
+by QA like any evaluation setting. Targets are Apprise URLs; a secret in one is written as a
+``${TRACKER_…}`` placeholder and filled from the environment only when a message is sent, so
+neither the file, the database nor the delivery log holds it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import asdict, dataclass
+from urllib.parse import urlsplit
+
+from tracker.core.errors import FacilityFileError, Reason
+
+#: the excursion vocabulary of docs/limits.md; a rule naming another type is refused
+EXCURSION_TYPES = ("limit", "data_gap", "recurrence", "adverse_trend", "recovery")
+LEVELS = ("alert", "action")
+GRADES = ("A", "B", "C", "D", "CNC")
+LANGUAGES = ("zh-CN", "en")
+NOTIFY_KEYS = (
+    "name",
+    "types",
+    "levels",
+    "grades",
+    "rooms",
+    "targets",
+    "escalate_after_s",
+    "escalate_to",
+    "repeat_every_s",
+)
+#: a placeholder names a TRACKER_ variable: nothing else of the environment can leak into a URL
+PLACEHOLDER = re.compile(r"\$\{(TRACKER_[A-Z0-9_]+)\}")
+#: a day: a reminder or escalation later than that is not an alarm
+MAX_DELAY_S = 86_400.0
+
+
+@dataclass(frozen=True)
+class NotifyRule:
+    name: str
+    targets: tuple[str, ...]
+    types: tuple[str, ...] = EXCURSION_TYPES
+    levels: tuple[str, ...] = LEVELS
+    grades: tuple[str, ...] = ()
+    rooms: tuple[str, ...] = ()
+    escalate_after_s: float = 0.0
+    escalate_to: tuple[str, ...] = ()
+    repeat_every_s: float = 0.0
+
+    def matches(self, *, type: str, level: str, grade: str, room: str) -> bool:
+        """Whether an excursion of this type, level and place is this rule's business."""
+        if type not in self.types or level not in self.levels:
+            return False
+        if not self.grades and not self.rooms:
+            return True
+        return grade in self.grades or room in self.rooms
+
+    def as_dict(self) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> NotifyRule:
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
+
+def _refuse(where: str, en: str, zh: str) -> FacilityFileError:
+    return FacilityFileError(Reason(f"{where}: {en}", f"{where}：{zh}"))
+
+
+def _words(entry: dict, key: str, where: str, allowed: tuple[str, ...] | None) -> tuple[str, ...] | None:
+    """A list of strings, each from ``allowed`` when given; None when the key is absent."""
+    if key not in entry:
+        return None
+    value = entry[key]
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+        raise _refuse(where, f"{key} must be a non-empty list of strings", f"{key} 须为非空字符串列表")
+    bad = [v for v in value if allowed is not None and v not in allowed]
+    if bad:
+        raise _refuse(
+            where,
+            f"{key}: unknown {', '.join(bad)} (allowed: {', '.join(allowed or ())})",
+            f"{key}：未知的 {', '.join(bad)}（可选：{', '.join(allowed or ())}）",
+        )
+    return tuple(value)
+
+
+def _target(url: str, where: str) -> str:
+    """Refuse a target that holds a secret in clear text or names no scheme."""
+    if "://" not in url:
+        raise _refuse(where, f"target '{url}' is not an Apprise URL", f"目标 '{url}' 不是 Apprise URL")
+    stripped = PLACEHOLDER.sub("", url)
+    if "${" in stripped:
+        raise _refuse(
+            where,
+            "a placeholder must name a TRACKER_ variable: ${TRACKER_…}",
+            "占位符须为 TRACKER_ 开头的环境变量：${TRACKER_…}",
+        )
+    if urlsplit(stripped).password:
+        raise _refuse(
+            where,
+            "a password in a target URL must come from the environment (${TRACKER_…})",
+            "目标 URL 中的密码须来自环境变量（${TRACKER_…}），不得写在文件中",
+        )
+    return url
+
+
+def _delay(entry: dict, key: str, where: str) -> float:
+    value = entry.get(key, 0)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= MAX_DELAY_S:
+        raise _refuse(where, f"{key} must be 0 … {MAX_DELAY_S:g} s", f"{key} 须在 0 … {MAX_DELAY_S:g} 秒之间")
+    return float(value)
+
+
+def parse_rule(i: int, entry: dict, rooms: set[str]) -> NotifyRule:
+    """One ``[[notify]]`` entry, checked: names, vocabularies, rooms, targets and delays."""
+    where = f"notify[{i}]"
+    name = entry.get("name")
+    if not isinstance(name, str) or not name.strip():
+        raise _refuse(where, "name is required", "须填写 name")
+    targets = _words(entry, "targets", where, None)
+    if not targets:
+        raise _refuse(where, "targets is required", "须填写 targets")
+    room_codes = _words(entry, "rooms", where, tuple(sorted(rooms))) or ()
+    escalate_to = tuple(_target(u, where) for u in (_words(entry, "escalate_to", where, None) or ()))
+    escalate_after = _delay(entry, "escalate_after_s", where)
+    if bool(escalate_to) != bool(escalate_after):
+        raise _refuse(
+            where,
+            "escalate_after_s and escalate_to go together",
+            "escalate_after_s 与 escalate_to 须同时填写",
+        )
+    return NotifyRule(
+        name=name.strip(),
+        targets=tuple(_target(u, where) for u in targets),
+        types=_words(entry, "types", where, EXCURSION_TYPES) or EXCURSION_TYPES,
+        levels=_words(entry, "levels", where, LEVELS) or LEVELS,
+        grades=_words(entry, "grades", where, GRADES) or (),
+        rooms=room_codes,
+        escalate_after_s=escalate_after,
+        escalate_to=escalate_to,
+        repeat_every_s=_delay(entry, "repeat_every_s", where),
+    )
+
+
+def parse_rules(entries: list[dict], rooms: set[str]) -> tuple[NotifyRule, ...]:
+    rules = tuple(parse_rule(i, e, rooms) for i, e in enumerate(entries))
+    names = [r.name for r in rules]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise _refuse(
+            "[[notify]]", f"duplicate rule names: {', '.join(dup)}", f"规则名称重复：{', '.join(dup)}"
+        )
+    return rules
+
+
+def fill_secrets(url: str, environ: dict[str, str] | None = None) -> str:
+    """The URL with each ``${TRACKER_…}`` filled from the environment; refused when one is unset."""
+    env = os.environ if environ is None else environ
+
+    def one(m: re.Match) -> str:
+        if m.group(1) not in env:
+            raise KeyError(m.group(1))
+        return env[m.group(1)]
+
+    return PLACEHOLDER.sub(one, url)
+
+
+def redact(url: str) -> str:
+    """The URL as the delivery log shows it: placeholders kept, any user info's password hidden."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    head, slash, tail = rest.partition("/")
+    if "@" in head:
+        user, _, host = head.rpartition("@")
+        head = f"{user.split(':', 1)[0]}:***@{host}" if ":" in user else head
+    return f"{scheme}://{head}{slash}{tail}"

@@ -1,0 +1,170 @@
+"""The notification outbox (issue 16, DESIGN §10 "what leaves the system goes through an outbox").
+
+A notification due is written in the same flush as the excursion change that causes it — a
+new excursion, or one whose level rises — so it commits or rolls back with that change: the
+ingester never sends anything itself and a slow channel never holds up ingest. One row per
+excursion × rule × step × target, keyed by ``key``: a replay (late data, a restart) writes
+the same key again and the insert is ignored, so nothing is queued twice. The dispatcher
+(``tracker.notify``) delivers the rows and logs each attempt in ``notification_attempt``.
+
+Steps: ``alert`` / ``action`` (the excursion opened or rose to that level), ``escalate``
+(due ``escalate_after_s`` after the step that started it, cancelled when acknowledged) and
+``remind:N`` (due ``repeat_every_s`` after the previous message, until acknowledged).
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta
+
+from sqlalchemy import Column, Connection, Text, UniqueConstraint, insert, inspect, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlmodel import Field, Session, SQLModel
+
+from tracker.core.db import UTCDateTime
+from tracker.facility.models import FacilityRevision, Room, Site
+from tracker.facility.notify import NotifyRule
+
+PENDING, SENT, FAILED, CANCELLED = "pending", "sent", "failed", "cancelled"
+
+
+class NotificationOutbox(SQLModel, table=True):
+    __tablename__ = "notification_outbox"
+    __table_args__ = (UniqueConstraint("key"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    #: idempotency key: excursion × rule × step × target index
+    key: str = Field(max_length=255)
+    site_id: int = Field(foreign_key="site.id")
+    excursion_id: int = Field(foreign_key="excursion.id", index=True)
+    rule: str = Field(max_length=120)
+    step: str = Field(max_length=20)
+    #: the level the message announces (the excursion's level when the step was queued)
+    level: str = Field(max_length=16)
+    #: the Apprise URL as the facility file writes it: ``${TRACKER_…}`` placeholders, never secrets
+    target: str = Field(sa_column=Column(Text, nullable=False))
+    #: pending | sent | failed (gave up after the retries) | cancelled (acknowledged before due)
+    status: str = Field(default=PENDING, max_length=12, index=True)
+    due_at: datetime = Field(sa_type=UTCDateTime, nullable=False)
+    attempts: int = 0
+    last_error: str | None = Field(default=None, sa_column=Column(Text))
+    sent_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    created_at: datetime = Field(sa_type=UTCDateTime, nullable=False)
+    #: the repeat interval and escalation of the rule when queued, so a later revision does not
+    #: change what an alarm already under way does
+    repeat_every_s: float = 0.0
+
+
+class NotificationAttempt(SQLModel, table=True):
+    """Every delivery attempt: rule, target with its secret redacted, time and outcome."""
+
+    __tablename__ = "notification_attempt"
+
+    id: int | None = Field(default=None, primary_key=True)
+    outbox_id: int = Field(foreign_key="notification_outbox.id", index=True)
+    rule: str = Field(max_length=120)
+    target: str = Field(sa_column=Column(Text, nullable=False))
+    at: datetime = Field(sa_type=UTCDateTime, nullable=False)
+    outcome: str = Field(max_length=12)  # sent | failed
+    error: str | None = Field(default=None, sa_column=Column(Text))
+
+
+def _insert(connection: Connection):
+    """An insert that ignores a row whose key is queued already (both backends)."""
+    table = NotificationOutbox.__table__
+    if connection.dialect.name == "postgresql":
+        return postgresql.insert(table).on_conflict_do_nothing(index_elements=["key"])
+    if connection.dialect.name == "sqlite":
+        return sqlite.insert(table).on_conflict_do_nothing(index_elements=["key"])
+    return insert(table)
+
+
+def step_rows(
+    rule: NotifyRule, *, site_id: int, excursion_id: int, level: str, step: str, now: datetime
+) -> list[dict]:
+    """The outbox rows one rule queues for one step: its targets now, its escalation later."""
+    base = {
+        "site_id": site_id,
+        "excursion_id": excursion_id,
+        "rule": rule.name,
+        "level": level,
+        "status": PENDING,
+        "attempts": 0,
+        "created_at": now,
+        "repeat_every_s": rule.repeat_every_s,
+    }
+    rows = [
+        {**base, "key": f"x{excursion_id}:{rule.name}:{step}:{i}", "step": step, "target": t, "due_at": now}
+        for i, t in enumerate(rule.targets)
+    ]
+    rows += [
+        {
+            **base,
+            "key": f"x{excursion_id}:{rule.name}:{step}:escalate:{i}",
+            "step": "escalate",
+            "target": t,
+            "due_at": now + timedelta(seconds=rule.escalate_after_s),
+            "repeat_every_s": 0.0,
+        }
+        for i, t in enumerate(rule.escalate_to)
+    ]
+    return rows
+
+
+def queue(connection: Connection, rows: list[dict]) -> None:
+    if rows:
+        connection.execute(_insert(connection), rows)
+
+
+def _rules(connection: Connection, site_id: int) -> tuple[NotifyRule, ...]:
+    """The site's current rules, read on the flush's own connection (it holds the transaction)."""
+    settings = connection.execute(
+        select(FacilityRevision.settings)
+        .join(Site, (Site.id == FacilityRevision.site_id) & (Site.revision == FacilityRevision.revision))
+        .where(Site.id == site_id)
+    ).scalar()
+    stored = (json.loads(settings).get("notify") if settings else None) or {}
+    return tuple(NotifyRule.from_dict(r) for r in stored.get("rules", []))
+
+
+def _room(connection: Connection, room_id: int) -> tuple[str, str]:
+    row = connection.execute(select(Room.code, Room.grade).where(Room.id == room_id)).first()
+    return (row[0], row[1]) if row else ("", "")
+
+
+def _changed_step(excursion) -> str | None:
+    """The step an excursion's flush announces: its first level, or a rise to action."""
+    state = inspect(excursion)
+    if excursion.status == "superseded":
+        return None
+    if state.was_deleted:
+        return None
+    hist = state.attrs.level.history
+    if not hist.has_changes():
+        return None
+    before = hist.deleted[0] if hist.deleted else None
+    if before is None:
+        return excursion.level
+    return "action" if before == "alert" and excursion.level == "action" else None
+
+
+def enqueue_changes(session: Session, excursions: list) -> None:
+    """Queue what the flushed excursions announce (called inside the flush, same transaction)."""
+    connection = session.connection()
+    rules: dict[int, tuple[NotifyRule, ...]] = {}
+    rows: list[dict] = []
+    for ex in excursions:
+        step = _changed_step(ex)
+        if step is None:
+            continue
+        if ex.site_id not in rules:
+            rules[ex.site_id] = _rules(connection, ex.site_id)
+        if not rules[ex.site_id]:
+            continue
+        room, grade = _room(connection, ex.room_id)
+        for rule in rules[ex.site_id]:
+            if rule.matches(type=ex.type, level=ex.level, grade=grade, room=room):
+                rows += step_rows(
+                    rule, site_id=ex.site_id, excursion_id=ex.id, level=ex.level, step=step, now=ex.updated_at
+                )
+    queue(connection, rows)
