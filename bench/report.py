@@ -4,7 +4,8 @@
 
 Builds the sample centre (``simulators/data/nn-cpc.toml``: 57 monitors, 38 of them every 10 s,
 19 particle counters every 60 s with two channels) and writes **the hourly rollups of a whole
-year** as ingest would have left them — one row per monitor × channel × hour, with counts,
+year** as ingest would have left them — one row per monitor × channel × hour × room state (in
+operation 01:00–09:00 UTC, the local working day, at rest otherwise), with counts,
 readings at alert/action, min/max/sum and the fixed-bin histogram of ``tracker.monitoring.rollups`` — for
 ≈ 140 million readings. The rollups are synthesised with numpy, not aggregated from 140 million
 raw readings (that would take hours to generate and is what ingest does incrementally); the
@@ -62,6 +63,10 @@ def synthesise(url: str, year: int, seed: int = 1) -> dict:
         hours = int((period.end - period.start).total_seconds() // 3600)
         to_db = time_param(s.connection().dialect.name)
         hour_text = [to_db(period.start + timedelta(hours=h)) for h in range(hours)]
+        states = [
+            "in_operation" if 1 <= (period.start + timedelta(hours=h)).hour < 9 else "at_rest"
+            for h in range(hours)
+        ]
         readings = rows_written = 0
         connection = s.connection()
         sql = f"INSERT INTO rollup_hourly ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
@@ -92,10 +97,12 @@ def synthesise(url: str, year: int, seed: int = 1) -> dict:
                             mon.id,
                             channel,
                             hour_text[h],
+                            states[h],
                             per_hour,
                             0,
                             int(n_alert[h]),
                             int(n_action[h]),
+                            0,
                             a,
                             b,
                             a * (per_hour // 2) + (a + b) / 2 * (per_hour - per_hour // 2 - 1) + b,

@@ -47,9 +47,12 @@ def report() -> dict:
 
     return {
         "trend": charts.particle_trend(
-            [{"monitor": "B01-PC1", "monthly_p95": [1200, None, 3000] + [10] * 9,
-              "limits": {"in_operation": {"action_high": 3520000}}}],
-            MONTHS, title="悬浮粒子 P95 趋势", limit_label="纠偏限度"),
+            [{"monitor": "B01-PC1", "states": {
+                "at_rest": {"monthly_p95": [1200, None, 3000] + [10] * 9,
+                            "limits": {"action_high": 3520, "alert_high": 1000}},
+                "in_operation": {"monthly_p95": [None] * 12, "limits": {"action_high": 352000}}}}],
+            MONTHS, title="悬浮粒子 P95 趋势", state_titles={"at_rest": "静态", "in_operation": "动态"},
+            limit_labels={"action_high": "纠偏限度", "alert_high": "警戒限度"}),
         "heatmap": charts.heatmap(["B01", "C01"], MONTHS, [[1] * 12, [0, 3] + [0] * 10], title="超标热图"),
         "pareto": charts.pareto(["环境", "设备"], [5, 2], title="偏差帕累托", count_label="数量"),
         "bars": charts.monthly_bars(MONTHS, list(range(12)), title="每月批次", label="批次"),

@@ -25,10 +25,10 @@ import pytest
 from sqlalchemy import Engine
 from sqlmodel import select
 
-from tests.conftest import MIN_FACILITY
+from tests.conftest import MIN_FACILITY, operate
 from tests.factories import PASSWORD, T0, make_people, particles, scalar, topic
 from tracker.core.db import bulk_insert, get_engine, time_param, unit_of_work
-from tracker.core.errors import ConflictError, NotFoundError, PermissionDeniedError
+from tracker.core.errors import ConflictError, InvalidInputError, NotFoundError, PermissionDeniedError
 from tracker.facility.basis import basis_id
 from tracker.facility.file import parse_facility
 from tracker.facility.limits import load_limit_set
@@ -36,7 +36,7 @@ from tracker.facility.load import load_facility
 from tracker.facility.models import Monitor, Room, get_site
 from tracker.identity.users import login
 from tracker.ingest.processor import BatchProcessor, InboundMessage
-from tracker.monitoring.excursions import Excursion
+from tracker.monitoring.excursions import REPLAY_REASON, Excursion, acknowledge, supersede_excursion
 from tracker.monitoring.intake import Intake
 from tracker.monitoring.rollups import COLUMNS, RollupHourly, bin_of, verify_rollups
 from tracker.quality import deviations as dv
@@ -60,6 +60,7 @@ TZ = "Asia/Shanghai"
 YEAR = 2025
 PERIOD = year_period(TZ, YEAR)  # 2024-12-31T16:00Z … 2025-12-31T16:00Z
 HOURS = 8760
+SUPERSEDED_WHY = "room state at_rest from 2025-07-01T00:00:00+00:00 recorded by qa1: door log"
 NOW = datetime(2026, 2, 1, tzinfo=UTC)  # the report is built after the year ended
 
 
@@ -89,8 +90,10 @@ C1_SILENT = (local(2025, 3, 10), local(2025, 3, 11))  # T-C1-PC silent for one l
 T_BAD_HOUR = utc(2025, 8, 1, 4)  # T-B1-T: 10 valid + 50 invalid readings
 DP_ALERT_HOURS = (utc(2025, 6, 1, 0), utc(2025, 6, 1, 1))  # T-B1-DP: 36 readings at alert in each
 DP_ACTION_HOUR = utc(2025, 6, 2, 0)  # T-B1-DP: all 360 readings at action
-B1PC_HIGH_MONTH = 5  # T-B1-PC ≥0.5: 4 of 60 readings high in May
+B1PC_HIGH_MONTH = 5  # T-B1-PC ≥0.5: 4 of 60 readings high in May, when room T-B1 is in operation
+B1PC_REST_MONTH = 8  # T-B1-PC ≥0.5: 10 of 60 readings at 5,000 in Aug, at rest (action 3,520 at rest)
 BSC_HIGH_MONTH = 9  # T-BSC-PC ≥0.5: 4 of 60 readings at 5,000 in Sep
+T_B1_MONITORS = ("T-B1-PC", "T-B1-DP", "T-B1-T", "T-B1-H")  # in operation all May (local)
 
 
 def month_local(hour: datetime) -> int:
@@ -109,6 +112,7 @@ def rollup_rows(monitors: dict[str, Monitor], dialect: str) -> list[tuple]:
         for code, mon in monitors.items():
             if code == "T-C1-PC" and C1_SILENT[0] <= hour < C1_SILENT[1]:
                 continue
+            state = "in_operation" if code in T_B1_MONITORS and month == B1PC_HIGH_MONTH else "at_rest"
             per_hour = int(3600 // mon.interval_s)
             for channel in mon.channels.split(",") if mon.channels else [""]:
                 count, invalid, n_alert, n_action = per_hour, 0, 0, 0
@@ -118,6 +122,8 @@ def rollup_rows(monitors: dict[str, Monitor], dialect: str) -> list[tuple]:
                     values = {base: per_hour}
                     if code == "T-B1-PC" and channel == "0.5" and month == B1PC_HIGH_MONTH:
                         values = {1000.0: 56, 100000.0: 4}
+                    if code == "T-B1-PC" and channel == "0.5" and month == B1PC_REST_MONTH:
+                        values = {1000.0: 50, 5000.0: 10}
                     if code == "T-BSC-PC" and channel == "0.5" and month == BSC_HIGH_MONTH:
                         values = {0.0: 56, 5000.0: 4}
                 elif mon.kind == "pressure":
@@ -141,10 +147,12 @@ def rollup_rows(monitors: dict[str, Monitor], dialect: str) -> list[tuple]:
                         mon.id,
                         channel,
                         to_db(hour),
+                        state,
                         count,
                         invalid,
                         n_alert,
                         n_action,
+                        0,
                         min(values),
                         max(values),
                         sum(v * n for v, n in values.items()),
@@ -167,6 +175,8 @@ def add_excursion(
     end: datetime | None,
     channel: str = "",
     status: str | None = None,
+    superseded_by: str | None = None,
+    superseded_reason: str | None = None,
 ) -> int:
     mon = monitors[monitor]
     row = Excursion(
@@ -188,6 +198,8 @@ def add_excursion(
         basis_id=basis,
         created_at=start,
         updated_at=end or start,
+        superseded_by=superseded_by,
+        superseded_reason=superseded_reason,
     )
     session.add(row)
     session.flush()
@@ -280,7 +292,20 @@ def build_year(engine: Engine) -> dict:
             start=utc(2025, 7, 1),
             end=utc(2025, 7, 1, 1),
             status="superseded",
-        )  # excluded: superseded
+            superseded_by="qa1",
+            superseded_reason=SUPERSEDED_WHY,
+        )  # excluded: superseded (by a room-state correction)
+        replayed = s.get(
+            Excursion,
+            add(
+                monitor="T-C1-PC",
+                channel="0.5",
+                level="alert",
+                start=utc(2025, 10, 1),
+                end=utc(2025, 10, 1, 1),
+            ),
+        )
+        supersede_excursion(s, replayed, utc(2025, 10, 2), REPLAY_REASON)  # by the ingester, after late data
         add(
             monitor="T-B1-PC",
             channel="0.5",
@@ -548,16 +573,20 @@ def test_synthetic_year_figures_are_exact(year_report: dict) -> None:
         "max": 15.0,
     }
 
-    # particles: monthly P95 from the histograms (upper bin edges)
+    # particles: monthly P95 per room state from the histograms (upper bin edges, capped at the
+    # month's maximum), each against its own state's limits
     p95 = {(p["monitor"], p["channel"]): p for p in r["environment"]["particles"]}
-    b1 = p95[("T-B1-PC", "0.5")]["monthly_p95"]
-    assert b1[B1PC_HIGH_MONTH - 1] == round(10 ** (21 / 4), 1) == 177827.9
-    assert [v for i, v in enumerate(b1) if i != B1PC_HIGH_MONTH - 1] == [round(10 ** (13 / 4), 1)] * 11
-    bsc = p95[("T-BSC-PC", "0.5")]
-    assert bsc["monthly_p95"][BSC_HIGH_MONTH - 1] == round(10 ** (15 / 4), 1) == 5623.4
-    assert bsc["limits"]["in_operation"]["action_high"] == 3520.0
-    assert bsc["months_p95_above_action"] == 1
-    assert p95[("T-C1-PC", "5.0")]["monthly_p95"] == [0.0] * 12
+    b1 = p95[("T-B1-PC", "0.5")]["states"]
+    high, rest = B1PC_HIGH_MONTH - 1, B1PC_REST_MONTH - 1
+    assert b1["in_operation"]["monthly_p95"] == [None] * high + [100000.0] + [None] * (11 - high)
+    assert b1["at_rest"]["monthly_p95"][high] is None
+    assert b1["at_rest"]["monthly_p95"][rest] == 5000.0
+    assert [v for i, v in enumerate(b1["at_rest"]["monthly_p95"]) if i not in (high, rest)] == [1000.0] * 10
+    bsc = p95[("T-BSC-PC", "0.5")]["states"]
+    assert bsc["at_rest"]["monthly_p95"][BSC_HIGH_MONTH - 1] == 5000.0
+    assert bsc["at_rest"]["limits"]["action_high"] == bsc["in_operation"]["limits"]["action_high"] == 3520.0
+    assert bsc["at_rest"]["months_p95_above_action"] == 1
+    assert p95[("T-C1-PC", "5.0")]["states"]["at_rest"]["monthly_p95"] == [0.0] * 12
 
     # deviations
     d = r["deviations"]
@@ -572,11 +601,12 @@ def test_synthetic_year_figures_are_exact(year_report: dict) -> None:
     assert d["open_at_end"] == ["DEV-2024-0001", "DEV-2025-0003"]
     assert d["recurrent"] == [{"number": "DEV-2025-0003", "repeats": ["DEV-2025-0002"]}]
     assert (d["batches_affected"], d["impact"]) == (1, {"significant": 1})
-    assert [c["number"] for c in d["critical"]] == ["DEV-2025-0002"]
+    assert [c["number"] for c in d["major_incident_class"]] == ["DEV-2025-0002"]
     mi = r["summary"]["major_incidents"]
-    assert (mi["count"], mi["deviations"]) == (1, ["DEV-2025-0002"])
-    assert "DEV-2025-0002" in mi["statement_zh"]
-    assert "关键偏差 1 起" in mi["statement_zh"]
+    assert (mi["count"], mi["deviations"], mi["classes"]) == (1, ["DEV-2025-0002"], ["critical"])
+    assert (mi["status"], mi["incidents"], mi["confirmation"]) == ("pending", None, None)
+    assert "分类为“重大”的偏差 1 起（DEV-2025-0002）" in mi["statement_zh"]
+    assert "待质量管理部门评估确认" in mi["statement_zh"]
 
     # CAPA, as at the end of the year
     c = r["capa"]
@@ -619,7 +649,7 @@ def test_synthetic_year_figures_are_exact(year_report: dict) -> None:
     assert integ["signatures"]["in_period"] > 0
     assert integ["records"]["rollup_rows"] == (3 * 2 + 4) * HOURS - 2 * 24
     assert integ["records"]["excursions"] == 6
-    assert integ["records"]["excursions_superseded"] == 1
+    assert integ["records"]["excursions_superseded"] == 2
     assert r["comparison"]["period"] == "2024"
     assert r["comparison"]["key_figures"]["deviations"] == 1
     assert r["comparison"]["key_figures"]["completeness_pct"] is None
@@ -743,7 +773,7 @@ def test_english_html_shows_local_times_and_charts(year_report: dict) -> None:
     ):
         assert heading in html
     assert html.count("data:image/svg+xml;base64,") >= 4  # batches, heat map, P95 trends, Pareto
-    assert "1 critical deviation(s)" in html
+    assert "pending QA&#39;s confirmation" in html
 
 
 def tracker_cli(*args: str, db_url: str, stdin: str = "") -> subprocess.CompletedProcess:
@@ -779,6 +809,22 @@ def test_cli_writes_json_html_and_pdf(year_db: str, tmp_path: Path) -> None:
     report = json.loads(out.read_text())
     validate(report)
     assert report["environment"]["total"]["readings"] == 10_509_120
+    half = tmp_path / "half.json"
+    done = tracker_cli(
+        "report",
+        "annual",
+        "--year",
+        "2025",
+        "--as-of",
+        "2025-06-30",
+        "--format",
+        "json",
+        "--out",
+        str(half),
+        db_url=year_db,
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(half.read_text())["period"]["cutoff"] == "2025-06-30T16:00:00Z"
     for fmt, lang in (("html", "en"), ("pdf", "zh")):
         path = tmp_path / f"r.{fmt}"
         done = tracker_cli(
@@ -816,6 +862,21 @@ def test_cli_sign_approve_and_render_the_signed_report(
     )
     assert refused.returncode == 2
     assert "not been prepared" in refused.stderr
+    confirmed = tracker_cli(
+        "report",
+        "confirm-incidents",
+        "--year",
+        "2025",
+        "--as",
+        "qa1",
+        "--comment",
+        "DEV-2025-0002: HEPA leak, batch rejected; not a major incident",
+        "--password-stdin",
+        db_url=url,
+        stdin=PASSWORD + "\n",
+    )
+    assert confirmed.returncode == 0, confirmed.stderr
+    assert "no major incident" in confirmed.stdout
     for command, user in (("sign", "qa1"), ("approve", "qa2")):
         done = tracker_cli(
             "report",
@@ -840,6 +901,7 @@ def test_cli_sign_approve_and_render_the_signed_report(
         ("approved", "intact"),
     ]
     assert signed["signoff"][0]["printed_name"] == "QA 刘洋 Liu Yang"
+    assert signed["summary"]["major_incidents"]["status"] == "confirmed"
     verify = tracker_cli("audit", "verify", db_url=url)
     assert verify.returncode == 0, verify.stdout + verify.stderr
 
@@ -917,8 +979,11 @@ def test_figures_from_real_ingestion_match_the_readings(people_engine: Engine) -
         p for p in report["environment"]["particles"] if (p["monitor"], p["channel"]) == ("T-B1-PC", "0.5")
     ]
     upper = 10 ** (bin_of("particles", true_p95) / 4)
-    assert p["monthly_p95"] == [round(upper, 1)]
-    assert p["max"] == round(max(conc), 1)
+    at_rest = p["states"]["at_rest"]  # no room state recorded: at rest
+    assert at_rest["monthly_p95"] == [round(min(upper, max(conc)), 1)]
+    assert at_rest["max"] == round(max(conc), 1)
+    assert at_rest["readings"] == len(conc)
+    assert p["states"]["in_operation"]["readings"] == 0
     assert report["data_integrity"]["records"]["readings"] == sum(m["readings"] for m in mon.values())
 
 
@@ -926,3 +991,388 @@ def test_year_period_follows_the_site_time_zone() -> None:
     p = year_period("Asia/Shanghai", 2026)
     assert (p.start, p.end) == (utc(2025, 12, 31, 16), utc(2026, 12, 31, 16))
     assert replace(p, year=None).label == "2025-12-31T16:00:00Z/2026-12-31T16:00:00Z"
+
+
+# --------------------------------------------------------------------------- issue 14 item 7: what it means
+
+
+EXTRA_MONITORS = """
+[[monitors]]
+code = "T-D1-PC"
+room = "T-D1"
+kind = "particles"
+interval_s = 60
+
+[[monitors]]
+code = "T-CNC-T"
+room = "T-CNC"
+kind = "temperature"
+interval_s = 60
+"""
+
+
+def test_p95_is_judged_per_state_and_never_above_the_series_maximum(year_report: dict) -> None:
+    """An at-rest P95 above the at-rest limit is a finding even below the in-operation limit, and a
+    P95 read from a bin is never printed above the highest reading it summarises."""
+    rows = {(p["monitor"], p["channel"]): p for p in year_report["environment"]["particles"]}
+    b1 = rows[("T-B1-PC", "0.5")]["states"]
+    assert b1["at_rest"]["limits"]["action_high"] == 3520.0
+    assert b1["in_operation"]["limits"]["action_high"] == 352000.0
+    assert b1["at_rest"]["months_p95_above_action"] == 1  # August at rest: 5,000 > 3,520
+    assert b1["in_operation"]["months_p95_above_action"] == 0
+    assert b1["at_rest"]["max"] == 5000.0
+    assert b1["in_operation"]["max"] == 100000.0
+    for row in rows.values():
+        for st in row["states"].values():
+            for p95, top in zip(st["monthly_p95"], st["monthly_max"], strict=True):
+                assert (p95 is None) == (top is None)
+                assert p95 is None or p95 <= top
+            assert st["p95"] is None or st["p95"] <= st["max"]
+    # a month of readings of 1,000 /m³ has a P95 of 1,000, not its bin's top edge 1,778.3
+    assert b1["at_rest"]["monthly_p95"][0] == 1000.0
+
+
+def test_grade_d_and_readings_not_evaluated_from_real_ingestion(engine: Engine) -> None:
+    """Grade D is judged at rest (no in-operation limit in CN-GMP-2010); readings no limit judged
+    (grade D in operation, a CNC room's temperature) are counted apart and are not "within limits"."""
+    with unit_of_work(engine) as s:
+        text = MIN_FACILITY.read_text() + EXTRA_MONITORS
+        load_facility(s, parse_facility(text), actor="test", now=T0 - timedelta(days=1))
+    operate(engine, "T-D1", T0 + timedelta(minutes=30), T0 + timedelta(minutes=60))
+    msgs = []
+    for m in range(120):
+        ts = T0 + timedelta(minutes=m)
+        c05 = 200_000 if 30 <= m < 80 else 150_000  # at rest 5.3 million /m³ > 3,520,000
+        msgs.append(
+            InboundMessage(
+                topic("T-D1", "T-D1-PC"), particles(monitor="T-D1-PC", seq=m + 1, ts=ts, c05=c05), ts
+            )
+        )
+        payload = scalar(monitor="T-CNC-T", kind="temperature", seq=m + 1, ts=ts, value=21.0, unit="degC")
+        msgs.append(InboundMessage(topic("T-CNC", "T-CNC-T"), payload, ts))
+    with unit_of_work(engine) as s:
+        BatchProcessor(Intake()).process(s, msgs)
+    period = Period(T0, T0 + timedelta(hours=2), TZ)
+    with unit_of_work(engine) as s:
+        kinds = {m.id: m.kind for m in s.exec(select(Monitor))}
+        assert verify_rollups(s, kinds, period.start, period.end) == []
+        report = build_annual_report(s, site=get_site(s), period=period, now=T0 + timedelta(days=1))
+        from tracker.monitoring.readings import Reading
+
+        levels = s.exec(
+            select(Monitor.code, Reading.state, Reading.level)
+            .join(Reading, Reading.monitor_id == Monitor.id)
+            .where(Monitor.code.in_(("T-D1-PC", "T-CNC-T")))
+        ).all()
+    validate(report)
+    not_evaluated = {
+        code: sum(1 for c, _, lvl in levels if c == code and lvl == "not_evaluated")
+        for code in ("T-D1-PC", "T-CNC-T")
+    }
+    in_operation = sum(1 for c, st, _ in levels if c == "T-D1-PC" and st == "in_operation") // 2
+    assert in_operation >= 30
+    assert not_evaluated["T-D1-PC"] == 2 * in_operation
+    (d1,) = [
+        p for p in report["environment"]["particles"] if (p["monitor"], p["channel"]) == ("T-D1-PC", "0.5")
+    ]
+    rest, op = d1["states"]["at_rest"], d1["states"]["in_operation"]
+    assert rest["limits"]["action_high"] == 3_520_000.0
+    assert rest["months_p95_above_action"] == 1
+    assert (op["limits"], op["months_p95_above_action"], op["readings"]) == (None, None, in_operation)
+    mon = {m["monitor"]: m for m in report["environment"]["monitors"]}
+    assert mon["T-D1-PC"]["not_evaluated"] == not_evaluated["T-D1-PC"]
+    cnc = next(c for c in report["conditions"]["monitors"] if c["monitor"] == "T-CNC-T")
+    assert (cnc["valid"], cnc["not_evaluated"], cnc["evaluated"]) == (120, 120, 0)
+    assert (cnc["within_limits_pct"], cnc["within_action_pct"]) == (None, None)
+    html = render_html(report, lang="en")
+    assert "no limit" in html
+    assert "Not evaluated" in html
+
+
+def test_data_gaps_count_in_grade_room_rows_and_key_figures(year_report: dict) -> None:
+    """T-C1-PC went silent for 24 h (an action-level gap): its grade and room say so."""
+    gap = {"count": 1, "alert": 0, "action": 1, "hours": 24.0, "longest_h": 24.0}
+    grades = {g["grade"]: g for g in year_report["environment"]["by_grade"]}
+    rooms = {g["room"]: g for g in year_report["environment"]["by_room"]}
+    assert grades["C"]["excursions"]["data_gaps"] == gap == rooms["T-C1"]["excursions"]["data_gaps"]
+    assert grades["A"]["excursions"]["data_gaps"]["count"] == 0
+    assert year_report["environment"]["total"]["excursions"]["data_gaps"] == gap
+    kf = year_report["summary"]["key_figures"]
+    assert (kf["data_gaps"], kf["data_gaps_action"], kf["data_gap_hours"]) == (1, 1, 24.0)
+    html = render_html(year_report, lang="en")
+    assert "Data gaps (Action)" in html
+    assert "Action-level data gaps" in html
+
+
+def test_a_response_or_an_edit_after_the_period_does_not_change_it(
+    year_db: str, year_report: dict, clone_db: Callable[[str], str]
+) -> None:
+    """An acknowledgement, a reclassification and an impact assessment made after the year ended
+    leave the year's document as it was."""
+    engine = get_engine(clone_db(year_db))
+    late = utc(2026, 1, 10)
+    with unit_of_work(engine) as s:  # a minor deviation still open at the year end …
+        d = dv.open_deviation(
+            s,
+            actor=at(engine, "qa1", utc(2025, 12, 1)),
+            site=get_site(s),
+            title="late label",
+            classification="minor",
+            category="process",
+            description="x",
+            now=utc(2025, 12, 1),
+        )
+        b = get_batch(s, "MSC-1")
+        dv.attach_batch(s, dev=d, batch_id=b.id, actor="qa1", batch_number=b.number, now=utc(2025, 12, 2))
+    with unit_of_work(engine) as s:
+        before = build_annual_report(s, site=get_site(s), period=PERIOD, now=NOW)
+    with unit_of_work(engine) as s:  # … edited in January, when a DP alert is acknowledged too
+        d = dv.get_deviation(s, "DEV-2025-0004")
+        dv.update_deviation(
+            s, actor=at(engine, "qa1", late), dev=d, reason="reassessed", classification="critical", now=late
+        )
+        b = get_batch(s, "MSC-1")
+        dv.assess_impact(
+            s,
+            actor=at(engine, "qa1", late),
+            dev=d,
+            batch_id=b.id,
+            batch_number=b.number,
+            impact="minor",
+            assessment="label reprinted",
+            now=late,
+        )
+        dp_alert = s.exec(
+            select(Excursion).where(Excursion.started_at == utc(2025, 6, 1, 0), Excursion.level == "alert")
+        ).one()
+        acknowledge(s, actor=at(engine, "qa1", late), excursion_id=dp_alert.id, comment="door", now=late)
+    with unit_of_work(engine) as s:
+        after = build_annual_report(s, site=get_site(s), period=PERIOD, now=NOW + timedelta(days=10))
+    assert signed_content(after) == signed_content(before)
+    row = next(x for x in after["deviations"]["list"] if x["number"] == "DEV-2025-0004")
+    assert row["classification"] == "minor"
+    assert after["deviations"]["impact"] == {"not_assessed": 1, "significant": 1}
+    assert after["environment"]["total"]["excursions"]["time_to_response_h"]["responded"] == 1
+
+
+def test_an_unfinished_year_has_one_cut_off_so_both_languages_agree(year_db: str, clone_db) -> None:
+    """Built at 09:00 and at 17:00 on 1 July, the 2025 document is the same (cut-off: the start
+    of that local day), in zh and en; ``as_of`` pins the same cut-off later."""
+    engine = get_engine(clone_db(year_db))
+    with unit_of_work(engine) as s:
+        morning = build_annual_report(s, site=get_site(s), period=PERIOD, now=local(2025, 7, 1, 9))
+        evening = build_annual_report(s, site=get_site(s), period=PERIOD, now=local(2025, 7, 1, 17))
+        pinned = build_annual_report(
+            s, site=get_site(s), period=PERIOD, now=NOW, as_of=date(2025, 6, 30), compare=False
+        )
+    validate(morning)
+    assert signed_content(morning) == signed_content(evening)
+    assert {k: v for k, v in signed_content(pinned).items() if k != "comparison"} == {
+        k: v for k, v in signed_content(morning).items() if k != "comparison"
+    }
+    cutoff = "2025-06-30T16:00:00Z"
+    assert (morning["period"]["cutoff"], morning["period"]["complete"]) == (cutoff, False)
+    assert {m["monitored_to"] for m in morning["environment"]["monitors"]} == {cutoff}
+    half = int((local(2025, 7, 1) - PERIOD.start).total_seconds() // 3600)
+    assert morning["data_integrity"]["records"]["rollup_rows"] == (3 * 2 + 4) * half - 2 * 24
+    zh, en = render_html(morning, lang="zh-CN"), render_html(evening, lang="en")
+    assert "2025-07-01 00:00:00 +0800" in zh
+    assert "2025-07-01 00:00:00 +0800" in en
+    with pytest.raises(InvalidInputError, match="in the future"), unit_of_work(engine) as s:
+        build_annual_report(
+            s, site=get_site(s), period=PERIOD, now=local(2025, 7, 1, 9), as_of=date(2025, 7, 2)
+        )
+
+
+def test_an_undecided_exposure_is_reported_as_such(year_db: str, clone_db: Callable[[str], str]) -> None:
+    """A deviation raised from an excursion whose exposure of MSC-1 QA has not decided says so, not
+    "batches affected 0"; a decision made after the year ends does not change the year."""
+    engine = get_engine(clone_db(year_db))
+    with unit_of_work(engine) as s:
+        site = get_site(s)
+        ls = load_limit_set(site.limit_set)
+        basis = basis_id(
+            s, site_id=site.id, code=ls.code, version=ls.version, sha256=ls.sha256, revision=site.revision
+        )
+        monitors = {m.code: m for m in s.exec(select(Monitor))}
+        ex_id = add_excursion(
+            s,
+            monitors,
+            {},
+            basis,
+            monitor="T-BSC-PC",
+            channel="0.5",
+            level="action",
+            start=utc(2025, 12, 20, 1, 10),
+            end=utc(2025, 12, 20, 1, 20),
+        )
+        when = utc(2025, 12, 20, 3)
+        dv.open_deviation(
+            s,
+            actor=at(engine, "qa1", when),
+            site=site,
+            title="BSC during MSC-1",
+            classification="major",
+            category="environment",
+            description="x",
+            excursion_ids=[ex_id],
+            now=when,
+        )
+    with unit_of_work(engine) as s:
+        report = build_annual_report(s, site=get_site(s), period=PERIOD, now=NOW)
+    validate(report)
+    row = next(x for x in report["deviations"]["list"] if x["number"] == "DEV-2025-0004")
+    assert (row["batches_affected"], row["batches_exposure_undecided"]) == ([], ["MSC-1"])
+    assert report["deviations"]["batches_exposure_undecided"] == 1
+    tr = report["traceability"]
+    assert [(u["batch"], u["excursion"], u["level"]) for u in tr["undecided"]] == [("MSC-1", ex_id, "action")]
+    assert (tr["undecided_batches"], tr["exposed_batches"]) == (1, 1)
+    assert report["summary"]["key_figures"]["exposure_undecided_batches"] == 1
+    assert "exposure undecided" in render_html(report, lang="en")
+    assert "影响未判定" in render_html(report, lang="zh-CN")
+    with unit_of_work(engine) as s:  # the report proposed nothing (a read); QA decides in January
+        assert [x for x in links_of(s, get_batch(s, "MSC-1")) if x.excursion_id == ex_id] == []
+        late = utc(2026, 1, 5)
+        sync_links(s, batch=get_batch(s, "MSC-1"), now=late)
+        (link,) = [x for x in links_of(s, get_batch(s, "MSC-1")) if x.excursion_id == ex_id]
+        decide_link(s, actor=at(engine, "qa1", late), link_id=link.id, exposed=True, reason="open", now=late)
+    with unit_of_work(engine) as s:
+        again = build_annual_report(s, site=get_site(s), period=PERIOD, now=NOW + timedelta(days=10))
+    assert signed_content(again) == signed_content(report)
+
+
+def test_superseded_excursions_are_listed_with_who_when_and_why(year_report: dict) -> None:
+    rows = year_report["environment"]["superseded"]
+    assert [(r["monitor"], r["superseded_by"], r["reason"]) for r in rows] == [
+        ("T-B1-PC", "qa1", SUPERSEDED_WHY),
+        ("T-C1-PC", "system:ingest", REPLAY_REASON),
+    ]
+    assert rows[1]["superseded_at"] == "2025-10-02T00:00:00Z"
+    assert rows[0]["approved_by"] is None
+    html = render_html(year_report, lang="en")
+    assert "Superseded excursions (who superseded them, when and why)" in html
+    assert "door log" in html
+
+
+def test_major_incidents_follow_the_facility_files_classes_as_at_the_cut_off(
+    year_db: str, clone_db: Callable[[str], str]
+) -> None:
+    """The classes counted are the facility file's ``[quality] major_incident_classes`` of the
+    revision in force at the cut-off: a change in December counts for the year, one in January not."""
+    engine = get_engine(clone_db(year_db))
+    june = MIN_FACILITY.read_text().replace("alert_low = 12.0", "alert_low = 13.0")
+    for when, classes in ((utc(2025, 12, 1), '"critical", "major"'), (utc(2026, 1, 10), '"critical"')):
+        text = june + f"\n[quality]\nmajor_incident_classes = [{classes}]\n"
+        with unit_of_work(engine) as s:
+            load_facility(s, parse_facility(text), actor="admin", approver=at(engine, "qa1", when), now=when)
+    with unit_of_work(engine) as s:
+        site = get_site(s)
+        assert dv.major_incident_classes(s, site) == ("critical",)  # the current revision
+        report = build_annual_report(s, site=site, period=PERIOD, now=NOW, compare=False)
+    mi = report["summary"]["major_incidents"]
+    assert (mi["classes"], mi["deviations"]) == (["critical", "major"], ["DEV-2025-0002", "DEV-2025-0003"])
+    assert report["summary"]["key_figures"]["deviations_major_incident_class"] == mi["count"] == 2
+    assert "分类为“重大”、“主要”的偏差 2 起" in mi["statement_zh"]
+
+
+def test_the_statement_on_major_incidents_needs_qa_confirmation(
+    year_db: str, clone_db: Callable[[str], str]
+) -> None:
+    engine = get_engine(clone_db(year_db))
+    when = utc(2026, 1, 15)
+
+    def build(s):
+        return build_annual_report(s, site=get_site(s), period=PERIOD, now=NOW)
+
+    def confirm(s, user: str, **kw):
+        return signoff.confirm_incidents(
+            s, signer=at(engine, user, when), site=get_site(s), period=PERIOD, report=build(s), now=when, **kw
+        )
+
+    with unit_of_work(engine) as s:
+        with pytest.raises(PermissionDeniedError, match="role qa"):
+            confirm(s, "prod")
+        with pytest.raises(InvalidInputError, match="needs its reasoning") as no_reason:
+            confirm(s, "qa1")
+        with pytest.raises(InvalidInputError, match="DEV-2024-0001"):
+            confirm(s, "qa1", incidents=["DEV-2024-0001"], comment="x")
+    assert no_reason.value.said("zh-CN").startswith("对 DEV-2025-0002 的评估须说明理由")
+    with unit_of_work(engine) as s:
+        confirm(s, "qa1", comment="HEPA leak found at once; the exposed batch was rejected")
+    with unit_of_work(engine) as s:
+        report = build(s)
+        site = get_site(s)
+        signoff.prepare(s, signer=at(engine, "qa1", when), site=site, period=PERIOD, report=report, now=when)
+        signoff.approve(s, signer=at(engine, "qa2", when), site=site, period=PERIOD, report=report, now=when)
+        roles = [b["role"] for b in signoff.signoff_block(s, site, PERIOD, build(s))]
+        assert signed_content(signoff.signed_report(s, site, PERIOD)) == signed_content(report)
+    validate(report)
+    assert roles == ["prepared", "approved"]
+    mi = report["summary"]["major_incidents"]
+    assert (mi["status"], mi["incidents"], mi["confirmation"]["printed_name"]) == (
+        "confirmed",
+        [],
+        "QA 刘洋 Liu Yang",
+    )
+    assert "经质量管理部门评估确认，其中无主要由于技术原因导致的重大质量、安全事故" in mi["statement_zh"]
+    assert "confirms that none was a major quality or safety incident" in mi["statement_en"]
+    assert report["summary"]["key_figures"]["major_incidents"] == 0
+    assert "HEPA leak found at once" in render_html(report, lang="en")
+    # the records behind the confirmation change (a critical deviation entered late): pending again
+    with unit_of_work(engine) as s:
+        late = utc(2025, 12, 30)
+        dv.open_deviation(
+            s,
+            actor=at(engine, "qa1", late),
+            site=get_site(s),
+            title="isolator glove breach",
+            classification="critical",
+            category="equipment",
+            description="x",
+            now=late,
+        )
+    with unit_of_work(engine) as s:
+        changed = build(s)
+    mi = changed["summary"]["major_incidents"]
+    assert (mi["status"], mi["confirmation"]["status"]) == ("pending", "outdated")
+    assert mi["statement_zh"].endswith("（此前的确认所依据的记录已变化，须重新确认。）")
+    # QA finds one was a major incident
+    with unit_of_work(engine) as s:
+        confirm(s, "qa2", incidents=["DEV-2025-0002"], comment="the HEPA leak exposed a patient's batch")
+    with unit_of_work(engine) as s:
+        mi = build(s)["summary"]["major_incidents"]
+    assert (mi["status"], mi["incidents"]) == ("confirmed", ["DEV-2025-0002"])
+    assert mi["statement_en"].startswith("QA confirms 1 major quality or safety incident(s)")
+
+
+def test_no_major_incident_is_never_stated_without_qa(people_engine: Engine) -> None:
+    """A year without a critical deviation still waits for QA before it says "no major incident"."""
+    period = year_period(TZ, 2026)
+    with unit_of_work(people_engine) as s:
+        report = build_annual_report(s, site=get_site(s), period=period, now=utc(2027, 1, 5))
+    mi = report["summary"]["major_incidents"]
+    assert mi["status"] == "pending"
+    assert mi["statement_zh"] == (
+        "报告期内未记录分类为“重大”的偏差。关于报告期内未发生重大质量、安全事故的声明，待质量管理部门确认。"
+    )
+    assert "pending QA's confirmation" in mi["statement_en"]
+    when = utc(2027, 1, 6)
+    with unit_of_work(people_engine) as s:
+        signoff.confirm_incidents(
+            s, signer=at(people_engine, "qa1", when), site=get_site(s), period=period, report=report, now=when
+        )
+    with unit_of_work(people_engine) as s:
+        mi = build_annual_report(s, site=get_site(s), period=period, now=utc(2027, 1, 7))["summary"][
+            "major_incidents"
+        ]
+    assert mi["statement_en"] == (
+        "Confirmed by QA: no major quality or safety incident caused mainly by technical reasons occurred in the period."
+    )
+
+
+def test_capa_due_dates_are_labelled_as_such(year_report: dict) -> None:
+    for lang, due, calibration in (("en", "Due date", "Calibration due"), ("zh-CN", "到期日", "校准到期")):
+        html = render_html(year_report, lang=lang)
+        capa = html[html.index('<section id="s9">') : html.index('<section id="s12">')]
+        assert f"<th>{due}</th>" in capa
+        assert calibration not in capa

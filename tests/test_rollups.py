@@ -64,7 +64,9 @@ def test_rollups_match_raw_readings_over_a_simulated_week(engine: Engine) -> Non
         # one hour by hand: count, min, max of the B room's temperature probe
         probe = next(i for i, k in kinds.items() if k == "temperature")
         hour = T0 + timedelta(days=3, hours=5)
-        row = s.get(RollupHourly, (probe, "", hour))
+        (row,) = s.exec(  # one room state all hour: one row
+            select(RollupHourly).where(RollupHourly.monitor_id == probe, RollupHourly.hour == hour)
+        ).all()
         values = s.exec(
             select(Reading.value).where(
                 Reading.monitor_id == probe,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import date
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
@@ -18,6 +19,24 @@ report_app = typer.Typer(help="Reports: the annual evaluation report (年度评�
 
 SiteOpt = Annotated[str | None, typer.Option("--site", help="site code (when several)")]
 YearOpt = Annotated[int, typer.Option("--year", help="calendar year in the site's time zone")]
+AsOfOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--as-of",
+        help="figures as at the end of this local day (YYYY-MM-DD); default: the year's end, or for "
+        "the current year the start of today, so every build of a day agrees",
+    ),
+]
+
+
+def _as_of(text: str | None) -> date | None:
+    """The ``--as-of`` date; a bad or future one is refused with the reason."""
+    if text is None:
+        return None
+    try:
+        return date.fromisoformat(text)
+    except ValueError as exc:
+        raise typer.BadParameter(f"--as-of must be YYYY-MM-DD: {exc}") from exc
 
 
 class Lang(StrEnum):
@@ -55,10 +74,11 @@ def annual(
             "--signed", help="the report as last signed (stored content) instead of building it again"
         ),
     ] = False,
+    as_of: AsOfOpt = None,
     db: DbOpt = None,
 ) -> None:
     """Build the annual report of a site (JSON, or HTML/PDF in zh-CN or en) with a progress bar."""
-    from tracker.reports.annual.document import build_annual_report, validate_report
+    from tracker.reports.annual.document import SCHEMA, build_annual_report, validate_report
     from tracker.reports.signoff import signed_report, signoff_block
 
     language = "en" if lang is Lang.en else "zh-CN"
@@ -82,11 +102,14 @@ def annual(
             if signed:
                 report = signed_report(session, site_row, period)
             else:
-                report = build_annual_report(session, site=site_row, period=period, progress=step)
+                report = build_annual_report(
+                    session, site=site_row, period=period, progress=step, as_of=_as_of(as_of)
+                )
             signoff = signoff_block(session, site_row, period, report)
         if fmt is Format.json:
             document = {**report, "signoff": signoff}
-            validate_report(document)  # what we publish matches the published schema
+            if document.get("schema") == SCHEMA:  # a report signed under an earlier version stays as signed
+                validate_report(document)  # what we publish matches the published schema
             data = json.dumps(document, ensure_ascii=False, indent=2).encode("utf-8") + b"\n"
         else:
             step("render")
@@ -102,13 +125,21 @@ def annual(
     console.print(f"{out} ({len(data):,} bytes, {fmt.value}, {language})")
 
 
-def _sign(action: str, year: int, site: str | None, as_: str, password_stdin: bool, db: str | None) -> None:
+def _sign(
+    action: str,
+    year: int,
+    site: str | None,
+    as_: str,
+    password_stdin: bool,
+    db: str | None,
+    as_of: str | None,
+) -> None:
     from tracker.reports import signoff
     from tracker.reports.annual.document import build_annual_report
 
     with unit_of_work(engine_for(db)) as session:
         site_row, period = _site_period(session, site, year)
-        report = build_annual_report(session, site=site_row, period=period)
+        report = build_annual_report(session, site=site_row, period=period, as_of=_as_of(as_of))
     # authenticate after the build, so the re-authentication is fresh when the signature is made
     who = login_cli(db, as_, password_stdin, "qa", action=f"{action} the annual report", signing=True)
     with unit_of_work(engine_for(db)) as session:
@@ -123,15 +154,68 @@ def _sign(action: str, year: int, site: str | None, as_: str, password_stdin: bo
 
 @report_app.command("sign")
 def sign(
-    year: YearOpt, as_: AsOpt, site: SiteOpt = None, password_stdin: PwStdin = False, db: DbOpt = None
+    year: YearOpt,
+    as_: AsOpt,
+    site: SiteOpt = None,
+    password_stdin: PwStdin = False,
+    as_of: AsOfOpt = None,
+    db: DbOpt = None,
 ) -> None:
     """QA signs the report as prepared (e-signature over the report's JSON)."""
-    _sign("preparing", year, site, as_, password_stdin, db)
+    _sign("preparing", year, site, as_, password_stdin, db, as_of)
 
 
 @report_app.command("approve")
 def approve(
-    year: YearOpt, as_: AsOpt, site: SiteOpt = None, password_stdin: PwStdin = False, db: DbOpt = None
+    year: YearOpt,
+    as_: AsOpt,
+    site: SiteOpt = None,
+    password_stdin: PwStdin = False,
+    as_of: AsOfOpt = None,
+    db: DbOpt = None,
 ) -> None:
     """The head of quality approves the report QA prepared (another person; same content)."""
-    _sign("approving", year, site, as_, password_stdin, db)
+    _sign("approving", year, site, as_, password_stdin, db, as_of)
+
+
+@report_app.command("confirm-incidents")
+def confirm_incidents(
+    year: YearOpt,
+    as_: AsOpt,
+    incident: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--incident", help="a deviation QA finds was a major incident (repeatable); none: no incident"
+        ),
+    ] = None,
+    comment: Annotated[
+        str | None, typer.Option("--comment", help="QA's reasoning (needed when deviations were assessed)")
+    ] = None,
+    site: SiteOpt = None,
+    password_stdin: PwStdin = False,
+    as_of: AsOfOpt = None,
+    db: DbOpt = None,
+) -> None:
+    """QA confirms the statement on major quality or safety incidents (e-signature; Nanning Art. 16)."""
+    from tracker.reports import signoff
+    from tracker.reports.annual.document import build_annual_report
+
+    with unit_of_work(engine_for(db)) as session:
+        site_row, period = _site_period(session, site, year)
+        report = build_annual_report(session, site=site_row, period=period, as_of=_as_of(as_of))
+    who = login_cli(
+        db, as_, password_stdin, "qa", action="confirming the statement on major incidents", signing=True
+    )
+    with unit_of_work(engine_for(db)) as session:
+        site_row, period = _site_period(session, site, year)
+        sig = signoff.confirm_incidents(
+            session,
+            signer=who,
+            site=site_row,
+            period=period,
+            report=report,
+            incidents=incident or [],
+            comment=comment,
+        )
+        finding = ", ".join(incident) if incident else "no major incident"
+        console.print(f"confirmed: {signoff.entity_key(site_row, period)} ({finding}) by {sig.printed_name}")

@@ -46,11 +46,12 @@ class Compliance:
         return cls(**values)
 
 
-def compliance_of(session: Session, site: Site) -> Compliance:
-    """The rules of the site's current revision (defaults where it stored none)."""
+def compliance_of(session: Session, site: Site, revision: int | None = None) -> Compliance:
+    """The rules of the site's current revision, or of ``revision`` (defaults where it stored none)."""
+    wanted = site.revision if revision is None else revision
     settings = session.exec(
         select(FacilityRevision.settings).where(
-            FacilityRevision.site_id == site.id, FacilityRevision.revision == site.revision
+            FacilityRevision.site_id == site.id, FacilityRevision.revision == wanted
         )
     ).first()
     return Compliance.from_dict(json.loads(settings).get("compliance") if settings else None)

@@ -80,6 +80,10 @@ STATEMENTS_ZH: tuple[tuple[re.Pattern, str], ...] = tuple(
             r"head of quality approves the annual evaluation report (\S+)",
             r"质量管理负责人批准年度评估报告 \1",
         ),
+        (
+            r"QA confirms the statement on major quality or safety incidents of the annual evaluation report (\S+)",
+            r"QA 确认年度评估报告 \1 的重大质量、安全事故声明",
+        ),
     )
 )
 PROBLEMS_ZH = {

@@ -401,9 +401,9 @@ class Intake:
                         r.volume_l,
                     )
                 )
-                acc = batch.hourly.get((r.monitor_id, channel, hour))
+                acc = batch.hourly.get((r.monitor_id, channel, hour, state))
                 if acc is None:
-                    acc = batch.hourly[(r.monitor_id, channel, hour)] = Acc()
+                    acc = batch.hourly[(r.monitor_id, channel, hour, state)] = Acc()
                 acc.add(entry.kind, value, verdict.level.value)
                 batch.series.setdefault((r.monitor_id, channel), []).append(
                     Judged(
@@ -463,7 +463,7 @@ class JudgedBatch:
     late: set[int] = field(default_factory=set)  # a sample older than one already stored
     #: stored samples whose rolling-volume verdict this batch's late samples changed
     rejudged: list[dict] = field(default_factory=list)
-    hourly: dict[tuple[int, str, datetime], Acc] = field(default_factory=dict)
+    hourly: dict[tuple[int, str, datetime, str], Acc] = field(default_factory=dict)
 
 
 def _conflict(r: IncomingReading, registry: Registry, where: str) -> Rejection:

@@ -1,8 +1,11 @@
-"""Hourly rollups per monitor and channel, maintained as readings are ingested.
+"""Hourly rollups per monitor, channel and room state, maintained as readings are ingested.
 
 The year report must not scan every raw reading (DESIGN §7): a site-year is about a million
-rollup rows. Each row holds count, min, max, sum, readings at alert and at action, invalid
-readings, and a sparse fixed-bin histogram good enough for 95th/99th percentiles. Late
+rollup rows. Each row holds count, min, max, sum, readings at alert, at action and not
+evaluated (no limit applied), invalid readings, and a sparse fixed-bin histogram good enough
+for 95th/99th percentiles. Rows are kept per operational state (``reading.state``: the state
+whose limits judged the readings), so a percentile can be compared with the limit of its own
+state (migration 0019; rows written before it have ``state = ''``, unknown). Late
 readings update their own hour; re-evaluation rebuilds the hours it touched; ``tracker
 rollups verify`` recomputes a window from the raw readings and lists any difference.
 """
@@ -30,10 +33,14 @@ class RollupHourly(SQLModel, table=True):
     monitor_id: int = Field(foreign_key="monitor.id", primary_key=True)
     channel: str = Field(default="", primary_key=True, max_length=8)
     hour: datetime = Field(sa_type=UTCDateTime, primary_key=True)
+    #: at_rest | in_operation (the readings' ``state``); '' for rows written before migration 0019
+    state: str = Field(default="", primary_key=True, max_length=16)
     count: int = 0  # valid readings (not invalid)
     invalid: int = 0
     n_alert: int = 0
     n_action: int = 0
+    #: valid readings no limit judged (``not_evaluated``): part of ``count``, never "within limits"
+    n_not_evaluated: int = 0
     vmin: float | None = None
     vmax: float | None = None
     vsum: float = 0.0
@@ -84,6 +91,7 @@ class Acc:
     invalid: int = 0
     n_alert: int = 0
     n_action: int = 0
+    n_not_evaluated: int = 0
     vmin: float | None = None
     vmax: float | None = None
     vsum: float = 0.0
@@ -96,6 +104,7 @@ class Acc:
         self.count += 1
         self.n_alert += level == "alert"
         self.n_action += level == "action"
+        self.n_not_evaluated += level == "not_evaluated"
         self.vmin = value if self.vmin is None else min(self.vmin, value)
         self.vmax = value if self.vmax is None else max(self.vmax, value)
         self.vsum += value
@@ -108,6 +117,7 @@ class Acc:
         self.invalid += row.invalid
         self.n_alert += row.n_alert
         self.n_action += row.n_action
+        self.n_not_evaluated += row.n_not_evaluated
         for v in (row.vmin, row.vmax):
             if v is not None:
                 self.vmin = v if self.vmin is None else min(self.vmin, v)
@@ -122,6 +132,7 @@ class Acc:
             self.invalid,
             self.n_alert,
             self.n_action,
+            self.n_not_evaluated,
             self.vmin,
             self.vmax,
             self.vsum,
@@ -129,15 +140,18 @@ class Acc:
         )
 
 
-Key = tuple[int, str, datetime]
+#: (monitor, channel, hour, state)
+Key = tuple[int, str, datetime, str]
 COLUMNS = (
     "monitor_id",
     "channel",
     "hour",
+    "state",
     "count",
     "invalid",
     "n_alert",
     "n_action",
+    "n_not_evaluated",
     "vmin",
     "vmax",
     "vsum",
@@ -145,11 +159,13 @@ COLUMNS = (
 )
 
 
-def aggregate(rows: Iterable[tuple[int, str, datetime, float, str]], kinds: dict[int, str]) -> dict[Key, Acc]:
-    """(monitor, channel, event time, value, level) → accumulators per hour."""
+def aggregate(
+    rows: Iterable[tuple[int, str, datetime, float, str, str]], kinds: dict[int, str]
+) -> dict[Key, Acc]:
+    """(monitor, channel, event time, value, level, state) → accumulators per hour and state."""
     out: dict[Key, Acc] = {}
-    for monitor_id, channel, at, value, level in rows:
-        key = (monitor_id, channel, hour_of(at))
+    for monitor_id, channel, at, value, level, state in rows:
+        key = (monitor_id, channel, hour_of(at), state)
         acc = out.get(key)
         if acc is None:
             acc = out[key] = Acc()
@@ -166,24 +182,24 @@ def add_to_rollups(session: Session, increments: dict[Key, Acc]) -> None:
     table = RollupHourly.__table__
     cols = [table.c[name] for name in COLUMNS]
     connection = session.connection()
-    monitors = sorted({m for m, _, _ in keys})
-    hours = sorted({h for _, _, h in keys})  # one or two per batch, more for backfill
+    monitors = sorted({k[0] for k in keys})
+    hours = sorted({k[2] for k in keys})  # one or two per batch, more for backfill
     for i in range(0, len(monitors), 400):
         # monitor and hour as separate IN lists: SQLite walks the primary key with them
         for row in connection.execute(
             select(*cols).where(table.c.monitor_id.in_(monitors[i : i + 400]), table.c.hour.in_(hours))
         ):
-            acc = increments.get((row.monitor_id, row.channel, row.hour))
+            acc = increments.get((row.monitor_id, row.channel, row.hour, row.state))
             if acc is not None:
                 acc.merge(row)
     db_time = time_param(connection.dialect.name)
     marker = "?" if connection.dialect.paramstyle == "qmark" else "%s"
-    updates = ", ".join(f"{c} = excluded.{c}" for c in COLUMNS[3:])
+    updates = ", ".join(f"{c} = excluded.{c}" for c in COLUMNS[4:])
     connection.exec_driver_sql(
         f"INSERT INTO {table.name} ({', '.join(COLUMNS)}) "
         f"VALUES ({', '.join([marker] * len(COLUMNS))}) "
-        f"ON CONFLICT (monitor_id, channel, hour) DO UPDATE SET {updates}",
-        [(m, c, db_time(h), *acc.as_tuple()) for (m, c, h), acc in increments.items()],
+        f"ON CONFLICT (monitor_id, channel, hour, state) DO UPDATE SET {updates}",
+        [(m, c, db_time(h), st, *acc.as_tuple()) for (m, c, h, st), acc in increments.items()],
     )
 
 
@@ -192,7 +208,14 @@ def recompute(
 ) -> dict[Key, Acc]:
     """Aggregates of whole hours [hour_of(start), end) straight from the raw readings."""
     rows = session.exec(
-        select(Reading.monitor_id, Reading.channel, Reading.event_time, Reading.value, Reading.level).where(
+        select(
+            Reading.monitor_id,
+            Reading.channel,
+            Reading.event_time,
+            Reading.value,
+            Reading.level,
+            Reading.state,
+        ).where(
             Reading.monitor_id.in_(monitor_ids),
             Reading.event_time >= hour_of(start),
             Reading.event_time < end,
@@ -230,7 +253,7 @@ def verify_rollups(
     ):
         acc = Acc()
         acc.merge(r)  # the same tuple form as the recomputation
-        stored[(r.monitor_id, r.channel, r.hour)] = acc.as_tuple()
+        stored[(r.monitor_id, r.channel, r.hour, r.state)] = acc.as_tuple()
     diffs = []
     for key in sorted(set(expected) | set(stored)):
         e, s = expected.get(key), stored.get(key)

@@ -126,6 +126,16 @@ def classes(session: Session | None = None, site: Site | None = None) -> tuple[s
     return compliance_of(session, site).deviation_classes
 
 
+def major_incident_classes(session: Session, site: Site, *, revision: int | None = None) -> tuple[str, ...]:
+    """The deviation classes that count as possible major quality or safety incidents of ``site``
+    (Nanning measures Art. 16, regulatory.md §10.2): the annual report counts and lists these for
+    QA's assessment. Every reader goes through here. The mapping is the facility file's
+    ``[quality] major_incident_classes`` (``tracker.facility.policy``; validated there as a subset of
+    the site's classes); ``revision``: of a facility revision other than the current one (the
+    annual report reads the revision in force at its cut-off)."""
+    return compliance_of(session, site, revision).major_incident_classes
+
+
 def _check_class(session: Session, site: Site, classification: str) -> None:
     known = classes(session, site)
     if classification not in known:

@@ -34,43 +34,73 @@ def _style() -> dict:
 
 def _render(figsize: tuple[float, float], draw: Callable[[Axes], None]) -> str:
     """One chart in the report's style: ``draw`` fills the axes of a fresh figure."""
+    return _render_panels(figsize, 1, lambda axes: draw(axes[0]))
+
+
+def _render_panels(figsize: tuple[float, float], n: int, draw: Callable[[list[Axes]], None]) -> str:
+    """A chart of ``n`` panels side by side sharing the y axis, in the report's style."""
     with chart_style(_style()):
         fig = Figure(figsize=figsize)
-        draw(fig.subplots())
+        axes = fig.subplots(1, n, sharey=True, squeeze=False)[0]
+        draw(list(axes))
         buf = io.StringIO()
         fig.savefig(buf, format="svg", bbox_inches="tight", metadata={"Date": None})
     return buf.getvalue()
 
 
-def particle_trend(series: list[dict], months: list[str], *, title: str, limit_label: str) -> str:
-    """Monthly P95 per monitor (log scale) with the in-operation action limit of each as a dashed line."""
+#: how each limit is drawn: (key in the bounds, line style, colour, label above or below the line)
+LIMIT_LINES = (("action_high", "--", "#c0392b", "bottom"), ("alert_high", ":", "#d68910", "top"))
 
-    def draw(ax: Axes) -> None:
-        x = np.arange(len(months))
-        limits_drawn: set[float] = set()
-        for s in series:
-            y = np.array([np.nan if v is None else max(v, 0.5) for v in s["monthly_p95"]], dtype=float)
-            ax.plot(x, y, marker="o", markersize=2.5, linewidth=1, label=s["monitor"])
-            action = (s["limits"].get("in_operation") or {}).get("action_high")
-            if action and action not in limits_drawn:
-                limits_drawn.add(action)
-                ax.axhline(action, linestyle="--", linewidth=0.8, color="#c0392b")
+
+def _limit_lines(ax: Axes, series: list[dict], state: str, x_end: float, labels: dict[str, str]) -> None:
+    """The alert and action limits of ``state`` of the plotted monitors, each drawn once."""
+    drawn: set[tuple[str, float]] = set()
+    for s in series:
+        limits = s["states"][state]["limits"] or {}
+        for key, style, colour, va in LIMIT_LINES:
+            value = limits.get(key)
+            if value and (key, value) not in drawn:
+                drawn.add((key, value))
+                ax.axhline(value, linestyle=style, linewidth=0.8, color=colour)
                 ax.annotate(
-                    f"{limit_label} {action:g}",
-                    (x[-1] if len(x) else 0, action),
+                    f"{labels[key]} {value:g}",
+                    (x_end, value),
                     fontsize=6,
-                    color="#c0392b",
+                    color=colour,
                     ha="right",
-                    va="bottom",
+                    va=va,
                 )
-        ax.set_yscale("log")
-        ax.set_xticks(x, [m[5:] for m in months])
-        ax.set_title(title, fontsize=9)
-        ax.set_ylabel("/m³")
-        if series:
-            ax.legend(fontsize=6, ncol=4, frameon=False, loc="upper left")
 
-    return _render((7.0, 2.6), draw)
+
+def particle_trend(
+    series: list[dict],
+    months: list[str],
+    *,
+    title: str,
+    state_titles: dict[str, str],
+    limit_labels: dict[str, str],
+) -> str:
+    """Monthly P95 per monitor (log scale), one panel per room state (at rest, in operation), each
+    with that state's alert (dotted) and action (dashed) limits: a P95 is only compared with the
+    limit of its own state. ``limit_labels`` names ``action_high`` and ``alert_high``."""
+
+    def draw(axes: list[Axes]) -> None:
+        x = np.arange(len(months))
+        for ax, state in zip(axes, state_titles, strict=True):
+            for s in series:
+                values = s["states"][state]["monthly_p95"]
+                y = np.array([np.nan if v is None else max(v, 0.5) for v in values], dtype=float)
+                ax.plot(x, y, marker="o", markersize=2.5, linewidth=1, label=s["monitor"])
+            _limit_lines(ax, series, state, x[-1] if len(x) else 0, limit_labels)
+            ax.set_yscale("log")
+            ax.set_xticks(x, [m[5:] for m in months])
+            ax.set_title(state_titles[state], fontsize=8)
+        axes[0].set_ylabel("/m³")
+        if series:
+            axes[0].legend(fontsize=6, ncol=3, frameon=False, loc="upper left")
+        axes[0].get_figure().suptitle(title, fontsize=9, y=1.03)
+
+    return _render_panels((7.0, 2.8), len(state_titles), draw)
 
 
 def heatmap(rooms: list[str], months: list[str], counts: list[list[int]], *, title: str) -> str:

@@ -14,8 +14,10 @@ from pathlib import Path
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 
+from tracker.core.errors import InvalidInputError, Reason
 from tracker.core.timeutil import local_display, parse_instant
 from tracker.reports import charts
+from tracker.reports.annual.document import SCHEMA
 from tracker.reports.text import text_for
 
 TEMPLATES = Path(__file__).resolve().parents[2] / "templates"
@@ -57,7 +59,7 @@ def chart_uris(report: dict, lang: str) -> dict:
     }
     groups: dict[tuple[str, str], list[dict]] = {}
     for p in env["particles"]:
-        if any(v is not None for v in p["monthly_p95"]):
+        if any(v is not None for st in p["states"].values() for v in st["monthly_p95"]):
             groups.setdefault((p["grade"], p["channel"]), []).append(p)
     for (grade, channel), series in sorted(groups.items()):
         out["particles"].append(
@@ -66,7 +68,8 @@ def chart_uris(report: dict, lang: str) -> dict:
                     series,
                     months,
                     title=f"{t('p95_trend')} · {t('grade')} {grade} · ≥{channel} µm",
-                    limit_label=t("action_limit"),
+                    state_titles={"at_rest": t("at_rest"), "in_operation": t("in_operation")},
+                    limit_labels={"action_high": t("action_limit"), "alert_high": t("alert_limit")},
                 )
             )
         )
@@ -87,6 +90,13 @@ def render_html(report: dict, *, lang: str = "zh-CN", signoff: Sequence[dict] = 
     """The report as one self-contained HTML page in ``lang`` (``zh-CN`` or ``en``)."""
     if lang not in LANGS:
         raise ValueError(f"language must be one of {', '.join(LANGS)}")
+    if report.get("schema") != SCHEMA:  # a report signed under an earlier version of the document
+        raise InvalidInputError(
+            Reason(
+                f"this template renders {SCHEMA} documents, not {report.get('schema')}: use --format json",
+                f"此模板只能生成 {SCHEMA} 版本的报告，不能生成 {report.get('schema')}：请用 --format json",
+            )
+        )
     tz = report["site"]["timezone"]
     env = _env().overlay()
     env.filters["local"] = lambda iso: local_display(parse_instant(iso), tz) if iso else "—"

@@ -6,32 +6,99 @@ approves it (``approved``, scope ``annual_report:approved``); both sign the repo
 so the signed report itself is preserved. Because the content is "as at the end of the period",
 rebuilding the report later reproduces it: a signature shows as broken when a record behind a
 figure changed after signing.
+
+Before preparing, QA confirms the statement on major quality or safety incidents (``approved``,
+scope ``annual_report:major_incidents``, over
+:func:`tracker.reports.annual.document.incidents_content`): the report prints the statement as a
+finding only with that confirmation, and it is part of what is then prepared and approved
+(Nanning measures Art. 16; regulatory.md §10.2–10.3; issue 14 item 7).
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from datetime import datetime
 
 from sqlmodel import Session
 
-from tracker.core.errors import ConflictError, NotFoundError, PermissionDeniedError, Reason
+from tracker.core.errors import ConflictError, InvalidInputError, NotFoundError, PermissionDeniedError, Reason
 from tracker.core.timeutil import iso_utc
 from tracker.facility.models import Site
 from tracker.identity import signatures
 from tracker.identity.users import Authenticated, require_role
-from tracker.reports.annual.document import Period, signed_content
+from tracker.reports.annual.document import (
+    INCIDENTS_SCOPE,
+    REPORT_ENTITY,
+    Period,
+    incidents_content,
+    report_key,
+    signed_content,
+)
 
-ENTITY = "annual_report"
+ENTITY = REPORT_ENTITY
 ROLES = {"annual_report:prepared": "prepared", "annual_report:approved": "approved"}
 
 
 def entity_key(site: Site, period: Period) -> str:
-    return f"{site.code}/{period.label}"
+    return report_key(site.code, period)
 
 
 def report_signatures(session: Session, site: Site, period: Period) -> list[signatures.Signature]:
-    return signatures.signatures_of(session, ENTITY, entity_key(site, period))
+    """The report's sign-off signatures (prepared, approved), in signing order; QA's confirmation
+    of the statement on major incidents is part of the report itself, not of the sign-off."""
+    return [
+        s for s in signatures.signatures_of(session, ENTITY, entity_key(site, period)) if s.scope in ROLES
+    ]
+
+
+def confirm_incidents(
+    session: Session,
+    *,
+    signer: Authenticated,
+    site: Site,
+    period: Period,
+    report: dict,
+    incidents: Sequence[str] = (),
+    comment: str | None = None,
+    now: datetime | None = None,
+) -> signatures.Signature:
+    """QA confirms the report's statement on major quality or safety incidents: none occurred
+    (``incidents`` empty), or the listed deviations of the period were such incidents. Assessing
+    deviations of the major-incident classes needs the reasoning in ``comment``."""
+    require_role(
+        signer, "qa", action=Reason("confirming the statement on major incidents", "确认重大事故声明")
+    )
+    found = {d["number"] for d in report["deviations"]["list"]}
+    unknown = sorted(set(incidents) - found)
+    if unknown:
+        raise InvalidInputError(
+            Reason(
+                f"not deviations of this report's period: {', '.join(unknown)}",
+                f"不是本报告期的偏差：{'、'.join(unknown)}",
+            )
+        )
+    assessed = report["summary"]["major_incidents"]["deviations"] or list(incidents)
+    if assessed and not (comment or "").strip():
+        raise InvalidInputError(
+            Reason(
+                f"QA's assessment of {', '.join(assessed)} needs its reasoning (--comment)",
+                f"对 {'、'.join(assessed)} 的评估须说明理由（--comment）",
+            )
+        )
+    key = entity_key(site, period)
+    return signatures.sign(
+        session,
+        signer=signer,
+        meaning="approved",
+        entity=ENTITY,
+        entity_key=key,
+        scope=INCIDENTS_SCOPE,
+        statement=f"QA confirms the statement on major quality or safety incidents of the annual evaluation report {key}",
+        content=incidents_content(report, list(incidents)),
+        comment=(comment or "").strip() or None,
+        now=now,
+    )
 
 
 def prepare(

@@ -59,6 +59,13 @@ def _candidates(session: Session, step: ProcessStep) -> list[Excursion]:
     return list(session.exec(query.order_by(Excursion.started_at, Excursion.id)))
 
 
+def exposure_candidates(session: Session, step: ProcessStep) -> list[Excursion]:
+    """The standing excursions that may have exposed ``step``: what :func:`sync_links` proposes,
+    read without writing (the annual report counts an exposure nobody has decided yet even where
+    no proposal has been materialised)."""
+    return _candidates(session, step)
+
+
 def sync_links(session: Session, *, batch: Batch | None = None, now: datetime | None = None) -> int:
     """Propose the missing links and withdraw undecided ones that no longer apply (of one
     batch, or of every batch). Returns how many links changed."""

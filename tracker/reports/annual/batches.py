@@ -1,17 +1,22 @@
 """§4 Production activity (``production``) and §12 Traceability and segregation (``traceability``).
 
 Released and rejected count the QP's signatures made in the period, whichever year the batch
-started in; a batch's disposition is its last decision before the period end, so a release in
+started in; a batch's disposition is its last decision before the cut-off, so a release in
 the next year does not change this year's document.
+
+Exposure to the period's excursions is reported with QA's decision as at the cut-off: confirmed
+(exposed), rejected (not exposed), or still undecided — an undecided exposure is listed as such
+and never read as "not exposed" (issue 14 item 7; GMP 2010 Art. 249).
 """
 
 from __future__ import annotations
 
 from collections import Counter
 
+from tracker.core.timeutil import iso_utc
 from tracker.quality.batches.models import Batch
-from tracker.reports.annual.loader import BatchRecords, Scope
-from tracker.reports.annual.period import count_by_month, in_period
+from tracker.reports.annual.loader import BatchRecords, Exposure, Scope
+from tracker.reports.annual.period import count_by_month
 
 #: every flag code gets a count, zero included
 FLAG_CODES = ("segregation", "a_in_c", "a_background_below_c", "open_not_grade_a")
@@ -36,7 +41,7 @@ def production_block(scope: Scope, records: BatchRecords) -> dict:
 
 def decided_in_period(scope: Scope, records: BatchRecords, meaning: str) -> list[str]:
     """Numbers of the batches whose last decision (``released``/``rejected``) is in the period."""
-    return [n for n, d in records.decisions.items() if d.meaning == meaning and in_period(d.at, scope.period)]
+    return [n for n, d in records.decisions.items() if d.meaning == meaning and scope.within(d.at)]
 
 
 def _product(products: dict[str, dict], product: str) -> dict:
@@ -59,13 +64,16 @@ def product_rows(records: BatchRecords, released: list[str], rejected: list[str]
 
 
 def disposition(records: BatchRecords, b: Batch) -> str:
-    """``released``, ``rejected`` or ``pending`` as at the period end."""
+    """``released``, ``rejected`` or ``pending`` as at the cut-off."""
     return records.decisions[b.number].meaning if b.number in records.decisions else "pending"
 
 
-def traceability_block(records: BatchRecords) -> dict:
-    """The document's ``traceability``: batches exposed to the period's excursions, and flags."""
-    exposed = exposed_rows(records)
+def traceability_block(scope: Scope, records: BatchRecords) -> dict:
+    """The document's ``traceability``: batches exposed to the period's excursions (and those
+    whose exposure is undecided), and flags."""
+    of_period = [x for x in records.exposures if scope.within(x.excursion.started_at)]
+    exposed = exposed_rows(records, [x for x in of_period if x.status == "confirmed"])
+    undecided = [undecided_row(records, x) for x in of_period if x.status == "undecided"]
     flags = flag_rows(records)
     counts = {c: 0 for c in FLAG_CODES}
     for f in flags:
@@ -74,17 +82,33 @@ def traceability_block(records: BatchRecords) -> dict:
         "exposed_batches": len(exposed),
         "exposed_by_disposition": dict(sorted(Counter(r["disposition"] for r in exposed).items())),
         "exposed": exposed,
+        "undecided_batches": len({u["batch"] for u in undecided}),
+        "undecided": undecided,
+        "not_exposed": sum(1 for x in of_period if x.status == "rejected"),
         "flag_counts": counts,
         "flagged_batches": len({f["batch"] for f in flags}),
         "flags": flags,
     }
 
 
-def exposed_rows(records: BatchRecords) -> list[dict]:
+def undecided_row(records: BatchRecords, x: Exposure) -> dict:
+    """A possible exposure QA had not decided at the cut-off: which batch, which excursion."""
+    return {
+        "batch": x.batch.number,
+        "product": x.batch.product,
+        "excursion": x.excursion.id,
+        "type": x.excursion.type,
+        "level": x.excursion.level,
+        "started_at": iso_utc(x.excursion.started_at),
+        "disposition": disposition(records, x.batch),
+    }
+
+
+def exposed_rows(records: BatchRecords, confirmed: list[Exposure]) -> list[dict]:
     """One row per exposed batch: its excursions, whether any reached action, its disposition."""
     exposed: dict[int, dict] = {}
-    for link, ex in records.exposures:
-        b = records.by_id[link.batch_id]
+    for x in confirmed:
+        b, ex = x.batch, x.excursion
         row = exposed.setdefault(
             b.id,
             {

@@ -1,7 +1,11 @@
-"""§7 Pressure, temperature and RH (``conditions``): per monitor, the share of valid readings
+"""§7 Pressure, temperature and RH (``conditions``): per monitor, the share of evaluated readings
 within limits and within action limits, its limit excursions, and monthly min / mean / max.
 
-Each reading stands for one sample interval, so a share of readings is a share of time.
+Each reading stands for one sample interval, so a share of readings is a share of time. Readings
+no limit judged (``not_evaluated``: a room or state without limits, e.g. a CNC room's temperature)
+are counted apart and left out of both shares: "within limits" is a claim about a limit, and a
+reading no limit applied to supports none (issue 14 item 7). A monitor with no evaluated reading
+has no share (``null``) rather than 100 %.
 Pressure monitors are shown with their reference room, the other side of the cascade.
 """
 
@@ -40,16 +44,18 @@ def condition_row(
     """One monitor's row; its counts come from its ``environment.monitors`` row."""
     m = scope.monitors[mid]
     limits = monitor_limits(scope.rooms, records.levels, records.limit_set, m)
-    valid = row["valid"]
+    evaluated = row["valid"] - row["not_evaluated"]
     return {
         "monitor": m.code,
         "kind": m.kind,
         "room": row["room"],
         "grade": row["grade"],
         "reference": scope.room_code(m.reference_room_id),
-        "valid": valid,
-        "within_limits_pct": pct(valid - row["at_alert"] - row["at_action"], valid),
-        "within_action_pct": pct(valid - row["at_action"], valid),
+        "valid": row["valid"],
+        "not_evaluated": row["not_evaluated"],
+        "evaluated": evaluated,
+        "within_limits_pct": pct(evaluated - row["at_alert"] - row["at_action"], evaluated),
+        "within_action_pct": pct(evaluated - row["at_action"], evaluated),
         "excursions": limit_excursions(scope, records, mid),
         "limits": {
             "in_operation": bounds_json(limits.for_reading("", "in_operation")),

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from datetime import datetime
+from datetime import date, datetime
 from pathlib import Path
 
 from sqlmodel import Session
@@ -19,7 +19,13 @@ from tracker.core.timeutil import iso_utc, utcnow
 from tracker.facility.models import Site
 from tracker.reports.annual.batches import production_block, traceability_block
 from tracker.reports.annual.conditions import conditions_block
-from tracker.reports.annual.definitions import DEFINITIONS, SCHEMA, inputs_required
+from tracker.reports.annual.definitions import (
+    DEFINITIONS,
+    INCIDENTS_SCOPE,
+    REPORT_ENTITY,
+    SCHEMA,
+    inputs_required,
+)
 from tracker.reports.annual.deviations import capa_block, deviation_block
 from tracker.reports.annual.environment import environment_block
 from tracker.reports.annual.facility import facility_block, limit_changes_block
@@ -31,20 +37,27 @@ from tracker.reports.annual.loader import (
     load_batches,
     load_deviations,
     load_environment,
+    load_incident_confirmation,
     load_integrity,
     load_limits,
     load_scope,
     revision_at,
 )
 from tracker.reports.annual.monitors import monitor_rows
-from tracker.reports.annual.period import Period, period_block, year_period
-from tracker.reports.annual.summary import summary_block
+from tracker.reports.annual.period import Period, cutoff_of, period_block, report_key, year_period
+from tracker.reports.annual.summary import incidents_content, summary_block
 
 __all__ = [
+    "INCIDENTS_SCOPE",
+    "REPORT_ENTITY",
+    "SCHEMA",
     "Period",
     "Progress",
     "build_annual_report",
+    "cutoff_of",
+    "incidents_content",
     "pct",
+    "report_key",
     "report_schema",
     "signed_content",
     "validate_report",
@@ -69,29 +82,35 @@ def build_annual_report(
     now: datetime | None = None,
     progress: Progress | None = None,
     compare: bool = True,
+    as_of: date | None = None,
 ) -> dict:
-    """The report document for ``site`` over ``period`` (see the package doc and docs/report.md)."""
+    """The report document for ``site`` over ``period`` (see the package doc and docs/report.md),
+    as at the period end, or for an unfinished period as at its cut-off (``cutoff_of``: the start
+    of today in the site's time zone, or the end of the local day ``as_of``)."""
     now = now or utcnow()
     step = progress or _no_progress
-    scope = load_scope(session, site, period, now)
+    scope = load_scope(session, site, period, cutoff_of(period, now, as_of))
     step("facility")
-    revision = revision_at(session, site, period.end)
+    revision = revision_at(session, site, scope.until)
     facility = facility_block(scope)
     step("environment")
     environment, conditions = _environment_and_conditions(session, scope, revision)
     step("deviations")
-    deviation_records = load_deviations(session, scope)
-    deviations, capa = deviation_block(scope, deviation_records), capa_block(scope, deviation_records)
+    deviation_records = load_deviations(session, scope, revision)
     step("batches")
-    batch_records = load_batches(session, scope)
-    production, traceability = production_block(scope, batch_records), traceability_block(batch_records)
+    sources = {x for ids in deviation_records.sources.values() for x in ids}
+    batch_records = load_batches(session, scope, sources)
+    deviations = deviation_block(scope, deviation_records, batch_records)
+    capa = capa_block(scope, deviation_records)
+    production = production_block(scope, batch_records)
+    traceability = traceability_block(scope, batch_records)
     step("integrity")
     integrity = integrity_block(load_integrity(session, scope), environment["total"])
     report = {
         "schema": SCHEMA,
         "generated_at": iso_utc(now),
         "site": site_block(site, revision),
-        "period": period_block(period, now),
+        "period": period_block(period, scope.until),
         "definitions": DEFINITIONS,
         "facility": facility,
         "production": production,
@@ -104,7 +123,7 @@ def build_annual_report(
         "data_integrity": integrity,
         "inputs_required": inputs_required(),
     }
-    report["summary"] = summary_block(report)
+    report["summary"] = summary_block(report, load_incident_confirmation(session, scope))
     step("comparison")
     report["comparison"] = comparison_block(session, site, period, now) if compare else None
     return report
@@ -118,7 +137,7 @@ def _environment_and_conditions(session: Session, scope: Scope, revision: int) -
 
 
 def site_block(site: Site, revision: int) -> dict:
-    """The document's ``site``, with the facility revision in force at the period end."""
+    """The document's ``site``, with the facility revision in force at the cut-off."""
     return {
         "code": site.code,
         "name": site.name,

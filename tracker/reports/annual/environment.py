@@ -1,5 +1,8 @@
 """§6 Environmental monitoring (``environment``): the site total, per grade and per room, the
-per-monitor rows, the room × month heat map of limit excursions and the particle P95s.
+per-monitor rows, the room × month heat map of limit excursions, the particle P95s, and the
+superseded excursions of the period with who superseded each, when and why (GMP records are
+corrected, never deleted, and the correction is attributable: GMP 2010 Art. 161, computerised
+systems annex, regulatory.md §9; issue 14 item 7).
 
 Rooms and grades without monitors of the period and without excursions are left out: an empty
 row would read as "monitored, all well".
@@ -7,10 +10,11 @@ row would read as "monitored, all well".
 
 from __future__ import annotations
 
+from tracker.core.timeutil import iso_utc
 from tracker.monitoring.excursions import Excursion
 from tracker.reports.annual.excursions import excursion_figures
 from tracker.reports.annual.figures import GRADE_ORDER, in_grade_order
-from tracker.reports.annual.loader import EnvironmentRecords, Scope
+from tracker.reports.annual.loader import EnvironmentRecords, Scope, Superseded
 from tracker.reports.annual.monitors import MonitorRow, totals
 from tracker.reports.annual.particles import particle_rows
 from tracker.reports.annual.period import month_index, month_labels
@@ -26,6 +30,28 @@ def environment_block(scope: Scope, records: EnvironmentRecords, rows: dict[int,
         "monitors": list(rows.values()),
         "heatmap": heatmap(scope, records.excursions, [r["room"] for r in by_room]),
         "particles": particle_rows(scope, records),
+        "superseded": [superseded_row(scope, s) for s in records.superseded],
+    }
+
+
+def superseded_row(scope: Scope, s: Superseded) -> dict:
+    """A superseded excursion: what it was, when and by whom it was superseded, why, and QA's
+    approving signature when the correction needed one (a backdated room-state change)."""
+    e = s.excursion
+    return {
+        "id": e.id,
+        "monitor": scope.monitors[e.monitor_id].code,
+        "room": scope.room_code(e.room_id),
+        "type": e.type,
+        "channel": e.channel,
+        "level": e.level,
+        "started_at": iso_utc(e.started_at),
+        "ended_at": iso_utc(e.ended_at) if e.ended_at else None,
+        "superseded_at": iso_utc(s.at) if s.at else None,
+        "superseded_by": s.by,
+        "reason": s.reason,
+        "approved_by": s.signature.printed_name if s.signature else None,
+        "approved_at": iso_utc(s.signature.signed_at) if s.signature else None,
     }
 
 

@@ -1,8 +1,12 @@
 """Excursion figures of a set of excursions (a room, a grade, the site): counts by level and type,
-excursions per 1,000 monitored hours, the longest one and QA's time to respond.
+excursions per 1,000 monitored hours, the longest one, data gaps and QA's time to respond.
 
-Limit excursions count at the highest level they reached; durations stop at the report's horizon
-(the period end, or now), so a figure never depends on what happened after the period.
+Limit excursions count at the highest level they reached; durations stop at the cut-off (the
+period end, or an unfinished period's cut-off), so a figure never depends on what happened after
+it. Data gaps are counted beside the limit excursions, with their level and hours: silence in a
+grade A zone is an action-level event (continuous monitoring, GMP 2010 Annex 1 Art. 10(1),
+regulatory.md §5.1; docs/limits.md "Data gaps"), and a row that showed only limit excursions
+would read "0 action" for a zone that went unmonitored for days (issue 14 item 7).
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ EXCURSION_TYPES = ("limit", "data_gap", "recurrence", "adverse_trend", "recovery
 
 
 def excursion_duration(e: Excursion, until: datetime) -> timedelta:
-    """Start to end, counted up to ``until`` (the period end, or now): a figure as at the period end."""
+    """Start to end, counted up to ``until`` (the cut-off): a figure as at the cut-off."""
     end = until if e.ended_at is None else min(e.ended_at, until)
     return max(timedelta(0), end - e.started_at)
 
@@ -43,6 +47,21 @@ def excursion_figures(
         "per_1000_h": rounded(1000 * (alert + action) / monitored_h) if monitored_h else None,
         "longest": _longest(scope, selected),
         "time_to_response_h": _time_to_response(selected, responses, alert + action),
+        "data_gaps": data_gaps(scope, selected),
+    }
+
+
+def data_gaps(scope: Scope, selected: list[Excursion]) -> dict:
+    """The data gaps among ``selected``: how many at each level, their hours up to the cut-off
+    and the longest."""
+    gaps = [e for e in selected if e.type == "data_gap"]
+    durations = [excursion_duration(e, scope.until) for e in gaps]
+    return {
+        "count": len(gaps),
+        "alert": sum(e.level == "alert" for e in gaps),
+        "action": sum(e.level == "action" for e in gaps),
+        "hours": hours_of(sum(durations, timedelta())),
+        "longest_h": hours_of(max(durations)) if durations else None,
     }
 
 

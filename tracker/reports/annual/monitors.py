@@ -38,13 +38,14 @@ class MonitorRow(TypedDict):
     monitored_hours: int
     at_alert: int
     at_action: int
+    not_evaluated: int
 
 
 def monitored_window(
     scope: Scope, m: Monitor, seen: tuple[datetime, datetime] | None
 ) -> tuple[datetime, datetime]:
-    """From the later of the period start and the first reading ever, to the report's horizon;
-    a retired monitor stops at the end of the hour of its last reading."""
+    """From the later of the period start and the first reading ever, to the cut-off; a retired
+    monitor stops at the end of the hour of its last reading."""
     start = max(scope.period.start, seen[0]) if seen else scope.period.start
     end = scope.until if m.active or seen is None else min(scope.until, seen[1] + timedelta(hours=1))
     return start, end
@@ -83,6 +84,7 @@ def monitor_row(scope: Scope, records: EnvironmentRecords, m: Monitor) -> Monito
         "monitored_hours": int(np.unique(data.hour[hours_mask]).size),
         "at_alert": int(data.n_alert[mask].sum()),
         "at_action": int(data.n_action[mask].sum()),
+        "not_evaluated": int(data.n_not_evaluated[mask].sum()),
     }
 
 
@@ -102,4 +104,5 @@ def totals(rows: list[MonitorRow]) -> dict:
         "monitored_hours": hours,
         "at_alert": sum(r["at_alert"] for r in rows),
         "at_action": sum(r["at_action"] for r in rows),
+        "not_evaluated": sum(r["not_evaluated"] for r in rows),
     }

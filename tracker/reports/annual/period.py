@@ -13,6 +13,7 @@ from zoneinfo import ZoneInfo
 
 import numpy as np
 
+from tracker.core.errors import InvalidInputError, Reason
 from tracker.core.timeutil import iso_utc
 
 
@@ -31,6 +32,11 @@ class Period:
         return str(self.year) if self.year else f"{iso_utc(self.start)}/{iso_utc(self.end)}"
 
 
+def report_key(site_code: str, period: Period) -> str:
+    """The key the report's e-signatures are filed under (entity ``annual_report``)."""
+    return f"{site_code}/{period.label}"
+
+
 def year_period(timezone: str, year: int) -> Period:
     """1 January to 1 January in the site's time zone, as UTC instants."""
     tz = ZoneInfo(timezone)
@@ -40,6 +46,26 @@ def year_period(timezone: str, year: int) -> Period:
         timezone,
         year,
     )
+
+
+def cutoff_of(period: Period, now: datetime, as_of: date | None = None) -> datetime:
+    """The instant every figure is as at: the period end once the period is over; for an
+    unfinished period the start of the site's current day, so that every build of that day (the
+    zh and the en document, the sign-off's rebuild) has one cut-off. ``as_of`` (a local date)
+    fixes it explicitly at the end of that day. Floored to a whole UTC hour, the rollups' unit."""
+    tz = ZoneInfo(period.timezone)
+    if as_of is not None:
+        day = as_of + timedelta(days=1)
+        if as_of > now.astimezone(tz).date():
+            raise InvalidInputError(
+                Reason(f"the as-of date {as_of} is in the future", f"截止日期 {as_of} 在未来")
+            )
+    elif now >= period.end:
+        return period.end
+    else:
+        day = now.astimezone(tz).date()
+    local = datetime(day.year, day.month, day.day, tzinfo=tz).astimezone(UTC)
+    return max(period.start, min(period.end, local.replace(minute=0, second=0, microsecond=0)))
 
 
 def month_starts(period: Period) -> list[datetime]:
@@ -62,9 +88,10 @@ def month_labels(period: Period) -> list[str]:
     return [m.astimezone(tz).strftime("%Y-%m") for m in month_starts(period)[:-1]]
 
 
-def in_period(t: datetime | None, period: Period) -> bool:
-    """Whether a (possibly missing) instant falls in ``[start, end)``."""
-    return t is not None and period.start <= t < period.end
+def in_period(t: datetime | None, period: Period, until: datetime | None = None) -> bool:
+    """Whether a (possibly missing) instant falls in ``[start, until)`` (``until``: the cut-off,
+    by default the period end)."""
+    return t is not None and period.start <= t < (period.end if until is None else until)
 
 
 def count_by_month(times: list[datetime], edges: list[datetime]) -> list[int]:
@@ -103,14 +130,16 @@ def local_date(t: datetime, timezone: str) -> date:
     return t.astimezone(ZoneInfo(timezone)).date()
 
 
-def period_block(period: Period, now: datetime) -> dict:
-    """The document's ``period``: UTC bounds, the local months, and whether it is over."""
+def period_block(period: Period, cutoff: datetime) -> dict:
+    """The document's ``period``: UTC bounds, the cut-off the figures are as at, the local
+    months, and whether the figures cover the whole period."""
     return {
         "label": period.label,
         "year": period.year,
         "start": iso_utc(period.start),
         "end": iso_utc(period.end),
+        "cutoff": iso_utc(cutoff),
         "timezone": period.timezone,
         "months": month_labels(period),
-        "complete": now >= period.end,
+        "complete": cutoff >= period.end,
     }
