@@ -88,7 +88,6 @@ TABLES: dict[str, tuple[bool, tuple[str, ...]]] = {
     "quality": (False, ("deviation_classes", "capa_required", "major_incident_classes")),
     "notify": (True, NOTIFY_KEYS),
 }
-RULE_KEYS = TABLES["rules"][1]
 
 #: Bounds of the numbers that steer evaluation: (lowest, highest, lowest allowed itself).
 #: A day is the longest interval a monitor may report at and still count as monitoring; a
@@ -611,15 +610,8 @@ def _parse_level(i: int, entry: dict, rooms: dict[str, RoomDef], monitors: set[s
 
 
 def _parse_rules(entry: dict, limit_set: LimitSet) -> RulesDef:
-    """``[rules]``: ``particle_rolling_volume_m3`` (default 1) and ``recovery_min`` (default 20)."""
-    unknown = sorted(set(entry) - set(RULE_KEYS))  # also checked with line numbers by _check_shape
-    if unknown:
-        raise FacilityFileError(
-            Reason(
-                f"[rules]: unknown key(s) {', '.join(unknown)}; known: {', '.join(RULE_KEYS)}",
-                f"[rules]：未知的键 {', '.join(unknown)}；可用的键：{', '.join(RULE_KEYS)}",
-            )
-        )
+    """``[rules]``: the rolling volume, its time bound and the recovery window (unknown keys
+    are refused before, with their line, by ``_check_shape``)."""
     volume = _num(entry, "particle_rolling_volume_m3", "[rules]")
     if volume is None:
         volume = DEFAULT_ROLLING_VOLUME_M3

@@ -18,6 +18,7 @@ from tracker.facility.inhibits import Inhibit, windows_by_monitor
 from tracker.facility.limits import (
     INVALID,
     OK,
+    STATES,
     Bounds,
     Level,
     MonitorLimits,
@@ -174,10 +175,7 @@ class MonitorEntry:
     def _rolls(self, channel: str, volume_l: float) -> bool:
         """Whether a single count rolls in any state of the channel: then a sample of a state
         that does not roll still marks the series (it ends the other state's window)."""
-        return any(
-            single_count_exceeds(self.limits.for_reading(channel, st), volume_l)
-            for st in ("at_rest", "in_operation")
-        )
+        return any(single_count_exceeds(self.limits.for_reading(channel, st), volume_l) for st in STATES)
 
 
 @dataclass(frozen=True)
