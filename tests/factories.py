@@ -81,34 +81,70 @@ PEOPLE = {
 }
 
 
-def add_person(engine, username: str, full_name: str, roles: list[str]) -> None:
-    """One more account, created by the admin and taken over by its owner (new password)."""
+def _grant_of(engine, username: str) -> int | None:
+    from sqlmodel import Session, select
+
+    from tracker.identity.users import RoleGrant, User
+
+    with Session(engine) as s:
+        user = s.exec(select(User).where(User.username == username)).one()
+        return s.exec(
+            select(RoleGrant.id).where(RoleGrant.user_id == user.id, RoleGrant.status == "pending")
+        ).first()
+
+
+def take_over(engine, username: str, *, witness: str = "qa1", approver: str = "qa1") -> None:
+    """What follows an admin creating an account with a signing role: QA (``approver``, another
+    person) approves the role with an e-signature, and the owner enrols a password of their own
+    before a witness from QA."""
     from tracker.core.db import unit_of_work
-    from tracker.identity.users import change_password, create_user, login
+    from tracker.identity.grants import approve_roles
+    from tracker.identity.users import enrol, login
+
+    grant = _grant_of(engine, username)
+    if grant is not None:
+        with unit_of_work(engine) as s:
+            approve_roles(s, signer=as_(engine, approver), grant_id=grant)
+    me = login(engine, username=username, password=TEMPORARY_PASSWORD)
+    with unit_of_work(engine) as s:
+        enrol(s, owner=me, witness=as_(engine, witness), new_password=PASSWORD)
+
+
+def add_person(engine, username: str, full_name: str, roles: list[str], *, person: str | None = None) -> None:
+    """One more account, created by the admin, its signing roles approved by QA, taken over by its
+    owner (a password of their own, enrolled before a QA witness). ``person``: the person the
+    account belongs to (default: a person of its own)."""
+    from tracker.core.db import unit_of_work
+    from tracker.identity.users import create_user
 
     with unit_of_work(engine) as s:
         create_user(
             s,
             username=username,
             full_name=full_name,
+            person=person or f"E-{username}",
             roles=roles,
             password=TEMPORARY_PASSWORD,
             actor=as_(engine, "admin"),
         )
-    me = login(engine, username=username, password=TEMPORARY_PASSWORD)
-    with unit_of_work(engine) as s:
-        change_password(s, actor=me, new_password=PASSWORD)
+    helper = "qa2" if person == "E-qa1" else "qa1"  # nobody approves or witnesses for themselves
+    take_over(engine, username, witness=helper, approver=helper)
 
 
 def make_people(engine) -> None:
-    """Create the first admin explicitly, then the others as that admin; each then replaces the
-    password the admin chose (a must before signing anything)."""
+    """Install the site's people as a real site would: the first admin explicitly; then the
+    others as that admin; the first QA account (qa1) approved by the admin and enrolled before
+    them at installation (the one bootstrap exception); every other signing role approved by
+    qa1 and every password enrolled by its owner before qa1."""
     from tracker.core.db import unit_of_work
-    from tracker.identity.users import change_password, create_user, login
+    from tracker.identity.grants import bootstrap_roles
+    from tracker.identity.users import create_user, enrol, login
 
     with unit_of_work(engine) as s:
         name, roles = PEOPLE["admin"]
-        create_user(s, username="admin", full_name=name, roles=roles, password=PASSWORD, actor=None)
+        create_user(
+            s, username="admin", full_name=name, person="E-admin", roles=roles, password=PASSWORD, actor=None
+        )
     admin = login(engine, username="admin", password=PASSWORD)
     with unit_of_work(engine) as s:
         for username, (name, roles) in PEOPLE.items():
@@ -117,15 +153,19 @@ def make_people(engine) -> None:
                     s,
                     username=username,
                     full_name=name,
+                    person=f"E-{username}",
                     roles=roles,
                     password=TEMPORARY_PASSWORD,
                     actor=admin,
                 )
+    with unit_of_work(engine) as s:
+        bootstrap_roles(s, admin=as_(engine, "admin"), grant_id=_grant_of(engine, "qa1"))
+    me = login(engine, username="qa1", password=TEMPORARY_PASSWORD)
+    with unit_of_work(engine) as s:
+        enrol(s, owner=me, witness=as_(engine, "admin"), new_password=PASSWORD)
     for username in PEOPLE:
-        if username != "admin":
-            me = login(engine, username=username, password=TEMPORARY_PASSWORD)
-            with unit_of_work(engine) as s:
-                change_password(s, actor=me, new_password=PASSWORD)
+        if username not in ("admin", "qa1"):
+            take_over(engine, username)
 
 
 def as_(engine, username: str):

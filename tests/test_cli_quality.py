@@ -29,6 +29,8 @@ def test_accounts_batch_and_signatures_from_the_command_line(facility_engine: En
         "admin",
         "--name",
         "Admin",
+        "--person",
+        "E-0",
         "--role",
         "admin",
         "--password-stdin",
@@ -36,18 +38,31 @@ def test_accounts_batch_and_signatures_from_the_command_line(facility_engine: En
         stdin=pw,
     )
     refused = run(
-        "user", "create", "x", "--name", "X", "--role", "qa", "--password-stdin", db_url=db_url, stdin=pw
+        "user",
+        "create",
+        "x",
+        "--name",
+        "X",
+        "--person",
+        "E-X",
+        "--role",
+        "qa",
+        "--password-stdin",
+        db_url=db_url,
+        stdin=pw,
     )
     assert refused.returncode == 2
     assert "log in as an admin" in refused.stderr
-    for name, roles in (("op1", ["operator"]), ("prod", ["production_head"]), ("qa1", ["qa"])):
+    for name, roles in (("qa1", ["qa"]), ("op1", ["operator"]), ("prod", ["production_head"])):
         role_args = [a for r in roles for a in ("--role", r)]
-        ok(
+        out = ok(
             "user",
             "create",
             name,
             "--name",
             f"Person {name}",
+            "--person",
+            f"E-{name}",
             *role_args,
             "--as",
             "admin",
@@ -55,22 +70,72 @@ def test_accounts_batch_and_signatures_from_the_command_line(facility_engine: En
             db_url=db_url,
             stdin=pw + TEMPORARY_PASSWORD + "\n",
         )
-        # the owner replaces the password the admin chose before it can sign anything
+        assert "awaiting QA" in out  # a signing role is asked for, not given
+    requests = {r["username"]: r["id"] for r in json.loads(ok("user", "requests", "--json", db_url=db_url))}
+    # installation: the admin approves the first QA account (nobody from QA exists yet) …
+    ok(
+        "user",
+        "bootstrap-qa",
+        str(requests["qa1"]),
+        "--as",
+        "admin",
+        "--password-stdin",
+        db_url=db_url,
+        stdin=pw,
+    )
+    # … whose owner enrols a password of their own before the admin as witness
+    ok(
+        "user",
+        "enrol",
+        "--as",
+        "qa1",
+        "--witness",
+        "admin",
+        "--password-stdin",
+        db_url=db_url,
+        stdin=TEMPORARY_PASSWORD + "\n" + pw + pw,
+    )
+    # from then on QA approves (signed) and witnesses; the admin can no longer do either
+    again = run(
+        "user",
+        "bootstrap-qa",
+        str(requests["op1"]),
+        "--as",
+        "admin",
+        "--password-stdin",
+        db_url=db_url,
+        stdin=pw,
+    )
+    assert again.returncode != 0
+    assert "first QA account" in again.stderr
+    for name in ("op1", "prod"):
         ok(
             "user",
-            "passwd",
+            "approve-roles",
+            str(requests[name]),
             "--as",
-            name,
+            "qa1",
             "--password-stdin",
             db_url=db_url,
-            stdin=TEMPORARY_PASSWORD + "\n" + pw,
+            stdin=pw,
+        )
+        ok(
+            "user",
+            "enrol",
+            "--as",
+            name,
+            "--witness",
+            "qa1",
+            "--password-stdin",
+            db_url=db_url,
+            stdin=TEMPORARY_PASSWORD + "\n" + pw + pw,
         )
     users = json.loads(ok("user", "list", "--json", db_url=db_url))
-    assert [(u["username"], u["roles"]) for u in users] == [
-        ("admin", "admin"),
-        ("op1", "operator"),
-        ("prod", "production_head"),
-        ("qa1", "qa"),
+    assert [(u["username"], u["person"], u["roles"], u["enrolled"]) for u in users] == [
+        ("admin", "E-0", "admin", False),
+        ("op1", "E-op1", "operator", True),
+        ("prod", "E-prod", "production_head", True),
+        ("qa1", "E-qa1", "qa", True),
     ]
 
     ok(
@@ -144,14 +209,15 @@ def test_accounts_batch_and_signatures_from_the_command_line(facility_engine: En
     assert "生产负责人已签" in human
     assert "签名有效" in human
 
-    assert "signatures: 2 intact, 0 broken" in ok("audit", "verify", db_url=db_url)
+    # the batch's two and the two role approvals (op1, prod)
+    assert "signatures: 4 intact, 0 broken" in ok("audit", "verify", db_url=db_url)
     with facility_engine.begin() as conn:  # behind the application's back
         conn.execute(text("UPDATE process_step SET open_processing = :no"), {"no": False})
     tampered = run("audit", "verify", db_url=db_url)
     assert tampered.returncode == 1
     assert "audit chain intact" in tampered.stdout
-    assert "signature 2 BROKEN (batch CT-9, approved by prod)" in tampered.stdout.replace("\n", " ")
-    assert "signature 1 BROKEN (process_step" in tampered.stdout
+    assert "signature 4 BROKEN (batch CT-9, approved by prod)" in tampered.stdout.replace("\n", " ")
+    assert "signature 3 BROKEN (process_step" in tampered.stdout
     review = run("batch", "review", "CT-9", "--as", "qa1", "--password-stdin", db_url=db_url, stdin=pw)
     assert review.returncode == 2
     assert "QA review of batch CT-9 refused" in review.stderr

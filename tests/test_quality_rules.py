@@ -75,12 +75,32 @@ def test_first_admin_is_explicit_and_roles_keep_duties_apart(facility_engine: En
     engine = facility_engine
     with unit_of_work(engine) as s:
         with pytest.raises(InvalidInputError, match="first account must be an admin"):
-            create_user(s, username="qa1", full_name="QA", roles=["qa"], password=PASSWORD, actor=None)
+            create_user(
+                s, username="qa1", full_name="QA", person="E1", roles=["qa"], password=PASSWORD, actor=None
+            )
         with pytest.raises(InvalidInputError, match="at least 12 characters"):
-            create_user(s, username="admin", full_name="Admin", roles=["admin"], password="short", actor=None)
-        create_user(s, username="admin", full_name="Admin", roles=["admin"], password=PASSWORD, actor=None)
+            create_user(
+                s,
+                username="admin",
+                full_name="Admin",
+                person="E0",
+                roles=["admin"],
+                password="short",
+                actor=None,
+            )
+        create_user(
+            s,
+            username="admin",
+            full_name="Admin",
+            person="E0",
+            roles=["admin"],
+            password=PASSWORD,
+            actor=None,
+        )
     with unit_of_work(engine) as s, pytest.raises(PermissionDeniedError, match="log in as an admin"):
-        create_user(s, username="qa1", full_name="QA", roles=["qa"], password=PASSWORD, actor=None)
+        create_user(
+            s, username="qa1", full_name="QA", person="E1", roles=["qa"], password=PASSWORD, actor=None
+        )
     admin = login(engine, username="admin", password=PASSWORD)
     with unit_of_work(engine) as s:
         with pytest.raises(PermissionDeniedError, match=r"Art\. 20"):
@@ -88,18 +108,33 @@ def test_first_admin_is_explicit_and_roles_keep_duties_apart(facility_engine: En
                 s,
                 username="boss",
                 full_name="Boss",
+                person="E2",
                 roles=["production_head", "qa"],
                 password=PASSWORD,
                 actor=admin,
             )
         with pytest.raises(PermissionDeniedError, match="no GMP signing role"):
             create_user(
-                s, username="root2", full_name="Root", roles=["admin", "qp"], password=PASSWORD, actor=admin
+                s,
+                username="root2",
+                full_name="Root",
+                person="E3",
+                roles=["admin", "qp"],
+                password=PASSWORD,
+                actor=admin,
             )
         create_user(
-            s, username="qaqp", full_name="QA and QP", roles=["qa", "qp"], password=PASSWORD, actor=admin
+            s,
+            username="qaqp",
+            full_name="QA and QP",
+            person="E4",
+            roles=["qa", "qp"],
+            password=PASSWORD,
+            actor=admin,
         )  # Art. 20: QA head and QP may be combined
-        qa = create_user(s, username="qa1", full_name="QA", roles=["qa"], password=PASSWORD, actor=admin)
+        qa = create_user(
+            s, username="qa1", full_name="QA", person="E1", roles=["qa"], password=PASSWORD, actor=admin
+        )
         assert qa.password_hash.startswith("$argon2id$")
         assert PASSWORD not in qa.password_hash
 
@@ -321,7 +356,7 @@ def test_a_change_of_facility_limits_needs_qa_approval_by_signature(people_engin
     with unit_of_work(engine) as s:
         result = load_facility(s, parse_facility(TIGHTER), actor="admin", approver=as_(engine, "qa1"))
         assert result.revision == 2
-        (check,) = all_signature_checks(s)
+        (check,) = [c for c in all_signature_checks(s) if c.signature.entity == "site"]
         assert (check.intact, check.signature.scope, check.signature.username) == (
             True,
             "facility_limits:2",
@@ -332,12 +367,17 @@ def test_a_change_of_facility_limits_needs_qa_approval_by_signature(people_engin
         load_facility(s, parse_facility(TIGHTER.replace("准备间", "准备间二")), actor="admin")
         s.exec(text("UPDATE facility_limit SET alert_low = 12.5 WHERE revision = 2 AND alert_low = 13.0"))
     with unit_of_work(engine) as s:
-        (check,) = all_signature_checks(s)
+        (check,) = [c for c in all_signature_checks(s) if c.signature.entity == "site"]
         assert (check.intact, check.problem) == (False, "the record changed after it was signed")
 
 
-def test_a_password_an_admin_set_cannot_sign_until_its_owner_replaces_it(people_engine: Engine) -> None:
-    from tracker.identity.users import change_password, set_password
+def test_a_password_an_admin_set_cannot_sign_until_its_owner_enrols_one_before_a_witness(
+    people_engine: Engine,
+) -> None:
+    """Issue 15 item 3 (was: replacing the admin's password was enough to sign). An admin resets
+    prod's password, logs in as prod, replaces it: still no GMP work and no signature, until the
+    owner enrols a password before a QA witness."""
+    from tracker.identity.users import change_password, enrol, set_password
 
     engine = people_engine
     finished_batch(engine, end=T0 + minutes(30))
@@ -350,11 +390,16 @@ def test_a_password_an_admin_set_cannot_sign_until_its_owner_replaces_it(people_
             reason="forgotten password, ticket 42",
         )
     prod = login(engine, username="prod", password="chosen by the admin")
-    with unit_of_work(engine) as s, pytest.raises(AuthenticationError, match="must first replace"):
+    with unit_of_work(engine) as s, pytest.raises(PermissionDeniedError, match="no password enrolled"):
         sign_production(s, signer=prod, batch=get_batch(s, "CT-1"))
     with unit_of_work(engine) as s:
         change_password(s, actor=prod, new_password="a secret nobody else knows")
     prod = login(engine, username="prod", password="a secret nobody else knows")
+    with unit_of_work(engine) as s, pytest.raises(PermissionDeniedError, match="no password enrolled"):
+        sign_production(s, signer=prod, batch=get_batch(s, "CT-1"))
+    with unit_of_work(engine) as s:
+        enrol(s, owner=prod, witness=as_(engine, "qa2"), new_password="mine, set before a witness")
+    prod = login(engine, username="prod", password="mine, set before a witness")
     with unit_of_work(engine) as s:
         assert sign_production(s, signer=prod, batch=get_batch(s, "CT-1")).status == "production_signed"
 

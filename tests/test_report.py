@@ -364,7 +364,9 @@ def build_year(engine: Engine) -> dict:
         dv.justify_no_capa(
             s, actor=qa("qa1", utc(2025, 4, 12)), dev=d, justification="one-off", now=utc(2025, 4, 12)
         )
-        dv.close_deviation(s, signer=qa("qa1", utc(2025, 4, 12)), dev=d, now=utc(2025, 4, 12))
+        dv.close_deviation(
+            s, signer=qa("qa2", utc(2025, 4, 12)), dev=d, now=utc(2025, 4, 12)
+        )  # not the author
     with unit_of_work(engine) as s:  # DEV-2025-0002: critical, from the BSC excursion, closed in 10 days
         when = utc(2025, 9, 5, 5)  # 3 h after the excursion began (the link decision came first)
         d = dv.open_deviation(
@@ -422,7 +424,7 @@ def build_year(engine: Engine) -> dict:
             outcome="replaced",
             now=utc(2025, 9, 10),
         )
-        dv.close_deviation(s, signer=qa("qa1", utc(2025, 9, 15, 5)), dev=d, now=utc(2025, 9, 15, 5))
+        dv.close_deviation(s, signer=qa("qa2", utc(2025, 9, 15, 5)), dev=d, now=utc(2025, 9, 15, 5))
         dv.complete_capa(
             s, actor=at(engine, "prod", utc(2025, 11, 1)), capa_id=c2.id, outcome="done", now=utc(2025, 11, 1)
         )

@@ -26,6 +26,7 @@ FILL = {
     "step_id": "999999",
     "proposal_id": "999999",
     "token_id": "999999",
+    "grant_id": "999999",
     "number": "NO-SUCH",
     "code": "NO-SUCH",
     "username": "nobody",

@@ -140,7 +140,10 @@ def test_a_deviation_goes_from_open_to_closed_through_the_api(web_app, web_engin
     Api(web_app, "op2").post(f"/capa/{capa['id']}/done", {"outcome": "x"}, status=403)  # not the owner
     done = op1.post(f"/capa/{capa['id']}/done", {"outcome": "height marked on every BSC"})
     assert (done["status"], done["deviation"]) == ("done", number)
-    closed = qa1.post(f"/deviations/{number}/close", {"password": PASSWORD})
+    # issue 15: qa1 wrote the root cause and the impact assessment, so another QA person closes
+    refused = qa1.post(f"/deviations/{number}/close", {"password": PASSWORD}, status=403)
+    assert "wrote or owns part" in refused["detail"]
+    closed = qa2.post(f"/deviations/{number}/close", {"password": PASSWORD})
     assert closed["status"] == "closed"
     assert closed["closed_at"]
     # effectiveness: QA, never the owner; later than the closure (Art. 253)

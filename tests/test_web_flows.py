@@ -4,6 +4,7 @@ admin whose owner must choose a password first; an inhibited room on the dashboa
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 
 from sqlalchemy import Engine
@@ -13,6 +14,7 @@ from tests.web_helpers import browser, csrf_of
 from tracker.core.db import unit_of_work
 from tracker.facility.inhibits import add_inhibit
 from tracker.identity import signatures
+from tracker.identity.users import get_user
 from tracker.quality.batches.steps import get_batch, steps_of
 
 
@@ -63,7 +65,7 @@ def test_operator_records_a_batch_and_signs_the_step(web_app, web_engine: Engine
     )
 
 
-def test_admin_creates_an_account_whose_owner_must_choose_the_password(web_app) -> None:
+def test_admin_creates_an_account_whose_owner_must_choose_the_password(web_app, web_engine: Engine) -> None:
     admin, token = browser(web_app, "admin")
     r = admin.post(
         "/users",
@@ -71,6 +73,7 @@ def test_admin_creates_an_account_whose_owner_must_choose_the_password(web_app) 
             "csrf_token": token,
             "username": "qa.new",
             "full_name": "QA 新人 New",
+            "person": "E-9001",
             "roles": ["qa"],
             "password": "temporary password 123",
         },
@@ -84,12 +87,24 @@ def test_admin_creates_an_account_whose_owner_must_choose_the_password(web_app) 
             "csrf_token": token,
             "username": "both",
             "full_name": "Both",
+            "person": "E-9002",
             "roles": ["qa", "production_head"],
             "password": "temporary password 123",
         },
         headers={"referer": "http://testserver/users"},
     )
     assert "不能由同一人兼任" in admin.get("/users").text
+
+    # the QA role is asked for, not given: another person from QA approves it, signed
+    assert "待 QA 批准" in admin.get("/users").text
+    qa, qa_token = browser(web_app, "qa1")
+    page = qa.get("/access").text
+    assert "qa.new" in page
+    assert "E-9001" in page
+    grant = re.search(r'action="/access/(\d+)/approve"', page).group(1)
+    r = qa.post(f"/access/{grant}/approve", data={"csrf_token": qa_token, "password": PASSWORD})
+    assert r.status_code == 303
+    assert "qa.new" not in qa.get("/access").text
 
     new, _ = browser(web_app)
     token = csrf_of(new.get("/login").text)
@@ -102,10 +117,20 @@ def test_admin_creates_an_account_whose_owner_must_choose_the_password(web_app) 
     mine = "my very own passphrase"
     r = new.post(
         "/account/password",
-        data={"csrf_token": token, "current": "temporary password 123", "new": mine, "confirm": mine},
+        data={
+            "csrf_token": token,
+            "current": "temporary password 123",
+            "new": mine,
+            "confirm": mine,
+            "witness": "qa1",
+            "witness_password": PASSWORD,
+        },
     )
     assert r.headers["location"] == "/"
     assert new.get("/excursions").status_code == 200
+    with unit_of_work(web_engine) as s:
+        user = get_user(s, "qa.new")
+        assert (user.roles, user.enrolled_witness) == ("qa", "qa1")
 
 
 def test_an_inhibited_room_shows_as_inhibited_on_the_dashboard(web_app, web_engine: Engine) -> None:

@@ -34,6 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SERVICE_MODULES = [
     "tracker/identity/users.py",
     "tracker/identity/signatures.py",
+    "tracker/identity/grants.py",
     "tracker/quality/deviations.py",
     "tracker/monitoring/proposals.py",
     "tracker/monitoring/excursions.py",
@@ -227,6 +228,7 @@ def refusals(scene: dict) -> list[tuple[str, str, str, dict, str]]:
             {
                 "username": "both",
                 "full_name": "B",
+                "person": "E-both",
                 "roles": ["qa", "production_head"],
                 "password": "temporary password 123",
             },

@@ -15,7 +15,7 @@ from tracker.facility.roomstate import OperationPeriod, RoomStateChange
 from tracker.identity.sessions import WebSessionRow
 from tracker.identity.signatures import Signature
 from tracker.identity.tokens import ApiToken
-from tracker.identity.users import User
+from tracker.identity.users import RoleGrant, User
 from tracker.monitoring.excursions import Excursion
 from tracker.monitoring.ingest_state import IngestState
 from tracker.monitoring.outbox import NotificationAttempt, NotificationOutbox
@@ -24,7 +24,13 @@ from tracker.monitoring.quarantine import QuarantinedMessage
 from tracker.monitoring.readings import MonitorStatusEvent, RawMessage, Reading, ReadingVerdict
 from tracker.monitoring.rollups import RollupHourly
 from tracker.quality.batches.models import Batch, ExcursionLink, ProcessStep, ReviewAssessment
-from tracker.quality.deviations import CapaAction, Deviation, DeviationBatch, DeviationExcursion
+from tracker.quality.deviations import (
+    CapaAction,
+    Deviation,
+    DeviationAuthor,
+    DeviationBatch,
+    DeviationExcursion,
+)
 
 metadata = SQLModel.metadata
 
@@ -34,6 +40,7 @@ __all__ = [
     "Batch",
     "CapaAction",
     "Deviation",
+    "DeviationAuthor",
     "DeviationBatch",
     "DeviationExcursion",
     "EvaluationBasis",
@@ -56,6 +63,7 @@ __all__ = [
     "Reading",
     "ReadingVerdict",
     "ReviewAssessment",
+    "RoleGrant",
     "RollupHourly",
     "Room",
     "RoomStateChange",

@@ -65,6 +65,9 @@ def _at(text: str | None):
 def user_create(
     username: str,
     name: Annotated[str, typer.Option("--name", help="full name, printed with every signature")],
+    person: Annotated[
+        str, typer.Option("--person", help="the person's identifier (employee number); one person, one id")
+    ],
     role: Annotated[
         list[str], typer.Option("--role", help="operator, production_head, qa, qp, admin, viewer (repeat)")
     ],
@@ -75,14 +78,28 @@ def user_create(
     password_stdin: PwStdin = False,
     db: DbOpt = None,
 ) -> None:
-    """Create an account. The first account is an admin created explicitly; there is no default."""
+    """Create an account. The first account is an admin created explicitly; there is no default.
+    Signing roles wait for QA's approval (tracker user approve-roles)."""
     from tracker.identity.users import create_user
 
     actor = _login(db, as_, password_stdin) if as_ else None
     password = _password(f"{t('password')} ({username}, new)", password_stdin, env=False, confirm=True)
     with unit_of_work(engine_for(db)) as session:
-        create_user(session, username=username, full_name=name, roles=role, password=password, actor=actor)
-    console.print(f"{t('user')} {username} ({', '.join(t(r) for r in role)})")
+        user = create_user(
+            session,
+            username=username,
+            full_name=name,
+            person=person,
+            roles=role,
+            password=password,
+            actor=actor,
+        )
+        in_force = user.roles
+    asked = sorted(set(role) - set(in_force.split(",")))
+    console.print(
+        f"{t('user')} {username} ({', '.join(t(r) for r in in_force.split(',') if r) or '-'})"
+        + (f"; {t('awaiting_qa')}: {', '.join(t(r) for r in asked)}" if asked else "")
+    )
 
 
 @user_app.command("list")
@@ -168,6 +185,68 @@ def user_roles(
     from tracker.identity.users import set_roles
 
     _admin_change(set_roles, username, as_, password_stdin, db, roles=role, reason=reason)
+
+
+@user_app.command("requests")
+def user_requests(json_out: JsonOpt = False, db: DbOpt = None) -> None:
+    """Signing roles asked for by an admin and awaiting QA's approval."""
+    from tracker.identity.grants import role_requests
+
+    with unit_of_work(engine_for(db)) as session:
+        rows = role_requests(session)
+    if json_out:
+        print_json(rows)
+        return
+    for r in rows:
+        console.print(
+            f"{r['id']}: {r['username']} ({r['full_name']}, {r['person']}) → {r['roles']} "
+            f"· {r['requested_by']} · {r['reason']}"
+        )
+
+
+@user_app.command("approve-roles")
+def user_approve_roles(
+    grant: int, as_: AsOpt, comment: CommentOpt = None, password_stdin: PwStdin = False, db: DbOpt = None
+) -> None:
+    """QA approves a role request with an e-signature (another person than who asked and who gets it)."""
+    from tracker.identity.grants import approve_roles
+
+    signer = _login(db, as_, password_stdin, signing=True)
+    with unit_of_work(engine_for(db)) as session:
+        user = approve_roles(session, signer=signer, grant_id=grant, comment=comment)
+        roles = user.roles
+    console.print(f"{t('user')}: {roles}")
+
+
+@user_app.command("bootstrap-qa")
+def user_bootstrap_qa(grant: int, as_: AsOpt, password_stdin: PwStdin = False, db: DbOpt = None) -> None:
+    """At installation only: an admin approves the site's first QA account (nobody from QA exists yet)."""
+    from tracker.identity.grants import bootstrap_roles
+
+    admin = _login(db, as_, password_stdin)
+    with unit_of_work(engine_for(db)) as session:
+        user = bootstrap_roles(session, admin=admin, grant_id=grant)
+        roles = user.roles
+    console.print(f"{t('user')}: {roles}")
+
+
+@user_app.command("enrol")
+def user_enrol(
+    as_: AsOpt,
+    witness: Annotated[str, typer.Option("--witness", help="a QA person who confirms who you are")],
+    password_stdin: PwStdin = False,
+    db: DbOpt = None,
+) -> None:
+    """Set your own password before a witness: from then on you may sign and record GMP work.
+    Asks (or reads from stdin, one a line) your current password, the witness's, then the new one."""
+    from tracker.identity.users import enrol
+
+    owner = _login(db, as_, password_stdin, signing=True)
+    seen = _login(db, witness, password_stdin, signing=True)
+    new = _password(f"{t('password')} (new)", password_stdin, env=False, confirm=True)
+    with unit_of_work(engine_for(db)) as session:
+        enrol(session, owner=owner, witness=seen, new_password=new)
+    console.print(f"{as_}: {t('enrolled')} ({witness})")
 
 
 @user_app.command("reset-password")

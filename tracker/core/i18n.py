@@ -137,6 +137,8 @@ MESSAGES: dict[str, tuple[str, str]] = {
     "signatures": ("电子签名", "E-signatures"),
     "signature_broken": ("签名失效", "signature BROKEN"),
     "signature_intact": ("签名有效", "signature intact"),
+    "awaiting_qa": ("待 QA 批准", "awaiting QA's approval"),
+    "enrolled": ("已在见证下登记密码", "password enrolled before a witness"),
     "in_progress": ("生产中", "in progress"),
     "completed": ("生产完成", "completed"),
     "production_signed": ("生产负责人已签", "production signed"),

@@ -87,6 +87,7 @@ TABLES: dict[str, tuple[bool, tuple[str, ...]]] = {
     ),
     "quality": (False, ("deviation_classes", "capa_required", "major_incident_classes")),
     "notify": (True, NOTIFY_KEYS),
+    "separation": (False, ("qa_reviewer_may_release",)),
 }
 
 #: Bounds of the numbers that steer evaluation: (lowest, highest, lowest allowed itself).
@@ -140,6 +141,20 @@ class RulesDef:
 
 
 @dataclass(frozen=True)
+class SeparationDef:
+    """``[separation]``: the separation-of-duties policy where the regulation leaves a choice.
+
+    Fixed whatever the file says (GMP 2010 Art. 20, 25): the production head is never the QA
+    reviewer or the QP releaser of the same batch, nobody reviews a batch they performed a step
+    of, nobody approves or closes a deviation they wrote part of or own a CAPA action of. A
+    site where the QA head is also the QP (Art. 20: 可以兼任) says so with
+    ``qa_reviewer_may_release = true``; by default the QA reviewer and the QP are two persons.
+    """
+
+    qa_reviewer_may_release: bool = False
+
+
+@dataclass(frozen=True)
 class FacilityDef:
     code: str
     name: str
@@ -157,6 +172,8 @@ class FacilityDef:
     #: the language of messages to people (``[site] language``) and the link base for them
     language: str = "zh-CN"
     base_url: str = ""
+    #: ``[separation]``: which separations of duties the site relaxes (none by default)
+    separation: SeparationDef = field(default_factory=SeparationDef)
     #: things a reviewer should see that do not stop the load (not part of the digest)
     warnings: tuple[Reason, ...] = field(default=(), compare=False)
 
@@ -720,6 +737,19 @@ def _language(site: dict) -> str:
     return language
 
 
+def _parse_separation(entry: dict) -> SeparationDef:
+    """``[separation]``: booleans only, each default the strict choice."""
+    for key, value in entry.items():
+        if not isinstance(value, bool):
+            raise FacilityFileError(
+                Reason(
+                    f"[separation]: '{key}' must be true or false, got {value!r}",
+                    f"[separation]：'{key}' 须为 true 或 false，实际为 {value!r}",
+                )
+            )
+    return SeparationDef(**entry)
+
+
 def parse_facility(text: str, *, source: str = "facility file") -> FacilityDef:
     """Parse and validate a facility file; every refusal names the entry and the rule."""
     try:
@@ -754,6 +784,7 @@ def parse_facility(text: str, *, source: str = "facility file") -> FacilityDef:
         notify=parse_rules(data.get("notify", []), set(room_by_code)),
         language=_language(site),
         base_url=str(site.get("base_url", "")).rstrip("/"),
+        separation=_parse_separation(data.get("separation") or {}),
         warnings=tuple(warnings),
     )
     # Resolve every monitor's limits now, so a looser-than-regulation level is refused at load.

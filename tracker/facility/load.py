@@ -128,7 +128,7 @@ def limits_content(session: Session, site: Site, revision: int) -> dict:
 
 #: What a facility file decides about evaluation beyond the levels: changing one of these for
 #: a room or monitor that stays, or a ``[rules]`` value, changes what counts as an excursion and
-#: needs QA's e-signed approval (GMP 2010 Art. 161, 163; 计算机化系统附录 on changes to
+#: a ``[separation]`` value what a release needs; either needs QA's e-signed approval (GMP 2010 Art. 161, 163; 计算机化系统附录 on changes to
 #: critical data; regulatory.md §9). Adding or deactivating a room or monitor is audited.
 ROOM_EVALUATION = ("grade", "background")
 MONITOR_EVALUATION = (
@@ -166,6 +166,7 @@ def evaluation_view(session: Session, site: Site) -> dict:
         },
         "compliance": compliance_of(session, site).as_dict(),
         "notify": notify_settings_of(session, site),
+        "separation": {"qa_reviewer_may_release": site.qa_reviewer_may_release},
         "rooms": {
             r.code: {"grade": r.grade, "background": code.get(r.background_id)} for r in rooms.values()
         },
@@ -196,6 +197,7 @@ def file_evaluation_view(facility: FacilityDef) -> dict:
         },
         "compliance": facility.compliance.as_dict(),
         "notify": file_notify_settings(facility),
+        "separation": {"qa_reviewer_may_release": facility.separation.qa_reviewer_may_release},
         "rooms": {r.code: {"grade": r.grade, "background": r.background} for r in facility.rooms},
         "monitors": {
             m.code: {
@@ -258,6 +260,12 @@ def evaluation_changes(before: dict, after: dict) -> list[str]:
         if before["compliance"][key] != value
     ]
     changes += notify_changes(before.get("notify") or {}, after.get("notify") or {})
+    was = before.get("separation", {})
+    changes += [
+        f"[separation] {key}: {str(was.get(key, False)).lower()} → {str(value).lower()}"
+        for key, value in after.get("separation", {}).items()
+        if was.get(key, False) != value
+    ]
     for table, label in (("rooms", "room"), ("monitors", "monitor")):
         for code, values in after[table].items():
             old = before[table].get(code)
@@ -317,8 +325,13 @@ def _require_approval(
     if not (limits_change or changes):
         return
     if approver is None:
-        what_en = "the limits" if limits_change else "how readings are judged"
-        what_zh = "限度" if limits_change else "读数的判定依据"
+        policy = all(c.startswith("[separation]") for c in changes)
+        what_en = (
+            "the limits"
+            if limits_change
+            else ("the separation-of-duties policy" if policy else "how readings are judged")
+        )
+        what_zh = "限度" if limits_change else ("职责分离规定" if policy else "读数的判定依据")
         listed = "; ".join(changes[:5]) + (f"; … ({len(changes)} in all)" if len(changes) > 5 else "")
         detail = f" ({listed})" if changes else ""
         raise PermissionDeniedError(
@@ -418,6 +431,7 @@ def _apply_site(
     site.rolling_volume_m3 = facility.rules.rolling_volume_m3
     site.recovery_s = facility.rules.recovery_s
     site.rolling_window_s = facility.rules.rolling_window_s
+    site.qa_reviewer_may_release = facility.separation.qa_reviewer_may_release
     site.updated_at = now
     session.add(site)
     session.flush()

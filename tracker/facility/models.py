@@ -57,6 +57,9 @@ class Site(SQLModel, table=True):
     recovery_s: float = DEFAULT_RECOVERY_S
     #: the rolling window's time bound (seconds): ``[rules] particle_window_max_min``
     rolling_window_s: float = DEFAULT_ROLLING_WINDOW_S
+    #: ``[separation] qa_reviewer_may_release``: the QA reviewer of a batch may also release it
+    #: as QP (GMP 2010 Art. 20 allows the QA head to be the QP); off unless the file says so
+    qa_reviewer_may_release: bool = False
     updated_at: datetime = Field(sa_type=UTCDateTime, nullable=False)
 
 

@@ -54,7 +54,7 @@ from tracker.facility.limits import STATES
 from tracker.facility.load import limits_content
 from tracker.facility.models import FacilityLimit, Monitor, Room, Site, find_room
 from tracker.identity import signatures
-from tracker.identity.users import Authenticated, require_role
+from tracker.identity.users import Authenticated, person_of, require_role
 from tracker.monitoring.readings import Reading
 
 SUPPORTED = {"particles": "high", "pressure": "low"}
@@ -402,7 +402,7 @@ def approve(
 
     require_role(signer, "qa", action=Reason("approving alert and action levels", "批准警戒和纠偏限度"))
     p = _proposal(session, proposal_id)
-    if signer.username == p.proposed_by:
+    if signer.who == person_of(session, p.proposed_by):
         raise PermissionDeniedError(
             Reason(
                 "another QA person approves a proposal than the one who made it "

@@ -128,7 +128,7 @@ def change_room_state(
     _needs_qa(backdated, [], approver, policy)
     if approver is not None:
         require_role(approver, "qa", action=Reason("approving a room-state change", "批准房间状态变更"))
-        if approver.username == by.username:
+        if approver.who == by.who:
             raise PermissionDeniedError(
                 Reason(
                     "the approver must be another person than the one recording the change",

@@ -42,7 +42,7 @@ from tracker.core.timeutil import iso_utc, utcnow
 from tracker.facility.models import Monitor, Room, Site
 from tracker.facility.policy import Compliance, compliance_of
 from tracker.identity import signatures
-from tracker.identity.users import Authenticated, get_user, require_role
+from tracker.identity.users import Authenticated, get_user, person_of, require_role
 from tracker.monitoring.excursions import Excursion, ExcursionDoc
 from tracker.monitoring.excursions import to_json as excursion_json
 
@@ -98,6 +98,22 @@ class DeviationBatch(SQLModel, table=True):
     assessment: str | None = Field(default=None, sa_column=Column(Text))
     assessed_by: str | None = Field(default=None, max_length=60)
     assessed_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+
+
+class DeviationAuthor(SQLModel, table=True):
+    """Each person who wrote part of a deviation's investigation (its root cause, an impact
+    assessment): every contributor, not only the last writer, so nobody who wrote any of it
+    approves or closes it."""
+
+    __tablename__ = "deviation_author"
+    __table_args__ = (UniqueConstraint("deviation_id", "part", "username"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    deviation_id: int = Field(foreign_key="deviation.id", index=True)
+    part: str = Field(max_length=40)  # root_cause | impact:<batch id>
+    username: str = Field(max_length=60)
+    person: str = Field(max_length=60)
+    at: datetime = Field(sa_type=UTCDateTime, nullable=False)
 
 
 class CapaAction(SQLModel, table=True):
@@ -354,6 +370,7 @@ def update_deviation(
         setattr(dev, name, value.strip() if isinstance(value, str) else value)
     if "root_cause" in fields:
         dev.root_cause_by = actor.username
+        _authored(session, dev, "root_cause", actor, now)
     dev.updated_at = now
     session.add(dev)
     audit.record(
@@ -430,6 +447,7 @@ def assess_impact(
     link.impact, link.assessment = impact, assessment.strip()
     link.assessed_by, link.assessed_at = actor.username, now
     session.add(link)
+    _authored(session, dev, f"impact:{batch_id}", actor, now)
     audit.record(
         session,
         actor=actor.username,
@@ -441,6 +459,36 @@ def assess_impact(
         at=now,
     )
     return link
+
+
+def _authored(session: Session, dev: Deviation, part: str, actor: Authenticated, now: datetime) -> None:
+    """Remember that ``actor`` wrote ``part`` (once per person and part)."""
+    known = session.exec(
+        select(DeviationAuthor.id).where(
+            DeviationAuthor.deviation_id == dev.id,
+            DeviationAuthor.part == part,
+            DeviationAuthor.username == actor.username,
+        )
+    ).first()
+    if known is None:
+        session.add(
+            DeviationAuthor(deviation_id=dev.id, part=part, username=actor.username, person=actor.who, at=now)
+        )
+        session.flush()
+
+
+def authors(session: Session, dev: Deviation) -> dict[str, set[str]]:
+    """Person → the parts of the investigation they wrote (the stored last writers included, for
+    records from before every contributor was kept)."""
+    found: dict[str, set[str]] = {}
+    for row in session.exec(select(DeviationAuthor).where(DeviationAuthor.deviation_id == dev.id)):
+        found.setdefault(row.person, set()).add(row.part)
+    if dev.root_cause_by:
+        found.setdefault(person_of(session, dev.root_cause_by), set()).add("root_cause")
+    for link in batch_links(session, dev):
+        if link.assessed_by:
+            found.setdefault(person_of(session, link.assessed_by), set()).add(f"impact:{link.batch_id}")
+    return found
 
 
 def investigation_content(session: Session, dev: Deviation) -> dict:
@@ -516,8 +564,7 @@ def approve_investigation(
             ),
             missing,
         )
-    authors = {dev.root_cause_by} | {b.assessed_by for b in batch_links(session, dev)}
-    if signer.username in authors:
+    if signer.who in authors(session, dev):
         raise PermissionDeniedError(
             Reason(
                 f"{signer.username} wrote part of the investigation of {dev.number}; "
@@ -665,7 +712,7 @@ def check_effectiveness(
     work). An ineffective action stays on record; a new action follows it."""
     require_role(actor, "qa", action=Reason("checking CAPA effectiveness", "检查纠正预防措施的有效性"))
     action, dev = _capa(session, capa_id)
-    if actor.username == action.owner:
+    if actor.who == person_of(session, action.owner):
         raise PermissionDeniedError(
             Reason(
                 "the owner of a CAPA action cannot check its effectiveness",
@@ -769,6 +816,7 @@ def close_deviation(
         raise ConflictError(
             Reason(f"{dev.number} cannot be closed", f"偏差 {dev.number} 尚不能关闭"), missing
         )
+    _closer_is_independent(session, dev, signer)
     now = now or utcnow()
     signatures.sign(
         session,
@@ -795,6 +843,24 @@ def close_deviation(
         at=now,
     )
     return dev
+
+
+def _closer_is_independent(session: Session, dev: Deviation, signer: Authenticated) -> None:
+    """The closer wrote no part of the investigation and owns no CAPA action of it (compared
+    by person: a second account of the same person is the same person)."""
+    written = authors(session, dev).get(signer.who, set())
+    owned = [c.id for c in capa_actions(session, dev) if person_of(session, c.owner) == signer.who]
+    if not written and not owned:
+        return
+    parts = sorted(written) + [f"CAPA {i}" for i in owned]
+    raise PermissionDeniedError(
+        Reason(
+            f"{signer.username} wrote or owns part of {dev.number} ({', '.join(parts)}); another QA person "
+            "closes it (nobody checks their own entry)",
+            f"{signer.username} 撰写或负责了偏差 {dev.number} 的部分内容（{', '.join(parts)}）；"
+            "须由另一位 QA 人员关闭（任何人不得审核自己的记录）",
+        )
+    )
 
 
 def signature_checks(session: Session, dev: Deviation) -> list[signatures.SignatureCheck]:

@@ -26,7 +26,7 @@ from tracker.core.errors import ConflictError, InvalidInputError, NotFoundError,
 from tracker.core.timeutil import iso_utc
 from tracker.facility.models import Site
 from tracker.identity import signatures
-from tracker.identity.users import Authenticated, require_role
+from tracker.identity.users import Authenticated, User, require_role
 from tracker.reports.annual.document import (
     INCIDENTS_SCOPE,
     REPORT_ENTITY,
@@ -147,7 +147,8 @@ def approve(
             )
         )
     last = prepared[-1]
-    if last.user_id == signer.user_id:
+    preparer = session.get(User, last.user_id)
+    if last.user_id == signer.user_id or (preparer is not None and preparer.person == signer.who):
         raise PermissionDeniedError(
             Reason(
                 "the report is approved by someone other than who prepared it",

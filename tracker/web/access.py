@@ -75,6 +75,8 @@ ACCESS: dict[str, frozenset[str]] = {
     "POST /users/{username}/deactivate": ADMIN,
     "POST /users/{username}/roles": ADMIN,
     "POST /users/{username}/reset-password": ADMIN,
+    "GET /access": QA,
+    "POST /access/{grant_id}/approve": QA,
     # --- OpenAPI ------------------------------------------------------------------------------
     "GET /openapi.json": PUBLIC,
     "GET /docs": PUBLIC,

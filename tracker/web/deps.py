@@ -51,10 +51,22 @@ class Principal:
     via: str  # "session" | "token"
     must_change_password: bool = False
     token_id: int | None = None  # the API token that authenticated the request
+    person: str = ""
+    enrolled: bool = False
 
     def actor(self, now: datetime | None = None) -> Authenticated:
-        """The proof non-signing services take: the request is authenticated by its session."""
-        return Authenticated(self.user_id, self.username, self.full_name, self.roles, now or utcnow())
+        """The proof non-signing services take: the request is authenticated by its session
+        (``method="session"``: it never signs, a signature asks for the password)."""
+        return Authenticated(
+            self.user_id,
+            self.username,
+            self.full_name,
+            self.roles,
+            now or utcnow(),
+            person=self.person,
+            enrolled=self.enrolled,
+            method="session",
+        )
 
 
 def engine_of(request: Request) -> Engine:
@@ -127,7 +139,14 @@ def _user_principal(request: Request, user_id: int, logged_in_at: datetime) -> P
         if user.password_changed_at > logged_in_at:
             return None  # the password changed since this session logged in
         return Principal(
-            user.id, user.username, user.full_name, user.role_set, "session", user.must_change_password
+            user.id,
+            user.username,
+            user.full_name,
+            user.role_set,
+            "session",
+            user.must_change_password,
+            person=user.person,
+            enrolled=user.enrolled_at is not None,
         )
 
 
@@ -138,7 +157,15 @@ def _token_principal(request: Request, token: str) -> Principal | None:
         return None
     row, user = found
     return Principal(
-        user.id, user.username, user.full_name, user.role_set, "token", user.must_change_password, row.id
+        user.id,
+        user.username,
+        user.full_name,
+        user.role_set,
+        "token",
+        user.must_change_password,
+        token_id=row.id,
+        person=user.person,
+        enrolled=user.enrolled_at is not None,
     )
 
 

@@ -8,9 +8,11 @@ import time
 
 import uvicorn
 from sqlalchemy import Engine
+from sqlmodel import select
 
 from tracker.core.db import unit_of_work
-from tracker.identity.users import ROLES, change_password, create_user, login
+from tracker.identity.grants import approve_roles, bootstrap_roles
+from tracker.identity.users import ROLES, RoleGrant, create_user, enrol, login
 from tracker.web.app import create_app
 from tracker.web.config import WebSettings
 
@@ -25,32 +27,71 @@ DEMO_PEOPLE = {
 }
 
 
+def _demo_account(engine: Engine, admin, role: str, username: str, full_name: str) -> tuple[str, str]:
+    """An account created by the admin with a generated temporary password."""
+    temporary = secrets.token_urlsafe(12)
+    with unit_of_work(engine) as s:
+        create_user(
+            s,
+            username=username,
+            full_name=full_name,
+            person=f"DEMO-{role}",
+            roles=[role],
+            password=temporary,
+            actor=admin,
+        )
+        grant = s.exec(select(RoleGrant.id).where(RoleGrant.status == "pending")).first()
+    return temporary, grant
+
+
+def _take_over(engine: Engine, username: str, temporary: str, witness) -> str:
+    """The owner enrols a password of their own before the witness; returns it."""
+    final = secrets.token_urlsafe(12)
+    me = login(engine, username=username, password=temporary)
+    with unit_of_work(engine) as s:
+        enrol(s, owner=me, witness=witness(), new_password=final)
+    return final
+
+
 def create_demo_users(engine: Engine) -> list[tuple[str, str, str]]:
-    """One account per role with a password generated now (printed once, stored only as a hash).
-    Each account then sets its own password, as a real owner would, so it can sign."""
+    """One account per role with a password generated now (printed once, stored only as a hash),
+    installed as a real site would be: the admin; the QA account approved by the admin and
+    enrolled before them (the installation's one exception); every other signing role approved
+    by QA and every password enrolled by its owner before QA."""
     assert set(DEMO_PEOPLE) == set(ROLES)
-    logins: list[tuple[str, str, str]] = []
     admin_name, admin_full = DEMO_PEOPLE["admin"]
     admin_password = secrets.token_urlsafe(12)
     with unit_of_work(engine) as s:
         create_user(
-            s, username=admin_name, full_name=admin_full, roles=["admin"], password=admin_password, actor=None
+            s,
+            username=admin_name,
+            full_name=admin_full,
+            person="DEMO-admin",
+            roles=["admin"],
+            password=admin_password,
+            actor=None,
         )
-    logins.append(("admin", admin_name, admin_password))
+    logins: list[tuple[str, str, str]] = [("admin", admin_name, admin_password)]
     admin = login(engine, username=admin_name, password=admin_password)
+    qa_name = DEMO_PEOPLE["qa"][0]
+    temporary, grant = _demo_account(engine, admin, "qa", qa_name, DEMO_PEOPLE["qa"][1])
+    with unit_of_work(engine) as s:
+        bootstrap_roles(s, admin=login(engine, username=admin_name, password=admin_password), grant_id=grant)
+    qa_password = _take_over(
+        engine, qa_name, temporary, lambda: login(engine, username=admin_name, password=admin_password)
+    )
+    logins.append(("qa", qa_name, qa_password))
+    as_qa = lambda: login(engine, username=qa_name, password=qa_password)  # noqa: E731
     for role, (username, full_name) in DEMO_PEOPLE.items():
-        if role == "admin":
+        if role in ("admin", "qa"):
             continue
-        temporary, final = secrets.token_urlsafe(12), secrets.token_urlsafe(12)
-        with unit_of_work(engine) as s:
-            create_user(
-                s, username=username, full_name=full_name, roles=[role], password=temporary, actor=admin
-            )
-        me = login(engine, username=username, password=temporary)
-        with unit_of_work(engine) as s:
-            change_password(s, actor=me, new_password=final)
-        logins.append((role, username, final))
-    return logins
+        temporary, grant = _demo_account(engine, admin, role, username, full_name)
+        if grant is not None:
+            with unit_of_work(engine) as s:
+                approve_roles(s, signer=as_qa(), grant_id=grant)
+        logins.append((role, username, _take_over(engine, username, temporary, as_qa)))
+    order = list(DEMO_PEOPLE)
+    return sorted(logins, key=lambda row: order.index(row[0]))
 
 
 def start_background(

@@ -16,6 +16,8 @@ from tracker.core.audit import AuditEvent
 from tracker.facility.load import site_signed_content
 from tracker.facility.models import Site
 from tracker.identity import signatures
+from tracker.identity.grants import grant_checks
+from tracker.identity.users import User
 from tracker.monitoring.state_changes import room_state_checks
 from tracker.quality.batches.models import Batch
 from tracker.quality.batches.release import signature_checks, status_problems
@@ -36,6 +38,8 @@ def all_signature_checks(session: Session) -> list[signatures.SignatureCheck]:
             lambda sig, site=site: site_signed_content(session, site, sig.scope),
         )
     checks += room_state_checks(session)
+    for user in session.exec(select(User).order_by(User.id)):
+        checks += grant_checks(session, user)
     # annual reports: the signed report is the stored content itself (rebuilding it is the report's job)
     for sig in session.exec(
         select(signatures.Signature)

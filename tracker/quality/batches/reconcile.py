@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from sqlmodel import Session, select
 
 from tracker.core.audit import AuditEvent
-from tracker.identity.users import User
+from tracker.identity.users import MIGRATED_ENROLMENT, User
 from tracker.monitoring.excursions import Excursion
 from tracker.quality.batches.models import Batch, ExcursionLink, ReviewAssessment
 
@@ -97,10 +97,14 @@ def assessment_problems(session: Session) -> list[str]:
 
 
 def role_problems(session: Session) -> list[str]:
-    """Each account's roles and active flag equal the newest user event that recorded them."""
+    """Each account's roles and active flag equal the newest user event that recorded them, and
+    its enrolment the newest enrolment or reset (a raw-SQL grant or enrolment shows)."""
     latest: dict[str, dict] = {}
+    enrolled: dict[str, AuditEvent] = {}
     for event in _events(session, ["user.create", "user.roles", "user.deactivate"]):
         latest[event.entity_key] = {**latest.get(event.entity_key, {}), **_after(event), "event": event.id}
+    for event in _events(session, ["user.enrol", "user.password_reset"]):
+        enrolled[event.entity_key] = event
     problems = []
     for user in session.exec(select(User).order_by(User.id)):
         after = latest.get(user.username)
@@ -108,6 +112,12 @@ def role_problems(session: Session) -> list[str]:
             problems.append(f"user {user.username}: no audit event records the account")
         elif (after.get("roles"), after.get("active")) != (user.roles, user.active):
             problems.append(f"user {user.username}: roles or status differ from audit event {after['event']}")
+        if user.enrolled_witness == MIGRATED_ENROLMENT:
+            continue
+        event = enrolled.get(user.username)
+        recorded = event is not None and _after(event).get("enrolled") is True
+        if recorded != (user.enrolled_at is not None):
+            problems.append(f"user {user.username}: enrolment differs from the audit trail")
     return problems
 
 

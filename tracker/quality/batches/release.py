@@ -26,9 +26,9 @@ from typing_extensions import TypedDict
 from tracker.core import audit
 from tracker.core.errors import ConflictError, InvalidInputError, PermissionDeniedError, Reason, zh_word
 from tracker.core.timeutil import iso_utc, utcnow
-from tracker.facility.models import Room
+from tracker.facility.models import Room, Site
 from tracker.identity import signatures
-from tracker.identity.users import Authenticated, require_role
+from tracker.identity.users import Authenticated, User, persons_of, require_role
 from tracker.quality.batches.linking import links_of, sync_links, uncovered_action_exposures
 from tracker.quality.batches.models import Batch, ProcessStep
 from tracker.quality.batches.review import ReviewItem, review_items
@@ -134,12 +134,30 @@ def status_problems(
 
 
 def _signer_of(session: Session, batch: Batch, scope: str) -> str | None:
+    """The person who signed ``scope`` last (a person, not an account: two accounts of one
+    person are one person)."""
     sigs = [s for s in signatures.signatures_of(session, "batch", batch.number) if s.scope == scope]
-    return sigs[-1].username if sigs else None
+    if not sigs:
+        return None
+    user = session.get(User, sigs[-1].user_id)
+    return user.person if user is not None else sigs[-1].username
 
 
 def _operators(session: Session, batch: Batch) -> set[str]:
-    return {s.operator for s in session.exec(select(ProcessStep).where(ProcessStep.batch_id == batch.id))}
+    """The persons who performed the batch's steps."""
+    return persons_of(
+        session,
+        {s.operator for s in session.exec(select(ProcessStep).where(ProcessStep.batch_id == batch.id))},
+    )
+
+
+def _own_entry(signer: Authenticated, batch: Batch) -> PermissionDeniedError:
+    return PermissionDeniedError(
+        Reason(
+            f"{signer.username} performed steps of {batch.number}; nobody reviews their own entry",
+            f"{signer.username} 执行过批次 {batch.number} 的工序；任何人不得审核自己的记录",
+        )
+    )
 
 
 def open_deviations(session: Session, batch: Batch) -> list[Deviation]:
@@ -290,13 +308,8 @@ def sign_production(
                 f"批次 {batch.number} 处于“{zh_word(batch.status)}”；生产负责人只签名批准已完成的批记录",
             )
         )
-    if signer.username in _operators(session, batch):
-        raise PermissionDeniedError(
-            Reason(
-                f"{signer.username} performed steps of {batch.number}; nobody reviews their own entry",
-                f"{signer.username} 执行过批次 {batch.number} 的工序；任何人不得审核自己的记录",
-            )
-        )
+    if signer.who in _operators(session, batch):
+        raise _own_entry(signer, batch)
     now = now or utcnow()
     broken = [c for c in signature_checks(session, batch) if not c.intact]
     if broken:
@@ -340,20 +353,15 @@ def qa_review(
                 f"批次 {batch.number} 处于“{zh_word(batch.status)}”；QA 只审核生产负责人已签名的批记录",
             )
         )
-    if signer.username == _signer_of(session, batch, "production"):
+    if signer.who == _signer_of(session, batch, "production"):
         raise PermissionDeniedError(
             Reason(
                 "the production head's and QA's signatures must come from different people (GMP 2010 Art. 20)",
                 "生产负责人和 QA 的签名必须来自不同的人（GMP（2010）第二十条）",
             )
         )
-    if signer.username in _operators(session, batch):
-        raise PermissionDeniedError(
-            Reason(
-                f"{signer.username} performed steps of {batch.number}; nobody reviews their own entry",
-                f"{signer.username} 执行过批次 {batch.number} 的工序；任何人不得审核自己的记录",
-            )
-        )
+    if signer.who in _operators(session, batch):
+        raise _own_entry(signer, batch)
     now = now or utcnow()
     _refuse_if_gate_closed(session, batch, Reason("QA review", "QA 审核"), now)
     return _transition(
@@ -387,15 +395,7 @@ def release(
                 f"批次 {batch.number} 处于“{zh_word(batch.status)}”；质量受权人只放行 QA 已审核的批次",
             )
         )
-    if signer.username == _signer_of(session, batch, "production") or signer.username in _operators(
-        session, batch
-    ):
-        raise PermissionDeniedError(
-            Reason(
-                "the QP who releases must be independent of the batch's production (GMP 2010 Art. 20, 25)",
-                "放行的质量受权人必须独立于该批次的生产（GMP（2010）第二十条、第二十五条）",
-            )
-        )
+    _releaser_is_independent(session, batch, signer)
     now = now or utcnow()
     _refuse_if_gate_closed(session, batch, Reason("release", "放行"), now)
     return _transition(
@@ -409,6 +409,31 @@ def release(
         comment=comment,
         now=now,
     )
+
+
+def _releaser_is_independent(session: Session, batch: Batch, signer: Authenticated) -> None:
+    """The QP is another person than production's signer and the operators (Art. 20, 25) and,
+    unless the facility file allows it (``[separation] qa_reviewer_may_release``), than QA's
+    reviewer."""
+    if signer.who == _signer_of(session, batch, "production") or signer.who in _operators(session, batch):
+        raise PermissionDeniedError(
+            Reason(
+                "the QP who releases must be independent of the batch's production (GMP 2010 Art. 20, 25)",
+                "放行的质量受权人必须独立于该批次的生产（GMP（2010）第二十条、第二十五条）",
+            )
+        )
+    site = session.get(Site, batch.site_id)
+    if signer.who == _signer_of(session, batch, "qa_review") and not site.qa_reviewer_may_release:
+        raise PermissionDeniedError(
+            Reason(
+                f"{signer.username} signed the QA review of {batch.number}: the QP who releases is another "
+                "person (a site whose QA head is also the QP sets [separation] qa_reviewer_may_release = true "
+                "in its facility file; GMP 2010 Art. 20)",
+                f"{signer.username} 已签署批次 {batch.number} 的 QA 审核：放行的质量受权人须为另一人"
+                "（质量管理负责人兼任质量受权人的企业，须在设施文件中设置 [separation] "
+                "qa_reviewer_may_release = true；GMP（2010）第二十条）",
+            )
+        )
 
 
 def reject(

@@ -1,4 +1,5 @@
-"""Quarantine viewer, audit trail with chain status, limits and proposals, users admin."""
+"""Quarantine viewer, audit trail with chain status, limits and proposals, users admin, QA's
+approval of signing roles."""
 
 import json
 from typing import Annotated, Literal
@@ -14,6 +15,7 @@ from tracker.core.timeutil import utcnow
 from tracker.facility.load import site_signed_content
 from tracker.facility.models import FacilityLimit
 from tracker.identity import signatures, tokens, users
+from tracker.identity.grants import approve_roles, role_requests
 from tracker.monitoring.proposals import approve, list_proposals, propose, reject
 from tracker.monitoring.quarantine import counts_by_reason, page_quarantine
 from tracker.web.deps import CurrentUser, RowId, SessionDep, sign_in
@@ -242,11 +244,18 @@ def user_create(
     session: SessionDep,
     username: Annotated[str, Form(max_length=60)],
     full_name: Annotated[str, Form(max_length=200)],
+    person: Annotated[str, Form(max_length=60)],
     roles: Annotated[list[str], Form()],
     password: Annotated[str, Form(max_length=1000)],
 ) -> RedirectResponse:
     users.create_user(
-        session, username=username, full_name=full_name, roles=roles, password=password, actor=me.actor()
+        session,
+        username=username,
+        full_name=full_name,
+        person=person,
+        roles=roles,
+        password=password,
+        actor=me.actor(),
     )
     return done(request, "/users", tr(request, "User created; the owner must change the password."))
 
@@ -297,3 +306,23 @@ def user_reset(
     request.app.state.sessions.drop_user(user.id, db=session)
     tokens.revoke_all(session, user_id=user.id, by=me.username, reason=f"password reset: {reason}")
     return done(request, "/users", tr(request, "Password reset; the owner must change it."))
+
+
+@router.get("/access", response_class=HTMLResponse)
+def access_page(request: Request, me: CurrentUser, session: SessionDep) -> HTMLResponse:
+    """QA's list of signing roles an admin asked for (in force once QA approves, signed)."""
+    return render(request, "access.html", rows=role_requests(session))
+
+
+@router.post("/access/{grant_id}/approve")
+def access_approve(
+    request: Request,
+    me: CurrentUser,
+    session: SessionDep,
+    grant_id: RowId,
+    password: Annotated[str, Form(max_length=1000)],
+    comment: Annotated[str | None, Form(max_length=2000)] = None,
+) -> RedirectResponse:
+    signer = sign_in(request, me, password)
+    approve_roles(session, signer=signer, grant_id=grant_id, comment=comment or None)
+    return done(request, "/access", tr(request, "Roles approved (signed)."))

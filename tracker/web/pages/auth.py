@@ -8,7 +8,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 from tracker.core.db import unit_of_work
 from tracker.core.errors import AuthenticationError, InvalidInputError, TooManyRequestsError
 from tracker.identity import tokens
-from tracker.identity.users import User, change_password, record_login, record_logout
+from tracker.identity.users import User, change_password, enrol, record_login, record_logout
 from tracker.web.deps import CurrentUser, SessionDep, check_password, engine_of, ensure_web_session
 from tracker.web.i18n import LANGS
 from tracker.web.render import back_path, done, gettext, render
@@ -102,12 +102,18 @@ def password_submit(
     current: Annotated[str, Form(max_length=1000)],
     new: Annotated[str, Form(max_length=1000)],
     confirm: Annotated[str, Form(max_length=1000)],
+    witness: Annotated[str, Form(max_length=60)] = "",
+    witness_password: Annotated[str, Form(max_length=1000)] = "",
 ) -> RedirectResponse:
     _ = gettext(request)
     if new != confirm:
         raise InvalidInputError(_("The two new passwords differ."))
     actor = check_password(request, me.username, current)
-    change_password(session, actor=actor, new_password=new)
+    if witness.strip():
+        seen = check_password(request, witness.strip(), witness_password)
+        enrol(session, owner=actor, witness=seen, new_password=new)
+    else:
+        change_password(session, actor=actor, new_password=new)
     # every session of the user ends, on every worker (in this unit of work, with the change) …
     store = request.app.state.sessions
     store.drop_user(me.user_id, db=session)
