@@ -139,7 +139,7 @@ def test_raw_sql_flips_of_a_link_decision_and_an_acknowledgement_are_detected(
         batch = get_batch(s, "CT-1")
         sync_links(s, batch=batch)
         (link,) = links_of(s, batch)
-        decide_link(s, actor=as_(engine, "qa1"), link_id=link.id, exposed=False, reason="sash closed")
+        decide_link(s, signer=as_(engine, "qa1"), link_id=link.id, exposed=False, reason="sash closed")
     excursion_id = list_excursions_ids(engine)[0]
     assert verify(db_url, tmp_path)[0] == 0
     with unit_of_work(engine) as s:

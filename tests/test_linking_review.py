@@ -193,14 +193,14 @@ def test_a_rejected_link_needs_no_deviation(people_engine: Engine) -> None:
         (link,) = links_of(s, batch)
         decide_link(
             s,
-            actor=as_(engine, "qa1"),
+            signer=as_(engine, "qa1"),
             link_id=link.id,
             exposed=False,
             reason="BSC sash closed and BSC counter in limit throughout",
         )
         assert gate_reasons(s, batch) == []
         with pytest.raises(ConflictError, match="rejected already"):
-            decide_link(s, actor=as_(engine, "qa1"), link_id=link.id, exposed=True, reason="changed mind")
+            decide_link(s, signer=as_(engine, "qa1"), link_id=link.id, exposed=True, reason="changed mind")
 
 
 def test_a_decision_reopens_when_its_excursion_grows(people_engine: Engine) -> None:
@@ -212,7 +212,11 @@ def test_a_decision_reopens_when_its_excursion_grows(people_engine: Engine) -> N
         sync_links(s, batch=batch)
         (link,) = links_of(s, batch)
         decide_link(
-            s, actor=as_(engine, "qa1"), link_id=link.id, exposed=False, reason="sash closed during the burst"
+            s,
+            signer=as_(engine, "qa1"),
+            link_id=link.id,
+            exposed=False,
+            reason="sash closed during the burst",
         )
         assert gate_reasons(s, batch) == []
     feed(engine, b1_particles(range(14, 20), n=40, seq0=1)[14:])  # it goes on: a longer episode

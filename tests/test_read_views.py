@@ -101,7 +101,7 @@ def _scenario(engine: Engine, *, calibration: bool) -> str:
         # the limit excursion's link (the calibration readings make a data gap too: issue 14 item 5)
         types = {e["id"]: e["type"] for e in list_excursions(s, include_superseded=True)}
         (link,) = [x for x in exposure_links(s, batch=batch) if types[x["excursion"]] == "limit"]
-        decide_link(s, actor=as_(engine, "qa1"), link_id=link["id"], exposed=True, reason="open seeding")
+        decide_link(s, signer=as_(engine, "qa1"), link_id=link["id"], exposed=True, reason="open seeding")
         dev = raise_deviation(
             s,
             actor=as_(engine, "qa1"),

@@ -318,7 +318,7 @@ def build_year(engine: Engine) -> dict:
         (link,) = links_of(s, get_batch(s, "CT-2"))
         decide_link(
             s,
-            actor=at(engine, "qa1", utc(2025, 9, 5, 4)),
+            signer=at(engine, "qa1", utc(2025, 9, 5, 4)),
             link_id=link.id,
             exposed=True,
             reason="open seeding during the action excursion",

@@ -177,10 +177,16 @@ def test_links_batch_rejection_and_limit_proposals_through_the_api(web_app, web_
     qa1, qp1, viewer = Api(web_app, "qa1"), Api(web_app, "qp1"), Api(web_app, "viewer1")
     (link,) = viewer.get("/links", status="proposed")
     assert (link["batch"], link["step_name"], link["status"]) == ("CT-2026-071", "接种", "proposed")
-    decided = qa1.post(f"/links/{link['id']}/decide", {"exposed": False, "reason": "closed vessel"})
+    # the decision is an e-signature (issue 15): a token alone does not decide
+    qa1.post(f"/links/{link['id']}/decide", {"exposed": False, "reason": "closed vessel"}, status=422)
+    decided = qa1.post(
+        f"/links/{link['id']}/decide", {"exposed": False, "reason": "closed vessel", "password": PASSWORD}
+    )
     assert decided["status"] == "rejected"
     assert viewer.get("/links", status="proposed") == []
-    qa1.post(f"/links/{link['id']}/decide", {"exposed": True, "reason": "again"}, status=409)
+    qa1.post(
+        f"/links/{link['id']}/decide", {"exposed": True, "reason": "again", "password": PASSWORD}, status=409
+    )
     # batch rejection: QA or the QP, signed with the reason
     viewer.post("/batches/CT-2026-071/reject", {"password": PASSWORD, "reason": "r"}, status=403)
     qp1.post("/batches/CT-2026-071/reject", {"password": "wrong", "reason": "r"}, status=401)

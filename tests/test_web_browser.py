@@ -197,6 +197,7 @@ def test_qa_production_and_qp_work_a_batch_through_the_browser(
     link = qa.page.locator("[data-testid=links] tr[data-link]").filter(has_text=BATCH)
     link.locator("select[name=exposed]").select_option("true")
     link.locator("input[name=reason]").fill("open seeding in the BSC during the excursion")
+    link.locator("input[name=password]").fill(PASSWORD)  # the decision is e-signed (issue 15)
     link.locator("button[type=submit]").click()
     assert "已记录" in qa.flash()
     assert BATCH in qa.page.locator("[data-testid=batches]").inner_text()

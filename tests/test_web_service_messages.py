@@ -236,7 +236,13 @@ def refusals(scene: dict) -> list[tuple[str, str, str, dict, str]]:
         ),
         ("qa1", "POST", "/limits/proposals/999/reject", {"reason": "r"}, "no limit proposal 999"),
         ("qa1", "POST", "/excursions/999/acknowledge", {"comment": "c"}, "no excursion 999"),
-        ("qa1", "POST", "/links/999/decide", {"exposed": "true", "reason": "r"}, "no link 999"),
+        (
+            "qa1",
+            "POST",
+            "/links/999/decide",
+            {"exposed": "true", "reason": "r", "password": PASSWORD},
+            "no link 999",
+        ),
         ("prod", "POST", f"/batches/{b}/sign", {"password": PASSWORD}, f"batch {b} is in_progress"),
         ("qa1", "GET", "/excursions?since=yesterday", {}, "'yesterday': a time is ISO 8601"),
         (

@@ -23,7 +23,14 @@ from tracker.monitoring.proposals import LimitProposal
 from tracker.monitoring.quarantine import QuarantinedMessage
 from tracker.monitoring.readings import MonitorStatusEvent, RawMessage, Reading, ReadingVerdict
 from tracker.monitoring.rollups import RollupHourly
-from tracker.quality.batches.models import Batch, ExcursionLink, ProcessStep, ReviewAssessment
+from tracker.quality.batches.models import (
+    Batch,
+    ExcursionLink,
+    PostReleaseAssessment,
+    PostReleaseEvent,
+    ProcessStep,
+    ReviewAssessment,
+)
 from tracker.quality.deviations import (
     CapaAction,
     Deviation,
@@ -57,6 +64,8 @@ __all__ = [
     "NotificationAttempt",
     "NotificationOutbox",
     "OperationPeriod",
+    "PostReleaseAssessment",
+    "PostReleaseEvent",
     "ProcessStep",
     "QuarantinedMessage",
     "RawMessage",

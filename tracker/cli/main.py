@@ -834,7 +834,7 @@ def audit_verify(directory: AnchorDirOpt = None, db: DbOpt = None) -> None:
     statuses against signatures, and acknowledgements, link decisions, assessments and roles
     against the audit events that recorded them."""
     from tracker.core.anchors import check_anchors
-    from tracker.quality.batches.integrity import all_signature_checks, integrity_problems
+    from tracker.quality.batches.integrity import all_signature_checks, environment_notes, integrity_problems
     from tracker.quality.batches.reconcile import reconciliation_problems
 
     with unit_of_work(engine_for(db)) as session:
@@ -842,7 +842,9 @@ def audit_verify(directory: AnchorDirOpt = None, db: DbOpt = None) -> None:
         anchors = check_anchors(session, _anchor_dir(directory))
         checks = all_signature_checks(session)
         problems = integrity_problems(session) + reconciliation_problems(session)
-    bad = [c for c in checks if not c.intact]
+        notes = environment_notes(session)
+    bad = [c for c in checks if c.broken]
+    changed = [c for c in checks if c.outdated]
     if chain.intact:
         keyed = f" ({chain.unkeyed} sealed before the key)" if chain.unkeyed else ""
         console.print(f"audit chain intact: {chain.count} events{keyed}")
@@ -866,7 +868,12 @@ def audit_verify(directory: AnchorDirOpt = None, db: DbOpt = None) -> None:
         )
     for problem in problems:
         console.print(f"[red]{problem}[/red]")
-    console.print(f"signatures: {len(checks) - len(bad)} intact, {len(bad)} broken")
+    for note in notes:
+        console.print(f"[yellow]{note}[/yellow]")
+    console.print(
+        f"signatures: {len(checks) - len(bad) - len(changed)} intact, {len(bad)} broken"
+        + (f", {len(changed)} no longer matching a changed environmental picture" if changed else "")
+    )
     if not chain.intact or bad or problems or not all(c.ok for c in anchors):
         raise typer.Exit(1)
 

@@ -461,12 +461,14 @@ def batch_list(
 def batch_show(number: str, json_out: JsonOpt = False, db: DbOpt = None) -> None:
     """The batch for review: steps, flags, review by exception, deviations, signatures, gate."""
     from tracker.quality.batches.linking import sync_links
+    from tracker.quality.batches.postrelease import watch
     from tracker.quality.batches.steps import get_batch
     from tracker.quality.batches.views import batch_report
 
     with unit_of_work(engine_for(db)) as session:
         batch = get_batch(session, number)
         sync_links(session, batch=batch)  # reading proposes links (docs/quality.md, known limits)
+        watch(session, batch=batch)  # … and raises post-release events of a released batch
         report = batch_report(session, batch)
     if json_out:
         print_json(report)
@@ -521,12 +523,77 @@ def batch_show(number: str, json_out: JsonOpt = False, db: DbOpt = None) -> None
             f"✍ {sig['printed_name']} ({sig['username']}) · {t(sig['meaning'])} · "
             f"{sig['signed_at_local']} · {sig['statement']} · {status}"
         )
+    _print_post_release(report["post_release"], tz, lang_zh)
     if report["gate"]:
         con.print(f"[red]{t('gate_closed')}:[/red]")
         for reason in report["gate"]:
             con.print(f"  • {reason}")
     elif report["status"] not in ("released", "rejected"):
         con.print(f"[green]{t('gate_open')}[/green]")
+
+
+def _print_post_release(events: list[dict], tz: str, lang_zh: bool) -> None:
+    for e in events:
+        head = f"⚠ {t('post_release_event')} {e['id']} · {local_display(parse_instant(e['raised_at']), tz)}"
+        if e["status"] == "open":
+            console.print(f"[red]{head} · {t('awaiting_qa')}[/red]")
+        else:
+            outcome = t(e["outcome"]) + (f" {e['deviation']}" if e["deviation"] else "")
+            console.print(f"{head} · {outcome} · {e['assessed_by']}: {e['assessment']}")
+        for change in e["changes"]:
+            console.print(f"    {change['zh'] if lang_zh else change['en']}")
+
+
+@batch_app.command("watch")
+def batch_watch(
+    every: Annotated[
+        float | None, typer.Option(help="run again every N seconds until interrupted (beside the ingesters)")
+    ] = None,
+    db: DbOpt = None,
+) -> None:
+    """Compare every released batch's environmental picture with the one registered and raise a
+    post-release event for each that changed (late readings, new excursions or links, …)."""
+    import time
+
+    from tracker.quality.batches.models import Batch
+    from tracker.quality.batches.postrelease import watch
+
+    while True:
+        with unit_of_work(engine_for(db)) as session:
+            raised = [(session.get(Batch, e.batch_id).number, e.id, e.kinds) for e in watch(session)]
+        for number, event_id, kinds in raised:
+            console.print(f"{t('batch')} {number}: {t('post_release_event')} {event_id} ({kinds})")
+        if every is None:
+            return
+        time.sleep(every)
+
+
+@batch_app.command("post-release")
+def batch_post_release(
+    number: str,
+    outcome: Annotated[str, typer.Option(help="no_impact or deviation")],
+    assessment: Annotated[str, typer.Option(help="QA's reasoning")],
+    as_: AsOpt,
+    deviation: Annotated[str | None, typer.Option(help="the deviation opened (outcome deviation)")] = None,
+    password_stdin: PwStdin = False,
+    db: DbOpt = None,
+) -> None:
+    """QA assesses the open post-release events of a released batch (e-signature)."""
+    from tracker.quality.batches.postrelease import assess
+    from tracker.quality.batches.steps import get_batch
+
+    signer = _login(db, as_, password_stdin, signing=True)
+    with unit_of_work(engine_for(db)) as session:
+        row = assess(
+            session,
+            signer=signer,
+            batch=get_batch(session, number),
+            outcome=outcome,
+            assessment=assessment,
+            deviation=deviation,
+        )
+        said = t(row.outcome)
+    console.print(f"{t('batch')} {number}: {said} ({as_})")
 
 
 # -- links ------------------------------------------------------------------------------------------
@@ -578,12 +645,12 @@ def link_decide(
     password_stdin: PwStdin = False,
     db: DbOpt = None,
 ) -> None:
-    """QA confirms (exposed) or rejects (not exposed) a proposed link, with the reason."""
+    """QA confirms (exposed) or rejects (not exposed) a proposed link, with the reason (e-signature)."""
     from tracker.quality.batches.linking import decide_link
 
-    actor = _login(db, as_, password_stdin)
+    signer = _login(db, as_, password_stdin, signing=True)
     with unit_of_work(engine_for(db)) as session:
-        link = decide_link(session, actor=actor, link_id=link_id, exposed=exposed, reason=reason)
+        link = decide_link(session, signer=signer, link_id=link_id, exposed=exposed, reason=reason)
     console.print(f"link {link_id}: {t(link.status)}")
 
 

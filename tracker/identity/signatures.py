@@ -58,6 +58,26 @@ STATEMENTS_ZH: tuple[tuple[re.Pattern, str], ...] = tuple(
         ),
         (r"batch rejected", "拒绝该批次"),
         (
+            r"QA confirms that step (\d+) of batch (\S+) was exposed to excursion (\d+)",
+            r"QA 确认批次 \2 的工序 \1 受超标 \3 影响",
+        ),
+        (
+            r"QA confirms that step (\d+) of batch (\S+) was not exposed to excursion (\d+)",
+            r"QA 确认批次 \2 的工序 \1 未受超标 \3 影响",
+        ),
+        (
+            r"QA assesses the environmental facts that reached batch (\S+) after its release: no impact",
+            r"QA 评估批次 \1 放行后新增的环境监测情况：无影响",
+        ),
+        (
+            r"QA assesses the environmental facts that reached batch (\S+) after its release: deviation (\S+)",
+            r"QA 评估批次 \1 放行后新增的环境监测情况：已开启偏差 \2",
+        ),
+        (
+            r"QA approves the roles (\S+) for (\S+) \(person (.+)\)",
+            r"QA 批准授予 \2（人员 \3）角色 \1",
+        ),
+        (
             r"operator confirms the step as performed \(GMP 2010 Art\. 174\)",
             "操作人确认工序已按记录执行（GMP（2010）第一百七十四条）",
         ),
@@ -86,9 +106,13 @@ STATEMENTS_ZH: tuple[tuple[re.Pattern, str], ...] = tuple(
         ),
     )
 )
+#: a signature over a batch's environmental picture (QA review, release) whose picture changed
+#: since: not tampering, but no longer what the signer saw (``SignatureCheck.outdated``)
+ENVIRONMENT_CHANGED = "the environmental picture changed after it was signed"
 PROBLEMS_ZH = {
     "the record changed after it was signed": "签名后记录被修改",
     "the signature record itself was altered": "签名记录本身被篡改",
+    ENVIRONMENT_CHANGED: "签名后环境监测情况发生了变化",
 }
 
 
@@ -229,7 +253,7 @@ class SignatureManifest(TypedDict):
     signed_at_local: str
     comment: str | None
     intact: bool
-    status: str  # intact | superseded | broken
+    status: str  # intact | superseded | broken | changed
     problem: str | None
 
 
@@ -239,10 +263,19 @@ class SignatureCheck:
     intact: bool
     problem: str | None
     superseded: bool = False
+    #: the signed record is unchanged but the environmental picture it also bound has changed
+    #: since (new facts, not an edit): ``changed``, no longer matching, not broken
+    outdated: bool = False
 
     @property
     def status(self) -> str:
+        if self.outdated:
+            return "changed"
         return "broken" if not self.intact else ("superseded" if self.superseded else "intact")
+
+    @property
+    def broken(self) -> bool:
+        return not self.intact and not self.outdated
 
     def manifest(self, tz: str) -> SignatureManifest:
         """What every human-readable form shows (21 CFR 11.50): name, time, meaning, status."""
@@ -276,6 +309,12 @@ def check(sig: Signature, content: Any) -> SignatureCheck:
     if problem is None and sig.content_hash != content_hash(content):
         problem = "the record changed after it was signed"
     return SignatureCheck(sig, problem is None, problem)
+
+
+def sealed_only(sig: Signature) -> SignatureCheck:
+    """A superseded signature: only its own integrity is checked (it proves what was signed then)."""
+    problem = _sealed(sig)
+    return SignatureCheck(sig, problem is None, problem, superseded=True)
 
 
 def check_all(sigs: list[Signature], content_of: Callable[[Signature], Any]) -> list[SignatureCheck]:

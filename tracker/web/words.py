@@ -74,6 +74,8 @@ WORDS = (
     N_("reviewed"),
     N_("intact"),
     N_("broken"),
+    N_("changed"),
+    N_("no_impact"),
     # review items
     N_("excursion"),
     N_("invalid_period"),

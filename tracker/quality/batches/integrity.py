@@ -3,7 +3,9 @@
 * every e-signature checked against its record (batches, steps, deviations, facility limits);
 * every signing in the audit trail has its signature row, and every signature row its audit
   event (a deleted or forged row shows);
-* every batch status past ``completed`` stands on the signatures it needs.
+* every batch status past ``completed`` stands on the signatures it needs;
+* not failures, but shown: signatures over an environmental picture that changed since
+  (:func:`environment_notes`) and post-release events awaiting QA.
 """
 
 from __future__ import annotations
@@ -19,7 +21,9 @@ from tracker.identity import signatures
 from tracker.identity.grants import grant_checks
 from tracker.identity.users import User
 from tracker.monitoring.state_changes import room_state_checks
+from tracker.quality.batches.environment import environment_content, environment_hash
 from tracker.quality.batches.models import Batch
+from tracker.quality.batches.postrelease import events_of
 from tracker.quality.batches.release import signature_checks, status_problems
 from tracker.quality.deviations import list_deviations
 from tracker.quality.deviations import signature_checks as deviation_checks
@@ -69,3 +73,37 @@ def integrity_problems(session: Session) -> list[str]:
     for batch in session.exec(select(Batch).order_by(Batch.id)):
         problems += status_problems(session, batch)
     return problems
+
+
+def environment_notes(session: Session) -> list[str]:
+    """Not failures but facts ``tracker audit verify`` shows: QA-review and release signatures
+    whose environmental picture changed after signing (new facts, not edits), and where each
+    stands — QA to review again before release; after release the post-release events raised
+    for it (awaiting QA or assessed), or not raised yet — and every post-release event still
+    awaiting QA's assessment."""
+    notes = []
+    for batch in session.exec(select(Batch).order_by(Batch.id)):
+        outdated = [c.signature for c in signature_checks(session, batch) if c.outdated]
+        events = events_of(session, batch)
+        if outdated and batch.status != "released":
+            notes += [
+                f"batch {batch.number}: {s.scope} signature {s.id} no longer matches its environmental picture: QA reviews again"
+                for s in outdated
+            ]
+        elif outdated:
+            registered = environment_hash(environment_content(session, batch)) == batch.env_hash
+            where = (
+                "post-release events " + ", ".join(f"{e.id} ({e.status})" for e in events)
+                if registered and events
+                else "not raised as a post-release event yet (tracker batch watch)"
+            )
+            notes += [
+                f"batch {batch.number}: {s.scope} signature {s.id} no longer matches its environmental picture: {where}"
+                for s in outdated
+            ]
+        notes += [
+            f"batch {batch.number}: post-release event {e.id} ({e.kinds}) awaits QA's assessment"
+            for e in events
+            if e.status == "open"
+        ]
+    return notes

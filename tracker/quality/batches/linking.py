@@ -4,7 +4,7 @@ An excursion of a monitor in room R over [t0, t1] is proposed against every step
 is R or lies inside R (a grade A zone in a grade B room), and, for a pressure excursion, also
 against steps in the reference room on the other side of the differential (or inside it),
 whenever the step's window overlaps [t0, t1]. QA confirms (exposed) or rejects (not exposed)
-each proposal with a reason.
+each proposal with a reason, by e-signature.
 
 Proposals are a function of the stored excursions and steps, materialised idempotently by
 :func:`sync_links` before anything reads them. When re-evaluation supersedes an excursion or
@@ -25,6 +25,7 @@ from tracker.core import audit
 from tracker.core.errors import ConflictError, InvalidInputError, NotFoundError, Reason, zh_word
 from tracker.core.timeutil import iso_utc, utcnow
 from tracker.facility.models import Monitor, Room, Site, containing_rooms
+from tracker.identity import signatures
 from tracker.identity.users import Authenticated, require_role
 from tracker.monitoring.excursions import Excursion
 from tracker.quality.batches.models import Batch, ExcursionLink, ProcessStep
@@ -172,18 +173,57 @@ def links_of(session: Session, batch: Batch) -> list[ExcursionLink]:
     )
 
 
+def decision_content(session: Session, link: ExcursionLink) -> dict:
+    """What QA signs when deciding a link: the step, the excursion as it stood when decided,
+    the verdict and its reason (the decided_* fields do not move when the excursion does)."""
+    ex = session.get(Excursion, link.excursion_id)
+    step = session.get(ProcessStep, link.step_id)
+    return {
+        "link": link.id,
+        "batch": session.get(Batch, link.batch_id).number,
+        "step": step.id,
+        "step_name": step.name,
+        "excursion": ex.id,
+        "monitor": session.get(Monitor, ex.monitor_id).code,
+        "type": ex.type,
+        "kind": ex.kind,
+        "channel": ex.channel or None,
+        "level": link.decided_level,
+        "started_at": iso_utc(link.decided_started_at),
+        "ended_at": iso_utc(link.decided_ended_at),
+        "exposed": link.status == "confirmed",
+        "reason": link.reason,
+        "decided_by": link.decided_by,
+    }
+
+
+def decision_checks(session: Session, link: ExcursionLink) -> list[signatures.SignatureCheck]:
+    """The link's decision signatures: the newest checked against the decision as it stands
+    while the link is decided; once reopened (the excursion changed) every one is superseded,
+    still proving what was decided then."""
+    sigs = signatures.signatures_of(session, "exposure_link", str(link.id))
+    decided = link.status in ("confirmed", "rejected")
+    return [
+        signatures.check(sig, decision_content(session, link))
+        if decided and i == len(sigs) - 1
+        else signatures.sealed_only(sig)
+        for i, sig in enumerate(sigs)
+    ]
+
+
 def decide_link(
     session: Session,
     *,
-    actor: Authenticated,
+    signer: Authenticated,
     link_id: int,
     exposed: bool,
     reason: str,
     now: datetime | None = None,
 ) -> ExcursionLink:
-    """QA confirms (the step was exposed) or rejects (it was not) a proposed link, with a reason.
-    A confirmed exposure joins the batch to the open deviations raised from that excursion."""
-    require_role(actor, "qa", action=Reason("deciding an exposure link", "确认或否定关联建议"))
+    """QA confirms (the step was exposed) or rejects (it was not) a proposed link, with a reason,
+    by e-signature (it decides what the batch record says about its environment). A confirmed
+    exposure joins the batch to the open deviations raised from that excursion."""
+    require_role(signer, "qa", action=Reason("deciding an exposure link", "确认或否定关联建议"))
     link = session.get(ExcursionLink, link_id)
     if link is None:
         raise NotFoundError(Reason(f"no link {link_id}", f"没有关联建议 {link_id}"))
@@ -199,17 +239,36 @@ def decide_link(
     batch = session.get(Batch, link.batch_id)
     ex = session.get(Excursion, link.excursion_id)
     link.status = "confirmed" if exposed else "rejected"
-    link.decided_by, link.decided_at, link.reason = actor.username, now, reason.strip()
+    link.decided_by, link.decided_at, link.reason = signer.username, now, reason.strip()
     link.decided_level, link.decided_started_at, link.decided_ended_at = ex.level, ex.started_at, ex.ended_at
     session.add(link)
+    session.flush()
+    sig = signatures.sign(
+        session,
+        signer=signer,
+        meaning="reviewed",
+        entity="exposure_link",
+        entity_key=str(link.id),
+        scope="decision",
+        statement=f"QA confirms that step {link.step_id} of batch {batch.number} was "
+        f"{'' if exposed else 'not '}exposed to excursion {link.excursion_id}",
+        content=decision_content(session, link),
+        now=now,
+    )
     audit.record(
         session,
-        actor=actor.username,
+        actor=signer.username,
         action=f"link.{link.status}",
         entity="batch",
         entity_key=batch.number,
         before={"status": "proposed"},
-        after={"link": link_id, "excursion": link.excursion_id, "step": link.step_id, "status": link.status},
+        after={
+            "link": link_id,
+            "excursion": link.excursion_id,
+            "step": link.step_id,
+            "status": link.status,
+            "signature": sig.seal,
+        },
         reason=link.reason,
         at=now,
     )
@@ -221,7 +280,7 @@ def decide_link(
         ).all()
         for dev in deviations:
             attach_batch(
-                session, dev=dev, batch_id=batch.id, batch_number=batch.number, actor=actor.username, now=now
+                session, dev=dev, batch_id=batch.id, batch_number=batch.number, actor=signer.username, now=now
             )
     return link
 

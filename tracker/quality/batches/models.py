@@ -30,6 +30,10 @@ class Batch(SQLModel, table=True):
     created_by: str = Field(max_length=60)
     completed_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     updated_at: datetime = Field(sa_type=UTCDateTime, nullable=False)
+    #: after release, the environmental picture last registered (at release, at each post-release
+    #: event and assessment) and its hash: what the watcher compares the picture now with
+    env_hash: str = Field(default="", max_length=64)
+    env_picture: str | None = Field(default=None, sa_column=Column(Text))
 
 
 class ProcessStep(SQLModel, table=True):
@@ -84,3 +88,44 @@ class ReviewAssessment(SQLModel, table=True):
     reason: str = Field(sa_column=Column(Text, nullable=False))
     assessed_by: str = Field(max_length=60)
     assessed_at: datetime = Field(sa_type=UTCDateTime, nullable=False)
+
+
+POST_RELEASE_OUTCOMES = ("no_impact", "deviation")
+
+
+class PostReleaseEvent(SQLModel, table=True):
+    """New environmental facts that reached a released batch (a late reading, a new excursion or
+    link, a re-evaluation, a deviation): raised by the watcher, assessed by QA with an e-signature."""
+
+    __tablename__ = "post_release_event"
+
+    id: int | None = Field(default=None, primary_key=True)
+    batch_id: int = Field(foreign_key="batch.id", index=True)
+    raised_at: datetime = Field(sa_type=UTCDateTime, nullable=False)
+    raised_by: str = Field(max_length=60)
+    #: what changed from the picture registered before, as JSON [{kind, en, zh}]
+    changes: str = Field(sa_column=Column(Text, nullable=False))
+    kinds: str = Field(max_length=200)  # comma-separated change kinds
+    previous_hash: str = Field(max_length=64)
+    picture_hash: str = Field(max_length=64)
+    #: the picture when raised (JSON), so the change can be shown and checked later
+    picture: str = Field(sa_column=Column(Text, nullable=False))
+    status: str = Field(default="open", max_length=20, index=True)  # open | assessed
+    assessment_id: int | None = Field(default=None, foreign_key="post_release_assessment.id")
+
+
+class PostReleaseAssessment(SQLModel, table=True):
+    """QA's signed conclusion on a released batch's open post-release events: no impact, or a
+    deviation opened (named, linked to the batch)."""
+
+    __tablename__ = "post_release_assessment"
+
+    id: int | None = Field(default=None, primary_key=True)
+    batch_id: int = Field(foreign_key="batch.id", index=True)
+    outcome: str = Field(max_length=20)  # no_impact | deviation
+    deviation_id: int | None = Field(default=None, foreign_key="deviation.id")
+    assessment: str = Field(sa_column=Column(Text, nullable=False))
+    assessed_by: str = Field(max_length=60)
+    assessed_at: datetime = Field(sa_type=UTCDateTime, nullable=False)
+    picture_hash: str = Field(max_length=64)
+    picture: str = Field(sa_column=Column(Text, nullable=False))

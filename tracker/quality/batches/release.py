@@ -17,6 +17,8 @@ confirmed exposure to an action excursion has no deviation, or a signature is br
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
 from datetime import datetime
 
 from sqlalchemy import update
@@ -29,8 +31,10 @@ from tracker.core.timeutil import iso_utc, utcnow
 from tracker.facility.models import Room, Site
 from tracker.identity import signatures
 from tracker.identity.users import Authenticated, User, persons_of, require_role
-from tracker.quality.batches.linking import links_of, sync_links, uncovered_action_exposures
-from tracker.quality.batches.models import Batch, ProcessStep
+from tracker.quality.batches.environment import environment_content
+from tracker.quality.batches.linking import decision_checks, links_of, sync_links, uncovered_action_exposures
+from tracker.quality.batches.models import Batch, PostReleaseAssessment, ProcessStep
+from tracker.quality.batches.postrelease import assessment_content, remember_release
 from tracker.quality.batches.review import ReviewItem, review_items
 from tracker.quality.batches.steps import step_content, steps_of
 from tracker.quality.deviations import Deviation, DeviationBatch
@@ -76,26 +80,74 @@ def batch_content(session: Session, batch: Batch) -> BatchContent:
     }
 
 
+#: the batch signatures whose statement covers environmental monitoring and deviations: they
+#: sign the record and the environmental picture (:mod:`tracker.quality.batches.environment`)
+ENVIRONMENT_SCOPES = ("qa_review", "release")
+
+
+def signed_content(session: Session, batch: Batch, *, now: datetime | None = None) -> dict:
+    """What QA's review and the QP's release sign: the batch record and its environment."""
+    return {**batch_content(session, batch), "environment": environment_content(session, batch, now=now)}
+
+
+def _check_batch(
+    sig: signatures.Signature, record: BatchContent, environment: Callable[[], dict]
+) -> signatures.SignatureCheck:
+    """Check one of the batch's own signatures. One signed with the environment (QA review and
+    release since issue 15; earlier ones signed the record alone) whose record still matches but
+    whose picture changed is *outdated* — new facts, not an edit — and shows as ``changed``."""
+    signed = json.loads(sig.content)
+    if sig.scope not in ENVIRONMENT_SCOPES or "environment" not in signed:
+        return signatures.check(sig, record)
+    result = signatures.check(sig, {**record, "environment": environment()})
+    if result.intact or result.problem != "the record changed after it was signed":
+        return result
+    del signed["environment"]
+    if signatures.content_hash(signed) != signatures.content_hash(record):
+        return result
+    return signatures.SignatureCheck(sig, False, signatures.ENVIRONMENT_CHANGED, outdated=True)
+
+
+def _check_assessment(session: Session, sig: signatures.Signature) -> signatures.SignatureCheck:
+    """A post-release assessment, checked against its assessment and events as stored."""
+    row = session.get(PostReleaseAssessment, int(sig.scope.partition(":")[2]))
+    return signatures.check(sig, assessment_content(session, row) if row else {"missing": sig.scope})
+
+
 def signature_checks(session: Session, batch: Batch) -> list[signatures.SignatureCheck]:
-    """The batch's own signatures and its steps' ``performed`` signatures, each checked."""
-    content = batch_content(session, batch)
-    checks = signatures.check_all(
-        signatures.signatures_of(session, "batch", batch.number), lambda _sig: content
-    )
+    """The batch's own signatures, its steps' ``performed`` signatures and its exposure-link
+    decisions, each checked (older ones of a scope — a QA review done again — superseded)."""
+    record = batch_content(session, batch)
+    env: list[dict] = []
+
+    def environment() -> dict:
+        if not env:
+            env.append(environment_content(session, batch))
+        return env[0]
+
+    own = signatures.signatures_of(session, "batch", batch.number)
+    newest = {sig.scope: sig.id for sig in own}
+    checks = [
+        signatures.sealed_only(sig)
+        if newest[sig.scope] != sig.id
+        else _check_assessment(session, sig)
+        if sig.scope.startswith("post_release:")
+        else _check_batch(sig, record, environment)
+        for sig in own
+    ]
     for step in steps_of(session, batch):
         checks += signatures.check_all(
             signatures.signatures_of(session, "process_step", str(step.id)),
             lambda _sig, step=step: step_content(session, step),
         )
+    for link in links_of(session, batch):
+        checks += decision_checks(session, link)
     return checks
 
 
 #: the signatures a batch status stands on (a status without them was not reached by signing)
 DEVIATION_STATUS_ZH = {"open": "已开启", "investigating": "调查中", "capa": "纠正预防措施阶段"}
-SIGNATURE_PROBLEM_ZH = {
-    "the record changed after it was signed": "签名后记录被修改",
-    "the signature record itself was altered": "签名记录本身被篡改",
-}
+SIGNATURE_PROBLEM_ZH = signatures.PROBLEMS_ZH
 
 SCOPE_ZH = {"production": "生产负责人批准", "qa_review": "QA 审核", "release": "放行", "rejection": "拒绝"}
 
@@ -113,7 +165,7 @@ def status_problems(
     """A status or an ended step without the signature it needs (e.g. a raw SQL status change);
     ``checks`` are the batch's signature checks when the caller has them already."""
     checks = signature_checks(session, batch) if checks is None else checks
-    scopes = {c.signature.scope for c in checks if c.signature.entity == "batch" and c.intact}
+    scopes = {c.signature.scope for c in checks if c.signature.entity == "batch" and (c.intact or c.outdated)}
     problems = [
         Reason(
             f"batch {batch.number} is {batch.status} without its {scope} signature",
@@ -178,11 +230,14 @@ def gate_reasons(
     now: datetime | None = None,
     items: list[ReviewItem] | None = None,
     checks: list[signatures.SignatureCheck] | None = None,
+    redoing: str | None = None,
 ) -> list[str]:
     """Why the batch cannot be QA-reviewed or released now (empty when the gate is open).
     ``items`` and ``checks`` are the review items and signature checks when the caller has
     them already (:func:`tracker.quality.batches.views.batch_report`, which reads the links as
-    stored); without ``items`` the exposure proposals are brought up to date first (a write)."""
+    stored); without ``items`` the exposure proposals are brought up to date first (a write).
+    ``redoing``: the scope being signed again (QA's review after its picture changed), whose
+    outdated signature is then no reason."""
     reasons = [
         Reason(
             f"deviation {d.number} is {d.status}, not closed",
@@ -219,8 +274,19 @@ def gate_reasons(
         )
     checks = signature_checks(session, batch) if checks is None else checks
     for check in checks:
-        if not check.intact:
-            sig = check.signature
+        sig = check.signature
+        if check.outdated and sig.scope == redoing:
+            continue  # the signature being given again
+        if check.outdated:
+            reasons.append(
+                Reason(
+                    f"the {sig.scope} signature {sig.id} by {sig.username} was given over an environmental "
+                    "picture that has changed since: QA reviews the batch again",
+                    f"{sig.username} 的{SCOPE_ZH.get(sig.scope, sig.scope)}签名 {sig.id} 所依据的环境监测情况"
+                    "此后已发生变化：须由 QA 重新审核该批次",
+                )
+            )
+        elif not check.intact:
             reasons.append(
                 Reason(
                     f"signature {sig.id} ({sig.meaning} by {sig.username}) is broken: {check.problem}",
@@ -231,8 +297,10 @@ def gate_reasons(
     return reasons + status_problems(session, batch, checks)
 
 
-def _refuse_if_gate_closed(session: Session, batch: Batch, action: Reason, now: datetime) -> None:
-    reasons = gate_reasons(session, batch, now=now)
+def _refuse_if_gate_closed(
+    session: Session, batch: Batch, action: Reason, now: datetime, *, redoing: str | None = None
+) -> None:
+    reasons = gate_reasons(session, batch, now=now, redoing=redoing)
     if reasons:
         raise ConflictError(
             Reason(f"{action} of batch {batch.number} refused", f"批次 {batch.number} 的{action.zh}被拒绝"),
@@ -260,7 +328,9 @@ def _transition(
         entity_key=batch.number,
         scope=scope,
         statement=statement,
-        content=batch_content(session, batch),
+        content=signed_content(session, batch, now=now)
+        if scope in ENVIRONMENT_SCOPES
+        else batch_content(session, batch),
         comment=comment,
         now=now,
     )
@@ -311,7 +381,7 @@ def sign_production(
     if signer.who in _operators(session, batch):
         raise _own_entry(signer, batch)
     now = now or utcnow()
-    broken = [c for c in signature_checks(session, batch) if not c.intact]
+    broken = [c for c in signature_checks(session, batch) if c.broken]
     if broken:
         raise ConflictError(
             Reason(f"batch {batch.number} cannot be signed", f"批次 {batch.number} 尚不能签名"),
@@ -336,6 +406,12 @@ def sign_production(
     )
 
 
+def _review_outdated(session: Session, batch: Batch) -> bool:
+    """Is the batch QA-reviewed over an environmental picture that has changed since?"""
+    checks = [c for c in signature_checks(session, batch) if c.signature.scope == "qa_review"]
+    return bool(checks) and checks[-1].outdated
+
+
 def qa_review(
     session: Session,
     *,
@@ -344,9 +420,12 @@ def qa_review(
     comment: str | None = None,
     now: datetime | None = None,
 ) -> Batch:
-    """QA reviews the record, environment and deviations included (Art. 23), behind the gate."""
+    """QA reviews the record, environment and deviations included (Art. 23), behind the gate.
+    A review whose environmental picture changed before release (a late reading, a new
+    excursion) is done again: the new signature supersedes the old one."""
     require_role(signer, "qa", action=Reason("QA batch-record review", "QA 审核批记录"))
-    if batch.status != "production_signed":
+    again = batch.status == "qa_reviewed" and _review_outdated(session, batch)
+    if batch.status != "production_signed" and not again:
         raise ConflictError(
             Reason(
                 f"batch {batch.number} is {batch.status}; QA reviews a record the production head has signed",
@@ -363,7 +442,9 @@ def qa_review(
     if signer.who in _operators(session, batch):
         raise _own_entry(signer, batch)
     now = now or utcnow()
-    _refuse_if_gate_closed(session, batch, Reason("QA review", "QA 审核"), now)
+    _refuse_if_gate_closed(
+        session, batch, Reason("QA review", "QA 审核"), now, redoing="qa_review" if again else None
+    )
     return _transition(
         session,
         signer=signer,
@@ -398,7 +479,7 @@ def release(
     _releaser_is_independent(session, batch, signer)
     now = now or utcnow()
     _refuse_if_gate_closed(session, batch, Reason("release", "放行"), now)
-    return _transition(
+    batch = _transition(
         session,
         signer=signer,
         batch=batch,
@@ -409,6 +490,8 @@ def release(
         comment=comment,
         now=now,
     )
+    remember_release(session, batch, now=now)  # from now on the batch keeps listening
+    return batch
 
 
 def _releaser_is_independent(session: Session, batch: Batch, signer: Authenticated) -> None:

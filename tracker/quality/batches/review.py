@@ -87,7 +87,7 @@ class ReviewItem:
         }
 
 
-def _monitors_for(session: Session, step: ProcessStep) -> list[Monitor]:
+def monitors_for(session: Session, step: ProcessStep) -> list[Monitor]:
     rooms = [r.id for r in containing_rooms(session, session.get(Room, step.room_id))]
     return list(
         session.exec(
@@ -109,7 +109,7 @@ def invalid_periods(
     site = session.get(Site, session.get(Room, step.room_id).site_id)
     factor = compliance_of(session, site).gap_factor
     periods = []
-    for monitor in _monitors_for(session, step):
+    for monitor in monitors_for(session, step):
         rows = session.exec(
             select(Reading.event_time, Reading.invalid_reason)
             .where(

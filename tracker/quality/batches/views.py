@@ -3,8 +3,8 @@
 Each is built here once, as a ``TypedDict`` (JSON-ready: times ISO 8601 UTC), and the entry
 points only format it — the API also uses these types as its response schemas. The views read
 what is stored and write nothing: where a reader must see the exposure proposals up to date,
-it calls :func:`tracker.quality.batches.linking.sync_links` itself first (docs/quality.md,
-"Known limits").
+it calls :func:`tracker.quality.batches.linking.sync_links` (and, for a released batch,
+:func:`tracker.quality.batches.postrelease.watch`) itself first (docs/quality.md, "Known limits").
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from tracker.facility.models import Site
 from tracker.identity.signatures import SignatureManifest
 from tracker.quality.batches.flags import FlagDoc, batch_flags
 from tracker.quality.batches.models import Batch, ExcursionLink, ProcessStep
+from tracker.quality.batches.postrelease import PostReleaseDoc, post_release_docs
 from tracker.quality.batches.release import StepDoc, batch_content, gate_reasons, signature_checks
 from tracker.quality.batches.review import ReviewItemDoc, review_items
 from tracker.quality.batches.steps import list_batches
@@ -63,6 +64,8 @@ class BatchReport(TypedDict):
     deviations: list[BatchDeviation]
     signatures: list[SignatureManifest]
     gate: list[str]  # why QA review and release are refused now; empty when the gate is open
+    #: environmental facts that reached the batch after its release, and QA's assessments
+    post_release: list[PostReleaseDoc]
 
 
 class LinkDoc(TypedDict):
@@ -127,6 +130,7 @@ def batch_report(session: Session, batch: Batch, *, now: datetime | None = None)
             if batch.status not in ("released", "rejected")
             else []
         ),
+        "post_release": post_release_docs(session, batch),
     }
 
 

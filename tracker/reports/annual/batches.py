@@ -1,4 +1,5 @@
-"""§4 Production activity (``production``) and §12 Traceability and segregation (``traceability``).
+"""§4 Production activity (``production``) and §12 Traceability and segregation (``traceability``,
+with the post-release events of released batches).
 
 Released and rejected count the QP's signatures made in the period, whichever year the batch
 started in; a batch's disposition is its last decision before the cut-off, so a release in
@@ -78,6 +79,7 @@ def traceability_block(scope: Scope, records: BatchRecords) -> dict:
     counts = {c: 0 for c in FLAG_CODES}
     for f in flags:
         counts[f["code"]] = counts.get(f["code"], 0) + 1
+    post_release = post_release_rows(records)
     return {
         "exposed_batches": len(exposed),
         "exposed_by_disposition": dict(sorted(Counter(r["disposition"] for r in exposed).items())),
@@ -88,6 +90,9 @@ def traceability_block(scope: Scope, records: BatchRecords) -> dict:
         "flag_counts": counts,
         "flagged_batches": len({f["batch"] for f in flags}),
         "flags": flags,
+        "post_release_events": len(post_release),
+        "post_release_open_at_end": sum(1 for r in post_release if r["status_at_end"] == "open"),
+        "post_release": post_release,
     }
 
 
@@ -102,6 +107,23 @@ def undecided_row(records: BatchRecords, x: Exposure) -> dict:
         "started_at": iso_utc(x.excursion.started_at),
         "disposition": disposition(records, x.batch),
     }
+
+
+def post_release_rows(records: BatchRecords) -> list[dict]:
+    """Environmental facts that reached released batches in the period, and QA's conclusion
+    as at the period end (docs/quality.md, "After release")."""
+    return [
+        {
+            "batch": b.number,
+            "event": e.id,
+            "raised_at": iso_utc(e.raised_at),
+            "kinds": [k for k in e.kinds.split(",") if k],
+            "status_at_end": "assessed" if a else "open",
+            "outcome": a.outcome if a else None,
+            "deviation": number,
+        }
+        for e, b, a, number in records.post_release
+    ]
 
 
 def exposed_rows(records: BatchRecords, confirmed: list[Exposure]) -> list[dict]:

@@ -35,7 +35,13 @@ from tracker.monitoring.rollups import RollupHourly
 from tracker.quality.batches.flags import Flag, batch_flags
 from tracker.quality.batches.integrity import all_signature_checks
 from tracker.quality.batches.linking import exposure_candidates
-from tracker.quality.batches.models import Batch, ExcursionLink, ProcessStep
+from tracker.quality.batches.models import (
+    Batch,
+    ExcursionLink,
+    PostReleaseAssessment,
+    PostReleaseEvent,
+    ProcessStep,
+)
 from tracker.quality.deviations import (
     CapaAction,
     Deviation,
@@ -542,6 +548,8 @@ class BatchRecords:
     exposures: list[Exposure]
     flags: list[tuple[Batch, Flag]]  # flags of the batches started in the period, in their order
     process_steps: int  # steps of the site's batches started in the period
+    #: post-release events raised in the period, with QA's assessment if made before its end
+    post_release: list[tuple[PostReleaseEvent, Batch, PostReleaseAssessment | None, str | None]]
 
 
 def load_batches(session: Session, scope: Scope, source_excursions: set[int]) -> BatchRecords:
@@ -559,7 +567,31 @@ def load_batches(session: Session, scope: Scope, source_excursions: set[int]) ->
         exposures=_exposures(session, scope, by_id, source_excursions),
         flags=[(b, f) for b in started for f in batch_flags(session, b)],
         process_steps=_process_steps(session, scope),
+        post_release=_post_release(session, scope, by_id),
     )
+
+
+def _post_release(
+    session: Session, scope: Scope, by_id: dict[int, Batch]
+) -> list[tuple[PostReleaseEvent, Batch, PostReleaseAssessment | None, str | None]]:
+    """Events raised in the period, with the assessment and the deviation it names; an
+    assessment made after the period end is not yet known."""
+    period = scope.period
+    rows = []
+    for event in session.exec(
+        select(PostReleaseEvent)
+        .where(
+            PostReleaseEvent.batch_id.in_(list(by_id)),
+            PostReleaseEvent.raised_at >= period.start,
+            PostReleaseEvent.raised_at < period.end,
+        )
+        .order_by(PostReleaseEvent.raised_at, PostReleaseEvent.id)
+    ):
+        row = session.get(PostReleaseAssessment, event.assessment_id) if event.assessment_id else None
+        row = row if row and row.assessed_at < period.end else None
+        dev = session.get(Deviation, row.deviation_id) if row and row.deviation_id else None
+        rows.append((event, by_id[event.batch_id], row, dev.number if dev else None))
+    return rows
 
 
 def _decisions(session: Session, scope: Scope, by_number: dict[str, Batch]) -> dict[str, Decision]:

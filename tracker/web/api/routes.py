@@ -1,7 +1,7 @@
 """``/api/v1`` routes."""
 
 from datetime import date, datetime
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Path, Query, Request
 from pydantic import BaseModel, Field, field_validator
@@ -27,6 +27,7 @@ from tracker.notify.dispatcher import FailedNotificationDoc, failed_target_docs
 from tracker.quality import deviations as dv
 from tracker.quality.batches.linking import decide_link, raise_deviation, sync_links
 from tracker.quality.batches.models import Batch
+from tracker.quality.batches.postrelease import assess, watch
 from tracker.quality.batches.release import qa_review, reject, release, sign_production
 from tracker.quality.batches.steps import get_batch
 from tracker.quality.batches.views import (
@@ -96,6 +97,9 @@ class DeviationRequest(BaseModel):
 class LinkDecision(BaseModel):
     exposed: bool
     reason: str = Field(min_length=1, max_length=2000)
+    password: str = Field(
+        min_length=1, max_length=1000, description="re-authentication: the decision is signed"
+    )
 
 
 class SignRequest(BaseModel):
@@ -466,8 +470,11 @@ def links(
 
 
 @router.post("/links/{link_id}/decide")
-def decide(me: CurrentUser, session: SessionDep, link_id: Id, body: LinkDecision) -> LinkDecided:
-    link = decide_link(session, actor=me.actor(), link_id=link_id, exposed=body.exposed, reason=body.reason)
+def decide(
+    request: Request, me: CurrentUser, session: SessionDep, link_id: Id, body: LinkDecision
+) -> LinkDecided:
+    signer = sign_in(request, me, body.password)
+    link = decide_link(session, signer=signer, link_id=link_id, exposed=body.exposed, reason=body.reason)
     return {"id": link.id, "status": link.status}
 
 
@@ -483,6 +490,7 @@ def _batch_doc(session: Session, batch: Batch) -> BatchReport:
     read until the ingester proposes links itself (docs/quality.md, known limits)."""
     session.flush()
     sync_links(session, batch=batch)
+    watch(session, batch=batch)  # a released batch keeps listening (post-release events)
     return batch_report(session, batch)
 
 
@@ -531,6 +539,32 @@ def batch_release(
 ) -> BatchReport:
     """QP release (e-signature); 409 with ``reasons`` while the gate is closed."""
     return _signed(request, me, session, number, body, release)
+
+
+class PostReleaseRequest(BaseModel):
+    outcome: Literal["no_impact", "deviation"]
+    assessment: str = Field(min_length=1, max_length=5000)
+    deviation: str | None = Field(default=None, max_length=20, description="the deviation opened")
+    password: str = Field(min_length=1, max_length=1000, description="re-authentication for the signature")
+
+
+@router.post("/batches/{number}/post-release")
+def batch_post_release(
+    request: Request, me: CurrentUser, session: SessionDep, number: Key, body: PostReleaseRequest
+) -> BatchReport:
+    """QA's signed assessment of a released batch's open post-release events; 409 with
+    ``reasons`` while a link is undecided or an action exposure has no deviation."""
+    signer = sign_in(request, me, body.password)
+    batch = get_batch(session, number)
+    assess(
+        session,
+        signer=signer,
+        batch=batch,
+        outcome=body.outcome,
+        assessment=body.assessment,
+        deviation=body.deviation or None,
+    )
+    return _batch_doc(session, batch)
 
 
 @router.get("/quarantine")

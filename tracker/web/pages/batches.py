@@ -11,6 +11,7 @@ from sqlmodel import select
 from tracker.core.timeutil import iso_utc, parse_instant, utcnow
 from tracker.facility.models import Room
 from tracker.quality.batches.linking import sync_links
+from tracker.quality.batches.postrelease import assess, watch
 from tracker.quality.batches.release import qa_review, reject, release, sign_production
 from tracker.quality.batches.review import ReviewItemDoc, assess_item
 from tracker.quality.batches.steps import (
@@ -96,6 +97,7 @@ def batch_page(request: Request, me: CurrentUser, session: SessionDep, number: s
     batch = get_batch(session, number)
     # a read that writes: the ingester does not propose links yet (docs/quality.md, known limits)
     sync_links(session, batch=batch)
+    watch(session, batch=batch)  # a released batch keeps listening (post-release events)
     report = batch_report(session, batch)
     shown = {**report, "review": [{**item, "chart": _chart_window(item)} for item in report["review"]]}
     pending = sorted(
@@ -253,3 +255,27 @@ def batch_assess(
         reason=reason,
     )
     return done(request, f"/batches/{number}", tr(request, "Assessment recorded."))
+
+
+@router.post("/batches/{number}/post-release")
+def batch_post_release(
+    request: Request,
+    me: CurrentUser,
+    session: SessionDep,
+    number: str,
+    outcome: Annotated[str, Form(max_length=20)],
+    assessment: Text,
+    password: Password,
+    deviation: Annotated[str | None, Form(max_length=20)] = None,
+) -> RedirectResponse:
+    """QA's signed conclusion on the batch's open post-release events."""
+    signer = sign_in(request, me, password)
+    assess(
+        session,
+        signer=signer,
+        batch=get_batch(session, number),
+        outcome=outcome,
+        assessment=assessment,
+        deviation=(deviation or "").strip() or None,
+    )
+    return done(request, f"/batches/{number}", tr(request, "Post-release events assessed (signed)."))

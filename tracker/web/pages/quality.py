@@ -210,6 +210,8 @@ def link_decide(
     link_id: RowId,
     exposed: Annotated[bool, Form()],
     reason: Text,
+    password: Annotated[str, Form(max_length=1000)],
 ) -> RedirectResponse:
-    decide_link(session, actor=me.actor(), link_id=link_id, exposed=exposed, reason=reason)
+    signer = sign_in(request, me, password)
+    decide_link(session, signer=signer, link_id=link_id, exposed=exposed, reason=reason)
     return done(request, back_path(request), tr(request, "Exposure decision recorded."))
