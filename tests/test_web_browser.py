@@ -239,13 +239,15 @@ def test_qa_production_and_qp_work_a_batch_through_the_browser(
     qa.page.locator("details#no-capa summary").click()
     qa.page.fill("details#no-capa textarea[name=justification]", "minor; sash marking already in SOP")
     qa.page.click("details#no-capa button[type=submit]")
-    qa.sign("close")
-    assert qa.page.locator("[data-testid=deviation-status]").inner_text() == "已关闭"
-    sigs = qa.page.locator("[data-testid=signatures]").inner_text()
-    assert "QA 赵敏 Zhao Min" in sigs
-    assert "QA 刘洋 Liu Yang" in sigs
+    qa.sign("close")  # qa1 wrote the root cause and the impact: another QA person closes (issue 15)
+    assert "撰写或负责了偏差" in qa.flash("error")
+    qa2.page.goto(f"/deviations/{number}")
+    qa2.sign("close")
+    assert qa2.page.locator("[data-testid=deviation-status]").inner_text() == "已关闭"
+    sigs = qa2.page.locator("[data-testid=signatures]").inner_text()
+    assert sigs.count("QA 赵敏 Zhao Min") == 2
     assert "+0800" in sigs
-    qa.shot("05-deviation-closed")
+    qa2.shot("05-deviation-closed")
 
     # QA review now passes; the QP releases
     qa.page.goto(f"/batches/{BATCH}")

@@ -112,15 +112,18 @@ def user_list(json_out: JsonOpt = False, db: DbOpt = None) -> None:
         print_json(rows)
         return
     table = Table(title=t("user"))
-    for key in ("user", "full_name", "roles", "active", "failed_logins"):
+    for key in ("user", "full_name", "person", "roles", "active", "failed_logins", "enrolled"):
         table.add_column(t(key))
     for r in rows:
+        asked = f" ({t('awaiting_qa')}: {r['pending_roles']})" if r["pending_roles"] else ""
         table.add_row(
             r["username"],
             r["full_name"],
-            ", ".join(t(x) for x in r["roles"].split(",")),
+            r["person"],
+            ", ".join(t(x) for x in r["roles"].split(",") if x) + asked,
             t("yes") if r["active"] else t("no"),
             (f"{r['failed_attempts']} !" if r["alert"] else str(r["failed_attempts"] or "")),
+            t("yes") if r["enrolled"] else "",
         )
     console.print(table)
 

@@ -139,6 +139,7 @@ MESSAGES: dict[str, tuple[str, str]] = {
     "signature_intact": ("签名有效", "signature intact"),
     "awaiting_qa": ("待 QA 处理", "awaiting QA"),
     "post_release_event": ("放行后事件", "Post-release event"),
+    "person": ("人员编号", "Person"),
     "no_impact": ("无影响", "no impact"),
     "enrolled": ("已在见证下登记密码", "password enrolled before a witness"),
     "in_progress": ("生产中", "in progress"),
