@@ -265,6 +265,18 @@ def room_state(
         )
     if changed.affected:
         console.print(f"  {t('excursions_rejudged')}: {', '.join(str(i) for i in changed.affected)}")
+    _watch_released(db)
+
+
+def _watch_released(db: str | None) -> None:
+    """After a re-judgement: raise the post-release events of released batches it reached."""
+    from tracker.quality.batches.models import Batch
+    from tracker.quality.batches.postrelease import watch
+
+    with unit_of_work(engine_for(db)) as session:
+        raised = [(session.get(Batch, e.batch_id).number, e.id, e.kinds) for e in watch(session)]
+    for number, event_id, kinds in raised:
+        console.print(f"  {t('batch')} {number}: {t('post_release_event')} {event_id} ({kinds})")
 
 
 @app.command()
@@ -296,6 +308,7 @@ def reevaluate(
         f"{t('reevaluated')}: {result.readings_changed} / {result.readings_checked} "
         f"{t('readings')}, {result.series_rebuilt} series"
     )
+    _watch_released(db)
 
 
 @app.command()

@@ -273,16 +273,20 @@ def decide_link(
         at=now,
     )
     if exposed:
-        deviations = session.exec(
-            select(Deviation)
-            .join(DeviationExcursion, DeviationExcursion.deviation_id == Deviation.id)
-            .where(DeviationExcursion.excursion_id == link.excursion_id, Deviation.status != "closed")
-        ).all()
-        for dev in deviations:
-            attach_batch(
-                session, dev=dev, batch_id=batch.id, batch_number=batch.number, actor=signer.username, now=now
-            )
+        _join_open_deviations(session, link, batch, signer.username, now)
     return link
+
+
+def _join_open_deviations(
+    session: Session, link: ExcursionLink, batch: Batch, actor: str, now: datetime
+) -> None:
+    """A confirmed exposure links the batch to the open deviations raised from the excursion."""
+    for dev in session.exec(
+        select(Deviation)
+        .join(DeviationExcursion, DeviationExcursion.deviation_id == Deviation.id)
+        .where(DeviationExcursion.excursion_id == link.excursion_id, Deviation.status != "closed")
+    ).all():
+        attach_batch(session, dev=dev, batch_id=batch.id, batch_number=batch.number, actor=actor, now=now)
 
 
 def raise_deviation(

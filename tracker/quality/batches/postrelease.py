@@ -308,8 +308,16 @@ def assessment_gaps(session: Session, batch: Batch, *, now: datetime) -> list[Re
 
 
 def _check_outcome(
-    session: Session, batch: Batch, outcome: str, text: str, deviation: str | None, now: datetime
-):
+    session: Session,
+    batch: Batch,
+    outcome: str,
+    text: str,
+    deviation: str | None,
+    *,
+    actor: str,
+    now: datetime,
+) -> Deviation | None:
+    """The outcome and reasoning given; a named deviation is linked to the batch."""
     if outcome not in POST_RELEASE_OUTCOMES:
         raise InvalidInputError(
             Reason(
@@ -329,7 +337,7 @@ def _check_outcome(
     if deviation is None:
         return None
     dev = get_deviation(session, deviation)
-    attach_batch(session, dev=dev, batch_id=batch.id, batch_number=batch.number, actor=SYSTEM, now=now)
+    attach_batch(session, dev=dev, batch_id=batch.id, batch_number=batch.number, actor=actor, now=now)
     return dev
 
 
@@ -355,7 +363,7 @@ def assess(
                 f"批次 {batch.number} 没有待评估的放行后事件",
             )
         )
-    dev = _check_outcome(session, batch, outcome, assessment, deviation, now)
+    dev = _check_outcome(session, batch, outcome, assessment, deviation, actor=signer.username, now=now)
     gaps = assessment_gaps(session, batch, now=now)
     if gaps:
         raise ConflictError(

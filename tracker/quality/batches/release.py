@@ -273,6 +273,13 @@ def gate_reasons(
             )
         )
     checks = signature_checks(session, batch) if checks is None else checks
+    reasons += _signature_reasons(checks, redoing)
+    return reasons + status_problems(session, batch, checks)
+
+
+def _signature_reasons(checks: list[signatures.SignatureCheck], redoing: str | None) -> list[Reason]:
+    """Broken signatures, and a QA review whose environmental picture changed since."""
+    reasons = []
     for check in checks:
         sig = check.signature
         if check.outdated and sig.scope == redoing:
@@ -294,7 +301,7 @@ def gate_reasons(
                     f"{SIGNATURE_PROBLEM_ZH.get(check.problem, check.problem)}",
                 )
             )
-    return reasons + status_problems(session, batch, checks)
+    return reasons
 
 
 def _refuse_if_gate_closed(
