@@ -159,3 +159,69 @@ def test_0011_fills_the_newest_reading_of_monitors_ingested_before_0008(database
             assert latest_readings(s) == {m: (e, r) for m, (_v, _w, e, r) in rows.items() if e}
     finally:
         databases.drop(url)
+
+
+def test_0016_makes_each_account_a_person_and_keeps_working_accounts_enrolled(databases) -> None:
+    """Issue 15: existing accounts become their own person; one whose owner had replaced the
+    admin's password stays able to work (enrolled, witness "migration 0016"), one still on the
+    admin's password does not; every last writer of a root cause or impact is an author."""
+    url = databases.empty()
+    try:
+        upgrade(url, "0015")
+        engine = get_engine(url)
+        with engine.begin() as conn:
+            _facility(conn, ["M"])
+            users = sa.table(
+                "app_user",
+                *(sa.column(c) for c in ("id", "username", "full_name", "roles")),
+                *(sa.column(c) for c in ("password_hash", "active", "failed_attempts")),
+                sa.column("must_change_password"),
+                sa.column("password_changed_at", UTCDateTime()),
+                sa.column("created_at", UTCDateTime()),
+                sa.column("created_by"),
+            )
+            conn.execute(
+                insert(users),
+                [
+                    {
+                        "id": i,
+                        "username": u,
+                        "full_name": u,
+                        "roles": r,
+                        "password_hash": "x",
+                        "active": True,
+                        "failed_attempts": 0,
+                        "must_change_password": m,
+                        "password_changed_at": T,
+                        "created_at": T,
+                        "created_by": "admin",
+                    }
+                    for i, u, r, m in (
+                        (1, "admin", "admin", False),
+                        (2, "qa1", "qa", False),
+                        (3, "new", "qa", True),
+                    )
+                ],
+            )
+            conn.execute(
+                sa.text(
+                    "INSERT INTO deviation (id, site_id, number, title, classification, category, description, "
+                    "root_cause, root_cause_by, status, opened_at, opened_by, updated_at) VALUES "
+                    "(1, 1, 'DEV-2026-0001', 't', 'major', 'c', 'd', 'r', 'qa1', 'investigating', :t, 'qa1', :t)"
+                ),
+                {"t": T},
+            )
+        engine.dispose()
+        upgrade(url)
+        with engine.connect() as conn:
+            rows = {
+                r.username: (r.person_id, r.enrolled_witness)
+                for r in conn.execute(sa.text("SELECT username, person_id, enrolled_witness FROM app_user"))
+            }
+            authors = conn.execute(sa.text("SELECT part, username, person FROM deviation_author")).all()
+            site = conn.execute(sa.text("SELECT qa_reviewer_may_release FROM site")).scalar_one()
+        assert rows == {"admin": ("admin", None), "qa1": ("qa1", "migration 0016"), "new": ("new", None)}
+        assert [tuple(a) for a in authors] == [("root_cause", "qa1", "qa1")]
+        assert site in (False, 0)
+    finally:
+        databases.drop(url)

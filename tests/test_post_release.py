@@ -25,6 +25,7 @@ from tracker.quality.batches.release import signature_checks
 from tracker.quality.batches.steps import get_batch
 from tracker.quality.batches.views import batch_report
 from tracker.reports.annual.document import build_annual_report, validate_report, year_period
+from tracker.reports.render import render_html
 
 LATER = T0 + timedelta(days=3)
 
@@ -174,6 +175,12 @@ def test_the_annual_report_lists_post_release_events(people_engine: Engine) -> N
         (row,) = trace["post_release"]
         assert (row["batch"], row["status_at_end"], row["outcome"]) == (NUMBER, "open", None)
         assert "late_readings" in row["kinds"]
+    zh, en = render_html(report, lang="zh-CN"), render_html(report, lang="en")
+    assert "放行后事件" in zh
+    assert "迟到读数" in zh
+    assert "待 QA 评估" in zh
+    assert "Post-release events" in en
+    assert "late readings" in en
 
 
 def test_the_command_line_watches_shows_and_assesses(people_engine: Engine, db_url: str) -> None:
