@@ -240,3 +240,31 @@ def test_the_pages_and_the_api_show_and_assess_post_release_events(web_app, web_
     (event,) = doc["post_release"]
     assert (event["status"], event["outcome"], event["assessed_by"]) == ("assessed", "no_impact", "qa2")
     assert "评估放行后事件" not in qa.get(f"/batches/{NUMBER}").text
+
+
+def test_a_re_evaluation_that_judges_a_released_batchs_readings_again_raises_an_event(
+    people_engine: Engine,
+) -> None:
+    from tests.conftest import MIN_FACILITY
+    from tracker.facility.file import parse_facility
+    from tracker.facility.load import load_facility
+    from tracker.monitoring.reevaluate import reevaluate
+
+    engine = people_engine
+    signed_off(engine)
+    tighter = MIN_FACILITY.read_text(encoding="utf-8") + (
+        '\n[[limits]]\nroom = "T-B1"\nkind = "particles"\nchannel = "0.5"\nstate = "in_operation"\n'
+        "alert_high = 300.0\naction_high = 352000.0\n"
+    )
+    with unit_of_work(engine) as s:
+        load_facility(s, parse_facility(tighter), actor="admin", approver=as_(engine, "qa2"))
+    with unit_of_work(engine) as s:
+        reevaluate(s, room_code="T-B1", start=T0, actor="qa2", reason="site alert level lowered")
+    with unit_of_work(engine) as s:
+        (event,) = watch(s, now=LATER)
+        assert "reevaluation" in event.kinds.split(",")
+        (shown,) = batch_report(s, get_batch(s, NUMBER))["post_release"]
+        assert any(
+            c["en"].startswith("readings judged again: T-B1-PC during step 1: alert 0 →")
+            for c in shown["changes"]
+        )

@@ -207,6 +207,7 @@ TEXT: dict[str, tuple[str, str]] = {
     "awaiting_qa": ("待 QA 评估", "awaiting QA"),
     "no_impact": ("无影响", "no impact"),
     "late_readings": ("迟到读数", "late readings"),
+    "reevaluation": ("读数重新评价", "readings judged again"),
     "link": ("关联建议", "exposure link"),
     "invalid_period": ("无效时段", "invalid period"),
     "excursion": ("超标", "excursion"),

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import func
+from sqlalchemy import case, func
 from sqlmodel import Session, select
 from typing_extensions import TypedDict
 
@@ -117,16 +117,23 @@ def _deviations(session: Session, batch: Batch) -> list[dict]:
 
 
 def _coverage(session: Session, batch: Batch, now: datetime) -> list[dict]:
-    """Readings (values) and invalid ones per monitor during each step: a late or backfilled
-    reading changes these counts even when it is in limit."""
+    """Readings (values) per monitor during each step, and how many were invalid, at alert and at
+    action: a late or backfilled reading changes these counts even when it is in limit, and a
+    re-evaluation that judges stored readings differently changes the verdict counts."""
     out = []
     for step in steps_of(session, batch):
         monitors = {m.id: m.code for m in monitors_for(session, step)}
         if not monitors:
             continue
-        counts = dict.fromkeys(monitors, (0, 0))
-        for monitor_id, total, invalid in session.exec(
-            select(Reading.monitor_id, func.count(), func.count(Reading.invalid_reason))
+        counts = dict.fromkeys(monitors, (0, 0, 0, 0))
+        for monitor_id, *row in session.exec(
+            select(
+                Reading.monitor_id,
+                func.count(),
+                func.count(Reading.invalid_reason),
+                func.count(case((Reading.level == "alert", 1))),
+                func.count(case((Reading.level == "action", 1))),
+            )
             .where(
                 Reading.monitor_id.in_(sorted(monitors)),
                 Reading.event_time >= step.start,
@@ -134,10 +141,17 @@ def _coverage(session: Session, batch: Batch, now: datetime) -> list[dict]:
             )
             .group_by(Reading.monitor_id)
         ).all():
-            counts[monitor_id] = (total, invalid)
+            counts[monitor_id] = tuple(row)
         out += [
-            {"step": step.id, "monitor": monitors[mid], "readings": n, "invalid": bad}
-            for mid, (n, bad) in sorted(counts.items(), key=lambda kv: monitors[kv[0]])
+            {
+                "step": step.id,
+                "monitor": monitors[mid],
+                "readings": n,
+                "invalid": bad,
+                "alert": a,
+                "action": x,
+            }
+            for mid, (n, bad, a, x) in sorted(counts.items(), key=lambda kv: monitors[kv[0]])
         ]
     return out
 

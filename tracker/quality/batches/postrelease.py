@@ -5,7 +5,8 @@ At release the QP signed the batch's environmental picture (:mod:`.environment`)
 the batch (``env_hash``, ``env_picture``). :func:`watch` compares each released batch's picture
 as it stands with the one registered: a buffered counter coming back with an action excursion,
 any late or backfilled reading during a step, a new excursion or proposed link, a re-evaluation
-that reshaped or superseded an excursion, a deviation linked or changing — each difference
+that judged the step's readings again or reshaped or superseded an excursion, a deviation linked
+or changing — each difference
 raises a :class:`~.models.PostReleaseEvent` naming what changed. QA assesses the open events
 with an e-signature (:func:`assess`): no impact, or a deviation opened (linked to the batch).
 The batch view, ``tracker audit verify`` and the annual report show them.
@@ -103,9 +104,10 @@ def _link_changes(before: list[dict], after: list[dict]) -> list[Change]:
 
 
 def _coverage_changes(before: list[dict], after: list[dict]) -> list[Change]:
+    zero = {"readings": 0, "invalid": 0, "alert": 0, "action": 0}
     old, out = _by(before, lambda r: (r["step"], r["monitor"])), []
     for row in after:
-        was = old.get((row["step"], row["monitor"]), {"readings": 0, "invalid": 0})
+        was = {**zero, **old.get((row["step"], row["monitor"]), {})}
         more, bad = row["readings"] - was["readings"], row["invalid"] - was["invalid"]
         if more or bad:
             where = f"{row['monitor']} during step {row['step']}"
@@ -114,6 +116,16 @@ def _coverage_changes(before: list[dict], after: list[dict]) -> list[Change]:
                     "kind": "late_readings",
                     "en": f"late readings: {where}: {more:+d} values ({bad:+d} invalid)",
                     "zh": f"迟到读数：{row['monitor']}（工序 {row['step']} 期间）：{more:+d} 个数值（无效 {bad:+d}）",
+                }
+            )
+        elif (was["alert"], was["action"]) != (row.get("alert", 0), row.get("action", 0)):
+            verdicts = f"alert {was['alert']} → {row['alert']}, action {was['action']} → {row['action']}"
+            out.append(
+                {
+                    "kind": "reevaluation",
+                    "en": f"readings judged again: {row['monitor']} during step {row['step']}: {verdicts}",
+                    "zh": f"读数重新评价：{row['monitor']}（工序 {row['step']} 期间）：警戒 {was['alert']} → "
+                    f"{row['alert']}，纠偏 {was['action']} → {row['action']}",
                 }
             )
     return out
