@@ -161,13 +161,13 @@ def test_0011_fills_the_newest_reading_of_monitors_ingested_before_0008(database
         databases.drop(url)
 
 
-def test_0016_makes_each_account_a_person_and_keeps_working_accounts_enrolled(databases) -> None:
+def test_0020_makes_each_account_a_person_and_keeps_working_accounts_enrolled(databases) -> None:
     """Issue 15: existing accounts become their own person; one whose owner had replaced the
-    admin's password stays able to work (enrolled, witness "migration 0016"), one still on the
+    admin's password stays able to work (enrolled, witness "migration 0020"), one still on the
     admin's password does not; every last writer of a root cause or impact is an author."""
     url = databases.empty()
     try:
-        upgrade(url, "0015")
+        upgrade(url, "0019")
         engine = get_engine(url)
         with engine.begin() as conn:
             _facility(conn, ["M"])
@@ -220,7 +220,7 @@ def test_0016_makes_each_account_a_person_and_keeps_working_accounts_enrolled(da
             }
             authors = conn.execute(sa.text("SELECT part, username, person FROM deviation_author")).all()
             site = conn.execute(sa.text("SELECT qa_reviewer_may_release FROM site")).scalar_one()
-        assert rows == {"admin": ("admin", None), "qa1": ("qa1", "migration 0016"), "new": ("new", None)}
+        assert rows == {"admin": ("admin", None), "qa1": ("qa1", "migration 0020"), "new": ("new", None)}
         assert [tuple(a) for a in authors] == [("root_cause", "qa1", "qa1")]
         assert site in (False, 0)
     finally:

@@ -5,8 +5,8 @@ and QA's signed assessments of them
 watcher's first look registers their picture as it stands, without an event);
 ``post_release_assessment`` and ``post_release_event`` are new.
 
-Revision ID: 0017
-Revises: 0016
+Revision ID: 0021
+Revises: 0020
 Create Date: 2026-12-07 10:00:00.000000
 """
 
@@ -18,8 +18,8 @@ from alembic import op
 
 import tracker.core.db
 
-revision: str = "0017"
-down_revision: str | None = "0016"
+revision: str = "0021"
+down_revision: str | None = "0020"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
