@@ -166,7 +166,7 @@ def test_invalid_readings_during_a_step_must_be_assessed(people_engine: Engine) 
         assert (item.start, item.end) == (T0 + minutes(5), T0 + minutes(8))
         link_id = gap_item.detail["link"]
         assert gate_reasons(s, batch)[-1] == f"review item {item.key} (status_calibration) is unassessed"
-        decide_link(s, actor=as_(engine, "qa1"), link_id=link_id, exposed=False, reason="room counter only")
+        decide_link(s, signer=as_(engine, "qa1"), link_id=link_id, exposed=False, reason="room counter only")
         assert gate_reasons(s, batch) == [f"review item {item.key} (status_calibration) is unassessed"]
         assess_item(
             s,

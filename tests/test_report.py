@@ -1237,7 +1237,7 @@ def test_an_undecided_exposure_is_reported_as_such(year_db: str, clone_db: Calla
         late = utc(2026, 1, 5)
         sync_links(s, batch=get_batch(s, "MSC-1"), now=late)
         (link,) = [x for x in links_of(s, get_batch(s, "MSC-1")) if x.excursion_id == ex_id]
-        decide_link(s, actor=at(engine, "qa1", late), link_id=link.id, exposed=True, reason="open", now=late)
+        decide_link(s, signer=at(engine, "qa1", late), link_id=link.id, exposed=True, reason="open", now=late)
     with unit_of_work(engine) as s:
         again = build_annual_report(s, site=get_site(s), period=PERIOD, now=NOW + timedelta(days=10))
     assert signed_content(again) == signed_content(report)

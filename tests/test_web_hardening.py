@@ -189,6 +189,7 @@ def test_every_failed_login_costs_one_password_hash(people_engine: Engine, monke
                     s,
                     username=name,
                     full_name=f"{name} person",
+                    person=f"E-{name}",
                     roles=["viewer"],
                     password=PASSWORD,
                     actor=admin,
@@ -574,7 +575,13 @@ def test_common_passwords_are_refused_in_both_languages(people_engine: Engine, p
     admin = users.login(people_engine, username="admin", password=PASSWORD)
     with unit_of_work(people_engine) as s, pytest.raises(InvalidInputError) as refused:
         users.create_user(
-            s, username="new1", full_name="New One", roles=["viewer"], password=password, actor=admin
+            s,
+            username="new1",
+            full_name="New One",
+            person="E-new1",
+            roles=["viewer"],
+            password=password,
+            actor=admin,
         )
     assert "too easy to guess" in str(refused.value)
     assert "密码太容易被猜到" in in_language(refused.value.message, "zh-CN")
