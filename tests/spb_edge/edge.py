@@ -68,6 +68,8 @@ for line in sys.stdin:
     elif what == "die":
         time.sleep(0.3)
         os._exit(0)  # no DISCONNECT: the broker publishes the will (NDEATH)
+    elif what == "noop":
+        pass
     elif what == "quit":
         node.disconnect()
         time.sleep(0.3)
