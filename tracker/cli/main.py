@@ -371,7 +371,7 @@ def sparkplug(
     ] = "gmp-tracker",
     client_id: Annotated[str, typer.Option("--client-id")] = "gmp-tracker-sparkplug",
 ) -> None:
-    """Sparkplug B host: readings from plant-floor gateways mapped by [[sparkplug]] (docs/devices.md)."""
+    """Sparkplug B host: readings from the plant-floor gateways of the facility file's sparkplug tables (docs/devices.md)."""
     from tracker.ingest.client import IngestOptions
     from tracker.ingest.sparkplug import SparkplugHost
     from tracker.wire.mqtt import parse_broker_url
@@ -398,7 +398,7 @@ def sparkplug(
 
 @app.command()
 def poll(db: DbOpt = None) -> None:
-    """Poll the Modbus TCP particle counters mapped by [[modbus]], each at its poll_s (docs/devices.md)."""
+    """Poll the Modbus TCP particle counters of the facility file's modbus tables, each at its poll_s (docs/devices.md)."""
     from tracker.ingest.modbus import ModbusPoller
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
