@@ -16,6 +16,7 @@ from tracker.identity.sessions import WebSessionRow
 from tracker.identity.signatures import Signature
 from tracker.identity.tokens import ApiToken
 from tracker.identity.users import RoleGrant, User
+from tracker.monitoring.device_events import DeviceEvent
 from tracker.monitoring.excursions import Excursion
 from tracker.monitoring.ingest_state import IngestState
 from tracker.monitoring.outbox import NotificationAttempt, NotificationOutbox
@@ -50,6 +51,7 @@ __all__ = [
     "DeviationAuthor",
     "DeviationBatch",
     "DeviationExcursion",
+    "DeviceEvent",
     "EvaluationBasis",
     "Excursion",
     "ExcursionLink",

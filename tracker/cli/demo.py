@@ -8,6 +8,7 @@ the simulator playing the day-in-the-life scenario at speed, and the ingester.
 from __future__ import annotations
 
 import signal
+import socket
 import threading
 import time
 from datetime import UTC, datetime, timedelta
@@ -20,7 +21,9 @@ from rich.table import Table
 from rich.text import Text
 from sqlmodel import select
 
+from simulators.device_sims import run_counter, run_edge_node
 from simulators.facility import load_facility as load_sim_facility
+from simulators.modbus_counter import SimulatedCounter
 from simulators.publisher import run_simulation
 from simulators.scenario import load_scenario
 from tracker.core.db import get_engine, unit_of_work
@@ -28,23 +31,121 @@ from tracker.core.i18n import current_lang, t
 from tracker.core.migrate import upgrade
 from tracker.core.settings import get_settings
 from tracker.core.timeutil import local_display
-from tracker.facility.file import read_facility_file
+from tracker.facility.file import parse_facility
 from tracker.facility.load import load_facility
 from tracker.facility.models import Room, get_site
 from tracker.facility.roomstate import set_room_state
 from tracker.ingest.client import Ingester, IngestOptions
+from tracker.ingest.modbus import ModbusPoller
+from tracker.ingest.sparkplug import SparkplugHost
 from tracker.monitoring.dashboard import FloorView, floor_view
 from tracker.monitoring.excursions import list_excursions
 from tracker.monitoring.stats import ingest_stats
 from tracker.notify.dispatcher import Dispatcher
 from tracker.wire.broker import LocalBroker
 from tracker.wire.mqtt import parse_broker_url
+from tracker.wire.registermap import load_register_map
 
 SIM_DATA = Path(__file__).resolve().parents[2] / "simulators" / "data"
 FACILITY = SIM_DATA / "nn-cpc.toml"
 SCENARIO = SIM_DATA / "day-in-the-life.toml"
 STYLE = {"ok": "green", "alert": "yellow", "action": "bold red", "not_evaluated": "dim", "no_data": "dim"}
 UNIT = {"particles": "/m³", "pressure": "Pa", "temperature": "°C", "humidity": "%RH"}
+
+
+#: one monitor through each device path (docs/devices.md): added to the sample facility for the
+#: demo only; the JSON simulator does not know them, so each has exactly one source
+DEVICE_MONITORS = """
+[[monitors]]
+code = "B01-SPB"
+room = "B01"
+kind = "particles"
+interval_s = 60
+
+[[monitors]]
+code = "B01-MB"
+room = "B01"
+kind = "particles"
+interval_s = 60
+
+[[sparkplug]]
+monitor = "B01-SPB"
+group = "Demo"
+edge_node = "GW1"
+device = "PC1"
+metrics = { "0.5" = "Counts/0.5um", "5.0" = "Counts/5.0um" }
+volume_metric = "Sample/Volume_L"
+status_metric = "Status"
+
+[[modbus]]
+monitor = "B01-MB"
+host = "127.0.0.1"
+port = {port}
+model = "lighthouse-remote"
+channels = { "0.5" = 2, "5.0" = 4 }
+poll_s = 2
+"""
+
+
+def demo_facility_text(modbus_port: int) -> str:
+    """The sample facility plus the two device-path monitors."""
+    return FACILITY.read_text(encoding="utf-8") + DEVICE_MONITORS.replace("{port}", str(modbus_port))
+
+
+def start_device_paths(
+    engine,
+    broker_url: str,
+    protocol: int,
+    start: datetime,
+    speed: float,
+    stop: threading.Event,
+    *,
+    modbus_port: int,
+):
+    """The simulated counter and edge node, and the poller and host that take them in."""
+    counter = SimulatedCounter(load_register_map("lighthouse-remote"), port=modbus_port).start()
+    broker = parse_broker_url(broker_url)
+    settings = get_settings().model_copy(update={"mqtt_protocol": protocol})
+    host = SparkplugHost(
+        engine,
+        broker,
+        IngestOptions.from_settings(settings, client_id="demo-sparkplug"),
+        host_id="gmp-tracker-demo",
+    )
+    poller = ModbusPoller(engine)
+    threads = [
+        threading.Thread(target=host.run, args=(stop,), daemon=True),
+        threading.Thread(target=poller.run, args=(stop,), daemon=True),
+    ]
+    for thread in threads:
+        thread.start()
+    host.subscribed.wait(10)
+    sims = [
+        threading.Thread(
+            target=run_edge_node,
+            kwargs={
+                "broker": broker,
+                "group": "Demo",
+                "edge_node": "GW1",
+                "device": "PC1",
+                "start": start,
+                "speed": speed,
+                "interval_s": 60.0,
+                "stop": stop,
+                "protocol": protocol,
+            },
+            daemon=True,
+        ),
+        threading.Thread(
+            target=run_counter,
+            args=(counter,),
+            kwargs={"start": start, "speed": speed, "interval_s": 60.0, "stop": stop},
+            daemon=True,
+        ),
+    ]
+    for thread in sims:
+        thread.start()
+    return counter, threads + sims
 
 
 def schedule_operations(engine, start: datetime) -> int:
@@ -158,8 +259,11 @@ def run_demo(
     db_url = f"sqlite:///{db_path}"
     upgrade(db_url)
     engine = get_engine(db_url)
+    with socket.socket() as probe:  # the simulated Modbus counter's port, named in the facility
+        probe.bind(("127.0.0.1", 0))
+        modbus_port = probe.getsockname()[1]
     with unit_of_work(engine) as session:
-        load_facility(session, read_facility_file(FACILITY), actor="demo")
+        load_facility(session, parse_facility(demo_facility_text(modbus_port)), actor="demo")
 
     scenario = load_scenario(SCENARIO, load_sim_facility(FACILITY))
     now = datetime.now(UTC).replace(microsecond=0)
@@ -207,6 +311,10 @@ def run_demo(
             },
         )
         sim_thread.start()
+        if speed > 0:
+            counter, device_threads = start_device_paths(
+                engine, broker.url, broker.protocol, start, speed, stop, modbus_port=modbus_port
+            )
         deadline = time.monotonic() + wall_limit.total_seconds() if wall_limit else None
         header = f"×{speed:g} · {broker.kind}"
         with Live(console=console, refresh_per_second=2, screen=False) as live:
@@ -227,6 +335,10 @@ def run_demo(
                 stop.wait(1.0)
         sim_thread.join(10)
         ing_thread.join(15)
+        if speed > 0:
+            for thread in device_threads:
+                thread.join(15)
+            counter.stop()
     if web_server is not None:
         web_server.should_exit = True
     console.print(f"\nTRACKER_DATABASE_URL={db_url} tracker excursions   # inspect what happened")

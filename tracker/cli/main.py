@@ -363,6 +363,67 @@ def ingest(
 
 
 @app.command()
+def sparkplug(
+    db: DbOpt = None,
+    mqtt: MqttOpt = None,
+    host_id: Annotated[
+        str, typer.Option("--host-id", help="Sparkplug host application id (its STATE topic)")
+    ] = "gmp-tracker",
+    client_id: Annotated[str, typer.Option("--client-id")] = "gmp-tracker-sparkplug",
+) -> None:
+    """Sparkplug B host: readings from the plant-floor gateways of the facility file's sparkplug tables (docs/devices.md)."""
+    from tracker.ingest.client import IngestOptions
+    from tracker.ingest.sparkplug import SparkplugHost
+    from tracker.wire.mqtt import parse_broker_url
+
+    settings = get_settings()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    options = IngestOptions.from_settings(settings, client_id=client_id)
+    host = SparkplugHost(
+        engine_for(db), parse_broker_url(mqtt or settings.mqtt_url), options, host_id=host_id
+    )
+    stats = host.run(stop)
+    console.print(
+        t("sparkplug_summary").format(
+            stored=stats.stored,
+            duplicates=stats.duplicates,
+            quarantined=stats.quarantined,
+            commands=host.commands_sent,
+        )
+    )
+
+
+@app.command()
+def poll(db: DbOpt = None) -> None:
+    """Poll the Modbus TCP particle counters of the facility file's modbus tables, each at its poll_s (docs/devices.md)."""
+    from tracker.ingest.modbus import ModbusPoller
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    poller = ModbusPoller(engine_for(db))
+    with unit_of_work(poller.engine) as session:
+        poller.refresh(session)
+    if not poller.counters:
+        console.print(t("poll_no_counters"))
+    stats = poller.run(stop)
+    console.print(
+        t("poll_summary").format(
+            polls=stats.polls,
+            stored=stats.stored,
+            duplicates=stats.duplicates,
+            quarantined=stats.quarantined,
+            backfilled=stats.backfilled,
+            unreachable=stats.unreachable,
+        )
+    )
+
+
+@app.command()
 def simulate(
     facility: Annotated[Path, typer.Option(help="facility TOML")],
     scenario: Annotated[Path | None, typer.Option(help="scenario TOML")] = None,

@@ -36,6 +36,19 @@ MESSAGES: dict[str, tuple[str, str]] = {
     "duplicates": ("重复消息", "Duplicates"),
     "quarantined": ("已隔离", "Quarantined"),
     "stored_readings": ("已存读数", "Stored readings"),
+    "poll_summary": (
+        "轮询 {polls} 次：存入 {stored}，重复 {duplicates}，隔离 {quarantined}，回补 {backfilled}，无应答 {unreachable}",
+        "{polls} polls: stored {stored}, duplicates {duplicates}, quarantined {quarantined}, "
+        "backfilled {backfilled}, unreachable {unreachable}",
+    ),
+    "poll_no_counters": (
+        "当前设施版本中没有 [[modbus]] 计数器；等待加载新的设施文件",
+        "no [[modbus]] counters in the current facility revision; waiting for a facility load",
+    ),
+    "sparkplug_summary": (
+        "Sparkplug 主机：存入 {stored}，重复 {duplicates}，隔离 {quarantined}，请求重生 {commands}",
+        "Sparkplug host: stored {stored}, duplicates {duplicates}, quarantined {quarantined}, rebirths asked {commands}",
+    ),
     "ok": ("正常", "in limit"),
     "alert": ("警戒", "alert"),
     "action": ("纠偏", "action"),

@@ -21,6 +21,7 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from tracker.core.errors import FacilityFileError, InvalidInputError, Reason
+from tracker.facility.devices import MODBUS_KEYS, SPARKPLUG_KEYS, DevicesDef, parse_devices
 from tracker.facility.limits import (
     GRADES,
     KINDS,
@@ -88,6 +89,8 @@ TABLES: dict[str, tuple[bool, tuple[str, ...]]] = {
     "quality": (False, ("deviation_classes", "capa_required", "major_incident_classes")),
     "notify": (True, NOTIFY_KEYS),
     "separation": (False, ("qa_reviewer_may_release",)),
+    "sparkplug": (True, SPARKPLUG_KEYS),
+    "modbus": (True, MODBUS_KEYS),
 }
 
 #: Bounds of the numbers that steer evaluation: (lowest, highest, lowest allowed itself).
@@ -174,6 +177,8 @@ class FacilityDef:
     base_url: str = ""
     #: ``[separation]``: which separations of duties the site relaxes (none by default)
     separation: SeparationDef = field(default_factory=SeparationDef)
+    #: ``[[sparkplug]]`` and ``[[modbus]]``: where readings come from (``tracker.facility.devices``)
+    devices: DevicesDef = field(default_factory=DevicesDef)
     #: things a reviewer should see that do not stop the load (not part of the digest)
     warnings: tuple[Reason, ...] = field(default=(), compare=False)
 
@@ -181,7 +186,12 @@ class FacilityDef:
         content = asdict(replace(self, warnings=()))
         content.pop("warnings")
         # a file without notify rules keeps the digest it had before they existed (no new revision)
-        for key, default in (("notify", []), ("language", "zh-CN"), ("base_url", "")):
+        for key, default in (
+            ("notify", []),
+            ("language", "zh-CN"),
+            ("base_url", ""),
+            ("devices", {"sparkplug": (), "modbus": ()}),
+        ):
             if content[key] in (default, ()):
                 content.pop(key)
         body = json.dumps(content, sort_keys=True, default=str, ensure_ascii=False)
@@ -785,6 +795,11 @@ def parse_facility(text: str, *, source: str = "facility file") -> FacilityDef:
         language=_language(site),
         base_url=str(site.get("base_url", "")).rstrip("/"),
         separation=_parse_separation(data.get("separation") or {}),
+        devices=parse_devices(
+            data.get("sparkplug", []),
+            data.get("modbus", []),
+            {m.code: (m.kind, m.channels) for m in monitors},
+        ),
         warnings=tuple(warnings),
     )
     # Resolve every monitor's limits now, so a looser-than-regulation level is refused at load.

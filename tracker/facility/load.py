@@ -287,6 +287,8 @@ def record_revision(
         "compliance": facility.compliance.as_dict(),
         "notify": file_notify_settings(facility),
     }
+    if facility.devices:  # input-path configuration, kept with the revision (not QA-approved)
+        settings["devices"] = facility.devices.as_dict()
     session.add(
         FacilityRevision(
             site_id=site.id,

@@ -45,6 +45,10 @@ class QuarantineCode(StrEnum):
     #: same (monitor, seq) as a stored reading but different content: a counter reset
     #: or a misbehaving gateway. Kept for QA, never merged silently (extends DESIGN §9).
     SEQ_CONFLICT = "seq_conflict"
+    #: a Sparkplug B or Modbus message that cannot be decoded (docs/devices.md)
+    DEVICE_PAYLOAD = "device_payload"
+    #: a Sparkplug birth or data whose metrics do not match the facility file's mapping
+    DEVICE_MAPPING = "device_mapping"
 
 
 class PayloadRejected(ValueError):
@@ -114,7 +118,8 @@ class _Payload(BaseModel):
     seq: int = Field(ge=0, le=2**63 - 1)
     ts: datetime
     kind: Literal["particles", "pressure", "temperature", "humidity"]
-    status: Literal["ok", "fault", "calibration", "maintenance"] = "ok"
+    #: ``stopped``: a particle counter that reports it is not sampling (docs/devices.md)
+    status: Literal["ok", "fault", "calibration", "maintenance", "stopped"] = "ok"
     sample: _Sample | None = None
     counts: dict[str, int] | None = Field(default=None, max_length=16)
     value: Number | None = None
