@@ -16,6 +16,7 @@ from tracker.identity.sessions import WebSessionRow
 from tracker.identity.signatures import Signature
 from tracker.identity.tokens import ApiToken
 from tracker.identity.users import RoleGrant, User
+from tracker.monitoring.alarm_records import AlarmChallenge, ServiceHeartbeat, SystemAlarm
 from tracker.monitoring.excursions import Excursion
 from tracker.monitoring.ingest_state import IngestState
 from tracker.monitoring.outbox import NotificationAttempt, NotificationOutbox
@@ -42,6 +43,7 @@ from tracker.quality.deviations import (
 metadata = SQLModel.metadata
 
 __all__ = [
+    "AlarmChallenge",
     "ApiToken",
     "AuditEvent",
     "Batch",
@@ -76,8 +78,10 @@ __all__ = [
     "RollupHourly",
     "Room",
     "RoomStateChange",
+    "ServiceHeartbeat",
     "Signature",
     "Site",
+    "SystemAlarm",
     "User",
     "WebSessionRow",
     "metadata",
