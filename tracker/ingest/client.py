@@ -305,6 +305,7 @@ class Ingester:
                 log.warning(
                     "broker %s not reachable (%s); retrying in %.0fs", self.broker.display(), exc, delay
                 )
+                self._beat()  # still running, not connected: the watchdog tells the two apart
                 stop.wait(delay)
                 delay = min(delay * 2, 30.0)
         return False

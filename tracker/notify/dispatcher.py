@@ -180,7 +180,11 @@ class Dispatcher:
                 .where(
                     table.c.id == row_id,
                     table.c.status == PENDING,
-                    or_(table.c.lease_until.is_(None), table.c.lease_until < now),
+                    or_(
+                        table.c.lease_until.is_(None),
+                        table.c.lease_until < now,
+                        table.c.leased_by == self.name,
+                    ),
                 )
                 .values(leased_by=self.name, lease_until=now + timedelta(seconds=self.lease_s))
             )
