@@ -29,7 +29,7 @@ def register(app: typer.Typer) -> None:
 
 def notify(
     db: DbOpt = None,
-    poll: Annotated[float, typer.Option(help="seconds between looks at the outbox")] = 1.0,
+    poll: Annotated[float, typer.Option(help="seconds between looks at the outbox")] = 0.25,
     watch: Annotated[bool, typer.Option(help="run the watchdog (system alarms) in this process")] = True,
 ) -> None:
     """Deliver alarm notifications from the outbox until SIGTERM/SIGINT (docs/alarms.md); the

@@ -146,8 +146,9 @@ class Dispatcher:
             self.deliver(row_id)
         return len(ids)
 
-    def run(self, stop: threading.Event, *, poll_s: float = 1.0) -> None:
+    def run(self, stop: threading.Event, *, poll_s: float = 0.25) -> None:
         """Deliver, and watch, until ``stop``; a database outage is waited out and announced."""
+        apprise.Apprise().add("json://localhost")  # load Apprise's plugins now, not at the first alarm
         next_watch = 0.0
         down_since: datetime | None = None
         told = False
