@@ -5,7 +5,8 @@
 Runs, on this machine, in one go:
 
 1. ingest throughput against the raw broker ceiling, same broker, same run (``bench/ingest.py``);
-2. publish → excursion latency p50/p99 under background load (``bench/latency.py``);
+2. publish → excursion latency p50/p99 under background load (``bench/latency.py``), and
+   publish → alarm delivered at a local webhook under the same load (``bench/alarm.py``);
 3. 1, 2 and 4 ingester processes on PostgreSQL, on one shared subscription and routed by
    room: rate, scaling factor, each worker's peak memory, how busy the cores were
    (``bench/scale.py``);
@@ -35,7 +36,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench import latency, report, scale  # noqa: E402
+from bench import alarm, latency, report, scale  # noqa: E402
 from bench.common import FACILITY  # noqa: E402
 from bench.ingest import make_messages, throughput  # noqa: E402
 from bench.pgcluster import server_version, throwaway_cluster  # noqa: E402
@@ -92,6 +93,8 @@ def run_all(pg_url: str, *, quick: bool) -> dict:
     lat = latency.measure(duration=15 if quick else 90, rate=1500)
     results["latency"] = asdict(lat)
     print(f"[budget] latency done ({time.perf_counter() - t:.0f} s)", flush=True)
+    results["alarm"] = asdict(alarm.measure(duration=15 if quick else 60, rate=1500))
+    print(f"[budget] alarm delivery done ({time.perf_counter() - t:.0f} s)", flush=True)
     ceil, runs = scale.measure(pg_url, readings=readings, workers=(1, 2) if quick else (1, 2, 4))
     results["scale"] = {"ceiling": ceil, "runs": [asdict(r) for r in runs]}
     print(f"[budget] scale-out done ({time.perf_counter() - t:.0f} s)", flush=True)
@@ -137,6 +140,7 @@ def render(r: dict) -> str:
         f"**p50 {lat['p50_ms']:.0f} ms · p90 {lat['p90_ms']:.0f} ms · p99 {lat['p99_ms']:.0f} ms** "
         f"(max {lat['max_ms']:.0f} ms). The ingester's linger (50 ms) is part of it.",
         "",
+        *alarm_lines(r.get("alarm")),
         "### Scale-out on PostgreSQL: several ingesters, routed two ways",
         "",
         f"Raw broker ceiling in the same run: {r['scale']['ceiling']:,.0f} msg/s. Routing "
@@ -172,6 +176,24 @@ def render(r: dict) -> str:
         END,
     ]
     return "\n".join(lines)
+
+
+def alarm_lines(a: dict | None) -> list[str]:
+    """The alarm-delivery paragraph (absent from results older than issue 16)."""
+    if a is None:
+        return []
+    return [
+        "### Publish → alarm delivered at a webhook (SQLite; goal p99 < 2 s)",
+        "",
+        f"{a['samples']} of {a['triggers']} action excursions notified through a `[[notify]]` rule "
+        f"(Apprise `json://` to an HTTP sink on 127.0.0.1) while background traffic ran at "
+        f"{a['background_rate']:,.0f} msg/s; the dispatcher a process of its own, polling every "
+        f"{a['poll_s']:g} s. Latency = arrival at the sink − the trigger's publish:",
+        "",
+        f"**p50 {a['p50_ms']:.0f} ms · p90 {a['p90_ms']:.0f} ms · p99 {a['p99_ms']:.0f} ms** "
+        f"(max {a['max_ms']:.0f} ms).",
+        "",
+    ]
 
 
 def write(results: dict) -> None:

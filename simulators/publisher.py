@@ -28,7 +28,7 @@ import paho.mqtt.client as mqtt
 
 from simulators import payloads, signals
 from simulators.facility import Facility, Monitor, load_facility
-from simulators.scenario import Event, Scenario, load_scenario
+from simulators.scenario import Event, Scenario, challenge_event, load_scenario
 from tracker.wire.mqtt import BrokerAddress, connect, make_client
 from tracker.wire.topics import reading_topic, status_topic
 
@@ -654,11 +654,19 @@ def run_simulation(
     protocol: int = 5,
     on_progress: Callable[[SimulationResult], None] | None = None,
     first_seq: int = 1,
+    challenge: tuple[str, timedelta, timedelta] | None = None,
 ) -> SimulationResult:
-    """Publish a simulated facility to ``broker`` until the scenario ends or ``stop`` is set."""
+    """Publish a simulated facility to ``broker`` until the scenario ends or ``stop`` is set.
+
+    ``challenge``: (monitor, at, for how long) — inject the alarm-challenge signal for that
+    monitor (``CHALLENGE_SIGNAL``)."""
     facility = load_facility(facility_path)
     scenario = load_scenario(scenario_path, facility) if scenario_path else None
     duration = resolve_duration(duration, scenario)
+    if challenge is not None:
+        event = challenge_event(facility, *challenge)
+        base = scenario or Scenario(name="challenge", description="alarm challenge", duration=duration)
+        scenario = replace(base, events=(*base.events, event))
     start = resolve_start(start, scenario, duration=duration, speed=speed, now=datetime.now(UTC))
     stop = stop or threading.Event()
     result = plan(facility, scenario, seed=seed, start=start, duration=duration)

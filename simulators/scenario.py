@@ -427,3 +427,24 @@ def _parse_expect(
             f"{actual} at {format_duration(start)} per [[operations]]"
         )
     return Expectation(monitor.code, entry["level"], entry["state"], start, channel)
+
+
+#: what a challenge injects per kind: far beyond any grade's action level, yet a value the
+#: instrument can report (a challenge tests the alarm chain, not the parser)
+CHALLENGE_SIGNAL: dict[str, dict[str, Any]] = {
+    "particles": {"type": "particle_burst", "concentrations": (("0.5", 2.0e7), ("5.0", 3.0e5))},
+    "pressure": {"type": "pressure_drop", "value": -5.0},
+    "temperature": {"type": "hold", "value": 40.0},
+    "humidity": {"type": "hold", "value": 95.0},
+}
+
+
+def challenge_event(facility: Facility, monitor: str, at: timedelta, duration: timedelta) -> Event:
+    """The alarm-challenge signal for one monitor (``tracker challenge`` marks the window as a
+    test on the tracker's side; the simulator only makes the readings go out of limits)."""
+    if not facility.has_monitor(monitor):
+        raise ValueError(f"challenge: {monitor!r} is not a monitor of {facility.site.code}")
+    if duration <= timedelta(0):
+        raise ValueError("challenge: duration must be positive")
+    signal = CHALLENGE_SIGNAL[facility.monitor(monitor).kind]
+    return Event(at=at, monitor=monitor, duration=duration, **signal)

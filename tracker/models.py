@@ -16,6 +16,7 @@ from tracker.identity.sessions import WebSessionRow
 from tracker.identity.signatures import Signature
 from tracker.identity.tokens import ApiToken
 from tracker.identity.users import RoleGrant, User
+from tracker.monitoring.alarm_records import AlarmChallenge, ServiceHeartbeat, SystemAlarm
 from tracker.monitoring.device_events import DeviceEvent
 from tracker.monitoring.excursions import Excursion
 from tracker.monitoring.ingest_state import IngestState
@@ -43,6 +44,7 @@ from tracker.quality.deviations import (
 metadata = SQLModel.metadata
 
 __all__ = [
+    "AlarmChallenge",
     "ApiToken",
     "AuditEvent",
     "Batch",
@@ -78,8 +80,10 @@ __all__ = [
     "RollupHourly",
     "Room",
     "RoomStateChange",
+    "ServiceHeartbeat",
     "Signature",
     "Site",
+    "SystemAlarm",
     "User",
     "WebSessionRow",
     "metadata",

@@ -18,6 +18,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from tracker.cli.alarms import register as register_alarm_commands
 from tracker.cli.common import (
     AsOpt,
     DbOpt,
@@ -60,6 +61,7 @@ app.add_typer(rollups_app, name="rollups")
 app.add_typer(report_app, name="report")
 register_quality_commands(app)
 register_notify_commands(app)
+register_alarm_commands(app)
 
 
 @db_app.command("upgrade")
@@ -432,6 +434,9 @@ def simulate(
     duration: Annotated[str | None, typer.Option(help="e.g. 2h, 1h30m")] = None,
     start: Annotated[str | None, typer.Option(help="simulated start, ISO 8601")] = None,
     mqtt: MqttOpt = None,
+    challenge: Annotated[
+        str | None, typer.Option(help="inject the alarm-challenge signal: MONITOR@AT+FOR, e.g. B01-DP1@5m+2m")
+    ] = None,
 ) -> None:
     """Publish a simulated facility's readings over MQTT (stand-in for hardware)."""
     from simulators.publisher import run_simulation
@@ -451,8 +456,18 @@ def simulate(
         start=parse_instant(start) if start else None,
         stop=stop,
         protocol=settings.mqtt_protocol,
+        challenge=_challenge_option(challenge) if challenge else None,
     )
     console.print(result.summary())
+
+
+def _challenge_option(text: str) -> tuple[str, timedelta, timedelta]:
+    """``MONITOR@AT+FOR`` → (monitor, at, duration), e.g. ``B01-DP1@5m+2m``."""
+    monitor, _, rest = text.partition("@")
+    at, _, length = rest.partition("+")
+    if not monitor or not at or not length:
+        raise typer.BadParameter("write --challenge MONITOR@AT+FOR, e.g. B01-DP1@5m+2m")
+    return monitor, parse_duration(at), parse_duration(length)
 
 
 @app.command()

@@ -14,6 +14,7 @@ from tracker.cli.common import DbOpt, JsonOpt, console, engine_for, print_json
 from tracker.core.db import unit_of_work
 from tracker.core.i18n import current_lang
 from tracker.notify.dispatcher import Dispatcher, failed_target_docs
+from tracker.notify.watchdog import Watchdog
 
 HEAD = {
     "en": ("id", "excursion", "rule", "step", "target", "status", "attempts", "last error"),
@@ -28,14 +29,17 @@ def register(app: typer.Typer) -> None:
 
 def notify(
     db: DbOpt = None,
-    poll: Annotated[float, typer.Option(help="seconds between looks at the outbox")] = 1.0,
+    poll: Annotated[float, typer.Option(help="seconds between looks at the outbox")] = 0.25,
+    watch: Annotated[bool, typer.Option(help="run the watchdog (system alarms) in this process")] = True,
 ) -> None:
-    """Deliver alarm notifications from the outbox until SIGTERM/SIGINT (docs/alarms.md)."""
+    """Deliver alarm notifications from the outbox until SIGTERM/SIGINT (docs/alarms.md); the
+    watchdog raises system alarms (ingester, broker, database, targets, quarantine, clocks, calibration)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    Dispatcher(engine_for(db)).run(stop, poll_s=poll)
+    engine = engine_for(db)
+    Dispatcher(engine, watchdog=Watchdog(engine) if watch else None).run(stop, poll_s=poll)
 
 
 def notify_failed(db: DbOpt = None, as_json: JsonOpt = False) -> None:

@@ -186,6 +186,21 @@ MESSAGES: dict[str, tuple[str, str]] = {
     "owner": ("负责人", "Owner"),
     "due": ("期限", "Due"),
     "password": ("密码", "Password"),
+    "challenge": ("报警挑战", "Alarm challenge"),
+    "challenge_started": (
+        "已启动（已签名）：该时段内此监测点的超标均为测试",
+        "started (signed): this monitor's excursions in the window are tests",
+    ),
+    "challenge_ended": ("已结束", "ended"),
+    "challenge_signed": ("记录已签署", "record signed"),
+    "record_intact": ("记录与签名一致", "the record matches its signature"),
+    "record_broken": ("记录与签名不再一致", "the record no longer matches its signature"),
+    "running": ("进行中", "running"),
+    "signed": ("已签署", "signed"),
+    "window": ("时段", "Window"),
+    "system_alarm": ("系统报警", "System alarm"),
+    "subject": ("对象", "Concerns"),
+    "acknowledged": ("已确认", "acknowledged"),
     "shared_needs_worker": (
         "共享订阅需要每个采集进程有固定且唯一的名称：--worker（TRACKER_INGEST_WORKER）或 "
         "--client-id。进程重启时须沿用同一名称，代理才会把它未确认的消息交还给它。",

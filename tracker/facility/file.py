@@ -33,7 +33,15 @@ from tracker.facility.limits import (
     resolve_monitor_limits,
 )
 from tracker.facility.models import DEFAULT_RECOVERY_S, DEFAULT_ROLLING_VOLUME_M3, DEFAULT_ROLLING_WINDOW_S
-from tracker.facility.notify import LANGUAGES, NOTIFY_KEYS, NotifyRule, parse_rules
+from tracker.facility.notify import (
+    LANGUAGES,
+    NOTIFY_KEYS,
+    ROTA_KEYS,
+    NotifyRule,
+    Rota,
+    parse_rotas,
+    parse_rules,
+)
 from tracker.facility.policy import Compliance
 
 #: Every table the file may hold, whether it is one table ``[x]`` or an array ``[[x]]``, and
@@ -88,6 +96,7 @@ TABLES: dict[str, tuple[bool, tuple[str, ...]]] = {
     ),
     "quality": (False, ("deviation_classes", "capa_required", "major_incident_classes")),
     "notify": (True, NOTIFY_KEYS),
+    "rota": (True, ROTA_KEYS),
     "separation": (False, ("qa_reviewer_may_release",)),
     "sparkplug": (True, SPARKPLUG_KEYS),
     "modbus": (True, MODBUS_KEYS),
@@ -172,6 +181,8 @@ class FacilityDef:
     compliance: Compliance = field(default_factory=Compliance)
     #: ``[[notify]]``: who is alarmed about which excursions (``tracker.facility.notify``)
     notify: tuple[NotifyRule, ...] = field(default=())
+    #: ``[[rota]]``: on-call rotas a rule's target ``rota:NAME`` calls (``tracker.facility.notify``)
+    rota: tuple[Rota, ...] = field(default=())
     #: the language of messages to people (``[site] language``) and the link base for them
     language: str = "zh-CN"
     base_url: str = ""
@@ -188,6 +199,7 @@ class FacilityDef:
         # a file without notify rules keeps the digest it had before they existed (no new revision)
         for key, default in (
             ("notify", []),
+            ("rota", []),
             ("language", "zh-CN"),
             ("base_url", ""),
             ("devices", {"sparkplug": (), "modbus": ()}),
@@ -791,7 +803,10 @@ def parse_facility(text: str, *, source: str = "facility file") -> FacilityDef:
         levels=tuple(levels),
         rules=_parse_rules(data.get("rules") or {}, limit_set),
         compliance=_parse_compliance(data.get("rules") or {}, data.get("quality") or {}),
-        notify=parse_rules(data.get("notify", []), set(room_by_code)),
+        notify=parse_rules(
+            data.get("notify", []), set(room_by_code), rotas := parse_rotas(data.get("rota", []))
+        ),
+        rota=rotas,
         language=_language(site),
         base_url=str(site.get("base_url", "")).rstrip("/"),
         separation=_parse_separation(data.get("separation") or {}),

@@ -223,6 +223,7 @@ def file_notify_settings(facility: FacilityDef) -> dict:
     """Who is alarmed and how the messages read, as a revision stores them."""
     return {
         "rules": [r.as_dict() for r in facility.notify],
+        "rotas": [r.as_dict() for r in facility.rota],
         "language": facility.language,
         "base_url": facility.base_url,
     }
@@ -241,6 +242,15 @@ def notify_changes(before: dict, after: dict) -> list[str]:
                 for k, v in rule.items()
                 if old[name].get(k) != v
             ]
+    old_rotas = {r["name"]: r for r in before.get("rotas", [])}
+    new_rotas = {r["name"]: r for r in after.get("rotas", [])}
+    changes += [f"[rota] '{n}' added" for n in new_rotas if n not in old_rotas]
+    changes += [f"[rota] '{n}' removed" for n in old_rotas if n not in new_rotas]
+    changes += [
+        f"[rota] '{n}': duties or fallback changed"
+        for n, r in new_rotas.items()
+        if n in old_rotas and old_rotas[n] != r
+    ]
     for key in ("language", "base_url"):
         if before.get(key, after.get(key)) != after.get(key):
             changes.append(f"[notify] {key}: {before.get(key)} → {after.get(key)}")

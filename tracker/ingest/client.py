@@ -33,6 +33,7 @@ from tracker.core.db import unit_of_work
 from tracker.core.settings import Settings
 from tracker.core.timeutil import utcnow
 from tracker.ingest.processor import BatchProcessor, InboundMessage
+from tracker.monitoring import health
 from tracker.monitoring.ingest_state import default_writer
 from tracker.monitoring.intake import BatchOutcome, Intake
 from tracker.monitoring.quarantine import Rejection
@@ -48,6 +49,8 @@ TRANSIENT = (OperationalError, InterfaceError, DisconnectionError)
 MAX_RETRY_S = 5.0
 #: a deadlock or serialization failure with another worker is retried almost at once
 CONFLICT_RETRY_S = 0.05
+#: how often a worker writes its heartbeat (``service_heartbeat``; the watchdog's system alarms)
+HEARTBEAT_S = 5.0
 #: PostgreSQL SQLSTATEs of a transaction that lost a lock conflict (deadlock_detected,
 #: serialization_failure): the database is fine, the batch just has to run again
 WRITE_CONFLICT_STATES = frozenset({"40P01", "40001"})
@@ -208,6 +211,13 @@ class Ingester:
             ),
         )
         self._next_silence_check = 0.0
+        self.heartbeat_s = HEARTBEAT_S
+        self._next_beat = 0.0
+        self._started_at = utcnow()
+        #: wall-clock times the heartbeat reports (the monotonic ones above drive the loop)
+        self._disconnected_since = self._started_at
+        self._pending_since_wall = None
+        self._db_error: tuple[object, str] | None = None
         self._next_stats = time.monotonic() + options.stats_interval_s
         self._sqlite = engine.dialect.name == "sqlite"
         self.processor = BatchProcessor(
@@ -237,6 +247,7 @@ class Ingester:
             return
         self._epoch += 1
         self.stats.connected = True
+        self._disconnected_since = None
         log.info("connected to %s, subscribing to %s", self.broker.display(), self.options.subscription)
         if client.protocol == mqtt.MQTTv5:
             client.subscribe([(f, SubscribeOptions(qos=1)) for f in self.options.filters])
@@ -252,12 +263,14 @@ class Ingester:
 
     def _on_disconnect(self, _client, _userdata, _flags, reason_code, _properties) -> None:
         self.stats.connected = False
+        self._disconnected_since = self._disconnected_since or utcnow()
         if reason_code != 0:
             log.warning("disconnected from broker (%s); reconnecting with backoff", reason_code)
 
     def _on_message(self, _client, _userdata, msg: mqtt.MQTTMessage) -> None:
         if not self.pending:
             self._pending_since = time.monotonic()
+            self._pending_since_wall = utcnow()
         self.pending.append(
             InboundMessage(
                 topic=msg.topic,
@@ -292,6 +305,7 @@ class Ingester:
                 log.warning(
                     "broker %s not reachable (%s); retrying in %.0fs", self.broker.display(), exc, delay
                 )
+                self._beat()  # still running, not connected: the watchdog tells the two apart
                 stop.wait(delay)
                 delay = min(delay * 2, 30.0)
         return False
@@ -363,6 +377,8 @@ class Ingester:
             except TRANSIENT as exc:
                 self.stats.db_errors += 1
                 self.intake.forget()
+                if not is_write_conflict(exc):
+                    self._db_error = (utcnow(), f"{type(getattr(exc, 'orig', exc)).__name__}: {exc}"[:500])
                 if is_write_conflict(exc):  # another worker holds the monitors: retry soon
                     log.info(
                         "batch of %d conflicted with another worker's transaction (%s); retrying",
@@ -395,6 +411,9 @@ class Ingester:
         self.stats.pending = len(self.pending)
         if self.pending:
             self._pending_since = time.monotonic()
+            self._pending_since_wall = self.pending[0].received_at
+        else:
+            self._pending_since_wall = None
         for msg in batch:
             if msg.qos and msg.epoch == self._epoch:
                 self.client.ack(msg.mid, msg.qos)
@@ -427,6 +446,31 @@ class Ingester:
                 self.intake.forget()
                 log.exception("%s failed; ingest goes on, trying again at the next tick", what)
 
+    def _beat(self) -> None:
+        """Every ``heartbeat_s``: say that this worker runs, whether it is connected, since when
+        it holds messages unacknowledged and its last database error (the watchdog reads it)."""
+        if time.monotonic() < self._next_beat:
+            return
+        self._next_beat = time.monotonic() + self.heartbeat_s
+        at, error = self._db_error or (None, None)
+        row = {
+            "name": self.options.client_id,
+            "kind": "ingest",
+            "beat_at": utcnow(),
+            "started_at": self._started_at,
+            "connected": self.stats.connected,
+            "disconnected_since": self._disconnected_since,
+            "oldest_pending_at": self._pending_since_wall,
+            "db_errors": self.stats.db_errors,
+            "last_db_error_at": at,
+            "last_db_error": error,
+        }
+        try:
+            with self.engine.begin() as connection:
+                health.beat(connection, row)
+        except SQLAlchemyError:  # the database away: the stale heartbeat is itself the alarm
+            log.warning("heartbeat not written (database unavailable)")
+
     def _report_stats(self) -> None:
         """Every ``stats_interval_s``: one INFO line with the counters and the pending bound."""
         if time.monotonic() >= self._next_stats:
@@ -446,6 +490,7 @@ class Ingester:
                 if self._due() and not self._commit(stop):
                     break
                 self._check_silence()
+                self._beat()
                 self._report_stats()
             while self.pending and self._commit(stop):
                 pass

@@ -28,6 +28,7 @@ from tracker.facility.models import Monitor, Room
 from tracker.identity.signatures import Signature  # noqa: F401  (target of a foreign key)
 from tracker.identity.users import Authenticated, require_role
 from tracker.monitoring import outbox
+from tracker.monitoring.alarm_records import AlarmChallenge
 from tracker.monitoring.episodes import Episode, Judged, SeriesMachine, replay
 from tracker.monitoring.readings import Reading
 from tracker.monitoring.snapshot import MonitorEntry, Registry
@@ -82,6 +83,9 @@ class Excursion(SQLModel, table=True):
     superseded_by: str | None = Field(default=None, max_length=120)
     superseded_reason: str | None = Field(default=None, sa_column=Column(Text))
     superseded_signature_id: int | None = Field(default=None, foreign_key="signature.id")
+    #: the alarm challenge it started in (a test of the alarm chain): notified with a TEST
+    #: marker, counted nowhere (statistics, exposure links, release gate, annual report)
+    challenge_id: int | None = Field(default=None, foreign_key="alarm_challenge.id", index=True)
 
     @property
     def needs_acknowledgement(self) -> bool:
@@ -550,12 +554,35 @@ def to_json(ex: Excursion, monitor: str, room: str) -> ExcursionDoc:
 
 
 def count_by_level(session: Session) -> dict[str, int]:
+    """Excursions by level for ``tracker stats``: superseded ones and alarm challenges left out."""
     rows = session.exec(
         select(Excursion.level, func.count())
-        .where(Excursion.status != "superseded")
+        .where(Excursion.status != "superseded", Excursion.challenge_id.is_(None))
         .group_by(Excursion.level)
     ).all()
     return {"alert": 0, "action": 0, **{level: int(n) for level, n in rows}}
+
+
+@event.listens_for(OrmSession, "before_flush")
+def _flag_challenges(session: OrmSession, _context: object, _instances: object) -> None:
+    """A new excursion that starts inside a running alarm challenge of its monitor is that
+    challenge's (a test): set before the insert, so its alarm is queued with the TEST marker.
+    Costs one query per flush that inserts excursions, none otherwise."""
+    new = [o for o in session.new if isinstance(o, Excursion) and o.challenge_id is None]
+    if not new:
+        return
+    with session.no_autoflush:
+        windows = session.execute(
+            select(AlarmChallenge).where(AlarmChallenge.monitor_id.in_({ex.monitor_id for ex in new}))
+        ).scalars()
+        by_monitor: dict[int, list[AlarmChallenge]] = {}
+        for w in windows:
+            by_monitor.setdefault(w.monitor_id, []).append(w)
+    for ex in new:
+        for w in by_monitor.get(ex.monitor_id, ()):
+            if w.covers(ex.started_at):
+                ex.challenge_id = w.id
+                break
 
 
 @event.listens_for(OrmSession, "after_flush")

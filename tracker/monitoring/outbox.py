@@ -10,11 +10,17 @@ the same key again and the insert is ignored, so nothing is queued twice. The di
 Steps: ``alert`` / ``action`` (the excursion opened or rose to that level), ``escalate``
 (due ``escalate_after_s`` after the step that started it, cancelled when acknowledged) and
 ``remind:N`` (due ``repeat_every_s`` after the previous message, until acknowledged).
+
+A row announces either an excursion or a system alarm (``tracker.monitoring.health``, keys
+``s{alarm}:…``). A rule's ``rota:NAME`` target is resolved when the row is queued, to whoever
+is on duty then (one row per person called). A dispatcher takes a row with a lease
+(``leased_by`` until ``lease_until``) before sending it, so two dispatchers never send one step twice.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from sqlalchemy import Column, Connection, Text, UniqueConstraint, insert, inspect, select
@@ -23,7 +29,8 @@ from sqlmodel import Field, Session, SQLModel
 
 from tracker.core.db import UTCDateTime
 from tracker.facility.models import FacilityRevision, Room, Site
-from tracker.facility.notify import NotifyRule
+from tracker.facility.notify import NotifyRule, Rota, expand_targets
+from tracker.monitoring.alarm_records import SystemAlarm  # noqa: F401  (target of a foreign key)
 
 PENDING, SENT, FAILED, CANCELLED = "pending", "sent", "failed", "cancelled"
 
@@ -36,7 +43,9 @@ class NotificationOutbox(SQLModel, table=True):
     #: idempotency key: excursion × rule × step × target index
     key: str = Field(max_length=255)
     site_id: int = Field(foreign_key="site.id")
-    excursion_id: int = Field(foreign_key="excursion.id", index=True)
+    #: the excursion announced, or None for a system alarm (``system_alarm_id``)
+    excursion_id: int | None = Field(default=None, foreign_key="excursion.id", index=True)
+    system_alarm_id: int | None = Field(default=None, foreign_key="system_alarm.id", index=True)
     rule: str = Field(max_length=120)
     step: str = Field(max_length=20)
     #: the level the message announces (the excursion's level when the step was queued)
@@ -53,6 +62,9 @@ class NotificationOutbox(SQLModel, table=True):
     #: the repeat interval and escalation of the rule when queued, so a later revision does not
     #: change what an alarm already under way does
     repeat_every_s: float = 0.0
+    #: the dispatcher sending it now, and until when its claim holds (a crashed one's lapses)
+    leased_by: str | None = Field(default=None, max_length=80)
+    lease_until: datetime | None = Field(default=None, sa_type=UTCDateTime)
 
 
 class NotificationAttempt(SQLModel, table=True):
@@ -79,13 +91,35 @@ def _insert(connection: Connection):
     return insert(table)
 
 
+@dataclass(frozen=True)
+class SiteRules:
+    """A site's current rules and rotas, and the zone its rota hours are written in."""
+
+    rules: tuple[NotifyRule, ...] = ()
+    rotas: dict[str, Rota] = field(default_factory=dict)
+    timezone: str = "UTC"
+
+
 def step_rows(
-    rule: NotifyRule, *, site_id: int, excursion_id: int, level: str, step: str, now: datetime
+    rule: NotifyRule,
+    *,
+    site_id: int,
+    excursion_id: int | None = None,
+    system_alarm_id: int | None = None,
+    level: str,
+    step: str,
+    now: datetime,
+    rotas: dict[str, Rota] | None = None,
+    timezone: str = "UTC",
 ) -> list[dict]:
-    """The outbox rows one rule queues for one step: its targets now, its escalation later."""
+    """The outbox rows one rule queues for one step: its targets now, its escalation later
+    (a rota target resolved to whoever is on duty when each is due)."""
+    subject = f"x{excursion_id}" if system_alarm_id is None else f"s{system_alarm_id}"
+    escalate_at = now + timedelta(seconds=rule.escalate_after_s)
     base = {
         "site_id": site_id,
         "excursion_id": excursion_id,
+        "system_alarm_id": system_alarm_id,
         "rule": rule.name,
         "level": level,
         "status": PENDING,
@@ -93,20 +127,21 @@ def step_rows(
         "created_at": now,
         "repeat_every_s": rule.repeat_every_s,
     }
+    rotas = rotas or {}
     rows = [
-        {**base, "key": f"x{excursion_id}:{rule.name}:{step}:{i}", "step": step, "target": t, "due_at": now}
-        for i, t in enumerate(rule.targets)
+        {**base, "key": f"{subject}:{rule.name}:{step}:{i}", "step": step, "target": t, "due_at": now}
+        for i, t in expand_targets(rule.targets, rotas, now, timezone)
     ]
     rows += [
         {
             **base,
-            "key": f"x{excursion_id}:{rule.name}:{step}:escalate:{i}",
+            "key": f"{subject}:{rule.name}:{step}:escalate:{i}",
             "step": "escalate",
             "target": t,
-            "due_at": now + timedelta(seconds=rule.escalate_after_s),
+            "due_at": escalate_at,
             "repeat_every_s": 0.0,
         }
-        for i, t in enumerate(rule.escalate_to)
+        for i, t in expand_targets(rule.escalate_to, rotas, escalate_at, timezone)
     ]
     return rows
 
@@ -116,15 +151,21 @@ def queue(connection: Connection, rows: list[dict]) -> None:
         connection.execute(_insert(connection), rows)
 
 
-def _rules(connection: Connection, site_id: int) -> tuple[NotifyRule, ...]:
+def site_rules(connection: Connection, site_id: int) -> SiteRules:
     """The site's current rules, read on the flush's own connection (it holds the transaction)."""
-    settings = connection.execute(
-        select(FacilityRevision.settings)
+    row = connection.execute(
+        select(FacilityRevision.settings, Site.timezone)
         .join(Site, (Site.id == FacilityRevision.site_id) & (Site.revision == FacilityRevision.revision))
         .where(Site.id == site_id)
-    ).scalar()
-    stored = (json.loads(settings).get("notify") if settings else None) or {}
-    return tuple(NotifyRule.from_dict(r) for r in stored.get("rules", []))
+    ).first()
+    if row is None:
+        return SiteRules()
+    stored = (json.loads(row[0]).get("notify") if row[0] else None) or {}
+    return SiteRules(
+        rules=tuple(NotifyRule.from_dict(r) for r in stored.get("rules", [])),
+        rotas={r["name"]: Rota.from_dict(r) for r in stored.get("rotas", [])},
+        timezone=row[1],
+    )
 
 
 def _room(connection: Connection, room_id: int) -> tuple[str, str]:
@@ -151,20 +192,28 @@ def _changed_step(excursion) -> str | None:
 def enqueue_changes(session: Session, excursions: list) -> None:
     """Queue what the flushed excursions announce (called inside the flush, same transaction)."""
     connection = session.connection()
-    rules: dict[int, tuple[NotifyRule, ...]] = {}
+    sites: dict[int, SiteRules] = {}
     rows: list[dict] = []
     for ex in excursions:
         step = _changed_step(ex)
         if step is None:
             continue
-        if ex.site_id not in rules:
-            rules[ex.site_id] = _rules(connection, ex.site_id)
-        if not rules[ex.site_id]:
+        if ex.site_id not in sites:
+            sites[ex.site_id] = site_rules(connection, ex.site_id)
+        site = sites[ex.site_id]
+        if not site.rules:
             continue
         room, grade = _room(connection, ex.room_id)
-        for rule in rules[ex.site_id]:
+        for rule in site.rules:
             if rule.matches(type=ex.type, level=ex.level, grade=grade, room=room):
                 rows += step_rows(
-                    rule, site_id=ex.site_id, excursion_id=ex.id, level=ex.level, step=step, now=ex.updated_at
+                    rule,
+                    site_id=ex.site_id,
+                    excursion_id=ex.id,
+                    level=ex.level,
+                    step=step,
+                    now=ex.updated_at,
+                    rotas=site.rotas,
+                    timezone=site.timezone,
                 )
     queue(connection, rows)

@@ -7,7 +7,9 @@ from zoneinfo import ZoneInfo
 
 from tracker.facility.limits import UNITS
 from tracker.facility.models import Monitor, Room, Site
+from tracker.monitoring.alarm_records import SystemAlarm
 from tracker.monitoring.excursions import Excursion
+from tracker.monitoring.health import KINDS
 
 LEVEL = {"en": {"alert": "ALERT", "action": "ACTION"}, "zh-CN": {"alert": "警戒", "action": "纠偏"}}
 TYPE = {
@@ -50,6 +52,19 @@ BODY = {
         "级别：{level}（{state}）\n数值：{value}，限度 {limit}\n状态：{status}\n"
         "开始时间：{started}\n确认：{link}"
     ),
+}
+
+
+#: an alarm challenge's messages say, first in the title and the body, that they are a test
+TEST = {
+    "en": ("[TEST] ", "TEST — alarm challenge {n}, not a real excursion: do not act on the room.\n"),
+    "zh-CN": ("【测试】", "测试——报警挑战 {n}，并非真实超标：请勿对房间采取措施。\n"),
+}
+SYSTEM_TITLE = {"en": "[{level}] {site}: SYSTEM {what}", "zh-CN": "【{level}】{site}：系统报警 {what}"}
+SYSTEM_BODY = {
+    "en": "{step}Site: {site}\nSystem alarm: {what}\nConcerns: {subject}\nDetail: {detail}\nSince: {started}\n"
+    "Acknowledge: {link}",
+    "zh-CN": "{step}站点：{site}\n系统报警：{what}\n对象：{subject}\n详情：{detail}\n开始时间：{started}\n确认：{link}",
 }
 
 
@@ -99,4 +114,31 @@ def compose(
         "link": link,
         "step": f"{STEP[lang][step_key]}\n" if step_key in STEP[lang] else "",
     }
-    return Message(TITLE[lang].format(**fields), BODY[lang].format(**fields))
+    title, body = TITLE[lang].format(**fields), BODY[lang].format(**fields)
+    if ex.challenge_id is not None:
+        title, body = TEST[lang][0] + title, TEST[lang][1].format(n=ex.challenge_id) + body
+    return Message(title, body)
+
+
+def _local(at, site: Site) -> str:
+    return at.astimezone(ZoneInfo(site.timezone)).strftime("%Y-%m-%d %H:%M:%S %Z")
+
+
+def compose_system(
+    *, alarm: SystemAlarm, site: Site, level: str, step: str, language: str, base_url: str
+) -> Message:
+    """Title and body of a system alarm's notification."""
+    lang = language if language in TITLE else "zh-CN"
+    step_key = "remind" if step.startswith("remind") else step
+    words = KINDS.get(alarm.kind, (alarm.kind, alarm.kind))
+    fields = {
+        "level": LEVEL[lang].get(level, level),
+        "site": f"{site.code} {site.name_en or site.name if lang == 'en' else site.name}",
+        "what": words[0] if lang == "en" else words[1],
+        "subject": alarm.subject,
+        "detail": alarm.detail,
+        "started": _local(alarm.started_at, site),
+        "link": f"{base_url}/system-alarms?id={alarm.id}",
+        "step": f"{STEP[lang][step_key]}\n" if step_key in STEP[lang] else "",
+    }
+    return Message(SYSTEM_TITLE[lang].format(**fields), SYSTEM_BODY[lang].format(**fields))

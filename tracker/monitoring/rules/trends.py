@@ -100,6 +100,7 @@ class TrendRule:
                 Excursion.type == "limit",
                 Excursion.level == "alert",
                 Excursion.status == "closed",
+                Excursion.challenge_id.is_(None),  # a test of the alarm chain is no trend
             )
             .order_by(Excursion.started_at)
         ).all()

@@ -48,6 +48,7 @@ def _candidates(session: Session, step: ProcessStep) -> list[Excursion]:
         .join(Monitor, Monitor.id == Excursion.monitor_id)
         .where(
             Excursion.status != "superseded",
+            Excursion.challenge_id.is_(None),  # an alarm challenge exposes no batch
             or_(
                 Excursion.room_id.in_(rooms),
                 (Excursion.kind == "pressure") & Monitor.reference_room_id.in_(rooms),

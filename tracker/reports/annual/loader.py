@@ -353,6 +353,7 @@ def _excursions(session: Session, scope: Scope, *, superseded: bool = False) -> 
                 Excursion.started_at >= scope.period.start,
                 Excursion.started_at < scope.until,
                 status,
+                Excursion.challenge_id.is_(None),  # alarm challenges are tests, not the environment
             )
             .order_by(Excursion.started_at, Excursion.id)
         )
@@ -626,6 +627,7 @@ def _exposures(
         .where(
             Excursion.site_id == scope.site.id,
             Excursion.status != "superseded",
+            Excursion.challenge_id.is_(None),
             Excursion.started_at < scope.until,
             or_(of_period, Excursion.id.in_(sorted(source_excursions))),
         )
@@ -799,6 +801,7 @@ def _superseded(session: Session, scope: Scope) -> int:
         select(func.count(Excursion.id)).where(
             Excursion.site_id == scope.site.id,
             Excursion.status == "superseded",
+            Excursion.challenge_id.is_(None),
             Excursion.started_at >= scope.period.start,
             Excursion.started_at < scope.until,
         )
