@@ -28,6 +28,7 @@ from tracker.facility.file import parse_facility
 from tracker.facility.load import load_facility
 from tracker.facility.notify import redact
 from tracker.monitoring.excursions import Excursion, acknowledge, list_excursions
+from tracker.monitoring.health import heartbeats
 from tracker.monitoring.outbox import NotificationAttempt, NotificationOutbox
 from tracker.notify.dispatcher import Dispatcher, failed_targets
 from tracker.wire.broker import LocalBroker
@@ -278,6 +279,11 @@ def _dispatcher_process(db_url: str, poll: float) -> subprocess.Popen:
     )
 
 
+def _dispatcher_beats(engine: Engine) -> bool:
+    with unit_of_work(engine) as s:
+        return any(hb.kind == "notify" for hb in heartbeats(s))
+
+
 def test_a_dispatcher_killed_between_outbox_write_and_delivery_delivers_once_after_restart(
     people_engine: Engine, broker: LocalBroker
 ) -> None:
@@ -285,7 +291,7 @@ def test_a_dispatcher_killed_between_outbox_write_and_delivery_delivers_once_aft
     with http_sink() as sink:
         load_rules(people_engine, rule("A/B action", [sink.url("/hook")]))
         first = _dispatcher_process(url, poll=3600)  # looks once, then sleeps for an hour
-        time.sleep(3)
+        wait_until(lambda: _dispatcher_beats(people_engine), timeout=60, what="the first dispatcher's pass")
         inversion(people_engine, broker)  # outbox row written; the sleeping dispatcher has not sent it
         first.send_signal(signal.SIGKILL)
         first.wait(10)
