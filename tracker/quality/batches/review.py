@@ -148,7 +148,9 @@ def coverage_holes(
     Annex 1 第十条 asks grade A/B operations to be monitored throughout; a stretch without
     readings proves nothing, so the release gate asks QA to assess it like an invalid period
     (issue 14 item 5). Readings that arrived but were invalid (fault, calibration overdue,
-    inhibited) are not holes here: they are the step's invalid periods already, one item each."""
+    inhibited) are not holes here: they are the step's invalid periods already, one item each.
+    Nor is a silence the gap rule found already: a data gap excursion of the monitor linked to
+    the step (proposed, confirmed or rejected) is that silence's item, decided through its link."""
     room = session.get(Room, step.room_id)
     if room.grade not in COVERED_GRADES:
         return []
@@ -173,8 +175,33 @@ def coverage_holes(
             .order_by(Reading.event_time)
         ).all()
         bounds = [step.start, *times, end]
-        holes += [(monitor.code, a, b) for a, b in pairwise(bounds) if b - a > threshold]
+        judged = _linked_gaps(session, step, monitor)
+        holes += [
+            (monitor.code, a, b)
+            for a, b in pairwise(bounds)
+            if b - a > threshold and not any(g < b and (h is None or h > a) for g, h in judged)
+        ]
     return holes
+
+
+def _linked_gaps(
+    session: Session, step: ProcessStep, monitor: Monitor
+) -> list[tuple[datetime, datetime | None]]:
+    """The monitor's data gap excursions linked to the step (a link not withdrawn), as
+    ``(from, to)``: no reading lies inside a hole, so a gap that overlaps one spans it."""
+    return list(
+        session.exec(
+            select(Excursion.started_at, Excursion.ended_at)
+            .join(ExcursionLink, ExcursionLink.excursion_id == Excursion.id)
+            .where(
+                ExcursionLink.step_id == step.id,
+                ExcursionLink.status != "withdrawn",
+                Excursion.monitor_id == monitor.id,
+                Excursion.type == "data_gap",
+                Excursion.status != "superseded",
+            )
+        ).all()
+    )
 
 
 def review_items(session: Session, batch: Batch, *, now: datetime | None = None) -> list[ReviewItem]:
