@@ -173,3 +173,29 @@ def as_(engine, username: str):
     from tracker.identity.users import login
 
     return login(engine, username=username, password=PASSWORD)
+
+
+def assess_coverage(
+    engine,
+    number: str,
+    *,
+    by: str = "qa1",
+    reason: str = "closed system throughout; no open handling while the counter was silent",
+) -> list[str]:
+    """QA assesses (not exposed, with ``reason``) every unassessed ``coverage_gap`` review item of
+    batch ``number`` — a grade A/B step that ran without particle readings (issue 14 item 5) —
+    for the tests whose subject is something else. Returns the keys assessed."""
+    from tracker.core.db import unit_of_work
+    from tracker.quality.batches.linking import sync_links
+    from tracker.quality.batches.review import assess_item, review_items
+    from tracker.quality.batches.steps import get_batch
+
+    with unit_of_work(engine) as s:
+        batch = get_batch(s, number)
+        sync_links(s, batch=batch)
+        keys = [
+            i.key for i in review_items(s, batch) if i.kind == "coverage_gap" and i.exposed == "unassessed"
+        ]
+        for key in keys:
+            assess_item(s, actor=as_(engine, by), batch=batch, item_key=key, exposed=False, reason=reason)
+    return keys

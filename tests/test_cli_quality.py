@@ -200,6 +200,28 @@ def test_accounts_batch_and_signatures_from_the_command_line(facility_engine: En
     )
     ok("batch", "complete", "CT-9", "--as", "op1", "--password-stdin", db_url=db_url, stdin=pw)
     ok("batch", "sign", "CT-9", "--as", "prod", "--password-stdin", db_url=db_url, stdin=pw)
+    # the BSC counter sent nothing during the step (issue 14 item 5): QA assesses the stretch
+    gap = "coverage:T-BSC-PC:2026-11-20T00:00:00Z"
+    shown = json.loads(ok("batch", "show", "CT-9", "--json", db_url=db_url))
+    assert shown["gate"] == [
+        f"particle monitor T-BSC-PC in room T-B1-BSC sent nothing during step {step_id} "
+        f"(2026-11-20T00:00:00Z – 2026-11-20T00:40:00Z): assess {gap}"
+    ]
+    ok(
+        "batch",
+        "assess",
+        "CT-9",
+        "--item",
+        gap,
+        "--not-exposed",
+        "--reason",
+        "counter under repair; settle plates clean",
+        "--as",
+        "qa1",
+        "--password-stdin",
+        db_url=db_url,
+        stdin=pw,
+    )
     shown = json.loads(ok("batch", "show", "CT-9", "--json", db_url=db_url))
     assert shown["status"] == "production_signed"
     assert shown["flags"] == []

@@ -62,6 +62,18 @@ def b1_particles(high: range, n: int = 40, *, seq0: int = 1, skip: frozenset[int
     ]
 
 
+def bsc_particles(n: int = 40):
+    """The BSC (grade A zone) counter, in limit every minute: the step's own room monitored
+    throughout, so the release gate has no coverage hole to list (issue 14 item 5)."""
+    return [
+        (
+            topic("T-B1-BSC", "T-BSC-PC"),
+            particles(monitor="T-BSC-PC", seq=1 + m, ts=T0 + minutes(m), c05=20, volume=100),
+        )
+        for m in range(n)
+    ]
+
+
 def test_links_follow_containment_and_the_pressure_reference(people_engine: Engine) -> None:
     engine = people_engine
     feed(engine, b1_particles(range(10, 13)))  # B room action excursion
@@ -147,7 +159,8 @@ def test_invalid_readings_during_a_step_must_be_assessed(people_engine: Engine) 
                 ),
             )
             for m in range(30)
-        ],
+        ]
+        + bsc_particles(30),
     )
     batch_with_step(engine, "CT-1", "T-B1-BSC", 0, 20)
     with unit_of_work(engine) as s:
@@ -185,7 +198,7 @@ def test_invalid_readings_during_a_step_must_be_assessed(people_engine: Engine) 
 
 def test_a_rejected_link_needs_no_deviation(people_engine: Engine) -> None:
     engine = people_engine
-    feed(engine, b1_particles(range(10, 13)))
+    feed(engine, b1_particles(range(10, 13)) + bsc_particles())
     batch_with_step(engine, "CT-1", "T-B1-BSC", 0, 30)
     with unit_of_work(engine) as s:
         batch = get_batch(s, "CT-1")
@@ -205,7 +218,7 @@ def test_a_rejected_link_needs_no_deviation(people_engine: Engine) -> None:
 
 def test_a_decision_reopens_when_its_excursion_grows(people_engine: Engine) -> None:
     engine = people_engine
-    feed(engine, b1_particles(range(10, 13), n=14))  # the excursion is still open at minute 13
+    feed(engine, b1_particles(range(10, 13), n=14) + bsc_particles(61))  # still open at minute 13
     batch_with_step(engine, "CT-1", "T-B1-BSC", 0, 60)
     with unit_of_work(engine) as s:
         batch = get_batch(s, "CT-1")

@@ -257,7 +257,9 @@ def gate_reasons(
                 )
             )
     for item in items:
-        if item.kind != "excursion" and item.exposed == "unassessed":
+        if item.kind == "coverage_gap" and item.exposed == "unassessed":
+            reasons.append(_coverage_reason(item))
+        elif item.kind != "excursion" and item.exposed == "unassessed":
             reasons.append(
                 Reason(
                     f"review item {item.key} ({item.detail.get('invalid_reasons')}) is unassessed",
@@ -275,6 +277,22 @@ def gate_reasons(
     checks = signature_checks(session, batch) if checks is None else checks
     reasons += _signature_reasons(checks, redoing)
     return reasons + status_problems(session, batch, checks)
+
+
+def _coverage_reason(item: ReviewItem) -> Reason:
+    """A step of a grade A/B room that ran without particle monitoring, in words."""
+    when = f"{iso_utc(item.start)} – {iso_utc(item.end) if item.end else '…'}"
+    if not item.monitor:
+        return Reason(
+            f"step {item.step_id} in room {item.room} (grade A/B) has no particle monitor: assess {item.key}",
+            f"工序 {item.step_id} 所在房间 {item.room}（A/B 级）没有悬浮粒子监测点：请评估 {item.key}",
+        )
+    return Reason(
+        f"particle monitor {item.monitor} in room {item.room} sent nothing during step {item.step_id} "
+        f"({when}): assess {item.key}",
+        f"工序 {item.step_id} 期间（{when}）房间 {item.room} 的悬浮粒子监测点 {item.monitor} 无数据："
+        f"请评估 {item.key}",
+    )
 
 
 def _signature_reasons(checks: list[signatures.SignatureCheck], redoing: str | None) -> list[Reason]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from itertools import pairwise
 from typing import NotRequired
 
 from sqlalchemy import or_
@@ -133,6 +134,76 @@ def invalid_periods(
     return periods
 
 
+#: grades whose steps must run under particle monitoring (Annex 1 第十条(二)-(三); regulatory.md §5)
+COVERED_GRADES = ("A", "B")
+
+
+def coverage_holes(
+    session: Session, step: ProcessStep, *, now: datetime
+) -> list[tuple[str, datetime, datetime]]:
+    """Stretches of a grade A or B step during which a particle monitor of its room was silent
+    (longer than the gap factor × its interval): ``(monitor code, from, to)``; ``("", start,
+    end)`` when the room has no particle monitor at all.
+
+    Annex 1 第十条 asks grade A/B operations to be monitored throughout; a stretch without
+    readings proves nothing, so the release gate asks QA to assess it like an invalid period
+    (issue 14 item 5). Readings that arrived but were invalid (fault, calibration overdue,
+    inhibited) are not holes here: they are the step's invalid periods already, one item each.
+    Nor is a silence the gap rule found already: a data gap excursion of the monitor linked to
+    the step (proposed, confirmed or rejected) is that silence's item, decided through its link."""
+    room = session.get(Room, step.room_id)
+    if room.grade not in COVERED_GRADES:
+        return []
+    end = step.end or now
+    monitors = session.exec(
+        select(Monitor).where(Monitor.room_id == room.id, Monitor.kind == "particles", Monitor.active)
+    ).all()
+    if not monitors:
+        return [("", step.start, end)]
+    factor = compliance_of(session, session.get(Site, room.site_id)).gap_factor
+    holes = []
+    for monitor in monitors:
+        threshold = timedelta(seconds=monitor.interval_s * factor)
+        times = session.exec(
+            select(Reading.event_time)
+            .where(
+                Reading.monitor_id == monitor.id,
+                Reading.event_time >= step.start,
+                Reading.event_time <= end,
+            )
+            .distinct()
+            .order_by(Reading.event_time)
+        ).all()
+        bounds = [step.start, *times, end]
+        judged = _linked_gaps(session, step, monitor)
+        holes += [
+            (monitor.code, a, b)
+            for a, b in pairwise(bounds)
+            if b - a > threshold and not any(g < b and (h is None or h > a) for g, h in judged)
+        ]
+    return holes
+
+
+def _linked_gaps(
+    session: Session, step: ProcessStep, monitor: Monitor
+) -> list[tuple[datetime, datetime | None]]:
+    """The monitor's data gap excursions linked to the step (a link not withdrawn), as
+    ``(from, to)``: no reading lies inside a hole, so a gap that overlaps one spans it."""
+    return list(
+        session.exec(
+            select(Excursion.started_at, Excursion.ended_at)
+            .join(ExcursionLink, ExcursionLink.excursion_id == Excursion.id)
+            .where(
+                ExcursionLink.step_id == step.id,
+                ExcursionLink.status != "withdrawn",
+                Excursion.monitor_id == monitor.id,
+                Excursion.type == "data_gap",
+                Excursion.status != "superseded",
+            )
+        ).all()
+    )
+
+
 def review_items(session: Session, batch: Batch, *, now: datetime | None = None) -> list[ReviewItem]:
     """Every exception around the batch, with its exposure verdict, from the links as stored: a
     read that writes nothing (callers bring the proposals up to date first where they must,
@@ -191,6 +262,26 @@ def review_items(session: Session, batch: Batch, *, now: datetime | None = None)
                     exposed="unassessed" if verdict is None else ("yes" if verdict.exposed else "no"),
                     detail={
                         "invalid_reasons": reasons,
+                        "decided_by": verdict.assessed_by if verdict else None,
+                        "reason": verdict.reason if verdict else None,
+                    },
+                )
+            )
+        for code, first, last in coverage_holes(session, step, now=now):
+            key = f"coverage:{code or step.id}:{iso_utc(first)}"
+            verdict = assessed.get(key)
+            items.append(
+                ReviewItem(
+                    key=key,
+                    kind="coverage_gap",
+                    step_id=step.id,
+                    monitor=code,
+                    room=session.get(Room, step.room_id).code,
+                    start=first,
+                    end=last,
+                    exposed="unassessed" if verdict is None else ("yes" if verdict.exposed else "no"),
+                    detail={
+                        "invalid_reasons": "no_particle_monitor" if not code else "no_readings",
                         "decided_by": verdict.assessed_by if verdict else None,
                         "reason": verdict.reason if verdict else None,
                     },
