@@ -7,29 +7,71 @@ through ``db_url`` either way.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine
-from sqlmodel import Session
+from sqlmodel import Session, select
 
 from tests.databases import ON_POSTGRES, PostgresDatabases, SQLiteDatabases, open_databases
 from tracker.core.db import get_engine, unit_of_work
+from tracker.facility import file as facility_file
 from tracker.facility.file import read_facility_file
 from tracker.facility.load import load_facility
+from tracker.facility.models import FacilityRevision, Site
+from tracker.facility.policy import Compliance
 from tracker.facility.roomstate import set_room_state
 from tracker.wire.broker import LocalBroker, find_mosquitto
 
 # argon2's cheapest profile for the suite only (hundreds of logins); production keeps RFC 9106
 os.environ.setdefault("TRACKER_PASSWORD_HASH_PROFILE", "CHEAPEST")
-# the suite records steps against data stamped 2026-11-20 whatever today's date: by the wall
-# clock they are late; tests/test_quality_rules.py checks the lateness rules themselves
-os.environ.setdefault("TRACKER_STEP_BACKDATE_MAX_H", "1000000")
-os.environ.setdefault("TRACKER_STEP_LATE_AFTER_MIN", "1000000")
+
+
+def _suite_compliance(rules: dict, quality: dict, records: dict) -> Compliance:
+    """The suite records steps and room states against data stamped 2026-11-20 whatever today's
+    date: by the wall clock they are late. So a facility the suite parses in this process takes
+    no lateness limits unless its file states ``[records]`` (the file's bounds are for people;
+    a FacilityDef may say anything). ``use_records_policy`` puts the defaults back for the tests
+    of the lateness rules themselves."""
+    parsed = _parse_compliance(rules, quality, records)
+    return parsed if records else replace(parsed, **SUITE_RECORDS)
+
+
+#: the ``[records]`` limits of a facility the suite parses without that table: none to speak of
+SUITE_RECORDS = {"late_entry_min": 1e9, "backdate_max_h": 1e9}
+
+
+# the parser itself (pytest may import this file twice, as ``conftest`` and ``tests.conftest``)
+_parse_compliance = getattr(facility_file._parse_compliance, "unrelaxed", facility_file._parse_compliance)
+_suite_compliance.unrelaxed = _parse_compliance  # type: ignore[attr-defined]
+facility_file._parse_compliance = _suite_compliance
+
+
+def use_records_policy(engine: Engine, *, late_entry_min: float = 15.0, backdate_max_h: float = 24.0) -> None:
+    """Give the site's current revision these ``[records]`` limits (the production defaults)."""
+    with unit_of_work(engine) as s:
+        for site in s.exec(select(Site)):
+            row = s.exec(
+                select(FacilityRevision).where(
+                    FacilityRevision.site_id == site.id, FacilityRevision.revision == site.revision
+                )
+            ).one()
+            settings = json.loads(row.settings)
+            settings["compliance"] = {
+                **settings.get("compliance", {}),
+                "late_entry_min": late_entry_min,
+                "backdate_max_h": backdate_max_h,
+            }
+            row.settings = json.dumps(settings)
+            s.add(row)
+
+
 # one audit key for the suite and the CLI and server processes it starts (never a file in the tree)
 os.environ.setdefault("TRACKER_AUDIT_KEY", "the-test-suite-audit-key-not-for-production-use")
 

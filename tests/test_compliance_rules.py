@@ -6,13 +6,15 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import replace
 from datetime import timedelta
 
 import pytest
 from sqlalchemy import Engine
 from sqlmodel import select
 
-from tests.conftest import MIN_FACILITY
+from tests import conftest
+from tests.conftest import MIN_FACILITY, SUITE_RECORDS
 from tests.factories import T0, as_, particles, topic
 from tracker.core.db import unit_of_work
 from tracker.core.errors import FacilityFileError, InvalidInputError, PermissionDeniedError
@@ -40,12 +42,17 @@ trend_window_h = 12
 deviation_classes = ["critical", "major"]
 capa_required = ["critical", "major"]
 major_incident_classes = ["critical"]
+
+[records]
+late_entry_after_min = 30
+backdate_max_h = 48
 """
 )
 
 
 def test_the_rules_are_read_from_the_file_with_defaults_and_bounds() -> None:
-    assert parse_facility(BASE).compliance == Compliance()
+    assert conftest._parse_compliance({}, {}, {}) == Compliance()  # the parser itself, unrelaxed
+    assert parse_facility(BASE).compliance == replace(Compliance(), **SUITE_RECORDS)
     assert parse_facility(STRICT).compliance == Compliance(
         close_after=5,
         gap_factor=2.5,
@@ -54,11 +61,15 @@ def test_the_rules_are_read_from_the_file_with_defaults_and_bounds() -> None:
         deviation_classes=("critical", "major"),
         capa_required=("critical", "major"),
         major_incident_classes=("critical",),
+        late_entry_min=30.0,
+        backdate_max_h=48.0,
     )
     refusals = [
         ("\n[rules]\nepisode_close_after = 0\n", "'episode_close_after' 0 is outside [1, 20]"),
         ("\n[rules]\nepisode_close_after = 2.5\n", "'episode_close_after' must be a whole number"),
         ("\n[rules]\ngap_factor = 1\n", "'gap_factor' 1 is outside [1.5, 20]"),
+        ("\n[records]\nbackdate_max_h = 0.5\n", "'backdate_max_h' 0.5 is outside [1, 720]"),
+        ("\n[records]\nlate_entry_after_min = 2000\n", "'late_entry_after_min' 2000 is outside [1, 1440]"),
         (
             "\n[quality]\ncapa_required = ['grave']\n",
             "'capa_required' names grave, not among deviation_classes",
@@ -79,6 +90,8 @@ def test_the_environment_no_longer_decides_what_counts() -> None:
         "trend_alerts",
         "trend_window_h",
         "deviation_classes",
+        "step_late_after_min",
+        "step_backdate_max_h",
     ):
         assert gone not in names
 
@@ -92,6 +105,7 @@ def test_a_change_of_the_rules_needs_qa_and_is_kept_with_the_revision(people_eng
     with unit_of_work(people_engine) as s:
         result = load_facility(s, parse_facility(STRICT), actor="admin", approver=as_(people_engine, "qa1"))
         assert "[compliance] close_after: 3 → 5" in result.evaluation_changes
+        assert "[compliance] backdate_max_h: 1e+09 → 48" in result.evaluation_changes
         site = get_site(s)
         assert compliance_of(s, site).close_after == 5
         # the revision row holds the rules that judge its readings; the first revision the defaults

@@ -9,8 +9,8 @@ import pytest
 from sqlalchemy import Engine, text
 from sqlmodel import Session
 
-from tests.conftest import MIN_FACILITY
-from tests.factories import PASSWORD, T0, add_person, as_, make_people, minutes
+from tests.conftest import MIN_FACILITY, use_records_policy
+from tests.factories import PASSWORD, T0, add_person, as_, assess_coverage, make_people, minutes
 from tracker.core import audit
 from tracker.core.db import unit_of_work
 from tracker.core.errors import (
@@ -48,7 +48,12 @@ def finished_batch(
     start: datetime = T0,
     open_processing: bool = True,
     end: datetime | None = None,
+    coverage_assessed: bool = True,
 ) -> None:
+    """A batch with one step (ended and the batch completed when ``end`` is given). The step has
+    no readings, so in a grade A/B room QA has assessed the stretch without particle monitoring
+    (issue 14 item 5) unless ``coverage_assessed`` is false: the tests using it are about the
+    sign-off chain, not coverage (tests/test_coverage_gate.py is)."""
     with unit_of_work(engine) as s:
         batch = create_batch(
             s, actor=as_(engine, operator), site=get_site(s), number=number, product="CAR-T", donor_id=donor
@@ -66,6 +71,8 @@ def finished_batch(
         with unit_of_work(engine) as s:
             end_step(s, signer=as_(engine, operator), step_id=step.id, end=end)
             complete_batch(s, actor=as_(engine, operator), batch=get_batch(s, number))
+        if coverage_assessed:
+            assess_coverage(engine, number)
 
 
 # -- accounts -------------------------------------------------------------------------------------
@@ -404,36 +411,24 @@ def test_a_password_an_admin_set_cannot_sign_until_its_owner_enrols_one_before_a
         assert sign_production(s, signer=prod, batch=get_batch(s, "CT-1")).status == "production_signed"
 
 
-def test_steps_are_recorded_contemporaneously(people_engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_steps_are_recorded_contemporaneously(people_engine: Engine) -> None:
     engine = people_engine
-    monkeypatch.setenv("TRACKER_STEP_LATE_AFTER_MIN", "15")
-    monkeypatch.setenv("TRACKER_STEP_BACKDATE_MAX_H", "24")
-    get_settings.cache_clear()
-    try:
-        now = datetime.now(tz=T0.tzinfo)
-        with unit_of_work(engine) as s:
-            batch = create_batch(
-                s, actor=as_(engine, "op1"), site=get_site(s), number="CT-1", product="CAR-T", donor_id="D-1"
-            )
-            start_step(
-                s,
-                actor=as_(engine, "op1"),
-                batch=batch,
-                name="now",
-                room_code="T-B1",
-                start=now - minutes(5),
-                open_processing=False,
-            )
-            with pytest.raises(InvalidInputError, match="say why it is recorded late"):
-                start_step(
-                    s,
-                    actor=as_(engine, "op1"),
-                    batch=batch,
-                    name="late",
-                    room_code="T-C1",
-                    start=now - minutes(40),
-                    open_processing=False,
-                )
+    use_records_policy(engine)  # the production defaults: 15 min, 24 h
+    now = datetime.now(tz=T0.tzinfo)
+    with unit_of_work(engine) as s:
+        batch = create_batch(
+            s, actor=as_(engine, "op1"), site=get_site(s), number="CT-1", product="CAR-T", donor_id="D-1"
+        )
+        start_step(
+            s,
+            actor=as_(engine, "op1"),
+            batch=batch,
+            name="now",
+            room_code="T-B1",
+            start=now - minutes(5),
+            open_processing=False,
+        )
+        with pytest.raises(InvalidInputError, match="say why it is recorded late"):
             start_step(
                 s,
                 actor=as_(engine, "op1"),
@@ -442,22 +437,28 @@ def test_steps_are_recorded_contemporaneously(people_engine: Engine, monkeypatch
                 room_code="T-C1",
                 start=now - minutes(40),
                 open_processing=False,
-                late_reason="network outage at the terminal; paper record PR-7",
             )
-            with pytest.raises(InvalidInputError, match="more than 24 h"):
-                start_step(
-                    s,
-                    actor=as_(engine, "op1"),
-                    batch=batch,
-                    name="old",
-                    room_code="T-D1",
-                    start=now - timedelta(hours=25),
-                    open_processing=False,
-                    late_reason="forgot",
-                )
-    finally:
-        monkeypatch.undo()
-        get_settings.cache_clear()
+        start_step(
+            s,
+            actor=as_(engine, "op1"),
+            batch=batch,
+            name="late",
+            room_code="T-C1",
+            start=now - minutes(40),
+            open_processing=False,
+            late_reason="network outage at the terminal; paper record PR-7",
+        )
+        with pytest.raises(InvalidInputError, match="more than 24 h"):
+            start_step(
+                s,
+                actor=as_(engine, "op1"),
+                batch=batch,
+                name="old",
+                room_code="T-D1",
+                start=now - timedelta(hours=25),
+                open_processing=False,
+                late_reason="forgot",
+            )
 
 
 def test_the_production_head_ends_an_orphaned_step_with_the_reason(people_engine: Engine) -> None:

@@ -177,7 +177,7 @@ def test_the_api_answers_the_read_views_unchanged(web_app, web_engine: Engine) -
         }
     # the scenario reaches every kind of entry a document can hold
     kinds = {item["key"].split(":")[0] for item in views["CT-A"]["review"] + views["CT-B"]["review"]}
-    assert kinds == {"link", "invalid"}
+    assert kinds == {"link", "invalid", "coverage"}
     assert views["CT-B"]["flags"]
     assert views["CT-A"]["signatures"]
     assert views["deviation"]["signatures"]

@@ -26,7 +26,7 @@ from sqlalchemy import Engine
 from sqlmodel import select
 
 from tests.conftest import MIN_FACILITY, operate
-from tests.factories import PASSWORD, T0, make_people, particles, scalar, topic
+from tests.factories import PASSWORD, T0, assess_coverage, make_people, particles, scalar, topic
 from tracker.core.db import bulk_insert, get_engine, time_param, unit_of_work
 from tracker.core.errors import ConflictError, InvalidInputError, NotFoundError, PermissionDeniedError
 from tracker.facility.basis import basis_id
@@ -252,6 +252,7 @@ def build_year(engine: Engine) -> dict:
         utc(2025, 12, 20, 2, 30),
         utc(2025, 12, 20, 1, 30),
     )
+    assess_coverage(engine, "CT-1")  # its step ran with no particle readings (issue 14 item 5)
     with unit_of_work(engine) as s:
         when = utc(2025, 4, 10)
         sign_production(s, signer=at(engine, "prod", when), batch=get_batch(s, "CT-1"), now=when)

@@ -11,6 +11,7 @@ import pytest
 from sqlalchemy import Engine, func, text
 from sqlmodel import select
 
+from tests.conftest import use_records_policy
 from tests.factories import PASSWORD, T0, as_, particles, topic
 from tests.test_cli import tracker
 from tracker.core.db import unit_of_work
@@ -49,6 +50,7 @@ def _changes(engine: Engine) -> int:
 
 
 def test_a_late_change_needs_its_reason(people_engine: Engine) -> None:
+    use_records_policy(people_engine)  # the defaults (15 min, 24 h), not the suite's
     now = T0 + timedelta(hours=1)
     with unit_of_work(people_engine) as s, pytest.raises(InvalidInputError) as refused:
         change_room_state(
@@ -179,8 +181,7 @@ def test_the_cli_refuses_a_backdated_change_and_records_it_with_qa_approval(
     people_engine: Engine, db_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The issue's must-show: 26 hours back as a production head, then with --approve-as."""
-    monkeypatch.setenv("TRACKER_STEP_BACKDATE_MAX_H", "24")  # the defaults, not the suite's
-    monkeypatch.setenv("TRACKER_STEP_LATE_AFTER_MIN", "15")
+    use_records_policy(people_engine)  # the defaults, not the suite's
     now = datetime.now(UTC).replace(microsecond=0)
     at = now - timedelta(hours=26)
     _burst(people_engine, at - timedelta(minutes=3), received=now)

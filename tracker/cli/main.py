@@ -216,7 +216,7 @@ def room_state(
     recorded late needs --reason; one past the backdating limit, or one that would supersede
     or reshape an excursion, needs QA's approval (--approve-as).
     """
-    from tracker.monitoring.state_changes import StatePolicy, change_room_state
+    from tracker.monitoring.state_changes import change_room_state
 
     settings = get_settings()
     effective = parse_instant(at) if at else utcnow()
@@ -251,10 +251,6 @@ def room_state(
             reason=reason,
             approver=approver,
             site_code=site,
-            policy=StatePolicy(
-                late_after=timedelta(minutes=settings.step_late_after_min),
-                backdate_max=timedelta(hours=settings.step_backdate_max_h),
-            ),
         )
     result = changed.reevaluation
     console.print(

@@ -55,12 +55,6 @@ class Settings(BaseSettings):
         default="RFC_9106_LOW_MEMORY",
         description="argon2 parameter profile; CHEAPEST only for the test suite",
     )
-    step_backdate_max_h: float = Field(
-        default=24.0, gt=0, description="a step may be recorded at most this late"
-    )
-    step_late_after_min: float = Field(
-        default=15.0, ge=0, description="a step recorded later than this needs a reason"
-    )
     proposal_min_readings: int = Field(
         default=1000, ge=30, description="valid readings a level proposal needs at least…"
     )

@@ -95,6 +95,7 @@ TABLES: dict[str, tuple[bool, tuple[str, ...]]] = {
         ),
     ),
     "quality": (False, ("deviation_classes", "capa_required", "major_incident_classes")),
+    "records": (False, ("late_entry_after_min", "backdate_max_h")),
     "notify": (True, NOTIFY_KEYS),
     "rota": (True, ROTA_KEYS),
     "separation": (False, ("qa_reviewer_may_release",)),
@@ -678,12 +679,16 @@ def _parse_rules(entry: dict, limit_set: LimitSet) -> RulesDef:
 
 
 #: bounds of the compliance rules: an episode ends after 1-20 in-limit readings; a gap is 1.5-20
-#: intervals of silence; an adverse trend is 2-20 alerts within 1 h to 30 days
+#: intervals of silence; an adverse trend is 2-20 alerts within 1 h to 30 days; a record (a step,
+#: a room state) entered more than 1 min to 24 h after the fact needs its reason, and one older
+#: than 1 h to 30 days is refused (steps) or needs QA's approval (room states)
 COMPLIANCE_BOUNDS = {
     "episode_close_after": (1, 20),
     "gap_factor": (1.5, 20.0),
     "trend_alerts": (2, 20),
     "trend_window_h": (1.0, 720.0),
+    "late_entry_after_min": (1.0, 1440.0),
+    "backdate_max_h": (1.0, 720.0),
 }
 
 
@@ -711,23 +716,26 @@ def _classes(
     return tuple(v.strip() for v in value)
 
 
-def _parse_compliance(rules: dict, quality: dict) -> Compliance:
-    """``[rules]`` episode, gap and trend settings and ``[quality]`` classes, bounded."""
+def _parse_compliance(rules: dict, quality: dict, records: dict) -> Compliance:
+    """``[rules]`` episode, gap and trend settings, ``[quality]`` classes and ``[records]``
+    lateness limits, bounded."""
     base = Compliance()
     values = {}
-    for key, attr in (
-        ("episode_close_after", "close_after"),
-        ("gap_factor", "gap_factor"),
-        ("trend_alerts", "trend_alerts"),
-        ("trend_window_h", "trend_window_h"),
+    for table, entry, key, attr in (
+        ("[rules]", rules, "episode_close_after", "close_after"),
+        ("[rules]", rules, "gap_factor", "gap_factor"),
+        ("[rules]", rules, "trend_alerts", "trend_alerts"),
+        ("[rules]", rules, "trend_window_h", "trend_window_h"),
+        ("[records]", records, "late_entry_after_min", "late_entry_min"),
+        ("[records]", records, "backdate_max_h", "backdate_max_h"),
     ):
-        number = _num(rules, key, "[rules]")
+        number = _num(entry, key, table)
         if number is not None:
             low, high = COMPLIANCE_BOUNDS[key]
-            _bounded(number, key, "[rules]", low, high, open_low=False)
+            _bounded(number, key, table, low, high, open_low=False)
             if isinstance(getattr(base, attr), int) and number != int(number):
                 raise FacilityFileError(
-                    Reason(f"[rules]: '{key}' must be a whole number", f"[rules]：'{key}' 须为整数")
+                    Reason(f"{table}: '{key}' must be a whole number", f"{table}：'{key}' 须为整数")
                 )
             values[attr] = type(getattr(base, attr))(number)
     classes = _classes(quality, "deviation_classes", base.deviation_classes, None)
@@ -802,7 +810,9 @@ def parse_facility(text: str, *, source: str = "facility file") -> FacilityDef:
         monitors=tuple(monitors),
         levels=tuple(levels),
         rules=_parse_rules(data.get("rules") or {}, limit_set),
-        compliance=_parse_compliance(data.get("rules") or {}, data.get("quality") or {}),
+        compliance=_parse_compliance(
+            data.get("rules") or {}, data.get("quality") or {}, data.get("records") or {}
+        ),
         notify=parse_rules(
             data.get("notify", []), set(room_by_code), rotas := parse_rotas(data.get("rota", []))
         ),

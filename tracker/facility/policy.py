@@ -13,6 +13,12 @@ that make an adverse trend, Annex 1 (2022) §9.x adverse trends; regulatory.md �
 ``[quality]``: ``deviation_classes`` (most severe first), ``capa_required`` (classes that
 cannot close without CAPA, GMP 2010 Art. 250), ``major_incident_classes`` (what the annual
 report counts as a major quality or safety incident, 南宁试点 Art. 13-15).
+``[records]``: ``late_entry_after_min`` (a process step or room state entered later than this
+after it happened needs the reason it is late) and ``backdate_max_h`` (a step older than this is
+refused and recorded as a deviation; a room state needs QA's e-signed approval): records are
+made at the time of the activity (同步记录 of 《药品记录与数据管理要求（试行）》; regulatory.md §9.2), and a
+backdated record re-judges readings, so how late is too late is a QA decision, not an
+operator's environment variable.
 """
 
 from __future__ import annotations
@@ -34,6 +40,8 @@ class Compliance:
     deviation_classes: tuple[str, ...] = ("critical", "major", "minor")
     capa_required: tuple[str, ...] = ("critical", "major")
     major_incident_classes: tuple[str, ...] = ("critical",)
+    late_entry_min: float = 15.0
+    backdate_max_h: float = 24.0
 
     def as_dict(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}

@@ -20,6 +20,7 @@ from sqlmodel import Session, or_, select
 from tracker.core.errors import InvalidInputError, PermissionDeniedError, Reason
 from tracker.core.timeutil import utcnow
 from tracker.facility.models import Monitor, Room, Site, find_room
+from tracker.facility.policy import Compliance, compliance_of
 from tracker.facility.roomstate import RoomStateChange
 from tracker.identity import signatures
 from tracker.identity.users import Authenticated, require_role
@@ -32,10 +33,17 @@ FUTURE_TOLERANCE = timedelta(minutes=5)
 
 @dataclass(frozen=True)
 class StatePolicy:
-    """The lateness rules; from the facility's rules (defaults as for batch steps)."""
+    """The lateness rules: the facility file's ``[records]`` (as for batch steps)."""
 
     late_after: timedelta = timedelta(minutes=15)
     backdate_max: timedelta = timedelta(hours=24)
+
+    @classmethod
+    def of(cls, rules: Compliance) -> StatePolicy:
+        return cls(
+            late_after=timedelta(minutes=rules.late_entry_min),
+            backdate_max=timedelta(hours=rules.backdate_max_h),
+        )
 
 
 @dataclass(frozen=True)
@@ -119,11 +127,12 @@ def change_room_state(
     The change is made and re-evaluated first, then judged: when it touched excursions and no
     QA approver signs, the error rolls the whole unit of work back, so nothing changes.
     """
-    policy = policy or StatePolicy()
     now = now or utcnow()
     require_role(
         by, "operator", "production_head", "qa", action=Reason("recording a room state", "记录房间状态")
     )
+    room = find_room(session, room_code, site_code=site_code)
+    policy = policy or StatePolicy.of(compliance_of(session, session.get(Site, room.site_id)))
     backdated = _check_timing(effective_at, now, reason, policy)
     _needs_qa(backdated, [], approver, policy)
     if approver is not None:
@@ -135,7 +144,6 @@ def change_room_state(
                     "批准人须为记录该变更者以外的另一人",
                 )
             )
-    room = find_room(session, room_code, site_code=site_code)
     room_ids = [r.id for r in rooms_within(session, room)]
     before = _excursions_from(session, room_ids, effective_at)
     result = record_room_state(

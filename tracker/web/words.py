@@ -79,4 +79,5 @@ WORDS = (
     # review items
     N_("excursion"),
     N_("invalid_period"),
+    N_("coverage_gap"),
 )

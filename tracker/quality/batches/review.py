@@ -140,10 +140,11 @@ COVERED_GRADES = ("A", "B")
 
 def coverage_holes(
     session: Session, step: ProcessStep, *, now: datetime
-) -> list[tuple[str, datetime, datetime]]:
+) -> list[tuple[str, datetime, datetime | None]]:
     """Stretches of a grade A or B step during which a particle monitor of its room was silent
     (longer than the gap factor × its interval): ``(monitor code, from, to)``; ``("", start,
-    end)`` when the room has no particle monitor at all.
+    end)`` when the room has no particle monitor at all. A silence still going on in a running
+    step has no end (``None``): what the item says does not change from one look to the next.
 
     Annex 1 第十条 asks grade A/B operations to be monitored throughout; a stretch without
     readings proves nothing, so the release gate asks QA to assess it like an invalid period
@@ -159,7 +160,7 @@ def coverage_holes(
         select(Monitor).where(Monitor.room_id == room.id, Monitor.kind == "particles", Monitor.active)
     ).all()
     if not monitors:
-        return [("", step.start, end)]
+        return [("", step.start, step.end)]
     factor = compliance_of(session, session.get(Site, room.site_id)).gap_factor
     holes = []
     for monitor in monitors:
@@ -177,7 +178,7 @@ def coverage_holes(
         bounds = [step.start, *times, end]
         judged = _linked_gaps(session, step, monitor)
         holes += [
-            (monitor.code, a, b)
+            (monitor.code, a, b if step.end is not None or b is not end else None)
             for a, b in pairwise(bounds)
             if b - a > threshold and not any(g < b and (h is None or h > a) for g, h in judged)
         ]

@@ -26,6 +26,7 @@ from tracker.core.errors import (
 from tracker.core.settings import get_settings
 from tracker.core.timeutil import iso_utc, utcnow
 from tracker.facility.models import Room, Site, containing_rooms, find_room
+from tracker.facility.policy import compliance_of
 from tracker.facility.roomstate import OperationPeriod
 from tracker.identity import signatures
 from tracker.identity.users import Authenticated, require_role
@@ -185,10 +186,10 @@ def start_step(
 ) -> ProcessStep:
     """Record a step that has started; its operator is the authenticated actor (attributable).
 
-    Records are contemporaneous (同步记录): a step entered more than ``TRACKER_STEP_LATE_AFTER_MIN``
-    after it started needs the reason it is late, and one older than
-    ``TRACKER_STEP_BACKDATE_MAX_H`` is refused — a backdated step re-judges the readings of its
-    window by in-operation limits, so it must not become a quiet way of moving limits.
+    Records are contemporaneous (同步记录): a step entered more than the facility file's
+    ``[records] late_entry_after_min`` after it started needs the reason it is late, and one older
+    than ``backdate_max_h`` is refused — a backdated step re-judges the readings of its window by
+    in-operation limits, so it must not become a quiet way of moving limits.
     """
     require_role(actor, "operator", "production_head", action=Reason("recording a process step", "记录工序"))
     if batch.status != "in_progress":
@@ -202,16 +203,17 @@ def start_step(
         raise InvalidInputError(Reason("a step needs a name", "工序须填写名称"))
     now = now or utcnow()
     _check_times(start, None, now)
-    settings = get_settings()
-    if now - start > timedelta(hours=settings.step_backdate_max_h):
+    site = session.get(Site, batch.site_id)
+    records = compliance_of(session, site)
+    if now - start > timedelta(hours=records.backdate_max_h):
         raise InvalidInputError(
             Reason(
-                f"a step cannot be recorded more than {settings.step_backdate_max_h:g} h after it started; "
+                f"a step cannot be recorded more than {records.backdate_max_h:g} h after it started; "
                 "record it as a deviation instead",
-                f"工序开始超过 {settings.step_backdate_max_h:g} 小时后不能再补记；请作为偏差记录",
+                f"工序开始超过 {records.backdate_max_h:g} 小时后不能再补记；请作为偏差记录",
             )
         )
-    late = now - start > timedelta(minutes=settings.step_late_after_min)
+    late = now - start > timedelta(minutes=records.late_entry_min)
     if late and not (late_reason and late_reason.strip()):
         minutes = int((now - start).total_seconds() // 60)
         raise InvalidInputError(
@@ -220,7 +222,6 @@ def start_step(
                 f"工序已开始 {minutes} 分钟：请说明补记原因",
             )
         )
-    site = session.get(Site, batch.site_id)
     room = find_room(session, room_code, site_code=site.code)
     if not room.active:
         raise InvalidInputError(Reason(f"room {room_code} is deactivated", f"房间 {room_code} 已停用"))
