@@ -83,6 +83,8 @@ TABLES: dict[str, tuple[bool, tuple[str, ...]]] = {
             "gap_factor",
             "trend_alerts",
             "trend_window_h",
+            "forecast_horizon_h",
+            "forecast_window_min",
         ),
     ),
     "quality": (False, ("deviation_classes", "capa_required", "major_incident_classes")),
@@ -662,6 +664,10 @@ COMPLIANCE_BOUNDS = {
     "gap_factor": (1.5, 20.0),
     "trend_alerts": (2, 20),
     "trend_window_h": (1.0, 720.0),
+    # the breach forecast (docs/trending.md): 0 switches it off; at most a day ahead, fitted
+    # on 30 min to 12 h of readings
+    "forecast_horizon_h": (0.0, 24.0),
+    "forecast_window_min": (30.0, 720.0),
 }
 
 
@@ -698,6 +704,8 @@ def _parse_compliance(rules: dict, quality: dict) -> Compliance:
         ("gap_factor", "gap_factor"),
         ("trend_alerts", "trend_alerts"),
         ("trend_window_h", "trend_window_h"),
+        ("forecast_horizon_h", "forecast_horizon_h"),
+        ("forecast_window_min", "forecast_window_min"),
     ):
         number = _num(rules, key, "[rules]")
         if number is not None:

@@ -15,8 +15,12 @@ from urllib.parse import urlsplit
 
 from tracker.core.errors import FacilityFileError, Reason
 
-#: the excursion vocabulary of docs/limits.md; a rule naming another type is refused
+#: the excursion vocabulary of docs/limits.md: what a rule without ``types`` is about
 EXCURSION_TYPES = ("limit", "data_gap", "recurrence", "adverse_trend", "recovery")
+#: a forecast warning (docs/trending.md) is not a breach: a rule announces it only when it names it
+PREDICTED = "predicted"
+#: every type a rule may name; a rule naming another type is refused
+RULE_TYPES = (*EXCURSION_TYPES, PREDICTED)
 LEVELS = ("alert", "action")
 GRADES = ("A", "B", "C", "D", "CNC")
 LANGUAGES = ("zh-CN", "en")
@@ -134,7 +138,7 @@ def parse_rule(i: int, entry: dict, rooms: set[str]) -> NotifyRule:
     return NotifyRule(
         name=name.strip(),
         targets=tuple(_target(u, where) for u in targets),
-        types=_words(entry, "types", where, EXCURSION_TYPES) or EXCURSION_TYPES,
+        types=_words(entry, "types", where, RULE_TYPES) or EXCURSION_TYPES,
         levels=_words(entry, "levels", where, LEVELS) or LEVELS,
         grades=_words(entry, "grades", where, GRADES) or (),
         rooms=room_codes,

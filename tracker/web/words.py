@@ -38,6 +38,7 @@ WORDS = (
     N_("data_gap"),
     N_("recurrence"),
     N_("adverse_trend"),
+    N_("predicted"),
     N_("superseded"),
     N_("open"),
     N_("closed"),
