@@ -141,8 +141,9 @@ def breaches(t: np.ndarray, v: np.ndarray, b: Bounds) -> dict[str, float]:
 
 def warnings(
     t: np.ndarray, v: np.ndarray, b: Bounds, *, horizon_h: float, window_min: float, timing: list[float]
-) -> list[tuple[float, float | None, str]]:
-    """``(opened s, closed s or None, highest level)`` of each warning, fitted every ``EVERY_S``."""
+) -> list[tuple[float, float | None, float | None]]:
+    """``(opened s, at action since s or None, closed s or None)`` of each warning, fitted every
+    ``EVERY_S``: a warning opened at alert and raised counts for the action level from its raise."""
     levels = Levels(b.alert_low, b.alert_high, b.action_low, b.action_high)
     state = WarningState()
     out: list[list] = []
@@ -159,21 +160,21 @@ def warnings(
         timing.append(time.perf_counter() - c0)
         change = state.feed(p)
         if change == "opened":
-            out.append([t[i], None, state.level])
+            out.append([t[i], t[i] if state.level == "action" else None, None])
         elif change == "raised":
-            out[-1][2] = "action"
-        elif change == "closed":
             out[-1][1] = t[i]
+        elif change == "closed":
+            out[-1][2] = t[i]
     return [tuple(w) for w in out]
 
 
 def lead_min(breach_s: float, level: str, warns: list, horizon_s: float) -> float:
     """Minutes between the first warning of ``level`` or higher that was open at the breach (or
     closed within the horizon before it) and the breach; 0 when none."""
-    ok = ("alert", "action") if level == "alert" else ("action",)
-    for opened, closed, lv in warns:
-        if lv in ok and opened <= breach_s and (closed is None or closed >= breach_s - horizon_s):
-            return (breach_s - opened) / 60.0
+    for opened, action_since, closed in warns:
+        since = opened if level == "alert" else action_since
+        if since is not None and since <= breach_s and (closed is None or closed >= breach_s - horizon_s):
+            return (breach_s - since) / 60.0
     return 0.0
 
 

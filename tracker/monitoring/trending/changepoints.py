@@ -4,7 +4,10 @@ Page, E. S. (1954) "Continuous inspection schemes", *Biometrika* 41: 100-115; ta
 design (k = 0.5σ, h = 5σ: in-control ARL ≈ 465, a 1σ shift detected after ≈ 10 points, a 2σ
 shift after ≈ 4) from Montgomery, *Introduction to Statistical Quality Control* 7th ed.,
 §9.1, Table 9.3. The change is dated at the last time the alarming side's sum was zero (the
-usual estimate of when the shift began), and the new level is the mean from there.
+usual estimate of when the shift began), and the new level is the mean from there to
+``min_after`` points past the detection (the series is analysed after the fact, so the
+estimate may use them: a level estimated from the few points before the alarm is noisy enough
+to trigger the next alarm).
 After a detection the CUSUM restarts from the new level, so a later baseline starts there.
 """
 
@@ -20,7 +23,7 @@ H_SIGMA = 5.0
 
 
 @dataclass(frozen=True, slots=True)
-class ChangePoint:
+class Shift:
     #: index where the shift is estimated to begin, and where it was detected
     index: int
     detected: int
@@ -37,12 +40,12 @@ def cusum(
     k: float = K_SIGMA,
     h: float = H_SIGMA,
     min_after: int = 3,
-) -> list[ChangePoint]:
+) -> list[Shift]:
     """Every sustained shift in ``values`` relative to ``center``; restarts after each one."""
     x = np.asarray(values, dtype=float)
     if sigma <= 0:
         return []
-    found: list[ChangePoint] = []
+    found: list[Shift] = []
     level = center
     hi = lo = 0.0
     hi_zero = lo_zero = 0
@@ -58,9 +61,9 @@ def cusum(
         if hi > h or lo > h:
             up = hi > h
             start = hi_zero if up else lo_zero
-            tail = x[start : min(x.size, max(i + 1, start + min_after))]
+            tail = x[start : min(x.size, i + 1 + min_after)]
             after = float(np.mean(tail)) if tail.size else float(x[i])
-            found.append(ChangePoint(start, i, "up" if up else "down", level, after))
+            found.append(Shift(start, i, "up" if up else "down", level, after))
             level = after
             hi = lo = 0.0
             hi_zero = lo_zero = i + 1

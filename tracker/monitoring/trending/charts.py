@@ -53,12 +53,19 @@ class Baseline:
         }
 
 
-def individuals_baseline(values: ArrayLike) -> Baseline:
-    """Mean ± 3·MR̄/d2 of a baseline period (at least two values)."""
+def individuals_baseline(values: ArrayLike, *, cycles: bool = False) -> Baseline:
+    """Mean ± 3·MR̄/d2 of a baseline period (at least two values).
+
+    ``cycles``: the points are autocorrelated (hourly means of a quantity with an HVAC cycle of
+    hours), where MR̄/d2 sees only the hour-to-hour step and underestimates the spread, so
+    every half cycle would look like a shift; σ is then the larger of MR̄/d2 and the sample
+    standard deviation (Montgomery §10.4 on autocorrelated data: widen, or model the cycle)."""
     x = np.asarray(values, dtype=float)
     if x.size < 2:
         raise ValueError("an individuals baseline needs at least two values")
     sigma = float(np.mean(np.abs(np.diff(x)))) / D2
+    if cycles:
+        sigma = max(sigma, float(np.std(x, ddof=1)))
     center = float(np.mean(x))
     return Baseline("individuals", center, sigma, center - 3 * sigma, center + 3 * sigma, int(x.size))
 

@@ -35,13 +35,15 @@ MEMORY_MIN = 45.0
 class Crossing:
     """The band's first crossing of a level within the horizon."""
 
-    #: minutes after the last point
+    #: minutes after the last point at which the (damped) band reaches the level
     in_min: float
     direction: str  # low | high
     limit: float
     forecast: float
     bound: float
     slope_per_h: float
+    #: minutes until the fitted line, undamped, reaches the level: "at this trend, in about …"
+    eta_min: float
 
 
 def band(t_min: ArrayLike, y: ArrayLike, ahead_min: ArrayLike):
@@ -79,16 +81,19 @@ def crossing(
         return None
     ahead = np.arange(step_min, horizon_min + step_min / 2, step_min)
     mean, lower, upper, slope, slope_t = band(t, y, ahead)
+    now = float(band(t, y, [0.0])[0][0])
     if low is not None and slope < 0 and slope_t < -SLOPE_T:
         hit = np.flatnonzero(lower <= low)
         if hit.size:
             i = int(hit[0])
-            return Crossing(float(ahead[i]), "low", low, float(mean[i]), float(lower[i]), slope * 60)
+            eta = (low - now) / slope
+            return Crossing(float(ahead[i]), "low", low, float(mean[i]), float(lower[i]), slope * 60, eta)
     if high is not None and slope > 0 and slope_t > SLOPE_T:
         hit = np.flatnonzero(upper >= high)
         if hit.size:
             i = int(hit[0])
-            return Crossing(float(ahead[i]), "high", high, float(mean[i]), float(upper[i]), slope * 60)
+            eta = (high - now) / slope
+            return Crossing(float(ahead[i]), "high", high, float(mean[i]), float(upper[i]), slope * 60, eta)
     return None
 
 

@@ -41,8 +41,8 @@ def describe(prediction: Prediction) -> str:
     """The warning's note: what is forecast to cross what, when, at which trend."""
     c = prediction.crossing
     return (
-        f"forecast band crosses the {prediction.level} level {c.limit:g} ({c.direction}) in "
-        f"{c.in_min:.0f} min; trend {c.slope_per_h:+.3g}/h, forecast {c.forecast:.3g}"
+        f"forecast band crosses the {prediction.level} level {c.limit:g} ({c.direction}); at the "
+        f"trend of {c.slope_per_h:+.3g}/h the level is about {c.eta_min:.0f} min away"
     )
 
 

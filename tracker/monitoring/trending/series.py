@@ -30,19 +30,26 @@ def readings(
 
 
 def hourly_means(
-    session: Session, monitor_id: int, channel: str, start: datetime, end: datetime
+    session: Session,
+    monitor_id: int,
+    channel: str,
+    start: datetime,
+    end: datetime,
+    *,
+    state: str | None = None,
 ) -> list[tuple[datetime, float, int]]:
-    """``(hour, mean, valid readings)`` of a series' hours in ``[start, end)`` that hold valid readings."""
-    rows = session.exec(
-        select(RollupHourly)
-        .where(
-            RollupHourly.monitor_id == monitor_id,
-            RollupHourly.channel == channel,
-            RollupHourly.hour >= start,
-            RollupHourly.hour < end,
-        )
-        .order_by(RollupHourly.hour)
-    ).all()
+    """``(hour, mean, valid readings)`` of a series' hours in ``[start, end)`` that hold valid
+    readings; ``state``: only the readings taken in that room state (particle levels differ by
+    state, so mixing them would make every operation look like a shift)."""
+    query = select(RollupHourly).where(
+        RollupHourly.monitor_id == monitor_id,
+        RollupHourly.channel == channel,
+        RollupHourly.hour >= start,
+        RollupHourly.hour < end,
+    )
+    if state is not None:
+        query = query.where(RollupHourly.state == state)
+    rows = session.exec(query.order_by(RollupHourly.hour)).all()
     by_hour: dict[datetime, list[float]] = {}
     for r in rows:  # the rollups keep each operational state apart: sum them per hour
         if r.count > 0:
