@@ -21,11 +21,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import secrets
 import statistics
 import sys
 import time
 from dataclasses import asdict, dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -33,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 
-from simulators.facility import load_facility  # noqa: E402
+from simulators.facility import load_facility as load_facility_sim  # noqa: E402
 from simulators.publisher import generate  # noqa: E402
 from simulators.scenario import load_scenario  # noqa: E402
 from tracker.facility.file import monitor_specs, parse_facility  # noqa: E402
@@ -75,7 +77,7 @@ def _series(
     scenario: str, seed: int
 ) -> tuple[dict[str, tuple[str, np.ndarray, np.ndarray]], datetime, float]:
     """``monitor → (kind, seconds, values)`` of every slow monitor, the start, the duration (s)."""
-    facility = load_facility(FACILITY)
+    facility = load_facility_sim(FACILITY)
     sc = load_scenario(DATA / f"{scenario}.toml", facility)
     start = sc.start
     assert start is not None
@@ -226,6 +228,74 @@ def measure(
     }
 
 
+def ingest_cost(*, hours: float = 6.0, batch: int = 50) -> dict:
+    """The rule's cost in ingest: the drift scenario's first ``hours`` of every T-SITE monitor
+    through the real intake on SQLite, in batches of ``batch`` messages, with the forecast on;
+    the time inside ``ForecastRule.after_batch`` (its query and fit) against the whole batch."""
+    import tempfile
+
+    from tracker.core.db import get_engine, unit_of_work
+    from tracker.core.migrate import upgrade
+    from tracker.facility.load import load_facility as load_tracker_facility
+    from tracker.ingest.processor import BatchProcessor, InboundMessage
+    from tracker.monitoring.intake import Intake
+    from tracker.monitoring.trending.rule import ForecastRule
+
+    facility = load_facility_sim(FACILITY)
+    sc = load_scenario(DATA / "trending-drift.toml", facility)
+    assert sc.start is not None
+    messages = [
+        InboundMessage(topic=m.topic, payload=m.payload, received_at=m.sim_time + timedelta(seconds=1))
+        for m in generate(facility, sc, seed=FIRST_SEED, start=sc.start, duration=timedelta(hours=hours))
+        if m.kind == "reading"
+    ]
+    rule = ForecastRule(horizon_h=4.0)
+    spent = [0.0]
+    fits = [0]
+    inner_fit = rule._fit
+
+    def timed_fit(*args, **kwargs):
+        fits[0] += 1
+        return inner_fit(*args, **kwargs)
+
+    rule._fit = timed_fit  # type: ignore[method-assign]
+    inner_batch = rule.after_batch
+
+    def timed_batch(session, stored):
+        t0 = time.perf_counter()
+        inner_batch(session, stored)
+        spent[0] += time.perf_counter() - t0
+
+    rule.after_batch = timed_batch  # type: ignore[method-assign]
+    with tempfile.TemporaryDirectory(prefix="gmp-prediction-") as tmp:
+        # the site key of a throwaway database stays with it (not in the working tree)
+        if not os.environ.get("TRACKER_AUDIT_KEY_FILE") and not os.environ.get("TRACKER_AUDIT_KEY"):
+            os.environ["TRACKER_AUDIT_KEY"] = secrets.token_hex(32)
+        url = f"sqlite:///{tmp}/bench.db"
+        upgrade(url)
+        engine = get_engine(url)
+        with unit_of_work(engine) as s:
+            load_tracker_facility(s, parse_facility(FACILITY.read_text()), actor="bench")
+        processor = BatchProcessor(Intake(forecast=rule))
+        t0 = time.perf_counter()
+        for i in range(0, len(messages), batch):
+            with unit_of_work(engine) as s:
+                processor.process(s, messages[i : i + batch])
+        total = time.perf_counter() - t0
+        engine.dispose()
+    batches = -(-len(messages) // batch)
+    return {
+        "messages": len(messages),
+        "batches": batches,
+        "fits": fits[0],
+        "total_s": total,
+        "rule_s": spent[0],
+        "rule_share": spent[0] / total,
+        "ms_per_fit": 1000 * spent[0] / fits[0] if fits[0] else None,
+        "rule_ms_per_batch": 1000 * spent[0] / batches,
+    }
+
+
 def render(r: dict) -> list[str]:
     """The rows of docs/performance.md's forecast table."""
     lines = [
@@ -256,10 +326,17 @@ def main() -> None:
     r = measure(
         seeds=args.seeds, horizon_h=args.horizon_h, window_min=args.window_min, first_seed=args.first_seed
     )
+    r["ingest"] = ingest_cost()
     if args.json:
         print(json.dumps(asdict_safe(r), indent=1))
         return
     print("\n".join(render(r)))
+    c = r["ingest"]
+    print(
+        f"\nin ingest (SQLite, {c['messages']:,} messages in {c['batches']:,} batches): {c['fits']} fits, "
+        f"{c['ms_per_fit']:.1f} ms per fit with its query, {c['rule_share']:.1%} of ingest time "
+        f"({c['rule_ms_per_batch']:.2f} ms per batch)"
+    )
     print(
         f"\n{r['fit_ms']['fits']:,} fits: median {r['fit_ms']['median']:.2f} ms, p99 {r['fit_ms']['p99']:.2f} ms; "
         f"{r['elapsed_s']:.0f} s; seeds {r['seeds']}, horizon {r['horizon_h']:g} h, window {r['window_min']:g} min"

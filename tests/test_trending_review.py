@@ -162,3 +162,31 @@ def _instant(text: str):
     from tracker.core.timeutil import parse_instant
 
     return parse_instant(text)
+
+
+def test_the_control_chart_page_shows_limits_rules_and_change_points(web_engine: Engine) -> None:
+    from tests.web_helpers import browser
+    from tracker.web.app import create_app
+    from tracker.web.config import WebSettings
+
+    ingest(web_engine, "trending-step", {"T-C1-PC"}, hours=72)
+    with unit_of_work(web_engine) as s:
+        detect(s, s.exec(select(Monitor).where(Monitor.code == "T-C1-PC")).one(), "0.5", T0, END)
+    app = create_app(
+        engine=web_engine, settings=WebSettings(secret_key="t" * 40, login_attempts_per_minute=10_000)
+    )
+    window = {"days": 2, "channel": "0.5", "end": END.isoformat()}  # a baseline of the day before
+    for lang, words in (
+        ("en", ("Control chart", "Run rules that fired", "Change points")),
+        ("zh-CN", ("控制图", "触发的判异准则", "变点")),
+    ):
+        client, _ = browser(app, "qa1", lang=lang)
+        page = client.get("/monitors/T-C1-PC/control", params=window)
+        assert page.status_code == 200, page.text
+        for word in words:
+            assert word in page.text
+        # the step shows as a run rule (points beyond 3σ of the 30-day baseline before the window)
+        assert ("one point beyond 3σ" if lang == "en" else "1 点超出 3σ") in page.text
+        svg = client.get("/monitors/T-C1-PC/control.svg", params=window)
+        assert svg.status_code == 200
+        assert svg.text.lstrip().startswith("<?xml")
