@@ -204,3 +204,17 @@ def test_warning_state_opens_raises_and_closes() -> None:
         "closed",
         None,
     ]
+
+
+def test_the_turn_of_a_cycle_is_not_a_drift() -> None:
+    """Two hours of a 6-hour cycle going down into its trough 1.5 units above the level: the
+    slope is significant, but so is its slowing down, so no warning; the same start as a
+    straight drift warns."""
+    rng = np.random.default_rng(4)
+    t = np.arange(0, 7200, 60.0)
+    phase = 2 * np.pi * (t - 7200) / (6 * 3600) - np.pi / 2  # reaches the trough just after the window
+    cycle = 48.0 + 2.0 * np.sin(phase) + 2.0 + rng.normal(0, 0.2, t.size)
+    levels = Levels(alert_low=46.0, action_low=45.0)
+    assert predict(t, cycle, levels=levels, horizon_min=240, window_min=120) is None
+    drift = 50.0 - 2.0 * t / 3600 + rng.normal(0, 0.2, t.size)
+    assert predict(t, drift, levels=levels, horizon_min=240, window_min=120) is not None

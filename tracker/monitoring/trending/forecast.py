@@ -29,6 +29,9 @@ SLOPE_T = 4.0
 MIN_POINTS = 20
 #: how long a fitted trend is trusted to continue (minutes): the damping time constant
 MEMORY_MIN = 45.0
+#: a trend that is significantly slowing down (the quadratic term opposes the slope by this
+#: many standard errors) is the turn of a cycle, not a drift: no warning; 0 switches it off
+DECELERATION_T = 3.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +85,8 @@ def crossing(
     ahead = np.arange(step_min, horizon_min + step_min / 2, step_min)
     mean, lower, upper, slope, slope_t = band(t, y, ahead)
     now = float(band(t, y, [0.0])[0][0])
+    if DECELERATION_T > 0 and curvature_t(t, y) * np.sign(slope) < -DECELERATION_T:
+        return None
     if low is not None and slope < 0 and slope_t < -SLOPE_T:
         hit = np.flatnonzero(lower <= low)
         if hit.size:
@@ -95,6 +100,23 @@ def crossing(
             eta = (high - now) / slope
             return Crossing(float(ahead[i]), "high", high, float(mean[i]), float(upper[i]), slope * 60, eta)
     return None
+
+
+def curvature_t(t_min: ArrayLike, y: ArrayLike) -> float:
+    """t statistic of the quadratic term of a second-order fit (centred time)."""
+    t = np.asarray(t_min, dtype=float)
+    v = np.asarray(y, dtype=float)
+    x = t - t.mean()
+    design = np.column_stack([np.ones_like(x), x, x * x])
+    coef, *_ = np.linalg.lstsq(design, v, rcond=None)
+    resid = v - design @ coef
+    dof = t.size - 3
+    if dof <= 0:
+        return 0.0
+    s2 = float(resid @ resid) / dof
+    cov = s2 * np.linalg.pinv(design.T @ design)
+    se = float(np.sqrt(cov[2, 2]))
+    return float(coef[2] / se) if se > 0 else 0.0
 
 
 def minute_medians(t_s: ArrayLike, y: ArrayLike, *, bucket_s: float = 60.0):
