@@ -138,3 +138,22 @@ def test_a_warning_notifies_only_rules_that_name_it_and_is_not_an_open_excursion
     assert {rule for rule, _ in queued} == {"forecast"}
     assert {x for _, x in queued} <= {w.id for w in warnings}
     assert all(room.open_excursions == 0 for room in view.rooms)
+
+
+def test_switching_the_forecast_on_is_a_change_qa_approves(people_engine: Engine) -> None:
+    """The minimal facility is loaded without the forecast; switching it on changes what raises
+    warnings and alarms, so it needs QA's e-signature like any evaluation setting."""
+    from tests.factories import as_
+    from tracker.core.errors import PermissionDeniedError
+    from tracker.facility.policy import compliance_of
+
+    text = (Path(__file__).resolve().parent / "data" / "facility-min.toml").read_text() + FORECAST_ON
+    with (
+        pytest.raises(PermissionDeniedError, match=r"forecast_horizon_h: 0 → 4"),
+        unit_of_work(people_engine) as s,
+    ):
+        load_facility(s, parse_facility(text), actor="admin")
+    with unit_of_work(people_engine) as s:
+        load_facility(s, parse_facility(text), actor="admin", approver=as_(people_engine, "qa1"))
+    with unit_of_work(people_engine) as s:
+        assert compliance_of(s, s.exec(select(Site)).one()).forecast_horizon_h == 4.0
