@@ -29,6 +29,7 @@ from tracker.monitoring.trending import series
 from tracker.monitoring.trending.forecast import Levels, Prediction, WarningState, predict
 
 if TYPE_CHECKING:
+    from tracker.monitoring.episodes import Judged
     from tracker.monitoring.rules.base import Reevaluation, StoredBatch
     from tracker.monitoring.snapshot import MonitorEntry
 
@@ -94,11 +95,12 @@ class ForecastRule:
         session: Session,
         entry: MonitorEntry,
         channel: str,
-        last,
+        last: Judged,
         horizon_h: float,
         window_min: float,
         now: datetime,
     ) -> None:
+        """Fit the series' window ending at ``last`` and open, raise or close its warning."""
         bounds = last.bounds
         stored = session.exec(
             select(Excursion).where(
