@@ -10,7 +10,9 @@ Runs, on this machine, in one go:
 3. 1, 2 and 4 ingester processes on PostgreSQL, on one shared subscription and routed by
    room: rate, scaling factor, each worker's peak memory, how busy the cores were
    (``bench/scale.py``);
-4. the annual report of a site-year: JSON, HTML and PDF (``bench/report.py``).
+4. the annual report of a site-year: JSON, HTML and PDF (``bench/report.py``);
+5. the breach forecast: lead time of ``predicted`` warnings before real breaches, false
+   warnings per monitor-day on unchanged data, and its cost in ingest (``bench/prediction.py``).
 
 Without ``--pg-url`` a throwaway PostgreSQL cluster is started on loopback and removed after.
 The generated part of docs/performance.md (between the ``budget`` markers) is replaced; the
@@ -36,7 +38,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench import alarm, latency, report, scale  # noqa: E402
+from bench import alarm, latency, prediction, report, scale  # noqa: E402
 from bench.common import FACILITY  # noqa: E402
 from bench.ingest import make_messages, throughput  # noqa: E402
 from bench.pgcluster import server_version, throwaway_cluster  # noqa: E402
@@ -102,6 +104,10 @@ def run_all(pg_url: str, *, quick: bool) -> dict:
         rep = report.measure(pdf=True, workdir=Path(tmp))
     results["report"] = asdict(rep) | {"total_s": rep.total_s}
     print(f"[budget] report done ({time.perf_counter() - t:.0f} s)", flush=True)
+    results["prediction"] = prediction.measure(seeds=2 if quick else 5)
+    results["prediction"]["ingest"] = prediction.ingest_cost(hours=2 if quick else 6)
+    results["prediction"].pop("cases")
+    print(f"[budget] prediction done ({time.perf_counter() - t:.0f} s)", flush=True)
     results["elapsed_s"] = time.perf_counter() - t
     return results
 
@@ -171,6 +177,28 @@ def render(r: dict) -> str:
         f"{rep['monitors']} monitors, {rep['rollup_rows']:,} hourly rollup rows standing for "
         f"{rep['readings']:,} readings: JSON {rep['json_s']:.1f} s · HTML {rep['html_s']:.1f} s · "
         f"PDF {rep['pdf_s']:.1f} s · **total {rep['total_s']:.1f} s**.",
+        "",
+    ]
+    pred = r.get("prediction")
+    if pred:
+        c = pred["ingest"]
+        lines += [
+            "",
+            "### Breach forecast (`bench/prediction.py`, docs/trending.md)",
+            "",
+            f"Simulated T-SITE scenarios (`trending-drift`, `trending-step`, `trending-quiet`), seeds "
+            f"{pred['first_seed']}–{pred['first_seed'] + pred['seeds'] - 1} (not those the constants were "
+            f"chosen on); horizon {pred['horizon_h']:g} h, fitted on {pred['window_min']:g} min, one fit "
+            f"per series every {pred['every_s']:g} s. Lead time = breach start − warning start.",
+            "",
+            *prediction.render(pred),
+            "",
+            f"Cost: {pred['fit_ms']['median']:.2f} ms per fit (p99 {pred['fit_ms']['p99']:.2f} ms) on its own; "
+            f"in ingest on SQLite {c['ms_per_fit']:.1f} ms per fit with its query, "
+            f"{c['rule_share']:.0%} of the time of {c['batches']:,} batches that each carry minutes of data "
+            "(live batches carry 50 ms: the cost per second is fits × cost, i.e. series / 300 s × cost).",
+        ]
+    lines += [
         "",
         "Raw figures: [`bench/results/budget.json`](../bench/results/budget.json).",
         END,

@@ -181,6 +181,11 @@ class _MonitorSim:
     levels: list[tuple[int, int, float]]
     doors: list[signals.DoorOpening]
     drift: signals.Drift | None
+    #: scripted ramps ``(start, end, rate per second)`` and steps ``(start, end, offset)``
+    ramps: list[tuple[int, int, float]] = field(default_factory=list)
+    steps: list[tuple[int, int, float]] = field(default_factory=list)
+    #: particle steps: concentrations added to the baseline
+    particle_steps: list[tuple[int, int, dict[str, float]]] = field(default_factory=list)
     offline: Event | None = None
     buffer: list[Outgoing] = field(default_factory=list)
     recent: deque[Outgoing] = field(default_factory=deque)
@@ -206,10 +211,18 @@ class _MonitorSim:
     def _concentrations(self, t: int) -> dict[str, float]:
         """Grade baseline for the room's state, overridden by a scripted burst."""
         conc = signals.particle_baseline(self.grade, self.in_operation(t))
+        for start, end, added in self.particle_steps:
+            if start <= t < end:
+                conc = {c: v + added.get(c, 0.0) for c, v in conc.items()}
         for start, end, burst in self.bursts:
             if start <= t < end:
                 conc.update(burst)
         return conc
+
+    def _offset(self, t: int) -> float:
+        """What scripted drifts and steps add at ``t``: a ramp holds its end value after it."""
+        ramp = sum(rate * (min(t, end) - start) for start, end, rate in self.ramps if t >= start)
+        return ramp + sum(off for start, end, off in self.steps if start <= t < end)
 
     def _canonical_value(self, t: int) -> float:
         """Pressure (Pa), temperature (°C) or humidity (%RH) at ``t``."""
@@ -217,11 +230,11 @@ class _MonitorSim:
         if self.monitor.kind == "pressure":
             if held is None:
                 door = next((d for d in self.doors if d.covers(t)), None)
-                held = door.level if door else _setpoint(self.monitor)
+                held = door.level if door else _setpoint(self.monitor) + self._offset(t)
             return signals.pressure_value(self.rng, held)
         assert self.drift is not None
         if held is None:
-            value = signals.drift_value(self.rng, self.drift, t)
+            value = signals.drift_value(self.rng, self.drift, t) + self._offset(t)
         else:
             value = signals.held_value(self.rng, held, self.drift.noise)
         return round(value, 2 if self.monitor.kind == "temperature" else 1)
@@ -263,6 +276,21 @@ def _build_sim(
         for (s, e), ev in zip(spans, events, strict=True)
         if ev.type in ("pressure_drop", "hold") and ev.value is not None
     ]
+    ramps = [
+        (s, e, float(ev.rate) / 3600.0)
+        for (s, e), ev in zip(spans, events, strict=True)
+        if ev.type == "drift" and ev.rate is not None
+    ]
+    steps = [
+        (s, e, float(ev.offset))
+        for (s, e), ev in zip(spans, events, strict=True)
+        if ev.type == "step" and ev.offset is not None
+    ]
+    particle_steps = [
+        (s, e, dict(ev.concentrations))
+        for (s, e), ev in zip(spans, events, strict=True)
+        if ev.type == "step" and ev.concentrations
+    ]
     windows = _op_windows(facility, scenario, monitor.room)
     doors: list[signals.DoorOpening] = []
     drift = None
@@ -289,6 +317,9 @@ def _build_sim(
         levels=levels,
         doors=doors,
         drift=drift,
+        ramps=ramps,
+        steps=steps,
+        particle_steps=particle_steps,
         recent=deque(maxlen=keep),
     )
 

@@ -21,7 +21,19 @@ from simulators.payloads import MALFORMED_VARIANTS, UNITS_BY_KIND
 
 LEVELS = ("alert", "action")
 STATES = ("at_rest", "in_operation")
-EVENT_TYPES = ("particle_burst", "pressure_drop", "hold", "offline", "malformed", "duplicate", "units")
+EVENT_TYPES = (
+    "particle_burst",
+    "pressure_drop",
+    "hold",
+    "drift",
+    "step",
+    "offline",
+    "malformed",
+    "duplicate",
+    "units",
+)
+#: kinds a drift or a step can move (trending, docs/trending.md)
+SLOW_KINDS = ("pressure", "temperature", "humidity")
 #: Variants that put a real monitor's code in the payload or topic.
 VARIANTS_WITH_MONITOR = (
     "bad_json",
@@ -38,6 +50,12 @@ _EVENT_KEYS: dict[str, set[str]] = {
     "particle_burst": {"monitor", "duration", "concentrations"},
     "pressure_drop": {"monitor", "duration", "value"},
     "hold": {"monitor", "duration", "value"},
+    #: a linear ramp of ``rate`` canonical units per hour from ``at``, held at its end value
+    #: from ``at + duration`` to the end of the scenario (a clogging filter, a slipping damper)
+    "drift": {"monitor", "duration", "rate"},
+    #: a sustained shift: ``offset`` canonical units (or particle ``concentrations`` added to
+    #: the baseline) from ``at`` for ``duration`` (a filter change, a new process)
+    "step": {"monitor", "duration", "offset", "concentrations"},
     "offline": {"monitor", "duration", "backfill"},
     "malformed": {"variant", "count", "monitor"},
     "duplicate": {"monitor", "count"},
@@ -47,6 +65,8 @@ _EVENT_KINDS = {
     "particle_burst": ("particles",),
     "pressure_drop": ("pressure",),
     "hold": ("temperature", "humidity"),
+    "drift": SLOW_KINDS,
+    "step": (*SLOW_KINDS, "particles"),
 }
 
 
@@ -68,6 +88,9 @@ class Event:
     monitor: str | None = None
     duration: timedelta = timedelta(0)
     value: float | None = None
+    #: drift: canonical units per hour; step: canonical units
+    rate: float | None = None
+    offset: float | None = None
     concentrations: tuple[tuple[str, float], ...] = ()
     backfill: bool = True
     variant: str | None = None
@@ -274,7 +297,7 @@ def _parse_event(i: int, entry: Mapping[str, Any], facility: Facility, duration:
             f"{where}: monitor {monitor.code} is a {monitor.kind} monitor; "
             f"{kind} needs {' or '.join(_EVENT_KINDS[kind])}"
         )
-    if kind in ("particle_burst", "pressure_drop", "hold", "offline"):
+    if kind in ("particle_burst", "pressure_drop", "hold", "drift", "step", "offline"):
         fields["duration"] = _duration(where, entry, "duration")
         if fields["duration"] <= timedelta(0):
             raise ValueError(f"{where}: duration must be positive")
@@ -313,6 +336,32 @@ def _value_fields(where: str, entry: Mapping[str, Any], monitor: Monitor | None)
     if kind == "temperature" and value <= -273.15:
         raise ValueError(f"{where}: a temperature hold must be above absolute zero")
     return {"value": float(value)}
+
+
+def _drift_fields(where: str, entry: Mapping[str, Any], monitor: Monitor | None) -> dict:
+    """``rate`` per hour in canonical units (Pa/h, °C/h, %RH/h), not zero."""
+    rate = entry.get("rate")
+    if isinstance(rate, bool) or not isinstance(rate, int | float) or rate == 0:
+        raise ValueError(f"{where}: rate must be a non-zero number (canonical unit per hour)")
+    return {"rate": float(rate)}
+
+
+def _step_fields(where: str, entry: Mapping[str, Any], monitor: Monitor | None) -> dict:
+    """``offset`` (canonical units) for a slow quantity, ``concentrations`` added for particles."""
+    assert monitor is not None
+    if monitor.kind == "particles":
+        if "offset" in entry:
+            raise ValueError(f"{where}: a particle step adds concentrations, not an offset")
+        return _burst_fields(where, entry, monitor)
+    offset = entry.get("offset")
+    if (
+        "concentrations" in entry
+        or isinstance(offset, bool)
+        or not isinstance(offset, int | float)
+        or offset == 0
+    ):
+        raise ValueError(f"{where}: offset must be a non-zero number (canonical unit)")
+    return {"offset": float(offset)}
 
 
 def _offline_fields(where: str, entry: Mapping[str, Any], monitor: Monitor | None) -> dict:
@@ -367,6 +416,8 @@ _EVENT_PARSERS = {
     "particle_burst": _burst_fields,
     "pressure_drop": _value_fields,
     "hold": _value_fields,
+    "drift": _drift_fields,
+    "step": _step_fields,
     "offline": _offline_fields,
     "malformed": _malformed_fields,
     "duplicate": _duplicate_fields,
@@ -391,7 +442,7 @@ def _check_event_overlaps(events: tuple[Event, ...]) -> None:
     lasting = [
         (e.monitor or "", e.at, e.end, i)
         for i, e in enumerate(events)
-        if e.type in ("particle_burst", "pressure_drop", "hold")
+        if e.type in ("particle_burst", "pressure_drop", "hold", "drift", "step")
     ]
     _check_no_overlap("events", lasting)
     offline = [(e.monitor or "", e.at, e.end, i) for i, e in enumerate(events) if e.type == "offline"]

@@ -196,6 +196,8 @@ def _get_routes(number: str) -> list[str]:
         "/reports/annual": "/reports/annual?year=2026&format=json",
         "/monitors/{code}": "/monitors/T-BSC-PC",
         "/monitors/{code}/chart.svg": "/monitors/T-BSC-PC/chart.svg",
+        "/monitors/{code}/control": "/monitors/T-BSC-PC/control",
+        "/monitors/{code}/control.svg": "/monitors/T-BSC-PC/control.svg",
         "/api/v1/monitors/{code}/readings": "/api/v1/monitors/T-BSC-PC/readings",
     }
     paths = []

@@ -25,6 +25,7 @@ from tracker.monitoring.proposals import LimitProposal
 from tracker.monitoring.quarantine import QuarantinedMessage
 from tracker.monitoring.readings import MonitorStatusEvent, RawMessage, Reading, ReadingVerdict
 from tracker.monitoring.rollups import RollupHourly
+from tracker.monitoring.trending.store import ChangePoint
 from tracker.quality.batches.models import (
     Batch,
     ExcursionLink,
@@ -49,6 +50,7 @@ __all__ = [
     "AuditEvent",
     "Batch",
     "CapaAction",
+    "ChangePoint",
     "Deviation",
     "DeviationAuthor",
     "DeviationBatch",

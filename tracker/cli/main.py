@@ -34,6 +34,7 @@ from tracker.cli.common import (
 from tracker.cli.notify import register as register_notify_commands
 from tracker.cli.quality import register as register_quality_commands
 from tracker.cli.report import report_app
+from tracker.cli.trending import register as register_trending_commands
 from tracker.core import audit
 from tracker.core.db import unit_of_work
 from tracker.core.errors import ConflictError, NotFoundError, Reason, TrackerError, in_language
@@ -60,6 +61,7 @@ app.add_typer(inhibit_app, name="inhibit")
 app.add_typer(rollups_app, name="rollups")
 app.add_typer(report_app, name="report")
 register_quality_commands(app)
+register_trending_commands(app)
 register_notify_commands(app)
 register_alarm_commands(app)
 

@@ -92,6 +92,8 @@ TABLES: dict[str, tuple[bool, tuple[str, ...]]] = {
             "gap_factor",
             "trend_alerts",
             "trend_window_h",
+            "forecast_horizon_h",
+            "forecast_window_min",
         ),
     ),
     "quality": (False, ("deviation_classes", "capa_required", "major_incident_classes")),
@@ -689,6 +691,10 @@ COMPLIANCE_BOUNDS = {
     "trend_window_h": (1.0, 720.0),
     "late_entry_after_min": (1.0, 1440.0),
     "backdate_max_h": (1.0, 720.0),
+    # the breach forecast (docs/trending.md): 0 switches it off; at most a day ahead, fitted
+    # on 30 min to 12 h of readings
+    "forecast_horizon_h": (0.0, 24.0),
+    "forecast_window_min": (30.0, 720.0),
 }
 
 
@@ -726,6 +732,8 @@ def _parse_compliance(rules: dict, quality: dict, records: dict) -> Compliance:
         ("[rules]", rules, "gap_factor", "gap_factor"),
         ("[rules]", rules, "trend_alerts", "trend_alerts"),
         ("[rules]", rules, "trend_window_h", "trend_window_h"),
+        ("[rules]", rules, "forecast_horizon_h", "forecast_horizon_h"),
+        ("[rules]", rules, "forecast_window_min", "forecast_window_min"),
         ("[records]", records, "late_entry_after_min", "late_entry_min"),
         ("[records]", records, "backdate_max_h", "backdate_max_h"),
     ):

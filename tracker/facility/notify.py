@@ -17,12 +17,15 @@ from zoneinfo import ZoneInfo
 
 from tracker.core.errors import FacilityFileError, Reason
 
-#: the excursion vocabulary of docs/limits.md; a rule naming another type is refused
+#: the excursion vocabulary of docs/limits.md: what a rule without ``types`` is about
 EXCURSION_TYPES = ("limit", "data_gap", "recurrence", "adverse_trend", "recovery")
 #: system alarms (``tracker.monitoring.health``): only rules that name ``system`` receive them, so a
 #: rule written before they existed does not start paging people about the ingester
 SYSTEM = "system"
-RULE_TYPES = (*EXCURSION_TYPES, SYSTEM)
+#: a forecast warning (docs/trending.md) is not a breach: a rule announces it only when it names it
+PREDICTED = "predicted"
+#: every type a rule may name; a rule naming another type is refused
+RULE_TYPES = (*EXCURSION_TYPES, SYSTEM, PREDICTED)
 LEVELS = ("alert", "action")
 GRADES = ("A", "B", "C", "D", "CNC")
 LANGUAGES = ("zh-CN", "en")

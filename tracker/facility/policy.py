@@ -9,7 +9,11 @@ applied (GMP 2010 Art. 161, 163; 计算机化系统附录 on changes to critical
 ``[rules]``: ``episode_close_after`` (consecutive in-limit readings that end an episode),
 ``gap_factor`` (silence longer than this × a monitor's interval is a data gap),
 ``trend_alerts`` and ``trend_window_h`` (alert excursions of one monitor within the window
-that make an adverse trend, Annex 1 (2022) §9.x adverse trends; regulatory.md §5.2).
+that make an adverse trend, Annex 1 (2022) §9.x adverse trends; regulatory.md §5.2),
+``forecast_horizon_h`` and ``forecast_window_min`` (the breach forecast of docs/trending.md:
+how far ahead a ``predicted`` warning looks, 0 = off, and how much history it fits). A
+warning never counts as a breach, but it is a record and it alarms people through
+``[[notify]]``, so its settings sit under the same change control as the rules that do.
 ``[quality]``: ``deviation_classes`` (most severe first), ``capa_required`` (classes that
 cannot close without CAPA, GMP 2010 Art. 250), ``major_incident_classes`` (what the annual
 report counts as a major quality or safety incident, 南宁试点 Art. 13-15).
@@ -37,6 +41,9 @@ class Compliance:
     gap_factor: float = 3.0
     trend_alerts: int = 3
     trend_window_h: float = 24.0
+    #: off unless a site switches it on (a QA-approved facility change)
+    forecast_horizon_h: float = 0.0
+    forecast_window_min: float = 120.0
     deviation_classes: tuple[str, ...] = ("critical", "major", "minor")
     capa_required: tuple[str, ...] = ("critical", "major")
     major_incident_classes: tuple[str, ...] = ("critical",)

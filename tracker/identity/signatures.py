@@ -104,6 +104,10 @@ STATEMENTS_ZH: tuple[tuple[re.Pattern, str], ...] = tuple(
             r"QA confirms the statement on major quality or safety incidents of the annual evaluation report (\S+)",
             r"QA 确认年度评估报告 \1 的重大质量、安全事故声明",
         ),
+        (
+            r"QA reviewed the alert and action levels of (\S+) against the data of (\S+)",
+            r"QA 依据 \2 期间的数据审核了 \1 的警戒和纠偏限度",
+        ),
     )
 )
 #: a signature over a batch's environmental picture (QA review, release) whose picture changed

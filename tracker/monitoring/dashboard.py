@@ -15,7 +15,7 @@ from sqlmodel import Session, select
 from tracker.facility.limits import LEVEL_RANK, Level
 from tracker.facility.models import Monitor, Room, Site
 from tracker.facility.roomstate import RoomStates
-from tracker.monitoring.excursions import Excursion
+from tracker.monitoring.excursions import Excursion, breaches
 from tracker.monitoring.readings import Reading
 
 
@@ -116,7 +116,7 @@ def floor_view(session: Session, *, site: Site, as_of: datetime | None = None) -
             tiles[room_id].values.append(LatestValue(code, kind, channel, value, level, at))
     for room_id, n in session.exec(
         select(Excursion.room_id, func.count())
-        .where(Excursion.status == "open", Excursion.site_id == site.id)
+        .where(Excursion.status == "open", Excursion.site_id == site.id, breaches())
         .group_by(Excursion.room_id)
     ).all():
         if room_id in tiles:

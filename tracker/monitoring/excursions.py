@@ -48,7 +48,8 @@ class Excursion(SQLModel, table=True):
     __table_args__ = (Index("ix_excursion_series", "monitor_id", "channel", "started_at"),)
 
     id: int | None = Field(default=None, primary_key=True)
-    #: limit | data_gap | recurrence | adverse_trend | recovery (DESIGN §9)
+    #: limit | data_gap | recurrence | adverse_trend | recovery (DESIGN §9); predicted: a
+    #: forecast warning, not a breach (docs/trending.md)
     type: str = Field(default="limit", max_length=20)
     site_id: int = Field(foreign_key="site.id", index=True)
     monitor_id: int = Field(foreign_key="monitor.id")
@@ -96,6 +97,16 @@ class Excursion(SQLModel, table=True):
 
 
 SeriesKey = tuple[int, str]
+
+#: a forecast warning (``tracker.monitoring.trending.rule``): stored beside the excursions so
+#: QA sees, acknowledges and is alarmed about it the same way, but never a breach
+PREDICTED = "predicted"
+
+
+def breaches():
+    """The filter every count of breaches uses: statistics, exposure links and the release
+    gate, the floor's open excursions, the annual report (``predicted`` is not a breach)."""
+    return Excursion.type != PREDICTED
 
 
 class EpisodeBook:
@@ -557,7 +568,7 @@ def count_by_level(session: Session) -> dict[str, int]:
     """Excursions by level for ``tracker stats``: superseded ones and alarm challenges left out."""
     rows = session.exec(
         select(Excursion.level, func.count())
-        .where(Excursion.status != "superseded", Excursion.challenge_id.is_(None))
+        .where(Excursion.status != "superseded", Excursion.challenge_id.is_(None), breaches())
         .group_by(Excursion.level)
     ).all()
     return {"alert": 0, "action": 0, **{level: int(n) for level, n in rows}}

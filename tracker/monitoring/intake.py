@@ -43,6 +43,7 @@ from tracker.monitoring.snapshot import (
     build_registry,
     registry_marker,
 )
+from tracker.monitoring.trending.rule import ForecastRule
 
 SEQ_CONFLICT = "seq_conflict"
 #: a data gap found while another worker writes the monitor is checked again this much later,
@@ -110,12 +111,18 @@ class Intake:
         close_after: int | None = None,
         gap_factor: float | None = None,
         trend: TrendRule | None = None,
+        forecast: ForecastRule | None = None,
         writer: str | None = None,
     ) -> None:
         self.guard = WriterGuard(writer)
         self.registry: Registry | None = None
         self.room_states = RoomStates()
-        rules = build_rules(close_after=close_after, gap_factor=gap_factor, trend=trend or TrendRule())
+        rules = build_rules(
+            close_after=close_after,
+            gap_factor=gap_factor,
+            trend=trend or TrendRule(),
+            forecast=forecast or ForecastRule(),
+        )
         #: every rule (``tracker.monitoring.rules.base.Rule``): forgotten, run after each batch
         #: and refreshed through this tuple only
         self.rules: tuple[Rule, ...] = rules.all

@@ -24,7 +24,7 @@ from tracker.facility.policy import Compliance, compliance_of
 from tracker.facility.roomstate import RoomStateChange
 from tracker.identity import signatures
 from tracker.identity.users import Authenticated, require_role
-from tracker.monitoring.excursions import Excursion, excursion_shape
+from tracker.monitoring.excursions import Excursion, breaches, excursion_shape
 from tracker.monitoring.reevaluate import ReevaluationResult, record_room_state, rooms_within
 
 #: how far ahead of now a change may be dated (clock differences between a terminal and the server)
@@ -62,6 +62,7 @@ def _excursions_from(session: Session, room_ids: list[int], start: datetime) -> 
         select(Excursion).where(
             Excursion.monitor_id.in_(monitor_ids),
             Excursion.status != "superseded",
+            breaches(),
             or_(Excursion.ended_at.is_(None), Excursion.ended_at >= start),
         )
     ).all()

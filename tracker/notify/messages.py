@@ -19,6 +19,7 @@ TYPE = {
         "recurrence": "recurring ≥5.0 µm counts",
         "adverse_trend": "adverse trend",
         "recovery": "recovery not met",
+        "predicted": "predicted breach (a forecast warning, not a breach)",
     },
     "zh-CN": {
         "limit": "超限",
@@ -26,6 +27,7 @@ TYPE = {
         "recurrence": "≥5.0 µm 反复检出",
         "adverse_trend": "不良趋势",
         "recovery": "自净未达标",
+        "predicted": "预测超标预警（预测，并非超标）",
     },
 }
 STATUS = {

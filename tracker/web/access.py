@@ -39,6 +39,8 @@ ACCESS: dict[str, frozenset[str]] = {
     "POST /excursions/{excursion_id}/deviation": QA,
     "GET /monitors/{code}": ANY,
     "GET /monitors/{code}/chart.svg": ANY,
+    "GET /monitors/{code}/control": ANY,
+    "GET /monitors/{code}/control.svg": ANY,
     "GET /deviations": ANY,
     "GET /deviations/{number}": ANY,
     "POST /deviations/{number}/investigate": QA,

@@ -23,11 +23,14 @@ from tracker.core.fonts import chart_font_family, chart_style
 from tracker.facility.limits import UNITS
 from tracker.facility.models import Monitor, Site
 from tracker.facility.policy import compliance_of
-from tracker.monitoring.excursions import Excursion
+from tracker.monitoring.excursions import PREDICTED, Excursion
 from tracker.monitoring.readings import Reading
 from tracker.monitoring.snapshot import build_registry
+from tracker.monitoring.trending.store import Chart
 
 LEVEL_COLOURS = {"alert": "#e0a800", "action": "#c62828"}
+#: a forecast warning is shaded apart from the breaches: it is not one
+PREDICTED_COLOUR = "#5c6bc0"
 
 
 def _style() -> dict:
@@ -95,11 +98,12 @@ def trend_svg(
         for ex in excursions:
             if channel and ex.channel and ex.channel != channel:
                 continue
+            predicted = ex.type == PREDICTED
             ax.axvspan(
                 max(ex.started_at, start).astimezone(tz),
                 min(ex.ended_at or end, end).astimezone(tz),
-                color=LEVEL_COLOURS.get(ex.level, "#888888"),
-                alpha=0.18,
+                color=PREDICTED_COLOUR if predicted else LEVEL_COLOURS.get(ex.level, "#888888"),
+                alpha=0.10 if predicted else 0.18,
                 linewidth=0,
             )
         if entry is not None:
@@ -131,6 +135,63 @@ def trend_svg(
         buf = io.StringIO()
         fig.savefig(buf, format="svg")
     return buf.getvalue()
+
+
+def control_svg(chart: Chart, timezone: str, *, labels: dict[str, str]) -> str:
+    """A control chart (``tracker.monitoring.trending.store.chart``): hourly means, centre line
+    and 3σ limits of the baseline, points that complete a run-rule pattern ringed, change
+    points as vertical lines."""
+    tz = ZoneInfo(timezone)
+    hours = [h.astimezone(tz) for h in chart.hours]
+    with chart_style(_style()):
+        fig = Figure(figsize=(10, 3.6), dpi=96)
+        ax = fig.add_subplot()
+        if hours:
+            ax.plot(hours, chart.means, color="#1f4e79", linewidth=1.0, marker=".", label=labels["means"])
+        b = chart.baseline
+        if b is not None:
+            ax.axhline(b.center, color="#2e7d32", linewidth=1.0, label=labels["center"])
+            for value in (b.lcl, b.ucl):
+                if value is not None:
+                    ax.axhline(value, color="#2e7d32", linestyle="--", linewidth=0.9, label=labels["limits"])
+        index = {h: i for i, h in enumerate(chart.hours)}
+        flagged = sorted({index[_hour(s["end"])] for s in chart.signals if _hour(s["end"]) in index})
+        if flagged:
+            ax.scatter(
+                [hours[i] for i in flagged],
+                [chart.means[i] for i in flagged],
+                s=60,
+                facecolors="none",
+                edgecolors="#c62828",
+                label=labels["signals"],
+            )
+        for cp in chart.change_points:
+            if chart.hours and chart.hours[0] <= cp.at <= chart.hours[-1]:
+                ax.axvline(
+                    cp.at.astimezone(tz),
+                    color="#6a1b9a",
+                    linestyle=":" if cp.status == "dismissed" else "-",
+                    linewidth=1.0,
+                    label=labels["change_points"],
+                )
+        ax.xaxis.set_major_formatter(mdates.DateFormatter("%m-%d %H:%M", tz=tz))
+        ax.set_ylabel(
+            f"{labels[chart.kind]} {chart.channel + ' µm ' if chart.channel else ''}({UNITS[chart.kind]})"
+        )
+        ax.grid(alpha=0.25)
+        handles, names = ax.get_legend_handles_labels()
+        unique = dict(zip(names, handles, strict=True))
+        if unique:
+            ax.legend(unique.values(), unique.keys(), loc="upper left", fontsize=8, ncols=3)
+        fig.autofmt_xdate()
+        fig.tight_layout()
+        buf = io.StringIO()
+        fig.savefig(buf, format="svg")
+    return buf.getvalue()
+
+
+def _hour(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
 SVG_NS = "{http://www.w3.org/2000/svg}"

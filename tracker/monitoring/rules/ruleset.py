@@ -15,6 +15,7 @@ from tracker.monitoring.rules.recovery import RecoveryRule
 from tracker.monitoring.rules.recurrence import RecurrenceRule
 from tracker.monitoring.rules.trends import TrendRule
 from tracker.monitoring.rules.volume import VolumeBook
+from tracker.monitoring.trending.rule import ForecastRule
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,16 +30,23 @@ class Rules:
     volume: VolumeBook
     #: None: adverse trends are not followed (re-evaluation, see ``TrendRule.after_reevaluation``)
     trend: TrendRule | None
+    #: None: no ``predicted`` warnings (re-evaluation: a forecast looks ahead from live data)
+    forecast: ForecastRule | None
     #: every rule, in the order it runs after a batch and after a re-evaluation: limit
     #: episodes first (they call the trend rule as alerts close), then gaps, recurrence and
     #: recovery, which read only stored readings and their own excursion types — so the order
     #: only decides which new excursion gets the lower id: a monitor's recurrence before its
-    #: recovery, as ingest has always created them (tests compare lists ordered by start, id)
+    #: recovery, as ingest has always created them (tests compare lists ordered by start, id);
+    #: the forecast last (it reads only stored readings and its own ``predicted`` warnings)
     all: tuple[Rule, ...]
 
 
 def build_rules(
-    *, close_after: int | None = None, gap_factor: float | None = None, trend: TrendRule | None = None
+    *,
+    close_after: int | None = None,
+    gap_factor: float | None = None,
+    trend: TrendRule | None = None,
+    forecast: ForecastRule | None = None,
 ) -> Rules:
     """The rules, wired: the episode book reports closed alerts (and replays) to ``trend``.
 
@@ -57,6 +65,10 @@ def build_rules(
     recovery = RecoveryRule()
     volume = VolumeBook()
     ordered: tuple[Rule, ...] = (episodes, gaps, recurrence, recovery, volume)
+    if trend is not None:
+        ordered = (*ordered, trend)
+    if forecast is not None:
+        ordered = (*ordered, forecast)
     return Rules(
         episodes=episodes,
         gaps=gaps,
@@ -64,5 +76,6 @@ def build_rules(
         recovery=recovery,
         volume=volume,
         trend=trend,
-        all=ordered if trend is None else (*ordered, trend),
+        forecast=forecast,
+        all=ordered,
     )

@@ -27,7 +27,7 @@ from tracker.core.timeutil import iso_utc, utcnow
 from tracker.facility.models import Monitor, Room, Site, containing_rooms
 from tracker.identity import signatures
 from tracker.identity.users import Authenticated, require_role
-from tracker.monitoring.excursions import Excursion
+from tracker.monitoring.excursions import Excursion, breaches
 from tracker.quality.batches.models import Batch, ExcursionLink, ProcessStep
 from tracker.quality.deviations import (
     Deviation,
@@ -49,6 +49,7 @@ def _candidates(session: Session, step: ProcessStep) -> list[Excursion]:
         .where(
             Excursion.status != "superseded",
             Excursion.challenge_id.is_(None),  # an alarm challenge exposes no batch
+            breaches(),  # a forecast warning exposed nothing
             or_(
                 Excursion.room_id.in_(rooms),
                 (Excursion.kind == "pressure") & Monitor.reference_room_id.in_(rooms),

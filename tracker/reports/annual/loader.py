@@ -30,7 +30,7 @@ from tracker.facility.limits import FacilityLevel, LimitSet, load_limit_set
 from tracker.facility.load import limits_content
 from tracker.facility.models import FacilityLimit, Monitor, Room, Site
 from tracker.identity.signatures import Signature, SignatureCheck
-from tracker.monitoring.excursions import Excursion
+from tracker.monitoring.excursions import Excursion, breaches
 from tracker.monitoring.rollups import RollupHourly
 from tracker.quality.batches.flags import Flag, batch_flags
 from tracker.quality.batches.integrity import all_signature_checks
@@ -354,6 +354,7 @@ def _excursions(session: Session, scope: Scope, *, superseded: bool = False) -> 
                 Excursion.started_at < scope.until,
                 status,
                 Excursion.challenge_id.is_(None),  # alarm challenges are tests, not the environment
+                breaches(),  # forecast warnings are not excursions of the year
             )
             .order_by(Excursion.started_at, Excursion.id)
         )

@@ -12,12 +12,12 @@ from tracker.core.errors import NotFoundError, Reason
 from tracker.core.timeutil import parse_instant, utcnow
 from tracker.facility.inhibits import windows_by_monitor
 from tracker.facility.limits import UNITS
-from tracker.facility.models import Monitor, Room
+from tracker.facility.models import Monitor, Room, Site
 from tracker.monitoring.dashboard import floor_view
 from tracker.monitoring.excursions import acknowledge, list_excursions
 from tracker.monitoring.readings import Reading
 from tracker.quality.batches.linking import raise_deviation
-from tracker.web.charts import svg_policy, trend_svg
+from tracker.web.charts import control_svg, svg_policy, trend_svg
 from tracker.web.deps import CurrentUser, RowId, SessionDep
 from tracker.web.pages._common import form_instant
 from tracker.web.render import done, gettext, render, tr
@@ -224,6 +224,73 @@ def monitor_chart(
     labels = {k: _(k) for k in ("alert", "action", "at_rest", "in_operation", mon.kind)}
     labels["readings"] = _("Readings")
     svg = trend_svg(session, mon, channel, start, stop, labels=labels)
+    return Response(
+        svg,
+        media_type="image/svg+xml",
+        headers={"Cache-Control": "no-store", "Content-Security-Policy": svg_policy(svg)},
+    )
+
+
+def _control_chart(session, mon: Monitor, channel: str, days: float, end: str | None):
+    from tracker.monitoring.trending.store import chart
+
+    start, stop = _window(session, mon, days * 24, end)
+    start = start.replace(minute=0, second=0, microsecond=0)
+    return chart(session, mon, channel, start, stop)
+
+
+@router.get("/monitors/{code}/control", response_class=HTMLResponse)
+def control_page(
+    request: Request,
+    me: CurrentUser,
+    session: SessionDep,
+    code: str,
+    days: Annotated[float, Query(gt=0, le=366)] = 14,
+    end: Annotated[str | None, Query(max_length=40)] = None,
+    channel: Annotated[str | None, Query(max_length=8)] = None,
+) -> HTMLResponse:
+    """The monitor's control chart: baseline and limits, the run rules that fired and why, and
+    its change points (docs/trending.md)."""
+    mon = _monitor(session, code)
+    channels = [c for c in mon.channels.split(",") if c] or [""]
+    chosen = channel if channel in channels else channels[0]
+    c = _control_chart(session, mon, chosen, days, end)
+    return render(
+        request,
+        "control.html",
+        monitor=mon,
+        room=session.get(Room, mon.room_id),
+        channels=channels,
+        channel=chosen,
+        days=days,
+        end=end or "",
+        chart=c.as_dict(),
+        unit=UNITS[mon.kind],
+    )
+
+
+@router.get("/monitors/{code}/control.svg")
+def control_chart_svg(
+    request: Request,
+    me: CurrentUser,
+    session: SessionDep,
+    code: str,
+    days: Annotated[float, Query(gt=0, le=366)] = 14,
+    end: Annotated[str | None, Query(max_length=40)] = None,
+    channel: Annotated[str, Query(max_length=8)] = "",
+) -> Response:
+    mon = _monitor(session, code)
+    c = _control_chart(session, mon, channel, days, end)
+    _ = gettext(request)
+    labels = {
+        mon.kind: _(mon.kind),
+        "means": _("Hourly means"),
+        "center": _("Centre line"),
+        "limits": _("Control limits (3σ)"),
+        "signals": _("Run rule fired"),
+        "change_points": _("Change point"),
+    }
+    svg = control_svg(c, session.get(Site, mon.site_id).timezone, labels=labels)
     return Response(
         svg,
         media_type="image/svg+xml",
