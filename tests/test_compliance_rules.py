@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import replace
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import Engine
@@ -27,6 +27,8 @@ from tracker.ingest.processor import BatchProcessor, InboundMessage
 from tracker.monitoring.excursions import list_excursions
 from tracker.monitoring.intake import Intake
 from tracker.quality import deviations as dv
+from tracker.reports.annual.document import build_annual_report
+from tracker.reports.annual.period import Period
 
 BASE = MIN_FACILITY.read_text(encoding="utf-8")
 STRICT = (
@@ -153,3 +155,19 @@ def test_deviation_classes_come_from_the_facility(people_engine: Engine) -> None
                 classification="minor",
                 category="environment",
             )
+    # the annual report counts by the site's classes (as at its cut-off), not the defaults
+    with unit_of_work(people_engine) as s:
+        dv.open_deviation(
+            s,
+            actor=as_(people_engine, "qa1"),
+            site=get_site(s),
+            title="door left open",
+            description="the airlock door stood open",
+            classification="major",
+            category="environment",
+        )
+    with unit_of_work(people_engine) as s:
+        now = datetime.now(UTC)
+        period = Period(start=now - timedelta(days=1), end=now + timedelta(hours=1), timezone="Asia/Shanghai")
+        report = build_annual_report(s, site=get_site(s), period=period, now=now + timedelta(days=2))
+    assert report["deviations"]["by_classification"] == {"critical": 0, "major": 1}

@@ -20,7 +20,7 @@ from datetime import datetime, timedelta
 from statistics import median
 
 from tracker.core.timeutil import iso_utc
-from tracker.quality.deviations import CapaAction, Deviation, classes
+from tracker.quality.deviations import CapaAction, Deviation
 from tracker.reports.annual.figures import pct, rounded
 from tracker.reports.annual.loader import BatchRecords, DeviationRecords, Scope
 from tracker.reports.annual.period import last_local_day
@@ -42,7 +42,7 @@ def deviation_block(scope: Scope, records: DeviationRecords, batches: BatchRecor
     undecided = {d.id: undecided_batches(records, batches, d.id, affected[d.id]) for d in devs}
     return {
         "total": len(devs),
-        "by_classification": by_classification(devs),
+        "by_classification": by_classification(devs, records.classes),
         "by_category": pareto(devs),
         "by_root_cause": root_causes(devs),
         "closed_in_period": len(closed),
@@ -94,9 +94,10 @@ def status_at_end(d: Deviation, until: datetime) -> str:
     return "closed" if d.closed_at is not None and d.closed_at < until else "open"
 
 
-def by_classification(devs: list[Deviation]) -> dict[str, int]:
-    """Counts per classification, every classification listed."""
-    counts = {c: 0 for c in classes()}
+def by_classification(devs: list[Deviation], classes: tuple[str, ...]) -> dict[str, int]:
+    """Counts per classification, every class of the site's facility file (as at the cut-off)
+    listed; a class dropped since keeps its count."""
+    counts = {c: 0 for c in classes}
     for d in devs:
         counts[d.classification] = counts.get(d.classification, 0) + 1
     return counts

@@ -29,6 +29,7 @@ from tracker.core.db import time_param
 from tracker.facility.limits import FacilityLevel, LimitSet, load_limit_set
 from tracker.facility.load import limits_content
 from tracker.facility.models import FacilityLimit, Monitor, Room, Site
+from tracker.facility.policy import compliance_of
 from tracker.identity.signatures import Signature, SignatureCheck
 from tracker.monitoring.excursions import Excursion, breaches
 from tracker.monitoring.rollups import RollupHourly
@@ -461,6 +462,7 @@ class DeviationRecords:
     capa: list[CapaAction]  # created in the period, on the site's deviations, by id
     sources: dict[int, list[int]]  # deviation id → the excursions it was raised from
     major_classes: tuple[str, ...]  # the classes counted as possible major incidents
+    classes: tuple[str, ...]  # the site's deviation classes at the cut-off, most severe first
 
 
 def load_deviations(session: Session, scope: Scope, revision: int) -> DeviationRecords:
@@ -496,6 +498,7 @@ def load_deviations(session: Session, scope: Scope, revision: int) -> DeviationR
         capa=capa,
         sources=dict(sources),
         major_classes=major_incident_classes(session, scope.site, revision=revision),
+        classes=compliance_of(session, scope.site, revision).deviation_classes,
     )
 
 
