@@ -79,4 +79,9 @@ WORDS = (
     # review items
     N_("excursion"),
     N_("invalid_period"),
+    # notifications (outbox rows and attempts)
+    N_("pending"),
+    N_("sent"),
+    N_("failed"),
+    N_("cancelled"),
 )
