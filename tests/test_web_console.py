@@ -28,9 +28,12 @@ from tests.web_helpers import browser
 from tracker.core.audit import AuditEvent
 from tracker.core.db import unit_of_work
 from tracker.facility.models import Monitor, Room, get_site
+from tracker.identity.signatures import Signature
 from tracker.monitoring.dashboard import floor_view
 from tracker.monitoring.excursions import Excursion, acknowledge_many, list_excursions
 from tracker.quality.batches.linking import raise_deviation
+from tracker.quality.batches.models import ExcursionLink
+from tracker.quality.batches.steps import create_batch, start_step
 from tracker.quality.views import QueueFilter, queue_page
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts" / "screenshots" / "console"
@@ -367,3 +370,71 @@ def test_queue_excursion_page_and_acknowledgement_on_a_phone(
         ).all()
     assert sorted(int(k) for k in acked) == sorted(ids)
     assert CONSOLE == []
+
+
+def test_the_links_of_one_step_are_decided_together_with_one_reason_and_one_password(
+    web_app, web_engine: Engine
+) -> None:
+    with unit_of_work(web_engine) as s:
+        batch = create_batch(
+            s,
+            actor=as_(web_engine, "op1"),
+            site=get_site(s),
+            number="CT-2026-017",
+            product="CAR-T",
+            donor_id="D-17",
+        )
+        start_step(
+            s,
+            actor=as_(web_engine, "op1"),
+            batch=batch,
+            name="接种 seeding",
+            room_code="T-B1-BSC",
+            start=T0,
+            open_processing=True,
+        )
+    ids = four_action_excursions(web_engine)
+    qa, token = browser(web_app, "qa1")
+    page = qa.get("/batches/CT-2026-017").text  # proposes the links (docs/quality.md)
+    assert 'data-testid="links-bulk"' in page
+    with unit_of_work(web_engine) as s:
+        links = s.exec(select(ExcursionLink).where(ExcursionLink.status == "proposed")).all()
+        link_ids = sorted(link.id for link in links)
+        assert sorted(link.excursion_id for link in links) == sorted(ids)
+    wrong = qa.post(
+        "/links/decide",
+        data={"csrf_token": token, "ids": link_ids, "exposed": "true", "reason": "r", "password": "wrong"},
+        headers={"referer": "/batches/CT-2026-017"},
+    )
+    assert wrong.status_code == 303
+    r = qa.post(
+        "/links/decide",
+        data={
+            "csrf_token": token,
+            "ids": link_ids,
+            "exposed": "true",
+            "reason": "开放操作期间 open seeding during all four",
+            "password": PASSWORD,
+        },
+        headers={"referer": "/batches/CT-2026-017"},
+    )
+    assert r.status_code == 303
+    with unit_of_work(web_engine) as s:
+        statuses = s.exec(select(ExcursionLink.status).where(ExcursionLink.id.in_(link_ids))).all()
+        signed = s.exec(select(Signature).where(Signature.entity == "exposure_link")).all()
+        events = s.exec(select(AuditEvent).where(AuditEvent.action == "link.confirmed")).all()
+    assert statuses == ["confirmed"] * 4
+    assert sorted(int(sig.entity_key) for sig in signed) == link_ids  # one signature per link
+    assert len(events) == 4
+    assert {e.reason for e in events} == {"开放操作期间 open seeding during all four"}
+
+
+def test_the_demo_honours_tracker_web_port(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tracker.cli.main import demo_web_port
+
+    monkeypatch.setenv("TRACKER_WEB_PORT", "8123")
+    assert demo_web_port(None) == 8123
+    assert demo_web_port(9000) == 9000
+    assert demo_web_port(0) is None
+    monkeypatch.delenv("TRACKER_WEB_PORT")
+    assert demo_web_port(None) == 8000

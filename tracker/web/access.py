@@ -53,6 +53,7 @@ ACCESS: dict[str, frozenset[str]] = {
     "POST /deviations/{number}/capa": QA,
     "POST /capa/{capa_id}/done": CAPA_OWNERS,
     "POST /capa/{capa_id}/check": QA,
+    "POST /links/decide": QA,
     "POST /links/{link_id}/decide": QA,
     "GET /batches": ANY,
     "POST /batches": SHOP_FLOOR,

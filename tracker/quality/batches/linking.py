@@ -278,6 +278,28 @@ def decide_link(
     return link
 
 
+def decide_links(
+    session: Session,
+    *,
+    signer: Authenticated,
+    link_ids: list[int],
+    exposed: bool,
+    reason: str,
+    now: datetime | None = None,
+) -> list[ExcursionLink]:
+    """Decide several proposed links together (the links of one step, or of one excursion) with one
+    reason and one re-authentication: each link is decided, signed and audited on its own exactly
+    as :func:`decide_link` does, so every record keeps its own signature. All or none: a link that
+    cannot be decided refuses the lot with its reason."""
+    if not link_ids:
+        raise InvalidInputError(Reason("choose the links to decide", "请选择要决定的关联建议"))
+    now = now or utcnow()
+    return [
+        decide_link(session, signer=signer, link_id=link_id, exposed=exposed, reason=reason, now=now)
+        for link_id in sorted(set(link_ids))
+    ]
+
+
 def _join_open_deviations(
     session: Session, link: ExcursionLink, batch: Batch, actor: str, now: datetime
 ) -> None:
