@@ -55,7 +55,7 @@
   }
 
   // Replace an element by the same element of a freshly fetched page (one fetch at a time).
-  function refresher(el, url, pick) {
+  function refresher(el, url, pick, busyNow) {
     var busy = false, again = false;
     function refresh() {
       if (busy) { again = true; return; }
@@ -69,6 +69,8 @@
           if (html) {
             var doc = new DOMParser().parseFromString(html, "text/html");
             var found = pick(doc);
+            // someone started typing or ticking while the list was fetched: leave it to them
+            if (busyNow && busyNow()) { staleNotice(); return; }
             if (found !== null) { el.innerHTML = found; el.setAttribute("data-refreshed", String(Date.now())); }
           }
         })
@@ -88,6 +90,12 @@
       // closed for good (the session ended, the server refused): the page itself says why
       if (es.readyState === EventSource.CLOSED) { setTimeout(function () { window.location.reload(); }, 3000); }
     };
+  }
+
+  function staleNotice() {
+    var note = document.getElementById("queue-stale");
+    if (note) { note.hidden = false; }
+    document.body.setAttribute("data-queue-stale", "1");
   }
 
   function queueBusy(el) {
@@ -112,10 +120,10 @@
     if (queue) {
       var refreshQueue = refresher(queue, function () { return window.location.href; }, function (doc) {
         var q = doc.getElementById("queue-live"); return q ? q.innerHTML : null;
-      });
+      }, function () { return queueBusy(queue); });
       listen(queue.getAttribute("data-events"), function (d) {
         if (d.kinds.indexOf("excursions") < 0) { return; }
-        if (queueBusy(queue)) { document.body.setAttribute("data-queue-stale", "1"); return; }
+        if (queueBusy(queue)) { staleNotice(); return; }
         refreshQueue();
       }, 10000);
       queue.addEventListener("change", function (ev) {
