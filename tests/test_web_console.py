@@ -288,7 +288,7 @@ def test_an_excursion_stored_by_the_ingester_reaches_an_open_dashboard_within_a_
     qa = Screen(chromium, live_server, "qa1", lang="zh-CN")
     qa.page.locator("#enable-alerts").click()  # this user allows sound and notifications
     qa.page.evaluate("window.__notReloaded = true")
-    qa.page.wait_for_function("document.body.getAttribute('data-live') === 'connected'")
+    qa.page.wait_for_function("() => document.body.getAttribute('data-live') === 'connected'")
     messages = [
         (
             topic("T-B1-BSC", "T-BSC-PC"),
@@ -318,7 +318,7 @@ def test_an_excursion_stored_by_the_ingester_reaches_an_open_dashboard_within_a_
         wait_until(lambda: ingester.stats.received >= len(messages), what="8 readings")
     assert seen_after < 1.0, f"on the dashboard {seen_after:.2f} s after it was stored"
     assert qa.page.evaluate("window.__notReloaded") is True
-    qa.page.wait_for_function("document.body.getAttribute('data-notified') !== null")
+    qa.page.wait_for_function("() => document.body.getAttribute('data-notified') !== null")
     assert int(qa.page.evaluate("document.body.getAttribute('data-notified')")) >= 1
     assert qa.page.evaluate("document.body.getAttribute('data-sounded')") is not None
     qa.shot("dashboard-live-zh")
@@ -438,3 +438,31 @@ def test_the_demo_honours_tracker_web_port(monkeypatch: pytest.MonkeyPatch) -> N
     assert demo_web_port(0) is None
     monkeypatch.delenv("TRACKER_WEB_PORT")
     assert demo_web_port(None) == 8000
+
+
+def test_the_gate_is_never_open_while_a_step_runs(web_app, web_engine: Engine) -> None:
+    from tracker.quality.batches.release import gate_reasons
+
+    with unit_of_work(web_engine) as s:
+        batch = create_batch(
+            s,
+            actor=as_(web_engine, "op1"),
+            site=get_site(s),
+            number="CT-2026-018",
+            product="CAR-T",
+            donor_id="D-18",
+        )
+        step = start_step(
+            s,
+            actor=as_(web_engine, "op1"),
+            batch=batch,
+            name="扩增 expansion",
+            room_code="T-C1",
+            start=T0,
+            open_processing=False,
+        )
+        assert gate_reasons(s, batch) == [f"step {step.id} (扩增 expansion) is still running"]
+    for lang, words in (("zh-CN", "仍在进行中"), ("en", "is still running")):
+        page = browser(web_app, "qa1", lang=lang)[0].get("/batches/CT-2026-018").text
+        assert words in page
+        assert 'class="gate-open"' not in page
