@@ -195,6 +195,7 @@ def _get_routes(number: str) -> list[str]:
         "/lang/{code}": "/lang/en",
         "/reports/annual": "/reports/annual?year=2026&format=json",
         "/monitors/{code}": "/monitors/T-BSC-PC",
+        "/excursions/{excursion_id}": "/excursions/1",
         "/monitors/{code}/chart.svg": "/monitors/T-BSC-PC/chart.svg",
         "/monitors/{code}/control": "/monitors/T-BSC-PC/control",
         "/monitors/{code}/control.svg": "/monitors/T-BSC-PC/control.svg",

@@ -188,6 +188,7 @@ def test_qa_production_and_qp_work_a_batch_through_the_browser(
     row.locator("details.raise summary").click()
     row.locator("input[name=title]").fill("BSC 0.5 µm 纠偏超标 action excursion during seeding")
     row.locator("select[name=classification]").select_option("minor")
+    row.locator("input[name=category]").fill("环境 environment")  # no English default any more (issue 17)
     row.locator("textarea[name=description]").fill("0.5 µm at 10,000 /m³ for 3 minutes during open seeding")
     row.locator("details.raise button[type=submit]").click()
     qa.page.wait_for_url("**/deviations/DEV-2026-0001")

@@ -16,10 +16,12 @@ from babel.messages.extract import extract_from_dir
 from babel.messages.pofile import read_po
 from sqlalchemy import Engine
 
+from tests.console_helpers import bsc_burst, store
 from tests.factories import T0, as_
 from tests.web_helpers import browser
 from tracker.core.db import unit_of_work
 from tracker.facility.models import get_site
+from tracker.monitoring.excursions import list_excursions
 from tracker.quality.batches.linking import raise_deviation
 from tracker.quality.batches.steps import create_batch, start_step
 from tracker.web.access import ACCESS
@@ -129,15 +131,18 @@ def pages(engine: Engine) -> list[tuple[str, str]]:
             batch_numbers=["CT-2026-009"],
         )
         number = dev.number
-    fill = {"number": None, "code": "T-BSC-PC", "excursion_id": "1"}
+    store(engine, bsc_burst(start_seq=1, minutes_=range(0, 8), high=(3, 4, 5)))
+    with unit_of_work(engine) as s:
+        excursion_id = str(min(e["id"] for e in list_excursions(s)))
+    fill = {"number": None, "code": "T-BSC-PC", "excursion_id": excursion_id}
     out = []
     for key, roles in ACCESS.items():
         method, path = key.split(" ", 1)
         if method != "GET" or path.startswith(("/api/", "/docs", "/openapi", "/lang", "/healthz")):
             continue
-        if path.endswith(".svg") or path == "/dashboard/live" or path.startswith("/reports/"):
-            continue  # images, fragments and file downloads, not pages
-        concrete = path.replace("{code}", fill["code"])
+        if path.endswith(".svg") or path.startswith(("/dashboard/", "/reports/")):
+            continue  # images, fragments, event streams and file downloads, not pages
+        concrete = path.replace("{code}", fill["code"]).replace("{excursion_id}", fill["excursion_id"])
         concrete = concrete.replace("/batches/{number}", "/batches/CT-2026-009")
         concrete = concrete.replace("/deviations/{number}", f"/deviations/{number}")
         out.append((concrete, "admin" if roles == {"admin"} else "qa1"))

@@ -205,10 +205,13 @@ def _render(view: FloorView, stats: dict, open_ex: list[dict], lang: str, header
         name = tile.name if lang == "zh-CN" else (tile.name_en or tile.name)
         latest = Text()
         for v in tile.values:
+            if v.value is None:  # a monitor that has not reported yet
+                latest.append(f"{v.monitor} —  ", style=STYLE["no_data"])
+                continue
             latest.append(_compact(v.kind, v.channel, v.value) + "  ", style=STYLE.get(v.level, ""))
         rooms.add_row(
             tile.grade,
-            Text(f"{tile.code} {name}", style=STYLE[tile.worst]),
+            Text(f"{tile.code} {name}", style=STYLE.get(tile.worst, "")),
             t(tile.state, lang),
             latest,
             str(tile.open_excursions or ""),

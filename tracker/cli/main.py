@@ -999,7 +999,12 @@ def demo(
     seed: Annotated[int, typer.Option()] = 1,
     data_dir: Annotated[Path | None, typer.Option(help="default TRACKER_DATA_DIR/.tracker")] = None,
     duration: Annotated[str | None, typer.Option(help="stop after this long (wall clock)")] = None,
-    web_port: Annotated[int, typer.Option(help="port of the demo's web app on 127.0.0.1; 0: none")] = 8000,
+    web_port: Annotated[
+        int | None,
+        typer.Option(
+            help="port of the demo's web app on 127.0.0.1; default TRACKER_WEB_PORT (8000); 0: none"
+        ),
+    ] = None,
 ) -> None:
     """Everything on one machine: broker, database, sample facility, simulator, ingester, live view,
     and the web app with one demo login per role (passwords generated at start and printed)."""
@@ -1010,8 +1015,16 @@ def demo(
         speed=speed,
         seed=seed,
         wall_limit=parse_duration(duration) if duration else None,
-        web_port=web_port or None,
+        web_port=demo_web_port(web_port),
     )
+
+
+def demo_web_port(option: int | None) -> int | None:
+    """The demo's web port: the option, else ``TRACKER_WEB_PORT`` (issue 17: the variable was ignored); 0: none."""
+    from tracker.web.config import WebSettings
+
+    port = option if option is not None else WebSettings().port
+    return port or None
 
 
 def main() -> None:

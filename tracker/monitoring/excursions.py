@@ -476,6 +476,42 @@ def acknowledge(
     return ex
 
 
+def needs_acknowledgement_clause():
+    """``Excursion.needs_acknowledgement`` as a SQL condition (queues and counts)."""
+    return (Excursion.status != "superseded") & or_(
+        Excursion.ack_level.is_(None),
+        (Excursion.ack_level == "alert") & (Excursion.level == "action"),
+    )
+
+
+def acknowledge_many(
+    session: Session,
+    *,
+    actor: Authenticated,
+    excursion_ids: Collection[int],
+    comment: str,
+    now: datetime | None = None,
+) -> tuple[list[Excursion], list[Reason]]:
+    """Acknowledge several excursions with one comment (a gateway outage's burst of data gaps):
+    each is acknowledged and audited on its own, exactly as :func:`acknowledge` would. Those that
+    need no acknowledgement any more (acknowledged meanwhile, superseded) are skipped with the
+    reason; anything else refused (a role, an empty comment, an unknown id) refuses them all."""
+    require_role(actor, "qa", action=Reason("acknowledging an excursion", "确认超标"))
+    if not excursion_ids:
+        raise InvalidInputError(Reason("choose the excursions to acknowledge", "请选择要确认的超标"))
+    now = now or utcnow()
+    done: list[Excursion] = []
+    skipped: list[Reason] = []
+    for excursion_id in sorted(set(excursion_ids)):
+        try:
+            done.append(
+                acknowledge(session, actor=actor, excursion_id=excursion_id, comment=comment, now=now)
+            )
+        except ConflictError as exc:
+            skipped.append(exc.message)
+    return done, skipped
+
+
 def list_excursions(
     session: Session,
     *,
@@ -501,13 +537,7 @@ def list_excursions(
     if type_:
         query = query.where(Excursion.type == type_)
     if unacknowledged:
-        query = query.where(
-            Excursion.status != "superseded",
-            or_(
-                Excursion.ack_level.is_(None),
-                (Excursion.ack_level == "alert") & (Excursion.level == "action"),
-            ),
-        )
+        query = query.where(needs_acknowledgement_clause())
     return [to_json(ex, monitor, room_code) for ex, monitor, room_code in session.exec(query)]
 
 

@@ -37,6 +37,10 @@ CSP = (
 )
 
 
+#: requests a screen makes by itself (refresh, event stream): they do not keep a session alive
+UNATTENDED = frozenset({"/dashboard/live", "/dashboard/events"})
+
+
 def _is_api(request: Request) -> bool:
     return request.url.path.startswith("/api/")
 
@@ -232,9 +236,7 @@ def create_app(*, engine: Engine | None = None, settings: WebSettings | None = N
         # the dashboard's background polling does not keep an unattended session alive
         # the store blocks on the database (on SQLite behind the ingester's write lock): in the
         # threadpool, so that one waiting request does not stall every request of the process
-        request.state.web = await run_in_threadpool(
-            store.get, sent, touch=request.url.path != "/dashboard/live"
-        )
+        request.state.web = await run_in_threadpool(store.get, sent, touch=request.url.path not in UNATTENDED)
         request.state.lang = pick_lang(request.cookies.get("lang"))
         response = await call_next(request)
         web = getattr(request.state, "web", None)

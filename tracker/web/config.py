@@ -21,7 +21,15 @@ class WebSettings(BaseSettings):
     )
     #: ``auto``: Secure cookies when the request came over https (directly or via a trusted proxy)
     secure_cookies: str = Field(default="auto", pattern="^(auto|always|never)$")
-    poll_seconds: float = Field(default=3.0, gt=0, description="dashboard live-update interval")
+    poll_seconds: float = Field(
+        default=3.0, gt=0, description="dashboard refresh for new readings (excursions come at once)"
+    )
+    live_poll_seconds: float = Field(
+        default=0.25, gt=0, le=5, description="how often each process looks for changes to push"
+    )
+    live_stream_seconds: float = Field(
+        default=300.0, gt=0, description="an event stream ends after this long; the browser reconnects"
+    )
     token_days: int = Field(
         default=90, ge=1, le=366, description="longest (and default) lifetime of an API token"
     )

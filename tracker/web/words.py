@@ -84,4 +84,9 @@ WORDS = (
     N_("excursion"),
     N_("invalid_period"),
     N_("coverage_gap"),
+    # notifications (outbox rows and attempts)
+    N_("pending"),
+    N_("sent"),
+    N_("failed"),
+    N_("cancelled"),
 )

@@ -279,6 +279,28 @@ def decide_link(
     return link
 
 
+def decide_links(
+    session: Session,
+    *,
+    signer: Authenticated,
+    link_ids: list[int],
+    exposed: bool,
+    reason: str,
+    now: datetime | None = None,
+) -> list[ExcursionLink]:
+    """Decide several proposed links together (the links of one step, or of one excursion) with one
+    reason and one re-authentication: each link is decided, signed and audited on its own exactly
+    as :func:`decide_link` does, so every record keeps its own signature. All or none: a link that
+    cannot be decided refuses the lot with its reason."""
+    if not link_ids:
+        raise InvalidInputError(Reason("choose the links to decide", "请选择要决定的关联建议"))
+    now = now or utcnow()
+    return [
+        decide_link(session, signer=signer, link_id=link_id, exposed=exposed, reason=reason, now=now)
+        for link_id in sorted(set(link_ids))
+    ]
+
+
 def _join_open_deviations(
     session: Session, link: ExcursionLink, batch: Batch, actor: str, now: datetime
 ) -> None:
@@ -302,11 +324,23 @@ def raise_deviation(
     category: str,
     description: str,
     batch_numbers: list[str] | tuple[str, ...] = (),
+    again_reason: str = "",
     now: datetime | None = None,
 ) -> Deviation:
     """Raise a deviation from excursions (or by hand, with batches named directly); every batch
-    with a confirmed exposure to one of the excursions is linked for impact assessment."""
+    with a confirmed exposure to one of the excursions is linked for impact assessment. An
+    excursion that is the source of a deviation already starts another one only with QA's reason
+    why (``again_reason``, audited on the excursion): otherwise one event is investigated twice."""
     now = now or utcnow()
+    earlier = _deviations_of(session, excursion_ids)
+    if earlier and not again_reason.strip():
+        listed = "; ".join(f"{ex_id} → {', '.join(numbers)}" for ex_id, numbers in sorted(earlier.items()))
+        raise ConflictError(
+            Reason(
+                f"an excursion already has a deviation ({listed}): give the reason for another one",
+                f"超标已有偏差（{listed}）：另开偏差须说明理由",
+            )
+        )
     dev = open_deviation(
         session,
         actor=actor,
@@ -333,7 +367,33 @@ def raise_deviation(
         batch_ids[found.id] = found.number
     for batch_id, number in sorted(batch_ids.items()):
         attach_batch(session, dev=dev, batch_id=batch_id, batch_number=number, actor=actor.username, now=now)
+    for ex_id, numbers in sorted(earlier.items()):
+        audit.record(
+            session,
+            actor=actor.username,
+            action="excursion.another_deviation",
+            entity="excursion",
+            entity_key=str(ex_id),
+            before={"deviations": numbers},
+            after={"deviations": [*numbers, dev.number]},
+            reason=again_reason.strip(),
+            at=now,
+        )
     return dev
+
+
+def _deviations_of(session: Session, excursion_ids: list[int]) -> dict[int, list[str]]:
+    """The deviations each of ``excursion_ids`` is a source of already (by number)."""
+    found: dict[int, list[str]] = {}
+    if excursion_ids:
+        for ex_id, number in session.exec(
+            select(DeviationExcursion.excursion_id, Deviation.number)
+            .join(Deviation, Deviation.id == DeviationExcursion.deviation_id)
+            .where(DeviationExcursion.excursion_id.in_(excursion_ids))
+            .order_by(Deviation.number)
+        ):
+            found.setdefault(ex_id, []).append(number)
+    return found
 
 
 def uncovered_action_exposures(session: Session, batch: Batch) -> list[ExcursionLink]:

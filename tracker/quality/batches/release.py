@@ -238,7 +238,16 @@ def gate_reasons(
     stored); without ``items`` the exposure proposals are brought up to date first (a write).
     ``redoing``: the scope being signed again (QA's review after its picture changed), whose
     outdated signature is then no reason."""
+    # a step still running: its environment is not known to its end (issue 17: never "open" meanwhile)
     reasons = [
+        Reason(
+            f"step {step.id} ({step.name}) is still running",
+            f"工序 {step.id}（{step.name}）仍在进行中",
+        )
+        for step in steps_of(session, batch)
+        if step.end is None
+    ]
+    reasons += [
         Reason(
             f"deviation {d.number} is {d.status}, not closed",
             f"偏差 {d.number} 处于“{DEVIATION_STATUS_ZH.get(d.status, d.status)}”，尚未关闭",

@@ -242,6 +242,12 @@ def dashboard(me: CurrentUser, session: SessionDep) -> Dashboard:
                         "value": v.value,
                         "level": v.level,
                         "at": iso_utc(v.at),
+                        "stale": v.stale,
+                        "age_s": v.age_s,
+                        "alert_low": v.alert_low,
+                        "alert_high": v.alert_high,
+                        "action_low": v.action_low,
+                        "action_high": v.action_high,
                     }
                     for v in t.values
                 ],

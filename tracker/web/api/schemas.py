@@ -27,9 +27,16 @@ class LatestValue(TypedDict):
     monitor: str
     kind: str
     channel: str | None
-    value: int | float
+    value: int | float | None  # null: the monitor has never reported
     level: str
-    at: str
+    at: str | None
+    #: older than the site's data-gap threshold: shown as no data with its age
+    stale: bool
+    age_s: float | None
+    alert_low: float | None
+    alert_high: float | None
+    action_low: float | None
+    action_high: float | None
 
 
 class RoomTile(TypedDict):

@@ -2,32 +2,43 @@
 
 from datetime import datetime, timedelta
 from typing import Annotated
+from urllib.parse import urlencode
 
 from fastapi import APIRouter, Form, Query, Request
-from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
 from sqlalchemy import func
 from sqlmodel import select
 
-from tracker.core.errors import NotFoundError, Reason
-from tracker.core.timeutil import parse_instant, utcnow
+from tracker.core.errors import NotFoundError, Reason, in_language
+from tracker.core.timeutil import iso_utc, utcnow
 from tracker.facility.inhibits import windows_by_monitor
 from tracker.facility.limits import UNITS
 from tracker.facility.models import Monitor, Room, Site
 from tracker.monitoring.dashboard import floor_view
-from tracker.monitoring.excursions import acknowledge, list_excursions
+from tracker.monitoring.excursions import acknowledge, acknowledge_many, list_excursions
+from tracker.monitoring.health import system_alarm_docs
 from tracker.monitoring.readings import Reading
+from tracker.notify.dispatcher import failed_target_docs
 from tracker.quality.batches.linking import raise_deviation
+from tracker.quality.views import QueueFilter, excursion_view, queue_page
 from tracker.web.charts import control_svg, svg_policy, trend_svg
 from tracker.web.deps import CurrentUser, RowId, SessionDep
+from tracker.web.live import sse as live_sse
+from tracker.web.live import stream as live_stream
 from tracker.web.pages._common import form_instant
-from tracker.web.render import done, gettext, render, tr
+from tracker.web.render import back_path, done, gettext, render, tr
 from tracker.web.sites import site_or_none, the_site
 
 router = APIRouter(include_in_schema=False)
 GRADES = ("A", "B", "C", "D", "CNC")
 
 
-def _live_context(session) -> dict:
+#: excursions a page of the dashboard's list and of the queue shows
+DASHBOARD_PAGE = 30
+QUEUE_PAGE = 50
+
+
+def _live_context(session, page: int = 1) -> dict:
     site = site_or_none(session)
     view = floor_view(session, site=site) if site else None
     groups: dict[str, list] = {}
@@ -39,14 +50,18 @@ def _live_context(session) -> dict:
             # a maintenance inhibit shows unless the room is in alert or action anyway
             held = any(v.monitor in inhibited for v in tile.values)
             colour[tile.code] = "inhibited" if held and tile.worst not in ("alert", "action") else tile.worst
-    waiting = list_excursions(session, unacknowledged=True)
-    waiting.reverse()
+    waiting = queue_page(
+        session, filters=QueueFilter(pending=True), offset=(page - 1) * DASHBOARD_PAGE, limit=DASHBOARD_PAGE
+    )
     return {
         "view": view,
         "groups": groups,
         "colour": colour,
-        "waiting": waiting[:30],
-        "waiting_total": len(waiting),
+        "waiting": waiting,
+        "page": page,
+        "pages": max(1, -(-waiting.total // DASHBOARD_PAGE)),
+        "system_alarms": system_alarm_docs(session, open_only=True, limit=50),
+        "failed_targets": failed_target_docs(session),
         "units": UNITS,
     }
 
@@ -62,15 +77,33 @@ def _inhibited_monitors(session, at: datetime | None) -> set[str]:
     }
 
 
+Page = Annotated[int, Query(ge=1, le=100_000)]
+
+
 @router.get("/", response_class=HTMLResponse)
-def dashboard(request: Request, me: CurrentUser, session: SessionDep) -> HTMLResponse:
-    return render(request, "dashboard.html", **_live_context(session))
+def dashboard(request: Request, me: CurrentUser, session: SessionDep, page: Page = 1) -> HTMLResponse:
+    return render(request, "dashboard.html", **_live_context(session, page))
 
 
 @router.get("/dashboard/live", response_class=HTMLResponse)
-def dashboard_live(request: Request, me: CurrentUser, session: SessionDep) -> HTMLResponse:
+def dashboard_live(request: Request, me: CurrentUser, session: SessionDep, page: Page = 1) -> HTMLResponse:
     """The part of the dashboard that the page's script refreshes without a reload."""
-    return render(request, "_live.html", **_live_context(session))
+    return render(request, "_live.html", **_live_context(session, page))
+
+
+@router.get("/dashboard/events")
+async def dashboard_events(request: Request, me: CurrentUser) -> Response:
+    """Server-sent events for the dashboard and the queue (``tracker.web.live``). It holds no
+    database session: the process's one feed reads the database for every screen. A client that
+    does not ask for ``text/event-stream`` gets the greeting alone (no endless answer)."""
+    if "text/event-stream" not in request.headers.get("accept", ""):
+        return Response(live_sse("hello", {"version": 0}), media_type="text/event-stream")
+    settings = request.app.state.web_settings
+    return StreamingResponse(
+        live_stream(request.app, request.is_disconnected, max_seconds=settings.live_stream_seconds),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+    )
 
 
 def _when(text: str | None) -> datetime | None:
@@ -91,36 +124,89 @@ def excursion_queue(
     since: Annotated[str | None, Query(max_length=40)] = None,
     until: Annotated[str | None, Query(max_length=40)] = None,
     show: Annotated[str, Query(pattern="^(pending|all)$")] = "pending",
+    page: Page = 1,
 ) -> HTMLResponse:
-    rows = list_excursions(session, room=room or None, type_=type or None, unacknowledged=show == "pending")
-    grades = dict(session.exec(select(Room.code, Room.grade)).all())
-    start, end = _when(since), _when(until)
-    rows = [
-        r
-        for r in rows
-        if (not level or r["level"] == level)
-        and (not grade or grades.get(r["room"]) == grade)
-        and (start is None or parse_instant(r["ended_at"] or r["started_at"]) >= start)
-        and (end is None or parse_instant(r["started_at"]) <= end)
-    ]
-    rows.reverse()
+    filters = QueueFilter(
+        room=room or None,
+        grade=grade or None,
+        type=type or None,
+        level=level or None,
+        since=_when(since),
+        until=_when(until),
+        pending=show == "pending",
+    )
+    found = queue_page(session, filters=filters, offset=(page - 1) * QUEUE_PAGE, limit=QUEUE_PAGE)
+    shown = {
+        "room": room or "",
+        "grade": grade or "",
+        "type": type or "",
+        "level": level or "",
+        "since": since or "",
+        "until": until or "",
+        "show": show,
+    }
     return render(
         request,
         "excursions.html",
-        rows=rows,
-        rooms=sorted(grades),
+        queue=found,
+        rows=found.rows,
+        page=page,
+        pages=max(1, -(-found.total // QUEUE_PAGE)),
+        query=urlencode({k: v for k, v in shown.items() if v}),
+        rooms=sorted(session.exec(select(Room.code).where(Room.active)).all()),
         grades=GRADES,
-        filters={
-            "room": room or "",
-            "grade": grade or "",
-            "type": type or "",
-            "level": level or "",
-            "since": since or "",
-            "until": until or "",
-            "show": show,
-        },
+        filters=shown,
+        classes=("critical", "major", "minor"),
+        units=UNITS,
+    )
+
+
+@router.get("/excursions/{excursion_id}", response_class=HTMLResponse)
+def excursion_page(
+    request: Request, me: CurrentUser, session: SessionDep, excursion_id: RowId
+) -> HTMLResponse:
+    view = excursion_view(session, excursion_id)
+    span_h = (view.chart_end - view.chart_start).total_seconds() / 3600
+    chart = "/monitors/{}/chart.svg?{}".format(
+        view.excursion["monitor"],
+        urlencode(
+            {
+                "channel": view.excursion["channel"] or "",
+                "end": iso_utc(view.chart_end),
+                "hours": f"{span_h:.4f}",
+            }
+        ),
+    )
+    return render(
+        request,
+        "excursion.html",
+        x=view,
+        e=view.excursion,
+        chart=chart,
+        unit=UNITS[view.unit_kind],
         classes=("critical", "major", "minor"),
     )
+
+
+@router.post("/excursions/acknowledge")
+def excursions_acknowledge(
+    request: Request,
+    me: CurrentUser,
+    session: SessionDep,
+    comment: Annotated[str, Form(max_length=2000)],
+    ids: Annotated[list[RowId], Form(max_length=1000)] = [],  # noqa: B006  (FastAPI's form default)
+) -> RedirectResponse:
+    """Acknowledge the ticked excursions with one comment, each audited on its own."""
+    done_, skipped = acknowledge_many(session, actor=me.actor(), excursion_ids=ids, comment=comment)
+    message = tr(request, "Excursions acknowledged:") + f" {len(done_)}"
+    if skipped:
+        message += (
+            " · "
+            + tr(request, "skipped:")
+            + " "
+            + "; ".join(in_language(r, request.state.lang) for r in skipped)
+        )
+    return done(request, back_path(request, "/excursions"), message)
 
 
 @router.post("/excursions/{excursion_id}/acknowledge")
@@ -132,7 +218,7 @@ def excursion_acknowledge(
     comment: Annotated[str, Form(max_length=2000)],
 ) -> RedirectResponse:
     acknowledge(session, actor=me.actor(), excursion_id=excursion_id, comment=comment)
-    return done(request, "/excursions", tr(request, "Excursion acknowledged."))
+    return done(request, back_path(request, "/excursions"), tr(request, "Excursion acknowledged."))
 
 
 @router.post("/excursions/{excursion_id}/deviation")
@@ -145,16 +231,19 @@ def excursion_deviation(
     classification: Annotated[str, Form(max_length=20)],
     category: Annotated[str, Form(max_length=60)],
     description: Annotated[str, Form(max_length=5000)],
+    also: Annotated[list[RowId], Form(max_length=1000)] = [],  # noqa: B006  (FastAPI's form default)
+    again_reason: Annotated[str, Form(max_length=2000)] = "",
 ) -> RedirectResponse:
     dev = raise_deviation(
         session,
         actor=me.actor(),
         site=the_site(session),
-        excursion_ids=[excursion_id],
+        excursion_ids=[excursion_id, *(i for i in also if i != excursion_id)],
         title=title,
         classification=classification,
         category=category,
         description=description,
+        again_reason=again_reason,
     )
     return done(request, f"/deviations/{dev.number}", tr(request, "Deviation raised:") + f" {dev.number}")
 

@@ -7,7 +7,7 @@ from fastapi import APIRouter, Form, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
 
 from tracker.quality import deviations as dv
-from tracker.quality.batches.linking import decide_link, sync_links
+from tracker.quality.batches.linking import decide_link, decide_links, sync_links
 from tracker.quality.batches.steps import get_batch
 from tracker.quality.batches.views import exposure_links
 from tracker.quality.views import deviation_view, deviation_views
@@ -200,6 +200,22 @@ def capa_check(
 ) -> RedirectResponse:
     dv.check_effectiveness(session, actor=me.actor(), capa_id=capa_id, effective=effective, note=note)
     return done(request, back_path(request), tr(request, "Effectiveness recorded."))
+
+
+@router.post("/links/decide")
+def links_decide(
+    request: Request,
+    me: CurrentUser,
+    session: SessionDep,
+    exposed: Annotated[bool, Form()],
+    reason: Text,
+    password: Annotated[str, Form(max_length=1000)],
+    ids: Annotated[list[RowId], Form(max_length=500)] = [],  # noqa: B006  (FastAPI's form default)
+) -> RedirectResponse:
+    """The ticked links decided together: one reason, one password, a signature on each."""
+    signer = sign_in(request, me, password)
+    decided = decide_links(session, signer=signer, link_ids=ids, exposed=exposed, reason=reason)
+    return done(request, back_path(request), tr(request, "Exposure decisions recorded:") + f" {len(decided)}")
 
 
 @router.post("/links/{link_id}/decide")
