@@ -25,6 +25,7 @@ from tracker.monitoring.proposals import LimitProposal
 from tracker.monitoring.quarantine import QuarantinedMessage
 from tracker.monitoring.readings import MonitorStatusEvent, RawMessage, Reading, ReadingVerdict
 from tracker.monitoring.rollups import RollupHourly
+from tracker.monitoring.viable.models import ViableSample
 from tracker.quality.batches.models import (
     Batch,
     ExcursionLink,
@@ -32,6 +33,7 @@ from tracker.quality.batches.models import (
     PostReleaseEvent,
     ProcessStep,
     ReviewAssessment,
+    ViableReleaseReview,
 )
 from tracker.quality.deviations import (
     CapaAction,
@@ -85,6 +87,8 @@ __all__ = [
     "Site",
     "SystemAlarm",
     "User",
+    "ViableReleaseReview",
+    "ViableSample",
     "WebSessionRow",
     "metadata",
 ]

@@ -22,7 +22,10 @@ EXCURSION_TYPES = ("limit", "data_gap", "recurrence", "adverse_trend", "recovery
 #: system alarms (``tracker.monitoring.health``): only rules that name ``system`` receive them, so a
 #: rule written before they existed does not start paging people about the ingester
 SYSTEM = "system"
-RULE_TYPES = (*EXCURSION_TYPES, SYSTEM)
+#: viable results (``tracker.monitoring.viable``, docs/viable.md): like system alarms, only rules
+#: that name them receive them, so an existing file's rules (and digest) stay as they were
+VIABLE_TYPES = ("viable", "viable_trend")
+RULE_TYPES = (*EXCURSION_TYPES, *VIABLE_TYPES, SYSTEM)
 LEVELS = ("alert", "action")
 GRADES = ("A", "B", "C", "D", "CNC")
 LANGUAGES = ("zh-CN", "en")
