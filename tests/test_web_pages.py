@@ -20,6 +20,8 @@ from tests.factories import T0, as_
 from tests.web_helpers import browser
 from tracker.core.db import unit_of_work
 from tracker.facility.models import get_site
+from tracker.facility.viable import PlannedSample
+from tracker.monitoring.viable.lifecycle import plan_samples
 from tracker.quality.batches.linking import raise_deviation
 from tracker.quality.batches.steps import create_batch, start_step
 from tracker.web.access import ACCESS
@@ -129,6 +131,15 @@ def pages(engine: Engine) -> list[tuple[str, str]]:
             batch_numbers=["CT-2026-009"],
         )
         number = dev.number
+        (sample,) = plan_samples(  # a viable sample's page (issue 18)
+            s,
+            site=get_site(s),
+            planned=[PlannedSample("V-1", "T-B1-BSC", "settle", "session", exposure_min=240)],
+            planned_for=T0,
+            session_key="pages",
+            actor="qa1",
+        )
+        sample_code = sample.code
     fill = {"number": None, "code": "T-BSC-PC", "excursion_id": "1"}
     out = []
     for key, roles in ACCESS.items():
@@ -137,7 +148,7 @@ def pages(engine: Engine) -> list[tuple[str, str]]:
             continue
         if path.endswith(".svg") or path == "/dashboard/live" or path.startswith("/reports/"):
             continue  # images, fragments and file downloads, not pages
-        concrete = path.replace("{code}", fill["code"])
+        concrete = path.replace("/viable/s/{code}", f"/viable/s/{sample_code}").replace("{code}", fill["code"])
         concrete = concrete.replace("/batches/{number}", "/batches/CT-2026-009")
         concrete = concrete.replace("/deviations/{number}", f"/deviations/{number}")
         out.append((concrete, "admin" if roles == {"admin"} else "qa1"))
