@@ -301,3 +301,83 @@ def test_the_plan_is_under_change_control_and_levels_only_tighter(people_engine:
         parse_facility(facility_text(looser))
     with pytest.raises(FacilityFileError, match="exposure_min"):
         parse_facility(facility_text().replace("exposure_min = 240\n", "exposure_min = 300\n", 1))
+
+
+def test_the_annual_report_has_its_viable_section_in_both_languages(viable_engine: Engine, tmp_path) -> None:
+    import subprocess
+    from zoneinfo import ZoneInfo
+
+    from tracker.core.timeutil import utcnow
+    from tracker.reports.annual.document import build_annual_report, validate_report
+    from tracker.reports.annual.period import year_period
+    from tracker.reports.render import render_html, render_pdf
+
+    _released_conditionally(viable_engine, "CT-VC")
+    processing(viable_engine, "CT-VR")
+    grown = sample(viable_engine, "CT-VR", "V-BSC-1", "settle")
+    to_reading(viable_engine, grown, 1)
+    with unit_of_work(viable_engine) as s:
+        sam = life.get_sample(s, grown)
+        life.verify(s, actor=as_(viable_engine, "op2"), sample=sam, count=1, now=NOW)
+        life.identify(
+            s,
+            actor=as_(viable_engine, "qa1"),
+            sample=sam,
+            organism="Staphylococcus epidermidis",
+            method="MALDI-TOF",
+            now=NOW,
+        )
+        missed = life.get_sample(s, sample(viable_engine, "CT-VR", "V-BSC-1", "glove_l"))
+        life.void(
+            s,
+            actor=as_(viable_engine, "op1"),
+            sample=missed,
+            status="missed",
+            reason="operator left before the print",
+            now=NOW,
+        )
+    with unit_of_work(viable_engine) as s:
+        site = get_site(s)
+        today = (
+            utcnow().astimezone(ZoneInfo(site.timezone)).date()
+        )  # as at the end of today (release included)
+        report = build_annual_report(
+            s, site=site, period=year_period(site.timezone, 2026), compare=False, as_of=today
+        )
+    validate_report(report)
+    v = report["viable"]
+    a_settle = next(r for r in v["samples"] if (r["grade"], r["method"]) == ("A", "settle"))
+    assert (a_settle["planned"], a_settle["taken"], a_settle["action"], a_settle["max_cfu"]) == (2, 1, 1, 1.0)
+    assert next(r for r in v["samples"] if (r["grade"], r["method"]) == ("A", "glove_l"))["missed"] == 1
+    assert [e["level"] for e in v["excursions"] if e["type"] == "viable"] == ["action"]
+    assert v["organisms"][0] == {
+        "organism": "Staphylococcus epidermidis",
+        "isolates": 1,
+        "locations": ["V-BSC-1"],
+        "cumulative_pct": 100.0,
+    }
+    assert [(c["batch"], c["outcome"]) for c in v["conditional_releases"]] == [("CT-VC", None)]
+    # the environment section's figures are unchanged by viable results (their own section)
+    assert "viable" not in report["environment"]["total"]["excursions"]["by_type"]
+    html_en, html_zh = render_html(report, lang="en"), render_html(report, lang="zh-CN")
+    assert "Viable (microbial) monitoring" in html_en
+    assert "Conditional releases and their outcome" in html_en
+    assert "微生物监测" in html_zh
+    assert "有条件放行及其结论" in html_zh
+    for lang, words in (
+        ("zh-CN", ("6b. 微生物监测", "分离菌（帕累托）", "Staphylococcus epidermidis", "CT-VC", "待审核")),
+        ("en", ("6b. Viable (microbial) monitoring", "Isolates (Pareto)", "review pending")),
+    ):
+        pdf = tmp_path / f"report-{lang}.pdf"
+        pdf.write_bytes(render_pdf(report, lang=lang))
+        text = subprocess.run(
+            ["pdftotext", "-layout", str(pdf), "-"], capture_output=True, text=True, check=True
+        ).stdout
+        for word in words:
+            assert word in " ".join(text.split()), (lang, word)
+        pages = subprocess.run(["pdfinfo", str(pdf)], capture_output=True, text=True, check=True).stdout
+        count = int(next(line.split()[-1] for line in pages.splitlines() if line.startswith("Pages:")))
+        subprocess.run(["pdftoppm", "-r", "40", "-png", str(pdf), str(tmp_path / f"page-{lang}")], check=True)
+        rendered = sorted(tmp_path.glob(f"page-{lang}-*.png"))
+        assert len(rendered) == count
+        assert all(p.stat().st_size > 1000 for p in rendered)

@@ -148,7 +148,9 @@ def pages(engine: Engine) -> list[tuple[str, str]]:
             continue
         if path.endswith(".svg") or path == "/dashboard/live" or path.startswith("/reports/"):
             continue  # images, fragments and file downloads, not pages
-        concrete = path.replace("/viable/s/{code}", f"/viable/s/{sample_code}").replace("{code}", fill["code"])
+        concrete = path.replace("/viable/s/{code}", f"/viable/s/{sample_code}").replace(
+            "{code}", fill["code"]
+        )
         concrete = concrete.replace("/batches/{number}", "/batches/CT-2026-009")
         concrete = concrete.replace("/deviations/{number}", f"/deviations/{number}")
         out.append((concrete, "admin" if roles == {"admin"} else "qa1"))
