@@ -381,3 +381,26 @@ def test_the_annual_report_has_its_viable_section_in_both_languages(viable_engin
         rendered = sorted(tmp_path.glob(f"page-{lang}-*.png"))
         assert len(rendered) == count
         assert all(p.stat().st_size > 1000 for p in rendered)
+
+
+def test_the_simulator_gives_the_demo_a_full_viable_cycle(engine: Engine) -> None:
+    from simulators.viable import viable_results
+    from tracker.cli.demo import demo_facility_text, viable_cycle
+
+    descriptors = [
+        {"code": f"S{i}", "grade": g, "method": "settle", "location": "L"} for i, g in enumerate("AAB")
+    ]
+    assert viable_results(descriptors, scenario="day-in-the-life") == viable_results(
+        descriptors, scenario="day-in-the-life"
+    )  # seeded: the same every run
+    with unit_of_work(engine) as s:
+        load_facility(s, parse_facility(demo_facility_text(1502)), actor="demo")
+    assert viable_cycle(engine, T0) == 8
+    with unit_of_work(engine) as s:
+        samples = s.exec(select(ViableSample)).all()
+        assert {x.status for x in samples} == {"closed"}
+        grown = [x for x in samples if x.grade == "A" and x.count]
+        assert [(x.method, x.organism, x.verified_by) for x in grown] == [
+            ("settle", "Staphylococcus epidermidis", "demo-lab2")
+        ]
+        assert [(e["type"], e["level"]) for e in list_excursions(s, type_="viable")] == [("viable", "action")]
