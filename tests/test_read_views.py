@@ -20,9 +20,11 @@ from tests.factories import PASSWORD, T0, as_, minutes, particles, topic
 from tests.web_helpers import browser
 from tracker.core.db import unit_of_work
 from tracker.facility.models import get_site
+from tracker.facility.viable import PlannedSample
 from tracker.identity.users import list_users
 from tracker.ingest.processor import BatchProcessor, InboundMessage
 from tracker.monitoring.excursions import list_excursions
+from tracker.monitoring.viable.lifecycle import plan_samples
 from tracker.quality import deviations as dv
 from tracker.quality.batches.linking import decide_link, raise_deviation, sync_links
 from tracker.quality.batches.steps import complete_batch, create_batch, end_step, get_batch, start_step
@@ -189,9 +191,25 @@ def test_the_api_answers_the_read_views_unchanged(web_app, web_engine: Engine) -
         _same(answers[name], view)
 
 
-def _get_routes(number: str) -> list[str]:
+def _viable_sample(engine: Engine) -> str:
+    """A planned viable sample (issue 18), so that its pages have a real code."""
+    with unit_of_work(engine) as s:
+        (sample,) = plan_samples(
+            s,
+            site=get_site(s),
+            planned=[PlannedSample("V-1", "T-B1-BSC", "settle", "session", exposure_min=240)],
+            planned_for=T0,
+            session_key="read-views",
+            actor="qa1",
+        )
+        return sample.code
+
+
+def _get_routes(number: str, sample: str = "VS-NONE") -> list[str]:
     """Every GET route of the access table with real keys."""
     concrete = {
+        "/viable/s/{code}": f"/viable/s/{sample}",
+        "/viable/s/{code}/label.svg": f"/viable/s/{sample}/label.svg",
         "/lang/{code}": "/lang/en",
         "/reports/annual": "/reports/annual?year=2026&format=json",
         "/monitors/{code}": "/monitors/T-BSC-PC",
@@ -212,6 +230,7 @@ def _get_routes(number: str) -> list[str]:
 
 def test_a_get_writes_nothing_but_the_exposure_proposals(web_app, web_engine: Engine) -> None:
     number = _scenario(web_engine, calibration=False)
+    sample = _viable_sample(web_engine)
     writes: list[str] = []
 
     @event.listens_for(web_engine, "before_cursor_execute")
@@ -248,7 +267,7 @@ def test_a_get_writes_nothing_but_the_exposure_proposals(web_app, web_engine: En
 
     # before each GET CT-B starts another step over the B room's excursion: proposals are due
     wrote = {}
-    for n, path in enumerate(_get_routes(number)):
+    for n, path in enumerate(_get_routes(number, sample)):
         with unit_of_work(web_engine) as s:
             start_step(
                 s,
@@ -265,4 +284,4 @@ def test_a_get_writes_nothing_but_the_exposure_proposals(web_app, web_engine: En
     # with the proposals current, no GET writes anything
     with unit_of_work(web_engine) as s:
         sync_links(s)
-    assert {path: tables for path in _get_routes(number) if (tables := visit(path))} == {}
+    assert {path: tables for path in _get_routes(number, sample) if (tables := visit(path))} == {}

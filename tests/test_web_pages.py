@@ -21,7 +21,9 @@ from tests.factories import T0, as_
 from tests.web_helpers import browser
 from tracker.core.db import unit_of_work
 from tracker.facility.models import get_site
+from tracker.facility.viable import PlannedSample
 from tracker.monitoring.excursions import list_excursions
+from tracker.monitoring.viable.lifecycle import plan_samples
 from tracker.quality.batches.linking import raise_deviation
 from tracker.quality.batches.steps import create_batch, start_step
 from tracker.web.access import ACCESS
@@ -131,6 +133,15 @@ def pages(engine: Engine) -> list[tuple[str, str]]:
             batch_numbers=["CT-2026-009"],
         )
         number = dev.number
+        (sample,) = plan_samples(  # a viable sample's page (issue 18)
+            s,
+            site=get_site(s),
+            planned=[PlannedSample("V-1", "T-B1-BSC", "settle", "session", exposure_min=240)],
+            planned_for=T0,
+            session_key="pages",
+            actor="qa1",
+        )
+        sample_code = sample.code
     store(engine, bsc_burst(start_seq=1, minutes_=range(0, 8), high=(3, 4, 5)))
     with unit_of_work(engine) as s:
         excursion_id = str(min(e["id"] for e in list_excursions(s)))
@@ -142,7 +153,8 @@ def pages(engine: Engine) -> list[tuple[str, str]]:
             continue
         if path.endswith(".svg") or path.startswith(("/dashboard/", "/reports/")):
             continue  # images, fragments, event streams and file downloads, not pages
-        concrete = path.replace("{code}", fill["code"]).replace("{excursion_id}", fill["excursion_id"])
+        concrete = path.replace("/viable/s/{code}", f"/viable/s/{sample_code}")
+        concrete = concrete.replace("{code}", fill["code"]).replace("{excursion_id}", fill["excursion_id"])
         concrete = concrete.replace("/batches/{number}", "/batches/CT-2026-009")
         concrete = concrete.replace("/deviations/{number}", f"/deviations/{number}")
         out.append((concrete, "admin" if roles == {"admin"} else "qa1"))

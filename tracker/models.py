@@ -26,6 +26,7 @@ from tracker.monitoring.quarantine import QuarantinedMessage
 from tracker.monitoring.readings import MonitorStatusEvent, RawMessage, Reading, ReadingVerdict
 from tracker.monitoring.rollups import RollupHourly
 from tracker.monitoring.trending.store import ChangePoint
+from tracker.monitoring.viable.models import ViableSample
 from tracker.quality.batches.models import (
     Batch,
     ExcursionLink,
@@ -33,6 +34,7 @@ from tracker.quality.batches.models import (
     PostReleaseEvent,
     ProcessStep,
     ReviewAssessment,
+    ViableReleaseReview,
 )
 from tracker.quality.deviations import (
     CapaAction,
@@ -87,6 +89,8 @@ __all__ = [
     "Site",
     "SystemAlarm",
     "User",
+    "ViableReleaseReview",
+    "ViableSample",
     "WebSessionRow",
     "metadata",
 ]

@@ -26,6 +26,7 @@ from simulators.facility import load_facility as load_sim_facility
 from simulators.modbus_counter import SimulatedCounter
 from simulators.publisher import run_simulation
 from simulators.scenario import load_scenario
+from simulators.viable import viable_results
 from tracker.core.db import get_engine, unit_of_work
 from tracker.core.i18n import current_lang, t
 from tracker.core.migrate import upgrade
@@ -35,12 +36,14 @@ from tracker.facility.file import parse_facility
 from tracker.facility.load import load_facility
 from tracker.facility.models import Room, get_site
 from tracker.facility.roomstate import set_room_state
+from tracker.identity.users import Authenticated
 from tracker.ingest.client import Ingester, IngestOptions
 from tracker.ingest.modbus import ModbusPoller
 from tracker.ingest.sparkplug import SparkplugHost
 from tracker.monitoring.dashboard import FloorView, floor_view
 from tracker.monitoring.excursions import list_excursions
 from tracker.monitoring.stats import ingest_stats
+from tracker.monitoring.viable import lifecycle as life
 from tracker.notify.dispatcher import Dispatcher
 from tracker.wire.broker import LocalBroker
 from tracker.wire.mqtt import parse_broker_url
@@ -87,9 +90,86 @@ poll_s = 2
 """
 
 
+#: the demo's viable sampling plan (docs/viable.md): the BSC sampled every session, the B room daily
+VIABLE_PLAN = """
+[viable]
+media = "TSA"
+incubation = [{ temperature = "20-25 °C", hours = 72 }, { temperature = "30-35 °C", hours = 48 }]
+
+[[viable_locations]]
+code = "V-BSC1"
+room = "C02-BSC1"
+methods = ["air", "settle", "contact", "glove_l", "glove_r"]
+frequency = "daily"
+air_volume_l = 1000
+exposure_min = 240
+
+[[viable_locations]]
+code = "V-B01"
+room = "B01"
+methods = ["air", "settle", "contact"]
+frequency = "daily"
+air_volume_l = 1000
+exposure_min = 240
+"""
+
+
 def demo_facility_text(modbus_port: int) -> str:
-    """The sample facility plus the two device-path monitors."""
-    return FACILITY.read_text(encoding="utf-8") + DEVICE_MONITORS.replace("{port}", str(modbus_port))
+    """The sample facility plus the two device-path monitors and a viable sampling plan."""
+    return (
+        FACILITY.read_text(encoding="utf-8")
+        + DEVICE_MONITORS.replace("{port}", str(modbus_port))
+        + VIABLE_PLAN
+    )
+
+
+def viable_cycle(engine, start: datetime, *, seed: int = 1) -> int:
+    """The day's viable samples through their whole cycle, with the simulator's plate results
+    (one colony on a grade A settle plate: an action ``viable`` excursion for QA to see).
+    The demo's own lab staff record the steps (two persons, so counts are verified by another)."""
+
+    def staff(name: str, person: str) -> Authenticated:
+        return Authenticated(
+            user_id=0,
+            username=name,
+            full_name=name,
+            roles=frozenset({"operator"}),
+            at=start,
+            person=person,
+            enrolled=True,
+        )
+
+    reader, checker = staff("demo-lab1", "DEMO-1"), staff("demo-lab2", "DEMO-2")
+    with unit_of_work(engine) as session:
+        site = get_site(session)
+        samples = life.plan_calendar(
+            session, site=site, frequency="daily", day=start, actor="demo", now=start
+        )
+        results = viable_results(
+            [{"code": s.code, "grade": s.grade, "method": s.method, "location": s.location} for s in samples],
+            scenario="day-in-the-life",
+            seed=seed,
+        )
+        for sample, result in zip(samples, results, strict=True):
+            life.take(
+                session, actor=reader, sample=sample, media_lot="TSA-DEMO-01", taken_at=start, now=start
+            )
+            life.incubate(session, actor=reader, sample=sample, incubator="INC-1", start=start, now=start)
+            read_at = start + timedelta(hours=120)
+            life.read(session, actor=reader, sample=sample, count=result.count, now=read_at)
+            if sample.needs_verification:
+                life.verify(session, actor=checker, sample=sample, count=result.count, now=read_at)
+            if sample.needs_identification:
+                life.identify(
+                    session,
+                    actor=checker,
+                    sample=sample,
+                    organism=result.organism,
+                    method="MALDI-TOF",
+                    now=read_at,
+                )
+            life.close(session, actor=checker, sample=sample, now=read_at)
+    return len(samples)
 
 
 def start_device_paths(
@@ -273,6 +353,7 @@ def run_demo(
     start = now - scenario.duration * (1 - 1 / speed) if speed > 0 else now - scenario.duration
     start = start.replace(microsecond=0)
     schedule_operations(engine, start)
+    viable_cycle(engine, start - timedelta(days=6), seed=seed)
 
     stop = threading.Event()
     signal.signal(signal.SIGINT, lambda *_: stop.set())

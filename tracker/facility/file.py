@@ -43,6 +43,7 @@ from tracker.facility.notify import (
     parse_rules,
 )
 from tracker.facility.policy import Compliance
+from tracker.facility.viable import LEVEL_KEYS, LOCATION_KEYS, VIABLE_KEYS, ViablePlan, parse_plan
 
 #: Every table the file may hold, whether it is one table ``[x]`` or an array ``[[x]]``, and
 #: the keys each may carry. A key or table outside this list is refused, never ignored.
@@ -103,6 +104,10 @@ TABLES: dict[str, tuple[bool, tuple[str, ...]]] = {
     "separation": (False, ("qa_reviewer_may_release",)),
     "sparkplug": (True, SPARKPLUG_KEYS),
     "modbus": (True, MODBUS_KEYS),
+    # the viable sampling plan (tracker.facility.viable, docs/viable.md)
+    "viable": (False, VIABLE_KEYS),
+    "viable_locations": (True, LOCATION_KEYS),
+    "viable_levels": (True, LEVEL_KEYS),
 }
 
 #: Bounds of the numbers that steer evaluation: (lowest, highest, lowest allowed itself).
@@ -193,6 +198,8 @@ class FacilityDef:
     separation: SeparationDef = field(default_factory=SeparationDef)
     #: ``[[sparkplug]]`` and ``[[modbus]]``: where readings come from (``tracker.facility.devices``)
     devices: DevicesDef = field(default_factory=DevicesDef)
+    #: ``[viable]``, ``[[viable_locations]]``, ``[[viable_levels]]``: the viable sampling plan
+    viable: ViablePlan = field(default_factory=ViablePlan)
     #: things a reviewer should see that do not stop the load (not part of the digest)
     warnings: tuple[Reason, ...] = field(default=(), compare=False)
 
@@ -206,6 +213,7 @@ class FacilityDef:
             ("language", "zh-CN"),
             ("base_url", ""),
             ("devices", {"sparkplug": (), "modbus": ()}),
+            ("viable", ViablePlan().as_dict()),
         ):
             if content[key] in (default, ()):
                 content.pop(key)
@@ -832,6 +840,13 @@ def parse_facility(text: str, *, source: str = "facility file") -> FacilityDef:
             data.get("sparkplug", []),
             data.get("modbus", []),
             {m.code: (m.kind, m.channels) for m in monitors},
+        ),
+        viable=parse_plan(
+            data.get("viable") or {},
+            data.get("viable_locations", []),
+            data.get("viable_levels", []),
+            rooms={r.code: r.grade for r in rooms},
+            limit_set=limit_set_code,
         ),
         warnings=tuple(warnings),
     )

@@ -23,7 +23,8 @@ from tracker.facility.basis import basis_id
 from tracker.facility.file import FacilityDef, RoomDef
 from tracker.facility.limits import load_limit_set
 from tracker.facility.models import FacilityLimit, FacilityRevision, Monitor, Room, Site, resolved_monitors
-from tracker.facility.policy import compliance_of, notify_settings_of
+from tracker.facility.policy import compliance_of, notify_settings_of, viable_plan_of
+from tracker.facility.viable import ViablePlan
 from tracker.identity import signatures
 from tracker.identity.users import Authenticated, require_role
 
@@ -167,6 +168,7 @@ def evaluation_view(session: Session, site: Site) -> dict:
         "compliance": compliance_of(session, site).as_dict(),
         "notify": notify_settings_of(session, site),
         "separation": {"qa_reviewer_may_release": site.qa_reviewer_may_release},
+        "viable": viable_plan_of(session, site).as_json(),
         "rooms": {
             r.code: {"grade": r.grade, "background": code.get(r.background_id)} for r in rooms.values()
         },
@@ -198,6 +200,7 @@ def file_evaluation_view(facility: FacilityDef) -> dict:
         "compliance": facility.compliance.as_dict(),
         "notify": file_notify_settings(facility),
         "separation": {"qa_reviewer_may_release": facility.separation.qa_reviewer_may_release},
+        "viable": facility.viable.as_json(),
         "rooms": {r.code: {"grade": r.grade, "background": r.background} for r in facility.rooms},
         "monitors": {
             m.code: {
@@ -211,7 +214,7 @@ def file_evaluation_view(facility: FacilityDef) -> dict:
 
 def _shown(value: object) -> str:
     return (
-        ", ".join(value)
+        ", ".join(str(v) for v in value)
         if isinstance(value, list)
         else f"{value:g}"
         if isinstance(value, float)
@@ -257,6 +260,34 @@ def notify_changes(before: dict, after: dict) -> list[str]:
     return changes
 
 
+def viable_changes(before: dict, after: dict) -> list[str]:
+    """Each change of the viable sampling plan: it decides which samples are taken, how they are
+    incubated and judged, so QA approves it like an evaluation setting (DESIGN §10)."""
+    empty = ViablePlan().as_json()
+    before, after = before or empty, after or empty
+    changes = [
+        f"[viable] {key}: {_shown(before.get(key))} → {_shown(after.get(key))}"
+        for key in ("media", "reading_grace_h")
+        if before.get(key) != after.get(key)
+    ]
+    if before.get("incubation") != after.get("incubation"):
+        changes.append("[viable] incubation scheme changed")
+    old = {loc["code"]: loc for loc in before.get("locations", [])}
+    new = {loc["code"]: loc for loc in after.get("locations", [])}
+    changes += [f"[viable] location {c} added" for c in new if c not in old]
+    changes += [f"[viable] location {c} removed" for c in old if c not in new]
+    for code, loc in new.items():
+        if code in old:
+            changes += [
+                f"[viable] location {code}: {k} {_shown(old[code].get(k))} → {_shown(v)}"
+                for k, v in loc.items()
+                if old[code].get(k) != v
+            ]
+    if before.get("levels") != after.get("levels"):
+        changes.append("[viable] alert/action levels changed")
+    return changes
+
+
 def evaluation_changes(before: dict, after: dict) -> list[str]:
     """Each change of an evaluation setting, e.g. ``room B01: grade B → C``."""
     changes = [
@@ -276,6 +307,7 @@ def evaluation_changes(before: dict, after: dict) -> list[str]:
         for key, value in after.get("separation", {}).items()
         if was.get(key, False) != value
     ]
+    changes += viable_changes(before.get("viable") or {}, after.get("viable") or {})
     for table, label in (("rooms", "room"), ("monitors", "monitor")):
         for code, values in after[table].items():
             old = before[table].get(code)
@@ -296,6 +328,7 @@ def record_revision(
         **evaluation_view(session, site),
         "compliance": facility.compliance.as_dict(),
         "notify": file_notify_settings(facility),
+        "viable": facility.viable.as_json(),
     }
     if facility.devices:  # input-path configuration, kept with the revision (not QA-approved)
         settings["devices"] = facility.devices.as_dict()

@@ -24,8 +24,11 @@ EXCURSION_TYPES = ("limit", "data_gap", "recurrence", "adverse_trend", "recovery
 SYSTEM = "system"
 #: a forecast warning (docs/trending.md) is not a breach: a rule announces it only when it names it
 PREDICTED = "predicted"
+#: viable results (``tracker.monitoring.viable``, docs/viable.md): like system alarms, only rules
+#: that name them receive them, so an existing file's rules (and digest) stay as they were
+VIABLE_TYPES = ("viable", "viable_trend")
 #: every type a rule may name; a rule naming another type is refused
-RULE_TYPES = (*EXCURSION_TYPES, SYSTEM, PREDICTED)
+RULE_TYPES = (*EXCURSION_TYPES, *VIABLE_TYPES, SYSTEM, PREDICTED)
 LEVELS = ("alert", "action")
 GRADES = ("A", "B", "C", "D", "CNC")
 LANGUAGES = ("zh-CN", "en")

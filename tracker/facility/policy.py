@@ -33,6 +33,7 @@ from dataclasses import asdict, dataclass, fields
 from sqlmodel import Session, select
 
 from tracker.facility.models import FacilityRevision, Site
+from tracker.facility.viable import ViablePlan
 
 
 @dataclass(frozen=True)
@@ -82,3 +83,14 @@ def notify_settings_of(session: Session, site: Site, revision: int | None = None
     ).first()
     stored = json.loads(settings).get("notify") if settings else None
     return stored or {"rules": [], "language": "zh-CN", "base_url": ""}
+
+
+def viable_plan_of(session: Session, site: Site, revision: int | None = None) -> ViablePlan:
+    """The viable sampling plan of a revision (the current one unless given; empty where none)."""
+    settings = session.exec(
+        select(FacilityRevision.settings).where(
+            FacilityRevision.site_id == site.id,
+            FacilityRevision.revision == (site.revision if revision is None else revision),
+        )
+    ).first()
+    return ViablePlan.from_dict(json.loads(settings).get("viable") if settings else None)

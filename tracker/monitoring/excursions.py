@@ -32,6 +32,7 @@ from tracker.monitoring.alarm_records import AlarmChallenge
 from tracker.monitoring.episodes import Episode, Judged, SeriesMachine, replay
 from tracker.monitoring.readings import Reading
 from tracker.monitoring.snapshot import MonitorEntry, Registry
+from tracker.monitoring.viable.models import ViableSample
 
 if TYPE_CHECKING:
     from tracker.monitoring.rules.base import Reevaluation, StoredBatch
@@ -49,10 +50,12 @@ class Excursion(SQLModel, table=True):
 
     id: int | None = Field(default=None, primary_key=True)
     #: limit | data_gap | recurrence | adverse_trend | recovery (DESIGN §9); predicted: a
-    #: forecast warning, not a breach (docs/trending.md)
+    #: forecast warning, not a breach (docs/trending.md); viable | viable_trend: a viable result
+    #: or trend (no monitor, ``viable_sample_id`` names the sample; docs/viable.md)
     type: str = Field(default="limit", max_length=20)
     site_id: int = Field(foreign_key="site.id", index=True)
-    monitor_id: int = Field(foreign_key="monitor.id")
+    monitor_id: int | None = Field(default=None, foreign_key="monitor.id")
+    viable_sample_id: int | None = Field(default=None, foreign_key="viable_sample.id", index=True)
     room_id: int = Field(foreign_key="room.id", index=True)
     kind: str = Field(max_length=20)
     channel: str = Field(default="", max_length=8)
@@ -94,6 +97,14 @@ class Excursion(SQLModel, table=True):
         return self.status != "superseded" and (
             self.ack_level is None or (self.ack_level == "alert" and self.level == "action")
         )
+
+
+def source_code(session: Session, ex: Excursion) -> str:
+    """What raised an excursion: its monitor's code, or for a viable result its sampling location."""
+    if ex.monitor_id is not None:
+        return session.get(Monitor, ex.monitor_id).code
+    sample = session.get(ViableSample, ex.viable_sample_id) if ex.viable_sample_id else None
+    return sample.location if sample else ""
 
 
 SeriesKey = tuple[int, str]
@@ -523,8 +534,10 @@ def list_excursions(
 ) -> list[ExcursionDoc]:
     """Excursions in the JSON shape of DESIGN §9 (times ISO 8601 UTC)."""
     query = (
-        select(Excursion, Monitor.code, Room.code)
-        .join(Monitor, Monitor.id == Excursion.monitor_id)
+        # a viable excursion has no monitor: its sampling location stands in (docs/viable.md)
+        select(Excursion, func.coalesce(Monitor.code, ViableSample.location), Room.code)
+        .outerjoin(Monitor, Monitor.id == Excursion.monitor_id)
+        .outerjoin(ViableSample, ViableSample.id == Excursion.viable_sample_id)
         .join(Room, Room.id == Excursion.room_id)
         .order_by(Excursion.started_at, Excursion.id)
     )

@@ -45,6 +45,7 @@ from tracker.identity import signatures
 from tracker.identity.users import Authenticated, get_user, person_of, require_role
 from tracker.monitoring.excursions import Excursion, ExcursionDoc
 from tracker.monitoring.excursions import to_json as excursion_json
+from tracker.monitoring.viable.models import ViableSample
 
 STATUSES = ("open", "investigating", "capa", "closed")
 IMPACTS = ("none", "minor", "significant")
@@ -977,9 +978,10 @@ def source_excursions(session: Session, dev: Deviation) -> list[ExcursionDoc]:
     return [
         excursion_json(ex, monitor, room)
         for ex, monitor, room in session.exec(
-            select(Excursion, Monitor.code, Room.code)
+            select(Excursion, func.coalesce(Monitor.code, ViableSample.location), Room.code)
             .join(DeviationExcursion, DeviationExcursion.excursion_id == Excursion.id)
-            .join(Monitor, Monitor.id == Excursion.monitor_id)
+            .outerjoin(Monitor, Monitor.id == Excursion.monitor_id)
+            .outerjoin(ViableSample, ViableSample.id == Excursion.viable_sample_id)
             .join(Room, Room.id == Excursion.room_id)
             .where(DeviationExcursion.deviation_id == dev.id)
             .order_by(Excursion.id)

@@ -22,6 +22,8 @@ DECIDERS = frozenset({"qa", "qp"})
 CAPA_OWNERS = frozenset({"operator", "production_head", "qa", "qp"})
 AUDITORS = frozenset({"qa", "qp", "admin", "viewer"})
 ADMIN = frozenset({"admin"})
+#: who records viable sampling and reading steps (``tracker.monitoring.viable.lifecycle.WORKERS``)
+VIABLE_WORKERS = frozenset({"operator", "production_head", "qa"})
 
 ACCESS: dict[str, frozenset[str]] = {
     # --- pages -------------------------------------------------------------------------------
@@ -57,6 +59,16 @@ ACCESS: dict[str, frozenset[str]] = {
     "POST /capa/{capa_id}/check": QA,
     "POST /links/decide": QA,
     "POST /links/{link_id}/decide": QA,
+    "GET /viable": ANY,
+    "GET /viable/s/{code}": ANY,
+    "GET /viable/s/{code}/label.svg": ANY,
+    "POST /viable/s/{code}/take": VIABLE_WORKERS,
+    "POST /viable/s/{code}/incubate": VIABLE_WORKERS,
+    "POST /viable/s/{code}/read": VIABLE_WORKERS,
+    "POST /viable/s/{code}/verify": VIABLE_WORKERS,
+    "POST /viable/s/{code}/identify": VIABLE_WORKERS,
+    "POST /viable/s/{code}/close": VIABLE_WORKERS,
+    "POST /viable/s/{code}/void": VIABLE_WORKERS,
     "GET /batches": ANY,
     "POST /batches": SHOP_FLOOR,
     "GET /batches/{number}": ANY,

@@ -16,6 +16,7 @@ A read: writes nothing. Callers bring the link proposals up to date first where 
 from __future__ import annotations
 
 from datetime import datetime
+from typing import NotRequired
 
 from sqlalchemy import case, func
 from sqlmodel import Session, select
@@ -26,9 +27,11 @@ from tracker.facility.models import Monitor, Room
 from tracker.identity import signatures
 from tracker.monitoring.excursions import Excursion
 from tracker.monitoring.readings import Reading
+from tracker.monitoring.viable.models import ViableSample
 from tracker.quality.batches.models import Batch, ExcursionLink
 from tracker.quality.batches.review import monitors_for, review_items
 from tracker.quality.batches.steps import steps_of
+from tracker.quality.batches.viable import picture as viable_picture
 from tracker.quality.deviations import Deviation, DeviationBatch
 
 
@@ -40,6 +43,8 @@ class Environment(TypedDict):
     invalid_periods: list[dict]
     deviations: list[dict]
     coverage: list[dict]
+    #: the batch's viable samples (``tracker.quality.batches.viable.picture``), where it has any
+    viable: NotRequired[list[dict]]
 
 
 def _links(session: Session, batch: Batch) -> list[dict]:
@@ -72,8 +77,9 @@ def _excursions(session: Session, ids: set[int]) -> list[dict]:
     if not ids:
         return []
     rows = session.exec(
-        select(Excursion, Monitor.code, Room.code)
-        .join(Monitor, Monitor.id == Excursion.monitor_id)
+        select(Excursion, func.coalesce(Monitor.code, ViableSample.location), Room.code)
+        .outerjoin(Monitor, Monitor.id == Excursion.monitor_id)
+        .outerjoin(ViableSample, ViableSample.id == Excursion.viable_sample_id)
         .join(Room, Room.id == Excursion.room_id)
         .where(Excursion.id.in_(sorted(ids)))
         .order_by(Excursion.id)
@@ -175,13 +181,17 @@ def environment_content(session: Session, batch: Batch, *, now: datetime | None 
         for item in review_items(session, batch, now=now)
         if item.kind != "excursion"
     ]
-    return {
+    env: Environment = {
         "links": links,
         "excursions": _excursions(session, {link["excursion"] for link in links}),
         "invalid_periods": invalid,
         "deviations": _deviations(session, batch),
         "coverage": _coverage(session, batch, now),
     }
+    samples = viable_picture(session, batch)
+    if samples:  # only where there are any: the pictures signed before keep their hash
+        env["viable"] = samples
+    return env
 
 
 def environment_hash(env: Environment) -> str:

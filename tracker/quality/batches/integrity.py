@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import json
+from datetime import datetime
 
 from sqlmodel import Session, select
 
@@ -25,6 +26,7 @@ from tracker.quality.batches.environment import environment_content, environment
 from tracker.quality.batches.models import Batch
 from tracker.quality.batches.postrelease import events_of
 from tracker.quality.batches.release import signature_checks, status_problems
+from tracker.quality.batches.viable import integrity_problems as viable_integrity
 from tracker.quality.deviations import list_deviations
 from tracker.quality.deviations import signature_checks as deviation_checks
 
@@ -54,9 +56,10 @@ def all_signature_checks(session: Session) -> list[signatures.SignatureCheck]:
     return checks
 
 
-def integrity_problems(session: Session) -> list[str]:
-    """What does not add up between signatures, the audit trail and record statuses."""
-    problems = []
+def integrity_problems(session: Session, *, now: datetime | None = None) -> list[str]:
+    """What does not add up between signatures, the audit trail and record statuses, and
+    conditional releases still without their viable review after the incubation period."""
+    problems = viable_integrity(session, now=now)
     rows = {sig.seal: sig for sig in session.exec(select(signatures.Signature))}
     audited = set()
     for event in session.exec(select(AuditEvent).where(AuditEvent.action.like("signature.%"))):

@@ -27,7 +27,8 @@ from tracker.core.timeutil import iso_utc, utcnow
 from tracker.facility.models import Monitor, Room, Site, containing_rooms
 from tracker.identity import signatures
 from tracker.identity.users import Authenticated, require_role
-from tracker.monitoring.excursions import Excursion, breaches
+from tracker.monitoring.excursions import Excursion, breaches, source_code
+from tracker.monitoring.viable.models import ViableSample
 from tracker.quality.batches.models import Batch, ExcursionLink, ProcessStep
 from tracker.quality.deviations import (
     Deviation,
@@ -41,24 +42,30 @@ SYSTEM = "system:linking"
 
 
 def _candidates(session: Session, step: ProcessStep) -> list[Excursion]:
-    """Non-superseded excursions that may have exposed ``step``."""
+    """Non-superseded excursions that may have exposed ``step``: those of its rooms whose window
+    overlaps it, and the viable results of samples taken for it (a contact plate or glove print
+    taken at the end of the session belongs to it wherever its window falls)."""
     rooms = [r.id for r in containing_rooms(session, session.get(Room, step.room_id))]
+    overlapping = or_(Excursion.ended_at.is_(None), Excursion.ended_at > step.start)
+    if step.end is not None:
+        overlapping = overlapping & (Excursion.started_at < step.end)
+    in_rooms = or_(
+        Excursion.room_id.in_(rooms),
+        (Excursion.kind == "pressure") & Monitor.reference_room_id.in_(rooms),
+    )
+    own_samples = Excursion.viable_sample_id.in_(
+        select(ViableSample.id).where(ViableSample.step_id == step.id)
+    )
     query = (
         select(Excursion)
-        .join(Monitor, Monitor.id == Excursion.monitor_id)
+        .outerjoin(Monitor, Monitor.id == Excursion.monitor_id)  # a viable result has none
         .where(
             Excursion.status != "superseded",
             Excursion.challenge_id.is_(None),  # an alarm challenge exposes no batch
             breaches(),  # a forecast warning exposed nothing
-            or_(
-                Excursion.room_id.in_(rooms),
-                (Excursion.kind == "pressure") & Monitor.reference_room_id.in_(rooms),
-            ),
-            or_(Excursion.ended_at.is_(None), Excursion.ended_at > step.start),
+            or_(in_rooms & overlapping, own_samples),
         )
     )
-    if step.end is not None:
-        query = query.where(Excursion.started_at < step.end)
     return list(session.exec(query.order_by(Excursion.started_at, Excursion.id)))
 
 
@@ -186,7 +193,7 @@ def decision_content(session: Session, link: ExcursionLink) -> dict:
         "step": step.id,
         "step_name": step.name,
         "excursion": ex.id,
-        "monitor": session.get(Monitor, ex.monitor_id).code,
+        "monitor": source_code(session, ex),
         "type": ex.type,
         "kind": ex.kind,
         "channel": ex.channel or None,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from sqlalchemy import Column, Index, Text, UniqueConstraint
+from sqlalchemy import false as sa_false
 from sqlmodel import Field, SQLModel
 
 from tracker.core.db import UTCDateTime
@@ -34,6 +35,10 @@ class Batch(SQLModel, table=True):
     #: event and assessment) and its hash: what the watcher compares the picture now with
     env_hash: str = Field(default="", max_length=64)
     env_picture: str | None = Field(default=None, sa_column=Column(Text))
+    #: released by the QP while viable results were still open (shelf life, clinical need), with
+    #: the reason; a signed viable review follows when the last result arrives (docs/viable.md)
+    conditional_release: bool = Field(default=False, sa_column_kwargs={"server_default": sa_false()})
+    conditional_reason: str | None = Field(default=None, sa_column=Column(Text))
 
 
 class ProcessStep(SQLModel, table=True):
@@ -129,3 +134,26 @@ class PostReleaseAssessment(SQLModel, table=True):
     assessed_at: datetime = Field(sa_type=UTCDateTime, nullable=False)
     picture_hash: str = Field(max_length=64)
     picture: str = Field(sa_column=Column(Text, nullable=False))
+
+
+VIABLE_REVIEW_OUTCOMES = ("acceptable", "deviation")
+
+
+class ViableReleaseReview(SQLModel, table=True):
+    """The signed review of a conditionally released batch's viable results once the last one is
+    in: acceptable, or a deviation with its impact on the patient and how the patient's physician
+    was informed (regulatory.md §6.5; GMP 2010 Art. 230, 250)."""
+
+    __tablename__ = "viable_release_review"
+
+    id: int | None = Field(default=None, primary_key=True)
+    batch_id: int = Field(foreign_key="batch.id", index=True)
+    outcome: str = Field(max_length=20)  # acceptable | deviation
+    deviation_id: int | None = Field(default=None, foreign_key="deviation.id")
+    patient_impact: str | None = Field(default=None, sa_column=Column(Text))
+    patient_informed: str | None = Field(default=None, sa_column=Column(Text))
+    assessment: str = Field(sa_column=Column(Text, nullable=False))
+    reviewed_by: str = Field(max_length=60)
+    reviewed_at: datetime = Field(sa_type=UTCDateTime, nullable=False)
+    #: the results as reviewed (JSON list), what the signature covers
+    results: str = Field(sa_column=Column(Text, nullable=False))

@@ -174,6 +174,30 @@ def _deviation_changes(before: list[dict], after: list[dict]) -> list[Change]:
     return out
 
 
+def _viable_changes(before: list[dict], after: list[dict]) -> list[Change]:
+    """Viable results that arrived (or samples added) since the picture registered before."""
+    old, out = _by(before, lambda r: r["code"]), []
+    for s in after:
+        was = old.get(s["code"])
+        if was is not None and was == s:
+            continue
+        what = f"{s['code']} ({s['method']} at {s['location']})"
+        if s["result"] == "open":
+            en, zh = f"viable sample {what} added", f"新增微生物样品 {what}"
+        elif s["result"] == "closed":
+            en = f"viable result {what}: {s['count']} cfu, {s['verdict']}" + (
+                f", {s['organism']}" if s["organism"] else ""
+            )
+            zh = f"微生物结果 {what}：{s['count']} cfu，{s['verdict']}" + (
+                f"，{s['organism']}" if s["organism"] else ""
+            )
+        else:
+            en = f"viable sample {what} {s['result']}: {s['void_reason']}"
+            zh = f"微生物样品 {what} {s['result']}：{s['void_reason']}"
+        out.append({"kind": "viable", "en": en, "zh": zh})
+    return out
+
+
 def changes_between(before: Environment, after: Environment) -> list[Change]:
     """Every difference between two pictures, in words (what QA assesses)."""
     return (
@@ -182,6 +206,7 @@ def changes_between(before: Environment, after: Environment) -> list[Change]:
         + _link_changes(before.get("links", []), after["links"])
         + _invalid_changes(before.get("invalid_periods", []), after["invalid_periods"])
         + _deviation_changes(before.get("deviations", []), after["deviations"])
+        + _viable_changes(before.get("viable", []), after.get("viable", []))
     )
 
 

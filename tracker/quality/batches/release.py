@@ -37,6 +37,7 @@ from tracker.quality.batches.models import Batch, PostReleaseAssessment, Process
 from tracker.quality.batches.postrelease import assessment_content, remember_release
 from tracker.quality.batches.review import ReviewItem, review_items
 from tracker.quality.batches.steps import step_content, steps_of
+from tracker.quality.batches.viable import check_review_signature, open_reasons
 from tracker.quality.deviations import Deviation, DeviationBatch
 
 
@@ -132,6 +133,8 @@ def signature_checks(session: Session, batch: Batch) -> list[signatures.Signatur
         if newest[sig.scope] != sig.id
         else _check_assessment(session, sig)
         if sig.scope.startswith("post_release:")
+        else check_review_signature(session, sig)
+        if sig.scope.startswith("viable_review:")
         else _check_batch(sig, record, environment)
         for sig in own
     ]
@@ -499,9 +502,15 @@ def release(
     signer: Authenticated,
     batch: Batch,
     comment: str | None = None,
+    conditional_reason: str | None = None,
     now: datetime | None = None,
 ) -> Batch:
-    """The qualified person releases the batch (Art. 25, 230), behind the gate."""
+    """The qualified person releases the batch (Art. 25, 230), behind the gate.
+
+    While viable results are open (a culture incubates longer than a cell product keeps) only a
+    **conditional release** is possible: the QP gives ``conditional_reason`` (shelf life, clinical
+    need), signs over the open samples, and a signed viable review follows when the last result
+    arrives (``tracker.quality.batches.viable``; regulatory.md §6.5)."""
     require_role(signer, "qp", action=Reason("release", "放行"))
     if batch.status != "qa_reviewed":
         raise ConflictError(
@@ -513,6 +522,28 @@ def release(
     _releaser_is_independent(session, batch, signer)
     now = now or utcnow()
     _refuse_if_gate_closed(session, batch, Reason("release", "放行"), now)
+    still_open = open_reasons(session, batch)
+    conditional = (conditional_reason or "").strip()
+    if still_open and not conditional:
+        raise ConflictError(
+            Reason(
+                f"release of batch {batch.number} refused: viable results are still open; the QP may "
+                "release it conditionally, giving the reason (shelf life, clinical need)",
+                f"批次 {batch.number} 的放行被拒绝：微生物结果尚未全部出来；质量受权人可附理由（有效期、临床需要）有条件放行",
+            ),
+            still_open,
+        )
+    if conditional and not still_open:
+        raise ConflictError(
+            Reason(
+                f"batch {batch.number} has no open viable results: release it without conditions",
+                f"批次 {batch.number} 没有未出的微生物结果：请正常放行",
+            )
+        )
+    if conditional:
+        batch.conditional_release, batch.conditional_reason = True, conditional
+        session.add(batch)
+        session.flush()
     batch = _transition(
         session,
         signer=signer,
@@ -520,8 +551,13 @@ def release(
         to="released",
         meaning="released",
         scope="release",
-        statement="qualified person releases the batch (GMP 2010 Art. 25, 230; 产品放行审核记录)",
-        comment=comment,
+        statement=(
+            "qualified person conditionally releases the batch with viable results open "
+            f"({len(still_open)} sample(s)); reason: {conditional} (GMP 2010 Art. 25, 230; regulatory.md §6.5)"
+            if conditional
+            else "qualified person releases the batch (GMP 2010 Art. 25, 230; 产品放行审核记录)"
+        ),
+        comment=comment or (conditional or None),
         now=now,
     )
     remember_release(session, batch, now=now)  # from now on the batch keeps listening

@@ -25,7 +25,7 @@ from tracker.core.timeutil import iso_utc, utcnow
 from tracker.facility.models import Monitor, Room, Site, containing_rooms
 from tracker.facility.policy import compliance_of
 from tracker.identity.users import Authenticated, require_role
-from tracker.monitoring.excursions import Excursion
+from tracker.monitoring.excursions import Excursion, source_code
 from tracker.monitoring.readings import Reading
 from tracker.quality.batches.linking import sync_links
 from tracker.quality.batches.models import Batch, ExcursionLink, ProcessStep, ReviewAssessment
@@ -222,13 +222,13 @@ def review_items(session: Session, batch: Batch, *, now: datetime | None = None)
             .where(ExcursionLink.step_id == step.id, ExcursionLink.status != "withdrawn")
             .order_by(Excursion.started_at)
         ).all():
-            monitor = session.get(Monitor, ex.monitor_id)
+            monitor_code = source_code(session, ex)
             items.append(
                 ReviewItem(
                     key=f"link:{link.id}",
                     kind="excursion",
                     step_id=step.id,
-                    monitor=monitor.code,
+                    monitor=monitor_code,
                     room=session.get(Room, ex.room_id).code,
                     start=ex.started_at,
                     end=ex.ended_at,

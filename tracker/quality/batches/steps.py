@@ -32,6 +32,7 @@ from tracker.identity import signatures
 from tracker.identity.users import Authenticated, require_role
 from tracker.monitoring.reevaluate import reevaluate
 from tracker.quality.batches.models import Batch, ProcessStep
+from tracker.quality.batches.viable import plan_for_step
 
 STEP_SOURCE = "batch_step"
 #: a step may be stamped this far ahead of the recording clock (clock differences), no more
@@ -257,6 +258,8 @@ def start_step(
         actor=actor.username,
         why=f"step {step.id} of batch {batch.number} put {room.code} in operation",
     )
+    # a grade A/B processing session generates its viable samples (docs/viable.md)
+    plan_for_step(session, batch=batch, step=step, actor=actor.username, now=now)
     return step
 
 

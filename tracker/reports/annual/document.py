@@ -41,11 +41,13 @@ from tracker.reports.annual.loader import (
     load_integrity,
     load_limits,
     load_scope,
+    load_viable,
     revision_at,
 )
 from tracker.reports.annual.monitors import monitor_rows
 from tracker.reports.annual.period import Period, cutoff_of, period_block, report_key, year_period
 from tracker.reports.annual.summary import incidents_content, summary_block
+from tracker.reports.annual.viable import viable_block
 
 __all__ = [
     "INCIDENTS_SCOPE",
@@ -122,6 +124,7 @@ def build_annual_report(
         "limit_changes": limit_changes_block(load_limits(session, scope, revision)),
         "data_integrity": integrity,
         "inputs_required": inputs_required(),
+        "viable": viable_block(scope, load_viable(session, scope)),
     }
     report["summary"] = summary_block(report, load_incident_confirmation(session, scope))
     step("comparison")

@@ -33,6 +33,7 @@ from tracker.facility.policy import compliance_of
 from tracker.identity.signatures import Signature, SignatureCheck
 from tracker.monitoring.excursions import Excursion, breaches
 from tracker.monitoring.rollups import RollupHourly
+from tracker.monitoring.viable.models import ViableSample
 from tracker.quality.batches.flags import Flag, batch_flags
 from tracker.quality.batches.integrity import all_signature_checks
 from tracker.quality.batches.linking import exposure_candidates
@@ -42,6 +43,7 @@ from tracker.quality.batches.models import (
     PostReleaseAssessment,
     PostReleaseEvent,
     ProcessStep,
+    ViableReleaseReview,
 )
 from tracker.quality.deviations import (
     CapaAction,
@@ -356,6 +358,8 @@ def _excursions(session: Session, scope: Scope, *, superseded: bool = False) -> 
                 status,
                 Excursion.challenge_id.is_(None),  # alarm challenges are tests, not the environment
                 breaches(),  # forecast warnings are not excursions of the year
+                # viable results and trends have their own section (``viable``, docs/viable.md)
+                Excursion.type.not_in(VIABLE_EXCURSION_TYPES),
             )
             .order_by(Excursion.started_at, Excursion.id)
         )
@@ -829,3 +833,68 @@ def load_incident_confirmation(session: Session, scope: Scope) -> Signature | No
         .order_by(Signature.signed_at.desc(), Signature.id.desc())
         .limit(1)
     ).first()
+
+
+# --------------------------------------------------------------------------- viable monitoring
+
+VIABLE_EXCURSION_TYPES = ("viable", "viable_trend")
+
+
+@dataclass
+class ViableRecords:
+    """What the viable section reads: the period's samples (planned in it, before the cut-off),
+    its viable excursions, and the batches released conditionally in it with their reviews."""
+
+    samples: list[ViableSample]
+    excursions: list[Excursion]
+    conditional: list[tuple[Batch, datetime | None, ViableReleaseReview | None, str | None]]
+
+
+def load_viable(session: Session, scope: Scope) -> ViableRecords:
+    samples = list(
+        session.exec(
+            select(ViableSample)
+            .where(
+                ViableSample.site_id == scope.site.id,
+                ViableSample.planned_for >= scope.period.start,
+                ViableSample.planned_for < scope.until,
+            )
+            .order_by(ViableSample.planned_for, ViableSample.id)
+        )
+    )
+    excursions = list(
+        session.exec(
+            select(Excursion)
+            .where(
+                Excursion.site_id == scope.site.id,
+                Excursion.type.in_(VIABLE_EXCURSION_TYPES),
+                Excursion.started_at >= scope.period.start,
+                Excursion.started_at < scope.until,
+                Excursion.status != "superseded",
+            )
+            .order_by(Excursion.started_at, Excursion.id)
+        )
+    )
+    conditional = []
+    for batch in session.exec(
+        select(Batch).where(Batch.site_id == scope.site.id, Batch.conditional_release).order_by(Batch.number)
+    ):
+        released = session.exec(
+            select(Signature.signed_at).where(
+                Signature.entity == "batch",
+                Signature.entity_key == batch.number,
+                Signature.scope == "release",
+            )
+        ).first()
+        if released is None or not scope.within(released):
+            continue
+        review = session.exec(
+            select(ViableReleaseReview)
+            .where(ViableReleaseReview.batch_id == batch.id, ViableReleaseReview.reviewed_at < scope.until)
+            .order_by(ViableReleaseReview.id)
+        ).first()
+        dev = None
+        if review is not None and review.deviation_id is not None:
+            dev = session.exec(select(Deviation.number).where(Deviation.id == review.deviation_id)).first()
+        conditional.append((batch, released, review, dev))
+    return ViableRecords(samples=samples, excursions=excursions, conditional=conditional)

@@ -1,0 +1,1 @@
+"""Viable (microbial) environmental monitoring: samples, their lifecycle, judging and labels."""
