@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy import Engine
 from sqlmodel import select
 
-from tests.factories import T0, add_person, as_, minutes
+from tests.factories import T0, add_person, as_, assess_coverage, minutes
 from tests.viable_helpers import load_plan
 from tracker.core.db import unit_of_work
 from tracker.core.errors import ConflictError, FacilityFileError, LimitTooLooseError, PermissionDeniedError
@@ -227,6 +227,7 @@ def _released_conditionally(engine: Engine, number: str) -> None:
     with unit_of_work(engine) as s:
         batch = get_batch(s, number)
         complete_batch(s, actor=as_(engine, "op1"), batch=batch)
+    assess_coverage(engine, number)  # the step had no particle readings (issue 14 item 5)
     with unit_of_work(engine) as s:
         sign_production(s, signer=as_(engine, "prod"), batch=get_batch(s, number))
     with unit_of_work(engine) as s:
@@ -404,3 +405,66 @@ def test_the_simulator_gives_the_demo_a_full_viable_cycle(engine: Engine) -> Non
             ("settle", "Staphylococcus epidermidis", "demo-lab2")
         ]
         assert [(e["type"], e["level"]) for e in list_excursions(s, type_="viable")] == [("viable", "action")]
+
+
+def test_the_qp_releases_conditionally_and_qa_reviews_the_results_on_the_pages_and_the_api(
+    viable_engine: Engine, web_app
+) -> None:
+    """The conditional release and its viable review are reachable where people work: the batch
+    page offers "release conditionally" (with the reason) while samples are open, the API takes
+    ``conditional_reason``, and the signed review follows on the page once the last result is in."""
+    from tests.factories import PASSWORD
+    from tests.web_helpers import browser
+    from tracker.quality.batches.viable import review_of
+
+    processing(viable_engine, "CT-VW")
+    with unit_of_work(viable_engine) as s:
+        complete_batch(s, actor=as_(viable_engine, "op1"), batch=get_batch(s, "CT-VW"))
+    assess_coverage(viable_engine, "CT-VW")
+    with unit_of_work(viable_engine) as s:
+        sign_production(s, signer=as_(viable_engine, "prod"), batch=get_batch(s, "CT-VW"))
+    with unit_of_work(viable_engine) as s:
+        qa_review(s, signer=as_(viable_engine, "qa1"), batch=get_batch(s, "CT-VW"))
+    qp, token = browser(web_app, "qp1", lang="en")
+    page = qp.get("/batches/CT-VW").text
+    assert "Release conditionally" in page
+    assert 'name="conditional_reason"' in page
+    assert 'data-testid="batch-viable"' in page
+    assert "V-BSC-1" in page
+    # the API without the reason: 409 naming the open samples; with it: conditionally released
+    refused = qp.post(
+        "/api/v1/batches/CT-VW/release", json={"password": PASSWORD}, headers={"X-CSRF-Token": token}
+    )
+    assert refused.status_code == 409, refused.text
+    r = qp.post(
+        "/batches/CT-VW/release",
+        data={"password": PASSWORD, "conditional_reason": "shelf life 72 h", "csrf_token": token},
+    )
+    assert r.status_code == 303, r.text[:500]
+    with unit_of_work(viable_engine) as s:
+        batch = get_batch(s, "CT-VW")
+        assert (batch.status, batch.conditional_release) == ("released", True)
+        codes = [x.code for x in samples_of(s, batch)]
+    assert "Open viable samples remain" in qp.get("/batches/CT-VW").text
+    for code in codes:
+        to_reading(viable_engine, code, 0)
+        with unit_of_work(viable_engine) as s:
+            sam = life.get_sample(s, code)
+            if sam.needs_verification:
+                life.verify(s, actor=as_(viable_engine, "op2"), sample=sam, count=0)
+            life.close(s, actor=as_(viable_engine, "op2"), sample=sam)
+    qa, qa_token = browser(web_app, "qa1", lang="zh-CN")
+    assert "审核微生物结果" in qa.get("/batches/CT-VW").text
+    r = qa.post(
+        "/batches/CT-VW/viable-review",
+        data={
+            "password": PASSWORD,
+            "outcome": "acceptable",
+            "assessment": "no growth",
+            "csrf_token": qa_token,
+        },
+    )
+    assert r.status_code == 303, r.text[:500]
+    with unit_of_work(viable_engine) as s:
+        assert review_of(s, get_batch(s, "CT-VW")).outcome == "acceptable"
+    assert "微生物结果已审核" in qa.get("/batches/CT-VW").text

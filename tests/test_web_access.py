@@ -52,6 +52,11 @@ API_BODIES = {
         "outcome": "no_impact",
         "assessment": "a",
     },
+    "/api/v1/batches/{number}/viable-review": {
+        "password": PASSWORD,
+        "outcome": "acceptable",
+        "assessment": "a",
+    },
     "/api/v1/deviations/{number}/update": {"reason": "r", "title": "t"},
     "/api/v1/deviations/{number}/assess": {"batch": "NO-SUCH", "impact": "none", "assessment": "a"},
     "/api/v1/deviations/{number}/approve": {"password": PASSWORD},

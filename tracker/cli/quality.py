@@ -392,12 +392,58 @@ def batch_review(
 
 @batch_app.command("release")
 def batch_release(
-    number: str, as_: AsOpt, comment: CommentOpt = None, password_stdin: PwStdin = False, db: DbOpt = None
+    number: str,
+    as_: AsOpt,
+    comment: CommentOpt = None,
+    conditional_reason: Annotated[
+        str | None,
+        typer.Option(help="release while viable results are still open: why (shelf life, clinical need)"),
+    ] = None,
+    password_stdin: PwStdin = False,
+    db: DbOpt = None,
 ) -> None:
-    """QP release (e-signature); refused with the reasons while the gate is closed."""
+    """QP release (e-signature); refused with the reasons while the gate is closed. With
+    --conditional-reason, a conditional release over open viable samples (docs/viable.md)."""
     from tracker.quality.batches.release import release
 
-    _signed_transition(release, number, as_, password_stdin, db, comment=comment)
+    _signed_transition(
+        release, number, as_, password_stdin, db, comment=comment, conditional_reason=conditional_reason
+    )
+
+
+@batch_app.command("viable-review")
+def batch_viable_review(
+    number: str,
+    outcome: Annotated[str, typer.Option(help="acceptable | deviation")],
+    assessment: Annotated[str, typer.Option(help="QA's or the QP's assessment of the results")],
+    as_: AsOpt,
+    deviation: Annotated[str | None, typer.Option(help="the deviation number (outcome deviation)")] = None,
+    patient_impact: Annotated[
+        str | None, typer.Option(help="impact on the patient (outcome deviation)")
+    ] = None,
+    patient_informed: Annotated[
+        str | None, typer.Option(help="how the patient's physician was informed (outcome deviation)")
+    ] = None,
+    password_stdin: PwStdin = False,
+    db: DbOpt = None,
+) -> None:
+    """The signed review of a conditionally released batch once its last viable result is in."""
+    from tracker.quality.batches.steps import get_batch
+    from tracker.quality.batches.viable import review_results
+
+    signer = _login(db, as_, password_stdin, signing=True)
+    with unit_of_work(engine_for(db)) as session:
+        review_results(
+            session,
+            signer=signer,
+            batch=get_batch(session, number),
+            outcome=outcome,
+            assessment=assessment,
+            deviation=deviation,
+            patient_impact=patient_impact,
+            patient_informed=patient_informed,
+        )
+    console.print(f"{t('batch')} {number}: {t('viable_reviewed')} ({as_})")
 
 
 @batch_app.command("reject")

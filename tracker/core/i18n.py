@@ -172,6 +172,7 @@ MESSAGES: dict[str, tuple[str, str]] = {
     "signature_broken": ("签名失效", "signature BROKEN"),
     "signature_intact": ("签名有效", "signature intact"),
     "awaiting_qa": ("待 QA 处理", "awaiting QA"),
+    "viable_reviewed": ("放行后微生物结果审核已签署", "viable results reviewed after release (signed)"),
     "post_release_event": ("放行后事件", "Post-release event"),
     "person": ("人员编号", "Person"),
     "no_impact": ("无影响", "no impact"),

@@ -84,6 +84,9 @@ WORDS = (
     N_("excursion"),
     N_("invalid_period"),
     N_("coverage_gap"),
+    # the post-release review of viable results
+    N_("acceptable"),
+    N_("deviation"),
     # notifications (outbox rows and attempts)
     N_("pending"),
     N_("sent"),

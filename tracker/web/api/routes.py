@@ -30,6 +30,7 @@ from tracker.quality.batches.models import Batch
 from tracker.quality.batches.postrelease import assess, watch
 from tracker.quality.batches.release import qa_review, reject, release, sign_production
 from tracker.quality.batches.steps import get_batch
+from tracker.quality.batches.viable import review_results
 from tracker.quality.batches.views import (
     BatchReport,
     BatchSummary,
@@ -539,12 +540,61 @@ def batch_reject(
     )
 
 
+class ReleaseRequest(SignRequest):
+    conditional_reason: str | None = Field(
+        default=None,
+        max_length=5000,
+        description="a conditional release over open viable samples: why (shelf life, clinical need)",
+    )
+
+
 @router.post("/batches/{number}/release")
 def batch_release(
-    request: Request, me: CurrentUser, session: SessionDep, number: Key, body: SignRequest
+    request: Request, me: CurrentUser, session: SessionDep, number: Key, body: ReleaseRequest
 ) -> BatchReport:
-    """QP release (e-signature); 409 with ``reasons`` while the gate is closed."""
-    return _signed(request, me, session, number, body, release)
+    """QP release (e-signature); 409 with ``reasons`` while the gate is closed or viable results are
+    open without ``conditional_reason``."""
+    signer = sign_in(request, me, body.password)
+    batch = release(
+        session,
+        signer=signer,
+        batch=get_batch(session, number),
+        comment=body.comment,
+        conditional_reason=(body.conditional_reason or "").strip() or None,
+    )
+    return _batch_doc(session, batch)
+
+
+class ViableReviewRequest(BaseModel):
+    outcome: Literal["acceptable", "deviation"]
+    assessment: str = Field(min_length=1, max_length=5000)
+    deviation: str | None = Field(
+        default=None, max_length=40, description="the deviation (outcome deviation)"
+    )
+    patient_impact: str | None = Field(default=None, max_length=5000)
+    patient_informed: str | None = Field(default=None, max_length=5000)
+    password: str = Field(min_length=1, max_length=1000, description="re-authentication for the signature")
+
+
+@router.post("/batches/{number}/viable-review")
+def batch_viable_review(
+    request: Request, me: CurrentUser, session: SessionDep, number: Key, body: ViableReviewRequest
+) -> BatchReport:
+    """The signed review of a conditionally released batch's viable results, once the last is in
+    (QA or the QP; 409 while results are open)."""
+    signer = sign_in(request, me, body.password)
+    batch = get_batch(session, number)
+    review_results(
+        session,
+        signer=signer,
+        batch=batch,
+        outcome=body.outcome,
+        assessment=body.assessment,
+        deviation=body.deviation,
+        patient_impact=body.patient_impact,
+        patient_informed=body.patient_informed,
+    )
+    return _batch_doc(session, batch)
 
 
 class PostReleaseRequest(BaseModel):

@@ -22,9 +22,11 @@ from tracker.quality.batches.steps import (
     list_batches,
     start_step,
 )
+from tracker.quality.batches.viable import open_samples, review_of, review_results, samples_of
 from tracker.quality.batches.views import BatchReport, batch_report, exposure_links
 from tracker.web.deps import CurrentUser, RowId, SessionDep, sign_in
 from tracker.web.pages._common import form_instant
+from tracker.web.pages.viable import sample_words
 from tracker.web.render import back_path, done, render, tr
 from tracker.web.sites import the_site
 
@@ -107,7 +109,19 @@ def batch_page(request: Request, me: CurrentUser, session: SessionDep, number: s
     rooms = session.exec(
         select(Room.code).where(Room.site_id == batch.site_id, Room.active).order_by(Room.code)
     ).all()
-    return render(request, "batch.html", b=shown, timeline=_timeline(report), pending=pending, rooms=rooms)
+    return render(
+        request,
+        "batch.html",
+        b=shown,
+        timeline=_timeline(report),
+        pending=pending,
+        rooms=rooms,
+        samples=samples_of(session, batch),  # viable samples beside the particle picture (issue 18)
+        samples_open=bool(open_samples(session, batch)),
+        conditional=batch.conditional_release,
+        viable_review=review_of(session, batch),
+        **sample_words(request),
+    )
 
 
 @router.post("/batches/{number}/steps")
@@ -214,6 +228,7 @@ def batch_release(
     number: str,
     password: Password,
     comment: Comment = None,
+    conditional_reason: Annotated[str | None, Form(max_length=5000)] = None,
 ) -> RedirectResponse:
     return _signed(
         request,
@@ -224,7 +239,36 @@ def batch_release(
         release,
         tr(request, "Batch released."),
         comment=comment or None,
+        conditional_reason=(conditional_reason or "").strip() or None,
     )
+
+
+@router.post("/batches/{number}/viable-review")
+def batch_viable_review(
+    request: Request,
+    me: CurrentUser,
+    session: SessionDep,
+    number: str,
+    password: Password,
+    outcome: Annotated[str, Form(max_length=20)],
+    assessment: Annotated[str, Form(max_length=5000)],
+    deviation: Annotated[str | None, Form(max_length=40)] = None,
+    patient_impact: Annotated[str | None, Form(max_length=5000)] = None,
+    patient_informed: Annotated[str | None, Form(max_length=5000)] = None,
+) -> RedirectResponse:
+    """The signed review of a conditionally released batch's viable results (docs/viable.md)."""
+    signer = sign_in(request, me, password)
+    review_results(
+        session,
+        signer=signer,
+        batch=get_batch(session, number),
+        outcome=outcome,
+        assessment=assessment,
+        deviation=(deviation or "").strip() or None,
+        patient_impact=(patient_impact or "").strip() or None,
+        patient_informed=(patient_informed or "").strip() or None,
+    )
+    return done(request, f"/batches/{number}", tr(request, "Viable results reviewed."))
 
 
 @router.post("/batches/{number}/reject")

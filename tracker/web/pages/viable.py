@@ -36,7 +36,8 @@ def _count(text: str) -> int:
         ) from None
 
 
-def _words(request: Request) -> dict:
+def sample_words(request: Request) -> dict:
+    """The words of the sample lists (methods, statuses, units) in the page's language."""
     zh = request.state.lang == "zh-CN"
     return {
         "method": METHOD_ZH if zh else METHOD_EN,
@@ -68,7 +69,7 @@ def viable_home(
         request,
         "viable.html",
         samples=[life.sample_json(s, room=rooms.get(s.room_id, ""), overdue=s.id in overdue) for s in open_],
-        **_words(request),
+        **sample_words(request),
     )
 
 
@@ -83,7 +84,7 @@ def viable_sample(request: Request, me: CurrentUser, session: SessionDep, code: 
         s=life.sample_json(sample, room=room.code, overdue=overdue),
         needs_verification=sample.needs_verification,
         needs_identification=sample.needs_identification,
-        **_words(request),
+        **sample_words(request),
     )
 
 
