@@ -32,6 +32,8 @@ os.environ.setdefault("TRACKER_STEP_BACKDATE_MAX_H", "1000000")
 os.environ.setdefault("TRACKER_STEP_LATE_AFTER_MIN", "1000000")
 # one audit key for the suite and the CLI and server processes it starts (never a file in the tree)
 os.environ.setdefault("TRACKER_AUDIT_KEY", "the-test-suite-audit-key-not-for-production-use")
+# likewise the donor/patient identity key (pseudonyms and encryption, docs/data-protection.md)
+os.environ.setdefault("TRACKER_IDENTITY_KEY", "the-test-suite-identity-key-not-for-production-use")
 
 DATA = Path(__file__).parent / "data"
 MIN_FACILITY = DATA / "facility-min.toml"

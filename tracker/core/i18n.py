@@ -131,6 +131,7 @@ MESSAGES: dict[str, tuple[str, str]] = {
     "qp": ("质量受权人", "qualified person"),
     "admin": ("系统管理员", "administrator"),
     "viewer": ("只读用户", "viewer"),
+    "identity_reveal": ("身份查阅", "identity reveal"),
     "batch": ("批次", "Batch"),
     "batches": ("批生产记录", "Batch records"),
     "product": ("产品", "Product"),

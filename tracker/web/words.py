@@ -16,6 +16,7 @@ WORDS = (
     N_("qp"),
     N_("admin"),
     N_("viewer"),
+    N_("identity_reveal"),
     # levels and tile states
     N_("ok"),
     N_("alert"),
