@@ -146,10 +146,12 @@ def people_engine(facility_engine: Engine) -> Engine:
 
 @pytest.fixture
 def web_engine(people_engine: Engine) -> Engine:
-    """``people_engine`` plus a viewer account: one account per role for the web tests."""
+    """``people_engine`` plus a viewer and an identity steward (``identity_reveal``, issue 20): one
+    account per role for the web tests."""
     from tests.factories import add_person
 
     add_person(people_engine, "viewer1", "只读 孙丽 Sun Li", ["viewer"])
+    add_person(people_engine, "steward1", "身份查阅 周敏 Zhou Min", ["identity_reveal"])
     return people_engine
 
 

@@ -213,6 +213,26 @@ MESSAGES: dict[str, tuple[str, str]] = {
         "共享订阅组名不能含 / + #，且不能为空",
         "a share group name must be non-empty and contain no / + #",
     ),
+    # issue 20: exchange packages, backups, donor identities
+    "package_written": ("数据包已写入", "Package written"),
+    "identifiers": ("供者/患者编号", "Identifiers"),
+    "pseudonym": ("假名", "pseudonym"),
+    "clear": ("明文", "clear"),
+    "package_ok": ("校验通过", "verifies"),
+    "package_bad": ("校验不通过", "does NOT verify"),
+    "backup_written": ("备份已写入", "Backup written"),
+    "audit_events": ("条审计事件", "audit events"),
+    "migration": ("迁移版本", "migration"),
+    "restore_ok": ("恢复并校验通过", "Restored and verified"),
+    "restore_bad": ("恢复后校验不通过", "Restored copy does NOT verify"),
+    "tables": ("张表", "tables"),
+    "anchors_checked": ("个锚点已校验", "anchors checked"),
+    "reads_report": ("供者记录查阅报告", "Reads of donor records"),
+    "when": ("时间", "When"),
+    "via": ("途径", "Via"),
+    "as_of": ("截至", "As of"),
+    "personal.read": ("查阅含个人信息的记录", "read of personal data"),
+    "identity.reveal": ("查看明文编号", "reveal of an identifier"),
 }
 
 
