@@ -281,11 +281,12 @@ def test_the_read_report_lists_who_read_which_donor(scene: Engine) -> None:
 
 
 def test_web_pages_and_api_show_pseudonyms_log_reads_and_reveal_with_reason(
-    web_app, web_engine: Engine
+    web_app, web_engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from tests.test_linking_review import batch_with_step
     from tests.web_helpers import browser
 
+    monkeypatch.setattr("tracker.web.pages.exchange.anchor_directory", lambda: tmp_path / "anchors")
     batch_with_step(web_engine, "CT-20", "T-B1", 0, 10)
     clear = "D-CT-20"
     for user in ("viewer1", "prod"):
@@ -322,6 +323,7 @@ def test_web_pages_and_api_show_pseudonyms_log_reads_and_reveal_with_reason(
     assert package.status_code == 200
     assert package.headers["content-type"] == "application/zip"
     assert clear.encode() not in package.content
+    assert len(list((tmp_path / "anchors").glob("anchor-*.json"))) == 1  # written after the commit
 
 
 def test_web_refuses_bad_input_with_a_clear_error(web_app) -> None:

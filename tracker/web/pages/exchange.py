@@ -2,6 +2,7 @@
 exchange-package download (docs/exchange.md, docs/data-protection.md)."""
 
 from datetime import date, datetime, time, timedelta
+from pathlib import Path
 from typing import Annotated
 from zoneinfo import ZoneInfo
 
@@ -18,6 +19,12 @@ from tracker.web.render import render
 from tracker.web.sites import the_site
 
 router = APIRouter(include_in_schema=False)
+
+
+def anchor_directory() -> Path:
+    """Where the anchor a package was cut at is written (as ``tracker audit anchor`` writes)."""
+    settings = get_settings()
+    return settings.audit_anchor_dir or settings.data_dir / "anchors"
 
 
 def _day(text: str | None, tz: str, default: date) -> datetime:
@@ -78,8 +85,7 @@ def package_download(
     built = build_package(
         session, actor=me.actor(), start=since, end=until, receiver=receiver, readings=readings
     )
-    settings = get_settings()
-    background.add_task(built.anchor.write, settings.audit_anchor_dir or settings.data_dir / "anchors")
+    background.add_task(built.anchor.write, anchor_directory())
     return Response(
         built.zip_bytes(),
         media_type="application/zip",
