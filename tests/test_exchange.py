@@ -460,3 +460,55 @@ def as_identity_steward():
     from tracker.identity.users import Authenticated
 
     return Authenticated(0, "steward", "Steward", frozenset({"identity_reveal"}), utcnow(), enrolled=True)
+
+
+# --- the commands -----------------------------------------------------------------------------
+
+
+def test_the_commands_export_verify_back_up_restore_and_report(
+    scene: Engine, db_url: str, databases, tmp_path: Path
+) -> None:
+    from tests.factories import PASSWORD
+    from tests.test_cli import tracker
+
+    pw = PASSWORD + "\n"
+    anchors = str(tmp_path / "anchors")
+    window = ("--from", "2026-11-19T00:00:00+08:00", "--to", "2026-11-21T00:00:00+08:00")
+    out = tmp_path / "pkg.zip"
+    cut_ = tracker(
+        "export", *window, "--receiver", "platform", "--out", str(out), "--anchors", anchors,
+        "--as", "qa1", "--password-stdin", db_url=db_url, stdin=pw,
+    )  # fmt: skip
+    assert cut_.returncode == 0, cut_.stdout + cut_.stderr
+    assert tracker("export", "verify", str(out), db_url=db_url).returncode == 0
+    tampered = tmp_path / "tampered.zip"
+    data = bytearray(out.read_bytes())
+    data[len(data) // 3] ^= 0x01
+    tampered.write_bytes(bytes(data))
+    refused = tracker("export", "verify", str(tampered), db_url=db_url, lang="zh-CN")
+    assert refused.returncode == 1
+    assert "Traceback" not in refused.stdout + refused.stderr
+    short = tracker(
+        "identity", "reveal", NUMBER, "--reason", "why", "--as", "steward", "--password-stdin",
+        db_url=db_url, stdin=pw,
+    )  # fmt: skip
+    assert short.returncode != 0
+    assert "reason" in short.stdout + short.stderr
+    assert "Traceback" not in short.stdout + short.stderr
+    reads = tracker(
+        "identity", "reads", "--from", "2026-01-01T00:00:00Z", "--donor", CLEAR_DONOR, "--json",
+        "--as", "qa1", "--password-stdin", db_url=db_url, stdin=pw,
+    )  # fmt: skip
+    assert reads.returncode == 0, reads.stdout + reads.stderr
+    assert {(r["actor"], r["via"]) for r in json.loads(reads.stdout)} >= {("qa1", "export")}
+    backup = tracker("backup", str(tmp_path / "backup"), db_url=db_url)
+    assert backup.returncode == 0, backup.stdout + backup.stderr
+    target = databases.empty()
+    try:
+        restored = tracker(
+            "restore", str(tmp_path / "backup"), "--to", target, "--anchors", anchors, db_url=db_url
+        )
+        assert restored.returncode == 0, restored.stdout + restored.stderr
+        assert "1 anchors checked" in restored.stdout
+    finally:
+        databases.drop(target)

@@ -2,7 +2,8 @@
 
 Each record type has a JSON Schema in ``tracker/exchange/schema`` (``docs/exchange.md``). What
 a window holds: workflow records (batches, deviations with CAPA, excursions with their links)
-created or changed in ``[start, end)``, so a record changed after one package was cut comes
+created or changed in ``[start, end)`` (a batch also when a step of it started or was recorded
+in the window, even if the record was opened later, e.g. a step entered late), so a record changed after one package was cut comes
 again, whole, in the next; signatures made in the window; hourly rollups and (optionally) raw
 readings whose hour or event time falls in it; the facility revision in force at ``end`` and
 the revisions loaded in the window with the limit set that judged them.
@@ -124,7 +125,6 @@ class Reader:
                 select(Batch)
                 .where(
                     Batch.site_id == self.site.id,
-                    Batch.created_at < self.end,
                     or_(self._in(Batch.created_at), self._in(Batch.updated_at), Batch.id.in_(stepped)),
                 )
                 .order_by(Batch.number)

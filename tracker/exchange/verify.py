@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
@@ -93,7 +94,7 @@ def verify_package(path: Path, previous: PackageCheck | None = None) -> PackageC
     check = PackageCheck(str(path))
     try:
         files = read_package(path)
-    except (OSError, zipfile.BadZipFile) as exc:
+    except (OSError, zipfile.BadZipFile, zlib.error, EOFError, ValueError) as exc:  # a damaged zip
         check.fail(f"cannot read the package: {exc}", f"无法读取数据包：{exc}")
         return check
     raw = files.pop(MANIFEST, None)
