@@ -1,6 +1,6 @@
 """``/api/v1`` routes."""
 
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Path, Query, Request
@@ -10,7 +10,7 @@ from sqlmodel import Session, select
 from tracker.core.audit import page_events, verify_chain
 from tracker.core.db import MAX_ID
 from tracker.core.errors import InvalidInputError, NotFoundError, Reason, in_language
-from tracker.core.timeutil import iso_utc
+from tracker.core.timeutil import iso_utc, utcnow
 from tracker.facility.models import Monitor
 from tracker.identity import tokens
 from tracker.identity.tokens import TokenDoc
@@ -519,12 +519,14 @@ def batch_reveal(me: CurrentUser, session: SessionDep, number: Key, body: Reveal
 def reads(
     me: CurrentUser,
     session: SessionDep,
-    start: Annotated[str, Query(alias="from", max_length=40)],
-    end: Annotated[str, Query(alias="to", max_length=40)],
+    start: Annotated[str | None, Query(alias="from", max_length=40)] = None,
+    end: Annotated[str | None, Query(alias="to", max_length=40)] = None,
     donor: Annotated[str | None, Query(max_length=100)] = None,
 ) -> list[ReadRow]:
-    """Who read or revealed which donors' records in ``[from, to)`` (QA)."""
-    return read_report(session, start=instant(start), end=instant(end), donor=donor or None)
+    """Who read or revealed which donors' records in ``[from, to)`` (QA; default the last 30 days)."""
+    until = instant(end) if end else utcnow()
+    since = instant(start) if start else until - timedelta(days=30)
+    return read_report(session, start=since, end=until, donor=donor or None)
 
 
 def _batch_doc(session: Session, batch: Batch) -> BatchReport:
