@@ -74,6 +74,8 @@ def use_records_policy(engine: Engine, *, late_entry_min: float = 15.0, backdate
 
 # one audit key for the suite and the CLI and server processes it starts (never a file in the tree)
 os.environ.setdefault("TRACKER_AUDIT_KEY", "the-test-suite-audit-key-not-for-production-use")
+# likewise the donor/patient identity key (pseudonyms and encryption, docs/data-protection.md)
+os.environ.setdefault("TRACKER_IDENTITY_KEY", "the-test-suite-identity-key-not-for-production-use")
 
 DATA = Path(__file__).parent / "data"
 MIN_FACILITY = DATA / "facility-min.toml"
@@ -186,10 +188,12 @@ def people_engine(facility_engine: Engine) -> Engine:
 
 @pytest.fixture
 def web_engine(people_engine: Engine) -> Engine:
-    """``people_engine`` plus a viewer account: one account per role for the web tests."""
+    """``people_engine`` plus a viewer and an identity steward (``identity_reveal``, issue 20): one
+    account per role for the web tests."""
     from tests.factories import add_person
 
     add_person(people_engine, "viewer1", "只读 孙丽 Sun Li", ["viewer"])
+    add_person(people_engine, "steward1", "身份查阅 周敏 Zhou Min", ["identity_reveal"])
     return people_engine
 
 

@@ -249,7 +249,7 @@ def test_an_edited_audit_row_is_named_by_verify(people_engine: Engine) -> None:
         target = next(i for i, a in audit_rows(s) if a == "batch.create")
         assert audit.verify_chain(s)[0]
         s.exec(
-            text("UPDATE audit_event SET after = replace(after, 'D-1', 'D-9') WHERE id = :i").bindparams(
+            text("UPDATE audit_event SET after = replace(after, 'CAR-T', 'CAR-X') WHERE id = :i").bindparams(
                 i=target
             )
         )

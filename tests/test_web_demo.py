@@ -61,6 +61,7 @@ def test_demo_serves_the_web_app_with_a_login_per_role(tmp_path: Path) -> None:
             "demo.qa",
             "demo.qp",
             "demo.viewer",
+            "demo.steward",  # identity_reveal (issue 20)
         }
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", follow_redirects=False) as web:
             token = csrf_of(web.get("/login").text)

@@ -16,6 +16,7 @@ ROLE_USER = {
     "qp": "qp1",
     "admin": "admin",
     "viewer": "viewer1",
+    "identity_reveal": "steward1",
 }
 CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import json
 import os
 import sys
@@ -29,6 +30,15 @@ def db_url(url: str | None) -> str:
 
 def engine_for(url: str | None):
     return get_engine(db_url(url))
+
+
+def cli_reader() -> str:
+    """Who reads on a command that does not log in (an audited read of personal data, issue 20):
+    the operating-system account."""
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):
+        return f"cli:uid-{os.getuid()}"
 
 
 def print_json(value) -> None:

@@ -31,6 +31,7 @@ from tracker.cli.common import (
     login_cli,
     print_json,
 )
+from tracker.cli.exchange import register as register_exchange_commands
 from tracker.cli.notify import register as register_notify_commands
 from tracker.cli.quality import register as register_quality_commands
 from tracker.cli.report import report_app
@@ -64,6 +65,7 @@ register_quality_commands(app)
 register_trending_commands(app)
 register_notify_commands(app)
 register_alarm_commands(app)
+register_exchange_commands(app)
 
 
 @db_app.command("upgrade")

@@ -20,6 +20,7 @@ from tracker.cli.common import (
     DbOpt,
     JsonOpt,
     PwStdin,
+    cli_reader,
     console,
     engine_for,
     print_json,
@@ -491,10 +492,13 @@ def batch_assess(
 def batch_list(
     json_out: JsonOpt = False, status: Annotated[str | None, typer.Option()] = None, db: DbOpt = None
 ) -> None:
+    from tracker.quality.batches.identity import record_read
+    from tracker.quality.batches.steps import list_batches
     from tracker.quality.batches.views import batch_summaries
 
     with unit_of_work(engine_for(db)) as session:
         rows = batch_summaries(session, status=status)
+        record_read(session, actor=cli_reader(), via="cli", batches=list_batches(session, status=status))
     if json_out:
         print_json(rows)
         return
@@ -509,6 +513,7 @@ def batch_list(
 @batch_app.command("show")
 def batch_show(number: str, json_out: JsonOpt = False, db: DbOpt = None) -> None:
     """The batch for review: steps, flags, review by exception, deviations, signatures, gate."""
+    from tracker.quality.batches.identity import record_read
     from tracker.quality.batches.linking import sync_links
     from tracker.quality.batches.postrelease import watch
     from tracker.quality.batches.steps import get_batch
@@ -519,6 +524,7 @@ def batch_show(number: str, json_out: JsonOpt = False, db: DbOpt = None) -> None
         sync_links(session, batch=batch)  # reading proposes links (docs/quality.md, known limits)
         watch(session, batch=batch)  # … and raises post-release events of a released batch
         report = batch_report(session, batch)
+        record_read(session, actor=cli_reader(), via="cli", batches=[batch])
     if json_out:
         print_json(report)
         return

@@ -20,12 +20,21 @@ from typing import Any
 from sqlalchemy import Column, Text, func, text
 from sqlmodel import Field, Session, SQLModel, select
 
+from tracker.core.classification import classified
 from tracker.core.db import UTCDateTime
 from tracker.core.keys import keyring
 from tracker.core.timeutil import iso_utc, utcnow
 
 GENESIS = "0" * 64
 CHAIN_LOCK = 0x6D70_6175_6469  # advisory lock key of the audit chain ("gmp audi")
+
+
+_TRAIL = classified(
+    "sensitive",
+    export="omitted",
+    clear_roles=("qa", "qp", "admin", "viewer"),
+    why="states recorded by events; before migration 0026 batch events held clear donor/patient IDs",
+)
 
 
 class AuditEvent(SQLModel, table=True):
@@ -37,8 +46,8 @@ class AuditEvent(SQLModel, table=True):
     action: str = Field(max_length=80, index=True)
     entity: str = Field(max_length=80)
     entity_key: str = Field(max_length=200)
-    before: str | None = Field(default=None, sa_column=Column(Text))
-    after: str | None = Field(default=None, sa_column=Column(Text))
+    before: str | None = Field(default=None, sa_column=Column(Text, info=_TRAIL))
+    after: str | None = Field(default=None, sa_column=Column(Text, info=_TRAIL))
     reason: str | None = Field(default=None, sa_column=Column(Text))
     prev_hash: str = Field(max_length=64)
     hash: str = Field(max_length=64, unique=True)

@@ -90,6 +90,14 @@ class Settings(BaseSettings):
     audit_key: SecretStr | None = Field(
         default=None, description="the audit/seal key itself (>= 32 characters)"
     )
+    identity_key_file: Path | None = Field(
+        default=None,
+        description="file holding the donor/patient identity key (pseudonyms and encryption; "
+        "first line in use, later lines retired keys that still decrypt)",
+    )
+    identity_key: SecretStr | None = Field(
+        default=None, description="the donor/patient identity key itself (>= 32 characters)"
+    )
     audit_anchor_dir: Path | None = Field(
         default=None,
         description="where `tracker audit anchor` writes checkpoints (default <data_dir>/anchors)",

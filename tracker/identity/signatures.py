@@ -30,6 +30,7 @@ from sqlmodel import Field, Session, SQLModel, select
 from typing_extensions import TypedDict
 
 from tracker.core import audit
+from tracker.core.classification import classified
 from tracker.core.db import UTCDateTime
 from tracker.core.errors import InvalidInputError, Reason, zh_words
 from tracker.core.keys import keyring
@@ -143,7 +144,18 @@ class Signature(SQLModel, table=True):
     signed_at: datetime = Field(sa_type=UTCDateTime, nullable=False)
     comment: str | None = Field(default=None, sa_column=Column(Text))
     #: the canonical JSON of exactly what was signed, kept so the signed record can be shown
-    content: str = Field(sa_column=Column(Text, nullable=False))
+    content: str = Field(
+        sa_column=Column(
+            Text,
+            nullable=False,
+            info=classified(
+                "sensitive",
+                export="omitted",
+                clear_roles=("qa", "qp", "admin", "viewer"),
+                why="what was signed; before migration 0026 a batch's clear donor/patient ID (exports carry the hash)",
+            ),
+        )
+    )
     content_hash: str = Field(max_length=64)
     #: HMAC of the manifest and the content hash under the site key (``key_id``); empty
     #: ``key_id``: sealed with plain SHA-256 before the key existed

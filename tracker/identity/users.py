@@ -43,6 +43,7 @@ from typing_extensions import TypedDict
 from zxcvbn import zxcvbn
 
 from tracker.core import audit
+from tracker.core.classification import REVEAL_ROLE, classified
 from tracker.core.db import UTCDateTime
 from tracker.core.errors import (
     AuthenticationError,
@@ -58,13 +59,17 @@ from tracker.core.settings import get_settings
 from tracker.core.timeutil import utcnow
 
 log = logging.getLogger(__name__)
-ROLES = ("operator", "production_head", "qa", "qp", "admin", "viewer")
+#: ``identity_reveal`` (issue 20) is a permission rather than a job: it shows donor and patient
+#: identifiers in clear, one audited reveal at a time, with a reason
+ROLES = ("operator", "production_head", "qa", "qp", "admin", "viewer", REVEAL_ROLE)
 SIGNING_ROLES = frozenset({"operator", "production_head", "qa", "qp"})
 #: pairs no single account may hold (GMP 2010 Art. 20; admin separation, see module doc)
 EXCLUSIVE_ROLES = (
     ("production_head", "qa"),
     ("production_head", "qp"),
     *tuple(("admin", r) for r in sorted(SIGNING_ROLES)),
+    # the administrator who grants roles does not read identities (GB/T 39725-2020 §8.1)
+    ("admin", REVEAL_ROLE),
 )
 
 
@@ -86,9 +91,21 @@ class User(SQLModel, table=True):
 
     id: int | None = Field(default=None, primary_key=True)
     username: str = Field(max_length=60)
-    full_name: str = Field(max_length=200)
+    full_name: str = Field(
+        max_length=200,
+        sa_column_kwargs={
+            "info": classified(
+                "sensitive", why="staff member's printed name: signatures carry it (Part 11.50)"
+            )
+        },
+    )
     roles: str = Field(max_length=200)  # comma-separated, sorted
-    password_hash: str = Field(max_length=300)
+    password_hash: str = Field(
+        max_length=300,
+        sa_column_kwargs={
+            "info": classified("sensitive", export="omitted", clear_roles=(), why="argon2 hash, never shown")
+        },
+    )
     active: bool = True
     failed_attempts: int = 0
     #: set when an admin chose the password: its owner must change it before signing anything
@@ -100,7 +117,19 @@ class User(SQLModel, table=True):
     created_at: datetime = Field(sa_type=UTCDateTime, nullable=False)
     created_by: str = Field(max_length=60)
     #: the person the account belongs to (employee number): separation of duties compares these
-    person_id: str = Field(default="", max_length=60, index=True)
+    person_id: str = Field(
+        default="",
+        max_length=60,
+        index=True,
+        sa_column_kwargs={
+            "info": classified(
+                "sensitive",
+                export="omitted",
+                clear_roles=("admin", "qa"),
+                why="employee number: separation of duties compares it",
+            )
+        },
+    )
     #: when the owner set the current password before a witness (:func:`enrol`); ``None``: the
     #: account may log in and read, but neither sign nor record GMP work
     enrolled_at: datetime | None = Field(default=None, sa_type=UTCDateTime)

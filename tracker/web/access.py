@@ -24,6 +24,7 @@ AUDITORS = frozenset({"qa", "qp", "admin", "viewer"})
 ADMIN = frozenset({"admin"})
 #: who records viable sampling and reading steps (``tracker.monitoring.viable.lifecycle.WORKERS``)
 VIABLE_WORKERS = frozenset({"operator", "production_head", "qa"})
+REVEALERS = frozenset({"identity_reveal"})
 
 ACCESS: dict[str, frozenset[str]] = {
     # --- pages -------------------------------------------------------------------------------
@@ -72,6 +73,9 @@ ACCESS: dict[str, frozenset[str]] = {
     "GET /batches": ANY,
     "POST /batches": SHOP_FLOOR,
     "GET /batches/{number}": ANY,
+    "POST /batches/{number}/reveal": REVEALERS,
+    "GET /reads": QA,
+    "POST /exchange/package": QA,
     "POST /batches/{number}/steps": SHOP_FLOOR,
     "POST /steps/{step_id}/end": SHOP_FLOOR,
     "POST /batches/{number}/complete": SHOP_FLOOR,
@@ -127,6 +131,8 @@ ACCESS: dict[str, frozenset[str]] = {
     "POST /api/v1/links/{link_id}/decide": QA,
     "GET /api/v1/batches": ANY,
     "GET /api/v1/batches/{number}": ANY,
+    "POST /api/v1/batches/{number}/reveal": REVEALERS,
+    "GET /api/v1/reads": QA,
     "POST /api/v1/batches/{number}/sign": PRODUCTION,
     "POST /api/v1/batches/{number}/review": QA,
     "POST /api/v1/batches/{number}/release": QP,

@@ -24,6 +24,7 @@ DEMO_PEOPLE = {
     "qa": ("demo.qa", "演示 QA Demo QA"),
     "qp": ("demo.qp", "演示 质量受权人 Demo QP"),
     "viewer": ("demo.viewer", "演示 只读 Demo Viewer"),
+    "identity_reveal": ("demo.steward", "演示 身份查阅 Demo Identity Steward"),
 }
 
 

@@ -16,6 +16,10 @@ WORDS = (
     N_("qp"),
     N_("admin"),
     N_("viewer"),
+    N_("identity_reveal"),
+    # reads of personal data (issue 20)
+    N_("personal.read"),
+    N_("identity.reveal"),
     # levels and tile states
     N_("ok"),
     N_("alert"),

@@ -8,6 +8,7 @@ from sqlalchemy import Column, Index, Text, UniqueConstraint
 from sqlalchemy import false as sa_false
 from sqlmodel import Field, SQLModel
 
+from tracker.core.classification import REVEAL_ROLE, classified
 from tracker.core.db import UTCDateTime
 
 #: in_progress → completed → production_signed → qa_reviewed → released | rejected
@@ -15,8 +16,17 @@ BATCH_STATUSES = ("in_progress", "completed", "production_signed", "qa_reviewed"
 LINK_STATUSES = ("proposed", "confirmed", "rejected", "withdrawn")
 
 
+_PERSONAL_ID = {"clear_roles": (REVEAL_ROLE,), "export": "pseudonymised"}
+_ENCRYPTED = {"clear_roles": (REVEAL_ROLE,), "export": "omitted"}
+
+
 class Batch(SQLModel, table=True):
-    """One batch record (批生产记录). ``donor_id`` carries the chain of identity (供者)."""
+    """One batch record (批生产记录). ``donor_id`` carries the chain of identity (供者).
+
+    Since migration 0026 ``donor_id`` and ``patient_id`` hold keyed pseudonyms
+    (:mod:`tracker.core.pseudonyms`), equal for equal identifiers, so segregation and counts need
+    no clear value; the clear identifiers are kept encrypted in ``donor_enc``/``patient_enc``
+    and shown only by an audited reveal (PIPL Art. 51; GB/T 39725-2020; docs/data-protection.md)."""
 
     __table_args__ = (UniqueConstraint("number"),)
 
@@ -24,8 +34,30 @@ class Batch(SQLModel, table=True):
     site_id: int = Field(foreign_key="site.id", index=True)
     number: str = Field(max_length=60)
     product: str = Field(max_length=200)
-    donor_id: str = Field(max_length=100, index=True)
-    patient_id: str | None = Field(default=None, max_length=100)
+    donor_id: str = Field(
+        max_length=100,
+        index=True,
+        sa_column_kwargs={
+            "info": classified("personal", **_PERSONAL_ID, why="donor pseudonym (chain of identity)")
+        },
+    )
+    patient_id: str | None = Field(
+        default=None,
+        max_length=100,
+        sa_column_kwargs={"info": classified("personal", **_PERSONAL_ID, why="patient pseudonym")},
+    )
+    donor_enc: str | None = Field(
+        default=None,
+        sa_column=Column(
+            Text, info=classified("personal", **_ENCRYPTED, why="donor identifier, encrypted (Fernet)")
+        ),
+    )
+    patient_enc: str | None = Field(
+        default=None,
+        sa_column=Column(
+            Text, info=classified("personal", **_ENCRYPTED, why="patient identifier, encrypted (Fernet)")
+        ),
+    )
     status: str = Field(default="in_progress", max_length=20, index=True)
     created_at: datetime = Field(sa_type=UTCDateTime, nullable=False)
     created_by: str = Field(max_length=60)

@@ -27,6 +27,7 @@ from typing_extensions import TypedDict
 
 from tracker.core import audit
 from tracker.core.errors import ConflictError, InvalidInputError, PermissionDeniedError, Reason, zh_word
+from tracker.core.pseudonyms import is_pseudonym, pseudonym
 from tracker.core.timeutil import iso_utc, utcnow
 from tracker.facility.models import Room, Site
 from tracker.identity import signatures
@@ -59,8 +60,23 @@ class BatchContent(TypedDict):
     steps: list[StepDoc]
 
 
+def as_signed_before_pseudonyms(signed: dict, record: BatchContent) -> BatchContent:
+    """The record with the clear identifiers a signature made before migration 0026 holds, when
+    they are exactly the ones the stored pseudonyms stand for (their HMAC under the identity
+    key): such a signature still proves the record, it was only signed over the clear value."""
+    swapped = dict(record)
+    for kind, field in (("donor", "donor_id"), ("patient", "patient_id")):
+        value, stored = signed.get(field), record[field]  # type: ignore[literal-required]
+        if value is None or value == stored or is_pseudonym(kind, value):
+            continue
+        if stored is None or pseudonym(kind, value) != stored:
+            return record
+        swapped[field] = value
+    return swapped  # type: ignore[return-value]
+
+
 def batch_content(session: Session, batch: Batch) -> BatchContent:
-    """The batch record as signed: identity, chain of identity and every step."""
+    """The batch record as signed: identity, chain of identity (pseudonyms) and every step."""
     return {
         "number": batch.number,
         "product": batch.product,
@@ -98,6 +114,7 @@ def _check_batch(
     release since issue 15; earlier ones signed the record alone) whose record still matches but
     whose picture changed is *outdated* — new facts, not an edit — and shows as ``changed``."""
     signed = json.loads(sig.content)
+    record = as_signed_before_pseudonyms(signed, record)
     if sig.scope not in ENVIRONMENT_SCOPES or "environment" not in signed:
         return signatures.check(sig, record)
     result = signatures.check(sig, {**record, "environment": environment()})

@@ -23,6 +23,7 @@ from tracker.core.errors import (
     Reason,
     zh_word,
 )
+from tracker.core.pseudonyms import identity_key
 from tracker.core.settings import get_settings
 from tracker.core.timeutil import iso_utc, utcnow
 from tracker.facility.models import Room, Site, containing_rooms, find_room
@@ -54,6 +55,15 @@ def steps_of(session: Session, batch: Batch) -> list[ProcessStep]:
             .order_by(ProcessStep.start, ProcessStep.id)
         )
     )
+
+
+def protect(kind: str, clear: str | None) -> tuple[str | None, str | None]:
+    """``(pseudonym, ciphertext)`` of a clear donor or patient identifier (none: none)."""
+    clear = (clear or "").strip()
+    if not clear:
+        return None, None
+    key = identity_key()
+    return key.pseudonym(kind, clear), key.encrypt(clear)
 
 
 def _batch_json(batch: Batch) -> dict:
@@ -106,12 +116,18 @@ def create_batch(
             )
         )
     now = now or utcnow()
+    # only pseudonyms and ciphertext are stored, and the audit event carries the pseudonyms
+    # (PIPL Art. 51; GB/T 39725-2020; docs/data-protection.md)
+    donor_ref, donor_enc = protect("donor", donor_id)
+    patient_ref, patient_enc = protect("patient", patient_id)
     batch = Batch(
         site_id=site.id,
         number=number.strip(),
         product=product.strip(),
-        donor_id=donor_id.strip(),
-        patient_id=(patient_id or "").strip() or None,
+        donor_id=donor_ref,
+        patient_id=patient_ref,
+        donor_enc=donor_enc,
+        patient_enc=patient_enc,
         created_at=now,
         created_by=actor.username,
         updated_at=now,

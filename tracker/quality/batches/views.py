@@ -28,7 +28,7 @@ from tracker.quality.deviations import Deviation, DeviationBatch
 
 
 class BatchSummary(TypedDict):
-    """A batch in a list."""
+    """A batch in a list; ``donor_id`` is the donor's pseudonym (docs/data-protection.md)."""
 
     number: str
     product: str
@@ -81,11 +81,17 @@ class LinkDoc(TypedDict):
     decided_by: str | None
 
 
+def summary(batch: Batch) -> BatchSummary:
+    return {
+        "number": batch.number,
+        "product": batch.product,
+        "donor_id": batch.donor_id,
+        "status": batch.status,
+    }
+
+
 def batch_summaries(session: Session, *, status: str | None = None) -> list[BatchSummary]:
-    return [
-        {"number": b.number, "product": b.product, "donor_id": b.donor_id, "status": b.status}
-        for b in list_batches(session, status=status)
-    ]
+    return [summary(b) for b in list_batches(session, status=status)]
 
 
 def batch_report(session: Session, batch: Batch, *, now: datetime | None = None) -> BatchReport:

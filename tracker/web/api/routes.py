@@ -1,6 +1,6 @@
 """``/api/v1`` routes."""
 
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Path, Query, Request
@@ -10,7 +10,7 @@ from sqlmodel import Session, select
 from tracker.core.audit import page_events, verify_chain
 from tracker.core.db import MAX_ID
 from tracker.core.errors import InvalidInputError, NotFoundError, Reason, in_language
-from tracker.core.timeutil import iso_utc
+from tracker.core.timeutil import iso_utc, utcnow
 from tracker.facility.models import Monitor
 from tracker.identity import tokens
 from tracker.identity.tokens import TokenDoc
@@ -25,11 +25,19 @@ from tracker.monitoring.quarantine import page_quarantine
 from tracker.monitoring.readings import Reading
 from tracker.notify.dispatcher import FailedNotificationDoc, failed_target_docs
 from tracker.quality import deviations as dv
+from tracker.quality.batches.identity import (
+    ReadRow,
+    Revealed,
+    batches_of_donor,
+    read_report,
+    record_read,
+    reveal,
+)
 from tracker.quality.batches.linking import decide_link, raise_deviation, sync_links
 from tracker.quality.batches.models import Batch
 from tracker.quality.batches.postrelease import assess, watch
 from tracker.quality.batches.release import qa_review, reject, release, sign_production
-from tracker.quality.batches.steps import get_batch
+from tracker.quality.batches.steps import get_batch, list_batches
 from tracker.quality.batches.viable import review_results
 from tracker.quality.batches.views import (
     BatchReport,
@@ -38,6 +46,7 @@ from tracker.quality.batches.views import (
     batch_report,
     batch_summaries,
     exposure_links,
+    summary,
 )
 from tracker.quality.deviations import CapaActionDoc, DeviationDoc, get_deviation
 from tracker.quality.views import deviation_view, deviation_views
@@ -487,9 +496,44 @@ def decide(
 
 @router.get("/batches")
 def batches(
-    me: CurrentUser, session: SessionDep, status: Annotated[str | None, Query(max_length=20)] = None
+    me: CurrentUser,
+    session: SessionDep,
+    status: Annotated[str | None, Query(max_length=20)] = None,
+    donor: Annotated[str | None, Query(max_length=100, description="donor identifier in clear")] = None,
 ) -> list[BatchSummary]:
-    return batch_summaries(session, status=status)
+    """Batch records (donor and patient as pseudonyms); ``donor``: the batches of the donor typed
+    in clear (matched by its pseudonym). Every call is a logged read of personal data."""
+    if donor and donor.strip():
+        found = [b for b in batches_of_donor(session, donor) if not status or b.status == status]
+        rows = [summary(b) for b in found]
+    else:
+        found, rows = list_batches(session, status=status), batch_summaries(session, status=status)
+    record_read(session, actor=me.username, via="api", batches=found)
+    return rows
+
+
+class RevealRequest(BaseModel):
+    reason: str = Field(min_length=1, max_length=2000, description="why the clear identifier is needed")
+
+
+@router.post("/batches/{number}/reveal")
+def batch_reveal(me: CurrentUser, session: SessionDep, number: Key, body: RevealRequest) -> Revealed:
+    """The clear donor/patient identifiers of one batch (``identity_reveal``; audited with the reason)."""
+    return reveal(session, actor=me.actor(), batch=get_batch(session, number), reason=body.reason, via="api")
+
+
+@router.get("/reads")
+def reads(
+    me: CurrentUser,
+    session: SessionDep,
+    start: Annotated[str | None, Query(alias="from", max_length=40)] = None,
+    end: Annotated[str | None, Query(alias="to", max_length=40)] = None,
+    donor: Annotated[str | None, Query(max_length=100)] = None,
+) -> list[ReadRow]:
+    """Who read or revealed which donors' records in ``[from, to)`` (QA; default the last 30 days)."""
+    until = instant(end) if end else utcnow()
+    since = instant(start) if start else until - timedelta(days=30)
+    return read_report(session, start=since, end=until, donor=donor or None)
 
 
 def _batch_doc(session: Session, batch: Batch) -> BatchReport:
@@ -503,7 +547,9 @@ def _batch_doc(session: Session, batch: Batch) -> BatchReport:
 
 @router.get("/batches/{number}")
 def batch(me: CurrentUser, session: SessionDep, number: Key) -> BatchReport:
-    return _batch_doc(session, get_batch(session, number))
+    found = get_batch(session, number)
+    record_read(session, actor=me.username, via="api", batches=[found])
+    return _batch_doc(session, found)
 
 
 def _signed(request: Request, me, session, number: str, body: SignRequest, fn) -> BatchReport:

@@ -1,5 +1,13 @@
 """Server-rendered pages (templates in ``templates/web``); forms post and redirect back."""
 
-from tracker.web.pages import admin, auth, batches, floor, quality, viable
+from tracker.web.pages import admin, auth, batches, exchange, floor, quality, viable
 
-routers = [auth.router, floor.router, quality.router, batches.router, admin.router, viable.router]
+routers = [
+    auth.router,
+    floor.router,
+    quality.router,
+    batches.router,
+    admin.router,
+    viable.router,
+    exchange.router,
+]

@@ -10,6 +10,7 @@ from sqlmodel import select
 
 from tracker.core.timeutil import iso_utc, parse_instant, utcnow
 from tracker.facility.models import Room
+from tracker.quality.batches.identity import batches_of_donor, record_read, reveal
 from tracker.quality.batches.linking import sync_links
 from tracker.quality.batches.postrelease import assess, watch
 from tracker.quality.batches.release import qa_review, reject, release, sign_production
@@ -42,9 +43,16 @@ def batch_list(
     me: CurrentUser,
     session: SessionDep,
     status: Annotated[str | None, Query(max_length=20)] = None,
+    donor: Annotated[str | None, Query(max_length=100)] = None,
 ) -> HTMLResponse:
-    rows = list_batches(session, status=status or None)
-    return render(request, "batches.html", rows=rows, status=status or "")
+    """The list; ``donor``: the batches of the donor whose identifier was typed (matched by its
+    pseudonym). The donor pseudonyms shown are a read of personal data, and logged."""
+    if donor and donor.strip():
+        rows = [b for b in batches_of_donor(session, donor) if not status or b.status == status]
+    else:
+        rows = list_batches(session, status=status or None)
+    record_read(session, actor=me.username, via="page", batches=rows)
+    return render(request, "batches.html", rows=rows, status=status or "", donor=donor or "")
 
 
 @router.post("/batches")
@@ -101,6 +109,7 @@ def batch_page(request: Request, me: CurrentUser, session: SessionDep, number: s
     sync_links(session, batch=batch)
     watch(session, batch=batch)  # a released batch keeps listening (post-release events)
     report = batch_report(session, batch)
+    record_read(session, actor=me.username, via="page", batches=[batch])
     shown = {**report, "review": [{**item, "chart": _chart_window(item)} for item in report["review"]]}
     pending = sorted(
         exposure_links(session, batch=batch, status="proposed"),
@@ -122,6 +131,22 @@ def batch_page(request: Request, me: CurrentUser, session: SessionDep, number: s
         viable_review=review_of(session, batch),
         **sample_words(request),
     )
+
+
+@router.post("/batches/{number}/reveal", response_class=HTMLResponse)
+def batch_reveal(
+    request: Request,
+    me: CurrentUser,
+    session: SessionDep,
+    number: str,
+    reason: Annotated[str, Form(max_length=2000)],
+) -> HTMLResponse:
+    """The clear donor and patient identifiers, once, for a holder of ``identity_reveal`` who
+    gave a reason (audited; never cached: the response is not stored by the browser)."""
+    revealed = reveal(session, actor=me.actor(), batch=get_batch(session, number), reason=reason, via="page")
+    response = render(request, "reveal.html", r=revealed)
+    response.headers["Cache-Control"] = "no-store"
+    return response
 
 
 @router.post("/batches/{number}/steps")

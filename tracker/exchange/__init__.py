@@ -1,0 +1,2 @@
+"""Data leaving the site: the exchange package (records, schemas, signed manifest) and its
+verifier (docs/exchange.md)."""
