@@ -468,3 +468,21 @@ def test_the_qp_releases_conditionally_and_qa_reviews_the_results_on_the_pages_a
     with unit_of_work(viable_engine) as s:
         assert review_of(s, get_batch(s, "CT-VW")).outcome == "acceptable"
     assert "微生物结果已审核" in qa.get("/batches/CT-VW").text
+
+
+def test_a_viable_excursion_has_its_page_and_is_in_the_queue(viable_engine: Engine, web_app) -> None:
+    """A plate's result has no monitor: its page names the sampling location and draws no series."""
+    from tests.web_helpers import browser
+
+    processing(viable_engine, "CT-VP")
+    code = sample(viable_engine, "CT-VP", "V-BSC-1", "settle")
+    to_reading(viable_engine, code, 1)
+    with unit_of_work(viable_engine) as s:
+        ex = s.exec(select(Excursion).where(Excursion.type == "viable")).one()
+    qa, _ = browser(web_app, "qa1", lang="en")
+    page = qa.get(f"/excursions/{ex.id}")
+    assert page.status_code == 200, page.text[:500]
+    assert "V-BSC-1" in page.text
+    assert "/chart.svg" not in page.text
+    assert qa.get("/excursions").status_code == 200
+    assert qa.get("/").status_code == 200

@@ -19,7 +19,13 @@ from tracker.facility.limits import STATES, Bounds
 from tracker.facility.models import Monitor, Room, Site, resolved_monitors
 from tracker.facility.notify import redact
 from tracker.facility.roomstate import RoomStates
-from tracker.monitoring.excursions import Excursion, ExcursionDoc, needs_acknowledgement_clause, to_json
+from tracker.monitoring.excursions import (
+    Excursion,
+    ExcursionDoc,
+    needs_acknowledgement_clause,
+    source_code,
+    to_json,
+)
 from tracker.monitoring.outbox import NotificationAttempt, NotificationOutbox
 from tracker.monitoring.readings import Reading
 from tracker.quality.batches.models import Batch, ExcursionLink, ProcessStep
@@ -204,7 +210,7 @@ def excursion_view(session: Session, excursion_id: int, *, now: datetime | None 
     if ex is None:
         raise NotFoundError(Reason(f"no excursion {excursion_id}", f"没有超标记录 {excursion_id}"))
     now = now or utcnow()
-    monitor = session.get(Monitor, ex.monitor_id)
+    monitor = session.get(Monitor, ex.monitor_id) if ex.monitor_id is not None else None  # viable: none
     room = session.get(Room, ex.room_id)
     devs = session.exec(
         select(Deviation)
@@ -213,7 +219,7 @@ def excursion_view(session: Session, excursion_id: int, *, now: datetime | None 
         .order_by(Deviation.number)
     ).all()
     row = QueueRow(
-        **to_json(ex, monitor.code, room.code),
+        **to_json(ex, monitor.code if monitor else source_code(session, ex), room.code),
         grade=room.grade,
         deviations=[d.number for d in devs],
         needs_acknowledgement=ex.needs_acknowledgement,
@@ -223,7 +229,7 @@ def excursion_view(session: Session, excursion_id: int, *, now: datetime | None 
     site = session.get(Site, ex.site_id)
     bounds: dict[str, Bounds] = {}
     for resolved in resolved_monitors(session, site):
-        if resolved.monitor.id == monitor.id:
+        if monitor is not None and resolved.monitor.id == monitor.id:
             for state in STATES:
                 found = resolved.limits.for_reading(ex.channel, state)
                 if found is not None and not found.empty:
@@ -240,7 +246,7 @@ def excursion_view(session: Session, excursion_id: int, *, now: datetime | None 
         else:
             spans.append((a, b, state))
     in_episode = (
-        (Reading.monitor_id == monitor.id)
+        (Reading.monitor_id == (monitor.id if monitor else -1))  # a viable result has no readings
         & (Reading.channel == ex.channel)
         & (Reading.event_time >= ex.started_at)
         & (Reading.event_time <= end)

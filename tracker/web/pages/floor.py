@@ -14,12 +14,14 @@ from tracker.core.timeutil import iso_utc, utcnow
 from tracker.facility.inhibits import windows_by_monitor
 from tracker.facility.limits import UNITS
 from tracker.facility.models import Monitor, Room, Site
+from tracker.facility.notify import VIABLE_TYPES
 from tracker.monitoring.dashboard import floor_view
 from tracker.monitoring.excursions import acknowledge, acknowledge_many, list_excursions
 from tracker.monitoring.health import system_alarm_docs
 from tracker.monitoring.readings import Reading
 from tracker.notify.dispatcher import failed_target_docs
 from tracker.quality.batches.linking import raise_deviation
+from tracker.quality.deviations import classes as deviation_classes
 from tracker.quality.views import QueueFilter, excursion_view, queue_page
 from tracker.web.charts import control_svg, svg_policy, trend_svg
 from tracker.web.deps import CurrentUser, RowId, SessionDep
@@ -166,25 +168,29 @@ def excursion_page(
     request: Request, me: CurrentUser, session: SessionDep, excursion_id: RowId
 ) -> HTMLResponse:
     view = excursion_view(session, excursion_id)
+    viable = view.excursion["type"] in VIABLE_TYPES  # a plate's result: no monitor, no series to chart
     span_h = (view.chart_end - view.chart_start).total_seconds() / 3600
-    chart = "/monitors/{}/chart.svg?{}".format(
-        view.excursion["monitor"],
-        urlencode(
-            {
-                "channel": view.excursion["channel"] or "",
-                "end": iso_utc(view.chart_end),
-                "hours": f"{span_h:.4f}",
-            }
-        ),
-    )
+    chart = None
+    if not viable:
+        chart = "/monitors/{}/chart.svg?{}".format(
+            view.excursion["monitor"],
+            urlencode(
+                {
+                    "channel": view.excursion["channel"] or "",
+                    "end": iso_utc(view.chart_end),
+                    "hours": f"{span_h:.4f}",
+                }
+            ),
+        )
     return render(
         request,
         "excursion.html",
         x=view,
         e=view.excursion,
         chart=chart,
-        unit=UNITS[view.unit_kind],
-        classes=("critical", "major", "minor"),
+        viable=viable,
+        unit=UNITS.get(view.unit_kind, "cfu" if viable else ""),
+        classes=deviation_classes(session, the_site(session)),  # the facility file's classes
     )
 
 
