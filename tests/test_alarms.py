@@ -189,6 +189,41 @@ def test_no_escalation_once_acknowledged(people_engine: Engine, broker: LocalBro
     assert {r.step: r.status for r in outbox(people_engine)} == {"action": "sent", "escalate": "cancelled"}
 
 
+def test_a_rule_that_asks_also_tells_of_the_close_and_the_acknowledgement_once(
+    people_engine: Engine, broker: LocalBroker
+) -> None:
+    """``also = ["acknowledged", "closed"]``: the targets hear that the alarm is over, once each,
+    without escalation or reminders; a rule without ``also`` hears only the alarm."""
+    extra = 'also = ["acknowledged", "closed"]\nrepeat_every_s = 60\nescalate_after_s = 600\nescalate_to = ["{esc}"]'
+    with http_sink() as sink:
+        load_rules(
+            people_engine,
+            rule("A/B action", [sink.url("/hook")], extra=extra.format(esc=sink.url("/esc")))
+            + rule("alarm only", [sink.url("/plain")]),
+        )
+        ex_id = inversion(people_engine, broker)  # the inversion ends: the episode closes in the run
+        drain(people_engine)
+        with unit_of_work(people_engine) as s:
+            acknowledge(s, actor=as_(people_engine, "qa1"), excursion_id=ex_id, comment="door seal checked")
+        drain(people_engine)
+        drain(people_engine, at=601)
+        titles = [p["title"] for p in sink.posts("/hook")]
+        assert len(sink.posts("/plain")) == 1
+        assert sink.posts("/esc") == []
+    assert len(titles) == 3, titles
+    assert any(t.startswith("【已结束】") for t in titles)
+    (acked,) = [p for p in sink.posts("/hook") if p["title"].startswith("【已确认】")]
+    assert "已由 qa1 确认" in acked["message"]
+    steps = {r.step: r.status for r in outbox(people_engine) if r.rule == "A/B action"}
+    assert steps == {
+        "action": "sent",
+        "closed": "sent",
+        "acknowledged": "sent",
+        "escalate": "cancelled",
+        "remind:1": "cancelled",
+    }
+
+
 def test_reminders_repeat_until_acknowledged(people_engine: Engine, broker: LocalBroker) -> None:
     with http_sink() as sink:
         load_rules(people_engine, rule("A/B action", [sink.url("/hook")], extra="repeat_every_s = 900"))

@@ -206,6 +206,7 @@ class FacilityDef:
     def digest(self) -> str:
         content = asdict(replace(self, warnings=()))
         content.pop("warnings")
+        content["notify"] = [r.as_dict() for r in self.notify]  # a rule's unset keys as before
         # a file without notify rules keeps the digest it had before they existed (no new revision)
         for key, default in (
             ("notify", []),

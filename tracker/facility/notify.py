@@ -42,7 +42,10 @@ NOTIFY_KEYS = (
     "escalate_after_s",
     "escalate_to",
     "repeat_every_s",
+    "also",
 )
+#: what else a rule may tell its targets of, once the alarm is over (``also``)
+ALSO = ("acknowledged", "closed")
 ROTA_KEYS = ("name", "duty", "otherwise")
 DUTY_KEYS = ("who", "days", "hours", "targets")
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
@@ -65,6 +68,8 @@ class NotifyRule:
     escalate_after_s: float = 0.0
     escalate_to: tuple[str, ...] = ()
     repeat_every_s: float = 0.0
+    #: also tell the targets when the excursion is acknowledged and/or closed (``ALSO``)
+    also: tuple[str, ...] = ()
 
     def matches(self, *, type: str, level: str, grade: str, room: str) -> bool:
         """Whether an excursion of this type, level and place is this rule's business.
@@ -78,7 +83,12 @@ class NotifyRule:
         return grade in self.grades or room in self.rooms
 
     def as_dict(self) -> dict:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+        """Stored with the revision; ``also`` only when set, so a rule written before it existed
+        reads (and digests) as it did."""
+        stored = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+        if not self.also:
+            stored.pop("also")
+        return stored
 
     @classmethod
     def from_dict(cls, d: dict) -> NotifyRule:
@@ -163,6 +173,7 @@ def parse_rule(i: int, entry: dict, rooms: set[str]) -> NotifyRule:
         escalate_after_s=escalate_after,
         escalate_to=escalate_to,
         repeat_every_s=_delay(entry, "repeat_every_s", where),
+        also=_words(entry, "also", where, ALSO) or (),
     )
 
 

@@ -29,7 +29,7 @@ from sqlmodel import Field, Session, SQLModel
 
 from tracker.core.db import UTCDateTime
 from tracker.facility.models import FacilityRevision, Room, Site
-from tracker.facility.notify import NotifyRule, Rota, expand_targets
+from tracker.facility.notify import ALSO, NotifyRule, Rota, expand_targets
 from tracker.monitoring.alarm_records import SystemAlarm  # noqa: F401  (target of a foreign key)
 
 PENDING, SENT, FAILED, CANCELLED = "pending", "sent", "failed", "cancelled"
@@ -113,8 +113,10 @@ def step_rows(
     timezone: str = "UTC",
 ) -> list[dict]:
     """The outbox rows one rule queues for one step: its targets now, its escalation later
-    (a rota target resolved to whoever is on duty when each is due)."""
+    (a rota target resolved to whoever is on duty when each is due). The end of an alarm
+    (``acknowledged``, ``closed``) is told once: no escalation, no reminders."""
     subject = f"x{excursion_id}" if system_alarm_id is None else f"s{system_alarm_id}"
+    final = step in ALSO
     escalate_at = now + timedelta(seconds=rule.escalate_after_s)
     base = {
         "site_id": site_id,
@@ -125,7 +127,7 @@ def step_rows(
         "status": PENDING,
         "attempts": 0,
         "created_at": now,
-        "repeat_every_s": rule.repeat_every_s,
+        "repeat_every_s": 0.0 if final else rule.repeat_every_s,
     }
     rotas = rotas or {}
     rows = [
@@ -141,7 +143,7 @@ def step_rows(
             "due_at": escalate_at,
             "repeat_every_s": 0.0,
         }
-        for i, t in expand_targets(rule.escalate_to, rotas, escalate_at, timezone)
+        for i, t in expand_targets(() if final else rule.escalate_to, rotas, escalate_at, timezone)
     ]
     return rows
 
@@ -173,20 +175,27 @@ def _room(connection: Connection, room_id: int) -> tuple[str, str]:
     return (row[0], row[1]) if row else ("", "")
 
 
-def _changed_step(excursion) -> str | None:
-    """The step an excursion's flush announces: its first level, or a rise to action."""
+def _changed_steps(excursion) -> list[str]:
+    """The steps an excursion's flush announces: its first level or a rise to action, and its
+    acknowledgement and its close (told only by rules that ask for them, ``also``)."""
     state = inspect(excursion)
-    if excursion.status == "superseded":
-        return None
-    if state.was_deleted:
-        return None
+    if excursion.status == "superseded" or state.was_deleted:
+        return []
+    steps = []
     hist = state.attrs.level.history
-    if not hist.has_changes():
-        return None
-    before = hist.deleted[0] if hist.deleted else None
-    if before is None:
-        return excursion.level
-    return "action" if before == "alert" and excursion.level == "action" else None
+    if hist.has_changes():
+        before = hist.deleted[0] if hist.deleted else None
+        if before is None:
+            steps.append(excursion.level)
+        elif before == "alert" and excursion.level == "action":
+            steps.append("action")
+    acked = state.attrs.acknowledged_at.history
+    if acked.has_changes() and excursion.acknowledged_at is not None:
+        steps.append("acknowledged")
+    status = state.attrs.status.history
+    if status.has_changes() and excursion.status == "closed" and "closed" not in (status.deleted or ()):
+        steps.append("closed")
+    return steps
 
 
 def enqueue_changes(session: Session, excursions: list) -> None:
@@ -195,8 +204,8 @@ def enqueue_changes(session: Session, excursions: list) -> None:
     sites: dict[int, SiteRules] = {}
     rows: list[dict] = []
     for ex in excursions:
-        step = _changed_step(ex)
-        if step is None:
+        steps = _changed_steps(ex)
+        if not steps:
             continue
         if ex.site_id not in sites:
             sites[ex.site_id] = site_rules(connection, ex.site_id)
@@ -205,7 +214,11 @@ def enqueue_changes(session: Session, excursions: list) -> None:
             continue
         room, grade = _room(connection, ex.room_id)
         for rule in site.rules:
-            if rule.matches(type=ex.type, level=ex.level, grade=grade, room=room):
+            if not rule.matches(type=ex.type, level=ex.level, grade=grade, room=room):
+                continue
+            for step in steps:
+                if step in ALSO and step not in rule.also:
+                    continue
                 rows += step_rows(
                     rule,
                     site_id=ex.site_id,

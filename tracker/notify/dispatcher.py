@@ -31,12 +31,12 @@ from typing_extensions import TypedDict
 
 from tracker.core.db import unit_of_work
 from tracker.core.timeutil import iso_utc, utcnow
-from tracker.facility.models import Monitor, Room, Site
+from tracker.facility.models import Room, Site
 from tracker.facility.notify import SYSTEM, NotifyRule, Rota, expand_targets, fill_secrets, redact
 from tracker.facility.policy import notify_settings_of
 from tracker.monitoring import health
 from tracker.monitoring.alarm_records import SystemAlarm
-from tracker.monitoring.excursions import Excursion
+from tracker.monitoring.excursions import Excursion, source_code
 from tracker.monitoring.health import Condition, close_alarm, open_alarm
 from tracker.monitoring.outbox import (
     CANCELLED,
@@ -245,11 +245,12 @@ class Dispatcher:
                 ex=subject,
                 site=site,
                 room=session.get(Room, subject.room_id),
-                monitor=session.get(Monitor, subject.monitor_id),
+                source=source_code(session, subject),
                 level=row.level,
                 step=row.step,
                 language=language,
                 base_url=base_url,
+                by=subject.acknowledged_by,
             )
         return self._send_to(row.target, message)
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from zoneinfo import ZoneInfo
 
 from tracker.facility.limits import UNITS
-from tracker.facility.models import Monitor, Room, Site
+from tracker.facility.models import Room, Site
 from tracker.monitoring.alarm_records import SystemAlarm
 from tracker.monitoring.excursions import Excursion
 from tracker.monitoring.health import KINDS
@@ -39,8 +39,23 @@ STATE = {
     "zh-CN": {"at_rest": "静态", "in_operation": "动态"},
 }
 STEP = {
-    "en": {"escalate": "ESCALATED, not acknowledged", "remind": "REMINDER, not acknowledged"},
-    "zh-CN": {"escalate": "升级通知：未确认", "remind": "提醒：尚未确认"},
+    "en": {
+        "escalate": "ESCALATED, not acknowledged",
+        "remind": "REMINDER, not acknowledged",
+        "acknowledged": "ACKNOWLEDGED by {by}: no further reminders",
+        "closed": "CLOSED: the excursion has ended",
+    },
+    "zh-CN": {
+        "escalate": "升级通知：未确认",
+        "remind": "提醒：尚未确认",
+        "acknowledged": "已由 {by} 确认：不再提醒",
+        "closed": "已结束：该超标已结束",
+    },
+}
+#: the steps that tell of an excursion's end of alarm (a rule's ``also``), marked in the title
+DONE = {
+    "acknowledged": {"en": "[ACKNOWLEDGED]", "zh-CN": "【已确认】"},
+    "closed": {"en": "[CLOSED]", "zh-CN": "【已结束】"},
 }
 TITLE = {"en": "[{level}] {site} {room}: {type}", "zh-CN": "【{level}】{site} {room}：{type}"}
 BODY = {
@@ -87,13 +102,16 @@ def compose(
     ex: Excursion,
     site: Site,
     room: Room,
-    monitor: Monitor,
+    source: str,
     level: str,
     step: str,
     language: str,
     base_url: str,
+    by: str | None = None,
 ) -> Message:
-    """Title and body of one notification; the level is the one the step announces."""
+    """Title and body of one notification; the level is the one the step announces. ``source``:
+    the monitor's code, or a viable result's sampling location; ``by``: who acknowledged (the
+    ``acknowledged`` step of a rule that asks to hear of it)."""
     lang = language if language in TITLE else "zh-CN"
     step_key = "remind" if step.startswith("remind") else step
     started = ex.started_at.astimezone(ZoneInfo(site.timezone)).strftime("%Y-%m-%d %H:%M:%S %Z")
@@ -106,7 +124,7 @@ def compose(
         "room_name": room.name_en or room.name if lang == "en" else room.name,
         "grade": room.grade,
         "type": TYPE[lang].get(ex.type, ex.type),
-        "monitor": monitor.code,
+        "monitor": source,
         "channel": ex.channel or "—",
         "state": STATE[lang].get(ex.state, ex.state),
         "value": _number(ex.peak, ex.kind),
@@ -114,9 +132,11 @@ def compose(
         "status": STATUS[lang].get(ex.status, ex.status),
         "started": started,
         "link": link,
-        "step": f"{STEP[lang][step_key]}\n" if step_key in STEP[lang] else "",
+        "step": f"{STEP[lang][step_key]}\n".format(by=by or "?") if step_key in STEP[lang] else "",
     }
     title, body = TITLE[lang].format(**fields), BODY[lang].format(**fields)
+    if step_key in DONE:
+        title = f"{DONE[step_key][lang]} {title}"
     if ex.challenge_id is not None:
         title, body = TEST[lang][0] + title, TEST[lang][1].format(n=ex.challenge_id) + body
     return Message(title, body)
