@@ -254,3 +254,55 @@ def test_a_challenge_cannot_turn_a_standing_excursion_into_a_test(engine: Engine
         challenges.start_challenge(
             s, signer=as_(engine, "qa1"), monitor_code=MONITOR, minutes=5, reason="again"
         )
+
+
+def test_qa_runs_a_challenge_from_the_web_page_and_downloads_its_signed_record(
+    web_app, web_engine: Engine
+) -> None:
+    """The page does what ``tracker challenge`` does: an e-signed start, an early end, the signed
+    record, and its JSON and PDF; a viewer sees the list and no form."""
+    from tests.factories import PASSWORD
+    from tests.web_helpers import browser
+
+    qa, token = browser(web_app, "qa1", lang="zh-CN")
+    assert "启动报警挑战" in qa.get("/challenges").text
+    wrong = qa.post(
+        "/challenges",
+        data={
+            "monitor": "T-B1-DP",
+            "minutes": "30",
+            "reason": "OQ",
+            "password": "wrong",
+            "csrf_token": token,
+        },
+    )
+    assert wrong.status_code == 303  # back to the page with the refusal shown; nothing started
+    with unit_of_work(web_engine) as s:
+        assert challenges.challenge_docs(s) == []
+    r = qa.post(
+        "/challenges",
+        data={
+            "monitor": "T-B1-DP",
+            "minutes": "30",
+            "reason": "OQ alarm test",
+            "password": PASSWORD,
+            "csrf_token": token,
+        },
+    )
+    assert r.status_code == 303, r.text[:500]
+    with unit_of_work(web_engine) as s:
+        (row,) = challenges.challenge_docs(s)
+    assert (row["monitor"], row["running"], row["started_by"]) == ("T-B1-DP", True, "qa1")
+    assert qa.post(f"/challenges/{row['id']}/end", data={"csrf_token": token}).status_code == 303
+    r = qa.post(f"/challenges/{row['id']}/sign", data={"password": PASSWORD, "csrf_token": token})
+    assert r.status_code == 303, r.text[:500]
+    record = qa.get(f"/reports/challenges/{row['id']}/record.json")
+    assert record.status_code == 200
+    assert record.json()["signature"]["intact"] is True
+    pdf = qa.get(f"/reports/challenges/{row['id']}/record.pdf")
+    assert pdf.status_code == 200
+    assert pdf.content.startswith(b"%PDF")
+    viewer, _ = browser(web_app, "viewer1", lang="en")
+    page = viewer.get("/challenges")
+    assert page.status_code == 200
+    assert 'action="/challenges"' not in page.text

@@ -27,6 +27,7 @@ FILL = {
     "proposal_id": "999999",
     "token_id": "999999",
     "grant_id": "999999",
+    "challenge_id": "999999",
     "number": "NO-SUCH",
     "code": "NO-SUCH",
     "username": "nobody",

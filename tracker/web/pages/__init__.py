@@ -1,6 +1,6 @@
 """Server-rendered pages (templates in ``templates/web``); forms post and redirect back."""
 
-from tracker.web.pages import admin, auth, batches, exchange, floor, quality, viable
+from tracker.web.pages import admin, alarms, auth, batches, exchange, floor, quality, viable
 
 routers = [
     auth.router,
@@ -10,4 +10,5 @@ routers = [
     admin.router,
     viable.router,
     exchange.router,
+    alarms.router,
 ]
