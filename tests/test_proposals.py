@@ -18,6 +18,7 @@ from tracker.core.errors import InvalidInputError, PermissionDeniedError
 from tracker.facility.file import parse_facility
 from tracker.facility.load import load_facility
 from tracker.facility.models import get_site
+from tracker.facility.policy import compliance_of
 from tracker.ingest.processor import BatchProcessor, InboundMessage
 from tracker.monitoring.intake import Intake
 from tracker.monitoring.proposals import approve, list_proposals, propose
@@ -76,8 +77,11 @@ def test_percentile_levels_need_another_qa_to_take_effect(people_engine: Engine)
     with unit_of_work(engine) as s, pytest.raises(PermissionDeniedError, match="another QA person"):
         approve(s, signer=as_(engine, "qa1"), proposal_id=pid)
     with unit_of_work(engine) as s:
+        before = compliance_of(s, get_site(s))
         approve(s, signer=as_(engine, "qa2"), proposal_id=pid, comment="annual limit review 2026")
         assert get_site(s).revision == 2
+        # the levels' revision keeps the rules (and notifications) the site judged by
+        assert compliance_of(s, get_site(s)) == before
         assert [c.status for c in all_signature_checks(s) if c.signature.entity != "user"] == ["intact"]
     bounds = b1_bounds(engine)
     assert (bounds.alert_high, bounds.action_high) == (3324.0, 3464.0)

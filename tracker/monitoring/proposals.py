@@ -52,7 +52,7 @@ from tracker.core.settings import get_settings
 from tracker.core.timeutil import iso_utc, utcnow
 from tracker.facility.limits import STATES
 from tracker.facility.load import limits_content
-from tracker.facility.models import FacilityLimit, Monitor, Room, Site, find_room
+from tracker.facility.models import FacilityLimit, FacilityRevision, Monitor, Room, Site, find_room
 from tracker.identity import signatures
 from tracker.identity.users import Authenticated, person_of, require_role
 from tracker.monitoring.readings import Reading
@@ -439,8 +439,27 @@ def approve(
     ).all()
     kept = [r for r in old if not (r.source and (r.room_code, r.kind, r.channel, r.state) == scope)]
     replaced = [int(r.source.split(":")[1]) for r in old if r not in kept]
+    previous = session.exec(
+        select(FacilityRevision).where(
+            FacilityRevision.site_id == site.id, FacilityRevision.revision == site.revision
+        )
+    ).first()
     site.revision += 1
     session.add(site)
+    if previous is not None:
+        # the new revision changes levels only: the rules, notifications and plan it judges and
+        # alarms by stay the previous revision's (else they would fall back to the defaults)
+        session.add(
+            FacilityRevision(
+                site_id=site.id,
+                revision=site.revision,
+                file_sha256=previous.file_sha256,
+                settings=previous.settings,
+                changes=json.dumps([f"levels of proposal {p.id}"], ensure_ascii=False),
+                loaded_by=signer.username,
+                loaded_at=now,
+            )
+        )
     for position, row in enumerate(kept):
         session.add(
             FacilityLimit(
