@@ -344,3 +344,41 @@ def test_an_unreachable_database_is_told_directly_and_recorded_when_it_is_back(
     assert alarm.status == "closed"
     assert alarm.started_at < alarm.ended_at
     assert [r for r in outbox(people_engine) if r.system_alarm_id] == []  # already told: nothing queued
+
+
+def test_system_alarms_have_a_page_where_qa_or_the_admin_acknowledges_them(
+    web_app, web_engine: Engine
+) -> None:
+    from tests.web_helpers import browser
+    from tracker.facility.models import get_site
+    from tracker.monitoring.health import Condition, reconcile, system_alarm_docs
+
+    with unit_of_work(web_engine) as s:
+        reconcile(
+            s,
+            site_id=get_site(s).id,
+            kinds=("quarantine_burst",),
+            holding=[Condition("quarantine_burst", "T-SITE", "alert", "25 messages in 5 min")],
+            now=utcnow(),
+        )
+    admin, token = browser(web_app, "admin", lang="zh-CN")
+    page = admin.get("/system-alarms")
+    assert page.status_code == 200
+    assert "25 messages in 5 min" in page.text
+    (alarm,) = system_alarm_docs_of(web_engine, system_alarm_docs)
+    r = admin.post(
+        f"/system-alarms/{alarm['id']}/acknowledge",
+        data={"comment": "a misconfigured gateway", "csrf_token": token},
+    )
+    assert r.status_code == 303
+    (alarm,) = system_alarm_docs_of(web_engine, system_alarm_docs)
+    assert (alarm["acknowledged_by"], alarm["ack_comment"]) == ("admin", "a misconfigured gateway")
+    viewer, _ = browser(web_app, "viewer1", lang="en")
+    shown = viewer.get("/system-alarms").text
+    assert "a misconfigured gateway" in shown
+    assert "/acknowledge" not in shown
+
+
+def system_alarm_docs_of(engine: Engine, docs) -> list:
+    with unit_of_work(engine) as s:
+        return docs(s)

@@ -28,6 +28,7 @@ FILL = {
     "token_id": "999999",
     "grant_id": "999999",
     "challenge_id": "999999",
+    "alarm_id": "999999",
     "number": "NO-SUCH",
     "code": "NO-SUCH",
     "username": "nobody",

@@ -86,6 +86,8 @@ ACCESS: dict[str, frozenset[str]] = {
     "POST /batches/{number}/assess": QA,
     "POST /batches/{number}/post-release": QA,
     "POST /batches/{number}/viable-review": DECIDERS,
+    "GET /system-alarms": AUDITORS,
+    "POST /system-alarms/{alarm_id}/acknowledge": frozenset({"qa", "admin"}),
     "GET /challenges": AUDITORS,
     "POST /challenges": QA,
     "POST /challenges/{challenge_id}/end": QA,

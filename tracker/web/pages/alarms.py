@@ -1,6 +1,7 @@
-"""Alarm challenges on the web (issue 16 item 5): QA starts one with an e-signature, ends it,
-signs its record as evidence and downloads it (JSON, PDF) — the same services as
-``tracker challenge``."""
+"""System alarms and alarm challenges on the web (issue 16 items 4 and 5): system alarms listed
+and acknowledged with a comment; QA starts a challenge with an e-signature, ends it, signs its
+record as evidence and downloads it (JSON, PDF) — the same services as the CLI's
+``tracker system-alarms`` and ``tracker challenge``."""
 
 import json
 from typing import Annotated
@@ -11,10 +12,30 @@ from sqlmodel import select
 
 from tracker.facility.models import Monitor
 from tracker.monitoring import challenges
+from tracker.monitoring.health import acknowledge_system_alarm, system_alarm_docs
 from tracker.web.deps import CurrentUser, RowId, SessionDep, sign_in
 from tracker.web.render import done, render, tr
 
 router = APIRouter(include_in_schema=False)
+
+
+@router.get("/system-alarms", response_class=HTMLResponse)
+def system_alarms_page(request: Request, me: CurrentUser, session: SessionDep) -> HTMLResponse:
+    rows = system_alarm_docs(session)
+    rows.sort(key=lambda a: (a["status"] != "open", a["acknowledged_at"] is not None))  # open, unseen first
+    return render(request, "system_alarms.html", rows=rows)
+
+
+@router.post("/system-alarms/{alarm_id}/acknowledge")
+def system_alarm_acknowledge(
+    request: Request,
+    me: CurrentUser,
+    session: SessionDep,
+    alarm_id: RowId,
+    comment: Annotated[str, Form(max_length=2000)],
+) -> RedirectResponse:
+    acknowledge_system_alarm(session, actor=me.actor(), alarm_id=alarm_id, comment=comment)
+    return done(request, "/system-alarms", tr(request, "System alarm acknowledged."))
 
 
 @router.get("/challenges", response_class=HTMLResponse)
