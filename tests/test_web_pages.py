@@ -32,7 +32,7 @@ from tracker.web.render import TEMPLATES
 
 ROOT = Path(__file__).resolve().parent.parent
 #: words a template may show literally: the language switch names its language in that language
-LITERAL_OK = {"English"}
+LITERAL_OK = {"English", "PDF", "JSON"}  # a language name and file formats, the same in both languages
 
 
 def extracted() -> set[str]:

@@ -99,7 +99,7 @@ WORDS_ZH = {
     "qp": "质量受权人",
     "admin": "系统管理员",
     "viewer": "只读用户",
-    "identity_reveal": "身份查阅（可查看供者/患者明文编号）",
+    "identity_reveal": "身份查阅",
     "open": "未关闭",
     "investigating": "调查中",
     "capa": "纠正预防措施",
