@@ -156,6 +156,19 @@ def test_raw_sql_flips_of_a_link_decision_and_an_acknowledgement_are_detected(
     assert f"excursion {excursion_id}: acknowledgement by qa2 has no audit event" in said
 
 
+def test_a_raw_sql_change_of_an_accounts_person_is_detected(
+    people_engine: Engine, db_url: str, tmp_path
+) -> None:
+    """Separation of duties compares persons: making two accounts one person (or one two) by
+    rewriting ``person_id`` in the row must show in ``tracker audit verify``."""
+    assert verify(db_url, tmp_path)[0] == 0
+    with unit_of_work(people_engine) as s:
+        s.exec(text("UPDATE app_user SET person_id = 'E-prod' WHERE username = 'qa2'"))
+    status, said = verify(db_url, tmp_path)
+    assert status == 1
+    assert "user qa2: person differs from audit event" in said
+
+
 def list_excursions_ids(engine: Engine) -> list[int]:
     with unit_of_work(engine) as s:
         return [e["id"] for e in list_excursions(s)]

@@ -4,7 +4,8 @@ Workflow ``open → investigating → capa → closed``; each step checks the fi
 says what is missing:
 
 * open: raised by QA from excursions or by hand, classified (Art. 251: QA classifies;
-  Art. 249: by nature, scope and impact; the scheme is ``TRACKER_DEVIATION_CLASSES``).
+  Art. 249: by nature, scope and impact; the scheme is the facility file's
+  ``[quality] deviation_classes``).
 * investigating: root cause and an impact assessment for every linked batch (Art. 249).
 * → capa: QA approves the investigation report with an e-signature (Art. 250).
 * → closed: every corrective action done; critical and major deviations carry at least one

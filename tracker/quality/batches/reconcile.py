@@ -97,8 +97,9 @@ def assessment_problems(session: Session) -> list[str]:
 
 
 def role_problems(session: Session) -> list[str]:
-    """Each account's roles and active flag equal the newest user event that recorded them, and
-    its enrolment the newest enrolment or reset (a raw-SQL grant or enrolment shows)."""
+    """Each account's roles, active flag and person equal the newest user event that recorded
+    them, and its enrolment the newest enrolment or reset (a raw-SQL grant, person or enrolment
+    shows; accounts created before persons existed have no recorded person to compare)."""
     latest: dict[str, dict] = {}
     enrolled: dict[str, AuditEvent] = {}
     for event in _events(session, ["user.create", "user.roles", "user.deactivate"]):
@@ -112,6 +113,9 @@ def role_problems(session: Session) -> list[str]:
             problems.append(f"user {user.username}: no audit event records the account")
         elif (after.get("roles"), after.get("active")) != (user.roles, user.active):
             problems.append(f"user {user.username}: roles or status differ from audit event {after['event']}")
+        elif "person" in after and after["person"] != user.person:
+            # separation of duties compares persons: a person rewritten in the row is a forgery
+            problems.append(f"user {user.username}: person differs from audit event {after['event']}")
         if user.enrolled_witness == MIGRATED_ENROLMENT:
             continue
         event = enrolled.get(user.username)
