@@ -127,3 +127,48 @@ def test_outage_backfill_exactly_once_by_instrument_time(
     with unit_of_work(engine) as s:
         kinds = sorted({e.kind for e in s.exec(select(DeviceEvent)).all()})
     assert kinds == ["backfill", "unreachable"]
+
+
+GRADE_B = """
+[[modbus]]
+monitor = "T-B1-PC"
+host = "127.0.0.1"
+port = {port}
+unit_id = 1
+model = "lighthouse-remote"
+channels = {{ "0.5" = 2, "5.0" = 4 }}
+poll_s = 1
+"""
+
+
+def test_a_grade_b_counter_over_the_action_limit_opens_the_json_paths_excursion(
+    engine: Engine, counter: SimulatedCounter, clone_db
+) -> None:
+    """The issue's must-show for this path: a grade B counter (room T-B1, at rest) over its action
+    limit through Modbus opens the same excursion as the same samples through the JSON contract."""
+    from tests.conftest import MIN_FACILITY
+
+    text = MIN_FACILITY.read_text(encoding="utf-8") + GRADE_B.format(port=counter.port)
+    with unit_of_work(engine) as s:
+        load_facility(s, parse_facility(text), actor="test")
+    json_engine = get_engine(clone_db(str(engine.url.render_as_string(hide_password=False))))
+    start = (utcnow() - timedelta(minutes=20)).replace(second=0, microsecond=0)
+    minute = [start + timedelta(minutes=m) for m in range(8)]
+    # grade B at rest: 0.5 µm action 3 520 /m³ ≈ 100 counts in 28.3 L; minutes 3-4 far above it
+    counts = {3: 900, 4: 1_200}
+    records = [sample(minute[m], counts.get(m, 5)) for m in range(8)]
+    for r in records:
+        counter.add(r)
+    poller = ModbusPoller(engine)
+    with unit_of_work(engine) as s:
+        poller.refresh(s)
+    (device,) = poller.counters.values()
+    assert poller.poll(device).stored == 8
+    polled = limit_excursions(engine, "T-B1-PC")
+    assert polled
+    assert polled[0][:4] == ("limit", "0.5", "action", minute[3].isoformat().replace("+00:00", "Z"))
+    as_json = [
+        {"ts": m, "c05": r.counts[1], "c50": r.counts[3], "vol": 28.3, "status": record_status(REGMAP, r)}
+        for m, r in zip(minute, records, strict=False)
+    ]
+    assert json_path_excursions(json_engine, "T-B1-PC", "T-B1", as_json) == polled
