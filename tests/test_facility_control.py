@@ -221,3 +221,26 @@ def test_the_cli_refuses_a_grade_change_without_approval(
     assert approved.returncode == 0, approved.stderr
     assert "change approved by QA: room T-C1: grade C → B" in approved.stdout
     assert _grade(people_engine, "T-C1") == "B"
+
+
+def test_a_dropped_monitor_cannot_come_back_changed_without_qa(people_engine: Engine) -> None:
+    """Dropping a monitor needs no approval; bringing it back is an evaluation change, so a
+    change cannot be split over two loads to pass without QA's signature."""
+    block = '[[monitors]]\ncode = "T-D1-DP"\nroom = "T-D1"\nkind = "pressure"\nreference = "T-CNC"\ninterval_s = 10\n'
+    assert block in BASE
+    with unit_of_work(people_engine) as s:
+        assert (
+            load_facility(s, parse_facility(BASE.replace(block, "")), actor="admin").evaluation_changes == ()
+        )
+    back = BASE.replace(block, block.replace("interval_s = 10", "interval_s = 600"))
+    with unit_of_work(people_engine) as s, pytest.raises(PermissionDeniedError) as refused:
+        load_facility(s, parse_facility(back), actor="admin")
+    assert "monitor T-D1-DP: reactivated" in str(refused.value)
+    assert "monitor T-D1-DP: interval_s 10.0 → 600.0" in str(refused.value)
+    with unit_of_work(people_engine) as s:
+        assert not s.exec(select(Monitor).where(Monitor.code == "T-D1-DP")).one().active
+    with unit_of_work(people_engine) as s:
+        done = load_facility(s, parse_facility(back), actor="admin", approver=as_(people_engine, "qa1"))
+    assert "monitor T-D1-DP: reactivated" in done.evaluation_changes
+    with unit_of_work(people_engine) as s:
+        assert s.exec(select(Monitor).where(Monitor.code == "T-D1-DP")).one().active

@@ -205,9 +205,31 @@ def _viable_sample(engine: Engine) -> str:
         return sample.code
 
 
-def _get_routes(number: str, sample: str = "VS-NONE") -> list[str]:
+def _signed_challenge(engine: Engine) -> int:
+    """A finished, signed alarm challenge (issue 16), so that its record downloads are real."""
+    from tracker.core.timeutil import utcnow
+    from tracker.monitoring import challenges
+
+    now = utcnow()
+    with unit_of_work(engine) as s:
+        ch = challenges.start_challenge(
+            s,
+            signer=as_(engine, "qa1"),
+            monitor_code="T-D1-DP",
+            minutes=5,
+            reason="OQ alarm test",
+            starts_at=now - timedelta(minutes=30),
+        )
+    with unit_of_work(engine) as s:
+        challenges.sign_record(s, signer=as_(engine, "qa1"), challenge_id=ch.id)
+    return ch.id
+
+
+def _get_routes(number: str, sample: str = "VS-NONE", challenge: int = 0) -> list[str]:
     """Every GET route of the access table with real keys."""
     concrete = {
+        "/reports/challenges/{challenge_id}/record.json": f"/reports/challenges/{challenge}/record.json",
+        "/reports/challenges/{challenge_id}/record.pdf": f"/reports/challenges/{challenge}/record.pdf",
         "/viable/s/{code}": f"/viable/s/{sample}",
         "/viable/s/{code}/label.svg": f"/viable/s/{sample}/label.svg",
         "/lang/{code}": "/lang/en",
@@ -233,6 +255,7 @@ def test_a_get_writes_nothing_but_the_exposure_proposals_and_the_reads_of_person
 ) -> None:
     number = _scenario(web_engine, calibration=False)
     sample = _viable_sample(web_engine)
+    challenge = _signed_challenge(web_engine)
     writes: list[str] = []
 
     @event.listens_for(web_engine, "before_cursor_execute")
@@ -271,7 +294,7 @@ def test_a_get_writes_nothing_but_the_exposure_proposals_and_the_reads_of_person
 
     # before each GET CT-B starts another step over the B room's excursion: proposals are due
     wrote = {}
-    for n, path in enumerate(_get_routes(number, sample)):
+    for n, path in enumerate(_get_routes(number, sample, challenge)):
         with unit_of_work(web_engine) as s:
             start_step(
                 s,
@@ -288,6 +311,6 @@ def test_a_get_writes_nothing_but_the_exposure_proposals_and_the_reads_of_person
     # with the proposals current, no GET writes anything but the audited reads
     with unit_of_work(web_engine) as s:
         sync_links(s)
-    assert {path: tables for path in _get_routes(number, sample) if (tables := visit(path))} == {
+    assert {path: tables for path in _get_routes(number, sample, challenge) if (tables := visit(path))} == {
         path: ["audit_event"] for path in readers
     }

@@ -154,24 +154,15 @@ def _plain(value: object) -> object:
     return value
 
 
-def evaluation_view(session: Session, site: Site) -> dict:
-    """What the stored facility decides about evaluation, as it stands."""
-    rooms = {r.id: r for r in session.exec(select(Room).where(Room.site_id == site.id, Room.active))}
-    code = {rid: r.code for rid, r in rooms.items()}
-    monitors = session.exec(select(Monitor).where(Monitor.site_id == site.id, Monitor.active)).all()
+def _places_view(session: Session, site: Site, *, active: bool) -> dict:
+    """Rooms and monitors as they judge readings (the active ones, or the deactivated ones as
+    they were when they left)."""
+    every_room = {r.id: r for r in session.exec(select(Room).where(Room.site_id == site.id))}
+    code = {rid: r.code for rid, r in every_room.items()}
+    rooms = [r for r in every_room.values() if r.active == active]
+    monitors = session.exec(select(Monitor).where(Monitor.site_id == site.id, Monitor.active == active)).all()
     return {
-        "rules": {
-            "rolling_volume_m3": site.rolling_volume_m3,
-            "recovery_s": site.recovery_s,
-            "rolling_window_s": site.rolling_window_s,
-        },
-        "compliance": compliance_of(session, site).as_dict(),
-        "notify": notify_settings_of(session, site),
-        "separation": {"qa_reviewer_may_release": site.qa_reviewer_may_release},
-        "viable": viable_plan_of(session, site).as_json(),
-        "rooms": {
-            r.code: {"grade": r.grade, "background": code.get(r.background_id)} for r in rooms.values()
-        },
+        "rooms": {r.code: {"grade": r.grade, "background": code.get(r.background_id)} for r in rooms},
         "monitors": {
             m.code: {
                 "room": code.get(m.room_id),
@@ -186,6 +177,29 @@ def evaluation_view(session: Session, site: Site) -> dict:
             }
             for m in monitors
         },
+    }
+
+
+def retired_view(session: Session, site: Site) -> dict:
+    """The deactivated rooms and monitors as they were: bringing one back is an evaluation
+    change (else dropping it in one load and returning it changed in the next would pass a
+    change QA never approved)."""
+    return _places_view(session, site, active=False)
+
+
+def evaluation_view(session: Session, site: Site) -> dict:
+    """What the stored facility decides about evaluation, as it stands."""
+    return {
+        "rules": {
+            "rolling_volume_m3": site.rolling_volume_m3,
+            "recovery_s": site.recovery_s,
+            "rolling_window_s": site.rolling_window_s,
+        },
+        "compliance": compliance_of(session, site).as_dict(),
+        "notify": notify_settings_of(session, site),
+        "separation": {"qa_reviewer_may_release": site.qa_reviewer_may_release},
+        "viable": viable_plan_of(session, site).as_json(),
+        **_places_view(session, site, active=True),
     }
 
 
@@ -288,8 +302,9 @@ def viable_changes(before: dict, after: dict) -> list[str]:
     return changes
 
 
-def evaluation_changes(before: dict, after: dict) -> list[str]:
-    """Each change of an evaluation setting, e.g. ``room B01: grade B → C``."""
+def evaluation_changes(before: dict, after: dict, retired: dict | None = None) -> list[str]:
+    """Each change of an evaluation setting, e.g. ``room B01: grade B → C``; ``retired``: the
+    deactivated rooms and monitors (:func:`retired_view`), whose return is a change too."""
     changes = [
         f"[rules] {key}: {before['rules'][key]:g} → {value:g}"
         for key, value in after["rules"].items()
@@ -312,6 +327,14 @@ def evaluation_changes(before: dict, after: dict) -> list[str]:
         for code, values in after[table].items():
             old = before[table].get(code)
             if old is None:
+                gone = (retired or {}).get(table, {}).get(code)
+                if gone is not None:  # back after a deactivation: as a change, with what differs
+                    changes.append(f"{label} {code}: reactivated")
+                    changes += [
+                        f"{label} {code}: {key} {gone[key]} → {v}"
+                        for key, v in values.items()
+                        if gone.get(key) != v
+                    ]
                 continue
             changes += [
                 f"{label} {code}: {key} {old[key]} → {v}" for key, v in values.items() if old[key] != v
@@ -419,7 +442,11 @@ def load_facility(
         or site.limit_set != facility.limit_set
     )
     changes = (
-        evaluation_changes(evaluation_view(session, site), file_evaluation_view(facility)) if site else []
+        evaluation_changes(
+            evaluation_view(session, site), file_evaluation_view(facility), retired_view(session, site)
+        )
+        if site
+        else []
     )
     if site is not None:
         _require_approval(site, approver, limits_change, changes)
