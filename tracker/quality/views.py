@@ -245,17 +245,18 @@ def excursion_view(session: Session, excursion_id: int, *, now: datetime | None 
             spans[-1] = (spans[-1][0], b, state)
         else:
             spans.append((a, b, state))
-    in_episode = (
-        (Reading.monitor_id == (monitor.id if monitor else -1))  # a viable result has no readings
-        & (Reading.channel == ex.channel)
-        & (Reading.event_time >= ex.started_at)
-        & (Reading.event_time <= end)
-    )
-    readings = [
-        {"at": r.event_time, "value": r.value, "level": r.level, "state": r.state}
-        for r in session.exec(select(Reading).where(in_episode).order_by(Reading.event_time).limit(200))
-    ]
-    total = session.exec(select(func.count()).select_from(Reading).where(in_episode)).one()
+    readings: list[dict] = []
+    total = 0
+    if monitor is not None:  # a viable result has no series of readings
+        in_episode = (
+            (Reading.monitor_id == monitor.id)
+            & (Reading.channel == ex.channel)
+            & (Reading.event_time >= ex.started_at)
+            & (Reading.event_time <= end)
+        )
+        rows = session.exec(select(Reading).where(in_episode).order_by(Reading.event_time).limit(200))
+        readings = [{"at": r.event_time, "value": r.value, "level": r.level, "state": r.state} for r in rows]
+        total = session.exec(select(func.count()).select_from(Reading).where(in_episode)).one()
     links = [
         {
             "id": link.id,

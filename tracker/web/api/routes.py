@@ -606,7 +606,7 @@ def batch_release(
         signer=signer,
         batch=get_batch(session, number),
         comment=body.comment,
-        conditional_reason=(body.conditional_reason or "").strip() or None,
+        conditional_reason=body.conditional_reason,  # release() strips it and refuses a blank one
     )
     return _batch_doc(session, batch)
 

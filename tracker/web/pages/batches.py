@@ -23,7 +23,7 @@ from tracker.quality.batches.steps import (
     list_batches,
     start_step,
 )
-from tracker.quality.batches.viable import open_samples, review_of, review_results, samples_of
+from tracker.quality.batches.viable import OPEN_STATUSES, review_of, review_results, samples_of
 from tracker.quality.batches.views import BatchReport, batch_report, exposure_links
 from tracker.web.deps import CurrentUser, RowId, SessionDep, sign_in
 from tracker.web.pages._common import form_instant
@@ -118,6 +118,7 @@ def batch_page(request: Request, me: CurrentUser, session: SessionDep, number: s
     rooms = session.exec(
         select(Room.code).where(Room.site_id == batch.site_id, Room.active).order_by(Room.code)
     ).all()
+    samples = samples_of(session, batch)
     return render(
         request,
         "batch.html",
@@ -125,8 +126,8 @@ def batch_page(request: Request, me: CurrentUser, session: SessionDep, number: s
         timeline=_timeline(report),
         pending=pending,
         rooms=rooms,
-        samples=samples_of(session, batch),  # viable samples beside the particle picture (issue 18)
-        samples_open=bool(open_samples(session, batch)),
+        samples=samples,  # viable samples beside the particle picture (issue 18)
+        samples_open=any(x.status in OPEN_STATUSES for x in samples),
         conditional=batch.conditional_release,
         viable_review=review_of(session, batch),
         **sample_words(request),
@@ -264,7 +265,7 @@ def batch_release(
         release,
         tr(request, "Batch released."),
         comment=comment or None,
-        conditional_reason=(conditional_reason or "").strip() or None,
+        conditional_reason=conditional_reason,  # release() strips it and refuses a blank one
     )
 
 
